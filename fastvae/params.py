@@ -1,0 +1,65 @@
+"""The flat parameter buffer: [all weights | all biases], with named views per layer.
+
+Gradients and Adam's m and v share this layout, so the optimizer is one pass over one buffer.
+Weights are stored (fan_in, fan_out) row-major, so a layer is y = x @ W + b.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import N_PIXELS
+
+
+@dataclass(frozen=True)
+class Layer:
+    name: str
+    fan_in: int
+    fan_out: int
+    w_offset: int
+    b_offset: int
+
+
+def layer_shapes(cfg):
+    """(name, fan_in, fan_out) in forward order: encoder, heads (mu|gamma), decoder, output logits."""
+    widths = [N_PIXELS, *cfg.hidden]
+    shapes = [(f"enc{i + 1}", a, b) for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]))]
+    shapes.append(("heads", widths[-1], 2 * cfg.latent))
+    dec = [cfg.latent, *reversed(cfg.hidden)]
+    shapes += [(f"dec{i + 1}", a, b) for i, (a, b) in enumerate(zip(dec[:-1], dec[1:]))]
+    shapes.append(("out", dec[-1], N_PIXELS))
+    return shapes
+
+
+class Layout:
+    """Offsets of every layer's weight and bias inside the flat buffer."""
+
+    def __init__(self, cfg):
+        shapes = layer_shapes(cfg)
+        n_weights = sum(a * b for _, a, b in shapes)
+        layers, w_off, b_off = [], 0, n_weights
+        for name, a, b in shapes:
+            layers.append(Layer(name, a, b, w_off, b_off))
+            w_off += a * b
+            b_off += b
+        self.layers = layers
+        self.n_weights = n_weights
+        self.size = b_off
+
+    def views(self, flat):
+        """[(W, b)] per layer: views into `flat` (NumPy or CuPy), no copies."""
+        out = []
+        for L in self.layers:
+            w = flat[L.w_offset:L.w_offset + L.fan_in * L.fan_out].reshape(L.fan_in, L.fan_out)
+            b = flat[L.b_offset:L.b_offset + L.fan_out]
+            out.append((w, b))
+        return out
+
+
+def he_init(layout, seed, dtype=np.float32):
+    """He / variance-scaling init (normal, fan-in, scale 2): W ~ N(0, 2 / fan_in); biases zero."""
+    gen = np.random.default_rng([int(seed), 0x1A17])
+    flat = np.zeros(layout.size, dtype=np.float64)
+    for L in layout.layers:
+        n = L.fan_in * L.fan_out
+        flat[L.w_offset:L.w_offset + n] = gen.standard_normal(n) * np.sqrt(2.0 / L.fan_in)
+    return flat.astype(dtype)

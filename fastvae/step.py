@@ -1,0 +1,118 @@
+"""The training step, written once: forward, loss, backward and update composed from a backend's kernels.
+
+Every backend runs exactly this order; the trainer and the VAE class only loop and call.
+"""
+import numpy as np
+
+from .config import N_PIXELS
+from .rng import STREAM_EVAL, STREAM_TRAIN
+
+
+class Rows:
+    """The activation and gradient buffers of a batch of n rows (views of the workspace's first n rows)."""
+
+    def __init__(self, full, n):
+        for key, value in full.items():
+            setattr(self, key, [a[:n] for a in value] if isinstance(value, list) else value[:n])
+        self.n = n
+
+
+class Workspace:
+    """Every buffer a step touches, allocated once for a maximum batch size."""
+
+    def __init__(self, be, cfg, batch):
+        e = be.empty
+        h = list(cfg.hidden)
+        full = {
+            "x": e((batch, N_PIXELS)),
+            "enc": [e((batch, k)) for k in h],           # encoder activations (ELU outputs)
+            "denc": [e((batch, k)) for k in h],          # their gradients, then dz in place
+            "stats": e((batch, 2 * cfg.latent)),         # [mu | gamma]
+            "dstats": e((batch, 2 * cfg.latent)),
+            "z": e((batch, cfg.latent)),
+            "dz": e((batch, cfg.latent)),
+            "dec": [e((batch, k)) for k in reversed(h)],
+            "ddec": [e((batch, k)) for k in reversed(h)],
+            "dlogits": e((batch, N_PIXELS)),             # logits, then sigmoid(logits) - x
+        }
+        self.batch = batch
+        self._full = full
+        self._rows = {}
+        self.loss = be.zeros(2, dtype=np.float64)         # (reconstruction, KL), summed until read
+
+    def rows(self, n):
+        if not 0 < n <= self.batch:
+            raise ValueError(f"batch of {n} rows does not fit a workspace of {self.batch}")
+        if n not in self._rows:
+            self._rows[n] = Rows(self._full, n)
+        return self._rows[n]
+
+
+class State:
+    """What training changes: the flat parameters, gradients, Adam moments and counters (seed, steps taken)."""
+
+    def __init__(self, be, layout, params_host, seed, m=None, v=None, step=0):
+        self.layout = layout
+        self.params = be.asarray(params_host)
+        self.grads = be.zeros(layout.size)
+        self.m = be.zeros(layout.size) if m is None else be.asarray(m)
+        self.v = be.zeros(layout.size) if v is None else be.asarray(v)
+        self.counters = be.asarray(np.array([seed, step]), dtype=np.int64)
+        self.weights = layout.views(self.params)
+        self.gradients = layout.views(self.grads)
+
+
+def forward(be, weights, a, loss, counters, stream):
+    """Encoder, heads with sampling and KL, decoder, output with the loss and dlogits."""
+    n_hidden = len(a.enc)
+    enc_w, heads_w = weights[:n_hidden], weights[n_hidden]
+    dec_w, out_w = weights[n_hidden + 1:-1], weights[-1]
+    h = a.x
+    for (w, b), out in zip(enc_w, a.enc):
+        be.dense_elu_forward(out, h, w, b)
+        h = out
+    be.heads_forward(a.z, a.stats, loss, h, *heads_w, counters, stream)
+    h = a.z
+    for (w, b), out in zip(dec_w, a.dec):
+        be.dense_elu_forward(out, h, w, b)
+        h = out
+    be.output_forward(a.dlogits, loss, h, *out_w, a.x)
+
+
+def backward(be, weights, gradients, a):
+    """The same layers in reverse; each layer's dz is formed inside its own backward kernel."""
+    n_hidden = len(a.enc)
+    heads = n_hidden
+    be.dense_backward(a.ddec[-1], *gradients[-1], a.dlogits, a.dec[-1], weights[-1][0])
+    for i in reversed(range(n_hidden)):
+        layer = heads + 1 + i
+        dinp, inp = (a.ddec[i - 1], a.dec[i - 1]) if i > 0 else (a.dz, a.z)
+        be.dense_elu_backward(dinp, *gradients[layer], a.ddec[i], inp, weights[layer][0], a.dec[i])
+    be.heads_backward(a.denc[-1], *gradients[heads], a.dstats, a.dz, a.enc[-1], weights[heads][0], a.stats, a.z)
+    for i in reversed(range(n_hidden)):
+        dinp, inp = (a.denc[i - 1], a.enc[i - 1]) if i > 0 else (None, a.x)
+        be.dense_elu_backward(dinp, *gradients[i], a.denc[i], inp, weights[i][0], a.enc[i])
+
+
+def train_step(be, cfg, state, ws, data, idx):
+    """One step on the rows data[idx]: gather, forward, loss, backward, Adam. Adds the batch loss to ws.loss."""
+    a = ws.rows(len(idx))
+    be.gather_batch(a.x, data, idx)
+    forward(be, state.weights, a, ws.loss, state.counters, STREAM_TRAIN)
+    backward(be, state.weights, state.gradients, a)
+    be.adam_update(state.params, state.grads, state.m, state.v, state.counters,
+                   cfg.lr, cfg.beta1, cfg.beta2, cfg.adam_eps)
+
+
+def evaluate(be, state, ws, data, idx_all, seed, loss):
+    """Adds the loss (reconstruction, KL) of data[idx_all] to `loss`, one ELBO sample per image.
+
+    The noise is a fixed function of (seed, batch number), so the same model always gets the same number.
+    """
+    counters = be.asarray(np.array([seed, 0]), dtype=np.int64)
+    for j, start in enumerate(range(0, len(idx_all), ws.batch)):
+        idx = idx_all[start:start + ws.batch]
+        a = ws.rows(len(idx))
+        be.gather_batch(a.x, data, idx)
+        counters[1] = j
+        forward(be, state.weights, a, loss, counters, STREAM_EVAL)
