@@ -1,0 +1,50 @@
+"""Philox4x32-10 and the Box-Muller transform for Numba kernels; the same stream as fastvae.rng (the spec)."""
+import math
+
+import numpy as np
+from numba import njit
+
+from ..rng import PHILOX_M0, PHILOX_M1, PHILOX_W0, PHILOX_W1
+
+_MASK32 = np.uint64(0xFFFFFFFF)
+
+
+@njit(inline="always", cache=True)
+def philox4x32_10(c0, c1, c2, c3, k0, k1):
+    """One Philox block: four uint32 counter words and two key words (held in uint64) to four uint32 words."""
+    for _ in range(10):
+        p0 = np.uint64(PHILOX_M0) * c0
+        p1 = np.uint64(PHILOX_M1) * c2
+        c0, c1, c2, c3 = (p1 >> np.uint64(32)) ^ c1 ^ k0, p1 & _MASK32, (p0 >> np.uint64(32)) ^ c3 ^ k1, p0 & _MASK32
+        k0 = (k0 + np.uint64(PHILOX_W0)) & _MASK32
+        k1 = (k1 + np.uint64(PHILOX_W1)) & _MASK32
+    return c0, c1, c2, c3
+
+
+@njit(inline="always", cache=True)
+def _uniform_open(word):
+    return (np.float64(word) + 0.5) * (1.0 / 4294967296.0)
+
+
+@njit(cache=True)
+def fill_normals(eps, seed, stream, step):
+    """eps (rows, cols) float32 = rng.normals(seed, stream, step, rows, cols), element i = r * cols + c."""
+    flat = eps.reshape(-1)
+    n = flat.size
+    k0, k1 = np.uint64(seed) & _MASK32, np.uint64(seed) >> np.uint64(32)
+    s_lo, s_hi = np.uint64(step) & _MASK32, np.uint64(step) >> np.uint64(32)
+    two_pi = 2.0 * math.pi
+    for block in range((n + 3) // 4):
+        w0, w1, w2, w3 = philox4x32_10(np.uint64(block), s_lo, s_hi, np.uint64(stream), k0, k1)
+        r0 = math.sqrt(-2.0 * math.log(_uniform_open(w0)))
+        a0 = two_pi * _uniform_open(w1)
+        r1 = math.sqrt(-2.0 * math.log(_uniform_open(w2)))
+        a1 = two_pi * _uniform_open(w3)
+        i = 4 * block
+        flat[i] = r0 * math.cos(a0)
+        if i + 1 < n:
+            flat[i + 1] = r0 * math.sin(a0)
+        if i + 2 < n:
+            flat[i + 2] = r1 * math.cos(a1)
+        if i + 3 < n:
+            flat[i + 3] = r1 * math.sin(a1)

@@ -1,0 +1,227 @@
+"""Kernel-vs-reference checks shared by every backend: fresh random inputs, awkward sizes, poison bounds.
+
+Each check builds float32 inputs, runs the backend's kernel on buffers that are views into larger poisoned
+allocations, runs the float64 reference on the same values, and compares with the suite's tolerance table.
+`be` is any module with the kernel contract of fastvae.backends.reference.
+"""
+import numpy as np
+
+from conftest import TOL, assert_close
+from fastvae import rng
+from fastvae.backends import reference as ref
+
+POISON = np.float32(-7.77e33)
+
+
+class Buffers:
+    """Backend arrays carved out of poisoned allocations, with the poison checked afterwards."""
+
+    def __init__(self, be):
+        self.be = be
+        self.allocs = []
+
+    def out(self, shape, dtype=np.float32, fill=None):
+        """A backend array of `shape`, inside an allocation with poisoned margins on both sides."""
+        n = int(np.prod(shape))
+        host = np.full(n + 64, POISON if dtype != np.int64 else -7, dtype=dtype)
+        if fill is not None:
+            host[32:32 + n] = np.asarray(fill, dtype=dtype).reshape(-1)
+        dev = self.be.asarray(host, dtype=dtype)
+        self.allocs.append(dev)
+        return dev[32:32 + n].reshape(shape)
+
+    def inp(self, values, dtype=np.float32):
+        return self.out(np.shape(values), dtype, fill=values)
+
+    def check_poison(self):
+        for dev in self.allocs:
+            host = self.be.to_host(dev)
+            margin = np.concatenate([host[:32], host[-32:]])
+            assert np.all(margin == host[0]), "a kernel wrote outside its output"
+
+
+def host(be, a):
+    return np.asarray(be.to_host(a), dtype=np.float64)
+
+
+def product_scale(a, b):
+    """The size of the terms a product sums: max of |a| @ |b| (cancellation-aware tolerance)."""
+    return max(float(np.max(np.abs(a) @ np.abs(b))), 1e-30)
+
+
+def layer_inputs(rand, rows, fan_in, fan_out):
+    inp = rand.normal(0, 1, (rows, fan_in)).astype(np.float32)
+    w = (rand.normal(0, 1, (fan_in, fan_out)) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+    b = rand.normal(0, 0.5, fan_out).astype(np.float32)
+    return inp, w, b
+
+
+def check_gather(be, rand, rows, width=784):
+    data = rand.integers(0, 256, (300, width)).astype(np.uint8)
+    idx = rand.integers(0, 300, rows).astype(np.int64)
+    buf = Buffers(be)
+    x = buf.out((rows, width))
+    be.gather_batch(x, be.asarray(data, dtype=np.uint8), be.asarray(idx, dtype=np.int64))
+    expect = np.empty((rows, width))
+    ref.gather_batch(expect, data, idx)
+    assert_close(host(be, x), expect, TOL["float32"], scale=1.0, what="gather")
+    buf.check_poison()
+
+
+def check_dense(be, rand, rows, fan_in, fan_out, elu):
+    inp, w, b = layer_inputs(rand, rows, fan_in, fan_out)
+    dout = rand.normal(0, 1, (rows, fan_out)).astype(np.float32)
+    f64 = [a.astype(np.float64) for a in (inp, w, b, dout)]
+    buf = Buffers(be)
+    d_inp, d_w, d_b = buf.inp(inp), buf.inp(w), buf.inp(b)
+    out = buf.out((rows, fan_out))
+    expect = np.empty((rows, fan_out))
+    (be.dense_elu_forward if elu else be.dense_forward)(out, d_inp, d_w, d_b)
+    (ref.dense_elu_forward if elu else ref.dense_forward)(expect, *f64[:3])
+    scale_fwd = product_scale(inp, w) + float(np.max(np.abs(b)))
+    assert_close(host(be, out), expect, TOL["float32"], scale=scale_fwd, what="forward")
+
+    # backward from the backend's own forward output (what a real step does)
+    y = host(be, out)
+    dinp, dw, db = buf.out((rows, fan_in)), buf.out((fan_in, fan_out)), buf.out(fan_out)
+    d_dout = buf.inp(dout)
+    e_dinp, e_dw, e_db, e_dout = np.empty((rows, fan_in)), np.empty_like(f64[1]), np.empty(fan_out), f64[3].copy()
+    if elu:
+        be.dense_elu_backward(dinp, dw, db, d_dout, d_inp, d_w, out)
+        ref.dense_elu_backward(e_dinp, e_dw, e_db, e_dout, f64[0], f64[1], y)
+        assert_close(host(be, d_dout), e_dout, TOL["float32"], scale=float(np.max(np.abs(dout))), what="dz")
+    else:
+        be.dense_backward(dinp, dw, db, d_dout, d_inp, d_w)
+        ref.dense_backward(e_dinp, e_dw, e_db, e_dout, f64[0], f64[1])
+    assert_close(host(be, dw), e_dw, TOL["float32"], scale=product_scale(inp.T, np.abs(dout)), what="dw")
+    assert_close(host(be, db), e_db, TOL["float32"], scale=float(np.abs(dout).sum(0).max()), what="db")
+    assert_close(host(be, dinp), e_dinp, TOL["float32"], scale=product_scale(dout, w.T), what="dinp")
+    buf.check_poison()
+
+
+def check_heads(be, rand, rows, fan_in, latent):
+    inp, w, b = layer_inputs(rand, rows, fan_in, 2 * latent)
+    w *= 0.3  # keep gamma = log sigma^2 in a realistic range (|gamma| of a few units)
+    counters = np.array([int(rand.integers(1 << 62)), int(rand.integers(1 << 40))], dtype=np.int64)
+    stream = int(rand.integers(3))
+    buf = Buffers(be)
+    d_inp, d_w, d_b = buf.inp(inp), buf.inp(w), buf.inp(b)
+    z, stats = buf.out((rows, latent)), buf.out((rows, 2 * latent))
+    loss = buf.out(2, np.float64, fill=[0.25, 0.5])
+    d_counters = buf.inp(counters, np.int64)
+    be.heads_forward(z, stats, loss, d_inp, d_w, d_b, d_counters, stream)
+    e_z, e_stats, e_loss = np.empty((rows, latent)), np.empty((rows, 2 * latent)), np.array([0.25, 0.5])
+    ref.heads_forward(e_z, e_stats, e_loss, inp.astype(np.float64), w.astype(np.float64), b.astype(np.float64),
+                      counters, stream)
+    s_scale = product_scale(inp, w) + float(np.max(np.abs(b)))
+    assert_close(host(be, stats), e_stats, TOL["float32"], scale=s_scale, what="stats")
+    eps = rng.normals(counters[0], stream, counters[1], rows, latent).astype(np.float64)
+    sigma = np.exp(0.5 * e_stats[:, latent:])
+    z_scale = s_scale * (1 + float(np.max(np.abs(eps) * sigma)))  # mu's error plus gamma's, carried by sigma*eps
+    assert_close(host(be, z), e_z, TOL["float32"], scale=z_scale, what="z")
+    mu, gamma = e_stats[:, :latent], e_stats[:, latent:]
+    kl_terms = np.abs(np.exp(gamma)) + mu * mu + 1 + np.abs(gamma)
+    assert_close(host(be, loss)[1], e_loss[1], TOL["float32"], scale=0.5 * float(kl_terms.sum()) * 10, what="kl")
+    assert host(be, loss)[0] == 0.25, "heads_forward must not touch the reconstruction loss"
+    assert int(be.to_host(d_counters)[1]) == counters[1], "heads_forward must not advance the step"
+
+    dz = rand.normal(0, 1, (rows, latent)).astype(np.float32)
+    dinp, dw, db, dstats = buf.out((rows, fan_in)), buf.out((fan_in, 2 * latent)), buf.out(2 * latent), \
+        buf.out((rows, 2 * latent))
+    be.heads_backward(dinp, dw, db, dstats, buf.inp(dz), d_inp, d_w, stats, z)
+    e_dinp, e_dw, e_db, e_dstats = np.empty((rows, fan_in)), np.empty((fan_in, 2 * latent)), \
+        np.empty(2 * latent), np.empty((rows, 2 * latent))
+    ref.heads_backward(e_dinp, e_dw, e_db, e_dstats, dz.astype(np.float64), inp.astype(np.float64),
+                       w.astype(np.float64), host(be, stats), host(be, z))
+    ds_scale = float(np.max(np.abs(e_dstats))) + z_scale
+    assert_close(host(be, dstats), e_dstats, TOL["float32"], scale=ds_scale, what="dstats")
+    assert_close(host(be, dw), e_dw, TOL["float32"], scale=product_scale(np.abs(inp.T), np.abs(e_dstats)), what="dw")
+    assert_close(host(be, dinp), e_dinp, TOL["float32"], scale=product_scale(e_dstats, w.T), what="dinp")
+    buf.check_poison()
+
+
+def check_output(be, rand, rows, fan_in, width):
+    inp, w, b = layer_inputs(rand, rows, fan_in, width)
+    w *= 3  # logits of several units, both signs: exercises both branches of the stable forms
+    x = rand.uniform(0, 1, (rows, width)).astype(np.float32)
+    x[:, ::3] = rand.integers(0, 2, x[:, ::3].shape)  # exact 0/1 pixels, as in MNIST
+    buf = Buffers(be)
+    dlogits = buf.out((rows, width))
+    loss = buf.out(2, np.float64, fill=[1.5, 2.5])
+    be.output_forward(dlogits, loss, buf.inp(inp), buf.inp(w), buf.inp(b), buf.inp(x))
+    e_dl, e_loss = np.empty((rows, width)), np.array([1.5, 2.5])
+    ref.output_forward(e_dl, e_loss, *(a.astype(np.float64) for a in (inp, w, b, x)))
+    l_scale = product_scale(inp, w) + float(np.max(np.abs(b)))
+    assert_close(host(be, dlogits), e_dl, TOL["float32"], scale=max(1.0, l_scale) * 0.25, what="dlogits")
+    terms = rows * width * (l_scale + np.log(2.0))
+    assert_close(host(be, loss)[0], e_loss[0], TOL["float32"], scale=terms, what="cross-entropy")
+    assert host(be, loss)[1] == 2.5
+    buf.check_poison()
+
+
+def check_adam(be, rand, size, t):
+    p, g = rand.normal(0, 1, size).astype(np.float32), rand.normal(0, 1e-2, size).astype(np.float32)
+    m = rand.normal(0, 1e-2, size).astype(np.float32)
+    v = (rand.normal(0, 1e-2, size) ** 2).astype(np.float32)
+    counters = np.array([3, t], dtype=np.int64)
+    buf = Buffers(be)
+    dp, dg, dm, dv, dc = buf.inp(p), buf.inp(g), buf.inp(m), buf.inp(v), buf.inp(counters, np.int64)
+    be.adam_update(dp, dg, dm, dv, dc, 1e-3, 0.9, 0.999, 1e-8)
+    e = [a.astype(np.float64) for a in (p, g, m, v)]
+    e_c = counters.copy()
+    ref.adam_update(e[0], e[1], e[2], e[3], e_c, 1e-3, 0.9, 0.999, 1e-8)
+    assert list(be.to_host(dc)) == list(e_c)
+    assert_close(host(be, dm), e[2], TOL["float32"], what="m")
+    assert_close(host(be, dv), e[3], TOL["float32"], what="v")
+    # each parameter's step lr_t m / (sqrt v + eps) is a few float32 operations: relative error ~1e-6 of that
+    # step, plus the one rounding of the stored float32 parameter (half an ulp of |p|)
+    step_ref = e[0] - p
+    assert np.all(np.abs(host(be, dp) - e[0]) <= TOL["float32"] * np.abs(step_ref) + np.abs(e[0]) * 2.0 ** -24)
+    buf.check_poison()
+
+
+def check_train_steps(be, cfg, rand, rows, n_steps=3):
+    """Whole training steps on `be` against the reference started from the same float32 state.
+
+    After the first step: the loss, every gradient and the updated parameters. Adam's first step moves each
+    parameter by about lr * sign(g), so where a gradient is below what float32 resolves the sign (and hence
+    the update) is arbitrary; those parameters are held to the bound |update| <= lr instead. Then the losses of
+    the following steps, which also carry the parameters forward.
+    """
+    from fastvae import step
+    from fastvae.params import Layout, he_init
+
+    layout = Layout(cfg)
+    params = he_init(layout, seed=int(rand.integers(1 << 30)))
+    params[layout.n_weights:] = rand.normal(0, 0.1, layout.size - layout.n_weights)
+    data = rand.integers(0, 256, (max(rows * n_steps, 50), 784)).astype(np.uint8)
+    seed = int(rand.integers(1 << 40))
+    runs = {}
+    for name, b in (("ref", ref), ("be", be)):
+        st = step.State(b, layout, params, seed)
+        ws = step.Workspace(b, cfg, rows)
+        d_data = b.asarray(data, dtype=np.uint8)
+        losses, grads0, params1 = [], None, None
+        for k in range(n_steps):
+            idx = np.arange(k * rows, (k + 1) * rows) % len(data)
+            ws.loss[...] = 0
+            step.train_step(b, cfg, st, ws, d_data, b.asarray(idx, dtype=np.int64))
+            losses.append(np.asarray(b.to_host(ws.loss), dtype=np.float64).copy())
+            if k == 0:
+                grads0 = np.asarray(b.to_host(st.grads), dtype=np.float64).copy()
+                params1 = np.asarray(b.to_host(st.params), dtype=np.float64).copy()
+        runs[name] = (losses, grads0, params1, int(b.to_host(st.counters)[1]))
+    (l_ref, g_ref, p_ref, t_ref), (l_be, g_be, p_be, t_be) = runs["ref"], runs["be"]
+    assert t_ref == t_be == n_steps
+    tol = TOL["float32_step"]
+    assert_close(l_be[0], l_ref[0], tol, what="first loss")
+    for L in layout.layers:
+        for off, size, part in ((L.w_offset, L.fan_in * L.fan_out, "W"), (L.b_offset, L.fan_out, "b")):
+            sl = slice(off, off + size)
+            scale = float(np.max(np.abs(g_ref[sl])))
+            assert_close(g_be[sl], g_ref[sl], tol, scale=scale, what=f"gradient of {L.name}.{part}")
+            resolved = np.abs(g_ref[sl]) > 10 * tol * scale
+            assert_close(p_be[sl][resolved], p_ref[sl][resolved], tol, scale=cfg.lr, what=f"updated {L.name}.{part}")
+            assert np.all(np.abs(p_be[sl] - params[sl]) <= cfg.lr * (1 + tol)), f"{L.name}.{part} moved > lr"
+    for k in range(1, n_steps):
+        assert_close(l_be[k], l_ref[k], 10 * tol, what=f"loss of step {k + 1}")

@@ -1,0 +1,12 @@
+"""A whole training step on the cpu backend against the float64 reference."""
+import pytest
+
+import kernel_cases as kc
+from fastvae.backends import cpu
+from fastvae.config import Config
+
+
+@pytest.mark.parametrize("hidden,latent,rows", [((13, 9), 3, 7), ((31,), 2, 1), ((500, 500), 20, 150),
+                                                 ((37, 11, 5), 4, 257)])
+def test_training_steps_match_the_reference(rand, hidden, latent, rows):
+    kc.check_train_steps(cpu, Config(hidden=hidden, latent=latent, batch_size=rows), rand, rows)
