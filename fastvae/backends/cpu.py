@@ -8,9 +8,9 @@ these shapes, so the products stay in BLAS and the fusion happens in the passes 
 import math
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
-from .cpu_math import exp_nonpos, expm1_nonpos, log1p_unit
+from .cpu_math import exp_nonpos, expm1_nonpos_f32, log1p_unit
 from .cpu_philox import fill_normals
 
 name = "cpu"
@@ -96,8 +96,8 @@ def _bias_elu(out, b):
     for r in range(out.shape[0]):
         row = out[r]
         for j in range(row.size):
-            z = np.float64(row[j] + b[j])
-            row[j] = z if z > 0.0 else expm1_nonpos(z)
+            z = row[j] + b[j]
+            row[j] = z if z > 0 else expm1_nonpos_f32(z)
 
 
 @njit(cache=True, fastmath=True, error_model="numpy")
@@ -192,7 +192,7 @@ def output_forward(dlogits, loss, inp, w, b, x):
 
 # ---------------------------------------------------------------- Adam: one pass over the flat buffer
 
-@njit(cache=True, fastmath=True, error_model="numpy")
+@njit(cache=True, fastmath=True, error_model="numpy", parallel=True)
 def _adam(params, grads, m, v, lr_t, beta1, beta2, eps):
     b1 = np.float32(beta1)
     b2 = np.float32(beta2)
@@ -200,7 +200,7 @@ def _adam(params, grads, m, v, lr_t, beta1, beta2, eps):
     c2 = np.float32(1.0 - beta2)
     lr = np.float32(lr_t)
     e = np.float32(eps)
-    for i in range(params.size):
+    for i in prange(params.size):
         g = grads[i]
         mi = b1 * m[i] + c1 * g
         vi = b2 * v[i] + c2 * g * g
