@@ -1,0 +1,11 @@
+"""fastvae: variational autoencoders trained by hand-written fused kernels (Numba on the CPU, CuPy on NVIDIA GPUs).
+
+Public names only; `import fastvae` loads NumPy and Numba, nothing optional (CuPy, matplotlib, tqdm load on use).
+"""
+__version__ = "0.1.0"
+
+from .config import Config  # noqa: E402
+from .errors import UserError  # noqa: E402
+from .model import VAE  # noqa: E402
+
+__all__ = ["VAE", "Config", "UserError", "__version__"]

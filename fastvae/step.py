@@ -62,21 +62,44 @@ class State:
         self.gradients = layout.views(self.grads)
 
 
-def forward(be, weights, a, loss, counters, stream):
-    """Encoder, heads with sampling and KL, decoder, output with the loss and dlogits."""
-    n_hidden = len(a.enc)
-    enc_w, heads_w = weights[:n_hidden], weights[n_hidden]
-    dec_w, out_w = weights[n_hidden + 1:-1], weights[-1]
+def _split(weights, n_hidden):
+    """(encoder layers, heads, decoder layers, output layer) of the flat list of (W, b) views."""
+    return weights[:n_hidden], weights[n_hidden], weights[n_hidden + 1:-1], weights[-1]
+
+
+def encode(be, weights, a):
+    """Encoder, then the heads' product alone: a.stats = [mu | gamma], no sampling (inference)."""
+    enc_w, heads_w, _, _ = _split(weights, len(a.enc))
+    be.dense_forward(a.stats, _encoder(be, enc_w, a), *heads_w)
+
+
+def decode(be, weights, a):
+    """Decoder from a.z to the logits, written into a.dlogits (inference: no loss, no gradient)."""
+    _, _, dec_w, out_w = _split(weights, len(a.enc))
+    be.dense_forward(a.dlogits, _decoder(be, dec_w, a), *out_w)
+
+
+def _encoder(be, enc_w, a):
     h = a.x
     for (w, b), out in zip(enc_w, a.enc):
         be.dense_elu_forward(out, h, w, b)
         h = out
-    be.heads_forward(a.z, a.stats, loss, h, *heads_w, counters, stream)
+    return h
+
+
+def _decoder(be, dec_w, a):
     h = a.z
     for (w, b), out in zip(dec_w, a.dec):
         be.dense_elu_forward(out, h, w, b)
         h = out
-    be.output_forward(a.dlogits, loss, h, *out_w, a.x)
+    return h
+
+
+def forward(be, weights, a, loss, counters, stream):
+    """Encoder, heads with sampling and KL, decoder, output with the loss and dlogits."""
+    enc_w, heads_w, dec_w, out_w = _split(weights, len(a.enc))
+    be.heads_forward(a.z, a.stats, loss, _encoder(be, enc_w, a), *heads_w, counters, stream)
+    be.output_forward(a.dlogits, loss, _decoder(be, dec_w, a), *out_w, a.x)
 
 
 def backward(be, weights, gradients, a):

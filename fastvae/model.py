@@ -1,0 +1,198 @@
+"""The public VAE class: fit, encode, decode, sample, reconstruct, evaluate, save and load.
+
+It only loops and calls: the step (fastvae.step) composes the backend's kernels, the backend owns the arrays.
+"""
+import time
+
+import numpy as np
+
+from . import checkpoint, rng, step
+from .backends import get_backend
+from .config import N_PIXELS, Config
+from .data import as_images
+from .errors import UserError
+from .params import Layout, he_init
+
+
+class VAE:
+    """The VAE of Géron's Hands-On ML (1st ed., ch. 15): 784 -> hidden -> (mu, gamma) -> z -> hidden reversed -> 784.
+
+    `backend` is "auto" (gpu when usable, else cpu), "cpu", "gpu" or "reference" (float64 NumPy, slow).
+    Arrays in and out are NumPy; images are (n, 784) or (n, 28, 28), uint8 or floats in [0, 1].
+    """
+
+    def __init__(self, hidden=(500, 500), latent=20, backend="auto", seed=0, lr=0.001, batch_size=150,
+                 notify=None, **adam):
+        self.config = Config(hidden=tuple(hidden), latent=latent, seed=seed, lr=lr, batch_size=batch_size, **adam)
+        self._set_up(backend, he_init(Layout(self.config), self.config.seed), notify)
+
+    def _set_up(self, backend, params, notify, m=None, v=None, step_count=0, epoch=0):
+        self.backend = get_backend(backend, notify=notify)
+        self.layout = Layout(self.config)
+        self.state = step.State(self.backend, self.layout, params, self.config.seed, m=m, v=v, step=step_count)
+        self.epoch = epoch                      # epochs completed; the next epoch's shuffle depends on it
+        self.history = []                       # one dict per epoch fitted in this process
+        self._ws = None
+
+    # ------------------------------------------------------------------ training
+
+    @property
+    def steps(self):
+        """Training steps taken so far (Adam's t; also the noise counter of the next step)."""
+        return int(self.backend.to_host(self.state.counters)[1])
+
+    def fit(self, X, epochs=None, batch_size=None, validation=None, callback=None, progress=False):
+        """Train for `epochs` (default: the seed's 50) on X; reshuffled every epoch as a function of (seed, epoch).
+
+        validation: optional test images, evaluated after each epoch. callback(model, record) runs after each
+        epoch with that epoch's record (also appended to self.history). progress: show a tqdm progress bar.
+        Returns self.
+        """
+        cfg = self.config
+        epochs = cfg.epochs if epochs is None else _positive_int(epochs, "epochs")
+        batch_size = cfg.batch_size if batch_size is None else _positive_int(batch_size, "batch_size")
+        X = as_images(X, "X")
+        if batch_size > len(X):
+            raise UserError(f"batch_size {batch_size} is larger than the {len(X)} training images; "
+                            f"use a batch size of at most {len(X)}")
+        if validation is not None:
+            validation = as_images(validation, "validation")
+        be = self.backend
+        data = be.asarray(X, dtype=X.dtype)
+        ws = self._workspace(batch_size)
+        for _ in range(epochs):
+            order = rng.epoch_permutation(cfg.seed, self.epoch, len(X))
+            record = self._train_epoch(data, order, ws, progress)
+            if validation is not None:
+                record["test"] = self.evaluate(validation)
+            self.history.append(record)
+            if callback is not None:
+                callback(self, record)
+        return self
+
+    def _train_epoch(self, data, order, ws, progress):
+        be, cfg, n = self.backend, self.config, len(order)
+        starts = range(0, n, ws.batch)
+        bar = _progress_bar(len(starts), f"epoch {self.epoch + 1}") if progress else None
+        ws.loss[...] = 0
+        order = be.asarray(order, dtype=np.int64)
+        begin = time.perf_counter()
+        for k, start in enumerate(starts):
+            step.train_step(be, cfg, self.state, ws, data, order[start:start + ws.batch])
+            if bar is not None and (k % 25 == 24 or k == len(starts) - 1):
+                seen = min(start + ws.batch, n)
+                loss = float(be.to_host(ws.loss).sum()) / seen    # one read per update, never per step
+                bar.set_postfix_str(f"loss {loss:.2f}, {seen / (time.perf_counter() - begin):,.0f} img/s")
+                bar.update(k + 1 - bar.n)
+        be.synchronize()
+        seconds = time.perf_counter() - begin
+        if bar is not None:
+            bar.close()
+        rec, kl = (float(t) / n for t in be.to_host(ws.loss))
+        self.epoch += 1
+        if not np.isfinite(rec + kl):
+            raise UserError(f"training diverged in epoch {self.epoch} (loss {rec + kl}); lower the learning rate")
+        return {"epoch": self.epoch, "steps": self.steps, "seconds": seconds, "images_per_s": n / seconds,
+                "train": {"reconstruction": rec, "kl": kl, "total": rec + kl}}
+
+    def _workspace(self, batch):
+        if self._ws is None or self._ws.batch != batch:
+            self._ws = step.Workspace(self.backend, self.config, batch)
+        return self._ws
+
+    # ------------------------------------------------------------------ inference
+
+    def evaluate(self, X):
+        """Loss per image on X: {"reconstruction", "kl", "total"} (one ELBO sample per image, fixed noise)."""
+        X = as_images(X, "X")
+        be = self.backend
+        ws = self._workspace(self._ws.batch if self._ws is not None else self.config.batch_size)
+        loss = be.zeros(2, dtype=np.float64)
+        idx = be.asarray(np.arange(len(X)), dtype=np.int64)
+        step.evaluate(be, self.state, ws, be.asarray(X, dtype=X.dtype), idx, self.config.seed, loss)
+        rec, kl = (float(t) / len(X) for t in be.to_host(loss))
+        return {"reconstruction": rec, "kl": kl, "total": rec + kl}
+
+    def encode(self, X):
+        """(mu, gamma) of q(z | x) for each image, gamma = log sigma^2; float32 (n, latent) each."""
+        X = as_images(X, "X")
+        be, latent = self.backend, self.config.latent
+        data = be.asarray(X, dtype=X.dtype)
+        stats = np.empty((len(X), 2 * latent), dtype=np.float32)
+        for a, rows in self._chunks(len(X)):
+            be.gather_batch(a.x, data, be.asarray(np.arange(rows.start, rows.stop), dtype=np.int64))
+            step.encode(be, self.state.weights, a)
+            stats[rows] = be.to_host(a.stats)
+        return stats[:, :latent], stats[:, latent:]
+
+    def decode(self, z):
+        """Pixel probabilities (n, 784) float32 of p(x | z) for codings z (n, latent)."""
+        z = np.asarray(z)
+        latent = self.config.latent
+        if z.ndim != 2 or z.shape[1] != latent or not np.issubdtype(z.dtype, np.number):
+            raise UserError(f"z must be a numeric array of shape (n, {latent}), got {z.dtype} {z.shape}")
+        if len(z) == 0 or not np.all(np.isfinite(z)):
+            raise UserError("z must be non-empty and finite (no NaN or Inf)")
+        be = self.backend
+        probs = np.empty((len(z), N_PIXELS), dtype=np.float32)
+        for a, rows in self._chunks(len(z)):
+            a.z[...] = be.asarray(z[rows])
+            step.decode(be, self.state.weights, a)
+            logits = np.asarray(be.to_host(a.dlogits), dtype=np.float64)
+            probs[rows] = 0.5 * (1.0 + np.tanh(0.5 * logits))    # sigmoid without overflow
+        return probs
+
+    def sample(self, n, seed=None):
+        """n new images (pixel probabilities, (n, 784)) decoded from codings drawn from the prior N(0, I).
+
+        The codings are a pure function of `seed` (default: the model's seed), so the same call gives the same
+        digits, which is how the trainer shows one set of codings evolving epoch by epoch."""
+        n = _positive_int(n, "n")
+        seed = self.config.seed if seed is None else int(seed)
+        return self.decode(rng.normals(seed, rng.STREAM_SAMPLE, 0, n, self.config.latent))
+
+    def reconstruct(self, X):
+        """Pixel probabilities of each image decoded from its coding's mean mu (the deterministic reconstruction)."""
+        mu, _ = self.encode(X)
+        return self.decode(mu)
+
+    def _chunks(self, n):
+        """(workspace rows, slice) over n items in chunks of the workspace's batch size."""
+        ws = self._workspace(self._ws.batch if self._ws is not None else self.config.batch_size)
+        for start in range(0, n, ws.batch):
+            rows = slice(start, min(start + ws.batch, n))
+            yield ws.rows(rows.stop - start), rows
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, path):
+        """Write config, parameters, Adam state, step and epoch to `path` (npz, atomically, no pickle)."""
+        be = self.backend
+        checkpoint.save(path, self.config, epoch=self.epoch, steps=self.steps,
+                        params=be.to_host(self.state.params), m=be.to_host(self.state.m),
+                        v=be.to_host(self.state.v))
+
+    @classmethod
+    def load(cls, path, backend="auto", notify=None):
+        """A model from a file written by save(); training resumes where it stopped."""
+        ck = checkpoint.load(path)
+        model = cls.__new__(cls)
+        model.config = ck.config
+        model._set_up(backend, ck.params, notify, m=ck.m, v=ck.v, step_count=ck.steps, epoch=ck.epoch)
+        return model
+
+    def __repr__(self):
+        c = self.config
+        return (f"VAE(hidden={c.hidden}, latent={c.latent}, backend={self.backend.name!r}, seed={c.seed}; "
+                f"{self.layout.size:,} parameters, {self.epoch} epochs, {self.steps} steps)")
+
+
+def _positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise UserError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _progress_bar(total, desc):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)

@@ -1,0 +1,103 @@
+"""python -m fastvae.train as a real subprocess on a small slice of the embedded MNIST; the files it writes."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fastvae import VAE
+
+QUICK = ["--epochs", "2", "--train-images", "600", "--test-images", "200", "--hidden", "40", "24",
+         "--latent", "3", "--batch-size", "50", "--seed", "11", "--backend", "cpu"]
+
+
+def train(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "fastvae.train", *args], capture_output=True, text=True,
+                          timeout=300, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    proc = train(*QUICK, "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    return out, proc
+
+
+def test_a_run_writes_its_checkpoint_metrics_and_figures(run_dir):
+    out, proc = run_dir
+    assert "epoch   2/2" in proc.stdout and "done: test loss" in proc.stdout
+    names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert names == ["checkpoint.npz", "loss.png", "metrics.json", "reconstructions.png",
+                     "samples.png", "samples/epoch_001.png", "samples/epoch_002.png"]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["backend"] == "cpu" and m["train_images"] == 600 and m["test_images"] == 200
+    assert m["config"]["hidden"] == [40, 24] and m["config"]["latent"] == 3 and m["config"]["seed"] == 11
+    assert [e["epoch"] for e in m["epochs"]] == [1, 2] and m["epochs"][-1]["steps"] == 24
+    assert m["machine"]["cpu"]
+    for e in m["epochs"]:
+        assert np.isfinite(e["test"]["total"]) and e["test"]["kl"] > 0 and e["images_per_s"] > 0
+    assert m["epochs"][1]["train"]["total"] < m["epochs"][0]["train"]["total"]
+
+
+def test_the_figures_are_real_images_of_the_right_layout(run_dir):
+    import matplotlib.image as mpimg
+    out, _ = run_dir
+    samples = mpimg.imread(out / "samples.png")
+    recon = mpimg.imread(out / "reconstructions.png")
+    assert samples.shape[1] > samples.shape[0] > 300      # 6 rows x 10 columns of digits, wider than tall
+    assert recon.shape[1] > 3 * recon.shape[0]            # 2 rows x 10 columns
+    assert samples[..., :3].std() > 0.1                   # not a blank canvas
+
+
+def test_the_checkpoint_loads_and_matches_the_metrics(run_dir):
+    out, _ = run_dir
+    m = json.loads((out / "metrics.json").read_text())
+    model = VAE.load(out / "checkpoint.npz", backend="cpu")
+    assert (model.epoch, model.steps) == (2, 24) and model.config.hidden == (40, 24)
+    from fastvae.data import load_mnist
+    assert model.evaluate(load_mnist().test_x[:200]) == m["epochs"][-1]["test"]
+
+
+def test_help_documents_every_option():
+    proc = train("--help")
+    assert proc.returncode == 0
+    for option in ("--backend", "--epochs", "--batch-size", "--lr", "--hidden", "--latent", "--seed", "--data",
+                   "--out", "--train-images", "--test-images", "--no-plots"):
+        assert option in proc.stdout
+
+
+def test_no_plots_writes_no_figures(tmp_path):
+    proc = train(*QUICK[:1], "1", *QUICK[2:], "--no-plots", "--quiet", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*.png")) == []
+    assert (tmp_path / "checkpoint.npz").is_file() and proc.stdout == ""
+
+
+@pytest.mark.parametrize("args,phrase", [
+    (["--epochs", "0"], "epochs must be a positive integer"),
+    (["--lr", "-1"], "lr must be a positive number"),
+    (["--hidden", "0"], "hidden widths must be positive"),
+    (["--data", "/no/such/folder"], "does not exist"),
+    (["--train-images", "30", "--batch-size", "50"], "larger than"),
+    (["--backend", "gpu"], "gpu"),
+    (["--out", "/proc/version/run"], "cannot write to the output folder"),
+])
+def test_user_mistakes_get_one_line_and_exit_status_2(tmp_path, args, phrase):
+    out = [] if "--out" in args else ["--out", str(tmp_path / "run")]
+    proc = train(*QUICK, *out, *args)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fastvae: error:") and phrase in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "checkpoint.npz").exists()
+
+
+def test_a_bad_data_file_is_a_user_error(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "mnist.npz").write_bytes(b"PK\x03\x04 truncated")
+    proc = train(*QUICK, "--data", str(data), "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1

@@ -1,0 +1,211 @@
+"""Loading MNIST (embedded, IDX directories, mnist.npz, custom IDX sets), its error messages, and as_images."""
+import gzip
+
+import numpy as np
+import pytest
+
+from fastvae.data import IMAGES_MAGIC, LABELS_MAGIC, as_images, embedded_dir, load_mnist, read_idx
+from fastvae.errors import UserError
+
+NAMES = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
+         "test_x": "t10k-images-idx3-ubyte", "test_y": "t10k-labels-idx1-ubyte"}
+FIELDS = ("train_x", "train_y", "test_x", "test_y")
+TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def idx_bytes(arr, magic=None):
+    """An IDX file's bytes for a uint8 array: magic (default 0x08 type, arr.ndim dims), dims, data."""
+    arr = np.asarray(arr, dtype=np.uint8)
+    magic = 0x0800 + arr.ndim if magic is None else magic
+    return np.array([magic, *arr.shape], dtype=">u4").tobytes() + arr.tobytes()
+
+
+def write_set(directory, n_train=5, n_test=3, side=28, n_train_labels=None):
+    """A small custom IDX data set; returns its arrays. Train images are gzipped under the raw name and test
+    labels are raw under the .gz name, since the loader must go by content, not by name."""
+    rand = np.random.default_rng(0)
+    arrays = {"train_x": rand.integers(0, 256, (n_train, side, side)),
+              "train_y": rand.integers(0, 10, n_train if n_train_labels is None else n_train_labels),
+              "test_x": rand.integers(0, 256, (n_test, side, side)), "test_y": rand.integers(0, 10, n_test)}
+    directory.mkdir(exist_ok=True)
+    (directory / NAMES["train_x"]).write_bytes(gzip.compress(idx_bytes(arrays["train_x"])))
+    (directory / f"{NAMES['train_y']}.gz").write_bytes(gzip.compress(idx_bytes(arrays["train_y"])))
+    (directory / NAMES["test_x"]).write_bytes(idx_bytes(arrays["test_x"]))
+    (directory / f"{NAMES['test_y']}.gz").write_bytes(idx_bytes(arrays["test_y"]))
+    return arrays
+
+
+def user_error(fn, *args, phrase):
+    """fn(*args) raises a one-line UserError containing `phrase`; returns the message."""
+    with pytest.raises(UserError) as info:
+        fn(*args)
+    msg = str(info.value)
+    assert phrase in msg, msg
+    assert "\n" not in msg, msg
+    return msg
+
+
+def assert_same(a, b):
+    for field in FIELDS:
+        x, y = getattr(a, field), getattr(b, field)
+        assert x.dtype == y.dtype == np.uint8 and x.flags.c_contiguous and np.array_equal(x, y), field
+
+
+@pytest.fixture(scope="module")
+def embedded():
+    return load_mnist()
+
+
+@pytest.fixture(scope="module")
+def raw_dir(tmp_path_factory):
+    """The four embedded files, decompressed (the one extra decompression of the 47 MB train images)."""
+    d = tmp_path_factory.mktemp("raw")
+    for name in NAMES.values():
+        (d / name).write_bytes(gzip.decompress((embedded_dir() / f"{name}.gz").read_bytes()))
+    return d
+
+
+# ---------------------------------------------------------------- loading
+
+def test_embedded_mnist_has_the_standard_shapes_and_labels(embedded):
+    assert embedded.train_x.shape == (60000, 784) and embedded.test_x.shape == (10000, 784)
+    assert embedded.train_y.shape == (60000,) and embedded.test_y.shape == (10000,)
+    for field in FIELDS:
+        assert getattr(embedded, field).dtype == np.uint8
+        assert getattr(embedded, field).flags.c_contiguous
+    assert np.bincount(embedded.train_y, minlength=10).tolist() == TRAIN_COUNTS
+    assert np.bincount(embedded.test_y, minlength=10).tolist() == TEST_COUNTS
+    assert embedded.train_x.max() == 255 and embedded.train_x.min() == 0
+    assert "embedded" in embedded.source
+
+
+def test_embedded_load_is_cached_and_read_only(embedded):
+    assert load_mnist() is embedded
+    assert not embedded.train_x.flags.writeable  # a caller cannot change the shared copy
+
+
+def test_raw_idx_directory_loads_like_the_embedded_copy(embedded, raw_dir):
+    data = load_mnist(raw_dir)
+    assert_same(data, embedded)
+    assert str(raw_dir) in data.source
+
+
+def test_keras_npz_loads_like_the_embedded_copy(embedded, tmp_path):
+    np.savez(tmp_path / "mnist.npz", x_train=embedded.train_x.reshape(-1, 28, 28), y_train=embedded.train_y,
+             x_test=embedded.test_x, y_test=embedded.test_y.astype(np.int64))  # both image layouts, int labels
+    assert_same(load_mnist(tmp_path), embedded)
+    assert_same(load_mnist(tmp_path / "mnist.npz"), embedded)
+
+
+def test_small_custom_idx_set_loads_without_checksum(tmp_path):
+    arrays = write_set(tmp_path)
+    data = load_mnist(tmp_path)
+    assert data.train_x.shape == (5, 784) and data.test_x.shape == (3, 784)
+    assert np.array_equal(data.train_x, arrays["train_x"].reshape(5, 784))
+    assert np.array_equal(data.test_x, arrays["test_x"].reshape(3, 784))
+    assert np.array_equal(data.train_y, arrays["train_y"]) and np.array_equal(data.test_y, arrays["test_y"])
+
+
+# ---------------------------------------------------------------- loading errors
+
+def test_missing_directory(tmp_path):
+    user_error(load_mnist, tmp_path / "nowhere", phrase="does not exist; pass --data DIR")
+
+
+def test_empty_directory_lists_the_expected_files(tmp_path):
+    msg = user_error(load_mnist, tmp_path, phrase="mnist.npz")
+    assert all(name in msg for name in NAMES.values())
+
+
+def test_truncated_gzip(tmp_path):
+    gz = (embedded_dir() / f"{NAMES['test_y']}.gz").read_bytes()
+    (tmp_path / "labels.gz").write_bytes(gz[: len(gz) // 2])
+    user_error(read_idx, tmp_path / "labels.gz", LABELS_MAGIC, phrase="is not a readable gzip/IDX file")
+
+
+def test_truncated_raw_idx(tmp_path):
+    (tmp_path / "images").write_bytes(idx_bytes(np.zeros((5, 28, 28)))[:-10])
+    user_error(read_idx, tmp_path / "images", IMAGES_MAGIC, phrase="is truncated")
+
+
+def test_trailing_data_in_idx(tmp_path):
+    (tmp_path / "labels").write_bytes(idx_bytes(np.zeros(5)) + b"\0")
+    user_error(read_idx, tmp_path / "labels", LABELS_MAGIC, phrase="extra bytes")
+
+
+def test_wrong_magic_number(tmp_path):
+    (tmp_path / "labels").write_bytes(idx_bytes(np.zeros(5)))
+    user_error(read_idx, tmp_path / "labels", IMAGES_MAGIC, phrase="magic number 0x00000801")
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_standard_size_file_with_a_flipped_byte_fails_the_checksum(tmp_path, compress):
+    labels = bytearray(gzip.decompress((embedded_dir() / f"{NAMES['train_y']}.gz").read_bytes()))
+    assert len(labels) == 60008
+    labels[1000] ^= 1  # a label byte: the header stays valid, only the checksum can tell
+    (tmp_path / "labels").write_bytes(gzip.compress(bytes(labels)) if compress else bytes(labels))
+    user_error(read_idx, tmp_path / "labels", LABELS_MAGIC, phrase="not its checksum: the file is corrupt")
+
+
+def test_images_must_be_28_by_28(tmp_path):
+    write_set(tmp_path, side=20)
+    user_error(load_mnist, tmp_path, phrase="images must be 28x28 = 784 pixels")
+
+
+def test_label_count_must_match_image_count(tmp_path):
+    write_set(tmp_path, n_train=5, n_train_labels=4)
+    user_error(load_mnist, tmp_path, phrase="has 5 images but")
+
+
+def test_empty_set(tmp_path):
+    write_set(tmp_path, n_test=0)
+    user_error(load_mnist, tmp_path, phrase="holds no images")
+
+
+def test_npz_missing_arrays_and_bad_dtype(tmp_path):
+    np.savez(tmp_path / "mnist.npz", x_train=np.zeros((2, 784), np.uint8), y_train=np.zeros(2, np.uint8))
+    user_error(load_mnist, tmp_path, phrase="lacks the arrays x_test, y_test")
+    np.savez(tmp_path / "mnist.npz", x_train=np.zeros((2, 784)), y_train=np.zeros(2, np.uint8),
+             x_test=np.zeros((1, 784), np.uint8), y_test=np.zeros(1, np.uint8))
+    user_error(load_mnist, tmp_path, phrase="must be uint8")
+
+
+# ---------------------------------------------------------------- as_images
+
+def test_as_images_keeps_contiguous_uint8_without_copying():
+    X = np.arange(3 * 784).astype(np.uint8).reshape(3, 784)
+    out = as_images(X)
+    assert out.dtype == np.uint8 and out.shape == (3, 784) and np.shares_memory(out, X)
+
+
+def test_as_images_makes_strided_uint8_contiguous():
+    X = np.zeros((6, 784), np.uint8)[::2]
+    out = as_images(X)
+    assert out.flags.c_contiguous and out.shape == (3, 784)
+
+
+def test_as_images_flattens_float_images_to_float32():
+    X = np.linspace(0, 1, 2 * 28 * 28).reshape(2, 28, 28)
+    out = as_images(X)
+    assert out.dtype == np.float32 and out.shape == (2, 784) and out.flags.c_contiguous
+    np.testing.assert_array_equal(out, X.reshape(2, 784).astype(np.float32))
+
+
+@pytest.mark.parametrize("X,phrase", [
+    (np.full((2, 784), np.nan), "1568 NaN"),
+    (np.full((2, 784), np.inf), "1568 infinite"),
+    (np.array([[-0.2] * 783 + [1.3]]), "outside [0, 1] (min -0.2, max 1.3); scale pixels"),
+    (np.full((2, 784), 255, np.int64), "outside [0, 1]"),
+    (np.zeros(784), "not a batch of images; pass a batch of shape (n, 784)"),
+    (np.zeros((28, 28)), "not a batch of images"),
+    (np.zeros((2, 100)), "images must be 28x28 = 784 pixels"),
+    (np.zeros((0, 784)), "images is empty"),
+    (np.full((2, 784), "a"), "has dtype <U1"),
+    (np.zeros((2, 784), bool), "has dtype bool"),
+    (np.zeros((2, 784), complex), "has dtype complex128"),
+    ([[0.0] * 784, [0.0]], "is not an array of numbers"),
+])
+def test_as_images_rejects_with_one_line(X, phrase):
+    msg = user_error(as_images, X, "images", phrase=phrase)
+    assert msg.startswith("images ")

@@ -1,0 +1,168 @@
+"""The public VAE class: training, inference, persistence and its answers to bad input (real files, real runs)."""
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import TOL
+from fastvae import VAE, UserError
+from fastvae.data import load_mnist
+
+SMALL = dict(hidden=(48, 24), latent=4, batch_size=50, backend="cpu")
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return load_mnist()
+
+
+@pytest.fixture(scope="module")
+def trained(mnist):
+    model = VAE(seed=3, **SMALL)
+    model.fit(mnist.train_x[:1000], epochs=2, validation=mnist.test_x[:200])
+    return model
+
+
+def test_fit_lowers_the_loss_and_keeps_a_history(mnist, trained):
+    first, second = trained.history
+    assert (first["epoch"], second["epoch"], trained.epoch) == (1, 2, 2)
+    assert trained.steps == 2 * 1000 // 50
+    assert second["train"]["total"] < first["train"]["total"]
+    assert second["test"]["total"] < first["test"]["total"]
+    t = second["test"]
+    assert t["total"] == pytest.approx(t["reconstruction"] + t["kl"]) and t["kl"] > 0
+    assert trained.evaluate(mnist.test_x[:200]) == t, "evaluation uses fixed noise: same model, same number"
+
+
+def test_uint8_and_float_inputs_of_either_shape_train_identically(mnist):
+    x8 = mnist.train_x[:200]
+    xf = (x8.astype(np.float64) / 255.0).reshape(-1, 28, 28)
+    a, b = VAE(**SMALL).fit(x8, epochs=1), VAE(**SMALL).fit(xf, epochs=1)
+    # the cpu kernel turns uint8 into floats as v * float32(1/255): within one rounding of the float input
+    np.testing.assert_allclose(b.state.params, a.state.params, rtol=0, atol=1e-5)
+
+
+def test_encode_decode_sample_reconstruct(mnist, trained):
+    x = mnist.test_x[:157]                       # not a multiple of the batch: the last chunk is partial
+    mu, gamma = trained.encode(x)
+    assert mu.shape == gamma.shape == (157, 4) and mu.dtype == np.float32
+    # rows are independent (BLAS may sum in another order for another row count: float32 rounding only)
+    np.testing.assert_allclose(trained.encode(x[100:101])[0], mu[100:101], rtol=0,
+                               atol=TOL["float32"] * np.abs(mu).max())
+    probs = trained.decode(mu)
+    assert probs.shape == (157, 784) and probs.min() >= 0 and probs.max() <= 1
+    np.testing.assert_array_equal(trained.reconstruct(x), probs)
+    # training made the reconstructions better than those of the same model untrained
+    target = x.astype(np.float32) / 255
+    untrained = VAE(seed=3, **SMALL).reconstruct(x)
+    assert np.mean((probs - target) ** 2) < 0.8 * np.mean((untrained - target) ** 2)
+    s1, s2 = trained.sample(60, seed=1), trained.sample(60, seed=2)
+    assert s1.shape == (60, 784)
+    np.testing.assert_array_equal(s1, trained.sample(60, seed=1))
+    assert not np.array_equal(s1, s2)
+
+
+def test_the_reference_backend_gives_the_same_model(mnist):
+    """The public class on the float64 reference and on the cpu kernels: one epoch lands at the same loss."""
+    x = mnist.train_x[:300]
+    cpu = VAE(seed=5, **SMALL).fit(x, epochs=1)
+    ref = VAE(seed=5, **{**SMALL, "backend": "reference"}).fit(x, epochs=1)
+    # float32 against float64 over 6 Adam steps: losses agree to ~1e-4 relative (the step table's tolerance)
+    assert cpu.history[0]["train"]["total"] == pytest.approx(ref.history[0]["train"]["total"], rel=1e-4)
+
+
+def test_save_load_round_trip_and_resume_bit_exact(tmp_path, mnist):
+    x = mnist.train_x[:300]
+    straight = VAE(seed=7, **SMALL).fit(x, epochs=2)
+    first = VAE(seed=7, **SMALL).fit(x, epochs=1)
+    first.save(tmp_path / "ck.npz")
+    resumed = VAE.load(tmp_path / "ck.npz", backend="cpu")
+    assert (resumed.epoch, resumed.steps, resumed.config) == (1, 6, first.config)
+    np.testing.assert_array_equal(resumed.encode(x[:10])[0], first.encode(x[:10])[0])
+    resumed.fit(x, epochs=1)
+    for name in ("params", "m", "v"):
+        np.testing.assert_array_equal(getattr(resumed.state, name), getattr(straight.state, name), err_msg=name)
+    assert list(tmp_path.iterdir()) == [tmp_path / "ck.npz"], "no temporary file is left behind"
+
+
+def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, mnist):
+    model = VAE(**SMALL)
+    path = tmp_path / "ck.npz"
+    model.save(path)
+    before = path.read_bytes()
+    with pytest.raises(UserError, match="cannot write a checkpoint"):
+        model.save(tmp_path / "missing-folder" / "ck.npz")
+    (tmp_path / "a-folder.npz").mkdir()
+    with pytest.raises(UserError, match="nothing was overwritten"):
+        model.save(tmp_path / "a-folder.npz")     # the rename fails: the temporary file must be cleaned up
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-folder.npz", "ck.npz"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "other npz", "missing"])
+def test_bad_checkpoints_are_refused_in_one_line(tmp_path, damage):
+    path = tmp_path / "ck.npz"
+    VAE(**SMALL).save(path)
+    data = path.read_bytes()
+    if damage == "truncate":
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"not a checkpoint at all")
+    elif damage == "other npz":
+        np.savez(path, params=np.zeros(3, np.float32))
+    else:
+        path = tmp_path / "nothing-here.npz"
+    with pytest.raises(UserError) as err:
+        VAE.load(path, backend="cpu")
+    assert "\n" not in str(err.value) and str(path) in str(err.value)
+
+
+def test_a_checkpoint_whose_arrays_do_not_fit_its_architecture_is_refused(tmp_path):
+    path = tmp_path / "ck.npz"
+    VAE(**SMALL).save(path)
+    with np.load(path) as f:
+        arrays = dict(f)
+    arrays["params"] = arrays["params"][:-1]
+    np.savez(path, **arrays)
+    with pytest.raises(UserError, match="architecture"):
+        VAE.load(path, backend="cpu")
+
+
+@pytest.mark.parametrize("X,phrase", [
+    (np.full((10, 784), 1.5), "outside"),
+    (np.full((10, 784), np.nan), "NaN"),
+    (np.zeros((10, 783)), "784"),
+    (np.zeros((0, 784)), "empty"),
+])
+def test_bad_training_arrays_get_one_line_errors(X, phrase):
+    with pytest.raises(UserError, match=phrase) as err:
+        VAE(**SMALL).fit(X, epochs=1)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("kwargs,phrase", [
+    (dict(epochs=0), "epochs"), (dict(batch_size=-1), "batch_size"), (dict(batch_size=11), "larger than"),
+])
+def test_bad_fit_settings_get_one_line_errors(kwargs, phrase):
+    with pytest.raises(UserError, match=phrase):
+        VAE(**SMALL).fit(np.zeros((10, 784), np.uint8), **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [dict(hidden=(0,)), dict(latent=-2), dict(lr=0.0), dict(backend="tpu")])
+def test_bad_model_settings_get_one_line_errors(kwargs):
+    with pytest.raises(UserError):
+        VAE(**{**SMALL, **kwargs})
+
+
+def test_decode_checks_its_codings(trained):
+    for z in (np.zeros((3, 5)), np.zeros(4), np.full((2, 4), np.inf)):
+        with pytest.raises(UserError, match="z must"):
+            trained.decode(z)
+
+
+def test_importing_fastvae_loads_nothing_optional():
+    code = ("import sys, fastvae; from fastvae import VAE; "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'cupy', 'matplotlib', 'tqdm', 'torch'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
