@@ -1,0 +1,62 @@
+// common.cuh - helpers every kernel shares: ELU from its output, Philox4x32-10 and the Box-Muller normals.
+// Reads and writes no buffers itself; each .cu file includes it (fastvae inlines it before NVRTC sees the source).
+#pragma once
+
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+// ELU and its derivative recovered from the output: ELU'(z) = 1 where y > 0, else exp(z) = y + 1.
+__device__ __forceinline__ float elu(float z) { return z > 0.0f ? z : expm1f(z); }
+__device__ __forceinline__ float elu_grad_from_output(float y) { return y > 0.0f ? 1.0f : y + 1.0f; }
+
+// Philox4x32 with 10 rounds (Salmon et al. 2011), word for word as fastvae/rng.py.
+struct u32x4 { u32 x, y, z, w; };
+
+__device__ __forceinline__ u32x4 philox4x32_10(u32x4 c, u32 k0, u32 k1)
+{
+    for (int round = 0; round < 10; ++round) {
+        const u32 hi0 = __umulhi(0xD2511F53u, c.x), lo0 = 0xD2511F53u * c.x;
+        const u32 hi1 = __umulhi(0xCD9E8D57u, c.z), lo1 = 0xCD9E8D57u * c.z;
+        const u32x4 next = {hi1 ^ c.y ^ k0, lo1, hi0 ^ c.w ^ k1, lo0};
+        c = next;
+        k0 += 0x9E3779B9u;
+        k1 += 0xBB67AE85u;
+    }
+    return c;
+}
+
+// u in (0, 1) as (x + 0.5) * 2^-32: exact in double. The _rn intrinsics forbid FMA contraction, so the GPU
+// rounds exactly as NumPy does and the normals match the CPU's (up to the libms' last bit in log/cos/sin).
+__device__ __forceinline__ double uniform_open(u32 x)
+{
+    return __dmul_rn(__dadd_rn((double)x, 0.5), 0x1p-32);
+}
+
+// The standard normal number i of the stream (seed, stream, step): Philox block i / 4, lane i % 4; lanes
+// (0, 1) and (2, 3) are Box-Muller (cos, sin) pairs, computed in double and rounded once to float.
+__device__ __forceinline__ float philox_normal(long long seed, int stream, long long step, long long i)
+{
+    const u64 block = (u64)i >> 2;
+    const int lane = (int)(i & 3);
+    const u32x4 ctr = {(u32)block, (u32)(u64)step, (u32)((u64)step >> 32), (u32)stream};
+    const u32x4 r = philox4x32_10(ctr, (u32)(u64)seed, (u32)((u64)seed >> 32));
+    const double u0 = uniform_open(lane < 2 ? r.x : r.z);
+    const double u1 = uniform_open(lane < 2 ? r.y : r.w);
+    const double radius = sqrt(__dmul_rn(-2.0, log(u0)));
+    const double angle = __dmul_rn(6.283185307179586, u1);    // 2 * pi rounded to double, as NumPy's 2.0 * np.pi
+    return (float)__dmul_rn(radius, (lane & 1) ? sin(angle) : cos(angle));
+}
+
+// Sum of one double per thread over the block (256 threads), added once to *total: one atomic per block.
+__device__ __forceinline__ void block_sum_add(double* total, double mine)
+{
+    __shared__ double partial[256];
+    const int t = threadIdx.y * blockDim.x + threadIdx.x;
+    partial[t] = mine;
+    __syncthreads();
+    for (int half = 128; half > 0; half >>= 1) {
+        if (t < half) partial[t] += partial[t + half];
+        __syncthreads();
+    }
+    if (t == 0) atomicAdd(total, partial[0]);
+}
