@@ -43,6 +43,12 @@ def test_uint8_and_float_inputs_of_either_shape_train_identically(mnist):
     np.testing.assert_allclose(b.state.params, a.state.params, rtol=0, atol=1e-5)
 
 
+def test_an_epoch_ends_with_a_partial_batch_and_sees_every_image(mnist):
+    model = VAE(**SMALL).fit(mnist.train_x[:130], epochs=2)     # 50 + 50 + 30 rows per epoch
+    assert model.steps == 6 and model.epoch == 2
+    assert np.isfinite(model.history[-1]["train"]["total"])
+
+
 def test_encode_decode_sample_reconstruct(mnist, trained):
     x = mnist.test_x[:157]                       # not a multiple of the batch: the last chunk is partial
     mu, gamma = trained.encode(x)
