@@ -1,13 +1,18 @@
-"""Checkpoints: one .npz holding the config (JSON), parameters, Adam's m and v, step and epoch.
+"""Checkpoints: one .npz holding the config (JSON), parameters, Adam's m and v, and where training stands.
 
-Written atomically (temporary file in the same folder, fsync, rename), so a crash never leaves half a file
-under the real name; read with allow_pickle=False, so loading never executes code.
+Where training stands is (steps, epoch, epoch_step, epoch_loss): shuffles and noise are pure functions of
+(seed, epoch) and (seed, step), so these counters are the whole RNG position, and a run resumed from them
+continues exactly as the uninterrupted run would have, even from the middle of an epoch.
+Written atomically (temporary file in the same folder, fsync, rename), so a crash never leaves half a file under
+the real name; a SHA-256 over every field catches corruption; read with allow_pickle=False, so loading never
+executes code.
 """
+import hashlib
 import json
 import os
 import tempfile
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +23,7 @@ from .params import Layout
 
 FORMAT = "fastvae-checkpoint"
 VERSION = 1
+_FIELDS = ("config", "params", "m", "v", "steps", "epoch", "epoch_step", "epoch_loss")  # what the checksum covers
 
 
 @dataclass
@@ -26,19 +32,33 @@ class Checkpoint:
     params: np.ndarray
     m: np.ndarray
     v: np.ndarray
-    steps: int
-    epoch: int
+    steps: int                     # Adam steps taken (the next step's noise counter)
+    epoch: int                     # epochs completed
+    epoch_step: int = 0            # batches done in the epoch in progress (0 at an epoch boundary)
+    epoch_loss: np.ndarray = field(default_factory=lambda: np.zeros(2))  # its (reconstruction, KL) sums so far
 
 
-def save(path, config, *, params, m, v, steps, epoch):
+def _digest(arrays):
+    h = hashlib.sha256()
+    for name in _FIELDS:
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}:{a.dtype.str}:{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def save(path, ck):
+    """Write `ck` to `path` atomically; on any failure the previous file at `path` is untouched."""
     path = Path(path)
     arrays = {
-        "format": np.array(FORMAT), "version": np.array(VERSION, dtype=np.int64),
-        "config": np.array(json.dumps(config.to_dict())),
-        "params": np.asarray(params, dtype=np.float32), "m": np.asarray(m, dtype=np.float32),
-        "v": np.asarray(v, dtype=np.float32),
-        "steps": np.array(steps, dtype=np.int64), "epoch": np.array(epoch, dtype=np.int64),
+        "config": np.array(json.dumps(ck.config.to_dict())),
+        "params": np.asarray(ck.params, dtype=np.float32), "m": np.asarray(ck.m, dtype=np.float32),
+        "v": np.asarray(ck.v, dtype=np.float32),
+        "steps": np.array(ck.steps, dtype=np.int64), "epoch": np.array(ck.epoch, dtype=np.int64),
+        "epoch_step": np.array(ck.epoch_step, dtype=np.int64),
+        "epoch_loss": np.asarray(ck.epoch_loss, dtype=np.float64).reshape(2),
     }
+    arrays.update(format=np.array(FORMAT), version=np.array(VERSION, dtype=np.int64), sha256=np.array(_digest(arrays)))
     folder = path.parent if str(path.parent) else Path(".")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
@@ -53,7 +73,8 @@ def save(path, config, *, params, m, v, steps, epoch):
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError):
-            raise UserError(f"could not write checkpoint {path} ({e.strerror}); nothing was overwritten") from None
+            raise UserError(f"could not write checkpoint {path} ({e.strerror or e}); nothing was overwritten; "
+                            "free some space or choose another folder") from None
         raise
 
 
@@ -64,22 +85,29 @@ def load(path):
     bad = f"{path} is not a readable fastvae checkpoint"
     try:
         with np.load(path, allow_pickle=False) as f:
-            if str(f["format"]) != FORMAT:
-                raise UserError(f"{bad} (format {str(f['format'])!r})")
+            if "format" not in f.files or str(f["format"]) != FORMAT:
+                raise UserError(f"{bad} (no fastvae format marker); pass a checkpoint.npz written by fastvae")
             if int(f["version"]) != VERSION:
                 raise UserError(f"{bad}: version {int(f['version'])}, this fastvae reads version {VERSION}")
-            config = Config.from_dict(json.loads(str(f["config"])))
-            ck = Checkpoint(config, f["params"], f["m"], f["v"], int(f["steps"]), int(f["epoch"]))
+            arrays = {name: f[name] for name in _FIELDS}
+            if str(f["sha256"]) != _digest(arrays):
+                raise UserError(f"{bad}: its checksum does not match (the file is corrupt); use an older copy")
     except UserError:
         raise
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as e:
-        raise UserError(f"{bad} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'truncated'}); "
-                        "it may be truncated or corrupt") from None
+    except (OSError, ValueError, KeyError, IndexError, TypeError, zipfile.BadZipFile, EOFError) as e:
+        reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        raise UserError(f"{bad} ({reason}); it may be truncated or corrupt") from None
+    try:
+        config = Config.from_dict(json.loads(str(arrays["config"])))
+    except (ValueError, TypeError, AttributeError) as e:
+        raise UserError(f"{bad}: its config is invalid ({' '.join(str(e).split())})") from None
+    ck = Checkpoint(config, arrays["params"], arrays["m"], arrays["v"], int(arrays["steps"]), int(arrays["epoch"]),
+                    int(arrays["epoch_step"]), arrays["epoch_loss"])
     size = Layout(config).size
     for name in ("params", "m", "v"):
         a = getattr(ck, name)
         if a.dtype != np.float32 or a.shape != (size,):
             raise UserError(f"{bad}: {name} has shape {a.shape}, the architecture in it needs ({size},)")
-    if ck.steps < 0 or ck.epoch < 0:
-        raise UserError(f"{bad}: negative step or epoch count")
+    if min(ck.steps, ck.epoch, ck.epoch_step) < 0 or ck.epoch_loss.shape != (2,):
+        raise UserError(f"{bad}: negative counters or a malformed epoch loss")
     return ck

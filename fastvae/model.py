@@ -2,6 +2,8 @@
 
 It only loops and calls: the step (fastvae.step) composes the backend's kernels, the backend owns the arrays.
 """
+import signal
+import threading
 import time
 
 import numpy as np
@@ -10,7 +12,7 @@ from . import checkpoint, rng, step
 from .backends import get_backend
 from .config import N_PIXELS, Config
 from .data import as_images
-from .errors import UserError
+from .errors import TrainingDiverged, TrainingInterrupted, UserError
 from .params import Layout, he_init
 
 
@@ -26,11 +28,17 @@ class VAE:
         self.config = Config(hidden=tuple(hidden), latent=latent, seed=seed, lr=lr, batch_size=batch_size, **adam)
         self._set_up(backend, he_init(Layout(self.config), self.config.seed), notify)
 
-    def _set_up(self, backend, params, notify, m=None, v=None, step_count=0, epoch=0):
+    def _set_up(self, backend, params, notify, m=None, v=None, step_count=0, epoch=0, epoch_step=0,
+                epoch_loss=None):
         self.backend = get_backend(backend, notify=notify)
         self.layout = Layout(self.config)
         self.state = step.State(self.backend, self.layout, params, self.config.seed, m=m, v=v, step=step_count)
         self.epoch = epoch                      # epochs completed; the next epoch's shuffle depends on it
+        self.epoch_step = epoch_step            # batches done in the epoch in progress (after a Ctrl-C)
+        self.epoch_loss = np.zeros(2) if epoch_loss is None else np.asarray(epoch_loss, np.float64)
+        self.diverged = False                   # set when training produced NaN or Inf: never save such a model
+        # How often the loss is read back to check it is finite: every step where that is free (host memory)
+        self._check_every = getattr(self.backend, "loss_check_interval", 1)
         self.history = []                       # one dict per epoch fitted in this process
         self._ws = None
 
@@ -46,7 +54,9 @@ class VAE:
 
         validation: optional test images, evaluated after each epoch. callback(model, record) runs after each
         epoch with that epoch's record (also appended to self.history). progress: show a tqdm progress bar.
-        Returns self.
+        A model stopped in the middle of an epoch (Ctrl-C) finishes that epoch first, as one of `epochs`.
+        Ctrl-C stops after the step in progress and raises TrainingInterrupted, leaving the model consistent;
+        a NaN or Inf in the loss or the parameters raises TrainingDiverged naming the step. Returns self.
         """
         cfg = self.config
         epochs = cfg.epochs if epochs is None else _positive_int(epochs, "epochs")
@@ -60,40 +70,68 @@ class VAE:
         be = self.backend
         data = be.asarray(X, dtype=X.dtype)
         ws = self._workspace(batch_size)
-        for _ in range(epochs):
-            order = rng.epoch_permutation(cfg.seed, self.epoch, len(X))
-            record = self._train_epoch(data, order, ws, progress)
-            if validation is not None:
-                record["test"] = self.evaluate(validation)
-            self.history.append(record)
-            if callback is not None:
-                callback(self, record)
+        # NaN/Inf arising inside the kernels is reported once, by the divergence guard, not as NumPy warnings
+        with _StopOnCtrlC() as stop, np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+            for _ in range(epochs):
+                order = rng.epoch_permutation(cfg.seed, self.epoch, len(X))
+                record = self._train_epoch(data, order, ws, progress, stop)
+                if validation is not None:
+                    record["test"] = self.evaluate(validation)
+                self.history.append(record)
+                if callback is not None:
+                    callback(self, record)
+                stop.check()
         return self
 
-    def _train_epoch(self, data, order, ws, progress):
+    def _train_epoch(self, data, order, ws, progress, stop):
         be, cfg, n = self.backend, self.config, len(order)
         starts = range(0, n, ws.batch)
+        if self.epoch_step >= len(starts):
+            raise UserError(f"this model stopped after batch {self.epoch_step} of epoch {self.epoch + 1}, but "
+                            f"{n} images in batches of {ws.batch} make {len(starts)}; resume with the same data "
+                            "and batch size")
         bar = _progress_bar(len(starts), f"epoch {self.epoch + 1}") if progress else None
-        ws.loss[...] = 0
+        if bar is not None:
+            bar.update(self.epoch_step)
+        ws.loss[...] = be.asarray(self.epoch_loss, dtype=np.float64)
         order = be.asarray(order, dtype=np.int64)
-        begin = time.perf_counter()
-        for k, start in enumerate(starts):
+        first, begin = self.epoch_step, time.perf_counter()
+        for k in range(first, len(starts)):
+            start = starts[k]
             step.train_step(be, cfg, self.state, ws, data, order[start:start + ws.batch])
-            if bar is not None and (k % 25 == 24 or k == len(starts) - 1):
-                seen = min(start + ws.batch, n)
-                loss = float(be.to_host(ws.loss).sum()) / seen    # one read per update, never per step
-                bar.set_postfix_str(f"loss {loss:.2f}, {seen / (time.perf_counter() - begin):,.0f} img/s")
-                bar.update(k + 1 - bar.n)
+            self.epoch_step = k + 1
+            last = k == len(starts) - 1
+            if k % self._check_every == 0 or last:                # the loss is read only this often
+                loss = be.to_host(ws.loss)
+                if not np.all(np.isfinite(loss)):
+                    self._diverged(f"the loss became {float(loss.sum())}")
+                if bar is not None and (k % 25 == 24 or last):
+                    seen = min(start + ws.batch, n)
+                    rate = (seen - starts[first]) / (time.perf_counter() - begin)
+                    bar.set_postfix_str(f"loss {float(loss.sum()) / seen:.2f}, {rate:,.0f} img/s")
+                    bar.update(k + 1 - bar.n)
+            if stop.requested and not last:
+                self.epoch_loss = np.array(be.to_host(ws.loss), dtype=np.float64)
+                if bar is not None:
+                    bar.close()
+                stop.check()
         be.synchronize()
         seconds = time.perf_counter() - begin
         if bar is not None:
             bar.close()
+        if not np.all(np.isfinite(be.to_host(self.state.params))):
+            self._diverged("a parameter became NaN or Inf")
         rec, kl = (float(t) / n for t in be.to_host(ws.loss))
-        self.epoch += 1
-        if not np.isfinite(rec + kl):
-            raise UserError(f"training diverged in epoch {self.epoch} (loss {rec + kl}); lower the learning rate")
-        return {"epoch": self.epoch, "steps": self.steps, "seconds": seconds, "images_per_s": n / seconds,
+        self.epoch, self.epoch_step, self.epoch_loss = self.epoch + 1, 0, np.zeros(2)
+        trained = n - starts[first]
+        return {"epoch": self.epoch, "steps": self.steps, "seconds": seconds, "images_per_s": trained / seconds,
                 "train": {"reconstruction": rec, "kl": kl, "total": rec + kl}}
+
+    def _diverged(self, what):
+        self.diverged = True
+        raise TrainingDiverged(f"training diverged at step {self.steps} (epoch {self.epoch + 1}): {what}; "
+                               f"lower the learning rate (now {self.config.lr:g}), e.g. --lr "
+                               f"{self.config.lr / 10:g}")
 
     def _workspace(self, batch):
         if self._ws is None or self._ws.batch != batch:
@@ -166,19 +204,22 @@ class VAE:
     # ------------------------------------------------------------------ persistence
 
     def save(self, path):
-        """Write config, parameters, Adam state, step and epoch to `path` (npz, atomically, no pickle)."""
+        """Write config, parameters, Adam state and the training position to `path` (npz, atomically, no pickle)."""
+        if self.diverged:
+            raise UserError("this model diverged (NaN or Inf): it is not saved; the last good checkpoint stands")
         be = self.backend
-        checkpoint.save(path, self.config, epoch=self.epoch, steps=self.steps,
-                        params=be.to_host(self.state.params), m=be.to_host(self.state.m),
-                        v=be.to_host(self.state.v))
+        checkpoint.save(path, checkpoint.Checkpoint(
+            self.config, be.to_host(self.state.params), be.to_host(self.state.m), be.to_host(self.state.v),
+            steps=self.steps, epoch=self.epoch, epoch_step=self.epoch_step, epoch_loss=self.epoch_loss))
 
     @classmethod
     def load(cls, path, backend="auto", notify=None):
-        """A model from a file written by save(); training resumes where it stopped."""
+        """A model from a file written by save(); training resumes exactly where it stopped."""
         ck = checkpoint.load(path)
         model = cls.__new__(cls)
         model.config = ck.config
-        model._set_up(backend, ck.params, notify, m=ck.m, v=ck.v, step_count=ck.steps, epoch=ck.epoch)
+        model._set_up(backend, ck.params, notify, m=ck.m, v=ck.v, step_count=ck.steps, epoch=ck.epoch,
+                      epoch_step=ck.epoch_step, epoch_loss=ck.epoch_loss)
         return model
 
     def __repr__(self):
@@ -196,3 +237,31 @@ def _positive_int(value, name):
 def _progress_bar(total, desc):
     from tqdm import tqdm
     return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+
+
+class _StopOnCtrlC:
+    """While training, the first Ctrl-C only asks to stop after the step in progress (check() then raises
+    TrainingInterrupted); a second one interrupts at once. Only the main thread can own SIGINT, so elsewhere
+    this does nothing."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def check(self):
+        if self.requested:
+            raise TrainingInterrupted("training stopped cleanly after a step (Ctrl-C)")
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False

@@ -2,9 +2,11 @@
 
 Writes into --out: checkpoint.npz (every epoch, atomically), metrics.json, samples/epoch_NNN.png (60 digits
 decoded from the same 60 codings each epoch), and at the end samples.png, reconstructions.png and loss.png.
-A user's mistake is one line on stderr and exit status 2.
+A user's mistake is one line on stderr and exit status 2; divergence exits with 3 (the last good checkpoint
+stays); Ctrl-C stops after the step in progress, saves a checkpoint and exits with 130; --resume continues.
 """
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -15,7 +17,7 @@ import numpy as np
 from . import __version__, machine
 from .backends import NAMES
 from .config import Config
-from .errors import UserError
+from .errors import TrainingDiverged, TrainingInterrupted, UserError
 
 DEFAULTS = Config()
 
@@ -25,45 +27,54 @@ def build_parser():
         prog="python -m fastvae.train",
         description="Train the VAE of Geron's Hands-On ML (ch. 15) on MNIST with fastvae's fused kernels. "
                     "Every default is the seed's.",
-        epilog="example: python -m fastvae.train --epochs 3 --out runs/quick",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        epilog="examples: python -m fastvae.train --epochs 3 --out runs/quick;  "
+               "python -m fastvae.train --resume runs/quick --epochs 10.  "
+               "Exit status: 0 done, 2 a mistake in the input, 3 training diverged, 130 interrupted (Ctrl-C).")
     p.add_argument("--backend", choices=NAMES, default="auto",
-                   help="auto picks gpu when CuPy and a CUDA device are usable, else cpu; reference is float64 "
-                        "NumPy (slow, the specification)")
-    p.add_argument("--epochs", type=int, default=DEFAULTS.epochs, help="passes over the training set")
-    p.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size, help="images per training step")
-    p.add_argument("--lr", type=float, default=DEFAULTS.lr, help="Adam's learning rate")
-    p.add_argument("--hidden", type=int, nargs="+", default=list(DEFAULTS.hidden), metavar="WIDTH",
-                   help="encoder widths (the decoder mirrors them)")
-    p.add_argument("--latent", type=int, default=DEFAULTS.latent, help="size of the coding z")
-    p.add_argument("--seed", type=int, default=DEFAULTS.seed,
-                   help="decides the initial weights, the shuffles and every noise draw")
-    p.add_argument("--data", type=Path, default=None, metavar="DIR",
+                   help="auto (default) picks gpu when CuPy and a CUDA device are usable, else cpu; reference is "
+                        "float64 NumPy (slow, the specification)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help=f"passes over the training set (default {DEFAULTS.epochs}; with --resume: the total to reach)")
+    p.add_argument("--batch-size", type=int, help=f"images per training step (default {DEFAULTS.batch_size})")
+    p.add_argument("--lr", type=float, help=f"Adam's learning rate (default {DEFAULTS.lr})")
+    p.add_argument("--hidden", type=int, nargs="+", metavar="WIDTH",
+                   help="encoder widths; the decoder mirrors them (default: %s)" % " ".join(map(str, DEFAULTS.hidden)))
+    p.add_argument("--latent", type=int, help=f"size of the coding z (default {DEFAULTS.latent})")
+    p.add_argument("--seed", type=int,
+                   help=f"decides the initial weights, the shuffles and every noise draw (default {DEFAULTS.seed})")
+    p.add_argument("--data", type=Path, metavar="DIR",
                    help="folder with the four MNIST IDX files (.gz or raw) or a Keras mnist.npz "
                         "(default: the copy embedded in fastvae)")
-    p.add_argument("--train-images", type=int, default=None, metavar="N",
-                   help="use only the first N training images (quick trials)")
-    p.add_argument("--test-images", type=int, default=None, metavar="N",
+    p.add_argument("--train-images", type=int, metavar="N", help="use only the first N training images")
+    p.add_argument("--test-images", type=int, metavar="N",
                    help="use only the first N test images for the per-epoch test loss")
-    p.add_argument("--out", type=Path, default=None, metavar="DIR",
+    p.add_argument("--out", type=Path, metavar="DIR",
                    help="run folder for checkpoint, metrics and figures (default: runs/<date>-<time>)")
+    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                   help="continue the run in RUN_DIR from its checkpoint, exactly as if it had not stopped")
     p.add_argument("--no-plots", action="store_true", help="write no figures (no matplotlib needed)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
     p.add_argument("--version", action="version", version=f"fastvae {__version__}")
     return p
 
 
+# options that describe the model or its data: fixed once a run has started
+_RUN_OPTIONS = ("batch_size", "lr", "hidden", "latent", "seed", "data", "train_images", "test_images", "out")
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
-        run(args)
+        return run(args)
+    except TrainingDiverged as e:
+        print(f"fastvae: error: {e}; the last good checkpoint is kept", file=sys.stderr)
+        return 3
     except UserError as e:
         print(f"fastvae: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fastvae: interrupted; the checkpoint of the last finished epoch is kept", file=sys.stderr)
         return 130
-    return 0
 
 
 def _subset(images, n, option):
@@ -86,32 +97,72 @@ def _prepare_out(out):
     return out
 
 
+def _new_run(args, notify):
+    """(model, run info) for a fresh run from the options, the seed's defaults filling the rest."""
+    from .model import VAE
+    d = DEFAULTS
+    cfg = Config(hidden=tuple(args.hidden or d.hidden), latent=_or(args.latent, d.latent),
+                 batch_size=_or(args.batch_size, d.batch_size), epochs=_or(args.epochs, d.epochs),
+                 lr=_or(args.lr, d.lr), seed=_or(args.seed, d.seed))   # validates every number, one line each
+    model = VAE(hidden=cfg.hidden, latent=cfg.latent, backend=args.backend, seed=cfg.seed, lr=cfg.lr,
+                batch_size=cfg.batch_size, notify=notify)
+    model.config = cfg
+    run_info = {"data_dir": None if args.data is None else str(args.data.resolve()),
+                "train_images": args.train_images, "test_images": args.test_images}
+    return model, run_info, _prepare_out(args.out)
+
+
+def _resumed_run(args, notify):
+    """(model, run info) of the run in args.resume, with its history; --epochs sets a new total."""
+    from .model import VAE
+    given = [f"--{k.replace('_', '-')}" for k in _RUN_OPTIONS if getattr(args, k) is not None]
+    if given:
+        raise UserError(f"{', '.join(given)} cannot be changed when resuming; the run keeps its own settings "
+                        "(only --epochs, --backend, --no-plots and --quiet apply)")
+    out = args.resume
+    try:
+        metrics = json.loads((out / "metrics.json").read_text())
+        run_info, history = metrics["run"], metrics["epochs"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{out} is not a fastvae run folder with a readable metrics.json ({type(e).__name__}); "
+                        "pass the --out folder of an earlier run") from None
+    model = VAE.load(out / "checkpoint.npz", backend=args.backend, notify=notify)
+    model.history = [r for r in history if r["epoch"] <= model.epoch]
+    if args.epochs is not None:
+        model.config = dataclasses.replace(model.config, epochs=args.epochs)
+    if model.epoch >= model.config.epochs:
+        raise UserError(f"the run in {out} has already trained {model.epoch} of {model.config.epochs} epochs; "
+                        f"pass --epochs N with N > {model.epoch} to train more")
+    return model, run_info, _prepare_out(out)
+
+
+def _or(value, default):
+    return default if value is None else value
+
+
 def run(args):
     from .data import load_mnist
-    from .model import VAE
     from .plots import matplotlib_missing
 
-    cfg = Config(hidden=tuple(args.hidden), latent=args.latent, batch_size=args.batch_size, epochs=args.epochs,
-                 lr=args.lr, seed=args.seed)          # validates every number, one line each
-    data = load_mnist(args.data)
-    train_x = _subset(data.train_x, args.train_images, "--train-images")
-    test_x = _subset(data.test_x, args.test_images, "--test-images")
+    notify = (lambda msg: print(msg, file=sys.stderr)) if not args.quiet else None
+    model, run_info, out = (_resumed_run if args.resume is not None else _new_run)(args, notify)
+    cfg = model.config
+    data = load_mnist(run_info["data_dir"])
+    train_x = _subset(data.train_x, run_info["train_images"], "--train-images")
+    test_x = _subset(data.test_x, run_info["test_images"], "--test-images")
     if cfg.batch_size > len(train_x):
         raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(train_x)} training images")
-    out = _prepare_out(args.out)
     plots = not args.no_plots
     if plots and matplotlib_missing():
         print(f"fastvae: no figures: {matplotlib_missing()}", file=sys.stderr)
         plots = False
     say = (lambda *a: None) if args.quiet else (lambda msg: print(msg, flush=True))
-    notify = (lambda msg: print(msg, file=sys.stderr)) if not args.quiet else None
-
-    model = VAE(hidden=cfg.hidden, latent=cfg.latent, backend=args.backend, seed=cfg.seed, lr=cfg.lr,
-                batch_size=cfg.batch_size, notify=notify)
     info = {"fastvae": __version__, "backend": model.backend.name, "config": cfg.to_dict(), "data": data.source,
-            "train_images": len(train_x), "test_images": len(test_x), "machine": machine.describe()}
+            "train_images": len(train_x), "test_images": len(test_x), "machine": machine.describe(),
+            "run": run_info}
+    where = f"resuming {out} at epoch {model.epoch + 1}" if args.resume else f"writing to {out}"
     say(f"fastvae {__version__}: {model.layout.size:,} parameters on the {model.backend.name} backend; "
-        f"{len(train_x)} training and {len(test_x)} test images from {data.source}; writing to {out}")
+        f"{len(train_x)} training and {len(test_x)} test images from {data.source}; {where}")
     codings_seed = cfg.seed
 
     def after_epoch(m, record):
@@ -125,7 +176,14 @@ def run(args):
             save_digits(out / "samples" / f"epoch_{record['epoch']:03d}.png", m.sample(60, seed=codings_seed),
                         title=f"60 codings from N(0, I), decoded after epoch {record['epoch']}")
 
-    model.fit(train_x, epochs=cfg.epochs, validation=test_x, callback=after_epoch, progress=not args.quiet)
+    try:
+        model.fit(train_x, epochs=cfg.epochs - model.epoch, validation=test_x, callback=after_epoch,
+                  progress=not args.quiet)
+    except TrainingInterrupted:
+        model.save(out / "checkpoint.npz")
+        print(f"fastvae: stopped by Ctrl-C after step {model.steps}; checkpoint saved; continue with: "
+              f"python -m fastvae.train --resume {out}", file=sys.stderr)
+        return 130
     if plots:
         from .plots import save_digits, save_loss_curves, save_reconstructions
         save_digits(out / "samples.png", model.sample(60, seed=codings_seed),
@@ -136,7 +194,7 @@ def run(args):
     final = model.history[-1]
     say(f"done: test loss {final['test']['total']:.3f} per image after {model.epoch} epochs; "
         f"mean {np.mean([r['seconds'] for r in model.history]):.2f} s per epoch; results in {out}")
-    return model
+    return 0
 
 
 def _write_json(path, obj):

@@ -6,7 +6,7 @@ allocations, runs the float64 reference on the same values, and compares with th
 """
 import numpy as np
 
-from conftest import TOL, assert_close
+from tolerances import TOL, assert_close
 from fastvae import rng
 from fastvae.backends import reference as ref
 

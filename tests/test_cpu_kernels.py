@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import kernel_cases as kc
-from conftest import AWKWARD_ROWS
+from tolerances import AWKWARD_ROWS
 from fastvae.backends import cpu
 
 SHAPES = [(784, 500), (37, 53), (500, 40), (20, 257), (1, 3)]

@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import TOL
+from tolerances import TOL
 from fastvae import VAE, UserError
 from fastvae.data import load_mnist
 
@@ -125,14 +125,27 @@ def test_bad_checkpoints_are_refused_in_one_line(tmp_path, damage):
 
 
 def test_a_checkpoint_whose_arrays_do_not_fit_its_architecture_is_refused(tmp_path):
+    from fastvae import checkpoint
+    path = tmp_path / "ck.npz"
+    VAE(**SMALL).save(path)
+    ck = checkpoint.load(path)
+    ck.params = ck.params[:-1]                   # a well-formed file, checksum and all, of the wrong size
+    checkpoint.save(path, ck)
+    with pytest.raises(UserError, match="architecture"):
+        VAE.load(path, backend="cpu")
+
+
+def test_a_flipped_byte_anywhere_in_the_arrays_fails_the_checksum(tmp_path):
+    from fastvae import checkpoint
     path = tmp_path / "ck.npz"
     VAE(**SMALL).save(path)
     with np.load(path) as f:
         arrays = dict(f)
-    arrays["params"] = arrays["params"][:-1]
+    arrays["m"] = arrays["m"].copy()
+    arrays["m"][7] = 1.0                         # rewritten with valid zip CRCs: only the checksum can tell
     np.savez(path, **arrays)
-    with pytest.raises(UserError, match="architecture"):
-        VAE.load(path, backend="cpu")
+    with pytest.raises(UserError, match="checksum"):
+        checkpoint.load(path)
 
 
 @pytest.mark.parametrize("X,phrase", [

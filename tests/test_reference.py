@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from conftest import TOL, assert_close
+from tolerances import TOL, assert_close
 from fastvae import step
 from fastvae.backends import reference as ref
 from fastvae.config import Config

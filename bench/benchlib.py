@@ -1,0 +1,43 @@
+"""Helpers shared by the benchmark suites: the seed's shapes, the backends present here, synchronized timing.
+
+Benchmarks reuse the tests' kernel checks (tests/kernel_cases.py), so each one checks its result before timing.
+"""
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))   # kernel_cases, tolerances
+
+from fastvae.config import Config  # noqa: E402
+from fastvae.params import Layout  # noqa: E402
+
+SEED_CFG = Config()       # 784 -> 500 -> 500 -> 2 x 20 -> 500 -> 500 -> 784, batch 150, Adam lr 0.001
+EPOCH_GROUP = "epoch (60000 images, batch 150)"          # fastvae and its peers side by side
+MEMORY_GROUP = "peak memory (one epoch, fresh process)"
+# the runner's name for each framework (python -m bench.peers.run NAME) -> its label in the report
+FRAMEWORKS = {"fastvae": "fastvae", "torch": "torch eager", "torch-compile": "torch.compile", "jax": "jax jit"}
+# forward, input gradient and weight gradient: 2 FLOPs per weight each; the first layer needs no input gradient
+FLOPS_PER_IMAGE = 6 * Layout(SEED_CFG).n_weights - 2 * 784 * SEED_CFG.hidden[0]      # ~7.1 MFLOP
+
+
+def backend_params(include_reference=True):
+    """pytest params for every backend usable here; the gpu one is skipped with the reason when absent."""
+    from fastvae.backends import gpu
+    names = ["cpu", "gpu"] + (["reference"] if include_reference else [])
+    reason = gpu.unavailable_reason()
+    return [pytest.param(n, marks=pytest.mark.skipif(n == "gpu" and reason is not None, reason=str(reason)))
+            for n in names]
+
+
+def timed(benchmark, be, fn, *, flops, nbytes, setup=None, rounds=30):
+    """Time fn() (synchronized), after `setup()` restores any input the kernel overwrites."""
+    def call():
+        fn()
+        be.synchronize()
+
+    benchmark.extra_info.update(flops=int(flops), bytes=int(nbytes), backend=be.name)
+    if setup is None:
+        benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=2)
+    else:
+        benchmark.pedantic(call, setup=setup, rounds=rounds, warmup_rounds=2)

@@ -1,0 +1,134 @@
+"""Runs are never lost: bit-exact resume (at an epoch boundary and after Ctrl-C mid-epoch), the divergence guard,
+and a full disk while saving. Every run here is a real subprocess of the CLI on a slice of the embedded MNIST."""
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from fastvae import VAE, UserError, checkpoint
+from fastvae.data import load_mnist
+from fastvae.errors import TrainingDiverged
+
+# long enough per epoch (200 steps of the seed's widths) for a Ctrl-C to land inside one
+RUN = ["--train-images", "6000", "--test-images", "300", "--batch-size", "30", "--seed", "4",
+       "--backend", "cpu", "--no-plots"]
+
+
+def cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "fastvae.train", *args], capture_output=True, text=True,
+                          timeout=600, **kw)
+
+
+def final_state(run_dir):
+    ck = checkpoint.load(run_dir / "checkpoint.npz")
+    return ck, {k: getattr(ck, k) for k in ("params", "m", "v")}
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The reference: 3 epochs without a stop."""
+    out = tmp_path_factory.mktemp("straight")
+    proc = cli(*RUN, "--epochs", "3", "--quiet", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    return final_state(out)
+
+
+def assert_same_run(run_dir, straight):
+    ck, arrays = final_state(run_dir)
+    ref_ck, ref_arrays = straight
+    assert (ck.epoch, ck.steps, ck.epoch_step) == (ref_ck.epoch, ref_ck.steps, 0)
+    for name, a in arrays.items():
+        np.testing.assert_array_equal(a, ref_arrays[name], err_msg=f"{name} differs from the uninterrupted run")
+
+
+def test_resume_at_an_epoch_boundary_is_bit_exact(tmp_path, straight):
+    assert cli(*RUN, "--epochs", "1", "--quiet", "--out", str(tmp_path)).returncode == 0
+    proc = cli("--resume", str(tmp_path), "--epochs", "3", "--no-plots", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert_same_run(tmp_path, straight)
+
+
+def test_ctrl_c_mid_epoch_saves_and_resume_is_bit_exact(tmp_path, straight):
+    proc = subprocess.Popen([sys.executable, "-m", "fastvae.train", *RUN, "--epochs", "3", "--out", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen = b""
+    deadline = time.monotonic() + 300
+    while b"epoch 2: " not in seen or b" 25/200" not in seen.split(b"epoch 2: ", 1)[1]:
+        chunk = os.read(proc.stderr.fileno(), 4096)          # tqdm's progress: wait until inside epoch 2
+        assert chunk and time.monotonic() < deadline, seen.decode(errors="replace")[-500:]
+        seen += chunk
+    proc.send_signal(signal.SIGINT)
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=120) == 130, rest.decode(errors="replace")
+    assert b"--resume" in rest and b"Traceback" not in rest
+    ck = checkpoint.load(tmp_path / "checkpoint.npz")
+    assert ck.epoch == 1 and 25 <= ck.epoch_step < 200, "stopped inside epoch 2, after the step in progress"
+    proc = cli("--resume", str(tmp_path), "--no-plots", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert_same_run(tmp_path, straight)
+
+
+def test_divergence_stops_with_the_step_and_writes_nothing_bad(tmp_path):
+    proc = cli(*RUN, "--epochs", "2", "--lr", "1000", "--quiet", "--out", str(tmp_path))
+    assert proc.returncode == 3
+    line, = proc.stderr.strip().splitlines()
+    assert "diverged at step" in line and "lower the learning rate" in line and "--lr 100" in line
+    assert not (tmp_path / "checkpoint.npz").exists()
+
+
+def test_a_diverged_model_keeps_the_last_good_checkpoint(tmp_path):
+    x = load_mnist().train_x[:600]
+    model = VAE(hidden=(32, 16), latent=3, batch_size=50, backend="cpu").fit(x, epochs=1)
+    model.save(tmp_path / "ck.npz")
+    good = (tmp_path / "ck.npz").read_bytes()
+    model.config = dataclasses.replace(model.config, lr=1e4)
+    with pytest.raises(TrainingDiverged, match=r"at step 1[3-9]|at step 2\d"):
+        model.fit(x, epochs=1)
+    with pytest.raises(UserError, match="diverged"):
+        model.save(tmp_path / "ck.npz")
+    assert (tmp_path / "ck.npz").read_bytes() == good
+
+
+FULL_DISK = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)        # writes past the limit fail with EFBIG, like a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000))
+from fastvae.train import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_full_disk_while_saving_keeps_the_previous_checkpoint(tmp_path):
+    small = ["--train-images", "600", "--test-images", "100", "--hidden", "64", "32", "--latent", "4",
+             "--batch-size", "50", "--backend", "cpu", "--no-plots", "--quiet"]
+    assert cli(*small, "--epochs", "1", "--out", str(tmp_path)).returncode == 0
+    before = (tmp_path / "checkpoint.npz").read_bytes()
+    assert len(before) > 300_000, "the checkpoint must be larger than the simulated free space"
+    proc = subprocess.run([sys.executable, "-c", FULL_DISK, "--resume", str(tmp_path), "--epochs", "2",
+                           "--no-plots", "--quiet"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    line, = proc.stderr.strip().splitlines()
+    assert "could not write checkpoint" in line and "nothing was overwritten" in line
+    assert (tmp_path / "checkpoint.npz").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_file()) == ["checkpoint.npz", "metrics.json"]
+
+
+@pytest.mark.parametrize("args,phrase", [
+    (["--hidden", "10"], "cannot be changed when resuming"),
+    (["--epochs", "1"], "already trained 1 of 1 epochs"),
+])
+def test_resume_refuses_what_it_cannot_honour(tmp_path, args, phrase):
+    assert cli("--train-images", "300", "--test-images", "50", "--batch-size", "50", "--hidden", "16",
+               "--latent", "2", "--epochs", "1", "--quiet", "--no-plots", "--out", str(tmp_path)).returncode == 0
+    proc = cli("--resume", str(tmp_path), "--backend", "cpu", *args)
+    assert proc.returncode == 2 and phrase in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_resume_from_a_folder_that_is_not_a_run(tmp_path):
+    proc = cli("--resume", str(tmp_path))
+    assert proc.returncode == 2 and "not a fastvae run folder" in proc.stderr
