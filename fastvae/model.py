@@ -41,6 +41,7 @@ class VAE:
         self._check_every = getattr(self.backend, "loss_check_interval", 1)
         self.history = []                       # one dict per epoch fitted in this process
         self._ws = None
+        self._ws_inference = None
 
     # ------------------------------------------------------------------ training
 
@@ -165,6 +166,11 @@ class VAE:
 
     def decode(self, z):
         """Pixel probabilities (n, 784) float32 of p(x | z) for codings z (n, latent)."""
+        return (0.5 * (1.0 + np.tanh(0.5 * self.decode_logits(z)))).astype(np.float32)  # sigmoid, no overflow
+
+    def decode_logits(self, z, rows=None):
+        """The decoder's logits (n, 784) as float64 for codings z (n, latent): log p(x | z) needs them, not the
+        probabilities, to stay stable. rows: decoder rows per chunk (default: the training batch size)."""
         z = np.asarray(z)
         latent = self.config.latent
         if z.ndim != 2 or z.shape[1] != latent or not np.issubdtype(z.dtype, np.number):
@@ -172,13 +178,12 @@ class VAE:
         if len(z) == 0 or not np.all(np.isfinite(z)):
             raise UserError("z must be non-empty and finite (no NaN or Inf)")
         be = self.backend
-        probs = np.empty((len(z), N_PIXELS), dtype=np.float32)
-        for a, rows in self._chunks(len(z)):
-            a.z[...] = be.asarray(z[rows])
+        logits = np.empty((len(z), N_PIXELS), dtype=np.float64)
+        for a, part in self._chunks(len(z), rows):
+            a.z[...] = be.asarray(z[part])
             step.decode(be, self.state.weights, a)
-            logits = np.asarray(be.to_host(a.dlogits), dtype=np.float64)
-            probs[rows] = 0.5 * (1.0 + np.tanh(0.5 * logits))    # sigmoid without overflow
-        return probs
+            logits[part] = be.to_host(a.dlogits)
+        return logits
 
     def sample(self, n, seed=None):
         """n new images (pixel probabilities, (n, 784)) decoded from codings drawn from the prior N(0, I).
@@ -194,12 +199,17 @@ class VAE:
         mu, _ = self.encode(X)
         return self.decode(mu)
 
-    def _chunks(self, n):
-        """(workspace rows, slice) over n items in chunks of the workspace's batch size."""
-        ws = self._workspace(self._ws.batch if self._ws is not None else self.config.batch_size)
+    def _chunks(self, n, rows=None):
+        """(workspace rows, slice) over n items in chunks of `rows` (default: the current workspace's batch)."""
+        if rows is None:
+            ws = self._workspace(self._ws.batch if self._ws is not None else self.config.batch_size)
+        else:                           # an inference workspace of its own: the training one keeps its size
+            if getattr(self, "_ws_inference", None) is None or self._ws_inference.batch != rows:
+                self._ws_inference = step.Workspace(self.backend, self.config, rows)
+            ws = self._ws_inference
         for start in range(0, n, ws.batch):
-            rows = slice(start, min(start + ws.batch, n))
-            yield ws.rows(rows.stop - start), rows
+            part = slice(start, min(start + ws.batch, n))
+            yield ws.rows(part.stop - start), part
 
     # ------------------------------------------------------------------ persistence
 

@@ -73,3 +73,86 @@ def save_loss_curves(path, history):
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
+
+
+def save_latent_scatter(path, mu, labels, dims=(0, 1), how=None):
+    """The codings' means mu of a test set, two latent dimensions `dims`, one colour per digit (legend 0-9).
+
+    how: a few words on how `dims` were chosen, shown in the title (e.g. "the two of largest variance")."""
+    mu = np.asarray(mu, dtype=np.float64)
+    labels = np.asarray(labels).reshape(-1)
+    i, j = dims
+    fig = _figure(6.4, 5.6)
+    ax = fig.add_axes((0.11, 0.09, 0.70, 0.80))
+    from matplotlib import colormaps
+    cmap = colormaps["tab10"]
+    order = np.random.default_rng(0).permutation(len(mu))    # no digit painted wholly on top of the others
+    size = 4 if len(mu) > 2000 else 10
+    ax.scatter(mu[order, i], mu[order, j], c=labels[order], cmap=cmap, vmin=-0.5, vmax=9.5, s=size, alpha=0.6,
+               linewidths=0, rasterized=True)
+    handles = [ax.scatter([], [], color=cmap(d), s=30, label=str(d)) for d in range(10)]
+    fig.legend(handles=handles, title="digit", loc="center left", bbox_to_anchor=(0.82, 0.5), frameon=False)
+    ax.set_xlabel(f"$\\mu_{{{i}}}$")
+    ax.set_ylabel(f"$\\mu_{{{j}}}$")
+    ax.grid(alpha=0.3)
+    title = f"means of q(z | x) for {len(mu):,} test digits: latent dims {i} and {j}"
+    fig.suptitle(title + (f"\n({how})" if how else ""), fontsize=10)
+    fig.savefig(path)
+
+
+def save_manifold(path, images, quantiles):
+    """The decoded grid of a 2-D latent space: images (n * n, 784) row by row, row r at z_1 = quantiles[-1 - r]
+    (top = largest), column c at z_0 = quantiles[c]; the axes show the z values (prior quantiles)."""
+    q = np.asarray(quantiles, dtype=np.float64)
+    n = len(q)
+    grid = digit_grid(np.asarray(images).reshape(n, n, -1)[::-1].reshape(n * n, -1), n, n, pad=0)
+    fig = _figure(7.2, 7.6)
+    ax = fig.add_axes((0.12, 0.08, 0.84, 0.84))
+    ax.imshow(1.0 - grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest",
+              extent=(-0.5, n - 0.5, -0.5, n - 0.5))
+    ticks = [0, n // 4, n // 2, (3 * n) // 4, n - 1]
+    ax.set_xticks(ticks, [f"{q[t]:.2f}" for t in ticks])
+    ax.set_yticks(ticks, [f"{q[t]:.2f}" for t in ticks])
+    ax.set_xlabel("$z_0$")
+    ax.set_ylabel("$z_1$")
+    fig.suptitle(f"decoded {n} x {n} grid of the prior's quantiles {_pct(q)} (2-D latent space)", fontsize=10)
+    fig.savefig(path)
+
+
+def _pct(q):
+    from statistics import NormalDist
+    lo, hi = NormalDist().cdf(q[0]), NormalDist().cdf(q[-1])
+    return f"{lo:.2f}..{hi:.2f}"
+
+
+def save_interpolations(path, rows, ends=None, pairs=None):
+    """Rows of decoded images (r, steps, 784), each going linearly in latent space from mu_a (left) to mu_b
+    (right). ends: optional (r, 2, 784) original test images a and b, drawn left and right of their row, apart;
+    pairs: optional (label_a, label_b) per row, written beside them."""
+    rows = np.asarray(rows, dtype=np.float32)
+    r, steps = rows.shape[:2]
+    gap, sep = 0.12, 10                                       # sep: blank columns between originals and the row
+    parts = [digit_grid(rows.reshape(r * steps, -1), r, steps, pad=2, gap=gap)]
+    if ends is not None:
+        ends = np.asarray(ends, dtype=np.float32)
+        left, right = (digit_grid(ends[:, e], r, 1, pad=2, gap=gap) for e in (0, 1))
+        blank = np.zeros((parts[0].shape[0], sep), dtype=np.float32)
+        parts = [left, blank, parts[0], blank, right]
+    grid = np.hstack(parts)
+    label_w = 0.35 if pairs is not None else 0.05
+    width, height = grid.shape[1] / 35 + 2 * label_w, grid.shape[0] / 35 + 0.55
+    fig = _figure(width, height)
+    top = (height - 0.55) / height
+    ax = fig.add_axes((label_w / width, 0.02, 1 - 2 * label_w / width, top - 0.02))
+    ax.imshow(1.0 - grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest", aspect="auto")
+    ax.set_axis_off()
+    if pairs is not None:
+        for k, (a, b) in enumerate(pairs):
+            y = 0.02 + (top - 0.02) * (1 - (k + 0.5) / r)
+            fig.text(label_w / 2 / width, y, str(a), ha="center", va="center", fontsize=11)
+            fig.text(1 - label_w / 2 / width, y, str(b), ha="center", va="center", fontsize=11)
+    what = "test digits a (left) and b (right); between them, the decoded codings" if ends is not None else \
+        "decoded codings"
+    fig.suptitle(f"linear interpolation in latent space: {what}\n(1 - t) mu_a + t mu_b for {steps} values of t "
+                 "from 0 to 1", fontsize=10, y=0.995)
+    fig.savefig(path)

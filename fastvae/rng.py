@@ -17,6 +17,7 @@ _MASK32 = 0xFFFFFFFF
 STREAM_TRAIN = 0
 STREAM_EVAL = 1
 STREAM_SAMPLE = 2
+STREAM_IWAE = 3       # fastvae.evaluate's importance samples: step = image index, row = sample index
 
 
 def philox4x32_10(counter, key):

@@ -1,7 +1,8 @@
 """python -m fastvae.train: train the seed's VAE on MNIST and write its results to a run folder.
 
 Writes into --out: checkpoint.npz (every epoch, atomically), metrics.json, samples/epoch_NNN.png (60 digits
-decoded from the same 60 codings each epoch), and at the end samples.png, reconstructions.png and loss.png.
+decoded from the same 60 codings each epoch), and at the end the figures of fastvae.plot (samples,
+reconstructions, latent scatter, interpolations, loss curves, and the manifold for a 2-D latent space).
 A user's mistake is one line on stderr and exit status 2; divergence exits with 3 (the last good checkpoint
 stays); Ctrl-C stops after the step in progress, saves a checkpoint and exits with 130; --resume continues.
 """
@@ -185,12 +186,9 @@ def run(args):
               f"python -m fastvae.train --resume {out}", file=sys.stderr)
         return 130
     if plots:
-        from .plots import save_digits, save_loss_curves, save_reconstructions
-        save_digits(out / "samples.png", model.sample(60, seed=codings_seed),
-                    title=f"60 new digits after {model.epoch} epochs")
-        originals = test_x[:10].astype(np.float32) / 255.0
-        save_reconstructions(out / "reconstructions.png", originals, model.reconstruct(test_x[:10]))
-        save_loss_curves(out / "loss.png", model.history)
+        from .plot import write_figures
+        write_figures(model, test_x, data.test_y[:len(test_x)], out, history=model.history, seed=codings_seed,
+                      notify=lambda msg: None)
     final = model.history[-1]
     say(f"done: test loss {final['test']['total']:.3f} per image after {model.epoch} epochs; "
         f"mean {np.mean([r['seconds'] for r in model.history]):.2f} s per epoch; results in {out}")

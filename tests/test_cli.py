@@ -29,8 +29,8 @@ def test_a_run_writes_its_checkpoint_metrics_and_figures(run_dir):
     out, proc = run_dir
     assert "epoch   2/2" in proc.stdout and "done: test loss" in proc.stdout
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
-    assert names == ["checkpoint.npz", "loss.png", "metrics.json", "reconstructions.png",
-                     "samples.png", "samples/epoch_001.png", "samples/epoch_002.png"]
+    assert names == ["checkpoint.npz", "interpolation.png", "latent.png", "loss.png", "metrics.json",
+                     "reconstructions.png", "samples.png", "samples/epoch_001.png", "samples/epoch_002.png"]
     m = json.loads((out / "metrics.json").read_text())
     assert m["backend"] == "cpu" and m["train_images"] == 600 and m["test_images"] == 200
     assert m["config"]["hidden"] == [40, 24] and m["config"]["latent"] == 3 and m["config"]["seed"] == 11

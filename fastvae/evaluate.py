@@ -1,0 +1,246 @@
+"""python -m fastvae.evaluate: the test-set negative ELBO and the importance-weighted estimate of -log p(x).
+
+The IWAE bound (Burda, Grosse & Salakhutdinov 2015): for each image x and k codings z_j ~ q(z | x),
+    log p(x) >= log (1/k) sum_j w_j,   log w_j = log p(x | z_j) + log p(z_j) - log q(z_j | x),
+with q(z | x) = N(mu, exp(gamma)), p(z) = N(0, I) and p(x | z) the Bernoulli (sigmoid cross-entropy) likelihood
+of the decoder's logits l: log p(x | z) = -sum over pixels of [max(l, 0) - l x + log1p(exp(-|l|))].
+k = 1 is a one-sample ELBO; the bound rises with k towards log p(x). The backend computes mu, gamma and the
+logits; the log-weights and their log-mean-exp are float64 NumPy on the host (z = mu + sigma eps is formed in
+float64; the decoder sees it rounded to the backend's precision, float32 on cpu and gpu).
+
+The noise is a pure function of (seed, image index, sample index): sample j of image i is row j of
+rng.normals(seed, STREAM_IWAE, i, k, latent). Rows are a prefix (k = 10 uses the first 10 of k = 100's samples),
+so one pass with the largest k gives the bound for every smaller k too.
+
+Note: MNIST's pixels are grey levels in [0, 1], not binary, so the "likelihood" is the cross-entropy the model
+is trained on, not a normalised density; these nats are not comparable with binarised-MNIST results.
+"""
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import rng
+from .backends import NAMES
+from .data import as_images
+from .errors import UserError
+from .rng import STREAM_IWAE
+
+
+DEFAULT_K = 5000
+DEFAULT_ROWS = 2048          # decoder rows per chunk: bounds memory (~13 MB of float64 logits) at any k
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+def log_mean_exp(a, axis=-1):
+    """log(mean(exp(a))) along `axis`, stable for any finite or -inf entries (all -inf gives -inf, not NaN)."""
+    a = np.asarray(a, dtype=np.float64)
+    m = np.max(a, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    with np.errstate(divide="ignore"):   # log(0) = -inf where every entry is -inf
+        out = np.log(np.mean(np.exp(a - m), axis=axis, keepdims=True)) + m
+    return np.squeeze(out, axis=axis)
+
+
+def bernoulli_log_likelihood(logits, x):
+    """Per row: -sum [max(l, 0) - l x + log1p(exp(-|l|))] in float64 (the stable sigmoid cross-entropy).
+
+    Written as three row sums with one temporary, in place: twice as fast as the one-line form."""
+    logits = np.asarray(logits, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
+    soft = np.abs(logits)
+    np.negative(soft, out=soft)
+    np.exp(soft, out=soft)
+    np.log1p(soft, out=soft)
+    return np.einsum("ij,ij->i", logits, x) - np.maximum(logits, 0.0).sum(axis=1) - soft.sum(axis=1)
+
+
+def decoder_logits(model, z, rows=DEFAULT_ROWS):
+    """The decoder's logits (n, 784) as float64 for codings z (n, latent), `rows` decoder rows at a time."""
+    return model.decode_logits(z, rows=max(1, min(len(z), rows)))
+
+
+def _ks(k):
+    ks = [k] if isinstance(k, (int, np.integer, bool, float, str)) or not hasattr(k, "__iter__") else list(k)
+    if not ks or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0 for v in ks):
+        raise UserError(f"k must be a positive integer or a list of them, got {k!r}")
+    return sorted(set(int(v) for v in ks))
+
+
+def iwae_bound(model, X, k=DEFAULT_K, seed=0, batch_size=None, progress=False):
+    """Per-image importance-weighted bounds on log p(x) for each k (nats), from one pass with max(k) samples.
+
+    Returns {"k": [k1 < k2 < ...], "bound": float64 (n, len(k)) = log mean_j w_j over the first k samples,
+    "elbo": float64 (n, len(k)) = mean_j log w_j over the same samples (a k-sample ELBO; bound >= elbo always)}.
+    batch_size: decoder rows per chunk (default 2048); memory stays bounded at any k.
+    """
+    ks = _ks(k)
+    X = as_images(X, "X")
+    rows = DEFAULT_ROWS if batch_size is None else batch_size
+    if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows <= 0:
+        raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
+    seed = int(seed)
+    if not 0 <= seed < 2**63:
+        raise UserError(f"seed must be an integer in [0, 2**63), got {seed}")
+    n, kmax, latent = len(X), ks[-1], model.config.latent
+    mu, gamma = (np.asarray(a, dtype=np.float64) for a in model.encode(X))
+    sigma = np.exp(0.5 * gamma)
+    chunk = min(rows, max(kmax, 1) * n)                   # decoder rows per call
+    group = max(1, rows // kmax)                          # images per group: group * kmax log-weights at most
+    bound = np.empty((n, len(ks)))
+    elbo = np.empty((n, len(ks)))
+    bar = _progress_bar(n, f"IWAE k={kmax}") if progress else None
+    with np.errstate(over="ignore"):
+        for g0 in range(0, n, group):
+            imgs = np.arange(g0, min(g0 + group, n))
+            eps = np.concatenate([rng.normals(seed, STREAM_IWAE, i, kmax, latent) for i in imgs]).astype(np.float64)
+            owner = np.repeat(imgs, kmax)                 # image of each (image, sample) row
+            z = mu[owner] + sigma[owner] * eps
+            lw = np.empty(len(owner))
+            for r0 in range(0, len(owner), chunk):
+                r1 = min(r0 + chunk, len(owner))
+                who = owner[r0:r1]
+                logits = decoder_logits(model, z[r0:r1], chunk)
+                x = X[who].astype(np.float64) / (255.0 if X.dtype == np.uint8 else 1.0)
+                log_px = bernoulli_log_likelihood(logits, x)
+                log_pz = -0.5 * np.sum(z[r0:r1] ** 2 + _LOG_2PI, axis=1)
+                log_qz = -0.5 * np.sum(eps[r0:r1] ** 2 + gamma[who] + _LOG_2PI, axis=1)
+                lw[r0:r1] = log_px + log_pz - log_qz
+                if bar is not None and kmax > rows:       # long k: show progress within an image too
+                    bar.update((r1 - r0) / kmax)
+            lw = lw.reshape(len(imgs), kmax)
+            for c, kk in enumerate(ks):
+                bound[imgs, c] = log_mean_exp(lw[:, :kk])
+                elbo[imgs, c] = lw[:, :kk].mean(axis=1)
+            if bar is not None and kmax <= rows:
+                bar.update(len(imgs))
+    if bar is not None:
+        bar.n = n
+        bar.close()
+    return {"k": ks, "bound": bound, "elbo": elbo}
+
+
+def evaluate_model(model, X, k=DEFAULT_K, seed=0, batch_size=None, progress=False):
+    """The test-set losses of `model` on images X, in nats per image.
+
+    "elbo": the negative ELBO of model.evaluate (one sample per image, analytic KL; the trainer's test loss) with
+    its "reconstruction" and "kl" parts. "iwae": one entry per k: "nll" = -(IWAE bound), the estimate of
+    -log p(x); "negative_elbo_same_samples" = -(mean log-weight of the same k samples), which nll never exceeds;
+    and "std_error" of nll's mean over the images.
+    """
+    X = as_images(X, "X")
+    begin = time.perf_counter()
+    elbo = model.evaluate(X)
+    res = iwae_bound(model, X, k=k, seed=seed, batch_size=batch_size, progress=progress)
+    n = len(X)
+    iwae = []
+    for c, kk in enumerate(res["k"]):
+        b = res["bound"][:, c]
+        iwae.append({"k": kk, "nll": float(-b.mean()),
+                     "std_error": float(b.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan"),
+                     "negative_elbo_same_samples": float(-res["elbo"][:, c].mean())})
+    return {"images": n, "seed": int(seed), "elbo": elbo, "iwae": iwae, "seconds": time.perf_counter() - begin}
+
+
+def _progress_bar(total, desc):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit="img", leave=False, dynamic_ncols=True,
+                bar_format="{l_bar}{bar}| {n:.0f}/{total} [{elapsed}<{remaining}]")
+
+
+# ---------------------------------------------------------------------- command line
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m fastvae.evaluate",
+        description="Evaluate a trained fastvae checkpoint on the MNIST test set: the negative ELBO (reconstruction "
+                    "+ KL) and the importance-weighted (IWAE) estimate of -log p(x), in nats per image.",
+        epilog="examples: python -m fastvae.evaluate runs/quick/checkpoint.npz --k 1 10 100 1000 --test-images "
+               "1000;  python -m fastvae.evaluate runs/quick --json eval.json.  Exit status: 0 done, 2 a mistake "
+               "in the input.")
+    p.add_argument("checkpoint", type=Path, help="checkpoint.npz of a training run (or the run folder holding it)")
+    p.add_argument("--k", type=int, nargs="+", default=[DEFAULT_K], metavar="K",
+                   help=f"importance samples per image (default {DEFAULT_K}); several values cost as much as the "
+                        "largest, because smaller k use a prefix of its samples")
+    p.add_argument("--test-images", type=int, metavar="N", help="use only the first N test images (default: all)")
+    p.add_argument("--backend", choices=NAMES, default="auto",
+                   help="auto (default) picks the fastest usable backend; reference is float64 NumPy (slow)")
+    p.add_argument("--batch-size", type=int, metavar="B", default=DEFAULT_ROWS,
+                   help=f"decoder rows per chunk (default {DEFAULT_ROWS}); bounds memory")
+    p.add_argument("--seed", type=int, default=0, help="decides the importance samples (default 0)")
+    p.add_argument("--data", type=Path, metavar="DIR", help="MNIST folder or mnist.npz (default: the embedded copy)")
+    p.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except UserError as e:
+        print(f"fastvae: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _checkpoint_path(path):
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.npz"
+    return path
+
+
+def run(args):
+    from . import machine
+    from .data import load_mnist
+    from .model import VAE
+
+    for name in ("test_images", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    if any(k <= 0 for k in args.k):
+        raise UserError(f"--k must be positive integers, got {' '.join(map(str, args.k))}")
+    if not 0 <= args.seed < 2**63:
+        raise UserError(f"--seed must be an integer in [0, 2**63), got {args.seed}")
+    if args.json is not None and not args.json.parent.is_dir():
+        raise UserError(f"cannot write {args.json}: folder {args.json.parent} does not exist")
+    path = _checkpoint_path(args.checkpoint)
+    notify = None if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    model = VAE.load(path, backend=args.backend, notify=notify)
+    data = load_mnist(args.data)
+    test_x = data.test_x if args.test_images is None else data.test_x[:args.test_images]
+    res = evaluate_model(model, test_x, k=args.k, seed=args.seed, batch_size=args.batch_size,
+                         progress=not args.quiet)
+    report = {"checkpoint": str(path), "backend": model.backend.name, "config": model.config.to_dict(),
+              "epochs_trained": model.epoch, "data": data.source, "machine": machine.describe(), **res}
+    print(format_table(report))
+    if args.json is not None:
+        try:
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+        except OSError as e:
+            raise UserError(f"cannot write {args.json} ({e.strerror})") from None
+    return 0
+
+
+def format_table(r):
+    e = r["elbo"]
+    lines = [f"{r['checkpoint']}: {r['epochs_trained']} epochs, latent {r['config']['latent']}, "
+             f"{r['images']} test images, {r['backend']} backend, noise seed {r['seed']}, {r['seconds']:.1f} s",
+             "nats per image (lower is better)",
+             f"  negative ELBO, 1 sample, analytic KL  {e['total']:9.3f}  = reconstruction {e['reconstruction']:.3f}"
+             f" + KL {e['kl']:.3f}",
+             f"  {'k':>6}  {'-IWAE bound (NLL)':>18}  {'± s.e.':>7}  {'-ELBO, same samples':>19}  {'gap':>6}"]
+    for row in r["iwae"]:
+        same = row["negative_elbo_same_samples"]
+        lines.append(f"  {row['k']:>6}  {row['nll']:18.3f}  {row['std_error']:7.3f}  {same:19.3f}  "
+                     f"{same - row['nll']:6.3f}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""python -m fastvae.plot: the figures of a trained checkpoint, as PNG files.
+
+samples.png (60 digits from N(0, I)), reconstructions.png (10 test digits and their reconstructions),
+latent.png (the test set's mu coloured by digit), manifold.png (the decoded 20 x 20 grid of the prior's quantiles;
+only for a 2-D latent space), interpolation.png (decoded codings on the line from one test digit's mu to
+another's) and loss.png (train and test loss by epoch, from the metrics.json beside the checkpoint, if present).
+A mistake is one line on stderr and exit status 2.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+from statistics import NormalDist
+
+import numpy as np
+
+from .backends import NAMES
+from .errors import UserError
+
+MANIFOLD_SIDE = 20
+MANIFOLD_RANGE = (0.05, 0.95)     # probabilities of the prior's quantiles at the grid's first and last points
+INTERPOLATION_STEPS = 10
+# Pairs of test images (indices into MNIST's test set) to interpolate between: different digits, drawn so that
+# the rows are varied (first test occurrences of 7->1, 2->0, 4->9, 3->8, 6->5 when these indices are valid).
+INTERPOLATION_DIGITS = ((7, 1), (2, 0), (4, 9), (3, 8), (6, 5))
+
+
+def manifold_codings(side=MANIFOLD_SIDE, lo=MANIFOLD_RANGE[0], hi=MANIFOLD_RANGE[1]):
+    """(quantiles (side,), codings (side * side, 2)): z_0 = q[c], z_1 = q[r] for row r, column c, where
+    q = the standard normal's inverse CDF at side points evenly spaced in [lo, hi]."""
+    inv = NormalDist().inv_cdf
+    q = np.array([inv(p) for p in np.linspace(lo, hi, side)])
+    z0, z1 = np.meshgrid(q, q)                # z0 varies along columns, z1 along rows
+    return q, np.stack([z0.ravel(), z1.ravel()], axis=1)
+
+
+def latent_dims(mu):
+    """(dims, how): the two latent dimensions to scatter — all of them for 2, else the two whose mu vary most."""
+    if mu.shape[1] == 2:
+        return (0, 1), None
+    var = mu.var(axis=0)
+    i, j = sorted(np.argsort(var)[::-1][:2].tolist())
+    return (i, j), f"the two of {mu.shape[1]} with the largest variance of mu: {var[i]:.2f} and {var[j]:.2f}"
+
+
+def interpolation_rows(model, images, labels, steps=INTERPOLATION_STEPS, pairs=INTERPOLATION_DIGITS):
+    """(rows (r, steps, 784), originals (r, 2, 784) in [0, 1], [(label_a, label_b)]): each row decodes
+    (1 - t) mu_a + t mu_b, t = 0..1, for the first test images of the digit pairs in `pairs` (pairs whose digits
+    are missing are left out); None when no pair is complete in these images."""
+    labels = np.asarray(labels)
+    chosen = []
+    for a, b in pairs:
+        ia, ib = np.flatnonzero(labels == a), np.flatnonzero(labels == b)
+        if len(ia) and len(ib):
+            chosen.append((int(ia[0]), int(ib[0]), a, b))
+    if not chosen:
+        return None
+    picked = images[[c[0] for c in chosen] + [c[1] for c in chosen]]
+    mu, _ = model.encode(picked)
+    mu_a, mu_b = mu[:len(chosen)], mu[len(chosen):]
+    t = np.linspace(0.0, 1.0, steps)[None, :, None]
+    z = (1.0 - t) * mu_a[:, None, :] + t * mu_b[:, None, :]
+    decoded = model.decode(z.reshape(-1, mu.shape[1])).reshape(len(chosen), steps, -1)
+    originals = np.asarray(picked, dtype=np.float32) / (255.0 if picked.dtype == np.uint8 else 1.0)
+    originals = np.stack([originals[:len(chosen)], originals[len(chosen):]], axis=1)
+    return decoded, originals, [(c[2], c[3]) for c in chosen]
+
+
+def write_figures(model, test_x, test_y, out, history=None, seed=None, notify=print):
+    """Write every figure of `model` into folder `out`; returns the paths written. history: metrics.json's
+    "epochs" list (loss.png is skipped without it); seed: the sample codings' seed (default the model's)."""
+    from . import plots
+    out = Path(out)
+    written = []
+
+    def done(name):
+        written.append(out / name)
+        notify(f"wrote {out / name}")
+
+    plots.save_digits(out / "samples.png", model.sample(60, seed=seed),
+                      title=f"60 codings from N(0, I), decoded after {model.epoch} epochs")
+    done("samples.png")
+    plots.save_reconstructions(out / "reconstructions.png", test_x[:10].astype(np.float32) / 255.0,
+                               model.reconstruct(test_x[:10]))
+    done("reconstructions.png")
+    mu, _ = model.encode(test_x)
+    dims, how = latent_dims(mu)
+    plots.save_latent_scatter(out / "latent.png", mu, test_y, dims, how)
+    done("latent.png")
+    if model.config.latent == 2:
+        q, z = manifold_codings()
+        plots.save_manifold(out / "manifold.png", model.decode(z), q)
+        done("manifold.png")
+    else:
+        notify(f"no manifold.png: it needs a 2-D latent space, this model's is {model.config.latent}-D "
+               "(train one with --latent 2)")
+    found = interpolation_rows(model, test_x, test_y)
+    if found is not None:
+        plots.save_interpolations(out / "interpolation.png", *found)
+        done("interpolation.png")
+    else:
+        notify(f"no interpolation.png: none of the digit pairs {INTERPOLATION_DIGITS} is in these "
+               f"{len(test_x)} test images; use more of them")
+    if history:
+        plots.save_loss_curves(out / "loss.png", history)
+        done("loss.png")
+    else:
+        notify("no loss.png: no metrics.json with the run's history beside the checkpoint")
+    return written
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="python -m fastvae.plot",
+        description="Draw the figures of a trained fastvae checkpoint: samples, reconstructions, the latent space "
+                    "coloured by digit, the 2-D manifold (latent 2 only), interpolations and loss curves.",
+        epilog="example: python -m fastvae.plot runs/quick/checkpoint.npz --out runs/quick/figures.  "
+               "Exit status: 0 done, 2 a mistake in the input.")
+    p.add_argument("checkpoint", type=Path, help="checkpoint.npz of a training run (or the run folder holding it)")
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="folder for the PNG files (default: figures/ beside the checkpoint)")
+    p.add_argument("--test-images", type=int, metavar="N", help="use only the first N test images (default: all)")
+    p.add_argument("--backend", choices=NAMES, default="auto")
+    p.add_argument("--data", type=Path, metavar="DIR", help="MNIST folder or mnist.npz (default: the embedded copy)")
+    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except UserError as e:
+        print(f"fastvae: error: {e}", file=sys.stderr)
+        return 2
+
+
+def run(args):
+    from .data import load_mnist
+    from .model import VAE
+    from .plots import matplotlib_missing
+
+    if matplotlib_missing():
+        raise UserError(matplotlib_missing())
+    if args.test_images is not None and args.test_images <= 0:
+        raise UserError(f"--test-images must be a positive integer, got {args.test_images}")
+    path = args.checkpoint / "checkpoint.npz" if args.checkpoint.is_dir() else args.checkpoint
+    model = VAE.load(path, backend=args.backend)
+    history = None
+    metrics = path.parent / "metrics.json"
+    if metrics.is_file():
+        try:
+            history = json.loads(metrics.read_text())["epochs"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            print(f"fastvae: ignoring {metrics} ({type(e).__name__}); no loss.png", file=sys.stderr)
+    out = args.out if args.out is not None else path.parent / "figures"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"cannot create the output folder {out} ({e.strerror}); choose another with --out") from None
+    data = load_mnist(args.data)
+    n = args.test_images
+    test_x, test_y = (data.test_x, data.test_y) if n is None else (data.test_x[:n], data.test_y[:n])
+    say = (lambda msg: None) if args.quiet else print
+    write_figures(model, test_x, test_y, out, history=history, notify=say)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

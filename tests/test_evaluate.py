@@ -1,0 +1,179 @@
+"""fastvae.evaluate: the IWAE bound against an independent float64 NumPy computation from the checkpoint's
+parameters, its properties (k = 1 is the ELBO, bound >= ELBO, rises with k), log-mean-exp stability, the CLI."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fastvae import VAE, checkpoint, rng
+from fastvae.data import load_mnist
+from fastvae.evaluate import STREAM_IWAE, evaluate_model, iwae_bound, log_mean_exp
+from fastvae.params import Layout
+
+N_TEST = 120
+# The backend's float32 logits carry relative errors ~1e-6 (a 64-term product plus ELU, ~2**-24 each); the
+# log-likelihood's derivative in a logit is sigmoid(l) - x, at most 1 in size, so 784 pixels move a log-weight by
+# at most ~784 * 1e-6 ~ 1e-3 nats (measured: 2e-5 on values ~400). Everything after the logits is float64.
+ATOL_NATS = 1e-3
+
+
+def assert_nats(actual, expected, what):
+    np.testing.assert_allclose(actual, expected, rtol=0, atol=ATOL_NATS, err_msg=what)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small model trained for 2 epochs on 2000 images (cpu backend), saved; and some test images."""
+    mnist = load_mnist()
+    model = VAE(hidden=(64, 32), latent=4, backend="cpu", seed=5, batch_size=100)
+    model.fit(mnist.train_x[:2000], epochs=2)
+    path = tmp_path_factory.mktemp("eval") / "checkpoint.npz"
+    model.save(path)
+    return model, path, mnist.test_x[:N_TEST]
+
+
+def _oracle_log_weights(path, X, k, seed):
+    """log w[i, j] for image i, sample j, in float64 NumPy from the saved parameters alone (no fastvae kernels):
+    the noise is row j of rng.normals(seed, STREAM_IWAE, i, k, latent), as documented in fastvae.evaluate."""
+    ck = checkpoint.load(path)
+    layers = Layout(ck.config).views(ck.params.astype(np.float64))
+    n_hidden, latent = len(ck.config.hidden), ck.config.latent
+
+    def elu(a):
+        return np.where(a > 0, a, np.expm1(np.minimum(a, 0.0)))
+
+    x = X.astype(np.float64) / 255.0
+    h = x
+    for w, b in layers[:n_hidden]:
+        h = elu(h @ w + b)
+    stats = h @ layers[n_hidden][0] + layers[n_hidden][1]
+    mu, gamma = stats[:, :latent], stats[:, latent:]
+    out = np.empty((len(X), k))
+    for i in range(len(X)):
+        eps = rng.normals(seed, STREAM_IWAE, i, k, latent).astype(np.float64)
+        z = mu[i] + np.exp(gamma[i] / 2) * eps
+        h = z
+        for w, b in layers[n_hidden + 1:-1]:
+            h = elu(h @ w + b)
+        logits = h @ layers[-1][0] + layers[-1][1]
+        # log Bernoulli(x | sigmoid(l)) = x log s + (1 - x) log(1 - s), written with logaddexp for stability
+        log_px = -(x[i] * np.logaddexp(0, -logits) + (1 - x[i]) * np.logaddexp(0, logits)).sum(axis=1)
+        log_pz = -0.5 * (z ** 2 + np.log(2 * np.pi)).sum(axis=1)
+        log_qz = -0.5 * (((z - mu[i]) ** 2) / np.exp(gamma[i]) + gamma[i] + np.log(2 * np.pi)).sum(axis=1)
+        out[i] = log_px + log_pz - log_qz
+    return out
+
+
+def test_k1_is_the_one_sample_elbo_of_an_independent_float64_computation(trained):
+    model, path, X = trained
+    lw = _oracle_log_weights(path, X[:40], 1, seed=7)
+    res = iwae_bound(model, X[:40], k=1, seed=7)
+    assert res["k"] == [1]
+    assert_nats(res["bound"][:, 0], lw[:, 0], "IWAE k=1 vs float64 ELBO")
+    assert_nats(res["elbo"][:, 0], lw[:, 0], "ELBO k=1")
+    assert np.all(res["bound"] == res["elbo"])          # k = 1: log mean exp of one number is that number
+
+
+def test_k5_matches_the_oracle_log_mean_exp(trained):
+    model, path, X = trained
+    lw = _oracle_log_weights(path, X[:15], 5, seed=2)
+    expected = np.logaddexp.reduce(lw, axis=1) - np.log(5)
+    res = iwae_bound(model, X[:15], k=[1, 5], seed=2, batch_size=7)   # chunks that cut images' samples apart
+    assert_nats(res["bound"][:, 1], expected, "IWAE k=5")
+    assert_nats(res["bound"][:, 0], lw[:, 0], "IWAE k=1 as a prefix of k=5")
+    # the oracle's ELBO of 5 samples is the mean log-weight
+    assert_nats(res["elbo"][:, 1], lw.mean(axis=1), "5-sample ELBO")
+
+
+def test_bound_is_above_the_elbo_and_rises_with_k(trained):
+    model, _, X = trained
+    res = evaluate_model(model, X, k=[1, 10, 100], seed=0)
+    rows = {r["k"]: r for r in res["iwae"]}
+    # with the same samples, log mean exp >= mean log (Jensen), image by image
+    raw = iwae_bound(model, X, k=[1, 10, 100], seed=0)
+    assert np.all(raw["bound"] >= raw["elbo"] - 1e-9)
+    assert np.all(raw["bound"][:, 0] == raw["elbo"][:, 0])
+    nll = [rows[k]["nll"] for k in (1, 10, 100)]
+    assert nll[0] > nll[1] > nll[2], nll                # the bound on log p(x) rises, so -bound falls
+    assert nll[0] - nll[2] > 0.5                        # by a real margin on a briefly trained model
+    for k in (10, 100):
+        assert rows[k]["nll"] < res["elbo"]["total"]     # below the trainer's test loss (1 sample, analytic KL)
+        assert rows[k]["nll"] < rows[k]["negative_elbo_same_samples"]
+    # one sample with an analytic KL and one with the sampled KL estimate the same ELBO
+    assert abs(rows[1]["nll"] - res["elbo"]["total"]) < 5 * rows[1]["std_error"] + 1.0
+    assert res["images"] == N_TEST and all(np.isfinite(r["std_error"]) for r in res["iwae"])
+
+
+def test_the_noise_and_the_chunking_do_not_change_the_answer(trained):
+    model, _, X = trained
+    a = iwae_bound(model, X[:30], k=[3, 20], seed=4)
+    b = iwae_bound(model, X[:30], k=20, seed=4, batch_size=13)
+    c = iwae_bound(model, X[:30], k=3, seed=4, batch_size=1)
+    assert_nats(b["bound"][:, 0], a["bound"][:, 1], "k=20, other chunks")
+    assert_nats(c["bound"][:, 0], a["bound"][:, 0], "k=3 alone vs as a prefix")
+    d = iwae_bound(model, X[:30], k=3, seed=5)
+    assert not np.allclose(d["bound"], c["bound"])      # another seed draws other samples
+    again = iwae_bound(model, X[:30], k=[3, 20], seed=4)
+    assert np.array_equal(again["bound"], a["bound"])   # a pure function of (seed, image, sample)
+
+
+def test_log_mean_exp_is_stable():
+    a = np.array([[-1e4, -1e4 + np.log(3.0)], [-1e300, 0.0], [1e4, 1e4], [-np.inf, 0.0], [-np.inf, -np.inf]])
+    out = log_mean_exp(a)
+    assert out[0] == pytest.approx(-1e4 + np.log(2.0), abs=1e-9)
+    assert out[1] == pytest.approx(-np.log(2.0), abs=1e-12)
+    assert out[2] == pytest.approx(1e4, abs=1e-9)
+    assert out[3] == pytest.approx(-np.log(2.0), abs=1e-12)
+    assert out[4] == -np.inf and not np.isnan(out).any()
+    with np.errstate(over="ignore", divide="ignore"):
+        naive = np.log(np.mean(np.exp(a[:3]), axis=1))  # what a naive formula gives: -inf and inf
+    assert not np.isfinite(naive).all() and np.isfinite(out[:4]).all()
+
+
+def test_bad_arguments_are_one_line_user_errors(trained):
+    from fastvae import UserError
+    model, _, X = trained
+    for bad in (0, -3, [], [5, 0], 2.5, True):
+        with pytest.raises(UserError):
+            iwae_bound(model, X[:3], k=bad)
+    with pytest.raises(UserError):
+        iwae_bound(model, X[:3], k=2, batch_size=0)
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "fastvae.evaluate", *map(str, args)], capture_output=True,
+                          text=True, timeout=120)
+
+
+def test_cli_writes_the_table_and_json(trained, tmp_path):
+    _, path, _ = trained
+    out = tmp_path / "eval.json"
+    proc = _cli(path, "--k", "1", "10", "--test-images", 50, "--backend", "cpu", "--json", out, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert "-IWAE bound" in proc.stdout and "reconstruction" in proc.stdout
+    r = json.loads(out.read_text())
+    assert {"checkpoint", "backend", "config", "epochs_trained", "images", "seed", "elbo", "iwae", "seconds",
+            "machine"} <= set(r)
+    assert r["images"] == 50 and r["backend"] == "cpu" and r["epochs_trained"] == 2
+    assert set(r["elbo"]) == {"reconstruction", "kl", "total"}
+    assert [e["k"] for e in r["iwae"]] == [1, 10]
+    assert r["iwae"][1]["nll"] < r["iwae"][0]["nll"]
+    assert f"{r['iwae'][1]['nll']:.3f}" in proc.stdout
+
+
+@pytest.mark.parametrize("args, says", [
+    (["missing.npz"], "does not exist"),
+    (["{ck}", "--k", "0"], "--k"),
+    (["{ck}", "--test-images", "0"], "--test-images"),
+    (["{bad}"], "not a readable fastvae checkpoint"),
+])
+def test_cli_mistakes_exit_2_with_one_line(trained, tmp_path, args, says):
+    _, path, _ = trained
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip file")
+    proc = _cli(*[a.format(ck=path, bad=bad) for a in args], "--quiet")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fastvae: error:") and says in lines[0], proc.stderr

@@ -1,0 +1,137 @@
+"""python -m fastvae.plot as a real subprocess: every figure is written and is a real, non-blank image; the
+manifold only for a 2-D latent space; and the pieces the figures are computed from."""
+import json
+import subprocess
+import sys
+from statistics import NormalDist
+
+import numpy as np
+import pytest
+
+from fastvae import VAE
+from fastvae.data import load_mnist
+from fastvae.plot import interpolation_rows, latent_dims, manifold_codings
+
+pytest.importorskip("matplotlib")
+ALL = ["interpolation.png", "latent.png", "loss.png", "manifold.png", "reconstructions.png", "samples.png"]
+
+
+def _train(folder, latent):
+    """A small model trained for 2 epochs on 2000 images, saved as a run folder with its metrics.json."""
+    mnist = load_mnist()
+    model = VAE(hidden=(64, 32), latent=latent, backend="cpu", seed=3, batch_size=100)
+    model.fit(mnist.train_x[:2000], epochs=2, validation=mnist.test_x[:300])
+    model.save(folder / "checkpoint.npz")
+    (folder / "metrics.json").write_text(json.dumps({"epochs": model.history}))
+    return model
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = {}
+    for latent in (2, 4):
+        folder = tmp_path_factory.mktemp(f"latent{latent}")
+        out[latent] = (_train(folder, latent), folder)
+    return out
+
+
+def _plot(*args):
+    return subprocess.run([sys.executable, "-m", "fastvae.plot", *map(str, args)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def _check_image(path, min_w, min_h):
+    import matplotlib.image as mpimg
+    img = mpimg.imread(path)
+    h, w = img.shape[:2]
+    assert img.ndim == 3 and w >= min_w and h >= min_h, (path.name, img.shape)
+    rgb = img[..., :3]
+    assert rgb.std() > 0.05, f"{path.name} looks blank"
+    assert (rgb < 0.5).mean() > 0.01, f"{path.name} has almost nothing dark on it"
+    return img
+
+
+def test_every_figure_of_a_2d_model(runs, tmp_path):
+    _, folder = runs[2]
+    out = tmp_path / "figs"
+    proc = _plot(folder / "checkpoint.npz", "--out", out, "--test-images", 2000, "--backend", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ALL
+    assert proc.stdout.count("wrote ") == len(ALL)
+    manifold = _check_image(out / "manifold.png", 500, 500)
+    assert 0.8 < manifold.shape[0] / manifold.shape[1] < 1.25          # a square grid
+    latent = _check_image(out / "latent.png", 400, 400)
+    assert (latent[..., :3].std(axis=2) > 0.1).mean() > 0.01          # coloured points, not grey
+    interp = _check_image(out / "interpolation.png", 600, 250)
+    assert interp.shape[1] > 1.5 * interp.shape[0]                       # rows of ~12 digits: wide
+    _check_image(out / "samples.png", 500, 300)
+    _check_image(out / "reconstructions.png", 500, 100)
+    _check_image(out / "loss.png", 400, 300)
+
+
+def test_a_20d_model_gets_no_manifold_and_says_why(runs):
+    _, folder = runs[4]
+    proc = _plot(folder, "--test-images", 500, "--backend", "cpu")            # the run folder works too
+    assert proc.returncode == 0, proc.stderr
+    out = folder / "figures"
+    assert sorted(p.name for p in out.iterdir()) == [n for n in ALL if n != "manifold.png"]
+    assert "no manifold.png: it needs a 2-D latent space, this model's is 4-D" in proc.stdout
+
+
+def test_no_metrics_means_no_loss_curves(runs, tmp_path):
+    model, _ = runs[4]
+    model.save(tmp_path / "alone.npz")
+    proc = _plot(tmp_path / "alone.npz", "--out", tmp_path / "f", "--test-images", 200, "--backend", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "f" / "loss.png").exists() and "no loss.png" in proc.stdout
+
+
+@pytest.mark.parametrize("args, says", [
+    (["nowhere/checkpoint.npz"], "does not exist"),
+    (["{ck}", "--test-images", "0"], "--test-images"),
+])
+def test_mistakes_exit_2_with_one_line(runs, args, says):
+    _, folder = runs[2]
+    proc = _plot(*[a.format(ck=folder / "checkpoint.npz") for a in args])
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fastvae: error:") and says in lines[0], proc.stderr
+
+
+def test_manifold_codings_are_the_priors_quantiles():
+    q, z = manifold_codings()
+    assert q.shape == (20,) and z.shape == (400, 2)
+    assert q[0] == pytest.approx(-1.6448536, abs=1e-6) and q[-1] == pytest.approx(1.6448536, abs=1e-6)
+    assert np.allclose(q, -q[::-1]) and np.all(np.diff(q) > 0)
+    assert NormalDist().cdf(q[7]) == pytest.approx(0.05 + 7 * 0.9 / 19)
+    assert np.array_equal(z[:20, 0], q) and np.all(z[:20, 1] == q[0])   # row 0: z_1 fixed, z_0 along it
+    assert np.array_equal(z[::20, 1], q)
+
+
+def test_latent_dims_picks_the_widest_spread():
+    mu = np.random.default_rng(0).normal(size=(500, 6)) * np.array([0.1, 2.0, 0.2, 0.1, 3.0, 0.5])
+    dims, how = latent_dims(mu)
+    assert dims == (1, 4) and "largest variance" in how
+    assert latent_dims(mu[:, :2]) == ((0, 1), None)
+
+
+def test_interpolation_rows_start_and_end_at_the_reconstructions(runs):
+    model, _ = runs[2]
+    mnist = load_mnist()
+    x, y = mnist.test_x[:300], mnist.test_y[:300]
+    rows, originals, pairs = interpolation_rows(model, x, y, steps=7)
+    assert rows.shape == (5, 7, 784) and originals.shape == (5, 2, 784) and len(pairs) == 5
+    first_7, first_1 = int(np.flatnonzero(y == 7)[0]), int(np.flatnonzero(y == 1)[0])
+    assert pairs[0] == (7, 1) and np.allclose(originals[0, 0] * 255, x[first_7])
+    ends = model.reconstruct(x[[first_7, first_1]])
+    np.testing.assert_allclose(rows[0, 0], ends[0], atol=1e-5)
+    np.testing.assert_allclose(rows[0, -1], ends[1], atol=1e-5)
+    assert np.abs(rows[0, 3] - rows[0, 0]).max() > 1e-3                  # the middle differs from the ends
+
+
+def test_too_few_test_images_for_an_interpolation_is_a_message_not_an_error(runs, tmp_path):
+    _, folder = runs[4]
+    proc = _plot(folder, "--out", tmp_path / "few", "--test-images", 2, "--backend", "cpu")   # digits 7 and 2
+    assert proc.returncode == 0, proc.stderr
+    assert "no interpolation.png" in proc.stdout and not (tmp_path / "few" / "interpolation.png").exists()
+    assert (tmp_path / "few" / "latent.png").exists()
