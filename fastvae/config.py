@@ -4,6 +4,8 @@ from dataclasses import asdict, dataclass, field
 from .errors import UserError
 
 N_PIXELS = 784  # 28 x 28 MNIST images, flattened
+ENCODERS = ("gamma", "sigma")
+RECONSTRUCTIONS = ("xent", "mse")
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,11 @@ class Config:
     adam_eps: float = 1e-8
     # One integer decides the initial weights, the shuffles and every noise draw.
     seed: int = 0
+    # The seed's variants. "gamma": the heads output gamma = log sigma^2 (the seed's final form); "sigma": they
+    # output sigma itself, with a 1e-10 smoothing term inside the KL's log (the seed's first form).
+    encoder: str = "gamma"
+    # "xent": sigmoid cross-entropy (the seed's choice); "mse": squared error of sigmoid(logits) against the pixels.
+    reconstruction: str = "xent"
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -35,6 +42,10 @@ class Config:
             raise UserError(f"lr must be a positive number, got {self.lr!r}; the seed uses 0.001")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1 and self.adam_eps > 0):
             raise UserError("Adam needs 0 <= beta1, beta2 < 1 and adam_eps > 0")
+        if self.encoder not in ENCODERS:
+            raise UserError(f"encoder must be one of {', '.join(ENCODERS)}, got {self.encoder!r}")
+        if self.reconstruction not in RECONSTRUCTIONS:
+            raise UserError(f"reconstruction must be one of {', '.join(RECONSTRUCTIONS)}, got {self.reconstruction!r}")
         if not (0 <= int(self.seed) < 2**63):
             raise UserError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
 

@@ -59,6 +59,13 @@ def bernoulli_log_likelihood(logits, x):
     return np.einsum("ij,ij->i", logits, x) - np.maximum(logits, 0.0).sum(axis=1) - soft.sum(axis=1)
 
 
+def gaussian_log_likelihood(logits, x):
+    """Per row: log N(x; sigmoid(l), 1/2) summed over pixels = -sum (p - x)^2 - (784 / 2) log(pi): the density
+    whose negative log is the squared-error variant's reconstruction loss up to that constant."""
+    p = 0.5 * (1.0 + np.tanh(0.5 * np.asarray(logits, dtype=np.float64)))
+    return -np.sum((p - x) ** 2, axis=1) - 0.5 * x.shape[1] * math.log(math.pi)
+
+
 def decoder_logits(model, z, rows=DEFAULT_ROWS):
     """The decoder's logits (n, 784) as float64 for codings z (n, latent), `rows` decoder rows at a time."""
     return model.decode_logits(z, rows=max(1, min(len(z), rows)))
@@ -90,6 +97,7 @@ def iwae_bound(model, X, k=DEFAULT_K, seed=0, batch_size=None, progress=False):
     mu, gamma = (np.asarray(a, dtype=np.float64) for a in model.encode(X))
     sigma = np.exp(0.5 * gamma)
     chunk = min(rows, max(kmax, 1) * n)                   # decoder rows per call
+    log_likelihood = gaussian_log_likelihood if model.config.reconstruction == "mse" else bernoulli_log_likelihood
     group = max(1, rows // kmax)                          # images per group: group * kmax log-weights at most
     bound = np.empty((n, len(ks)))
     elbo = np.empty((n, len(ks)))
@@ -106,7 +114,7 @@ def iwae_bound(model, X, k=DEFAULT_K, seed=0, batch_size=None, progress=False):
                 who = owner[r0:r1]
                 logits = decoder_logits(model, z[r0:r1], chunk)
                 x = X[who].astype(np.float64) / (255.0 if X.dtype == np.uint8 else 1.0)
-                log_px = bernoulli_log_likelihood(logits, x)
+                log_px = log_likelihood(logits, x)
                 log_pz = -0.5 * np.sum(z[r0:r1] ** 2 + _LOG_2PI, axis=1)
                 log_qz = -0.5 * np.sum(eps[r0:r1] ** 2 + gamma[who] + _LOG_2PI, axis=1)
                 lw[r0:r1] = log_px + log_pz - log_qz

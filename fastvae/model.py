@@ -10,6 +10,7 @@ import numpy as np
 
 from . import checkpoint, rng, step
 from .backends import get_backend
+from .backends.reference import SIGMA_SMOOTHING
 from .config import N_PIXELS, Config
 from .data import as_images
 from .errors import TrainingDiverged, TrainingInterrupted, UserError
@@ -24,13 +25,15 @@ class VAE:
     """
 
     def __init__(self, hidden=(500, 500), latent=20, backend="auto", seed=0, lr=0.001, batch_size=150,
-                 notify=None, **adam):
-        self.config = Config(hidden=tuple(hidden), latent=latent, seed=seed, lr=lr, batch_size=batch_size, **adam)
+                 encoder="gamma", reconstruction="xent", notify=None, **adam):
+        self.config = Config(hidden=tuple(hidden), latent=latent, seed=seed, lr=lr, batch_size=batch_size,
+                             encoder=encoder, reconstruction=reconstruction, **adam)
         self._set_up(backend, he_init(Layout(self.config), self.config.seed), notify)
 
     def _set_up(self, backend, params, notify, m=None, v=None, step_count=0, epoch=0, epoch_step=0,
                 epoch_loss=None):
         self.backend = get_backend(backend, notify=notify)
+        step.kernels_for(self.backend, self.config)     # a variant this backend lacks fails here, not mid-run
         self.layout = Layout(self.config)
         self.state = step.State(self.backend, self.layout, params, self.config.seed, m=m, v=v, step=step_count)
         self.epoch = epoch                      # epochs completed; the next epoch's shuffle depends on it
@@ -148,12 +151,13 @@ class VAE:
         ws = self._workspace(self._ws.batch if self._ws is not None else self.config.batch_size)
         loss = be.zeros(2, dtype=np.float64)
         idx = be.asarray(np.arange(len(X)), dtype=np.int64)
-        step.evaluate(be, self.state, ws, be.asarray(X, dtype=X.dtype), idx, self.config.seed, loss)
+        step.evaluate(be, self.config, self.state, ws, be.asarray(X, dtype=X.dtype), idx, self.config.seed, loss)
         rec, kl = (float(t) / len(X) for t in be.to_host(loss))
         return {"reconstruction": rec, "kl": kl, "total": rec + kl}
 
     def encode(self, X):
-        """(mu, gamma) of q(z | x) for each image, gamma = log sigma^2; float32 (n, latent) each."""
+        """(mu, gamma) of q(z | x) for each image, gamma = log sigma^2; float32 (n, latent) each. A model with the
+        sigma encoder reports gamma = log(1e-10 + sigma^2), the smoothed form its KL term uses."""
         X = as_images(X, "X")
         be, latent = self.backend, self.config.latent
         data = be.asarray(X, dtype=X.dtype)
@@ -162,7 +166,10 @@ class VAE:
             be.gather_batch(a.x, data, be.asarray(np.arange(rows.start, rows.stop), dtype=np.int64))
             step.encode(be, self.state.weights, a)
             stats[rows] = be.to_host(a.stats)
-        return stats[:, :latent], stats[:, latent:]
+        mu, second = stats[:, :latent], stats[:, latent:]
+        if self.config.encoder == "sigma":
+            second = np.log(SIGMA_SMOOTHING + second.astype(np.float64) ** 2).astype(np.float32)
+        return mu, second
 
     def decode(self, z):
         """Pixel probabilities (n, 784) float32 of p(x | z) for codings z (n, latent)."""

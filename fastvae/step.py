@@ -5,6 +5,7 @@ Every backend runs exactly this order; the trainer and the VAE class only loop a
 import numpy as np
 
 from .config import N_PIXELS
+from .errors import UserError
 from .rng import STREAM_EVAL, STREAM_TRAIN
 
 
@@ -95,15 +96,30 @@ def _decoder(be, dec_w, a):
     return h
 
 
-def forward(be, weights, a, loss, counters, stream):
+def kernels_for(be, cfg):
+    """(heads forward, heads backward, output forward) of `be` for the config's variants, or a UserError
+    naming what this backend lacks."""
+    names = ("heads_sigma_forward", "heads_sigma_backward") if cfg.encoder == "sigma" else \
+        ("heads_forward", "heads_backward")
+    names += ("output_mse_forward",) if cfg.reconstruction == "mse" else ("output_forward",)
+    missing = [n for n in names if not hasattr(be, n)]
+    if missing:
+        raise UserError(f"the {be.name} backend does not implement encoder={cfg.encoder!r} / "
+                        f"reconstruction={cfg.reconstruction!r} yet ({', '.join(missing)}); use --backend cpu")
+    return tuple(getattr(be, n) for n in names)
+
+
+def forward(be, cfg, weights, a, loss, counters, stream):
     """Encoder, heads with sampling and KL, decoder, output with the loss and dlogits."""
+    heads_forward, _, output_forward = kernels_for(be, cfg)
     enc_w, heads_w, dec_w, out_w = _split(weights, len(a.enc))
-    be.heads_forward(a.z, a.stats, loss, _encoder(be, enc_w, a), *heads_w, counters, stream)
-    be.output_forward(a.dlogits, loss, _decoder(be, dec_w, a), *out_w, a.x)
+    heads_forward(a.z, a.stats, loss, _encoder(be, enc_w, a), *heads_w, counters, stream)
+    output_forward(a.dlogits, loss, _decoder(be, dec_w, a), *out_w, a.x)
 
 
-def backward(be, weights, gradients, a):
+def backward(be, cfg, weights, gradients, a, counters, stream):
     """The same layers in reverse; each layer's dz is formed inside its own backward kernel."""
+    _, heads_backward, _ = kernels_for(be, cfg)
     n_hidden = len(a.enc)
     heads = n_hidden
     be.dense_backward(a.ddec[-1], *gradients[-1], a.dlogits, a.dec[-1], weights[-1][0])
@@ -111,7 +127,9 @@ def backward(be, weights, gradients, a):
         layer = heads + 1 + i
         dinp, inp = (a.ddec[i - 1], a.dec[i - 1]) if i > 0 else (a.dz, a.z)
         be.dense_elu_backward(dinp, *gradients[layer], a.ddec[i], inp, weights[layer][0], a.dec[i])
-    be.heads_backward(a.denc[-1], *gradients[heads], a.dstats, a.dz, a.enc[-1], weights[heads][0], a.stats, a.z)
+    # the gamma form recovers eps from z; the sigma form draws it again (sigma may be 0)
+    last = (counters, stream) if cfg.encoder == "sigma" else (a.z,)
+    heads_backward(a.denc[-1], *gradients[heads], a.dstats, a.dz, a.enc[-1], weights[heads][0], a.stats, *last)
     for i in reversed(range(n_hidden)):
         dinp, inp = (a.denc[i - 1], a.enc[i - 1]) if i > 0 else (None, a.x)
         be.dense_elu_backward(dinp, *gradients[i], a.denc[i], inp, weights[i][0], a.enc[i])
@@ -121,13 +139,13 @@ def train_step(be, cfg, state, ws, data, idx):
     """One step on the rows data[idx]: gather, forward, loss, backward, Adam. Adds the batch loss to ws.loss."""
     a = ws.rows(len(idx))
     be.gather_batch(a.x, data, idx)
-    forward(be, state.weights, a, ws.loss, state.counters, STREAM_TRAIN)
-    backward(be, state.weights, state.gradients, a)
+    forward(be, cfg, state.weights, a, ws.loss, state.counters, STREAM_TRAIN)
+    backward(be, cfg, state.weights, state.gradients, a, state.counters, STREAM_TRAIN)
     be.adam_update(state.params, state.grads, state.m, state.v, state.counters,
                    cfg.lr, cfg.beta1, cfg.beta2, cfg.adam_eps)
 
 
-def evaluate(be, state, ws, data, idx_all, seed, loss):
+def evaluate(be, cfg, state, ws, data, idx_all, seed, loss):
     """Adds the loss (reconstruction, KL) of data[idx_all] to `loss`, one ELBO sample per image.
 
     The noise is a fixed function of (seed, batch number), so the same model always gets the same number.
@@ -138,4 +156,4 @@ def evaluate(be, state, ws, data, idx_all, seed, loss):
         a = ws.rows(len(idx))
         be.gather_batch(a.x, data, idx)
         counters[1] = j
-        forward(be, state.weights, a, loss, counters, STREAM_EVAL)
+        forward(be, cfg, state.weights, a, loss, counters, STREAM_EVAL)

@@ -17,7 +17,7 @@ import numpy as np
 
 from . import __version__, machine
 from .backends import NAMES
-from .config import Config
+from .config import ENCODERS, RECONSTRUCTIONS, Config
 from .errors import TrainingDiverged, TrainingInterrupted, UserError
 
 DEFAULTS = Config()
@@ -41,6 +41,12 @@ def build_parser():
     p.add_argument("--hidden", type=int, nargs="+", metavar="WIDTH",
                    help="encoder widths; the decoder mirrors them (default: %s)" % " ".join(map(str, DEFAULTS.hidden)))
     p.add_argument("--latent", type=int, help=f"size of the coding z (default {DEFAULTS.latent})")
+    p.add_argument("--encoder", choices=ENCODERS,
+                   help="the heads output gamma = log sigma^2 (default, the seed's final form) or sigma itself "
+                        "(its first form, KL smoothed by 1e-10)")
+    p.add_argument("--reconstruction", choices=RECONSTRUCTIONS,
+                   help="xent: sigmoid cross-entropy (default, the seed's); mse: squared error of the pixel "
+                        "probabilities")
     p.add_argument("--seed", type=int,
                    help=f"decides the initial weights, the shuffles and every noise draw (default {DEFAULTS.seed})")
     p.add_argument("--data", type=Path, metavar="DIR",
@@ -60,7 +66,8 @@ def build_parser():
 
 
 # options that describe the model or its data: fixed once a run has started
-_RUN_OPTIONS = ("batch_size", "lr", "hidden", "latent", "seed", "data", "train_images", "test_images", "out")
+_RUN_OPTIONS = ("batch_size", "lr", "hidden", "latent", "encoder", "reconstruction", "seed", "data", "train_images",
+                "test_images", "out")
 
 
 def main(argv=None):
@@ -104,9 +111,10 @@ def _new_run(args, notify):
     d = DEFAULTS
     cfg = Config(hidden=tuple(args.hidden or d.hidden), latent=_or(args.latent, d.latent),
                  batch_size=_or(args.batch_size, d.batch_size), epochs=_or(args.epochs, d.epochs),
-                 lr=_or(args.lr, d.lr), seed=_or(args.seed, d.seed))   # validates every number, one line each
+                 lr=_or(args.lr, d.lr), seed=_or(args.seed, d.seed), encoder=_or(args.encoder, d.encoder),
+                 reconstruction=_or(args.reconstruction, d.reconstruction))   # validates each, one line each
     model = VAE(hidden=cfg.hidden, latent=cfg.latent, backend=args.backend, seed=cfg.seed, lr=cfg.lr,
-                batch_size=cfg.batch_size, notify=notify)
+                batch_size=cfg.batch_size, encoder=cfg.encoder, reconstruction=cfg.reconstruction, notify=notify)
     model.config = cfg
     run_info = {"data_dir": None if args.data is None else str(args.data.resolve()),
                 "train_images": args.train_images, "test_images": args.test_images}

@@ -159,6 +159,62 @@ def check_output(be, rand, rows, fan_in, width):
     buf.check_poison()
 
 
+def check_heads_sigma(be, rand, rows, fan_in, latent):
+    """The seed's first form of the heads ([mu | sigma], smoothed KL) against the reference."""
+    inp, w, b = layer_inputs(rand, rows, fan_in, 2 * latent)
+    w *= 0.3
+    counters = np.array([int(rand.integers(1 << 62)), int(rand.integers(1 << 40))], dtype=np.int64)
+    stream = int(rand.integers(3))
+    f64 = [a.astype(np.float64) for a in (inp, w, b)]
+    buf = Buffers(be)
+    d_inp, d_w, d_b, d_counters = buf.inp(inp), buf.inp(w), buf.inp(b), buf.inp(counters, np.int64)
+    z, stats = buf.out((rows, latent)), buf.out((rows, 2 * latent))
+    loss = buf.out(2, np.float64, fill=[0.25, 0.5])
+    be.heads_sigma_forward(z, stats, loss, d_inp, d_w, d_b, d_counters, stream)
+    e_z, e_stats, e_loss = np.empty((rows, latent)), np.empty((rows, 2 * latent)), np.array([0.25, 0.5])
+    ref.heads_sigma_forward(e_z, e_stats, e_loss, *f64, counters, stream)
+    s_scale = product_scale(inp, w) + float(np.max(np.abs(b)))
+    assert_close(host(be, stats), e_stats, TOL["float32"], scale=s_scale, what="stats")
+    eps = rng.normals(counters[0], stream, counters[1], rows, latent).astype(np.float64)
+    assert_close(host(be, z), e_z, TOL["float32"], scale=s_scale * (1 + float(np.max(np.abs(eps)))), what="z")
+    mu, sigma = e_stats[:, :latent], e_stats[:, latent:]
+    # d/d sigma of log(1e-10 + sigma^2) is ~2 / sigma: a float32 error in sigma moves the KL by that much
+    kl_terms = sigma ** 2 + mu ** 2 + 1 + np.abs(np.log(1e-10 + sigma ** 2)) + s_scale * 2 / np.abs(sigma)
+    assert_close(host(be, loss)[1], e_loss[1], TOL["float32"], scale=0.5 * float(kl_terms.sum()), what="kl")
+    assert host(be, loss)[0] == 0.25 and int(be.to_host(d_counters)[1]) == counters[1]
+
+    dz = rand.normal(0, 1, (rows, latent)).astype(np.float32)
+    dinp, dw, db, dstats = buf.out((rows, fan_in)), buf.out((fan_in, 2 * latent)), buf.out(2 * latent), \
+        buf.out((rows, 2 * latent))
+    be.heads_sigma_backward(dinp, dw, db, dstats, buf.inp(dz), d_inp, d_w, stats, d_counters, stream)
+    e_dinp, e_dw, e_db, e_dstats = np.empty((rows, fan_in)), np.empty((fan_in, 2 * latent)), \
+        np.empty(2 * latent), np.empty((rows, 2 * latent))
+    ref.heads_sigma_backward(e_dinp, e_dw, e_db, e_dstats, dz.astype(np.float64), *f64[:2], host(be, stats),
+                             counters, stream)
+    assert_close(host(be, dstats), e_dstats, TOL["float32"], scale=float(np.max(np.abs(e_dstats))), what="dstats")
+    assert_close(host(be, dw), e_dw, TOL["float32"], scale=product_scale(np.abs(inp.T), np.abs(e_dstats)), what="dw")
+    assert_close(host(be, dinp), e_dinp, TOL["float32"], scale=product_scale(e_dstats, w.T), what="dinp")
+    buf.check_poison()
+
+
+def check_output_mse(be, rand, rows, fan_in, width):
+    """The squared-error reconstruction against the reference."""
+    inp, w, b = layer_inputs(rand, rows, fan_in, width)
+    w *= 3
+    x = rand.uniform(0, 1, (rows, width)).astype(np.float32)
+    buf = Buffers(be)
+    dlogits, loss = buf.out((rows, width)), buf.out(2, np.float64, fill=[1.5, 2.5])
+    be.output_mse_forward(dlogits, loss, buf.inp(inp), buf.inp(w), buf.inp(b), buf.inp(x))
+    e_dl, e_loss = np.empty((rows, width)), np.array([1.5, 2.5])
+    ref.output_mse_forward(e_dl, e_loss, *(a.astype(np.float64) for a in (inp, w, b, x)))
+    l_scale = max(1.0, product_scale(inp, w) + float(np.max(np.abs(b))))
+    # p = sigmoid(l) moves by at most |dl| / 4 for an error dl in the logits
+    assert_close(host(be, dlogits), e_dl, TOL["float32"], scale=l_scale, what="dlogits")
+    assert_close(host(be, loss)[0], e_loss[0], TOL["float32"], scale=rows * width * l_scale, what="squared error")
+    assert host(be, loss)[1] == 2.5
+    buf.check_poison()
+
+
 def check_adam(be, rand, size, t):
     p, g = rand.normal(0, 1, size).astype(np.float32), rand.normal(0, 1e-2, size).astype(np.float32)
     m = rand.normal(0, 1e-2, size).astype(np.float32)

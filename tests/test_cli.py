@@ -101,3 +101,15 @@ def test_a_bad_data_file_is_a_user_error(tmp_path):
     proc = train(*QUICK, "--data", str(data), "--out", str(tmp_path / "run"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_the_seed_variants_train_and_are_recorded(tmp_path):
+    proc = train(*QUICK[:1], "1", *QUICK[2:], "--encoder", "sigma", "--reconstruction", "mse", "--no-plots",
+                 "--quiet", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert (m["config"]["encoder"], m["config"]["reconstruction"]) == ("sigma", "mse")
+    model = VAE.load(tmp_path / "checkpoint.npz", backend="cpu")
+    assert (model.config.encoder, model.config.reconstruction) == ("sigma", "mse")
+    mu, gamma = model.encode(np.zeros((2, 784), np.uint8))
+    assert np.all(np.isfinite(gamma)) and np.all(gamma >= np.log(1e-10) - 1e-3)

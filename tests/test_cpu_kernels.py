@@ -33,6 +33,18 @@ def test_output(rand, rows, fan_in, width):
     kc.check_output(cpu, rand, rows, fan_in, width)
 
 
+@pytest.mark.parametrize("fan_in,latent", [(500, 20), (13, 3), (9, 1)])
+@pytest.mark.parametrize("rows", AWKWARD_ROWS)
+def test_heads_sigma_variant(rand, rows, fan_in, latent):
+    kc.check_heads_sigma(cpu, rand, rows, fan_in, latent)
+
+
+@pytest.mark.parametrize("fan_in,width", [(500, 784), (13, 37)])
+@pytest.mark.parametrize("rows", AWKWARD_ROWS)
+def test_output_mse_variant(rand, rows, fan_in, width):
+    kc.check_output_mse(cpu, rand, rows, fan_in, width)
+
+
 @pytest.mark.parametrize("size,t", [(1, 0), (1000, 0), (12345, 7), (1316824, 399)])
 def test_adam(rand, size, t):
     kc.check_adam(cpu, rand, size, t)

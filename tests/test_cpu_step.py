@@ -10,3 +10,9 @@ from fastvae.config import Config
                                                  ((37, 11, 5), 4, 257)])
 def test_training_steps_match_the_reference(rand, hidden, latent, rows):
     kc.check_train_steps(cpu, Config(hidden=hidden, latent=latent, batch_size=rows), rand, rows)
+
+
+@pytest.mark.parametrize("encoder,reconstruction", [("sigma", "xent"), ("gamma", "mse"), ("sigma", "mse")])
+def test_training_steps_of_the_seed_variants_match_the_reference(rand, encoder, reconstruction):
+    cfg = Config(hidden=(37, 11), latent=4, batch_size=7, encoder=encoder, reconstruction=reconstruction)
+    kc.check_train_steps(cpu, cfg, rand, 7)

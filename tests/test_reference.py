@@ -16,14 +16,17 @@ def loss_and_grads(cfg, params, x, counters):
     a = ws.rows(len(x))
     a.x[...] = x
     loss = np.zeros(2)
-    step.forward(ref, state.weights, a, loss, state.counters, 0)
-    step.backward(ref, state.weights, state.gradients, a)
+    step.forward(ref, cfg, state.weights, a, loss, state.counters, 0)
+    step.backward(ref, cfg, state.weights, state.gradients, a, state.counters, 0)
     return loss.sum(), state.grads.copy()
 
 
-@pytest.mark.parametrize("hidden", [(13, 9), (11,), (6, 5, 4)])
-def test_gradients_match_finite_differences(rand, hidden):
-    cfg = Config(hidden=hidden, latent=3, batch_size=5)
+@pytest.mark.parametrize("hidden,encoder,reconstruction", [
+    ((13, 9), "gamma", "xent"), ((11,), "gamma", "xent"), ((6, 5, 4), "gamma", "xent"),
+    ((13, 9), "sigma", "xent"), ((13, 9), "gamma", "mse"), ((7,), "sigma", "mse")])
+def test_gradients_match_finite_differences(rand, hidden, encoder, reconstruction):
+    """Every variant of the seed's model: the reference's analytic gradients against central differences."""
+    cfg = Config(hidden=hidden, latent=3, batch_size=5, encoder=encoder, reconstruction=reconstruction)
     layout = Layout(cfg)
     params = he_init(layout, seed=int(rand.integers(1 << 30)), dtype=np.float64)
     params[layout.n_weights:] = rand.normal(0, 0.3, layout.size - layout.n_weights)  # non-zero biases

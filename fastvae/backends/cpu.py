@@ -11,7 +11,8 @@ import numpy as np
 from numba import njit
 
 from .cpu_math import exp_nonpos, expm1_nonpos_f32, log1p_unit
-from .cpu_philox import fill_normals
+from .cpu_philox import fill_normals, normals_block, stream_keys
+from .reference import SIGMA_SMOOTHING
 
 name = "cpu"
 dtype = np.float32
@@ -128,8 +129,9 @@ def dense_elu_backward(dinp, dw, db, dout, inp, w, out):
 # ---------------------------------------------------------------- heads: sampling and KL, forward and backward
 
 @njit(cache=True, error_model="numpy")
-def _heads_sample_kl(z, stats, b, loss, seed, stream, step):
-    """stats += b; z = mu + exp(gamma / 2) * eps (eps drawn into z first); loss[1] += KL."""
+def _heads_sample_kl(z, stats, b, loss, seed, stream, step, sigma_form):
+    """stats += b; z = mu + s * eps (eps drawn into z first); loss[1] += KL. The heads' second half is
+    gamma = log sigma^2 (s = exp(gamma / 2)), or in the seed's first form sigma itself (s = sigma)."""
     n, latent = z.shape
     fill_normals(z, seed, stream, step)
     kl = 0.0
@@ -138,9 +140,13 @@ def _heads_sample_kl(z, stats, b, loss, seed, stream, step):
             stats[r, j] += b[j]
         for j in range(latent):
             mu = np.float64(stats[r, j])
-            gamma = np.float64(stats[r, latent + j])
-            z[r, j] = mu + math.exp(0.5 * gamma) * np.float64(z[r, j])
-            kl += math.exp(gamma) + mu * mu - 1.0 - gamma
+            second = np.float64(stats[r, latent + j])
+            if sigma_form:
+                z[r, j] = mu + second * np.float64(z[r, j])
+                kl += second * second + mu * mu - 1.0 - math.log(SIGMA_SMOOTHING + second * second)
+            else:
+                z[r, j] = mu + math.exp(0.5 * second) * np.float64(z[r, j])
+                kl += math.exp(second) + mu * mu - 1.0 - second
     loss[1] += 0.5 * kl
 
 
@@ -156,13 +162,38 @@ def _heads_grad(dstats, dz, stats, z):
             dstats[r, latent + j] = 0.5 * dz[r, j] * (z[r, j] - mu) + 0.5 * (math.exp(gamma) - 1.0)
 
 
+@njit(cache=True, error_model="numpy")
+def _heads_sigma_grad(dstats, dz, stats, seed, stream, step):
+    """d mu = dz + mu; d sigma = dz eps + sigma - sigma / (1e-10 + sigma^2), eps drawn again from its counter
+    (sigma may be 0, so z cannot give it back), one Philox block of four at a time."""
+    n, latent = dz.shape
+    k0, k1, s_lo, s_hi = stream_keys(seed, step)
+    for block in range((n * latent + 3) // 4):
+        four = normals_block(block, k0, k1, s_lo, s_hi, stream)
+        for lane in range(min(4, n * latent - 4 * block)):
+            r, j = divmod(4 * block + lane, latent)
+            sigma = np.float64(stats[r, latent + j])
+            dstats[r, j] = dz[r, j] + stats[r, j]
+            dstats[r, latent + j] = dz[r, j] * four[lane] + sigma - sigma / (SIGMA_SMOOTHING + sigma * sigma)
+
+
 def heads_forward(z, stats, loss, inp, w, b, counters, stream):
     np.matmul(inp, w, out=stats)
-    _heads_sample_kl(z, stats, b, loss, counters[0], stream, counters[1])
+    _heads_sample_kl(z, stats, b, loss, counters[0], stream, counters[1], False)
 
 
 def heads_backward(dinp, dw, db, dstats, dz, inp, w, stats, z):
     _heads_grad(dstats, dz, stats, z)
+    dense_backward(dinp, dw, db, dstats, inp, w)
+
+
+def heads_sigma_forward(z, stats, loss, inp, w, b, counters, stream):
+    np.matmul(inp, w, out=stats)
+    _heads_sample_kl(z, stats, b, loss, counters[0], stream, counters[1], True)
+
+
+def heads_sigma_backward(dinp, dw, db, dstats, dz, inp, w, stats, counters, stream):
+    _heads_sigma_grad(dstats, dz, stats, counters[0], stream, counters[1])
     dense_backward(dinp, dw, db, dstats, inp, w)
 
 
@@ -188,6 +219,29 @@ def _bias_loss_dlogits(dlogits, b, x, loss):
 def output_forward(dlogits, loss, inp, w, b, x):
     np.matmul(inp, w, out=dlogits)
     _bias_loss_dlogits(dlogits, b, x, loss)
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def _bias_mse_dlogits(dlogits, b, x, loss):
+    """The squared-error variant: p = sigmoid(l), l = dlogits + b; loss[0] += sum (p - x)^2;
+    dlogits = 2 (p - x) p (1 - p), with p and 1 - p both formed from e = exp(-|l|) (no cancellation)."""
+    total = 0.0
+    for r in range(dlogits.shape[0]):
+        d, xr = dlogits[r], x[r]
+        for j in range(b.size):
+            l = np.float64(d[j] + b[j])
+            e = exp_nonpos(-abs(l))
+            s = 1.0 / (1.0 + e)
+            p, q = (s, e * s) if l >= 0.0 else (e * s, s)      # p = sigmoid(l), q = 1 - p
+            diff = p - np.float64(xr[j])
+            total += diff * diff
+            d[j] = 2.0 * diff * p * q
+    loss[0] += total
+
+
+def output_mse_forward(dlogits, loss, inp, w, b, x):
+    np.matmul(inp, w, out=dlogits)
+    _bias_mse_dlogits(dlogits, b, x, loss)
 
 
 # ---------------------------------------------------------------- Adam: one pass over the flat buffer

@@ -26,25 +26,32 @@ def _uniform_open(word):
     return (np.float64(word) + 0.5) * (1.0 / 4294967296.0)
 
 
+@njit(inline="always", cache=True)
+def normals_block(block, k0, k1, s_lo, s_hi, stream):
+    """The four normals of Philox block `block` (elements 4 block .. 4 block + 3 of the stream), in float64."""
+    w0, w1, w2, w3 = philox4x32_10(np.uint64(block), s_lo, s_hi, np.uint64(stream), k0, k1)
+    two_pi = 2.0 * math.pi
+    r0 = math.sqrt(-2.0 * math.log(_uniform_open(w0)))
+    a0 = two_pi * _uniform_open(w1)
+    r1 = math.sqrt(-2.0 * math.log(_uniform_open(w2)))
+    a1 = two_pi * _uniform_open(w3)
+    return r0 * math.cos(a0), r0 * math.sin(a0), r1 * math.cos(a1), r1 * math.sin(a1)
+
+
+@njit(inline="always", cache=True)
+def stream_keys(seed, step):
+    """Philox key words of `seed` and counter words of `step`, as normals_block takes them."""
+    return (np.uint64(seed) & _MASK32, np.uint64(seed) >> np.uint64(32),
+            np.uint64(step) & _MASK32, np.uint64(step) >> np.uint64(32))
+
+
 @njit(cache=True)
 def fill_normals(eps, seed, stream, step):
     """eps (rows, cols) float32 = rng.normals(seed, stream, step, rows, cols), element i = r * cols + c."""
     flat = eps.reshape(-1)
     n = flat.size
-    k0, k1 = np.uint64(seed) & _MASK32, np.uint64(seed) >> np.uint64(32)
-    s_lo, s_hi = np.uint64(step) & _MASK32, np.uint64(step) >> np.uint64(32)
-    two_pi = 2.0 * math.pi
+    k0, k1, s_lo, s_hi = stream_keys(seed, step)
     for block in range((n + 3) // 4):
-        w0, w1, w2, w3 = philox4x32_10(np.uint64(block), s_lo, s_hi, np.uint64(stream), k0, k1)
-        r0 = math.sqrt(-2.0 * math.log(_uniform_open(w0)))
-        a0 = two_pi * _uniform_open(w1)
-        r1 = math.sqrt(-2.0 * math.log(_uniform_open(w2)))
-        a1 = two_pi * _uniform_open(w3)
-        i = 4 * block
-        flat[i] = r0 * math.cos(a0)
-        if i + 1 < n:
-            flat[i + 1] = r0 * math.sin(a0)
-        if i + 2 < n:
-            flat[i + 2] = r1 * math.cos(a1)
-        if i + 3 < n:
-            flat[i + 3] = r1 * math.sin(a1)
+        four = normals_block(block, k0, k1, s_lo, s_hi, stream)
+        for lane in range(min(4, n - 4 * block)):
+            flat[4 * block + lane] = four[lane]

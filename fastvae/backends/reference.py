@@ -93,11 +93,45 @@ def heads_backward(dinp, dw, db, dstats, dz, inp, w, stats, z):
     dense_backward(dinp, dw, db, dstats, inp, w)
 
 
+# The seed's first form of the heads: they output sigma itself, and the KL term carries a smoothing constant
+# inside the log so that sigma = 0 does not give log(0).
+SIGMA_SMOOTHING = 1e-10
+
+
+def heads_sigma_forward(z, stats, loss, inp, w, b, counters, stream):
+    """stats = [mu | sigma] = inp @ w + b; z = mu + sigma * eps; loss[1] += 0.5 sum(sigma^2 + mu^2 - 1 -
+    log(1e-10 + sigma^2))."""
+    stats[...] = inp @ w + b
+    n, latent = z.shape
+    mu, sigma = stats[:, :latent], stats[:, latent:]
+    eps = rng.normals(counters[0], stream, counters[1], n, latent).astype(np.float64)
+    z[...] = mu + sigma * eps
+    loss[1] += 0.5 * np.sum(sigma * sigma + mu * mu - 1.0 - np.log(SIGMA_SMOOTHING + sigma * sigma))
+
+
+def heads_sigma_backward(dinp, dw, db, dstats, dz, inp, w, stats, counters, stream):
+    """d mu = dz + mu; d sigma = dz eps + sigma - sigma / (1e-10 + sigma^2). eps is drawn again from its
+    counter (sigma may be 0, so it cannot be recovered from z)."""
+    n, latent = dz.shape
+    mu, sigma = stats[:, :latent], stats[:, latent:]
+    eps = rng.normals(counters[0], stream, counters[1], n, latent).astype(np.float64)
+    dstats[:, :latent] = dz + mu
+    dstats[:, latent:] = dz * eps + sigma - sigma / (SIGMA_SMOOTHING + sigma * sigma)
+    dense_backward(dinp, dw, db, dstats, inp, w)
+
+
 def output_forward(dlogits, loss, inp, w, b, x):
     """logits = inp @ w + b; loss[0] += sum of sigmoid cross-entropy (stable form); dlogits = sigmoid - x."""
     logits = inp @ w + b
     loss[0] += np.sum(np.maximum(logits, 0.0) - logits * x + np.log1p(np.exp(-np.abs(logits))))
     dlogits[...] = sigmoid(logits) - x
+
+
+def output_mse_forward(dlogits, loss, inp, w, b, x):
+    """The squared-error variant: p = sigmoid(inp @ w + b); loss[0] += sum (p - x)^2; dlogits = 2 (p - x) p (1 - p)."""
+    p = sigmoid(inp @ w + b)
+    loss[0] += np.sum((p - x) ** 2)
+    dlogits[...] = 2.0 * (p - x) * p * (1.0 - p)
 
 
 def adam_update(params, grads, m, v, counters, lr, beta1, beta2, eps):
