@@ -73,6 +73,25 @@ def test_ctrl_c_mid_epoch_saves_and_resume_is_bit_exact(tmp_path, straight):
     assert_same_run(tmp_path, straight)
 
 
+def test_sigkill_mid_epoch_loses_at_most_that_epoch(tmp_path, straight):
+    proc = subprocess.Popen([sys.executable, "-m", "fastvae.train", *RUN, "--epochs", "3", "--out", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen = b""
+    deadline = time.monotonic() + 300
+    while b"epoch 2: " not in seen or b" 25/200" not in seen.split(b"epoch 2: ", 1)[1]:
+        chunk = os.read(proc.stderr.fileno(), 4096)
+        assert chunk and time.monotonic() < deadline, seen.decode(errors="replace")[-500:]
+        seen += chunk
+    proc.kill()                                              # SIGKILL: no handler, no last save
+    proc.wait(timeout=60)
+    ck = checkpoint.load(tmp_path / "checkpoint.npz")        # the epoch-1 checkpoint, whole
+    assert (ck.epoch, ck.epoch_step) == (1, 0)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    proc = cli("--resume", str(tmp_path), "--no-plots", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert_same_run(tmp_path, straight)
+
+
 def test_divergence_stops_with_the_step_and_writes_nothing_bad(tmp_path):
     proc = cli(*RUN, "--epochs", "2", "--lr", "1000", "--quiet", "--out", str(tmp_path))
     assert proc.returncode == 3
