@@ -1,5 +1,6 @@
 // dense_elu.cu - dense layers y = x W + b (optionally ELU) and their backward: dW = x^T dz with db fused, dx = dz W^T.
-// Forward reads inp, w, b and writes out; backward reads dout (and out for ELU'), inp, w and writes dw, db, dinp.
+// Forward reads inp, w, b and writes out; backward reads dout (and out for ELU'), inp, w and writes dw, db, dinp,
+// and dense_elu_store_dz then overwrites dout with dz (the backend contract's observable result).
 #include "tile.cuh"
 
 // ---- forward: grid (ceil(N / 32), ceil(n / 32)), block (16, 16); bias and ELU in the epilogue, z never stored
@@ -101,4 +102,12 @@ extern "C" __global__ void dense_elu_backward_input(float* dinp, const float* do
 {
     const EluGrad dz = {dout, out, N};
     input_grad_tile(dinp, dz, w, n, K, N);
+}
+
+// ---- the contract's dz: dout = dout * ELU'(y) in place, launched after both products above have read dy
+// (they form dz as they read, so no product waits for this pass). One thread per element.
+extern "C" __global__ void dense_elu_store_dz(float* dout, const float* out, long long count)
+{
+    const long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e < count) dout[e] *= elu_grad_from_output(out[e]);
 }
