@@ -26,6 +26,7 @@ import numpy as np
 
 from . import rng
 from .backends import NAMES
+from .cli import checkpoint_path, run_main
 from .data import as_images
 from .errors import UserError
 from .rng import STREAM_IWAE
@@ -187,19 +188,7 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except UserError as e:
-        print(f"fastvae: error: {e}", file=sys.stderr)
-        return 2
-
-
-def _checkpoint_path(path):
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint.npz"
-    return path
+    return run_main(run, build_parser().parse_args(argv))
 
 
 def run(args):
@@ -217,7 +206,7 @@ def run(args):
         raise UserError(f"--seed must be an integer in [0, 2**63), got {args.seed}")
     if args.json is not None and not args.json.parent.is_dir():
         raise UserError(f"cannot write {args.json}: folder {args.json.parent} does not exist")
-    path = _checkpoint_path(args.checkpoint)
+    path = checkpoint_path(args.checkpoint)
     notify = None if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     model = VAE.load(path, backend=args.backend, notify=notify)
     data = load_mnist(args.data)

@@ -15,6 +15,7 @@ from statistics import NormalDist
 import numpy as np
 
 from .backends import NAMES
+from .cli import checkpoint_path, run_main
 from .errors import UserError
 
 MANIFOLD_SIDE = 20
@@ -127,12 +128,7 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except UserError as e:
-        print(f"fastvae: error: {e}", file=sys.stderr)
-        return 2
+    return run_main(run, build_parser().parse_args(argv))
 
 
 def run(args):
@@ -144,7 +140,7 @@ def run(args):
         raise UserError(matplotlib_missing())
     if args.test_images is not None and args.test_images <= 0:
         raise UserError(f"--test-images must be a positive integer, got {args.test_images}")
-    path = args.checkpoint / "checkpoint.npz" if args.checkpoint.is_dir() else args.checkpoint
+    path = checkpoint_path(args.checkpoint)
     model = VAE.load(path, backend=args.backend)
     history = None
     metrics = path.parent / "metrics.json"

@@ -46,6 +46,19 @@ def assert_same_run(run_dir, straight):
         np.testing.assert_array_equal(a, ref_arrays[name], err_msg=f"{name} differs from the uninterrupted run")
 
 
+def start_and_wait_inside_epoch_2(out):
+    """A 3-epoch training process, returned once tqdm's progress shows it 25 steps into epoch 2 (of 200)."""
+    proc = subprocess.Popen([sys.executable, "-m", "fastvae.train", *RUN, "--epochs", "3", "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    seen = b""
+    deadline = time.monotonic() + 300
+    while b"epoch 2: " not in seen or b" 25/200" not in seen.split(b"epoch 2: ", 1)[1]:
+        chunk = os.read(proc.stderr.fileno(), 4096)
+        assert chunk and time.monotonic() < deadline, seen.decode(errors="replace")[-500:]
+        seen += chunk
+    return proc
+
+
 def test_resume_at_an_epoch_boundary_is_bit_exact(tmp_path, straight):
     assert cli(*RUN, "--epochs", "1", "--quiet", "--out", str(tmp_path)).returncode == 0
     proc = cli("--resume", str(tmp_path), "--epochs", "3", "--no-plots", "--quiet")
@@ -54,14 +67,7 @@ def test_resume_at_an_epoch_boundary_is_bit_exact(tmp_path, straight):
 
 
 def test_ctrl_c_mid_epoch_saves_and_resume_is_bit_exact(tmp_path, straight):
-    proc = subprocess.Popen([sys.executable, "-m", "fastvae.train", *RUN, "--epochs", "3", "--out", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    seen = b""
-    deadline = time.monotonic() + 300
-    while b"epoch 2: " not in seen or b" 25/200" not in seen.split(b"epoch 2: ", 1)[1]:
-        chunk = os.read(proc.stderr.fileno(), 4096)          # tqdm's progress: wait until inside epoch 2
-        assert chunk and time.monotonic() < deadline, seen.decode(errors="replace")[-500:]
-        seen += chunk
+    proc = start_and_wait_inside_epoch_2(tmp_path)
     proc.send_signal(signal.SIGINT)
     rest = proc.stderr.read()
     assert proc.wait(timeout=120) == 130, rest.decode(errors="replace")
@@ -74,14 +80,7 @@ def test_ctrl_c_mid_epoch_saves_and_resume_is_bit_exact(tmp_path, straight):
 
 
 def test_sigkill_mid_epoch_loses_at_most_that_epoch(tmp_path, straight):
-    proc = subprocess.Popen([sys.executable, "-m", "fastvae.train", *RUN, "--epochs", "3", "--out", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    seen = b""
-    deadline = time.monotonic() + 300
-    while b"epoch 2: " not in seen or b" 25/200" not in seen.split(b"epoch 2: ", 1)[1]:
-        chunk = os.read(proc.stderr.fileno(), 4096)
-        assert chunk and time.monotonic() < deadline, seen.decode(errors="replace")[-500:]
-        seen += chunk
+    proc = start_and_wait_inside_epoch_2(tmp_path)
     proc.kill()                                              # SIGKILL: no handler, no last save
     proc.wait(timeout=60)
     ck = checkpoint.load(tmp_path / "checkpoint.npz")        # the epoch-1 checkpoint, whole

@@ -12,7 +12,7 @@ from numba import njit
 
 from .cpu_math import exp_nonpos, expm1_nonpos_f32, log1p_unit
 from .cpu_philox import fill_normals, normals_block, stream_keys
-from .reference import SIGMA_SMOOTHING
+from .reference import SIGMA_SMOOTHING, synchronize, to_host  # noqa: F401  (hooks: host arrays alike)
 
 name = "cpu"
 dtype = np.float32
@@ -29,14 +29,6 @@ def zeros(shape, dtype=dtype):
 
 def asarray(a, dtype=dtype):
     return np.array(a, dtype=dtype, copy=True)
-
-
-def to_host(a):
-    return np.asarray(a)
-
-
-def synchronize():
-    pass
 
 
 # ---------------------------------------------------------------- batch gather
