@@ -72,13 +72,13 @@ class VAE:
         if validation is not None:
             validation = as_images(validation, "validation")
         be = self.backend
-        data = be.asarray(X, dtype=X.dtype)
         ws = self._workspace(batch_size)
+        stepper = step.Stepper(be, cfg, self.state, ws, be.asarray(X, dtype=X.dtype))
         # NaN/Inf arising inside the kernels is reported once, by the divergence guard, not as NumPy warnings
         with _StopOnCtrlC() as stop, np.errstate(invalid="ignore", over="ignore", divide="ignore"):
             for _ in range(epochs):
                 order = rng.epoch_permutation(cfg.seed, self.epoch, len(X))
-                record = self._train_epoch(data, order, ws, progress, stop)
+                record = self._train_epoch(stepper, order, ws, progress, stop)
                 if validation is not None:
                     record["test"] = self.evaluate(validation)
                 self.history.append(record)
@@ -87,8 +87,8 @@ class VAE:
                 stop.check()
         return self
 
-    def _train_epoch(self, data, order, ws, progress, stop):
-        be, cfg, n = self.backend, self.config, len(order)
+    def _train_epoch(self, stepper, order, ws, progress, stop):
+        be, n = self.backend, len(order)
         starts = range(0, n, ws.batch)
         if self.epoch_step >= len(starts):
             raise UserError(f"this model stopped after batch {self.epoch_step} of epoch {self.epoch + 1}, but "
@@ -102,7 +102,7 @@ class VAE:
         first, begin = self.epoch_step, time.perf_counter()
         for k in range(first, len(starts)):
             start = starts[k]
-            step.train_step(be, cfg, self.state, ws, data, order[start:start + ws.batch])
+            stepper(order[start:start + ws.batch])
             self.epoch_step = k + 1
             last = k == len(starts) - 1
             if k % self._check_every == 0 or last:                # the loss is read only this often

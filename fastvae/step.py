@@ -145,6 +145,29 @@ def train_step(be, cfg, state, ws, data, idx):
                    cfg.lr, cfg.beta1, cfg.beta2, cfg.adam_eps)
 
 
+class Stepper:
+    """train_step for a run on fixed buffers (state, workspace, data set), the batch's indices copied into one
+    buffer. A backend that can capture (gpu: `capture`) records the whole full-batch step once, as a CUDA graph,
+    and replays it every step after; the others, and a short last batch, simply call train_step."""
+
+    def __init__(self, be, cfg, state, ws, data):
+        self.be, self.cfg, self.state, self.ws, self.data = be, cfg, state, ws, data
+        self.idx = be.empty((ws.batch,), dtype=np.int64)
+        self.replay = None
+        self.captures = 0                       # how many times a step was recorded (once per Stepper)
+
+    def __call__(self, idx):
+        be = self.be
+        if not hasattr(be, "capture") or len(idx) != self.ws.batch:
+            train_step(be, self.cfg, self.state, self.ws, self.data, idx)
+            return
+        self.idx[...] = idx                     # device to device: the only per-step work besides the replay
+        if self.replay is None:
+            self.replay = be.capture(lambda: train_step(be, self.cfg, self.state, self.ws, self.data, self.idx))
+            self.captures += 1
+        self.replay()
+
+
 def evaluate(be, cfg, state, ws, data, idx_all, seed, loss):
     """Adds the loss (reconstruction, KL) of data[idx_all] to `loss`, one ELBO sample per image.
 

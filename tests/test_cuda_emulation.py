@@ -271,6 +271,71 @@ def test_a_step_launches_the_same_kernels_with_the_same_arguments_every_time(be,
     assert len(logs[0]) > 15 and int(st.counters[1]) == 3
 
 
+def _small_run(b, rand, cfg, rows=7):
+    from fastvae.params import Layout, he_init
+    layout = Layout(cfg)
+    st, ws = step.State(b, layout, he_init(layout, seed=1), seed=3), step.Workspace(b, cfg, rows)
+    data = b.asarray(rand.integers(0, 256, (40, 784)), dtype=np.uint8)
+    return st, ws, data
+
+
+def test_capture_records_a_step_without_running_it_and_replays_it(be, rand):
+    """capture() only records: nothing changes until the replay, and each replay is one more step."""
+    cfg = Config(hidden=(13, 9), latent=3, batch_size=7)
+    st, ws, data = _small_run(be, rand, cfg)
+    idx = be.asarray(np.arange(7), dtype=np.int64)
+    before = st.params.copy()
+    replay = be.capture(lambda: step.train_step(be, cfg, st, ws, data, idx))
+    assert np.array_equal(st.params, before) and int(st.counters[1]) == 0
+    replay()
+    replay()
+    assert int(st.counters[1]) == 2 and not np.array_equal(st.params, before)
+
+
+def test_replaying_the_captured_step_trains_like_launching_every_step(be, rand):
+    """step.Stepper captures the first full batch and replays it for every later batch (new indices copied into
+    its buffer, Adam's t and the noise step advanced in device memory); a short last batch runs uncaptured. Its
+    parameters, Adam moments and loss are those of calling train_step on every batch (the same launches; only the
+    loss's float64 atomics may add up in another block order)."""
+    cfg = Config(hidden=(13, 9), latent=3, batch_size=7)
+    batches = [np.arange(7) + 7 * k for k in range(4)] + [np.arange(28, 33)]
+    runs = []
+    for captured in (False, True):
+        st, ws, data = _small_run(be, np.random.default_rng(11), cfg)
+        ws.loss[...] = 0
+        stepper = step.Stepper(be, cfg, st, ws, data)
+        for idx in batches:
+            if captured:
+                stepper(be.asarray(idx, dtype=np.int64))
+            else:
+                step.train_step(be, cfg, st, ws, data, be.asarray(idx, dtype=np.int64))
+        runs.append((st.params.copy(), st.m.copy(), st.v.copy(), ws.loss.copy(), int(st.counters[1]),
+                     stepper.captures))
+    (p0, m0, v0, l0, t0, c0), (p1, m1, v1, l1, t1, c1) = runs
+    assert (t0, c0, t1, c1) == (5, 0, 5, 1)
+    for a, b, what in ((p1, p0, "params"), (m1, m0, "m"), (v1, v0, "v")):
+        assert_close(a, b, TOL["float32_step"], what=what)
+    assert_close(l1, l0, TOL["float32_step"], what="loss")
+
+
+def test_the_vae_class_trains_through_one_captured_step(be, rand, monkeypatch):
+    """VAE.fit on a backend that can capture records the step once per fit and replays it for every batch."""
+    from fastvae import model
+    monkeypatch.setattr(model, "get_backend", lambda name, notify=None: be)
+    made = []
+    real = step.Stepper
+
+    class Counting(real):
+        def __init__(self, *args):
+            super().__init__(*args)
+            made.append(self)
+    monkeypatch.setattr(step, "Stepper", Counting)
+    X = rand.integers(0, 256, (32, 784)).astype(np.uint8)
+    vae = model.VAE(hidden=(13, 9), latent=3, backend="gpu-emulated", seed=5, batch_size=8)
+    vae.fit(X, epochs=2)
+    assert vae.steps == 8 and len(made) == 1 and made[0].captures == 1
+
+
 # ---------------------------------------------------------------- the harness: faithful or loud
 
 PROBES = r"""

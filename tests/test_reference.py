@@ -69,7 +69,7 @@ def test_loss_terms_match_their_definitions(rand):
 
 def test_kl_is_zero_at_the_prior_and_positive_elsewhere():
     n, latent, width = 3, 2, 4
-    z, stats, dz = np.empty((n, latent)), np.empty((n, 2 * latent)), np.zeros((n, latent))
+    z, stats = np.empty((n, latent)), np.empty((n, 2 * latent))
     loss = np.zeros(2)
     ref.heads_forward(z, stats, loss, np.zeros((n, width)), np.zeros((width, 2 * latent)),
                       np.zeros(2 * latent), np.array([0, 0]), 0)

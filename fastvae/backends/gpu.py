@@ -6,7 +6,8 @@ module `xp` and a module of kernels with CuPy's RawModule interface. With CuPy t
 they are numpy and fastvae.cuda.emu.RawModule, which runs the same CUDA C on the CPU (`emulated()`).
 
 Per-step values (Adam's t, the noise step) are read by the kernels from `counters` in device memory and advanced
-by a kernel, so no launch argument changes from one step to the next (a captured CUDA graph could replay a step).
+by a kernel, so no launch argument changes from one step to the next: `capture` records a whole step once (a CUDA
+graph on a device, a list of launches on the host) and step.Stepper replays it every step.
 """
 import sys
 
@@ -62,11 +63,54 @@ class Backend:
         # store_dz: dense_elu_backward leaves dz in dout as the contract says (one extra elementwise pass); the
         # products themselves form dz from dy and y as they read, so a step that does not reuse dout could skip it.
         self.store_dz = store_dz
-        self._k = {k: module.get_function(k) for k in KERNELS}
+        self._k = {k: self._launcher(module.get_function(k)) for k in KERNELS}
         self._host = xp is np
+        self._recording = None          # while capture() runs on the host: the list the launches go to
         # How often the trainer reads the loss back to check it is finite (fastvae.model): on a device each read
         # waits for the step to finish, so only every 25th step (the progress bar's rate) and each epoch's last.
         self.loss_check_interval = 1 if self._host else 25
+
+    def _launcher(self, kernel):
+        def launch(grid, block, args):
+            if self._recording is not None:
+                self._recording.append((kernel, grid, block, args))
+            else:
+                kernel(grid, block, args)
+        return launch
+
+    def capture(self, fn):
+        """Record the launches `fn` makes, without running them, and return a function that replays them.
+
+        On a device this is a CUDA graph: captured in relaxed mode on a stream of its own, launched on the current
+        stream so it stays ordered with the work around it. On the host (the emulation) the launches are kept as
+        a list of (kernel, grid, block, arguments) and replayed verbatim: the same baked-in arguments a graph has,
+        so a step that needs a launch argument to change between steps fails the emulated tests too."""
+        if self._host:
+            launches = self._recording = []
+            try:
+                fn()
+            finally:
+                self._recording = None
+
+            def replay():
+                for kernel, grid, block, args in launches:
+                    kernel(grid, block, args)
+            return replay
+        cuda = self.xp.cuda
+        capturing = cuda.Stream(non_blocking=True)
+        capturing.wait_event(cuda.get_current_stream().record())     # buffers written before are ready
+        with capturing:
+            capturing.begin_capture()
+            try:
+                fn()
+            finally:
+                graph = capturing.end_capture()
+        keep = (fn, capturing)                          # every captured array stays referenced through fn
+
+        def replay():
+            graph.launch(stream=cuda.get_current_stream())
+            replay.keep = keep
+        return replay
 
     # ---- hooks
     def empty(self, shape, dtype=np.float32):
@@ -94,6 +138,8 @@ class Backend:
             idx = self.xp.ascontiguousarray(idx, dtype=np.int64)
         _check(idx, (n,), "idx", np.int64)
         if data.dtype not in (np.uint8, np.float32) or not data.flags.c_contiguous or data.ndim != 2:
+            if self._recording is not None:
+                raise RuntimeError("gpu backend: only uint8 or float32 C-contiguous data can be captured")
             x[...] = data[idx]           # other dtypes and layouts: the array module's gather, then a cast
             return
         _check(data, (data.shape[0], cols), "data", data.dtype)
