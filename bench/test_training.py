@@ -29,16 +29,18 @@ def trainer(be, mnist):
 @pytest.mark.parametrize("backend", backend_params(), indirect=True)
 def test_one_step(benchmark, backend, mnist):
     state, ws, data, order = trainer(backend, mnist)
+    stepper = step.Stepper(backend, SEED_CFG, state, ws, data)     # the gpu replays one captured CUDA graph
     k = iter(range(10**9))
 
     def one():
         start = (next(k) * ROWS) % (len(order) - ROWS)
-        step.train_step(backend, SEED_CFG, state, ws, data, order[start:start + ROWS])
+        stepper(order[start:start + ROWS])
         backend.synchronize()
 
     one()
     assert np.isfinite(float(backend.to_host(ws.loss).sum()))
-    benchmark.extra_info.update(flops=FLOPS_PER_IMAGE * ROWS, images=ROWS, backend=backend.name)
+    benchmark.extra_info.update(flops=FLOPS_PER_IMAGE * ROWS, images=ROWS, backend=backend.name,
+                                kernels_per_step=stepper.kernels_per_step)
     benchmark.pedantic(one, rounds=40 if backend.name != "reference" else 5, warmup_rounds=3)
 
 
@@ -46,15 +48,16 @@ def test_one_step(benchmark, backend, mnist):
 @pytest.mark.parametrize("backend", backend_params(include_reference=False), indirect=True)
 def test_one_epoch(benchmark, backend, mnist):
     state, ws, data, order = trainer(backend, mnist)
+    stepper = step.Stepper(backend, SEED_CFG, state, ws, data)
     n = len(mnist.train_x)
 
     def epoch():
         ws.loss[...] = 0
         for start in range(0, n, ROWS):
-            step.train_step(backend, SEED_CFG, state, ws, data, order[start:start + ROWS])
+            stepper(order[start:start + ROWS])
         backend.synchronize()
 
-    step.train_step(backend, SEED_CFG, state, ws, data, order[:ROWS])      # compile / load outside the timing
+    stepper(order[:ROWS])              # compile (Numba) or capture (CUDA graph) outside the timing
     benchmark.extra_info.update(flops=FLOPS_PER_IMAGE * n, images=n, backend=backend.name, framework="fastvae")
     benchmark.pedantic(epoch, rounds=3, warmup_rounds=0)
     mean_loss = float(backend.to_host(ws.loss).sum()) / n

@@ -156,6 +156,11 @@ class Stepper:
         self.replay = None
         self.captures = 0                       # how many times a step was recorded (once per Stepper)
 
+    @property
+    def kernels_per_step(self):
+        """Kernel launches in the captured step (None before the first capture, or without one)."""
+        return None if self.replay is None else self.replay.kernels
+
     def __call__(self, idx):
         be = self.be
         if not hasattr(be, "capture") or len(idx) != self.ws.batch:

@@ -4,6 +4,7 @@ No GPU needed: only a C++ compiler (the module skips itself, with the reason, wh
 import subprocess
 import sys
 import textwrap
+import types
 
 import numpy as np
 import pytest
@@ -178,23 +179,71 @@ def test_the_vae_class_runs_on_the_emulated_gpu_backend(be, rand, monkeypatch):
         assert np.max(np.abs(a - b)) <= 1e-2 * max(1.0, float(np.max(np.abs(b))))
 
 
+class _FakeStream:
+    """CuPy's stream-capture protocol as the gpu backend uses it: a launch made while a stream captures is
+    recorded, not run; end_capture gives a graph whose launch(stream) replays the recording."""
+    capturing = None
+
+    def __init__(self, non_blocking=False):
+        self.waited = []
+
+    def synchronize(self):
+        assert _FakeStream.capturing is None, "synchronize inside a capture"
+
+    def record(self):
+        return object()
+
+    def wait_event(self, event):
+        self.waited.append(event)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def begin_capture(self):
+        assert _FakeStream.capturing is None, "nested capture"
+        _FakeStream.capturing = []
+
+    def end_capture(self):
+        launches, _FakeStream.capturing = _FakeStream.capturing, None
+        return types.SimpleNamespace(launch=lambda stream: [k(*a) for k, a in launches])
+
+
+_DEFAULT = _FakeStream()
+
+
+class _CapturableModule:
+    def __init__(self, module):
+        self.module = module
+
+    def get_function(self, name):
+        kernel = self.module.get_function(name)
+
+        def launch(*args):
+            if _FakeStream.capturing is not None:
+                _FakeStream.capturing.append((kernel, args))
+            else:
+                kernel(*args)
+        return launch
+
+
 @pytest.fixture
 def fake_cupy(monkeypatch):
     """A stand-in `cupy` (numpy arrays, the emulator's RawModule, a scripted CUDA runtime), so that load(),
     unavailable_reason() and the module-level binding run here exactly as they will with CuPy."""
-    import types
     runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, driverGetVersion=lambda: 12040,
                                     runtimeGetVersion=lambda: 12020)
     fake = types.ModuleType("cupy")
     fake.empty, fake.zeros, fake.array, fake.asnumpy = np.empty, np.zeros, np.array, np.asarray
     fake.ascontiguousarray = np.ascontiguousarray
-    fake.RawModule = lambda code, options=(): emu.RawModule(code, options)
-    fake.cuda = types.SimpleNamespace(runtime=runtime,
-                                      get_current_stream=lambda: types.SimpleNamespace(synchronize=lambda: None))
+    fake.RawModule = lambda code, options=(): _CapturableModule(emu.RawModule(code, options))
+    fake.cuda = types.SimpleNamespace(runtime=runtime, Stream=_FakeStream, get_current_stream=lambda: _DEFAULT)
     monkeypatch.setitem(sys.modules, "cupy", fake)
     for attr in ("_cupy", "_cupy_error", "_loaded"):
         monkeypatch.setattr(gpu, attr, None)
-    for attr in gpu.CONTRACT + gpu.HOOKS + ("loss_check_interval",):      # restored (removed) after the test
+    for attr in gpu.CONTRACT + gpu.HOOKS + ("loss_check_interval", "store_dz", "capture"):   # restored after
         monkeypatch.setattr(gpu, attr, None, raising=False)
     return runtime
 
@@ -204,9 +253,11 @@ def test_load_binds_the_contract_at_module_level(fake_cupy, rand):
     assert gpu.unavailable_reason() is None
     be = backends.get_backend("auto")
     assert be is gpu and gpu.load() is gpu and be.name == "gpu" and be.dtype == np.float32
-    assert all(callable(getattr(gpu, attr)) for attr in gpu.CONTRACT + gpu.HOOKS if attr != "xp")
+    assert all(callable(getattr(gpu, attr)) for attr in gpu.CONTRACT + gpu.HOOKS + ("capture",) if attr != "xp")
+    assert gpu.launches >= 0 and gpu.store_dz is False
     kc.check_dense(be, rand, 7, 13, 9, True)
     kc.check_train_steps(be, Config(hidden=(13, 9), latent=3, batch_size=7), rand, 7, n_steps=2)
+    kc.check_captured_steps(be)
 
 
 @pytest.mark.parametrize("change,reason", [
@@ -292,30 +343,8 @@ def test_capture_records_a_step_without_running_it_and_replays_it(be, rand):
     assert int(st.counters[1]) == 2 and not np.array_equal(st.params, before)
 
 
-def test_replaying_the_captured_step_trains_like_launching_every_step(be, rand):
-    """step.Stepper captures the first full batch and replays it for every later batch (new indices copied into
-    its buffer, Adam's t and the noise step advanced in device memory); a short last batch runs uncaptured. Its
-    parameters, Adam moments and loss are those of calling train_step on every batch (the same launches; only the
-    loss's float64 atomics may add up in another block order)."""
-    cfg = Config(hidden=(13, 9), latent=3, batch_size=7)
-    batches = [np.arange(7) + 7 * k for k in range(4)] + [np.arange(28, 33)]
-    runs = []
-    for captured in (False, True):
-        st, ws, data = _small_run(be, np.random.default_rng(11), cfg)
-        ws.loss[...] = 0
-        stepper = step.Stepper(be, cfg, st, ws, data)
-        for idx in batches:
-            if captured:
-                stepper(be.asarray(idx, dtype=np.int64))
-            else:
-                step.train_step(be, cfg, st, ws, data, be.asarray(idx, dtype=np.int64))
-        runs.append((st.params.copy(), st.m.copy(), st.v.copy(), ws.loss.copy(), int(st.counters[1]),
-                     stepper.captures))
-    (p0, m0, v0, l0, t0, c0), (p1, m1, v1, l1, t1, c1) = runs
-    assert (t0, c0, t1, c1) == (5, 0, 5, 1)
-    for a, b, what in ((p1, p0, "params"), (m1, m0, "m"), (v1, v0, "v")):
-        assert_close(a, b, TOL["float32_step"], what=what)
-    assert_close(l1, l0, TOL["float32_step"], what="loss")
+def test_replaying_the_captured_step_trains_like_launching_every_step(be):
+    kc.check_captured_steps(be)
 
 
 def test_the_vae_class_trains_through_one_captured_step(be, rand, monkeypatch):

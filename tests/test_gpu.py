@@ -120,6 +120,10 @@ def test_training_steps_match_the_cpu_backend(be, rand):
     np.testing.assert_allclose(losses[1], losses[0], rtol=10 * TOL["float32_step"])
 
 
+def test_replaying_the_captured_graph_trains_like_launching_every_step(be):
+    kc.check_captured_steps(be)
+
+
 def test_one_epoch_of_mnist():
     """The seed's model for one epoch: the test loss lands where the cpu backend's does (README: 120.1)."""
     from fastvae import VAE

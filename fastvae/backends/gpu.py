@@ -58,20 +58,22 @@ class Backend:
 
     dtype = np.float32
 
-    def __init__(self, xp, module, name="gpu", store_dz=True):
+    def __init__(self, xp, module, name="gpu", store_dz=False):
         self.xp, self.name, self.module = xp, name, module
-        # store_dz: dense_elu_backward leaves dz in dout as the contract says (one extra elementwise pass); the
-        # products themselves form dz from dy and y as they read, so a step that does not reuse dout could skip it.
+        # store_dz: dense_elu_backward also writes dz into dout (one more launch and pass). Off by default: the
+        # products form dz from dy and y as they read, and the step never reads dout again (the contract's scratch).
         self.store_dz = store_dz
         self._k = {k: self._launcher(module.get_function(k)) for k in KERNELS}
         self._host = xp is np
         self._recording = None          # while capture() runs on the host: the list the launches go to
+        self.launches = 0               # kernel launches so far (a replayed capture counts as none)
         # How often the trainer reads the loss back to check it is finite (fastvae.model): on a device each read
         # waits for the step to finish, so only every 25th step (the progress bar's rate) and each epoch's last.
         self.loss_check_interval = 1 if self._host else 25
 
     def _launcher(self, kernel):
         def launch(grid, block, args):
+            self.launches += 1
             if self._recording is not None:
                 self._recording.append((kernel, grid, block, args))
             else:
@@ -85,6 +87,7 @@ class Backend:
         stream so it stays ordered with the work around it. On the host (the emulation) the launches are kept as
         a list of (kernel, grid, block, arguments) and replayed verbatim: the same baked-in arguments a graph has,
         so a step that needs a launch argument to change between steps fails the emulated tests too."""
+        before = self.launches
         if self._host:
             launches = self._recording = []
             try:
@@ -95,6 +98,7 @@ class Backend:
             def replay():
                 for kernel, grid, block, args in launches:
                     kernel(grid, block, args)
+            replay.kernels = len(launches)
             return replay
         cuda = self.xp.cuda
         capturing = cuda.Stream(non_blocking=True)
@@ -110,6 +114,7 @@ class Backend:
         def replay():
             graph.launch(stream=cuda.get_current_stream())
             replay.keep = keep
+        replay.kernels = self.launches - before         # the graph's kernel nodes
         return replay
 
     # ---- hooks
@@ -181,7 +186,7 @@ class Backend:
             self._k["dense_backward_input"]((_tiles(K), _tiles(n)), TILE_BLOCK, (dinp, dout, w, *dims))
 
     def dense_elu_backward(self, dinp, dw, db, dout, inp, w, out):
-        """dz = dout * ELU'(out) is formed inside both products; then stored into dout (the contract's result)."""
+        """dz = dout * ELU'(out) is formed inside both products (and stored into dout only with store_dz)."""
         n, K, N = self._backward_shapes(dinp, dw, db, dout, inp, w)
         _check(out, (n, N), "out")
         dims = (_i32(n), _i32(K), _i32(N))
@@ -246,7 +251,7 @@ class Backend:
         self._k["adam_advance"]((1,), (1,), (counters,))      # after every block has read the old t
 
 
-def make_backend(xp, module, name="gpu", store_dz=True):
+def make_backend(xp, module, name="gpu", store_dz=False):
     """The contract's kernels over an array module and a RawModule-like module of the compiled kernels."""
     return Backend(xp, module, name=name, store_dz=store_dz)
 
@@ -322,6 +327,13 @@ def load():
         module = _cupy.RawModule(code=sources.module_source(), options=nvrtc.OPTIONS)
         _loaded = make_backend(_cupy, module)
         here = sys.modules[__name__]
-        for attr in CONTRACT + HOOKS + ("loss_check_interval",):
+        for attr in CONTRACT + HOOKS + ("loss_check_interval", "store_dz", "capture"):
             setattr(here, attr, getattr(_loaded, attr))
     return sys.modules[__name__]
+
+
+def __getattr__(attr):
+    """The loaded backend's running launch count, read through the module (it changes, so it is not bound)."""
+    if attr == "launches" and _loaded is not None:
+        return _loaded.launches
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")

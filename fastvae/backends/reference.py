@@ -3,6 +3,8 @@
 Kernel contract (identical names and argument order on every backend; outputs first, then inputs, then settings):
 activation gradients are written with `=`, parameter gradients with `=` (one batch per step), losses with `+=`
 into a float64[2] accumulator (reconstruction, KL), `counters` is int64[2] = (seed, steps taken so far).
+A backward kernel's `dout` is scratch: here and on the cpu it holds dz afterwards, the gpu leaves dy there (storing
+dz would cost a pass the step never reads: step.backward uses each dout once).
 Dense layers are y = x @ W + b with W stored (fan_in, fan_out).
 """
 import numpy as np
@@ -69,7 +71,7 @@ def dense_elu_forward(out, inp, w, b):
 
 
 def dense_elu_backward(dinp, dw, db, dout, inp, w, out):
-    """dout (dL/dy) is overwritten with dz = dL/dy * ELU'(z); then the gradients of a linear layer."""
+    """dout (dL/dy) is overwritten with dz = dL/dy * ELU'(z) (scratch, see above); then a linear layer's gradients."""
     dout *= elu_grad_from_output(out)
     dense_backward(dinp, dw, db, dout, inp, w)
 
