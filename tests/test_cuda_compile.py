@@ -17,7 +17,6 @@ except OSError as exc:
 ARCHS = ("sm_80", "sm_90")                      # A100 and H100: the architectures the gpu backend ships for
 KERNELS = sources.kernel_dir()
 SOURCES = sorted(p.name for p in KERNELS.glob("*.cu")) + sorted(p.name for p in KERNELS.glob("*.cuh"))
-VERBOSE = ("--ptxas-options=-v",)               # ptxas's resource report (registers, shared memory) in the log
 
 
 def check(name, arch, directory=None, extra=()):
@@ -44,26 +43,11 @@ def entry_points(cubin):
     return names
 
 
-def resources(log):
-    """{kernel: (registers, shared memory bytes, stack frame bytes, spill stores + loads bytes)} from ptxas -v."""
-    out, kernel, frame = {}, None, (0, 0)
-    for line in log.splitlines():
-        if m := re.search(r"Compiling entry function '(\w+)'", line):
-            kernel = m[1]
-        elif kernel and (m := re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill", line)):
-            frame = (int(m[1]), int(m[2]) + int(m[3]))
-        elif kernel and (m := re.search(r"Used (\d+) registers", line)):
-            smem = re.search(r"(\d+) bytes smem", line)
-            out[kernel] = (int(m[1]), int(smem[1]) if smem else 0, *frame)
-            kernel, frame = None, (0, 0)
-    return out
-
-
 @pytest.fixture(scope="module", params=ARCHS)
 def module(request):
     """The whole module as the gpu backend compiles it, for one architecture: (arch, cubin, log)."""
     cubin, log = nvrtc.compile_cubin(sources.module_source(), request.param, name="fastvae_kernels.cu",
-                                     options=nvrtc.OPTIONS + nvrtc.WARNINGS + VERBOSE, werror=True)
+                                     options=nvrtc.OPTIONS + nvrtc.WARNINGS + nvrtc.VERBOSE, werror=True)
     return request.param, cubin, log
 
 
@@ -93,8 +77,10 @@ def test_module_defines_every_entry_point(module, record_property):
     assert entry_points(cubin) == set(expected)
     # The names the gpu backend shares with the reference contract (the backward passes are split per output).
     assert {"dense_forward", "dense_elu_forward", "heads_forward", "output_forward", "adam_update"} <= set(expected)
-    used = resources(log)
+    used = nvrtc.resource_usage(log)
     assert set(used) == set(expected)
+    spilling = {k: r[3] for k, r in used.items() if r[3]}
+    assert not spilling, f"kernels spill registers to local memory on {arch}: {spilling}"
     table = "\n".join(f"{arch} {k:28s} {r:3d} registers {s:5d} B smem {f:3d} B stack {sp:3d} B spills"
                       for k, (r, s, f, sp) in sorted(used.items()))
     record_property(f"resources_{arch}", table)

@@ -106,3 +106,21 @@ def _error(lib, status):
 def _check(lib, status):
     if status != 0:
         raise CompileError(_error(lib, status))
+
+
+VERBOSE = ("--ptxas-options=-v",)     # ptxas's resource report (registers, shared memory) in the log
+
+
+def resource_usage(log):
+    """{kernel: (registers, shared memory bytes, stack frame bytes, spill stores + loads bytes)} from ptxas -v."""
+    out, kernel, frame = {}, None, (0, 0)
+    for line in log.splitlines():
+        if m := re.search(r"Compiling entry function '(\w+)'", line):
+            kernel = m[1]
+        elif kernel and (m := re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill", line)):
+            frame = (int(m[1]), int(m[2]) + int(m[3]))
+        elif kernel and (m := re.search(r"Used (\d+) registers", line)):
+            smem = re.search(r"(\d+) bytes smem", line)
+            out[kernel] = (int(m[1]), int(smem[1]) if smem else 0, *frame)
+            kernel, frame = None, (0, 0)
+    return out
