@@ -8,7 +8,8 @@ from benchlib import EPOCH_GROUP as EPOCH, MEMORY_GROUP as MEMORY
 
 def framework(b):
     info = b["extra_info"]
-    return info.get("framework", "fastvae") + (f" ({info['backend']})" if "backend" in info else "")
+    where = info.get("backend") or ("cuda" if info.get("device") == "gpu" else None)
+    return info.get("framework", "fastvae") + (f" ({where})" if where else "")
 
 
 def epoch_table(benches):
@@ -17,14 +18,19 @@ def epoch_table(benches):
               if b["group"] == MEMORY}
     if not epochs:
         return []
-    ours = min((b["stats"]["median"] for b in epochs if b["extra_info"].get("framework") == "fastvae"),
-               default=None)
-    rows = ["| framework | s / epoch (median) | min | images / s | GFLOP/s | peak RSS (MB) | time ÷ fastvae's |",
+    # each peer against fastvae on the same kind of device (cpu peers vs the cpu backend, cuda vs gpu)
+    ours = {}
+    for b in epochs:
+        if b["extra_info"].get("framework") == "fastvae":
+            device = b["extra_info"].get("device", "cpu")
+            ours[device] = min(ours.get(device, float("inf")), b["stats"]["median"])
+    rows = ["| framework | s / epoch (median) | min | images / s | GFLOP/s | peak RSS (MB) | time ÷ fastvae's (same device) |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for b in sorted(epochs, key=lambda b: b["stats"]["median"]):
+    for b in sorted(epochs, key=lambda b: (b["extra_info"].get("device", "cpu"), b["stats"]["median"])):
         s, info = b["stats"], b["extra_info"]
-        mem = memory.get(info.get("framework"))
-        ratio = f"{s['median'] / ours:.2f}" if ours else "–"
+        device = info.get("device", "cpu")
+        mem = memory.get(info.get("framework")) if device == "cpu" else None
+        ratio = f"{s['median'] / ours[device]:.2f}" if device in ours else "–"
         rows.append(f"| {framework(b)} | {s['median']:.3f} | {s['min']:.3f} | {info['images'] / s['median']:,.0f} "
                     f"| {info['flops'] / s['median'] / 1e9:.0f} | {f'{mem:.0f}' if mem else '–'} | {ratio} |")
     return ["### One epoch of the seed's settings", "", *rows, ""]
@@ -41,6 +47,25 @@ def kernel_table(benches):
         rows.append(f"| {b['group'].removeprefix('kernel ')} | {info['backend']} | {s * 1e6:,.0f} "
                     f"| {info['flops'] / s / 1e9:.1f} | {gbs} |")
     return ["### Kernels and one training step", "", *rows, ""]
+
+
+def products_table(benches, steps_per_epoch=400):
+    """The step's 17 matrix products, each timed alone: their sum is the floor under a cpu step and epoch."""
+    from test_products import GROUP
+    products = [b for b in benches if b["group"] == GROUP]
+    if not products:
+        return []
+    rows = ["| BLAS threads | products | sum of medians (ms / step) | GFLOP/s | slowest: rate | fastest: rate "
+            "| × 400 steps (s / epoch) |", "| --- | ---: | ---: | ---: | --- | --- | ---: |"]
+    for threads in sorted({b["extra_info"]["threads"] for b in products}, key=str):
+        some = [b for b in products if b["extra_info"]["threads"] == threads]
+        total = sum(b["stats"]["median"] for b in some)
+        flops = sum(b["extra_info"]["flops"] for b in some)
+        rate = {b["extra_info"]["product"]: b["extra_info"]["flops"] / b["stats"]["median"] / 1e9 for b in some}
+        lo, hi = min(rate, key=rate.get), max(rate, key=rate.get)
+        rows.append(f"| {threads} | {len(some)} | {total * 1e3:.2f} | {flops / total / 1e9:.0f} | {lo}: "
+                    f"{rate[lo]:.0f} | {hi}: {rate[hi]:.0f} | {total * steps_per_epoch:.2f} |")
+    return ["### The products of one step, each alone (the floor)", "", *rows, ""]
 
 
 def first_call_table(benches):
@@ -63,7 +88,7 @@ def main(path):
              f"Python {m.get('python_version')}, numpy {m.get('numpy')}, numba {m.get('numba')}; "
              f"BLAS/thread environment: {env}; run {doc['datetime'][:16]} UTC.", ""]
     benches = doc["benchmarks"]
-    lines += epoch_table(benches) + kernel_table(benches) + first_call_table(benches)
+    lines += epoch_table(benches) + products_table(benches) + kernel_table(benches) + first_call_table(benches)
     print("\n".join(lines))
 
 

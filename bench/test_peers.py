@@ -7,7 +7,11 @@ from benchlib import EPOCH_GROUP, FLOPS_PER_IMAGE, FRAMEWORKS, SEED_CFG
 from fastvae import rng
 
 PEERS = [(FRAMEWORKS["torch"], "torch_vae", {}), (FRAMEWORKS["torch-compile"], "torch_vae", {"compile": True}),
-         (FRAMEWORKS["jax"], "jax_vae", {})]
+         (FRAMEWORKS["jax"], "jax_vae", {}),
+         # on the GPU: the same model on the same card as fastvae's gpu backend (skipped without one)
+         (FRAMEWORKS["torch"], "torch_vae", {"device": "cuda"}),
+         (FRAMEWORKS["torch-compile"], "torch_vae", {"compile": True, "device": "cuda"})]
+IDS = [label + (" cuda" if kw.get("device") == "cuda" else "") for label, _, kw in PEERS]
 
 
 def peer_module(name):
@@ -16,11 +20,13 @@ def peer_module(name):
 
 
 @pytest.mark.benchmark(group=EPOCH_GROUP)
-@pytest.mark.parametrize("label,module,kwargs", PEERS, ids=[p[0] for p in PEERS])
+@pytest.mark.parametrize("label,module,kwargs", PEERS, ids=IDS)
 def test_peer_epoch(benchmark, mnist, label, module, kwargs):
     mod = peer_module(module)
-    if mod.unavailable():
-        pytest.skip(mod.unavailable())
+    device = kwargs.get("device", "cpu")
+    reason = mod.unavailable(device) if device != "cpu" else mod.unavailable()
+    if reason:
+        pytest.skip(reason)
     x = mnist.train_x
     trainer = mod.Trainer(x, batch_size=SEED_CFG.batch_size, seed=SEED_CFG.seed, **kwargs)
     first_call = trainer.warmup()
@@ -31,6 +37,6 @@ def test_peer_epoch(benchmark, mnist, label, module, kwargs):
         losses.append(trainer.epoch(rng.epoch_permutation(SEED_CFG.seed, next(epochs), len(x))))
 
     benchmark.extra_info.update(flops=FLOPS_PER_IMAGE * len(x), images=len(x), framework=label,
-                                first_call_s=first_call)
+                                first_call_s=first_call, device="gpu" if device == "cuda" else "cpu")
     benchmark.pedantic(epoch, rounds=3, warmup_rounds=0)
     assert 90 < losses[-1] < 200, f"{label}: an epoch of training ended at {losses[-1]} per image"

@@ -58,7 +58,9 @@ def test_one_epoch(benchmark, backend, mnist):
         backend.synchronize()
 
     stepper(order[:ROWS])              # compile (Numba) or capture (CUDA graph) outside the timing
-    benchmark.extra_info.update(flops=FLOPS_PER_IMAGE * n, images=n, backend=backend.name, framework="fastvae")
+    benchmark.extra_info.update(flops=FLOPS_PER_IMAGE * n, images=n, backend=backend.name, framework="fastvae",
+                                device="gpu" if backend.name == "gpu" else "cpu",
+                                kernels_per_step=stepper.kernels_per_step)
     benchmark.pedantic(epoch, rounds=3, warmup_rounds=0)
     mean_loss = float(backend.to_host(ws.loss).sum()) / n
     assert 90 < mean_loss < 200, f"an epoch of training ended at {mean_loss} per image"
