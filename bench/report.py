@@ -49,6 +49,28 @@ def kernel_table(benches):
     return ["### Kernels and one training step", "", *rows, ""]
 
 
+def turns_table(benches):
+    """Epochs in turns, one process per framework: per-round ratios (bench/test_side_by_side.py)."""
+    from test_side_by_side import GROUP
+    found = [b for b in benches if b["group"] == GROUP]
+    if not found:
+        return []
+    info = found[0]["extra_info"]
+    rows = ["| framework | s / epoch (median) | min | max | images / s (median) | GFLOP/s (median) | time ÷ fastvae's: "
+            "median of the rounds' ratios (range) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    frameworks = info["frameworks"]
+    for name, f in sorted(frameworks.items(), key=lambda kv: sorted(kv[1]["seconds"])[len(kv[1]["seconds"]) // 2]):
+        secs = sorted(f["seconds"])
+        med = secs[len(secs) // 2] if len(secs) % 2 else (secs[len(secs) // 2 - 1] + secs[len(secs) // 2]) / 2
+        r = f["ratio_to_fastvae"]
+        rows.append(f"| {name} | {med:.3f} | {secs[0]:.3f} | {secs[-1]:.3f} | {info['images'] / med:,.0f} "
+                    f"| {info['flops'] / med / 1e9:.0f} | {f['median_ratio_to_fastvae']:.2f} "
+                    f"({min(r):.2f}–{max(r):.2f}) |")
+    skipped = "; ".join(f"{k}: {v}" for k, v in info.get("skipped", {}).items())
+    return [f"### Epochs in turns ({info['rounds']} rounds, one process per framework, {info['images']} images)", "",
+            *rows, *([f"", f"Skipped: {skipped}"] if skipped else []), ""]
+
+
 def products_table(benches, steps_per_epoch=400):
     """The step's 17 matrix products, each timed alone: their sum is the floor under a cpu step and epoch."""
     from test_products import GROUP
@@ -88,7 +110,7 @@ def main(path):
              f"Python {m.get('python_version')}, numpy {m.get('numpy')}, numba {m.get('numba')}; "
              f"BLAS/thread environment: {env}; run {doc['datetime'][:16]} UTC.", ""]
     benches = doc["benchmarks"]
-    lines += epoch_table(benches) + products_table(benches) + kernel_table(benches) + first_call_table(benches)
+    lines += turns_table(benches) + epoch_table(benches) + products_table(benches) + kernel_table(benches) + first_call_table(benches)
     print("\n".join(lines))
 
 

@@ -1,12 +1,16 @@
 """Train fastvae or one of its peers on MNIST in this process and print one JSON line (for side-by-side timing).
 
-    python -m bench.peers.run {fastvae,torch,torch-compile,jax} --epochs 1 [--images N] [--seed 0]
+    python -m bench.peers.run {fastvae,torch,torch-compile,jax} --epochs 1 [--images N] [--seed 0] [--serve]
 
 JSON keys: framework, version, epochs, images, batch_size, seconds_per_epoch (list, training loop only),
 first_call_seconds (fastvae: a throwaway one-batch fit that loads or compiles its Numba kernels; peers: warmup(),
 the first step of each batch shape including compilation, on a state that is then put back), loss (the last
 epoch's mean training loss per image), peak_rss_mb (ru_maxrss of this process: imports, data, model, training),
 baseline_rss_mb (ru_maxrss after the imports and loading the data, before any model exists).
+
+--serve keeps the process for interleaved timing (bench/test_side_by_side.py): it prints one JSON line once the
+first call is done, then trains one epoch per line it reads (the epoch's number) and answers each with a JSON line
+(seconds, loss).
 
 Every framework sees the same images and the same order: fastvae.rng.epoch_permutation(seed, epoch, n).
 Exit status 2, with one line on stderr, when the framework is not installed. Run one per process: peak RSS is
@@ -26,33 +30,46 @@ def _peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # Linux reports KiB
 
 
-def _fastvae(x, epochs, seed, batch_size):
+def _fastvae(x, seed, batch_size):
     import fastvae
     from fastvae import VAE
 
     begin = time.perf_counter()   # a throwaway model: the first call loads (or compiles) the Numba kernels
     VAE(backend="cpu", seed=seed, batch_size=batch_size).fit(x[:batch_size], epochs=1)
     first = time.perf_counter() - begin
-    model = VAE(backend="cpu", seed=seed, batch_size=batch_size).fit(x, epochs=epochs)
-    seconds = [rec["seconds"] for rec in model.history]
-    return fastvae.__version__, first, seconds, model.history[-1]["train"]["total"]
+    model = VAE(backend="cpu", seed=seed, batch_size=batch_size)
+
+    def epoch(k):                 # the model's own k-th epoch (its shuffle is epoch_permutation(seed, k, n))
+        assert k == model.epoch, "fastvae trains its epochs in order"
+        record = model.fit(x, epochs=1).history[-1]
+        return record["seconds"], record["train"]["total"]
+    return fastvae.__version__, first, epoch
 
 
-def _peer(name, x, epochs, seed, batch_size):
+def _peer(name, x, seed, batch_size):
     from fastvae.rng import epoch_permutation
 
     module = importlib.import_module("bench.peers." + ("jax_vae" if name == "jax" else "torch_vae"))
     kwargs = {"compile": name == "torch-compile"} if name != "jax" else {}
     trainer = module.Trainer(x, batch_size=batch_size, seed=seed, **kwargs)
     first = trainer.warmup()
-    seconds, loss = [], None
-    for epoch in range(epochs):
-        order = epoch_permutation(seed, epoch, len(x))
+
+    def epoch(k):
+        order = epoch_permutation(seed, k, len(x))
         begin = time.perf_counter()
         loss = trainer.epoch(order)
-        seconds.append(time.perf_counter() - begin)
+        return time.perf_counter() - begin, loss
     version = (module.jax.__version__ if name == "jax" else module.torch.__version__)
-    return version, first, seconds, loss
+    return version, first, epoch
+
+
+def _serve(name, version, first, epoch):
+    """One JSON line when ready, then one epoch per line read (its number), one JSON line each, until EOF."""
+    print(json.dumps({"framework": name, "version": version, "first_call_seconds": round(first, 4)}), flush=True)
+    for line in sys.stdin:
+        seconds, loss = epoch(int(line))
+        print(json.dumps({"seconds": round(seconds, 4), "loss": loss}), flush=True)
+    return 0
 
 
 def _unavailable(name):
@@ -70,6 +87,8 @@ def main(argv=None):
     ap.add_argument("--images", type=int, default=None, help="train on the first N training images (default all)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch-size", type=int, default=150)
+    ap.add_argument("--serve", action="store_true",
+                    help="after the first call, train one epoch per line read on stdin (the epoch's number)")
     args = ap.parse_args(argv)
     if args.epochs < 1 or (args.images is not None and args.images < 1) or args.batch_size < 1:
         ap.error("--epochs, --images and --batch-size must be positive")
@@ -86,9 +105,15 @@ def main(argv=None):
     baseline = _peak_rss_mb()
 
     from fastvae import UserError
-    run = _fastvae if args.framework == "fastvae" else (lambda *a: _peer(args.framework, *a))
+    setup = _fastvae if args.framework == "fastvae" else (lambda *a: _peer(args.framework, *a))
     try:
-        version, first, seconds, loss = run(x, args.epochs, args.seed, args.batch_size)
+        version, first, epoch = setup(x, args.seed, args.batch_size)
+        if args.serve:
+            return _serve(args.framework, version, first, epoch)
+        seconds, loss = [], None
+        for k in range(args.epochs):
+            s, loss = epoch(k)
+            seconds.append(s)
     except UserError as e:                      # e.g. fastvae refuses a batch larger than the data
         print(f"{args.framework}: {e}", file=sys.stderr)
         return 1
