@@ -1,7 +1,9 @@
 """python -m fastvae.train as a real subprocess on a small slice of the embedded MNIST; the files it writes."""
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,9 +14,9 @@ QUICK = ["--epochs", "2", "--train-images", "600", "--test-images", "200", "--hi
          "--latent", "3", "--batch-size", "50", "--seed", "11", "--backend", "cpu"]
 
 
-def train(*args, cwd=None):
+def train(*args, cwd=None, env=None):
     return subprocess.run([sys.executable, "-m", "fastvae.train", *args], capture_output=True, text=True,
-                          timeout=300, cwd=cwd)
+                          timeout=300, cwd=cwd, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +115,47 @@ def test_the_seed_variants_train_and_are_recorded(tmp_path):
     assert (model.config.encoder, model.config.reconstruction) == ("sigma", "mse")
     mu, gamma = model.encode(np.zeros((2, 784), np.uint8))
     assert np.all(np.isfinite(gamma)) and np.all(gamma >= np.log(1e-10) - 1e-3)
+
+
+STAND_IN = Path(__file__).resolve().parent / "stand_in"
+GPU_QUICK = ["--train-images", "64", "--test-images", "32", "--hidden", "13", "9", "--latent", "3",
+             "--batch-size", "16", "--seed", "11", "--no-plots", "--quiet"]
+
+
+def with_stand_in_cupy(**extra):
+    """The environment of a subprocess whose `import cupy` finds tests/stand_in/cupy (the CUDA C emulated)."""
+    path = os.pathsep.join(p for p in (str(STAND_IN), os.environ.get("PYTHONPATH")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}
+
+
+def test_the_gpu_backend_trains_resumes_and_evaluates_through_the_cli(tmp_path):
+    """`python -m fastvae.train --backend gpu` end to end in a subprocess, with the stand-in CuPy: load(), the
+    captured step replayed for every batch, the checkpoint, --resume, the test-set evaluation; its losses are the
+    cpu backend's within a few float32 Adam steps' worth."""
+    from fastvae.cuda import emu
+    if emu.unavailable_reason():
+        pytest.skip(emu.unavailable_reason())
+    metrics = {}
+    for backend in ("gpu", "cpu"):
+        out = tmp_path / backend
+        proc = train("--backend", backend, "--epochs", "2", *GPU_QUICK, "--out", str(out), env=with_stand_in_cupy())
+        assert proc.returncode == 0, proc.stderr
+        metrics[backend] = json.loads((out / "metrics.json").read_text())
+    assert metrics["gpu"]["backend"] == "gpu" and metrics["gpu"]["epochs"][-1]["steps"] == 8
+    for e_gpu, e_cpu in zip(metrics["gpu"]["epochs"], metrics["cpu"]["epochs"]):
+        for split in ("train", "test"):
+            assert abs(e_gpu[split]["total"] - e_cpu[split]["total"]) <= 1e-3 * e_cpu[split]["total"], (e_gpu, e_cpu)
+    proc = train("--resume", str(tmp_path / "gpu"), "--epochs", "3", "--quiet", "--no-plots",
+                 env=with_stand_in_cupy())
+    assert proc.returncode == 0, proc.stderr
+    resumed = json.loads((tmp_path / "gpu" / "metrics.json").read_text())
+    assert [e["epoch"] for e in resumed["epochs"]] == [1, 2, 3] and resumed["epochs"][-1]["steps"] == 12
+
+
+def test_a_driver_too_old_for_cupy_is_one_line(tmp_path):
+    proc = train("--backend", "gpu", "--epochs", "1", *GPU_QUICK, "--out", str(tmp_path / "run"),
+                 env=with_stand_in_cupy(FASTVAE_STAND_IN_DRIVER="11080"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "supports CUDA 11.8, older than the CUDA 12.2 this CuPy needs" in lines[0], lines
+    assert "--backend cpu" in lines[0] and not (tmp_path / "run" / "checkpoint.npz").exists()

@@ -4,7 +4,7 @@ No GPU needed: only a C++ compiler (the module skips itself, with the reason, wh
 import subprocess
 import sys
 import textwrap
-import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +19,8 @@ if emu.unavailable_reason() is not None:
     pytest.skip(emu.unavailable_reason(), allow_module_level=True)
 
 from fastvae.backends import cpu, gpu  # noqa: E402
+
+STAND_IN = Path(__file__).resolve().parent / "stand_in"     # a stand-in cupy package (see its docstring)
 
 
 @pytest.fixture(scope="module")
@@ -179,73 +181,20 @@ def test_the_vae_class_runs_on_the_emulated_gpu_backend(be, rand, monkeypatch):
         assert np.max(np.abs(a - b)) <= 1e-2 * max(1.0, float(np.max(np.abs(b))))
 
 
-class _FakeStream:
-    """CuPy's stream-capture protocol as the gpu backend uses it: a launch made while a stream captures is
-    recorded, not run; end_capture gives a graph whose launch(stream) replays the recording."""
-    capturing = None
-
-    def __init__(self, non_blocking=False):
-        self.waited = []
-
-    def synchronize(self):
-        assert _FakeStream.capturing is None, "synchronize inside a capture"
-
-    def record(self):
-        return object()
-
-    def wait_event(self, event):
-        self.waited.append(event)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def begin_capture(self):
-        assert _FakeStream.capturing is None, "nested capture"
-        _FakeStream.capturing = []
-
-    def end_capture(self):
-        launches, _FakeStream.capturing = _FakeStream.capturing, None
-        return types.SimpleNamespace(launch=lambda stream: [k(*a) for k, a in launches])
-
-
-_DEFAULT = _FakeStream()
-
-
-class _CapturableModule:
-    def __init__(self, module):
-        self.module = module
-
-    def get_function(self, name):
-        kernel = self.module.get_function(name)
-
-        def launch(*args):
-            if _FakeStream.capturing is not None:
-                _FakeStream.capturing.append((kernel, args))
-            else:
-                kernel(*args)
-        return launch
-
-
 @pytest.fixture
 def fake_cupy(monkeypatch):
-    """A stand-in `cupy` (numpy arrays, the emulator's RawModule, a scripted CUDA runtime), so that load(),
-    unavailable_reason() and the module-level binding run here exactly as they will with CuPy."""
-    runtime = types.SimpleNamespace(getDeviceCount=lambda: 1, driverGetVersion=lambda: 12040,
-                                    runtimeGetVersion=lambda: 12020)
-    fake = types.ModuleType("cupy")
-    fake.empty, fake.zeros, fake.array, fake.asnumpy = np.empty, np.zeros, np.array, np.asarray
-    fake.ascontiguousarray = np.ascontiguousarray
-    fake.RawModule = lambda code, options=(): _CapturableModule(emu.RawModule(code, options))
-    fake.cuda = types.SimpleNamespace(runtime=runtime, Stream=_FakeStream, get_current_stream=lambda: _DEFAULT)
+    """tests/stand_in/cupy (numpy arrays, the emulator's RawModule, a scripted CUDA runtime, stream capture), so
+    that load(), unavailable_reason() and the module-level binding run here exactly as they will with CuPy."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("cupy", STAND_IN / "cupy" / "__init__.py")
+    fake = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fake)
     monkeypatch.setitem(sys.modules, "cupy", fake)
     for attr in ("_cupy", "_cupy_error", "_loaded"):
         monkeypatch.setattr(gpu, attr, None)
     for attr in gpu.CONTRACT + gpu.HOOKS + ("loss_check_interval", "store_dz", "capture"):   # restored after
         monkeypatch.setattr(gpu, attr, None, raising=False)
-    return runtime
+    return fake.runtime
 
 
 def test_load_binds_the_contract_at_module_level(fake_cupy, rand):
