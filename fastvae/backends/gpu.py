@@ -109,11 +109,10 @@ class Backend:
                 fn()
             finally:
                 graph = capturing.end_capture()
-        keep = (fn, capturing)                          # every captured array stays referenced through fn
 
         def replay():
             graph.launch(stream=cuda.get_current_stream())
-            replay.keep = keep
+        replay.keep = (fn, capturing)                   # every captured array stays referenced (through fn)
         replay.kernels = self.launches - before         # the graph's kernel nodes
         return replay
 
