@@ -1,6 +1,7 @@
 """Markdown tables from a pytest-benchmark JSON: epoch per framework (with ratios and peak memory), step,
 kernels, first-call cost.  Usage: python bench/report.py bench/results/FILE.json"""
 import json
+import statistics
 import sys
 
 from benchlib import EPOCH_GROUP as EPOCH, MEMORY_GROUP as MEMORY
@@ -59,16 +60,14 @@ def turns_table(benches):
     rows = ["| framework | s / epoch (median) | min | max | images / s (median) | GFLOP/s (median) | time ÷ fastvae's: "
             "median of the rounds' ratios (range) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     frameworks = info["frameworks"]
-    for name, f in sorted(frameworks.items(), key=lambda kv: sorted(kv[1]["seconds"])[len(kv[1]["seconds"]) // 2]):
-        secs = sorted(f["seconds"])
-        med = secs[len(secs) // 2] if len(secs) % 2 else (secs[len(secs) // 2 - 1] + secs[len(secs) // 2]) / 2
-        r = f["ratio_to_fastvae"]
-        rows.append(f"| {name} | {med:.3f} | {secs[0]:.3f} | {secs[-1]:.3f} | {info['images'] / med:,.0f} "
+    for name, f in sorted(frameworks.items(), key=lambda kv: statistics.median(kv[1]["seconds"])):
+        secs, med, r = f["seconds"], statistics.median(f["seconds"]), f["ratio_to_fastvae"]
+        rows.append(f"| {name} | {med:.3f} | {min(secs):.3f} | {max(secs):.3f} | {info['images'] / med:,.0f} "
                     f"| {info['flops'] / med / 1e9:.0f} | {f['median_ratio_to_fastvae']:.2f} "
                     f"({min(r):.2f}–{max(r):.2f}) |")
     skipped = "; ".join(f"{k}: {v}" for k, v in info.get("skipped", {}).items())
     return [f"### Epochs in turns ({info['rounds']} rounds, one process per framework, {info['images']} images)", "",
-            *rows, *([f"", f"Skipped: {skipped}"] if skipped else []), ""]
+            *rows, *(["", f"Skipped: {skipped}"] if skipped else []), ""]
 
 
 def products_table(benches, steps_per_epoch=400):

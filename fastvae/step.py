@@ -152,7 +152,7 @@ class Stepper:
 
     def __init__(self, be, cfg, state, ws, data):
         self.be, self.cfg, self.state, self.ws, self.data = be, cfg, state, ws, data
-        self.idx = be.empty((ws.batch,), dtype=np.int64)
+        self.idx = be.empty((ws.batch,), dtype=np.int64) if hasattr(be, "capture") else None
         self.replay = None
         self.captures = 0                       # how many times a step was recorded (once per Stepper)
 
@@ -163,7 +163,7 @@ class Stepper:
 
     def __call__(self, idx):
         be = self.be
-        if not hasattr(be, "capture") or len(idx) != self.ws.batch:
+        if self.idx is None or len(idx) != self.ws.batch:
             train_step(be, self.cfg, self.state, self.ws, self.data, idx)
             return
         self.idx[...] = idx                     # device to device: the only per-step work besides the replay

@@ -324,7 +324,8 @@ def check_captured_steps(be, seed=11):
             idx = be.asarray(idx, dtype=np.int64)
             before = be.launches
             stepper(idx) if captured else step.train_step(be, cfg, st, ws, data, idx)
-            launched = be.launches - before if not captured and len(idx) == 7 else launched
+            if launched is None:                # the launches of one uncaptured full-batch step
+                launched = be.launches - before
         if captured:   # the graph holds every launch an uncaptured full-batch step makes, no more
             assert stepper.kernels_per_step == launched
         runs.append([host(be, a) for a in (st.params, st.m, st.v, ws.loss)] +

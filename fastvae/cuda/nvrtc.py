@@ -16,6 +16,8 @@ OPTIONS = ("--std=c++17",)
 WARNINGS = ("--Wconversion",)
 # NVRTC's own -Werror (13.x): front-end warnings become errors. The log is checked as well (ptxas, driver).
 WERROR = ("--warning-as-error=all-warnings",)
+# ptxas's resource report (registers, shared memory, stack, spills) in the log: read by resource_usage().
+VERBOSE = ("--ptxas-options=-v",)
 _WARNING = re.compile(r"\bwarning\b", re.I)
 
 
@@ -107,8 +109,6 @@ def _check(lib, status):
     if status != 0:
         raise CompileError(_error(lib, status))
 
-
-VERBOSE = ("--ptxas-options=-v",)     # ptxas's resource report (registers, shared memory) in the log
 
 
 def resource_usage(log):
