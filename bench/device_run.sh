@@ -12,6 +12,6 @@ card=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 |
 stem="$out/$(date -u +%F)-gpu-${card:-unknown}"
 nvidia-smi > "$stem-nvidia-smi.txt" 2>&1
 python -m pytest -m gpu tests/test_gpu.py -v -rs -p no:cacheprovider 2>&1 | tee "$stem-tests.txt"
-python -m pytest bench/test_kernels.py bench/test_training.py bench/test_peers.py -k "gpu or cuda" \
+python -m pytest bench/test_kernel_timings.py bench/test_training.py bench/test_peers.py -k "gpu or cuda" \
     -p no:cacheprovider --benchmark-enable --benchmark-json "$stem.json" 2>&1 | tail -30
 python bench/report.py "$stem.json" > "$stem.md" && cat "$stem.md"

@@ -16,11 +16,14 @@ ARCHS = ("sm_80", "sm_90")
 def main():
     major, minor = nvrtc.version()
     usage = {}
+    source = sources.module_source()
     for arch in ARCHS:
-        _, log = nvrtc.compile_cubin(sources.module_source(), arch, name="fastvae_kernels.cu",
-                                     options=nvrtc.OPTIONS + nvrtc.WARNINGS + nvrtc.VERBOSE)
-        usage[arch] = nvrtc.resource_usage(log)
-    files = {k: name for name in sources.FILES for k in sources.kernel_names(sources.expand(name))}
+        compiled = nvrtc.compile_cubin(source, arch, name="fastvae_kernels.cu",
+                                       options=nvrtc.OPTIONS + nvrtc.WARNINGS + nvrtc.VERBOSE,
+                                       name_expressions=sources.name_expressions(source))
+        usage[arch] = nvrtc.resource_usage(compiled.log, compiled.lowered)
+    # every entry point (extern "C" kernels, template instances by name expression) and the file defining it
+    files = {k: name for name in sources.FILES for k in sources.entry_points(sources.file_source(name))}
     print(f"# Kernel resources ({datetime.date.today()}, NVRTC {major}.{minor}, options {' '.join(nvrtc.OPTIONS)})\n")
     print("Produced by `python bench/kernel_resources.py` (ptxas -v through NVRTC; no GPU involved). Registers are "
           "per thread, shared memory per block (static), stack and spills in bytes per thread.\n")

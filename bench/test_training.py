@@ -71,8 +71,9 @@ import json, time
 t0 = time.perf_counter()
 import numpy as np
 from fastvae import step
-from fastvae.backends import cpu
+from fastvae.backends import get_backend
 from fastvae.config import Config
+cpu = get_backend("cpu")
 from fastvae.params import Layout, he_init
 t1 = time.perf_counter()
 cfg = Config(); layout = Layout(cfg)

@@ -1,24 +1,71 @@
-"""What the command-line tools share: a user's mistake is one line on stderr and exit status 2, Ctrl-C is 130,
-and a checkpoint may be named by its file or by the run folder holding it."""
+"""What the command-line tools (train, evaluate, plot) share: the runner that turns their outcome into an exit
+status and one line on stderr, the options they all take, and how a checkpoint is named (its file or the run
+folder holding it).
+
+Exit statuses: 0 done, 2 a user's mistake (UserError), 3 training diverged (TrainingDiverged), 130 Ctrl-C
+(KeyboardInterrupt, TrainingInterrupted included).
+"""
+from __future__ import annotations
+
+import argparse
 import sys
 from pathlib import Path
+from typing import Callable
 
-from .errors import UserError
+from . import __version__
+from .backends import NAMES
+from .errors import TrainingDiverged, UserError
 
 
-def run_main(run, args):
-    """run(args)'s exit status, with UserError and Ctrl-C turned into one line and 2 or 130."""
+def run_main(run: Callable[[argparse.Namespace], int], args: argparse.Namespace, kept: str | None = None) -> int:
+    """run(args)'s exit status, with every way it can stop turned into one line on stderr and its status.
+
+    kept: what a stopped run leaves behind (e.g. "the last saved checkpoint is kept"), said after a divergence
+    or a Ctrl-C. A TrainingInterrupted's own message (what was saved, how to resume) replaces the generic one.
+    """
+    note = f"; {kept}" if kept else ""
     try:
         return run(args)
+    except TrainingDiverged as e:           # a UserError too: caught first for its own status
+        return _stop(f"error: {e}{note}", 3)
     except UserError as e:
-        print(f"fastvae: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("fastvae: interrupted", file=sys.stderr)
-        return 130
+        return _stop(f"error: {e}", 2)
+    except KeyboardInterrupt as e:          # a plain Ctrl-C has no message; TrainingInterrupted says what it saved
+        return _stop(str(e) or f"interrupted{note}", 130)
 
 
-def checkpoint_path(path):
+def _stop(message, status):
+    print(f"fastvae: {message}", file=sys.stderr)
+    return status
+
+
+def add_shared_options(p: argparse.ArgumentParser, quiet: str) -> None:
+    """The options every tool takes: --backend, --data, --test-images, --quiet (its help: `quiet`), --version."""
+    p.add_argument("--backend", choices=NAMES, default="auto",
+                   help="auto (default) picks gpu when CuPy and a CUDA device are usable, else cpu; reference is "
+                        "float64 NumPy (slow, the specification)")
+    p.add_argument("--data", type=Path, metavar="DIR",
+                   help="folder with the four MNIST IDX files (.gz or raw) or a Keras mnist.npz "
+                        "(default: the copy embedded in fastvae)")
+    p.add_argument("--test-images", type=int, metavar="N", help="use only the first N test images (default: all)")
+    p.add_argument("--quiet", action="store_true", help=quiet)
+    p.add_argument("--version", action="version", version=f"fastvae {__version__}")
+
+
+def check_positive(args: argparse.Namespace, *names: str) -> None:
+    """UserError (one line, naming the option) unless each of these options is unset or a positive integer."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+
+
+def notifier(args: argparse.Namespace) -> Callable[[str], None] | None:
+    """Where notes for the user go (stderr), or None with --quiet."""
+    return None if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+
+
+def checkpoint_path(path: str | Path) -> Path:
     """`path` itself, or its checkpoint.npz when it is a run folder."""
     path = Path(path)
     return path / "checkpoint.npz" if path.is_dir() else path

@@ -1,11 +1,10 @@
 """The model and training settings. Defaults are the seed's (Géron, Hands-On ML 1st ed., ch. 15)."""
 from dataclasses import asdict, dataclass, field
 
+from .constants import ENCODERS, HIDDEN_ACTIVATIONS, RECONSTRUCTIONS
 from .errors import UserError
 
 N_PIXELS = 784  # 28 x 28 MNIST images, flattened
-ENCODERS = ("gamma", "sigma")
-RECONSTRUCTIONS = ("xent", "mse")
 
 
 @dataclass(frozen=True)
@@ -29,6 +28,9 @@ class Config:
     encoder: str = "gamma"
     # "xent": sigmoid cross-entropy (the seed's choice); "mse": squared error of sigmoid(logits) against the pixels.
     reconstruction: str = "xent"
+    # The hidden layers' activation: "elu" is the seed's; "relu" and "tanh" also have derivatives that follow from
+    # their output, so the fused kernels keep only y (constants.ACTIVATIONS).
+    activation: str = "elu"
 
     def __post_init__(self):
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
@@ -46,6 +48,8 @@ class Config:
             raise UserError(f"encoder must be one of {', '.join(ENCODERS)}, got {self.encoder!r}")
         if self.reconstruction not in RECONSTRUCTIONS:
             raise UserError(f"reconstruction must be one of {', '.join(RECONSTRUCTIONS)}, got {self.reconstruction!r}")
+        if self.activation not in HIDDEN_ACTIVATIONS:
+            raise UserError(f"activation must be one of {', '.join(HIDDEN_ACTIVATIONS)}, got {self.activation!r}")
         if not (0 <= int(self.seed) < 2**63):
             raise UserError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
 

@@ -2,6 +2,8 @@
 
 Every problem with the user's files or arrays is a one-line UserError that says what was wrong and what to do.
 """
+from __future__ import annotations
+
 import functools
 import gzip
 import hashlib
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .config import N_PIXELS
 from .errors import UserError
@@ -168,9 +171,11 @@ def _load_embedded():
     return _load_idx(_idx_paths(embedded_dir()), f"embedded MNIST ({embedded_dir()})")
 
 
-def load_mnist(directory=None):
+def load_mnist(directory: str | Path | None = None) -> Dataset:
     """MNIST, or a data set in its format: the embedded copy (None), or a directory with the four IDX files
-    (each raw or .gz) or a Keras-style mnist.npz (the .npz file itself may also be given)."""
+    (each raw or .gz) or a Keras-style mnist.npz (the .npz file itself may also be given). Images are uint8
+    (n, 784), labels uint8 (n,). Raises UserError (one line, naming the file) for a missing, corrupt or
+    misshapen file."""
     if directory is None:
         return _load_embedded()
     d = Path(directory)
@@ -190,9 +195,10 @@ def load_mnist(directory=None):
                     f"{', '.join(missing)}; each may be raw or .gz); add them, or omit --data to use the embedded copy")
 
 
-def as_images(X, what="X"):
+def as_images(X: ArrayLike, what: str = "X") -> np.ndarray:
     """The user's images as a C-contiguous (n, 784) array: uint8 stays uint8 (no copy when possible), other
-    numbers become float32 and must be finite and in [0, 1]. Accepts (n, 784) or (n, 28, 28)."""
+    numbers become float32 and must be finite and in [0, 1]. Accepts (n, 784) or (n, 28, 28). Raises UserError
+    (one line, calling the array `what`) for anything else."""
     try:
         X = np.asarray(X)
     except (ValueError, TypeError) as e:  # e.g. ragged nested lists

@@ -2,9 +2,9 @@
 
 The IWAE bound (Burda, Grosse & Salakhutdinov 2015): for each image x and k codings z_j ~ q(z | x),
     log p(x) >= log (1/k) sum_j w_j,   log w_j = log p(x | z_j) + log p(z_j) - log q(z_j | x),
-with q(z | x) = N(mu, exp(gamma)), p(z) = N(0, I) and p(x | z) the Bernoulli (sigmoid cross-entropy) likelihood
+with q(z | x) = N(mu, exp(logvar)), p(z) = N(0, I) and p(x | z) the Bernoulli (sigmoid cross-entropy) likelihood
 of the decoder's logits l: log p(x | z) = -sum over pixels of [max(l, 0) - l x + log1p(exp(-|l|))].
-k = 1 is a one-sample ELBO; the bound rises with k towards log p(x). The backend computes mu, gamma and the
+k = 1 is a one-sample ELBO; the bound rises with k towards log p(x). The backend computes mu, logvar and the
 logits; the log-weights and their log-mean-exp are float64 NumPy on the host (z = mu + sigma eps is formed in
 float64; the decoder sees it rounded to the backend's precision, float32 on cpu and gpu).
 
@@ -15,21 +15,26 @@ so one pass with the largest k gives the bound for every smaller k too.
 Note: MNIST's pixels are grey levels in [0, 1], not binary, so the "likelihood" is the cross-entropy the model
 is trained on, not a normalised density; these nats are not comparable with binarised-MNIST results.
 """
+from __future__ import annotations
+
 import argparse
 import json
 import math
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
 from . import rng
-from .backends import NAMES
-from .cli import checkpoint_path, run_main
+from .cli import add_shared_options, check_positive, checkpoint_path, notifier, run_main
 from .data import as_images
 from .errors import UserError
 from .rng import STREAM_IWAE
+
+if TYPE_CHECKING:                   # the model module loads only when a checkpoint is read
+    from .model import VAE
 
 
 DEFAULT_K = 5000
@@ -67,11 +72,6 @@ def gaussian_log_likelihood(logits, x):
     return -np.sum((p - x) ** 2, axis=1) - 0.5 * x.shape[1] * math.log(math.pi)
 
 
-def decoder_logits(model, z, rows=DEFAULT_ROWS):
-    """The decoder's logits (n, 784) as float64 for codings z (n, latent), `rows` decoder rows at a time."""
-    return model.decode_logits(z, rows=max(1, min(len(z), rows)))
-
-
 def _ks(k):
     ks = [k] if isinstance(k, (int, np.integer, bool, float, str)) or not hasattr(k, "__iter__") else list(k)
     if not ks or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0 for v in ks):
@@ -79,12 +79,14 @@ def _ks(k):
     return sorted(set(int(v) for v in ks))
 
 
-def iwae_bound(model, X, k=DEFAULT_K, seed=0, batch_size=None, progress=False):
+def iwae_bound(model: VAE, X: np.ndarray, k: int | Iterable[int] = DEFAULT_K, seed: int = 0,
+               batch_size: int | None = None, progress: bool = False) -> dict:
     """Per-image importance-weighted bounds on log p(x) for each k (nats), from one pass with max(k) samples.
 
     Returns {"k": [k1 < k2 < ...], "bound": float64 (n, len(k)) = log mean_j w_j over the first k samples,
     "elbo": float64 (n, len(k)) = mean_j log w_j over the same samples (a k-sample ELBO; bound >= elbo always)}.
-    batch_size: decoder rows per chunk (default 2048); memory stays bounded at any k.
+    batch_size: decoder rows per chunk (default 2048); memory stays bounded at any k. Raises UserError (one
+    line) for bad images, k, seed or batch_size.
     """
     ks = _ks(k)
     X = as_images(X, "X")
@@ -95,8 +97,8 @@ def iwae_bound(model, X, k=DEFAULT_K, seed=0, batch_size=None, progress=False):
     if not 0 <= seed < 2**63:
         raise UserError(f"seed must be an integer in [0, 2**63), got {seed}")
     n, kmax, latent = len(X), ks[-1], model.config.latent
-    mu, gamma = (np.asarray(a, dtype=np.float64) for a in model.encode(X))
-    sigma = np.exp(0.5 * gamma)
+    mu, logvar = (np.asarray(a, dtype=np.float64) for a in model.encode(X))
+    sigma = np.exp(0.5 * logvar)
     chunk = min(rows, max(kmax, 1) * n)                   # decoder rows per call
     log_likelihood = gaussian_log_likelihood if model.config.reconstruction == "mse" else bernoulli_log_likelihood
     group = max(1, rows // kmax)                          # images per group: group * kmax log-weights at most
@@ -113,11 +115,11 @@ def iwae_bound(model, X, k=DEFAULT_K, seed=0, batch_size=None, progress=False):
             for r0 in range(0, len(owner), chunk):
                 r1 = min(r0 + chunk, len(owner))
                 who = owner[r0:r1]
-                logits = decoder_logits(model, z[r0:r1], chunk)
+                logits = model.decode_logits(z[r0:r1], rows=chunk)
                 x = X[who].astype(np.float64) / (255.0 if X.dtype == np.uint8 else 1.0)
                 log_px = log_likelihood(logits, x)
                 log_pz = -0.5 * np.sum(z[r0:r1] ** 2 + _LOG_2PI, axis=1)
-                log_qz = -0.5 * np.sum(eps[r0:r1] ** 2 + gamma[who] + _LOG_2PI, axis=1)
+                log_qz = -0.5 * np.sum(eps[r0:r1] ** 2 + logvar[who] + _LOG_2PI, axis=1)
                 lw[r0:r1] = log_px + log_pz - log_qz
                 if bar is not None and kmax > rows:       # long k: show progress within an image too
                     bar.update((r1 - r0) / kmax)
@@ -133,13 +135,14 @@ def iwae_bound(model, X, k=DEFAULT_K, seed=0, batch_size=None, progress=False):
     return {"k": ks, "bound": bound, "elbo": elbo}
 
 
-def evaluate_model(model, X, k=DEFAULT_K, seed=0, batch_size=None, progress=False):
+def evaluate_model(model: VAE, X: np.ndarray, k: int | Iterable[int] = DEFAULT_K, seed: int = 0,
+                   batch_size: int | None = None, progress: bool = False) -> dict:
     """The test-set losses of `model` on images X, in nats per image.
 
     "elbo": the negative ELBO of model.evaluate (one sample per image, analytic KL; the trainer's test loss) with
     its "reconstruction" and "kl" parts. "iwae": one entry per k: "nll" = -(IWAE bound), the estimate of
     -log p(x); "negative_elbo_same_samples" = -(mean log-weight of the same k samples), which nll never exceeds;
-    and "std_error" of nll's mean over the images.
+    and "std_error" of nll's mean over the images. Raises UserError as iwae_bound does.
     """
     X = as_images(X, "X")
     begin = time.perf_counter()
@@ -163,43 +166,37 @@ def _progress_bar(total, desc):
 
 # ---------------------------------------------------------------------- command line
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m fastvae.evaluate",
         description="Evaluate a trained fastvae checkpoint on the MNIST test set: the negative ELBO (reconstruction "
                     "+ KL) and the importance-weighted (IWAE) estimate of -log p(x), in nats per image.",
         epilog="examples: python -m fastvae.evaluate runs/quick/checkpoint.npz --k 1 10 100 1000 --test-images "
                "1000;  python -m fastvae.evaluate runs/quick --json eval.json.  Exit status: 0 done, 2 a mistake "
-               "in the input.")
+               "in the input, 130 interrupted (Ctrl-C).")
     p.add_argument("checkpoint", type=Path, help="checkpoint.npz of a training run (or the run folder holding it)")
     p.add_argument("--k", type=int, nargs="+", default=[DEFAULT_K], metavar="K",
                    help=f"importance samples per image (default {DEFAULT_K}); several values cost as much as the "
                         "largest, because smaller k use a prefix of its samples")
-    p.add_argument("--test-images", type=int, metavar="N", help="use only the first N test images (default: all)")
-    p.add_argument("--backend", choices=NAMES, default="auto",
-                   help="auto (default) picks the fastest usable backend; reference is float64 NumPy (slow)")
+    add_shared_options(p, quiet="no progress bar")
     p.add_argument("--batch-size", type=int, metavar="B", default=DEFAULT_ROWS,
                    help=f"decoder rows per chunk (default {DEFAULT_ROWS}); bounds memory")
     p.add_argument("--seed", type=int, default=0, help="decides the importance samples (default 0)")
-    p.add_argument("--data", type=Path, metavar="DIR", help="MNIST folder or mnist.npz (default: the embedded copy)")
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
+    """The command line `python -m fastvae.evaluate CHECKPOINT [options]`; returns its exit status (0, 2 or 130)."""
     return run_main(run, build_parser().parse_args(argv))
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
     from . import machine
     from .data import load_mnist
     from .model import VAE
 
-    for name in ("test_images", "batch_size"):
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+    check_positive(args, "test_images", "batch_size")
     if any(k <= 0 for k in args.k):
         raise UserError(f"--k must be positive integers, got {' '.join(map(str, args.k))}")
     if not 0 <= args.seed < 2**63:
@@ -207,8 +204,7 @@ def run(args):
     if args.json is not None and not args.json.parent.is_dir():
         raise UserError(f"cannot write {args.json}: folder {args.json.parent} does not exist")
     path = checkpoint_path(args.checkpoint)
-    notify = None if args.quiet else (lambda msg: print(msg, file=sys.stderr))
-    model = VAE.load(path, backend=args.backend, notify=notify)
+    model = VAE.load(path, backend=args.backend, notify=notifier(args))
     data = load_mnist(args.data)
     test_x = data.test_x if args.test_images is None else data.test_x[:args.test_images]
     res = evaluate_model(model, test_x, k=args.k, seed=args.seed, batch_size=args.batch_size,

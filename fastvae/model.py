@@ -1,47 +1,54 @@
 """The public VAE class: fit, encode, decode, sample, reconstruct, evaluate, save and load.
 
-It only loops and calls: the step (fastvae.step) composes the backend's kernels, the backend owns the arrays.
+It only configures and delegates: fastvae.training runs the epochs, the step (fastvae.step) composes the
+backend's kernels, and the backend owns the arrays.
 """
-import signal
-import threading
-import time
+from __future__ import annotations
+
+from os import PathLike
+from typing import Callable
 
 import numpy as np
 
-from . import checkpoint, rng, step
+from . import checkpoint, rng, step, training
 from .backends import get_backend
-from .backends.reference import SIGMA_SMOOTHING
+from .backends.contract import check_settings
 from .config import N_PIXELS, Config
+from .constants import SIGMA_SMOOTHING
 from .data import as_images
-from .errors import TrainingDiverged, TrainingInterrupted, UserError
+from .errors import UserError
 from .params import Layout, he_init
 
 
 class VAE:
-    """The VAE of Géron's Hands-On ML (1st ed., ch. 15): 784 -> hidden -> (mu, gamma) -> z -> hidden reversed -> 784.
+    """The VAE of Géron's Hands-On ML (1st ed., ch. 15): 784 -> hidden -> (mu, logvar) -> z -> hidden reversed -> 784.
 
     `backend` is "auto" (gpu when usable, else cpu), "cpu", "gpu" or "reference" (float64 NumPy, slow).
+    `encoder` is "gamma" (the heads output logvar = log sigma^2, the seed's final form) or "sigma";
+    `reconstruction` "xent" (sigmoid cross-entropy) or "mse"; `activation` the hidden layers' "elu" (the seed's),
+    "relu" or "tanh". `notify(message)` hears which backend "auto" chose and why. `adam`: beta1, beta2, adam_eps.
     Arrays in and out are NumPy; images are (n, 784) or (n, 28, 28), uint8 or floats in [0, 1].
+    A bad setting raises UserError (one line).
     """
 
-    def __init__(self, hidden=(500, 500), latent=20, backend="auto", seed=0, lr=0.001, batch_size=150,
-                 encoder="gamma", reconstruction="xent", notify=None, **adam):
+    def __init__(self, hidden: tuple[int, ...] = (500, 500), latent: int = 20, backend: str = "auto",
+                 seed: int = 0, lr: float = 0.001, batch_size: int = 150, encoder: str = "gamma",
+                 reconstruction: str = "xent", notify: Callable[[str], None] | None = None,
+                 activation: str = "elu", **adam: float):        # activation last: positional calls still work
         self.config = Config(hidden=tuple(hidden), latent=latent, seed=seed, lr=lr, batch_size=batch_size,
-                             encoder=encoder, reconstruction=reconstruction, **adam)
+                             encoder=encoder, reconstruction=reconstruction, activation=activation, **adam)
         self._set_up(backend, he_init(Layout(self.config), self.config.seed), notify)
 
     def _set_up(self, backend, params, notify, m=None, v=None, step_count=0, epoch=0, epoch_step=0,
                 epoch_loss=None):
         self.backend = get_backend(backend, notify=notify)
-        step.kernels_for(self.backend, self.config)     # a variant this backend lacks fails here, not mid-run
+        check_settings(self.backend, self.config)      # a variant this backend lacks fails here, not mid-run
         self.layout = Layout(self.config)
         self.state = step.State(self.backend, self.layout, params, self.config.seed, m=m, v=v, step=step_count)
         self.epoch = epoch                      # epochs completed; the next epoch's shuffle depends on it
         self.epoch_step = epoch_step            # batches done in the epoch in progress (after a Ctrl-C)
         self.epoch_loss = np.zeros(2) if epoch_loss is None else np.asarray(epoch_loss, np.float64)
         self.diverged = False                   # set when training produced NaN or Inf: never save such a model
-        # How often the loss is read back to check it is finite: every step where that is free (host memory)
-        self._check_every = getattr(self.backend, "loss_check_interval", 1)
         self.history = []                       # one dict per epoch fitted in this process
         self._ws = None
         self._ws_inference = None
@@ -49,18 +56,23 @@ class VAE:
     # ------------------------------------------------------------------ training
 
     @property
-    def steps(self):
+    def steps(self) -> int:
         """Training steps taken so far (Adam's t; also the noise counter of the next step)."""
         return int(self.backend.to_host(self.state.counters)[1])
 
-    def fit(self, X, epochs=None, batch_size=None, validation=None, callback=None, progress=False):
-        """Train for `epochs` (default: the seed's 50) on X; reshuffled every epoch as a function of (seed, epoch).
+    def fit(self, X: np.ndarray, epochs: int | None = None, batch_size: int | None = None,
+            validation: np.ndarray | None = None, callback: Callable[[VAE, dict], None] | None = None,
+            progress: bool = False) -> VAE:
+        """Train for `epochs` (default: the config's, the seed's 50) on images X, reshuffled every epoch as a
+        function of (seed, epoch); batch_size defaults to the config's (150). Returns self.
 
         validation: optional test images, evaluated after each epoch. callback(model, record) runs after each
-        epoch with that epoch's record (also appended to self.history). progress: show a tqdm progress bar.
+        epoch with that epoch's record (also appended to self.history): {"epoch", "steps", "seconds",
+        "images_per_s", "train": losses, "test": losses (with validation)}. progress: show a tqdm progress bar.
         A model stopped in the middle of an epoch (Ctrl-C) finishes that epoch first, as one of `epochs`.
-        Ctrl-C stops after the step in progress and raises TrainingInterrupted, leaving the model consistent;
-        a NaN or Inf in the loss or the parameters raises TrainingDiverged naming the step. Returns self.
+        Raises UserError for bad arguments or images; TrainingInterrupted on Ctrl-C, after the step in
+        progress, leaving the model consistent (save it to resume); TrainingDiverged naming the step when the
+        loss or a parameter becomes NaN or Inf (the model then refuses to be saved).
         """
         cfg = self.config
         epochs = cfg.epochs if epochs is None else _positive_int(epochs, "epochs")
@@ -71,71 +83,8 @@ class VAE:
                             f"use a batch size of at most {len(X)}")
         if validation is not None:
             validation = as_images(validation, "validation")
-        be = self.backend
-        ws = self._workspace(batch_size)
-        stepper = step.Stepper(be, cfg, self.state, ws, be.asarray(X, dtype=X.dtype))
-        # NaN/Inf arising inside the kernels is reported once, by the divergence guard, not as NumPy warnings
-        with _StopOnCtrlC() as stop, np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-            for _ in range(epochs):
-                order = rng.epoch_permutation(cfg.seed, self.epoch, len(X))
-                record = self._train_epoch(stepper, order, ws, progress, stop)
-                if validation is not None:
-                    record["test"] = self.evaluate(validation)
-                self.history.append(record)
-                if callback is not None:
-                    callback(self, record)
-                stop.check()
+        training.run_epochs(self, X, self._workspace(batch_size), epochs, validation, callback, progress)
         return self
-
-    def _train_epoch(self, stepper, order, ws, progress, stop):
-        be, n = self.backend, len(order)
-        starts = range(0, n, ws.batch)
-        if self.epoch_step >= len(starts):
-            raise UserError(f"this model stopped after batch {self.epoch_step} of epoch {self.epoch + 1}, but "
-                            f"{n} images in batches of {ws.batch} make {len(starts)}; resume with the same data "
-                            "and batch size")
-        bar = _progress_bar(len(starts), f"epoch {self.epoch + 1}") if progress else None
-        if bar is not None:
-            bar.update(self.epoch_step)
-        ws.loss[...] = be.asarray(self.epoch_loss, dtype=np.float64)
-        order = be.asarray(order, dtype=np.int64)
-        first, begin = self.epoch_step, time.perf_counter()
-        for k in range(first, len(starts)):
-            start = starts[k]
-            stepper(order[start:start + ws.batch])
-            self.epoch_step = k + 1
-            last = k == len(starts) - 1
-            if k % self._check_every == 0 or last:                # the loss is read only this often
-                loss = be.to_host(ws.loss)
-                if not np.all(np.isfinite(loss)):
-                    self._diverged(f"the loss became {float(loss.sum())}")
-                if bar is not None and (k % 25 == 24 or last):
-                    seen = min(start + ws.batch, n)
-                    rate = (seen - starts[first]) / (time.perf_counter() - begin)
-                    bar.set_postfix_str(f"loss {float(loss.sum()) / seen:.2f}, {rate:,.0f} img/s")
-                    bar.update(k + 1 - bar.n)
-            if stop.requested and not last:
-                self.epoch_loss = np.array(be.to_host(ws.loss), dtype=np.float64)
-                if bar is not None:
-                    bar.close()
-                stop.check()
-        be.synchronize()
-        seconds = time.perf_counter() - begin
-        if bar is not None:
-            bar.close()
-        if not np.all(np.isfinite(be.to_host(self.state.params))):
-            self._diverged("a parameter became NaN or Inf")
-        rec, kl = (float(t) / n for t in be.to_host(ws.loss))
-        self.epoch, self.epoch_step, self.epoch_loss = self.epoch + 1, 0, np.zeros(2)
-        trained = n - starts[first]
-        return {"epoch": self.epoch, "steps": self.steps, "seconds": seconds, "images_per_s": trained / seconds,
-                "train": {"reconstruction": rec, "kl": kl, "total": rec + kl}}
-
-    def _diverged(self, what):
-        self.diverged = True
-        raise TrainingDiverged(f"training diverged at step {self.steps} (epoch {self.epoch + 1}): {what}; "
-                               f"lower the learning rate (now {self.config.lr:g}), e.g. --lr "
-                               f"{self.config.lr / 10:g}")
 
     def _workspace(self, batch):
         if self._ws is None or self._ws.batch != batch:
@@ -144,8 +93,10 @@ class VAE:
 
     # ------------------------------------------------------------------ inference
 
-    def evaluate(self, X):
-        """Loss per image on X: {"reconstruction", "kl", "total"} (one ELBO sample per image, fixed noise)."""
+    def evaluate(self, X: np.ndarray) -> dict[str, float]:
+        """The mean loss per image on images X, in nats: {"reconstruction", "kl", "total"} (the negative ELBO,
+        one sample per image with noise fixed by the seed, so the same model always gets the same numbers).
+        Raises UserError for bad images."""
         X = as_images(X, "X")
         be = self.backend
         ws = self._workspace(self._ws.batch if self._ws is not None else self.config.batch_size)
@@ -155,29 +106,32 @@ class VAE:
         rec, kl = (float(t) / len(X) for t in be.to_host(loss))
         return {"reconstruction": rec, "kl": kl, "total": rec + kl}
 
-    def encode(self, X):
-        """(mu, gamma) of q(z | x) for each image, gamma = log sigma^2; float32 (n, latent) each. A model with the
-        sigma encoder reports gamma = log(1e-10 + sigma^2), the smoothed form its KL term uses."""
+    def encode(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(mu, logvar) of q(z | x) for images X (n, 784) or (n, 28, 28): float32 (n, latent) each, with
+        logvar = log sigma^2 (the seed's gamma). A model with the sigma encoder reports
+        logvar = log(1e-10 + sigma^2), the smoothed form its KL term uses. Raises UserError for bad images."""
         X = as_images(X, "X")
         be, latent = self.backend, self.config.latent
         data = be.asarray(X, dtype=X.dtype)
-        stats = np.empty((len(X), 2 * latent), dtype=np.float32)
+        mu_logvar = np.empty((len(X), 2 * latent), dtype=np.float32)
         for a, rows in self._chunks(len(X)):
             be.gather_batch(a.x, data, be.asarray(np.arange(rows.start, rows.stop), dtype=np.int64))
-            step.encode(be, self.state.weights, a)
-            stats[rows] = be.to_host(a.stats)
-        mu, second = stats[:, :latent], stats[:, latent:]
+            step.encode(be, self.config, self.state.weights, a)
+            mu_logvar[rows] = be.to_host(a.mu_logvar)
+        mu, second = mu_logvar[:, :latent], mu_logvar[:, latent:]
         if self.config.encoder == "sigma":
             second = np.log(SIGMA_SMOOTHING + second.astype(np.float64) ** 2).astype(np.float32)
         return mu, second
 
-    def decode(self, z):
-        """Pixel probabilities (n, 784) float32 of p(x | z) for codings z (n, latent)."""
+    def decode(self, z: np.ndarray) -> np.ndarray:
+        """Pixel probabilities of p(x | z), float32 (n, 784) in [0, 1], for codings z (n, latent).
+        Raises UserError for codings of the wrong shape or with NaN or Inf."""
         return (0.5 * (1.0 + np.tanh(0.5 * self.decode_logits(z)))).astype(np.float32)  # sigmoid, no overflow
 
-    def decode_logits(self, z, rows=None):
-        """The decoder's logits (n, 784) as float64 for codings z (n, latent): log p(x | z) needs them, not the
-        probabilities, to stay stable. rows: decoder rows per chunk (default: the training batch size)."""
+    def decode_logits(self, z: np.ndarray, rows: int | None = None) -> np.ndarray:
+        """The decoder's logits, float64 (n, 784), for codings z (n, latent): log p(x | z) needs them, not the
+        probabilities, to stay stable. rows: decoder rows per chunk (default: the training batch size).
+        Raises UserError for codings of the wrong shape or with NaN or Inf."""
         z = np.asarray(z)
         latent = self.config.latent
         if z.ndim != 2 or z.shape[1] != latent or not np.issubdtype(z.dtype, np.number):
@@ -188,21 +142,23 @@ class VAE:
         logits = np.empty((len(z), N_PIXELS), dtype=np.float64)
         for a, part in self._chunks(len(z), rows):
             a.z[...] = be.asarray(z[part])
-            step.decode(be, self.state.weights, a)
-            logits[part] = be.to_host(a.dlogits)
+            step.decode(be, self.config, self.state.weights, a)
+            logits[part] = be.to_host(a.logits)
         return logits
 
-    def sample(self, n, seed=None):
-        """n new images (pixel probabilities, (n, 784)) decoded from codings drawn from the prior N(0, I).
+    def sample(self, n: int, seed: int | None = None) -> np.ndarray:
+        """n new images, pixel probabilities float32 (n, 784), decoded from codings drawn from the prior N(0, I).
 
         The codings are a pure function of `seed` (default: the model's seed), so the same call gives the same
-        digits, which is how the trainer shows one set of codings evolving epoch by epoch."""
+        digits, which is how the trainer shows one set of codings evolving epoch by epoch. Raises UserError unless
+        n is a positive integer."""
         n = _positive_int(n, "n")
         seed = self.config.seed if seed is None else int(seed)
         return self.decode(rng.normals(seed, rng.STREAM_SAMPLE, 0, n, self.config.latent))
 
-    def reconstruct(self, X):
-        """Pixel probabilities of each image decoded from its coding's mean mu (the deterministic reconstruction)."""
+    def reconstruct(self, X: np.ndarray) -> np.ndarray:
+        """Pixel probabilities float32 (n, 784) of each image decoded from its coding's mean mu (the deterministic
+        reconstruction). Raises UserError for bad images."""
         mu, _ = self.encode(X)
         return self.decode(mu)
 
@@ -211,7 +167,7 @@ class VAE:
         if rows is None:
             ws = self._workspace(self._ws.batch if self._ws is not None else self.config.batch_size)
         else:                           # an inference workspace of its own: the training one keeps its size
-            if getattr(self, "_ws_inference", None) is None or self._ws_inference.batch != rows:
+            if self._ws_inference is None or self._ws_inference.batch != rows:
                 self._ws_inference = step.Workspace(self.backend, self.config, rows)
             ws = self._ws_inference
         for start in range(0, n, ws.batch):
@@ -220,8 +176,9 @@ class VAE:
 
     # ------------------------------------------------------------------ persistence
 
-    def save(self, path):
-        """Write config, parameters, Adam state and the training position to `path` (npz, atomically, no pickle)."""
+    def save(self, path: str | PathLike) -> None:
+        """Write config, parameters, Adam state and the training position to `path` (npz, atomically, no pickle).
+        Raises UserError when the model diverged or the file cannot be written (any earlier file stays whole)."""
         if self.diverged:
             raise UserError("this model diverged (NaN or Inf): it is not saved; the last good checkpoint stands")
         be = self.backend
@@ -230,8 +187,10 @@ class VAE:
             steps=self.steps, epoch=self.epoch, epoch_step=self.epoch_step, epoch_loss=self.epoch_loss))
 
     @classmethod
-    def load(cls, path, backend="auto", notify=None):
-        """A model from a file written by save(); training resumes exactly where it stopped."""
+    def load(cls, path: str | PathLike, backend: str = "auto", notify: Callable[[str], None] | None = None) -> VAE:
+        """A model from a file written by save(); training resumes exactly where it stopped. A checkpoint written
+        before a setting existed loads with that setting's default (e.g. activation "elu"). Raises UserError for
+        a missing, corrupt or foreign file, naming it."""
         ck = checkpoint.load(path)
         model = cls.__new__(cls)
         model.config = ck.config
@@ -239,7 +198,7 @@ class VAE:
                       epoch_step=ck.epoch_step, epoch_loss=ck.epoch_loss)
         return model
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         c = self.config
         return (f"VAE(hidden={c.hidden}, latent={c.latent}, backend={self.backend.name!r}, seed={c.seed}; "
                 f"{self.layout.size:,} parameters, {self.epoch} epochs, {self.steps} steps)")
@@ -249,36 +208,3 @@ def _positive_int(value, name):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise UserError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
-
-
-def _progress_bar(total, desc):
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)
-
-
-class _StopOnCtrlC:
-    """While training, the first Ctrl-C only asks to stop after the step in progress (check() then raises
-    TrainingInterrupted); a second one interrupts at once. Only the main thread can own SIGINT, so elsewhere
-    this does nothing."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    def check(self):
-        if self.requested:
-            raise TrainingInterrupted("training stopped cleanly after a step (Ctrl-C)")
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-        return False

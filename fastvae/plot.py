@@ -1,22 +1,28 @@
 """python -m fastvae.plot: the figures of a trained checkpoint, as PNG files.
 
-samples.png (60 digits from N(0, I)), reconstructions.png (10 test digits and their reconstructions),
+samples.png (SAMPLE_CODINGS = 60 digits from N(0, I)), reconstructions.png (10 test digits and their reconstructions),
 latent.png (the test set's mu coloured by digit), manifold.png (the decoded 20 x 20 grid of the prior's quantiles;
 only for a 2-D latent space), interpolation.png (decoded codings on the line from one test digit's mu to
 another's) and loss.png (train and test loss by epoch, from the metrics.json beside the checkpoint, if present).
-A mistake is one line on stderr and exit status 2.
+A mistake is one line on stderr and exit status 2. The drawing itself is fastvae.figures (matplotlib, lazy).
 """
+from __future__ import annotations
+
 import argparse
 import json
 import sys
 from pathlib import Path
 from statistics import NormalDist
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .backends import NAMES
-from .cli import checkpoint_path, run_main
+from .cli import add_shared_options, check_positive, checkpoint_path, run_main
+from .constants import SAMPLE_CODINGS
 from .errors import UserError
+
+if TYPE_CHECKING:                   # the model module loads only when a checkpoint is read
+    from .model import VAE
 
 MANIFOLD_SIDE = 20
 MANIFOLD_RANGE = (0.05, 0.95)     # probabilities of the prior's quantiles at the grid's first and last points
@@ -67,10 +73,12 @@ def interpolation_rows(model, images, labels, steps=INTERPOLATION_STEPS, pairs=I
     return decoded, originals, [(c[2], c[3]) for c in chosen]
 
 
-def write_figures(model, test_x, test_y, out, history=None, seed=None, notify=print):
-    """Write every figure of `model` into folder `out`; returns the paths written. history: metrics.json's
-    "epochs" list (loss.png is skipped without it); seed: the sample codings' seed (default the model's)."""
-    from . import plots
+def write_figures(model: VAE, test_x: np.ndarray, test_y: np.ndarray, out: str | Path, history: list | None = None,
+                  seed: int | None = None, notify: Callable[[str], None] = print) -> list[Path]:
+    """Write every figure of `model` into folder `out`; returns the paths written. test_x: uint8 (n, 784) test
+    images, test_y: their labels (n,); history: metrics.json's "epochs" list (loss.png is skipped without it);
+    seed: the sample codings' seed (default the model's). Raises UserError without matplotlib."""
+    from . import figures
     out = Path(out)
     written = []
 
@@ -78,68 +86,65 @@ def write_figures(model, test_x, test_y, out, history=None, seed=None, notify=pr
         written.append(out / name)
         notify(f"wrote {out / name}")
 
-    plots.save_digits(out / "samples.png", model.sample(60, seed=seed),
-                      title=f"60 codings from N(0, I), decoded after {model.epoch} epochs")
+    figures.save_digits(out / "samples.png", model.sample(SAMPLE_CODINGS, seed=seed),
+                        title=f"{SAMPLE_CODINGS} codings from N(0, I), decoded after {model.epoch} epochs")
     done("samples.png")
-    plots.save_reconstructions(out / "reconstructions.png", test_x[:10].astype(np.float32) / 255.0,
-                               model.reconstruct(test_x[:10]))
+    figures.save_reconstructions(out / "reconstructions.png", test_x[:10].astype(np.float32) / 255.0,
+                                 model.reconstruct(test_x[:10]))
     done("reconstructions.png")
     mu, _ = model.encode(test_x)
     dims, how = latent_dims(mu)
-    plots.save_latent_scatter(out / "latent.png", mu, test_y, dims, how)
+    figures.save_latent_scatter(out / "latent.png", mu, test_y, dims, how)
     done("latent.png")
     if model.config.latent == 2:
         q, z = manifold_codings()
-        plots.save_manifold(out / "manifold.png", model.decode(z), q)
+        figures.save_manifold(out / "manifold.png", model.decode(z), q)
         done("manifold.png")
     else:
         notify(f"no manifold.png: it needs a 2-D latent space, this model's is {model.config.latent}-D "
                "(train one with --latent 2)")
     found = interpolation_rows(model, test_x, test_y)
     if found is not None:
-        plots.save_interpolations(out / "interpolation.png", *found)
+        figures.save_interpolations(out / "interpolation.png", *found)
         done("interpolation.png")
     else:
         notify(f"no interpolation.png: none of the digit pairs {INTERPOLATION_DIGITS} is in these "
                f"{len(test_x)} test images; use more of them")
     if history:
-        plots.save_loss_curves(out / "loss.png", history)
+        figures.save_loss_curves(out / "loss.png", history)
         done("loss.png")
     else:
         notify("no loss.png: no metrics.json with the run's history beside the checkpoint")
     return written
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m fastvae.plot",
         description="Draw the figures of a trained fastvae checkpoint: samples, reconstructions, the latent space "
                     "coloured by digit, the 2-D manifold (latent 2 only), interpolations and loss curves.",
         epilog="example: python -m fastvae.plot runs/quick/checkpoint.npz --out runs/quick/figures.  "
-               "Exit status: 0 done, 2 a mistake in the input.")
+               "Exit status: 0 done, 2 a mistake in the input, 130 interrupted (Ctrl-C).")
     p.add_argument("checkpoint", type=Path, help="checkpoint.npz of a training run (or the run folder holding it)")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="folder for the PNG files (default: figures/ beside the checkpoint)")
-    p.add_argument("--test-images", type=int, metavar="N", help="use only the first N test images (default: all)")
-    p.add_argument("--backend", choices=NAMES, default="auto")
-    p.add_argument("--data", type=Path, metavar="DIR", help="MNIST folder or mnist.npz (default: the embedded copy)")
-    p.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    add_shared_options(p, quiet="print nothing but errors")
     return p
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
+    """The command line `python -m fastvae.plot CHECKPOINT [options]`; returns its exit status (0, 2 or 130)."""
     return run_main(run, build_parser().parse_args(argv))
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
     from .data import load_mnist
+    from .figures import matplotlib_missing
     from .model import VAE
-    from .plots import matplotlib_missing
 
     if matplotlib_missing():
         raise UserError(matplotlib_missing())
-    if args.test_images is not None and args.test_images <= 0:
-        raise UserError(f"--test-images must be a positive integer, got {args.test_images}")
+    check_positive(args, "test_images")
     path = checkpoint_path(args.checkpoint)
     model = VAE.load(path, backend=args.backend)
     history = None
@@ -155,8 +160,7 @@ def run(args):
     except OSError as e:
         raise UserError(f"cannot create the output folder {out} ({e.strerror}); choose another with --out") from None
     data = load_mnist(args.data)
-    n = args.test_images
-    test_x, test_y = (data.test_x, data.test_y) if n is None else (data.test_x[:n], data.test_y[:n])
+    test_x, test_y = data.test_x[:args.test_images], data.test_y[:args.test_images]     # [:None] is all
     say = (lambda msg: None) if args.quiet else print
     write_figures(model, test_x, test_y, out, history=history, notify=say)
     return 0

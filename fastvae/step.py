@@ -1,11 +1,13 @@
 """The training step, written once: forward, loss, backward and update composed from a backend's kernels.
 
-Every backend runs exactly this order; the trainer and the VAE class only loop and call.
+Every backend runs exactly this order; the trainer and the VAE class only loop and call. `be` is a
+fastvae.backends.contract.Backend; the config's settings (activation, encoder, reconstruction) are passed to the
+kernels as their last arguments, so no variant is looked up here.
 """
 import numpy as np
 
 from .config import N_PIXELS
-from .errors import UserError
+from .constants import COUNTER_SEED, COUNTER_STEP
 from .rng import STREAM_EVAL, STREAM_TRAIN
 
 
@@ -19,22 +21,24 @@ class Rows:
 
 
 class Workspace:
-    """Every buffer a step touches, allocated once for a maximum batch size."""
+    """Every buffer a step touches, allocated once for a maximum batch size (the field's names: mu_logvar holds
+    the heads' [mu | logvar], dmu_logvar its gradient; `d` marks a gradient)."""
 
     def __init__(self, be, cfg, batch):
         e = be.empty
         h = list(cfg.hidden)
         full = {
             "x": e((batch, N_PIXELS)),
-            "enc": [e((batch, k)) for k in h],           # encoder activations (ELU outputs)
-            "denc": [e((batch, k)) for k in h],          # their gradients, then dz in place
-            "stats": e((batch, 2 * cfg.latent)),         # [mu | gamma]
-            "dstats": e((batch, 2 * cfg.latent)),
+            "enc": [e((batch, k)) for k in h],           # encoder activations (hidden layers' outputs)
+            "denc": [e((batch, k)) for k in h],          # their gradients (scratch of each layer's backward)
+            "mu_logvar": e((batch, 2 * cfg.latent)),     # [mu | logvar] ([mu | sigma] in the sigma form)
+            "dmu_logvar": e((batch, 2 * cfg.latent)),
             "z": e((batch, cfg.latent)),
             "dz": e((batch, cfg.latent)),
             "dec": [e((batch, k)) for k in reversed(h)],
             "ddec": [e((batch, k)) for k in reversed(h)],
-            "dlogits": e((batch, N_PIXELS)),             # logits, then sigmoid(logits) - x
+            "dlogits": e((batch, N_PIXELS)),             # training: the reconstruction loss's gradient
+            "logits": e((batch, N_PIXELS)),              # inference (decode): the decoder's output
         }
         self.batch = batch
         self._full = full
@@ -58,7 +62,9 @@ class State:
         self.grads = be.zeros(layout.size)
         self.m = be.zeros(layout.size) if m is None else be.asarray(m)
         self.v = be.zeros(layout.size) if v is None else be.asarray(v)
-        self.counters = be.asarray(np.array([seed, step]), dtype=np.int64)
+        counters = np.zeros(2, dtype=np.int64)
+        counters[COUNTER_SEED], counters[COUNTER_STEP] = seed, step
+        self.counters = be.asarray(counters, dtype=np.int64)
         self.weights = layout.views(self.params)
         self.gradients = layout.views(self.grads)
 
@@ -68,71 +74,56 @@ def _split(weights, n_hidden):
     return weights[:n_hidden], weights[n_hidden], weights[n_hidden + 1:-1], weights[-1]
 
 
-def encode(be, weights, a):
-    """Encoder, then the heads' product alone: a.stats = [mu | gamma], no sampling (inference)."""
+def encode(be, cfg, weights, a):
+    """Encoder, then the heads' product alone: a.mu_logvar = [mu | logvar], no sampling (inference)."""
     enc_w, heads_w, _, _ = _split(weights, len(a.enc))
-    be.dense_forward(a.stats, _encoder(be, enc_w, a), *heads_w)
+    be.dense_forward(a.mu_logvar, _encoder(be, cfg, enc_w, a), *heads_w, "identity")
 
 
-def decode(be, weights, a):
-    """Decoder from a.z to the logits, written into a.dlogits (inference: no loss, no gradient)."""
+def decode(be, cfg, weights, a):
+    """Decoder from a.z to the logits, written into a.logits (inference: no loss, no gradient)."""
     _, _, dec_w, out_w = _split(weights, len(a.enc))
-    be.dense_forward(a.dlogits, _decoder(be, dec_w, a), *out_w)
+    be.dense_forward(a.logits, _decoder(be, cfg, dec_w, a), *out_w, "identity")
 
 
-def _encoder(be, enc_w, a):
-    h = a.x
-    for (w, b), out in zip(enc_w, a.enc):
-        be.dense_elu_forward(out, h, w, b)
+def _hidden(be, cfg, layers, h, outs):
+    """The hidden layers (W, b) from input h into the buffers outs; returns the last output."""
+    for (w, b), out in zip(layers, outs):
+        be.dense_forward(out, h, w, b, cfg.activation)
         h = out
     return h
 
 
-def _decoder(be, dec_w, a):
-    h = a.z
-    for (w, b), out in zip(dec_w, a.dec):
-        be.dense_elu_forward(out, h, w, b)
-        h = out
-    return h
+def _encoder(be, cfg, enc_w, a):
+    return _hidden(be, cfg, enc_w, a.x, a.enc)
 
 
-def kernels_for(be, cfg):
-    """(heads forward, heads backward, output forward) of `be` for the config's variants, or a UserError
-    naming what this backend lacks."""
-    names = ("heads_sigma_forward", "heads_sigma_backward") if cfg.encoder == "sigma" else \
-        ("heads_forward", "heads_backward")
-    names += ("output_mse_forward",) if cfg.reconstruction == "mse" else ("output_forward",)
-    missing = [n for n in names if not hasattr(be, n)]
-    if missing:
-        raise UserError(f"the {be.name} backend does not implement encoder={cfg.encoder!r} / "
-                        f"reconstruction={cfg.reconstruction!r} yet ({', '.join(missing)}); use --backend cpu")
-    return tuple(getattr(be, n) for n in names)
+def _decoder(be, cfg, dec_w, a):
+    return _hidden(be, cfg, dec_w, a.z, a.dec)
 
 
-def forward(be, cfg, weights, a, loss, counters, stream):
+def forward(be, cfg, weights, a, loss, counters, noise_stream):
     """Encoder, heads with sampling and KL, decoder, output with the loss and dlogits."""
-    heads_forward, _, output_forward = kernels_for(be, cfg)
     enc_w, heads_w, dec_w, out_w = _split(weights, len(a.enc))
-    heads_forward(a.z, a.stats, loss, _encoder(be, enc_w, a), *heads_w, counters, stream)
-    output_forward(a.dlogits, loss, _decoder(be, dec_w, a), *out_w, a.x)
+    be.heads_forward(a.z, a.mu_logvar, loss, _encoder(be, cfg, enc_w, a), *heads_w, counters, noise_stream,
+                     cfg.encoder)
+    be.output_forward(a.dlogits, loss, _decoder(be, cfg, dec_w, a), *out_w, a.x, cfg.reconstruction)
 
 
-def backward(be, cfg, weights, gradients, a, counters, stream):
+def backward(be, cfg, weights, gradients, a, counters, noise_stream):
     """The same layers in reverse; each layer's dz is formed inside its own backward kernel."""
-    _, heads_backward, _ = kernels_for(be, cfg)
     n_hidden = len(a.enc)
     heads = n_hidden
-    be.dense_backward(a.ddec[-1], *gradients[-1], a.dlogits, a.dec[-1], weights[-1][0])
+    be.dense_backward(a.ddec[-1], *gradients[-1], a.dlogits, a.dec[-1], weights[-1][0], None, "identity")
     for i in reversed(range(n_hidden)):
         layer = heads + 1 + i
         dinp, inp = (a.ddec[i - 1], a.dec[i - 1]) if i > 0 else (a.dz, a.z)
-        be.dense_elu_backward(dinp, *gradients[layer], a.ddec[i], inp, weights[layer][0], a.dec[i])
-    # the gamma form recovers eps from z; the sigma form draws it again (sigma may be 0)
-    last = (counters, stream) if cfg.encoder == "sigma" else (a.z,)
-    heads_backward(a.denc[-1], *gradients[heads], a.dstats, a.dz, a.enc[-1], weights[heads][0], a.stats, *last)
+        be.dense_backward(dinp, *gradients[layer], a.ddec[i], inp, weights[layer][0], a.dec[i], cfg.activation)
+    be.heads_backward(a.denc[-1], *gradients[heads], a.dmu_logvar, a.dz, a.enc[-1], weights[heads][0],
+                      a.mu_logvar, a.z, counters, noise_stream, cfg.encoder)
     for i in reversed(range(n_hidden)):
         dinp, inp = (a.denc[i - 1], a.enc[i - 1]) if i > 0 else (None, a.x)
-        be.dense_elu_backward(dinp, *gradients[i], a.denc[i], inp, weights[i][0], a.enc[i])
+        be.dense_backward(dinp, *gradients[i], a.denc[i], inp, weights[i][0], a.enc[i], cfg.activation)
 
 
 def train_step(be, cfg, state, ws, data, idx):
@@ -152,7 +143,7 @@ class Stepper:
 
     def __init__(self, be, cfg, state, ws, data):
         self.be, self.cfg, self.state, self.ws, self.data = be, cfg, state, ws, data
-        self.idx = be.empty((ws.batch,), dtype=np.int64) if hasattr(be, "capture") else None
+        self.idx = be.empty((ws.batch,), dtype=np.int64) if be.capture is not None else None
         self.replay = None
         self.captures = 0                       # how many times a step was recorded (once per Stepper)
 
@@ -178,10 +169,11 @@ def evaluate(be, cfg, state, ws, data, idx_all, seed, loss):
 
     The noise is a fixed function of (seed, batch number), so the same model always gets the same number.
     """
-    counters = be.asarray(np.array([seed, 0]), dtype=np.int64)
+    counters = be.zeros(2, dtype=np.int64)
+    counters[COUNTER_SEED] = seed
     for j, start in enumerate(range(0, len(idx_all), ws.batch)):
         idx = idx_all[start:start + ws.batch]
         a = ws.rows(len(idx))
         be.gather_batch(a.x, data, idx)
-        counters[1] = j
+        counters[COUNTER_STEP] = j
         forward(be, cfg, state.weights, a, loss, counters, STREAM_EVAL)

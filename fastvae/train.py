@@ -1,11 +1,13 @@
 """python -m fastvae.train: train the seed's VAE on MNIST and write its results to a run folder.
 
-Writes into --out: checkpoint.npz (every epoch, atomically), metrics.json, samples/epoch_NNN.png (60 digits
-decoded from the same 60 codings each epoch), and at the end the figures of fastvae.plot (samples,
+Writes into --out: checkpoint.npz (every epoch, atomically), metrics.json, samples/epoch_NNN.png (the same
+SAMPLE_CODINGS = 60 codings decoded each epoch), and at the end the figures of fastvae.plot (samples,
 reconstructions, latent scatter, interpolations, loss curves, and the manifold for a 2-D latent space).
 A user's mistake is one line on stderr and exit status 2; divergence exits with 3 (the last good checkpoint
 stays); Ctrl-C stops after the step in progress, saves a checkpoint and exits with 130; --resume continues.
 """
+from __future__ import annotations
+
 import argparse
 import dataclasses
 import json
@@ -16,14 +18,15 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, machine
-from .backends import NAMES
-from .config import ENCODERS, RECONSTRUCTIONS, Config
-from .errors import TrainingDiverged, TrainingInterrupted, UserError
+from .cli import add_shared_options, check_positive, notifier, run_main
+from .config import Config
+from .constants import ENCODERS, HIDDEN_ACTIVATIONS, RECONSTRUCTIONS, SAMPLE_CODINGS
+from .errors import TrainingInterrupted, UserError
 
 DEFAULTS = Config()
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m fastvae.train",
         description="Train the VAE of Geron's Hands-On ML (ch. 15) on MNIST with fastvae's fused kernels. "
@@ -31,9 +34,7 @@ def build_parser():
         epilog="examples: python -m fastvae.train --epochs 3 --out runs/quick;  "
                "python -m fastvae.train --resume runs/quick --epochs 10.  "
                "Exit status: 0 done, 2 a mistake in the input, 3 training diverged, 130 interrupted (Ctrl-C).")
-    p.add_argument("--backend", choices=NAMES, default="auto",
-                   help="auto (default) picks gpu when CuPy and a CUDA device are usable, else cpu; reference is "
-                        "float64 NumPy (slow, the specification)")
+    add_shared_options(p, quiet="no progress bar or per-epoch lines")
     p.add_argument("--epochs", type=int, default=None,
                    help=f"passes over the training set (default {DEFAULTS.epochs}; with --resume: the total to reach)")
     p.add_argument("--batch-size", type=int, help=f"images per training step (default {DEFAULTS.batch_size})")
@@ -47,50 +48,28 @@ def build_parser():
     p.add_argument("--reconstruction", choices=RECONSTRUCTIONS,
                    help="xent: sigmoid cross-entropy (default, the seed's); mse: squared error of the pixel "
                         "probabilities")
+    p.add_argument("--activation", choices=HIDDEN_ACTIVATIONS,
+                   help=f"the hidden layers' activation (default {DEFAULTS.activation}, the seed's); each one's "
+                        "derivative follows from its output, so the fused kernels keep only that")
     p.add_argument("--seed", type=int,
                    help=f"decides the initial weights, the shuffles and every noise draw (default {DEFAULTS.seed})")
-    p.add_argument("--data", type=Path, metavar="DIR",
-                   help="folder with the four MNIST IDX files (.gz or raw) or a Keras mnist.npz "
-                        "(default: the copy embedded in fastvae)")
     p.add_argument("--train-images", type=int, metavar="N", help="use only the first N training images")
-    p.add_argument("--test-images", type=int, metavar="N",
-                   help="use only the first N test images for the per-epoch test loss")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="run folder for checkpoint, metrics and figures (default: runs/<date>-<time>)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its checkpoint, exactly as if it had not stopped")
     p.add_argument("--no-plots", action="store_true", help="write no figures (no matplotlib needed)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch lines")
-    p.add_argument("--version", action="version", version=f"fastvae {__version__}")
     return p
 
 
 # options that describe the model or its data: fixed once a run has started
-_RUN_OPTIONS = ("batch_size", "lr", "hidden", "latent", "encoder", "reconstruction", "seed", "data", "train_images",
-                "test_images", "out")
+_RUN_OPTIONS = ("batch_size", "lr", "hidden", "latent", "encoder", "reconstruction", "activation", "seed", "data",
+                "train_images", "test_images", "out")
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except TrainingDiverged as e:
-        print(f"fastvae: error: {e}; the last good checkpoint is kept", file=sys.stderr)
-        return 3
-    except UserError as e:
-        print(f"fastvae: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("fastvae: interrupted; the checkpoint of the last finished epoch is kept", file=sys.stderr)
-        return 130
-
-
-def _subset(images, n, option):
-    if n is None:
-        return images
-    if n <= 0:
-        raise UserError(f"{option} must be a positive integer, got {n}")
-    return images[:n]
+def main(argv: list[str] | None = None) -> int:
+    """The command line `python -m fastvae.train [options]`; returns its exit status (0, 2, 3 or 130)."""
+    return run_main(run, build_parser().parse_args(argv), kept="the last saved checkpoint is kept")
 
 
 def _prepare_out(out):
@@ -112,9 +91,11 @@ def _new_run(args, notify):
     cfg = Config(hidden=tuple(args.hidden or d.hidden), latent=_or(args.latent, d.latent),
                  batch_size=_or(args.batch_size, d.batch_size), epochs=_or(args.epochs, d.epochs),
                  lr=_or(args.lr, d.lr), seed=_or(args.seed, d.seed), encoder=_or(args.encoder, d.encoder),
-                 reconstruction=_or(args.reconstruction, d.reconstruction))   # validates each, one line each
+                 reconstruction=_or(args.reconstruction, d.reconstruction),
+                 activation=_or(args.activation, d.activation))       # validates each, one line each
     model = VAE(hidden=cfg.hidden, latent=cfg.latent, backend=args.backend, seed=cfg.seed, lr=cfg.lr,
-                batch_size=cfg.batch_size, encoder=cfg.encoder, reconstruction=cfg.reconstruction, notify=notify)
+                batch_size=cfg.batch_size, encoder=cfg.encoder, reconstruction=cfg.reconstruction,
+                activation=cfg.activation, notify=notify)
     model.config = cfg
     run_info = {"data_dir": None if args.data is None else str(args.data.resolve()),
                 "train_images": args.train_images, "test_images": args.test_images}
@@ -149,22 +130,24 @@ def _or(value, default):
     return default if value is None else value
 
 
-def run(args):
+def run(args: argparse.Namespace) -> int:
+    """Train as the parsed options say; returns 0. Raises UserError, TrainingDiverged or TrainingInterrupted
+    (after saving the checkpoint), which run_main turns into the exit status."""
     from .data import load_mnist
-    from .plots import matplotlib_missing
+    from .figures import matplotlib_missing
 
-    notify = (lambda msg: print(msg, file=sys.stderr)) if not args.quiet else None
-    model, run_info, out = (_resumed_run if args.resume is not None else _new_run)(args, notify)
+    check_positive(args, "train_images", "test_images")
+    model, run_info, out = (_resumed_run if args.resume is not None else _new_run)(args, notifier(args))
     cfg = model.config
     data = load_mnist(run_info["data_dir"])
-    train_x = _subset(data.train_x, run_info["train_images"], "--train-images")
-    test_x = _subset(data.test_x, run_info["test_images"], "--test-images")
+    train_x = data.train_x[:run_info["train_images"]]       # [:None] is all of them
+    test_x = data.test_x[:run_info["test_images"]]
     if cfg.batch_size > len(train_x):
         raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(train_x)} training images")
-    plots = not args.no_plots
-    if plots and matplotlib_missing():
+    draw = not args.no_plots
+    if draw and matplotlib_missing():
         print(f"fastvae: no figures: {matplotlib_missing()}", file=sys.stderr)
-        plots = False
+        draw = False
     say = (lambda *a: None) if args.quiet else (lambda msg: print(msg, flush=True))
     info = {"fastvae": __version__, "backend": model.backend.name, "config": cfg.to_dict(), "data": data.source,
             "train_images": len(train_x), "test_images": len(test_x), "machine": machine.describe(),
@@ -180,20 +163,20 @@ def run(args):
             f"+ KL {record['test']['kl']:.3f})  {record['seconds']:6.2f} s  {record['images_per_s']:9,.0f} img/s")
         m.save(out / "checkpoint.npz")
         _write_json(out / "metrics.json", {**info, "epochs": m.history})
-        if plots:
-            from .plots import save_digits
-            save_digits(out / "samples" / f"epoch_{record['epoch']:03d}.png", m.sample(60, seed=codings_seed),
-                        title=f"60 codings from N(0, I), decoded after epoch {record['epoch']}")
+        if draw:
+            from .figures import save_digits
+            save_digits(out / "samples" / f"epoch_{record['epoch']:03d}.png",
+                        m.sample(SAMPLE_CODINGS, seed=codings_seed),
+                        title=f"{SAMPLE_CODINGS} codings from N(0, I), decoded after epoch {record['epoch']}")
 
     try:
         model.fit(train_x, epochs=cfg.epochs - model.epoch, validation=test_x, callback=after_epoch,
                   progress=not args.quiet)
     except TrainingInterrupted:
         model.save(out / "checkpoint.npz")
-        print(f"fastvae: stopped by Ctrl-C after step {model.steps}; checkpoint saved; continue with: "
-              f"python -m fastvae.train --resume {out}", file=sys.stderr)
-        return 130
-    if plots:
+        raise TrainingInterrupted(f"stopped by Ctrl-C after step {model.steps}; checkpoint saved; continue with: "
+                                  f"python -m fastvae.train --resume {out}") from None
+    if draw:
         from .plot import write_figures
         write_figures(model, test_x, data.test_y[:len(test_x)], out, history=model.history, seed=codings_seed,
                       notify=lambda msg: None)

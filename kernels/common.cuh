@@ -1,13 +1,15 @@
-// common.cuh - helpers every kernel shares: ELU from its output, Philox4x32-10 and the Box-Muller normals.
+// common.cuh - helpers every kernel shares: Philox4x32-10, the Box-Muller normals and a block's sum.
 // Reads and writes no buffers itself; each .cu file includes it (fastvae inlines it before NVRTC sees the source).
 #pragma once
 
+// The values shared with Python (tile sizes, THREADS, the Philox words, SIGMA_SMOOTHING, the loss and counter
+// indices, the settings' codes) are #defines that fastvae.cuda.sources.defines() puts in front of the source.
+#ifndef THREADS
+#error "compile the kernels through fastvae.cuda.sources (module_source or file_source): it prepends their #defines"
+#endif
+
 typedef unsigned int u32;
 typedef unsigned long long u64;
-
-// ELU and its derivative recovered from the output: ELU'(z) = 1 where y > 0, else exp(z) = y + 1.
-__device__ __forceinline__ float elu(float z) { return z > 0.0f ? z : expm1f(z); }
-__device__ __forceinline__ float elu_grad_from_output(float y) { return y > 0.0f ? 1.0f : y + 1.0f; }
 
 // Philox4x32 with 10 rounds (Salmon et al. 2011), word for word as fastvae/rng.py.
 struct u32x4 { u32 x, y, z, w; };
@@ -15,12 +17,12 @@ struct u32x4 { u32 x, y, z, w; };
 __device__ __forceinline__ u32x4 philox4x32_10(u32x4 c, u32 k0, u32 k1)
 {
     for (int round = 0; round < 10; ++round) {
-        const u32 hi0 = __umulhi(0xD2511F53u, c.x), lo0 = 0xD2511F53u * c.x;
-        const u32 hi1 = __umulhi(0xCD9E8D57u, c.z), lo1 = 0xCD9E8D57u * c.z;
+        const u32 hi0 = __umulhi(PHILOX_M0, c.x), lo0 = PHILOX_M0 * c.x;
+        const u32 hi1 = __umulhi(PHILOX_M1, c.z), lo1 = PHILOX_M1 * c.z;
         const u32x4 next = {hi1 ^ c.y ^ k0, lo1, hi0 ^ c.w ^ k1, lo0};
         c = next;
-        k0 += 0x9E3779B9u;
-        k1 += 0xBB67AE85u;
+        k0 += PHILOX_W0;
+        k1 += PHILOX_W1;
     }
     return c;
 }
@@ -32,13 +34,13 @@ __device__ __forceinline__ double uniform_open(u32 x)
     return __dmul_rn(__dadd_rn((double)x, 0.5), 0x1p-32);
 }
 
-// The standard normal number i of the stream (seed, stream, step): Philox block i / 4, lane i % 4; lanes
-// (0, 1) and (2, 3) are Box-Muller (cos, sin) pairs, computed in double and rounded once to float.
-__device__ __forceinline__ float philox_normal(long long seed, int stream, long long step, long long i)
+// The standard normal number i of the noise stream (seed, noise_stream, step): Philox block i / 4, lane i % 4;
+// lanes (0, 1) and (2, 3) are Box-Muller (cos, sin) pairs, computed in double and rounded once to float.
+__device__ __forceinline__ float philox_normal(long long seed, int noise_stream, long long step, long long i)
 {
     const u64 block = (u64)i >> 2;
     const int lane = (int)(i & 3);
-    const u32x4 ctr = {(u32)block, (u32)(u64)step, (u32)((u64)step >> 32), (u32)stream};
+    const u32x4 ctr = {(u32)block, (u32)(u64)step, (u32)((u64)step >> 32), (u32)noise_stream};
     const u32x4 r = philox4x32_10(ctr, (u32)(u64)seed, (u32)((u64)seed >> 32));
     const double u0 = uniform_open(lane < 2 ? r.x : r.z);
     const double u1 = uniform_open(lane < 2 ? r.y : r.w);
@@ -47,14 +49,15 @@ __device__ __forceinline__ float philox_normal(long long seed, int stream, long 
     return (float)__dmul_rn(radius, (lane & 1) ? sin(angle) : cos(angle));
 }
 
-// Sum of one double per thread over the block (256 threads), added once to *total: one atomic per block.
+// Sum of one double per thread over the block (THREADS threads, a power of two), added once to *total: one
+// atomic per block.
 __device__ __forceinline__ void block_sum_add(double* total, double mine)
 {
-    __shared__ double partial[256];
+    __shared__ double partial[THREADS];
     const int t = threadIdx.y * blockDim.x + threadIdx.x;
     partial[t] = mine;
     __syncthreads();
-    for (int half = 128; half > 0; half >>= 1) {
+    for (int half = THREADS / 2; half > 0; half >>= 1) {
         if (t < half) partial[t] += partial[t + half];
         __syncthreads();
     }

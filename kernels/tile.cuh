@@ -1,12 +1,11 @@
-// tile.cuh - the tiled matrix product under every layer: one 32 x 32 tile of C = A . B per block of 16 x 16
-// threads, A and B read through loaders that transpose or fuse (dz = dy . ELU'(y)) as they read. Writes nothing.
+// tile.cuh - the tiled matrix product under every layer: one TILE_MN x TILE_MN tile of C = A . B per block of
+// TILE_T x TILE_T threads, A and B read through loaders that transpose or fuse (dz = dy . act'(y)). Writes nothing.
 #pragma once
 #include "common.cuh"
+#include "activation.cuh"
 
-#define TILE_T 16                  // threads per side of a block: 256 threads
-#define TILE_R 2                   // outputs per thread per side
-#define TILE_MN (TILE_T * TILE_R)  // 32 x 32 outputs per block: at batch 150 a 500-wide layer is 80 blocks
-#define TILE_K 16                  // depth of one shared-memory stage
+// TILE_T, TILE_R (outputs per thread per side), TILE_MN and TILE_K (the depth of one shared-memory stage) are
+// #defines generated from fastvae/cuda/launch.py, which the gpu backend launches with.
 
 // A row-major matrix: (r, c) at p[r * ld + c]. `inner` says the second index is the contiguous one.
 struct RowMajor {
@@ -22,18 +21,34 @@ struct Transposed {
     __device__ __forceinline__ float operator()(int r, int c) const { return p[(long long)c * ld + r]; }
 };
 
-// dz = dy * ELU'(z), formed from the layer's output y as it is read: dz is never stored.
-struct EluGrad {
+// dz = dy * act'(z), formed from the layer's output y as it is read: dz is never stored. y must be a readable
+// buffer of dy's shape even for the identity, whose act' ignores it.
+template <int ACTIVATION>
+struct ActivationGrad {
     const float* dy; const float* y; int ld;
     static const bool inner = true;
     __device__ __forceinline__ float operator()(int r, int c) const
     {
         const long long i = (long long)r * ld + c;
-        return dy[i] * elu_grad_from_output(y[i]);
+        return dy[i] * Activation<ACTIVATION>::grad_from_output(y[i]);
     }
 };
 
-// acc[i][j] = C(row0 + ty + 16 i, col0 + tx + 16 j) for C = A . B with A (M x K), B (K x N); out-of-range
+// f(i, j, r, c) for each output acc[i][j] this thread holds, at (r, c) = (row0 + ty + TILE_T i, col0 + tx + TILE_T j),
+// where it lies inside the (rows x cols) result: the epilogue of every product kernel.
+template <class F>
+__device__ __forceinline__ void for_each_output(int row0, int col0, int rows, int cols, F f)
+{
+    for (int i = 0; i < TILE_R; ++i) {
+        const int r = row0 + (int)threadIdx.y + TILE_T * i;
+        for (int j = 0; j < TILE_R; ++j) {
+            const int c = col0 + (int)threadIdx.x + TILE_T * j;
+            if (r < rows && c < cols) f(i, j, r, c);
+        }
+    }
+}
+
+// acc[i][j] = C(row0 + ty + TILE_T i, col0 + tx + TILE_T j) for C = A . B with A (M x K), B (K x N); out-of-range
 // elements read as 0. With colsum != 0 the block also sums B's columns over all K (the bias gradient).
 // Consecutive threads store consecutive columns (coalesced) and read shared memory without bank conflicts.
 template <class LA, class LB>

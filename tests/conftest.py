@@ -1,15 +1,23 @@
-"""Shared fixtures: fresh random inputs and a small configuration (the tolerance table is in tolerances.py)."""
+"""Shared fixtures: fresh random inputs and a small configuration (the tolerance table is in tolerances.py).
+
+Every test that draws random inputs takes `rand`, seeded from the OS and printed with the test's output; a failing
+test's seed is replayed with FASTVAE_TEST_SEED=<seed> python -m pytest <the test's node id>.
+"""
+import os
+
 import numpy as np
 import pytest
 
 from fastvae.config import Config
 
+SEED_VARIABLE = "FASTVAE_TEST_SEED"
+
 
 @pytest.fixture
 def rand():
-    """A fresh generator per test, seeded from the OS, with the seed printed on failure."""
-    seed = np.random.SeedSequence().entropy % 2**32
-    print(f"random seed for this test: {seed}")
+    """A fresh generator per test, seeded from the OS (or from $FASTVAE_TEST_SEED), the seed printed on failure."""
+    seed = int(os.environ.get(SEED_VARIABLE) or np.random.SeedSequence().entropy % 2**32)
+    print(f"random seed for this test: {seed} (replay: {SEED_VARIABLE}={seed})")
     return np.random.default_rng(seed)
 
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastvae import VAE
+from fastvae import VAE, UserError
+from fastvae.cli import run_main
+from fastvae.errors import TrainingDiverged, TrainingInterrupted
 
 QUICK = ["--epochs", "2", "--train-images", "600", "--test-images", "200", "--hidden", "40", "24",
          "--latent", "3", "--batch-size", "50", "--seed", "11", "--backend", "cpu"]
@@ -66,8 +68,34 @@ def test_help_documents_every_option():
     proc = train("--help")
     assert proc.returncode == 0
     for option in ("--backend", "--epochs", "--batch-size", "--lr", "--hidden", "--latent", "--seed", "--data",
-                   "--out", "--train-images", "--test-images", "--no-plots"):
+                   "--out", "--train-images", "--test-images", "--no-plots", "--encoder", "--reconstruction",
+                   "--activation"):
         assert option in proc.stdout
+
+
+@pytest.mark.parametrize("tool", ["train", "evaluate", "plot"])
+def test_every_tool_takes_the_shared_options(tool):
+    import importlib
+    text = importlib.import_module(f"fastvae.{tool}").build_parser().format_help()
+    for option in ("--backend", "--data", "--test-images", "--quiet", "--version"):
+        assert option in text, (tool, option)
+
+
+@pytest.mark.parametrize("raised, status, says", [
+    (None, 0, None),
+    (UserError("bad input"), 2, "fastvae: error: bad input"),
+    (TrainingDiverged("diverged at step 3"), 3, "fastvae: error: diverged at step 3; what is kept"),
+    (KeyboardInterrupt(), 130, "fastvae: interrupted; what is kept"),
+    (TrainingInterrupted("stopped; resume with X"), 130, "fastvae: stopped; resume with X"),
+])
+def test_the_shared_runner_maps_each_outcome_to_one_line_and_its_status(capsys, raised, status, says):
+    def run(args):
+        if raised is not None:
+            raise raised
+        return 0
+    assert run_main(run, None, kept="what is kept") == status
+    err = capsys.readouterr().err
+    assert err == ("" if says is None else says + "\n")
 
 
 def test_no_plots_writes_no_figures(tmp_path):
@@ -106,13 +134,13 @@ def test_a_bad_data_file_is_a_user_error(tmp_path):
 
 
 def test_the_seed_variants_train_and_are_recorded(tmp_path):
-    proc = train(*QUICK[:1], "1", *QUICK[2:], "--encoder", "sigma", "--reconstruction", "mse", "--no-plots",
-                 "--quiet", "--out", str(tmp_path))
+    proc = train(*QUICK[:1], "1", *QUICK[2:], "--encoder", "sigma", "--reconstruction", "mse", "--activation",
+                 "tanh", "--no-plots", "--quiet", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     m = json.loads((tmp_path / "metrics.json").read_text())
-    assert (m["config"]["encoder"], m["config"]["reconstruction"]) == ("sigma", "mse")
+    assert [m["config"][k] for k in ("encoder", "reconstruction", "activation")] == ["sigma", "mse", "tanh"]
     model = VAE.load(tmp_path / "checkpoint.npz", backend="cpu")
-    assert (model.config.encoder, model.config.reconstruction) == ("sigma", "mse")
+    assert (model.config.encoder, model.config.reconstruction, model.config.activation) == ("sigma", "mse", "tanh")
     mu, gamma = model.encode(np.zeros((2, 784), np.uint8))
     assert np.all(np.isfinite(gamma)) and np.all(gamma >= np.log(1e-10) - 1e-3)
 

@@ -2,17 +2,23 @@
 import pytest
 
 import kernel_cases as kc
-from fastvae.backends import cpu
+from fastvae.backends import get_backend
 from fastvae.config import Config
 
 
 @pytest.mark.parametrize("hidden,latent,rows", [((13, 9), 3, 7), ((31,), 2, 1), ((500, 500), 20, 150),
                                                  ((37, 11, 5), 4, 257)])
 def test_training_steps_match_the_reference(rand, hidden, latent, rows):
-    kc.check_train_steps(cpu, Config(hidden=hidden, latent=latent, batch_size=rows), rand, rows)
+    kc.check_train_steps(get_backend("cpu"), Config(hidden=hidden, latent=latent, batch_size=rows), rand, rows)
 
 
 @pytest.mark.parametrize("encoder,reconstruction", [("sigma", "xent"), ("gamma", "mse"), ("sigma", "mse")])
 def test_training_steps_of_the_seed_variants_match_the_reference(rand, encoder, reconstruction):
     cfg = Config(hidden=(37, 11), latent=4, batch_size=7, encoder=encoder, reconstruction=reconstruction)
-    kc.check_train_steps(cpu, cfg, rand, 7)
+    kc.check_train_steps(get_backend("cpu"), cfg, rand, 7)
+
+
+@pytest.mark.parametrize("activation", ["relu", "tanh"])
+def test_training_steps_with_other_activations_match_the_reference(rand, activation):
+    cfg = Config(hidden=(37, 11), latent=4, batch_size=7, activation=activation)
+    kc.check_train_steps(get_backend("cpu"), cfg, rand, 7)

@@ -1,4 +1,5 @@
-"""Every CUDA source in kernels/ compiles with NVRTC for the architectures we ship, warnings as errors. No GPU needed:
+"""Every CUDA source in kernels/ compiles with NVRTC for the architectures we ship, warnings as errors, every template
+instance included, and takes the values it shares with Python from the generated #defines only. No GPU needed:
 NVRTC comes from the nvidia-cuda-nvrtc wheel (in the test extra); the module skips itself only where it is missing."""
 import re
 import shutil
@@ -6,6 +7,8 @@ import struct
 
 import pytest
 
+from fastvae import constants, rng
+from fastvae.backends.contract import SETTINGS
 from fastvae.cuda import nvrtc, sources
 
 try:
@@ -20,13 +23,21 @@ SOURCES = sorted(p.name for p in KERNELS.glob("*.cu")) + sorted(p.name for p in 
 
 
 def check(name, arch, directory=None, extra=()):
-    """The check CI relies on: one file of kernels/, headers inlined, compiled with warnings as errors."""
-    return nvrtc.compile_cubin(sources.expand(name, directory), arch, name=name,
-                               options=nvrtc.OPTIONS + nvrtc.WARNINGS + extra, werror=True)
+    """The check CI relies on: one file of kernels/ (the #defines, the file, its headers inlined) with every template
+    instance, compiled with warnings as errors."""
+    source = sources.file_source(name, directory)
+    return nvrtc.compile_cubin(source, arch, name=name, options=nvrtc.OPTIONS + nvrtc.WARNINGS + extra, werror=True,
+                               name_expressions=sources.name_expressions(source))
+
+
+def compiled_names(compiled, source):
+    """The extern "C" kernels of `source` and the mangled names of its template instances: what the cubin holds."""
+    return set(sources.kernel_names(source)) | set(compiled.lowered.values())
 
 
 def entry_points(cubin):
-    """The kernels a cubin defines: global functions marked as CUDA entries (STO_CUDA_ENTRY) in its ELF symtab."""
+    """The kernels a cubin defines: global or weak functions marked as CUDA entries (STO_CUDA_ENTRY) in its ELF
+    symtab."""
     assert cubin[:5] == b"\x7fELF\x02", "not a 64-bit ELF cubin"
     shoff, = struct.unpack_from("<Q", cubin, 0x28)
     shentsize, shnum = struct.unpack_from("<HH", cubin, 0x3A)
@@ -38,17 +49,19 @@ def entry_points(cubin):
         strings = sections[link][4]
         for sym in range(offset, offset + size, 24):
             name, info, other = struct.unpack_from("<IBB", cubin, sym)
-            if info == 0x12 and other & 0x10:   # STB_GLOBAL | STT_FUNC, STO_CUDA_ENTRY
+            # STT_FUNC, STB_GLOBAL (extern "C") or STB_WEAK (a template instance), STO_CUDA_ENTRY
+            if info & 0xF == 2 and info >> 4 in (1, 2) and other & 0x10:
                 names.add(cubin[strings + name:cubin.index(b"\0", strings + name)].decode())
     return names
 
 
 @pytest.fixture(scope="module", params=ARCHS)
 def module(request):
-    """The whole module as the gpu backend compiles it, for one architecture: (arch, cubin, log)."""
-    cubin, log = nvrtc.compile_cubin(sources.module_source(), request.param, name="fastvae_kernels.cu",
-                                     options=nvrtc.OPTIONS + nvrtc.WARNINGS + nvrtc.VERBOSE, werror=True)
-    return request.param, cubin, log
+    """The whole module as the gpu backend compiles it, for one architecture: (arch, Compiled)."""
+    source = sources.module_source()
+    return request.param, nvrtc.compile_cubin(source, request.param, name="fastvae_kernels.cu",
+                                              options=nvrtc.OPTIONS + nvrtc.WARNINGS + nvrtc.VERBOSE, werror=True,
+                                              name_expressions=sources.name_expressions(source))
 
 
 def test_nvrtc_version(record_property):
@@ -64,24 +77,29 @@ def test_every_kernel_file_is_in_the_module():
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("name", SOURCES)
 def test_source_compiles_without_warnings(name, arch):
-    cubin, log = check(name, arch)
-    assert cubin[:4] == b"\x7fELF" and len(cubin) > 64
-    assert entry_points(cubin) == set(sources.kernel_names(sources.expand(name)))
+    compiled = check(name, arch)
+    assert compiled.cubin[:4] == b"\x7fELF" and len(compiled.cubin) > 64
+    assert entry_points(compiled.cubin) == compiled_names(compiled, sources.file_source(name))
 
 
 def test_module_defines_every_entry_point(module, record_property):
-    arch, cubin, log = module
-    expected = [k for name in sources.FILES for k in sources.kernel_names(sources.expand(name))]
+    arch, compiled = module
+    expected = [k for name in sources.FILES for k in sources.entry_points(sources.file_source(name))]
     assert expected and len(set(expected)) == len(expected), f"duplicate kernel names: {expected}"
-    assert sources.kernel_names(sources.module_source()) == expected
-    assert entry_points(cubin) == set(expected)
-    # The names the gpu backend shares with the reference contract (the backward passes are split per output).
-    assert {"dense_forward", "dense_elu_forward", "heads_forward", "output_forward", "adam_update"} <= set(expected)
-    used = nvrtc.resource_usage(log)
+    assert set(sources.entry_points(sources.module_source())) == set(expected)
+    assert entry_points(compiled.cubin) == compiled_names(compiled, sources.module_source())
+    # Every layer kernel for every value of its setting, named for the layer, not the setting.
+    for kernel, setting in [("dense_forward", "activation"), ("dense_backward_weights", "activation"),
+                            ("dense_backward_input", "activation"), ("heads_forward", "encoder"),
+                            ("heads_backward_mu_logvar", "encoder"), ("output_forward", "reconstruction")]:
+        for value in SETTINGS[setting]:
+            assert sources.instance(kernel, setting, value) in expected
+    assert {"gather_u8", "gather_f32", "adam_update", "adam_advance"} <= set(expected)
+    used = nvrtc.resource_usage(compiled.log, compiled.lowered)
     assert set(used) == set(expected)
     spilling = {k: r[3] for k, r in used.items() if r[3]}
     assert not spilling, f"kernels spill registers to local memory on {arch}: {spilling}"
-    table = "\n".join(f"{arch} {k:28s} {r:3d} registers {s:5d} B smem {f:3d} B stack {sp:3d} B spills"
+    table = "\n".join(f"{arch} {k:46s} {r:3d} registers {s:5d} B smem {f:3d} B stack {sp:3d} B spills"
                       for k, (r, s, f, sp) in sorted(used.items()))
     record_property(f"resources_{arch}", table)
     print(table)
@@ -100,7 +118,7 @@ def test_syntax_error_fails():
 ])
 def test_warning_fails_only_with_werror(body, text):
     source = body + 'extern "C" __global__ void k(float* x) { x[0] = 1.0f; }\n'
-    cubin, log = nvrtc.compile_cubin(source, "sm_80", name="warns.cu", werror=False)
+    cubin, log, _ = nvrtc.compile_cubin(source, "sm_80", name="warns.cu", werror=False)
     assert cubin and text in log
     with pytest.raises(nvrtc.CompileError, match=re.escape(text)):
         nvrtc.compile_cubin(source, "sm_80", name="warns.cu", werror=True)
@@ -121,4 +139,43 @@ def test_broken_kernel_file_fails_the_check(tmp_path):
     lines = header.read_text().splitlines() + ["this is not C++"]
     header.write_text("\n".join(lines) + "\n")
     with pytest.raises(nvrtc.CompileError, match=rf"tile\.cuh\({len(lines)}\): error"):
-        check("dense_elu.cu", "sm_80", tmp_path)
+        check("dense.cu", "sm_80", tmp_path)
+
+
+def test_the_kernels_restate_no_value_defined_in_python():
+    """Tile sizes, THREADS, the Philox words, the smoothing term, the loss and counter indices and the settings'
+    codes reach the CUDA C only as the generated #defines: no file of kernels/ defines or spells them."""
+    generated = dict(line.split()[1:3] for line in sources.defines().splitlines() if line.startswith("#define"))
+    assert {"TILE_T", "THREADS", "SIGMA_SMOOTHING", "PHILOX_M0", "LOSS_KL", "COUNTER_STEP", "ACTIVATION_ELU",
+            "ENCODER_SIGMA", "RECONSTRUCTION_MSE"} <= set(generated)
+    literals = [f"{getattr(rng, k):X}" for k in ("PHILOX_M0", "PHILOX_M1", "PHILOX_W0", "PHILOX_W1")]
+    literals += [repr(constants.SIGMA_SMOOTHING)]
+    for path in sorted(KERNELS.glob("*.cu")) + sorted(KERNELS.glob("*.cuh")):
+        text = path.read_text()
+        for key in generated:
+            assert not re.search(rf"#\s*define\s+{key}\b", text), f"{path.name} defines {key} again"
+        for literal in literals:
+            assert literal.lower() not in text.lower(), f"{path.name} spells {literal} instead of using its #define"
+
+
+def test_the_definitions_are_part_of_the_source(monkeypatch):
+    """CuPy and the emulator key their caches on the source text: a changed constant is a new module."""
+    before = sources.module_source()
+    assert "#define SIGMA_SMOOTHING 1e-10\n" in before and before.startswith(sources.defines())
+    monkeypatch.setattr(constants, "SIGMA_SMOOTHING", 1e-9)
+    assert "#define SIGMA_SMOOTHING 1e-09\n" in sources.module_source()
+
+
+def test_a_file_without_the_definitions_says_how_to_compile_it():
+    with pytest.raises(nvrtc.CompileError, match="compile the kernels through fastvae.cuda.sources"):
+        nvrtc.compile_cubin(sources.expand("adam.cu"), "sm_80", name="adam.cu", werror=False)
+
+
+def test_a_template_kernel_is_instantiated_for_every_value_of_its_setting():
+    source = "template <int ENCODER> __global__ void k(float* x) {}\n"
+    assert sources.name_expressions(source) == [f"k<ENCODER_{e.upper()}>" for e in constants.ENCODERS]
+    assert sources.instance("dense_forward", "activation", "tanh") == "dense_forward<ACTIVATION_TANH>"
+    with pytest.raises(ValueError, match="template parameter WIDTH is not a setting"):
+        sources.name_expressions("template <int WIDTH> __global__ void k(float* x) {}\n")
+    with pytest.raises(ValueError, match="no activation 'gelu'"):
+        sources.instance("dense_forward", "activation", "gelu")

@@ -124,6 +124,24 @@ def test_bad_checkpoints_are_refused_in_one_line(tmp_path, damage):
     assert "\n" not in str(err.value) and str(path) in str(err.value)
 
 
+def test_the_activation_is_kept_and_a_checkpoint_from_before_it_loads_as_elu(tmp_path, monkeypatch):
+    from fastvae.config import Config
+    model = VAE(activation="tanh", **SMALL)
+    model.save(tmp_path / "tanh.npz")
+    assert VAE.load(tmp_path / "tanh.npz", backend="cpu").config.activation == "tanh"
+    # a checkpoint written before the field existed: its config JSON has no "activation" (checksum and all)
+    to_dict = Config.to_dict
+    monkeypatch.setattr(Config, "to_dict", lambda c: {k: v for k, v in to_dict(c).items() if k != "activation"})
+    old = VAE(**SMALL)
+    old.save(tmp_path / "old.npz")
+    monkeypatch.undo()
+    with np.load(tmp_path / "old.npz") as f:
+        assert "activation" not in str(f["config"])
+    loaded = VAE.load(tmp_path / "old.npz", backend="cpu")
+    assert loaded.config.activation == "elu" and loaded.config == old.config
+    np.testing.assert_array_equal(loaded.state.params, old.state.params)
+
+
 def test_a_checkpoint_whose_arrays_do_not_fit_its_architecture_is_refused(tmp_path):
     from fastvae import checkpoint
     path = tmp_path / "ck.npz"
@@ -168,7 +186,8 @@ def test_bad_fit_settings_get_one_line_errors(kwargs, phrase):
         VAE(**SMALL).fit(np.zeros((10, 784), np.uint8), **kwargs)
 
 
-@pytest.mark.parametrize("kwargs", [dict(hidden=(0,)), dict(latent=-2), dict(lr=0.0), dict(backend="tpu")])
+@pytest.mark.parametrize("kwargs", [dict(hidden=(0,)), dict(latent=-2), dict(lr=0.0), dict(backend="tpu"),
+                                    dict(activation="sigmoid")])
 def test_bad_model_settings_get_one_line_errors(kwargs):
     with pytest.raises(UserError):
         VAE(**{**SMALL, **kwargs})

@@ -1,16 +1,19 @@
-"""Backend selection. A backend is a module of kernels with the same names and argument order everywhere
-(see backends/reference.py for the contract) plus array hooks: xp, dtype, empty, zeros, asarray, to_host,
-synchronize. CuPy is imported only when the gpu backend is asked for."""
+"""Backend selection. Every backend is a `contract.Backend`: the kernels and hooks declared in
+fastvae/backends/contract.py, checked when the backend loads. CuPy is imported only when the gpu backend is asked
+for."""
 import importlib
-import sys
 
 from ..errors import UserError
+from .contract import Backend
 
 NAMES = ("auto", "cpu", "gpu", "reference")
+_loaded = {}
 
 
-def get_backend(name="auto", notify=None):
-    """The backend module for `name`. `auto` picks gpu when it is usable, else cpu (telling `notify` why)."""
+def get_backend(name: str = "auto", notify=None) -> Backend:
+    """The backend called `name`: "cpu" (Numba, float32), "reference" (NumPy, float64), "gpu" (CuPy, float32) or
+    "auto" (gpu when usable, else cpu, telling `notify(message)` why). Raises UserError for an unknown name or,
+    for "gpu", with the one-line reason the GPU cannot be used."""
     if name not in NAMES:
         raise UserError(f"unknown backend {name!r}; choose one of {', '.join(NAMES)}")
     if name == "auto":
@@ -24,9 +27,6 @@ def get_backend(name="auto", notify=None):
     if name == "gpu":
         from . import gpu
         return gpu.load()
-    return importlib.import_module(f"{__name__}.{name}")
-
-
-def loaded_names():
-    """Which backends are already imported (tests use it to check that imports stay lazy)."""
-    return [n for n in NAMES if f"{__name__}.{n}" in sys.modules]
+    if name not in _loaded:
+        _loaded[name] = Backend(importlib.import_module(f"{__name__}.{name}"))
+    return _loaded[name]

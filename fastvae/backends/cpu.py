@@ -1,34 +1,30 @@
 """The cpu backend: float32 Numba kernels, with the matrix products in BLAS (NumPy's OpenBLAS).
 
-Same contract as backends/reference.py. Each layer is one BLAS product plus one fused Numba pass over its
-output: bias + ELU (forward), ELU' + bias gradient (backward), bias + sampling + KL (heads), bias + loss +
+Implements the contract of backends/contract.py. Each layer is one BLAS product plus one fused Numba pass over its
+output: bias + activation (forward), act' + bias gradient (backward), bias + sampling + KL (heads), bias + loss +
 dlogits (output). Measured here, OpenBLAS sgemm beats a hand-written Numba product several times over at
 these shapes, so the products stay in BLAS and the fusion happens in the passes around them.
 """
 import math
+from functools import partial
 
 import numpy as np
 from numba import njit
 
+from ..constants import ACTIVATIONS, COUNTER_SEED, COUNTER_STEP, LOSS_KL, LOSS_RECONSTRUCTION, SIGMA_SMOOTHING
 from .cpu_math import exp_nonpos, expm1_nonpos_f32, log1p_unit
 from .cpu_philox import fill_normals, normals_block, stream_keys
-from .reference import SIGMA_SMOOTHING, synchronize, to_host  # noqa: F401  (hooks: host arrays alike)
+from .reference import synchronize, to_host  # noqa: F401  (hooks: host arrays alike)
 
 name = "cpu"
 dtype = np.float32
 xp = np
 
 
-def empty(shape, dtype=dtype):
-    return np.empty(shape, dtype=dtype)
-
-
-def zeros(shape, dtype=dtype):
-    return np.zeros(shape, dtype=dtype)
-
-
-def asarray(a, dtype=dtype):
-    return np.array(a, dtype=dtype, copy=True)
+# The array hooks: host arrays of the backend's dtype unless another is asked for; asarray always copies.
+empty = partial(np.empty, dtype=dtype)
+zeros = partial(np.zeros, dtype=dtype)
+asarray = partial(np.array, dtype=dtype, copy=True)
 
 
 # ---------------------------------------------------------------- batch gather
@@ -57,11 +53,68 @@ def gather_batch(x, data, idx):
         _gather_float(x, data, idx)
 
 
-# ---------------------------------------------------------------- dense layers (linear)
+# ---------------------------------------------------------------- activations, from the output alone
+
+ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}   # identity 0, elu 1, relu 2, tanh 3
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _activate(z, code):
+    """act(z) in float32 arithmetic. `code` is constant over a kernel's loops: LLVM hoists the branch out of them
+    (loop unswitching), so each activation runs its own vectorised loop (ELU measured as fast as an ELU-only loop).
+    tanh(|z|) = -e / (2 + e) with e = exp(-2|z|) - 1 in (-1, 0]: no cancellation, and SIMD arithmetic instead of
+    a libm call per element."""
+    if code == 1:
+        return z if z > 0 else expm1_nonpos_f32(z)
+    if code == 2:
+        return np.float32(0.0) if z < 0 else z     # a NaN passes through, as np.maximum and the CUDA C let it
+    if code == 3:
+        e = expm1_nonpos_f32(np.float32(-2.0) * abs(z))
+        t = -e / (np.float32(2.0) + e)
+        return t if z >= 0 else -t
+    return z
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _grad_from_output(y, code):
+    """act'(z) from y = act(z): elu 1 if y > 0 else y + 1; relu 1 if y > 0 else 0; tanh 1 - y^2; identity 1."""
+    one = np.float32(1.0)
+    if code == 1:
+        return one if y > 0 else y + one
+    if code == 2:
+        return one if y > 0 else np.float32(0.0)
+    if code == 3:
+        return one - y * y
+    return one
+
+
+# ---------------------------------------------------------------- dense layers: forward and backward side by side
+
+@njit(cache=True, error_model="numpy")
+def _bias_act(out, b, code):
+    """out = act(out + b) in place (out holds inp @ w)."""
+    for r in range(out.shape[0]):
+        row = out[r]
+        for j in range(row.size):
+            row[j] = _activate(row[j] + b[j], code)
+
+
+@njit(cache=True, fastmath=True, error_model="numpy")
+def _act_grad_bias(dout, out, db, code):
+    """dout = dz = dout * act'(z) in place, from the output y; db = sum of dz over rows (reassociation allowed:
+    lanes accumulate in parallel)."""
+    db[:] = 0.0
+    for r in range(dout.shape[0]):
+        d, y = dout[r], out[r]
+        for j in range(db.size):
+            dz = d[j] * _grad_from_output(y[j], code)
+            d[j] = dz
+            db[j] += dz
+
 
 @njit(cache=True, fastmath=True, error_model="numpy")
 def _column_sums(db, d):
-    """db = sum over rows of d (reassociation allowed: lanes accumulate in parallel)."""
+    """db = sum over rows of d (the identity's case of _act_grad_bias, without an output to read)."""
     db[:] = 0.0
     for r in range(d.shape[0]):
         row = d[r]
@@ -69,50 +122,16 @@ def _column_sums(db, d):
             db[j] += row[j]
 
 
-def dense_forward(out, inp, w, b):
+def dense_forward(out, inp, w, b, activation):
     np.matmul(inp, w, out=out)
-    out += b
+    _bias_act(out, b, ACTIVATION_CODES[activation])
 
 
-def dense_backward(dinp, dw, db, dout, inp, w):
-    np.matmul(inp.T, dout, out=dw)
-    _column_sums(db, dout)
-    if dinp is not None:
-        np.matmul(dout, w.T, out=dinp)
-
-
-# ---------------------------------------------------------------- dense + ELU: forward and backward side by side
-
-@njit(cache=True, error_model="numpy")
-def _bias_elu(out, b):
-    """out = ELU(out + b) in place; ELU(z) = z for z > 0, else exp(z) - 1."""
-    for r in range(out.shape[0]):
-        row = out[r]
-        for j in range(row.size):
-            z = row[j] + b[j]
-            row[j] = z if z > 0 else expm1_nonpos_f32(z)
-
-
-@njit(cache=True, fastmath=True, error_model="numpy")
-def _elu_grad_bias(dout, out, db):
-    """dout = dz = dout * ELU'(z) in place, ELU'(z) = 1 if y > 0 else y + 1 (from the output y); db = sum dz."""
-    db[:] = 0.0
-    for r in range(dout.shape[0]):
-        d, y = dout[r], out[r]
-        for j in range(db.size):
-            yj = y[j]
-            dz = d[j] * (np.float32(1.0) if yj > 0 else yj + np.float32(1.0))
-            d[j] = dz
-            db[j] += dz
-
-
-def dense_elu_forward(out, inp, w, b):
-    np.matmul(inp, w, out=out)
-    _bias_elu(out, b)
-
-
-def dense_elu_backward(dinp, dw, db, dout, inp, w, out):
-    _elu_grad_bias(dout, out, db)
+def dense_backward(dinp, dw, db, dout, inp, w, out, activation):
+    if activation == "identity":
+        _column_sums(db, dout)
+    else:
+        _act_grad_bias(dout, out, db, ACTIVATION_CODES[activation])
     np.matmul(inp.T, dout, out=dw)
     if dinp is not None:
         np.matmul(dout, w.T, out=dinp)
@@ -121,80 +140,79 @@ def dense_elu_backward(dinp, dw, db, dout, inp, w, out):
 # ---------------------------------------------------------------- heads: sampling and KL, forward and backward
 
 @njit(cache=True, error_model="numpy")
-def _heads_sample_kl(z, stats, b, loss, seed, stream, step, sigma_form):
-    """stats += b; z = mu + s * eps (eps drawn into z first); loss[1] += KL. The heads' second half is
-    gamma = log sigma^2 (s = exp(gamma / 2)), or in the seed's first form sigma itself (s = sigma)."""
+def _heads_sample_kl(z, mu_logvar, b, loss, seed, noise_stream, step, sigma_form):
+    """mu_logvar += b; z = mu + s * eps (eps drawn into z first); loss[KL] += KL. The heads' second half is
+    logvar (s = exp(logvar / 2)), or in the seed's first form sigma itself (s = sigma)."""
     n, latent = z.shape
-    fill_normals(z, seed, stream, step)
+    fill_normals(z, seed, noise_stream, step)
     kl = 0.0
     for r in range(n):
         for j in range(2 * latent):
-            stats[r, j] += b[j]
+            mu_logvar[r, j] += b[j]
         for j in range(latent):
-            mu = np.float64(stats[r, j])
-            second = np.float64(stats[r, latent + j])
+            mu = np.float64(mu_logvar[r, j])
+            second = np.float64(mu_logvar[r, latent + j])
             if sigma_form:
                 z[r, j] = mu + second * np.float64(z[r, j])
                 kl += second * second + mu * mu - 1.0 - math.log(SIGMA_SMOOTHING + second * second)
             else:
                 z[r, j] = mu + math.exp(0.5 * second) * np.float64(z[r, j])
                 kl += math.exp(second) + mu * mu - 1.0 - second
-    loss[1] += 0.5 * kl
+    loss[LOSS_KL] += 0.5 * kl
 
 
 @njit(cache=True, error_model="numpy")
-def _heads_grad(dstats, dz, stats, z):
-    """d mu = dz + mu; d gamma = dz (z - mu) / 2 + (exp(gamma) - 1) / 2, using z - mu = exp(gamma / 2) eps."""
+def _heads_grad(dmu_logvar, dz, mu_logvar, z):
+    """d mu = dz + mu; d logvar = dz (z - mu) / 2 + (exp(logvar) - 1) / 2, using z - mu = exp(logvar / 2) eps."""
     n, latent = z.shape
     for r in range(n):
         for j in range(latent):
-            mu = stats[r, j]
-            gamma = np.float64(stats[r, latent + j])
-            dstats[r, j] = dz[r, j] + mu
-            dstats[r, latent + j] = 0.5 * dz[r, j] * (z[r, j] - mu) + 0.5 * (math.exp(gamma) - 1.0)
+            mu = mu_logvar[r, j]
+            logvar = np.float64(mu_logvar[r, latent + j])
+            dmu_logvar[r, j] = dz[r, j] + mu
+            dmu_logvar[r, latent + j] = 0.5 * dz[r, j] * (z[r, j] - mu) + 0.5 * (math.exp(logvar) - 1.0)
 
 
 @njit(cache=True, error_model="numpy")
-def _heads_sigma_grad(dstats, dz, stats, seed, stream, step):
+def _heads_sigma_grad(dmu_sigma, dz, mu_sigma, seed, noise_stream, step):
     """d mu = dz + mu; d sigma = dz eps + sigma - sigma / (1e-10 + sigma^2), eps drawn again from its counter
     (sigma may be 0, so z cannot give it back), one Philox block of four at a time."""
     n, latent = dz.shape
     k0, k1, s_lo, s_hi = stream_keys(seed, step)
     for block in range((n * latent + 3) // 4):
-        four = normals_block(block, k0, k1, s_lo, s_hi, stream)
+        four = normals_block(block, k0, k1, s_lo, s_hi, noise_stream)
         for lane in range(min(4, n * latent - 4 * block)):
             r, j = divmod(4 * block + lane, latent)
-            sigma = np.float64(stats[r, latent + j])
-            dstats[r, j] = dz[r, j] + stats[r, j]
-            dstats[r, latent + j] = dz[r, j] * four[lane] + sigma - sigma / (SIGMA_SMOOTHING + sigma * sigma)
+            sigma = np.float64(mu_sigma[r, latent + j])
+            dmu_sigma[r, j] = dz[r, j] + mu_sigma[r, j]
+            dmu_sigma[r, latent + j] = dz[r, j] * four[lane] + sigma - sigma / (SIGMA_SMOOTHING + sigma * sigma)
 
 
-def heads_forward(z, stats, loss, inp, w, b, counters, stream):
-    np.matmul(inp, w, out=stats)
-    _heads_sample_kl(z, stats, b, loss, counters[0], stream, counters[1], False)
+def heads_forward(z, mu_logvar, loss, inp, w, b, counters, noise_stream, encoder):
+    np.matmul(inp, w, out=mu_logvar)
+    _heads_sample_kl(z, mu_logvar, b, loss, counters[COUNTER_SEED], noise_stream, counters[COUNTER_STEP],
+                     ENCODER_IS_SIGMA[encoder])
 
 
-def heads_backward(dinp, dw, db, dstats, dz, inp, w, stats, z):
-    _heads_grad(dstats, dz, stats, z)
-    dense_backward(dinp, dw, db, dstats, inp, w)
+def heads_backward(dinp, dw, db, dmu_logvar, dz, inp, w, mu_logvar, z, counters, noise_stream, encoder):
+    if ENCODER_IS_SIGMA[encoder]:
+        _heads_sigma_grad(dmu_logvar, dz, mu_logvar, counters[COUNTER_SEED], noise_stream, counters[COUNTER_STEP])
+    else:
+        _heads_grad(dmu_logvar, dz, mu_logvar, z)
+    dense_backward(dinp, dw, db, dmu_logvar, inp, w, None, "identity")
 
 
-def heads_sigma_forward(z, stats, loss, inp, w, b, counters, stream):
-    np.matmul(inp, w, out=stats)
-    _heads_sample_kl(z, stats, b, loss, counters[0], stream, counters[1], True)
-
-
-def heads_sigma_backward(dinp, dw, db, dstats, dz, inp, w, stats, counters, stream):
-    _heads_sigma_grad(dstats, dz, stats, counters[0], stream, counters[1])
-    dense_backward(dinp, dw, db, dstats, inp, w)
+ENCODER_IS_SIGMA = {"gamma": False, "sigma": True}
 
 
 # ---------------------------------------------------------------- output layer: loss and dlogits in one pass
 
 @njit(cache=True, fastmath=True, error_model="numpy")
-def _bias_loss_dlogits(dlogits, b, x, loss):
-    """logits = dlogits + b (dlogits holds inp @ w); loss[0] += sum of max(l, 0) - l x + log1p(exp(-|l|));
-    dlogits = sigmoid(l) - x, with sigmoid(l) = 1 / (1 + e) for l >= 0 and e / (1 + e) below, e = exp(-|l|)."""
+def _bias_loss_dlogits(dlogits, b, x, loss, mse):
+    """l = dlogits + b (dlogits holds inp @ w) and p = sigmoid(l), formed from e = exp(-|l|) in (0, 1] (no
+    overflow, no cancellation: p = 1 / (1 + e) for l >= 0, e / (1 + e) below). Cross-entropy: loss += sum of
+    max(l, 0) - l x + log1p(e), dlogits = p - x. Squared error (mse): loss += sum (p - x)^2,
+    dlogits = 2 (p - x) p (1 - p)."""
     total = 0.0
     for r in range(dlogits.shape[0]):
         d, xr = dlogits[r], x[r]
@@ -202,38 +220,24 @@ def _bias_loss_dlogits(dlogits, b, x, loss):
             l = np.float64(d[j] + b[j])
             t = np.float64(xr[j])
             e = exp_nonpos(-abs(l))
-            total += max(l, 0.0) - l * t + log1p_unit(e)
-            s = 1.0 / (1.0 + e)
-            d[j] = (s if l >= 0.0 else e * s) - t
-    loss[0] += total
-
-
-def output_forward(dlogits, loss, inp, w, b, x):
-    np.matmul(inp, w, out=dlogits)
-    _bias_loss_dlogits(dlogits, b, x, loss)
-
-
-@njit(cache=True, fastmath=True, error_model="numpy")
-def _bias_mse_dlogits(dlogits, b, x, loss):
-    """The squared-error variant: p = sigmoid(l), l = dlogits + b; loss[0] += sum (p - x)^2;
-    dlogits = 2 (p - x) p (1 - p), with p and 1 - p both formed from e = exp(-|l|) (no cancellation)."""
-    total = 0.0
-    for r in range(dlogits.shape[0]):
-        d, xr = dlogits[r], x[r]
-        for j in range(b.size):
-            l = np.float64(d[j] + b[j])
-            e = exp_nonpos(-abs(l))
             s = 1.0 / (1.0 + e)
             p, q = (s, e * s) if l >= 0.0 else (e * s, s)      # p = sigmoid(l), q = 1 - p
-            diff = p - np.float64(xr[j])
-            total += diff * diff
-            d[j] = 2.0 * diff * p * q
-    loss[0] += total
+            diff = p - t
+            if mse:
+                total += diff * diff
+                d[j] = 2.0 * diff * p * q
+            else:
+                total += max(l, 0.0) - l * t + log1p_unit(e)
+                d[j] = diff
+    loss[LOSS_RECONSTRUCTION] += total
 
 
-def output_mse_forward(dlogits, loss, inp, w, b, x):
+def output_forward(dlogits, loss, inp, w, b, x, reconstruction):
     np.matmul(inp, w, out=dlogits)
-    _bias_mse_dlogits(dlogits, b, x, loss)
+    _bias_loss_dlogits(dlogits, b, x, loss, RECONSTRUCTION_IS_MSE[reconstruction])
+
+
+RECONSTRUCTION_IS_MSE = {"xent": False, "mse": True}
 
 
 # ---------------------------------------------------------------- Adam: one pass over the flat buffer
@@ -259,7 +263,7 @@ def _adam(params, grads, m, v, lr_t, beta1, beta2, eps):
 
 def adam_update(params, grads, m, v, counters, lr, beta1, beta2, eps):
     """TensorFlow's Adam (the seed's): bias correction folded into lr_t, eps added to sqrt(v)."""
-    t = int(counters[1]) + 1
+    t = int(counters[COUNTER_STEP]) + 1
     lr_t = lr * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
     _adam(params, grads, m, v, lr_t, beta1, beta2, eps)
-    counters[1] = t
+    counters[COUNTER_STEP] = t

@@ -1,45 +1,33 @@
 """The gpu backend: CuPy launching the CUDA C in kernels/ (one RawModule, compiled once by NVRTC).
 
-Same contract as backends/reference.py. The launch code is written once, in `Backend`, over two things: an array
-module `xp` and a module of kernels with CuPy's RawModule interface. With CuPy they are cupy and a cupy.RawModule
-(`load()`, which also binds the contract's names at module level, so this module is the backend); in the tests
-they are numpy and fastvae.cuda.emu.RawModule, which runs the same CUDA C on the CPU (`emulated()`).
+The contract (fastvae/backends/contract.py) is implemented once, by `CudaKernels`, over two things: an array module
+`xp` and a module of compiled kernels with CuPy's RawModule interface. With CuPy they are cupy and a cupy.RawModule
+(`load()`); in the tests they are numpy and fastvae.cuda.emu.RawModule, which runs the same CUDA C on the CPU
+(`emulated()`), or the stand-in CuPy of tests/stand_in, which runs load() itself on the emulator.
+
+A setting (activation, encoder, reconstruction) picks a template instance of one kernel, compiled for every value
+(fastvae.cuda.sources.instance): `dense_forward(..., activation="elu")` launches `dense_forward<ACTIVATION_ELU>`.
 
 Per-step values (Adam's t, the noise step) are read by the kernels from `counters` in device memory and advanced
-by a kernel, so no launch argument changes from one step to the next: `capture` records a whole step once (a CUDA
-graph on a device, a list of launches on the host) and step.Stepper replays it every step.
+by a kernel, so no launch argument changes from one step to the next: on a device `capture` records a whole step
+once as a CUDA graph and step.Stepper replays it every step.
 """
-import sys
-
 import numpy as np
 
+from ..constants import LOSS_CHECK_INTERVAL_DEVICE
+from ..cuda import sources
+from ..cuda.launch import ADAM_BLOCKS, THREADS, TILE_MN, TILE_T
 from ..errors import UserError
-
-name = "gpu"
-dtype = np.float32
+from .contract import Backend
 
 _INSTALL = 'pip install "fastvae[gpu]" (cupy-cuda12x for CUDA 12 drivers, cupy-cuda13x for CUDA 13)'
-TILE = 32                # outputs per side of a product kernel's block (TILE_MN in kernels/tile.cuh)
-TILE_BLOCK = (16, 16)    # threads of a product kernel's block (TILE_T x TILE_T); block_sum_add needs all 256
-THREADS = 256            # threads per block of the elementwise kernels
-ADAM_BLOCKS = 2048       # adam_update is a grid-stride loop: enough blocks to fill a GPU, fewer for a small buffer
-
-# The contract's kernels (reference.py) and the hooks, bound at module level by load().
-CONTRACT = ("gather_batch", "dense_forward", "dense_backward", "dense_elu_forward", "dense_elu_backward",
-            "heads_forward", "heads_backward", "output_forward", "adam_update",
-            "heads_sigma_forward", "heads_sigma_backward", "output_mse_forward")     # the last three: variants
-HOOKS = ("xp", "empty", "zeros", "asarray", "to_host", "synchronize")
-# The CUDA entry points they launch.
-KERNELS = ("gather_u8", "gather_f32", "dense_forward", "dense_elu_forward", "dense_backward_weights",
-           "dense_elu_backward_weights", "dense_backward_input", "dense_elu_backward_input", "dense_elu_store_dz",
-           "heads_forward", "heads_backward_stats", "output_forward", "adam_update", "adam_advance",
-           "heads_sigma_forward", "heads_sigma_backward_stats", "output_mse_forward")
+TILE_BLOCK = (TILE_T, TILE_T)     # threads of a product kernel's block, TILE_MN x TILE_MN outputs
 
 _i32, _i64, _f64 = np.int32, np.int64, np.float64
 
 
 def _tiles(n):
-    return (n + TILE - 1) // TILE
+    return (n + TILE_MN - 1) // TILE_MN
 
 
 def _blocks(count):
@@ -53,54 +41,42 @@ def _check(a, shape, what, dt=np.float32):
                          f"got {a.dtype} {tuple(a.shape)}{'' if a.flags.c_contiguous else ' (not contiguous)'}")
 
 
-class Backend:
-    """The contract over `xp` (numpy or cupy) and `module` (a RawModule-like with get_function(name))."""
+def compile_module(raw_module, **options):
+    """kernels/ as one module: `raw_module(code=..., name_expressions=...)` with every template instance named."""
+    code = sources.module_source()
+    return raw_module(code=code, name_expressions=sources.name_expressions(code), **options)
+
+
+class CudaKernels:
+    """The contract over `xp` (numpy, cupy or the stand-in) and `module` (RawModule-like: get_function(name)).
+
+    On the host (xp is numpy) there is no stream to capture: `capture` is None and step.Stepper calls train_step.
+    `launches` counts kernel launches (a replayed graph counts as none)."""
 
     dtype = np.float32
 
-    def __init__(self, xp, module, name="gpu", store_dz=False):
-        self.xp, self.name, self.module = xp, name, module
-        # store_dz: dense_elu_backward also writes dz into dout (one more launch and pass). Off by default: the
-        # products form dz from dy and y as they read, and the step never reads dout again (the contract's scratch).
-        self.store_dz = store_dz
-        self._k = {k: self._launcher(module.get_function(k)) for k in KERNELS}
+    def __init__(self, xp, module, name="gpu"):
+        self.xp, self.module, self.name = xp, module, name
         self._host = xp is np
-        self._recording = None          # while capture() runs on the host: the list the launches go to
-        self.launches = 0               # kernel launches so far (a replayed capture counts as none)
-        # How often the trainer reads the loss back to check it is finite (fastvae.model): on a device each read
-        # waits for the step to finish, so only every 25th step (the progress bar's rate) and each epoch's last.
-        self.loss_check_interval = 1 if self._host else 25
+        self._functions = {}
+        self.launches = 0
+        # Each read of the loss waits for the step to finish on a device: the trainer checks it less often there.
+        self.loss_check_interval = 1 if self._host else LOSS_CHECK_INTERVAL_DEVICE
+        if self._host:
+            self.capture = None
 
-    def _launcher(self, kernel):
-        def launch(grid, block, args):
-            self.launches += 1
-            if self._recording is not None:
-                self._recording.append((kernel, grid, block, args))
-            else:
-                kernel(grid, block, args)
-        return launch
+    def _launch(self, kernel, grid, block, args):
+        if kernel not in self._functions:
+            self._functions[kernel] = self.module.get_function(kernel)
+        self.launches += 1
+        self._functions[kernel](grid, block, args)
 
     def capture(self, fn):
-        """Record the launches `fn` makes, without running them, and return a function that replays them.
-
-        On a device this is a CUDA graph: captured in relaxed mode on a stream of its own, launched on the current
-        stream so it stays ordered with the work around it. On the host (the emulation) the launches are kept as
-        a list of (kernel, grid, block, arguments) and replayed verbatim: the same baked-in arguments a graph has,
-        so a step that needs a launch argument to change between steps fails the emulated tests too."""
-        before = self.launches
-        if self._host:
-            launches = self._recording = []
-            try:
-                fn()
-            finally:
-                self._recording = None
-
-            def replay():
-                for kernel, grid, block, args in launches:
-                    kernel(grid, block, args)
-            replay.kernels = len(launches)
-            return replay
+        """Record the launches `fn` makes as a CUDA graph, without running them, and return a function that
+        replays it: captured in relaxed mode on a stream of its own, launched on the current stream so it stays
+        ordered with the work around it. The graph bakes in every launch argument; fn keeps the arrays alive."""
         cuda = self.xp.cuda
+        before = self.launches
         capturing = cuda.Stream(non_blocking=True)
         capturing.wait_event(cuda.get_current_stream().record())     # buffers written before are ready
         with capturing:
@@ -142,13 +118,11 @@ class Backend:
             idx = self.xp.ascontiguousarray(idx, dtype=np.int64)
         _check(idx, (n,), "idx", np.int64)
         if data.dtype not in (np.uint8, np.float32) or not data.flags.c_contiguous or data.ndim != 2:
-            if self._recording is not None:
-                raise RuntimeError("gpu backend: only uint8 or float32 C-contiguous data can be captured")
             x[...] = data[idx]           # other dtypes and layouts: the array module's gather, then a cast
             return
         _check(data, (data.shape[0], cols), "data", data.dtype)
-        kernel = self._k["gather_u8" if data.dtype == np.uint8 else "gather_f32"]
-        kernel((_blocks(n * cols),), (THREADS,), (x, data, idx, _i32(n), _i32(cols)))
+        kernel = "gather_u8" if data.dtype == np.uint8 else "gather_f32"
+        self._launch(kernel, (_blocks(n * cols),), (THREADS,), (x, data, idx, _i32(n), _i32(cols)))
 
     def _dense_shapes(self, out, inp, w, b):
         n, K = inp.shape
@@ -160,84 +134,59 @@ class Backend:
             _check(b, (N,), "b")
         return n, K, N
 
-    def dense_forward(self, out, inp, w, b):
+    def dense_forward(self, out, inp, w, b, activation):
         n, K, N = self._dense_shapes(out, inp, w, b)
-        self._k["dense_forward"]((_tiles(N), _tiles(n)), TILE_BLOCK, (out, inp, w, b, _i32(n), _i32(K), _i32(N)))
+        self._launch(sources.instance("dense_forward", "activation", activation), (_tiles(N), _tiles(n)), TILE_BLOCK,
+                     (out, inp, w, b, _i32(n), _i32(K), _i32(N)))
 
-    def dense_elu_forward(self, out, inp, w, b):
-        n, K, N = self._dense_shapes(out, inp, w, b)
-        self._k["dense_elu_forward"]((_tiles(N), _tiles(n)), TILE_BLOCK,
-                                     (out, inp, w, b, _i32(n), _i32(K), _i32(N)))
-
-    def _backward_shapes(self, dinp, dw, db, dout, inp, w):
+    def dense_backward(self, dinp, dw, db, dout, inp, w, out, activation):
+        """dz = dout * act'(out) is formed inside both products; dout keeps dy."""
         n, K, N = self._dense_shapes(dout, inp, w, None)
         _check(dw, (K, N), "dw")
         _check(db, (N,), "db")
         if dinp is not None:
             _check(dinp, (n, K), "dinp")
-        return n, K, N
-
-    def dense_backward(self, dinp, dw, db, dout, inp, w):
-        n, K, N = self._backward_shapes(dinp, dw, db, dout, inp, w)
-        dims = (_i32(n), _i32(K), _i32(N))
-        self._k["dense_backward_weights"]((_tiles(N), _tiles(K)), TILE_BLOCK, (dw, db, dout, inp, *dims))
-        if dinp is not None:
-            self._k["dense_backward_input"]((_tiles(K), _tiles(n)), TILE_BLOCK, (dinp, dout, w, *dims))
-
-    def dense_elu_backward(self, dinp, dw, db, dout, inp, w, out):
-        """dz = dout * ELU'(out) is formed inside both products (and stored into dout only with store_dz)."""
-        n, K, N = self._backward_shapes(dinp, dw, db, dout, inp, w)
+        if out is None:
+            if activation != "identity":
+                raise ValueError(f"gpu backend: dense_backward needs the forward output for activation {activation!r}")
+            out = dout                  # identity: act' = 1 reads nothing, but the kernel takes a readable buffer
         _check(out, (n, N), "out")
         dims = (_i32(n), _i32(K), _i32(N))
-        self._k["dense_elu_backward_weights"]((_tiles(N), _tiles(K)), TILE_BLOCK, (dw, db, dout, out, inp, *dims))
+        self._launch(sources.instance("dense_backward_weights", "activation", activation), (_tiles(N), _tiles(K)),
+                     TILE_BLOCK, (dw, db, dout, out, inp, *dims))
         if dinp is not None:
-            self._k["dense_elu_backward_input"]((_tiles(K), _tiles(n)), TILE_BLOCK, (dinp, dout, out, w, *dims))
-        if self.store_dz:
-            self._k["dense_elu_store_dz"]((_blocks(n * N),), (THREADS,), (dout, out, _i64(n * N)))
+            self._launch(sources.instance("dense_backward_input", "activation", activation), (_tiles(K), _tiles(n)),
+                         TILE_BLOCK, (dinp, dout, out, w, *dims))
 
-    def heads_forward(self, z, stats, loss, inp, w, b, counters, stream, kernel="heads_forward"):
+    def heads_forward(self, z, mu_logvar, loss, inp, w, b, counters, noise_stream, encoder):
         n, L = z.shape
-        self._dense_shapes(stats, inp, w, b)
+        n, K, _ = self._dense_shapes(mu_logvar, inp, w, b)
         _check(z, (n, L), "z")
-        _check(stats, (n, 2 * L), "stats")
+        _check(mu_logvar, (n, 2 * L), "mu_logvar")
         _check(loss, (2,), "loss", np.float64)
         _check(counters, (2,), "counters", np.int64)
-        K = inp.shape[1]
-        self._k[kernel]((_tiles(L), _tiles(n)), TILE_BLOCK,
-                        (z, stats, loss, inp, w, b, counters, _i32(stream), _i32(n), _i32(K), _i32(L)))
+        self._launch(sources.instance("heads_forward", "encoder", encoder), (_tiles(L), _tiles(n)), TILE_BLOCK,
+                     (z, mu_logvar, loss, inp, w, b, counters, _i32(noise_stream), _i32(n), _i32(K), _i32(L)))
 
-    def heads_sigma_forward(self, z, stats, loss, inp, w, b, counters, stream):
-        """The seed's first form: stats = [mu | sigma], z = mu + sigma eps, the KL with log(1e-10 + sigma^2)."""
-        self.heads_forward(z, stats, loss, inp, w, b, counters, stream, kernel="heads_sigma_forward")
-
-    def heads_sigma_backward(self, dinp, dw, db, dstats, dz, inp, w, stats, counters, stream):
+    def heads_backward(self, dinp, dw, db, dmu_logvar, dz, inp, w, mu_logvar, z, counters, noise_stream, encoder):
+        """dmu_logvar in one elementwise pass (the gamma form reads z, the sigma form draws eps again from
+        counters), then the heads' products: the identity's dense backward."""
         n, L = dz.shape
-        for a, what in ((dstats, "dstats"), (stats, "stats")):
-            _check(a, (n, 2 * L), what)
-        _check(dz, (n, L), "dz")
-        _check(counters, (2,), "counters", np.int64)
-        self._k["heads_sigma_backward_stats"]((_blocks(n * L),), (THREADS,),
-                                              (dstats, dz, stats, counters, _i32(stream), _i32(n), _i32(L)))
-        self.dense_backward(dinp, dw, db, dstats, inp, w)
-
-    def heads_backward(self, dinp, dw, db, dstats, dz, inp, w, stats, z):
-        n, L = z.shape
-        for a, what in ((dstats, "dstats"), (stats, "stats")):
+        for a, what in ((dmu_logvar, "dmu_logvar"), (mu_logvar, "mu_logvar")):
             _check(a, (n, 2 * L), what)
         for a, what in ((dz, "dz"), (z, "z")):
             _check(a, (n, L), what)
-        self._k["heads_backward_stats"]((_blocks(n * L),), (THREADS,), (dstats, dz, stats, z, _i32(n), _i32(L)))
-        self.dense_backward(dinp, dw, db, dstats, inp, w)
+        _check(counters, (2,), "counters", np.int64)
+        self._launch(sources.instance("heads_backward_mu_logvar", "encoder", encoder), (_blocks(n * L),), (THREADS,),
+                     (dmu_logvar, dz, mu_logvar, z, counters, _i32(noise_stream), _i32(n), _i32(L)))
+        self.dense_backward(dinp, dw, db, dmu_logvar, inp, w, None, "identity")
 
-    def output_forward(self, dlogits, loss, inp, w, b, x, kernel="output_forward"):
+    def output_forward(self, dlogits, loss, inp, w, b, x, reconstruction):
         n, K, N = self._dense_shapes(dlogits, inp, w, b)
         _check(x, (n, N), "x")
         _check(loss, (2,), "loss", np.float64)
-        self._k[kernel]((_tiles(N), _tiles(n)), TILE_BLOCK, (dlogits, loss, inp, w, b, x, _i32(n), _i32(K), _i32(N)))
-
-    def output_mse_forward(self, dlogits, loss, inp, w, b, x):
-        """The squared-error variant: loss[0] += sum (sigmoid(logits) - x)^2, dlogits its gradient."""
-        self.output_forward(dlogits, loss, inp, w, b, x, kernel="output_mse_forward")
+        self._launch(sources.instance("output_forward", "reconstruction", reconstruction), (_tiles(N), _tiles(n)),
+                     TILE_BLOCK, (dlogits, loss, inp, w, b, x, _i32(n), _i32(K), _i32(N)))
 
     def adam_update(self, params, grads, m, v, counters, lr, beta1, beta2, eps):
         size = params.size
@@ -245,26 +194,21 @@ class Backend:
             _check(a, (size,), what)
         _check(counters, (2,), "counters", np.int64)
         grid = max(1, min(ADAM_BLOCKS, _blocks(size)))
-        self._k["adam_update"]((grid,), (THREADS,), (params, grads, m, v, counters, _f64(lr), _f64(beta1),
-                                                     _f64(beta2), _f64(eps), _i64(size)))
-        self._k["adam_advance"]((1,), (1,), (counters,))      # after every block has read the old t
-
-
-def make_backend(xp, module, name="gpu", store_dz=False):
-    """The contract's kernels over an array module and a RawModule-like module of the compiled kernels."""
-    return Backend(xp, module, name=name, store_dz=store_dz)
+        self._launch("adam_update", (grid,), (THREADS,),
+                     (params, grads, m, v, counters, _f64(lr), _f64(beta1), _f64(beta2), _f64(eps), _i64(size)))
+        self._launch("adam_advance", (1,), (1,), (counters,))     # counters[COUNTER_STEP] += 1, after every block
 
 
 _emulated = {}
 
 
 def emulated(race_check=False):
-    """The same backend over numpy and the CPU emulation of the CUDA C (fastvae.cuda.emu): slow, for tests.
+    """The backend over numpy and the CPU emulation of the CUDA C (fastvae.cuda.emu): slow, for tests, memoized.
     race_check: ThreadSanitizer watches every launch (the process must start with LD_PRELOAD of libtsan)."""
     if race_check not in _emulated:
-        from ..cuda import emu, sources
-        module = emu.RawModule(sources.module_source(), race_check=race_check)
-        _emulated[race_check] = make_backend(np, module, name="gpu-emulated")
+        from ..cuda import emu
+        module = compile_module(emu.RawModule, race_check=race_check)
+        _emulated[race_check] = Backend(CudaKernels(np, module, name="gpu-emulated"))
     return _emulated[race_check]
 
 
@@ -316,23 +260,13 @@ _loaded = None
 
 
 def load():
-    """This module as the backend, with the contract bound to CuPy (the kernels compiled once by NVRTC)."""
+    """The gpu backend on CuPy (the kernels compiled once by NVRTC), as a contract.Backend; UserError with the
+    one-line reason where it cannot run."""
     global _loaded
     if _loaded is None:
         problem = unavailable_reason()
         if problem is not None:
             raise UserError(f"--backend gpu is not available: {problem}; use --backend cpu")
-        from ..cuda import nvrtc, sources
-        module = _cupy.RawModule(code=sources.module_source(), options=nvrtc.OPTIONS)
-        _loaded = make_backend(_cupy, module)
-        here = sys.modules[__name__]
-        for attr in CONTRACT + HOOKS + ("loss_check_interval", "store_dz", "capture"):
-            setattr(here, attr, getattr(_loaded, attr))
-    return sys.modules[__name__]
-
-
-def __getattr__(attr):
-    """The loaded backend's running launch count, read through the module (it changes, so it is not bound)."""
-    if attr == "launches" and _loaded is not None:
-        return _loaded.launches
-    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
+        from ..cuda import nvrtc
+        _loaded = Backend(CudaKernels(_cupy, compile_module(_cupy.RawModule, options=nvrtc.OPTIONS)))
+    return _loaded

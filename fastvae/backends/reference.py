@@ -1,31 +1,24 @@
 """The reference backend: float64 NumPy, written to be read. It is the specification every kernel is tested against.
 
-Kernel contract (identical names and argument order on every backend; outputs first, then inputs, then settings):
-activation gradients are written with `=`, parameter gradients with `=` (one batch per step), losses with `+=`
-into a float64[2] accumulator (reconstruction, KL), `counters` is int64[2] = (seed, steps taken so far).
-A backward kernel's `dout` is scratch: here and on the cpu it holds dz afterwards, the gpu leaves dy there (storing
-dz would cost a pass the step never reads: step.backward uses each dout once).
-Dense layers are y = x @ W + b with W stored (fan_in, fan_out).
+It implements the contract in fastvae/backends/contract.py (names, argument order, shapes, roles); its own
+gradients are checked by central finite differences (tests/test_reference.py).
 """
+from functools import partial
+
 import numpy as np
 
 from .. import rng
+from ..constants import COUNTER_SEED, COUNTER_STEP, LOSS_KL, LOSS_RECONSTRUCTION, SIGMA_SMOOTHING
 
 name = "reference"
 dtype = np.float64
 xp = np
 
 
-def empty(shape, dtype=dtype):
-    return np.empty(shape, dtype=dtype)
-
-
-def zeros(shape, dtype=dtype):
-    return np.zeros(shape, dtype=dtype)
-
-
-def asarray(a, dtype=dtype):
-    return np.array(a, dtype=dtype, copy=True)
+# The array hooks: host arrays of the backend's dtype unless another is asked for; asarray always copies.
+empty = partial(np.empty, dtype=dtype)
+zeros = partial(np.zeros, dtype=dtype)
+asarray = partial(np.array, dtype=dtype, copy=True)
 
 
 def to_host(a):
@@ -36,13 +29,32 @@ def synchronize():
     pass
 
 
-def elu(z):
-    return np.where(z > 0, z, np.expm1(np.minimum(z, 0.0)))
+# ---------------------------------------------------------------- activations: y = act(z), act'(z) from y alone
+# Each derivative follows from the output, so the forward pass keeps only y (constants.ACTIVATIONS).
+
+def activate(z, activation):
+    """act(z) for activation in constants.ACTIVATIONS."""
+    if activation == "elu":
+        return np.where(z > 0, z, np.expm1(np.minimum(z, 0.0)))
+    if activation == "relu":
+        return np.maximum(z, 0.0)
+    if activation == "tanh":
+        return np.tanh(z)
+    if activation == "identity":
+        return z
+    raise ValueError(f"unknown activation {activation!r}")
 
 
-def elu_grad_from_output(y):
-    """ELU'(z) from y = ELU(z): 1 where y > 0, else exp(z) = y + 1. The pre-activation is never stored."""
-    return np.where(y > 0, 1.0, y + 1.0)
+def activation_grad_from_output(y, activation):
+    """act'(z) from y = act(z): elu 1 where y > 0, else exp(z) = y + 1; relu 1 where y > 0, else 0 (the kink at 0
+    takes the left derivative); tanh 1 - y^2."""
+    if activation == "elu":
+        return np.where(y > 0, 1.0, y + 1.0)
+    if activation == "relu":
+        return np.where(y > 0, 1.0, 0.0)
+    if activation == "tanh":
+        return 1.0 - y * y
+    raise ValueError(f"unknown activation {activation!r}")
 
 
 def sigmoid(z):
@@ -55,92 +67,91 @@ def gather_batch(x, data, idx):
     x[...] = rows / 255.0 if rows.dtype == np.uint8 else rows
 
 
-def dense_forward(out, inp, w, b):
-    out[...] = inp @ w + b
+# ---------------------------------------------------------------- dense layers: forward and backward side by side
+
+def dense_forward(out, inp, w, b, activation):
+    """out (n, N) = act(inp (n, K) @ w (K, N) + b (N,))."""
+    out[...] = activate(inp @ w + b, activation)
 
 
-def dense_backward(dinp, dw, db, dout, inp, w):
-    dw[...] = inp.T @ dout
-    db[...] = dout.sum(axis=0)
+def dense_backward(dinp, dw, db, dout, inp, w, out, activation):
+    """dz = dout * act'(z), from the forward output `out` (not needed for identity); dw = inp.T @ dz,
+    db = sum of dz over rows, dinp = dz @ w.T (unless dinp is None: the first layer has no input gradient)."""
+    dz = dout if activation == "identity" else dout * activation_grad_from_output(out, activation)
+    dw[...] = inp.T @ dz
+    db[...] = dz.sum(axis=0)
     if dinp is not None:
-        dinp[...] = dout @ w.T
+        dinp[...] = dz @ w.T
 
 
-def dense_elu_forward(out, inp, w, b):
-    out[...] = elu(inp @ w + b)
+# ---------------------------------------------------------------- heads: sampling and KL, forward and backward
+
+def _scale_and_kl(second, encoder):
+    """(sigma, KL terms) of the heads' second half: logvar (sigma = exp(logvar / 2), KL term exp(lv) - 1 - lv
+    before mu^2) or, in the seed's first form, sigma itself (with log(SIGMA_SMOOTHING + sigma^2))."""
+    if encoder == "gamma":
+        return np.exp(0.5 * second), np.exp(second) - 1.0 - second
+    if encoder == "sigma":
+        return second, second * second - 1.0 - np.log(SIGMA_SMOOTHING + second * second)
+    raise ValueError(f"unknown encoder {encoder!r}")
 
 
-def dense_elu_backward(dinp, dw, db, dout, inp, w, out):
-    """dout (dL/dy) is overwritten with dz = dL/dy * ELU'(z) (scratch, see above); then a linear layer's gradients."""
-    dout *= elu_grad_from_output(out)
-    dense_backward(dinp, dw, db, dout, inp, w)
-
-
-def heads_forward(z, stats, loss, inp, w, b, counters, stream):
-    """stats = [mu | gamma] = inp @ w + b; z = mu + exp(gamma / 2) * eps; loss[1] += KL(q(z|x) || N(0, I))."""
-    stats[...] = inp @ w + b
+def heads_forward(z, mu_logvar, loss, inp, w, b, counters, noise_stream, encoder):
+    """mu_logvar = [mu | logvar] = inp @ w + b; z = mu + sigma * eps; loss[KL] += KL(q(z|x) || N(0, I))
+    = 0.5 sum(exp(logvar) + mu^2 - 1 - logvar) (Kingma & Welling 2014, appendix B). encoder "sigma": the second
+    half is sigma and the KL 0.5 sum(sigma^2 + mu^2 - 1 - log(1e-10 + sigma^2)) (the seed's first form)."""
+    mu_logvar[...] = inp @ w + b
     n, latent = z.shape
-    mu, gamma = stats[:, :latent], stats[:, latent:]
-    eps = rng.normals(counters[0], stream, counters[1], n, latent).astype(np.float64)
-    z[...] = mu + np.exp(0.5 * gamma) * eps
-    loss[1] += 0.5 * np.sum(np.exp(gamma) + mu * mu - 1.0 - gamma)
-
-
-def heads_backward(dinp, dw, db, dstats, dz, inp, w, stats, z):
-    """dstats from dz (the decoder's input gradient) and the KL term; z - mu = exp(gamma / 2) * eps."""
-    latent = z.shape[1]
-    mu, gamma = stats[:, :latent], stats[:, latent:]
-    dstats[:, :latent] = dz + mu
-    dstats[:, latent:] = 0.5 * dz * (z - mu) + 0.5 * (np.exp(gamma) - 1.0)
-    dense_backward(dinp, dw, db, dstats, inp, w)
-
-
-# The seed's first form of the heads: they output sigma itself, and the KL term carries a smoothing constant
-# inside the log so that sigma = 0 does not give log(0).
-SIGMA_SMOOTHING = 1e-10
-
-
-def heads_sigma_forward(z, stats, loss, inp, w, b, counters, stream):
-    """stats = [mu | sigma] = inp @ w + b; z = mu + sigma * eps; loss[1] += 0.5 sum(sigma^2 + mu^2 - 1 -
-    log(1e-10 + sigma^2))."""
-    stats[...] = inp @ w + b
-    n, latent = z.shape
-    mu, sigma = stats[:, :latent], stats[:, latent:]
-    eps = rng.normals(counters[0], stream, counters[1], n, latent).astype(np.float64)
+    mu, second = mu_logvar[:, :latent], mu_logvar[:, latent:]
+    sigma, kl_terms = _scale_and_kl(second, encoder)
+    eps = rng.normals(counters[COUNTER_SEED], noise_stream, counters[COUNTER_STEP], n, latent).astype(np.float64)
     z[...] = mu + sigma * eps
-    loss[1] += 0.5 * np.sum(sigma * sigma + mu * mu - 1.0 - np.log(SIGMA_SMOOTHING + sigma * sigma))
+    loss[LOSS_KL] += 0.5 * np.sum(kl_terms + mu * mu)
 
 
-def heads_sigma_backward(dinp, dw, db, dstats, dz, inp, w, stats, counters, stream):
-    """d mu = dz + mu; d sigma = dz eps + sigma - sigma / (1e-10 + sigma^2). eps is drawn again from its
-    counter (sigma may be 0, so it cannot be recovered from z)."""
+def heads_backward(dinp, dw, db, dmu_logvar, dz, inp, w, mu_logvar, z, counters, noise_stream, encoder):
+    """d mu = dz + mu. gamma form: d logvar = dz (z - mu) / 2 + (exp(logvar) - 1) / 2, with z - mu = sigma eps.
+    sigma form: d sigma = dz eps + sigma - sigma / (1e-10 + sigma^2), eps drawn again from its counter (sigma may
+    be 0, so z cannot give it back). Then the heads' linear backward."""
     n, latent = dz.shape
-    mu, sigma = stats[:, :latent], stats[:, latent:]
-    eps = rng.normals(counters[0], stream, counters[1], n, latent).astype(np.float64)
-    dstats[:, :latent] = dz + mu
-    dstats[:, latent:] = dz * eps + sigma - sigma / (SIGMA_SMOOTHING + sigma * sigma)
-    dense_backward(dinp, dw, db, dstats, inp, w)
+    mu, second = mu_logvar[:, :latent], mu_logvar[:, latent:]
+    dmu_logvar[:, :latent] = dz + mu
+    if encoder == "gamma":
+        dmu_logvar[:, latent:] = 0.5 * dz * (z - mu) + 0.5 * (np.exp(second) - 1.0)
+    elif encoder == "sigma":
+        eps = rng.normals(counters[COUNTER_SEED], noise_stream, counters[COUNTER_STEP], n, latent).astype(np.float64)
+        dmu_logvar[:, latent:] = dz * eps + second - second / (SIGMA_SMOOTHING + second * second)
+    else:
+        raise ValueError(f"unknown encoder {encoder!r}")
+    dense_backward(dinp, dw, db, dmu_logvar, inp, w, None, "identity")
 
 
-def output_forward(dlogits, loss, inp, w, b, x):
-    """logits = inp @ w + b; loss[0] += sum of sigmoid cross-entropy (stable form); dlogits = sigmoid - x."""
+# ---------------------------------------------------------------- output layer with its loss
+
+def output_forward(dlogits, loss, inp, w, b, x, reconstruction):
+    """logits = inp @ w + b. "xent": loss[RECONSTRUCTION] += sum of sigmoid cross-entropy against x (stable form
+    max(l, 0) - l x + log(1 + exp(-|l|))), dlogits = sigmoid(l) - x. "mse": p = sigmoid(l), loss += sum (p - x)^2,
+    dlogits = 2 (p - x) p (1 - p)."""
     logits = inp @ w + b
-    loss[0] += np.sum(np.maximum(logits, 0.0) - logits * x + np.log1p(np.exp(-np.abs(logits))))
-    dlogits[...] = sigmoid(logits) - x
+    p = sigmoid(logits)
+    if reconstruction == "xent":
+        loss[LOSS_RECONSTRUCTION] += np.sum(np.maximum(logits, 0.0) - logits * x + np.log1p(np.exp(-np.abs(logits))))
+        dlogits[...] = p - x
+    elif reconstruction == "mse":
+        loss[LOSS_RECONSTRUCTION] += np.sum((p - x) ** 2)
+        dlogits[...] = 2.0 * (p - x) * p * (1.0 - p)
+    else:
+        raise ValueError(f"unknown reconstruction {reconstruction!r}")
 
 
-def output_mse_forward(dlogits, loss, inp, w, b, x):
-    """The squared-error variant: p = sigmoid(inp @ w + b); loss[0] += sum (p - x)^2; dlogits = 2 (p - x) p (1 - p)."""
-    p = sigmoid(inp @ w + b)
-    loss[0] += np.sum((p - x) ** 2)
-    dlogits[...] = 2.0 * (p - x) * p * (1.0 - p)
-
+# ---------------------------------------------------------------- Adam
 
 def adam_update(params, grads, m, v, counters, lr, beta1, beta2, eps):
-    """One Adam step in TensorFlow's form (the seed's): eps is added to sqrt(v), the bias correction to lr."""
-    t = int(counters[1]) + 1
+    """One Adam step in TensorFlow's form (the seed's): eps is added to sqrt(v), the bias correction to lr.
+    Kingma & Ba 2015, section 2 (the form before algorithm 1's last line)."""
+    t = int(counters[COUNTER_STEP]) + 1
     m[...] = beta1 * m + (1.0 - beta1) * grads
     v[...] = beta2 * v + (1.0 - beta2) * grads * grads
     lr_t = lr * np.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
     params -= lr_t * m / (np.sqrt(v) + eps)
-    counters[1] = t
+    counters[COUNTER_STEP] = t

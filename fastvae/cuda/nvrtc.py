@@ -7,6 +7,7 @@ import ctypes
 import glob
 import os
 import re
+from typing import NamedTuple
 
 # Compiler options shared with the gpu backend's RawModule. No fast-math and no --fmad=false: the Box-Muller
 # normals avoid FMA contraction with the __dmul_rn/__dadd_rn intrinsics, so the matrix products keep their FMAs.
@@ -23,6 +24,12 @@ _WARNING = re.compile(r"\bwarning\b", re.I)
 
 class CompileError(RuntimeError):
     pass
+
+
+class Compiled(NamedTuple):
+    cubin: bytes
+    log: str
+    lowered: dict       # name expression (e.g. "dense_forward<ACTIVATION_ELU>") -> the kernel's mangled name
 
 
 def find_library():
@@ -61,6 +68,8 @@ def library():
         lib.nvrtcGetCUBINSize.argtypes = [P, ctypes.POINTER(ctypes.c_size_t)]
         lib.nvrtcGetCUBIN.argtypes = [P, ctypes.c_char_p]
         lib.nvrtcDestroyProgram.argtypes = [ctypes.POINTER(P)]
+        lib.nvrtcAddNameExpression.argtypes = [P, ctypes.c_char_p]
+        lib.nvrtcGetLoweredName.argtypes = [P, ctypes.c_char_p, ctypes.POINTER(ctypes.c_char_p)]
         lib.nvrtcGetErrorString.argtypes = [ctypes.c_int]
         lib.nvrtcGetErrorString.restype = ctypes.c_char_p
         lib.nvrtcVersion.argtypes = [ctypes.POINTER(ctypes.c_int), ctypes.POINTER(ctypes.c_int)]
@@ -74,13 +83,17 @@ def version():
     return major.value, minor.value
 
 
-def compile_cubin(source, arch, name="fastvae.cu", options=OPTIONS + WARNINGS, werror=True):
-    """Compile `source` for `arch` (e.g. "sm_90"); returns (cubin bytes, log). Raises CompileError on an error,
-    and, with werror, on any warning (NVRTC's --warning-as-error, and any "warning" left in the log)."""
+def compile_cubin(source, arch, name="fastvae.cu", options=OPTIONS + WARNINGS, werror=True, name_expressions=()):
+    """Compile `source` for `arch` (e.g. "sm_90"); returns Compiled(cubin, log, lowered). `name_expressions` are
+    instantiated (template kernels, as CuPy's RawModule does) and `lowered` maps each to its mangled name. Raises
+    CompileError on an error, and, with werror, on any warning (NVRTC's --warning-as-error, and any "warning" left
+    in the log)."""
     lib = library()
     prog = ctypes.c_void_p()
     _check(lib, lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), name.encode(), 0, None, None))
     try:
+        for expression in name_expressions:
+            _check(lib, lib.nvrtcAddNameExpression(prog, expression.encode()))
         opts = [f"--gpu-architecture={arch}", *options, *(WERROR if werror else ())]
         argv = (ctypes.c_char_p * len(opts))(*[o.encode() for o in opts])
         status = lib.nvrtcCompileProgram(prog, len(opts), argv)
@@ -96,7 +109,12 @@ def compile_cubin(source, arch, name="fastvae.cu", options=OPTIONS + WARNINGS, w
         _check(lib, lib.nvrtcGetCUBINSize(prog, ctypes.byref(size)))
         cubin = ctypes.create_string_buffer(size.value)
         _check(lib, lib.nvrtcGetCUBIN(prog, cubin))
-        return cubin.raw, log
+        lowered = {}
+        for expression in name_expressions:
+            mangled = ctypes.c_char_p()
+            _check(lib, lib.nvrtcGetLoweredName(prog, expression.encode(), ctypes.byref(mangled)))
+            lowered[expression] = mangled.value.decode()
+        return Compiled(cubin.raw, log, lowered)
     finally:
         lib.nvrtcDestroyProgram(ctypes.byref(prog))
 
@@ -110,9 +128,10 @@ def _check(lib, status):
         raise CompileError(_error(lib, status))
 
 
-
-def resource_usage(log):
-    """{kernel: (registers, shared memory bytes, stack frame bytes, spill stores + loads bytes)} from ptxas -v."""
+def resource_usage(log, lowered=None):
+    """{kernel: (registers, shared memory bytes, stack frame bytes, spill stores + loads bytes)} from ptxas -v;
+    a template instance is named by its name expression when `lowered` (Compiled.lowered) is given."""
+    named = {mangled: expression for expression, mangled in (lowered or {}).items()}
     out, kernel, frame = {}, None, (0, 0)
     for line in log.splitlines():
         if m := re.search(r"Compiling entry function '(\w+)'", line):
@@ -121,6 +140,6 @@ def resource_usage(log):
             frame = (int(m[1]), int(m[2]) + int(m[3]))
         elif kernel and (m := re.search(r"Used (\d+) registers", line)):
             smem = re.search(r"(\d+) bytes smem", line)
-            out[kernel] = (int(m[1]), int(smem[1]) if smem else 0, *frame)
+            out[named.get(kernel, kernel)] = (int(m[1]), int(smem[1]) if smem else 0, *frame)
             kernel, frame = None, (0, 0)
     return out

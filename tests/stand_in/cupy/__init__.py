@@ -2,7 +2,7 @@
 RawModule, a scripted CUDA runtime and CuPy's stream-capture protocol. With it, fastvae's gpu backend runs its
 real code path — load(), the availability checks, the launch code, capture and replay — up to the CuPy calls.
 
-Use it in-process (tests/test_cuda_emulation.py puts it in sys.modules) or for a subprocess by putting
+Use it in-process (tests/test_gpu_steps.py puts it in sys.modules) or for a subprocess by putting
 tests/stand_in on PYTHONPATH (tests/test_cli.py runs `python -m fastvae.train --backend gpu` that way).
 FASTVAE_STAND_IN_DRIVER / _RUNTIME set the reported CUDA versions (e.g. 11080 for a too-old driver).
 """
@@ -61,8 +61,8 @@ cuda = types.SimpleNamespace(runtime=runtime, Stream=Stream, get_current_stream=
 class RawModule:
     """The emulator's RawModule, whose launches a capturing stream records instead of running."""
 
-    def __init__(self, code, options=()):
-        self.module = emu.RawModule(code, options)
+    def __init__(self, code, options=(), name_expressions=None):
+        self.module = emu.RawModule(code, options, name_expressions=name_expressions)
 
     def get_function(self, name):
         kernel = self.module.get_function(name)

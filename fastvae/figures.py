@@ -38,7 +38,8 @@ def save_digits(path, images, rows=6, cols=10, title=None):
     """The seed's Figure 15-12: `rows` x `cols` generated digits, black on white."""
     fig = _figure(cols * 0.8, rows * 0.8 + (0.4 if title else 0))
     ax = fig.add_axes((0, 0, 1, 1 if not title else rows * 0.8 / (rows * 0.8 + 0.4)))
-    ax.imshow(1.0 - digit_grid(images, rows, cols, pad=2, gap=0.12), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(1.0 - digit_grid(images, rows, cols, pad=2, gap=0.12), cmap="gray", vmin=0, vmax=1,
+              interpolation="nearest")
     ax.set_axis_off()
     if title:
         fig.suptitle(title, fontsize=10, y=0.99)

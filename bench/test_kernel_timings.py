@@ -12,36 +12,38 @@ from fastvae.params import Layout
 ROWS = SEED_CFG.batch_size
 F32 = 4
 # (name, fan_in, fan_out) of the four hidden layers: encoder 1 and 2, decoder 1 and 2
-ELU_LAYERS = [("enc1", 784, 500), ("enc2", 500, 500), ("dec1", 20, 500), ("dec2", 500, 500)]
+HIDDEN_LAYERS = [("enc1", 784, 500), ("enc2", 500, 500), ("dec1", 20, 500), ("dec2", 500, 500)]
 BACKENDS = backend_params()
 
 
-@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
-@pytest.mark.parametrize("layer,fan_in,fan_out", ELU_LAYERS, ids=[n for n, _, _ in ELU_LAYERS])
-def test_dense_elu_forward(benchmark, backend, rand, layer, fan_in, fan_out):
-    benchmark.group = f"kernel dense_elu_forward {layer} {ROWS}x{fan_in}->{fan_out}"
-    kc.check_dense(backend, rand, ROWS, fan_in, fan_out, elu=True)
+def _hidden_layer(benchmark, backend, rand, kernel, layer, fan_in, fan_out):
+    """Names the group, checks the kernels against the reference, and returns a hidden layer's (inp, w, b, out)."""
+    benchmark.group = f"kernel {kernel} elu {layer} {ROWS}x{fan_in}->{fan_out}"
+    kc.check_dense(backend, rand, ROWS, fan_in, fan_out, "elu")
     inp, w, b = (backend.asarray(a) for a in kc.layer_inputs(rand, ROWS, fan_in, fan_out))
-    out = backend.empty((ROWS, fan_out))
-    timed(benchmark, backend, lambda: backend.dense_elu_forward(out, inp, w, b),
+    return inp, w, b, backend.empty((ROWS, fan_out))
+
+
+@pytest.mark.parametrize("backend", BACKENDS, indirect=True)
+@pytest.mark.parametrize("layer,fan_in,fan_out", HIDDEN_LAYERS, ids=[n for n, _, _ in HIDDEN_LAYERS])
+def test_dense_forward(benchmark, backend, rand, layer, fan_in, fan_out):
+    inp, w, b, out = _hidden_layer(benchmark, backend, rand, "dense_forward", layer, fan_in, fan_out)
+    timed(benchmark, backend, lambda: backend.dense_forward(out, inp, w, b, "elu"),
           flops=2 * ROWS * fan_in * fan_out + 2 * ROWS * fan_out,
           nbytes=F32 * (ROWS * fan_in + fan_in * fan_out + fan_out + ROWS * fan_out))
 
 
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)
-@pytest.mark.parametrize("layer,fan_in,fan_out", ELU_LAYERS, ids=[n for n, _, _ in ELU_LAYERS])
-def test_dense_elu_backward(benchmark, backend, rand, layer, fan_in, fan_out):
-    benchmark.group = f"kernel dense_elu_backward {layer} {ROWS}x{fan_in}->{fan_out}"
-    kc.check_dense(backend, rand, ROWS, fan_in, fan_out, elu=True)
-    inp, w, b = (backend.asarray(a) for a in kc.layer_inputs(rand, ROWS, fan_in, fan_out))
-    out = backend.empty((ROWS, fan_out))
-    backend.dense_elu_forward(out, inp, w, b)
+@pytest.mark.parametrize("layer,fan_in,fan_out", HIDDEN_LAYERS, ids=[n for n, _, _ in HIDDEN_LAYERS])
+def test_dense_backward(benchmark, backend, rand, layer, fan_in, fan_out):
+    inp, w, b, out = _hidden_layer(benchmark, backend, rand, "dense_backward", layer, fan_in, fan_out)
+    backend.dense_forward(out, inp, w, b, "elu")
     dout0 = backend.asarray(rand.normal(0, 1, (ROWS, fan_out)))
     dout = backend.empty((ROWS, fan_out))
     dinp, dw, db = backend.empty((ROWS, fan_in)), backend.empty((fan_in, fan_out)), backend.empty(fan_out)
     first = layer == "enc1"                        # the first layer needs no input gradient
     timed(benchmark, backend,
-          lambda: backend.dense_elu_backward(None if first else dinp, dw, db, dout, inp, w, out),
+          lambda: backend.dense_backward(None if first else dinp, dw, db, dout, inp, w, out, "elu"),
           setup=lambda: dout.__setitem__(Ellipsis, dout0),      # dz overwrites dout: restore it each round
           flops=(2 if first else 4) * ROWS * fan_in * fan_out + 3 * ROWS * fan_out,
           nbytes=F32 * (2 * ROWS * fan_out * 2 + ROWS * fan_in * (1 if first else 2)
@@ -52,9 +54,9 @@ def test_dense_elu_backward(benchmark, backend, rand, layer, fan_in, fan_out):
 def test_heads_forward_and_backward(benchmark, backend, rand):
     fan_in, latent = 500, SEED_CFG.latent
     benchmark.group = f"kernel heads forward+backward {ROWS}x{fan_in}->{2 * latent}"
-    kc.check_heads(backend, rand, ROWS, fan_in, latent)
+    kc.check_heads(backend, rand, ROWS, fan_in, latent, "gamma")
     inp, w, b = (backend.asarray(a) for a in kc.layer_inputs(rand, ROWS, fan_in, 2 * latent))
-    z, stats, dstats = backend.empty((ROWS, latent)), backend.empty((ROWS, 2 * latent)), \
+    z, mu_logvar, dmu_logvar = backend.empty((ROWS, latent)), backend.empty((ROWS, 2 * latent)), \
         backend.empty((ROWS, 2 * latent))
     dz = backend.asarray(rand.normal(0, 1, (ROWS, latent)))
     dinp, dw, db = backend.empty((ROWS, fan_in)), backend.empty((fan_in, 2 * latent)), backend.empty(2 * latent)
@@ -62,8 +64,8 @@ def test_heads_forward_and_backward(benchmark, backend, rand):
     counters = backend.asarray(np.array([1, 2]), dtype=np.int64)
 
     def both():
-        backend.heads_forward(z, stats, loss, inp, w, b, counters, 0)
-        backend.heads_backward(dinp, dw, db, dstats, dz, inp, w, stats, z)
+        backend.heads_forward(z, mu_logvar, loss, inp, w, b, counters, 0, "gamma")
+        backend.heads_backward(dinp, dw, db, dmu_logvar, dz, inp, w, mu_logvar, z, counters, 0, "gamma")
 
     timed(benchmark, backend, both, flops=3 * 2 * ROWS * fan_in * 2 * latent,
           nbytes=F32 * (2 * ROWS * fan_in + 2 * fan_in * 2 * latent + 4 * ROWS * 2 * latent))
@@ -73,11 +75,11 @@ def test_heads_forward_and_backward(benchmark, backend, rand):
 def test_output_forward_with_loss(benchmark, backend, rand):
     fan_in, width = 500, 784
     benchmark.group = f"kernel output_forward+loss {ROWS}x{fan_in}->{width}"
-    kc.check_output(backend, rand, ROWS, fan_in, width)
+    kc.check_output(backend, rand, ROWS, fan_in, width, "xent")
     inp, w, b = (backend.asarray(a) for a in kc.layer_inputs(rand, ROWS, fan_in, width))
     x = backend.asarray(rand.uniform(0, 1, (ROWS, width)))
     dlogits, loss = backend.empty((ROWS, width)), backend.zeros(2, dtype=np.float64)
-    timed(benchmark, backend, lambda: backend.output_forward(dlogits, loss, inp, w, b, x),
+    timed(benchmark, backend, lambda: backend.output_forward(dlogits, loss, inp, w, b, x, "xent"),
           flops=2 * ROWS * fan_in * width + 10 * ROWS * width,
           nbytes=F32 * (ROWS * fan_in + fan_in * width + width + 2 * ROWS * width))
 
@@ -86,11 +88,11 @@ def test_output_forward_with_loss(benchmark, backend, rand):
 def test_output_backward(benchmark, backend, rand):
     fan_in, width = 500, 784
     benchmark.group = f"kernel dense_backward (output) {ROWS}x{fan_in}->{width}"
-    kc.check_dense(backend, rand, ROWS, fan_in, width, elu=False)
+    kc.check_dense(backend, rand, ROWS, fan_in, width, "identity")
     inp, w, _ = (backend.asarray(a) for a in kc.layer_inputs(rand, ROWS, fan_in, width))
     dout = backend.asarray(rand.normal(0, 1, (ROWS, width)))
     dinp, dw, db = backend.empty((ROWS, fan_in)), backend.empty((fan_in, width)), backend.empty(width)
-    timed(benchmark, backend, lambda: backend.dense_backward(dinp, dw, db, dout, inp, w),
+    timed(benchmark, backend, lambda: backend.dense_backward(dinp, dw, db, dout, inp, w, None, "identity"),
           flops=4 * ROWS * fan_in * width + ROWS * width,
           nbytes=F32 * (ROWS * width + 2 * ROWS * fan_in + 2 * fan_in * width + width))
 

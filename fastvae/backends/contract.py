@@ -1,0 +1,132 @@
+"""The backend contract, declared once: every kernel's name, arguments (shape, dtype, role) and the array hooks.
+
+A backend is anything with these names (a module, or an object); `Backend(impl)` checks it against this
+declaration when it loads (every kernel present, its parameters named and ordered as here) and exposes exactly
+the contract, so all backends have one shape. fastvae.backends.reference implements it in float64 NumPy and is
+the specification; the tests hold every other backend to it, kernel by kernel (tests/test_kernels.py).
+
+Conventions (after llm.c): outputs first, then inputs, then settings. Activation gradients and parameter
+gradients are written with `=` (one batch per step); losses are added (`+=`) into the float64[2] accumulator
+`loss` at (LOSS_RECONSTRUCTION, LOSS_KL); `counters` is int64[2] at (COUNTER_SEED, COUNTER_STEP), see
+fastvae.constants. A dense layer is y = act(x @ W + b) with W stored (fan_in, fan_out). A backward kernel's
+`dout` is scratch: it may hold dy or dz afterwards (the step reads each dout once).
+
+Shape symbols: n rows of the batch, K a layer's fan-in, N its fan-out, L the latent size, D the data width,
+M the rows of the data set, P the number of parameters. dtype "float" is the backend's own (`Backend.dtype`).
+"""
+import inspect
+from dataclasses import dataclass
+
+from ..constants import ACTIVATIONS, ENCODERS, RECONSTRUCTIONS
+from ..errors import UserError
+
+
+@dataclass(frozen=True)
+class Arg:
+    name: str
+    role: str            # "out" written, "in" read, "inout" read and written, "acc" added to, "scratch", "setting"
+    shape: str = ""      # e.g. "(n, K)"; "" for settings
+    dtype: str = "float"
+    optional: bool = False   # may be None (dinp of the first layer; out of a linear layer's backward)
+
+
+@dataclass(frozen=True)
+class Kernel:
+    name: str
+    args: tuple
+    doc: str
+
+    @property
+    def arg_names(self):
+        return tuple(a.name for a in self.args)
+
+
+def _k(name, doc, *args):
+    return Kernel(name, tuple(args), doc)
+
+
+_DENSE_IN = (Arg("inp", "in", "(n, K)"), Arg("w", "in", "(K, N)"))
+_LOSS = Arg("loss", "acc", "(2,)", "float64")
+_COUNTERS = Arg("counters", "in", "(2,)", "int64")
+
+KERNELS = {k.name: k for k in (
+    _k("gather_batch", "x = data[idx] as floats in [0, 1]; uint8 data is scaled by 1/255.",
+       Arg("x", "out", "(n, D)"), Arg("data", "in", "(M, D)", "uint8 or float"), Arg("idx", "in", "(n,)", "int64")),
+    _k("dense_forward", "out = act(inp @ w + b), act one of constants.ACTIVATIONS (a compile-time choice).",
+       Arg("out", "out", "(n, N)"), *_DENSE_IN, Arg("b", "in", "(N,)"), Arg("activation", "setting", dtype="str")),
+    _k("dense_backward", "dz = dout * act'(z) formed from the forward output `out` (None for identity); "
+       "dw = inp.T @ dz, db = sum of dz over rows, dinp = dz @ w.T (skipped when dinp is None).",
+       Arg("dinp", "out", "(n, K)", optional=True), Arg("dw", "out", "(K, N)"), Arg("db", "out", "(N,)"),
+       Arg("dout", "scratch", "(n, N)"), *_DENSE_IN, Arg("out", "in", "(n, N)", optional=True),
+       Arg("activation", "setting", dtype="str")),
+    _k("heads_forward", "mu_logvar = inp @ w + b = [mu | logvar] (or [mu | sigma], encoder 'sigma'); "
+       "z = mu + sigma * eps with eps = rng.normals(seed, noise_stream, step); loss[KL] += KL(q(z|x) || N(0, I)).",
+       Arg("z", "out", "(n, L)"), Arg("mu_logvar", "out", "(n, 2L)"), _LOSS,
+       Arg("inp", "in", "(n, K)"), Arg("w", "in", "(K, 2L)"), Arg("b", "in", "(2L,)"), _COUNTERS,
+       Arg("noise_stream", "setting", dtype="int"), Arg("encoder", "setting", dtype="str")),
+    _k("heads_backward", "dmu_logvar from dz (the decoder's input gradient) and the KL term; then the heads' "
+       "dense backward. The gamma form recovers eps from z, the sigma form draws it again from `counters`.",
+       Arg("dinp", "out", "(n, K)", optional=True), Arg("dw", "out", "(K, 2L)"), Arg("db", "out", "(2L,)"),
+       Arg("dmu_logvar", "out", "(n, 2L)"), Arg("dz", "in", "(n, L)"), Arg("inp", "in", "(n, K)"),
+       Arg("w", "in", "(K, 2L)"), Arg("mu_logvar", "in", "(n, 2L)"), Arg("z", "in", "(n, L)"), _COUNTERS,
+       Arg("noise_stream", "setting", dtype="int"), Arg("encoder", "setting", dtype="str")),
+    _k("output_forward", "logits = inp @ w + b; loss[RECONSTRUCTION] += the reconstruction loss against x; "
+       "dlogits = its gradient with respect to the logits (the logits themselves are not kept).",
+       Arg("dlogits", "out", "(n, D)"), _LOSS, Arg("inp", "in", "(n, K)"), Arg("w", "in", "(K, D)"),
+       Arg("b", "in", "(D,)"), Arg("x", "in", "(n, D)"), Arg("reconstruction", "setting", dtype="str")),
+    _k("adam_update", "One Adam step in TensorFlow's form over the flat buffer; advances counters[STEP].",
+       Arg("params", "inout", "(P,)"), Arg("grads", "in", "(P,)"), Arg("m", "inout", "(P,)"),
+       Arg("v", "inout", "(P,)"), Arg("counters", "inout", "(2,)", "int64"), Arg("lr", "setting", dtype="float"),
+       Arg("beta1", "setting", dtype="float"), Arg("beta2", "setting", dtype="float"),
+       Arg("eps", "setting", dtype="float")),
+)}
+
+# Every backend has these: its name, its float dtype, its array module, and the array hooks.
+HOOKS = ("name", "dtype", "xp", "empty", "zeros", "asarray", "to_host", "synchronize")
+# Optional: capture(fn) -> replay (records a whole step once, gpu); loss_check_interval (steps between reads of
+# the loss by the trainer, default 1).
+OPTIONAL = {"capture": None, "loss_check_interval": 1}
+
+SETTINGS = {"activation": ACTIVATIONS, "encoder": ENCODERS, "reconstruction": RECONSTRUCTIONS}
+
+
+class ContractError(TypeError):
+    """A backend does not implement the contract (a programming error in the backend, not a user's)."""
+
+
+class Backend:
+    """A backend checked against the contract: exactly the kernels, hooks and optional parts declared above.
+
+    `impl` is a module or object with those names. Raises ContractError naming every missing name and every
+    kernel whose parameters differ from the contract's (names and order).
+    """
+
+    def __init__(self, impl):
+        problems = [f"missing {n}" for n in (*KERNELS, *HOOKS) if not hasattr(impl, n)]
+        for kernel in KERNELS.values():
+            fn = getattr(impl, kernel.name, None)
+            if fn is None:
+                continue
+            params = tuple(inspect.signature(fn).parameters)
+            if params != kernel.arg_names:
+                problems.append(f"{kernel.name}{params} is not {kernel.name}{kernel.arg_names}")
+        if problems:
+            label = getattr(impl, "name", impl)
+            raise ContractError(f"backend {label!r} breaks the contract: " + "; ".join(problems))
+        for n in (*KERNELS, *HOOKS):
+            setattr(self, n, getattr(impl, n))
+        for n, default in OPTIONAL.items():
+            setattr(self, n, getattr(impl, n, default))
+        self.impl = impl
+
+    def __repr__(self):
+        return f"<fastvae backend {self.name!r} ({self.dtype.__name__})>"
+
+
+def check_settings(be, cfg):
+    """One line naming a setting of `cfg` that the contract does not know (Config checks them too); called once
+    when a model is set up, so a bad variant fails there and not in the middle of a run."""
+    for setting, allowed in SETTINGS.items():
+        value = getattr(cfg, setting, None)
+        if value is not None and value not in allowed:
+            raise UserError(f"the {be.name} backend has no {setting} {value!r}; choose one of {', '.join(allowed)}")

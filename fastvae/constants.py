@@ -1,0 +1,34 @@
+"""Values that more than one place must agree on, defined once.
+
+The CUDA C receives the ones it uses as generated `#define`s (fastvae.cuda.sources.defines), so a change here
+reaches every backend, and the compiled module's cache key (its source text) changes with it.
+"""
+
+# The hidden layers' activation, chosen by Config.activation; "identity" is the linear layers' (the heads' and the
+# output's products). Every one has a derivative that follows from its output y, so no pre-activation is stored:
+#   elu: y' = 1 where y > 0, else y + 1;  relu: 1 where y > 0, else 0;  tanh: 1 - y^2;  identity: 1.
+# A kernel receives the code (the index here), a compile-time constant in the CUDA C (a template argument) and a
+# branch that LLVM hoists out of the loop in Numba (measured: the same time as an ELU-only loop).
+ACTIVATIONS = ("identity", "elu", "relu", "tanh")
+HIDDEN_ACTIVATIONS = ACTIVATIONS[1:]
+
+# The heads' second half: "gamma" = log sigma^2 (the seed's final form, the field's logvar), or "sigma" itself
+# (the seed's first form). The reconstruction term: sigmoid cross-entropy or squared error of sigmoid(logits).
+ENCODERS = ("gamma", "sigma")
+RECONSTRUCTIONS = ("xent", "mse")
+
+# The sigma form's KL has log(SIGMA_SMOOTHING + sigma^2), so that sigma = 0 does not give log(0) (the seed's 1e-10).
+SIGMA_SMOOTHING = 1e-10
+
+# The float64[2] loss accumulator every forward kernel adds to: (reconstruction, KL), summed over rows.
+LOSS_RECONSTRUCTION, LOSS_KL = 0, 1
+# The int64[2] counters in device memory: (seed, steps taken so far). Adam's t is steps + 1; the noise of a
+# training step is drawn at (seed, steps); adam_update advances steps.
+COUNTER_SEED, COUNTER_STEP = 0, 1
+
+# On a device each read of the loss waits for the step to finish, so the trainer checks that it is finite only
+# every LOSS_CHECK_INTERVAL_DEVICE steps (the progress bar's rate) and at each epoch's end; on the host, every step.
+LOSS_CHECK_INTERVAL_DEVICE = 25
+
+# The seed decodes this many codings drawn from N(0, I) after training (Géron's figure of 60 digits).
+SAMPLE_CODINGS = 60

@@ -1,0 +1,125 @@
+"""The training loop: epochs of shuffled batches, the divergence guard, Ctrl-C, timing and each epoch's record.
+
+VAE.fit checks its arguments and calls run_epochs; everything between two calls of the step lives here. The
+loop works on the model's own state (its backend, step.State, workspace and training position: epoch,
+epoch_step, epoch_loss), so a model stopped by Ctrl-C can be saved and resumed exactly where it stood.
+"""
+import signal
+import threading
+import time
+
+import numpy as np
+
+from . import rng, step
+from .constants import LOSS_CHECK_INTERVAL_DEVICE
+from .errors import TrainingDiverged, TrainingInterrupted, UserError
+
+# Steps between updates of the progress bar: the device backends read the loss back at this rate, so the bar
+# costs them nothing more.
+PROGRESS_EVERY = LOSS_CHECK_INTERVAL_DEVICE
+
+
+def run_epochs(model, X, ws, epochs, validation=None, callback=None, progress=False):
+    """Train `model` for `epochs` epochs on the images X (already checked: uint8 or float (n, 784)) in the
+    workspace `ws`, whose size is the batch size. See VAE.fit for what the arguments mean and what it raises."""
+    be, cfg = model.backend, model.config
+    stepper = step.Stepper(be, cfg, model.state, ws, be.asarray(X, dtype=X.dtype))
+    # NaN/Inf arising inside the kernels is reported once, by the divergence guard, not as NumPy warnings
+    with StopOnCtrlC() as stop, np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        for _ in range(epochs):
+            order = rng.epoch_permutation(cfg.seed, model.epoch, len(X))
+            record = _epoch(model, stepper, order, ws, progress, stop)
+            if validation is not None:
+                record["test"] = model.evaluate(validation)
+            model.history.append(record)
+            if callback is not None:
+                callback(model, record)
+            stop.check()
+
+
+def _epoch(model, stepper, order, ws, progress, stop):
+    """One epoch (or the rest of one stopped by Ctrl-C) over the shuffled `order`; returns its record."""
+    be, n = model.backend, len(order)
+    starts = range(0, n, ws.batch)
+    if model.epoch_step >= len(starts):
+        raise UserError(f"this model stopped after batch {model.epoch_step} of epoch {model.epoch + 1}, but "
+                        f"{n} images in batches of {ws.batch} make {len(starts)}; resume with the same data "
+                        "and batch size")
+    bar = _progress_bar(len(starts), f"epoch {model.epoch + 1}") if progress else None
+    if bar is not None:
+        bar.update(model.epoch_step)
+    ws.loss[...] = be.asarray(model.epoch_loss, dtype=np.float64)
+    order = be.asarray(order, dtype=np.int64)
+    check_every = be.loss_check_interval          # reading the loss waits for a device: not every step there
+    first, begin = model.epoch_step, time.perf_counter()
+    for k in range(first, len(starts)):
+        start = starts[k]
+        stepper(order[start:start + ws.batch])
+        model.epoch_step = k + 1
+        last = k == len(starts) - 1
+        # counted from the step's number, as the bar's updates are, so that on a device the reads are the bar's
+        if (k + 1) % check_every == 0 or last:
+            loss = be.to_host(ws.loss)
+            if not np.all(np.isfinite(loss)):
+                _diverged(model, f"the loss became {float(loss.sum())}")
+            if bar is not None and ((k + 1) % PROGRESS_EVERY == 0 or last):
+                seen = min(start + ws.batch, n)
+                rate = (seen - starts[first]) / (time.perf_counter() - begin)
+                bar.set_postfix_str(f"loss {float(loss.sum()) / seen:.2f}, {rate:,.0f} img/s")
+                bar.update(k + 1 - bar.n)
+        if stop.requested and not last:
+            model.epoch_loss = np.array(be.to_host(ws.loss), dtype=np.float64)
+            if bar is not None:
+                bar.close()
+            stop.check()
+    be.synchronize()
+    seconds = time.perf_counter() - begin
+    if bar is not None:
+        bar.close()
+    if not np.all(np.isfinite(be.to_host(model.state.params))):
+        _diverged(model, "a parameter became NaN or Inf")
+    rec, kl = (float(t) / n for t in be.to_host(ws.loss))
+    model.epoch, model.epoch_step, model.epoch_loss = model.epoch + 1, 0, np.zeros(2)
+    trained = n - starts[first]
+    return {"epoch": model.epoch, "steps": model.steps, "seconds": seconds, "images_per_s": trained / seconds,
+            "train": {"reconstruction": rec, "kl": kl, "total": rec + kl}}
+
+
+def _diverged(model, what):
+    model.diverged = True                   # save() refuses from now on: the last good checkpoint stands
+    lr = model.config.lr
+    raise TrainingDiverged(f"training diverged at step {model.steps} (epoch {model.epoch + 1}): {what}; "
+                           f"lower the learning rate (now {lr:g}), e.g. --lr {lr / 10:g}")
+
+
+def _progress_bar(total, desc):
+    from tqdm import tqdm                   # loaded only when a bar is shown
+    return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+
+
+class StopOnCtrlC:
+    """While training, the first Ctrl-C only asks to stop after the step in progress (check() then raises
+    TrainingInterrupted); a second one interrupts at once. Only the main thread can own SIGINT, so elsewhere
+    this does nothing."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def check(self):
+        if self.requested:
+            raise TrainingInterrupted("training stopped cleanly after a step (Ctrl-C)")
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False

@@ -1,0 +1,308 @@
+"""The gpu backend as a whole: training steps against the reference and the cpu backend, the VAE class on it, load()
+and its refusals, and the captured step (stream capture, one replay per step).
+
+Without a GPU it all runs in CI: steps on the emulated backend (gpu.emulated(): the launch code over numpy and the
+CUDA C run on the CPU), load() and capture on the stand-in CuPy of tests/stand_in (numpy arrays, the same emulated
+kernels, CuPy's stream-capture protocol). On a machine with a GPU the same tests also run on the device (marker
+gpu), there also at the seed's sizes. The kernels one by one against the reference are in test_kernels.py; one
+epoch of MNIST on a device in test_gpu.py.
+"""
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import kernel_cases as kc
+from tolerances import TOL, assert_close
+from fastvae import step
+from fastvae.backends import contract
+from fastvae.config import Config
+from fastvae.constants import LOSS_CHECK_INTERVAL_DEVICE
+from fastvae.cuda import emu
+
+if emu.unavailable_reason() is not None:
+    pytest.skip(emu.unavailable_reason(), allow_module_level=True)
+
+from fastvae.backends import gpu  # noqa: E402
+
+STAND_IN = Path(__file__).resolve().parent / "stand_in"     # a stand-in cupy package (see its docstring)
+
+
+def _device():
+    reason = gpu.unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"gpu backend unavailable: {reason}")
+    return gpu.load()
+
+
+@pytest.fixture(scope="module", params=["gpu-emulated", pytest.param("gpu", marks=pytest.mark.gpu)])
+def be(request):
+    """The emulated backend, and the real one where there is a device."""
+    return gpu.emulated() if request.param == "gpu-emulated" else _device()
+
+
+@pytest.fixture
+def fake_cupy(monkeypatch):
+    """tests/stand_in/cupy as `cupy` (numpy arrays, the emulator's RawModule, a scripted CUDA runtime, stream
+    capture), so that load(), unavailable_reason() and capture run here exactly as they will with CuPy."""
+    spec = importlib.util.spec_from_file_location("cupy", STAND_IN / "cupy" / "__init__.py")
+    fake = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fake)
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    for attr in ("_cupy", "_cupy_error", "_loaded"):           # restored after the test
+        monkeypatch.setattr(gpu, attr, None)
+    return fake
+
+
+@pytest.fixture
+def stand_in(fake_cupy):
+    """gpu.load() on the stand-in CuPy: the backend a device would give, capture included."""
+    return gpu.load()
+
+
+@pytest.fixture(params=["stand-in", pytest.param("gpu", marks=pytest.mark.gpu)])
+def capturing(request):
+    """A backend that captures: gpu.load() on the stand-in CuPy, and on a device where there is one."""
+    return request.getfixturevalue("stand_in") if request.param == "stand-in" else _device()
+
+
+def _small_run(b, rand, cfg, rows=7):
+    from fastvae.params import Layout, he_init
+    layout = Layout(cfg)
+    st, ws = step.State(b, layout, he_init(layout, seed=1), seed=3), step.Workspace(b, cfg, rows)
+    data = b.asarray(rand.integers(0, 256, (40, 784)), dtype=np.uint8)
+    return st, ws, data
+
+
+# ---------------------------------------------------------------- whole steps
+
+def cases(small, seed_sized=()):
+    """pytest params (backend, *case): the small cases on the emulated backend and on a device, the seed-sized ones
+    (which the emulator cannot afford) on a device only."""
+    params = [pytest.param("gpu-emulated", *c, id="gpu-emulated-" + "-".join(map(str, c))) for c in small]
+    params += [pytest.param("gpu", *c, marks=pytest.mark.gpu, id="gpu-" + "-".join(map(str, c)))
+               for c in (*small, *seed_sized)]
+    return params
+
+
+def load(name):
+    return gpu.emulated() if name == "gpu-emulated" else _device()
+
+
+@pytest.mark.parametrize("name,hidden,latent,rows,activation", cases(
+    [((13, 9), 3, 7, "elu"), ((31,), 2, 1, "elu"), ((13, 9), 3, 7, "relu"), ((13, 9), 3, 7, "tanh")],
+    [((500, 500), 20, 150, "elu"), ((37, 11, 5), 4, 257, "elu"), ((500, 500), 20, 150, "relu"),
+     ((500, 500), 20, 150, "tanh")]))
+def test_training_steps_match_the_reference(rand, name, hidden, latent, rows, activation):
+    cfg = Config(hidden=hidden, latent=latent, batch_size=rows, activation=activation)
+    kc.check_train_steps(load(name), cfg, rand, rows)
+
+
+@pytest.mark.parametrize("name,hidden,latent,rows,encoder,reconstruction", cases(
+    [((13, 9), 3, 7, "sigma", "xent"), ((13, 9), 3, 7, "gamma", "mse")],
+    [((37, 11), 4, 150, "sigma", "xent"), ((37, 11), 4, 150, "gamma", "mse")]))
+def test_training_steps_of_the_variants_match_the_reference(rand, name, hidden, latent, rows, encoder, reconstruction):
+    cfg = Config(hidden=hidden, latent=latent, batch_size=rows, encoder=encoder, reconstruction=reconstruction)
+    kc.check_train_steps(load(name), cfg, rand, rows)
+
+
+@pytest.mark.parametrize("name,hidden,latent,rows", cases([((21, 17), 5, 33)], [((500, 500), 20, 150)]))
+def test_training_steps_match_the_cpu_backend(rand, name, hidden, latent, rows):
+    """A few full steps from the same state on the gpu and on the cpu backend: same losses, gradients and counters
+    (both float32, with different summation orders)."""
+    from fastvae.backends import get_backend
+    from fastvae.params import Layout, he_init
+    cfg = Config(hidden=hidden, latent=latent, batch_size=rows)
+    layout = Layout(cfg)
+    params = he_init(layout, seed=int(rand.integers(1 << 30)))
+    data = rand.integers(0, 256, (4 * rows, 784)).astype(np.uint8)
+    seed = int(rand.integers(1 << 40))
+    runs = []
+    for b in (get_backend("cpu"), load(name)):
+        st, ws = step.State(b, layout, params, seed), step.Workspace(b, cfg, rows)
+        d = b.asarray(data, dtype=np.uint8)
+        losses, grads = [], []
+        for k in range(4):
+            idx = b.asarray((np.arange(rows) * 3 + k) % len(data), dtype=np.int64)
+            ws.loss[...] = 0
+            step.train_step(b, cfg, st, ws, d, idx)
+            losses.append(np.array(b.to_host(ws.loss), dtype=np.float64))
+            grads.append(np.array(b.to_host(st.grads), dtype=np.float64))
+        runs.append((losses, grads, np.array(b.to_host(st.params)), [int(c) for c in b.to_host(st.counters)]))
+    (l_cpu, g_cpu, p_cpu, c_cpu), (l_gpu, g_gpu, p_gpu, c_gpu) = runs
+    assert c_cpu == c_gpu == [seed, 4]
+    tol = TOL["float32_step"]
+    assert_close(g_gpu[0], g_cpu[0], tol, scale=float(np.abs(g_cpu[0]).max()), what="first gradients")
+    for k in range(4):
+        assert_close(l_gpu[k], l_cpu[k], 10 * tol, what=f"loss of step {k + 1}")
+    assert np.all(np.abs(p_gpu - p_cpu) <= 2 * 4 * cfg.lr)      # Adam moves each parameter by <= lr per step
+
+
+def test_the_vae_class_runs_on_the_gpu_backend(be, rand, monkeypatch):
+    """fit, evaluate (counters set per batch), encode, reconstruct and sample through the VAE class: the same
+    numbers as the cpu backend's, within what a few float32 Adam steps in another summation order allow."""
+    from fastvae import backends, model
+    monkeypatch.setattr(model, "get_backend", lambda name, notify=None:
+                        be if name == "gpu-under-test" else backends.get_backend(name, notify))
+    X = rand.integers(0, 256, (40, 784)).astype(np.uint8)
+    results = {}
+    for name in ("cpu", "gpu-under-test"):
+        vae = model.VAE(hidden=(13, 9), latent=3, backend=name, seed=5, batch_size=8)
+        vae.fit(X[:32], epochs=1)
+        mu, logvar = vae.encode(X[32:])
+        results[name] = (vae.evaluate(X[32:])["total"], mu, logvar, vae.reconstruct(X[32:5 + 32]), vae.sample(5),
+                         vae.steps)
+    (e_cpu, *rest_cpu, t_cpu), (e_gpu, *rest_gpu, t_gpu) = results["cpu"], results["gpu-under-test"]
+    assert t_cpu == t_gpu == 4
+    assert abs(e_gpu - e_cpu) <= 1e-3 * abs(e_cpu)
+    for a, b in zip(rest_gpu, rest_cpu):
+        assert a.dtype == b.dtype == np.float32 and a.shape == b.shape
+        assert np.max(np.abs(a - b)) <= 1e-2 * max(1.0, float(np.max(np.abs(b))))
+
+
+class Recorder:
+    """A RawModule-like wrapper that logs every launch: kernel, grid, block and each argument (an array's address,
+    a scalar's type and value): what a captured CUDA graph would bake in."""
+
+    def __init__(self, module):
+        self.module, self.log = module, []
+
+    def get_function(self, name):
+        kernel = self.module.get_function(name)
+
+        def launch(grid, block, args, shared_mem=0):
+            self.log.append((name, grid, block, shared_mem, tuple(
+                ("ptr", a.ctypes.data) if isinstance(a, np.ndarray) else (a.dtype.str, a.item()) for a in args)))
+            kernel(grid, block, args, shared_mem)
+        return launch
+
+
+def test_every_kernel_of_the_module_is_launched_by_a_step():
+    """Over the settings' values (and both data dtypes), training steps and inference (encode, decode) launch every
+    kernel the module defines, and nothing else: no dead instance, no name the module lacks."""
+    from fastvae.constants import ACTIVATIONS, ENCODERS, RECONSTRUCTIONS
+    module = gpu.emulated().impl.module
+    recorder = Recorder(module)
+    b = contract.Backend(gpu.CudaKernels(np, recorder))
+    rand = np.random.default_rng(0)
+    hidden = [a for a in ACTIVATIONS if a != "identity"]
+    for k, activation in enumerate(hidden):
+        cfg = Config(hidden=(5,), latent=2, batch_size=3, activation=activation,
+                     encoder=ENCODERS[k % len(ENCODERS)], reconstruction=RECONSTRUCTIONS[k % len(RECONSTRUCTIONS)])
+        st, ws, data = _small_run(b, rand, cfg, rows=3)
+        if k == 1:
+            data = b.asarray(data, dtype=np.float32) / 255
+        step.train_step(b, cfg, st, ws, data, b.asarray(np.arange(3), dtype=np.int64))
+    step.encode(b, cfg, st.weights, ws.rows(3))
+    step.decode(b, cfg, st.weights, ws.rows(3))
+    assert len(hidden) >= max(len(ENCODERS), len(RECONSTRUCTIONS), 2)
+    assert {entry[0] for entry in recorder.log} == set(module.names)
+
+
+# ---------------------------------------------------------------- load() and its refusals (stand-in CuPy)
+
+def test_load_gives_the_contract_on_cupy(stand_in, rand):
+    from fastvae import backends
+    assert gpu.unavailable_reason() is None
+    assert backends.get_backend("auto") is stand_in and gpu.load() is stand_in
+    assert isinstance(stand_in, contract.Backend) and isinstance(stand_in.impl, gpu.CudaKernels)
+    assert stand_in.name == "gpu" and stand_in.dtype == np.float32 and stand_in.xp is sys.modules["cupy"]
+    assert callable(stand_in.capture) and stand_in.loss_check_interval == LOSS_CHECK_INTERVAL_DEVICE
+    host = gpu.emulated()            # over numpy: nothing to capture, and the loss is read every step
+    assert host.capture is None and host.loss_check_interval == 1 and host.name == "gpu-emulated"
+    assert not hasattr(gpu, "dense_forward")        # the module binds nothing: the backend is the object
+    kc.check_train_steps(stand_in, Config(hidden=(13, 9), latent=3, batch_size=7), rand, 7, n_steps=2)
+
+
+@pytest.mark.parametrize("change,reason", [
+    (dict(getDeviceCount=lambda: 0), "no CUDA device is visible"),
+    (dict(getDeviceCount=lambda: (_ for _ in ()).throw(RuntimeError("cudaErrorNoDevice: no CUDA-capable device"))),
+     "no usable CUDA device (cudaErrorNoDevice"),
+    (dict(driverGetVersion=lambda: 11080), "supports CUDA 11.8, older than the CUDA 12.2 this CuPy needs"),
+])
+def test_unavailable_reasons(fake_cupy, change, reason):
+    from fastvae.errors import UserError
+    for key, value in change.items():
+        setattr(fake_cupy.runtime, key, value)
+    assert reason in gpu.unavailable_reason()
+    with pytest.raises(UserError, match="--backend gpu is not available: .*; use --backend cpu"):
+        gpu.load()
+
+
+def test_without_cupy_the_reason_says_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)              # import cupy raises ModuleNotFoundError
+    for attr in ("_cupy", "_cupy_error", "_loaded"):
+        monkeypatch.setattr(gpu, attr, None)
+    assert gpu.unavailable_reason() == ('CuPy is not installed: pip install "fastvae[gpu]" (cupy-cuda12x for '
+                                        'CUDA 12 drivers, cupy-cuda13x for CUDA 13)')
+
+
+# ---------------------------------------------------------------- the captured step
+
+def test_a_step_launches_the_same_kernels_with_the_same_arguments_every_time(stand_in, rand):
+    """Graph readiness: two consecutive training steps (same buffers, new batch indices and step counter in
+    device memory) launch identical kernel sequences with identical arguments, so a captured CUDA graph of one
+    step replays every later step correctly."""
+    cfg = Config(hidden=(13, 9), latent=3, batch_size=7)
+    recorder = Recorder(stand_in.impl.module)
+    b = contract.Backend(gpu.CudaKernels(stand_in.xp, recorder))
+    st, ws, data = _small_run(b, rand, cfg)
+    idx = b.empty(7, dtype=np.int64)                   # the batch's indices: one buffer, refilled per step
+    logs = []
+    for k in range(3):
+        idx[...] = np.arange(7) + 7 * k
+        recorder.log = []
+        step.train_step(b, cfg, st, ws, data, idx)
+        logs.append(recorder.log)
+    assert logs[0] == logs[1] == logs[2]
+    assert len(logs[0]) > 15 and int(st.counters[1]) == 3
+
+
+def test_capture_records_a_step_without_running_it_and_replays_it(capturing, rand):
+    """capture() only records: nothing changes until the replay, and each replay is one more step."""
+    cfg = Config(hidden=(13, 9), latent=3, batch_size=7)
+    st, ws, data = _small_run(capturing, rand, cfg)
+    idx = capturing.asarray(np.arange(7), dtype=np.int64)
+    before = capturing.to_host(st.params).copy()
+    replay = capturing.capture(lambda: step.train_step(capturing, cfg, st, ws, data, idx))
+    capturing.synchronize()
+    assert np.array_equal(capturing.to_host(st.params), before) and int(capturing.to_host(st.counters)[1]) == 0
+    replay()
+    replay()
+    capturing.synchronize()
+    assert int(capturing.to_host(st.counters)[1]) == 2 and not np.array_equal(capturing.to_host(st.params), before)
+
+
+def test_replaying_the_captured_step_trains_like_launching_every_step(capturing):
+    kc.check_captured_steps(capturing)
+
+
+def test_a_replay_that_loses_a_launch_fails_the_check(stand_in, fake_cupy, monkeypatch):
+    """The check above can fail: a graph that drops its last launch (adam_advance) trains differently."""
+    def end_capture(self):
+        launches, fake_cupy.Stream.capturing = fake_cupy.Stream.capturing[:-1], None
+        return types.SimpleNamespace(launch=lambda stream: [kernel(*args) for kernel, args in launches])
+    monkeypatch.setattr(fake_cupy.Stream, "end_capture", end_capture)
+    with pytest.raises(AssertionError):
+        kc.check_captured_steps(stand_in)
+
+
+def test_the_vae_class_trains_through_one_captured_step(capturing, rand, monkeypatch):
+    """VAE.fit on a backend that can capture records the step once per fit and replays it for every batch."""
+    from fastvae import model
+    monkeypatch.setattr(model, "get_backend", lambda name, notify=None: capturing)
+    made = []
+    real = step.Stepper
+
+    class Counting(real):
+        def __init__(self, *args):
+            super().__init__(*args)
+            made.append(self)
+    monkeypatch.setattr(step, "Stepper", Counting)
+    X = rand.integers(0, 256, (32, 784)).astype(np.uint8)
+    vae = model.VAE(hidden=(13, 9), latent=3, backend="gpu", seed=5, batch_size=8)
+    vae.fit(X, epochs=2)
+    assert vae.steps == 8 and len(made) == 1 and made[0].captures == 1

@@ -1,0 +1,84 @@
+"""Every kernel of every backend against the float64 reference, on fresh random inputs at awkward sizes.
+
+One module for all backends (tests/backends.py: which, and the shape lists); the checks themselves are in
+kernel_cases.py. The reference's own gradients are checked by finite differences in test_reference.py.
+"""
+import numpy as np
+import pytest
+
+import backends
+import kernel_cases as kc
+from tolerances import AWKWARD_ROWS
+from fastvae import rng
+from fastvae.backends import contract
+from fastvae.constants import ACTIVATIONS, ENCODERS, RECONSTRUCTIONS
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=[pytest.mark.gpu] if n == "gpu" else [])
+                                  for n in backends.BACKENDS])
+def test_the_backend_has_exactly_the_contract(name):
+    be = backends.load(name)
+    assert isinstance(be, contract.Backend)
+    for kernel in contract.KERNELS:
+        assert callable(getattr(be, kernel)), kernel
+    assert be.dtype == np.float32
+
+
+@pytest.mark.parametrize("name,rows,width,_,__", backends.cases([(784, 0), (1, 0), (257, 0)], work=lambda a, b: a))
+def test_gather(rand, name, rows, width, _, __):
+    kc.check_gather(backends.load(name), rand, rows, width)
+
+
+@pytest.mark.parametrize("name,rows,fan_in,fan_out,activation", backends.cases(backends.DENSE_SHAPES, ACTIVATIONS))
+def test_dense(rand, name, rows, fan_in, fan_out, activation):
+    kc.check_dense(backends.load(name), rand, rows, fan_in, fan_out, activation)
+
+
+@pytest.mark.parametrize("name,rows,fan_in,fan_out,activation",
+                         backends.cases([(784, 500), (37, 53)], ACTIVATIONS, rows=(1, 150)))
+def test_first_layer_backward_without_input_gradient(rand, name, rows, fan_in, fan_out, activation):
+    kc.check_first_layer_backward(backends.load(name), rand, rows, fan_in, fan_out, activation)
+
+
+@pytest.mark.parametrize("name,rows,fan_in,latent,encoder",
+                         backends.cases(backends.HEADS_SHAPES, ENCODERS, work=lambda a, b: 2 * a * b))
+def test_heads(rand, name, rows, fan_in, latent, encoder):
+    kc.check_heads(backends.load(name), rand, rows, fan_in, latent, encoder)
+
+
+@pytest.mark.parametrize("name,rows,fan_in,width,reconstruction",
+                         backends.cases(backends.OUTPUT_SHAPES, RECONSTRUCTIONS))
+def test_output(rand, name, rows, fan_in, width, reconstruction):
+    kc.check_output(backends.load(name), rand, rows, fan_in, width, reconstruction)
+
+
+@pytest.mark.parametrize("name,_,size,t,__", backends.cases(backends.ADAM_SIZES, rows=(1,), work=lambda a, b: 0))
+def test_adam(rand, name, _, size, t, __):
+    kc.check_adam(backends.load(name), rand, size, t)
+
+
+@pytest.mark.parametrize("name,_,rows,cols,seed_step", backends.cases(
+    [(1, 1), (7, 3), (257, 20)], [(0, 0), (5, 9), (2**62 + 11, 2**33 + 5)], rows=(1,), work=lambda a, b: 0))
+def test_noise_equals_the_reference_stream(name, _, rows, cols, seed_step):
+    """z = mu + sigma eps with mu = 0, sigma = 1 (logvar = 0) is eps itself: the backend's Philox + Box-Muller
+    draws the spec's normals bit for bit, or within one float32 ulp (the two libms' last bit, DESIGN.md)."""
+    be = backends.load(name)
+    seed, step = seed_step
+    z, ml = be.zeros((rows, cols)), be.zeros((rows, 2 * cols))
+    counters = be.asarray(np.array([seed, step]), dtype=np.int64)
+    be.heads_forward(z, ml, be.zeros(2, dtype=np.float64), be.zeros((rows, 1)), be.zeros((1, 2 * cols)),
+                     be.zeros(2 * cols), counters, rng.STREAM_TRAIN, "gamma")
+    got = np.asarray(be.to_host(z), dtype=np.float32)
+    want = rng.normals(seed, rng.STREAM_TRAIN, step, rows, cols)
+    ulps = np.abs(got.view(np.int32).astype(np.int64) - want.view(np.int32))
+    assert ulps.max() <= 1 and np.mean(ulps == 0) > 0.99
+
+
+def test_the_shape_lists_cover_the_awkward_sizes():
+    """Each backend gets the seed's shapes at batch 150 and at least one width no tile divides, at 1 and 257 rows."""
+    for name in backends.BACKENDS:
+        dense = [(n, a, b) for n in AWKWARD_ROWS for a, b in backends.DENSE_SHAPES
+                 if backends.affordable(name, n, a * b, (a, b) == backends.DENSE_SHAPES[0])]
+        assert (150, 784, 500) in dense
+        assert any(n == 257 and b % 32 and b % 16 for n, a, b in dense)
+        assert any(n == 1 for n, a, b in dense)
