@@ -19,6 +19,13 @@ def pytest_benchmark_update_machine_info(config, machine_info):
                            if k in os.environ}
 
 
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    """The saved report is strict JSON (RFC 8259): a NaN or Inf anywhere in it (a statistic of one round, a
+    diverged peer's loss) is written as null."""
+    from fastvae.jsonfile import strict
+    output_json.update(strict(output_json))
+
+
 @pytest.fixture
 def rand():
     return np.random.default_rng(20261125)

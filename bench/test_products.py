@@ -37,14 +37,20 @@ def _threads(n):
 PRODUCTS = products()
 
 
+def operands(rand, a_shape, b_shape, ta, tb):
+    """Fresh float32 operands of one product of PRODUCTS, transposed views where the step uses them so, and its
+    output buffer: (a_op, b_op, out) for out = a_op @ b_op."""
+    a = rand.normal(0, 1, a_shape).astype(np.float32)
+    b = rand.normal(0, 1, b_shape).astype(np.float32)
+    a_op, b_op = (a.T if ta else a), (b.T if tb else b)
+    return a_op, b_op, np.empty((a_op.shape[0], b_op.shape[1]), np.float32)
+
+
 @pytest.mark.benchmark(group=GROUP)
 @pytest.mark.parametrize("threads", [None, 1], ids=["blas-default", "1-thread"])
 @pytest.mark.parametrize("label,a_shape,b_shape,ta,tb", PRODUCTS, ids=[p[0] for p in PRODUCTS])
 def test_product(benchmark, rand, label, a_shape, b_shape, ta, tb, threads):
-    a = rand.normal(0, 1, a_shape).astype(np.float32)
-    b = rand.normal(0, 1, b_shape).astype(np.float32)
-    a_op, b_op = (a.T if ta else a), (b.T if tb else b)
-    out = np.empty((a_op.shape[0], b_op.shape[1]), np.float32)
+    a_op, b_op, out = operands(rand, a_shape, b_shape, ta, tb)
     with _threads(threads):
         np.matmul(a_op, b_op, out=out)
         expected = a_op.astype(np.float64) @ b_op.astype(np.float64)

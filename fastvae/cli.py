@@ -8,12 +8,14 @@ Exit statuses: 0 done, 2 a user's mistake (UserError), 3 training diverged (Trai
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Callable
 
 from . import __version__
 from .backends import NAMES
+from .config import integer
 from .errors import TrainingDiverged, UserError
 
 
@@ -47,9 +49,22 @@ def add_shared_options(p: argparse.ArgumentParser, quiet: str) -> None:
     p.add_argument("--data", type=Path, metavar="DIR",
                    help="folder with the four MNIST IDX files (.gz or raw) or a Keras mnist.npz "
                         "(default: the copy embedded in fastvae)")
-    p.add_argument("--test-images", type=int, metavar="N", help="use only the first N test images (default: all)")
+    p.add_argument("--test-images", type=whole_number, metavar="N",
+                   help="use only the first N test images (default: all)")
     p.add_argument("--quiet", action="store_true", help=quiet)
     p.add_argument("--version", action="version", version=f"fastvae {__version__}")
+
+
+def whole_number(text: str) -> int:
+    """The type of every integer option: "3", or a float that is a whole number ("3.0", "1e3"), as the library
+    takes them (fastvae.config.integer); "3.5" is argparse's one-line mistake naming the option."""
+    try:
+        return int(text)                    # exact, even beyond 2**53 (a seed)
+    except ValueError:
+        try:
+            return integer(float(text), "", low=-math.inf)     # the sign is each option's own check
+        except (ValueError, UserError):
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
 
 
 def check_positive(args: argparse.Namespace, *names: str) -> None:

@@ -1,4 +1,6 @@
 """The model and training settings. Defaults are the seed's (Géron, Hands-On ML 1st ed., ch. 15)."""
+import math
+import numbers
 from dataclasses import asdict, dataclass, field
 
 from .constants import ENCODERS, HIDDEN_ACTIVATIONS, RECONSTRUCTIONS
@@ -28,18 +30,30 @@ class Config:
     encoder: str = "gamma"
     # "xent": sigmoid cross-entropy (the seed's choice); "mse": squared error of sigmoid(logits) against the pixels.
     reconstruction: str = "xent"
+    # The data's width: inputs per row (the output layer reconstructs as many) and, for images, their (h, w). The
+    # defaults are MNIST's 28 x 28; VAE.fit takes them from the data it is first fitted on.
+    input_width: int = N_PIXELS
+    image_shape: tuple | None = (28, 28)
     # The hidden layers' activation: "elu" is the seed's; "relu" and "tanh" also have derivatives that follow from
     # their output, so the fused kernels keep only y (constants.ACTIVATIONS).
     activation: str = "elu"
 
     def __post_init__(self):
-        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
-        if not self.hidden or any(h <= 0 for h in self.hidden):
-            raise UserError(f"hidden widths must be positive integers, got {self.hidden}; e.g. hidden=(500, 500)")
-        for name in ("latent", "batch_size", "epochs"):
-            value = getattr(self, name)
-            if int(value) != value or value <= 0:
-                raise UserError(f"{name} must be a positive integer, got {value!r}")
+        # every setting becomes a plain Python value here, so whatever trains also saves (the config is JSON)
+        object.__setattr__(self, "hidden", _widths(self.hidden))
+        for name in ("latent", "batch_size", "epochs", "input_width"):
+            object.__setattr__(self, name, integer(getattr(self, name), name))
+        object.__setattr__(self, "seed", seed_value(self.seed))
+        for name in ("lr", "beta1", "beta2", "adam_eps"):
+            object.__setattr__(self, name, real(getattr(self, name), name))
+        for name in ("encoder", "reconstruction", "activation"):
+            if isinstance(getattr(self, name), str):            # np.str_ too: checked against the choices below
+                object.__setattr__(self, name, str(getattr(self, name)))
+        if self.image_shape is not None:
+            object.__setattr__(self, "image_shape", tuple(int(k) for k in self.image_shape))
+            if len(self.image_shape) != 2 or self.image_shape[0] * self.image_shape[1] != self.input_width:
+                raise UserError(f"image_shape {self.image_shape} does not hold input_width {self.input_width} "
+                                "values; give (h, w) with h * w = input_width, or None for feature rows")
         if not (self.lr > 0 and self.lr < float("inf")):
             raise UserError(f"lr must be a positive number, got {self.lr!r}; the seed uses 0.001")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1 and self.adam_eps > 0):
@@ -50,15 +64,46 @@ class Config:
             raise UserError(f"reconstruction must be one of {', '.join(RECONSTRUCTIONS)}, got {self.reconstruction!r}")
         if self.activation not in HIDDEN_ACTIVATIONS:
             raise UserError(f"activation must be one of {', '.join(HIDDEN_ACTIVATIONS)}, got {self.activation!r}")
-        if not (0 <= int(self.seed) < 2**63):
-            raise UserError(f"seed must be an integer in [0, 2**63), got {self.seed!r}")
 
     def to_dict(self):
         d = asdict(self)
         d["hidden"] = list(self.hidden)
+        d["image_shape"] = None if self.image_shape is None else list(self.image_shape)
         return d
 
     @classmethod
     def from_dict(cls, d):
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         return cls(**known)
+
+
+def integer(value, name, low=1, high=None, what="a positive integer"):
+    """`value` as a plain int, when it is a whole number in [low, high): an integer (Python's or NumPy's) or an
+    integral float (2.0, np.float32(2)). Anything else (1.5, "2", True, None, NaN) is a UserError naming `name`."""
+    whole = (isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+             and float(value).is_integer())
+    if not whole or value < low or (high is not None and value >= high):
+        raise UserError(f"{name} must be {what}, got {value!r}")
+    return int(value)
+
+
+def seed_value(value, name="seed"):
+    """A seed as a plain int: the Philox key takes any integer in [0, 2**63)."""
+    return integer(value, name, 0, 2**63, "an integer in [0, 2**63)")
+
+
+def real(value, name):
+    """`value` as a plain float, when it is a finite real number (Python's or NumPy's); else a UserError naming it."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    raise UserError(f"{name} must be a finite number, got {value!r}")
+
+
+def _widths(hidden):
+    bad = UserError(f"hidden widths must be positive integers, got {hidden!r}; e.g. hidden=(500, 500)")
+    if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__") or len(tuple(hidden)) == 0:
+        raise bad
+    try:
+        return tuple(integer(h, "hidden") for h in hidden)
+    except UserError:
+        raise bad from None

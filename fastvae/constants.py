@@ -30,5 +30,10 @@ COUNTER_SEED, COUNTER_STEP = 0, 1
 # every LOSS_CHECK_INTERVAL_DEVICE steps (the progress bar's rate) and at each epoch's end; on the host, every step.
 LOSS_CHECK_INTERVAL_DEVICE = 25
 
+# Evaluation (the test loss) runs in chunks of this many rows, whatever the training batch size: the noise of image i
+# is drawn at (seed, step i // EVAL_ROWS, row i % EVAL_ROWS), so the same model always gets the same number. 150 is
+# the seed's batch, with which every test loss published for the seed's settings was measured.
+EVAL_ROWS = 150
+
 # The seed decodes this many codings drawn from N(0, I) after training (Géron's figure of 60 digits).
 SAMPLE_CODINGS = 60

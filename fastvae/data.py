@@ -1,6 +1,8 @@
-"""MNIST-shaped data: the embedded copy, IDX files or a Keras-style mnist.npz from disk, and user arrays.
+"""Data sets: the embedded MNIST, IDX files of any image size (MNIST, Fashion-MNIST, KMNIST, EMNIST, ...), Keras-style
+.npz files, a single .npy/.npz array of images or feature rows, and the user's own arrays.
 
 Every problem with the user's files or arrays is a one-line UserError that says what was wrong and what to do.
+Images are kept as flat rows (n, d), d = h * w, with the image shape (h, w) beside them (None for feature rows).
 """
 from __future__ import annotations
 
@@ -19,18 +21,31 @@ from numpy.typing import ArrayLike
 from .config import N_PIXELS
 from .errors import UserError
 
-SIDE = 28  # MNIST images are SIDE x SIDE = N_PIXELS pixels
+SIDE = 28  # MNIST images are SIDE x SIDE = N_PIXELS pixels: the embedded set, and the default image shape
 
 IMAGES_MAGIC = 0x00000803  # IDX bytes: 0, 0, type 0x08 (unsigned byte), number of dims
 LABELS_MAGIC = 0x00000801
 
-# MD5 of each standard MNIST file, uncompressed, keyed by its size (the four sizes differ).
-_STANDARD_MD5 = {
-    47040016: "6bbc9ace898e44ae57da46a324031adb",  # train-images-idx3-ubyte
-    60008: "a25bea736e30d166cdddb491f175f624",     # train-labels-idx1-ubyte
-    7840016: "2646ac647ad5339dbf082846283269ea",   # t10k-images-idx3-ubyte
-    10008: "27ae3e4e09519cfbb04c329615203637",     # t10k-labels-idx1-ubyte
+# Published MD5s of MNIST-format files, to name the set a file belongs to (never to refuse one: Fashion-MNIST, KMNIST
+# and others are published with MNIST's exact sizes on purpose). MNIST: of the uncompressed files (LeCun's page) and
+# of the .gz files (torchvision's resource list); Fashion-MNIST: of the .gz files (its repository's README, and
+# torchvision's). A file is looked up by the MD5 of its bytes as stored and of its uncompressed contents.
+PUBLISHED_MD5 = {
+    "6bbc9ace898e44ae57da46a324031adb": ("MNIST", "train-images"),
+    "a25bea736e30d166cdddb491f175f624": ("MNIST", "train-labels"),
+    "2646ac647ad5339dbf082846283269ea": ("MNIST", "t10k-images"),
+    "27ae3e4e09519cfbb04c329615203637": ("MNIST", "t10k-labels"),
+    "f68b3c2dcbeaaa9fbdd348bbdeb94873": ("MNIST", "train-images"),
+    "d53e105ee54ea40749a09fcbcd1e9432": ("MNIST", "train-labels"),
+    "9fb629c4189551a2d022fa330f9573f3": ("MNIST", "t10k-images"),
+    "ec29112dd5afa0611ce80d1b7f02629c": ("MNIST", "t10k-labels"),
+    "8d4fb7e6c68d591d4c3dfef9ec88bf0d": ("Fashion-MNIST", "train-images"),
+    "25c81989df183df01b3e8a0aad5dffbe": ("Fashion-MNIST", "train-labels"),
+    "bef4ecab320f06d8554ea6380940ec79": ("Fashion-MNIST", "t10k-images"),
+    "bb300cfdad3c16e7a12a480ee83cd310": ("Fashion-MNIST", "t10k-labels"),
 }
+# Uncompressed sizes of MNIST's four files, which the MNIST-format sets share.
+_PUBLISHED_SIZES = (47040016, 60008, 7840016, 10008)
 
 # Dataset field -> (standard IDX file name, its magic number; each file may also be gzipped as name.gz)
 _IDX_FILES = {
@@ -44,12 +59,22 @@ _NPZ_KEYS = {"train_x": "x_train", "train_y": "y_train", "test_x": "x_test", "te
 
 @dataclass(frozen=True, eq=False)  # eq=False: arrays have no single truth value, so compare datasets by identity
 class Dataset:
-    """Training and test sets: uint8 pixels 0..255 as (n, 784) rows, uint8 labels (n,), and where they came from."""
+    """Training and test sets: rows (n, d) of uint8 pixels 0..255 (or float32 in [0, 1]), labels uint8 (n,) or None,
+    the image shape (h, w) with h * w = d (None for feature rows), where they came from, the published set they
+    were recognised as (or None), and one-line notices for the user (e.g. a checksum that matched no published set)."""
     train_x: np.ndarray
-    train_y: np.ndarray
+    train_y: np.ndarray | None
     test_x: np.ndarray
-    test_y: np.ndarray
+    test_y: np.ndarray | None
     source: str
+    image_shape: tuple[int, int] | None = (SIDE, SIDE)
+    name: str | None = None
+    notices: tuple[str, ...] = ()
+
+    @property
+    def width(self) -> int:
+        """d, the number of inputs per row."""
+        return self.train_x.shape[1]
 
 
 def embedded_dir():
@@ -63,40 +88,41 @@ def _one_line(e):
 
 
 def _read_bytes(path):
-    """The file's bytes, gunzipped when they start with the gzip magic (the content decides, not the name)."""
+    """(the file's bytes as stored, its contents): gunzipped when they start with the gzip magic (the content
+    decides, not the name)."""
     try:
         raw = Path(path).read_bytes()
-        return gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+        return raw, (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
     except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a truncated stream is an EOFError
         raise UserError(f"{path} is not a readable gzip/IDX file ({_one_line(e)}); re-download it") from None
 
 
-def _check_md5(path, data):
-    """A file of a standard MNIST file's size must be that file: a flipped byte would otherwise pass unnoticed."""
-    want = _STANDARD_MD5.get(len(data))
-    if want is not None and hashlib.md5(data).hexdigest() != want:
-        raise UserError(f"{path} has the size of the standard MNIST file ({len(data)} bytes uncompressed) but not "
-                        "its checksum: the file is corrupt; re-download it")
+def identify(path, stored, contents):
+    """(set name, file role) of a published MNIST-format file these bytes are, or None; plus a notice (or None) when
+    the file has the size of a published file but none of the published checksums fastvae knows."""
+    for data in (contents, stored):
+        known = PUBLISHED_MD5.get(hashlib.md5(data).hexdigest())
+        if known is not None:
+            return known, None
+    if len(contents) in _PUBLISHED_SIZES:
+        return None, (f"{path} has the size of a published MNIST-format file but matches none of the checksums "
+                      f"fastvae knows ({', '.join(sorted({n for n, _ in PUBLISHED_MD5.values()}))}); training on "
+                      "it as it is (re-download it if it should be one of those)")
+    return None, None
 
 
-def _flat_images(arr, what):
-    """(n, 28, 28) or (n, 784) images as (n, 784) rows; any other shape is not MNIST-sized."""
-    if arr.shape[1:] not in ((SIDE, SIDE), (N_PIXELS,)):
-        raise UserError(f"{what} has shape {arr.shape}; images must be {SIDE}x{SIDE} = {N_PIXELS} pixels, "
-                        f"as shape (n, {SIDE}, {SIDE}) or (n, {N_PIXELS})")
-    return arr.reshape(len(arr), N_PIXELS)
-
-
-def read_idx(path, expect_magic):
-    """The uint8 contents of an IDX file (raw or gzipped): images as (n, 784), labels as (n,). Read-only."""
-    data = _read_bytes(path)
-    _check_md5(path, data)
+def _idx_array(path, expect_magic, data):
+    """The uint8 array of an IDX file's contents `data`, in the shape its header gives. Read-only."""
     ndim = expect_magic & 0xFF
-    header = 4 * (1 + ndim)  # the magic, then one big-endian int32 per dim
     magic = int.from_bytes(data[:4], "big")
+    if len(data) >= 4 and magic & 0xFFFFFF00 == IMAGES_MAGIC & 0xFFFFFF00 and expect_magic == IMAGES_MAGIC \
+            and (magic & 0xFF) in (2, 3):
+        ndim = magic & 0xFF        # images may also be stored as rows (n, d): 2 dims
+        expect_magic = magic
+    header = 4 * (1 + ndim)  # the magic, then one big-endian int32 per dim
     if magic != expect_magic:
         raise UserError(f"{path} has IDX magic number {magic:#010x}, expected {expect_magic:#010x} "
-                        f"({'images' if expect_magic == IMAGES_MAGIC else 'labels'}); check which file this is")
+                        f"({'images' if expect_magic & 0xFF >= 2 else 'labels'}); check which file this is")
     if len(data) < header:
         raise UserError(f"{path} is too short ({len(data)} bytes) to be an IDX file; re-download it")
     dims = np.frombuffer(data, ">u4", count=ndim, offset=4).tolist()
@@ -105,26 +131,64 @@ def read_idx(path, expect_magic):
         problem = "is truncated" if size < math.prod(dims) else "has extra bytes at the end"
         raise UserError(f"{path} {problem}: its header says {' x '.join(map(str, dims))} = {math.prod(dims)} "
                         f"bytes of data, the file has {size}; re-download it")
-    arr = np.frombuffer(data, np.uint8, offset=header).reshape(dims)  # no copy; read-only, as bytes are
-    return _flat_images(arr, str(path)) if expect_magic == IMAGES_MAGIC else arr
+    return np.frombuffer(data, np.uint8, offset=header).reshape(dims)  # no copy; read-only, as bytes are
 
 
-def _dataset(arrays, names, source):
-    """A Dataset from its four arrays, once each split has one label per image and at least one image."""
+def read_idx(path, expect_magic):
+    """The uint8 contents of an IDX file (raw or gzipped): images as rows (n, h * w), labels as (n,). Read-only.
+    Raises UserError (one line) for a file that is not what its header says."""
+    arr = _idx_array(path, expect_magic, _read_bytes(path)[1])
+    return _flat(arr) if expect_magic == IMAGES_MAGIC else arr
+
+
+def _flat(arr):
+    """(n, ...) as rows (n, d); also for n = 0, where reshape(n, -1) cannot infer d."""
+    return arr.reshape(len(arr), math.prod(arr.shape[1:]))
+
+
+def _read_set_file(path, field):
+    """(array, image shape or None, identification, notice) of one IDX file of a data set."""
+    stored, contents = _read_bytes(path)
+    known, notice = identify(path, stored, contents)
+    arr = _idx_array(path, _IDX_FILES[field][1], contents)
+    if field.endswith("_x"):
+        shape = tuple(arr.shape[1:]) if arr.ndim == 3 else None
+        return _flat(arr), shape, known, notice
+    return arr, None, known, notice
+
+
+def _dataset(arrays, names, source, image_shape, name=None, notices=()):
+    """A Dataset from its arrays, once each split has one label per image (where it has labels), at least one
+    image, and both splits have the same width."""
     for x, y in (("train_x", "train_y"), ("test_x", "test_y")):
-        n, m = len(arrays[x]), len(arrays[y])
-        if n != m:
-            raise UserError(f"{names[x]} has {n} images but {names[y]} has {m} labels; "
+        n = len(arrays[x])
+        if arrays.get(y) is not None and len(arrays[y]) != n:
+            raise UserError(f"{names[x]} has {n} images but {names[y]} has {len(arrays[y])} labels; "
                             "use image and label files of the same data set")
         if n == 0:
             raise UserError(f"{names[x]} holds no images; a data set needs at least one training and one test image")
-    return Dataset(**arrays, source=source)
+    if arrays["train_x"].shape[1] != arrays["test_x"].shape[1]:
+        raise UserError(f"{names['train_x']} has rows of {arrays['train_x'].shape[1]} values but {names['test_x']} "
+                        f"of {arrays['test_x'].shape[1]}; use a training and a test set of the same kind")
+    if arrays["train_x"].shape[1] == 0:
+        raise UserError(f"{names['train_x']} has rows of no values; a data set needs at least one value per row")
+    arrays = {k: arrays.get(k) for k in _IDX_FILES}
+    return Dataset(**arrays, source=source, image_shape=image_shape, name=name, notices=tuple(notices))
 
 
 def _load_idx(paths, source):
-    """The four IDX files `paths` (Dataset field -> file) as a Dataset."""
-    arrays = {field: read_idx(p, _IDX_FILES[field][1]) for field, p in paths.items()}
-    return _dataset(arrays, {field: str(p) for field, p in paths.items()}, source)
+    """The four IDX files `paths` (Dataset field -> file) as a Dataset, named when all four are one published set."""
+    read = {field: _read_set_file(p, field) for field, p in paths.items()}
+    shapes = {read[f][1] for f in ("train_x", "test_x")}
+    sets = {read[f][2][0] if read[f][2] else None for f in read}
+    name = sets.pop() if len(sets) == 1 else None
+    notices = [r[3] for r in read.values() if r[3]]
+    if any("emnist" in p.name.lower() for p in paths.values()):
+        notices.append("EMNIST stores its images transposed (column by column): training is unaffected, but the "
+                       "figures show each image mirrored along its diagonal")
+    names = {field: str(p) for field, p in paths.items()}
+    return _dataset({f: r[0] for f, r in read.items()}, names, source + (f" ({name})" if name else ""),
+                    shapes.pop() if len(shapes) == 1 else None, name, notices)
 
 
 def _npz_labels(y, what):
@@ -136,33 +200,80 @@ def _npz_labels(y, what):
 
 
 def _npz_images(x, what):
-    """Images from an npz: uint8 (n, 28, 28) or (n, 784), as C-contiguous (n, 784) rows."""
-    if x.dtype != np.uint8:
-        raise UserError(f"{what} has dtype {x.dtype}; images in mnist.npz must be uint8 pixels 0..255")
-    return np.ascontiguousarray(_flat_images(x, what))
+    """(rows, image shape) from an npz array: uint8 pixels, or floats in [0, 1], of shape (n, h, w) or (n, d)."""
+    return as_rows(x, what)
 
 
-def _load_npz(path):
-    """A Keras-style mnist.npz (x_train, y_train, x_test, y_test) as a Dataset."""
+def _open_npz(path):
+    """{name: array} of an .npz file, never unpickling (a data file must not run code)."""
     try:
-        with np.load(path, allow_pickle=False) as z:  # never unpickle: a data file must not run code
-            raw = {field: z[key] for field, key in _NPZ_KEYS.items() if key in z.files}
+        with np.load(path, allow_pickle=False) as z:
+            return {key: z[key] for key in z.files}
     except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
         raise UserError(f"{path} is not a readable .npz file ({_one_line(e)}); re-download it") from None
-    missing = [key for field, key in _NPZ_KEYS.items() if field not in raw]
+
+
+def _load_npz(path, test_fraction, split_seed):
+    """A Keras-style .npz (x_train, x_test, optional y_train, y_test) as a Dataset; an .npz holding a single array
+    is split like a .npy file (_split_array)."""
+    arrays = _open_npz(path)
+    if len(arrays) == 1:
+        (key, x), = arrays.items()
+        return _split_array(x, f"{path}[{key}]", test_fraction, split_seed)
+    missing = [key for key in ("x_train", "x_test") if key not in arrays]
     if missing:
-        raise UserError(f"{path} lacks the arrays {', '.join(missing)}; a Keras-style mnist.npz holds "
-                        f"{', '.join(_NPZ_KEYS.values())}")
+        raise UserError(f"{path} lacks the arrays {', '.join(missing)}; a Keras-style .npz holds x_train and x_test "
+                        f"(and optionally y_train, y_test), or pass an .npz or .npy of one array (split by "
+                        "--test-fraction)")
     names = {field: f"{path}[{key}]" for field, key in _NPZ_KEYS.items()}
-    arrays = {field: (_npz_images if field.endswith("_x") else _npz_labels)(a, names[field])
-              for field, a in raw.items()}
-    return _dataset(arrays, names, str(path))
+    (train_x, train_shape), (test_x, test_shape) = (_npz_images(arrays[k], names[f])
+                                                    for f, k in (("train_x", "x_train"), ("test_x", "x_test")))
+    labels = {f: _npz_labels(arrays[k], names[f]) if k in arrays else None
+              for f, k in (("train_y", "y_train"), ("test_y", "y_test"))}
+    return _dataset({"train_x": train_x, "test_x": test_x, **labels}, names, str(path),
+                    train_shape if train_shape == test_shape else None)
+
+
+def split_indices(n, test_fraction, split_seed=0):
+    """(train rows, test rows) of an array of n rows: the test set is round(n * test_fraction) rows (at least one,
+    leaving at least one to train on) chosen by np.random.default_rng(split_seed).permutation(n), both kept in
+    their original order. The same (n, fraction, seed) always gives the same split."""
+    if not 0 < test_fraction < 1:
+        raise UserError(f"the test fraction must be between 0 and 1 (exclusive), got {test_fraction!r}; "
+                        "e.g. --test-fraction 0.142857 (1/7, MNIST's 10000 of 70000)")
+    if n < 2:
+        raise UserError(f"an array of {n} row(s) cannot be split into a training and a test set; pass at least 2")
+    n_test = min(max(1, round(n * test_fraction)), n - 1)
+    order = np.random.default_rng(split_seed).permutation(n)
+    return np.sort(order[n_test:]), np.sort(order[:n_test])
+
+
+def _split_array(x, what, test_fraction, split_seed):
+    """One array of images (n, h, w) or rows (n, d), split into training and test sets (split_indices)."""
+    rows, shape = as_rows(x, what)
+    train, test = split_indices(len(rows), test_fraction, split_seed)
+    note = f"{len(test)} of {len(rows)} rows held out as the test set (fraction {test_fraction:g}, seed {split_seed})"
+    return _dataset({"train_x": rows[train], "test_x": rows[test]}, {"train_x": what, "test_x": what},
+                    f"{what}; {note}", shape)
 
 
 def _idx_paths(directory):
-    """Dataset field -> directory/name or directory/name.gz, whichever exists (raw first), else None."""
-    return {field: next((p for p in (directory / name, directory / f"{name}.gz") if p.is_file()), None)
-            for field, (name, _) in _IDX_FILES.items()}
+    """Dataset field -> its IDX file in `directory`, or None. A standard name (raw or .gz) first; else the one file
+    whose name contains the standard name (EMNIST's emnist-letters-train-images-idx3-ubyte.gz) or, for the test
+    files, that with 'test' for 't10k'. More than one candidate is an error naming them."""
+    found = {}
+    for field, (name, _) in _IDX_FILES.items():
+        exact = [p for p in (directory / name, directory / f"{name}.gz") if p.is_file()]
+        if exact:
+            found[field] = exact[0]
+            continue
+        stems = {name, name.replace("t10k", "test")}
+        matches = sorted(p for p in directory.iterdir() if p.is_file() and any(st in p.name for st in stems))
+        if len(matches) > 1:
+            raise UserError(f"data directory {directory} has several files for {name}: "
+                            f"{', '.join(p.name for p in matches)}; keep one set per directory")
+        found[field] = matches[0] if matches else None
+    return found
 
 
 @functools.lru_cache(maxsize=1)
@@ -171,54 +282,86 @@ def _load_embedded():
     return _load_idx(_idx_paths(embedded_dir()), f"embedded MNIST ({embedded_dir()})")
 
 
-def load_mnist(directory: str | Path | None = None) -> Dataset:
-    """MNIST, or a data set in its format: the embedded copy (None), or a directory with the four IDX files
-    (each raw or .gz) or a Keras-style mnist.npz (the .npz file itself may also be given). Images are uint8
-    (n, 784), labels uint8 (n,). Raises UserError (one line, naming the file) for a missing, corrupt or
-    misshapen file."""
-    if directory is None:
+def load_data(path: str | Path | None = None, test_fraction: float = 1 / 7, split_seed: int = 0) -> Dataset:
+    """A data set: the embedded MNIST (None); a directory with four IDX files of any image size (MNIST, Fashion-MNIST,
+    KMNIST, EMNIST: standard names, raw or .gz, or names containing them) or a Keras-style mnist.npz; a Keras-style
+    .npz file (x_train, x_test, optional y_train, y_test); or a .npy/.npz file of one array of images (n, h, w) or
+    feature rows (n, d), uint8 or floats in [0, 1], whose test set is split off by split_indices(n, test_fraction,
+    split_seed). Raises UserError (one line, naming the file) for a missing, unreadable or misshapen file."""
+    if path is None:
         return _load_embedded()
-    d = Path(directory)
+    d = Path(path)
     if d.is_file() and d.suffix == ".npz":
-        return _load_npz(d)
+        return _load_npz(d, test_fraction, split_seed)
+    if d.is_file() and d.suffix == ".npy":
+        try:
+            x = np.load(d, allow_pickle=False)
+        except (OSError, EOFError, ValueError) as e:
+            raise UserError(f"{d} is not a readable .npy file ({_one_line(e)}); save it with numpy.save") from None
+        return _split_array(x, str(d), test_fraction, split_seed)
     if not d.is_dir():
-        problem = "is not a directory" if d.exists() else "does not exist"
-        raise UserError(f"data directory {d} {problem}; pass --data DIR with the MNIST IDX files or mnist.npz, "
-                        "or omit it to use the embedded copy")
+        problem = "is not a directory, .npz or .npy file" if d.exists() else "does not exist"
+        raise UserError(f"data path {d} {problem}; pass --data with a folder of IDX files (or mnist.npz), an .npz "
+                        "or an .npy file, or omit it to use the embedded MNIST")
     paths = _idx_paths(d)
     if all(paths.values()):
-        return _load_idx(paths, f"MNIST IDX files in {d}")
+        return _load_idx(paths, f"IDX files in {d}")
     if (d / "mnist.npz").is_file():
-        return _load_npz(d / "mnist.npz")
+        return _load_npz(d / "mnist.npz", test_fraction, split_seed)
     missing = [_IDX_FILES[field][0] for field, p in paths.items() if p is None]
-    raise UserError(f"data directory {d} has neither mnist.npz nor all four MNIST IDX files (missing "
+    raise UserError(f"data directory {d} has neither mnist.npz nor all four IDX files (missing "
                     f"{', '.join(missing)}; each may be raw or .gz); add them, or omit --data to use the embedded copy")
 
 
-def as_images(X: ArrayLike, what: str = "X") -> np.ndarray:
-    """The user's images as a C-contiguous (n, 784) array: uint8 stays uint8 (no copy when possible), other
-    numbers become float32 and must be finite and in [0, 1]. Accepts (n, 784) or (n, 28, 28). Raises UserError
-    (one line, calling the array `what`) for anything else."""
+def load_mnist(directory: str | Path | None = None) -> Dataset:
+    """load_data(directory): MNIST (the embedded copy for None) or a data set in its format."""
+    return load_data(directory)
+
+
+def as_rows(X: ArrayLike, what: str = "X") -> tuple[np.ndarray, tuple[int, int] | None]:
+    """The user's images (n, h, w) or feature rows (n, d) as (C-contiguous rows (n, d), image shape (h, w) or None):
+    uint8 stays uint8 (no copy when possible), other numbers become float32 and must be finite and in [0, 1].
+    Raises UserError (one line, calling the array `what`) for anything else."""
     try:
         X = np.asarray(X)
     except (ValueError, TypeError) as e:  # e.g. ragged nested lists
         raise UserError(f"{what} is not an array of numbers ({_one_line(e)}); pass an array of shape "
-                        f"(n, {N_PIXELS})") from None
+                        "(n, d) or (n, h, w)") from None
     if X.dtype.kind not in "uif":  # bool, complex, strings, objects, dates are not pixels
         raise UserError(f"{what} has dtype {X.dtype}; pass pixels as uint8 0..255 or as floats in [0, 1]")
     if X.size == 0:
         raise UserError(f"{what} is empty (shape {X.shape}); pass at least one image")
-    if X.ndim == 1 or X.shape == (SIDE, SIDE):  # one image, not a batch: say so rather than "wrong width"
-        raise UserError(f"{what} has shape {X.shape}, not a batch of images; pass a batch of shape "
-                        f"(n, {N_PIXELS}), e.g. {what}.reshape(1, {N_PIXELS}) for one image")
-    X = _flat_images(X, what)
+    if X.ndim == 1:  # one image, not a batch: say so rather than "wrong width"
+        raise UserError(f"{what} has shape {X.shape}, not a batch; pass a batch of shape (n, d) or (n, h, w), "
+                        f"e.g. {what}.reshape(1, -1) for one row")
+    if X.ndim > 3:
+        raise UserError(f"{what} has shape {X.shape}; pass images (n, h, w) or rows (n, d) (flatten colour "
+                        f"channels: {what}.reshape(len({what}), -1))")
+    shape = tuple(int(k) for k in X.shape[1:]) if X.ndim == 3 else None
+    X = _flat(X)
     if X.dtype == np.uint8:
-        return np.ascontiguousarray(X)
+        return np.ascontiguousarray(X), shape
     if not np.isfinite(X).all():
         raise UserError(f"{what} has {np.isnan(X).sum()} NaN and {np.isinf(X).sum()} infinite values; "
                         "pass finite pixels in [0, 1]")
     lo, hi = X.min(), X.max()
     if lo < 0 or hi > 1:
-        raise UserError(f"{what} has values outside [0, 1] (min {lo:g}, max {hi:g}); scale pixels to [0, 1] "
+        raise UserError(f"{what} has values outside [0, 1] (min {lo:g}, max {hi:g}); scale them to [0, 1] "
                         "or pass uint8")
-    return np.ascontiguousarray(X, dtype=np.float32)
+    return np.ascontiguousarray(X, dtype=np.float32), shape
+
+
+def as_images(X: ArrayLike, what: str = "X", width: int | None = N_PIXELS,
+              image_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """as_rows(X, what)'s rows, checked against a model's input `width` (None: any) and, for images given as
+    (n, h, w), its `image_shape` when it has one. Raises UserError (one line) naming what does not match."""
+    rows, shape = as_rows(X, what)
+    if width is not None and rows.shape[1] != width:
+        fitted = f" ({image_shape[0]}x{image_shape[1]} images)" if image_shape else ""
+        raise UserError(f"{what} has rows of {rows.shape[1]} values (shape {np.shape(X)}) but the model takes "
+                        f"{width}{fitted}; pass arrays of shape (n, {width})"
+                        + (f" or (n, {image_shape[0]}, {image_shape[1]})" if image_shape else ""))
+    if shape is not None and image_shape is not None and shape != tuple(image_shape):
+        raise UserError(f"{what} has images of {shape[0]}x{shape[1]} but the model's are "
+                        f"{image_shape[0]}x{image_shape[1]}; pass images of that size")
+    return rows

@@ -18,7 +18,6 @@ is trained on, not a normalised density; these nats are not comparable with bina
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -27,8 +26,9 @@ from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 
-from . import rng
-from .cli import add_shared_options, check_positive, checkpoint_path, notifier, run_main
+from . import jsonfile, rng
+from .cli import add_shared_options, check_positive, checkpoint_path, notifier, run_main, whole_number
+from .config import integer, seed_value
 from .data import as_images
 from .errors import UserError
 from .rng import STREAM_IWAE
@@ -73,10 +73,14 @@ def gaussian_log_likelihood(logits, x):
 
 
 def _ks(k):
-    ks = [k] if isinstance(k, (int, np.integer, bool, float, str)) or not hasattr(k, "__iter__") else list(k)
-    if not ks or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v <= 0 for v in ks):
+    ks = [k] if isinstance(k, str) or not hasattr(k, "__iter__") else list(k)
+    try:
+        ks = [integer(v, "k") for v in ks]
+    except UserError:
+        ks = []
+    if not ks:
         raise UserError(f"k must be a positive integer or a list of them, got {k!r}")
-    return sorted(set(int(v) for v in ks))
+    return sorted(set(ks))
 
 
 def iwae_bound(model: VAE, X: np.ndarray, k: int | Iterable[int] = DEFAULT_K, seed: int = 0,
@@ -90,12 +94,8 @@ def iwae_bound(model: VAE, X: np.ndarray, k: int | Iterable[int] = DEFAULT_K, se
     """
     ks = _ks(k)
     X = as_images(X, "X")
-    rows = DEFAULT_ROWS if batch_size is None else batch_size
-    if isinstance(rows, bool) or not isinstance(rows, (int, np.integer)) or rows <= 0:
-        raise UserError(f"batch_size must be a positive integer, got {batch_size!r}")
-    seed = int(seed)
-    if not 0 <= seed < 2**63:
-        raise UserError(f"seed must be an integer in [0, 2**63), got {seed}")
+    rows = DEFAULT_ROWS if batch_size is None else integer(batch_size, "batch_size")
+    seed = seed_value(seed)
     n, kmax, latent = len(X), ks[-1], model.config.latent
     mu, logvar = (np.asarray(a, dtype=np.float64) for a in model.encode(X))
     sigma = np.exp(0.5 * logvar)
@@ -175,13 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
                "1000;  python -m fastvae.evaluate runs/quick --json eval.json.  Exit status: 0 done, 2 a mistake "
                "in the input, 130 interrupted (Ctrl-C).")
     p.add_argument("checkpoint", type=Path, help="checkpoint.npz of a training run (or the run folder holding it)")
-    p.add_argument("--k", type=int, nargs="+", default=[DEFAULT_K], metavar="K",
+    p.add_argument("--k", type=whole_number, nargs="+", default=[DEFAULT_K], metavar="K",
                    help=f"importance samples per image (default {DEFAULT_K}); several values cost as much as the "
                         "largest, because smaller k use a prefix of its samples")
     add_shared_options(p, quiet="no progress bar")
-    p.add_argument("--batch-size", type=int, metavar="B", default=DEFAULT_ROWS,
+    p.add_argument("--batch-size", type=whole_number, metavar="B", default=DEFAULT_ROWS,
                    help=f"decoder rows per chunk (default {DEFAULT_ROWS}); bounds memory")
-    p.add_argument("--seed", type=int, default=0, help="decides the importance samples (default 0)")
+    p.add_argument("--seed", type=whole_number, default=0, help="decides the importance samples (default 0)")
     p.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH")
     return p
 
@@ -199,8 +199,7 @@ def run(args: argparse.Namespace) -> int:
     check_positive(args, "test_images", "batch_size")
     if any(k <= 0 for k in args.k):
         raise UserError(f"--k must be positive integers, got {' '.join(map(str, args.k))}")
-    if not 0 <= args.seed < 2**63:
-        raise UserError(f"--seed must be an integer in [0, 2**63), got {args.seed}")
+    seed_value(args.seed, "--seed")
     if args.json is not None and not args.json.parent.is_dir():
         raise UserError(f"cannot write {args.json}: folder {args.json.parent} does not exist")
     path = checkpoint_path(args.checkpoint)
@@ -214,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(report))
     if args.json is not None:
         try:
-            args.json.write_text(json.dumps(report, indent=2) + "\n")
+            jsonfile.write(args.json, report)
         except OSError as e:
             raise UserError(f"cannot write {args.json} ({e.strerror})") from None
     return 0

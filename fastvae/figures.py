@@ -47,7 +47,8 @@ def save_digits(path, images, rows=6, cols=10, title=None):
 
 
 def save_reconstructions(path, originals, reconstructions, n=10):
-    """Two rows: n test digits above, their reconstructions below."""
+    """Two rows: n test digits above, their reconstructions below (fewer when there are fewer)."""
+    n = min(n, len(originals))
     fig = _figure(n * 0.8, 2 * 0.8 + 0.3)
     pair = np.concatenate([np.asarray(originals[:n], np.float32), np.asarray(reconstructions[:n], np.float32)])
     ax = fig.add_axes((0.1, 0, 0.9, 0.9))
@@ -78,25 +79,29 @@ def save_loss_curves(path, history):
 
 def save_latent_scatter(path, mu, labels, dims=(0, 1), how=None):
     """The codings' means mu of a test set, two latent dimensions `dims`, one colour per digit (legend 0-9).
+    With one dimension (a 1-D latent space) each digit gets its own row: mu along x, the digit (jittered) on y.
 
     how: a few words on how `dims` were chosen, shown in the title (e.g. "the two of largest variance")."""
     mu = np.asarray(mu, dtype=np.float64)
     labels = np.asarray(labels).reshape(-1)
-    i, j = dims
+    i, j = dims if len(dims) == 2 else (dims[0], None)
+    spread = np.random.default_rng(1).uniform(-0.3, 0.3, len(mu))       # so that one digit's points do not overlap
+    x, y = mu[:, i], (mu[:, j] if j is not None else labels + spread)
     fig = _figure(6.4, 5.6)
     ax = fig.add_axes((0.11, 0.09, 0.70, 0.80))
     from matplotlib import colormaps
     cmap = colormaps["tab10"]
     order = np.random.default_rng(0).permutation(len(mu))    # no digit painted wholly on top of the others
     size = 4 if len(mu) > 2000 else 10
-    ax.scatter(mu[order, i], mu[order, j], c=labels[order], cmap=cmap, vmin=-0.5, vmax=9.5, s=size, alpha=0.6,
+    ax.scatter(x[order], y[order], c=labels[order], cmap=cmap, vmin=-0.5, vmax=9.5, s=size, alpha=0.6,
                linewidths=0, rasterized=True)
     handles = [ax.scatter([], [], color=cmap(d), s=30, label=str(d)) for d in range(10)]
     fig.legend(handles=handles, title="digit", loc="center left", bbox_to_anchor=(0.82, 0.5), frameon=False)
     ax.set_xlabel(f"$\\mu_{{{i}}}$")
-    ax.set_ylabel(f"$\\mu_{{{j}}}$")
+    ax.set_ylabel(f"$\\mu_{{{j}}}$" if j is not None else "digit")
     ax.grid(alpha=0.3)
-    title = f"means of q(z | x) for {len(mu):,} test digits: latent dims {i} and {j}"
+    which = f"latent dims {i} and {j}" if j is not None else "the latent space's one dimension, by digit"
+    title = f"means of q(z | x) for {len(mu):,} test digits: {which}"
     fig.suptitle(title + (f"\n({how})" if how else ""), fontsize=10)
     fig.savefig(path)
 

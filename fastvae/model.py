@@ -5,6 +5,7 @@ backend's kernels, and the backend owns the arrays.
 """
 from __future__ import annotations
 
+import dataclasses
 from os import PathLike
 from typing import Callable
 
@@ -13,11 +14,12 @@ import numpy as np
 from . import checkpoint, rng, step, training
 from .backends import get_backend
 from .backends.contract import check_settings
-from .config import N_PIXELS, Config
-from .constants import SIGMA_SMOOTHING
+from .config import N_PIXELS, Config, integer, seed_value
+from .constants import EVAL_ROWS, SIGMA_SMOOTHING
 from .data import as_images
 from .errors import UserError
 from .params import Layout, he_init
+from .threads import check as check_threads
 
 
 class VAE:
@@ -27,6 +29,8 @@ class VAE:
     `encoder` is "gamma" (the heads output logvar = log sigma^2, the seed's final form) or "sigma";
     `reconstruction` "xent" (sigmoid cross-entropy) or "mse"; `activation` the hidden layers' "elu" (the seed's),
     "relu" or "tanh". `notify(message)` hears which backend "auto" chose and why. `adam`: beta1, beta2, adam_eps.
+    `threads` (host backends): None/"auto" sizes OpenBLAS's and Numba's threads to the CPUs this process may use and
+    adapts them while training (fastvae.threads); an integer fixes the count (needed for bit-identical reruns).
     Arrays in and out are NumPy; images are (n, 784) or (n, 28, 28), uint8 or floats in [0, 1].
     A bad setting raises UserError (one line).
     """
@@ -34,8 +38,10 @@ class VAE:
     def __init__(self, hidden: tuple[int, ...] = (500, 500), latent: int = 20, backend: str = "auto",
                  seed: int = 0, lr: float = 0.001, batch_size: int = 150, encoder: str = "gamma",
                  reconstruction: str = "xent", notify: Callable[[str], None] | None = None,
-                 activation: str = "elu", **adam: float):        # activation last: positional calls still work
-        self.config = Config(hidden=tuple(hidden), latent=latent, seed=seed, lr=lr, batch_size=batch_size,
+                 activation: str = "elu", threads: int | str | None = None, **adam: float):
+        # activation, threads last: positional calls still work
+        self.threads = check_threads(threads)       # not part of the config: a property of the machine, not the model
+        self.config = Config(hidden=hidden, latent=latent, seed=seed, lr=lr, batch_size=batch_size,
                              encoder=encoder, reconstruction=reconstruction, activation=activation, **adam)
         self._set_up(backend, he_init(Layout(self.config), self.config.seed), notify)
 
@@ -52,6 +58,7 @@ class VAE:
         self.history = []                       # one dict per epoch fitted in this process
         self._ws = None
         self._ws_inference = None
+        self._ws_eval = None
 
     # ------------------------------------------------------------------ training
 
@@ -64,25 +71,33 @@ class VAE:
             validation: np.ndarray | None = None, callback: Callable[[VAE, dict], None] | None = None,
             progress: bool = False) -> VAE:
         """Train for `epochs` (default: the config's, the seed's 50) on images X, reshuffled every epoch as a
-        function of (seed, epoch); batch_size defaults to the config's (150). Returns self.
+        function of (seed, epoch); batch_size defaults to the config's (150) and becomes the config's (it is part
+        of the training position that save() keeps). Returns self.
 
         validation: optional test images, evaluated after each epoch. callback(model, record) runs after each
         epoch with that epoch's record (also appended to self.history): {"epoch", "steps", "seconds",
         "images_per_s", "train": losses, "test": losses (with validation)}. progress: show a tqdm progress bar.
-        A model stopped in the middle of an epoch (Ctrl-C) finishes that epoch first, as one of `epochs`.
+        A model stopped in the middle of an epoch (Ctrl-C) finishes that epoch first, as one of `epochs`, in
+        the batch size it started with (another one is refused until the next epoch).
         Raises UserError for bad arguments or images; TrainingInterrupted on Ctrl-C, after the step in
         progress, leaving the model consistent (save it to resume); TrainingDiverged naming the step when the
         loss or a parameter becomes NaN or Inf (the model then refuses to be saved).
         """
         cfg = self.config
-        epochs = cfg.epochs if epochs is None else _positive_int(epochs, "epochs")
-        batch_size = cfg.batch_size if batch_size is None else _positive_int(batch_size, "batch_size")
+        epochs = cfg.epochs if epochs is None else integer(epochs, "epochs")
+        batch_size = cfg.batch_size if batch_size is None else integer(batch_size, "batch_size")
+        if self.epoch_step and batch_size != cfg.batch_size:
+            raise UserError(f"this model stopped after batch {self.epoch_step} of epoch {self.epoch + 1}, in batches "
+                            f"of batch size {cfg.batch_size}; finish that epoch with it (batch_size="
+                            f"{cfg.batch_size}), another batch size can start at the next epoch")
         X = as_images(X, "X")
         if batch_size > len(X):
             raise UserError(f"batch_size {batch_size} is larger than the {len(X)} training images; "
                             f"use a batch size of at most {len(X)}")
         if validation is not None:
             validation = as_images(validation, "validation")
+        # the batch size is part of the training position: saved with the model, the default of the next fit
+        self.config = dataclasses.replace(self.config, batch_size=batch_size)
         training.run_epochs(self, X, self._workspace(batch_size), epochs, validation, callback, progress)
         return self
 
@@ -95,14 +110,17 @@ class VAE:
 
     def evaluate(self, X: np.ndarray) -> dict[str, float]:
         """The mean loss per image on images X, in nats: {"reconstruction", "kl", "total"} (the negative ELBO,
-        one sample per image with noise fixed by the seed, so the same model always gets the same numbers).
+        one sample per image; the noise of X[i] is a function of (seed, i) alone, whatever the batch size, so the
+        same model always gets the same numbers).
         Raises UserError for bad images."""
         X = as_images(X, "X")
         be = self.backend
-        ws = self._workspace(self._ws.batch if self._ws is not None else self.config.batch_size)
+        if self._ws_eval is None:               # its own size, not the training batch's: see step.evaluate
+            self._ws_eval = step.Workspace(be, self.config, EVAL_ROWS)
         loss = be.zeros(2, dtype=np.float64)
         idx = be.asarray(np.arange(len(X)), dtype=np.int64)
-        step.evaluate(be, self.config, self.state, ws, be.asarray(X, dtype=X.dtype), idx, self.config.seed, loss)
+        step.evaluate(be, self.config, self.state, self._ws_eval, be.asarray(X, dtype=X.dtype), idx, self.config.seed,
+                      loss)
         rec, kl = (float(t) / len(X) for t in be.to_host(loss))
         return {"reconstruction": rec, "kl": kl, "total": rec + kl}
 
@@ -152,8 +170,8 @@ class VAE:
         The codings are a pure function of `seed` (default: the model's seed), so the same call gives the same
         digits, which is how the trainer shows one set of codings evolving epoch by epoch. Raises UserError unless
         n is a positive integer."""
-        n = _positive_int(n, "n")
-        seed = self.config.seed if seed is None else int(seed)
+        n = integer(n, "n")
+        seed = self.config.seed if seed is None else seed_value(seed)
         return self.decode(rng.normals(seed, rng.STREAM_SAMPLE, 0, n, self.config.latent))
 
     def reconstruct(self, X: np.ndarray) -> np.ndarray:
@@ -167,6 +185,7 @@ class VAE:
         if rows is None:
             ws = self._workspace(self._ws.batch if self._ws is not None else self.config.batch_size)
         else:                           # an inference workspace of its own: the training one keeps its size
+            rows = integer(rows, "rows")
             if self._ws_inference is None or self._ws_inference.batch != rows:
                 self._ws_inference = step.Workspace(self.backend, self.config, rows)
             ws = self._ws_inference
@@ -202,9 +221,3 @@ class VAE:
         c = self.config
         return (f"VAE(hidden={c.hidden}, latent={c.latent}, backend={self.backend.name!r}, seed={c.seed}; "
                 f"{self.layout.size:,} parameters, {self.epoch} epochs, {self.steps} steps)")
-
-
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise UserError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import N_PIXELS
 
 
 @dataclass(frozen=True)
@@ -20,13 +19,13 @@ class Layer:
 
 
 def layer_shapes(cfg):
-    """(name, fan_in, fan_out) in forward order: encoder, heads (mu|gamma), decoder, output logits."""
-    widths = [N_PIXELS, *cfg.hidden]
+    """(name, fan_in, fan_out) in forward order: encoder, heads (mu|logvar), decoder, output logits."""
+    widths = [cfg.input_width, *cfg.hidden]
     shapes = [(f"enc{i + 1}", a, b) for i, (a, b) in enumerate(zip(widths[:-1], widths[1:]))]
     shapes.append(("heads", widths[-1], 2 * cfg.latent))
     dec = [cfg.latent, *reversed(cfg.hidden)]
     shapes += [(f"dec{i + 1}", a, b) for i, (a, b) in enumerate(zip(dec[:-1], dec[1:]))]
-    shapes.append(("out", dec[-1], N_PIXELS))
+    shapes.append(("out", dec[-1], cfg.input_width))
     return shapes
 
 

@@ -24,6 +24,8 @@ from .errors import UserError
 if TYPE_CHECKING:                   # the model module loads only when a checkpoint is read
     from .model import VAE
 
+# every file write_figures may write (a new run with --overwrite removes the old run's)
+FIGURES = ("samples.png", "reconstructions.png", "latent.png", "manifold.png", "interpolation.png", "loss.png")
 MANIFOLD_SIDE = 20
 MANIFOLD_RANGE = (0.05, 0.95)     # probabilities of the prior's quantiles at the grid's first and last points
 INTERPOLATION_STEPS = 10
@@ -42,9 +44,9 @@ def manifold_codings(side=MANIFOLD_SIDE, lo=MANIFOLD_RANGE[0], hi=MANIFOLD_RANGE
 
 
 def latent_dims(mu):
-    """(dims, how): the two latent dimensions to scatter — all of them for 2, else the two whose mu vary most."""
-    if mu.shape[1] == 2:
-        return (0, 1), None
+    """(dims, how): the latent dimensions to scatter — all of them for 1 or 2, else the two whose mu vary most."""
+    if mu.shape[1] <= 2:
+        return tuple(range(mu.shape[1])), None
     var = mu.var(axis=0)
     i, j = sorted(np.argsort(var)[::-1][:2].tolist())
     return (i, j), f"the two of {mu.shape[1]} with the largest variance of mu: {var[i]:.2f} and {var[j]:.2f}"

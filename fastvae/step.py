@@ -6,8 +6,7 @@ kernels as their last arguments, so no variant is looked up here.
 """
 import numpy as np
 
-from .config import N_PIXELS
-from .constants import COUNTER_SEED, COUNTER_STEP
+from .constants import COUNTER_SEED, COUNTER_STEP, EVAL_ROWS
 from .rng import STREAM_EVAL, STREAM_TRAIN
 
 
@@ -28,7 +27,7 @@ class Workspace:
         e = be.empty
         h = list(cfg.hidden)
         full = {
-            "x": e((batch, N_PIXELS)),
+            "x": e((batch, cfg.input_width)),
             "enc": [e((batch, k)) for k in h],           # encoder activations (hidden layers' outputs)
             "denc": [e((batch, k)) for k in h],          # their gradients (scratch of each layer's backward)
             "mu_logvar": e((batch, 2 * cfg.latent)),     # [mu | logvar] ([mu | sigma] in the sigma form)
@@ -37,8 +36,8 @@ class Workspace:
             "dz": e((batch, cfg.latent)),
             "dec": [e((batch, k)) for k in reversed(h)],
             "ddec": [e((batch, k)) for k in reversed(h)],
-            "dlogits": e((batch, N_PIXELS)),             # training: the reconstruction loss's gradient
-            "logits": e((batch, N_PIXELS)),              # inference (decode): the decoder's output
+            "dlogits": e((batch, cfg.input_width)),             # training: the reconstruction loss's gradient
+            "logits": e((batch, cfg.input_width)),              # inference (decode): the decoder's output
         }
         self.batch = batch
         self._full = full
@@ -167,8 +166,11 @@ class Stepper:
 def evaluate(be, cfg, state, ws, data, idx_all, seed, loss):
     """Adds the loss (reconstruction, KL) of data[idx_all] to `loss`, one ELBO sample per image.
 
-    The noise is a fixed function of (seed, batch number), so the same model always gets the same number.
+    ws has EVAL_ROWS rows: chunk j holds images j * EVAL_ROWS onwards and draws its noise at step j, so the noise
+    of image i is a function of (seed, i) alone and the same model always gets the same number.
     """
+    if ws.batch != EVAL_ROWS:
+        raise ValueError(f"evaluation runs in chunks of EVAL_ROWS = {EVAL_ROWS} rows, not {ws.batch}")
     counters = be.zeros(2, dtype=np.int64)
     counters[COUNTER_SEED] = seed
     for j, start in enumerate(range(0, len(idx_all), ws.batch)):

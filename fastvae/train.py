@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, machine
-from .cli import add_shared_options, check_positive, notifier, run_main
+from . import __version__, jsonfile, machine
+from .cli import add_shared_options, check_positive, notifier, run_main, whole_number
 from .config import Config
 from .constants import ENCODERS, HIDDEN_ACTIVATIONS, RECONSTRUCTIONS, SAMPLE_CODINGS
 from .errors import TrainingInterrupted, UserError
+from .threads import check as check_threads
 
 DEFAULTS = Config()
 
@@ -35,13 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
                "python -m fastvae.train --resume runs/quick --epochs 10.  "
                "Exit status: 0 done, 2 a mistake in the input, 3 training diverged, 130 interrupted (Ctrl-C).")
     add_shared_options(p, quiet="no progress bar or per-epoch lines")
-    p.add_argument("--epochs", type=int, default=None,
+    p.add_argument("--epochs", type=whole_number, default=None,
                    help=f"passes over the training set (default {DEFAULTS.epochs}; with --resume: the total to reach)")
-    p.add_argument("--batch-size", type=int, help=f"images per training step (default {DEFAULTS.batch_size})")
+    p.add_argument("--batch-size", type=whole_number, help=f"images per training step (default {DEFAULTS.batch_size})")
     p.add_argument("--lr", type=float, help=f"Adam's learning rate (default {DEFAULTS.lr})")
-    p.add_argument("--hidden", type=int, nargs="+", metavar="WIDTH",
+    p.add_argument("--hidden", type=whole_number, nargs="+", metavar="WIDTH",
                    help="encoder widths; the decoder mirrors them (default: %s)" % " ".join(map(str, DEFAULTS.hidden)))
-    p.add_argument("--latent", type=int, help=f"size of the coding z (default {DEFAULTS.latent})")
+    p.add_argument("--latent", type=whole_number, help=f"size of the coding z (default {DEFAULTS.latent})")
     p.add_argument("--encoder", choices=ENCODERS,
                    help="the heads output gamma = log sigma^2 (default, the seed's final form) or sigma itself "
                         "(its first form, KL smoothed by 1e-10)")
@@ -51,17 +52,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--activation", choices=HIDDEN_ACTIVATIONS,
                    help=f"the hidden layers' activation (default {DEFAULTS.activation}, the seed's); each one's "
                         "derivative follows from its output, so the fused kernels keep only that")
-    p.add_argument("--seed", type=int,
+    p.add_argument("--seed", type=whole_number,
                    help=f"decides the initial weights, the shuffles and every noise draw (default {DEFAULTS.seed})")
-    p.add_argument("--train-images", type=int, metavar="N", help="use only the first N training images")
+    p.add_argument("--train-images", type=whole_number, metavar="N", help="use only the first N training images")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="run folder for checkpoint, metrics and figures (default: runs/<date>-<time>)")
     p.add_argument("--resume", type=Path, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its checkpoint, exactly as if it had not stopped")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an --out folder that holds one: that run's checkpoint, metrics and "
+                        "figures are removed first (without it such a folder is refused)")
     p.add_argument("--no-plots", action="store_true", help="write no figures (no matplotlib needed)")
+    p.add_argument("--threads", type=_threads, default=None, metavar="N|auto",
+                   help="CPU threads of the step, OpenBLAS and Numba alike (default auto: the CPUs this process may "
+                        "use, affinity and cgroup quota, adapted while training when other work takes cores; a "
+                        "number fixes it, for bit-identical reruns); --resume keeps the run's unless given")
     return p
 
 
+def _threads(text):
+    try:
+        return "auto" if text == "auto" else check_threads(text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+# what marks a folder as holding a run
+_RUN_FILES = ("checkpoint.npz", "metrics.json")
 # options that describe the model or its data: fixed once a run has started
 _RUN_OPTIONS = ("batch_size", "lr", "hidden", "latent", "encoder", "reconstruction", "activation", "seed", "data",
                 "train_images", "test_images", "out")
@@ -72,8 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     return run_main(run, build_parser().parse_args(argv), kept="the last saved checkpoint is kept")
 
 
-def _prepare_out(out):
+def _prepare_out(out, new_run=False, overwrite=False):
     out = Path(out) if out is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    held = [name for name in _RUN_FILES if (out / name).exists()]
+    if new_run and held and not overwrite:
+        raise UserError(f"{out} already holds a run ({held[0]}); continue it with --resume {out}, or pass "
+                        "--overwrite to replace it")
     try:
         (out / "samples").mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -99,16 +120,18 @@ def _new_run(args, notify):
     model.config = cfg
     run_info = {"data_dir": None if args.data is None else str(args.data.resolve()),
                 "train_images": args.train_images, "test_images": args.test_images}
-    return model, run_info, _prepare_out(args.out)
+    return model, run_info, _prepare_out(args.out, new_run=True, overwrite=args.overwrite)
 
 
 def _resumed_run(args, notify):
     """(model, run info) of the run in args.resume, with its history; --epochs sets a new total."""
     from .model import VAE
     given = [f"--{k.replace('_', '-')}" for k in _RUN_OPTIONS if getattr(args, k) is not None]
+    if args.overwrite:
+        raise UserError("--overwrite starts a new run in an --out folder; it cannot be combined with --resume")
     if given:
         raise UserError(f"{', '.join(given)} cannot be changed when resuming; the run keeps its own settings "
-                        "(only --epochs, --backend, --no-plots and --quiet apply)")
+                        "(only --epochs, --backend, --threads, --no-plots and --quiet apply)")
     out = args.resume
     try:
         metrics = json.loads((out / "metrics.json").read_text())
@@ -116,6 +139,9 @@ def _resumed_run(args, notify):
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{out} is not a fastvae run folder with a readable metrics.json ({type(e).__name__}); "
                         "pass the --out folder of an earlier run") from None
+    if not (out / "checkpoint.npz").exists():
+        raise UserError(f"the run in {out} stopped before it saved a checkpoint; start it again with its options "
+                        f"and --out {out} --overwrite")
     model = VAE.load(out / "checkpoint.npz", backend=args.backend, notify=notify)
     model.history = [r for r in history if r["epoch"] <= model.epoch]
     if args.epochs is not None:
@@ -138,6 +164,9 @@ def run(args: argparse.Namespace) -> int:
 
     check_positive(args, "train_images", "test_images")
     model, run_info, out = (_resumed_run if args.resume is not None else _new_run)(args, notifier(args))
+    if args.threads is not None:                # kept in metrics.json's run info: --resume keeps the count
+        run_info["threads"] = args.threads
+    model.threads = check_threads(run_info.get("threads"))
     cfg = model.config
     data = load_mnist(run_info["data_dir"])
     train_x = data.train_x[:run_info["train_images"]]       # [:None] is all of them
@@ -156,13 +185,17 @@ def run(args: argparse.Namespace) -> int:
     say(f"fastvae {__version__}: {model.layout.size:,} parameters on the {model.backend.name} backend; "
         f"{len(train_x)} training and {len(test_x)} test images from {data.source}; {where}")
     codings_seed = cfg.seed
+    if args.resume is None and args.overwrite:
+        _remove_run(out)                    # only now: every check above has passed
+    # written before the first step, so a Ctrl-C in the first epoch leaves a folder that --resume can continue
+    jsonfile.write(out / "metrics.json", {**info, "epochs": model.history})
 
     def after_epoch(m, record):
         say(f"epoch {record['epoch']:3d}/{cfg.epochs}  train {record['train']['total']:8.3f}  "
             f"test {record['test']['total']:8.3f} (reconstruction {record['test']['reconstruction']:.3f} "
             f"+ KL {record['test']['kl']:.3f})  {record['seconds']:6.2f} s  {record['images_per_s']:9,.0f} img/s")
         m.save(out / "checkpoint.npz")
-        _write_json(out / "metrics.json", {**info, "epochs": m.history})
+        jsonfile.write(out / "metrics.json", {**info, "epochs": m.history})
         if draw:
             from .figures import save_digits
             save_digits(out / "samples" / f"epoch_{record['epoch']:03d}.png",
@@ -186,10 +219,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_json(path, obj):
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
+def _remove_run(out):
+    """Remove the files a run writes into `out` (and fastvae.plot's default figures/), none of the user's own."""
+    from .plot import FIGURES
+    found = [out / name for name in _RUN_FILES] + [out / "metrics.json.tmp", *out.glob(".checkpoint.npz.*.tmp")]
+    found += [*(out / "samples").glob("epoch_*.png"), *(out / f for f in FIGURES),
+              *(out / "figures" / f for f in FIGURES)]
+    for path in found:
+        path.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

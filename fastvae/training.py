@@ -4,13 +4,14 @@ VAE.fit checks its arguments and calls run_epochs; everything between two calls 
 loop works on the model's own state (its backend, step.State, workspace and training position: epoch,
 epoch_step, epoch_loss), so a model stopped by Ctrl-C can be saved and resumed exactly where it stood.
 """
+import contextlib
 import signal
 import threading
 import time
 
 import numpy as np
 
-from . import rng, step
+from . import rng, step, threads
 from .constants import LOSS_CHECK_INTERVAL_DEVICE
 from .errors import TrainingDiverged, TrainingInterrupted, UserError
 
@@ -24,11 +25,17 @@ def run_epochs(model, X, ws, epochs, validation=None, callback=None, progress=Fa
     workspace `ws`, whose size is the batch size. See VAE.fit for what the arguments mean and what it raises."""
     be, cfg = model.backend, model.config
     stepper = step.Stepper(be, cfg, model.state, ws, be.asarray(X, dtype=X.dtype))
+    # the host backends' thread count (OpenBLAS and Numba), sized to the CPUs available and adapted (threads.py)
+    pacer = threads.pacer_for(model, ws, getattr(model, "threads", None))
     # NaN/Inf arising inside the kernels is reported once, by the divergence guard, not as NumPy warnings
-    with StopOnCtrlC() as stop, np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+    with StopOnCtrlC() as stop, np.errstate(invalid="ignore", over="ignore", divide="ignore"), \
+            (pacer or contextlib.nullcontext()):
+        stepper = pacer.wrap(stepper) if pacer else stepper
         for _ in range(epochs):
             order = rng.epoch_permutation(cfg.seed, model.epoch, len(X))
             record = _epoch(model, stepper, order, ws, progress, stop)
+            if pacer:
+                record["threads"] = pacer.record()
             if validation is not None:
                 record["test"] = model.evaluate(validation)
             model.history.append(record)
@@ -65,7 +72,9 @@ def _epoch(model, stepper, order, ws, progress, stop):
             if bar is not None and ((k + 1) % PROGRESS_EVERY == 0 or last):
                 seen = min(start + ws.batch, n)
                 rate = (seen - starts[first]) / (time.perf_counter() - begin)
-                bar.set_postfix_str(f"loss {float(loss.sum()) / seen:.2f}, {rate:,.0f} img/s")
+                count = getattr(stepper, "threads", None)
+                bar.set_postfix_str(f"loss {float(loss.sum()) / seen:.2f}, {rate:,.0f} img/s"
+                                    + (f", {count} thread{'s' * (count != 1)}" if count else ""))
                 bar.update(k + 1 - bar.n)
         if stop.requested and not last:
             model.epoch_loss = np.array(be.to_host(ws.loss), dtype=np.float64)

@@ -1,16 +1,24 @@
-// adam.cu - Adam (TensorFlow's form) over the whole flat parameter buffer in one launch, then the step counter.
-// Reads grads, counters; updates params, m, v in place; adam_advance then sets counters[COUNTER_STEP] = t.
+// adam.cu - Adam (TensorFlow's form): adam_begin forms the step's bias-corrected step size once, adam_update then
+// updates params, m, v in one pass. adam_begin advances counters[COUNTER_STEP] and writes lr_t; the update reads lr_t.
 #include "common.cuh"
 
-// t = counters[COUNTER_STEP] + 1 is read from device memory, so a captured CUDA graph replays correctly step after
-// step.
-// Grid-stride loop: any grid covers the buffer.
-extern "C" __global__ void adam_update(float* params, const float* grads, float* m, float* v,
-                                       const long long* counters, double lr, double beta1, double beta2,
-                                       double eps, long long size)
+// One thread, once per step, before adam_update: t = ++counters[COUNTER_STEP] and the step size with both bias
+// corrections, lr_t[0] = lr sqrt(1 - beta2^t) / (1 - beta1^t). Both live in device memory, so a captured CUDA graph
+// replays correctly step after step, and the two double-precision pow (slow on GeForce-class cards) run once per step,
+// not once per thread.
+extern "C" __global__ void adam_begin(double* lr_t, long long* counters, double lr, double beta1, double beta2)
 {
-    const double t = (double)(counters[COUNTER_STEP] + 1);
-    const float lr_t = (float)(lr * sqrt(1.0 - pow(beta2, t)) / (1.0 - pow(beta1, t)));
+    if (blockIdx.x != 0 || threadIdx.x != 0) return;
+    const long long t = counters[COUNTER_STEP] + 1;
+    counters[COUNTER_STEP] = t;
+    lr_t[0] = lr * sqrt(1.0 - pow(beta2, (double)t)) / (1.0 - pow(beta1, (double)t));
+}
+
+// Grid-stride loop: any grid covers the buffer. lr_t[0] was written by adam_begin, launched before on the same stream.
+extern "C" __global__ void adam_update(float* params, const float* grads, float* m, float* v, const double* lr_t,
+                                       double beta1, double beta2, double eps, long long size)
+{
+    const float step = (float)lr_t[0];
     const float b1 = (float)beta1, b2 = (float)beta2, e = (float)eps;
     const float c1 = (float)(1.0 - beta1), c2 = (float)(1.0 - beta2);
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < size;
@@ -20,12 +28,6 @@ extern "C" __global__ void adam_update(float* params, const float* grads, float*
         const float vi = b2 * v[i] + c2 * g * g;
         m[i] = mi;
         v[i] = vi;
-        params[i] -= lr_t * mi / (sqrtf(vi) + e);
+        params[i] -= step * mi / (sqrtf(vi) + e);
     }
-}
-
-// A separate one-thread launch: every block of adam_update must have read the old t before it changes.
-extern "C" __global__ void adam_advance(long long* counters)
-{
-    if (blockIdx.x == 0 && threadIdx.x == 0) counters[COUNTER_STEP] += 1;
 }

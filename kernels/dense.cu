@@ -5,12 +5,13 @@
 // act is a compile-time policy (activation.cuh): one instance per activation, named dense_forward<ACTIVATION_ELU>
 // etc. dz is formed from dy and y as the products read them, so it is never stored.
 
-// ---- forward: grid (ceil(N / TILE_MN), ceil(n / TILE_MN)), block (TILE_T, TILE_T); bias and act in the epilogue
+// ---- forward: grid (ceil(n / TILE_MN), ceil(N / TILE_MN)), block (TILE_T, TILE_T); bias and act in the epilogue.
+// Row tiles on grid.x in every product (up to 2^31 - 1 of them; grid.y stops at 65535)
 template <int ACTIVATION>
 __global__ void dense_forward(float* out, const float* inp, const float* w, const float* b, int n, int K, int N)
 {
     float acc[TILE_R][TILE_R], unused[TILE_R];
-    const int row0 = blockIdx.y * TILE_MN, col0 = blockIdx.x * TILE_MN;
+    const int row0 = blockIdx.x * TILE_MN, col0 = blockIdx.y * TILE_MN;
     const RowMajor a = {inp, K}, wm = {w, N};
     tile_product(acc, unused, false, a, wm, n, N, K, row0, col0);
     for_each_output(row0, col0, n, N, [&](int i, int j, int r, int c) {
@@ -18,15 +19,16 @@ __global__ void dense_forward(float* out, const float* inp, const float* w, cons
     });
 }
 
-// ---- backward, weights: dW (K x N) = inp^T dz, reduced over the n rows; grid (ceil(N / TILE_MN), ceil(K / TILE_MN)).
-// The blocks of the first row of tiles also sum dz's columns: db = sum over rows of dz, no extra pass.
+// ---- backward, weights: dW (K x N) = inp^T dz, reduced over the n rows; grid (ceil(K / TILE_MN), ceil(N / TILE_MN)).
+// The blocks of the first row of tiles (blockIdx.x == 0) also sum dz's columns: db = sum over rows of dz, no
+// extra pass.
 template <int ACTIVATION>
 __global__ void dense_backward_weights(float* dw, float* db, const float* dout, const float* out, const float* inp,
                                        int n, int K, int N)
 {
     float acc[TILE_R][TILE_R], colsum[TILE_R];
-    const int row0 = blockIdx.y * TILE_MN, col0 = blockIdx.x * TILE_MN;
-    const bool want_db = blockIdx.y == 0;
+    const int row0 = blockIdx.x * TILE_MN, col0 = blockIdx.y * TILE_MN;
+    const bool want_db = blockIdx.x == 0;
     const Transposed a = {inp, K};
     const ActivationGrad<ACTIVATION> dz = {dout, out, N};
     tile_product(acc, colsum, want_db, a, dz, K, N, n, row0, col0);
@@ -38,13 +40,13 @@ __global__ void dense_backward_weights(float* dw, float* db, const float* dout, 
         }
 }
 
-// ---- backward, inputs: dinp (n x K) = dz W^T; grid (ceil(K / TILE_MN), ceil(n / TILE_MN))
+// ---- backward, inputs: dinp (n x K) = dz W^T; grid (ceil(n / TILE_MN), ceil(K / TILE_MN))
 template <int ACTIVATION>
 __global__ void dense_backward_input(float* dinp, const float* dout, const float* out, const float* w,
                                      int n, int K, int N)
 {
     float acc[TILE_R][TILE_R], unused[TILE_R];
-    const int row0 = blockIdx.y * TILE_MN, col0 = blockIdx.x * TILE_MN;
+    const int row0 = blockIdx.x * TILE_MN, col0 = blockIdx.y * TILE_MN;
     const ActivationGrad<ACTIVATION> dz = {dout, out, N};
     const Transposed wt = {w, N};
     tile_product(acc, unused, false, dz, wt, n, K, N, row0, col0);

@@ -40,7 +40,7 @@ template <> struct Encoder<ENCODER_SIGMA> {
     }
 };
 
-// grid (ceil(L / TILE_MN), ceil(n / TILE_MN)), block (TILE_T, TILE_T): each thread owns matching mu and second-half
+// grid (ceil(n / TILE_MN), ceil(L / TILE_MN)), block (TILE_T, TILE_T): each thread owns matching mu and second-half
 // columns of its rows, so the sample and the KL term are formed in the epilogue. eps comes from Philox
 // (seed, noise_stream, step, r L + c).
 template <int ENCODER>
@@ -48,7 +48,7 @@ __global__ void heads_forward(float* z, float* mu_logvar, double* loss, const fl
                               const float* b, const long long* counters, int noise_stream, int n, int K, int L)
 {
     float mu[TILE_R][TILE_R], second[TILE_R][TILE_R], unused[TILE_R];
-    const int row0 = blockIdx.y * TILE_MN, col0 = blockIdx.x * TILE_MN;
+    const int row0 = blockIdx.x * TILE_MN, col0 = blockIdx.y * TILE_MN;
     const RowMajor a = {inp, K}, w_mu = {w, 2 * L}, w_second = {w + L, 2 * L};
     tile_product(mu, unused, false, a, w_mu, n, L, K, row0, col0);
     tile_product(second, unused, false, a, w_second, n, L, K, row0, col0);

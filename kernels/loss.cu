@@ -33,13 +33,13 @@ template <> struct Reconstruction<RECONSTRUCTION_MSE> {
     }
 };
 
-// grid (ceil(N / TILE_MN), ceil(n / TILE_MN)), block (TILE_T, TILE_T)
+// grid (ceil(n / TILE_MN), ceil(N / TILE_MN)), block (TILE_T, TILE_T)
 template <int RECONSTRUCTION>
 __global__ void output_forward(float* dlogits, double* loss, const float* inp, const float* w, const float* b,
                                const float* x, int n, int K, int N)
 {
     float acc[TILE_R][TILE_R], unused[TILE_R];
-    const int row0 = blockIdx.y * TILE_MN, col0 = blockIdx.x * TILE_MN;
+    const int row0 = blockIdx.x * TILE_MN, col0 = blockIdx.y * TILE_MN;
     const RowMajor a = {inp, K}, wm = {w, N};
     tile_product(acc, unused, false, a, wm, n, N, K, row0, col0);
     double total = 0.0;

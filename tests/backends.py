@@ -1,8 +1,9 @@
 """The backends the kernel tests hold to the reference, and which cases each can afford, in one place.
 
-cpu: the Numba backend. gpu-emulated: the gpu backend's launch code over the CUDA C run on the CPU by
-fastvae.cuda.emu (needs a C++ compiler; slow: one fiber per CUDA thread, so it takes the cases up to a budget of
-multiply-adds, plus the seed's own layer shapes at batch 150). gpu: the same on a real device (marker gpu).
+cpu: the Numba backend. cpu-bf16: the same with its products on AMX tiles in bf16 (skipped, with the reason, where
+the CPU has no AMX). gpu-emulated: the gpu backend's launch code over the CUDA C run on the CPU by fastvae.cuda.emu
+(needs a C++ compiler; slow: one fiber per CUDA thread, so it takes the cases up to a budget of multiply-adds, plus
+the seed's own layer shapes at batch 150). gpu: the same on a real device (marker gpu).
 """
 import pytest
 
@@ -10,17 +11,24 @@ from tolerances import AWKWARD_ROWS
 
 # Shapes: (fan_in, fan_out) of dense layers, (fan_in, latent) of the heads, (fan_in, width) of the output layer.
 # Each list has the seed's shape first, then widths that are no multiple of any tile (32 on the gpu, 16 SIMD lanes).
-DENSE_SHAPES = [(784, 500), (500, 500), (37, 53), (500, 40), (20, 257), (1, 3)]
+# Data widths other than MNIST's 784 (issue 15): 1, 101, 1024 (32 x 32) and 3072 (32 x 32 x 3) enter as the first
+# layer's fan-in and leave as the output layer's width.
+DATA_WIDTHS = [784, 1, 101, 1024, 3072]
+DENSE_SHAPES = [(784, 500), (500, 500), (37, 53), (500, 40), (20, 257), (1, 3), (101, 37), (1024, 20), (3072, 13)]
 HEADS_SHAPES = [(500, 20), (13, 3), (9, 1), (33, 7), (33, 37)]
-OUTPUT_SHAPES = [(500, 784), (13, 37), (1, 1), (20, 53)]
+OUTPUT_SHAPES = [(500, 784), (13, 37), (1, 1), (20, 53), (13, 101), (20, 1024), (9, 3072)]
 ADAM_SIZES = [(1, 0), (1000, 0), (12345, 7), (1316824, 399)]      # (parameters, steps taken before)
 SEED_ROWS = 150
 
-BACKENDS = ("cpu", "gpu-emulated", "gpu")
+BACKENDS = ("cpu", "cpu-bf16", "gpu-emulated", "gpu")
 EMULATION_BUDGET = 2_000_000      # multiply-adds of one product the emulator takes at any row count
 
 
 def _unavailable(name):
+    if name == "cpu-bf16":
+        from fastvae.backends import amx
+        reason = amx.unavailable_reason()
+        return None if reason is None else f"cpu-bf16 backend unavailable: {reason}"
     if name == "gpu-emulated":
         from fastvae.cuda import emu
         return emu.unavailable_reason()

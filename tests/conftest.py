@@ -12,6 +12,12 @@ from fastvae.config import Config
 
 SEED_VARIABLE = "FASTVAE_TEST_SEED"
 
+# A fixed thread count for every fit the suite makes (in-process and in CLI subprocesses): OpenBLAS's sums depend on
+# its thread count, so the adaptive count (fastvae.threads) would make the bit-exact comparisons (resume, the same
+# model's same number) depend on the machine's load. An explicit OMP_NUM_THREADS is a user's choice and wins over
+# the adaptation; tests/test_threads.py exercises the adaptation itself with its detection patched.
+os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+
 
 @pytest.fixture
 def rand():

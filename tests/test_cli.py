@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import strict_json
+
 from fastvae import VAE, UserError
 from fastvae.cli import run_main
 from fastvae.errors import TrainingDiverged, TrainingInterrupted
@@ -45,6 +47,19 @@ def test_a_run_writes_its_checkpoint_metrics_and_figures(run_dir):
     assert m["epochs"][1]["train"]["total"] < m["epochs"][0]["train"]["total"]
 
 
+def test_json_writes_undefined_values_as_null_and_numpy_values_as_plain_ones():
+    from fastvae import jsonfile
+    obj = {"a": float("nan"), "b": [float("inf"), np.float32(1.5), -np.inf], "c": np.int64(3), "d": np.arange(2),
+           "e": (np.bool_(True), "x", None)}
+    assert strict_json.loads(jsonfile.dumps(obj)) == {"a": None, "b": [None, 1.5, None], "c": 3, "d": [0, 1],
+                                                "e": [True, "x", None]}
+
+
+def test_metrics_json_is_strict_json(run_dir):
+    out, _ = run_dir
+    assert strict_json.loads((out / "metrics.json").read_text())["epochs"]
+
+
 def test_the_figures_are_real_images_of_the_right_layout(run_dir):
     import matplotlib.image as mpimg
     out, _ = run_dir
@@ -64,6 +79,26 @@ def test_the_checkpoint_loads_and_matches_the_metrics(run_dir):
     assert model.evaluate(load_mnist().test_x[:200]) == m["epochs"][-1]["test"]
 
 
+def test_a_new_run_refuses_a_folder_holding_a_run_unless_told_to_overwrite_it(tmp_path):
+    one_epoch = [*QUICK[:1], "1", *QUICK[2:], "--quiet"]
+    assert train(*QUICK, "--quiet", "--out", str(tmp_path)).returncode == 0
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    (tmp_path / "notes.txt").write_text("the user's own file")
+    proc = train(*one_epoch, "--seed", "7", "--out", str(tmp_path))
+    assert proc.returncode == 2, proc.stderr
+    line, = proc.stderr.strip().splitlines()
+    assert "already holds a run" in line and f"--resume {tmp_path}" in line and "--overwrite" in line, line
+    assert all(p.read_bytes() == data for p, data in before.items()), "the old run is untouched"
+    proc = train(*one_epoch, "--seed", "7", "--out", str(tmp_path), "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["config"]["seed"] == 7 and [e["epoch"] for e in m["epochs"]] == [1]
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["epoch_001.png"]
+    assert (tmp_path / "notes.txt").read_text() == "the user's own file", "only the old run's files are removed"
+    proc = train("--resume", str(tmp_path), "--overwrite", "--epochs", "2")
+    assert proc.returncode == 2 and "--overwrite" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
 def test_help_documents_every_option():
     proc = train("--help")
     assert proc.returncode == 0
@@ -79,6 +114,26 @@ def test_every_tool_takes_the_shared_options(tool):
     text = importlib.import_module(f"fastvae.{tool}").build_parser().format_help()
     for option in ("--backend", "--data", "--test-images", "--quiet", "--version"):
         assert option in text, (tool, option)
+
+
+INTEGER_OPTIONS = [("train", o) for o in ("--epochs", "--batch-size", "--hidden", "--latent", "--seed",
+                                          "--train-images", "--test-images")] + \
+                  [("evaluate", o) for o in ("--k", "--batch-size", "--seed", "--test-images")] + \
+                  [("plot", "--test-images")]
+
+
+@pytest.mark.parametrize("tool, option", INTEGER_OPTIONS)
+def test_integer_options_take_integral_floats_and_refuse_fractions_naming_the_option(capsys, tool, option):
+    """As the library does: "3.0" is 3, "3.5" is a mistake (exit status 2) naming the option."""
+    import importlib
+    parser = importlib.import_module(f"fastvae.{tool}").build_parser()
+    assert not [a.dest for a in parser._actions if a.type is int], "every integer option takes integral floats"
+    first = [] if tool == "train" else ["run/checkpoint.npz"]
+    value = getattr(parser.parse_args([*first, option, "3.0"]), option[2:].replace("-", "_"))
+    assert value in (3, [3]) and type(value if value == 3 else value[0]) is int
+    with pytest.raises(SystemExit) as stop:
+        parser.parse_args([*first, option, "3.5"])
+    assert stop.value.code == 2 and f"argument {option}: must be a whole number, got '3.5'" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("raised, status, says", [
@@ -182,8 +237,8 @@ def test_the_gpu_backend_trains_resumes_and_evaluates_through_the_cli(tmp_path):
 
 def test_a_driver_too_old_for_cupy_is_one_line(tmp_path):
     proc = train("--backend", "gpu", "--epochs", "1", *GPU_QUICK, "--out", str(tmp_path / "run"),
-                 env=with_stand_in_cupy(FASTVAE_STAND_IN_DRIVER="11080"))
+                 env=with_stand_in_cupy(FASTVAE_STAND_IN_DRIVER="12040"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "supports CUDA 11.8, older than the CUDA 12.2 this CuPy needs" in lines[0], lines
+    assert len(lines) == 1 and "supports CUDA 12.4, older than the CUDA 13 this CuPy" in lines[0], lines
     assert "--backend cpu" in lines[0] and not (tmp_path / "run" / "checkpoint.npz").exists()

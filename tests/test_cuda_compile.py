@@ -94,7 +94,7 @@ def test_module_defines_every_entry_point(module, record_property):
                             ("heads_backward_mu_logvar", "encoder"), ("output_forward", "reconstruction")]:
         for value in SETTINGS[setting]:
             assert sources.instance(kernel, setting, value) in expected
-    assert {"gather_u8", "gather_f32", "adam_update", "adam_advance"} <= set(expected)
+    assert {"gather_u8", "gather_f32", "adam_begin", "adam_update"} <= set(expected)
     used = nvrtc.resource_usage(compiled.log, compiled.lowered)
     assert set(used) == set(expected)
     spilling = {k: r[3] for k, r in used.items() if r[3]}

@@ -4,7 +4,8 @@ import gzip
 import numpy as np
 import pytest
 
-from fastvae.data import IMAGES_MAGIC, LABELS_MAGIC, as_images, embedded_dir, load_mnist, read_idx
+from fastvae.data import (IMAGES_MAGIC, LABELS_MAGIC, as_images, as_rows, embedded_dir, load_data, load_mnist, read_idx,
+                          split_indices)
 from fastvae.errors import UserError
 
 NAMES = {"train_x": "train-images-idx3-ubyte", "train_y": "train-labels-idx1-ubyte",
@@ -110,7 +111,7 @@ def test_small_custom_idx_set_loads_without_checksum(tmp_path):
 # ---------------------------------------------------------------- loading errors
 
 def test_missing_directory(tmp_path):
-    user_error(load_mnist, tmp_path / "nowhere", phrase="does not exist; pass --data DIR")
+    user_error(load_mnist, tmp_path / "nowhere", phrase="does not exist; pass --data")
 
 
 def test_empty_directory_lists_the_expected_files(tmp_path):
@@ -139,18 +140,40 @@ def test_wrong_magic_number(tmp_path):
     user_error(read_idx, tmp_path / "labels", IMAGES_MAGIC, phrase="magic number 0x00000801")
 
 
-@pytest.mark.parametrize("compress", [False, True])
-def test_standard_size_file_with_a_flipped_byte_fails_the_checksum(tmp_path, compress):
-    labels = bytearray(gzip.decompress((embedded_dir() / f"{NAMES['train_y']}.gz").read_bytes()))
-    assert len(labels) == 60008
-    labels[1000] ^= 1  # a label byte: the header stays valid, only the checksum can tell
-    (tmp_path / "labels").write_bytes(gzip.compress(bytes(labels)) if compress else bytes(labels))
-    user_error(read_idx, tmp_path / "labels", LABELS_MAGIC, phrase="not its checksum: the file is corrupt")
+def test_published_files_are_named_and_other_files_of_their_size_get_a_notice():
+    """A file is named by its checksum; one of a published file's size that matches no published checksum is
+    another set in MNIST's format (Fashion-MNIST, KMNIST, ...) or a damaged copy: a notice, never a refusal."""
+    from fastvae.data import identify
+    stored = (embedded_dir() / f"{NAMES['train_y']}.gz").read_bytes()
+    labels = gzip.decompress(stored)
+    assert identify("labels", stored, labels) == (("MNIST", "train-labels"), None)
+    other = bytearray(labels)
+    other[1000] ^= 1  # a label byte: the header stays valid, only the checksum can tell
+    known, notice = identify("labels", bytes(other), bytes(other))
+    assert known is None and "matches none of the checksums fastvae knows" in notice and "\n" not in notice
+    assert identify("small", b"abc", b"abc") == (None, None)
 
 
-def test_images_must_be_28_by_28(tmp_path):
-    write_set(tmp_path, side=20)
-    user_error(load_mnist, tmp_path, phrase="images must be 28x28 = 784 pixels")
+def test_a_set_in_mnists_format_with_other_pixels_loads_with_a_notice(tmp_path):
+    """The issue's reproduction: MNIST's exact sizes and valid headers, other pixels (as Fashion-MNIST has)."""
+    rand = np.random.default_rng(1)
+    for field, n in (("train_x", 60000), ("test_x", 10000)):
+        (tmp_path / NAMES[field]).write_bytes(idx_bytes(rand.integers(0, 256, (n, 28, 28))))
+        (tmp_path / NAMES[field.replace("_x", "_y")]).write_bytes(idx_bytes(rand.integers(0, 10, n)))
+    data = load_mnist(tmp_path)
+    assert data.train_x.shape == (60000, 784) and data.image_shape == (28, 28) and data.name is None
+    assert len(data.notices) == 4 and all("matches none of the checksums" in n for n in data.notices)
+
+
+def test_the_embedded_set_is_named_mnist(embedded):
+    assert embedded.name == "MNIST" and embedded.notices == () and "(MNIST)" in embedded.source
+
+
+def test_idx_images_of_any_size_keep_their_shape(tmp_path):
+    arrays = write_set(tmp_path, side=20)
+    data = load_mnist(tmp_path)
+    assert data.image_shape == (20, 20) and data.width == 400
+    np.testing.assert_array_equal(data.train_x, arrays["train_x"].reshape(5, 400))
 
 
 def test_label_count_must_match_image_count(tmp_path):
@@ -165,10 +188,10 @@ def test_empty_set(tmp_path):
 
 def test_npz_missing_arrays_and_bad_dtype(tmp_path):
     np.savez(tmp_path / "mnist.npz", x_train=np.zeros((2, 784), np.uint8), y_train=np.zeros(2, np.uint8))
-    user_error(load_mnist, tmp_path, phrase="lacks the arrays x_test, y_test")
-    np.savez(tmp_path / "mnist.npz", x_train=np.zeros((2, 784)), y_train=np.zeros(2, np.uint8),
+    user_error(load_mnist, tmp_path, phrase="lacks the arrays x_test")
+    np.savez(tmp_path / "mnist.npz", x_train=np.full((2, 784), 2.0), y_train=np.zeros(2, np.uint8),
              x_test=np.zeros((1, 784), np.uint8), y_test=np.zeros(1, np.uint8))
-    user_error(load_mnist, tmp_path, phrase="must be uint8")
+    user_error(load_mnist, tmp_path, phrase="outside [0, 1]")
 
 
 # ---------------------------------------------------------------- as_images
@@ -195,11 +218,11 @@ def test_as_images_flattens_float_images_to_float32():
 @pytest.mark.parametrize("X,phrase", [
     (np.full((2, 784), np.nan), "1568 NaN"),
     (np.full((2, 784), np.inf), "1568 infinite"),
-    (np.array([[-0.2] * 783 + [1.3]]), "outside [0, 1] (min -0.2, max 1.3); scale pixels"),
+    (np.array([[-0.2] * 783 + [1.3]]), "outside [0, 1] (min -0.2, max 1.3); scale them"),
     (np.full((2, 784), 255, np.int64), "outside [0, 1]"),
-    (np.zeros(784), "not a batch of images; pass a batch of shape (n, 784)"),
-    (np.zeros((28, 28)), "not a batch of images"),
-    (np.zeros((2, 100)), "images must be 28x28 = 784 pixels"),
+    (np.zeros(784), "not a batch; pass a batch of shape (n, d) or (n, h, w)"),
+    (np.zeros((28, 28)), "has rows of 28 values (shape (28, 28)) but the model takes 784"),
+    (np.zeros((2, 100)), "has rows of 100 values"),
     (np.zeros((0, 784)), "images is empty"),
     (np.full((2, 784), "a"), "has dtype <U1"),
     (np.zeros((2, 784), bool), "has dtype bool"),
@@ -209,3 +232,60 @@ def test_as_images_flattens_float_images_to_float32():
 def test_as_images_rejects_with_one_line(X, phrase):
     msg = user_error(as_images, X, "images", phrase=phrase)
     assert msg.startswith("images ")
+
+
+# ---------------------------------------------------------------- other data sets (issue 15)
+
+def test_keras_npz_of_any_shape_with_or_without_labels(tmp_path):
+    rand = np.random.default_rng(2)
+    x_train, x_test = rand.uniform(0, 1, (6, 32, 24)), rand.uniform(0, 1, (3, 32, 24))
+    np.savez(tmp_path / "set.npz", x_train=x_train, x_test=x_test)
+    data = load_data(tmp_path / "set.npz")
+    assert data.image_shape == (32, 24) and data.train_x.dtype == np.float32 and data.train_y is None
+    np.testing.assert_allclose(data.test_x, x_test.reshape(3, -1).astype(np.float32))
+    np.savez(tmp_path / "set.npz", x_train=x_train, x_test=x_test, y_train=np.arange(5), y_test=np.arange(3))
+    user_error(load_data, tmp_path / "set.npz", phrase="has 6 images but")
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz"])
+def test_a_single_array_is_split_by_the_documented_seeded_rule(tmp_path, suffix):
+    rows = np.random.default_rng(3).integers(0, 256, (70, 64)).astype(np.uint8)
+    path = tmp_path / f"rows{suffix}"
+    np.save(path, rows) if suffix == ".npy" else np.savez(path, anything=rows)
+    data = load_data(path, test_fraction=1 / 7, split_seed=5)
+    train, test = split_indices(70, 1 / 7, 5)
+    assert len(test) == 10 and len(train) == 60 and not set(train) & set(test)
+    np.testing.assert_array_equal(data.test_x, rows[test])
+    np.testing.assert_array_equal(data.train_x, rows[train])
+    assert data.image_shape is None and data.train_y is None and "10 of 70 rows held out" in data.source
+    assert not np.array_equal(split_indices(70, 1 / 7, 6)[1], test), "the seed decides the split"
+
+
+@pytest.mark.parametrize("fraction,n,phrase", [(0.0, 10, "between 0 and 1"), (1.0, 10, "between 0 and 1"),
+                                               (1.5, 10, "between 0 and 1"), (0.5, 1, "cannot be split")])
+def test_bad_splits_are_one_line(tmp_path, fraction, n, phrase):
+    np.save(tmp_path / "x.npy", np.zeros((n, 4), np.uint8))
+    user_error(load_data, tmp_path / "x.npy", fraction, phrase=phrase)
+
+
+def test_emnist_style_names_are_found_and_the_transpose_is_said(tmp_path):
+    arrays = write_set(tmp_path / "plain")
+    d = tmp_path / "emnist"
+    d.mkdir()
+    for field, name in NAMES.items():
+        src = next(p for p in (tmp_path / "plain").iterdir() if p.name.startswith(name))
+        (d / f"emnist-letters-{name.replace('t10k', 'test')}.gz").write_bytes(src.read_bytes())
+    data = load_data(d)
+    np.testing.assert_array_equal(data.test_y, arrays["test_y"])
+    assert any("transposed" in n for n in data.notices)
+    (d / "emnist-digits-train-images-idx3-ubyte.gz").write_bytes(b"")
+    user_error(load_data, d, phrase="has several files for train-images-idx3-ubyte")
+
+
+def test_as_rows_keeps_the_image_shape_and_as_images_checks_the_models():
+    rows, shape = as_rows(np.zeros((3, 32, 32), np.uint8))
+    assert rows.shape == (3, 1024) and shape == (32, 32)
+    assert as_rows(np.zeros((3, 64)))[1] is None
+    user_error(as_rows, np.zeros((2, 3, 4, 5)), phrase="flatten colour channels")
+    user_error(as_images, np.zeros((2, 16, 64)), "X", 1024, (32, 32), phrase="images of 16x64 but the model's are 32x32")
+    assert as_images(np.zeros((2, 1024)), "X", 1024, (32, 32)).shape == (2, 1024)

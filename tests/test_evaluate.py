@@ -7,6 +7,8 @@ import sys
 import numpy as np
 import pytest
 
+import strict_json
+
 from fastvae import VAE, checkpoint, rng
 from fastvae.data import load_mnist
 from fastvae.evaluate import STREAM_IWAE, evaluate_model, iwae_bound, log_mean_exp
@@ -142,6 +144,18 @@ def test_bad_arguments_are_one_line_user_errors(trained):
         iwae_bound(model, X[:3], k=2, batch_size=0)
 
 
+def test_integral_numbers_of_any_type_are_taken_and_fractions_refused(trained):
+    from fastvae import UserError
+    model, _, X = trained
+    a = iwae_bound(model, X[:5], k=[2, 3], seed=4, batch_size=7)
+    b = iwae_bound(model, X[:5], k=np.array([2.0, 3.0]), seed=np.int64(4), batch_size=np.float32(7))
+    assert b["k"] == [2, 3] and all(type(k) is int for k in b["k"])
+    np.testing.assert_array_equal(b["bound"], a["bound"])
+    for name, bad in (("seed", 4.5), ("batch_size", 7.5), ("k", 2.5), ("seed", "4")):
+        with pytest.raises(UserError, match=f"^{name} must"):
+            iwae_bound(model, X[:5], **{"k": 2, name: bad})
+
+
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "fastvae.evaluate", *map(str, args)], capture_output=True,
                           text=True, timeout=120)
@@ -161,6 +175,16 @@ def test_cli_writes_the_table_and_json(trained, tmp_path):
     assert [e["k"] for e in r["iwae"]] == [1, 10]
     assert r["iwae"][1]["nll"] < r["iwae"][0]["nll"]
     assert f"{r['iwae'][1]['nll']:.3f}" in proc.stdout
+
+
+def test_json_is_strict_rfc_8259_an_undefined_value_is_null(trained, tmp_path):
+    _, path, _ = trained
+    out = tmp_path / "e.json"
+    proc = _cli(path, "--k", "1", "10", "--test-images", 1, "--backend", "cpu", "--json", out, "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    r = strict_json.loads(out.read_text())
+    assert [row["std_error"] for row in r["iwae"]] == [None, None]      # one image: no standard error
+    assert "nan" in proc.stdout                                        # the table may say so, in words
 
 
 @pytest.mark.parametrize("args, says", [

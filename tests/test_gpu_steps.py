@@ -217,27 +217,16 @@ def test_load_gives_the_contract_on_cupy(stand_in, rand):
     kc.check_train_steps(stand_in, Config(hidden=(13, 9), latent=3, batch_size=7), rand, 7, n_steps=2)
 
 
-@pytest.mark.parametrize("change,reason", [
-    (dict(getDeviceCount=lambda: 0), "no CUDA device is visible"),
-    (dict(getDeviceCount=lambda: (_ for _ in ()).throw(RuntimeError("cudaErrorNoDevice: no CUDA-capable device"))),
-     "no usable CUDA device (cudaErrorNoDevice"),
-    (dict(driverGetVersion=lambda: 11080), "supports CUDA 11.8, older than the CUDA 12.2 this CuPy needs"),
-])
-def test_unavailable_reasons(fake_cupy, change, reason):
+def test_a_driver_of_an_older_major_version_is_refused_by_the_device_count(fake_cupy, monkeypatch):
+    """As with the real CuPy (tests/test_gpu_real_cupy.py tests the messages against it): the stand-in's CUDA 12.4
+    driver under a CuPy built for CUDA 13.2 fails getDeviceCount; CUDA 13.0 is accepted."""
     from fastvae.errors import UserError
-    for key, value in change.items():
-        setattr(fake_cupy.runtime, key, value)
-    assert reason in gpu.unavailable_reason()
+    monkeypatch.setenv("FASTVAE_STAND_IN_DRIVER", "13000")
+    assert gpu.unavailable_reason() is None
+    monkeypatch.setenv("FASTVAE_STAND_IN_DRIVER", "12040")
+    assert "supports CUDA 12.4, older than the CUDA 13 this CuPy" in gpu.unavailable_reason()
     with pytest.raises(UserError, match="--backend gpu is not available: .*; use --backend cpu"):
         gpu.load()
-
-
-def test_without_cupy_the_reason_says_how_to_install_it(monkeypatch):
-    monkeypatch.setitem(sys.modules, "cupy", None)              # import cupy raises ModuleNotFoundError
-    for attr in ("_cupy", "_cupy_error", "_loaded"):
-        monkeypatch.setattr(gpu, attr, None)
-    assert gpu.unavailable_reason() == ('CuPy is not installed: pip install "fastvae[gpu]" (cupy-cuda12x for '
-                                        'CUDA 12 drivers, cupy-cuda13x for CUDA 13)')
 
 
 # ---------------------------------------------------------------- the captured step
@@ -281,7 +270,7 @@ def test_replaying_the_captured_step_trains_like_launching_every_step(capturing)
 
 
 def test_a_replay_that_loses_a_launch_fails_the_check(stand_in, fake_cupy, monkeypatch):
-    """The check above can fail: a graph that drops its last launch (adam_advance) trains differently."""
+    """The check above can fail: a graph that drops its last launch (adam_update) trains differently."""
     def end_capture(self):
         launches, fake_cupy.Stream.capturing = fake_cupy.Stream.capturing[:-1], None
         return types.SimpleNamespace(launch=lambda stream: [kernel(*args) for kernel, args in launches])
@@ -306,3 +295,121 @@ def test_the_vae_class_trains_through_one_captured_step(capturing, rand, monkeyp
     vae = model.VAE(hidden=(13, 9), latent=3, backend="gpu", seed=5, batch_size=8)
     vae.fit(X, epochs=2)
     assert vae.steps == 8 and len(made) == 1 and made[0].captures == 1
+
+
+def test_capture_leaves_the_callers_current_stream_current(stand_in, fake_cupy, rand):
+    """`with stream:` would make the default stream current on exit (CuPy issue #8377), dropping the caller's."""
+    cfg = Config(hidden=(13, 9), latent=3, batch_size=7)
+    st, ws, data = _small_run(stand_in, rand, cfg)
+    idx = stand_in.asarray(np.arange(7), dtype=np.int64)
+    mine = fake_cupy.cuda.Stream(non_blocking=True).use()
+    stand_in.capture(lambda: step.train_step(stand_in, cfg, st, ws, data, idx))
+    assert fake_cupy.cuda.get_current_stream() is mine
+
+
+@pytest.mark.parametrize("data_dtype,idx_dtype", [(np.float64, np.int64), (np.uint8, np.int32)])
+def test_work_that_allocates_is_refused_inside_a_capture(stand_in, rand, data_dtype, idx_dtype):
+    """float64 data or non-int64 indices take the array module's gather or a conversion: an allocation and a copy,
+    whose buffer a graph would replay after it is freed. Outside a capture they work."""
+    cfg = Config(hidden=(13, 9), latent=3, batch_size=7)
+    st, ws, data = _small_run(stand_in, rand, cfg)
+    data, idx = data.astype(data_dtype), stand_in.asarray(np.arange(7), dtype=idx_dtype)
+    with pytest.raises(ValueError, match="cannot be captured in a CUDA graph"):
+        stand_in.capture(lambda: step.train_step(stand_in, cfg, st, ws, data, idx))
+    step.train_step(stand_in, cfg, st, ws, data, idx)
+
+
+def test_a_captured_stepper_is_freed_without_the_cyclic_gc(stand_in, rand):
+    """The graph keeps what its launches use, and nothing refers back to the Stepper: dropping the Stepper frees
+    the graph and the device data set at once."""
+    import gc
+    import weakref
+    cfg = Config(hidden=(13, 9), latent=3, batch_size=7)
+    st, ws, data = _small_run(stand_in, rand, cfg)
+    stepper = step.Stepper(stand_in, cfg, st, ws, data)
+    stepper(stand_in.asarray(np.arange(7), dtype=np.int64))
+    assert stepper.captures == 1
+    gone, data_gone = weakref.ref(stepper), weakref.ref(data)
+    gc.disable()
+    try:
+        del stepper, data
+        assert gone() is None and data_gone() is None
+    finally:
+        gc.enable()
+
+
+def test_adams_bias_corrections_are_formed_once_per_step(rand):
+    """Adam's two double-precision pow run in one thread per step (adam_begin), not in every thread of the pass."""
+    recorder = Recorder(gpu.emulated().impl.module)
+    b = contract.Backend(gpu.CudaKernels(np, recorder))
+    cfg = Config(hidden=(13, 9), latent=3, batch_size=7)
+    st, ws, data = _small_run(b, rand, cfg)
+    step.train_step(b, cfg, st, ws, data, b.asarray(np.arange(7), dtype=np.int64))
+    adam = [(name, grid, block) for name, grid, block, *_ in recorder.log if name.startswith("adam")]
+    assert adam[0] == ("adam_begin", (1,), (1,)) and [a[0] for a in adam] == ["adam_begin", "adam_update"]
+    from fastvae.cuda import sources
+    body = sources.expand("adam.cu").split("void adam_update(")[1]
+    assert "pow(" not in body
+
+
+class GridCheck:
+    """A RawModule-like module that checks each launch's grid against CUDA's limits (x < 2^31, y and z <= 65535,
+    as the emulator's cuda_emu.h and a device refuse) and runs nothing: the emulator cannot afford these sizes."""
+
+    def __init__(self):
+        self.grids = []
+
+    def get_function(self, name):
+        def launch(grid, block, args, shared_mem=0):
+            grid = tuple(grid) + (1,) * (3 - len(grid))
+            assert all(1 <= g <= limit for g, limit in zip(grid, (2 ** 31 - 1, 65535, 65535))), (name, grid)
+            self.grids.append((name, grid))
+        return launch
+
+
+def test_products_take_more_rows_than_grid_y_allows():
+    """2,097,121 rows are 65,536 row tiles: more than grid.y's 65,535 (decode_logits(rows=...), evaluate's
+    --batch-size). Row tiles go on grid.x."""
+    from fastvae.cuda.launch import TILE_MN
+    n = 65535 * TILE_MN + 1
+    module = GridCheck()
+    b = gpu.CudaKernels(np, module)
+    one = np.zeros(1, np.float32)
+    col, loss, counters = np.zeros((n, 1), np.float32), np.zeros(2), np.zeros(2, np.int64)
+    wide = np.zeros((n, 2), np.float32)
+    b.dense_forward(col, col, one.reshape(1, 1), one, "elu")
+    b.dense_backward(col, one.reshape(1, 1), one, col, col, one.reshape(1, 1), col, "elu")
+    b.heads_forward(col, wide, loss, col, np.zeros((1, 2), np.float32), np.zeros(2, np.float32), counters, 0,
+                    "gamma")
+    b.output_forward(col, loss, col, one.reshape(1, 1), one, col, "xent")
+    assert {name.split("<")[0] for name, _ in module.grids} >= {"dense_forward", "dense_backward_input",
+                                                                "heads_forward", "output_forward"}
+
+
+def test_the_progress_bar_moves_at_the_rate_the_loss_is_read(rand, monkeypatch):
+    """On a device the loss is read every LOSS_CHECK_INTERVAL_DEVICE steps (counted as (k + 1) % interval): the
+    bar must move at those reads, not only at the epoch's last step."""
+    import copy
+    from fastvae import backends, model, training
+    be = copy.copy(backends.get_backend("cpu"))
+    be.loss_check_interval = LOSS_CHECK_INTERVAL_DEVICE
+    monkeypatch.setattr(model, "get_backend", lambda name, notify=None: be)
+    moves = []
+
+    class Bar:
+        n = 0
+
+        def update(self, k):
+            self.n += k
+            moves.append(self.n)
+
+        def set_postfix_str(self, text):
+            pass
+
+        def close(self):
+            pass
+    monkeypatch.setattr(training, "_progress_bar", lambda total, desc: Bar())
+    steps = 2 * LOSS_CHECK_INTERVAL_DEVICE + 3
+    X = rand.integers(0, 256, (2 * steps, 784)).astype(np.uint8)
+    model.VAE(hidden=(5,), latent=2, backend="cpu", seed=1, batch_size=2).fit(X, epochs=1, progress=True)
+    assert moves == [0, LOSS_CHECK_INTERVAL_DEVICE, 2 * LOSS_CHECK_INTERVAL_DEVICE, steps]

@@ -24,7 +24,8 @@ def test_the_backend_has_exactly_the_contract(name):
     assert be.dtype == np.float32
 
 
-@pytest.mark.parametrize("name,rows,width,_,__", backends.cases([(784, 0), (1, 0), (257, 0)], work=lambda a, b: a))
+@pytest.mark.parametrize("name,rows,width,_,__", backends.cases([(w, 0) for w in backends.DATA_WIDTHS],
+                                                                 work=lambda a, b: a))
 def test_gather(rand, name, rows, width, _, __):
     kc.check_gather(backends.load(name), rand, rows, width)
 

@@ -1,6 +1,7 @@
 """The public VAE class: training, inference, persistence and its answers to bad input (real files, real runs)."""
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -204,3 +205,130 @@ def test_importing_fastvae_loads_nothing_optional():
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'cupy', 'matplotlib', 'tqdm', 'torch'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_the_test_loss_is_a_function_of_the_model_alone_not_of_any_batch_size(tmp_path, mnist):
+    """Evaluation noise depends on (seed, image index) only: models that differ only in their batch size (the
+    same initial parameters) get the same number, bit for bit, and so does a model after save and load."""
+    t = mnist.test_x[:400]                                   # more than one chunk of any batch size below
+    totals = {b: VAE(seed=2, **{**SMALL, "batch_size": b}).evaluate(t) for b in (7, 150, 400)}
+    assert totals[7] == totals[150] == totals[400], totals
+    model = VAE(seed=2, **SMALL).fit(mnist.train_x[:300], epochs=1, batch_size=30)
+    model.save(tmp_path / "ck.npz")
+    assert VAE.load(tmp_path / "ck.npz", backend="cpu").evaluate(t) == model.evaluate(t)
+
+
+def test_the_batch_size_is_part_of_the_saved_training_position(tmp_path, mnist):
+    x = mnist.train_x[:300]
+    straight = VAE(seed=7, **SMALL).fit(x, epochs=2, batch_size=30)
+    first = VAE(seed=7, **SMALL).fit(x, epochs=1, batch_size=30)
+    first.save(tmp_path / "ck.npz")
+    resumed = VAE.load(tmp_path / "ck.npz", backend="cpu")
+    assert resumed.config.batch_size == 30
+    resumed.fit(x, epochs=1)                                 # the saved batch size, not the constructor's
+    np.testing.assert_array_equal(resumed.state.params, straight.state.params)
+    resumed.fit(x, epochs=1, batch_size=60)                  # at an epoch boundary another batch size may start
+    assert resumed.steps == 20 + 5 and resumed.config.batch_size == 60
+
+
+def _interrupted_mid_epoch(model, x, epochs, batch_size):
+    """fit() stopped by a real SIGINT (the trainer's Ctrl-C handling) a few steps into the first epoch."""
+    import os
+    import signal
+    import threading
+
+    from fastvae.errors import TrainingInterrupted
+
+    def press_ctrl_c():
+        while model.epoch == 0 and model.epoch_step < 2:
+            time.sleep(0.0005)
+        os.kill(os.getpid(), signal.SIGINT)                  # lands while epoch 2 is still ahead: the handler's
+
+    threading.Thread(target=press_ctrl_c, daemon=True).start()
+    with pytest.raises(TrainingInterrupted):
+        model.fit(x, epochs=epochs, batch_size=batch_size)
+    assert model.epoch_step > 0, "stopped inside an epoch"
+    return model
+
+
+def test_a_run_stopped_mid_epoch_resumes_with_its_own_batch_size_or_refuses_another(tmp_path, mnist):
+    x = mnist.train_x[:3000]
+    straight = VAE(seed=7, **{**SMALL, "batch_size": 150}).fit(x, epochs=2, batch_size=10)
+    stopped = _interrupted_mid_epoch(VAE(seed=7, **{**SMALL, "batch_size": 150}), x, epochs=2, batch_size=10)
+    stopped.save(tmp_path / "ck.npz")
+    resumed = VAE.load(tmp_path / "ck.npz", backend="cpu")
+    with pytest.raises(UserError, match="batch size 10") as err:
+        resumed.fit(x, epochs=1, batch_size=150)
+    assert "\n" not in str(err.value)
+    resumed.fit(x, epochs=2 - resumed.epoch)
+    np.testing.assert_array_equal(resumed.state.params, straight.state.params)
+    assert resumed.history[-1]["train"] == straight.history[-1]["train"]
+
+
+# Every whole-number and real-valued setting of the model; integral floats count as whole numbers.
+INTEGER_SETTINGS = {"latent": 3, "batch_size": 30, "epochs": 2, "seed": 5}
+FLOAT_SETTINGS = {"lr": 0.002, "beta1": 0.5, "beta2": 0.75, "adam_eps": 0.25}
+INTEGER_KINDS = [int, np.int64, np.int32, np.uint16, float, np.float64, np.float32]
+NOT_WHOLE = [1.5, np.float32(2.5), "3", None, True, np.bool_(True), float("nan"), float("inf"), 3 + 0j]
+FLOAT_KINDS = [float, np.float64, np.float32, np.float16]
+NOT_REAL = ["0.5", None, True, float("nan"), 0.5j, [0.5]]
+
+
+@pytest.mark.parametrize("kind", INTEGER_KINDS, ids=lambda k: k.__name__)
+@pytest.mark.parametrize("name", [*INTEGER_SETTINGS, "hidden"])
+def test_integer_settings_accept_any_integral_number_as_a_plain_int(name, kind):
+    from fastvae.config import Config
+    cfg = Config(hidden=(kind(24), kind(16))) if name == "hidden" else Config(**{name: kind(INTEGER_SETTINGS[name])})
+    values = cfg.hidden if name == "hidden" else (getattr(cfg, name),)
+    assert [type(v) for v in values] == [int] * len(values)
+    assert values == ((24, 16) if name == "hidden" else (INTEGER_SETTINGS[name],))
+
+
+@pytest.mark.parametrize("bad", NOT_WHOLE, ids=repr)
+@pytest.mark.parametrize("name", [*INTEGER_SETTINGS, "hidden"])
+def test_integer_settings_refuse_anything_else_in_one_line_naming_it(name, bad):
+    from fastvae.config import Config
+    with pytest.raises(UserError, match=name) as err:
+        Config(hidden=(24, bad)) if name == "hidden" else Config(**{name: bad})
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("kind", [*FLOAT_KINDS, int, np.int64], ids=lambda k: k.__name__)
+@pytest.mark.parametrize("name", FLOAT_SETTINGS)
+def test_float_settings_accept_any_real_number_as_a_plain_float(name, kind):
+    from fastvae.config import Config
+    value = FLOAT_SETTINGS[name] if kind not in (int, np.int64) else int(name in ("lr", "adam_eps"))   # 1 or 0
+    got = getattr(Config(**{name: kind(value)}), name)
+    assert type(got) is float and got == float(kind(value))
+
+
+@pytest.mark.parametrize("bad", NOT_REAL, ids=repr)
+@pytest.mark.parametrize("name", FLOAT_SETTINGS)
+def test_float_settings_refuse_anything_else_in_one_line_naming_it(name, bad):
+    from fastvae.config import Config
+    with pytest.raises(UserError, match=name) as err:
+        Config(**{name: bad})
+    assert "\n" not in str(err.value)
+
+
+def test_numpy_scalar_settings_train_save_and_load(tmp_path, mnist):
+    """Settings are plain Python values from the start, so whatever trains also saves (the config is JSON)."""
+    model = VAE(hidden=np.array([24, 16]), latent=np.int64(3), batch_size=np.int32(30), seed=np.uint8(5),
+                lr=np.float32(0.002), backend="cpu", encoder=np.str_("gamma"), beta1=np.float64(0.9),
+                beta2=np.float32(0.99), adam_eps=np.float32(1e-7))
+    model.fit(mnist.train_x[:60], epochs=np.int64(1), batch_size=np.float64(30.0))
+    model.save(tmp_path / "m.npz")
+    loaded = VAE.load(tmp_path / "m.npz", backend="cpu")
+    assert loaded.config == model.config and loaded.steps == 2
+    assert all(type(v) in (int, float, str, list) for v in loaded.config.to_dict().values())
+    np.testing.assert_array_equal(model.sample(np.int64(3), seed=np.int64(2)), loaded.sample(3, seed=2.0))
+
+
+@pytest.mark.parametrize("call", ["fit epochs", "fit batch_size", "sample n", "sample seed", "decode rows"])
+def test_the_methods_integer_arguments_refuse_fractions(mnist, call):
+    model = VAE(**SMALL)
+    x = mnist.train_x[:100]
+    with pytest.raises(UserError, match=call.split()[1]):
+        {"fit epochs": lambda: model.fit(x, epochs=1.5), "fit batch_size": lambda: model.fit(x, batch_size=50.5),
+         "sample n": lambda: model.sample(2.5), "sample seed": lambda: model.sample(2, seed=1.5),
+         "decode rows": lambda: model.decode_logits(np.zeros((2, 4)), rows=1.5)}[call]()

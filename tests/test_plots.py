@@ -29,7 +29,7 @@ def _train(folder, latent):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = {}
-    for latent in (2, 4):
+    for latent in (1, 2, 4):
         folder = tmp_path_factory.mktemp(f"latent{latent}")
         out[latent] = (_train(folder, latent), folder)
     return out
@@ -78,6 +78,27 @@ def test_a_20d_model_gets_no_manifold_and_says_why(runs):
     assert "no manifold.png: it needs a 2-D latent space, this model's is 4-D" in proc.stdout
 
 
+def test_a_1d_model_gets_every_figure_but_the_manifold(runs):
+    _, folder = runs[1]
+    proc = _plot(folder, "--test-images", 500, "--backend", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (folder / "figures").iterdir()) == [n for n in ALL if n != "manifold.png"]
+    assert "no manifold.png" in proc.stdout
+    latent = _check_image(folder / "figures" / "latent.png", 400, 400)
+    assert (latent[..., :3].std(axis=2) > 0.1).mean() > 0.01          # coloured points, not grey
+
+
+@pytest.mark.parametrize("latent, test_images", [(1, 200), (2, 1), (3, 7)])
+def test_training_with_figures_works_for_every_latent_size_and_few_test_images(tmp_path, latent, test_images):
+    proc = subprocess.run([sys.executable, "-m", "fastvae.train", "--latent", str(latent), "--train-images", "300",
+                           "--test-images", str(test_images), "--hidden", "32", "--batch-size", "50", "--epochs",
+                           "1", "--backend", "cpu", "--quiet", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert {"samples.png", "reconstructions.png", "latent.png", "loss.png"} <= {p.name for p in tmp_path.iterdir()}
+    assert ("manifold.png" in {p.name for p in tmp_path.iterdir()}) == (latent == 2)
+
+
 def test_no_metrics_means_no_loss_curves(runs, tmp_path):
     model, _ = runs[4]
     model.save(tmp_path / "alone.npz")
@@ -113,6 +134,7 @@ def test_latent_dims_picks_the_widest_spread():
     dims, how = latent_dims(mu)
     assert dims == (1, 4) and "largest variance" in how
     assert latent_dims(mu[:, :2]) == ((0, 1), None)
+    assert latent_dims(mu[:, 4:5]) == ((0,), None)
 
 
 def test_interpolation_rows_start_and_end_at_the_reconstructions(runs):

@@ -6,11 +6,28 @@ import numpy as np
 # those (K <= 784 here), and exp/log add a few ulps: about 1e-5 relative to the size of the terms summed.
 # Values are compared as |a - b| <= RTOL * scale where scale is the largest |reference| in that array (or of the
 # terms that formed it), so entries that cancel to ~0 are judged against the magnitude they were computed from.
+# bfloat16 (the cpu-bf16 backend's products): 8 significant bits, so rounding an operand to nearest even moves it by
+# at most u = 2**-8 of itself. A product term a b of two rounded operands is off by at most (2u + u^2) |a b|, and
+# those errors add over the K terms at worst to (2u + u^2) * sum |a b| -- the same scale as above, whatever K is;
+# the fp32 accumulation adds at most K * 2**-24 of it (K <= 4096 here: 2.4e-4). So 2u + u^2 + 4096 * 2**-24 ~ 8.1e-3
+# bounds one product; the passes around it are float32 (1-Lipschitz activations, or scales the checks carry).
+BF16_UNIT = 2.0 ** -8
+BF16_PRODUCT = 2 * BF16_UNIT + BF16_UNIT ** 2 + 4096 * 2.0 ** -24
 TOL = {
     "float32": 2e-5,        # one kernel's outputs vs the float64 reference
     "float32_step": 1e-4,   # a whole step: errors pass through ~10 chained kernels before reaching a gradient
+    "bfloat16": BF16_PRODUCT,           # one kernel whose product takes bf16 operands (above)
+    "bfloat16_step": 5 * BF16_PRODUCT,  # a whole step: 5x one kernel's, the same ratio as float32's
     "fd": 1e-6,             # float64 central differences, h = 1e-5: truncation ~h^2, rounding ~1e-16/h
 }
+PRECISIONS = {"cpu-bf16": "bfloat16"}    # backends whose products round their operands; all others float32
+
+
+def tolerance_for(be, step=False):
+    """The tolerance of backend `be` (a contract.Backend) for one kernel, or for a whole step."""
+    precision = PRECISIONS.get(be.name, "float32")
+    return TOL[f"{precision}_step" if step else precision]
+
 
 AWKWARD_ROWS = (1, 7, 150, 257)
 

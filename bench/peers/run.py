@@ -18,10 +18,11 @@ per process, and the frameworks' thread pools should not share a process.
 """
 import argparse
 import importlib
-import json
 import resource
 import sys
 import time
+
+from fastvae import jsonfile       # one JSON line per answer, strict (a diverged loss is null)
 
 FRAMEWORKS = ("fastvae", "torch", "torch-compile", "jax")
 
@@ -65,10 +66,10 @@ def _peer(name, x, seed, batch_size):
 
 def _serve(name, version, first, epoch):
     """One JSON line when ready, then one epoch per line read (its number), one JSON line each, until EOF."""
-    print(json.dumps({"framework": name, "version": version, "first_call_seconds": round(first, 4)}), flush=True)
+    print(jsonfile.dumps({"framework": name, "version": version, "first_call_seconds": round(first, 4)}), flush=True)
     for line in sys.stdin:
         seconds, loss = epoch(int(line))
-        print(json.dumps({"seconds": round(seconds, 4), "loss": loss}), flush=True)
+        print(jsonfile.dumps({"seconds": round(seconds, 4), "loss": loss}), flush=True)
     return 0
 
 
@@ -117,7 +118,7 @@ def main(argv=None):
     except UserError as e:                      # e.g. fastvae refuses a batch larger than the data
         print(f"{args.framework}: {e}", file=sys.stderr)
         return 1
-    print(json.dumps({
+    print(jsonfile.dumps({
         "framework": args.framework, "version": version, "epochs": args.epochs, "images": len(x),
         "batch_size": args.batch_size, "seconds_per_epoch": [round(s, 4) for s in seconds],
         "first_call_seconds": round(first, 4), "loss": loss, "peak_rss_mb": round(_peak_rss_mb(), 1),

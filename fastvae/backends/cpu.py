@@ -55,7 +55,10 @@ def gather_batch(x, data, idx):
 
 # ---------------------------------------------------------------- activations, from the output alone
 
-ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}   # identity 0, elu 1, relu 2, tanh 3
+ACTIVATION_CODES = {name: code for code, name in enumerate(ACTIVATIONS)}
+# Numba reads module globals as compile-time constants: the branches below name their activation, not a number.
+_IDENTITY, _ELU, _RELU, _TANH = (ACTIVATION_CODES[a] for a in ("identity", "elu", "relu", "tanh"))
+_NAN32 = np.float32(np.nan)
 
 
 @njit(inline="always", cache=True, error_model="numpy")
@@ -63,29 +66,35 @@ def _activate(z, code):
     """act(z) in float32 arithmetic. `code` is constant over a kernel's loops: LLVM hoists the branch out of them
     (loop unswitching), so each activation runs its own vectorised loop (ELU measured as fast as an ELU-only loop).
     tanh(|z|) = -e / (2 + e) with e = exp(-2|z|) - 1 in (-1, 0]: no cancellation, and SIMD arithmetic instead of
-    a libm call per element."""
-    if code == 1:
+    a libm call per element. A code without a branch here gives NaN, so an activation added to constants.py but
+    not here fails every test and trips the divergence guard instead of silently acting as the identity."""
+    if code == _ELU:
         return z if z > 0 else expm1_nonpos_f32(z)
-    if code == 2:
+    if code == _RELU:
         return np.float32(0.0) if z < 0 else z     # a NaN passes through, as np.maximum and the CUDA C let it
-    if code == 3:
+    if code == _TANH:
         e = expm1_nonpos_f32(np.float32(-2.0) * abs(z))
         t = -e / (np.float32(2.0) + e)
         return t if z >= 0 else -t
-    return z
+    if code == _IDENTITY:
+        return z
+    return _NAN32
 
 
 @njit(inline="always", cache=True, error_model="numpy")
 def _grad_from_output(y, code):
-    """act'(z) from y = act(z): elu 1 if y > 0 else y + 1; relu 1 if y > 0 else 0; tanh 1 - y^2; identity 1."""
+    """act'(z) from y = act(z): elu 1 if y > 0 else y + 1; relu 1 if y > 0 else 0; tanh 1 - y^2; identity 1;
+    NaN for a code without a branch (see _activate)."""
     one = np.float32(1.0)
-    if code == 1:
+    if code == _ELU:
         return one if y > 0 else y + one
-    if code == 2:
+    if code == _RELU:
         return one if y > 0 else np.float32(0.0)
-    if code == 3:
+    if code == _TANH:
         return one - y * y
-    return one
+    if code == _IDENTITY:
+        return one
+    return _NAN32
 
 
 # ---------------------------------------------------------------- dense layers: forward and backward side by side

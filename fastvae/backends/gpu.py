@@ -20,13 +20,15 @@ from ..cuda.launch import ADAM_BLOCKS, THREADS, TILE_MN, TILE_T
 from ..errors import UserError
 from .contract import Backend
 
-_INSTALL = 'pip install "fastvae[gpu]" (cupy-cuda12x for CUDA 12 drivers, cupy-cuda13x for CUDA 13)'
+_INSTALL = ('pip install "fastvae[gpu-cuda13]" for a CUDA 13 driver, "fastvae[gpu-cuda12]" for CUDA 12 '
+            "(nvidia-smi shows the driver's CUDA version)")
 TILE_BLOCK = (TILE_T, TILE_T)     # threads of a product kernel's block, TILE_MN x TILE_MN outputs
 
 _i32, _i64, _f64 = np.int32, np.int64, np.float64
 
 
 def _tiles(n):
+    """Tiles of TILE_MN along n. Row tiles go on grid.x (up to 2^31 - 1), never on grid.y (65535: 2,097,120 rows)."""
     return (n + TILE_MN - 1) // TILE_MN
 
 
@@ -60,35 +62,62 @@ class CudaKernels:
         self._host = xp is np
         self._functions = {}
         self.launches = 0
+        self._captured = None               # while capture() records: every launch's arguments, kept for the graph
+        # Adam's bias-corrected step size, written by adam_begin and read by adam_update: one buffer for the
+        # backend's lifetime, allocated here and never inside a capture (launches on one stream are ordered).
+        self._adam_lr_t = xp.zeros(1, dtype=np.float64)
         # Each read of the loss waits for the step to finish on a device: the trainer checks it less often there.
         self.loss_check_interval = 1 if self._host else LOSS_CHECK_INTERVAL_DEVICE
         if self._host:
             self.capture = None
 
-    def _launch(self, kernel, grid, block, args):
+    def function(self, kernel):
+        """The module's kernel (a name or a name expression), fetched once: with CuPy, compiled and loaded then."""
         if kernel not in self._functions:
             self._functions[kernel] = self.module.get_function(kernel)
+        return self._functions[kernel]
+
+    def _launch(self, kernel, grid, block, args):
+        fn = self.function(kernel)
         self.launches += 1
-        self._functions[kernel](grid, block, args)
+        if self._captured is not None:
+            self._captured.append(args)
+        fn(grid, block, args)
+
+    def _not_while_capturing(self, what):
+        """Work that allocates or copies cannot sit in a graph: its buffer would dangle on every replay."""
+        if self._captured is not None:
+            raise ValueError(f"gpu backend: {what} cannot be captured in a CUDA graph (it allocates); pass it "
+                             "converted before the step")
 
     def capture(self, fn):
         """Record the launches `fn` makes as a CUDA graph, without running them, and return a function that
         replays it: captured in relaxed mode on a stream of its own, launched on the current stream so it stays
         ordered with the work around it. The graph bakes in every launch argument; fn keeps the arrays alive."""
         cuda = self.xp.cuda
-        before = self.launches
+        before, caller = self.launches, cuda.get_current_stream()
         capturing = cuda.Stream(non_blocking=True)
-        capturing.wait_event(cuda.get_current_stream().record())     # buffers written before are ready
-        with capturing:
+        capturing.wait_event(caller.record())           # buffers written before are ready
+        # .use() and back rather than `with capturing:`, whose exit makes the default stream current, not the
+        # caller's (CuPy issue #8377)
+        capturing.use()
+        self._captured = []
+        try:
             capturing.begin_capture()
             try:
                 fn()
             finally:
                 graph = capturing.end_capture()
+            arguments = self._captured
+        finally:
+            self._captured = None
+            caller.use()
 
         def replay():
             graph.launch(stream=cuda.get_current_stream())
-        replay.keep = (fn, capturing)                   # every captured array stays referenced (through fn)
+        # Every array a captured launch reads or writes stays referenced, and nothing refers back to fn or its
+        # owner: no reference cycle keeps the graph and the device data set alive until the cyclic GC runs.
+        replay.keep = (arguments, capturing)
         replay.kernels = self.launches - before         # the graph's kernel nodes
         return replay
 
@@ -115,9 +144,11 @@ class CudaKernels:
         n, cols = x.shape
         _check(x, (n, cols), "x")
         if idx.dtype != np.int64 or not idx.flags.c_contiguous:
+            self._not_while_capturing(f"idx of dtype {idx.dtype} (not a contiguous int64 array)")
             idx = self.xp.ascontiguousarray(idx, dtype=np.int64)
         _check(idx, (n,), "idx", np.int64)
         if data.dtype not in (np.uint8, np.float32) or not data.flags.c_contiguous or data.ndim != 2:
+            self._not_while_capturing(f"data of dtype {data.dtype} (not a contiguous uint8 or float32 matrix)")
             x[...] = data[idx]           # other dtypes and layouts: the array module's gather, then a cast
             return
         _check(data, (data.shape[0], cols), "data", data.dtype)
@@ -136,7 +167,7 @@ class CudaKernels:
 
     def dense_forward(self, out, inp, w, b, activation):
         n, K, N = self._dense_shapes(out, inp, w, b)
-        self._launch(sources.instance("dense_forward", "activation", activation), (_tiles(N), _tiles(n)), TILE_BLOCK,
+        self._launch(sources.instance("dense_forward", "activation", activation), (_tiles(n), _tiles(N)), TILE_BLOCK,
                      (out, inp, w, b, _i32(n), _i32(K), _i32(N)))
 
     def dense_backward(self, dinp, dw, db, dout, inp, w, out, activation):
@@ -152,10 +183,10 @@ class CudaKernels:
             out = dout                  # identity: act' = 1 reads nothing, but the kernel takes a readable buffer
         _check(out, (n, N), "out")
         dims = (_i32(n), _i32(K), _i32(N))
-        self._launch(sources.instance("dense_backward_weights", "activation", activation), (_tiles(N), _tiles(K)),
+        self._launch(sources.instance("dense_backward_weights", "activation", activation), (_tiles(K), _tiles(N)),
                      TILE_BLOCK, (dw, db, dout, out, inp, *dims))
         if dinp is not None:
-            self._launch(sources.instance("dense_backward_input", "activation", activation), (_tiles(K), _tiles(n)),
+            self._launch(sources.instance("dense_backward_input", "activation", activation), (_tiles(n), _tiles(K)),
                          TILE_BLOCK, (dinp, dout, out, w, *dims))
 
     def heads_forward(self, z, mu_logvar, loss, inp, w, b, counters, noise_stream, encoder):
@@ -165,7 +196,7 @@ class CudaKernels:
         _check(mu_logvar, (n, 2 * L), "mu_logvar")
         _check(loss, (2,), "loss", np.float64)
         _check(counters, (2,), "counters", np.int64)
-        self._launch(sources.instance("heads_forward", "encoder", encoder), (_tiles(L), _tiles(n)), TILE_BLOCK,
+        self._launch(sources.instance("heads_forward", "encoder", encoder), (_tiles(n), _tiles(L)), TILE_BLOCK,
                      (z, mu_logvar, loss, inp, w, b, counters, _i32(noise_stream), _i32(n), _i32(K), _i32(L)))
 
     def heads_backward(self, dinp, dw, db, dmu_logvar, dz, inp, w, mu_logvar, z, counters, noise_stream, encoder):
@@ -185,7 +216,7 @@ class CudaKernels:
         n, K, N = self._dense_shapes(dlogits, inp, w, b)
         _check(x, (n, N), "x")
         _check(loss, (2,), "loss", np.float64)
-        self._launch(sources.instance("output_forward", "reconstruction", reconstruction), (_tiles(N), _tiles(n)),
+        self._launch(sources.instance("output_forward", "reconstruction", reconstruction), (_tiles(n), _tiles(N)),
                      TILE_BLOCK, (dlogits, loss, inp, w, b, x, _i32(n), _i32(K), _i32(N)))
 
     def adam_update(self, params, grads, m, v, counters, lr, beta1, beta2, eps):
@@ -194,9 +225,10 @@ class CudaKernels:
             _check(a, (size,), what)
         _check(counters, (2,), "counters", np.int64)
         grid = max(1, min(ADAM_BLOCKS, _blocks(size)))
+        # t = ++counters[COUNTER_STEP] and lr_t from it, once per step in device memory; then the one pass
+        self._launch("adam_begin", (1,), (1,), (self._adam_lr_t, counters, _f64(lr), _f64(beta1), _f64(beta2)))
         self._launch("adam_update", (grid,), (THREADS,),
-                     (params, grads, m, v, counters, _f64(lr), _f64(beta1), _f64(beta2), _f64(eps), _i64(size)))
-        self._launch("adam_advance", (1,), (1,), (counters,))     # counters[COUNTER_STEP] += 1, after every block
+                     (params, grads, m, v, self._adam_lr_t, _f64(beta1), _f64(beta2), _f64(eps), _i64(size)))
 
 
 _emulated = {}
@@ -232,41 +264,108 @@ def _cuda_version(v):
     return f"{v // 1000}.{v % 1000 // 10}"
 
 
+def _first_line(exc):
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _built_for(cp):
+    """The CUDA major version this CuPy was built for (runtimeGetVersion gives the build's version since CuPy 13)."""
+    return cp.cuda.runtime.runtimeGetVersion() // 1000
+
+
 def unavailable_reason():
-    """None when the gpu backend can run here, else a one-line reason."""
+    """None when the gpu backend can run here, else a one-line reason.
+
+    CuPy runs on any driver of the CUDA major version it was built for, older minor versions included (it compiles
+    the kernels to SASS for that), so no version is compared here: a driver of an older major version is refused by
+    getDeviceCount itself, with cudaErrorInsufficientDriver."""
     cp = _import_cupy()
     if cp is None:
         if isinstance(_cupy_error, ModuleNotFoundError) and _cupy_error.name == "cupy":
             return f"CuPy is not installed: {_INSTALL}"
-        return f"CuPy does not import ({type(_cupy_error).__name__}: {str(_cupy_error).splitlines()[0]})"
+        return f"CuPy does not import ({type(_cupy_error).__name__}: {_first_line(_cupy_error)})"
+    runtime = cp.cuda.runtime
     try:
-        count = cp.cuda.runtime.getDeviceCount()
-    except Exception as exc:
-        return f"no usable CUDA device ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        count = runtime.getDeviceCount()
+    except runtime.CUDARuntimeError as exc:
+        if "cudaErrorInsufficientDriver" not in str(exc):
+            return f"no usable CUDA device ({_first_line(exc)})"
+        driver, major = runtime.driverGetVersion(), _built_for(cp)
+        if driver == 0:
+            return "no NVIDIA driver is installed (libcuda.so.1 was not found)"
+        return (f"the NVIDIA driver supports CUDA {_cuda_version(driver)}, older than the CUDA {major} this CuPy "
+                f"(cupy-cuda{major}x) is built for: update the driver or install the CuPy for CUDA {driver // 1000}: "
+                f'pip install "fastvae[gpu-cuda{driver // 1000}]"')
     if count == 0:
         return "no CUDA device is visible"
-    try:
-        driver, runtime = cp.cuda.runtime.driverGetVersion(), cp.cuda.runtime.runtimeGetVersion()
-    except Exception as exc:
-        return f"the CUDA driver does not answer ({str(exc).splitlines()[0]})"
-    if driver < runtime:
-        return (f"the NVIDIA driver supports CUDA {_cuda_version(driver)}, older than the CUDA "
-                f"{_cuda_version(runtime)} this CuPy needs: update the driver or install the CuPy for "
-                f"CUDA {driver // 1000} (cupy-cuda{driver // 1000}x)")
     return None
+
+
+def describe_failure(exc, cp):
+    """The one-line reason, with its fix, for an exception raised while the gpu backend starts on CuPy `cp` (the
+    module compiled and loaded, a first allocation); None for one that is not such a failure (a bug: let it show)."""
+    cuda, text, major = cp.cuda, _first_line(exc), _built_for(cp)
+    if isinstance(exc, cuda.memory.OutOfMemoryError) or "cudaErrorMemoryAllocation" in text:
+        return f"the GPU is out of memory ({text}): free it (nvidia-smi lists the processes that hold it)"
+    if isinstance(exc, cuda.compiler.CompileException):
+        return (f"fastvae's CUDA kernels do not compile for this GPU ({text}); they need compute capability 6.0 or "
+                "newer: report it with the output of nvidia-smi")
+    if isinstance(exc, cuda.runtime.CUDARuntimeError):
+        if "cudaErrorDevicesUnavailable" in text or "cudaErrorDeviceUnavailable" in text:
+            return (f"the GPU is busy ({text}): it is in exclusive-process mode and another process holds it; "
+                    "wait for it or pick another GPU with CUDA_VISIBLE_DEVICES")
+        return f"the CUDA runtime failed ({text})"
+    if isinstance(exc, cuda.driver.CUDADriverError):
+        if "NO_BINARY_FOR_GPU" in text or "UNSUPPORTED_PTX_VERSION" in text or "INVALID_PTX" in text:
+            return (f"the CUDA driver cannot load the kernels NVRTC compiled ({text}): the GPU or the driver is newer "
+                    f'than this NVRTC; update it: pip install -U "fastvae[gpu-cuda{major}]"')
+        return f"the CUDA driver failed ({text})"
+    if isinstance(exc, (RuntimeError, OSError, ImportError)):
+        if "CUDA headers" in text:
+            return (f"CuPy cannot find the CUDA headers ({text}): pip install \"fastvae[gpu-cuda{major}]\" (it brings "
+                    "them), or set CUDA_PATH to a CUDA toolkit")
+        if "nvrtc" in text.lower():
+            return (f"CuPy cannot load NVRTC, the CUDA compiler ({text}): pip install \"fastvae[gpu-cuda{major}]\" "
+                    "(it brings it), or install the CUDA toolkit")
+    return None
+
+
+class Unavailable(UserError):
+    """The gpu backend cannot run here; `reason` is the one-line why, with its fix."""
+
+    def __init__(self, reason):
+        super().__init__(f"--backend gpu is not available: {reason}; use --backend cpu")
+        self.reason = reason
+
+
+def _start(cp):
+    """The backend on CuPy, brought up far enough to fail here rather than in the first step: every kernel compiled
+    and loaded on the device, and one allocation made."""
+    from ..cuda import nvrtc
+    impl = CudaKernels(cp, compile_module(cp.RawModule, options=nvrtc.OPTIONS))
+    for name in sources.entry_points(sources.module_source()):
+        impl.function(name)
+    cp.cuda.get_current_stream().synchronize()
+    return Backend(impl)
 
 
 _loaded = None
 
 
 def load():
-    """The gpu backend on CuPy (the kernels compiled once by NVRTC), as a contract.Backend; UserError with the
-    one-line reason where it cannot run."""
+    """The gpu backend on CuPy (the kernels compiled once by NVRTC), as a contract.Backend; `Unavailable` (a
+    UserError) with the one-line reason, and its fix, where it cannot run."""
     global _loaded
     if _loaded is None:
         problem = unavailable_reason()
         if problem is not None:
-            raise UserError(f"--backend gpu is not available: {problem}; use --backend cpu")
-        from ..cuda import nvrtc
-        _loaded = Backend(CudaKernels(_cupy, compile_module(_cupy.RawModule, options=nvrtc.OPTIONS)))
+            raise Unavailable(problem)
+        try:
+            _loaded = _start(_cupy)
+        except Exception as exc:
+            problem = describe_failure(exc, _cupy)
+            if problem is None:
+                raise
+            raise Unavailable(problem) from exc
     return _loaded

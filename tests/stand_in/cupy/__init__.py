@@ -1,10 +1,16 @@
-"""A stand-in `cupy` for tests on machines without a GPU: numpy arrays, fastvae's CPU emulation of the CUDA C as
-RawModule, a scripted CUDA runtime and CuPy's stream-capture protocol. With it, fastvae's gpu backend runs its
-real code path — load(), the availability checks, the launch code, capture and replay — up to the CuPy calls.
+"""A stand-in `cupy` for what the real CuPy cannot do on a machine without a GPU: allocate, launch kernels, hold
+streams and capture graphs. numpy arrays, fastvae's CPU emulation of the CUDA C as RawModule, a scripted CUDA
+runtime, CuPy's current-stream rules and its stream-capture protocol. With it, fastvae's gpu backend runs its real
+code path — load(), capture and replay, the launch code — up to the CuPy calls.
+
+Everything here bears a name of the real package and means what it means there: tests/test_gpu_real_cupy.py checks
+each name, signature and exception class against the real CuPy (the `test` extra installs it). What the real CuPy
+answers without a device (versions, compile errors, the exception classes) is tested against the real package.
 
 Use it in-process (tests/test_gpu_steps.py puts it in sys.modules) or for a subprocess by putting
 tests/stand_in on PYTHONPATH (tests/test_cli.py runs `python -m fastvae.train --backend gpu` that way).
-FASTVAE_STAND_IN_DRIVER / _RUNTIME set the reported CUDA versions (e.g. 11080 for a too-old driver).
+FASTVAE_STAND_IN_DRIVER / _RUNTIME set the reported CUDA versions; as with the real CuPy, a driver of an older
+major version than the runtime's makes getDeviceCount raise cudaErrorInsufficientDriver.
 """
 import os
 import types
@@ -14,54 +20,146 @@ import numpy as np
 from fastvae.cuda import emu
 
 __version__ = "0.0-stand-in"
-empty, zeros, array, asnumpy, ascontiguousarray = np.empty, np.zeros, np.array, np.asarray, np.ascontiguousarray
 
-runtime = types.SimpleNamespace(
-    getDeviceCount=lambda: 1,
-    driverGetVersion=lambda: int(os.environ.get("FASTVAE_STAND_IN_DRIVER", 12040)),
-    runtimeGetVersion=lambda: int(os.environ.get("FASTVAE_STAND_IN_RUNTIME", 12020)))
+
+# numpy behind CuPy's signatures
+def empty(shape, dtype=float, order="C"):
+    return np.empty(shape, dtype=dtype, order=order)
+
+
+def zeros(shape, dtype=float, order="C"):
+    return np.zeros(shape, dtype=dtype, order=order)
+
+
+def array(obj, dtype=None, copy=True, order="K", subok=False, ndmin=0, *, blocking=False):
+    return np.array(obj, dtype=dtype, copy=copy, order=order, subok=subok, ndmin=ndmin)
+
+
+def asnumpy(a, stream=None, order="C", out=None, *, blocking=True):
+    assert out is None, "the stand-in has no asnumpy(out=)"
+    return np.asarray(a, order=order)
+
+
+def ascontiguousarray(a, dtype=None):
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+_ERRORS = {2: "cudaErrorMemoryAllocation: out of memory",
+           35: "cudaErrorInsufficientDriver: CUDA driver version is insufficient for CUDA runtime version",
+           46: "cudaErrorDevicesUnavailable: CUDA-capable device(s) is/are busy or unavailable",
+           100: "cudaErrorNoDevice: no CUDA-capable device is detected"}
+
+
+class CUDARuntimeError(RuntimeError):
+    """cupy_backends.cuda.api.runtime.CUDARuntimeError: built from a cudaError_t status, named in its message."""
+
+    def __init__(self, status):
+        self.status = status
+        super().__init__(_ERRORS.get(status, f"cudaError {status}"))
+
+
+def _driver():
+    return int(os.environ.get("FASTVAE_STAND_IN_DRIVER", 13000))
+
+
+def runtimeGetVersion():            # since CuPy 13: the CUDA version CuPy was built with
+    return int(os.environ.get("FASTVAE_STAND_IN_RUNTIME", 13020))
+
+
+def getDeviceCount():
+    if _driver() // 1000 < runtimeGetVersion() // 1000:
+        raise CUDARuntimeError(35)
+    return 1
+
+
+runtime = types.SimpleNamespace(getDeviceCount=getDeviceCount, driverGetVersion=_driver,
+                                runtimeGetVersion=runtimeGetVersion, CUDARuntimeError=CUDARuntimeError)
+
+
+class OutOfMemoryError(MemoryError):
+    """cupy.cuda.memory.OutOfMemoryError(size, total, limit=0)."""
+
+    def __init__(self, size, total, limit=0):
+        super().__init__(f"Out of memory allocating {size:,} bytes (allocated so far: {total:,} bytes).")
+
+
+class CompileException(Exception):
+    """cupy.cuda.compiler.CompileException(msg, source, name, options, backend='nvrtc')."""
+
+    def __init__(self, msg, source, name, options, backend="nvrtc"):
+        super().__init__(msg)
+        self._msg, self.source, self.name, self.options, self.backend = msg, source, name, options, backend
+
+
+class CUDADriverError(RuntimeError):
+    """cupy_backends.cuda.api.driver.CUDADriverError(status) (the real one asks libcuda for its message)."""
+
+    def __init__(self, status):
+        self.status = status
+        super().__init__({209: "CUDA_ERROR_NO_BINARY_FOR_GPU: no kernel image is available for execution on the "
+                               "device"}.get(status, f"CUDA_ERROR {status}"))
 
 
 class Stream:
-    """CuPy's stream-capture protocol as the gpu backend uses it: a launch made while a stream captures is
-    recorded, not run; end_capture gives a graph whose launch(stream) replays the recording."""
+    """A stream as CuPy keeps them: `use()` makes it current; `with stream:` pushes it and, on exit, makes current
+    what is below it on the stack (the default stream if only `use()` was called: CuPy issue #8377). A launch made
+    while a stream captures is recorded, not run; end_capture gives a graph whose launch(stream) replays it."""
     capturing = None
+    _current = None
+    _stack = []
 
-    def __init__(self, non_blocking=False):
+    def __init__(self, null=False, non_blocking=False, ptds=False, priority=None):
         self.waited = []
 
     def synchronize(self):
         assert Stream.capturing is None, "synchronize inside a capture"
 
-    def record(self):
+    def record(self, event=None):
         return object()
 
     def wait_event(self, event):
         self.waited.append(event)
 
-    def __enter__(self):
+    def use(self):
+        Stream._current = self
         return self
 
-    def __exit__(self, *exc):
-        return False
+    def __enter__(self):
+        Stream._stack.append(self)
+        return self.use()
 
-    def begin_capture(self):
+    def __exit__(self, *exc):
+        Stream._stack.pop()
+        Stream._current = Stream._stack[-1]
+
+    def begin_capture(self, mode=None):
         assert Stream.capturing is None, "nested capture"
         Stream.capturing = []
 
     def end_capture(self):
         launches, Stream.capturing = Stream.capturing, None
-        return types.SimpleNamespace(launch=lambda stream: [kernel(*args) for kernel, args in launches])
+        return types.SimpleNamespace(launch=lambda stream=None: [kernel(*args) for kernel, args in launches])
 
 
-_default = Stream()
-cuda = types.SimpleNamespace(runtime=runtime, Stream=Stream, get_current_stream=lambda: _default)
+Stream._stack = [Stream()]
+Stream._current = Stream._stack[0]
+
+
+def get_current_stream(device_id=-1):
+    return Stream._current
+
+
+cuda = types.SimpleNamespace(runtime=runtime, Stream=Stream, get_current_stream=get_current_stream,
+                             memory=types.SimpleNamespace(OutOfMemoryError=OutOfMemoryError),
+                             compiler=types.SimpleNamespace(CompileException=CompileException),
+                             driver=types.SimpleNamespace(CUDADriverError=CUDADriverError))
 
 
 class RawModule:
     """The emulator's RawModule, whose launches a capturing stream records instead of running."""
 
-    def __init__(self, code, options=(), name_expressions=None):
+    def __init__(self, *, code=None, path=None, options=(), backend="nvrtc", translate_cucomplex=False,
+                 enable_cooperative_groups=False, name_expressions=None, jitify=None):
         self.module = emu.RawModule(code, options, name_expressions=name_expressions)
 
     def get_function(self, name):

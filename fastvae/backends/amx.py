@@ -1,0 +1,343 @@
+"""Matrix products on Intel AMX tiles from Numba: bf16 operands (rounded to nearest even), fp32 accumulation.
+
+Reads float32 operands a (m, k) and b (k, n), C-ordered or transposed views of C-ordered arrays (packed as they
+are read); writes out (m, n) float32. One entry point, `matmul(out, a, b)`, serves a dense layer's three products:
+out = inp @ w, dw = inp.T @ dz and dinp = dz @ w.T. Each call rounds and packs a into bf16 rows and b into the
+VNNI pair layout the tiles load (16-column strips, so a B tile is 1 KiB of consecutive memory), both zero-padded
+to whole tiles (any size works: padded terms add 0), then runs 32 x 32 output blocks of 2 x 2 accumulator tiles
+(each loaded A and B tile feeds two tdpbf16ps) and stores each block into `out` (edge blocks via a scratch).
+
+AMX needs, once per process, the kernel's permission for the tile state (arch_prctl ARCH_REQ_XCOMP_PERM): without
+it the first tile instruction kills the process with SIGILL, so `require()` asks for it and every entry point here
+calls `require()` first. Tile numbers are immediates of the instructions, so they are literal constants below.
+The tile configuration (ldtilecfg) is per thread; each product loads it and releases the tiles when done.
+"""
+import ctypes
+import functools
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils, config
+from numba.core.codegen import get_host_cpu_features
+from numba.extending import intrinsic
+
+from ..errors import UserError
+
+ARCH_REQ_XCOMP_PERM = 0x1023   # linux/arch/x86/include/uapi/asm/prctl.h
+XFEATURE_XTILEDATA = 18
+SYS_ARCH_PRCTL = 158           # x86-64 syscall number
+TILE = 16                      # rows of every tile; 16 fp32 or 32 bf16 per 64-byte row
+BLOCK = 32                     # an output block: 2 x 2 tiles of 16 x 16
+NEEDED_FEATURES = ("amx-tile", "amx-bf16")
+
+
+def _target_features():
+    """The features Numba compiles for (the host's, or NUMBA_CPU_NAME / NUMBA_CPU_FEATURES when set)."""
+    flags = config.CPU_FEATURES if config.CPU_FEATURES is not None else get_host_cpu_features()
+    return {f[1:] for f in flags.split(",") if f.startswith("+")}
+
+
+@functools.cache
+def unavailable_reason():
+    """None where AMX bf16 products can run in this process, else one line saying why not. Asks the kernel for the
+    tile state (once per process) when the CPU and Numba's target both have AMX."""
+    missing = [f for f in NEEDED_FEATURES if f not in _target_features()]
+    if missing:
+        target = "this CPU" if config.CPU_NAME is None and config.CPU_FEATURES is None else "Numba's target CPU"
+        return f"{target} has no {' / '.join(missing)} (AMX; Intel Sapphire Rapids or later)"
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        rc = libc.syscall(ctypes.c_long(SYS_ARCH_PRCTL), ctypes.c_long(ARCH_REQ_XCOMP_PERM),
+                          ctypes.c_long(XFEATURE_XTILEDATA))
+    except (OSError, AttributeError) as exc:
+        return f"cannot ask the kernel for the AMX tile state ({exc})"
+    if rc != 0:
+        return f"the kernel refused the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM: errno {ctypes.get_errno()})"
+    return None
+
+
+def require():
+    """Raise UserError (one line) unless AMX can run in this process; after it returns, tile code is safe."""
+    reason = unavailable_reason()
+    if reason is not None:
+        raise UserError(f"AMX is unavailable: {reason}")
+
+
+# ---------------------------------------------------------------- the LLVM intrinsics, one Numba intrinsic each
+
+_I8, _I64 = ir.IntType(8), ir.IntType(64)
+_VOIDP = ir.IntType(8).as_pointer()
+
+
+def _call(builder, name, arg_types, args):
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), arg_types), name)
+    builder.call(fn, args)
+
+
+def _tile_number(tile):
+    """The immediate for a tile argument; None (no match: Numba retries with literal types) unless it is a literal."""
+    if not isinstance(tile, types.IntegerLiteral):
+        return None
+    if not 0 <= tile.literal_value < 8:
+        raise TypeError(f"an AMX tile number must be 0..7, got {tile.literal_value}")
+    return ir.Constant(_I8, tile.literal_value)
+
+
+def _address(context, builder, array_type, array, offset):
+    """i8* to element `offset` of a contiguous array."""
+    data = context.make_array(array_type)(context, builder, array).data
+    return builder.bitcast(builder.gep(data, [offset]), _VOIDP)
+
+
+@intrinsic
+def _ldtilecfg(typingctx, cfg):
+    def codegen(context, builder, sig, args):
+        _call(builder, "llvm.x86.ldtilecfg", [_VOIDP], [_address(context, builder, cfg, args[0], _I64(0))])
+    return types.void(cfg), codegen
+
+
+@intrinsic
+def _tilerelease(typingctx):
+    def codegen(context, builder, sig, args):
+        _call(builder, "llvm.x86.tilerelease", [], [])
+    return types.void(), codegen
+
+
+@intrinsic
+def _tilezero(typingctx, tile):
+    number = _tile_number(tile)
+    if number is None:
+        return None
+
+    def codegen(context, builder, sig, args):
+        _call(builder, "llvm.x86.tilezero", [_I8], [number])
+    return types.void(tile), codegen
+
+
+def _memory_intrinsic(llvm_name):
+    @intrinsic
+    def tile_memory(typingctx, tile, array, offset, stride):
+        """tile <-> array[offset:], rows `stride` bytes apart."""
+        number = _tile_number(tile)
+        if number is None:
+            return None
+
+        def codegen(context, builder, sig, args):
+            off = context.cast(builder, args[2], sig.args[2], types.int64)
+            step = context.cast(builder, args[3], sig.args[3], types.int64)
+            _call(builder, llvm_name, [_I8, _VOIDP, _I64],
+                  [number, _address(context, builder, array, args[1], off), step])
+        return types.void(tile, array, offset, stride), codegen
+    return tile_memory
+
+
+_tileloadd64 = _memory_intrinsic("llvm.x86.tileloadd64")
+_tilestored64 = _memory_intrinsic("llvm.x86.tilestored64")
+
+
+@intrinsic
+def _tdpbf16ps(typingctx, acc, a, b):
+    numbers = [_tile_number(t) for t in (acc, a, b)]
+    if None in numbers:
+        return None
+
+    def codegen(context, builder, sig, args):
+        _call(builder, "llvm.x86.tdpbf16ps", [_I8] * 3, numbers)
+    return types.void(acc, a, b), codegen
+
+
+def tile_config():
+    """The 64-byte ldtilecfg block: palette 1; tiles 0-7 all 16 rows of 64 bytes (fp32 accumulators 16 x 16,
+    bf16 A tiles 16 x 32, VNNI B tiles 16 pair-rows x 16 columns)."""
+    cfg = np.zeros(64, np.uint8)
+    cfg[0] = 1
+    cfg[16:32].view(np.uint16)[:] = 64
+    cfg[48:56] = TILE
+    return cfg
+
+
+# ---------------------------------------------------------------- bf16 rounding and packing
+
+@njit(inline="always", cache=True)
+def bf16_bits(u):
+    """The bf16 bit pattern nearest the float32 with bits `u` (uint32), ties to even; a NaN stays a (quiet) NaN."""
+    if (u & np.uint32(0x7FFFFFFF)) > np.uint32(0x7F800000):
+        return np.uint16((u >> np.uint32(16)) | np.uint32(0x40))
+    return np.uint16((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+
+
+def round_to_bf16(x):
+    """float32 array -> the float32 values of its nearest bf16 (the operands the tiles multiply); for tests."""
+    bits = np.ascontiguousarray(x, np.float32).view(np.uint32)
+    return (_round_array(bits).astype(np.uint32) << 16).view(np.float32)
+
+
+@njit(cache=True)
+def _round_array(bits):
+    out = np.empty(bits.shape, np.uint16)
+    flat_in, flat_out = bits.reshape(-1), out.reshape(-1)
+    for i in range(flat_in.size):
+        flat_out[i] = bf16_bits(flat_in[i])
+    return out
+
+
+def _padded(n, multiple):
+    return -(-n // multiple) * multiple
+
+
+@njit(inline="always", cache=True)
+def _pair(lo, hi):
+    """Two float32 bit patterns as one uint32 of bf16s: lo in the low half (the first of a VNNI pair)."""
+    return np.uint32(bf16_bits(lo)) | (np.uint32(bf16_bits(hi)) << np.uint32(16))
+
+
+@njit(cache=True)
+def _pack_a(dst, src, transposed):
+    """dst (m_p, k_p / 2) uint32 = A (m, k) as bf16 rows (two per uint32), zero-padded. A = src, or src.T when
+    `transposed`; src is C-ordered and read along its rows either way (the transposed case pairs two of its rows)."""
+    dst[:, :] = 0
+    if transposed:
+        k, m = src.shape
+        zero = np.zeros(m, np.uint32)
+        for q in range((k + 1) // 2):
+            s0 = src[2 * q]
+            s1 = src[2 * q + 1] if 2 * q + 1 < k else zero
+            for i in range(m):
+                dst[i, q] = _pair(s0[i], s1[i])
+    else:
+        m, k = src.shape
+        for i in range(m):
+            row, s = dst[i], src[i]
+            for q in range(k // 2):
+                row[q] = _pair(s[2 * q], s[2 * q + 1])
+            if k % 2:
+                row[k // 2] = _pair(s[k - 1], np.uint32(0))
+
+
+@njit(cache=True)
+def _pack_b(dst, src, transposed):
+    """dst (n_p / 16, k_p / 2, 16) uint32: B (k, n) in VNNI pairs, one 16-column strip after another, so that a B
+    tile (16 pair-rows x 16 columns) is 1 KiB of consecutive memory: dst[t, p, c] holds B[2 p, 16 t + c] (low half)
+    and B[2 p + 1, 16 t + c]. B = src, or src.T when `transposed` (src C-ordered, read along its rows); zero-padded."""
+    dst[:, :, :] = 0
+    if transposed:
+        n, k = src.shape
+        for j in range(n):
+            s, t, c = src[j], j >> 4, j & 15
+            for p in range(k // 2):
+                dst[t, p, c] = _pair(s[2 * p], s[2 * p + 1])
+            if k % 2:
+                dst[t, k // 2, c] = _pair(s[k - 1], np.uint32(0))
+    else:
+        k, n = src.shape
+        zero = np.zeros(n, np.uint32)
+        for p in range((k + 1) // 2):
+            s0 = src[2 * p]
+            s1 = src[2 * p + 1] if 2 * p + 1 < k else zero
+            for t in range(n >> 4):
+                d = dst[t, p]
+                for c in range(16):
+                    d[c] = _pair(s0[16 * t + c], s1[16 * t + c])
+            for j in range(n & ~15, n):
+                dst[j >> 4, p, j & 15] = _pair(s0[j], s1[j])
+
+
+# ---------------------------------------------------------------- the product: 2 x 2 accumulator tiles per block
+
+@njit(cache=True)
+def _tiles_product(out, a, b, cfg, block):
+    """out = a @ b from packed operands (uint32 = two bf16): a (m_p, k_p / 2) rows, b (n_p / 16, k_p / 2, 16) VNNI
+    strips; m_p and n_p multiples of 32, k_p of 32. Tiles 0-3 accumulate a 32 x 32 block: 0 = rows 0-15 x cols
+    0-15, 1 = rows 0-15 x cols 16-31, 2 = rows 16-31 x cols 0-15, 3 = rows 16-31 x cols 16-31; tiles 4, 5 hold
+    A's two row halves, 6, 7 B's two column halves, each used by two tdpbf16ps. A block inside `out` (C-ordered)
+    is stored straight into it; edge blocks go through `block` (32 x 32 float32 scratch)."""
+    m, n = out.shape
+    m_p, kq = a.shape                               # kq = k_p / 2 pairs per row
+    n_p = TILE * b.shape[0]
+    strip = kq * TILE                               # uint32s of one 16-column strip of b
+    flat_a, flat_b, flat_out = a.reshape(-1), b.reshape(-1), out.reshape(-1)
+    _ldtilecfg(cfg)
+    for j0 in range(0, n_p, BLOCK):
+        b0 = (j0 // TILE) * strip
+        for i0 in range(0, m_p, BLOCK):
+            _tilezero(0)
+            _tilezero(1)
+            _tilezero(2)
+            _tilezero(3)
+            a0, a1 = i0 * kq, (i0 + TILE) * kq
+            for q in range(0, kq, TILE):            # 32 bf16 = 16 pairs of the reduction per step
+                _tileloadd64(4, flat_a, a0 + q, 4 * kq)
+                _tileloadd64(5, flat_a, a1 + q, 4 * kq)
+                _tileloadd64(6, flat_b, b0 + q * TILE, 64)
+                _tileloadd64(7, flat_b, b0 + strip + q * TILE, 64)
+                _tdpbf16ps(0, 4, 6)
+                _tdpbf16ps(1, 4, 7)
+                _tdpbf16ps(2, 5, 6)
+                _tdpbf16ps(3, 5, 7)
+            if i0 + BLOCK <= m and j0 + BLOCK <= n:
+                at = i0 * n + j0
+                _tilestored64(0, flat_out, at, 4 * n)
+                _tilestored64(1, flat_out, at + TILE, 4 * n)
+                _tilestored64(2, flat_out, at + TILE * n, 4 * n)
+                _tilestored64(3, flat_out, at + TILE * n + TILE, 4 * n)
+                continue
+            _tilestored64(0, block, 0, 4 * BLOCK)
+            _tilestored64(1, block, TILE, 4 * BLOCK)
+            _tilestored64(2, block, TILE * BLOCK, 4 * BLOCK)
+            _tilestored64(3, block, TILE * BLOCK + TILE, 4 * BLOCK)
+            rows, cols = min(BLOCK, m - i0), min(BLOCK, n - j0)
+            for i in range(rows):
+                out[i0 + i, j0:j0 + cols] = block[i, :cols]
+    _tilerelease()
+
+
+_CFG = tile_config()
+
+
+class Workspace:
+    """Packed-operand buffers, grown to the largest product seen (a step's products reuse them)."""
+
+    def __init__(self):
+        self.a = np.empty(0, np.uint32)
+        self.b = np.empty(0, np.uint32)
+        self.block = np.empty((BLOCK, BLOCK), np.float32)
+
+    def take(self, name, shape):
+        buf = getattr(self, name)
+        size = int(np.prod(shape))
+        if buf.size < size:
+            buf = np.empty(size, np.uint32)
+            setattr(self, name, buf)
+        return buf[:size].reshape(shape)
+
+
+_WORKSPACE = Workspace()
+
+
+def _source(x):
+    """(C-ordered float32 bits, transposed) for an operand given as x or as the transpose of a C-ordered array."""
+    if not x.flags.c_contiguous and x.T.flags.c_contiguous:
+        return x.T.view(np.uint32), True
+    return np.ascontiguousarray(x).view(np.uint32), False
+
+
+def matmul(out, a, b, workspace=_WORKSPACE):
+    """out (m, n) float32 = a (m, k) @ b (k, n) with both operands rounded to bf16 (nearest even) and fp32
+    accumulation on AMX tiles. a and b are float32, C-ordered or transposed views of C-ordered arrays (out = inp @ w,
+    dw = inp.T @ dz, dinp = dz @ w.T); anything else is copied first."""
+    require()
+    m, k = a.shape
+    n = b.shape[1]
+    if m == 0 or n == 0:
+        return out
+    k_p = _padded(max(k, 1), 32)
+    pa = workspace.take("a", (_padded(m, BLOCK), k_p // 2))
+    pb = workspace.take("b", (_padded(n, BLOCK) // TILE, k_p // 2, TILE))
+    _pack_a(pa, *_source(a))
+    _pack_b(pb, *_source(b))
+    target = out if out.flags.c_contiguous else np.empty(out.shape, np.float32)
+    _tiles_product(target, pa, pb, _CFG, workspace.block)
+    if target is not out:
+        out[...] = target
+    return out

@@ -1,0 +1,38 @@
+"""JSON as RFC 8259 defines it, for every file fastvae writes (metrics.json, evaluations, benchmark reports).
+
+Python's json module writes NaN and Infinity, which strict parsers (JavaScript's, jq's, Go's) reject; here a value
+that is not a finite number is written as null (undefined: e.g. a standard error over one image), and NumPy values
+become the plain ones they hold.
+"""
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+
+def strict(obj):
+    """`obj` with every float that is NaN or infinite replaced by None, NumPy scalars and arrays made plain."""
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [strict(v) for v in (obj.tolist() if isinstance(obj, np.ndarray) else obj)]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def dumps(obj, **kwargs):
+    """json.dumps of strict(obj); anything else that is not JSON (NaN included) raises instead of being written."""
+    return json.dumps(strict(obj), allow_nan=False, **kwargs)
+
+
+def write(path, obj):
+    """Write `obj` to `path` as indented strict JSON, atomically (a temporary file renamed over it)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(dumps(obj, indent=2) + "\n")
+    os.replace(tmp, path)

@@ -1,0 +1,431 @@
+"""How many threads the training step runs on, for OpenBLAS (the products) and Numba (the passes) alike.
+
+Both libraries' threads spin while they wait for each other, so a thread that is descheduled (another process took
+its core, or a CPU quota ran out) stalls every product of every step: on the project's 2-core Xeon one busy
+process made an epoch 3.4x slower with 2 threads and not slower at all with 1. So the count is decided for the
+whole step, from what the process may really use:
+
+- detect(): the CPU affinity mask and the cgroup CPU quota (v2 cpu.max, v1 cpu.cfs_quota_us / cpu.cfs_period_us,
+  of the process's own cgroup and its ancestors), whichever allows fewer, unless the user fixed a count:
+  VAE(threads=N) or --threads N first, then OMP_NUM_THREADS / OPENBLAS_NUM_THREADS / NUMBA_NUM_THREADS (the
+  smallest of those set). A fixed count is never adapted.
+- Pacer: while training, watches windows of steps (median step time, the CPU time the process got, the idle time of
+  its CPUs). When the step time jumps, the process gets less CPU than its threads ask for, or its CPUs have idle time
+  it leaves unused, it times the model's own matrix products on scratch buffers at each candidate count (the training
+  state is not touched) and switches only when another count is clearly faster.
+
+The numbers: OpenBLAS (0.3.31) blocks a product's reduction differently in its single- and multi-threaded drivers,
+so at the model's shapes (reductions over 784 and 500 > its block of 448) a product at 1 thread and at 2 differ in
+the last bits (measured: 4e-5 on values ~30). A run is bit-identical to another only while both used the same
+count at every step; every change is recorded (Pacer.record: metrics.json). Fix the count for bit-exact reruns.
+"""
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import UserError
+
+ENV_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
+
+# Adaptation. A window is at least WINDOW_STEPS steps and WINDOW_SECONDS seconds: /proc/stat counts idle time in
+# 10 ms ticks, so a shorter window cannot tell half a free core from none.
+WARMUP_STEPS = 3            # a fit's first steps (Numba loading its kernels, cold caches) are not measured
+WINDOW_STEPS = 16
+WINDOW_SECONDS = 0.25
+MIN_WINDOW_STEPS, MAX_WINDOW_SECONDS = 8, 1.0     # slow steps: a window of 8 steps once it has lasted 1 s
+JUMP = 1.3                  # a window's median step this much slower (or faster) than the count's reference
+LOW_SHARE = 0.8             # the process got less than this share of the CPU time its threads ask for
+FREE_CORE = 0.5             # idle time of the allowed CPUs, in cores, that a larger count could use
+GAIN = 0.9                  # switch only to a count whose probe takes at most this fraction of the current's
+PROBE_REPEATS = 3           # per count, alternated, summed: a descheduled thread costs a timeslice, not a median
+RETRY_WINDOWS = 1           # windows a persistent sign waits before probing; doubled after a probe that kept the count
+RETRY_MAX_WINDOWS = 64      # that wait grows to at most this (a probe costs about one step of each count)
+
+
+# ---------------------------------------------------------------- detection
+
+@dataclass(frozen=True)
+class Plan:
+    """The count to start with, whether it may be adapted, and why (shown in metrics.json)."""
+    threads: int
+    adaptive: bool
+    reason: str
+
+
+def check(threads):
+    """`threads` as given to VAE or the CLI: None or "auto" (detect and adapt) or a positive integer (fixed)."""
+    if threads is None or threads == "auto":
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0:
+        if isinstance(threads, str) and threads.isdigit() and int(threads) > 0:
+            return int(threads)
+        raise UserError(f"threads must be a positive integer or 'auto', got {threads!r}")
+    return int(threads)
+
+
+def explicit_from_env(environ=None):
+    """(count, variable) from the smallest of OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, NUMBA_NUM_THREADS that holds a
+    positive integer (OMP's "4,2" form counts its first level), or None when none is set."""
+    environ = os.environ if environ is None else environ
+    found = []
+    for name in ENV_VARIABLES:
+        value = environ.get(name, "").split(",")[0].strip()
+        if value.isdigit() and int(value) > 0:
+            found.append((int(value), name))
+    return min(found) if found else None
+
+
+def affinity_count():
+    """CPUs in this process's affinity mask (os.cpu_count() where the OS has no such mask)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def cgroup_quota(root="/"):
+    """(cores, where) of the tightest CPU quota on this process's cgroup or its ancestors, cgroup v2 (cpu.max)
+    or v1 (cpu.cfs_quota_us / cpu.cfs_period_us), or None without one. `root` stands for "/" (tests point it at a
+    folder holding proc/self/cgroup, proc/self/mountinfo and sys/fs/cgroup/...)."""
+    root = Path(root)
+    try:
+        lines = (root / "proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    mounts = _cgroup_mounts(root)
+    best = None
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        hid, controllers, path = parts
+        if hid == "0" and controllers == "":
+            version, candidates = 2, [m for m in mounts if m[0] == "cgroup2"]
+        elif "cpu" in controllers.split(","):
+            version, candidates = 1, [m for m in mounts if m[0] == "cgroup" and "cpu" in m[3]]
+        else:
+            continue
+        for _, mount_root, mount_point, _ in candidates:
+            for folder in _ancestors(root, mount_root, mount_point, path):
+                quota = _read_quota(folder, version)
+                if quota is not None and (best is None or quota < best[0]):
+                    best = (quota, str(Path("/") / folder.relative_to(root)))
+    return best
+
+
+def _cgroup_mounts(root):
+    """[(fstype, root within the hierarchy, mount point under `root`, v1 controllers)] from mountinfo, or the
+    usual places when it cannot be read."""
+    found = []
+    try:
+        for line in (root / "proc/self/mountinfo").read_text().splitlines():
+            left, _, right = line.partition(" - ")
+            fields, tail = left.split(), right.split()
+            if len(fields) < 5 or len(tail) < 3 or tail[0] not in ("cgroup", "cgroup2"):
+                continue
+            point = root / fields[4].lstrip("/")
+            found.append((tail[0], fields[3], point, set(tail[2].split(","))))
+    except OSError:
+        base = root / "sys/fs/cgroup"
+        found = [("cgroup2", "/", base, set()), ("cgroup2", "/", base / "unified", set())]
+        found += [("cgroup", "/", base / name, {"cpu"}) for name in ("cpu", "cpu,cpuacct", "cpuacct,cpu")]
+    return found
+
+
+def _ancestors(root, mount_root, mount_point, path):
+    """The folders of cgroup `path` and of its ancestors inside one mount. A path outside the mount's root (a
+    container that sees its own cgroup mounted at the top) maps to the mount point itself."""
+    mount_root = "/" + mount_root.strip("/")
+    path = "/" + path.strip("/")
+    if mount_root != "/" and not (path == mount_root or path.startswith(mount_root + "/")):
+        return [mount_point]
+    rel = path[len(mount_root):].strip("/") if mount_root != "/" else path.strip("/")
+    parts = rel.split("/") if rel else []
+    return [mount_point.joinpath(*parts[:k]) for k in range(len(parts), -1, -1)]
+
+
+def _read_quota(folder, version):
+    try:
+        if version == 2:
+            quota, *period = (folder / "cpu.max").read_text().split()
+            if quota == "max":
+                return None
+            return int(quota) / int(period[0] if period else 100000)
+        quota = int((folder / "cpu.cfs_quota_us").read_text())
+        period = int((folder / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError, IndexError, ZeroDivisionError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None
+
+
+def detect(threads=None, environ=None, root="/", affinity=None):
+    """The Plan for a fit: `threads` (VAE's option: fixed when an integer) wins, then the environment variables,
+    then min(affinity, floor(quota)), at least 1, adapted while training."""
+    fixed = check(threads)
+    if fixed is not None:
+        return Plan(fixed, False, f"threads={fixed} asked for")
+    env = explicit_from_env(environ)
+    if env is not None:
+        return Plan(env[0], False, f"{env[1]}={env[0]}")
+    cpus = affinity_count() if affinity is None else int(affinity)
+    reason = f"{cpus} CPU{'s' if cpus != 1 else ''} in the affinity mask"
+    count = cpus
+    quota = cgroup_quota(root)
+    if quota is not None:
+        cores, where = quota
+        reason += f", cgroup quota of {cores:g} CPU{'s' if cores != 1 else ''} ({where})"
+        count = min(count, max(1, math.floor(cores + 1e-9)))
+    return Plan(max(1, count), True, reason)
+
+
+# ---------------------------------------------------------------- setting the libraries' counts
+
+class Libraries:
+    """Sets OpenBLAS's count (threadpoolctl, every BLAS NumPy loaded) and Numba's (set_num_threads, capped at its
+    pool's size), and puts the previous counts back on close()."""
+
+    def __init__(self):
+        from threadpoolctl import ThreadpoolController
+        self._blas = ThreadpoolController().select(user_api="blas")
+        self._original = None
+        self._numba_before = None
+        self.count = None
+
+    def set(self, n):
+        import numba
+        limiter = self._blas.limit(limits=n)
+        if self._original is None:
+            self._original = limiter             # remembers the counts before the first change
+        if self._numba_before is None:
+            self._numba_before = numba.get_num_threads()
+        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+        self.count = n
+
+    def blas_counts(self):
+        return [lib["num_threads"] for lib in self._blas.info()]
+
+    def close(self):
+        if self._original is not None:
+            self._original.restore_original_limits()
+        if self._numba_before is not None:
+            import numba
+            numba.set_num_threads(self._numba_before)
+
+
+# ---------------------------------------------------------------- adapting while training
+
+def candidates(most):
+    """The counts worth trying: most, most // 2, most // 4, ..., 1."""
+    out, n = [], most
+    while n >= 1:
+        out.append(n)
+        n //= 2
+    return out if out[-1] == 1 else out + [1]
+
+
+class Probe:
+    """Times the model's forward products (batch x fan_in @ fan_in x fan_out per layer) on scratch buffers at a
+    given count: the step's BLAS work without touching the training state."""
+
+    def __init__(self, shapes, batch, dtype, seed=0):
+        import numpy as np
+        g = np.random.default_rng(seed)
+        self.calls = [(g.standard_normal((batch, a)).astype(dtype), g.standard_normal((a, b)).astype(dtype),
+                       np.empty((batch, b), dtype)) for a, b in shapes]
+
+    def __call__(self, libs, counts, current):
+        """{count: seconds for PROBE_REPEATS passes}, counts alternated; leaves `current` set."""
+        import numpy as np
+        took = {n: 0.0 for n in counts}
+        for _ in range(PROBE_REPEATS):
+            for n in counts:
+                libs.set(n)
+                begin = time.perf_counter()
+                for x, w, out in self.calls:
+                    np.matmul(x, w, out=out)
+                took[n] += time.perf_counter() - begin
+        libs.set(current)
+        return took
+
+
+def idle_cpu_seconds(cpus, stat="/proc/stat"):
+    """Idle + iowait seconds so far of the CPUs numbered in `cpus`, from /proc/stat; None where unreadable."""
+    try:
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0
+        with open(stat) as f:
+            for line in f:
+                if line.startswith("cpu") and line[3:4].isdigit():
+                    name, *fields = line.split()
+                    if int(name[3:]) in cpus:
+                        total += int(fields[3]) + int(fields[4])
+        return total / ticks
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class Pacer:
+    """The thread count of one fit: applied on enter, restored on exit, adapted between steps when the plan allows.
+
+    wrap(stepper) returns the stepper timed (its `threads` attribute is the count now); record() gives the epoch's
+    entry for metrics.json: {"count": now, "changes": [{"step", "threads", "reason", ...}]} since the last call."""
+
+    def __init__(self, plan, shapes=(), batch=1, dtype="float32", steps=lambda: 0, start=None, on_close=None,
+                 clock=time.perf_counter, cpu_clock=time.process_time, idle=None, libraries=None, probe=None):
+        """`start`: the count to begin with when the plan is adaptive (the previous fit's last one), else the plan's;
+        `on_close(count)` hears the count in use at the end. The rest is for tests: the clocks, idle() (idle CPU
+        seconds so far), libraries() (a Libraries) and probe(libs, counts, current) -> {count: seconds}."""
+        self.plan = plan
+        self.counts = candidates(plan.threads) if plan.adaptive else [plan.threads]
+        self.count = start if plan.adaptive and start in self.counts else plan.threads
+        self._started_from = None if self.count == plan.threads else self.count
+        self._on_close = on_close
+        self._make_libraries = libraries or Libraries
+        self._shapes, self._batch, self._dtype = shapes, batch, dtype
+        self._clock, self._cpu_clock, self._steps = clock, cpu_clock, steps
+        if idle is None:
+            try:
+                cpus = os.sched_getaffinity(0)
+            except (AttributeError, OSError):
+                cpus = set(range(os.cpu_count() or 1))
+            idle = lambda: idle_cpu_seconds(cpus)            # noqa: E731
+        self._idle = idle
+        self._libs = None
+        self._probe = probe
+        self._changes = []
+        self._times = []
+        self._reference = None
+        self._window_start = None
+        self._seen = 0
+        self._quiet_windows = 0
+        self._retry = RETRY_WINDOWS
+        self.probes = 0
+
+    # context: the counts are the plan's during the fit, the previous ones after it
+    def __enter__(self):
+        self._libs = self._make_libraries()
+        self._libs.set(self.count)
+        how = " (fixed)" if not self.plan.adaptive else (
+            f"; kept {self.count} from the previous fit" if self._started_from else "")
+        self._note(self.count, f"start: {self.plan.reason}{how}")
+        return self
+
+    def __exit__(self, *exc):
+        self._libs.close()
+        if self._on_close is not None:
+            self._on_close(self.count)
+        return False
+
+    def wrap(self, stepper):
+        pacer = self
+
+        class Timed:
+            @property
+            def threads(self):
+                return pacer.count
+
+            def __getattr__(self, name):
+                return getattr(stepper, name)
+
+            def __call__(self, *args, **kw):
+                if pacer._libs.count != pacer.count:      # after record(): back to the adapted count
+                    pacer._libs.set(pacer.count)
+                begin = pacer._clock()
+                result = stepper(*args, **kw)
+                pacer.after_step(pacer._clock() - begin)
+                return result
+        return Timed()
+
+    def record(self):
+        """The epoch's entry; until the next step the libraries run at the plan's count, so that the validation
+        between epochs gives the numbers evaluate() gives outside fit (at the detected count), whatever the steps
+        adapted to."""
+        changes, self._changes = self._changes, []
+        if self._libs is not None and self._libs.count != self.plan.threads:
+            self._libs.set(self.plan.threads)
+        return {"count": self.count, "changes": changes}
+
+    def _note(self, n, reason, **extra):
+        self._changes.append({"step": self._steps(), "threads": n, "reason": reason, **extra})
+
+    # the adaptation
+    def after_step(self, seconds):
+        if len(self.counts) < 2:
+            return
+        self._seen += 1
+        if self._seen <= WARMUP_STEPS:
+            if self._seen == WARMUP_STEPS:
+                self._start_window()
+            return
+        self._times.append(seconds)
+        now = self._clock()
+        wall = now - self._window_start[0]
+        if (len(self._times) < WINDOW_STEPS or wall < WINDOW_SECONDS) and \
+                (len(self._times) < MIN_WINDOW_STEPS or wall < MAX_WINDOW_SECONDS):
+            return
+        cpu = self._cpu_clock() - self._window_start[1]
+        idle_before, idle_now = self._window_start[2], self._idle()
+        free = None if idle_before is None or idle_now is None else (idle_now - idle_before) / wall
+        self._window(statistics.median(self._times), cpu / (wall * self.count), free)
+        self._start_window()
+
+    def _start_window(self):
+        self._times = []
+        self._window_start = (self._clock(), self._cpu_clock(), self._idle())
+
+    def _window(self, median, share, free):
+        """One window's figures: its median step, the share of CPU time the threads got, the free cores. A jump of
+        the step time probes at once; a persistent sign (low share, idle CPUs) waits `_retry` windows, a wait
+        that doubles after each probe that changed nothing."""
+        self._quiet_windows += 1
+        if self._reference is None:
+            self._reference = median
+        elif median > JUMP * self._reference or median * JUMP < self._reference:
+            return self._try_others(f"step time went from {1e3 * self._reference:.2f} to {1e3 * median:.2f} ms")
+        why = None
+        if self.count > 1 and share < LOW_SHARE:
+            why = f"the threads got {share:.0%} of their CPU time"
+        elif self.count < self.counts[0] and free is not None and free >= FREE_CORE:
+            why = f"{free:.1f} CPUs idle"
+        elif self.count < self.counts[0] and free is None:
+            why = "periodic check"
+        if why is not None and self._quiet_windows >= self._retry:
+            self._try_others(why)
+
+    def _try_others(self, why):
+        if self._probe is None:
+            self._probe = Probe(self._shapes, self._batch, self._dtype)
+        self.probes += 1
+        took = self._probe(self._libs, self.counts, self.count)
+        best = min(took, key=took.get)
+        self._quiet_windows = 0
+        self._reference = None                       # the next window measures the count chosen now
+        if best != self.count and took[best] <= GAIN * took[self.count]:
+            self.count = best
+            self._libs.set(best)
+            self._retry = RETRY_WINDOWS
+            self._note(best, why, probe_ms={str(n): round(1e3 * t, 2) for n, t in took.items()})
+        else:
+            self._retry = min(2 * self._retry, RETRY_MAX_WINDOWS)
+
+
+def pacer_for(model, ws, threads=None):
+    """The Pacer of one fit of `model` in workspace `ws`, or None for a device backend (its host threads only
+    launch kernels)."""
+    import numpy as np
+    from .params import layer_shapes
+    be = model.backend
+    if be.xp is not np:
+        return None
+    shapes = [(a, b) for _, a, b in layer_shapes(model.config)]
+
+    def keep(count):
+        model._threads_last = count
+
+    return Pacer(detect(threads), shapes, ws.batch, be.dtype, steps=lambda: model.steps,
+                 start=getattr(model, "_threads_last", None), on_close=keep)

@@ -1,0 +1,187 @@
+"""The AMX bf16 products (fastvae.backends.amx) and the cpu-bf16 backend's whole steps, where the CPU has AMX;
+and, everywhere, that a CPU without it gets one line and never AMX code (Numba's on-disk cache included).
+
+The products are checked tightly: against float64 products of the bf16-rounded operands, so only the fp32
+accumulation may differ (K * 2**-24 of the terms' size), at every awkward size and in all three of a layer's
+forms. The rounding itself is checked against an independent float64 formulation of round-to-nearest-even.
+"""
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import backends
+import kernel_cases as kc
+from tolerances import AWKWARD_ROWS, assert_close
+from fastvae.backends import amx, get_backend
+from fastvae.config import Config
+
+needs_amx = pytest.mark.skipif(amx.unavailable_reason() is not None,
+                               reason=f"no AMX here: {amx.unavailable_reason()}")
+WIDTHS = (784, 500, 40, 20, 101, 3, 1)
+
+
+def bf16_reference(x):
+    """float32 -> nearest bf16 (ties to even) as float32, in float64 arithmetic: scale the value so that its 8
+    significant bits (or, below 2**-126, the subnormal grid 2**-133) are the integer part, np.round (half to even),
+    scale back. Overflow past bf16's largest finite value becomes inf, NaN stays NaN."""
+    x = np.asarray(x, np.float32).astype(np.float64)
+    _, e = np.frexp(x)
+    grid = np.ldexp(1.0, np.maximum(e - 8, -133))
+    with np.errstate(over="ignore", invalid="ignore"):
+        return (np.round(x / grid) * grid).astype(np.float32)
+
+
+def test_bf16_rounding_is_to_nearest_even():
+    rand = np.random.default_rng(5)
+    bits = np.concatenate([rand.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32),
+                           # exact ties (low half 0x8000) at even and odd bf16, and around them
+                           np.array([0x3F808000, 0x3F818000, 0x3F807FFF, 0x3F808001, 0xBF818000, 0x00008000,
+                                     0x00018000, 0x7F7FFFFF, 0x7F7F8000, 0xFF7FFFFF, 0x7F800000, 0x80000000,
+                                     0x00000001, 0x007FFFFF], np.uint32)])
+    x = bits.view(np.float32)
+    finite = np.isfinite(x)
+    got = amx.round_to_bf16(x)
+    assert np.array_equal(got[finite].view(np.uint32), bf16_reference(x[finite]).view(np.uint32))
+    assert np.array_equal(np.isnan(got), np.isnan(x)) and np.array_equal(got[np.isinf(x)], x[np.isinf(x)])
+    assert amx.round_to_bf16(np.float32([1.00390625]))[0] == 1.0            # 1 + 2**-8: a tie, to even
+    assert amx.round_to_bf16(np.float32([1.01171875]))[0] == 1.015625       # 1 + 3 * 2**-8: a tie, to even
+
+
+def _exact(a, b):
+    return bf16_reference(a).astype(np.float64) @ bf16_reference(b).astype(np.float64)
+
+
+@needs_amx
+@pytest.mark.parametrize("rows", AWKWARD_ROWS)
+@pytest.mark.parametrize("k,n", [(784, 500), (500, 40), (20, 500), (101, 3), (40, 1), (1, 101), (3, 20)])
+def test_products_in_all_three_forms(rand, rows, k, n):
+    """out = inp @ w, dw = inp.T @ dz, dinp = dz @ w.T, into poisoned buffers; exact but for fp32 accumulation."""
+    inp = rand.normal(0, 1, (rows, k)).astype(np.float32)
+    w = rand.normal(0, 1, (k, n)).astype(np.float32)
+    dz = rand.normal(0, 1, (rows, n)).astype(np.float32)
+    for a, b in ((inp, w), (inp.T, dz), (dz, w.T)):
+        buf = kc.Buffers(get_backend("cpu"))
+        out = buf.out((a.shape[0], b.shape[1]))
+        amx.matmul(out, a, b)
+        scale = kc.product_scale(bf16_reference(a), bf16_reference(b))
+        assert_close(out, _exact(a, b), a.shape[1] * 2.0 ** -24, scale=scale, what=f"{a.shape} @ {b.shape}")
+        buf.check_poison()
+
+
+@needs_amx
+def test_products_into_a_strided_output_and_from_copied_operands(rand):
+    """An output that is not C-contiguous goes through the block scratch; an operand that is neither C-ordered nor
+    a transposed C array is copied first."""
+    a = rand.normal(0, 1, (37, 2 * 101)).astype(np.float32)[:, ::2]
+    b = rand.normal(0, 1, (101, 45)).astype(np.float32)
+    big = np.full((37, 90), -7.0, np.float32)
+    amx.matmul(big[:, ::2], a, b)
+    assert_close(big[:, ::2], _exact(a, b), 101 * 2.0 ** -24, scale=kc.product_scale(a, b))
+    assert np.all(big[:, 1::2] == -7.0)
+
+
+@needs_amx
+@pytest.mark.parametrize("hidden,latent,rows", [((13, 9), 3, 7), ((31,), 2, 1), ((500, 500), 20, 150),
+                                                 ((37, 11, 5), 4, 257)])
+def test_bf16_training_steps_match_the_reference(rand, hidden, latent, rows):
+    kc.check_train_steps(backends.load("cpu-bf16"), Config(hidden=hidden, latent=latent, batch_size=rows), rand,
+                         rows)
+
+
+@needs_amx
+@pytest.mark.parametrize("encoder,reconstruction,activation", [("sigma", "xent", "elu"), ("gamma", "mse", "elu"),
+                                                               ("gamma", "xent", "tanh")])
+def test_bf16_training_steps_of_the_variants_match_the_reference(rand, encoder, reconstruction, activation):
+    cfg = Config(hidden=(37, 11), latent=4, batch_size=7, encoder=encoder, reconstruction=reconstruction,
+                 activation=activation)
+    kc.check_train_steps(backends.load("cpu-bf16"), cfg, rand, 7)
+
+
+# ---------------------------------------------------------------- a CPU without AMX, and Numba's cache
+
+def _python(code, env_extra, cache_dir):
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir), **env_extra}
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
+                          timeout=600, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.strip().splitlines()[-1]
+
+
+def _without_amx():
+    """Numba's target as a CPU without AMX would give it (Zen 4's name; this machine's features less amx-*)."""
+    from numba.core.codegen import get_host_cpu_features
+    features = ",".join(f if "amx" not in f else "-" + f[1:] for f in get_host_cpu_features().split(","))
+    return {"NUMBA_CPU_NAME": "znver4", "NUMBA_CPU_FEATURES": features}
+
+
+_LOAD_CACHED = """
+    import numpy as np
+    from numba import typeof
+    from fastvae.backends import amx
+    disp = amx._tiles_product
+    args = (np.zeros((1, 1), np.float32), np.zeros((32, 16), np.uint32), np.zeros((2, 16, 16), np.uint32),
+            amx._CFG, np.zeros((32, 32), np.float32))
+    sig = tuple(typeof(a) for a in args)
+    print("hit" if disp._cache.load_overload(sig, disp.targetctx) is not None else "miss")
+"""
+
+
+def test_a_cpu_without_amx_gets_one_line(tmp_path):
+    """Under Numba's target for a CPU without AMX, get_backend("cpu-bf16") refuses in one line (UserError) before
+    anything is compiled or any tile instruction runs."""
+    out = _python("""
+        from fastvae.backends import get_backend
+        from fastvae.errors import UserError
+        try:
+            get_backend("cpu-bf16")
+        except UserError as exc:
+            print(repr(str(exc)))
+    """, _without_amx(), tmp_path)
+    assert "cpu-bf16 backend cannot run here" in out and "amx-tile" in out and "\\n" not in out
+
+
+@needs_amx
+def test_the_numba_cache_never_hands_amx_code_to_another_cpu(tmp_path):
+    """Numba keys every cached overload by (signature, (target triple, CPU name, CPU feature string), source
+    hashes) -- codegen.magic_tuple() in numba/core/caching.py's _index_key -- so an index written on an AMX
+    machine has no entry a CPU with another name or other features could load. Here: the AMX kernel compiled and
+    cached in one process is loaded by a second process with the same target, and not by one whose target is a
+    CPU without AMX (the same cache directory, as on a shared disk)."""
+    _python("""
+        import numpy as np
+        from fastvae.backends import amx
+        out = np.empty((3, 5), np.float32)
+        amx.matmul(out, np.ones((3, 7), np.float32), np.ones((7, 5), np.float32))
+        assert np.all(out == 7)
+        print("compiled")
+    """, {}, tmp_path)
+    index = [p for p in tmp_path.rglob("*.nbi") if "_tiles_product" in p.name]
+    assert len(index) == 1
+    with open(index[0], "rb") as f:
+        pickle.load(f)                                 # Numba's version
+        _, overloads = pickle.loads(f.read())
+    (key,) = [k for k in overloads]
+    _, (triple, cpu_name, features), _ = key
+    assert "+amx-tile" in features.split(",") and "+amx-bf16" in features.split(",")
+    assert _python(_LOAD_CACHED, {}, tmp_path) == "hit"
+    assert _python(_LOAD_CACHED, _without_amx(), tmp_path) == "miss"
+
+
+@needs_amx
+def test_without_the_tile_permission_the_first_tile_instruction_is_sigill(tmp_path):
+    """Why every entry point calls amx.require() first: a process that runs tile code without asking the kernel
+    for the tile state (arch_prctl) dies of SIGILL. The kernel is called here directly, bypassing require()."""
+    code = textwrap.dedent("""
+        import numpy as np
+        from fastvae.backends import amx
+        amx._tiles_product(np.zeros((1, 1), np.float32), np.zeros((32, 16), np.uint32),
+                           np.zeros((2, 16, 16), np.uint32), amx._CFG, np.zeros((32, 32), np.float32))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)})
+    assert done.returncode == -4, (done.returncode, done.stderr[-2000:])     # -SIGILL

@@ -1,0 +1,313 @@
+"""fastvae.threads: the thread count detected from affinity and cgroup quotas (v1 and v2, as real files in a
+temporary root), explicit settings winning, the adaptation's decisions on scripted step times, and training that
+switches its thread count mid-run staying correct."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fastvae import VAE, UserError, threads
+
+
+# ---------------------------------------------------------------- detection: cgroup files in a temporary root
+
+def fake_root(tmp_path, cgroup, mountinfo=None, files=()):
+    """A folder standing for "/": proc/self/cgroup (and mountinfo unless None), and {relative path: text}."""
+    (tmp_path / "proc/self").mkdir(parents=True)
+    (tmp_path / "proc/self/cgroup").write_text(cgroup)
+    if mountinfo is not None:
+        (tmp_path / "proc/self/mountinfo").write_text(mountinfo)
+    for path, text in dict(files).items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
+    return tmp_path
+
+
+V2_MOUNT = "30 23 0:26 / /sys/fs/cgroup rw,nosuid - cgroup2 cgroup2 rw,nsdelegate\n"
+V1_MOUNTS = ("31 23 0:27 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct\n"
+             "32 23 0:28 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n")
+
+
+def test_cgroup_v2_quota_of_the_process_cgroup(tmp_path):
+    root = fake_root(tmp_path, "0::/user.slice/job\n", V2_MOUNT, {
+        "sys/fs/cgroup/user.slice/job/cpu.max": "150000 100000\n",        # 1.5 CPUs
+        "sys/fs/cgroup/user.slice/cpu.max": "max 100000\n",
+    })
+    assert threads.cgroup_quota(root) == (1.5, "/sys/fs/cgroup/user.slice/job")
+    plan = threads.detect(environ={}, root=root, affinity=2)
+    assert (plan.threads, plan.adaptive) == (1, True)                    # floor(1.5): a spinning thread never waits
+    assert "1.5 CPUs" in plan.reason
+    assert threads.detect(environ={}, root=root, affinity=8).threads == 1
+
+
+def test_cgroup_v2_the_tightest_ancestor_wins_and_max_is_no_limit(tmp_path):
+    root = fake_root(tmp_path, "0::/a/b\n", V2_MOUNT, {
+        "sys/fs/cgroup/a/b/cpu.max": "400000 100000\n",
+        "sys/fs/cgroup/a/cpu.max": "200000 100000\n",
+    })
+    assert threads.cgroup_quota(root)[0] == 2.0
+    assert threads.detect(environ={}, root=root, affinity=8).threads == 2
+    unlimited = fake_root(tmp_path / "u", "0::/a\n", V2_MOUNT, {"sys/fs/cgroup/a/cpu.max": "max 100000\n"})
+    assert threads.cgroup_quota(unlimited) is None
+    assert threads.detect(environ={}, root=unlimited, affinity=8).threads == 8
+
+
+def test_cgroup_v1_quota_as_docker_cpus_sets_it(tmp_path):
+    """docker run --cpus 1: cpu.cfs_quota_us = cpu.cfs_period_us; the cpu controller mounted with cpuacct."""
+    root = fake_root(tmp_path, "5:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n", V1_MOUNTS, {
+        "sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_quota_us": "100000\n",
+        "sys/fs/cgroup/cpu,cpuacct/docker/abc/cpu.cfs_period_us": "100000\n",
+        "sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us": "-1\n",             # the host's root: no limit
+        "sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us": "100000\n",
+    })
+    assert threads.cgroup_quota(root) == (1.0, "/sys/fs/cgroup/cpu,cpuacct/docker/abc")
+    assert threads.detect(environ={}, root=root, affinity=2).threads == 1
+
+
+def test_cgroup_v1_inside_a_container_that_sees_its_own_cgroup_at_the_mount_point(tmp_path):
+    """The mount's root is the container's cgroup (/docker/abc), so its files sit at the mount point itself."""
+    mount = "31 23 0:27 /docker/abc /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu\n"
+    root = fake_root(tmp_path, "4:cpu:/docker/abc\n", mount, {
+        "sys/fs/cgroup/cpu/cpu.cfs_quota_us": "50000\n",
+        "sys/fs/cgroup/cpu/cpu.cfs_period_us": "100000\n",
+    })
+    assert threads.cgroup_quota(root)[0] == 0.5
+    assert threads.detect(environ={}, root=root, affinity=4).threads == 1    # at least one thread
+
+
+def test_cgroup_without_mountinfo_looks_in_the_usual_places_and_no_cgroup_means_no_quota(tmp_path):
+    root = fake_root(tmp_path, "3:cpu,cpuacct:/\n", None, {
+        "sys/fs/cgroup/cpu,cpuacct/cpu.cfs_quota_us": "300000\n",
+        "sys/fs/cgroup/cpu,cpuacct/cpu.cfs_period_us": "100000\n",
+    })
+    assert threads.cgroup_quota(root)[0] == 3.0
+    assert threads.cgroup_quota(tmp_path / "nothing-here") is None
+    assert threads.detect(environ={}, root=tmp_path / "nothing-here", affinity=3) == threads.Plan(
+        3, True, "3 CPUs in the affinity mask")
+
+
+def test_affinity_of_one_cpu_detected_in_a_real_process():
+    if not hasattr(os, "sched_setaffinity"):
+        pytest.skip("no sched_setaffinity on this platform")
+    cpu = min(os.sched_getaffinity(0))
+    code = (f"import os; os.sched_setaffinity(0, {{{cpu}}}); from fastvae import threads; "
+            "p = threads.detect(environ={}); print(p.threads, p.adaptive)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["1", "True"]
+
+
+def test_explicit_settings_win_over_detection(tmp_path):
+    root = fake_root(tmp_path, "0::/\n", V2_MOUNT, {"sys/fs/cgroup/cpu.max": "100000 100000\n"})
+    assert threads.detect(environ={"OMP_NUM_THREADS": "3"}, root=root, affinity=1) == threads.Plan(
+        3, False, "OMP_NUM_THREADS=3")
+    both = {"OPENBLAS_NUM_THREADS": "4", "NUMBA_NUM_THREADS": "2", "OMP_NUM_THREADS": "8,2"}
+    assert threads.detect(environ=both, root=root, affinity=1).threads == 2           # the smallest of those set
+    assert threads.detect(environ={"OMP_NUM_THREADS": "junk"}, root=root, affinity=4).threads == 1   # ignored
+    assert threads.detect(2, environ=both, root=root, affinity=1) == threads.Plan(2, False, "threads=2 asked for")
+    assert threads.detect("auto", environ={}, root=root, affinity=4).adaptive
+    for bad in (0, -1, 1.5, "two", True):
+        with pytest.raises(UserError, match="threads must be"):
+            threads.check(bad)
+    with pytest.raises(UserError, match="threads must be"):
+        VAE(backend="cpu", threads=0)
+
+
+def test_candidate_counts():
+    assert threads.candidates(1) == [1]
+    assert threads.candidates(2) == [2, 1]
+    assert threads.candidates(6) == [6, 3, 1]
+
+
+# ---------------------------------------------------------------- the adaptation, on scripted step times
+
+class FakeLibraries:
+    def __init__(self):
+        self.sets, self.closed, self.count = [], False, None
+
+    def set(self, n):
+        self.sets.append(n)
+        self.count = n
+
+    def close(self):
+        self.closed = True
+
+
+class Script:
+    """A clock and CPU clock advanced by the steps fed to the pacer, the idle time of the CPUs, and a probe whose
+    answer the test sets."""
+
+    def __init__(self, threads_now):
+        self.t = self.cpu = self.idle_s = 0.0
+        self.threads_now = threads_now
+        self.answer = {2: 1.0, 1: 2.0}          # 2 threads twice as fast: the idle machine
+        self.probes = 0
+
+    def step(self, pacer, seconds, share=1.0, free=0.0):
+        self.t += seconds
+        self.cpu += seconds * share * pacer.count
+        self.idle_s += seconds * free
+        pacer.after_step(seconds)
+
+    def probe(self, libs, counts, current):
+        self.probes += 1
+        return dict(self.answer)
+
+
+def scripted_pacer(most=2, adaptive=True):
+    libs = FakeLibraries()
+    s = Script(most)
+    pacer = threads.Pacer(threads.Plan(most, adaptive, "test"), clock=lambda: s.t, cpu_clock=lambda: s.cpu,
+                          idle=lambda: s.idle_s, libraries=lambda: libs, probe=s.probe)
+    return pacer, s, libs
+
+
+def test_an_idle_machine_never_probes_nor_switches():
+    pacer, s, libs = scripted_pacer()
+    with pacer:
+        for _ in range(2000):
+            s.step(pacer, 0.0075 * (1 + 0.05 * np.sin(s.t)))       # noise well under the jump
+    assert s.probes == 0 and libs.sets == [2] and libs.closed
+    assert pacer.record() == {"count": 2, "changes": [{"step": 0, "threads": 2, "reason": "start: test"}]}
+
+
+def test_a_busy_core_switches_to_one_thread_and_back_when_it_is_free():
+    pacer, s, libs = scripted_pacer()
+    with pacer:
+        for _ in range(100):
+            s.step(pacer, 0.0075)
+        s.answer = {2: 3.0, 1: 1.0}                  # another process takes a core: 2 threads stall
+        for _ in range(60):
+            s.step(pacer, 0.025 if pacer.count == 2 else 0.010, share=0.6)
+        assert pacer.count == 1 and libs.sets[-1] == 1
+        changes = pacer.record()["changes"]
+        assert [c["threads"] for c in changes] == [2, 1]
+        assert "step time went from 7.50 to 25.00 ms" in changes[1]["reason"]
+        for _ in range(300):                         # still busy: no idle CPU, nothing to try
+            s.step(pacer, 0.010, free=0.0)
+        assert s.probes == 1 and pacer.count == 1
+        s.answer = {2: 1.0, 1: 2.0}                  # the other process ends: a CPU is idle
+        for _ in range(60):
+            s.step(pacer, 0.010, free=1.0)
+        assert pacer.count == 2 and s.probes == 2
+        assert "CPUs idle" in pacer.record()["changes"][0]["reason"]
+
+
+def test_contention_from_the_start_shows_in_the_cpu_share():
+    """No jump to see when a fit starts on a busy machine: the threads getting too little CPU time is the sign."""
+    pacer, s, libs = scripted_pacer()
+    s.answer = {2: 3.0, 1: 1.0}
+    with pacer:
+        for _ in range(40):
+            s.step(pacer, 0.025 if pacer.count == 2 else 0.010, share=0.6)
+    assert pacer.count == 1 and s.probes == 1
+    assert "the threads got 60% of their CPU time" in pacer.record()["changes"][1]["reason"]
+
+
+def test_a_probe_that_finds_no_gain_keeps_the_count_and_waits_longer_each_time():
+    pacer, s, libs = scripted_pacer()
+    s.answer = {2: 1.0, 1: 0.95}                      # 1 thread not clearly faster (GAIN)
+    with pacer:
+        for _ in range(3000):
+            s.step(pacer, 0.01, share=0.5)           # a persistent low share keeps asking
+    assert pacer.count == 2 and libs.sets == [2]
+    assert 3 <= s.probes <= 8                        # backed off: 1, 2, 4, 8, ... windows
+
+
+def test_a_fixed_count_is_never_adapted():
+    pacer, s, libs = scripted_pacer(adaptive=False)
+    s.answer = {2: 9.0, 1: 1.0}
+    with pacer:
+        for _ in range(500):
+            s.step(pacer, 0.05, share=0.3)
+    assert s.probes == 0 and libs.sets == [2]
+    assert pacer.record()["changes"][0]["reason"] == "start: test (fixed)"
+
+
+# ---------------------------------------------------------------- real training with switches
+
+@pytest.fixture(scope="module")
+def mnist():
+    from fastvae.data import load_mnist
+    return load_mnist()
+
+
+def blas_threads():
+    from threadpoolctl import threadpool_info
+    return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+
+
+def test_switching_threads_mid_training_keeps_training_correct(monkeypatch, mnist):
+    """A fit whose pacer switches 2 -> 1 -> 2 threads between steps (every probe says the other count is faster)
+    trains as a fixed-count fit does: the BLAS count seen inside the steps follows the switches, the losses and
+    parameters match a run at one fixed count to float32 rounding, and the counts are put back after the fit."""
+    before = blas_threads()
+    monkeypatch.setattr(threads, "WINDOW_STEPS", 4)
+    monkeypatch.setattr(threads, "WINDOW_SECONDS", 0.0)
+    monkeypatch.setattr(threads, "detect", lambda t=None: threads.Plan(2, True, "forced"))
+    seen = []
+
+    def flip(self, why):                             # a probe that always prefers the other count
+        other = 1 if self.count == 2 else 2
+        self.count = other
+        self._libs.set(other)
+        self._note(other, "forced switch")
+    monkeypatch.setattr(threads.Pacer, "_try_others", flip)
+    # every window probes, whatever the step times were (on a quiet machine nothing else would trigger one)
+    monkeypatch.setattr(threads.Pacer, "_window", lambda self, median, share, free: self._try_others("forced"))
+    original = threads.Pacer.wrap
+
+    def wrap(self, stepper):
+        def spy(*a):
+            seen.append((self.count, blas_threads()[0]))
+            return stepper(*a)
+        return original(self, spy)
+    monkeypatch.setattr(threads.Pacer, "wrap", wrap)
+
+    x = mnist.train_x[:1500]
+    kw = dict(hidden=(500, 64), latent=8, batch_size=50, backend="cpu", seed=3)
+    switched = VAE(**kw).fit(x, epochs=1)
+    monkeypatch.undo()
+    fixed = VAE(**kw, threads=1).fit(x, epochs=1)
+
+    changes = switched.history[-1]["threads"]["changes"]
+    assert [c["threads"] for c in changes][:4] == [2, 1, 2, 1] and len(changes) >= 4
+    assert all(count == blas for count, blas in seen if blas_threads_possible(count))
+    assert {count for count, _ in seen} == {1, 2}
+    a, b = switched.history[-1]["train"], fixed.history[-1]["train"]
+    assert np.isfinite(a["total"]) and a["total"] == pytest.approx(b["total"], rel=1e-4)
+    np.testing.assert_allclose(switched.state.params, fixed.state.params, rtol=0, atol=2e-4)
+    assert blas_threads() == before
+
+
+def blas_threads_possible(count):
+    """OpenBLAS cannot run more threads than its pool: on a 1-CPU machine a count of 2 reads back as 1."""
+    return count <= (os.cpu_count() or 1)
+
+
+def test_a_fixed_thread_count_trains_bit_identically_and_is_recorded(mnist):
+    x = mnist.train_x[:600]
+    kw = dict(hidden=(500, 32), latent=4, batch_size=60, backend="cpu", seed=5, threads=1)
+    a, b = VAE(**kw).fit(x, epochs=1), VAE(**kw).fit(x, epochs=1)
+    np.testing.assert_array_equal(a.state.params, b.state.params)
+    assert a.history[-1]["threads"] == {"count": 1, "changes": [
+        {"step": 0, "threads": 1, "reason": "start: threads=1 asked for (fixed)"}]}
+
+
+def test_the_cli_takes_threads_and_metrics_json_records_them(tmp_path):
+    from fastvae import train
+    out = tmp_path / "run"
+    assert train.main(["--backend", "cpu", "--train-images", "300", "--test-images", "100", "--epochs", "1",
+                       "--hidden", "16", "--latent", "2", "--no-plots", "--quiet", "--threads", "1",
+                       "--out", str(out)]) == 0
+    epoch = json.loads((out / "metrics.json").read_text())["epochs"][0]
+    assert epoch["threads"]["count"] == 1 and epoch["threads"]["changes"][0]["reason"].endswith("(fixed)")
+    assert train.main(["--resume", str(out), "--epochs", "2", "--no-plots", "--quiet"]) == 0   # keeps the count
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["run"]["threads"] == 1
+    assert metrics["epochs"][1]["threads"]["changes"] == [
+        {"step": 2, "threads": 1, "reason": "start: threads=1 asked for (fixed)"}]
+    with pytest.raises(SystemExit):
+        train.build_parser().parse_args(["--threads", "0"])
