@@ -50,7 +50,7 @@ class Config:
             if isinstance(getattr(self, name), str):            # np.str_ too: checked against the choices below
                 object.__setattr__(self, name, str(getattr(self, name)))
         if self.image_shape is not None:
-            object.__setattr__(self, "image_shape", tuple(int(k) for k in self.image_shape))
+            object.__setattr__(self, "image_shape", tuple(integer(k, "image_shape") for k in self.image_shape))
             if len(self.image_shape) != 2 or self.image_shape[0] * self.image_shape[1] != self.input_width:
                 raise UserError(f"image_shape {self.image_shape} does not hold input_width {self.input_width} "
                                 "values; give (h, w) with h * w = input_width, or None for feature rows")

@@ -27,9 +27,8 @@ from typing import TYPE_CHECKING, Iterable
 import numpy as np
 
 from . import jsonfile, rng
-from .cli import add_shared_options, check_positive, checkpoint_path, notifier, run_main, whole_number
+from .cli import add_shared_options, check_positive, checkpoint_path, load_data, notifier, run_main, whole_number
 from .config import integer, seed_value
-from .data import as_images
 from .errors import UserError
 from .rng import STREAM_IWAE
 
@@ -66,7 +65,7 @@ def bernoulli_log_likelihood(logits, x):
 
 
 def gaussian_log_likelihood(logits, x):
-    """Per row: log N(x; sigmoid(l), 1/2) summed over pixels = -sum (p - x)^2 - (784 / 2) log(pi): the density
+    """Per row: log N(x; sigmoid(l), 1/2) summed over pixels = -sum (p - x)^2 - (d / 2) log(pi) over the d values: the density
     whose negative log is the squared-error variant's reconstruction loss up to that constant."""
     p = 0.5 * (1.0 + np.tanh(0.5 * np.asarray(logits, dtype=np.float64)))
     return -np.sum((p - x) ** 2, axis=1) - 0.5 * x.shape[1] * math.log(math.pi)
@@ -93,7 +92,7 @@ def iwae_bound(model: VAE, X: np.ndarray, k: int | Iterable[int] = DEFAULT_K, se
     line) for bad images, k, seed or batch_size.
     """
     ks = _ks(k)
-    X = as_images(X, "X")
+    X = model._images(X, "X")
     rows = DEFAULT_ROWS if batch_size is None else integer(batch_size, "batch_size")
     seed = seed_value(seed)
     n, kmax, latent = len(X), ks[-1], model.config.latent
@@ -144,7 +143,7 @@ def evaluate_model(model: VAE, X: np.ndarray, k: int | Iterable[int] = DEFAULT_K
     -log p(x); "negative_elbo_same_samples" = -(mean log-weight of the same k samples), which nll never exceeds;
     and "std_error" of nll's mean over the images. Raises UserError as iwae_bound does.
     """
-    X = as_images(X, "X")
+    X = model._images(X, "X")
     begin = time.perf_counter()
     elbo = model.evaluate(X)
     res = iwae_bound(model, X, k=k, seed=seed, batch_size=batch_size, progress=progress)
@@ -193,7 +192,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from . import machine
-    from .data import load_mnist
     from .model import VAE
 
     check_positive(args, "test_images", "batch_size")
@@ -204,8 +202,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"cannot write {args.json}: folder {args.json.parent} does not exist")
     path = checkpoint_path(args.checkpoint)
     model = VAE.load(path, backend=args.backend, notify=notifier(args))
-    data = load_mnist(args.data)
-    test_x = data.test_x if args.test_images is None else data.test_x[:args.test_images]
+    data = load_data(args, model.config.seed)
+    test_x = model._images(data.test_x[:args.test_images], f"the test set of {data.source}")     # [:None] is all
     res = evaluate_model(model, test_x, k=args.k, seed=args.seed, batch_size=args.batch_size,
                          progress=not args.quiet)
     report = {"checkpoint": str(path), "backend": model.backend.name, "config": model.config.to_dict(),

@@ -23,22 +23,23 @@ def _figure(width, height):
     return Figure(figsize=(width, height), dpi=100)
 
 
-def digit_grid(images, rows, cols, pad=1, gap=0.0):
-    """Images (n, 784) in [0, 1] tiled row by row into one (rows * (28 + pad) - pad, ...) array; gaps = `gap`."""
-    images = np.asarray(images, dtype=np.float32).reshape(-1, SIDE, SIDE)
-    cell = SIDE + pad
-    grid = np.full((rows * cell - pad, cols * cell - pad), gap, dtype=np.float32)
+def digit_grid(images, rows, cols, pad=1, gap=0.0, shape=(SIDE, SIDE)):
+    """Images (n, h * w) in [0, 1], each of `shape` (h, w), tiled row by row into one (rows * (h + pad) - pad,
+    cols * (w + pad) - pad) array; gaps = `gap`."""
+    h, w = shape
+    images = np.asarray(images, dtype=np.float32).reshape(-1, h, w)
+    grid = np.full((rows * (h + pad) - pad, cols * (w + pad) - pad), gap, dtype=np.float32)
     for k, img in enumerate(images[:rows * cols]):
         r, c = divmod(k, cols)
-        grid[r * cell:r * cell + SIDE, c * cell:c * cell + SIDE] = img
+        grid[r * (h + pad):r * (h + pad) + h, c * (w + pad):c * (w + pad) + w] = img
     return grid
 
 
-def save_digits(path, images, rows=6, cols=10, title=None):
+def save_digits(path, images, rows=6, cols=10, title=None, shape=(SIDE, SIDE)):
     """The seed's Figure 15-12: `rows` x `cols` generated digits, black on white."""
     fig = _figure(cols * 0.8, rows * 0.8 + (0.4 if title else 0))
     ax = fig.add_axes((0, 0, 1, 1 if not title else rows * 0.8 / (rows * 0.8 + 0.4)))
-    ax.imshow(1.0 - digit_grid(images, rows, cols, pad=2, gap=0.12), cmap="gray", vmin=0, vmax=1,
+    ax.imshow(1.0 - digit_grid(images, rows, cols, pad=2, gap=0.12, shape=shape), cmap="gray", vmin=0, vmax=1,
               interpolation="nearest")
     ax.set_axis_off()
     if title:
@@ -46,13 +47,13 @@ def save_digits(path, images, rows=6, cols=10, title=None):
     fig.savefig(path)
 
 
-def save_reconstructions(path, originals, reconstructions, n=10):
+def save_reconstructions(path, originals, reconstructions, n=10, shape=(SIDE, SIDE)):
     """Two rows: n test digits above, their reconstructions below (fewer when there are fewer)."""
     n = min(n, len(originals))
     fig = _figure(n * 0.8, 2 * 0.8 + 0.3)
     pair = np.concatenate([np.asarray(originals[:n], np.float32), np.asarray(reconstructions[:n], np.float32)])
     ax = fig.add_axes((0.1, 0, 0.9, 0.9))
-    ax.imshow(1.0 - digit_grid(pair, 2, n, pad=2, gap=0.12), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(1.0 - digit_grid(pair, 2, n, pad=2, gap=0.12, shape=shape), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.set_axis_off()
     fig.text(0.09, 0.68, "test", ha="right", va="center", fontsize=9)
     fig.text(0.09, 0.24, "recon-\nstructed", ha="right", va="center", fontsize=9)
@@ -83,7 +84,8 @@ def save_latent_scatter(path, mu, labels, dims=(0, 1), how=None):
 
     how: a few words on how `dims` were chosen, shown in the title (e.g. "the two of largest variance")."""
     mu = np.asarray(mu, dtype=np.float64)
-    labels = np.asarray(labels).reshape(-1)
+    unlabelled = labels is None                        # a data set without labels: one colour, no legend
+    labels = np.zeros(len(mu), np.int64) if unlabelled else np.asarray(labels).reshape(-1)
     i, j = dims if len(dims) == 2 else (dims[0], None)
     spread = np.random.default_rng(1).uniform(-0.3, 0.3, len(mu))       # so that one digit's points do not overlap
     x, y = mu[:, i], (mu[:, j] if j is not None else labels + spread)
@@ -95,8 +97,9 @@ def save_latent_scatter(path, mu, labels, dims=(0, 1), how=None):
     size = 4 if len(mu) > 2000 else 10
     ax.scatter(x[order], y[order], c=labels[order], cmap=cmap, vmin=-0.5, vmax=9.5, s=size, alpha=0.6,
                linewidths=0, rasterized=True)
-    handles = [ax.scatter([], [], color=cmap(d), s=30, label=str(d)) for d in range(10)]
-    fig.legend(handles=handles, title="digit", loc="center left", bbox_to_anchor=(0.82, 0.5), frameon=False)
+    if not unlabelled:
+        handles = [ax.scatter([], [], color=cmap(d), s=30, label=str(d)) for d in range(10)]
+        fig.legend(handles=handles, title="digit", loc="center left", bbox_to_anchor=(0.82, 0.5), frameon=False)
     ax.set_xlabel(f"$\\mu_{{{i}}}$")
     ax.set_ylabel(f"$\\mu_{{{j}}}$" if j is not None else "digit")
     ax.grid(alpha=0.3)
@@ -106,12 +109,12 @@ def save_latent_scatter(path, mu, labels, dims=(0, 1), how=None):
     fig.savefig(path)
 
 
-def save_manifold(path, images, quantiles):
+def save_manifold(path, images, quantiles, shape=(SIDE, SIDE)):
     """The decoded grid of a 2-D latent space: images (n * n, 784) row by row, row r at z_1 = quantiles[-1 - r]
     (top = largest), column c at z_0 = quantiles[c]; the axes show the z values (prior quantiles)."""
     q = np.asarray(quantiles, dtype=np.float64)
     n = len(q)
-    grid = digit_grid(np.asarray(images).reshape(n, n, -1)[::-1].reshape(n * n, -1), n, n, pad=0)
+    grid = digit_grid(np.asarray(images).reshape(n, n, -1)[::-1].reshape(n * n, -1), n, n, pad=0, shape=shape)
     fig = _figure(7.2, 7.6)
     ax = fig.add_axes((0.12, 0.08, 0.84, 0.84))
     ax.imshow(1.0 - grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest",
@@ -131,17 +134,17 @@ def _pct(q):
     return f"{lo:.2f}..{hi:.2f}"
 
 
-def save_interpolations(path, rows, ends=None, pairs=None):
+def save_interpolations(path, rows, ends=None, pairs=None, shape=(SIDE, SIDE)):
     """Rows of decoded images (r, steps, 784), each going linearly in latent space from mu_a (left) to mu_b
     (right). ends: optional (r, 2, 784) original test images a and b, drawn left and right of their row, apart;
     pairs: optional (label_a, label_b) per row, written beside them."""
     rows = np.asarray(rows, dtype=np.float32)
     r, steps = rows.shape[:2]
     gap, sep = 0.12, 10                                       # sep: blank columns between originals and the row
-    parts = [digit_grid(rows.reshape(r * steps, -1), r, steps, pad=2, gap=gap)]
+    parts = [digit_grid(rows.reshape(r * steps, -1), r, steps, pad=2, gap=gap, shape=shape)]
     if ends is not None:
         ends = np.asarray(ends, dtype=np.float32)
-        left, right = (digit_grid(ends[:, e], r, 1, pad=2, gap=gap) for e in (0, 1))
+        left, right = (digit_grid(ends[:, e], r, 1, pad=2, gap=gap, shape=shape) for e in (0, 1))
         blank = np.zeros((parts[0].shape[0], sep), dtype=np.float32)
         parts = [left, blank, parts[0], blank, right]
     grid = np.hstack(parts)

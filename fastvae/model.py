@@ -14,9 +14,9 @@ import numpy as np
 from . import checkpoint, rng, step, training
 from .backends import get_backend
 from .backends.contract import check_settings
-from .config import N_PIXELS, Config, integer, seed_value
+from .config import Config, integer, seed_value
 from .constants import EVAL_ROWS, SIGMA_SMOOTHING
-from .data import as_images
+from .data import as_images, as_rows
 from .errors import UserError
 from .params import Layout, he_init
 from .threads import check as check_threads
@@ -31,7 +31,9 @@ class VAE:
     "relu" or "tanh". `notify(message)` hears which backend "auto" chose and why. `adam`: beta1, beta2, adam_eps.
     `threads` (host backends): None/"auto" sizes OpenBLAS's and Numba's threads to the CPUs this process may use and
     adapts them while training (fastvae.threads); an integer fixes the count (needed for bit-identical reruns).
-    Arrays in and out are NumPy; images are (n, 784) or (n, 28, 28), uint8 or floats in [0, 1].
+    Arrays in and out are NumPy: images (n, h, w) or rows (n, d), uint8 or floats in [0, 1]. A new model takes its
+    input width d (and image shape) from the data it is first fitted on (MNIST's 784 = 28 x 28 until then); every
+    later call must match it, and decode/sample/reconstruct return rows (n, d): `.reshape(-1, *image_shape)`.
     A bad setting raises UserError (one line).
     """
 
@@ -90,16 +92,45 @@ class VAE:
             raise UserError(f"this model stopped after batch {self.epoch_step} of epoch {self.epoch + 1}, in batches "
                             f"of batch size {cfg.batch_size}; finish that epoch with it (batch_size="
                             f"{cfg.batch_size}), another batch size can start at the next epoch")
-        X = as_images(X, "X")
+        X = self._adopt_width(X)
         if batch_size > len(X):
             raise UserError(f"batch_size {batch_size} is larger than the {len(X)} training images; "
                             f"use a batch size of at most {len(X)}")
         if validation is not None:
-            validation = as_images(validation, "validation")
+            validation = self._images(validation, "validation")
         # the batch size is part of the training position: saved with the model, the default of the next fit
         self.config = dataclasses.replace(self.config, batch_size=batch_size)
         training.run_epochs(self, X, self._workspace(batch_size), epochs, validation, callback, progress)
         return self
+
+    @property
+    def input_width(self) -> int:
+        """d: the values per row the model takes and reconstructs."""
+        return self.config.input_width
+
+    @property
+    def image_shape(self) -> tuple[int, int] | None:
+        """(h, w) of the model's images, or None for feature rows."""
+        return self.config.image_shape
+
+    def _images(self, X, what):
+        """X as rows of the model's width (and image shape), or a one-line UserError."""
+        return as_images(X, what, self.config.input_width, self.config.image_shape)
+
+    def _adopt_width(self, X, image_shape=None):
+        """X as rows; a model that has not trained yet takes its width and image shape (X's (h, w), or
+        `image_shape` for rows of images) from X (new He-initialised parameters for that width), a trained one
+        refuses another width."""
+        rows, shape = as_rows(X, "X")
+        shape = shape if image_shape is None else tuple(image_shape)
+        cfg = self.config
+        untrained = self.steps == 0 and self.epoch == 0 and self.epoch_step == 0
+        if untrained and rows.shape[1] != cfg.input_width:
+            self.config = dataclasses.replace(cfg, input_width=rows.shape[1], image_shape=shape)
+            self._set_up(self.backend, he_init(Layout(self.config), self.config.seed), None)
+        elif untrained and shape is not None and shape != cfg.image_shape:
+            self.config = dataclasses.replace(cfg, image_shape=shape)      # same width, other (h, w)
+        return self._images(X, "X")
 
     def _workspace(self, batch):
         if self._ws is None or self._ws.batch != batch:
@@ -113,7 +144,7 @@ class VAE:
         one sample per image; the noise of X[i] is a function of (seed, i) alone, whatever the batch size, so the
         same model always gets the same numbers).
         Raises UserError for bad images."""
-        X = as_images(X, "X")
+        X = self._images(X, "X")
         be = self.backend
         if self._ws_eval is None:               # its own size, not the training batch's: see step.evaluate
             self._ws_eval = step.Workspace(be, self.config, EVAL_ROWS)
@@ -125,10 +156,10 @@ class VAE:
         return {"reconstruction": rec, "kl": kl, "total": rec + kl}
 
     def encode(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(mu, logvar) of q(z | x) for images X (n, 784) or (n, 28, 28): float32 (n, latent) each, with
+        """(mu, logvar) of q(z | x) for images X (n, d) or (n, h, w) of the fitted width: float32 (n, latent) each, with
         logvar = log sigma^2 (the seed's gamma). A model with the sigma encoder reports
         logvar = log(1e-10 + sigma^2), the smoothed form its KL term uses. Raises UserError for bad images."""
-        X = as_images(X, "X")
+        X = self._images(X, "X")
         be, latent = self.backend, self.config.latent
         data = be.asarray(X, dtype=X.dtype)
         mu_logvar = np.empty((len(X), 2 * latent), dtype=np.float32)
@@ -142,12 +173,12 @@ class VAE:
         return mu, second
 
     def decode(self, z: np.ndarray) -> np.ndarray:
-        """Pixel probabilities of p(x | z), float32 (n, 784) in [0, 1], for codings z (n, latent).
+        """Pixel probabilities of p(x | z), float32 (n, d) in [0, 1], for codings z (n, latent).
         Raises UserError for codings of the wrong shape or with NaN or Inf."""
         return (0.5 * (1.0 + np.tanh(0.5 * self.decode_logits(z)))).astype(np.float32)  # sigmoid, no overflow
 
     def decode_logits(self, z: np.ndarray, rows: int | None = None) -> np.ndarray:
-        """The decoder's logits, float64 (n, 784), for codings z (n, latent): log p(x | z) needs them, not the
+        """The decoder's logits, float64 (n, d), for codings z (n, latent): log p(x | z) needs them, not the
         probabilities, to stay stable. rows: decoder rows per chunk (default: the training batch size).
         Raises UserError for codings of the wrong shape or with NaN or Inf."""
         z = np.asarray(z)
@@ -157,7 +188,7 @@ class VAE:
         if len(z) == 0 or not np.all(np.isfinite(z)):
             raise UserError("z must be non-empty and finite (no NaN or Inf)")
         be = self.backend
-        logits = np.empty((len(z), N_PIXELS), dtype=np.float64)
+        logits = np.empty((len(z), self.config.input_width), dtype=np.float64)
         for a, part in self._chunks(len(z), rows):
             a.z[...] = be.asarray(z[part])
             step.decode(be, self.config, self.state.weights, a)
@@ -165,7 +196,7 @@ class VAE:
         return logits
 
     def sample(self, n: int, seed: int | None = None) -> np.ndarray:
-        """n new images, pixel probabilities float32 (n, 784), decoded from codings drawn from the prior N(0, I).
+        """n new images, pixel probabilities float32 (n, d), decoded from codings drawn from the prior N(0, I).
 
         The codings are a pure function of `seed` (default: the model's seed), so the same call gives the same
         digits, which is how the trainer shows one set of codings evolving epoch by epoch. Raises UserError unless
@@ -175,7 +206,7 @@ class VAE:
         return self.decode(rng.normals(seed, rng.STREAM_SAMPLE, 0, n, self.config.latent))
 
     def reconstruct(self, X: np.ndarray) -> np.ndarray:
-        """Pixel probabilities float32 (n, 784) of each image decoded from its coding's mean mu (the deterministic
+        """Pixel probabilities float32 (n, d) of each image decoded from its coding's mean mu (the deterministic
         reconstruction). Raises UserError for bad images."""
         mu, _ = self.encode(X)
         return self.decode(mu)

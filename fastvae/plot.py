@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .cli import add_shared_options, check_positive, checkpoint_path, run_main
+from .cli import add_shared_options, check_positive, checkpoint_path, load_data, run_main
 from .constants import SAMPLE_CODINGS
 from .errors import UserError
 
@@ -75,11 +75,36 @@ def interpolation_rows(model, images, labels, steps=INTERPOLATION_STEPS, pairs=I
     return decoded, originals, [(c[2], c[3]) for c in chosen]
 
 
+def _image_figures(model, test_x, test_y, out, seed, shape, done, notify):
+    """The figures that draw images of `shape` (h, w): samples, reconstructions, manifold, interpolations."""
+    from . import figures
+    figures.save_digits(out / "samples.png", model.sample(SAMPLE_CODINGS, seed=seed), shape=shape,
+                        title=f"{SAMPLE_CODINGS} codings from N(0, I), decoded after {model.epoch} epochs")
+    done("samples.png")
+    originals = test_x[:10].astype(np.float32) / (255.0 if test_x.dtype == np.uint8 else 1.0)
+    figures.save_reconstructions(out / "reconstructions.png", originals, model.reconstruct(test_x[:10]), shape=shape)
+    done("reconstructions.png")
+    if model.config.latent == 2:
+        q, z = manifold_codings()
+        figures.save_manifold(out / "manifold.png", model.decode(z), q, shape=shape)
+        done("manifold.png")
+    else:
+        notify(f"no manifold.png: it needs a 2-D latent space, this model's is {model.config.latent}-D "
+               "(train one with --latent 2)")
+    found = None if test_y is None else interpolation_rows(model, test_x, test_y)
+    if found is not None:
+        figures.save_interpolations(out / "interpolation.png", *found, shape=shape)
+        done("interpolation.png")
+    else:
+        notify(f"no interpolation.png: none of the digit pairs {INTERPOLATION_DIGITS} is in these "
+               f"{len(test_x)} test images (or they have no labels); use more of them")
+
+
 def write_figures(model: VAE, test_x: np.ndarray, test_y: np.ndarray, out: str | Path, history: list | None = None,
                   seed: int | None = None, notify: Callable[[str], None] = print) -> list[Path]:
-    """Write every figure of `model` into folder `out`; returns the paths written. test_x: uint8 (n, 784) test
-    images, test_y: their labels (n,); history: metrics.json's "epochs" list (loss.png is skipped without it);
-    seed: the sample codings' seed (default the model's). Raises UserError without matplotlib."""
+    """Write every figure of `model` into folder `out`; returns the paths written. test_x: test images (n, d),
+    uint8 or floats in [0, 1], of the model's width; test_y: their labels (n,) or None; history: metrics.json's
+    "epochs" list (loss.png is skipped without it); seed: the sample codings' seed (default the model's). Raises UserError without matplotlib."""
     from . import figures
     out = Path(out)
     written = []
@@ -88,30 +113,16 @@ def write_figures(model: VAE, test_x: np.ndarray, test_y: np.ndarray, out: str |
         written.append(out / name)
         notify(f"wrote {out / name}")
 
-    figures.save_digits(out / "samples.png", model.sample(SAMPLE_CODINGS, seed=seed),
-                        title=f"{SAMPLE_CODINGS} codings from N(0, I), decoded after {model.epoch} epochs")
-    done("samples.png")
-    figures.save_reconstructions(out / "reconstructions.png", test_x[:10].astype(np.float32) / 255.0,
-                                 model.reconstruct(test_x[:10]))
-    done("reconstructions.png")
+    shape = model.image_shape
     mu, _ = model.encode(test_x)
     dims, how = latent_dims(mu)
     figures.save_latent_scatter(out / "latent.png", mu, test_y, dims, how)
     done("latent.png")
-    if model.config.latent == 2:
-        q, z = manifold_codings()
-        figures.save_manifold(out / "manifold.png", model.decode(z), q)
-        done("manifold.png")
+    if shape is None:
+        notify("no samples, reconstructions, manifold or interpolation figures: the data are feature rows, not "
+               "images (give images as (n, h, w) arrays or IDX files to get them)")
     else:
-        notify(f"no manifold.png: it needs a 2-D latent space, this model's is {model.config.latent}-D "
-               "(train one with --latent 2)")
-    found = interpolation_rows(model, test_x, test_y)
-    if found is not None:
-        figures.save_interpolations(out / "interpolation.png", *found)
-        done("interpolation.png")
-    else:
-        notify(f"no interpolation.png: none of the digit pairs {INTERPOLATION_DIGITS} is in these "
-               f"{len(test_x)} test images; use more of them")
+        _image_figures(model, test_x, test_y, out, seed, shape, done, notify)
     if history:
         figures.save_loss_curves(out / "loss.png", history)
         done("loss.png")
@@ -140,7 +151,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .data import load_mnist
     from .figures import matplotlib_missing
     from .model import VAE
 
@@ -161,8 +171,9 @@ def run(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create the output folder {out} ({e.strerror}); choose another with --out") from None
-    data = load_mnist(args.data)
-    test_x, test_y = data.test_x[:args.test_images], data.test_y[:args.test_images]     # [:None] is all
+    data = load_data(args, model.config.seed)
+    test_x = model._images(data.test_x[:args.test_images], f"the test set of {data.source}")     # [:None] is all
+    test_y = None if data.test_y is None else data.test_y[:args.test_images]
     say = (lambda msg: None) if args.quiet else print
     write_figures(model, test_x, test_y, out, history=history, notify=say)
     return 0

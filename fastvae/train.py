@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, jsonfile, machine
-from .cli import add_shared_options, check_positive, notifier, run_main, whole_number
+from .cli import add_shared_options, check_positive, load_data, notifier, run_main, whole_number
 from .config import Config
 from .constants import ENCODERS, HIDDEN_ACTIVATIONS, RECONSTRUCTIONS, SAMPLE_CODINGS
 from .errors import TrainingInterrupted, UserError
@@ -81,7 +81,7 @@ def _threads(text):
 _RUN_FILES = ("checkpoint.npz", "metrics.json")
 # options that describe the model or its data: fixed once a run has started
 _RUN_OPTIONS = ("batch_size", "lr", "hidden", "latent", "encoder", "reconstruction", "activation", "seed", "data",
-                "train_images", "test_images", "out")
+                "test_fraction", "train_images", "test_images", "out")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,6 +119,7 @@ def _new_run(args, notify):
                 activation=cfg.activation, notify=notify)
     model.config = cfg
     run_info = {"data_dir": None if args.data is None else str(args.data.resolve()),
+                "test_fraction": args.test_fraction,
                 "train_images": args.train_images, "test_images": args.test_images}
     return model, run_info, _prepare_out(args.out, new_run=True, overwrite=args.overwrite)
 
@@ -159,7 +160,6 @@ def _or(value, default):
 def run(args: argparse.Namespace) -> int:
     """Train as the parsed options say; returns 0. Raises UserError, TrainingDiverged or TrainingInterrupted
     (after saving the checkpoint), which run_main turns into the exit status."""
-    from .data import load_mnist
     from .figures import matplotlib_missing
 
     check_positive(args, "train_images", "test_images")
@@ -168,9 +168,16 @@ def run(args: argparse.Namespace) -> int:
         run_info["threads"] = args.threads
     model.threads = check_threads(run_info.get("threads"))
     cfg = model.config
-    data = load_mnist(run_info["data_dir"])
+    args.test_fraction = run_info.get("test_fraction")     # the run's own: a resumed run splits as it did
+    data = load_data(args, cfg.seed, data_path=run_info["data_dir"])
     train_x = data.train_x[:run_info["train_images"]]       # [:None] is all of them
     test_x = data.test_x[:run_info["test_images"]]
+    test_y = None if data.test_y is None else data.test_y[:len(test_x)]
+    if args.resume is None:
+        model._adopt_width(train_x, data.image_shape)        # a new model takes the data's width and image shape
+        cfg = model.config
+    train_x = model._images(train_x, f"the training set of {data.source}")
+    test_x = model._images(test_x, f"the test set of {data.source}")
     if cfg.batch_size > len(train_x):
         raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(train_x)} training images")
     draw = not args.no_plots
@@ -179,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
         draw = False
     say = (lambda *a: None) if args.quiet else (lambda msg: print(msg, flush=True))
     info = {"fastvae": __version__, "backend": model.backend.name, "config": cfg.to_dict(), "data": data.source,
+            "data_set": data.name,
             "train_images": len(train_x), "test_images": len(test_x), "machine": machine.describe(),
             "run": run_info}
     where = f"resuming {out} at epoch {model.epoch + 1}" if args.resume else f"writing to {out}"
@@ -196,10 +204,10 @@ def run(args: argparse.Namespace) -> int:
             f"+ KL {record['test']['kl']:.3f})  {record['seconds']:6.2f} s  {record['images_per_s']:9,.0f} img/s")
         m.save(out / "checkpoint.npz")
         jsonfile.write(out / "metrics.json", {**info, "epochs": m.history})
-        if draw:
+        if draw and m.image_shape is not None:
             from .figures import save_digits
             save_digits(out / "samples" / f"epoch_{record['epoch']:03d}.png",
-                        m.sample(SAMPLE_CODINGS, seed=codings_seed),
+                        m.sample(SAMPLE_CODINGS, seed=codings_seed), shape=m.image_shape,
                         title=f"{SAMPLE_CODINGS} codings from N(0, I), decoded after epoch {record['epoch']}")
 
     try:
@@ -211,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
                                   f"python -m fastvae.train --resume {out}") from None
     if draw:
         from .plot import write_figures
-        write_figures(model, test_x, data.test_y[:len(test_x)], out, history=model.history, seed=codings_seed,
+        write_figures(model, test_x, test_y, out, history=model.history, seed=codings_seed,
                       notify=lambda msg: None)
     final = model.history[-1]
     say(f"done: test loss {final['test']['total']:.3f} per image after {model.epoch} epochs; "

@@ -16,7 +16,10 @@ def get_backend(name: str = "auto", notify=None) -> Backend:
     "auto" (gpu when it starts, else cpu, telling `notify(message)` why), "cpu-bf16" (cpu with the products on
     AMX tiles in bf16). Raises UserError for an unknown name or, for "gpu", with the one-line reason the GPU cannot
     be used (gpu.Unavailable: no CuPy, no device, no headers or NVRTC, a compile or load error, a busy or full
-    device); for a backend module with `unavailable_reason()` (cpu-bf16: no AMX), with that reason."""
+    device); for a backend module with `unavailable_reason()` (cpu-bf16: no AMX), with that reason. A Backend
+    given instead of a name is returned as it is."""
+    if isinstance(name, Backend):
+        return name
     if name not in NAMES:
         raise UserError(f"unknown backend {name!r}; choose one of {', '.join(NAMES)}")
     if name == "auto":
