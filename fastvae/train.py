@@ -96,7 +96,7 @@ def _prepare_out(out, new_run=False, overwrite=False):
         raise UserError(f"{out} already holds a run ({held[0]}); continue it with --resume {out}, or pass "
                         "--overwrite to replace it")
     try:
-        (out / "samples").mkdir(parents=True, exist_ok=True)
+        out.mkdir(parents=True, exist_ok=True)      # samples/ only when a figure goes there (not with --no-plots)
         probe = out / ".write-test"
         probe.write_bytes(b"")
         probe.unlink()
@@ -206,6 +206,7 @@ def run(args: argparse.Namespace) -> int:
         jsonfile.write(out / "metrics.json", {**info, "epochs": m.history})
         if draw and m.image_shape is not None:
             from .figures import save_digits
+            (out / "samples").mkdir(exist_ok=True)
             save_digits(out / "samples" / f"epoch_{record['epoch']:03d}.png",
                         m.sample(SAMPLE_CODINGS, seed=codings_seed), shape=m.image_shape,
                         title=f"{SAMPLE_CODINGS} codings from N(0, I), decoded after epoch {record['epoch']}")
@@ -222,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
         write_figures(model, test_x, test_y, out, history=model.history, seed=codings_seed,
                       notify=lambda msg: None)
     final = model.history[-1]
-    say(f"done: test loss {final['test']['total']:.3f} per image after {model.epoch} epochs; "
+    say(f"done: test loss {final['test']['total']:.3f} per image after {model.epoch} epoch{'s' if model.epoch != 1 else ''}; "
         f"mean {np.mean([r['seconds'] for r in model.history]):.2f} s per epoch; results in {out}")
     return 0
 

@@ -157,6 +157,7 @@ def test_no_plots_writes_no_figures(tmp_path):
     proc = train(*QUICK[:1], "1", *QUICK[2:], "--no-plots", "--quiet", "--out", str(tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in tmp_path.rglob("*.png")) == []
+    assert not (tmp_path / "samples").exists(), "no empty samples/ folder either"
     assert (tmp_path / "checkpoint.npz").is_file() and proc.stdout == ""
 
 
