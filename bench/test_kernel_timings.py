@@ -71,12 +71,19 @@ def test_heads_forward_and_backward(benchmark, backend, rand):
           nbytes=F32 * (2 * ROWS * fan_in + 2 * fan_in * 2 * latent + 4 * ROWS * 2 * latent))
 
 
+def _output_layer(benchmark, backend, rand, what, check):
+    """Names the group, runs `check` (the kernel against the reference) and returns the output layer's
+    (fan_in, width, inp, w, b) at the seed's shape."""
+    fan_in, width = 500, 784
+    benchmark.group = f"kernel {what} {ROWS}x{fan_in}->{width}"
+    check(backend, rand, ROWS, fan_in, width)
+    return (fan_in, width, *(backend.asarray(a) for a in kc.layer_inputs(rand, ROWS, fan_in, width)))
+
+
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 def test_output_forward_with_loss(benchmark, backend, rand):
-    fan_in, width = 500, 784
-    benchmark.group = f"kernel output_forward+loss {ROWS}x{fan_in}->{width}"
-    kc.check_output(backend, rand, ROWS, fan_in, width, "xent")
-    inp, w, b = (backend.asarray(a) for a in kc.layer_inputs(rand, ROWS, fan_in, width))
+    fan_in, width, inp, w, b = _output_layer(benchmark, backend, rand, "output_forward+loss",
+                                             lambda *a: kc.check_output(*a, "xent"))
     x = backend.asarray(rand.uniform(0, 1, (ROWS, width)))
     dlogits, loss = backend.empty((ROWS, width)), backend.zeros(2, dtype=np.float64)
     timed(benchmark, backend, lambda: backend.output_forward(dlogits, loss, inp, w, b, x, "xent"),
@@ -86,10 +93,8 @@ def test_output_forward_with_loss(benchmark, backend, rand):
 
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 def test_output_backward(benchmark, backend, rand):
-    fan_in, width = 500, 784
-    benchmark.group = f"kernel dense_backward (output) {ROWS}x{fan_in}->{width}"
-    kc.check_dense(backend, rand, ROWS, fan_in, width, "identity")
-    inp, w, _ = (backend.asarray(a) for a in kc.layer_inputs(rand, ROWS, fan_in, width))
+    fan_in, width, inp, w, _ = _output_layer(benchmark, backend, rand, "dense_backward (output)",
+                                             lambda *a: kc.check_dense(*a, "identity"))
     dout = backend.asarray(rand.normal(0, 1, (ROWS, width)))
     dinp, dw, db = backend.empty((ROWS, fan_in)), backend.empty((fan_in, width)), backend.empty(width)
     timed(benchmark, backend, lambda: backend.dense_backward(dinp, dw, db, dout, inp, w, None, "identity"),
