@@ -351,17 +351,25 @@ def as_rows(X: ArrayLike, what: str = "X") -> tuple[np.ndarray, tuple[int, int] 
     return np.ascontiguousarray(X, dtype=np.float32), shape
 
 
-def as_images(X: ArrayLike, what: str = "X", width: int | None = N_PIXELS,
-              image_shape: tuple[int, int] | None = None) -> np.ndarray:
-    """as_rows(X, what)'s rows, checked against a model's input `width` (None: any) and, for images given as
-    (n, h, w), its `image_shape` when it has one. Raises UserError (one line) naming what does not match."""
-    rows, shape = as_rows(X, what)
+def check_width(rows: np.ndarray, shape: tuple[int, int] | None, given: tuple, what: str, width: int | None,
+                image_shape: tuple[int, int] | None) -> None:
+    """UserError (one line) unless rows (n, d) of an array of shape `given` (as the user passed it, images (h, w)
+    = `shape`) fit a model's input `width` (None: any) and its `image_shape` (checked for images only)."""
     if width is not None and rows.shape[1] != width:
         fitted = f" ({image_shape[0]}x{image_shape[1]} images)" if image_shape else ""
-        raise UserError(f"{what} has rows of {rows.shape[1]} values (shape {np.shape(X)}) but the model takes "
+        raise UserError(f"{what} has rows of {rows.shape[1]} values (shape {given}) but the model takes "
                         f"{width}{fitted}; pass arrays of shape (n, {width})"
                         + (f" or (n, {image_shape[0]}, {image_shape[1]})" if image_shape else ""))
     if shape is not None and image_shape is not None and shape != tuple(image_shape):
         raise UserError(f"{what} has images of {shape[0]}x{shape[1]} but the model's are "
                         f"{image_shape[0]}x{image_shape[1]}; pass images of that size")
+
+
+def as_images(X: ArrayLike, what: str = "X", width: int | None = N_PIXELS,
+              image_shape: tuple[int, int] | None = None) -> np.ndarray:
+    """as_rows(X, what)'s rows, checked against a model's input `width` (None: any) and, for images given as
+    (n, h, w), its `image_shape` when it has one (check_width). Raises UserError (one line) naming what does not
+    match."""
+    rows, shape = as_rows(X, what)
+    check_width(rows, shape, np.shape(X), what, width, image_shape)
     return rows

@@ -13,10 +13,9 @@ import numpy as np
 
 from . import checkpoint, rng, step, training
 from .backends import get_backend
-from .backends.contract import check_settings
 from .config import Config, integer, seed_value
 from .constants import EVAL_ROWS, SIGMA_SMOOTHING
-from .data import as_images, as_rows
+from .data import as_images, as_rows, check_width
 from .errors import UserError
 from .params import Layout, he_init
 from .threads import check as check_threads
@@ -50,7 +49,6 @@ class VAE:
     def _set_up(self, backend, params, notify, m=None, v=None, step_count=0, epoch=0, epoch_step=0,
                 epoch_loss=None):
         self.backend = get_backend(backend, notify=notify)
-        check_settings(self.backend, self.config)      # a variant this backend lacks fails here, not mid-run
         self.layout = Layout(self.config)
         self.state = step.State(self.backend, self.layout, params, self.config.seed, m=m, v=v, step=step_count)
         self.epoch = epoch                      # epochs completed; the next epoch's shuffle depends on it
@@ -130,7 +128,8 @@ class VAE:
             self._set_up(self.backend, he_init(Layout(self.config), self.config.seed), None)
         elif untrained and shape is not None and shape != cfg.image_shape:
             self.config = dataclasses.replace(cfg, image_shape=shape)      # same width, other (h, w)
-        return self._images(X, "X")
+        check_width(rows, shape, np.shape(X), "X", self.config.input_width, self.config.image_shape)
+        return rows
 
     def _workspace(self, batch):
         if self._ws is None or self._ws.batch != batch:

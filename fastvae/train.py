@@ -173,10 +173,11 @@ def run(args: argparse.Namespace) -> int:
     train_x = data.train_x[:run_info["train_images"]]       # [:None] is all of them
     test_x = data.test_x[:run_info["test_images"]]
     test_y = None if data.test_y is None else data.test_y[:len(test_x)]
-    if args.resume is None:
-        model._adopt_width(train_x, data.image_shape)        # a new model takes the data's width and image shape
+    if args.resume is None:                # a new model takes the data's width and image shape
+        train_x = model._adopt_width(train_x, data.image_shape)
         cfg = model.config
-    train_x = model._images(train_x, f"the training set of {data.source}")
+    else:
+        train_x = model._images(train_x, f"the training set of {data.source}")
     test_x = model._images(test_x, f"the test set of {data.source}")
     if cfg.batch_size > len(train_x):
         raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(train_x)} training images")

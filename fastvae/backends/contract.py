@@ -18,7 +18,6 @@ import inspect
 from dataclasses import dataclass
 
 from ..constants import ACTIVATIONS, ENCODERS, RECONSTRUCTIONS
-from ..errors import UserError
 
 
 @dataclass(frozen=True)
@@ -121,12 +120,3 @@ class Backend:
 
     def __repr__(self):
         return f"<fastvae backend {self.name!r} ({self.dtype.__name__})>"
-
-
-def check_settings(be, cfg):
-    """One line naming a setting of `cfg` that the contract does not know (Config checks them too); called once
-    when a model is set up, so a bad variant fails there and not in the middle of a run."""
-    for setting, allowed in SETTINGS.items():
-        value = getattr(cfg, setting, None)
-        if value is not None and value not in allowed:
-            raise UserError(f"the {be.name} backend has no {setting} {value!r}; choose one of {', '.join(allowed)}")

@@ -12,6 +12,7 @@ over one `int` parameter named for the setting (`template <int ACTIVATION> __glo
 it is instantiated for every value the setting has in fastvae.constants, and each instance is named by its NVRTC
 name expression, e.g. `dense_forward<ACTIVATION_ELU>` (see `instance`).
 """
+import functools
 import re
 from pathlib import Path
 
@@ -51,6 +52,7 @@ def defines():
     return "\n".join(lines) + "\n// ---- end of generated definitions\n"
 
 
+@functools.lru_cache(maxsize=None)     # called per launch (uncaptured steps, inference): build each name once
 def instance(kernel, setting, value):
     """The name expression of `kernel`'s instance for `value` of `setting` (a key of contract.SETTINGS), e.g.
     instance("dense_forward", "activation", "elu") == "dense_forward<ACTIVATION_ELU>"."""
