@@ -49,6 +49,8 @@ cfg = Config(hidden=(500, 500), latent=20, batch_size=150)
 layout = Layout(cfg)
 st, ws = step.State(be, layout, he_init(layout, seed=1), seed=3), step.Workspace(be, cfg, 150)
 data = be.asarray(np.random.default_rng(0).integers(0, 256, (600, 784)), dtype=np.uint8)
+# first one step in two row shards (as the cpu backend splits a batch): heads at COUNTER_ROW 75, Adam summing (2, P)
+step.train_step(be, cfg, st, ws, data, be.asarray(np.arange(150) + 450, dtype=np.int64), 2)
 stepper = step.Stepper(be, cfg, st, ws, data)
 for k in range(3):
     step.train_step(be, cfg, st, ws, data, be.asarray(np.arange(150) + 150 * k, dtype=np.int64))

@@ -7,6 +7,7 @@ import pytest
 
 import kernel_cases as kc
 from benchlib import SEED_CFG, backend_params, timed
+from fastvae.constants import COUNTER_SEED, COUNTER_STEP, COUNTERS
 from fastvae.params import Layout
 
 ROWS = SEED_CFG.batch_size
@@ -14,6 +15,13 @@ F32 = 4
 # (name, fan_in, fan_out) of the four hidden layers: encoder 1 and 2, decoder 1 and 2
 HIDDEN_LAYERS = [("enc1", 784, 500), ("enc2", 500, 500), ("dec1", 20, 500), ("dec2", 500, 500)]
 BACKENDS = backend_params()
+
+
+def _counters(backend, seed, step):
+    """The counters of a whole batch: (seed, step), first row 0."""
+    counters = np.zeros(COUNTERS, dtype=np.int64)
+    counters[COUNTER_SEED], counters[COUNTER_STEP] = seed, step
+    return backend.asarray(counters, dtype=np.int64)
 
 
 def _hidden_layer(benchmark, backend, rand, kernel, layer, fan_in, fan_out):
@@ -61,7 +69,7 @@ def test_heads_forward_and_backward(benchmark, backend, rand):
     dz = backend.asarray(rand.normal(0, 1, (ROWS, latent)))
     dinp, dw, db = backend.empty((ROWS, fan_in)), backend.empty((fan_in, 2 * latent)), backend.empty(2 * latent)
     loss = backend.zeros(2, dtype=np.float64)
-    counters = backend.asarray(np.array([1, 2]), dtype=np.int64)
+    counters = _counters(backend, 1, 2)
 
     def both():
         backend.heads_forward(z, mu_logvar, loss, inp, w, b, counters, 0, "gamma")
@@ -108,8 +116,9 @@ def test_adam_over_the_flat_buffer(benchmark, backend, rand):
     benchmark.group = f"kernel adam {size:,} parameters"
     kc.check_adam(backend, rand, size, t=5)
     p, g, m = (backend.asarray(rand.normal(0, 1e-2, size)) for _ in range(3))
+    g = g.reshape(1, size)          # grads is (S, P): one row shard, the whole batch's gradient
     v = backend.asarray(rand.normal(0, 1e-2, size) ** 2)
-    counters = backend.asarray(np.array([0, 10]), dtype=np.int64)
+    counters = _counters(backend, 0, 10)
     timed(benchmark, backend, lambda: backend.adam_update(p, g, m, v, counters, 1e-3, 0.9, 0.999, 1e-8),
           flops=12 * size, nbytes=F32 * 7 * size)    # reads p, g, m, v; writes p, m, v
 

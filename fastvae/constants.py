@@ -22,9 +22,12 @@ SIGMA_SMOOTHING = 1e-10
 
 # The float64[2] loss accumulator every forward kernel adds to: (reconstruction, KL), summed over rows.
 LOSS_RECONSTRUCTION, LOSS_KL = 0, 1
-# The int64[2] counters in device memory: (seed, steps taken so far). Adam's t is steps + 1; the noise of a
-# training step is drawn at (seed, steps); adam_update advances steps.
-COUNTER_SEED, COUNTER_STEP = 0, 1
+# The int64[COUNTERS] counters in device memory: (seed, steps taken so far, first row). Adam's t is steps + 1; the
+# noise of a training step is drawn at (seed, steps); adam_update advances steps. The first row is where a kernel's
+# rows start in the step's batch: a shard of rows lo..hi (the cpu backend splits a batch between its threads) draws
+# the noise of rows lo..hi of the whole batch, so every split draws the same noise as none.
+COUNTER_SEED, COUNTER_STEP, COUNTER_ROW = 0, 1, 2
+COUNTERS = 3
 
 # On a device each read of the loss waits for the step to finish, so the trainer checks that it is finite only
 # every LOSS_CHECK_INTERVAL_DEVICE steps (the progress bar's rate) and at each epoch's end; on the host, every step.

@@ -41,18 +41,21 @@ def uniform_open(words):
     return (words.astype(np.float64) + 0.5) * (1.0 / 4294967296.0)
 
 
-def normals(seed, stream, step, rows, cols):
-    """Standard normals eps[r, c] for (seed, stream, step) as float32 (rows, cols).
+def normals(seed, stream, step, rows, cols, first_row=0):
+    """Standard normals eps[r, c] for (seed, stream, step) as float32 (rows, cols), rows first_row onwards.
 
-    Element i = r * cols + c comes from Philox block i // 4 (counter = (block, step lo, step hi, stream),
-    key = (seed lo, seed hi)), lane i % 4; lanes (0, 1) and (2, 3) are Box-Muller pairs (cos, sin),
-    computed in float64 and then rounded to float32.
+    Element i = (first_row + r) * cols + c comes from Philox block i // 4 (counter = (block, step lo, step hi,
+    stream), key = (seed lo, seed hi)), lane i % 4; lanes (0, 1) and (2, 3) are Box-Muller pairs (cos, sin),
+    computed in float64 and then rounded to float32. Rows 0..n of one draw are rows 0..k and k..n of two draws
+    with first_row 0 and k.
     """
+    first = int(first_row) * cols
     n = rows * cols
-    blocks = (n + 3) // 4
+    lo, hi = first // 4, (first + n + 3) // 4
+    blocks = hi - lo
     seed, step = int(seed), int(step)
     ctr = np.zeros((blocks, 4), dtype=np.uint64)
-    ctr[:, 0] = np.arange(blocks, dtype=np.uint64)
+    ctr[:, 0] = np.arange(lo, hi, dtype=np.uint64)
     ctr[:, 1] = step & _MASK32
     ctr[:, 2] = (step >> 32) & _MASK32
     ctr[:, 3] = int(stream) & _MASK32
@@ -63,7 +66,8 @@ def normals(seed, stream, step, rows, cols):
     out = np.empty((blocks, 4), dtype=np.float64)
     out[:, 0::2] = radius * np.cos(angle)
     out[:, 1::2] = radius * np.sin(angle)
-    return out.reshape(-1)[:n].astype(np.float32).reshape(rows, cols)
+    skip = first - 4 * lo
+    return out.reshape(-1)[skip:skip + n].astype(np.float32).reshape(rows, cols)
 
 
 def epoch_permutation(seed, epoch, n):

@@ -6,17 +6,17 @@ kernels as their last arguments, so no variant is looked up here.
 """
 import numpy as np
 
-from .constants import COUNTER_SEED, COUNTER_STEP, EVAL_ROWS
+from .constants import COUNTER_ROW, COUNTER_SEED, COUNTER_STEP, COUNTERS, EVAL_ROWS
 from .rng import STREAM_EVAL, STREAM_TRAIN
 
 
 class Rows:
-    """The activation and gradient buffers of a batch of n rows (views of the workspace's first n rows)."""
+    """The activation and gradient buffers of rows lo..hi of a batch (views of the workspace's rows)."""
 
-    def __init__(self, full, n):
+    def __init__(self, full, lo, hi):
         for key, value in full.items():
-            setattr(self, key, [a[:n] for a in value] if isinstance(value, list) else value[:n])
-        self.n = n
+            setattr(self, key, [a[lo:hi] for a in value] if isinstance(value, list) else value[lo:hi])
+        self.n = hi - lo
 
 
 class Workspace:
@@ -39,33 +39,72 @@ class Workspace:
             "dlogits": e((batch, cfg.input_width)),             # training: the reconstruction loss's gradient
             "logits": e((batch, cfg.input_width)),              # inference (decode): the decoder's output
         }
+        self.be = be
         self.batch = batch
         self._full = full
         self._rows = {}
+        self._shards = {}
         self.loss = be.zeros(2, dtype=np.float64)         # (reconstruction, KL), summed until read
 
-    def rows(self, n):
-        if not 0 < n <= self.batch:
-            raise ValueError(f"batch of {n} rows does not fit a workspace of {self.batch}")
-        if n not in self._rows:
-            self._rows[n] = Rows(self._full, n)
-        return self._rows[n]
+    def rows(self, n, lo=0):
+        """The buffers of rows lo..lo + n."""
+        if not (0 < n and 0 <= lo and lo + n <= self.batch):
+            raise ValueError(f"rows {lo}..{lo + n} do not fit a workspace of {self.batch}")
+        if (lo, n) not in self._rows:
+            self._rows[lo, n] = Rows(self._full, lo, lo + n)
+        return self._rows[lo, n]
+
+    def shard(self, s):
+        """(loss, counters) of row shard s > 0: its own loss accumulator (added to `loss` after the step) and its
+        counters (the step's, with its first row)."""
+        if s not in self._shards:
+            self._shards[s] = (self.be.zeros(2, dtype=np.float64), self.be.zeros(COUNTERS, dtype=np.int64))
+        return self._shards[s]
+
+
+# Fewer rows than this per shard make the products too thin to gain from a second thread (at 150 rows the step
+# takes two shards of 75).
+MIN_SHARD_ROWS = 32
+
+
+def row_shards(n, parts):
+    """[(lo, hi)]: rows 0..n in min(parts, n) contiguous shards whose sizes differ by at most one, larger first."""
+    parts = max(1, min(parts, n))
+    size, extra = divmod(n, parts)
+    bounds, lo = [], 0
+    for s in range(parts):
+        hi = lo + size + (s < extra)
+        bounds.append((lo, hi))
+        lo = hi
+    return bounds
 
 
 class State:
-    """What training changes: the flat parameters, gradients, Adam moments and counters (seed, steps taken)."""
+    """What training changes: the flat parameters, gradients, Adam moments and counters (seed, steps taken, first row).
 
-    def __init__(self, be, layout, params_host, seed, m=None, v=None, step=0):
+    grads is (S, P): the partial gradients of S row shards (S = 1 unless the backend splits batches between its
+    threads; see train_step), summed by adam_update into grads[0]. `gradients` are the named views of grads[0],
+    `shard_gradients[s]` those of grads[s]."""
+
+    def __init__(self, be, layout, params_host, seed, m=None, v=None, step=0, shards=1):
+        self.be = be
         self.layout = layout
         self.params = be.asarray(params_host)
-        self.grads = be.zeros(layout.size)
         self.m = be.zeros(layout.size) if m is None else be.asarray(m)
         self.v = be.zeros(layout.size) if v is None else be.asarray(v)
-        counters = np.zeros(2, dtype=np.int64)
+        counters = np.zeros(COUNTERS, dtype=np.int64)
         counters[COUNTER_SEED], counters[COUNTER_STEP] = seed, step
         self.counters = be.asarray(counters, dtype=np.int64)
         self.weights = layout.views(self.params)
-        self.gradients = layout.views(self.grads)
+        self.grads = None
+        self.ensure_shards(shards)
+
+    def ensure_shards(self, shards):
+        """Room for the partial gradients of `shards` row shards (grads is scratch between steps)."""
+        if self.grads is None or self.grads.shape[0] < shards:
+            self.grads = self.be.zeros((shards, self.layout.size))
+            self.shard_gradients = [self.layout.views(g) for g in self.grads]
+            self.gradients = self.shard_gradients[0]
 
 
 def _split(weights, n_hidden):
@@ -125,14 +164,49 @@ def backward(be, cfg, weights, gradients, a, counters, noise_stream):
         be.dense_backward(dinp, *gradients[i], a.denc[i], inp, weights[i][0], a.enc[i], cfg.activation)
 
 
-def train_step(be, cfg, state, ws, data, idx):
-    """One step on the rows data[idx]: gather, forward, loss, backward, Adam. Adds the batch loss to ws.loss."""
-    a = ws.rows(len(idx))
-    be.gather_batch(a.x, data, idx)
-    forward(be, cfg, state.weights, a, ws.loss, state.counters, STREAM_TRAIN)
-    backward(be, cfg, state.weights, state.gradients, a, state.counters, STREAM_TRAIN)
-    be.adam_update(state.params, state.grads, state.m, state.v, state.counters,
+def train_step(be, cfg, state, ws, data, idx, parts=1):
+    """One step on the rows data[idx]: gather, forward, loss, backward, Adam. Adds the batch loss to ws.loss.
+
+    parts > 1 splits the batch into row shards (row_shards) that run forward and backward at once on the backend's
+    workers (one after another on a backend without them): each shard draws its own rows' noise (COUNTER_ROW),
+    adds its loss to its own accumulator and writes its partial gradient into state.grads[s]; Adam sums them. The
+    result is the unsplit step's up to the order of the sums (the weight gradients' and the loss's)."""
+    bounds = row_shards(len(idx), parts)
+    if len(bounds) == 1:
+        a = ws.rows(len(idx))
+        be.gather_batch(a.x, data, idx)
+        forward(be, cfg, state.weights, a, ws.loss, state.counters, STREAM_TRAIN)
+        backward(be, cfg, state.weights, state.gradients, a, state.counters, STREAM_TRAIN)
+    else:
+        state.ensure_shards(len(bounds))
+
+        def shard(s):
+            lo, hi = bounds[s]
+            a = ws.rows(hi - lo, lo)
+            loss, counters = ws.shard(s) if s else (ws.loss, state.counters)
+            if s:
+                counters[...] = state.counters
+                counters[COUNTER_ROW] = lo
+            be.gather_batch(a.x, data, idx[lo:hi])
+            forward(be, cfg, state.weights, a, loss, counters, STREAM_TRAIN)
+            backward(be, cfg, state.weights, state.shard_gradients[s], a, counters, STREAM_TRAIN)
+
+        run_parts(be, shard, len(bounds))
+        for s in range(1, len(bounds)):
+            loss = ws.shard(s)[0]
+            ws.loss += loss
+            loss[...] = 0
+    be.adam_update(state.params, state.grads[:len(bounds)], state.m, state.v, state.counters,
                    cfg.lr, cfg.beta1, cfg.beta2, cfg.adam_eps)
+
+
+def run_parts(be, fn, parts):
+    """fn(0), ..., fn(parts - 1): at once on the backend's workers, or one after another without them."""
+    if be.workers is not None:
+        be.workers.run(fn, parts)
+    else:
+        for s in range(parts):
+            fn(s)
 
 
 class Stepper:
@@ -151,10 +225,15 @@ class Stepper:
         """Kernel launches in the captured step (None before the first capture, or without one)."""
         return None if self.replay is None else self.replay.kernels
 
+    def parts(self, n):
+        """Row shards for a batch of n rows: one per worker thread, at least MIN_SHARD_ROWS rows each."""
+        workers = self.be.workers
+        return 1 if workers is None else max(1, min(workers.count, n // MIN_SHARD_ROWS))
+
     def __call__(self, idx):
         be = self.be
         if self.idx is None or len(idx) != self.ws.batch:
-            train_step(be, self.cfg, self.state, self.ws, self.data, idx)
+            train_step(be, self.cfg, self.state, self.ws, self.data, idx, self.parts(len(idx)))
             return
         self.idx[...] = idx                     # device to device: the only per-step work besides the replay
         if self.replay is None:
@@ -171,7 +250,7 @@ def evaluate(be, cfg, state, ws, data, idx_all, seed, loss):
     """
     if ws.batch != EVAL_ROWS:
         raise ValueError(f"evaluation runs in chunks of EVAL_ROWS = {EVAL_ROWS} rows, not {ws.batch}")
-    counters = be.zeros(2, dtype=np.int64)
+    counters = be.zeros(COUNTERS, dtype=np.int64)
     counters[COUNTER_SEED] = seed
     for j, start in enumerate(range(0, len(idx_all), ws.batch)):
         idx = idx_all[start:start + ws.batch]

@@ -186,32 +186,47 @@ def detect(threads=None, environ=None, root="/", affinity=None):
 # ---------------------------------------------------------------- setting the libraries' counts
 
 class Libraries:
-    """Sets OpenBLAS's count (threadpoolctl, every BLAS NumPy loaded) and Numba's (set_num_threads, capped at its
-    pool's size), and puts the previous counts back on close()."""
+    """Sets the step's thread count and puts the previous counts back on close().
 
-    def __init__(self):
+    With `workers` (the backend's fastvae.workers.Workers: its step runs row shards on its own threads) the count is
+    the workers' and OpenBLAS runs one thread per call, so the two pools never spin against each other; without
+    them it is OpenBLAS's count (threadpoolctl, every BLAS NumPy loaded). Numba's (set_num_threads, capped at its
+    pool's size) follows the count either way."""
+
+    def __init__(self, workers=None):
         from threadpoolctl import ThreadpoolController
         self._blas = ThreadpoolController().select(user_api="blas")
+        self.workers = workers
         self._original = None
         self._numba_before = None
+        self._workers_before = None if workers is None else workers.count
         self.count = None
 
     def set(self, n):
         import numba
-        limiter = self._blas.limit(limits=n)
+        limiter = self._blas.limit(limits=1 if self.workers is not None else n)
         if self._original is None:
             self._original = limiter             # remembers the counts before the first change
         if self._numba_before is None:
             self._numba_before = numba.get_num_threads()
         numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
+        if self.workers is not None:
+            self.workers.count = n
         self.count = n
 
     def blas_counts(self):
         return [lib["num_threads"] for lib in self._blas.info()]
 
-    def close(self):
+    def release(self):
+        """The counts as before the first set() (as outside a fit) until the next set()."""
         if self._original is not None:
             self._original.restore_original_limits()
+        if self.workers is not None:
+            self.workers.count = self._workers_before
+        self.count = None
+
+    def close(self):
+        self.release()
         if self._numba_before is not None:
             import numba
             numba.set_num_threads(self._numba_before)
@@ -230,24 +245,39 @@ def candidates(most):
 
 class Probe:
     """Times the model's forward products (batch x fan_in @ fan_in x fan_out per layer) on scratch buffers at a
-    given count: the step's BLAS work without touching the training state."""
+    given count, as the step runs them (row shards on the workers when the libraries have them): the step's BLAS
+    work without touching the training state."""
 
     def __init__(self, shapes, batch, dtype, seed=0):
         import numpy as np
         g = np.random.default_rng(seed)
+        self.batch = batch
         self.calls = [(g.standard_normal((batch, a)).astype(dtype), g.standard_normal((a, b)).astype(dtype),
                        np.empty((batch, b), dtype)) for a, b in shapes]
 
+    def _products(self, libs, n):
+        import numpy as np
+        from .step import MIN_SHARD_ROWS, row_shards
+        parts = 1 if libs.workers is None else max(1, min(n, self.batch // MIN_SHARD_ROWS))
+        bounds = row_shards(self.batch, parts)
+
+        def shard(s):
+            lo, hi = bounds[s]
+            for x, w, out in self.calls:
+                np.matmul(x[lo:hi], w, out=out[lo:hi])
+        if parts == 1:
+            shard(0)
+        else:
+            libs.workers.run(shard, parts)
+
     def __call__(self, libs, counts, current):
         """{count: seconds for PROBE_REPEATS passes}, counts alternated; leaves `current` set."""
-        import numpy as np
         took = {n: 0.0 for n in counts}
         for _ in range(PROBE_REPEATS):
             for n in counts:
                 libs.set(n)
                 begin = time.perf_counter()
-                for x, w, out in self.calls:
-                    np.matmul(x, w, out=out)
+                self._products(libs, n)
                 took[n] += time.perf_counter() - begin
         libs.set(current)
         return took
@@ -342,12 +372,12 @@ class Pacer:
         return Timed()
 
     def record(self):
-        """The epoch's entry; until the next step the libraries run at the plan's count, so that the validation
-        between epochs gives the numbers evaluate() gives outside fit (at the detected count), whatever the steps
-        adapted to."""
+        """The epoch's entry; until the next step the libraries run at the counts they had before the fit, so that
+        the validation between epochs gives the numbers evaluate() gives outside fit, whatever the steps adapted
+        to."""
         changes, self._changes = self._changes, []
-        if self._libs is not None and self._libs.count != self.plan.threads:
-            self._libs.set(self.plan.threads)
+        if self._libs is not None:
+            self._libs.release()
         return {"count": self.count, "changes": changes}
 
     def _note(self, n, reason, **extra):
@@ -428,4 +458,5 @@ def pacer_for(model, ws, threads=None):
         model._threads_last = count
 
     return Pacer(detect(threads), shapes, ws.batch, be.dtype, steps=lambda: model.steps,
-                 start=getattr(model, "_threads_last", None), on_close=keep)
+                 start=getattr(model, "_threads_last", None), on_close=keep,
+                 libraries=lambda: Libraries(be.workers))

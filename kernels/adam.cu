@@ -1,5 +1,5 @@
-// adam.cu - Adam (TensorFlow's form): adam_begin forms the step's bias-corrected step size once, adam_update then
-// updates params, m, v in one pass. adam_begin advances counters[COUNTER_STEP] and writes lr_t; the update reads lr_t.
+// adam.cu - Adam (TensorFlow's form): adam_begin forms the step's bias-corrected step size once, adam_update sums
+// the S partial gradients and updates in one pass. Writes counters[COUNTER_STEP], lr_t, then params, m, v, grads[0].
 #include "common.cuh"
 
 // One thread, once per step, before adam_update: t = ++counters[COUNTER_STEP] and the step size with both bias
@@ -15,15 +15,19 @@ extern "C" __global__ void adam_begin(double* lr_t, long long* counters, double 
 }
 
 // Grid-stride loop: any grid covers the buffer. lr_t[0] was written by adam_begin, launched before on the same stream.
-extern "C" __global__ void adam_update(float* params, const float* grads, float* m, float* v, const double* lr_t,
-                                       double beta1, double beta2, double eps, long long size)
+// grads holds `shards` partial gradients of `size` each (row shards of the batch); the step's gradient is their sum,
+// formed here in the one pass and left in grads[0..size) (the contract's grads[0]), so no separate reduction kernel.
+extern "C" __global__ void adam_update(float* params, float* grads, float* m, float* v, const double* lr_t,
+                                       double beta1, double beta2, double eps, long long size, int shards)
 {
     const float step = (float)lr_t[0];
     const float b1 = (float)beta1, b2 = (float)beta2, e = (float)eps;
     const float c1 = (float)(1.0 - beta1), c2 = (float)(1.0 - beta2);
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < size;
          i += (long long)gridDim.x * blockDim.x) {
-        const float g = grads[i];
+        float g = grads[i];
+        for (int s = 1; s < shards; ++s) g += grads[s * size + i];
+        if (shards > 1) grads[i] = g;       // one shard (the gpu's own steps): grads[0] is the sum already
         const float mi = b1 * m[i] + c1 * g;
         const float vi = b2 * v[i] + c2 * g * g;
         m[i] = mi;

@@ -131,7 +131,9 @@ def check_heads(be, rand, rows, fan_in, latent, encoder):
     tol = tolerance_for(be)
     inp, w, b = layer_inputs(rand, rows, fan_in, 2 * latent)
     w *= 0.3  # keep logvar (or sigma) in a realistic range, a few units
-    counters = np.array([int(rand.integers(1 << 62)), int(rand.integers(1 << 40))], dtype=np.int64)
+    # a random first row: the rows' noise is rows row.. of the step's draw (a shard of a split batch)
+    counters = np.array([int(rand.integers(1 << 62)), int(rand.integers(1 << 40)), int(rand.integers(300))],
+                        dtype=np.int64)
     noise_stream = int(rand.integers(3))
     f64 = [a.astype(np.float64) for a in (inp, w, b)]
     buf = Buffers(be)
@@ -143,7 +145,7 @@ def check_heads(be, rand, rows, fan_in, latent, encoder):
     ref.heads_forward(e_z, e_ml, e_loss, *f64, counters, noise_stream, encoder)
     s_scale = product_scale(inp, w) + float(np.max(np.abs(b)))
     assert_close(host(be, mu_logvar), e_ml, tol, scale=s_scale, what="mu_logvar")
-    eps = rng.normals(counters[0], noise_stream, counters[1], rows, latent).astype(np.float64)
+    eps = rng.normals(counters[0], noise_stream, counters[1], rows, latent, first_row=counters[2]).astype(np.float64)
     mu, second = e_ml[:, :latent], e_ml[:, latent:]
     if encoder == "gamma":
         sigma = np.exp(0.5 * second)
@@ -159,7 +161,7 @@ def check_heads(be, rand, rows, fan_in, latent, encoder):
     assert_close(host(be, z), e_z, tol, scale=z_scale, what="z")
     assert_close(host(be, loss)[1], e_loss[1], tol, scale=kl_scale, what="kl")
     assert host(be, loss)[0] == 0.25, "heads_forward must not touch the reconstruction loss"
-    assert int(be.to_host(d_counters)[1]) == counters[1], "heads_forward must not advance the step"
+    assert list(be.to_host(d_counters)) == list(counters), "heads_forward must not change the counters"
 
     dz = rand.normal(0, 1, (rows, latent)).astype(np.float32)
     dinp, dw, db, dmu_logvar = buf.out((rows, fan_in)), buf.out((fan_in, 2 * latent)), buf.out(2 * latent), \
@@ -204,11 +206,12 @@ def check_output(be, rand, rows, fan_in, width, reconstruction):
     buf.check_poison()
 
 
-def check_adam(be, rand, size, t):
-    p, g = rand.normal(0, 1, size).astype(np.float32), rand.normal(0, 1e-2, size).astype(np.float32)
+def check_adam(be, rand, size, t, shards=1):
+    """adam_update against the reference, with the partial gradients of `shards` row shards (summed into grads[0])."""
+    p, g = rand.normal(0, 1, size).astype(np.float32), rand.normal(0, 1e-2, (shards, size)).astype(np.float32)
     m = rand.normal(0, 1e-2, size).astype(np.float32)
     v = (rand.normal(0, 1e-2, size) ** 2).astype(np.float32)
-    counters = np.array([3, t], dtype=np.int64)
+    counters = np.array([3, t, 0], dtype=np.int64)
     buf = Buffers(be)
     dp, dg, dm, dv, dc = buf.inp(p), buf.inp(g), buf.inp(m), buf.inp(v), buf.inp(counters, np.int64)
     be.adam_update(dp, dg, dm, dv, dc, 1e-3, 0.9, 0.999, 1e-8)
@@ -216,13 +219,16 @@ def check_adam(be, rand, size, t):
     e_c = counters.copy()
     ref.adam_update(e[0], e[1], e[2], e[3], e_c, 1e-3, 0.9, 0.999, 1e-8)
     assert list(be.to_host(dc)) == list(e_c)
+    # the sum of `shards` float32 terms: shards - 1 roundings, each relative to the terms' magnitudes
+    g_abs = np.abs(g).sum(axis=0)
+    assert np.all(np.abs(host(be, dg)[0] - e[1][0]) <= (shards - 1) * 2.0 ** -24 * g_abs), "grads[0] is not the sum"
     assert_close(host(be, dm), e[2], TOL["float32"], what="m")
     assert_close(host(be, dv), e[3], TOL["float32"], what="v")
     # each parameter's step lr_t m / (sqrt v + eps) is a few float32 operations, judged against the size of the
     # terms it is made of: m = 0.9 m + 0.1 g can cancel, and then its float32 rounding is relative to
     # 0.9 |m| + 0.1 |g|, not to the small result. Plus the one rounding of the stored parameter (half an ulp).
     lr_t = 1e-3 * np.sqrt(1 - 0.999 ** (t + 1)) / (1 - 0.9 ** (t + 1))
-    step_scale = lr_t * (0.9 * np.abs(m) + 0.1 * np.abs(g)) / (np.sqrt(e[3]) + 1e-8)
+    step_scale = lr_t * (0.9 * np.abs(m) + 0.1 * g_abs) / (np.sqrt(e[3]) + 1e-8)
     assert np.all(np.abs(host(be, dp) - e[0]) <= TOL["float32"] * step_scale + np.abs(e[0]) * 2.0 ** -24)
     buf.check_poison()
 
@@ -240,8 +246,9 @@ def sigma_away_from_zero(layout, params, latent):
     params[heads.b_offset + latent:heads.b_offset + 2 * latent] = 1.0
 
 
-def check_train_steps(be, cfg, rand, rows, n_steps=3):
-    """Whole training steps on `be` against the reference started from the same float32 state.
+def check_train_steps(be, cfg, rand, rows, n_steps=3, parts=1):
+    """Whole training steps on `be` (its batches split into `parts` row shards) against the reference (unsplit)
+    started from the same float32 state.
 
     After the first step: the loss, every gradient and the updated parameters. Adam's first step moves each
     parameter by about lr * sign(g), so where a gradient is below what float32 resolves the sign (and hence
@@ -268,10 +275,10 @@ def check_train_steps(be, cfg, rand, rows, n_steps=3):
         for k in range(n_steps):
             idx = np.arange(k * rows, (k + 1) * rows) % len(data)
             ws.loss[...] = 0
-            step.train_step(b, cfg, st, ws, d_data, b.asarray(idx, dtype=np.int64))
+            step.train_step(b, cfg, st, ws, d_data, b.asarray(idx, dtype=np.int64), parts if b is be else 1)
             losses.append(np.asarray(b.to_host(ws.loss), dtype=np.float64).copy())
-            if k == 0:
-                grads0 = np.asarray(b.to_host(st.grads), dtype=np.float64).copy()
+            if k == 0:      # adam_update left the step's gradient (the shards' sum) in grads[0]
+                grads0 = np.asarray(b.to_host(st.grads)[0], dtype=np.float64).copy()
                 params1 = np.asarray(b.to_host(st.params), dtype=np.float64).copy()
         runs[name] = (losses, grads0, params1, int(b.to_host(st.counters)[1]))
     (l_ref, g_ref, p_ref, t_ref), (l_be, g_be, p_be, t_be) = runs["ref"], runs["be"]

@@ -1,8 +1,11 @@
-"""A whole training step on the cpu backend against the float64 reference."""
+"""A whole training step on the cpu backend against the float64 reference, whole and split between threads."""
+import numpy as np
 import pytest
 
 import kernel_cases as kc
-from fastvae.backends import get_backend
+from fastvae import step
+from fastvae.backends import cpu, get_backend
+from fastvae.params import Layout, he_init
 from fastvae.config import Config
 from fastvae.constants import HIDDEN_ACTIVATIONS
 
@@ -29,3 +32,75 @@ def test_training_steps_with_other_activations_match_the_reference(rand, activat
 def test_training_steps_at_other_data_widths_match_the_reference(rand, width, image_shape):
     cfg = Config(hidden=(37, 11), latent=4, batch_size=7, input_width=width, image_shape=image_shape)
     kc.check_train_steps(get_backend("cpu"), cfg, rand, 7)
+
+
+@pytest.fixture
+def workers():
+    """The cpu backend's workers, their count restored afterwards."""
+    before = cpu.workers.count
+    yield cpu.workers
+    cpu.workers.count = before
+
+
+@pytest.mark.parametrize("hidden,latent,rows,parts", [((13, 9), 3, 7, 2), ((31,), 2, 1, 2), ((500, 500), 20, 150, 2),
+                                                       ((37, 11, 5), 5, 257, 3), ((13, 9), 3, 7, 7)])
+def test_training_steps_split_between_threads_match_the_reference(rand, workers, hidden, latent, rows, parts):
+    """Row shards on the backend's threads (an odd latent size, so a shard's noise starts inside a Philox block)."""
+    workers.count = parts
+    kc.check_train_steps(get_backend("cpu"), Config(hidden=hidden, latent=latent, batch_size=rows), rand, rows,
+                         parts=parts)
+
+
+@pytest.mark.parametrize("encoder,reconstruction", [("sigma", "xent"), ("gamma", "mse")])
+def test_split_training_steps_of_the_seed_variants_match_the_reference(rand, workers, encoder, reconstruction):
+    workers.count = 2
+    cfg = Config(hidden=(37, 11), latent=5, batch_size=9, encoder=encoder, reconstruction=reconstruction)
+    kc.check_train_steps(get_backend("cpu"), cfg, rand, 9, parts=2)
+
+
+def _steps(cfg, rows, parts, seed, n_steps=3):
+    be = get_backend("cpu")
+    layout = Layout(cfg)
+    st, ws = step.State(be, layout, he_init(layout, seed=seed), seed=seed), step.Workspace(be, cfg, rows)
+    data = np.random.default_rng(seed).integers(0, 256, (rows * n_steps, cfg.input_width)).astype(np.uint8)
+    for k in range(n_steps):
+        step.train_step(be, cfg, st, ws, data, np.arange(k * rows, (k + 1) * rows), parts)
+    return st.params.copy(), st.m.copy(), st.v.copy(), ws.loss.copy()
+
+
+def test_threads_do_not_change_the_numbers_of_a_split(rand, workers):
+    """The same split gives the same bits whether its shards run on two threads or one after another on one (and
+    Adam's buffer split between the threads or not)."""
+    cfg = Config(hidden=(37, 11), latent=5, batch_size=40)
+    seed = int(rand.integers(1 << 30))
+    workers.count = 2
+    threaded = _steps(cfg, 40, 2, seed)
+    workers.count = 1
+    serial = _steps(cfg, 40, 2, seed)
+    for a, b in zip(threaded, serial):
+        assert np.array_equal(a, b)
+
+
+def test_an_error_in_a_shard_reaches_the_caller(workers):
+    workers.count = 2
+    seen = []
+
+    def part(k):
+        seen.append(k)
+        if k == 1:
+            raise ValueError("shard 1 failed")
+    with pytest.raises(ValueError, match="shard 1 failed"):
+        workers.run(part, 2)
+    assert sorted(seen) == [0, 1]
+    workers.run(seen.append, 2)         # the pool still works afterwards
+    assert sorted(seen) == [0, 0, 1, 1]
+
+
+def test_row_shards_cover_the_rows_once():
+    for n in (1, 2, 7, 150, 257):
+        for parts in (1, 2, 3, 8):
+            bounds = step.row_shards(n, parts)
+            assert bounds[0][0] == 0 and bounds[-1][1] == n and len(bounds) == min(n, parts)
+            assert all(hi == lo2 for (_, hi), (lo2, _) in zip(bounds, bounds[1:]))
+            sizes = [hi - lo for lo, hi in bounds]
+            assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1

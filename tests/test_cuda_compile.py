@@ -146,8 +146,8 @@ def test_the_kernels_restate_no_value_defined_in_python():
     """Tile sizes, THREADS, the Philox words, the smoothing term, the loss and counter indices and the settings'
     codes reach the CUDA C only as the generated #defines: no file of kernels/ defines or spells them."""
     generated = dict(line.split()[1:3] for line in sources.defines().splitlines() if line.startswith("#define"))
-    assert {"TILE_T", "THREADS", "SIGMA_SMOOTHING", "PHILOX_M0", "LOSS_KL", "COUNTER_STEP", "ACTIVATION_ELU",
-            "ENCODER_SIGMA", "RECONSTRUCTION_MSE"} <= set(generated)
+    assert {"TILE_T", "THREADS", "SIGMA_SMOOTHING", "PHILOX_M0", "LOSS_KL", "COUNTER_STEP", "COUNTER_ROW",
+            "ACTIVATION_ELU", "ENCODER_SIGMA", "RECONSTRUCTION_MSE"} <= set(generated)
     literals = [f"{getattr(rng, k):X}" for k in ("PHILOX_M0", "PHILOX_M1", "PHILOX_W0", "PHILOX_W1")]
     literals += [repr(constants.SIGMA_SMOOTHING)]
     for path in sorted(KERNELS.glob("*.cu")) + sorted(KERNELS.glob("*.cuh")):

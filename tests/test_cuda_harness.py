@@ -260,11 +260,13 @@ def test_an_index_outside_a_shared_array_aborts_with_a_message():
     script = textwrap.dedent("""
         import numpy as np
         from fastvae.backends import gpu
+        from fastvae.constants import COUNTERS
         from fastvae.cuda.launch import TILE_T
         k = gpu.emulated().impl.module.get_function("heads_forward<ENCODER_GAMMA>")
         f = lambda *s: np.zeros(s, np.float32)
         k((1, 1), (2 * TILE_T, TILE_T), (f(1, 1), f(1, 2), np.zeros(2), f(1, 1), f(1, 2), f(2),
-                                         np.zeros(2, np.int64), np.int32(0), np.int32(1), np.int32(1), np.int32(1)))
+                                         np.zeros(COUNTERS, np.int64), np.int32(0), np.int32(1), np.int32(1),
+                                         np.int32(1)))
         print("no error")
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)

@@ -20,7 +20,7 @@ from tolerances import TOL, assert_close
 from fastvae import step
 from fastvae.backends import contract
 from fastvae.config import Config
-from fastvae.constants import LOSS_CHECK_INTERVAL_DEVICE
+from fastvae.constants import COUNTERS, LOSS_CHECK_INTERVAL_DEVICE
 from fastvae.cuda import emu
 
 if emu.unavailable_reason() is not None:
@@ -130,15 +130,48 @@ def test_training_steps_match_the_cpu_backend(rand, name, hidden, latent, rows):
             ws.loss[...] = 0
             step.train_step(b, cfg, st, ws, d, idx)
             losses.append(np.array(b.to_host(ws.loss), dtype=np.float64))
-            grads.append(np.array(b.to_host(st.grads), dtype=np.float64))
+            grads.append(np.array(b.to_host(st.grads)[0], dtype=np.float64))     # the step's gradient (S = 1 or more)
         runs.append((losses, grads, np.array(b.to_host(st.params)), [int(c) for c in b.to_host(st.counters)]))
     (l_cpu, g_cpu, p_cpu, c_cpu), (l_gpu, g_gpu, p_gpu, c_gpu) = runs
-    assert c_cpu == c_gpu == [seed, 4]
+    assert c_cpu == c_gpu == [seed, 4, 0]
     tol = TOL["float32_step"]
     assert_close(g_gpu[0], g_cpu[0], tol, scale=float(np.abs(g_cpu[0]).max()), what="first gradients")
     for k in range(4):
         assert_close(l_gpu[k], l_cpu[k], 10 * tol, what=f"loss of step {k + 1}")
     assert np.all(np.abs(p_gpu - p_cpu) <= 2 * 4 * cfg.lr)      # Adam moves each parameter by <= lr per step
+
+
+@pytest.mark.parametrize("name,encoder", cases([("sigma",), ("gamma",)]))
+def test_a_step_split_into_row_shards_is_the_whole_batchs_step(rand, name, encoder):
+    """train_step(parts=3) runs the batch as three row shards, one after another (the gpu has no workers): each
+    draws its own rows' noise (its counters' COUNTER_ROW, in heads_forward and the sigma form's backward) and writes
+    its partial gradient into grads[s]; adam_update sums them into grads[0]. Noise, losses, gradients and parameters
+    are the unsplit step's up to the order of the float32 sums."""
+    from fastvae.params import Layout, he_init
+    b = load(name)
+    cfg = Config(hidden=(13, 9), latent=3, batch_size=10, encoder=encoder)
+    layout = Layout(cfg)
+    params = he_init(layout, seed=int(rand.integers(1 << 30)))
+    if encoder == "sigma":
+        kc.sigma_away_from_zero(layout, params, cfg.latent)
+    data = b.asarray(rand.integers(0, 256, (40, 784)), dtype=np.uint8)
+    seed = int(rand.integers(1 << 40))
+    runs = []
+    for parts in (1, 3):
+        st, ws = step.State(b, layout, params, seed, step=5), step.Workspace(b, cfg, 10)
+        ws.loss[...] = 0
+        step.train_step(b, cfg, st, ws, data, b.asarray(np.arange(10) + 3, dtype=np.int64), parts)
+        assert st.grads.shape[0] == parts
+        assert [int(c) for c in b.to_host(st.counters)] == [seed, 6, 0], "the step's own counters keep row 0"
+        runs.append([b.to_host(a).astype(np.float64) for a in (ws.rows(10).z, ws.loss, st.grads[0], st.params)])
+    (z1, loss1, g1, p1), (z3, loss3, g3, p3) = runs
+    tol = TOL["float32_step"]
+    assert_close(z3, z1, tol, what="z (each shard's own rows of the step's noise)")
+    assert_close(loss3, loss1, tol, what="loss")
+    assert_close(g3, g1, tol, what="gradient (the shards' sum)")
+    # Adam's first steps move a parameter by about lr whatever its gradient's size: compare where the sign is sure
+    resolved = np.abs(g1) > 10 * tol * np.abs(g1).max()
+    assert_close(p3[resolved], p1[resolved], tol, scale=cfg.lr, what="params")
 
 
 def test_the_vae_class_runs_on_the_gpu_backend(be, rand, monkeypatch):
@@ -375,7 +408,7 @@ def test_products_take_more_rows_than_grid_y_allows():
     module = GridCheck()
     b = gpu.CudaKernels(np, module)
     one = np.zeros(1, np.float32)
-    col, loss, counters = np.zeros((n, 1), np.float32), np.zeros(2), np.zeros(2, np.int64)
+    col, loss, counters = np.zeros((n, 1), np.float32), np.zeros(2), np.zeros(COUNTERS, np.int64)
     wide = np.zeros((n, 2), np.float32)
     b.dense_forward(col, col, one.reshape(1, 1), one, "elu")
     b.dense_backward(col, one.reshape(1, 1), one, col, col, one.reshape(1, 1), col, "elu")

@@ -53,9 +53,10 @@ def test_output(rand, name, rows, fan_in, width, reconstruction):
     kc.check_output(backends.load(name), rand, rows, fan_in, width, reconstruction)
 
 
+@pytest.mark.parametrize("shards", [1, 2, 3])
 @pytest.mark.parametrize("name,_,size,t,__", backends.cases(backends.ADAM_SIZES, rows=(1,), work=lambda a, b: 0))
-def test_adam(rand, name, _, size, t, __):
-    kc.check_adam(backends.load(name), rand, size, t)
+def test_adam(rand, name, _, size, t, __, shards):
+    kc.check_adam(backends.load(name), rand, size, t, shards)
 
 
 @pytest.mark.parametrize("name,_,rows,cols,seed_step", backends.cases(
@@ -66,13 +67,19 @@ def test_noise_equals_the_reference_stream(name, _, rows, cols, seed_step):
     be = backends.load(name)
     seed, step = seed_step
     z, ml = be.zeros((rows, cols)), be.zeros((rows, 2 * cols))
-    counters = be.asarray(np.array([seed, step]), dtype=np.int64)
-    be.heads_forward(z, ml, be.zeros(2, dtype=np.float64), be.zeros((rows, 1)), be.zeros((1, 2 * cols)),
-                     be.zeros(2 * cols), counters, rng.STREAM_TRAIN, "gamma")
-    got = np.asarray(be.to_host(z), dtype=np.float32)
     want = rng.normals(seed, rng.STREAM_TRAIN, step, rows, cols)
-    ulps = np.abs(got.view(np.int32).astype(np.int64) - want.view(np.int32))
-    assert ulps.max() <= 1 and np.mean(ulps == 0) > 0.99
+    # the whole draw, then its rows in two shards (rows first.. drawn with COUNTER_ROW = first): the same numbers
+    first = rows // 2 + 1 if rows > 1 else 0
+    for lo, hi in ((0, rows), (0, first), (first, rows)):
+        if hi == lo:
+            continue
+        z, ml = be.zeros((hi - lo, cols)), be.zeros((hi - lo, 2 * cols))
+        counters = be.asarray(np.array([seed, step, lo]), dtype=np.int64)
+        be.heads_forward(z, ml, be.zeros(2, dtype=np.float64), be.zeros((hi - lo, 1)), be.zeros((1, 2 * cols)),
+                         be.zeros(2 * cols), counters, rng.STREAM_TRAIN, "gamma")
+        got = np.asarray(be.to_host(z), dtype=np.float32)
+        ulps = np.abs(got.view(np.int32).astype(np.int64) - want[lo:hi].view(np.int32))
+        assert ulps.max() <= 1 and np.mean(ulps == 0) > 0.99, (lo, hi)
 
 
 def test_the_shape_lists_cover_the_awkward_sizes():

@@ -23,7 +23,7 @@ def loss_and_grads(cfg, params, x, counters):
     step.forward(be, cfg, state.weights, a, loss, state.counters, 0)
     pattern = np.concatenate([(y > 0).ravel() for y in a.enc + a.dec])    # which side of 0 each unit is on
     step.backward(be, cfg, state.weights, state.gradients, a, state.counters, 0)
-    return loss.sum(), state.grads.copy(), pattern
+    return loss.sum(), state.grads[0].copy(), pattern
 
 
 @pytest.mark.parametrize("hidden,encoder,reconstruction,activation", [
@@ -89,10 +89,10 @@ def test_kl_is_zero_at_the_prior_and_positive_elsewhere():
     z, mu_logvar = np.empty((n, latent)), np.empty((n, 2 * latent))
     loss = np.zeros(2)
     ref.heads_forward(z, mu_logvar, loss, np.zeros((n, width)), np.zeros((width, 2 * latent)),
-                      np.zeros(2 * latent), np.array([0, 0]), 0, "gamma")
+                      np.zeros(2 * latent), np.array([0, 0, 0]), 0, "gamma")
     assert loss[1] == 0.0
     ref.heads_forward(z, mu_logvar, loss, np.zeros((n, width)), np.zeros((width, 2 * latent)),
-                      np.array([0.5, 0, 0, -1.0]), np.array([0, 0]), 0, "gamma")
+                      np.array([0.5, 0, 0, -1.0]), np.array([0, 0, 0]), 0, "gamma")
     assert loss[1] > 0.0
 
 
@@ -100,8 +100,8 @@ def test_first_adam_step_moves_each_parameter_by_lr_against_its_gradient(rand):
     g = rand.normal(0, 1, 1000)
     p = np.zeros(1000)
     m, v = np.zeros(1000), np.zeros(1000)
-    counters = np.array([0, 0])
-    ref.adam_update(p, g, m, v, counters, 0.001, 0.9, 0.999, 1e-8)
+    counters = np.array([0, 0, 0])
+    ref.adam_update(p, g[None, :], m, v, counters, 0.001, 0.9, 0.999, 1e-8)
     assert counters[1] == 1
     # m_hat / sqrt(v_hat) = sign(g) at t = 1; TF's epsilon sits on sqrt(v) = sqrt(1 - beta2) |g|
     assert_close(p, -0.001 * g / (np.abs(g) + 1e-8 / np.sqrt(0.001)), 1e-12)

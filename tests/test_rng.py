@@ -50,6 +50,15 @@ def test_normals_are_a_pure_function_of_their_key():
         assert not np.any(a == other)
 
 
+@pytest.mark.parametrize("cols", [1, 3, 20, 7])
+def test_rows_drawn_from_a_first_row_are_those_rows_of_the_whole_draw(cols):
+    """A shard of rows lo..hi (first_row = lo) sees the rows of the unsplit draw, also where lo * cols is no
+    multiple of the four normals of a Philox block."""
+    whole = rng.normals(9, 0, 4, 11, cols)
+    for lo, hi in ((0, 11), (1, 11), (3, 7), (10, 11), (5, 6)):
+        assert np.array_equal(rng.normals(9, 0, 4, hi - lo, cols, first_row=lo), whole[lo:hi])
+
+
 def test_epoch_permutation_is_pure_and_varies_by_epoch():
     p0 = rng.epoch_permutation(0, 0, 1000)
     assert np.array_equal(np.sort(p0), np.arange(1000))

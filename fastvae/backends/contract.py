@@ -7,12 +7,14 @@ the specification; the tests hold every other backend to it, kernel by kernel (t
 
 Conventions (after llm.c): outputs first, then inputs, then settings. Activation gradients and parameter
 gradients are written with `=` (one batch per step); losses are added (`+=`) into the float64[2] accumulator
-`loss` at (LOSS_RECONSTRUCTION, LOSS_KL); `counters` is int64[2] at (COUNTER_SEED, COUNTER_STEP), see
-fastvae.constants. A dense layer is y = act(x @ W + b) with W stored (fan_in, fan_out). A backward kernel's
+`loss` at (LOSS_RECONSTRUCTION, LOSS_KL); `counters` is int64[COUNTERS] at (COUNTER_SEED, COUNTER_STEP,
+COUNTER_ROW), see fastvae.constants: a kernel given rows lo..hi of a batch (a shard) has COUNTER_ROW = lo and draws
+those rows' noise. A dense layer is y = act(x @ W + b) with W stored (fan_in, fan_out). A backward kernel's
 `dout` is scratch: it may hold dy or dz afterwards (the step reads each dout once).
 
 Shape symbols: n rows of the batch, K a layer's fan-in, N its fan-out, L the latent size, D the data width,
-M the rows of the data set, P the number of parameters. dtype "float" is the backend's own (`Backend.dtype`).
+M the rows of the data set, P the number of parameters, S the row shards whose partial gradients a step sums.
+dtype "float" is the backend's own (`Backend.dtype`).
 """
 import inspect
 from dataclasses import dataclass
@@ -46,7 +48,7 @@ def _k(name, doc, *args):
 
 _DENSE_IN = (Arg("inp", "in", "(n, K)"), Arg("w", "in", "(K, N)"))
 _LOSS = Arg("loss", "acc", "(2,)", "float64")
-_COUNTERS = Arg("counters", "in", "(2,)", "int64")
+_COUNTERS = Arg("counters", "in", "(COUNTERS,)", "int64")
 
 KERNELS = {k.name: k for k in (
     _k("gather_batch", "x = data[idx] as floats in [0, 1]; uint8 data is scaled by 1/255.",
@@ -59,7 +61,8 @@ KERNELS = {k.name: k for k in (
        Arg("dout", "scratch", "(n, N)"), *_DENSE_IN, Arg("out", "in", "(n, N)", optional=True),
        Arg("activation", "setting", dtype="str")),
     _k("heads_forward", "mu_logvar = inp @ w + b = [mu | logvar] (or [mu | sigma], encoder 'sigma'); "
-       "z = mu + sigma * eps with eps = rng.normals(seed, noise_stream, step); loss[KL] += KL(q(z|x) || N(0, I)).",
+       "z = mu + sigma * eps with eps = rng.normals(seed, noise_stream, step, first_row=row); "
+       "loss[KL] += KL(q(z|x) || N(0, I)).",
        Arg("z", "out", "(n, L)"), Arg("mu_logvar", "out", "(n, 2L)"), _LOSS,
        Arg("inp", "in", "(n, K)"), Arg("w", "in", "(K, 2L)"), Arg("b", "in", "(2L,)"), _COUNTERS,
        Arg("noise_stream", "setting", dtype="int"), Arg("encoder", "setting", dtype="str")),
@@ -73,18 +76,20 @@ KERNELS = {k.name: k for k in (
        "dlogits = its gradient with respect to the logits (the logits themselves are not kept).",
        Arg("dlogits", "out", "(n, D)"), _LOSS, Arg("inp", "in", "(n, K)"), Arg("w", "in", "(K, D)"),
        Arg("b", "in", "(D,)"), Arg("x", "in", "(n, D)"), Arg("reconstruction", "setting", dtype="str")),
-    _k("adam_update", "One Adam step in TensorFlow's form over the flat buffer; advances counters[STEP].",
-       Arg("params", "inout", "(P,)"), Arg("grads", "in", "(P,)"), Arg("m", "inout", "(P,)"),
-       Arg("v", "inout", "(P,)"), Arg("counters", "inout", "(2,)", "int64"), Arg("lr", "setting", dtype="float"),
-       Arg("beta1", "setting", dtype="float"), Arg("beta2", "setting", dtype="float"),
-       Arg("eps", "setting", dtype="float")),
+    _k("adam_update", "One Adam step in TensorFlow's form over the flat buffer with the gradient sum(grads, axis 0), "
+       "which it leaves in grads[0]; advances counters[STEP].",
+       Arg("params", "inout", "(P,)"), Arg("grads", "inout", "(S, P)"), Arg("m", "inout", "(P,)"),
+       Arg("v", "inout", "(P,)"), Arg("counters", "inout", "(COUNTERS,)", "int64"),
+       Arg("lr", "setting", dtype="float"), Arg("beta1", "setting", dtype="float"),
+       Arg("beta2", "setting", dtype="float"), Arg("eps", "setting", dtype="float")),
 )}
 
 # Every backend has these: its name, its float dtype, its array module, and the array hooks.
 HOOKS = ("name", "dtype", "xp", "empty", "zeros", "asarray", "to_host", "synchronize")
 # Optional: capture(fn) -> replay (records a whole step once, gpu); loss_check_interval (steps between reads of
-# the loss by the trainer, default 1).
-OPTIONAL = {"capture": None, "loss_check_interval": 1}
+# the loss by the trainer, default 1); workers (a fastvae.workers.Workers: the backend's kernels release the GIL, so
+# the step may run row shards of a batch on its threads at once; its count is set by fastvae.threads while training).
+OPTIONAL = {"capture": None, "loss_check_interval": 1, "workers": None}
 
 SETTINGS = {"activation": ACTIVATIONS, "encoder": ENCODERS, "reconstruction": RECONSTRUCTIONS}
 

@@ -33,13 +33,13 @@ def dense_backward(dinp, dw, db, dout, inp, w, out, activation):
 def heads_forward(z, mu_logvar, loss, inp, w, b, counters, noise_stream, encoder):
     amx.matmul(mu_logvar, inp, w)
     cpu._heads_sample_kl(z, mu_logvar, b, loss, counters[cpu.COUNTER_SEED], noise_stream,
-                         counters[cpu.COUNTER_STEP], cpu.ENCODER_IS_SIGMA[encoder])
+                         counters[cpu.COUNTER_STEP], counters[cpu.COUNTER_ROW], cpu.ENCODER_IS_SIGMA[encoder])
 
 
 def heads_backward(dinp, dw, db, dmu_logvar, dz, inp, w, mu_logvar, z, counters, noise_stream, encoder):
     if cpu.ENCODER_IS_SIGMA[encoder]:
         cpu._heads_sigma_grad(dmu_logvar, dz, mu_logvar, counters[cpu.COUNTER_SEED], noise_stream,
-                              counters[cpu.COUNTER_STEP])
+                              counters[cpu.COUNTER_STEP], counters[cpu.COUNTER_ROW])
     else:
         cpu._heads_grad(dmu_logvar, dz, mu_logvar, z)
     dense_backward(dinp, dw, db, dmu_logvar, inp, w, None, "identity")

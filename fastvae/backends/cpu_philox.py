@@ -45,13 +45,17 @@ def stream_keys(seed, step):
             np.uint64(step) & _MASK32, np.uint64(step) >> np.uint64(32))
 
 
-@njit(cache=True)
-def fill_normals(eps, seed, stream, step):
-    """eps (rows, cols) float32 = rng.normals(seed, stream, step, rows, cols), element i = r * cols + c."""
+@njit(cache=True, nogil=True)
+def fill_normals(eps, seed, stream, step, first_row):
+    """eps (rows, cols) float32 = rng.normals(seed, stream, step, rows, cols, first_row): element i = r * cols + c
+    of eps is element first_row * cols + i of the step's draw."""
     flat = eps.reshape(-1)
     n = flat.size
+    first = first_row * eps.shape[1]
     k0, k1, s_lo, s_hi = stream_keys(seed, step)
-    for block in range((n + 3) // 4):
+    for block in range(first // 4, (first + n + 3) // 4):
         four = normals_block(block, k0, k1, s_lo, s_hi, stream)
-        for lane in range(min(4, n - 4 * block)):
-            flat[4 * block + lane] = four[lane]
+        for lane in range(4):
+            i = 4 * block + lane - first
+            if 0 <= i < n:
+                flat[i] = four[lane]

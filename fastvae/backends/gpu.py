@@ -8,13 +8,13 @@ The contract (fastvae/backends/contract.py) is implemented once, by `CudaKernels
 A setting (activation, encoder, reconstruction) picks a template instance of one kernel, compiled for every value
 (fastvae.cuda.sources.instance): `dense_forward(..., activation="elu")` launches `dense_forward<ACTIVATION_ELU>`.
 
-Per-step values (Adam's t, the noise step) are read by the kernels from `counters` in device memory and advanced
-by a kernel, so no launch argument changes from one step to the next: on a device `capture` records a whole step
-once as a CUDA graph and step.Stepper replays it every step.
+Per-step values (Adam's t, the noise step; the first row of the noise, 0 for a whole batch) are read by the kernels
+from `counters` in device memory and the step is advanced by a kernel, so no launch argument changes from one step to
+the next: on a device `capture` records a whole step once as a CUDA graph and step.Stepper replays it every step.
 """
 import numpy as np
 
-from ..constants import LOSS_CHECK_INTERVAL_DEVICE
+from ..constants import COUNTERS, LOSS_CHECK_INTERVAL_DEVICE
 from ..cuda import sources
 from ..cuda.launch import ADAM_BLOCKS, THREADS, TILE_MN, TILE_T
 from ..errors import UserError
@@ -195,7 +195,7 @@ class CudaKernels:
         _check(z, (n, L), "z")
         _check(mu_logvar, (n, 2 * L), "mu_logvar")
         _check(loss, (2,), "loss", np.float64)
-        _check(counters, (2,), "counters", np.int64)
+        _check(counters, (COUNTERS,), "counters", np.int64)
         self._launch(sources.instance("heads_forward", "encoder", encoder), (_tiles(n), _tiles(L)), TILE_BLOCK,
                      (z, mu_logvar, loss, inp, w, b, counters, _i32(noise_stream), _i32(n), _i32(K), _i32(L)))
 
@@ -207,7 +207,7 @@ class CudaKernels:
             _check(a, (n, 2 * L), what)
         for a, what in ((dz, "dz"), (z, "z")):
             _check(a, (n, L), what)
-        _check(counters, (2,), "counters", np.int64)
+        _check(counters, (COUNTERS,), "counters", np.int64)
         self._launch(sources.instance("heads_backward_mu_logvar", "encoder", encoder), (_blocks(n * L),), (THREADS,),
                      (dmu_logvar, dz, mu_logvar, z, counters, _i32(noise_stream), _i32(n), _i32(L)))
         self.dense_backward(dinp, dw, db, dmu_logvar, inp, w, None, "identity")
@@ -220,15 +220,19 @@ class CudaKernels:
                      TILE_BLOCK, (dlogits, loss, inp, w, b, x, _i32(n), _i32(K), _i32(N)))
 
     def adam_update(self, params, grads, m, v, counters, lr, beta1, beta2, eps):
+        """grads (S, P): the partial gradients of S row shards, summed by the pass itself into grads[0] (S = 1 on the
+        gpu's own steps: the batch runs whole)."""
         size = params.size
-        for a, what in ((params, "params"), (grads, "grads"), (m, "m"), (v, "v")):
+        shards = max(1, grads.shape[0]) if grads.ndim == 2 else 1     # (0, P) or 1-D grads fail the check below
+        _check(grads, (shards, size), "grads")
+        for a, what in ((params, "params"), (m, "m"), (v, "v")):
             _check(a, (size,), what)
-        _check(counters, (2,), "counters", np.int64)
+        _check(counters, (COUNTERS,), "counters", np.int64)
         grid = max(1, min(ADAM_BLOCKS, _blocks(size)))
         # t = ++counters[COUNTER_STEP] and lr_t from it, once per step in device memory; then the one pass
         self._launch("adam_begin", (1,), (1,), (self._adam_lr_t, counters, _f64(lr), _f64(beta1), _f64(beta2)))
-        self._launch("adam_update", (grid,), (THREADS,),
-                     (params, grads, m, v, self._adam_lr_t, _f64(beta1), _f64(beta2), _f64(eps), _i64(size)))
+        self._launch("adam_update", (grid,), (THREADS,), (params, grads, m, v, self._adam_lr_t, _f64(beta1),
+                                                          _f64(beta2), _f64(eps), _i64(size), _i32(shards)))
 
 
 _emulated = {}

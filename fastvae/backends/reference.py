@@ -8,7 +8,7 @@ from functools import partial
 import numpy as np
 
 from .. import rng
-from ..constants import COUNTER_SEED, COUNTER_STEP, LOSS_KL, LOSS_RECONSTRUCTION, SIGMA_SMOOTHING
+from ..constants import COUNTER_ROW, COUNTER_SEED, COUNTER_STEP, LOSS_KL, LOSS_RECONSTRUCTION, SIGMA_SMOOTHING
 
 name = "reference"
 dtype = np.float64
@@ -96,6 +96,12 @@ def _scale_and_kl(second, encoder):
     raise ValueError(f"unknown encoder {encoder!r}")
 
 
+def _eps(counters, noise_stream, n, latent):
+    """The noise of rows counters[ROW] .. + n of the step's draw (seed, noise_stream, step), in float64."""
+    return rng.normals(counters[COUNTER_SEED], noise_stream, counters[COUNTER_STEP], n, latent,
+                       first_row=counters[COUNTER_ROW]).astype(np.float64)
+
+
 def heads_forward(z, mu_logvar, loss, inp, w, b, counters, noise_stream, encoder):
     """mu_logvar = [mu | logvar] = inp @ w + b; z = mu + sigma * eps; loss[KL] += KL(q(z|x) || N(0, I))
     = 0.5 sum(exp(logvar) + mu^2 - 1 - logvar) (Kingma & Welling 2014, appendix B). encoder "sigma": the second
@@ -104,7 +110,7 @@ def heads_forward(z, mu_logvar, loss, inp, w, b, counters, noise_stream, encoder
     n, latent = z.shape
     mu, second = mu_logvar[:, :latent], mu_logvar[:, latent:]
     sigma, kl_terms = _scale_and_kl(second, encoder)
-    eps = rng.normals(counters[COUNTER_SEED], noise_stream, counters[COUNTER_STEP], n, latent).astype(np.float64)
+    eps = _eps(counters, noise_stream, n, latent)
     z[...] = mu + sigma * eps
     loss[LOSS_KL] += 0.5 * np.sum(kl_terms + mu * mu)
 
@@ -119,7 +125,7 @@ def heads_backward(dinp, dw, db, dmu_logvar, dz, inp, w, mu_logvar, z, counters,
     if encoder == "gamma":
         dmu_logvar[:, latent:] = 0.5 * dz * (z - mu) + 0.5 * (np.exp(second) - 1.0)
     elif encoder == "sigma":
-        eps = rng.normals(counters[COUNTER_SEED], noise_stream, counters[COUNTER_STEP], n, latent).astype(np.float64)
+        eps = _eps(counters, noise_stream, n, latent)
         dmu_logvar[:, latent:] = dz * eps + second - second / (SIGMA_SMOOTHING + second * second)
     else:
         raise ValueError(f"unknown encoder {encoder!r}")
@@ -148,8 +154,11 @@ def output_forward(dlogits, loss, inp, w, b, x, reconstruction):
 
 def adam_update(params, grads, m, v, counters, lr, beta1, beta2, eps):
     """One Adam step in TensorFlow's form (the seed's): eps is added to sqrt(v), the bias correction to lr.
-    Kingma & Ba 2015, section 2 (the form before algorithm 1's last line)."""
+    Kingma & Ba 2015, section 2 (the form before algorithm 1's last line). grads (S, P) holds the partial gradients
+    of S row shards; their sum is the step's gradient, and is left in grads[0]."""
     t = int(counters[COUNTER_STEP]) + 1
+    grads[0] = grads.sum(axis=0)
+    grads = grads[0]
     m[...] = beta1 * m + (1.0 - beta1) * grads
     v[...] = beta2 * v + (1.0 - beta2) * grads * grads
     lr_t = lr * np.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)

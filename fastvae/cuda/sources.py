@@ -39,6 +39,7 @@ def defines():
     values = {n: getattr(launch, n) for n in launch.GEOMETRY}
     values.update(LOSS_RECONSTRUCTION=constants.LOSS_RECONSTRUCTION, LOSS_KL=constants.LOSS_KL,
                   COUNTER_SEED=constants.COUNTER_SEED, COUNTER_STEP=constants.COUNTER_STEP,
+                  COUNTER_ROW=constants.COUNTER_ROW,
                   SIGMA_SMOOTHING=constants.SIGMA_SMOOTHING)
     for setting, options in SETTINGS.items():
         values.update((code_name(setting, v), code) for code, v in enumerate(options))
