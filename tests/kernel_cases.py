@@ -68,10 +68,12 @@ def check_gather(be, rand, rows, width=784):
     buf.check_poison()
 
 
-def check_dense(be, rand, rows, fan_in, fan_out, activation):
-    """dense_forward then dense_backward (from the backend's own forward output, as a real step does)."""
+def check_dense(be, rand, rows, fan_in, fan_out, activation, zeros=0.0):
+    """dense_forward then dense_backward (from the backend's own forward output, as a real step does); a share
+    `zeros` of the input's entries exactly 0 (MNIST's pixels: 81 %)."""
     tol = tolerance_for(be)
     inp, w, b = layer_inputs(rand, rows, fan_in, fan_out)
+    inp[rand.random(inp.shape) < zeros] = 0.0
     dout = rand.normal(0, 1, (rows, fan_out)).astype(np.float32)
     f64 = [a.astype(np.float64) for a in (inp, w, b, dout)]
     buf = Buffers(be)

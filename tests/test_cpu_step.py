@@ -104,3 +104,25 @@ def test_row_shards_cover_the_rows_once():
             assert all(hi == lo2 for (_, hi), (lo2, _) in zip(bounds, bounds[1:]))
             sizes = [hi - lo for lo, hi in bounds]
             assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
+
+
+@pytest.mark.parametrize("rows,parts", [(7, 1), (150, 2)])
+def test_steps_through_numpys_matmul_match_the_reference(rand, workers, monkeypatch, rows, parts):
+    """The path for a NumPy whose BLAS cannot be called from the kernels (cpu_blas.AVAILABLE False): np.matmul
+    and the same passes, whole and split."""
+    monkeypatch.setattr(cpu, "FUSED", False)
+    workers.count = parts
+    kc.check_train_steps(get_backend("cpu"), Config(hidden=(37, 11), latent=5, batch_size=rows), rand, rows,
+                         parts=parts)
+
+
+def test_the_wheels_openblas_is_called_from_the_kernels():
+    """NumPy's PyPI wheels (what CI installs) carry OpenBLAS as libscipy_openblas64_: its sgemm must be found, so that
+    the fused path is the one every other kernel and step test runs."""
+    from threadpoolctl import threadpool_info
+
+    from fastvae.backends import cpu_blas
+    paths = [lib["filepath"] for lib in threadpool_info() if lib["user_api"] == "blas" and "numpy" in lib["filepath"]]
+    if not any("libscipy_openblas64_" in p for p in paths):
+        pytest.skip(f"NumPy's BLAS here is not the wheels' OpenBLAS ({paths}): the np.matmul path runs")
+    assert cpu_blas.AVAILABLE and cpu.FUSED

@@ -35,6 +35,14 @@ def test_dense(rand, name, rows, fan_in, fan_out, activation):
     kc.check_dense(backends.load(name), rand, rows, fan_in, fan_out, activation)
 
 
+@pytest.mark.parametrize("zeros", [0.81, 0.5])
+@pytest.mark.parametrize("name,rows,fan_in,fan_out,activation",
+                         backends.cases([(784, 500), (101, 37)], ["elu", "identity"]))
+def test_dense_on_a_mostly_zero_input(rand, name, rows, fan_in, fan_out, activation, zeros):
+    """Inputs mostly zeros, as MNIST's pixels are (the cpu backend skips them below its SPARSE_DENSITY), and half."""
+    kc.check_dense(backends.load(name), rand, rows, fan_in, fan_out, activation, zeros)
+
+
 @pytest.mark.parametrize("name,rows,fan_in,fan_out,activation",
                          backends.cases([(784, 500), (37, 53)], ACTIVATIONS, rows=(1, 150)))
 def test_first_layer_backward_without_input_gradient(rand, name, rows, fan_in, fan_out, activation):
