@@ -2,8 +2,11 @@
 
 Benchmarks reuse the tests' kernel checks (tests/kernel_cases.py), so each one checks its result before timing.
 """
+import contextlib
 import sys
 from pathlib import Path
+
+import numpy as np
 
 import pytest
 
@@ -28,6 +31,23 @@ def backend_params(include_reference=True):
     reason = gpu.unavailable_reason()
     return [pytest.param(n, marks=pytest.mark.skipif(n == "gpu" and reason is not None, reason=str(reason)))
             for n in names]
+
+
+@contextlib.contextmanager
+def fit_threads(be):
+    """The thread count a fit starts with (fastvae.threads.detect), set as a fit sets it: the cpu backend's workers
+    run row shards with one-thread BLAS; other host backends get it as OpenBLAS's count. Put back afterwards."""
+    from fastvae import threads
+    if be.xp is not np:
+        yield None
+        return
+    libs = threads.Libraries(be.workers)
+    count = threads.detect().threads
+    libs.set(count)
+    try:
+        yield count
+    finally:
+        libs.close()
 
 
 def timed(benchmark, be, fn, *, flops, nbytes, setup=None, rounds=30):

@@ -99,6 +99,17 @@ def first_call_table(benches):
     return ["### First call (a fresh process)", "", *rows, ""] if first else []
 
 
+def breakdown_table(benches):
+    from step_breakdown import table
+    from test_step_breakdown import GROUP
+    found = [b for b in benches if b["group"] == GROUP]
+    if not found:
+        return []
+    result = found[0]["extra_info"]["breakdown"]
+    return [f"### One cpu step, part by part ({result['threads']} threads, shards of {result['shard_rows']} rows)", "",
+            table(result), ""]
+
+
 def main(path):
     with open(path) as f:
         doc = json.load(f)
@@ -109,7 +120,8 @@ def main(path):
              f"Python {m.get('python_version')}, numpy {m.get('numpy')}, numba {m.get('numba')}; "
              f"BLAS/thread environment: {env}; run {doc['datetime'][:16]} UTC.", ""]
     benches = doc["benchmarks"]
-    lines += turns_table(benches) + epoch_table(benches) + products_table(benches) + kernel_table(benches) + first_call_table(benches)
+    lines += turns_table(benches) + epoch_table(benches) + products_table(benches) + breakdown_table(benches)
+    lines += kernel_table(benches) + first_call_table(benches)
     print("\n".join(lines))
 
 

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from benchlib import EPOCH_GROUP, FLOPS_PER_IMAGE, SEED_CFG, backend_params
+from benchlib import EPOCH_GROUP, FLOPS_PER_IMAGE, SEED_CFG, backend_params, fit_threads
 from fastvae import rng, step
 from fastvae.params import Layout, he_init
 
@@ -37,11 +37,12 @@ def test_one_step(benchmark, backend, mnist):
         stepper(order[start:start + ROWS])
         backend.synchronize()
 
-    one()
-    assert np.isfinite(float(backend.to_host(ws.loss).sum()))
-    benchmark.extra_info.update(flops=FLOPS_PER_IMAGE * ROWS, images=ROWS, backend=backend.name,
-                                kernels_per_step=stepper.kernels_per_step)
-    benchmark.pedantic(one, rounds=40 if backend.name != "reference" else 5, warmup_rounds=3)
+    with fit_threads(backend) as count:          # the threads a fit runs at (row shards on the cpu's workers)
+        one()
+        assert np.isfinite(float(backend.to_host(ws.loss).sum()))
+        benchmark.extra_info.update(flops=FLOPS_PER_IMAGE * ROWS, images=ROWS, backend=backend.name,
+                                    kernels_per_step=stepper.kernels_per_step, threads=count)
+        benchmark.pedantic(one, rounds=40 if backend.name != "reference" else 5, warmup_rounds=3)
 
 
 @pytest.mark.benchmark(group=EPOCH_GROUP)
@@ -57,11 +58,12 @@ def test_one_epoch(benchmark, backend, mnist):
             stepper(order[start:start + ROWS])
         backend.synchronize()
 
-    stepper(order[:ROWS])              # compile (Numba) or capture (CUDA graph) outside the timing
-    benchmark.extra_info.update(flops=FLOPS_PER_IMAGE * n, images=n, backend=backend.name, framework="fastvae",
-                                device="gpu" if backend.name == "gpu" else "cpu",
-                                kernels_per_step=stepper.kernels_per_step)
-    benchmark.pedantic(epoch, rounds=3, warmup_rounds=0)
+    with fit_threads(backend) as count:
+        stepper(order[:ROWS])              # compile (Numba) or capture (CUDA graph) outside the timing
+        benchmark.extra_info.update(flops=FLOPS_PER_IMAGE * n, images=n, backend=backend.name, framework="fastvae",
+                                    device="gpu" if backend.name == "gpu" else "cpu",
+                                    kernels_per_step=stepper.kernels_per_step, threads=count)
+        benchmark.pedantic(epoch, rounds=3, warmup_rounds=0)
     mean_loss = float(backend.to_host(ws.loss).sum()) / n
     assert 90 < mean_loss < 200, f"an epoch of training ended at {mean_loss} per image"
 

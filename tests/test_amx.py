@@ -94,6 +94,20 @@ def test_bf16_training_steps_match_the_reference(rand, hidden, latent, rows):
 
 
 @needs_amx
+@pytest.mark.parametrize("hidden,latent,rows,parts", [((13, 9), 3, 7, 2), ((500, 500), 20, 150, 2),
+                                                       ((37, 11, 5), 5, 257, 3)])
+def test_bf16_training_steps_split_between_threads_match_the_reference(rand, hidden, latent, rows, parts):
+    """Row shards on the cpu backend's workers, each thread with its own packing buffers and tile state."""
+    from fastvae.backends import cpu
+    before, cpu.workers.count = cpu.workers.count, parts
+    try:
+        kc.check_train_steps(backends.load("cpu-bf16"), Config(hidden=hidden, latent=latent, batch_size=rows), rand,
+                             rows, parts=parts)
+    finally:
+        cpu.workers.count = before
+
+
+@needs_amx
 @pytest.mark.parametrize("encoder,reconstruction,activation", [("sigma", "xent", "elu"), ("gamma", "mse", "elu"),
                                                                ("gamma", "xent", "tanh")])
 def test_bf16_training_steps_of_the_variants_match_the_reference(rand, encoder, reconstruction, activation):

@@ -126,3 +126,11 @@ def test_the_wheels_openblas_is_called_from_the_kernels():
     if not any("libscipy_openblas64_" in p for p in paths):
         pytest.skip(f"NumPy's BLAS here is not the wheels' OpenBLAS ({paths}): the np.matmul path runs")
     assert cpu_blas.AVAILABLE and cpu.FUSED
+
+
+@pytest.mark.parametrize("rows", [1, 7, 150, 257])
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_mostly_zero_input_either_path(rand, monkeypatch, rows, fused):
+    """MNIST-like inputs (81 % zeros) through the sparse product, from the fused kernel and from Python."""
+    monkeypatch.setattr(cpu, "FUSED", fused)
+    kc.check_dense(get_backend("cpu"), rand, rows, 784, 500, "elu", zeros=0.81)

@@ -14,6 +14,7 @@ The tile configuration (ldtilecfg) is per thread; each product loads it and rele
 """
 import ctypes
 import functools
+import threading
 
 import numpy as np
 from llvmlite import ir
@@ -173,7 +174,7 @@ def round_to_bf16(x):
     return (_round_array(bits).astype(np.uint32) << 16).view(np.float32)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _round_array(bits):
     out = np.empty(bits.shape, np.uint16)
     flat_in, flat_out = bits.reshape(-1), out.reshape(-1)
@@ -192,7 +193,7 @@ def _pair(lo, hi):
     return np.uint32(bf16_bits(lo)) | (np.uint32(bf16_bits(hi)) << np.uint32(16))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _pack_a(dst, src, transposed):
     """dst (m_p, k_p / 2) uint32 = A (m, k) as bf16 rows (two per uint32), zero-padded. A = src, or src.T when
     `transposed`; src is C-ordered and read along its rows either way (the transposed case pairs two of its rows)."""
@@ -215,7 +216,7 @@ def _pack_a(dst, src, transposed):
                 row[k // 2] = _pair(s[k - 1], np.uint32(0))
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _pack_b(dst, src, transposed):
     """dst (n_p / 16, k_p / 2, 16) uint32: B (k, n) in VNNI pairs, one 16-column strip after another, so that a B
     tile (16 pair-rows x 16 columns) is 1 KiB of consecutive memory: dst[t, p, c] holds B[2 p, 16 t + c] (low half)
@@ -245,7 +246,7 @@ def _pack_b(dst, src, transposed):
 
 # ---------------------------------------------------------------- the product: 2 x 2 accumulator tiles per block
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _tiles_product(out, a, b, cfg, block):
     """out = a @ b from packed operands (uint32 = two bf16): a (m_p, k_p / 2) rows, b (n_p / 16, k_p / 2, 16) VNNI
     strips; m_p and n_p multiples of 32, k_p of 32. Tiles 0-3 accumulate a 32 x 32 block: 0 = rows 0-15 x cols
@@ -296,7 +297,8 @@ _CFG = tile_config()
 
 
 class Workspace:
-    """Packed-operand buffers, grown to the largest product seen (a step's products reuse them)."""
+    """Packed-operand buffers, grown to the largest product seen (a step's products reuse them). One per thread: the
+    step runs row shards on several threads at once (the kernels release the GIL; tile state is per thread)."""
 
     def __init__(self):
         self.a = np.empty(0, np.uint32)
@@ -312,7 +314,14 @@ class Workspace:
         return buf[:size].reshape(shape)
 
 
-_WORKSPACE = Workspace()
+_WORKSPACES = threading.local()
+
+
+def _workspace():
+    ws = getattr(_WORKSPACES, "ws", None)
+    if ws is None:
+        ws = _WORKSPACES.ws = Workspace()
+    return ws
 
 
 def _source(x):
@@ -322,7 +331,7 @@ def _source(x):
     return np.ascontiguousarray(x).view(np.uint32), False
 
 
-def matmul(out, a, b, workspace=_WORKSPACE):
+def matmul(out, a, b, workspace=None):
     """out (m, n) float32 = a (m, k) @ b (k, n) with both operands rounded to bf16 (nearest even) and fp32
     accumulation on AMX tiles. a and b are float32, C-ordered or transposed views of C-ordered arrays (out = inp @ w,
     dw = inp.T @ dz, dinp = dz @ w.T); anything else is copied first."""
@@ -331,6 +340,7 @@ def matmul(out, a, b, workspace=_WORKSPACE):
     n = b.shape[1]
     if m == 0 or n == 0:
         return out
+    workspace = workspace or _workspace()
     k_p = _padded(max(k, 1), 32)
     pa = workspace.take("a", (_padded(m, BLOCK), k_p // 2))
     pb = workspace.take("b", (_padded(n, BLOCK) // TILE, k_p // 2, TILE))

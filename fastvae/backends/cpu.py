@@ -151,7 +151,7 @@ SPARSE_DENSITY = 0.25
 _SPARSE_MIN_FAN_IN = 64       # counting the zeros of a narrower input costs more than skipping them saves
 
 
-@njit(inline="always", cache=True, nogil=True)
+@njit(cache=True, nogil=True)
 def _mostly_zeros(inp):
     if inp.shape[1] < _SPARSE_MIN_FAN_IN:
         return False
@@ -219,7 +219,10 @@ def dense_forward(out, inp, w, b, activation):
     if FUSED:
         _dense_forward(out, inp, w, b, ACTIVATION_CODES[activation])
         return
-    np.matmul(inp, w, out=out)
+    if _mostly_zeros(inp):
+        _sparse_product(out, inp, w)
+    else:
+        np.matmul(inp, w, out=out)
     _bias_act(out, b, ACTIVATION_CODES[activation])
 
 

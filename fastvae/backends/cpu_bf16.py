@@ -5,12 +5,13 @@ Adam's moments, activations, sampling, the KL and the loss stay as in cpu.py, wh
 activation, act' + bias gradient, sampling + KL, loss + dlogits) and Adam are used as they are. Only the products
 differ: amx.matmul rounds both operands to bf16 (nearest even) and accumulates in fp32, so a product of K terms
 is within 2 * 2**-8 of the sum of |terms| (tests/tolerances.py). Needs AMX (Intel Sapphire Rapids or later):
-get_backend("cpu-bf16") says in one line why not elsewhere (`unavailable_reason`).
+get_backend("cpu-bf16") says in one line why not elsewhere (`unavailable_reason`). The tile kernels release the GIL
+and keep their packing buffers per thread, so the step's row shards run on the cpu backend's `workers` here too.
 """
 from . import amx, cpu
 from .amx import unavailable_reason  # noqa: F401  (get_backend asks it before using this backend)
-from .cpu import (adam_update, asarray, dtype, empty, gather_batch, synchronize, to_host, xp,  # noqa: F401
-                  zeros)
+from .cpu import (adam_update, asarray, dtype, empty, gather_batch, synchronize, to_host, workers,  # noqa: F401
+                  xp, zeros)
 
 name = "cpu-bf16"
 

@@ -1,0 +1,23 @@
+"""Where the cpu step's time goes, measured inside real steps (bench/step_breakdown.py); bench/report.py prints the
+table from this benchmark's extra_info. The smoke run (benchmarks disabled) measures 5 steps, one round."""
+import pytest
+
+from step_breakdown import measure, table
+
+GROUP = "cpu step breakdown (seed settings, batch 150)"
+
+
+@pytest.mark.benchmark(group=GROUP)
+def test_step_breakdown(benchmark):
+    steps, rounds = (5, 1) if benchmark.disabled else (400, 3)
+    found = {}
+
+    def run():
+        found.update(measure(steps, rounds))
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    ms = found["ms"]
+    assert all(v >= 0 for k, v in ms.items() if k != "shard Python between the kernels"), ms
+    # the phases are inside the step; one shard's products are inside its kernels
+    assert ms["phase shards"] + ms["phase adam"] <= 1.05 * ms["step"]
+    assert "| step ÷ products alone |" in table(found)
+    benchmark.extra_info.update(breakdown=found)
