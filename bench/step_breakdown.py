@@ -208,6 +208,8 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json")
     args = parser.parse_args(argv)
+    if args.steps < 1 or args.rounds < 1:
+        parser.error("--steps and --rounds must be positive")
     result = measure(args.steps, args.rounds)
     print(table(result))
     if args.json:

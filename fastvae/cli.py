@@ -72,6 +72,14 @@ def load_data(args: argparse.Namespace, split_seed: int, data_path=None):
     return data
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser whose mistakes are one line on stderr (argparse prints its whole usage first), exit status 2:
+    "prog: error: what was wrong (see --help)"."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def whole_number(text: str) -> int:
     """The type of every integer option: "3", or a float that is a whole number ("3.0", "1e3"), as the library
     takes them (fastvae.config.integer); "3.5" is argparse's one-line mistake naming the option."""

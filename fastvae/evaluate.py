@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Iterable
 import numpy as np
 
 from . import jsonfile, rng
-from .cli import add_shared_options, check_positive, checkpoint_path, load_data, notifier, run_main, whole_number
+from .cli import (Parser, add_shared_options, check_positive, checkpoint_path, load_data, notifier, run_main,
+                  whole_number)
 from .config import integer, seed_value
 from .errors import UserError
 from .rng import STREAM_IWAE
@@ -166,7 +167,7 @@ def _progress_bar(total, desc):
 # ---------------------------------------------------------------------- command line
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m fastvae.evaluate",
         description="Evaluate a trained fastvae checkpoint on the MNIST test set: the negative ELBO (reconstruction "
                     "+ KL) and the importance-weighted (IWAE) estimate of -log p(x), in nats per image.",

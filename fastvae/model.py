@@ -28,8 +28,11 @@ class VAE:
     `encoder` is "gamma" (the heads output logvar = log sigma^2, the seed's final form) or "sigma";
     `reconstruction` "xent" (sigmoid cross-entropy) or "mse"; `activation` the hidden layers' "elu" (the seed's),
     "relu" or "tanh". `notify(message)` hears which backend "auto" chose and why. `adam`: beta1, beta2, adam_eps.
-    `threads` (host backends): None/"auto" sizes OpenBLAS's and Numba's threads to the CPUs this process may use and
-    adapts them while training (fastvae.threads); an integer fixes the count (needed for bit-identical reruns).
+    `threads` (host backends): how many threads a training step runs on. The cpu backend splits each batch into
+    that many row shards (at most one per 32 rows) on its own threads, OpenBLAS at one thread each (fastvae.workers).
+    None/"auto" sizes the count to the CPUs this process may use (affinity mask, cgroup quota) and adapts it while
+    training when other work takes cores (fastvae.threads); a whole number fixes it (needed for bit-identical
+    reruns: the weight gradients are sums over the shards). `model.threads` can be changed between fits.
     Arrays in and out are NumPy: images (n, h, w) or rows (n, d), uint8 or floats in [0, 1]. A new model takes its
     input width d (and image shape) from the data it is first fitted on (MNIST's 784 = 28 x 28 until then); every
     later call must match it, and decode/sample/reconstruct return rows (n, d): `.reshape(-1, *image_shape)`.
@@ -236,12 +239,16 @@ class VAE:
             steps=self.steps, epoch=self.epoch, epoch_step=self.epoch_step, epoch_loss=self.epoch_loss))
 
     @classmethod
-    def load(cls, path: str | PathLike, backend: str = "auto", notify: Callable[[str], None] | None = None) -> VAE:
-        """A model from a file written by save(); training resumes exactly where it stopped. A checkpoint written
-        before a setting existed loads with that setting's default (e.g. activation "elu"). Raises UserError for
-        a missing, corrupt or foreign file, naming it."""
+    def load(cls, path: str | PathLike, backend: str = "auto", notify: Callable[[str], None] | None = None,
+             threads: int | str | None = None) -> VAE:
+        """A model from a file written by save(); training resumes exactly where it stopped (bit for bit when
+        `threads` is fixed to the count the saved run used; see VAE). A checkpoint written before a setting existed
+        loads with that setting's default (e.g. activation "elu"). Raises UserError for a missing, corrupt or foreign
+        file, naming it."""
+        threads = check_threads(threads)
         ck = checkpoint.load(path)
         model = cls.__new__(cls)
+        model.threads = threads
         model.config = ck.config
         model._set_up(backend, ck.params, notify, m=ck.m, v=ck.v, step_count=ck.steps, epoch=ck.epoch,
                       epoch_step=ck.epoch_step, epoch_loss=ck.epoch_loss)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .cli import add_shared_options, check_positive, checkpoint_path, load_data, run_main
+from .cli import Parser, add_shared_options, check_positive, checkpoint_path, load_data, run_main
 from .constants import SAMPLE_CODINGS
 from .errors import UserError
 
@@ -132,7 +132,7 @@ def write_figures(model: VAE, test_x: np.ndarray, test_y: np.ndarray, out: str |
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m fastvae.plot",
         description="Draw the figures of a trained fastvae checkpoint: samples, reconstructions, the latent space "
                     "coloured by digit, the 2-D manifold (latent 2 only), interpolations and loss curves.",

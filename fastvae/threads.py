@@ -58,14 +58,13 @@ class Plan:
 
 
 def check(threads):
-    """`threads` as given to VAE or the CLI: None or "auto" (detect and adapt) or a positive integer (fixed)."""
-    if threads is None or threads == "auto":
+    """`threads` as given to VAE or the CLI: None or "auto" (detect and adapt) or a positive whole number (fixed),
+    taken as fastvae.config.integer takes every whole-number setting (NumPy integers and 2.0 too; "2", 1.5, True are
+    refused). Returns None or a plain int; raises UserError (one line) for anything else."""
+    if threads is None or (isinstance(threads, str) and threads == "auto"):
         return None
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0:
-        if isinstance(threads, str) and threads.isdigit() and int(threads) > 0:
-            return int(threads)
-        raise UserError(f"threads must be a positive integer or 'auto', got {threads!r}")
-    return int(threads)
+    from .config import integer
+    return integer(threads, "threads", what="a positive integer or 'auto'")
 
 
 def explicit_from_env(environ=None):

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, jsonfile, machine
-from .cli import add_shared_options, check_positive, load_data, notifier, run_main, whole_number
+from .cli import Parser, add_shared_options, check_positive, load_data, notifier, run_main, whole_number
 from .config import Config
 from .constants import ENCODERS, HIDDEN_ACTIVATIONS, RECONSTRUCTIONS, SAMPLE_CODINGS
 from .errors import TrainingInterrupted, UserError
@@ -28,7 +28,7 @@ DEFAULTS = Config()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="python -m fastvae.train",
         description="Train the VAE of Geron's Hands-On ML (ch. 15) on MNIST with fastvae's fused kernels. "
                     "Every default is the seed's.",
@@ -71,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _threads(text):
+    """--threads: "auto" or a whole number (as every integer option), checked as VAE(threads=...) checks it."""
     try:
-        return "auto" if text == "auto" else check_threads(text)
+        return "auto" if text == "auto" else check_threads(whole_number(text))
     except UserError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
 

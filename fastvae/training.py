@@ -26,7 +26,7 @@ def run_epochs(model, X, ws, epochs, validation=None, callback=None, progress=Fa
     be, cfg = model.backend, model.config
     stepper = step.Stepper(be, cfg, model.state, ws, be.asarray(X, dtype=X.dtype))
     # the host backends' thread count (OpenBLAS and Numba), sized to the CPUs available and adapted (threads.py)
-    pacer = threads.pacer_for(model, ws, getattr(model, "threads", None))   # a loaded model has none
+    pacer = threads.pacer_for(model, ws, model.threads)
     # NaN/Inf arising inside the kernels is reported once, by the divergence guard, not as NumPy warnings
     with StopOnCtrlC() as stop, np.errstate(invalid="ignore", over="ignore", divide="ignore"), \
             (pacer or contextlib.nullcontext()):

@@ -116,6 +116,58 @@ def test_bf16_training_steps_of_the_variants_match_the_reference(rand, encoder, 
     kc.check_train_steps(backends.load("cpu-bf16"), cfg, rand, 7)
 
 
+# ---------------------------------------------------------------- weights packed once per step
+
+@needs_amx
+def test_weight_packs_follow_adam_and_new_arrays(rand):
+    """A product with a weight's cached pack equals one that packs it afresh, bit for bit: after adam_update changed
+    the weights (the pack is made again) and for a new array of the same shape (never another array's pack)."""
+    from fastvae.backends import cpu_bf16
+    be = get_backend("cpu-bf16")
+    x = rand.normal(0, 1, (37, 101)).astype(np.float32)
+
+    def both(w):
+        cached, fresh = np.empty((37, 53), np.float32), np.empty((37, 53), np.float32)
+        be.dense_forward(cached, x, w, np.zeros(53, np.float32), "identity")
+        amx.matmul(fresh, x, w)
+        return cached, fresh
+
+    flat = rand.normal(0, 1, 101 * 53).astype(np.float32)
+    w = flat.reshape(101, 53)
+    a, b = both(w)
+    assert np.array_equal(a, b)
+    before = cpu_bf16.PACKS.packs
+    assert np.array_equal(*both(w)) and cpu_bf16.PACKS.packs == before        # the same step: packed once
+    g = rand.normal(0, 1, (1, flat.size)).astype(np.float32)
+    be.adam_update(flat, g, np.zeros_like(flat), np.zeros_like(flat), np.zeros(3, np.int64), 0.1, 0.9, 0.999, 1e-8)
+    a2, b2 = both(w)
+    assert np.array_equal(a2, b2) and not np.array_equal(a2, a)
+    for _ in range(20):                 # new arrays, some of them at a freed one's address
+        del w
+        w = rand.normal(0, 1, (101, 53)).astype(np.float32)
+        assert np.array_equal(*both(w))
+
+
+@needs_amx
+def test_a_split_step_packs_each_weight_once_per_layout(rand):
+    from fastvae import step
+    from fastvae.backends import cpu, cpu_bf16
+    from fastvae.params import Layout, he_init
+    be, cfg = get_backend("cpu-bf16"), Config(hidden=(37, 11), latent=5, batch_size=64)
+    layout = Layout(cfg)
+    st, ws = step.State(be, layout, he_init(layout, 1), seed=1), step.Workspace(be, cfg, 64)
+    data = rand.integers(0, 256, (64, 784)).astype(np.uint8)
+    before, cpu.workers.count = cpu.workers.count, 2
+    try:
+        step.train_step(be, cfg, st, ws, data, np.arange(64), 2)       # warm: the first packs of these arrays
+        packs = cpu_bf16.PACKS.packs
+        step.train_step(be, cfg, st, ws, data, np.arange(64), 2)
+    finally:
+        cpu.workers.count = before
+    # forward: every layer's W; input gradients: every layer's W.T but the first's
+    assert cpu_bf16.PACKS.packs - packs == 2 * len(layout.layers) - 1
+
+
 # ---------------------------------------------------------------- a CPU without AMX, and Numba's cache
 
 def _python(code, env_extra, cache_dir):

@@ -243,3 +243,17 @@ def test_a_driver_too_old_for_cupy_is_one_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "supports CUDA 12.4, older than the CUDA 13 this CuPy" in lines[0], lines
     assert "--backend cpu" in lines[0] and not (tmp_path / "run" / "checkpoint.npz").exists()
+
+
+@pytest.mark.parametrize("args,what", [(("--threads", "0"), "--threads"), (("--epochs", "abc"), "--epochs"),
+                                       (("--backend", "foo"), "--backend"), (("--bogus",), "--bogus")])
+def test_an_option_mistake_is_one_line(tmp_path, args, what):
+    proc = train(*args, "--out", str(tmp_path / "run"))
+    assert proc.returncode == 2 and what in proc.stderr and "usage:" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_threads_take_whole_numbers_as_every_integer_option_does():
+    from fastvae.train import build_parser
+    assert build_parser().parse_args(["--threads", "2.0"]).threads == 2
+    assert build_parser().parse_args(["--threads", "auto"]).threads == "auto"

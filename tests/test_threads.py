@@ -108,9 +108,11 @@ def test_explicit_settings_win_over_detection(tmp_path):
     assert threads.detect(environ={"OMP_NUM_THREADS": "junk"}, root=root, affinity=4).threads == 1   # ignored
     assert threads.detect(2, environ=both, root=root, affinity=1) == threads.Plan(2, False, "threads=2 asked for")
     assert threads.detect("auto", environ={}, root=root, affinity=4).adaptive
-    for bad in (0, -1, 1.5, "two", True):
+    for bad in (0, -1, 1.5, "two", "2", True, float("nan")):     # as every whole-number setting takes them
         with pytest.raises(UserError, match="threads must be"):
             threads.check(bad)
+    for good in (2, np.int64(2), 2.0, np.float32(2)):
+        assert threads.check(good) == 2 and type(threads.check(good)) is int
     with pytest.raises(UserError, match="threads must be"):
         VAE(backend="cpu", threads=0)
 
@@ -318,3 +320,16 @@ def test_the_cli_takes_threads_and_metrics_json_records_them(tmp_path):
         {"step": 2, "threads": 1, "reason": "start: threads=1 asked for (fixed)"}]
     with pytest.raises(SystemExit):
         train.build_parser().parse_args(["--threads", "0"])
+
+
+def test_a_loaded_model_takes_a_thread_count(tmp_path, mnist):
+    kw = dict(hidden=(64,), latent=4, batch_size=64, backend="cpu", seed=5)
+    model = VAE(**kw, threads=2).fit(mnist.train_x[:256], epochs=1)
+    model.save(tmp_path / "m.npz")
+    assert VAE.load(tmp_path / "m.npz", backend="cpu").threads is None
+    loaded = VAE.load(tmp_path / "m.npz", backend="cpu", threads=np.int64(1))
+    assert loaded.threads == 1
+    loaded.fit(mnist.train_x[:256], epochs=1)
+    assert loaded.history[-1]["threads"]["changes"][0]["reason"] == "start: threads=1 asked for (fixed)"
+    with pytest.raises(UserError, match="threads must be"):
+        VAE.load(tmp_path / "m.npz", backend="cpu", threads="2")

@@ -331,21 +331,41 @@ def _source(x):
     return np.ascontiguousarray(x).view(np.uint32), False
 
 
-def matmul(out, a, b, workspace=None):
+def _b_shape(k, n):
+    return _padded(n, BLOCK) // TILE, _padded(max(k, 1), 32) // 2, TILE
+
+
+def pack_b(b, into=None):
+    """The operand b (k, n) packed as matmul's B (bf16 VNNI strips, zero-padded), into `into` when it has the right
+    shape (a buffer reused step after step), else into a new array: a weight packed once and used by every product
+    of a step (`matmul(..., packed_b=...)`). b as matmul takes it."""
+    require()
+    shape = _b_shape(*b.shape)
+    packed = into if into is not None and into.shape == shape else np.empty(shape, np.uint32)
+    _pack_b(packed, *_source(b))
+    return packed
+
+
+def matmul(out, a, b, workspace=None, packed_b=None):
     """out (m, n) float32 = a (m, k) @ b (k, n) with both operands rounded to bf16 (nearest even) and fp32
     accumulation on AMX tiles. a and b are float32, C-ordered or transposed views of C-ordered arrays (out = inp @ w,
-    dw = inp.T @ dz, dinp = dz @ w.T); anything else is copied first."""
+    dw = inp.T @ dz, dinp = dz @ w.T); anything else is copied first. `packed_b`: b already packed by pack_b(b)
+    (b's values are then not read, only its shape)."""
     require()
     m, k = a.shape
     n = b.shape[1]
     if m == 0 or n == 0:
         return out
     workspace = workspace or _workspace()
-    k_p = _padded(max(k, 1), 32)
-    pa = workspace.take("a", (_padded(m, BLOCK), k_p // 2))
-    pb = workspace.take("b", (_padded(n, BLOCK) // TILE, k_p // 2, TILE))
+    pa = workspace.take("a", (_padded(m, BLOCK), _padded(max(k, 1), 32) // 2))
     _pack_a(pa, *_source(a))
-    _pack_b(pb, *_source(b))
+    if packed_b is None:
+        pb = workspace.take("b", _b_shape(k, n))
+        _pack_b(pb, *_source(b))
+    elif packed_b.shape != _b_shape(k, n):
+        raise ValueError(f"packed_b has shape {packed_b.shape}, not {_b_shape(k, n)} for b of shape {b.shape}")
+    else:
+        pb = packed_b
     target = out if out.flags.c_contiguous else np.empty(out.shape, np.float32)
     _tiles_product(target, pa, pb, _CFG, workspace.block)
     if target is not out:

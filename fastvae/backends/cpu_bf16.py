@@ -8,16 +8,54 @@ is within 2 * 2**-8 of the sum of |terms| (tests/tolerances.py). Needs AMX (Inte
 get_backend("cpu-bf16") says in one line why not elsewhere (`unavailable_reason`). The tile kernels release the GIL
 and keep their packing buffers per thread, so the step's row shards run on the cpu backend's `workers` here too.
 """
+import threading
+import weakref
+
 from . import amx, cpu
 from .amx import unavailable_reason  # noqa: F401  (get_backend asks it before using this backend)
-from .cpu import (adam_update, asarray, dtype, empty, gather_batch, synchronize, to_host, workers,  # noqa: F401
-                  xp, zeros)
+from .cpu import asarray, dtype, empty, gather_batch, synchronize, to_host, workers, xp, zeros  # noqa: F401
 
 name = "cpu-bf16"
 
 
+class WeightPacks:
+    """Each weight's bf16 tile layouts (as B of `x @ w` and of `dz @ w.T`), packed once per step instead of once per
+    product and per row shard: a weight is read by the forward and the input gradient of every shard.
+
+    A pack is kept for the weight array object it was made from (a weak reference: a new array, even at the same
+    address, is packed anew) and for the current `version`, which adam_update advances after changing the weights:
+    the weights are assumed to change only through adam_update while packs of them are in use (true of the step,
+    of fit and of every evaluation: a model that loads or restarts gets new arrays)."""
+
+    def __init__(self):
+        self.version = 0
+        self.packs = 0                               # packings made (tests count them)
+        self._entries = {}
+        self._lock = threading.Lock()                # two shards asking for the same weight: one packs it
+
+    def get(self, w, transposed):
+        key = (id(w), transposed)
+        entry = self._entries.get(key)
+        if entry is None or entry[0]() is not w or entry[1] != self.version:
+            with self._lock:
+                entry = self._entries.get(key)
+                if entry is None or entry[0]() is not w or entry[1] != self.version:
+                    reuse = entry[2] if entry is not None and entry[0]() is w else None
+                    packed = amx.pack_b(w.T if transposed else w, into=reuse)
+                    self.packs += 1
+                    entry = (weakref.ref(w, lambda _, k=key: self._entries.pop(k, None)), self.version, packed)
+                    self._entries[key] = entry
+        return entry[2]
+
+    def stale(self):
+        self.version += 1
+
+
+PACKS = WeightPacks()
+
+
 def dense_forward(out, inp, w, b, activation):
-    amx.matmul(out, inp, w)
+    amx.matmul(out, inp, w, packed_b=PACKS.get(w, False))
     cpu._bias_act(out, b, cpu.ACTIVATION_CODES[activation])
 
 
@@ -28,11 +66,16 @@ def dense_backward(dinp, dw, db, dout, inp, w, out, activation):
         cpu._act_grad_bias(dout, out, db, cpu.ACTIVATION_CODES[activation])
     amx.matmul(dw, inp.T, dout)
     if dinp is not None:
-        amx.matmul(dinp, dout, w.T)
+        amx.matmul(dinp, dout, w.T, packed_b=PACKS.get(w, True))
+
+
+def adam_update(params, grads, m, v, counters, lr, beta1, beta2, eps):
+    cpu.adam_update(params, grads, m, v, counters, lr, beta1, beta2, eps)
+    PACKS.stale()                                    # the weights changed: every pack is packed again on first use
 
 
 def heads_forward(z, mu_logvar, loss, inp, w, b, counters, noise_stream, encoder):
-    amx.matmul(mu_logvar, inp, w)
+    amx.matmul(mu_logvar, inp, w, packed_b=PACKS.get(w, False))
     cpu._heads_sample_kl(z, mu_logvar, b, loss, counters[cpu.COUNTER_SEED], noise_stream,
                          counters[cpu.COUNTER_STEP], counters[cpu.COUNTER_ROW], cpu.ENCODER_IS_SIGMA[encoder])
 
@@ -47,5 +90,5 @@ def heads_backward(dinp, dw, db, dmu_logvar, dz, inp, w, mu_logvar, z, counters,
 
 
 def output_forward(dlogits, loss, inp, w, b, x, reconstruction):
-    amx.matmul(dlogits, inp, w)
+    amx.matmul(dlogits, inp, w, packed_b=PACKS.get(w, False))
     cpu._bias_loss_dlogits(dlogits, b, x, loss, cpu.RECONSTRUCTION_IS_MSE[reconstruction])
