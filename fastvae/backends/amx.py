@@ -331,6 +331,47 @@ def _source(x):
     return np.ascontiguousarray(x).view(np.uint32), False
 
 
+@njit(inline="always", cache=True)
+def _round_up(n, multiple):
+    return -(-n // multiple) * multiple
+
+
+@njit(cache=True, nogil=True)
+def product(out, a, a_transposed, b, b_transposed, packed_b, a_scratch, b_scratch, block, cfg):
+    """out (m, n) = A @ B on the tiles in one GIL-free call (pack A, pack B unless given, the tiles): A = a.T when
+    a_transposed else a, likewise B; a, b C-ordered float32, out C-ordered. `packed_b` (pack_b's layout) is used
+    when it is not empty, and then b's values are not read; a_scratch, b_scratch are flat uint32 buffers at least
+    scratch_sizes(...) long; block (32, 32) float32."""
+    m, n = out.shape
+    k = a.shape[0] if a_transposed else a.shape[1]
+    kq = _round_up(max(k, 1), 32) // 2
+    rows = _round_up(m, BLOCK)
+    pa = a_scratch[:rows * kq].reshape((rows, kq))
+    _pack_a(pa, a.view(np.uint32), a_transposed)
+    if packed_b.size == 0:
+        strips = _round_up(n, BLOCK) // TILE
+        pb = b_scratch[:strips * kq * TILE].reshape((strips, kq, TILE))
+        _pack_b(pb, b.view(np.uint32), b_transposed)
+    else:
+        pb = packed_b
+    _tiles_product(out, pa, pb, cfg, block)
+
+
+def scratch_sizes(m, n, k):
+    """(a_scratch, b_scratch) lengths that product() needs for an (m, k) @ (k, n) product."""
+    kq = _padded(max(k, 1), 32) // 2
+    return _padded(m, BLOCK) * kq, _padded(n, BLOCK) * kq
+
+
+def scratch(a_size, b_size):
+    """This thread's (a_scratch, b_scratch, block, cfg) for product(), grown to the sizes asked for."""
+    ws = _workspace()
+    return ws.take("a", (a_size,)), ws.take("b", (b_size,)), ws.block, _CFG
+
+
+NO_PACK = np.empty((0, 0, 0), np.uint32)            # product()'s packed_b when B is packed in the call
+
+
 def _b_shape(k, n):
     return _padded(n, BLOCK) // TILE, _padded(max(k, 1), 32) // 2, TILE
 

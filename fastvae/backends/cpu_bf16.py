@@ -11,6 +11,8 @@ and keep their packing buffers per thread, so the step's row shards run on the c
 import threading
 import weakref
 
+from numba import njit
+
 from . import amx, cpu
 from .amx import unavailable_reason  # noqa: F401  (get_backend asks it before using this backend)
 from .cpu import asarray, dtype, empty, gather_batch, synchronize, to_host, workers, xp, zeros  # noqa: F401
@@ -50,34 +52,94 @@ class WeightPacks:
     def stale(self):
         self.version += 1
 
+    def refresh(self, workers):
+        """After the weights changed: a new version, and every live pack packed again at once, split between the
+        workers (so that the next step's shards do not wait on each other packing the same weight)."""
+        self.version += 1
+        live = sorted(((key, entry) for key, entry in list(self._entries.items()) if entry[0]() is not None),
+                      key=lambda item: -item[1][2].size)
+        parts = max(1, min(workers.count, len(live)))
+
+        def part(k):                                  # no step runs now: each part owns its entries
+            for key, (ref, _, packed) in live[k::parts]:
+                w = ref()
+                if w is not None:
+                    amx.pack_b(w.T if key[1] else w, into=packed)
+                    self._entries[key] = (ref, self.version, packed)
+                    self.packs += 1
+        workers.run(part, parts)
+
 
 PACKS = WeightPacks()
 
 
+# ---------------------------------------------------------------- each layer one GIL-free call: tiles, then the pass
+# (the row shards of a step run on two threads at once; Python between the calls would make them queue for the GIL)
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _dense_forward(out, inp, w, packed_w, b, code, a_scratch, b_scratch, block, cfg):
+    amx.product(out, inp, False, w, False, packed_w, a_scratch, b_scratch, block, cfg)
+    cpu._bias_act(out, b, code)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _dense_backward(dinp, dw, db, dout, inp, w, packed_wt, out, code, a_scratch, b_scratch, block, cfg):
+    """`out` None: the identity; `dinp` None: the first layer. dw = inp.T @ dz packs both operands in the call."""
+    if out is None:
+        cpu._column_sums(db, dout)
+    else:
+        cpu._act_grad_bias(dout, out, db, code)
+    amx.product(dw, inp, True, dout, False, amx.NO_PACK, a_scratch, b_scratch, block, cfg)
+    if dinp is not None:
+        amx.product(dinp, dout, False, w, True, packed_wt, a_scratch, b_scratch, block, cfg)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _heads_forward(z, mu_logvar, loss, inp, w, packed_w, b, counters, noise_stream, sigma_form, a_scratch, b_scratch,
+                   block, cfg):
+    amx.product(mu_logvar, inp, False, w, False, packed_w, a_scratch, b_scratch, block, cfg)
+    cpu._heads_sample_kl(z, mu_logvar, b, loss, counters[cpu.COUNTER_SEED], noise_stream, counters[cpu.COUNTER_STEP],
+                         counters[cpu.COUNTER_ROW], sigma_form)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _output_forward(dlogits, loss, inp, w, packed_w, b, x, mse, a_scratch, b_scratch, block, cfg):
+    amx.product(dlogits, inp, False, w, False, packed_w, a_scratch, b_scratch, block, cfg)
+    cpu._bias_loss_dlogits(dlogits, b, x, loss, mse)
+
+
+def _forward_scratch(inp, w):
+    return amx.scratch(amx.scratch_sizes(inp.shape[0], w.shape[1], inp.shape[1])[0], 0)
+
+
+def _backward_scratch(inp, dout):
+    rows, fan_in = inp.shape
+    a_dw, b_dw = amx.scratch_sizes(fan_in, dout.shape[1], rows)           # inp.T @ dz
+    a_dinp = amx.scratch_sizes(rows, fan_in, dout.shape[1])[0]             # dz @ w.T
+    return amx.scratch(max(a_dw, a_dinp), b_dw)
+
+
 def dense_forward(out, inp, w, b, activation):
-    amx.matmul(out, inp, w, packed_b=PACKS.get(w, False))
-    cpu._bias_act(out, b, cpu.ACTIVATION_CODES[activation])
+    amx.require()
+    _dense_forward(out, inp, w, PACKS.get(w, False), b, cpu.ACTIVATION_CODES[activation], *_forward_scratch(inp, w))
 
 
 def dense_backward(dinp, dw, db, dout, inp, w, out, activation):
-    if activation == "identity":
-        cpu._column_sums(db, dout)
-    else:
-        cpu._act_grad_bias(dout, out, db, cpu.ACTIVATION_CODES[activation])
-    amx.matmul(dw, inp.T, dout)
-    if dinp is not None:
-        amx.matmul(dinp, dout, w.T, packed_b=PACKS.get(w, True))
+    amx.require()
+    identity = activation == "identity"
+    _dense_backward(dinp, dw, db, dout, inp, w, amx.NO_PACK if dinp is None else PACKS.get(w, True),
+                    None if identity else out, cpu.ACTIVATION_CODES[activation], *_backward_scratch(inp, dout))
 
 
 def adam_update(params, grads, m, v, counters, lr, beta1, beta2, eps):
     cpu.adam_update(params, grads, m, v, counters, lr, beta1, beta2, eps)
-    PACKS.stale()                                    # the weights changed: every pack is packed again on first use
+    PACKS.refresh(workers)                           # the weights changed: their packs are packed again now
 
 
 def heads_forward(z, mu_logvar, loss, inp, w, b, counters, noise_stream, encoder):
-    amx.matmul(mu_logvar, inp, w, packed_b=PACKS.get(w, False))
-    cpu._heads_sample_kl(z, mu_logvar, b, loss, counters[cpu.COUNTER_SEED], noise_stream,
-                         counters[cpu.COUNTER_STEP], counters[cpu.COUNTER_ROW], cpu.ENCODER_IS_SIGMA[encoder])
+    amx.require()
+    _heads_forward(z, mu_logvar, loss, inp, w, PACKS.get(w, False), b, counters, noise_stream,
+                   cpu.ENCODER_IS_SIGMA[encoder], *_forward_scratch(inp, w))
 
 
 def heads_backward(dinp, dw, db, dmu_logvar, dz, inp, w, mu_logvar, z, counters, noise_stream, encoder):
@@ -90,5 +152,6 @@ def heads_backward(dinp, dw, db, dmu_logvar, dz, inp, w, mu_logvar, z, counters,
 
 
 def output_forward(dlogits, loss, inp, w, b, x, reconstruction):
-    amx.matmul(dlogits, inp, w, packed_b=PACKS.get(w, False))
-    cpu._bias_loss_dlogits(dlogits, b, x, loss, cpu.RECONSTRUCTION_IS_MSE[reconstruction])
+    amx.require()
+    _output_forward(dlogits, loss, inp, w, PACKS.get(w, False), b, x, cpu.RECONSTRUCTION_IS_MSE[reconstruction],
+                    *_forward_scratch(inp, w))
