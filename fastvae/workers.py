@@ -21,7 +21,9 @@ class Workers:
     exception in any part is raised in the caller after every part has finished (the first one, by part number).
 
     `count` is how many threads a job may use (1: everything runs on the caller; fastvae.threads sets it while
-    training). One job at a time: run() is not re-entrant and must be called from one thread at a time."""
+    training). One job at a time: a run() that finds the pool busy (another Python thread's model training at the
+    same moment, or a part calling run() again) does its parts one after another on its own thread instead, with
+    the same results (a split gives the same numbers however its parts are scheduled)."""
 
     def __init__(self, count: int = 1):
         self.count = count
@@ -34,7 +36,9 @@ class Workers:
                 fn(0)
             return
         if not self._busy.acquire(blocking=False):
-            raise RuntimeError("Workers.run is already running a job (one job at a time)")
+            for part in range(parts):
+                fn(part)
+            return
         try:
             while len(self._threads) < parts - 1:
                 self._threads.append(_Worker())

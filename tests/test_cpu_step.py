@@ -134,3 +134,45 @@ def test_a_mostly_zero_input_either_path(rand, monkeypatch, rows, fused):
     """MNIST-like inputs (81 % zeros) through the sparse product, from the fused kernel and from Python."""
     monkeypatch.setattr(cpu, "FUSED", fused)
     kc.check_dense(get_backend("cpu"), rand, rows, 784, 500, "elu", zeros=0.81)
+
+
+def test_a_busy_pool_runs_the_parts_on_the_caller(workers):
+    """A part that calls run() again (as a second model training in another thread would find the pool busy): the
+    inner job runs its parts one after another on its own thread, and every part of both jobs runs once."""
+    import threading
+    workers.count = 2
+    seen = []
+
+    def inner(k):
+        seen.append(("inner", k, threading.get_ident()))
+
+    def outer(k):
+        seen.append(("outer", k))
+        if k == 0:
+            workers.run(inner, 2)
+    workers.run(outer, 2)
+    assert sorted(s[:2] for s in seen) == [("inner", 0), ("inner", 1), ("outer", 0), ("outer", 1)]
+    assert len({s[2] for s in seen if s[0] == "inner"}) == 1
+
+
+def test_two_models_training_at_once_in_two_threads(workers):
+    """Two fits in two Python threads share the backend's workers and the process's thread settings: both train, each
+    to what it gets alone up to float32 rounding (the thread counts, hence the sums' splits, are the process's, and
+    one fit's end puts them back while the other still runs; bit-identity needs one fit at a time)."""
+    import threading
+
+    from fastvae import VAE
+    x = (np.random.default_rng(0).random((256, 784)) * 255).astype(np.uint8)
+    kw = dict(hidden=(64,), latent=4, batch_size=64, backend="cpu", threads=2)
+    alone = [VAE(**kw, seed=s).fit(x, epochs=1).state.params.copy() for s in (1, 2)]
+    together = {}
+
+    def fit(s):
+        together[s] = VAE(**kw, seed=s).fit(x, epochs=1).state.params.copy()
+    threads = [threading.Thread(target=fit, args=(s,)) for s in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s, a in zip((1, 2), alone):
+        np.testing.assert_allclose(together[s], a, rtol=0, atol=2e-4)
