@@ -179,6 +179,8 @@ def train_step(be, cfg, state, ws, data, idx, parts=1):
         backward(be, cfg, state.weights, state.gradients, a, state.counters, STREAM_TRAIN)
     else:
         state.ensure_shards(len(bounds))
+        for s in range(1, len(bounds)):         # zero here, not only after: a step that raised leaves no stale loss
+            ws.shard(s)[0][...] = 0
 
         def shard(s):
             lo, hi = bounds[s]
@@ -193,9 +195,7 @@ def train_step(be, cfg, state, ws, data, idx, parts=1):
 
         run_parts(be, shard, len(bounds))
         for s in range(1, len(bounds)):
-            loss = ws.shard(s)[0]
-            ws.loss += loss
-            loss[...] = 0
+            ws.loss += ws.shard(s)[0]
     be.adam_update(state.params, state.grads[:len(bounds)], state.m, state.v, state.counters,
                    cfg.lr, cfg.beta1, cfg.beta2, cfg.adam_eps)
 
@@ -226,9 +226,13 @@ class Stepper:
         return None if self.replay is None else self.replay.kernels
 
     def parts(self, n):
-        """Row shards for a batch of n rows: one per worker thread, at least MIN_SHARD_ROWS rows each."""
+        """Row shards for a batch of n rows: one per worker thread, at least MIN_SHARD_ROWS rows each, and no more
+        than the CPUs this process may run on (a count above that would only add threads and gradient buffers)."""
         workers = self.be.workers
-        return 1 if workers is None else max(1, min(workers.count, n // MIN_SHARD_ROWS))
+        if workers is None:
+            return 1
+        from .threads import affinity_count
+        return max(1, min(workers.count, n // MIN_SHARD_ROWS, affinity_count()))
 
     def __call__(self, idx):
         be = self.be

@@ -217,7 +217,8 @@ class Libraries:
         return [lib["num_threads"] for lib in self._blas.info()]
 
     def release(self):
-        """The counts as before the first set() (as outside a fit) until the next set()."""
+        """OpenBLAS's count and the workers' as before the first set() (as outside a fit) until the next set();
+        Numba's is put back by close()."""
         if self._original is not None:
             self._original.restore_original_limits()
         if self.workers is not None:

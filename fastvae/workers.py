@@ -49,10 +49,18 @@ class Workers:
                 fn(0)
             except BaseException as e:  # noqa: BLE001  (re-raised below, after the other parts finished)
                 errors[0] = e
+            interrupted = None
             for k, worker in enumerate(self._threads[:parts - 1], start=1):
-                error = worker.wait()
+                while True:             # every started part is waited for, even through Ctrl-C: a part still
+                    try:                # running would otherwise answer the next job's wait
+                        error = worker.wait()
+                        break
+                    except BaseException as e:  # noqa: BLE001  (KeyboardInterrupt: raised once all are done)
+                        interrupted = interrupted or e
                 if error is not None:
                     errors[k] = error
+            if interrupted is not None:
+                raise interrupted
             if errors:
                 raise errors[min(errors)]
         finally:

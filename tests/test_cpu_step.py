@@ -176,3 +176,32 @@ def test_two_models_training_at_once_in_two_threads(workers):
         t.join()
     for s, a in zip((1, 2), alone):
         np.testing.assert_allclose(together[s], a, rtol=0, atol=2e-4)
+
+
+def test_an_interrupted_run_still_waits_for_its_parts(workers):
+    """Ctrl-C (KeyboardInterrupt) while the caller waits: raised once every started part has finished, so the
+    next run() waits for its own parts, not for a permit the interrupted one left behind."""
+    import signal
+    import time
+    workers.count = 2
+    done = []
+
+    def slow(k):
+        if k == 1:
+            time.sleep(0.3)
+            done.append(1)
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        with pytest.raises(KeyboardInterrupt):
+            workers.run(slow, 2)
+        assert done == [1]
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    order = []
+    workers.run(lambda k: (time.sleep(0.05 * k), order.append(k)), 2)
+    assert sorted(order) == [0, 1]

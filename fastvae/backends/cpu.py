@@ -422,7 +422,8 @@ def adam_update(params, grads, m, v, counters, lr, beta1, beta2, eps):
     t = int(counters[COUNTER_STEP]) + 1
     lr_t = lr * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
     parts = max(1, min(workers.count, params.size // _ADAM_MIN_PART))
-    # part boundaries on 64-byte lines, so that no cache line is written by two threads
+    # part boundaries on multiples of 16 elements: whole 64-byte lines where the buffers are 64-byte aligned (NumPy
+    # aligns to 16 bytes), so at most the line at each boundary is written by two threads
     bounds = [min(params.size, (params.size * k // parts + 15) // 16 * 16) for k in range(parts)] + [params.size]
     workers.run(lambda k: _adam(params, grads, m, v, bounds[k], bounds[k + 1], lr_t, beta1, beta2, eps), parts)
     counters[COUNTER_STEP] = t

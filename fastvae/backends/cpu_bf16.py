@@ -24,49 +24,47 @@ class WeightPacks:
     """Each weight's bf16 tile layouts (as B of `x @ w` and of `dz @ w.T`), packed once per step instead of once per
     product and per row shard: a weight is read by the forward and the input gradient of every shard.
 
-    A pack is kept for the weight array object it was made from (a weak reference: a new array, even at the same
-    address, is packed anew) and for the current `version`, which adam_update advances after changing the weights:
-    the weights are assumed to change only through adam_update while packs of them are in use (true of the step,
-    of fit and of every evaluation: a model that loads or restarts gets new arrays)."""
+    A pack belongs to the weight array object it was made from (a weak reference: a new array, even at the same
+    address, is packed anew) and is packed again by refresh(params) when adam_update changes the flat buffer that
+    weight is a view of, right after the update. Another model's update (a fit in another thread) touches only its
+    own weights' packs. The weights are assumed to change only through adam_update while packs of them are in use
+    (true of the step, of fit and of every evaluation: a model that loads or restarts gets new arrays)."""
 
     def __init__(self):
-        self.version = 0
         self.packs = 0                               # packings made (tests count them)
-        self._entries = {}
+        self._entries = {}                           # (id(w), transposed) -> (weak reference to w, pack)
         self._lock = threading.Lock()                # two shards asking for the same weight: one packs it
 
     def get(self, w, transposed):
         key = (id(w), transposed)
         entry = self._entries.get(key)
-        if entry is None or entry[0]() is not w or entry[1] != self.version:
+        if entry is None or entry[0]() is not w:
             with self._lock:
                 entry = self._entries.get(key)
-                if entry is None or entry[0]() is not w or entry[1] != self.version:
-                    reuse = entry[2] if entry is not None and entry[0]() is w else None
-                    packed = amx.pack_b(w.T if transposed else w, into=reuse)
-                    self.packs += 1
-                    entry = (weakref.ref(w, lambda _, k=key: self._entries.pop(k, None)), self.version, packed)
+                if entry is None or entry[0]() is not w:
+                    entry = (weakref.ref(w, lambda _, k=key: self._entries.pop(k, None)),
+                             amx.pack_b(w.T if transposed else w))
                     self._entries[key] = entry
-        return entry[2]
+                    self.packs += 1
+        return entry[1]
 
-    def stale(self):
-        self.version += 1
+    def refresh(self, params, workers):
+        """After adam_update changed `params`: the packs of the weights that are views of it packed again at once,
+        split between the workers (so that the next step's shards do not wait on each other packing the same one).
+        No step of this model runs now, so each pack is rewritten in place by one thread."""
+        lo, hi = params.ctypes.data, params.ctypes.data + params.nbytes
+        with self._lock:
+            mine = [(key, entry) for key, entry in self._entries.items()
+                    if entry[0]() is not None and lo <= entry[0]().ctypes.data < hi]
+            self.packs += len(mine)
+        mine.sort(key=lambda item: -item[1][1].size)
+        parts = max(1, min(workers.count, len(mine)))
 
-    def refresh(self, workers):
-        """After the weights changed: a new version, and every live pack packed again at once, split between the
-        workers (so that the next step's shards do not wait on each other packing the same weight)."""
-        self.version += 1
-        live = sorted(((key, entry) for key, entry in list(self._entries.items()) if entry[0]() is not None),
-                      key=lambda item: -item[1][2].size)
-        parts = max(1, min(workers.count, len(live)))
-
-        def part(k):                                  # no step runs now: each part owns its entries
-            for key, (ref, _, packed) in live[k::parts]:
+        def part(k):
+            for key, (ref, packed) in mine[k::parts]:
                 w = ref()
                 if w is not None:
                     amx.pack_b(w.T if key[1] else w, into=packed)
-                    self._entries[key] = (ref, self.version, packed)
-                    self.packs += 1
         workers.run(part, parts)
 
 
@@ -133,7 +131,7 @@ def dense_backward(dinp, dw, db, dout, inp, w, out, activation):
 
 def adam_update(params, grads, m, v, counters, lr, beta1, beta2, eps):
     cpu.adam_update(params, grads, m, v, counters, lr, beta1, beta2, eps)
-    PACKS.refresh(workers)                           # the weights changed: their packs are packed again now
+    PACKS.refresh(params, workers)                   # the weights changed: their packs are packed again now
 
 
 def heads_forward(z, mu_logvar, loss, inp, w, b, counters, noise_stream, encoder):
