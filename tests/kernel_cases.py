@@ -331,3 +331,24 @@ def check_captured_steps(be, seed=11):
     assert (t0, c0, t1, c1) == (5, 0, 5, 1)
     for a, b, what in zip(arrays1, arrays0, ("params", "m", "v", "loss")):
         assert_close(a, b, TOL["float32_step"], what=what)
+
+
+def fits_alone_and_at_once(backend, threads, epochs, seeds=(1, 2)):
+    """The parameters of small MNIST-shaped fits of `backend` (one per seed), run one after another and then all at
+    once in Python threads: (alone, together), lists in the order of `seeds`."""
+    import threading
+
+    from fastvae import VAE
+    x = (np.random.default_rng(0).random((256, 784)) * 255).astype(np.uint8)
+    kw = dict(hidden=(64,), latent=4, batch_size=64, backend=backend, threads=threads)
+    alone = [VAE(**kw, seed=s).fit(x, epochs=epochs).state.params.copy() for s in seeds]
+    together = {}
+
+    def fit(s):
+        together[s] = VAE(**kw, seed=s).fit(x, epochs=epochs).state.params.copy()
+    workers = [threading.Thread(target=fit, args=(s,)) for s in seeds]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    return alone, [together[s] for s in seeds]

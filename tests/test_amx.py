@@ -172,23 +172,8 @@ def test_a_split_step_packs_each_weight_once_per_layout(rand):
 def test_two_bf16_models_training_at_once_keep_their_own_packs():
     """One model's Adam repacks only its own weights: two bf16 fits in two threads (one thread each, so nothing else
     is shared) end bit-identical to the same fits run alone."""
-    import threading
-
-    from fastvae import VAE
-    x = (np.random.default_rng(0).random((256, 784)) * 255).astype(np.uint8)
-    kw = dict(hidden=(64,), latent=4, batch_size=64, backend="cpu-bf16", threads=1)
-    alone = [VAE(**kw, seed=s).fit(x, epochs=2).state.params.copy() for s in (1, 2)]
-    together = {}
-
-    def fit(s):
-        together[s] = VAE(**kw, seed=s).fit(x, epochs=2).state.params.copy()
-    threads = [threading.Thread(target=fit, args=(s,)) for s in (1, 2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for s, a in zip((1, 2), alone):
-        assert np.array_equal(together[s], a)
+    for alone, together in zip(*kc.fits_alone_and_at_once("cpu-bf16", threads=1, epochs=2)):
+        assert np.array_equal(together, alone)
 
 
 # ---------------------------------------------------------------- a CPU without AMX, and Numba's cache

@@ -159,23 +159,8 @@ def test_two_models_training_at_once_in_two_threads(workers):
     """Two fits in two Python threads share the backend's workers and the process's thread settings: both train, each
     to what it gets alone up to float32 rounding (the thread counts, hence the sums' splits, are the process's, and
     one fit's end puts them back while the other still runs; bit-identity needs one fit at a time)."""
-    import threading
-
-    from fastvae import VAE
-    x = (np.random.default_rng(0).random((256, 784)) * 255).astype(np.uint8)
-    kw = dict(hidden=(64,), latent=4, batch_size=64, backend="cpu", threads=2)
-    alone = [VAE(**kw, seed=s).fit(x, epochs=1).state.params.copy() for s in (1, 2)]
-    together = {}
-
-    def fit(s):
-        together[s] = VAE(**kw, seed=s).fit(x, epochs=1).state.params.copy()
-    threads = [threading.Thread(target=fit, args=(s,)) for s in (1, 2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for s, a in zip((1, 2), alone):
-        np.testing.assert_allclose(together[s], a, rtol=0, atol=2e-4)
+    for alone, together in zip(*kc.fits_alone_and_at_once("cpu", threads=2, epochs=1)):
+        np.testing.assert_allclose(together, alone, rtol=0, atol=2e-4)
 
 
 def test_an_interrupted_run_still_waits_for_its_parts(workers):
