@@ -8,6 +8,7 @@ import numpy as np
 
 from .constants import COUNTER_ROW, COUNTER_SEED, COUNTER_STEP, COUNTERS, EVAL_ROWS
 from .rng import STREAM_EVAL, STREAM_TRAIN
+from .threads import affinity_count
 
 
 class Rows:
@@ -219,6 +220,7 @@ class Stepper:
         self.idx = be.empty((ws.batch,), dtype=np.int64) if be.capture is not None else None
         self.replay = None
         self.captures = 0                       # how many times a step was recorded (once per Stepper)
+        self.cpus = affinity_count()            # read once: a system call, not per step
 
     @property
     def kernels_per_step(self):
@@ -231,8 +233,7 @@ class Stepper:
         workers = self.be.workers
         if workers is None:
             return 1
-        from .threads import affinity_count
-        return max(1, min(workers.count, n // MIN_SHARD_ROWS, affinity_count()))
+        return max(1, min(workers.count, n // MIN_SHARD_ROWS, self.cpus))
 
     def __call__(self, idx):
         be = self.be

@@ -265,7 +265,7 @@ class Probe:
             lo, hi = bounds[s]
             for x, w, out in self.calls:
                 np.matmul(x[lo:hi], w, out=out[lo:hi])
-        if parts == 1:
+        if libs.workers is None:
             shard(0)
         else:
             libs.workers.run(shard, parts)

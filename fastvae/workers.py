@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 class Workers:
     """run(fn, parts) calls fn(0), ..., fn(parts - 1) at once: part 0 on the calling thread, the others on the
-    pool's threads (started on first use, at most count - 1 of them), and returns when all have finished. An
+    pool's threads (started on first use and kept: as many as the largest job's parts - 1), and returns when all have finished. An
     exception in any part is raised in the caller after every part has finished (the first one, by part number).
 
     `count` is how many threads a job may use (1: everything runs on the caller; fastvae.threads sets it while

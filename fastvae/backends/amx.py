@@ -183,6 +183,7 @@ def _round_array(bits):
     return out
 
 
+@njit(inline="always", cache=True)
 def _padded(n, multiple):
     return -(-n // multiple) * multiple
 
@@ -331,11 +332,6 @@ def _source(x):
     return np.ascontiguousarray(x).view(np.uint32), False
 
 
-@njit(inline="always", cache=True)
-def _round_up(n, multiple):
-    return -(-n // multiple) * multiple
-
-
 @njit(cache=True, nogil=True)
 def product(out, a, a_transposed, b, b_transposed, packed_b, a_scratch, b_scratch, block, cfg):
     """out (m, n) = A @ B on the tiles in one GIL-free call (pack A, pack B unless given, the tiles): A = a.T when
@@ -344,12 +340,12 @@ def product(out, a, a_transposed, b, b_transposed, packed_b, a_scratch, b_scratc
     scratch_sizes(...) long; block (32, 32) float32."""
     m, n = out.shape
     k = a.shape[0] if a_transposed else a.shape[1]
-    kq = _round_up(max(k, 1), 32) // 2
-    rows = _round_up(m, BLOCK)
+    kq = _padded(max(k, 1), 32) // 2
+    rows = _padded(m, BLOCK)
     pa = a_scratch[:rows * kq].reshape((rows, kq))
     _pack_a(pa, a.view(np.uint32), a_transposed)
     if packed_b.size == 0:
-        strips = _round_up(n, BLOCK) // TILE
+        strips = _padded(n, BLOCK) // TILE
         pb = b_scratch[:strips * kq * TILE].reshape((strips, kq, TILE))
         _pack_b(pb, b.view(np.uint32), b_transposed)
     else:
@@ -379,7 +375,7 @@ def _b_shape(k, n):
 def pack_b(b, into=None):
     """The operand b (k, n) packed as matmul's B (bf16 VNNI strips, zero-padded), into `into` when it has the right
     shape (a buffer reused step after step), else into a new array: a weight packed once and used by every product
-    of a step (`matmul(..., packed_b=...)`). b as matmul takes it."""
+    of a step (product()'s packed_b). b as matmul takes it."""
     require()
     shape = _b_shape(*b.shape)
     packed = into if into is not None and into.shape == shape else np.empty(shape, np.uint32)
@@ -387,11 +383,10 @@ def pack_b(b, into=None):
     return packed
 
 
-def matmul(out, a, b, workspace=None, packed_b=None):
+def matmul(out, a, b, workspace=None):
     """out (m, n) float32 = a (m, k) @ b (k, n) with both operands rounded to bf16 (nearest even) and fp32
     accumulation on AMX tiles. a and b are float32, C-ordered or transposed views of C-ordered arrays (out = inp @ w,
-    dw = inp.T @ dz, dinp = dz @ w.T); anything else is copied first. `packed_b`: b already packed by pack_b(b)
-    (b's values are then not read, only its shape)."""
+    dw = inp.T @ dz, dinp = dz @ w.T); anything else is copied first."""
     require()
     m, k = a.shape
     n = b.shape[1]
@@ -400,13 +395,8 @@ def matmul(out, a, b, workspace=None, packed_b=None):
     workspace = workspace or _workspace()
     pa = workspace.take("a", (_padded(m, BLOCK), _padded(max(k, 1), 32) // 2))
     _pack_a(pa, *_source(a))
-    if packed_b is None:
-        pb = workspace.take("b", _b_shape(k, n))
-        _pack_b(pb, *_source(b))
-    elif packed_b.shape != _b_shape(k, n):
-        raise ValueError(f"packed_b has shape {packed_b.shape}, not {_b_shape(k, n)} for b of shape {b.shape}")
-    else:
-        pb = packed_b
+    pb = workspace.take("b", _b_shape(k, n))
+    _pack_b(pb, *_source(b))
     target = out if out.flags.c_contiguous else np.empty(out.shape, np.float32)
     _tiles_product(target, pa, pb, _CFG, workspace.block)
     if target is not out:
