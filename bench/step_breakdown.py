@@ -55,10 +55,12 @@ def whole_steps(be, cfg, data, steps, count):
     stepper = step.Stepper(be, cfg, state, ws, data)
     timers = Timers()
     libs = threads.Libraries(be.workers)
-    real_run, real_adam = step.run_parts, be.adam_update
+    real_run, real_adam, real_update = step.run_parts, be.adam_update, be.weight_update
     try:
         libs.set(count)
-        step.run_parts, be.adam_update = timers.wrap("shards", real_run), timers.wrap("adam", real_adam)
+        step.run_parts, be.adam_update = timers.wrap("shards", real_run), timers.wrap("update", real_adam)
+        if real_update is not None:
+            be.weight_update = timers.wrap("update", real_update)
         for k in range(3):                                   # warm: caches, the workers' threads
             stepper(order[k * cfg.batch_size:(k + 1) * cfg.batch_size])
         timers.seconds.clear()
@@ -68,11 +70,11 @@ def whole_steps(be, cfg, data, steps, count):
             stepper(order[start:start + cfg.batch_size])
         total = time.perf_counter() - begin
     finally:
-        step.run_parts, be.adam_update = real_run, real_adam
+        step.run_parts, be.adam_update, be.weight_update = real_run, real_adam, real_update
         libs.close()
     phases = {k: 1e3 * v / steps for k, v in timers.seconds.items()}
     if "shards" not in phases:                               # one thread: no split, the shard phase is the rest
-        phases["shards"] = 1e3 * total / steps - phases["adam"]
+        phases["shards"] = 1e3 * total / steps - phases["update"]
     return 1e3 * total / steps, phases
 
 

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import tempfile
+import tokenize
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,7 +95,9 @@ def load(path):
                 raise UserError(f"{bad}: its checksum does not match (the file is corrupt); use an older copy")
     except UserError:
         raise
-    except (OSError, ValueError, KeyError, IndexError, TypeError, zipfile.BadZipFile, EOFError) as e:
+    # a corrupt array header makes NumPy's header parser raise SyntaxError or tokenize.TokenError (found by the fuzz test)
+    except (OSError, ValueError, KeyError, IndexError, TypeError, zipfile.BadZipFile, EOFError, SyntaxError,
+            tokenize.TokenError) as e:
         reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
         raise UserError(f"{bad} ({reason}); it may be truncated or corrupt") from None
     try:

@@ -29,20 +29,42 @@ def layer_shapes(cfg):
     return shapes
 
 
+def flat_offsets(shapes):
+    """([(w_offset, b_offset)] per layer, P) for layers of (fan_in, fan_out) `shapes` in the flat layout: every
+    weight row-major in order, then every bias in the same order (what kernels given only shapes rely on)."""
+    n_weights = sum(a * b for a, b in shapes)
+    offsets, w_off, b_off = [], 0, n_weights
+    for a, b in shapes:
+        offsets.append((w_off, b_off))
+        w_off += a * b
+        b_off += b
+    return offsets, b_off
+
+
+def update_shapes(inputs, douts, size):
+    """((K_l, N_l), ...) of a weight_update's layers from their (n, K_l) inputs and (n, N_l) douts; ValueError unless
+    they pair up and their weights and biases make `size` parameters."""
+    if len(inputs) != len(douts) or not inputs:
+        raise ValueError(f"weight_update needs one input per dout, got {len(inputs)} and {len(douts)}")
+    shapes = []
+    for l, (inp, dz) in enumerate(zip(inputs, douts)):
+        if inp.ndim != 2 or dz.ndim != 2 or inp.shape[0] != dz.shape[0]:
+            raise ValueError(f"weight_update: layer {l}'s input {inp.shape} and dz {dz.shape} are not (n, K), (n, N)")
+        shapes.append((int(inp.shape[1]), int(dz.shape[1])))
+    total = flat_offsets(shapes)[1]
+    if total != size:
+        raise ValueError(f"weight_update: layers {shapes} have {total} parameters, not {size}")
+    return tuple(shapes)
+
+
 class Layout:
     """Offsets of every layer's weight and bias inside the flat buffer."""
 
     def __init__(self, cfg):
         shapes = layer_shapes(cfg)
-        n_weights = sum(a * b for _, a, b in shapes)
-        layers, w_off, b_off = [], 0, n_weights
-        for name, a, b in shapes:
-            layers.append(Layer(name, a, b, w_off, b_off))
-            w_off += a * b
-            b_off += b
-        self.layers = layers
-        self.n_weights = n_weights
-        self.size = b_off
+        offsets, self.size = flat_offsets([(a, b) for _, a, b in shapes])
+        self.layers = [Layer(name, a, b, w, o) for (name, a, b), (w, o) in zip(shapes, offsets)]
+        self.n_weights = sum(a * b for _, a, b in shapes)
 
     def views(self, flat):
         """[(W, b)] per layer: views into `flat` (NumPy or CuPy), no copies."""

@@ -150,9 +150,12 @@ def forward(be, cfg, weights, a, loss, counters, noise_stream):
 
 
 def backward(be, cfg, weights, gradients, a, counters, noise_stream):
-    """The same layers in reverse; each layer's dz is formed inside its own backward kernel."""
+    """The same layers in reverse; each layer's dz is formed inside its own backward kernel. gradients None: no
+    weight gradients (the backend's weight_update forms them from layer_inputs and layer_douts afterwards)."""
     n_hidden = len(a.enc)
     heads = n_hidden
+    if gradients is None:
+        gradients = [(None, None)] * len(weights)
     be.dense_backward(a.ddec[-1], *gradients[-1], a.dlogits, a.dec[-1], weights[-1][0], None, "identity")
     for i in reversed(range(n_hidden)):
         layer = heads + 1 + i
@@ -165,21 +168,34 @@ def backward(be, cfg, weights, gradients, a, counters, noise_stream):
         be.dense_backward(dinp, *gradients[i], a.denc[i], inp, weights[i][0], a.enc[i], cfg.activation)
 
 
+def layer_inputs(a):
+    """Each layer's input, in the layout's order (encoder, heads, decoder, output)."""
+    return (a.x, *a.enc, a.z, *a.dec)
+
+
+def layer_douts(a):
+    """Each layer's dz after a backward pass without weight gradients, in the layout's order."""
+    return (*a.denc, a.dmu_logvar, *a.ddec, a.dlogits)
+
+
 def train_step(be, cfg, state, ws, data, idx, parts=1):
     """One step on the rows data[idx]: gather, forward, loss, backward, Adam. Adds the batch loss to ws.loss.
 
     parts > 1 splits the batch into row shards (row_shards) that run forward and backward at once on the backend's
-    workers (one after another on a backend without them): each shard draws its own rows' noise (COUNTER_ROW),
-    adds its loss to its own accumulator and writes its partial gradient into state.grads[s]; Adam sums them. The
-    result is the unsplit step's up to the order of the sums (the weight gradients' and the loss's)."""
+    workers (one after another on a backend without them): each shard draws its own rows' noise (COUNTER_ROW) and
+    adds its loss to its own accumulator. A backend with weight_update then forms the weight gradients of the whole
+    batch and updates the weights in one call (split between its workers), so the result does not depend on the
+    split; the others write each shard's partial gradient into state.grads[s], which Adam sums (the result is the
+    unsplit step's up to the order of those sums and the loss's)."""
     bounds = row_shards(len(idx), parts)
+    fused = be.weight_update is not None
+    state.ensure_shards(1 if fused else len(bounds))
     if len(bounds) == 1:
         a = ws.rows(len(idx))
         be.gather_batch(a.x, data, idx)
         forward(be, cfg, state.weights, a, ws.loss, state.counters, STREAM_TRAIN)
-        backward(be, cfg, state.weights, state.gradients, a, state.counters, STREAM_TRAIN)
+        backward(be, cfg, state.weights, None if fused else state.gradients, a, state.counters, STREAM_TRAIN)
     else:
-        state.ensure_shards(len(bounds))
         for s in range(1, len(bounds)):         # zero here, not only after: a step that raised leaves no stale loss
             ws.shard(s)[0][...] = 0
 
@@ -192,13 +208,18 @@ def train_step(be, cfg, state, ws, data, idx, parts=1):
                 counters[COUNTER_ROW] = lo
             be.gather_batch(a.x, data, idx[lo:hi])
             forward(be, cfg, state.weights, a, loss, counters, STREAM_TRAIN)
-            backward(be, cfg, state.weights, state.shard_gradients[s], a, counters, STREAM_TRAIN)
+            backward(be, cfg, state.weights, None if fused else state.shard_gradients[s], a, counters, STREAM_TRAIN)
 
         run_parts(be, shard, len(bounds))
         for s in range(1, len(bounds)):
             ws.loss += ws.shard(s)[0]
-    be.adam_update(state.params, state.grads[:len(bounds)], state.m, state.v, state.counters,
-                   cfg.lr, cfg.beta1, cfg.beta2, cfg.adam_eps)
+    if fused:
+        a = ws.rows(len(idx))
+        be.weight_update(state.params, state.grads[0], state.m, state.v, state.counters, layer_inputs(a),
+                         layer_douts(a), cfg.lr, cfg.beta1, cfg.beta2, cfg.adam_eps)
+    else:
+        be.adam_update(state.params, state.grads[:len(bounds)], state.m, state.v, state.counters,
+                       cfg.lr, cfg.beta1, cfg.beta2, cfg.adam_eps)
 
 
 def run_parts(be, fn, parts):

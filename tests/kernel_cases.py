@@ -107,6 +107,31 @@ def check_dense(be, rand, rows, fan_in, fan_out, activation, zeros=0.0):
     buf.check_poison()
 
 
+def check_backward_without_weight_gradient(be, rand, rows, fan_in, fan_out, activation, first_layer):
+    """dw = db = None (a backend with weight_update): dz is left in dout (weight_update reads it) and dinp is right
+    (None for a first layer); nothing else is written."""
+    tol = tolerance_for(be)
+    inp, w, b = layer_inputs(rand, rows, fan_in, fan_out)
+    dout = rand.normal(0, 1, (rows, fan_out)).astype(np.float32)
+    buf = Buffers(be)
+    out = buf.out((rows, fan_out))
+    d_inp, d_w = buf.inp(inp), buf.inp(w)
+    be.dense_forward(out, d_inp, d_w, buf.inp(b), activation)
+    y = host(be, out)
+    identity = activation == "identity"
+    dinp, d_dout = None if first_layer else buf.out((rows, fan_in)), buf.inp(dout)
+    be.dense_backward(dinp, None, None, d_dout, d_inp, d_w, None if identity else out, activation)
+    dz = dout.astype(np.float64) * (1.0 if identity else ref.activation_grad_from_output(y, activation))
+    e_dinp, e_dout = np.empty((rows, fan_in)), dout.astype(np.float64)
+    ref.dense_backward(None if first_layer else e_dinp, None, None, e_dout, inp.astype(np.float64),
+                       w.astype(np.float64), None if identity else y, activation)
+    assert_close(e_dout, dz, TOL["float32"], scale=float(np.max(np.abs(dout))), what="the reference's dz")
+    assert_close(host(be, d_dout), dz, TOL["float32"], scale=float(np.max(np.abs(dout))), what="dz left in dout")
+    if not first_layer:
+        assert_close(host(be, dinp), e_dinp, tol, scale=product_scale(dout, w.T), what="dinp")
+    buf.check_poison()
+
+
 def check_first_layer_backward(be, rand, rows, fan_in, fan_out, activation):
     """dinp=None (the first layer has no input gradient): dw and db still right, nothing else written."""
     tol = tolerance_for(be)
@@ -232,6 +257,45 @@ def check_adam(be, rand, size, t, shards=1):
     lr_t = 1e-3 * np.sqrt(1 - 0.999 ** (t + 1)) / (1 - 0.9 ** (t + 1))
     step_scale = lr_t * (0.9 * np.abs(m) + 0.1 * g_abs) / (np.sqrt(e[3]) + 1e-8)
     assert np.all(np.abs(host(be, dp) - e[0]) <= TOL["float32"] * step_scale + np.abs(e[0]) * 2.0 ** -24)
+    buf.check_poison()
+
+
+def check_weight_update(be, rand, rows, shapes, t):
+    """weight_update against the reference: each layer's dw and db (the products' tolerance, scaled by the terms
+    summed), then Adam's m, v and parameters against the reference's Adam applied to the backend's own gradient
+    (so a bf16 gradient's rounding is judged once, where it is made), and the step counter."""
+    from fastvae.params import flat_offsets
+    offsets, size = flat_offsets(shapes)
+    inputs = [rand.normal(0, 1, (rows, k)).astype(np.float32) for k, _ in shapes]
+    douts = [rand.normal(0, 1e-2, (rows, n)).astype(np.float32) for _, n in shapes]
+    p = rand.normal(0, 1, size).astype(np.float32)
+    m = rand.normal(0, 1e-2, size).astype(np.float32)
+    v = (rand.normal(0, 1e-2, size) ** 2).astype(np.float32)
+    counters = np.array([3, t, 0], dtype=np.int64)
+    buf = Buffers(be)
+    dp, dg, dm, dv = buf.inp(p), buf.out((size,)), buf.inp(m), buf.inp(v)
+    dc = buf.inp(counters, np.int64)
+    be.weight_update(dp, dg, dm, dv, dc, tuple(buf.inp(a) for a in inputs), tuple(buf.inp(a) for a in douts),
+                     1e-3, 0.9, 0.999, 1e-8)
+    want_g = np.zeros(size)
+    ref.weight_update(p.astype(np.float64), want_g, m.astype(np.float64), v.astype(np.float64), counters.copy(),
+                      [a.astype(np.float64) for a in inputs], [a.astype(np.float64) for a in douts],
+                      1e-3, 0.9, 0.999, 1e-8)
+    got_g = host(be, dg)
+    for l, ((k, n), (w_off, b_off)) in enumerate(zip(shapes, offsets)):
+        w_scale = product_scale(inputs[l].T, douts[l])
+        assert_close(got_g[w_off:w_off + k * n], want_g[w_off:w_off + k * n], tolerance_for(be), scale=w_scale,
+                     what=f"dw of layer {l}")
+        assert_close(got_g[b_off:b_off + n], want_g[b_off:b_off + n], TOL["float32"],
+                     scale=max(float(np.abs(douts[l]).sum(axis=0).max()), 1e-30), what=f"db of layer {l}")
+    e_p, e_m, e_v, e_c = p.astype(np.float64), m.astype(np.float64), v.astype(np.float64), counters.copy()
+    ref.adam_update(e_p, got_g[None].copy(), e_m, e_v, e_c, 1e-3, 0.9, 0.999, 1e-8)
+    assert list(be.to_host(dc)) == list(e_c) == [3, t + 1, 0]
+    assert_close(host(be, dm), e_m, TOL["float32"], what="m")
+    assert_close(host(be, dv), e_v, TOL["float32"], what="v")
+    lr_t = 1e-3 * np.sqrt(1 - 0.999 ** (t + 1)) / (1 - 0.9 ** (t + 1))
+    step_scale = lr_t * (0.9 * np.abs(m) + 0.1 * np.abs(got_g)) / (np.sqrt(e_v) + 1e-8)
+    assert np.all(np.abs(host(be, dp) - e_p) <= TOL["float32"] * step_scale + np.abs(e_p) * 2.0 ** -24), "params"
     buf.check_poison()
 
 

@@ -149,6 +149,51 @@ def test_weight_packs_follow_adam_and_new_arrays(rand):
 
 
 @needs_amx
+@pytest.mark.parametrize("count", [1, 2])
+def test_weight_update_writes_the_packs_the_next_products_load(rand, count):
+    """weight_update rewrites the packs of the weights it changes (as the weight and as its transpose) in its own pass:
+    afterwards every product with a cached pack equals one that packs the new weights afresh, bit for bit, and no
+    weight was packed anew; a weight of another buffer keeps its pack."""
+    from fastvae.backends import cpu_bf16
+    from fastvae.params import flat_offsets
+    be = get_backend("cpu-bf16")
+    shapes = ((101, 53), (53, 300), (300, 37))
+    offsets, size = flat_offsets(shapes)
+    flat = rand.normal(0, 1, size).astype(np.float32)
+    ws = [flat[o:o + k * n].reshape(k, n) for (k, n), (o, _) in zip(shapes, offsets)]
+    other = rand.normal(0, 1, (101, 53)).astype(np.float32)
+    rows = 19
+
+    def products(w, x, dz):
+        k, n = w.shape
+        cached = np.empty((rows, n), np.float32), np.empty((rows, k), np.float32)
+        be.dense_forward(cached[0], x, w, np.zeros(n, np.float32), "identity")
+        be.dense_backward(cached[1], None, None, dz.copy(), x, w, None, "identity")
+        fresh = amx.matmul(np.empty((rows, n), np.float32), x, w), amx.matmul(np.empty((rows, k), np.float32), dz, w.T)
+        return cached, fresh
+
+    xs = [rand.normal(0, 1, (rows, k)).astype(np.float32) for k, _ in shapes]
+    dzs = [rand.normal(0, 1, (rows, n)).astype(np.float32) for _, n in shapes]
+    for w, x, dz in zip(ws + [other], xs + xs[:1], dzs + dzs[:1]):
+        products(w, x, dz)                                              # the packs are made here
+    other_before = amx.matmul(np.empty((rows, 53), np.float32), xs[0], other)
+    before, be.workers.count = be.workers.count, count
+    try:
+        be.weight_update(flat, np.zeros(size, np.float32), np.zeros(size, np.float32), np.zeros(size, np.float32),
+                         np.zeros(3, np.int64), tuple(xs), tuple(dzs), 0.1, 0.9, 0.999, 1e-8)
+    finally:
+        be.workers.count = before
+    packs = cpu_bf16.PACKS.packs
+    for w, x, dz in zip(ws, xs, dzs):
+        (f, b), (f_fresh, b_fresh) = products(w, x, dz)
+        assert np.array_equal(f, f_fresh) and np.array_equal(b, b_fresh)
+    assert cpu_bf16.PACKS.packs == packs                                # nothing packed again
+    cached = np.empty((rows, 53), np.float32)
+    be.dense_forward(cached, xs[0], other, np.zeros(53, np.float32), "identity")
+    assert np.array_equal(cached, other_before)
+
+
+@needs_amx
 def test_a_split_step_packs_each_weight_once_per_layout(rand):
     from fastvae import step
     from fastvae.backends import cpu, cpu_bf16

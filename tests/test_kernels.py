@@ -49,6 +49,16 @@ def test_first_layer_backward_without_input_gradient(rand, name, rows, fan_in, f
     kc.check_first_layer_backward(backends.load(name), rand, rows, fan_in, fan_out, activation)
 
 
+@pytest.mark.parametrize("first_layer", [False, True])
+@pytest.mark.parametrize("name,rows,fan_in,fan_out,activation",
+                         [p for p in backends.cases([(784, 500), (37, 53)], ACTIVATIONS, rows=(1, 150))
+                          if p.values[0] in ("cpu", "cpu-bf16")])
+def test_backward_without_weight_gradient(rand, name, rows, fan_in, fan_out, activation, first_layer):
+    """The backward the step runs on a backend with weight_update (the gpu has none)."""
+    kc.check_backward_without_weight_gradient(backends.load(name), rand, rows, fan_in, fan_out, activation,
+                                              first_layer)
+
+
 @pytest.mark.parametrize("name,rows,fan_in,latent,encoder",
                          backends.cases(backends.HEADS_SHAPES, ENCODERS, work=lambda a, b: 2 * a * b))
 def test_heads(rand, name, rows, fan_in, latent, encoder):
@@ -65,6 +75,41 @@ def test_output(rand, name, rows, fan_in, width, reconstruction):
 @pytest.mark.parametrize("name,_,size,t,__", backends.cases(backends.ADAM_SIZES, rows=(1,), work=lambda a, b: 0))
 def test_adam(rand, name, _, size, t, __, shards):
     kc.check_adam(backends.load(name), rand, size, t, shards)
+
+
+# weight_update's layer lists: the seed's (1.3 M parameters: split between two workers), and awkward ones (no fan-in
+# or fan-out a multiple of 16 or 32, a single 1 x 1 layer)
+UPDATE_LAYERS = {
+    "seed": ((784, 500), (500, 500), (500, 40), (20, 500), (500, 500), (500, 784)),
+    "awkward": ((7, 33), (33, 65), (65, 101), (101, 3)),
+    "wide": ((100, 257), (257, 37), (37, 1000)),
+    "single": ((1, 1),),
+}
+
+
+@pytest.mark.parametrize("count", [1, 2])
+@pytest.mark.parametrize("layers", list(UPDATE_LAYERS))
+@pytest.mark.parametrize("rows", AWKWARD_ROWS)
+@pytest.mark.parametrize("name", ["cpu", "cpu-bf16"])
+def test_weight_update(rand, name, rows, layers, count):
+    """The backends that have weight_update (the gpu forms weight gradients in dense_backward), on one thread and
+    split between two."""
+    be = backends.load(name)
+    before = be.workers.count
+    try:
+        be.workers.count = count
+        kc.check_weight_update(be, rand, rows, UPDATE_LAYERS[layers], t=int(rand.integers(0, 400)))
+    finally:
+        be.workers.count = before
+
+
+def test_weight_update_refuses_shapes_that_do_not_make_the_buffer():
+    be = backends.load("cpu")
+    x, dz = np.zeros((3, 4), np.float32), np.zeros((3, 5), np.float32)
+    for inputs, douts, size in (((x,), (dz,), 24), ((x, x), (dz,), 25), ((x,), (np.zeros((2, 5), np.float32),), 25)):
+        with pytest.raises(ValueError, match="weight_update"):
+            be.weight_update(np.zeros(size, np.float32), np.zeros(size, np.float32), np.zeros(size, np.float32),
+                             np.zeros(size, np.float32), np.zeros(3, np.int64), inputs, douts, 1e-3, 0.9, 0.999, 1e-8)
 
 
 @pytest.mark.parametrize("name,_,rows,cols,seed_step", backends.cases(

@@ -224,25 +224,38 @@ def _pack_b(dst, src, transposed):
     and B[2 p + 1, 16 t + c]. B = src, or src.T when `transposed` (src C-ordered, read along its rows); zero-padded."""
     dst[:, :, :] = 0
     if transposed:
-        n, k = src.shape
-        for j in range(n):
-            s, t, c = src[j], j >> 4, j & 15
-            for p in range(k // 2):
-                dst[t, p, c] = _pair(s[2 * p], s[2 * p + 1])
-            if k % 2:
-                dst[t, k // 2, c] = _pair(s[k - 1], np.uint32(0))
+        pack_b_columns(dst, src, 0, src.shape[0])
     else:
-        k, n = src.shape
-        zero = np.zeros(n, np.uint32)
-        for p in range((k + 1) // 2):
-            s0 = src[2 * p]
-            s1 = src[2 * p + 1] if 2 * p + 1 < k else zero
-            for t in range(n >> 4):
-                d = dst[t, p]
-                for c in range(16):
-                    d[c] = _pair(s0[16 * t + c], s1[16 * t + c])
-            for j in range(n & ~15, n):
-                dst[j >> 4, p, j & 15] = _pair(s0[j], s1[j])
+        pack_b_rows(dst, src, 0, src.shape[0])
+
+
+@njit(cache=True, nogil=True)
+def pack_b_rows(dst, src, r0, r1):
+    """Rows r0..r1 of B = src (k, n) into dst (_pack_b's layout), r0 even; the padding is left as it is."""
+    k, n = src.shape
+    zero = np.zeros(n, np.uint32)
+    for p in range(r0 // 2, (r1 + 1) // 2):
+        s0 = src[2 * p]
+        s1 = src[2 * p + 1] if 2 * p + 1 < k else zero
+        for t in range(n >> 4):
+            d = dst[t, p]
+            for c in range(16):
+                d[c] = _pair(s0[16 * t + c], s1[16 * t + c])
+        for j in range(n & ~15, n):
+            dst[j >> 4, p, j & 15] = _pair(s0[j], s1[j])
+
+
+@njit(cache=True, nogil=True)
+def pack_b_columns(dst, src, j0, j1):
+    """Columns j0..j1 of B = src.T (src (n, k) C-ordered: rows j0..j1 of src) into dst (_pack_b's layout); the
+    padding is left as it is."""
+    k = src.shape[1]
+    for j in range(j0, j1):
+        s, t, c = src[j], j >> 4, j & 15
+        for p in range(k // 2):
+            dst[t, p, c] = _pair(s[2 * p], s[2 * p + 1])
+        if k % 2:
+            dst[t, k // 2, c] = _pair(s[k - 1], np.uint32(0))
 
 
 # ---------------------------------------------------------------- the product: 2 x 2 accumulator tiles per block

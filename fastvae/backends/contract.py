@@ -10,7 +10,8 @@ gradients are written with `=` (one batch per step); losses are added (`+=`) int
 `loss` at (LOSS_RECONSTRUCTION, LOSS_KL); `counters` is int64[COUNTERS] at (COUNTER_SEED, COUNTER_STEP,
 COUNTER_ROW), see fastvae.constants: a kernel given rows lo..hi of a batch (a shard) has COUNTER_ROW = lo and draws
 those rows' noise. A dense layer is y = act(x @ W + b) with W stored (fan_in, fan_out). A backward kernel's
-`dout` is scratch: it may hold dy or dz afterwards (the step reads each dout once).
+`dout` is scratch: it may hold dy or dz afterwards (the step reads each dout once), except when dw and db are
+None: then the weight gradient is left to `weight_update`, and dout must hold dz afterwards.
 
 Shape symbols: n rows of the batch, K a layer's fan-in, N its fan-out, L the latent size, D the data width,
 M the rows of the data set, P the number of parameters, S the row shards whose partial gradients a step sums.
@@ -56,8 +57,10 @@ KERNELS = {k.name: k for k in (
     _k("dense_forward", "out = act(inp @ w + b), act one of constants.ACTIVATIONS (a compile-time choice).",
        Arg("out", "out", "(n, N)"), *_DENSE_IN, Arg("b", "in", "(N,)"), Arg("activation", "setting", dtype="str")),
     _k("dense_backward", "dz = dout * act'(z) formed from the forward output `out` (None for identity); "
-       "dw = inp.T @ dz, db = sum of dz over rows, dinp = dz @ w.T (skipped when dinp is None).",
-       Arg("dinp", "out", "(n, K)", optional=True), Arg("dw", "out", "(K, N)"), Arg("db", "out", "(N,)"),
+       "dw = inp.T @ dz, db = sum of dz over rows, dinp = dz @ w.T (skipped when dinp is None). dw and db None "
+       "(backends with weight_update): no weight gradient; dz is left in dout for weight_update.",
+       Arg("dinp", "out", "(n, K)", optional=True), Arg("dw", "out", "(K, N)", optional=True),
+       Arg("db", "out", "(N,)", optional=True),
        Arg("dout", "scratch", "(n, N)"), *_DENSE_IN, Arg("out", "in", "(n, N)", optional=True),
        Arg("activation", "setting", dtype="str")),
     _k("heads_forward", "mu_logvar = inp @ w + b = [mu | logvar] (or [mu | sigma], encoder 'sigma'); "
@@ -67,8 +70,10 @@ KERNELS = {k.name: k for k in (
        Arg("inp", "in", "(n, K)"), Arg("w", "in", "(K, 2L)"), Arg("b", "in", "(2L,)"), _COUNTERS,
        Arg("noise_stream", "setting", dtype="int"), Arg("encoder", "setting", dtype="str")),
     _k("heads_backward", "dmu_logvar from dz (the decoder's input gradient) and the KL term; then the heads' "
-       "dense backward. The gamma form recovers eps from z, the sigma form draws it again from `counters`.",
-       Arg("dinp", "out", "(n, K)", optional=True), Arg("dw", "out", "(K, 2L)"), Arg("db", "out", "(2L,)"),
+       "dense backward. The gamma form recovers eps from z, the sigma form draws it again from `counters`. dw and "
+       "db None: no weight gradient (left to weight_update; dmu_logvar is the heads' dz).",
+       Arg("dinp", "out", "(n, K)", optional=True), Arg("dw", "out", "(K, 2L)", optional=True),
+       Arg("db", "out", "(2L,)", optional=True),
        Arg("dmu_logvar", "out", "(n, 2L)"), Arg("dz", "in", "(n, L)"), Arg("inp", "in", "(n, K)"),
        Arg("w", "in", "(K, 2L)"), Arg("mu_logvar", "in", "(n, 2L)"), Arg("z", "in", "(n, L)"), _COUNTERS,
        Arg("noise_stream", "setting", dtype="int"), Arg("encoder", "setting", dtype="str")),
@@ -80,6 +85,22 @@ KERNELS = {k.name: k for k in (
        "which it leaves in grads[0]; advances counters[STEP].",
        Arg("params", "inout", "(P,)"), Arg("grads", "inout", "(S, P)"), Arg("m", "inout", "(P,)"),
        Arg("v", "inout", "(P,)"), Arg("counters", "inout", "(COUNTERS,)", "int64"),
+       Arg("lr", "setting", dtype="float"), Arg("beta1", "setting", dtype="float"),
+       Arg("beta2", "setting", dtype="float"), Arg("eps", "setting", dtype="float")),
+)}
+
+# Kernels a backend may have; the step uses them where present. weight_update: the weight gradients formed over the
+# whole batch after the row shards' backward passes, fused with Adam (no partial gradients per shard to sum, each
+# gradient chunk updated while it is in cache; cpu-bf16 also writes the next step's tile layouts of the weights).
+# Layout rule it relies on (fastvae.params): the flat buffer is every layer's weight (K_l, N_l) row-major in order,
+# then every layer's bias (N_l,) in the same order.
+OPTIONAL_KERNELS = {k.name: k for k in (
+    _k("weight_update", "For each layer l in the layout's order: dw_l = inputs[l].T @ douts[l] and db_l = the sum of "
+       "douts[l] over rows, written into grads at the layer's offsets; then one Adam step as adam_update's with "
+       "S = 1 over the whole buffer; advances counters[STEP]. Raises ValueError when the shapes do not make P.",
+       Arg("params", "inout", "(P,)"), Arg("grads", "out", "(P,)"), Arg("m", "inout", "(P,)"),
+       Arg("v", "inout", "(P,)"), Arg("counters", "inout", "(COUNTERS,)", "int64"),
+       Arg("inputs", "in", "tuple of (n, K_l)"), Arg("douts", "in", "tuple of (n, N_l): each layer's dz"),
        Arg("lr", "setting", dtype="float"), Arg("beta1", "setting", dtype="float"),
        Arg("beta2", "setting", dtype="float"), Arg("eps", "setting", dtype="float")),
 )}
@@ -107,7 +128,7 @@ class Backend:
 
     def __init__(self, impl):
         problems = [f"missing {n}" for n in (*KERNELS, *HOOKS) if not hasattr(impl, n)]
-        for kernel in KERNELS.values():
+        for kernel in (*KERNELS.values(), *OPTIONAL_KERNELS.values()):
             fn = getattr(impl, kernel.name, None)
             if fn is None:
                 continue
@@ -119,7 +140,7 @@ class Backend:
             raise ContractError(f"backend {label!r} breaks the contract: " + "; ".join(problems))
         for n in (*KERNELS, *HOOKS):
             setattr(self, n, getattr(impl, n))
-        for n, default in OPTIONAL.items():
+        for n, default in {**OPTIONAL, **dict.fromkeys(OPTIONAL_KERNELS)}.items():
             setattr(self, n, getattr(impl, n, default))
         self.impl = impl
 

@@ -18,10 +18,11 @@ from numba import njit
 from ..constants import (ACTIVATIONS, COUNTER_ROW, COUNTER_SEED, COUNTER_STEP, LOSS_KL, LOSS_RECONSTRUCTION,
                          SIGMA_SMOOTHING)
 from ..workers import Workers
-from . import cpu_blas
+from . import cpu_blas, cpu_update
 from .cpu_blas import gemm
 from .cpu_math import exp_nonpos, expm1_nonpos_f32, log1p_unit
 from .cpu_philox import fill_normals, normals_block, stream_keys
+from .cpu_update import column_sums
 from .reference import synchronize, to_host  # noqa: F401  (hooks: host arrays alike)
 
 name = "cpu"
@@ -134,14 +135,25 @@ def _act_grad_bias(dout, out, db, code):
             db[j] += dz
 
 
-@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _column_sums(db, d):
-    """db = sum over rows of d (the identity's case of _act_grad_bias, without an output to read)."""
-    db[:] = 0.0
-    for r in range(d.shape[0]):
-        row = d[r]
-        for j in range(db.size):
-            db[j] += row[j]
+@njit(cache=True, nogil=True, error_model="numpy")
+def _act_grad(dout, out, code):
+    """dout = dz = dout * act'(z) in place, from the output y (no bias gradient: weight_update forms it)."""
+    for r in range(dout.shape[0]):
+        d, y = dout[r], out[r]
+        for j in range(d.size):
+            d[j] *= _grad_from_output(y[j], code)
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _dz_and_bias_grad(db, dout, out, code):
+    """dz in dout (in place) and, unless db is None, db = its column sums. out None: the identity (dz = dout)."""
+    if out is None:
+        if db is not None:
+            column_sums(db, dout)
+    elif db is None:
+        _act_grad(dout, out, code)
+    else:
+        _act_grad_bias(dout, out, db, code)
 
 
 # An input at most this dense (a share of nonzero entries) is multiplied by skipping its zeros: MNIST's pixels are
@@ -205,12 +217,11 @@ def _dense_forward(out, inp, w, b, code):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _dense_backward(dinp, dw, db, dout, inp, w, out, code):
-    """`out` None: the identity (no derivative to apply); `dinp` None: the first layer (no input gradient)."""
-    if out is None:
-        _column_sums(db, dout)
-    else:
-        _act_grad_bias(dout, out, db, code)
-    gemm(dw, inp, True, dout, False)
+    """`out` None: the identity (no derivative to apply); `dinp` None: the first layer (no input gradient); `dw`
+    and `db` None: no weight gradient (weight_update forms it from the dz left in dout)."""
+    _dz_and_bias_grad(db, dout, out, code)
+    if dw is not None:
+        gemm(dw, inp, True, dout, False)
     if dinp is not None:
         gemm(dinp, dout, False, w, True)
 
@@ -231,11 +242,9 @@ def dense_backward(dinp, dw, db, dout, inp, w, out, activation):
         _dense_backward(dinp, dw, db, dout, inp, w, None if activation == "identity" else out,
                         ACTIVATION_CODES[activation])
         return
-    if activation == "identity":
-        _column_sums(db, dout)
-    else:
-        _act_grad_bias(dout, out, db, ACTIVATION_CODES[activation])
-    np.matmul(inp.T, dout, out=dw)
+    _dz_and_bias_grad(db, dout, None if activation == "identity" else out, ACTIVATION_CODES[activation])
+    if dw is not None:
+        np.matmul(inp.T, dout, out=dw)
     if dinp is not None:
         np.matmul(dout, w.T, out=dinp)
 
@@ -381,52 +390,14 @@ def output_forward(dlogits, loss, inp, w, b, x, reconstruction):
 RECONSTRUCTION_IS_MSE = {"xent": False, "mse": True}
 
 
-# ---------------------------------------------------------------- Adam: one pass over the flat buffer
-
-# Chunks of the flat buffer: the row shards' partial gradients are summed into grads[0] a chunk at a time, so the
-# update reads the sum from L1/L2 (64 KB per array) instead of making a second pass over memory.
-_ADAM_CHUNK = 1 << 14
-_ADAM_MIN_PART = 1 << 16      # a smaller part would cost more to hand to a thread than it takes to update
-
-
-@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def _adam(params, grads, m, v, lo, hi, lr_t, beta1, beta2, eps):
-    """Adam over params[lo:hi] with the gradient sum(grads[:, lo:hi], axis 0), left in grads[0]. Slices per chunk:
-    LLVM vectorises the unit-stride loops (8 lanes here) and checks aliasing once per chunk."""
-    b1 = np.float32(beta1)
-    b2 = np.float32(beta2)
-    c1 = np.float32(1.0 - beta1)
-    c2 = np.float32(1.0 - beta2)
-    lr = np.float32(lr_t)
-    e = np.float32(eps)
-    for start in range(lo, hi, _ADAM_CHUNK):
-        stop = min(hi, start + _ADAM_CHUNK)
-        g = grads[0, start:stop]
-        for s in range(1, grads.shape[0]):
-            gs = grads[s, start:stop]
-            for i in range(g.size):
-                g[i] += gs[i]
-        p, mc, vc = params[start:stop], m[start:stop], v[start:stop]
-        for i in range(g.size):
-            gi = g[i]
-            mi = b1 * mc[i] + c1 * gi
-            vi = b2 * vc[i] + c2 * gi * gi
-            mc[i] = mi
-            vc[i] = vi
-            p[i] -= lr * mi / (np.sqrt(vi) + e)
-
+# ---------------------------------------------------------------- the update (fastvae.backends.cpu_update)
 
 def adam_update(params, grads, m, v, counters, lr, beta1, beta2, eps):
-    """TensorFlow's Adam (the seed's): bias correction folded into lr_t, eps added to sqrt(v). The buffer is split
-    between the backend's workers (memory-bound: 0.37 ms on two threads against 0.71 on one, 1.3 M parameters)."""
-    t = int(counters[COUNTER_STEP]) + 1
-    lr_t = lr * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
-    parts = max(1, min(workers.count, params.size // _ADAM_MIN_PART))
-    # part boundaries on multiples of 16 elements: whole 64-byte lines where the buffers are 64-byte aligned (NumPy
-    # aligns to 16 bytes), so at most the line at each boundary is written by two threads
-    bounds = [min(params.size, (params.size * k // parts + 15) // 16 * 16) for k in range(parts)] + [params.size]
-    workers.run(lambda k: _adam(params, grads, m, v, bounds[k], bounds[k + 1], lr_t, beta1, beta2, eps), parts)
-    counters[COUNTER_STEP] = t
+    cpu_update.adam_update(workers, params, grads, m, v, counters, lr, beta1, beta2, eps)
+
+
+def weight_update(params, grads, m, v, counters, inputs, douts, lr, beta1, beta2, eps):
+    cpu_update.weight_update(workers, params, grads, m, v, counters, inputs, douts, lr, beta1, beta2, eps)
 
 
 # The backend's threads (fastvae.workers): the step runs row shards of a batch on them (every kernel here releases

@@ -13,7 +13,9 @@ import weakref
 
 from numba import njit
 
-from . import amx, cpu
+from ..constants import COUNTER_STEP
+from ..params import flat_offsets, update_shapes
+from . import amx, amx_update, cpu, cpu_update
 from .amx import unavailable_reason  # noqa: F401  (get_backend asks it before using this backend)
 from .cpu import asarray, dtype, empty, gather_batch, synchronize, to_host, workers, xp, zeros  # noqa: F401
 
@@ -47,6 +49,29 @@ class WeightPacks:
                     self._entries[key] = entry
                     self.packs += 1
         return entry[1]
+
+    def of_buffer(self, params, shapes):
+        """(forward, transposed, copies) for weight_update over `params` with layers of `shapes`: per layer the pack
+        of its weight as B of inp @ w and as B of dz @ w.T (amx.NO_PACK where none was made yet: it is packed when
+        first used), and (source, target) pairs for further packs of the same weight (another view object of it),
+        to be copied after the update."""
+        offsets, _ = flat_offsets(shapes)
+        at = {params.ctypes.data + 4 * w_off: (l, shape) for l, (shape, (w_off, _)) in enumerate(zip(shapes, offsets))}
+        chosen = [[amx.NO_PACK] * len(shapes) for _ in range(2)]
+        copies = []
+        with self._lock:
+            entries = list(self._entries.items())
+        for (_, transposed), (ref, packed) in entries:
+            w = ref()
+            if w is None or w.ctypes.data not in at or at[w.ctypes.data][1] != w.shape:
+                continue
+            layer = at[w.ctypes.data][0]
+            if chosen[transposed][layer].size:
+                copies.append((chosen[transposed][layer], packed))
+            else:
+                chosen[transposed][layer] = packed
+        self.packs += sum(p.size > 0 for p in chosen[0] + chosen[1]) + len(copies)
+        return tuple(chosen[0]), tuple(chosen[1]), copies
 
     def refresh(self, params, workers):
         """After adam_update changed `params`: the packs of the weights that are views of it packed again at once,
@@ -83,11 +108,9 @@ def _dense_forward(out, inp, w, packed_w, b, code, a_scratch, b_scratch, block, 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _dense_backward(dinp, dw, db, dout, inp, w, packed_wt, out, code, a_scratch, b_scratch, block, cfg):
     """`out` None: the identity; `dinp` None: the first layer. dw = inp.T @ dz packs both operands in the call."""
-    if out is None:
-        cpu._column_sums(db, dout)
-    else:
-        cpu._act_grad_bias(dout, out, db, code)
-    amx.product(dw, inp, True, dout, False, amx.NO_PACK, a_scratch, b_scratch, block, cfg)
+    cpu._dz_and_bias_grad(db, dout, out, code)
+    if dw is not None:
+        amx.product(dw, inp, True, dout, False, amx.NO_PACK, a_scratch, b_scratch, block, cfg)
     if dinp is not None:
         amx.product(dinp, dout, False, w, True, packed_wt, a_scratch, b_scratch, block, cfg)
 
@@ -132,6 +155,27 @@ def dense_backward(dinp, dw, db, dout, inp, w, out, activation):
 def adam_update(params, grads, m, v, counters, lr, beta1, beta2, eps):
     cpu.adam_update(params, grads, m, v, counters, lr, beta1, beta2, eps)
     PACKS.refresh(params, workers)                   # the weights changed: their packs are packed again now
+
+
+def weight_update(params, grads, m, v, counters, inputs, douts, lr, beta1, beta2, eps):
+    """The contract's weight_update with the weight gradients on AMX tiles (amx_update), split between the workers;
+    the packs of this buffer's weights are rewritten by the same pass."""
+    amx.require()
+    shapes = update_shapes(inputs, douts, params.size)
+    parts = max(1, min(workers.count, params.size // cpu_update.MIN_PART))
+    items, bounds = cpu_update.plan(shapes, amx_update.CHUNK_ROWS, parts)
+    inputs, douts = cpu_update.as_layers(inputs, douts)
+    forward, transposed, copies = PACKS.of_buffer(params, shapes)
+    t, lr_t = cpu_update.adam_constants(counters, lr, beta1, beta2)
+    sizes = amx_update.scratch_sizes(inputs[0].shape[0], [n for _, n in shapes])
+
+    def part(k):
+        amx_update.weight_items(params, grads, m, v, inputs, douts, forward, transposed, items, bounds[k],
+                                bounds[k + 1], lr_t, beta1, beta2, eps, *amx.scratch(*sizes))
+    workers.run(part, parts)
+    for source, target in copies:
+        target[...] = source
+    counters[COUNTER_STEP] = t
 
 
 def heads_forward(z, mu_logvar, loss, inp, w, b, counters, noise_stream, encoder):

@@ -172,6 +172,9 @@ class CudaKernels:
 
     def dense_backward(self, dinp, dw, db, dout, inp, w, out, activation):
         """dz = dout * act'(out) is formed inside both products; dout keeps dy."""
+        if dw is None or db is None:
+            raise ValueError("the gpu backend forms weight gradients in dense_backward (it has no weight_update): "
+                             "pass dw and db")
         n, K, N = self._dense_shapes(dout, inp, w, None)
         _check(dw, (K, N), "dw")
         _check(db, (N,), "db")

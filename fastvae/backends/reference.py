@@ -9,6 +9,7 @@ import numpy as np
 
 from .. import rng
 from ..constants import COUNTER_ROW, COUNTER_SEED, COUNTER_STEP, LOSS_KL, LOSS_RECONSTRUCTION, SIGMA_SMOOTHING
+from ..params import flat_offsets, update_shapes
 
 name = "reference"
 dtype = np.float64
@@ -76,10 +77,14 @@ def dense_forward(out, inp, w, b, activation):
 
 def dense_backward(dinp, dw, db, dout, inp, w, out, activation):
     """dz = dout * act'(z), from the forward output `out` (not needed for identity); dw = inp.T @ dz,
-    db = sum of dz over rows, dinp = dz @ w.T (unless dinp is None: the first layer has no input gradient)."""
+    db = sum of dz over rows, dinp = dz @ w.T (unless dinp is None: the first layer has no input gradient).
+    dw and db None: no weight gradient (weight_update forms it); dz is left in dout."""
     dz = dout if activation == "identity" else dout * activation_grad_from_output(out, activation)
-    dw[...] = inp.T @ dz
-    db[...] = dz.sum(axis=0)
+    if dw is None:
+        dout[...] = dz
+    else:
+        dw[...] = inp.T @ dz
+        db[...] = dz.sum(axis=0)
     if dinp is not None:
         dinp[...] = dz @ w.T
 
@@ -164,3 +169,16 @@ def adam_update(params, grads, m, v, counters, lr, beta1, beta2, eps):
     lr_t = lr * np.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
     params -= lr_t * m / (np.sqrt(v) + eps)
     counters[COUNTER_STEP] = t
+
+
+def weight_update(params, grads, m, v, counters, inputs, douts, lr, beta1, beta2, eps):
+    """The weight gradients of a whole batch, then Adam: for each layer l, dw_l = inputs[l].T @ douts[l] and
+    db_l = sum of douts[l] over rows at the layer's offsets of the flat layout (fastvae.params.flat_offsets);
+    then adam_update with that one gradient. Raises ValueError when the layers' shapes do not make params' size."""
+    offsets, _ = flat_offsets(update_shapes(inputs, douts, params.size))
+    for (w_off, b_off), inp, dz in zip(offsets, inputs, douts):
+        fan_in, fan_out = inp.shape[1], dz.shape[1]
+        grads[w_off:w_off + fan_in * fan_out] = (inp.T @ dz).reshape(-1)
+        grads[b_off:b_off + fan_out] = dz.sum(axis=0)
+    adam_update(params, grads[None], m, v, counters, lr, beta1, beta2, eps)
+
