@@ -85,9 +85,10 @@ class State:
 
     grads is (S, P): the partial gradients of S row shards (S = 1 unless the backend splits batches between its
     threads; see train_step), summed by adam_update into grads[0]. `gradients` are the named views of grads[0],
-    `shard_gradients[s]` those of grads[s]."""
+    `shard_gradients[s]` those of grads[s]. They are allocated when first used: a backend with weight_update keeps
+    no gradient unless `keep_gradients` is set (tests compare it; a fit does not need it)."""
 
-    def __init__(self, be, layout, params_host, seed, m=None, v=None, step=0, shards=1):
+    def __init__(self, be, layout, params_host, seed, m=None, v=None, step=0, shards=1, keep_gradients=False):
         self.be = be
         self.layout = layout
         self.params = be.asarray(params_host)
@@ -97,15 +98,31 @@ class State:
         counters[COUNTER_SEED], counters[COUNTER_STEP] = seed, step
         self.counters = be.asarray(counters, dtype=np.int64)
         self.weights = layout.views(self.params)
-        self.grads = None
-        self.ensure_shards(shards)
+        self.keep_gradients = keep_gradients
+        self._grads = None
+        self._shards = shards
 
     def ensure_shards(self, shards):
         """Room for the partial gradients of `shards` row shards (grads is scratch between steps)."""
-        if self.grads is None or self.grads.shape[0] < shards:
-            self.grads = self.be.zeros((shards, self.layout.size))
-            self.shard_gradients = [self.layout.views(g) for g in self.grads]
-            self.gradients = self.shard_gradients[0]
+        self._shards = max(self._shards, shards)
+        if self._grads is not None and self._grads.shape[0] < shards:
+            self._grads = None
+
+    @property
+    def grads(self):
+        if self._grads is None:
+            self._grads = self.be.zeros((self._shards, self.layout.size))
+            self._views = [self.layout.views(g) for g in self._grads]
+        return self._grads
+
+    @property
+    def shard_gradients(self):
+        self.grads                              # allocated on first use
+        return self._views
+
+    @property
+    def gradients(self):
+        return self.shard_gradients[0]
 
 
 def _split(weights, n_hidden):
@@ -189,7 +206,8 @@ def train_step(be, cfg, state, ws, data, idx, parts=1):
     unsplit step's up to the order of those sums and the loss's)."""
     bounds = row_shards(len(idx), parts)
     fused = be.weight_update is not None
-    state.ensure_shards(1 if fused else len(bounds))
+    if not fused:
+        state.ensure_shards(len(bounds))
     if len(bounds) == 1:
         a = ws.rows(len(idx))
         be.gather_batch(a.x, data, idx)
@@ -215,7 +233,8 @@ def train_step(be, cfg, state, ws, data, idx, parts=1):
             ws.loss += ws.shard(s)[0]
     if fused:
         a = ws.rows(len(idx))
-        be.weight_update(state.params, state.grads[0], state.m, state.v, state.counters, layer_inputs(a),
+        grads = state.grads[0] if state.keep_gradients else None
+        be.weight_update(state.params, grads, state.m, state.v, state.counters, layer_inputs(a),
                          layer_douts(a), cfg.lr, cfg.beta1, cfg.beta2, cfg.adam_eps)
     else:
         be.adam_update(state.params, state.grads[:len(bounds)], state.m, state.v, state.counters,

@@ -297,6 +297,13 @@ def check_weight_update(be, rand, rows, shapes, t):
     step_scale = lr_t * (0.9 * np.abs(m) + 0.1 * np.abs(got_g)) / (np.sqrt(e_v) + 1e-8)
     assert np.all(np.abs(host(be, dp) - e_p) <= TOL["float32"] * step_scale + np.abs(e_p) * 2.0 ** -24), "params"
     buf.check_poison()
+    # grads None (the step's call: the gradient is not kept): the same update, bit for bit
+    again = [buf.inp(a) for a in (p, m, v)]
+    be.weight_update(again[0], None, again[1], again[2], buf.inp(counters, np.int64),
+                     tuple(buf.inp(a) for a in inputs), tuple(buf.inp(a) for a in douts), 1e-3, 0.9, 0.999, 1e-8)
+    for a, b, what in zip(again, (dp, dm, dv), ("params", "m", "v")):
+        assert np.array_equal(be.to_host(a), be.to_host(b)), f"{what} differ when the gradient is not kept"
+    buf.check_poison()
 
 
 def sigma_away_from_zero(layout, params, latent):
@@ -334,7 +341,7 @@ def check_train_steps(be, cfg, rand, rows, n_steps=3, parts=1):
     seed = int(rand.integers(1 << 40))
     runs = {}
     for name, b in (("ref", get_backend("reference")), ("be", be)):
-        st = step.State(b, layout, params, seed)
+        st = step.State(b, layout, params, seed, keep_gradients=True)
         ws = step.Workspace(b, cfg, rows)
         d_data = b.asarray(data, dtype=np.uint8)
         losses, grads0, params1 = [], None, None

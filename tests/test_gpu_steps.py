@@ -122,7 +122,7 @@ def test_training_steps_match_the_cpu_backend(rand, name, hidden, latent, rows):
     seed = int(rand.integers(1 << 40))
     runs = []
     for b in (get_backend("cpu"), load(name)):
-        st, ws = step.State(b, layout, params, seed), step.Workspace(b, cfg, rows)
+        st, ws = step.State(b, layout, params, seed, keep_gradients=True), step.Workspace(b, cfg, rows)
         d = b.asarray(data, dtype=np.uint8)
         losses, grads = [], []
         for k in range(4):

@@ -263,10 +263,12 @@ def pack_b_columns(dst, src, j0, j1):
 @njit(cache=True, nogil=True)
 def _tiles_product(out, a, b, cfg, block):
     """out = a @ b from packed operands (uint32 = two bf16): a (m_p, k_p / 2) rows, b (n_p / 16, k_p / 2, 16) VNNI
-    strips; m_p and n_p multiples of 32, k_p of 32. Tiles 0-3 accumulate a 32 x 32 block: 0 = rows 0-15 x cols
+    strips; m_p a multiple of 16, n_p of 32, k_p of 32. Tiles 0-3 accumulate a 32 x 32 block: 0 = rows 0-15 x cols
     0-15, 1 = rows 0-15 x cols 16-31, 2 = rows 16-31 x cols 0-15, 3 = rows 16-31 x cols 16-31; tiles 4, 5 hold
-    A's two row halves, 6, 7 B's two column halves, each used by two tdpbf16ps. A block inside `out` (C-ordered)
-    is stored straight into it; edge blocks go through `block` (32 x 32 float32 scratch)."""
+    A's two row halves, 6, 7 B's two column halves, each used by two tdpbf16ps. Where at most 16 rows are left
+    (m_p not a multiple of 32, or m <= 16 there), a 16 x 32 block of tiles 0, 1 only: 75 rows are 80 rows of work,
+    not 96. A block inside `out` (C-ordered) is stored straight into it; edge blocks go through `block` (32 x 32
+    float32 scratch)."""
     m, n = out.shape
     m_p, kq = a.shape                               # kq = k_p / 2 pairs per row
     n_p = TILE * b.shape[0]
@@ -276,11 +278,31 @@ def _tiles_product(out, a, b, cfg, block):
     for j0 in range(0, n_p, BLOCK):
         b0 = (j0 // TILE) * strip
         for i0 in range(0, m_p, BLOCK):
+            a0, a1 = i0 * kq, (i0 + TILE) * kq
+            if i0 + TILE >= m_p or i0 + TILE >= m:  # one row tile left: a 16 x 32 block
+                _tilezero(0)
+                _tilezero(1)
+                for q in range(0, kq, TILE):
+                    _tileloadd64(4, flat_a, a0 + q, 4 * kq)
+                    _tileloadd64(6, flat_b, b0 + q * TILE, 64)
+                    _tileloadd64(7, flat_b, b0 + strip + q * TILE, 64)
+                    _tdpbf16ps(0, 4, 6)
+                    _tdpbf16ps(1, 4, 7)
+                rows, cols = min(TILE, m - i0), min(BLOCK, n - j0)
+                if rows == TILE and cols == BLOCK:
+                    at = i0 * n + j0
+                    _tilestored64(0, flat_out, at, 4 * n)
+                    _tilestored64(1, flat_out, at + TILE, 4 * n)
+                    continue
+                _tilestored64(0, block, 0, 4 * BLOCK)
+                _tilestored64(1, block, TILE, 4 * BLOCK)
+                for i in range(rows):
+                    out[i0 + i, j0:j0 + cols] = block[i, :cols]
+                continue
             _tilezero(0)
             _tilezero(1)
             _tilezero(2)
             _tilezero(3)
-            a0, a1 = i0 * kq, (i0 + TILE) * kq
             for q in range(0, kq, TILE):            # 32 bf16 = 16 pairs of the reduction per step
                 _tileloadd64(4, flat_a, a0 + q, 4 * kq)
                 _tileloadd64(5, flat_a, a1 + q, 4 * kq)
@@ -354,7 +376,7 @@ def product(out, a, a_transposed, b, b_transposed, packed_b, a_scratch, b_scratc
     m, n = out.shape
     k = a.shape[0] if a_transposed else a.shape[1]
     kq = _padded(max(k, 1), 32) // 2
-    rows = _padded(m, BLOCK)
+    rows = _padded(m, TILE)
     pa = a_scratch[:rows * kq].reshape((rows, kq))
     _pack_a(pa, a.view(np.uint32), a_transposed)
     if packed_b.size == 0:
@@ -366,16 +388,23 @@ def product(out, a, a_transposed, b, b_transposed, packed_b, a_scratch, b_scratc
     _tiles_product(out, pa, pb, cfg, block)
 
 
+@functools.lru_cache(maxsize=1024)
 def scratch_sizes(m, n, k):
-    """(a_scratch, b_scratch) lengths that product() needs for an (m, k) @ (k, n) product."""
+    """(a_scratch, b_scratch) lengths that product() needs for an (m, k) @ (k, n) product (cached: a step asks for
+    the same few shapes every time, and each layer's call should cost microseconds of Python, not tens)."""
     kq = _padded(max(k, 1), 32) // 2
-    return _padded(m, BLOCK) * kq, _padded(n, BLOCK) * kq
+    return _padded(m, TILE) * kq, _padded(n, BLOCK) * kq
 
 
 def scratch(a_size, b_size):
-    """This thread's (a_scratch, b_scratch, block, cfg) for product(), grown to the sizes asked for."""
+    """This thread's (a_scratch, b_scratch, block, cfg) for product(): the whole buffers, grown to at least the
+    sizes asked for (product() slices what it uses)."""
     ws = _workspace()
-    return ws.take("a", (a_size,)), ws.take("b", (b_size,)), ws.block, _CFG
+    if ws.a.size < a_size:
+        ws.a = np.empty(a_size, np.uint32)
+    if ws.b.size < b_size:
+        ws.b = np.empty(b_size, np.uint32)
+    return ws.a, ws.b, ws.block, _CFG
 
 
 NO_PACK = np.empty((0, 0, 0), np.uint32)            # product()'s packed_b when B is packed in the call
@@ -406,7 +435,7 @@ def matmul(out, a, b, workspace=None):
     if m == 0 or n == 0:
         return out
     workspace = workspace or _workspace()
-    pa = workspace.take("a", (_padded(m, BLOCK), _padded(max(k, 1), 32) // 2))
+    pa = workspace.take("a", (_padded(m, TILE), _padded(max(k, 1), 32) // 2))
     _pack_a(pa, *_source(a))
     pb = workspace.take("b", _b_shape(k, n))
     _pack_b(pb, *_source(b))

@@ -96,9 +96,10 @@ KERNELS = {k.name: k for k in (
 # then every layer's bias (N_l,) in the same order.
 OPTIONAL_KERNELS = {k.name: k for k in (
     _k("weight_update", "For each layer l in the layout's order: dw_l = inputs[l].T @ douts[l] and db_l = the sum of "
-       "douts[l] over rows, written into grads at the layer's offsets; then one Adam step as adam_update's with "
-       "S = 1 over the whole buffer; advances counters[STEP]. Raises ValueError when the shapes do not make P.",
-       Arg("params", "inout", "(P,)"), Arg("grads", "out", "(P,)"), Arg("m", "inout", "(P,)"),
+       "douts[l] over rows, written into grads at the layer's offsets (grads None: not kept, each chunk of it "
+       "lives in a scratch buffer only while Adam reads it); then one Adam step as adam_update's with S = 1 over "
+       "the whole buffer; advances counters[STEP]. Raises ValueError when the shapes do not make P.",
+       Arg("params", "inout", "(P,)"), Arg("grads", "out", "(P,)", optional=True), Arg("m", "inout", "(P,)"),
        Arg("v", "inout", "(P,)"), Arg("counters", "inout", "(COUNTERS,)", "int64"),
        Arg("inputs", "in", "tuple of (n, K_l)"), Arg("douts", "in", "tuple of (n, N_l): each layer's dz"),
        Arg("lr", "setting", dtype="float"), Arg("beta1", "setting", dtype="float"),

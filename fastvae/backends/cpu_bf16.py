@@ -8,9 +8,11 @@ is within 2 * 2**-8 of the sum of |terms| (tests/tolerances.py). Needs AMX (Inte
 get_backend("cpu-bf16") says in one line why not elsewhere (`unavailable_reason`). The tile kernels release the GIL
 and keep their packing buffers per thread, so the step's row shards run on the cpu backend's `workers` here too.
 """
+import functools
 import threading
 import weakref
 
+import numpy as np
 from numba import njit
 
 from ..constants import COUNTER_STEP
@@ -27,15 +29,18 @@ class WeightPacks:
     product and per row shard: a weight is read by the forward and the input gradient of every shard.
 
     A pack belongs to the weight array object it was made from (a weak reference: a new array, even at the same
-    address, is packed anew) and is packed again by refresh(params) when adam_update changes the flat buffer that
-    weight is a view of, right after the update. Another model's update (a fit in another thread) touches only its
-    own weights' packs. The weights are assumed to change only through adam_update while packs of them are in use
-    (true of the step, of fit and of every evaluation: a model that loads or restarts gets new arrays)."""
+    address, is packed anew). weight_update rewrites the packs of the weights it changes in its own pass (of_buffer
+    finds them); adam_update packs them again afterwards (refresh). Another model's update (a fit in another thread)
+    touches only its own weights' packs. The weights are assumed to change only through those two while packs of
+    them are in use (true of the step, of fit and of every evaluation: a model that loads or restarts gets new
+    arrays)."""
 
     def __init__(self):
         self.packs = 0                               # packings made (tests count them)
         self._entries = {}                           # (id(w), transposed) -> (weak reference to w, pack)
         self._lock = threading.Lock()                # two shards asking for the same weight: one packs it
+        self._version = 0                            # changes whenever an entry comes or goes
+        self._found = {}                             # of_buffer's answers, for the version they were found at
 
     def get(self, w, transposed):
         key = (id(w), transposed)
@@ -44,17 +49,34 @@ class WeightPacks:
             with self._lock:
                 entry = self._entries.get(key)
                 if entry is None or entry[0]() is not w:
-                    entry = (weakref.ref(w, lambda _, k=key: self._entries.pop(k, None)),
-                             amx.pack_b(w.T if transposed else w))
+                    entry = (weakref.ref(w, lambda _, k=key: self._forget(k)), amx.pack_b(w.T if transposed else w))
                     self._entries[key] = entry
+                    self._changed()
                     self.packs += 1
         return entry[1]
+
+    def _forget(self, key):
+        self._entries.pop(key, None)
+        self._changed()
+
+    def _changed(self):
+        self._version += 1
+        self._found.clear()                          # (and drop the packs its answers still hold)
 
     def of_buffer(self, params, shapes):
         """(forward, transposed, copies) for weight_update over `params` with layers of `shapes`: per layer the pack
         of its weight as B of inp @ w and as B of dz @ w.T (amx.NO_PACK where none was made yet: it is packed when
         first used), and (source, target) pairs for further packs of the same weight (another view object of it),
         to be copied after the update."""
+        key = (params.ctypes.data, params.size, shapes)
+        found = self._found.get(key)
+        if found is None or found[0] != self._version:
+            found = self._found[key] = (self._version, self._find(params, shapes))
+        forward, transposed, copies = found[1]
+        self.packs += sum(p.size > 0 for p in forward + transposed) + len(copies)
+        return found[1]
+
+    def _find(self, params, shapes):
         offsets, _ = flat_offsets(shapes)
         at = {params.ctypes.data + 4 * w_off: (l, shape) for l, (shape, (w_off, _)) in enumerate(zip(shapes, offsets))}
         chosen = [[amx.NO_PACK] * len(shapes) for _ in range(2)]
@@ -70,7 +92,6 @@ class WeightPacks:
                 copies.append((chosen[transposed][layer], packed))
             else:
                 chosen[transposed][layer] = packed
-        self.packs += sum(p.size > 0 for p in chosen[0] + chosen[1]) + len(copies)
         return tuple(chosen[0]), tuple(chosen[1]), copies
 
     def refresh(self, params, workers):
@@ -133,11 +154,15 @@ def _forward_scratch(inp, w):
     return amx.scratch(amx.scratch_sizes(inp.shape[0], w.shape[1], inp.shape[1])[0], 0)
 
 
+@functools.lru_cache(maxsize=1024)
+def _backward_sizes(rows, fan_in, fan_out):
+    a_dw, b_dw = amx.scratch_sizes(fan_in, fan_out, rows)                  # inp.T @ dz
+    a_dinp = amx.scratch_sizes(rows, fan_in, fan_out)[0]                   # dz @ w.T
+    return max(a_dw, a_dinp), b_dw
+
+
 def _backward_scratch(inp, dout):
-    rows, fan_in = inp.shape
-    a_dw, b_dw = amx.scratch_sizes(fan_in, dout.shape[1], rows)           # inp.T @ dz
-    a_dinp = amx.scratch_sizes(rows, fan_in, dout.shape[1])[0]             # dz @ w.T
-    return amx.scratch(max(a_dw, a_dinp), b_dw)
+    return amx.scratch(*_backward_sizes(inp.shape[0], inp.shape[1], dout.shape[1]))
 
 
 def dense_forward(out, inp, w, b, activation):
@@ -162,17 +187,18 @@ def weight_update(params, grads, m, v, counters, inputs, douts, lr, beta1, beta2
     the packs of this buffer's weights are rewritten by the same pass."""
     amx.require()
     shapes = update_shapes(inputs, douts, params.size)
-    parts = max(1, min(workers.count, params.size // cpu_update.MIN_PART))
-    items, bounds = cpu_update.plan(shapes, amx_update.CHUNK_ROWS, parts)
+    items = cpu_update.plan(shapes, amx_update.CHUNK_ROWS)
     inputs, douts = cpu_update.as_layers(inputs, douts)
     forward, transposed, copies = PACKS.of_buffer(params, shapes)
     t, lr_t = cpu_update.adam_constants(counters, lr, beta1, beta2)
-    sizes = amx_update.scratch_sizes(inputs[0].shape[0], [n for _, n in shapes])
+    sizes = amx_update.scratch_sizes(inputs[0].shape[0], tuple(n for _, n in shapes))
+    counter = np.zeros(1, np.int64)
 
     def part(k):
-        amx_update.weight_items(params, grads, m, v, inputs, douts, forward, transposed, items, bounds[k],
-                                bounds[k + 1], lr_t, beta1, beta2, eps, *amx.scratch(*sizes))
-    workers.run(part, parts)
+        a_scratch, b_scratch, block, cfg = amx.scratch(*sizes[:2])
+        amx_update.weight_items(params, grads, m, v, inputs, douts, forward, transposed, items, counter, lr_t, beta1,
+                                beta2, eps, a_scratch, b_scratch, cpu_update.scratch(sizes[2]), block, cfg)
+    workers.run(part, cpu_update.parts_for(workers, params.size))
     for source, target in copies:
         target[...] = source
     counters[COUNTER_STEP] = t

@@ -10,9 +10,12 @@ shards' partial weight gradients (75 rows each: thinner, slower products) and Ad
 """
 import functools
 import math
+import threading
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 from ..constants import COUNTER_STEP
 from ..params import flat_offsets, update_shapes
@@ -35,15 +38,28 @@ def adam_constants(counters, lr, beta1, beta2):
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
-def adam_range(params, grads, m, v, lo, hi, lr_t, beta1, beta2, eps):
-    """Adam over params[lo:hi] with the gradient sum(grads[:, lo:hi], axis 0), left in grads[0]. Slices per chunk:
-    LLVM vectorises the unit-stride loops (8 lanes here) and checks aliasing once per chunk."""
+def adam_block(p, g, m, v, lr_t, beta1, beta2, eps):
+    """Adam on equal-length 1-D slices: p, m, v updated with the gradient g. LLVM vectorises the unit-stride loop
+    (8 lanes here) and checks aliasing once per call."""
     b1 = np.float32(beta1)
     b2 = np.float32(beta2)
     c1 = np.float32(1.0 - beta1)
     c2 = np.float32(1.0 - beta2)
     lr = np.float32(lr_t)
     e = np.float32(eps)
+    for i in range(g.size):
+        gi = g[i]
+        mi = b1 * m[i] + c1 * gi
+        vi = b2 * v[i] + c2 * gi * gi
+        m[i] = mi
+        v[i] = vi
+        p[i] -= lr * mi / (np.sqrt(vi) + e)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def adam_range(params, grads, m, v, lo, hi, lr_t, beta1, beta2, eps):
+    """Adam over params[lo:hi] with the gradient sum(grads[:, lo:hi], axis 0), left in grads[0], a chunk at a time
+    (the sum is read back from L1/L2)."""
     for start in range(lo, hi, _ADAM_CHUNK):
         stop = min(hi, start + _ADAM_CHUNK)
         g = grads[0, start:stop]
@@ -51,21 +67,14 @@ def adam_range(params, grads, m, v, lo, hi, lr_t, beta1, beta2, eps):
             gs = grads[s, start:stop]
             for i in range(g.size):
                 g[i] += gs[i]
-        p, mc, vc = params[start:stop], m[start:stop], v[start:stop]
-        for i in range(g.size):
-            gi = g[i]
-            mi = b1 * mc[i] + c1 * gi
-            vi = b2 * vc[i] + c2 * gi * gi
-            mc[i] = mi
-            vc[i] = vi
-            p[i] -= lr * mi / (np.sqrt(vi) + e)
+        adam_block(params[start:stop], g, m[start:stop], v[start:stop], lr_t, beta1, beta2, eps)
 
 
 def adam_update(workers, params, grads, m, v, counters, lr, beta1, beta2, eps):
     """TensorFlow's Adam (the seed's): bias correction folded into lr_t, eps added to sqrt(v). The buffer is split
     between the workers (memory-bound: 0.37 ms on two threads against 0.71 on one, 1.3 M parameters)."""
     t, lr_t = adam_constants(counters, lr, beta1, beta2)
-    parts = max(1, min(workers.count, params.size // MIN_PART))
+    parts = parts_for(workers, params.size)
     # part boundaries on multiples of 16 elements: whole 64-byte lines where the buffers are 64-byte aligned (NumPy
     # aligns to 16 bytes), so at most the line at each boundary is written by two threads
     bounds = [min(params.size, (params.size * k // parts + 15) // 16 * 16) for k in range(parts)] + [params.size]
@@ -76,24 +85,37 @@ def adam_update(workers, params, grads, m, v, counters, lr, beta1, beta2, eps):
 # ---------------------------------------------------------------- weight gradients fused with Adam
 
 @functools.lru_cache(maxsize=64)
-def plan(shapes, chunk_rows, parts):
-    """(items, bounds): items int64 (I, 4) = (layer, first row, end row, offset in the flat buffer): every weight cut
-    into chunks of chunk_rows rows (a multiple of 32), each layer's bias one more item (rows -1, -1, at its offset);
-    bounds: parts + 1 item indices cutting the list into contiguous runs of about equal work (rows x fan-out for a
-    weight chunk; a bias costs about a quarter row)."""
+def plan(shapes, chunk_rows):
+    """items int64 (I, 4) = (layer, first row, end row, offset in the flat buffer): every weight cut into chunks of
+    chunk_rows rows (a multiple of 32), each layer's bias one more item (rows -1, -1, at its offset), layer by layer.
+    The threads claim them in this order (claim()): whoever is free takes the next, so a thread that started late or
+    got slower items does less, and consecutive items mostly share a layer (its dz is packed once per thread)."""
     offsets, _ = flat_offsets(shapes)
-    items, cost = [], []
+    items = []
     for l, ((fan_in, fan_out), (w_off, b_off)) in enumerate(zip(shapes, offsets)):
         for r0 in range(0, fan_in, chunk_rows):
-            r1 = min(fan_in, r0 + chunk_rows)
-            items.append((l, r0, r1, w_off + r0 * fan_out))
-            cost.append((r1 - r0) * fan_out)
+            items.append((l, r0, min(fan_in, r0 + chunk_rows), w_off + r0 * fan_out))
         items.append((l, -1, -1, b_off))
-        cost.append(fan_out / 4)
-    total = np.cumsum(cost)
-    bounds = [0] + [int(np.searchsorted(total, total[-1] * k / parts)) + 1 for k in range(1, parts)] + [len(items)]
-    bounds = [min(b, len(items)) for b in bounds]
-    return np.array(items, np.int64), bounds
+    return np.array(items, np.int64)
+
+
+@intrinsic
+def _fetch_add(typingctx, counter):
+    """counter[0] += 1 as one atomic read-modify-write (LLVM atomicrmw add, sequentially consistent); returns the
+    value before. counter: a 1-D int64 array."""
+    if not (isinstance(counter, types.Array) and counter.dtype == types.int64 and counter.ndim == 1):
+        return None
+
+    def codegen(context, builder, sig, args):
+        array = context.make_array(sig.args[0])(context, builder, args[0])
+        return builder.atomic_rmw("add", array.data, ir.Constant(ir.IntType(64), 1), "seq_cst")
+    return types.int64(counter), codegen
+
+
+@njit(inline="always", cache=True)
+def claim(counter):
+    """The next unclaimed item's index (items are claimed in order, each by exactly one thread)."""
+    return _fetch_add(counter)
 
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
@@ -107,19 +129,37 @@ def column_sums(db, d):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _weight_items(params, grads, m, v, inputs, douts, items, lo, hi, lr_t, beta1, beta2, eps):
-    """items[lo:hi] of plan(): each chunk's gradient rows by sgemm (the batch is the reduction), then Adam on them."""
-    g2 = grads.reshape((1, grads.size))
-    for it in range(lo, hi):
+def _weight_items(params, grads, m, v, inputs, douts, items, counter, lr_t, beta1, beta2, eps, scratch):
+    """The items of plan() this thread claims: each chunk's gradient rows by sgemm (the batch is the reduction) into
+    grads, or into `scratch` when grads is None, then Adam on them while they are in cache."""
+    while True:
+        it = claim(counter)
+        if it >= items.shape[0]:
+            return
         layer, r0, r1, at = items[it, 0], items[it, 1], items[it, 2], items[it, 3]
         dz = douts[layer]
         n = dz.shape[1]
+        size = n if r0 < 0 else (r1 - r0) * n
+        if grads is None:
+            g = scratch[:size]
+        else:
+            g = grads[at:at + size]
         if r0 < 0:
-            column_sums(grads[at:at + n], dz)
-            adam_range(params, g2, m, v, at, at + n, lr_t, beta1, beta2, eps)
-            continue
-        gemm(grads[at:at + (r1 - r0) * n].reshape((r1 - r0, n)), inputs[layer][:, r0:r1], True, dz, False)
-        adam_range(params, g2, m, v, at, at + (r1 - r0) * n, lr_t, beta1, beta2, eps)
+            column_sums(g, dz)
+        else:
+            gemm(g.reshape((r1 - r0, n)), inputs[layer][:, r0:r1], True, dz, False)
+        adam_block(params[at:at + size], g, m[at:at + size], v[at:at + size], lr_t, beta1, beta2, eps)
+
+
+_SCRATCH = threading.local()
+
+
+def scratch(size):
+    """This thread's float32 scratch of at least `size` (a gradient chunk that is not kept)."""
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None or buf.size < size:
+        buf = _SCRATCH.buf = np.empty(size, np.float32)
+    return buf
 
 
 def as_layers(inputs, douts):
@@ -130,14 +170,20 @@ def as_layers(inputs, douts):
     return tuple(inputs), tuple(douts)
 
 
+def parts_for(workers, size):
+    """How many threads an update of `size` parameters uses."""
+    return max(1, min(workers.count, size // MIN_PART))
+
+
 def weight_update(workers, params, grads, m, v, counters, inputs, douts, lr, beta1, beta2, eps):
-    """The contract's weight_update on the cpu backend (fp32 sgemm for the gradient chunks), split between the
-    workers in runs of chunks of about equal work."""
+    """The contract's weight_update on the cpu backend (fp32 sgemm for the gradient chunks), its chunks claimed by
+    the workers as they come free."""
     shapes = update_shapes(inputs, douts, params.size)
-    parts = max(1, min(workers.count, params.size // MIN_PART))
-    items, bounds = plan(shapes, WEIGHT_CHUNK_ROWS, parts)
+    items = plan(shapes, WEIGHT_CHUNK_ROWS)
     inputs, douts = as_layers(inputs, douts)
     t, lr_t = adam_constants(counters, lr, beta1, beta2)
-    workers.run(lambda k: _weight_items(params, grads, m, v, inputs, douts, items, bounds[k], bounds[k + 1], lr_t,
-                                        beta1, beta2, eps), parts)
+    size = WEIGHT_CHUNK_ROWS * max(n for _, n in shapes)
+    counter = np.zeros(1, np.int64)
+    workers.run(lambda k: _weight_items(params, grads, m, v, inputs, douts, items, counter, lr_t, beta1, beta2, eps,
+                                        scratch(size)), parts_for(workers, params.size))
     counters[COUNTER_STEP] = t

@@ -174,8 +174,10 @@ def adam_update(params, grads, m, v, counters, lr, beta1, beta2, eps):
 def weight_update(params, grads, m, v, counters, inputs, douts, lr, beta1, beta2, eps):
     """The weight gradients of a whole batch, then Adam: for each layer l, dw_l = inputs[l].T @ douts[l] and
     db_l = sum of douts[l] over rows at the layer's offsets of the flat layout (fastvae.params.flat_offsets);
-    then adam_update with that one gradient. Raises ValueError when the layers' shapes do not make params' size."""
+    then adam_update with that one gradient (grads None: not kept). Raises ValueError when the layers' shapes do not make params' size."""
     offsets, _ = flat_offsets(update_shapes(inputs, douts, params.size))
+    if grads is None:
+        grads = np.empty_like(params)
     for (w_off, b_off), inp, dz in zip(offsets, inputs, douts):
         fan_in, fan_out = inp.shape[1], dz.shape[1]
         grads[w_off:w_off + fan_in * fan_out] = (inp.T @ dz).reshape(-1)
