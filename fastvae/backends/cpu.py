@@ -20,7 +20,7 @@ from ..constants import (ACTIVATIONS, COUNTER_ROW, COUNTER_SEED, COUNTER_STEP, L
 from ..workers import Workers
 from . import cpu_blas, cpu_update
 from .cpu_blas import gemm
-from .cpu_math import exp_nonpos, expm1_nonpos_f32, log1p_unit
+from .cpu_math import expm1_nonpos_f32, log1p_unit_f32
 from .cpu_philox import fill_normals, normals_block, stream_keys
 from .cpu_update import column_sums
 from .reference import synchronize, to_host  # noqa: F401  (hooks: host arrays alike)
@@ -350,26 +350,35 @@ ENCODER_IS_SIGMA = {"gamma": False, "sigma": True}
 
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
 def _bias_loss_dlogits(dlogits, b, x, loss, mse):
-    """l = dlogits + b (dlogits holds inp @ w) and p = sigmoid(l), formed from e = exp(-|l|) in (0, 1] (no
+    """l = dlogits + b (dlogits holds inp @ w) and p = sigmoid(l), formed from e = exp(-|l|) in [0, 1] (no
     overflow, no cancellation: p = 1 / (1 + e) for l >= 0, e / (1 + e) below). Cross-entropy: loss += sum of
     max(l, 0) - l x + log1p(e), dlogits = p - x. Squared error (mse): loss += sum (p - x)^2,
-    dlogits = 2 (p - x) p (1 - p)."""
+    dlogits = 2 (p - x) p (1 - p).
+
+    Float32 arithmetic, 16 lanes (e = 1 + expm1(-|l|): absolute error ~1e-7, which is what p keeps in float32
+    anyway; 0 below l = -17, where p < 5e-8), each row's terms summed in float32 and the rows in float64: measured
+    on the project's Xeon, 75 x 784 took 0.15 ms in float64 arithmetic, the step's most expensive pass."""
     total = 0.0
+    one, zero = np.float32(1.0), np.float32(0.0)
     for r in range(dlogits.shape[0]):
         d, xr = dlogits[r], x[r]
+        row = zero
         for j in range(b.size):
-            l = np.float64(d[j] + b[j])
-            t = np.float64(xr[j])
-            e = exp_nonpos(-abs(l))
-            s = 1.0 / (1.0 + e)
-            p, q = (s, e * s) if l >= 0.0 else (e * s, s)      # p = sigmoid(l), q = 1 - p
+            l = d[j] + b[j]
+            t = xr[j]
+            e = one + expm1_nonpos_f32(-abs(l))
+            s = one / (one + e)
+            es = e * s
+            p = s if l >= zero else es                  # sigmoid(l)
+            q = es if l >= zero else s                  # 1 - sigmoid(l)
             diff = p - t
             if mse:
-                total += diff * diff
-                d[j] = 2.0 * diff * p * q
+                row += diff * diff
+                d[j] = np.float32(2.0) * diff * p * q
             else:
-                total += max(l, 0.0) - l * t + log1p_unit(e)
+                row += max(l, zero) - l * t + log1p_unit_f32(e)
                 d[j] = diff
+        total += np.float64(row)
     loss[LOSS_RECONSTRUCTION] += total
 
 
