@@ -19,7 +19,8 @@ SEED_CFG = Config()       # 784 -> 500 -> 500 -> 2 x 20 -> 500 -> 500 -> 784, ba
 EPOCH_GROUP = "epoch (60000 images, batch 150)"          # fastvae and its peers side by side
 MEMORY_GROUP = "peak memory (one epoch, fresh process)"
 # the runner's name for each framework (python -m bench.peers.run NAME) -> its label in the report
-FRAMEWORKS = {"fastvae": "fastvae", "torch": "torch eager", "torch-compile": "torch.compile", "jax": "jax jit"}
+FRAMEWORKS = {"fastvae": "fastvae", "fastvae-bf16": "fastvae cpu-bf16", "torch": "torch eager",
+              "torch-bf16": "torch eager, bf16 autocast", "torch-compile": "torch.compile", "jax": "jax jit"}
 # forward, input gradient and weight gradient: 2 FLOPs per weight each; the first layer needs no input gradient
 FLOPS_PER_IMAGE = 6 * Layout(SEED_CFG).n_weights - 2 * 784 * SEED_CFG.hidden[0]      # ~7.1 MFLOP
 

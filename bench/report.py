@@ -57,14 +57,16 @@ def turns_table(benches):
     if not found:
         return []
     info = found[0]["extra_info"]
-    rows = ["| framework | s / epoch (median) | min | max | images / s (median) | GFLOP/s (median) | time ÷ fastvae's: "
-            "median of the rounds' ratios (range) |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     frameworks = info["frameworks"]
+    bf16 = any("median_ratio_to_fastvae_bf16" in f for f in frameworks.values())
+    rows = ["| framework | s / epoch (median) | min | max | images / s (median) | GFLOP/s (median) | time ÷ fastvae's: "
+            "median of the rounds' ratios (range) |" + (" time ÷ fastvae cpu-bf16's |" if bf16 else ""),
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: |" if bf16 else "")]
     for name, f in sorted(frameworks.items(), key=lambda kv: statistics.median(kv[1]["seconds"])):
         secs, med, r = f["seconds"], statistics.median(f["seconds"]), f["ratio_to_fastvae"]
         rows.append(f"| {name} | {med:.3f} | {min(secs):.3f} | {max(secs):.3f} | {info['images'] / med:,.0f} "
                     f"| {info['flops'] / med / 1e9:.0f} | {f['median_ratio_to_fastvae']:.2f} "
-                    f"({min(r):.2f}–{max(r):.2f}) |")
+                    f"({min(r):.2f}–{max(r):.2f}) |" + (f" {f['median_ratio_to_fastvae_bf16']:.2f} |" if bf16 else ""))
     skipped = "; ".join(f"{k}: {v}" for k, v in info.get("skipped", {}).items())
     return [f"### Epochs in turns ({info['rounds']} rounds, one process per framework, {info['images']} images)", "",
             *rows, *(["", f"Skipped: {skipped}"] if skipped else []), ""]

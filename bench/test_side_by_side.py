@@ -74,4 +74,7 @@ def test_epochs_in_turns(benchmark):
             "seconds": times[name], "loss": losses[name],
             "ratio_to_fastvae": [t / f for t, f in zip(times[name], times["fastvae"])],
             "median_ratio_to_fastvae": statistics.median(t / f for t, f in zip(times[name], times["fastvae"])),
+            # mixed precision's yardstick: the same per-round ratio against fastvae's cpu-bf16, where it ran
+            **({"median_ratio_to_fastvae_bf16": statistics.median(
+                t / f for t, f in zip(times[name], times["fastvae-bf16"]))} if "fastvae-bf16" in servers else {}),
         } for name in servers})

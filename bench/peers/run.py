@@ -1,6 +1,10 @@
 """Train fastvae or one of its peers on MNIST in this process and print one JSON line (for side-by-side timing).
 
-    python -m bench.peers.run {fastvae,torch,torch-compile,jax} --epochs 1 [--images N] [--seed 0] [--serve]
+    python -m bench.peers.run {fastvae,fastvae-bf16,torch,torch-bf16,torch-compile,jax} --epochs 1 [--images N]
+        [--seed 0] [--serve]
+
+fastvae-bf16 is the cpu-bf16 backend (products on AMX tiles in bf16), torch-bf16 PyTorch eager under
+torch.autocast("cpu", dtype=torch.bfloat16): mixed precision beside mixed precision.
 
 JSON keys: framework, version, epochs, images, batch_size, seconds_per_epoch (list, training loop only),
 first_call_seconds (fastvae: a throwaway one-batch fit that loads or compiles its Numba kernels; peers: warmup(),
@@ -24,21 +28,22 @@ import time
 
 from fastvae import jsonfile       # one JSON line per answer, strict (a diverged loss is null)
 
-FRAMEWORKS = ("fastvae", "torch", "torch-compile", "jax")
+FRAMEWORKS = ("fastvae", "fastvae-bf16", "torch", "torch-bf16", "torch-compile", "jax")
+_BACKENDS = {"fastvae": "cpu", "fastvae-bf16": "cpu-bf16"}
 
 
 def _peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # Linux reports KiB
 
 
-def _fastvae(x, seed, batch_size):
+def _fastvae(x, seed, batch_size, backend="cpu"):
     import fastvae
     from fastvae import VAE
 
     begin = time.perf_counter()   # a throwaway model: the first call loads (or compiles) the Numba kernels
-    VAE(backend="cpu", seed=seed, batch_size=batch_size).fit(x[:batch_size], epochs=1)
+    VAE(backend=backend, seed=seed, batch_size=batch_size).fit(x[:batch_size], epochs=1)
     first = time.perf_counter() - begin
-    model = VAE(backend="cpu", seed=seed, batch_size=batch_size)
+    model = VAE(backend=backend, seed=seed, batch_size=batch_size)
 
     def epoch(k):                 # the model's own k-th epoch (its shuffle is epoch_permutation(seed, k, n))
         assert k == model.epoch, "fastvae trains its epochs in order"
@@ -51,7 +56,7 @@ def _peer(name, x, seed, batch_size):
     from fastvae.rng import epoch_permutation
 
     module = importlib.import_module("bench.peers." + ("jax_vae" if name == "jax" else "torch_vae"))
-    kwargs = {"compile": name == "torch-compile"} if name != "jax" else {}
+    kwargs = {"compile": name == "torch-compile", "autocast": name == "torch-bf16"} if name != "jax" else {}
     trainer = module.Trainer(x, batch_size=batch_size, seed=seed, **kwargs)
     first = trainer.warmup()
 
@@ -74,8 +79,11 @@ def _serve(name, version, first, epoch):
 
 
 def _unavailable(name):
-    if name == "fastvae":
+    if name in _BACKENDS:
         importlib.import_module("fastvae.backends.cpu")      # Numba, so the baseline holds each framework's import
+        if name == "fastvae-bf16":
+            from fastvae.backends import amx
+            return amx.unavailable_reason()
         return None
     module = importlib.import_module("bench.peers." + ("jax_vae" if name == "jax" else "torch_vae"))
     return module.unavailable()
@@ -106,7 +114,10 @@ def main(argv=None):
     baseline = _peak_rss_mb()
 
     from fastvae import UserError
-    setup = _fastvae if args.framework == "fastvae" else (lambda *a: _peer(args.framework, *a))
+    if args.framework in _BACKENDS:
+        setup = lambda *a: _fastvae(*a, backend=_BACKENDS[args.framework])     # noqa: E731
+    else:
+        setup = lambda *a: _peer(args.framework, *a)                            # noqa: E731
     try:
         version, first, epoch = setup(x, args.seed, args.batch_size)
         if args.serve:

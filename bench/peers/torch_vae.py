@@ -1,4 +1,5 @@
-"""PyTorch peer of fastvae's model: eager, or with torch.compile (Inductor, C++ on the CPU).
+"""PyTorch peer of fastvae's model: eager, or with torch.compile (Inductor, C++ on the CPU), or eager under bf16
+autocast (mixed precision, the peer of fastvae's cpu-bf16).
 
 Identical model: 784 -> 500 -> 500 (ELU) -> Linear 500 -> 40 = [mu | gamma] -> z = mu + exp(gamma / 2) * eps
 -> 500 -> 500 (ELU) -> 784 logits; weights ~ N(0, 2 / fan_in), biases 0; per-batch loss = SUM over the batch of
@@ -92,8 +93,12 @@ if torch is not None:
 class Trainer:
     """Trains the VAE on uint8 images (n, 784) with PyTorch; compile=True uses torch.compile."""
 
-    def __init__(self, data_u8, batch_size=150, seed=0, compile=False, device="cpu"):
+    def __init__(self, data_u8, batch_size=150, seed=0, compile=False, device="cpu", autocast=False):
         _check(device)
+        # autocast: PyTorch's mixed precision on the CPU (torch.autocast("cpu", dtype=torch.bfloat16) around the
+        # forward and the loss; backward and Adam as usual): the Linear layers' products run in bf16 (oneDNN, on
+        # AMX or AVX512-BF16 where the CPU has them), fp32 master weights -- the peer of fastvae's cpu-bf16
+        self.autocast = bool(autocast)
         torch.set_num_threads(THREADS)
         self.device = torch.device(device)
         data_u8 = np.ascontiguousarray(data_u8, dtype=np.uint8)
@@ -131,7 +136,8 @@ class Trainer:
     def _step(self, idx):
         eps = torch.randn((len(idx), LATENT), generator=self.gen, device=self.device)
         self.opt.zero_grad(set_to_none=True)
-        loss = self._loss(self.data, idx, eps)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            loss = self._loss(self.data, idx, eps)
         loss.backward()
         self._opt_step()
         self._total += loss.detach()
