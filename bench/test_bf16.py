@@ -12,8 +12,8 @@ from benchlib import FLOPS_PER_IMAGE, SEED_CFG, fit_threads
 from fastvae import step
 from fastvae.backends import amx, get_backend
 
-pytestmark = pytest.mark.skipif(amx.unavailable_reason() is not None,
-                                reason=f"no AMX here: {amx.unavailable_reason()}")
+pytestmark = pytest.mark.skipif(amx.engine_unavailable_reason() is not None,
+                                reason=f"no bf16 products here: {amx.engine_unavailable_reason()}")
 PRODUCT_GROUP = "products of one step: bf16 AMX vs fp32 BLAS"
 
 

@@ -12,7 +12,7 @@ from typing import Callable
 import numpy as np
 
 from . import checkpoint, rng, step, training
-from .backends import get_backend
+from .backends import get_backend, precision_of, resolve
 from .config import Config, integer, seed_value
 from .constants import EVAL_ROWS, SIGMA_SMOOTHING
 from .data import as_images, as_rows, check_width
@@ -24,7 +24,12 @@ from .threads import check as check_threads
 class VAE:
     """The VAE of Géron's Hands-On ML (1st ed., ch. 15): 784 -> hidden -> (mu, logvar) -> z -> hidden reversed -> 784.
 
-    `backend` is "auto" (gpu when usable, else cpu), "cpu", "gpu" or "reference" (float64 NumPy, slow).
+    `backend` is "auto" (gpu when usable, else cpu), "cpu", "gpu", "reference" (float64 NumPy, slow) or "cpu-bf16".
+    `precision` is "fp32" or "bf16": the matrix products' operands rounded to bf16, fp32 sums, fp32 master weights
+    and Adam moments (backend "cpu" or "auto" without a GPU runs as "cpu-bf16", on AMX). None (default) is the
+    backend's own: fp32, bf16 for "cpu-bf16". bf16 where the CPU has no AMX: `notify` hears one line and the model
+    computes in fp32. bf16 on "gpu" (or "auto" that finds one) or "reference", and "fp32" with "cpu-bf16", raise
+    UserError. `model.precision` is the precision in use; fastvae.backends.resolve holds these rules.
     `encoder` is "gamma" (the heads output logvar = log sigma^2, the seed's final form) or "sigma";
     `reconstruction` "xent" (sigmoid cross-entropy) or "mse"; `activation` the hidden layers' "elu" (the seed's),
     "relu" or "tanh". `notify(message)` hears which backend "auto" chose and why. `adam`: beta1, beta2, adam_eps.
@@ -42,12 +47,13 @@ class VAE:
     def __init__(self, hidden: tuple[int, ...] = (500, 500), latent: int = 20, backend: str = "auto",
                  seed: int = 0, lr: float = 0.001, batch_size: int = 150, encoder: str = "gamma",
                  reconstruction: str = "xent", notify: Callable[[str], None] | None = None,
-                 activation: str = "elu", threads: int | str | None = None, **adam: float):
-        # activation, threads last: positional calls still work
+                 activation: str = "elu", threads: int | str | None = None, precision: str | None = None,
+                 **adam: float):
+        # activation, threads, precision last: positional calls still work
         self.threads = check_threads(threads)       # not part of the config: a property of the machine, not the model
         self.config = Config(hidden=hidden, latent=latent, seed=seed, lr=lr, batch_size=batch_size,
                              encoder=encoder, reconstruction=reconstruction, activation=activation, **adam)
-        self._set_up(backend, he_init(Layout(self.config), self.config.seed), notify)
+        self._set_up(resolve(backend, precision, notify), he_init(Layout(self.config), self.config.seed), notify)
 
     def _set_up(self, backend, params, notify, m=None, v=None, step_count=0, epoch=0, epoch_step=0,
                 epoch_loss=None):
@@ -69,6 +75,13 @@ class VAE:
     def steps(self) -> int:
         """Training steps taken so far (Adam's t; also the noise counter of the next step)."""
         return int(self.backend.to_host(self.state.counters)[1])
+
+    @property
+    def precision(self) -> str:
+        """The precision the model computes in: "fp32", "bf16" (the products' operands; weights, gradients and
+        Adam's moments stay fp32) or "fp64" (the reference backend). Not saved, as the backend is not: bf16 rounds
+        only the products' operands, so a checkpoint's weights are fp32 whatever trained them and load at either."""
+        return precision_of(self.backend)
 
     def fit(self, X: np.ndarray, epochs: int | None = None, batch_size: int | None = None,
             validation: np.ndarray | None = None, callback: Callable[[VAE, dict], None] | None = None,
@@ -240,21 +253,23 @@ class VAE:
 
     @classmethod
     def load(cls, path: str | PathLike, backend: str = "auto", notify: Callable[[str], None] | None = None,
-             threads: int | str | None = None) -> VAE:
+             threads: int | str | None = None, precision: str | None = None) -> VAE:
         """A model from a file written by save(); training resumes exactly where it stopped (bit for bit when
         `threads` is fixed to the count the saved run used; see VAE). A checkpoint written before a setting existed
-        loads with that setting's default (e.g. activation "elu"). Raises UserError for a missing, corrupt or foreign
-        file, naming it."""
+        loads with that setting's default (e.g. activation "elu"). `precision` as in VAE: a checkpoint holds fp32
+        weights, so one trained in bf16 loads in fp32 and the other way round. Raises UserError for a missing,
+        corrupt or foreign file, naming it, and for a precision the backend cannot take (see VAE)."""
         threads = check_threads(threads)
         ck = checkpoint.load(path)
         model = cls.__new__(cls)
         model.threads = threads
         model.config = ck.config
-        model._set_up(backend, ck.params, notify, m=ck.m, v=ck.v, step_count=ck.steps, epoch=ck.epoch,
-                      epoch_step=ck.epoch_step, epoch_loss=ck.epoch_loss)
+        model._set_up(resolve(backend, precision, notify), ck.params, notify, m=ck.m, v=ck.v, step_count=ck.steps,
+                      epoch=ck.epoch, epoch_step=ck.epoch_step, epoch_loss=ck.epoch_loss)
         return model
 
     def __repr__(self) -> str:
         c = self.config
-        return (f"VAE(hidden={c.hidden}, latent={c.latent}, backend={self.backend.name!r}, seed={c.seed}; "
+        return (f"VAE(hidden={c.hidden}, latent={c.latent}, backend={self.backend.name!r}, "
+                f"precision={self.precision!r}, seed={c.seed}; "
                 f"{self.layout.size:,} parameters, {self.epoch} epochs, {self.steps} steps)")

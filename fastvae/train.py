@@ -19,6 +19,7 @@ import numpy as np
 
 from . import __version__, jsonfile, machine
 from .cli import Parser, add_shared_options, check_positive, load_data, notifier, run_main, whole_number
+from .backends import PRECISIONS
 from .config import Config
 from .constants import ENCODERS, HIDDEN_ACTIVATIONS, RECONSTRUCTIONS, SAMPLE_CODINGS
 from .errors import TrainingInterrupted, UserError
@@ -36,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
                "python -m fastvae.train --resume runs/quick --epochs 10.  "
                "Exit status: 0 done, 2 a mistake in the input, 3 training diverged, 130 interrupted (Ctrl-C).")
     add_shared_options(p, quiet="no progress bar or per-epoch lines")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="fp32 (default; bf16 for --backend cpu-bf16) or bf16: the matrix products' operands rounded "
+                        "to bf16, with fp32 sums, weights and Adam moments, on the cpu backend with AMX (a CPU "
+                        "without AMX trains in fp32, after a notice; not on gpu or reference); --resume keeps the "
+                        "run's unless given")
     p.add_argument("--epochs", type=whole_number, default=None,
                    help=f"passes over the training set (default {DEFAULTS.epochs}; with --resume: the total to reach)")
     p.add_argument("--batch-size", type=whole_number, help=f"images per training step (default {DEFAULTS.batch_size})")
@@ -117,7 +123,7 @@ def _new_run(args, notify):
                  activation=_or(args.activation, d.activation))       # validates each, one line each
     model = VAE(hidden=cfg.hidden, latent=cfg.latent, backend=args.backend, seed=cfg.seed, lr=cfg.lr,
                 batch_size=cfg.batch_size, encoder=cfg.encoder, reconstruction=cfg.reconstruction,
-                activation=cfg.activation, notify=notify)
+                activation=cfg.activation, notify=notify, precision=args.precision)
     model.config = cfg
     run_info = {"data_dir": None if args.data is None else str(args.data.resolve()),
                 "test_fraction": args.test_fraction,
@@ -133,7 +139,7 @@ def _resumed_run(args, notify):
         raise UserError("--overwrite starts a new run in an --out folder; it cannot be combined with --resume")
     if given:
         raise UserError(f"{', '.join(given)} cannot be changed when resuming; the run keeps its own settings "
-                        "(only --epochs, --backend, --threads, --no-plots and --quiet apply)")
+                        "(only --epochs, --backend, --precision, --threads, --no-plots and --quiet apply)")
     out = args.resume
     try:
         metrics = json.loads((out / "metrics.json").read_text())
@@ -144,7 +150,9 @@ def _resumed_run(args, notify):
     if not (out / "checkpoint.npz").exists():
         raise UserError(f"the run in {out} stopped before it saved a checkpoint; start it again with its options "
                         f"and --out {out} --overwrite")
-    model = VAE.load(out / "checkpoint.npz", backend=args.backend, notify=notify)
+    # the precision the run asked for (kept in its run info, as --threads is) unless --precision changes it
+    model = VAE.load(out / "checkpoint.npz", backend=args.backend, notify=notify,
+                     precision=_or(args.precision, run_info.get("precision")))
     model.history = [r for r in history if r["epoch"] <= model.epoch]
     if args.epochs is not None:
         model.config = dataclasses.replace(model.config, epochs=args.epochs)
@@ -167,6 +175,8 @@ def run(args: argparse.Namespace) -> int:
     model, run_info, out = (_resumed_run if args.resume is not None else _new_run)(args, notifier(args))
     if args.threads is not None:                # kept in metrics.json's run info: --resume keeps the count
         run_info["threads"] = args.threads
+    if args.precision is not None:              # the same: asked for once, kept; the one in use is info's
+        run_info["precision"] = args.precision
     model.threads = check_threads(run_info.get("threads"))
     cfg = model.config
     args.test_fraction = run_info.get("test_fraction")     # the run's own: a resumed run splits as it did
@@ -187,13 +197,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"fastvae: no figures: {matplotlib_missing()}", file=sys.stderr)
         draw = False
     say = (lambda *a: None) if args.quiet else (lambda msg: print(msg, flush=True))
-    info = {"fastvae": __version__, "backend": model.backend.name, "config": cfg.to_dict(), "data": data.source,
-            "data_set": data.name,
+    info = {"fastvae": __version__, "backend": model.backend.name, "precision": model.precision,
+            "config": cfg.to_dict(), "data": data.source, "data_set": data.name,
             "train_images": len(train_x), "test_images": len(test_x), "machine": machine.describe(),
             "run": run_info}
     where = f"resuming {out} at epoch {model.epoch + 1}" if args.resume else f"writing to {out}"
-    say(f"fastvae {__version__}: {model.layout.size:,} parameters on the {model.backend.name} backend; "
-        f"{len(train_x)} training and {len(test_x)} test images from {data.source}; {where}")
+    say(f"fastvae {__version__}: {model.layout.size:,} parameters on the {model.backend.name} backend in "
+        f"{model.precision}; {len(train_x)} training and {len(test_x)} test images from {data.source}; {where}")
     codings_seed = cfg.seed
     if args.resume is None and args.overwrite:
         _remove_run(out)                    # only now: every check above has passed

@@ -27,7 +27,7 @@ EMULATION_BUDGET = 2_000_000      # multiply-adds of one product the emulator ta
 def _unavailable(name):
     if name == "cpu-bf16":
         from fastvae.backends import amx
-        reason = amx.unavailable_reason()
+        reason = amx.engine_unavailable_reason()
         return None if reason is None else f"cpu-bf16 backend unavailable: {reason}"
     if name == "gpu-emulated":
         from fastvae.cuda import emu

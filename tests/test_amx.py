@@ -17,7 +17,7 @@ import pytest
 import backends
 import kernel_cases as kc
 from tolerances import AWKWARD_ROWS, assert_close
-from fastvae.backends import amx, get_backend
+from fastvae.backends import amx, avx512bf16, get_backend
 from fastvae.config import Config
 
 needs_amx = pytest.mark.skipif(amx.unavailable_reason() is not None,
@@ -233,9 +233,19 @@ def _python(code, env_extra, cache_dir):
 
 def _without_amx():
     """Numba's target as a CPU without AMX would give it (Zen 4's name; this machine's features less amx-*)."""
+    return _target_without("znver4", ("amx",))
+
+
+def _without_bf16():
+    """Numba's target as a CPU without AMX or AVX512-BF16 would give it (Ice Lake's name; this machine's features
+    less amx-* and avx512bf16)."""
+    return _target_without("icelake-server", ("amx", "avx512bf16"))
+
+
+def _target_without(cpu_name, prefixes):
     from numba.core.codegen import get_host_cpu_features
-    features = ",".join(f if "amx" not in f else "-" + f[1:] for f in get_host_cpu_features().split(","))
-    return {"NUMBA_CPU_NAME": "znver4", "NUMBA_CPU_FEATURES": features}
+    features = ",".join("-" + f[1:] if f[1:].startswith(prefixes) else f for f in get_host_cpu_features().split(","))
+    return {"NUMBA_CPU_NAME": cpu_name, "NUMBA_CPU_FEATURES": features}
 
 
 _LOAD_CACHED = """
@@ -250,9 +260,9 @@ _LOAD_CACHED = """
 """
 
 
-def test_a_cpu_without_amx_gets_one_line(tmp_path):
-    """Under Numba's target for a CPU without AMX, get_backend("cpu-bf16") refuses in one line (UserError) before
-    anything is compiled or any tile instruction runs."""
+def test_a_cpu_without_amx_or_avx512bf16_gets_one_line(tmp_path):
+    """Under Numba's target for a CPU with neither AMX nor AVX512-BF16, get_backend("cpu-bf16") refuses in one line
+    (UserError) before anything is compiled or any bf16 instruction runs."""
     out = _python("""
         from fastvae.backends import get_backend
         from fastvae.errors import UserError
@@ -260,8 +270,34 @@ def test_a_cpu_without_amx_gets_one_line(tmp_path):
             get_backend("cpu-bf16")
         except UserError as exc:
             print(repr(str(exc)))
-    """, _without_amx(), tmp_path)
-    assert "cpu-bf16 backend cannot run here" in out and "amx-tile" in out and "\\n" not in out
+    """, _without_bf16(), tmp_path)
+    assert "cpu-bf16 backend cannot run here" in out and "amx-tile" in out and "avx512bf16" in out
+    assert "\\n" not in out
+
+
+@pytest.mark.skipif(avx512bf16.unavailable_reason() is not None, reason=f"no AVX512-BF16 here: "
+                    f"{avx512bf16.unavailable_reason()}")
+def test_without_amx_the_bf16_backend_runs_on_avx512bf16(rand, tmp_path):
+    """A CPU with AVX512-BF16 but no AMX (Zen 4; here Numba's target without amx-*): cpu-bf16 runs every product
+    with vdpbf16ps (amx.tiles), and its whole steps, split or not, and its weight update match the reference within
+    the bf16 tolerances, as on AMX."""
+    out = _python("""
+        import sys
+        import numpy as np
+        sys.path.insert(0, "tests")
+        import kernel_cases as kc
+        from fastvae.backends import amx, get_backend
+        from fastvae.config import Config
+        assert not amx.USE_AMX and amx.engine_unavailable_reason() is None
+        be, rand = get_backend("cpu-bf16"), np.random.default_rng(%d)
+        kc.check_train_steps(be, Config(hidden=(37, 11), latent=5, batch_size=75), rand, 75)
+        be.workers.count = 2
+        kc.check_train_steps(be, Config(hidden=(37, 11), latent=5, batch_size=75), rand, 75, parts=2)
+        kc.check_weight_update(be, rand, 75, ((784, 500), (500, 40), (20, 257)), 3)
+        kc.check_dense(be, rand, 7, 101, 37, "elu")
+        print("ok")
+    """ % int(rand.integers(1 << 30)), _without_amx(), tmp_path)
+    assert out == "ok"
 
 
 @needs_amx

@@ -34,11 +34,13 @@ def run_dir(tmp_path_factory):
 def test_a_run_writes_its_checkpoint_metrics_and_figures(run_dir):
     out, proc = run_dir
     assert "epoch   2/2" in proc.stdout and "done: test loss" in proc.stdout
+    assert "parameters on the cpu backend in fp32;" in proc.stdout.splitlines()[0]
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert names == ["checkpoint.npz", "interpolation.png", "latent.png", "loss.png", "metrics.json",
                      "reconstructions.png", "samples.png", "samples/epoch_001.png", "samples/epoch_002.png"]
     m = json.loads((out / "metrics.json").read_text())
-    assert m["backend"] == "cpu" and m["train_images"] == 600 and m["test_images"] == 200
+    assert m["backend"] == "cpu" and m["precision"] == "fp32" and "precision" not in m["run"]
+    assert m["train_images"] == 600 and m["test_images"] == 200
     assert m["config"]["hidden"] == [40, 24] and m["config"]["latent"] == 3 and m["config"]["seed"] == 11
     assert [e["epoch"] for e in m["epochs"]] == [1, 2] and m["epochs"][-1]["steps"] == 24
     assert m["machine"]["cpu"]
@@ -104,7 +106,7 @@ def test_help_documents_every_option():
     assert proc.returncode == 0
     for option in ("--backend", "--epochs", "--batch-size", "--lr", "--hidden", "--latent", "--seed", "--data",
                    "--out", "--train-images", "--test-images", "--no-plots", "--encoder", "--reconstruction",
-                   "--activation"):
+                   "--activation", "--precision"):
         assert option in proc.stdout
 
 
@@ -168,6 +170,9 @@ def test_no_plots_writes_no_figures(tmp_path):
     (["--data", "/no/such/folder"], "does not exist"),
     (["--train-images", "30", "--batch-size", "50"], "larger than"),
     (["--backend", "gpu"], "gpu"),
+    (["--backend", "gpu", "--precision", "bf16"], "bf16 is not implemented on the gpu backend"),
+    (["--backend", "reference", "--precision", "bf16"], "does not apply to the reference backend"),
+    (["--backend", "cpu-bf16", "--precision", "fp32"], "contradicts precision fp32"),
     (["--out", "/proc/version/run"], "cannot write to the output folder"),
 ])
 def test_user_mistakes_get_one_line_and_exit_status_2(tmp_path, args, phrase):
@@ -246,7 +251,8 @@ def test_a_driver_too_old_for_cupy_is_one_line(tmp_path):
 
 
 @pytest.mark.parametrize("args,what", [(("--threads", "0"), "--threads"), (("--epochs", "abc"), "--epochs"),
-                                       (("--backend", "foo"), "--backend"), (("--bogus",), "--bogus")])
+                                       (("--backend", "foo"), "--backend"), (("--bogus",), "--bogus"),
+                                       (("--precision", "bf8"), "--precision")])
 def test_an_option_mistake_is_one_line(tmp_path, args, what):
     proc = train(*args, "--out", str(tmp_path / "run"))
     assert proc.returncode == 2 and what in proc.stderr and "usage:" not in proc.stderr

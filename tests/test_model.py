@@ -188,10 +188,13 @@ def test_bad_fit_settings_get_one_line_errors(kwargs, phrase):
 
 
 @pytest.mark.parametrize("kwargs", [dict(hidden=(0,)), dict(latent=-2), dict(lr=0.0), dict(backend="tpu"),
-                                    dict(activation="sigmoid")])
+                                    dict(activation="sigmoid"), dict(precision="fp16"), dict(precision=16),
+                                    dict(precision="bf16", backend="reference"), dict(precision="bf16", backend="gpu"),
+                                    dict(precision="fp32", backend="cpu-bf16")])
 def test_bad_model_settings_get_one_line_errors(kwargs):
-    with pytest.raises(UserError):
+    with pytest.raises(UserError) as err:
         VAE(**{**SMALL, **kwargs})
+    assert "\n" not in str(err.value)
 
 
 def test_decode_checks_its_codings(trained):

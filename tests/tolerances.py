@@ -22,6 +22,10 @@ TOL = {
     # through the 1-Lipschitz activations: 16 for the suite's deepest whole-step case (h = 3). (5x one kernel's,
     # float32's ratio, was exceeded by a two-layer tanh step in CI: 0.051.)
     "bfloat16_step": 16 * BF16_PRODUCT,
+    # the decoder alone, codings to logits, same weights in bf16 and in fp32 (a bf16-trained checkpoint loaded at
+    # either precision): h + 1 bf16 products in a chain (h hidden layers, h <= 3 here), each adding its relative
+    # error to first order through the 1-Lipschitz activations, as in the step's bound above.
+    "bfloat16_decoder": 4 * BF16_PRODUCT,
     "fd": 1e-6,             # float64 central differences, h = 1e-5: truncation ~h^2, rounding ~1e-16/h
 }
 PRECISIONS = {"cpu-bf16": "bfloat16"}    # backends whose products round their operands; all others float32

@@ -1,13 +1,17 @@
 """Backend selection. Every backend is a `contract.Backend`: the kernels and hooks declared in
 fastvae/backends/contract.py, checked when the backend loads. CuPy is imported only when the gpu backend is asked
-for."""
+for. `resolve` turns a backend name and a precision into the backend to load: the precision rules live there only."""
 import importlib
+
+import numpy as np
 
 from ..errors import UserError
 from .contract import Backend
 
 NAMES = ("auto", "cpu", "cpu-bf16", "gpu", "reference")
 MODULES = {"cpu-bf16": "cpu_bf16"}     # a backend's module where its name is no Python identifier
+PRECISIONS = ("fp32", "bf16")          # what `precision=` / --precision takes
+BF16_BACKENDS = ("cpu-bf16",)          # backends whose products take bf16 operands (fp32 master weights and sums)
 _loaded = {}
 
 
@@ -20,15 +24,11 @@ def get_backend(name: str = "auto", notify=None) -> Backend:
     given instead of a name is returned as it is."""
     if isinstance(name, Backend):
         return name
-    if name not in NAMES:
-        raise UserError(f"unknown backend {name!r}; choose one of {', '.join(NAMES)}")
+    _check_name(name)
     if name == "auto":
-        from . import gpu
-        try:
-            return gpu.load()
-        except gpu.Unavailable as exc:          # every way the GPU can fail to start, as one line
-            if notify is not None:
-                notify(f"fastvae: using the cpu backend ({exc.reason})")
+        gpu = _auto_gpu(notify)
+        if gpu is not None:
+            return gpu
         name = "cpu"
     if name == "gpu":
         from . import gpu
@@ -40,3 +40,86 @@ def get_backend(name: str = "auto", notify=None) -> Backend:
             raise UserError(f"the {name} backend cannot run here: {reason}")
         _loaded[name] = Backend(module)
     return _loaded[name]
+
+
+def resolve(name: str | Backend = "auto", precision: str | None = None, notify=None) -> str | Backend:
+    """The backend to hand get_backend for backend `name` at `precision`, following the rules of issue 13:
+
+    - None: the backend's own precision (bf16 for "cpu-bf16", float64 for "reference", else fp32): `name` as it is.
+    - "fp32": `name` as it is; with "cpu-bf16" (whose products are bf16) a UserError: the two contradict.
+    - "bf16": "cpu-bf16" stays; "cpu", and "auto" where the GPU does not start (`notify` hears why, as get_backend's
+      auto does), become the CPU's bf16 backend (`cpu_bf16_backend`); where this CPU has none, `notify` hears one
+      line saying why and "cpu" (fp32) is returned. "gpu", "auto" where the GPU starts, and "reference" (float64,
+      the specification) are a UserError.
+    A Backend given instead of a name is returned as it is when the rules above keep its name (or, for a backend of
+    no name here, when it computes in `precision`); a precision that needs another backend is a UserError.
+    Raises UserError (one line) for an unknown name or precision."""
+    if precision is not None and precision not in PRECISIONS:
+        raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if isinstance(name, Backend):
+        # kept where it computes in `precision`: by the rules for its name, or by its own precision for a backend no
+        # name loads (a test's)
+        if precision is None:
+            return name
+        named = name.name in NAMES
+        if not (resolve(name.name, precision, notify) == name.name if named else precision_of(name) == precision):
+            raise UserError(f"the {name.name} backend object given does not compute in {precision}; pass a backend "
+                            f"name (e.g. 'cpu') with precision {precision!r} instead")
+        return name
+    _check_name(name)
+    if precision is None:
+        return name
+    if precision == "fp32":
+        if name in BF16_BACKENDS:
+            raise UserError(f"backend {name} computes in bf16, which contradicts precision fp32; use --backend cpu "
+                            "for fp32, or --precision bf16")
+        return name
+    if name in BF16_BACKENDS:
+        return name
+    if name == "reference":
+        raise UserError("precision bf16 does not apply to the reference backend (float64: the specification); "
+                        "use --precision fp32 or --backend cpu")
+    if name == "gpu" or (name == "auto" and _auto_gpu(notify) is not None):
+        chose = " (which auto chose: the GPU is usable)" if name == "auto" else ""
+        raise UserError(f"precision bf16 is not implemented on the gpu backend{chose} yet; use --precision fp32 "
+                        "or --backend cpu")
+    bf16, reason = cpu_bf16_backend()
+    if bf16 is None:
+        if notify is not None:
+            notify(f"fastvae: precision bf16 needs AMX or AVX512-BF16, unavailable here ({reason}); using fp32 on the "
+                   "cpu backend")
+        return "cpu"
+    return bf16
+
+
+def cpu_bf16_backend() -> tuple[str | None, str | None]:
+    """(name of the backend that runs the cpu backend's products in bf16 on this CPU, None), or (None, the one-line
+    reason there is none): cpu-bf16, whose products run on AMX tiles, or where the CPU has none (AMD's Zen 4) with
+    AVX512-BF16's vdpbf16ps (fastvae.backends.amx.tiles)."""
+    from . import amx
+    reason = amx.engine_unavailable_reason()
+    return ("cpu-bf16", None) if reason is None else (None, reason)
+
+
+def precision_of(be: Backend) -> str:
+    """The precision a backend's products compute in: "bf16" (bf16 operands, fp32 sums: BF16_BACKENDS), "fp64" (the
+    float64 reference) or "fp32". Master weights, gradients and Adam's moments are the backend's dtype throughout."""
+    if be.name in BF16_BACKENDS:
+        return "bf16"
+    return "fp64" if np.dtype(be.dtype) == np.float64 else "fp32"
+
+
+def _check_name(name):
+    if name not in NAMES:
+        raise UserError(f"unknown backend {name!r}; choose one of {', '.join(NAMES)}")
+
+
+def _auto_gpu(notify):
+    """What "auto" finds: the gpu backend where it starts, else None after telling `notify` why (one line)."""
+    from . import gpu
+    try:
+        return gpu.load()
+    except gpu.Unavailable as exc:          # every way the GPU can fail to start, as one line
+        if notify is not None:
+            notify(f"fastvae: using the cpu backend ({exc.reason})")
+        return None

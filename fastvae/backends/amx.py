@@ -24,6 +24,8 @@ from numba.core.codegen import get_host_cpu_features
 from numba.extending import intrinsic
 
 from ..errors import UserError
+from . import avx512bf16
+from .avx512bf16 import vector_product
 
 ARCH_REQ_XCOMP_PERM = 0x1023   # linux/arch/x86/include/uapi/asm/prctl.h
 XFEATURE_XTILEDATA = 18
@@ -58,11 +60,27 @@ def unavailable_reason():
     return None
 
 
+# The engine under tiles(): AMX where Numba's target has it, else AVX512-BF16's vdpbf16ps (avx512bf16.py: the same
+# packed operands, so everything else here serves both). A compile-time constant for Numba, which prunes the other
+# branch: the AMX intrinsics cannot even be compiled for a target without AMX. Numba's cache keys every kernel by
+# the target's CPU name and features, so code built for one engine is never loaded where the other one runs.
+USE_AMX = all(f in _target_features() for f in NEEDED_FEATURES)
+
+
+def engine_unavailable_reason():
+    """None where tiles() can run in this process (AMX, or without it AVX512-BF16), else one line saying why."""
+    if USE_AMX:
+        return unavailable_reason()
+    reason = avx512bf16.unavailable_reason()
+    return None if reason is None else f"{unavailable_reason()}, and no AVX512-BF16 either ({reason})"
+
+
 def require():
-    """Raise UserError (one line) unless AMX can run in this process; after it returns, tile code is safe."""
-    reason = unavailable_reason()
+    """Raise UserError (one line) unless tiles() can run in this process; after it returns, its code is safe (for AMX:
+    the kernel has granted the tile state)."""
+    reason = engine_unavailable_reason()
     if reason is not None:
-        raise UserError(f"AMX is unavailable: {reason}")
+        raise UserError(f"bf16 products are unavailable: {reason}")
 
 
 # ---------------------------------------------------------------- the LLVM intrinsics, one Numba intrinsic each
@@ -329,6 +347,15 @@ def _tiles_product(out, a, b, cfg, block):
     _tilerelease()
 
 
+@njit(inline="always", cache=True, nogil=True)
+def tiles(out, a, b, cfg, block):
+    """out = a @ b from the packed operands of _tiles_product, on this process's engine (USE_AMX)."""
+    if USE_AMX:
+        _tiles_product(out, a, b, cfg, block)
+    else:
+        vector_product(out, a, b, block)
+
+
 _CFG = tile_config()
 
 
@@ -385,7 +412,7 @@ def product(out, a, a_transposed, b, b_transposed, packed_b, a_scratch, b_scratc
         _pack_b(pb, b.view(np.uint32), b_transposed)
     else:
         pb = packed_b
-    _tiles_product(out, pa, pb, cfg, block)
+    tiles(out, pa, pb, cfg, block)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -440,7 +467,7 @@ def matmul(out, a, b, workspace=None):
     pb = workspace.take("b", _b_shape(k, n))
     _pack_b(pb, *_source(b))
     target = out if out.flags.c_contiguous else np.empty(out.shape, np.float32)
-    _tiles_product(target, pa, pb, _CFG, workspace.block)
+    tiles(target, pa, pb, _CFG, workspace.block)
     if target is not out:
         out[...] = target
     return out

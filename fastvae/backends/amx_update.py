@@ -11,7 +11,7 @@ import functools
 import numpy as np
 from numba import njit
 
-from .amx import BLOCK, TILE, _pack_b, _padded, _pair, _tiles_product, pack_b_columns, pack_b_rows
+from .amx import BLOCK, TILE, _pack_b, _padded, _pair, pack_b_columns, pack_b_rows, tiles
 from .cpu_update import adam_block, claim, column_sums
 
 # Rows of a weight per work item (a multiple of BLOCK, so no pair of rows or 16-row strip of a pack is written by
@@ -88,7 +88,7 @@ def weight_items(params, grads, m, v, inputs, douts, forward_packs, transposed_p
                 g = g_scratch[:g1 - g0]
             else:
                 g = grads[g0:g1]
-            _tiles_product(g.reshape((b1 - b0, n)), pa, pb, cfg, block)
+            tiles(g.reshape((b1 - b0, n)), pa, pb, cfg, block)
             adam_block(params[g0:g1], g, m[g0:g1], v[g0:g1], lr_t, beta1, beta2, eps)
             if pf.size:
                 pack_b_rows(pf, w, b0, b1)

@@ -1,4 +1,5 @@
-"""The cpu-bf16 backend: the cpu backend with every matrix product on AMX tiles, bf16 operands, fp32 accumulation.
+"""The cpu-bf16 backend: the cpu backend with every matrix product in bf16 operands, fp32 accumulation: on AMX tiles,
+or where the CPU has none, with AVX512-BF16's vdpbf16ps (amx.tiles() picks the engine; both read the same packs).
 
 Implements the contract of backends/contract.py with the cpu backend's float32 arrays: master weights, gradients,
 Adam's moments, activations, sampling, the KL and the loss stay as in cpu.py, whose fused Numba passes (bias +
@@ -18,7 +19,7 @@ from numba import njit
 from ..constants import COUNTER_STEP
 from ..params import flat_offsets, update_shapes
 from . import amx, amx_update, cpu, cpu_update
-from .amx import unavailable_reason  # noqa: F401  (get_backend asks it before using this backend)
+from .amx import engine_unavailable_reason as unavailable_reason  # noqa: F401  (get_backend asks it first)
 from .cpu import asarray, dtype, empty, gather_batch, synchronize, to_host, workers, xp, zeros  # noqa: F401
 
 name = "cpu-bf16"
