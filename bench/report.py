@@ -107,9 +107,12 @@ def breakdown_table(benches):
     found = [b for b in benches if b["group"] == GROUP]
     if not found:
         return []
-    result = found[0]["extra_info"]["breakdown"]
-    return [f"### One cpu step, part by part ({result['threads']} threads, shards of {result['shard_rows']} rows)", "",
-            table(result), ""]
+    lines = []
+    for bench in found:
+        result = bench["extra_info"]["breakdown"]
+        lines += [f"### One {result.get('backend', 'cpu')} step, part by part ({result['threads']} threads, shards of "
+                  f"{result['shard_rows']} rows)", "", table(result), ""]
+    return lines
 
 
 def main(path):

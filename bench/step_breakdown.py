@@ -1,13 +1,15 @@
 """Where one cpu training step goes, measured inside real steps (issue 14), at the seed's settings on MNIST.
 
-    python -m bench.step_breakdown [--steps 400] [--json FILE]
+    python -m bench.step_breakdown [--steps 400] [--rounds 3] [--backend cpu|cpu-bf16] [--json FILE]
 
 Three measurements of the same model in one process, alternated in rounds (the machine drifts):
 1. the step as a fit runs it: the detected thread count (fastvae.threads), row shards on the backend's workers, one
-   product + pass per layer in one Numba call; the shards' phase (forward and backward of every shard at once) and
-   Adam's (the flat buffer split between the threads) timed apart;
-2. one shard (the batch's first rows, as many as a shard has) alone on one thread with the products called from
-   Python (`cpu.FUSED = False`), every product and every fused pass timed: what a shard's work is made of;
+   product + pass per layer in one Numba call; the shards' phase (forward and the backward of dz and dinp of every
+   shard at once) and the update's (weight_update: the weight gradients over the whole batch fused with Adam, its
+   chunks claimed by the threads) timed apart;
+2. (cpu only) one shard (the batch's first rows, as many as a shard has) alone on one thread with the products
+   called from Python (`cpu.FUSED = False`), every product and every fused pass timed: what a shard's work is made
+   of;
 3. the step's 17 products alone at the full batch in OpenBLAS's own threads (bench/test_products.py's floor).
 The difference between the shards' phase and one shard's parts is what running the shards at once costs (the GIL
 between calls, caches and memory shared by the threads, the wait for the slower shard).
@@ -122,7 +124,9 @@ def one_shard(be, cfg, data, steps, rows):
                 a = ws.rows(rows)
                 be.gather_batch(a.x, data, idx)
                 step.forward(be, cfg, state.weights, a, ws.loss, state.counters, STREAM_TRAIN)
-                step.backward(be, cfg, state.weights, state.gradients, a, state.counters, STREAM_TRAIN)
+                # as the step runs a shard: without the weight gradients where weight_update forms them after
+                step.backward(be, cfg, state.weights, None if be.weight_update else state.gradients, a,
+                              state.counters, STREAM_TRAIN)
             for k in range(3):
                 shard_step(k)
             for k in kernels:
@@ -167,13 +171,13 @@ def products_alone(cfg, rounds=50):
     return 1e3 * total
 
 
-def measure(steps=400, rounds=3):
+def measure(steps=400, rounds=3, backend="cpu"):
     from fastvae import threads
     from fastvae.backends import get_backend
     from fastvae.config import Config
     from fastvae.data import load_mnist
     from fastvae.step import MIN_SHARD_ROWS, row_shards
-    be, cfg = get_backend("cpu"), Config()
+    be, cfg = get_backend(backend), Config()
     data = load_mnist().train_x
     count = threads.detect().threads
     shard_rows = row_shards(cfg.batch_size, max(1, min(count, cfg.batch_size // MIN_SHARD_ROWS)))[0][1]
@@ -183,10 +187,11 @@ def measure(steps=400, rounds=3):
         runs["step"].append(total)
         for k, v in phases.items():
             runs[f"phase {k}"].append(v)
-        for k, v in one_shard(be, cfg, data, steps, shard_rows).items():
-            runs[f"shard {k}"].append(v)
+        if backend == "cpu":                # (its products are timed through np.matmul: the cpu backend's alone)
+            for k, v in one_shard(be, cfg, data, steps, shard_rows).items():
+                runs[f"shard {k}"].append(v)
         runs["products alone (17, full batch, OpenBLAS's threads)"].append(products_alone(cfg))
-    return {"threads": count, "shard_rows": shard_rows, "steps": steps, "rounds": rounds,
+    return {"backend": backend, "threads": count, "shard_rows": shard_rows, "steps": steps, "rounds": rounds,
             "ms": {k: statistics.median(v) for k, v in runs.items()}}
 
 
@@ -196,9 +201,10 @@ def table(result):
              "| --- | ---: |"]
     lines += [f"| {k} | {v:.3f} |" for k, v in ms.items()]
     shard = sum(v for k, v in ms.items() if k.startswith("shard "))
-    lines.append(f"| one shard's parts together ({result['shard_rows']} rows, one thread) | {shard:.3f} |")
-    lines.append(f"| running {result['threads']} shards at once costs (phase shards - one shard) | "
-                 f"{ms['phase shards'] - shard:.3f} |")
+    if shard:
+        lines.append(f"| one shard's parts together ({result['shard_rows']} rows, one thread) | {shard:.3f} |")
+        lines.append(f"| running {result['threads']} shards at once costs (phase shards - one shard) | "
+                     f"{ms['phase shards'] - shard:.3f} |")
     floor = ms["products alone (17, full batch, OpenBLAS's threads)"]
     lines.append(f"| step ÷ products alone | {ms['step'] / floor:.2f} |")
     return "\n".join(lines)
@@ -208,11 +214,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--backend", default="cpu", choices=("cpu", "cpu-bf16"))
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.rounds < 1:
         parser.error("--steps and --rounds must be positive")
-    result = measure(args.steps, args.rounds)
+    result = measure(args.steps, args.rounds, args.backend)
     print(table(result))
     if args.json:
         from fastvae import jsonfile

@@ -8,12 +8,16 @@ GROUP = "cpu step breakdown (seed settings, batch 150)"
 
 
 @pytest.mark.benchmark(group=GROUP)
-def test_step_breakdown(benchmark):
+@pytest.mark.parametrize("backend", ["cpu", "cpu-bf16"])
+def test_step_breakdown(benchmark, backend):
+    from fastvae.backends import amx
+    if backend == "cpu-bf16" and amx.engine_unavailable_reason() is not None:
+        pytest.skip(f"no bf16 products here: {amx.engine_unavailable_reason()}")
     steps, rounds = (5, 1) if benchmark.disabled else (400, 3)
     found = {}
 
     def run():
-        found.update(measure(steps, rounds))
+        found.update(measure(steps, rounds, backend))
     benchmark.pedantic(run, rounds=1, iterations=1)
     ms = found["ms"]
     assert all(v >= 0 for k, v in ms.items() if k != "shard Python between the kernels"), ms

@@ -165,3 +165,28 @@ def test_resume_refuses_what_it_cannot_honour(tmp_path, args, phrase):
 def test_resume_from_a_folder_that_is_not_a_run(tmp_path):
     proc = cli("--resume", str(tmp_path))
     assert proc.returncode == 2 and "not a fastvae run folder" in proc.stderr
+
+
+_TRAIN_AND_PRINT = """
+import numpy as np
+from fastvae import VAE
+from fastvae.data import load_mnist
+mnist = load_mnist()
+model = VAE(hidden=(40, 24), latent=3, backend="cpu", seed=3, batch_size=50, threads=1)
+model.fit(mnist.train_x[:200], epochs=1)
+params = model.backend.to_host(model.state.params)
+print(repr(model.evaluate(mnist.test_x[:200])["total"]), params.view(np.uint32).sum(dtype=np.uint64))
+"""
+
+
+def test_freshly_compiled_kernels_and_their_cached_copies_give_the_same_bits(tmp_path):
+    """Numba compiles the kernels in the first process and loads them from its cache in the next: both must train and
+    evaluate to the same bits (a resumed run, or a checkpoint's metrics read in another process, depend on it). A
+    fastmath reduction once broke this: the loss summed in another order, 1e-8 apart."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+    runs = [subprocess.run([sys.executable, "-c", _TRAIN_AND_PRINT], env=env, capture_output=True, text=True,
+                           timeout=600) for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-3000:]
+    fresh, cached = (run.stdout.strip().splitlines()[-1] for run in runs)
+    assert fresh == cached
