@@ -107,17 +107,23 @@ def check_dense(be, rand, rows, fan_in, fan_out, activation, zeros=0.0):
     buf.check_poison()
 
 
+def _layer_forward(be, rand, buf, rows, fan_in, fan_out, activation):
+    """A layer's fresh inputs and its forward on `be`, as a backward test starts: (inp, w, dout, inp and w on the
+    backend, the backend's output, that output on the host in float64)."""
+    inp, w, b = layer_inputs(rand, rows, fan_in, fan_out)
+    dout = rand.normal(0, 1, (rows, fan_out)).astype(np.float32)
+    out = buf.out((rows, fan_out))
+    d_inp, d_w = buf.inp(inp), buf.inp(w)
+    be.dense_forward(out, d_inp, d_w, buf.inp(b), activation)
+    return inp, w, dout, d_inp, d_w, out, host(be, out)
+
+
 def check_backward_without_weight_gradient(be, rand, rows, fan_in, fan_out, activation, first_layer):
     """dw = db = None (a backend with weight_update): dz is left in dout (weight_update reads it) and dinp is right
     (None for a first layer); nothing else is written."""
     tol = tolerance_for(be)
-    inp, w, b = layer_inputs(rand, rows, fan_in, fan_out)
-    dout = rand.normal(0, 1, (rows, fan_out)).astype(np.float32)
     buf = Buffers(be)
-    out = buf.out((rows, fan_out))
-    d_inp, d_w = buf.inp(inp), buf.inp(w)
-    be.dense_forward(out, d_inp, d_w, buf.inp(b), activation)
-    y = host(be, out)
+    inp, w, dout, d_inp, d_w, out, y = _layer_forward(be, rand, buf, rows, fan_in, fan_out, activation)
     identity = activation == "identity"
     dinp, d_dout = None if first_layer else buf.out((rows, fan_in)), buf.inp(dout)
     be.dense_backward(dinp, None, None, d_dout, d_inp, d_w, None if identity else out, activation)
@@ -135,13 +141,8 @@ def check_backward_without_weight_gradient(be, rand, rows, fan_in, fan_out, acti
 def check_first_layer_backward(be, rand, rows, fan_in, fan_out, activation):
     """dinp=None (the first layer has no input gradient): dw and db still right, nothing else written."""
     tol = tolerance_for(be)
-    inp, w, b = layer_inputs(rand, rows, fan_in, fan_out)
-    dout = rand.normal(0, 1, (rows, fan_out)).astype(np.float32)
     buf = Buffers(be)
-    out = buf.out((rows, fan_out))
-    d_inp, d_w = buf.inp(inp), buf.inp(w)
-    be.dense_forward(out, d_inp, d_w, buf.inp(b), activation)
-    y = host(be, out)
+    inp, w, dout, d_inp, d_w, out, y = _layer_forward(be, rand, buf, rows, fan_in, fan_out, activation)
     dw, db = buf.out((fan_in, fan_out)), buf.out(fan_out)
     be.dense_backward(None, dw, db, buf.inp(dout), d_inp, d_w, out, activation)
     e_dw, e_db = np.empty((fan_in, fan_out)), np.empty(fan_out)

@@ -231,6 +231,18 @@ def _python(code, env_extra, cache_dir):
     return done.stdout.strip().splitlines()[-1]
 
 
+def cached_features(cache_dir, kernel):
+    """The CPU features in the key of the one cached overload of `kernel` in Numba's cache at `cache_dir`."""
+    index = [p for p in cache_dir.rglob("*.nbi") if kernel in p.name]
+    assert len(index) == 1
+    with open(index[0], "rb") as f:
+        pickle.load(f)                                 # Numba's version
+        _, overloads = pickle.loads(f.read())
+    (key,) = [k for k in overloads]
+    _, (triple, cpu_name, features), _ = key
+    return features.split(",")
+
+
 def _without_amx():
     """Numba's target as a CPU without AMX would give it (Zen 4's name; this machine's features less amx-*)."""
     return _target_without("znver4", ("amx",))
@@ -315,14 +327,8 @@ def test_the_numba_cache_never_hands_amx_code_to_another_cpu(tmp_path):
         assert np.all(out == 7)
         print("compiled")
     """, {}, tmp_path)
-    index = [p for p in tmp_path.rglob("*.nbi") if "_tiles_product" in p.name]
-    assert len(index) == 1
-    with open(index[0], "rb") as f:
-        pickle.load(f)                                 # Numba's version
-        _, overloads = pickle.loads(f.read())
-    (key,) = [k for k in overloads]
-    _, (triple, cpu_name, features), _ = key
-    assert "+amx-tile" in features.split(",") and "+amx-bf16" in features.split(",")
+    features = cached_features(tmp_path, "_tiles_product")
+    assert "+amx-tile" in features and "+amx-bf16" in features
     assert _python(_LOAD_CACHED, {}, tmp_path) == "hit"
     assert _python(_LOAD_CACHED, _without_amx(), tmp_path) == "miss"
 

@@ -9,15 +9,11 @@ checked element by element. vdpbf16ps flushes denormal inputs and results to zer
 which N(0, 1) operands never come near. AMX's tdpbf16ps obeys the same bound but adds in another order (about 80 %
 of the outputs differ from this kernel's in the last bits at k = 784), so the two may differ by twice it.
 """
-import os
-import pickle
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
 
+from test_amx import _python, _without_bf16, cached_features
 from fastvae.backends import amx, avx512bf16
 
 needs_bf16 = pytest.mark.skipif(avx512bf16.unavailable_reason() is not None,
@@ -126,24 +122,6 @@ def test_a_too_small_block_scratch_is_refused():
 
 # ---------------------------------------------------------------- a CPU without AVX512-BF16, and Numba's cache
 
-def _python(code, env_extra, cache_dir):
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir), **env_extra}
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
-                          timeout=600, cwd=os.path.dirname(os.path.dirname(__file__)))
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout.strip().splitlines()[-1]
-
-
-def _without_bf16():
-    """Numba's target as an AVX-512 CPU without BF16 would give it (Ice Lake server's name; this machine's features
-    less avx512bf16 and AMX)."""
-    from numba.core.codegen import get_host_cpu_features
-    off = ("avx512bf16", "amx")
-    features = ",".join("-" + f[1:] if any(f[1:].startswith(o) for o in off) else f
-                        for f in get_host_cpu_features().split(","))
-    return {"NUMBA_CPU_NAME": "icelake-server", "NUMBA_CPU_FEATURES": features}
-
-
 def test_a_cpu_without_avx512bf16_gets_one_line(tmp_path):
     """Under Numba's target for a CPU without AVX512-BF16, require() refuses in one line (UserError), before any
     vdpbf16ps could run."""
@@ -188,13 +166,6 @@ def test_the_numba_cache_never_hands_bf16_code_to_another_cpu(tmp_path):
         assert np.all(out == 7)
         print("compiled")
     """, {}, tmp_path)
-    index = [p for p in tmp_path.rglob("*.nbi") if "vector_product" in p.name]
-    assert len(index) == 1
-    with open(index[0], "rb") as f:
-        pickle.load(f)                                 # Numba's version
-        _, overloads = pickle.loads(f.read())
-    (key,) = [k for k in overloads]
-    _, (triple, cpu_name, features), _ = key
-    assert "+avx512bf16" in features.split(",")
+    assert "+avx512bf16" in cached_features(tmp_path, "vector_product")
     assert _python(_LOAD_CACHED, {}, tmp_path) == "hit"
     assert _python(_LOAD_CACHED, _without_bf16(), tmp_path) == "miss"

@@ -12,7 +12,7 @@ import numpy as np
 from numba import njit
 
 from .amx import BLOCK, TILE, _pack_b, _padded, _pair, pack_b_columns, pack_b_rows, tiles
-from .cpu_update import adam_block, claim, column_sums
+from .cpu_update import adam_block, bias_item, claim
 
 # Rows of a weight per work item (a multiple of BLOCK, so no pair of rows or 16-row strip of a pack is written by
 # two threads): the unit in which cpu_update.plan splits the layers between the workers.
@@ -61,12 +61,7 @@ def weight_items(params, grads, m, v, inputs, douts, forward_packs, transposed_p
         dz = douts[layer]
         rows, n = dz.shape
         if r0 < 0:
-            if grads is None:
-                g = g_scratch[:n]
-            else:
-                g = grads[at:at + n]
-            column_sums(g, dz)
-            adam_block(params[at:at + n], g, m[at:at + n], v[at:at + n], lr_t, beta1, beta2, eps)
+            bias_item(params, grads, m, v, at, dz, g_scratch, lr_t, beta1, beta2, eps)
             continue
         kq = _padded(max(rows, 1), 32) // 2
         if layer != packed_layer:

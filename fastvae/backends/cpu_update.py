@@ -138,17 +138,30 @@ def _weight_items(params, grads, m, v, inputs, douts, items, counter, lr_t, beta
             return
         layer, r0, r1, at = items[it, 0], items[it, 1], items[it, 2], items[it, 3]
         dz = douts[layer]
+        if r0 < 0:
+            bias_item(params, grads, m, v, at, dz, scratch, lr_t, beta1, beta2, eps)
+            continue
         n = dz.shape[1]
-        size = n if r0 < 0 else (r1 - r0) * n
+        size = (r1 - r0) * n
         if grads is None:
             g = scratch[:size]
         else:
             g = grads[at:at + size]
-        if r0 < 0:
-            column_sums(g, dz)
-        else:
-            gemm(g.reshape((r1 - r0, n)), inputs[layer][:, r0:r1], True, dz, False)
+        gemm(g.reshape((r1 - r0, n)), inputs[layer][:, r0:r1], True, dz, False)
         adam_block(params[at:at + size], g, m[at:at + size], v[at:at + size], lr_t, beta1, beta2, eps)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def bias_item(params, grads, m, v, at, dz, scratch, lr_t, beta1, beta2, eps):
+    """A layer's bias at params[at:]: its gradient, dz's column sums (fp32 on every backend: no product), into grads
+    or, when grads is None, `scratch`; then Adam on it."""
+    n = dz.shape[1]
+    if grads is None:
+        g = scratch[:n]
+    else:
+        g = grads[at:at + n]
+    column_sums(g, dz)
+    adam_block(params[at:at + n], g, m[at:at + n], v[at:at + n], lr_t, beta1, beta2, eps)
 
 
 _SCRATCH = threading.local()
