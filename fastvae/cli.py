@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import __version__
-from .backends import NAMES
+from .backends import NAMES, PRECISIONS
 from .config import integer
 from .errors import TrainingDiverged, UserError
 
@@ -41,11 +41,18 @@ def _stop(message, status):
     return status
 
 
-def add_shared_options(p: argparse.ArgumentParser, quiet: str) -> None:
-    """The options every tool takes: --backend, --data, --test-images, --quiet (its help: `quiet`), --version."""
+def add_shared_options(p: argparse.ArgumentParser, quiet: str, precision: str = "") -> None:
+    """The options every tool takes: --backend, --precision (its help ends with `precision`), --data, --test-images,
+    --quiet (its help: `quiet`), --version."""
     p.add_argument("--backend", choices=NAMES, default="auto",
-                   help="auto (default) picks gpu when CuPy and a CUDA device are usable, else cpu; reference is "
-                        "float64 NumPy (slow, the specification)")
+                   help="auto (default) picks gpu when CuPy and a CUDA device are usable, else cpu; cpu-bf16 is cpu "
+                        "with its matrix products in bf16 (--precision bf16); reference is float64 NumPy (slow, the "
+                        "specification)")
+    p.add_argument("--precision", choices=PRECISIONS, default=None,
+                   help="fp32 (default; bf16 for --backend cpu-bf16) or bf16: the matrix products' operands rounded "
+                        "to bf16, with fp32 sums, weights and Adam moments, on the cpu backend with AMX tiles or "
+                        "AVX512-BF16 (a CPU with neither computes in fp32, after a notice; not on gpu or reference)"
+                        + precision)
     p.add_argument("--data", type=Path, metavar="PATH",
                    help="a folder of four IDX files of any image size (MNIST, Fashion-MNIST, KMNIST, EMNIST; .gz or "
                         "raw) or a Keras mnist.npz; a Keras-style .npz (x_train, x_test, optional y_train, y_test); "
@@ -109,3 +116,17 @@ def checkpoint_path(path: str | Path) -> Path:
     """`path` itself, or its checkpoint.npz when it is a run folder."""
     path = Path(path)
     return path / "checkpoint.npz" if path.is_dir() else path
+
+
+def run_precision(checkpoint: Path, given: str | None) -> str | None:
+    """The precision to load a checkpoint at: `given` (--precision), else bf16 where the metrics.json beside it says
+    the run trained in bf16 (so that a bf16 run is evaluated as it was measured while training), else None (the
+    backend's own: fp32 on cpu)."""
+    if given is not None:
+        return given
+    try:
+        import json
+        return "bf16" if json.loads((checkpoint.parent / "metrics.json").read_text()).get("precision") == "bf16" \
+            else None
+    except (OSError, ValueError, AttributeError):
+        return None

@@ -28,7 +28,7 @@ import numpy as np
 
 from . import jsonfile, rng
 from .cli import (Parser, add_shared_options, check_positive, checkpoint_path, load_data, notifier, run_main,
-                  whole_number)
+                  run_precision, whole_number)
 from .config import integer, seed_value
 from .errors import UserError
 from .rng import STREAM_IWAE
@@ -178,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=whole_number, nargs="+", default=[DEFAULT_K], metavar="K",
                    help=f"importance samples per image (default {DEFAULT_K}); several values cost as much as the "
                         "largest, because smaller k use a prefix of its samples")
-    add_shared_options(p, quiet="no progress bar")
+    add_shared_options(p, quiet="no progress bar", precision="; default: the run's (bf16 if its metrics.json says so)")
     p.add_argument("--batch-size", type=whole_number, metavar="B", default=DEFAULT_ROWS,
                    help=f"decoder rows per chunk (default {DEFAULT_ROWS}); bounds memory")
     p.add_argument("--seed", type=whole_number, default=0, help="decides the importance samples (default 0)")
@@ -202,7 +202,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None and not args.json.parent.is_dir():
         raise UserError(f"cannot write {args.json}: folder {args.json.parent} does not exist")
     path = checkpoint_path(args.checkpoint)
-    model = VAE.load(path, backend=args.backend, notify=notifier(args))
+    model = VAE.load(path, backend=args.backend, notify=notifier(args),
+                     precision=run_precision(path, args.precision))
     data = load_data(args, model.config.seed)
     test_x = model._images(data.test_x[:args.test_images], f"the test set of {data.source}")     # [:None] is all
     res = evaluate_model(model, test_x, k=args.k, seed=args.seed, batch_size=args.batch_size,

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .cli import Parser, add_shared_options, check_positive, checkpoint_path, load_data, run_main
+from .cli import Parser, add_shared_options, check_positive, checkpoint_path, load_data, run_main, run_precision
 from .constants import SAMPLE_CODINGS
 from .errors import UserError
 
@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("checkpoint", type=Path, help="checkpoint.npz of a training run (or the run folder holding it)")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="folder for the PNG files (default: figures/ beside the checkpoint)")
-    add_shared_options(p, quiet="print nothing but errors")
+    add_shared_options(p, quiet="print nothing but errors",
+                       precision="; default: the run's (bf16 if its metrics.json says so)")
     return p
 
 
@@ -158,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(matplotlib_missing())
     check_positive(args, "test_images")
     path = checkpoint_path(args.checkpoint)
-    model = VAE.load(path, backend=args.backend)
+    model = VAE.load(path, backend=args.backend, precision=run_precision(path, args.precision))
     history = None
     metrics = path.parent / "metrics.json"
     if metrics.is_file():

@@ -19,7 +19,6 @@ import numpy as np
 
 from . import __version__, jsonfile, machine
 from .cli import Parser, add_shared_options, check_positive, load_data, notifier, run_main, whole_number
-from .backends import PRECISIONS
 from .config import Config
 from .constants import ENCODERS, HIDDEN_ACTIVATIONS, RECONSTRUCTIONS, SAMPLE_CODINGS
 from .errors import TrainingInterrupted, UserError
@@ -36,12 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples: python -m fastvae.train --epochs 3 --out runs/quick;  "
                "python -m fastvae.train --resume runs/quick --epochs 10.  "
                "Exit status: 0 done, 2 a mistake in the input, 3 training diverged, 130 interrupted (Ctrl-C).")
-    add_shared_options(p, quiet="no progress bar or per-epoch lines")
-    p.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="fp32 (default; bf16 for --backend cpu-bf16) or bf16: the matrix products' operands rounded "
-                        "to bf16, with fp32 sums, weights and Adam moments, on the cpu backend with AMX (a CPU "
-                        "without AMX trains in fp32, after a notice; not on gpu or reference); --resume keeps the "
-                        "run's unless given")
+    add_shared_options(p, quiet="no progress bar or per-epoch lines",
+                       precision="; --resume keeps the run's unless given")
     p.add_argument("--epochs", type=whole_number, default=None,
                    help=f"passes over the training set (default {DEFAULTS.epochs}; with --resume: the total to reach)")
     p.add_argument("--batch-size", type=whole_number, help=f"images per training step (default {DEFAULTS.batch_size})")
@@ -177,6 +172,8 @@ def run(args: argparse.Namespace) -> int:
         run_info["threads"] = args.threads
     if args.precision is not None:              # the same: asked for once, kept; the one in use is info's
         run_info["precision"] = args.precision
+    elif args.resume is None and model.precision == "bf16":   # a bf16 backend named (cpu-bf16): resume in bf16 too
+        run_info["precision"] = "bf16"
     model.threads = check_threads(run_info.get("threads"))
     cfg = model.config
     args.test_fraction = run_info.get("test_fraction")     # the run's own: a resumed run splits as it did

@@ -90,7 +90,9 @@ def _epoch(model, stepper, order, ws, progress, stop):
     rec, kl = (float(t) / n for t in be.to_host(ws.loss))
     model.epoch, model.epoch_step, model.epoch_loss = model.epoch + 1, 0, np.zeros(2)
     trained = n - starts[first]
+    # the backend and precision with every epoch: a resumed run may change them (--backend, --precision)
     return {"epoch": model.epoch, "steps": model.steps, "seconds": seconds, "images_per_s": trained / seconds,
+            "backend": model.backend.name, "precision": model.precision,
             "train": {"reconstruction": rec, "kl": kl, "total": rec + kl}}
 
 

@@ -41,7 +41,7 @@ def test_names_the_rules_keep(backend, precision, expected):
 @pytest.mark.parametrize("backend,precision,phrase", [
     ("cpu-bf16", "fp32", "contradicts precision fp32"),
     ("reference", "bf16", "does not apply to the reference backend"),
-    ("gpu", "bf16", "not implemented on the gpu backend yet; use --precision fp32 or --backend cpu"),
+    ("gpu", "bf16", "not implemented on the gpu backend yet; use precision fp32 (--precision fp32)"),
     ("cpu", "fp16", "unknown precision 'fp16'; choose one of fp32, bf16"),
     ("cpu", "BF16", "unknown precision"),
     ("tpu", "fp32", "unknown backend 'tpu'"),
@@ -173,8 +173,46 @@ def test_a_bf16_run_records_its_precision_and_resume_keeps_or_changes_it(tmp_pat
     m = _metrics(out)
     assert (m["precision"], [e["epoch"] for e in m["epochs"]]) == ("fp32", [1, 2, 3, 4])
     assert all(np.isfinite(e["test"]["total"]) for e in m["epochs"])
+    # each epoch says what it ran in (the run changed precision at epoch 3)
+    assert [e["precision"] for e in m["epochs"]] == ["bf16", "bf16", "fp32", "fp32"]
+    assert [e["backend"] for e in m["epochs"]] == ["cpu-bf16", "cpu-bf16", "cpu", "cpu"]
     proc = train("--resume", str(out), "--epochs", "5", "--backend", "reference", "--precision", "bf16")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "reference" in proc.stderr
+
+
+@needs_bf16
+def test_a_run_begun_on_the_bf16_backend_by_name_resumes_in_bf16(tmp_path):
+    """--backend cpu-bf16 without --precision is a bf16 run too: --resume (backend auto, no GPU here) keeps bf16
+    (it once fell back to fp32 without a word, the new user's trial found)."""
+    out = tmp_path / "run"
+    proc = train(*CLI_TINY, "--epochs", "1", "--backend", "cpu-bf16", "--out", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert _metrics(out)["run"]["precision"] == "bf16"
+    proc = train("--resume", str(out), "--epochs", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert "on the cpu-bf16 backend in bf16;" in proc.stdout.splitlines()[0]
+    assert [e["precision"] for e in _metrics(out)["epochs"]] == ["bf16", "bf16"]
+
+
+@needs_bf16
+def test_evaluate_measures_a_bf16_run_in_bf16_unless_told(tmp_path):
+    """python -m fastvae.evaluate on a bf16 run loads it in bf16 (the run's, from its metrics.json), so its one-sample
+    ELBO is the test loss the run recorded, to the bit; --precision fp32 evaluates the same weights in fp32."""
+    out = tmp_path / "run"
+    proc = train(*CLI_TINY, "--epochs", "1", "--precision", "bf16", "--out", str(out), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    recorded = _metrics(out)["epochs"][-1]["test"]["total"]
+    got = {}
+    for precision in (None, "fp32"):
+        report = tmp_path / f"eval-{precision}.json"
+        cmd = [sys.executable, "-m", "fastvae.evaluate", str(out), "--test-images", "100", "--k", "1", "--quiet",
+               "--json", str(report), *(["--precision", precision] if precision else [])]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        doc = json.loads(report.read_text())
+        got[precision] = (doc["backend"], doc["elbo"]["total"])
+    assert got[None] == ("cpu-bf16", recorded)
+    assert got["fp32"][0] == "cpu" and abs(got["fp32"][1] - recorded) <= TOL["bfloat16_step"] * recorded
 
 
 def test_bf16_with_auto_is_the_cpus_bf16_where_the_gpu_does_not_start(tmp_path):

@@ -71,18 +71,18 @@ def resolve(name: str | Backend = "auto", precision: str | None = None, notify=N
         return name
     if precision == "fp32":
         if name in BF16_BACKENDS:
-            raise UserError(f"backend {name} computes in bf16, which contradicts precision fp32; use --backend cpu "
-                            "for fp32, or --precision bf16")
+            raise UserError(f"backend {name} computes in bf16, which contradicts precision fp32; use backend cpu "
+                            "(--backend cpu) for fp32, or precision bf16")
         return name
     if name in BF16_BACKENDS:
         return name
     if name == "reference":
         raise UserError("precision bf16 does not apply to the reference backend (float64: the specification); "
-                        "use --precision fp32 or --backend cpu")
+                        "use precision fp32 (--precision fp32) or backend cpu (--backend cpu)")
     if name == "gpu" or (name == "auto" and _auto_gpu(notify) is not None):
         chose = " (which auto chose: the GPU is usable)" if name == "auto" else ""
-        raise UserError(f"precision bf16 is not implemented on the gpu backend{chose} yet; use --precision fp32 "
-                        "or --backend cpu")
+        raise UserError(f"precision bf16 is not implemented on the gpu backend{chose} yet; use precision fp32 "
+                        "(--precision fp32) or backend cpu (--backend cpu)")
     bf16, reason = cpu_bf16_backend()
     if bf16 is None:
         if notify is not None:
