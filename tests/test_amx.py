@@ -346,3 +346,28 @@ def test_without_the_tile_permission_the_first_tile_instruction_is_sigill(tmp_pa
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)})
     assert done.returncode == -4, (done.returncode, done.stderr[-2000:])     # -SIGILL
+
+
+def test_the_register_transpose_moves_every_word_and_nothing_else(rand):
+    """transpose.transpose16 (the transposed pack's inner step): dst's 16 x 16 block at any offset and row stride is
+    src's block transposed, bit for bit, and no other word of dst changes."""
+    from numba import njit
+
+    from fastvae.backends.transpose import transpose16
+
+    @njit(cache=False)
+    def run(src, src_at, src_stride, dst, dst_at, dst_stride):
+        transpose16(src, src_at, src_stride, dst, dst_at, dst_stride)
+
+    for src_at, src_stride, dst_at, dst_stride in ((0, 16, 0, 16), (5, 37, 3, 41), (1, 400, 16, 16)):
+        src = rand.integers(0, 2 ** 32, 16 * src_stride + src_at + 16, dtype=np.uint64).astype(np.uint32)
+        dst = rand.integers(0, 2 ** 32, 16 * dst_stride + dst_at + 16, dtype=np.uint64).astype(np.uint32)
+        before = dst.copy()
+        run(src, src_at, src_stride, dst, dst_at, dst_stride)
+        block = np.lib.stride_tricks.as_strided(src[src_at:], (16, 16), (4 * src_stride, 4))
+        got = np.lib.stride_tricks.as_strided(dst[dst_at:], (16, 16), (4 * dst_stride, 4))
+        assert np.array_equal(got, block.T)
+        touched = np.zeros(dst.size, bool)
+        for j in range(16):
+            touched[dst_at + j * dst_stride:dst_at + j * dst_stride + 16] = True
+        assert np.array_equal(dst[~touched], before[~touched])
