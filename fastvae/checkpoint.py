@@ -95,7 +95,7 @@ def load(path):
                 raise UserError(f"{bad}: its checksum does not match (the file is corrupt); use an older copy")
     except UserError:
         raise
-    # a corrupt array header makes NumPy's header parser raise SyntaxError or tokenize.TokenError (found by the fuzz test)
+    # a corrupt array header makes NumPy's header parser raise SyntaxError or tokenize.TokenError (the fuzz test)
     except (OSError, ValueError, KeyError, IndexError, TypeError, zipfile.BadZipFile, EOFError, SyntaxError,
             tokenize.TokenError) as e:
         reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]

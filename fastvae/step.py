@@ -201,9 +201,10 @@ def train_step(be, cfg, state, ws, data, idx, parts=1):
     parts > 1 splits the batch into row shards (row_shards) that run forward and backward at once on the backend's
     workers (one after another on a backend without them): each shard draws its own rows' noise (COUNTER_ROW) and
     adds its loss to its own accumulator. A backend with weight_update then forms the weight gradients of the whole
-    batch and updates the weights in one call (split between its workers), so the result does not depend on the
-    split; the others write each shard's partial gradient into state.grads[s], which Adam sums (the result is the
-    unsplit step's up to the order of those sums and the loss's)."""
+    batch and updates the weights in one call (split between its workers), so those do not depend on the split
+    (the loss, a sum of shard sums, does in its last bits); the others write each shard's partial gradient into
+    state.grads[s], which Adam sums (the result is the unsplit step's up to the order of those sums and the
+    loss's)."""
     bounds = row_shards(len(idx), parts)
     fused = be.weight_update is not None
     if not fused:

@@ -1,4 +1,5 @@
-"""Matrix products on Intel AMX tiles from Numba: bf16 operands (rounded to nearest even), fp32 accumulation.
+"""Matrix products on Intel AMX tiles from Numba: bf16 operands (rounded to nearest even), fp32 accumulation; where
+the CPU has no AMX, tiles() runs the same packed operands through AVX512-BF16 instead (avx512bf16.py).
 
 Reads float32 operands a (m, k) and b (k, n), C-ordered or transposed views of C-ordered arrays (packed as they
 are read); writes out (m, n) float32. One entry point, `matmul(out, a, b)`, serves a dense layer's three products:

@@ -1,10 +1,12 @@
-"""cpu-bf16's weight_update on AMX tiles: each weight gradient 32 rows at a time, Adam on those rows at once, and the
-updated rows written straight into the weight's tile layouts (the next step's products load them unpacked again).
+"""cpu-bf16's weight_update: each weight gradient 32 rows at a time on amx.tiles() (AMX, or AVX512-BF16), Adam on
+those rows at once, and the updated rows written straight into the weight's tile layouts (the next step's products
+load them without packing them again).
 
-Reads each layer's input (n, K_l) and dz (n, N_l), float32; writes grads, params, m, v (float32, the flat layout of
-fastvae.params) and the bf16 packs of the weights (amx's B layout, as the weight and as its transpose). A gradient
-block is dw[r0:r1] = inp[:, r0:r1].T @ dz: bf16 operands rounded to nearest even, fp32 accumulation over the whole
-batch (the reduction), stored into grads and read back by Adam from L1. The bias gradients are fp32 column sums.
+Reads each layer's input (n, K_l) and dz (n, N_l), float32; writes params, m, v (float32, the flat layout of
+fastvae.params), grads where given, and the bf16 packs of the weights (amx's B layout, as the weight and as its
+transpose). A gradient block is dw[r0:r1] = inp[:, r0:r1].T @ dz: bf16 operands rounded to nearest even, fp32
+accumulation over the whole batch (the reduction), stored into grads or a per-thread scratch and read back by Adam
+from L1. The bias gradients are fp32 column sums.
 """
 import functools
 
@@ -45,11 +47,11 @@ def scratch_sizes(rows, widths):
 @njit(cache=True, nogil=True, error_model="numpy")
 def weight_items(params, grads, m, v, inputs, douts, forward_packs, transposed_packs, items, counter, lr_t, beta1,
                  beta2, eps, a_scratch, b_scratch, g_scratch, block, cfg):
-    """The items of cpu_update.plan this thread claims (chunks of rows a multiple of BLOCK, biases): each chunk's gradient on the
-    tiles a block of 32 rows at a time, into grads (or g_scratch when grads is None: not kept, and not written out
-    to memory), then Adam on the block, then the block's new weights into the layer's packs (forward_packs[l] as B
-    of inp @ w, transposed_packs[l] as B of dz @ w.T; amx.NO_PACK where a layer has none). dz is packed as B once
-    per layer per call."""
+    """The items of cpu_update.plan this thread claims (chunks of rows a multiple of BLOCK, biases): each chunk's
+    gradient on the tiles a block of 32 rows at a time, into grads (or g_scratch when grads is None: not kept, and
+    not written out to memory), then Adam on the block, then the block's new weights into the layer's packs
+    (forward_packs[l] as B of inp @ w, transposed_packs[l] as B of dz @ w.T; amx.NO_PACK where a layer has none).
+    dz is packed as B once per layer per call."""
     bits = params.view(np.uint32)
     packed_layer = -1
     pb = b_scratch[:0].reshape((0, 0, TILE))

@@ -3,21 +3,21 @@ or where the CPU has none, with AVX512-BF16's vdpbf16ps (amx.tiles() picks the e
 
 Implements the contract of backends/contract.py with the cpu backend's float32 arrays: master weights, gradients,
 Adam's moments, activations, sampling, the KL and the loss stay as in cpu.py, whose fused Numba passes (bias +
-activation, act' + bias gradient, sampling + KL, loss + dlogits) and Adam are used as they are. Only the products
-differ: amx.matmul rounds both operands to bf16 (nearest even) and accumulates in fp32, so a product of K terms
-is within 2 * 2**-8 of the sum of |terms| (tests/tolerances.py). Needs AMX (Intel Sapphire Rapids or later):
-get_backend("cpu-bf16") says in one line why not elsewhere (`unavailable_reason`). The tile kernels release the GIL
-and keep their packing buffers per thread, so the step's row shards run on the cpu backend's `workers` here too.
+activation, act', sampling + KL, loss + dlogits) and Adam are used as they are. Only the products differ: both
+operands rounded to bf16 (nearest even), fp32 accumulation, so a product of K terms is within 2 * 2**-8 of the sum of
+|terms| (tests/tolerances.py); weight_update forms the weight gradients the same way (amx_update.py) and writes the
+new weights into their packs. Needs AMX (Intel Sapphire Rapids or later) or AVX512-BF16 (AMD Zen 4):
+get_backend("cpu-bf16") says in one line why not elsewhere (`unavailable_reason`). The kernels release the GIL and
+keep their packing buffers per thread, so the step's row shards run on the cpu backend's `workers` here too.
 """
 import functools
 import threading
 import weakref
 
-import numpy as np
 from numba import njit
 
 from ..constants import COUNTER_STEP
-from ..params import flat_offsets, update_shapes
+from ..params import flat_offsets
 from . import amx, amx_update, cpu, cpu_update
 from .amx import engine_unavailable_reason as unavailable_reason  # noqa: F401  (get_backend asks it first)
 from .cpu import asarray, dtype, empty, gather_batch, synchronize, to_host, workers, xp, zeros  # noqa: F401
@@ -184,25 +184,22 @@ def adam_update(params, grads, m, v, counters, lr, beta1, beta2, eps):
 
 
 def weight_update(params, grads, m, v, counters, inputs, douts, lr, beta1, beta2, eps):
-    """The contract's weight_update with the weight gradients on AMX tiles (amx_update), split between the workers;
-    the packs of this buffer's weights are rewritten by the same pass."""
+    """The contract's weight_update with the weight gradients in bf16 products (amx_update), its chunks claimed by the
+    workers; the packs of this buffer's weights are rewritten by the same pass."""
     amx.require()
-    shapes = update_shapes(inputs, douts, params.size)
-    items = cpu_update.plan(shapes, amx_update.CHUNK_ROWS)
-    inputs, douts = cpu_update.as_layers(inputs, douts)
-    forward, transposed, copies = PACKS.of_buffer(params, shapes)
-    t, lr_t = cpu_update.adam_constants(counters, lr, beta1, beta2)
-    sizes = amx_update.scratch_sizes(inputs[0].shape[0], tuple(n for _, n in shapes))
-    counter = np.zeros(1, np.int64)
+    u = cpu_update.Update(workers, params, counters, inputs, douts, lr, beta1, beta2, amx_update.CHUNK_ROWS)
+    forward, transposed, copies = PACKS.of_buffer(params, u.shapes)
+    sizes = amx_update.scratch_sizes(u.inputs[0].shape[0], tuple(n for _, n in u.shapes))
 
     def part(k):
         a_scratch, b_scratch, block, cfg = amx.scratch(*sizes[:2])
-        amx_update.weight_items(params, grads, m, v, inputs, douts, forward, transposed, items, counter, lr_t, beta1,
-                                beta2, eps, a_scratch, b_scratch, cpu_update.scratch(sizes[2]), block, cfg)
-    workers.run(part, cpu_update.parts_for(workers, params.size))
+        amx_update.weight_items(params, grads, m, v, u.inputs, u.douts, forward, transposed, u.items, u.counter,
+                                u.lr_t, beta1, beta2, eps, a_scratch, b_scratch, cpu_update.scratch(sizes[2]), block,
+                                cfg)
+    workers.run(part, u.parts)
     for source, target in copies:
         target[...] = source
-    counters[COUNTER_STEP] = t
+    counters[COUNTER_STEP] = u.t
 
 
 def heads_forward(z, mu_logvar, loss, inp, w, b, counters, noise_stream, encoder):

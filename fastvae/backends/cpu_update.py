@@ -100,9 +100,10 @@ def plan(shapes, chunk_rows):
 
 
 @intrinsic
-def _fetch_add(typingctx, counter):
-    """counter[0] += 1 as one atomic read-modify-write (LLVM atomicrmw add, sequentially consistent); returns the
-    value before. counter: a 1-D int64 array."""
+def claim(typingctx, counter):
+    """The next unclaimed item's index, counter[0]++ as one atomic read-modify-write (LLVM atomicrmw add,
+    sequentially consistent; the value before is returned): items are claimed in order, each by exactly one thread.
+    counter: a 1-D int64 array."""
     if not (isinstance(counter, types.Array) and counter.dtype == types.int64 and counter.ndim == 1):
         return None
 
@@ -112,15 +113,9 @@ def _fetch_add(typingctx, counter):
     return types.int64(counter), codegen
 
 
-@njit(inline="always", cache=True)
-def claim(counter):
-    """The next unclaimed item's index (items are claimed in order, each by exactly one thread)."""
-    return _fetch_add(counter)
-
-
 @njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
 def column_sums(db, d):
-    """db = sum over rows of d (reassociation allowed: lanes accumulate in parallel)."""
+    """db = sum over rows of d (each column's sum in row order; the lanes are columns)."""
     db[:] = 0.0
     for r in range(d.shape[0]):
         row = d[r]
@@ -188,15 +183,25 @@ def parts_for(workers, size):
     return max(1, min(workers.count, size // MIN_PART))
 
 
+class Update:
+    """What a weight_update of either cpu backend starts from: the layers' `shapes` (checked against params: a
+    ValueError otherwise), the `items` of plan() in `chunk_rows`-row chunks, `inputs` and `douts` as Numba takes
+    them, an unclaimed `counter`, Adam's step `t` and `lr_t`, and `parts`, the threads to run on."""
+
+    def __init__(self, workers, params, counters, inputs, douts, lr, beta1, beta2, chunk_rows):
+        self.shapes = update_shapes(inputs, douts, params.size)
+        self.items = plan(self.shapes, chunk_rows)
+        self.inputs, self.douts = as_layers(inputs, douts)
+        self.t, self.lr_t = adam_constants(counters, lr, beta1, beta2)
+        self.counter = np.zeros(1, np.int64)
+        self.parts = parts_for(workers, params.size)
+
+
 def weight_update(workers, params, grads, m, v, counters, inputs, douts, lr, beta1, beta2, eps):
     """The contract's weight_update on the cpu backend (fp32 sgemm for the gradient chunks), its chunks claimed by
     the workers as they come free."""
-    shapes = update_shapes(inputs, douts, params.size)
-    items = plan(shapes, WEIGHT_CHUNK_ROWS)
-    inputs, douts = as_layers(inputs, douts)
-    t, lr_t = adam_constants(counters, lr, beta1, beta2)
-    size = WEIGHT_CHUNK_ROWS * max(n for _, n in shapes)
-    counter = np.zeros(1, np.int64)
-    workers.run(lambda k: _weight_items(params, grads, m, v, inputs, douts, items, counter, lr_t, beta1, beta2, eps,
-                                        scratch(size)), parts_for(workers, params.size))
-    counters[COUNTER_STEP] = t
+    u = Update(workers, params, counters, inputs, douts, lr, beta1, beta2, WEIGHT_CHUNK_ROWS)
+    size = WEIGHT_CHUNK_ROWS * max(n for _, n in u.shapes)
+    workers.run(lambda k: _weight_items(params, grads, m, v, u.inputs, u.douts, u.items, u.counter, u.lr_t, beta1,
+                                        beta2, eps, scratch(size)), u.parts)
+    counters[COUNTER_STEP] = u.t

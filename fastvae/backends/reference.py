@@ -174,7 +174,8 @@ def adam_update(params, grads, m, v, counters, lr, beta1, beta2, eps):
 def weight_update(params, grads, m, v, counters, inputs, douts, lr, beta1, beta2, eps):
     """The weight gradients of a whole batch, then Adam: for each layer l, dw_l = inputs[l].T @ douts[l] and
     db_l = sum of douts[l] over rows at the layer's offsets of the flat layout (fastvae.params.flat_offsets);
-    then adam_update with that one gradient (grads None: not kept). Raises ValueError when the layers' shapes do not make params' size."""
+    then adam_update with that one gradient (grads None: not kept). Raises ValueError when the layers' shapes do not
+    make params' size."""
     offsets, _ = flat_offsets(update_shapes(inputs, douts, params.size))
     if grads is None:
         grads = np.empty_like(params)
