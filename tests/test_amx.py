@@ -371,3 +371,64 @@ def test_the_register_transpose_moves_every_word_and_nothing_else(rand):
         for j in range(16):
             touched[dst_at + j * dst_stride:dst_at + j * dst_stride + 16] = True
         assert np.array_equal(dst[~touched], before[~touched])
+
+
+def _special_floats(rand, size):
+    """float32 bits: random values of every magnitude, with ties, NaNs, infinities, zeros and subnormals mixed in."""
+    x = (rand.standard_normal(size) * np.exp2(rand.integers(-140, 120, size))).astype(np.float32)
+    bits = x.view(np.uint32)
+    special = np.array([0x7FC00000, 0x7F800001, 0xFF800000, 0x7F800000, 0x80000000, 0x00000001, 0x3F808000,
+                        0x3F818000, 0x7F7FFFFF, 0x00018000], np.uint32)
+    at = rand.choice(size, min(size, special.size), replace=False)
+    bits[at] = special[:at.size]
+    return bits
+
+
+def _same_floats(got, want):
+    """Equal values, NaN where the other has NaN."""
+    nan = np.isnan(got)
+    return np.array_equal(nan, np.isnan(want)) and np.array_equal(got[~nan], want[~nan])
+
+
+def _halves(words):
+    """(the low bf16s, the high bf16s) of uint32 words, as float32."""
+    return ((words & 0xFFFF) << 16).astype(np.uint32).view(np.float32), (words & 0xFFFF0000).view(np.float32)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered in cast")    # the reference's cast of a signalling NaN
+def test_the_vector_pairs_round_and_place_every_word_and_nothing_else(rand):
+    """bf16_pairs.column_pairs / row_pairs (every pack's words, 16 at a time in vector registers): each word is the
+    two inputs rounded as an independent float64 rounding does (NaN stays NaN), at any offset, and no other word of
+    dst changes."""
+    from numba import njit
+
+    from fastvae.backends.bf16_pairs import column_pairs, row_pairs
+
+    @njit(cache=False)
+    def columns(src, a_at, b_at, dst, d_at):
+        column_pairs(src, a_at, b_at, dst, d_at)
+
+    @njit(cache=False)
+    def rows(src, at, dst, d_at):
+        row_pairs(src, at, dst, d_at)
+
+    for a_at, b_at, d_at in ((0, 16, 0), (5, 77, 3), (40, 1, 17)):
+        src = _special_floats(rand, 100)
+        x = src.view(np.float32)
+        before = rand.integers(0, 2 ** 32, 40, dtype=np.uint64).astype(np.uint32)
+        untouched = np.ones(before.size, bool)
+        untouched[d_at:d_at + 16] = False
+
+        dst = before.copy()
+        columns(src, a_at, b_at, dst, d_at)
+        low, high = _halves(dst[d_at:d_at + 16])
+        assert _same_floats(low, bf16_reference(x[a_at:a_at + 16]))
+        assert _same_floats(high, bf16_reference(x[b_at:b_at + 16]))
+        assert np.array_equal(dst[untouched], before[untouched])
+
+        dst = before.copy()
+        rows(src, a_at, dst, d_at)
+        low, high = _halves(dst[d_at:d_at + 16])
+        assert _same_floats(low, bf16_reference(x[a_at:a_at + 32:2]))
+        assert _same_floats(high, bf16_reference(x[a_at + 1:a_at + 32:2]))
+        assert np.array_equal(dst[untouched], before[untouched])

@@ -27,6 +27,7 @@ from numba.extending import intrinsic
 from ..errors import UserError
 from . import avx512bf16
 from .avx512bf16 import vector_product
+from .bf16_pairs import column_pairs, row_pairs
 from .transpose import transpose16
 
 ARCH_REQ_XCOMP_PERM = 0x1023   # linux/arch/x86/include/uapi/asm/prctl.h
@@ -214,6 +215,26 @@ def _pair(lo, hi):
     return np.uint32(bf16_bits(lo)) | (np.uint32(bf16_bits(hi)) << np.uint32(16))
 
 
+@njit(inline="always", cache=True, nogil=True)
+def _rows_paired(dst, src, i0, i1, d0):
+    """dst[d0 + i - i0] = row i of src (C-ordered float32 bits, k columns) as bf16 pairs along the row, for
+    i0 <= i < i1: the first k // 2 words (and, k odd, the last column paired with zero); dst's further words are not
+    written. 32 columns at a time in vector registers (bf16_pairs.row_pairs), the rest one pair at a time."""
+    k = src.shape[1]
+    width = dst.shape[1]
+    flat_src, flat_dst = src.reshape(-1), dst.reshape(-1)
+    body = k & ~31
+    for i in range(i0, i1):
+        at, d_at = i * k, (d0 + i - i0) * width
+        for c in range(0, body, 32):
+            row_pairs(flat_src, at + c, flat_dst, d_at + c // 2)
+        s, row = src[i], dst[d0 + i - i0]
+        for q in range(body // 2, k // 2):
+            row[q] = _pair(s[2 * q], s[2 * q + 1])
+        if k % 2:
+            row[k // 2] = _pair(s[k - 1], np.uint32(0))
+
+
 @njit(cache=True, nogil=True)
 def _pack_a(dst, src, transposed):
     """dst (m_p, k_p / 2) uint32 = A (m, k) as bf16 rows (two per uint32), zero-padded. A = src, or src.T when
@@ -229,12 +250,7 @@ def _pack_a(dst, src, transposed):
                 dst[i, q] = _pair(s0[i], s1[i])
     else:
         m, k = src.shape
-        for i in range(m):
-            row, s = dst[i], src[i]
-            for q in range(k // 2):
-                row[q] = _pair(s[2 * q], s[2 * q + 1])
-            if k % 2:
-                row[k // 2] = _pair(s[k - 1], np.uint32(0))
+        _rows_paired(dst, src, 0, m, 0)
 
 
 @njit(cache=True, nogil=True)
@@ -253,15 +269,20 @@ def _pack_b(dst, src, transposed):
 def pack_b_rows(dst, src, r0, r1):
     """Rows r0..r1 of B = src (k, n) into dst (_pack_b's layout), r0 even; the padding is left as it is."""
     k, n = src.shape
+    strip = dst.shape[1] * TILE
+    flat_src, flat_dst = src.reshape(-1), dst.reshape(-1)
     zero = np.zeros(n, np.uint32)
     for p in range(r0 // 2, (r1 + 1) // 2):
         s0 = src[2 * p]
-        s1 = src[2 * p + 1] if 2 * p + 1 < k else zero
-        for t in range(n >> 4):
-            d = dst[t, p]
-            for c in range(16):
-                d[c] = _pair(s0[16 * t + c], s1[16 * t + c])
-        for j in range(n & ~15, n):
+        if 2 * p + 1 < k:
+            s1 = src[2 * p + 1]
+            for t in range(n >> 4):
+                column_pairs(flat_src, 2 * p * n + TILE * t, (2 * p + 1) * n + TILE * t, flat_dst, t * strip + TILE * p)
+            tail = n & ~15
+        else:                                       # k odd: the last row is paired with zeros
+            s1 = zero
+            tail = 0
+        for j in range(tail, n):
             dst[j >> 4, p, j & 15] = _pair(s0[j], s1[j])
 
 
@@ -276,16 +297,9 @@ def pack_b_columns(dst, src, j0, j1):
     rows = np.zeros((TILE, kq), np.uint32)          # beyond k / 2 pairs: zeros, never written
     flat_rows, flat_dst = rows.reshape(-1), dst.reshape(-1)
     for t in range(j0 >> 4, (j1 + TILE - 1) >> 4):
-        for c in range(TILE):
-            row, j = rows[c], TILE * t + c
-            if j >= j1:
-                row[:] = 0
-                continue
-            s = src[j]
-            for p in range(k // 2):
-                row[p] = _pair(s[2 * p], s[2 * p + 1])
-            if k % 2:
-                row[k // 2] = _pair(s[k - 1], np.uint32(0))
+        j = TILE * t
+        _rows_paired(rows, src, j, min(j1, j + TILE), 0)
+        rows[min(j1, j + TILE) - j:] = 0
         for q0 in range(0, kq, TILE):
             transpose16(flat_rows, q0, kq, flat_dst, (t * kq + q0) * TILE, TILE)
 
