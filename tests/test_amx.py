@@ -432,3 +432,22 @@ def test_the_vector_pairs_round_and_place_every_word_and_nothing_else(rand):
         assert _same_floats(low, bf16_reference(x[a_at:a_at + 32:2]))
         assert _same_floats(high, bf16_reference(x[a_at + 1:a_at + 32:2]))
         assert np.array_equal(dst[untouched], before[untouched])
+
+
+@pytest.mark.skipif(amx.engine_unavailable_reason() is not None,
+                    reason=f"no bf16 engine here: {amx.engine_unavailable_reason()}")
+def test_packs_and_scratch_start_on_cache_lines(rand):
+    """What the tiles load (a weight's packs, the A and B scratch, amx.Workspace's buffers) and the gradient scratch
+    they store into start on a 64-byte boundary, so a 64-byte tile row is one cache line (aligned_words)."""
+    from fastvae.backends import cpu_update
+
+    for size in (1, 7, 16, 1000, 250_000):
+        assert amx.aligned_words(size).ctypes.data % 64 == 0 and amx.aligned_words(size).size == size
+        assert cpu_update.aligned_empty(size, np.float32).ctypes.data % 64 == 0
+    for k, n in ((784, 500), (101, 3)):
+        assert amx.pack_b(rand.standard_normal((k, n)).astype(np.float32)).ctypes.data % 64 == 0
+    a, b, block, _ = amx.scratch(12345, 6789)
+    assert a.ctypes.data % 64 == 0 and b.ctypes.data % 64 == 0 and block.ctypes.data % 64 == 0
+    ws = amx.Workspace()
+    assert ws.take("a", (80, 400)).ctypes.data % 64 == 0 and ws.take("b", (32, 400, 16)).ctypes.data % 64 == 0
+    assert cpu_update.scratch(3000).ctypes.data % 64 == 0

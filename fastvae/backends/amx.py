@@ -28,6 +28,7 @@ from ..errors import UserError
 from . import avx512bf16
 from .avx512bf16 import vector_product
 from .bf16_pairs import column_pairs, row_pairs
+from .cpu_update import aligned_empty
 from .transpose import transpose16
 
 ARCH_REQ_XCOMP_PERM = 0x1023   # linux/arch/x86/include/uapi/asm/prctl.h
@@ -387,20 +388,28 @@ def tiles(out, a, b, cfg, block):
 _CFG = tile_config()
 
 
+def aligned_words(size):
+    """A new uint32 array of `size` words starting on a 64-byte boundary: then every A row (a multiple of 16 words
+    long) and every 1 KiB B tile of a pack is whole cache lines, and a tile load touches 16 lines, not 32 (NumPy
+    aligns to 16 bytes only). Measured on the Xeon: cpu-bf16's update 1.34 -> 1.25 ms per step on two threads,
+    its two shards 1.40 -> 1.30 ms."""
+    return aligned_empty(size, np.uint32)
+
+
 class Workspace:
     """Packed-operand buffers, grown to the largest product seen (a step's products reuse them). One per thread: the
     step runs row shards on several threads at once (the kernels release the GIL; tile state is per thread)."""
 
     def __init__(self):
-        self.a = np.empty(0, np.uint32)
-        self.b = np.empty(0, np.uint32)
-        self.block = np.empty((BLOCK, BLOCK), np.float32)
+        self.a = aligned_words(0)
+        self.b = aligned_words(0)
+        self.block = aligned_words(BLOCK * BLOCK).view(np.float32).reshape((BLOCK, BLOCK))
 
     def take(self, name, shape):
         buf = getattr(self, name)
         size = int(np.prod(shape))
         if buf.size < size:
-            buf = np.empty(size, np.uint32)
+            buf = aligned_words(size)
             setattr(self, name, buf)
         return buf[:size].reshape(shape)
 
@@ -456,9 +465,9 @@ def scratch(a_size, b_size):
     sizes asked for (product() slices what it uses)."""
     ws = _workspace()
     if ws.a.size < a_size:
-        ws.a = np.empty(a_size, np.uint32)
+        ws.a = aligned_words(a_size)
     if ws.b.size < b_size:
-        ws.b = np.empty(b_size, np.uint32)
+        ws.b = aligned_words(b_size)
     return ws.a, ws.b, ws.block, _CFG
 
 
@@ -475,7 +484,7 @@ def pack_b(b, into=None):
     of a step (product()'s packed_b). b as matmul takes it."""
     require()
     shape = _b_shape(*b.shape)
-    packed = into if into is not None and into.shape == shape else np.empty(shape, np.uint32)
+    packed = into if into is not None and into.shape == shape else aligned_words(int(np.prod(shape))).reshape(shape)
     _pack_b(packed, *_source(b))
     return packed
 

@@ -166,8 +166,16 @@ def scratch(size):
     """This thread's float32 scratch of at least `size` (a gradient chunk that is not kept)."""
     buf = getattr(_SCRATCH, "buf", None)
     if buf is None or buf.size < size:
-        buf = _SCRATCH.buf = np.empty(size, np.float32)
+        buf = _SCRATCH.buf = aligned_empty(size, np.float32)     # (the bf16 tiles store into it)
     return buf
+
+
+def aligned_empty(size, dtype):
+    """A new 1-D array of `size` elements of a 4-byte dtype starting on a 64-byte boundary (NumPy aligns to 16
+    bytes only): whole cache lines for rows whose length is a multiple of 16 elements (amx.aligned_words)."""
+    raw = np.empty(size + 16, dtype)
+    start = (-(raw.ctypes.data // 4)) % 16
+    return raw[start:start + size]
 
 
 def as_layers(inputs, douts):
