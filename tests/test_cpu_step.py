@@ -190,3 +190,21 @@ def test_an_interrupted_run_still_waits_for_its_parts(workers):
     order = []
     workers.run(lambda k: (time.sleep(0.05 * k), order.append(k)), 2)
     assert sorted(order) == [0, 1]
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 7, 38])
+def test_claiming_from_both_ends_hands_out_every_item_once(rand, count):
+    """cpu_update.next_item in any interleaving of threads taking from the front and from the back: each item is
+    claimed exactly once, then every thread is told none is left."""
+    from fastvae.backends.cpu_update import next_item
+
+    for _ in range(5):
+        counter = np.zeros(3, np.int64)
+        got, sides = [], rand.integers(0, 2, 3 * count + 6).astype(bool)
+        for from_back in sides:
+            item = next_item(counter, count, bool(from_back))
+            if item == count:
+                continue
+            got.append(item)
+        assert sorted(got) == list(range(count))
+        assert next_item(counter, count, False) == count and next_item(counter, count, True) == count

@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit
 
 from .amx import BLOCK, TILE, _pack_b, _padded, _pair, pack_b_columns, pack_b_rows, tiles
-from .cpu_update import adam_block, bias_item, claim
+from .cpu_update import adam_block, bias_item, next_item
 
 # Rows of a weight per work item (a multiple of BLOCK, so no pair of rows or 16-row strip of a pack is written by
 # two threads): the unit in which cpu_update.plan splits the layers between the workers.
@@ -45,9 +45,9 @@ def scratch_sizes(rows, widths):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def weight_items(params, grads, m, v, inputs, douts, forward_packs, transposed_packs, items, counter, lr_t, beta1,
-                 beta2, eps, a_scratch, b_scratch, g_scratch, block, cfg):
-    """The items of cpu_update.plan this thread claims (chunks of rows a multiple of BLOCK, biases): each chunk's
+def weight_items(params, grads, m, v, inputs, douts, forward_packs, transposed_packs, items, counter, from_back, lr_t,
+                 beta1, beta2, eps, a_scratch, b_scratch, g_scratch, block, cfg):
+    """The items of cpu_update.plan this thread claims (cpu_update.next_item) (chunks of rows a multiple of BLOCK, biases): each chunk's
     gradient on the tiles a block of 32 rows at a time, into grads (or g_scratch when grads is None: not kept, and
     not written out to memory), then Adam on the block, then the block's new weights into the layer's packs
     (forward_packs[l] as B of inp @ w, transposed_packs[l] as B of dz @ w.T; amx.NO_PACK where a layer has none).
@@ -56,7 +56,7 @@ def weight_items(params, grads, m, v, inputs, douts, forward_packs, transposed_p
     packed_layer = -1
     pb = b_scratch[:0].reshape((0, 0, TILE))
     while True:
-        it = claim(counter)
+        it = next_item(counter, items.shape[0], from_back)
         if it >= items.shape[0]:
             return
         layer, r0, r1, at = items[it, 0], items[it, 1], items[it, 2], items[it, 3]

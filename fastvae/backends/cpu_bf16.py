@@ -194,8 +194,8 @@ def weight_update(params, grads, m, v, counters, inputs, douts, lr, beta1, beta2
     def part(k):
         a_scratch, b_scratch, block, cfg = amx.scratch(*sizes[:2])
         amx_update.weight_items(params, grads, m, v, u.inputs, u.douts, forward, transposed, u.items, u.counter,
-                                u.lr_t, beta1, beta2, eps, a_scratch, b_scratch, cpu_update.scratch(sizes[2]), block,
-                                cfg)
+                                u.from_back(k), u.lr_t, beta1, beta2, eps, a_scratch, b_scratch,
+                                cpu_update.scratch(sizes[2]), block, cfg)
     workers.run(part, u.parts)
     for source, target in copies:
         target[...] = source
