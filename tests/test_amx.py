@@ -451,3 +451,21 @@ def test_packs_and_scratch_start_on_cache_lines(rand):
     ws = amx.Workspace()
     assert ws.take("a", (80, 400)).ctypes.data % 64 == 0 and ws.take("b", (32, 400, 16)).ctypes.data % 64 == 0
     assert cpu_update.scratch(3000).ctypes.data % 64 == 0
+
+
+@pytest.mark.parametrize("rows", AWKWARD_ROWS)
+@pytest.mark.parametrize("width,c0,c1", [(784, 768, 784), (784, 32, 64), (101, 96, 101), (20, 0, 20), (3, 0, 3)])
+def test_the_weight_gradients_a_pack_is_the_columns_in_bf16_pairs(rand, rows, width, c0, c1):
+    """amx_update._pack_a_columns (A of a weight-gradient block: the input's columns c0..c1 as rows, bf16 pairs along
+    the batch, 16 x 16 words at a time through the register transpose): word for word what NumPy's rounding and
+    pairing of the same columns give, zero in the padding."""
+    from fastvae.backends import amx_update
+
+    src = rand.standard_normal((rows, width)).astype(np.float32)
+    kq = -(-max(rows, 1) // 32) * 16
+    dst = rand.integers(0, 2 ** 32, (amx.BLOCK, kq), dtype=np.uint64).astype(np.uint32)     # poison: all rewritten
+    amx_update._pack_a_columns(dst, src.view(np.uint32), c0, c1, np.empty((16, 16), np.uint32))
+    padded = np.zeros((amx.BLOCK, 2 * kq), np.float32)
+    padded[:c1 - c0, :rows] = src[:, c0:c1].T
+    half = bf16_reference(padded).view(np.uint32) >> 16
+    assert np.array_equal(dst, half[:, 0::2] | (half[:, 1::2] << 16))

@@ -14,6 +14,8 @@ import numpy as np
 from numba import njit
 
 from .amx import BLOCK, TILE, _pack_b, _padded, _pair, pack_b_columns, pack_b_rows, tiles
+from .bf16_pairs import column_pairs
+from .transpose import transpose16
 from .cpu_update import adam_block, bias_item, next_item
 
 # Rows of a weight per work item (a multiple of BLOCK, so no pair of rows or 16-row strip of a pack is written by
@@ -22,13 +24,32 @@ CHUNK_ROWS = 64
 
 
 @njit(cache=True, nogil=True)
-def _pack_a_columns(dst, src, c0, c1):
+def _pack_a_columns(dst, src, c0, c1, words):
     """dst (BLOCK, kq) uint32 = A = src[:, c0:c1].T (src (n, K) C-ordered float32 bits) in bf16 pairs along src's
-    rows (the batch: the product's reduction), zero-padded. One row of dst at a time: its stores are consecutive
-    (measured: 0.2-0.4 ms less per step than walking src's rows, whose stores land kq apart)."""
+    rows (the batch: the product's reduction), zero-padded. Each 16 columns x 16 pairs of rows: the pairs of two
+    rows of src 16 columns at a time (bf16_pairs.column_pairs, consecutive loads) into `words` (16 x 16 uint32),
+    then transposed into dst in vector registers (transpose16). Measured on the Xeon: the first layer's input
+    (150 x 784) in 24 us against 58 gathering each column's words one by one, src's rows apart. A group of fewer
+    than 16 columns (K, or c1 - c0, not a multiple of 16) goes word by word."""
     dst[:, :] = 0
-    n = src.shape[0]
-    for i in range(c1 - c0):
+    n, k = src.shape
+    kq = dst.shape[1]
+    flat_src, flat_dst, flat_words = src.reshape(-1), dst.reshape(-1), words.reshape(-1)
+    width = c1 - c0
+    full = width & ~15
+    for i0 in range(0, full, TILE):
+        for q0 in range(0, (n + 1) // 2, TILE):
+            for qq in range(TILE):
+                q = q0 + qq
+                if 2 * q + 1 < n:
+                    column_pairs(flat_src, 2 * q * k + c0 + i0, (2 * q + 1) * k + c0 + i0, flat_words, qq * TILE)
+                elif 2 * q < n:                     # n odd: the last row is paired with zero
+                    for c in range(TILE):
+                        words[qq, c] = _pair(src[2 * q, c0 + i0 + c], np.uint32(0))
+                else:
+                    words[qq, :] = 0
+            transpose16(flat_words, 0, TILE, flat_dst, i0 * kq + q0, kq)
+    for i in range(full, width):
         d, c = dst[i], c0 + i
         for q in range(n // 2):
             d[q] = _pair(src[2 * q, c], src[2 * q + 1, c])
@@ -53,6 +74,7 @@ def weight_items(params, grads, m, v, inputs, douts, forward_packs, transposed_p
     (forward_packs[l] as B of inp @ w, transposed_packs[l] as B of dz @ w.T; amx.NO_PACK where a layer has none).
     dz is packed as B once per layer per call."""
     bits = params.view(np.uint32)
+    words = np.empty((TILE, TILE), np.uint32)          # _pack_a_columns' 16 x 16 block
     packed_layer = -1
     pb = b_scratch[:0].reshape((0, 0, TILE))
     while True:
@@ -79,7 +101,7 @@ def weight_items(params, grads, m, v, inputs, douts, forward_packs, transposed_p
         pa = a_scratch[:BLOCK * kq].reshape((BLOCK, kq))
         for b0 in range(r0, r1, BLOCK):
             b1 = min(r1, b0 + BLOCK)
-            _pack_a_columns(pa, inp, b0, b1)
+            _pack_a_columns(pa, inp, b0, b1, words)
             g0, g1 = base + b0 * n, base + b1 * n
             if grads is None:
                 g = g_scratch[:g1 - g0]
