@@ -201,12 +201,14 @@ def train_step(be, cfg, state, ws, data, idx, parts=1):
     parts > 1 splits the batch into row shards (row_shards) that run forward and backward at once on the backend's
     workers (one after another on a backend without them): each shard draws its own rows' noise (COUNTER_ROW) and
     adds its loss to its own accumulator. A backend with weight_update then forms the weight gradients of the whole
-    batch and updates the weights in one call (split between its workers), so those do not depend on the split
+    batch and updates the weights in one call (split between its workers; with weight_update_parts, on the shards'
+    threads as soon as the last shard is done, in the same job), so those do not depend on the split
     (the loss, a sum of shard sums, does in its last bits); the others write each shard's partial gradient into
     state.grads[s], which Adam sums (the result is the unsplit step's up to the order of those sums and the
     loss's)."""
     bounds = row_shards(len(idx), parts)
     fused = be.weight_update is not None
+    updated = False                             # the weights are (weight_update's parts ran with the shards)
     if not fused:
         state.ensure_shards(len(bounds))
     if len(bounds) == 1:
@@ -229,17 +231,28 @@ def train_step(be, cfg, state, ws, data, idx, parts=1):
             forward(be, cfg, state.weights, a, loss, counters, STREAM_TRAIN)
             backward(be, cfg, state.weights, None if fused else state.shard_gradients[s], a, counters, STREAM_TRAIN)
 
-        run_parts(be, shard, len(bounds))
+        if fused and be.weight_update_parts is not None and be.workers is not None:
+            # the update's parts run on the shards' threads as soon as every shard is done: one job of the workers
+            _, update, finish = be.weight_update_parts(*_update_args(cfg, state, ws.rows(len(idx))))
+            be.workers.run_phases(shard, update, len(bounds))
+            finish()
+            updated = True
+        else:
+            run_parts(be, shard, len(bounds))
         for s in range(1, len(bounds)):
             ws.loss += ws.shard(s)[0]
-    if fused:
-        a = ws.rows(len(idx))
-        grads = state.grads[0] if state.keep_gradients else None
-        be.weight_update(state.params, grads, state.m, state.v, state.counters, layer_inputs(a),
-                         layer_douts(a), cfg.lr, cfg.beta1, cfg.beta2, cfg.adam_eps)
-    else:
+    if fused and not updated:
+        be.weight_update(*_update_args(cfg, state, ws.rows(len(idx))))
+    elif not fused:
         be.adam_update(state.params, state.grads[:len(bounds)], state.m, state.v, state.counters,
                        cfg.lr, cfg.beta1, cfg.beta2, cfg.adam_eps)
+
+
+def _update_args(cfg, state, a):
+    """weight_update's arguments for the step over the whole batch's rows `a`."""
+    grads = state.grads[0] if state.keep_gradients else None
+    return (state.params, grads, state.m, state.v, state.counters, layer_inputs(a), layer_douts(a), cfg.lr,
+            cfg.beta1, cfg.beta2, cfg.adam_eps)
 
 
 def run_parts(be, fn, parts):

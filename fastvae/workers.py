@@ -40,31 +40,64 @@ class Workers:
                 fn(part)
             return
         try:
-            while len(self._threads) < parts - 1:
-                self._threads.append(_Worker())
-            for k, worker in enumerate(self._threads[:parts - 1], start=1):
-                worker.start(fn, k)
-            errors = {}
-            try:
-                fn(0)
-            except BaseException as e:  # noqa: BLE001  (re-raised below, after the other parts finished)
-                errors[0] = e
-            interrupted = None
-            for k, worker in enumerate(self._threads[:parts - 1], start=1):
-                while True:             # every started part is waited for, even through Ctrl-C: a part still
-                    try:                # running would otherwise answer the next job's wait
-                        error = worker.wait()
-                        break
-                    except BaseException as e:  # noqa: BLE001  (KeyboardInterrupt: raised once all are done)
-                        interrupted = interrupted or e
-                if error is not None:
-                    errors[k] = error
-            if interrupted is not None:
-                raise interrupted
-            if errors:
-                raise errors[min(errors)]
+            self._run(fn, parts)
         finally:
             self._busy.release()
+
+    def run_phases(self, first: Callable[[int], None], second: Callable[[int], None], parts: int) -> None:
+        """first(0), ..., first(parts - 1) at once, then, when every one has returned, second(0), ...,
+        second(parts - 1) at once, each part's second on the thread of its first: one job of the pool instead of two,
+        so its threads are handed work (and the caller woken) once, not twice (measured on the project's Xeon: two
+        hand-offs of 40-70 us each, every step). When a first raises, no second runs and that error is raised (as
+        run()'s are). A busy pool, or one part, runs all the firsts, then all the seconds, on the calling thread."""
+        if parts <= 1 or not self._busy.acquire(blocking=False):
+            for part in range(parts):
+                first(part)
+            for part in range(parts):
+                second(part)
+            return
+        barrier = threading.Barrier(parts)
+
+        def both(part):
+            try:
+                first(part)
+                barrier.wait()
+            except threading.BrokenBarrierError:
+                return                  # another part's first raised (or was interrupted): its error is raised
+            except BaseException:
+                barrier.abort()         # the other parts stop waiting, and skip their seconds
+                raise
+            second(part)
+        try:
+            self._run(both, parts)
+        finally:
+            self._busy.release()
+
+    def _run(self, fn, parts):
+        """run() on the pool's threads, which the caller holds (_busy)."""
+        while len(self._threads) < parts - 1:
+            self._threads.append(_Worker())
+        for k, worker in enumerate(self._threads[:parts - 1], start=1):
+            worker.start(fn, k)
+        errors = {}
+        try:
+            fn(0)
+        except BaseException as e:  # noqa: BLE001  (re-raised below, after the other parts finished)
+            errors[0] = e
+        interrupted = None
+        for k, worker in enumerate(self._threads[:parts - 1], start=1):
+            while True:             # every started part is waited for, even through Ctrl-C: a part still
+                try:                # running would otherwise answer the next job's wait
+                    error = worker.wait()
+                    break
+                except BaseException as e:  # noqa: BLE001  (KeyboardInterrupt: raised once all are done)
+                    interrupted = interrupted or e
+            if error is not None:
+                errors[k] = error
+        if interrupted is not None:
+            raise interrupted
+        if errors:
+            raise errors[min(errors)]
 
     def close(self) -> None:
         """Stops the pool's threads (a later run() starts new ones)."""

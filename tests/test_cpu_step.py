@@ -208,3 +208,78 @@ def test_claiming_from_both_ends_hands_out_every_item_once(rand, count):
             got.append(item)
         assert sorted(got) == list(range(count))
         assert next_item(counter, count, False) == count and next_item(counter, count, True) == count
+
+
+def test_two_phases_in_one_job_keep_their_order_and_threads(workers):
+    """Workers.run_phases: every first() returns before any second() starts; each part's second runs on its first's
+    thread; on a busy pool (another job running) the same order, on the calling thread."""
+    import threading
+    import time
+    workers.count = 3
+    for busy in (False, True):
+        events, threads_of = [], {}
+        lock = threading.Lock()
+
+        def first(k):
+            time.sleep(0.01 * k)
+            with lock:
+                events.append(("first", k))
+                threads_of[k] = threading.get_ident()
+
+        def second(k):
+            with lock:
+                events.append(("second", k))
+                assert threads_of[k] == threading.get_ident()
+        if busy:
+            workers.run(lambda k: workers.run_phases(first, second, 3) if k == 0 else None, 2)
+        else:
+            workers.run_phases(first, second, 3)
+        assert sorted(events[:3]) == [("first", k) for k in range(3)]
+        assert sorted(events[3:]) == [("second", k) for k in range(3)]
+
+
+def test_an_error_in_a_first_phase_stops_every_second_phase(workers):
+    """A first() that raises: its error reaches the caller once every part has finished, and no second() runs (the
+    others' waits end at once); the pool then runs the next job."""
+    import time
+    workers.count = 2
+    ran = []
+
+    def first(k):
+        if k == 1:
+            time.sleep(0.05)
+            raise ValueError("shard 1 failed")
+
+    with pytest.raises(ValueError, match="shard 1 failed"):
+        workers.run_phases(first, ran.append, 2)
+    assert ran == []
+    workers.run_phases(lambda k: None, ran.append, 2)
+    assert sorted(ran) == [0, 1]
+
+
+def test_an_interrupt_while_waiting_for_the_other_phase(workers):
+    """Ctrl-C (KeyboardInterrupt) while the caller waits for the other part's first phase: raised once that part has
+    finished, no second phase runs, and the pool runs the next job."""
+    import signal
+    import time
+    workers.count = 2
+    done, ran = [], []
+
+    def first(k):
+        if k == 1:
+            time.sleep(0.3)
+            done.append(1)
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        with pytest.raises(KeyboardInterrupt):
+            workers.run_phases(first, ran.append, 2)
+        assert done == [1] and ran == []
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    workers.run_phases(lambda k: None, ran.append, 2)
+    assert sorted(ran) == [0, 1]

@@ -89,6 +89,7 @@ KERNELS = {k.name: k for k in (
        Arg("beta2", "setting", dtype="float"), Arg("eps", "setting", dtype="float")),
 )}
 
+
 # Kernels a backend may have; the step uses them where present. weight_update: the weight gradients formed over the
 # whole batch after the row shards' backward passes, fused with Adam (no partial gradients per shard to sum, each
 # gradient chunk updated while it is in cache; cpu-bf16 also writes the next step's tile layouts of the weights).
@@ -105,6 +106,15 @@ OPTIONAL_KERNELS = {k.name: k for k in (
        Arg("lr", "setting", dtype="float"), Arg("beta1", "setting", dtype="float"),
        Arg("beta2", "setting", dtype="float"), Arg("eps", "setting", dtype="float")),
 )}
+
+# weight_update in parts, for a caller that runs them on threads it already has (fastvae.step runs them right after
+# the row shards, in the same job of the workers): returns (parts, part, finish); part(k) for k = 0, 1, ... on any
+# number of threads at once (each claims work until none is left; `parts` is how many weight_update itself would
+# use), then finish() once, is weight_update with the same arguments. Called before the arrays it reads are filled:
+# it reads inputs, douts, params, m and v only when the parts run.
+OPTIONAL_KERNELS["weight_update_parts"] = Kernel("weight_update_parts", OPTIONAL_KERNELS["weight_update"].args,
+                                                  "weight_update, split: returns (parts, part, finish) (see above).")
+
 
 # Every backend has these: its name, its float dtype, its array module, and the array hooks.
 HOOKS = ("name", "dtype", "xp", "empty", "zeros", "asarray", "to_host", "synchronize")

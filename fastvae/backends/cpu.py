@@ -428,6 +428,11 @@ def weight_update(params, grads, m, v, counters, inputs, douts, lr, beta1, beta2
     cpu_update.weight_update(workers, params, grads, m, v, counters, inputs, douts, lr, beta1, beta2, eps)
 
 
+def weight_update_parts(params, grads, m, v, counters, inputs, douts, lr, beta1, beta2, eps):
+    return cpu_update.weight_update_parts(workers, params, grads, m, v, counters, inputs, douts, lr, beta1, beta2,
+                                          eps)
+
+
 # The backend's threads (fastvae.workers): the step runs row shards of a batch on them (every kernel here releases
 # the GIL) and Adam splits the buffer between them. One thread until fastvae.threads sets the count for a fit.
 workers = Workers()

@@ -183,23 +183,36 @@ def adam_update(params, grads, m, v, counters, lr, beta1, beta2, eps):
     PACKS.refresh(params, workers)                   # the weights changed: their packs are packed again now
 
 
-def weight_update(params, grads, m, v, counters, inputs, douts, lr, beta1, beta2, eps):
-    """The contract's weight_update with the weight gradients in bf16 products (amx_update), its chunks claimed by the
-    workers; the packs of this buffer's weights are rewritten by the same pass."""
+def weight_update_parts(params, grads, m, v, counters, inputs, douts, lr, beta1, beta2, eps):
+    """The contract's weight_update_parts with the weight gradients in bf16 products (amx_update): (parts, part,
+    finish). The packs of this buffer's weights are found when a part starts (the row shards' forward makes them on
+    a model's first step) and rewritten by the same pass; finish() copies them to any other pack of the same weight
+    and advances the step."""
     amx.require()
     u = cpu_update.Update(workers, params, counters, inputs, douts, lr, beta1, beta2, amx_update.CHUNK_ROWS)
-    forward, transposed, copies = PACKS.of_buffer(params, u.shapes)
     sizes = amx_update.scratch_sizes(u.inputs[0].shape[0], tuple(n for _, n in u.shapes))
+    found = []
 
     def part(k):
+        forward, transposed, copies = PACKS.of_buffer(params, u.shapes)
+        if k == 0:
+            found.append(copies)
         a_scratch, b_scratch, block, cfg = amx.scratch(*sizes[:2])
         amx_update.weight_items(params, grads, m, v, u.inputs, u.douts, forward, transposed, u.items, u.counter,
                                 u.from_back(k), u.lr_t, beta1, beta2, eps, a_scratch, b_scratch,
                                 cpu_update.scratch(sizes[2]), block, cfg)
-    workers.run(part, u.parts)
-    for source, target in copies:
-        target[...] = source
-    counters[COUNTER_STEP] = u.t
+
+    def finish():
+        for source, target in found[0]:
+            target[...] = source
+        counters[COUNTER_STEP] = u.t
+    return u.parts, part, finish
+
+
+def weight_update(params, grads, m, v, counters, inputs, douts, lr, beta1, beta2, eps):
+    """The contract's weight_update: weight_update_parts' parts on the workers, then its finish."""
+    cpu_update.run_update(workers, weight_update_parts(params, grads, m, v, counters, inputs, douts, lr, beta1, beta2,
+                                                       eps))
 
 
 def heads_forward(z, mu_logvar, loss, inp, w, b, counters, noise_stream, encoder):

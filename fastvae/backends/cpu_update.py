@@ -225,12 +225,29 @@ class Update:
         return part % 2 == 1
 
 
-def weight_update(workers, params, grads, m, v, counters, inputs, douts, lr, beta1, beta2, eps):
-    """The contract's weight_update on the cpu backend (fp32 sgemm for the gradient chunks), its chunks claimed by
-    the workers as they come free."""
+def weight_update_parts(workers, params, grads, m, v, counters, inputs, douts, lr, beta1, beta2, eps):
+    """The contract's weight_update_parts on the cpu backend (fp32 sgemm for the gradient chunks): (part, finish),
+    part(k) claiming chunks until none is left (any number of threads at once), finish() advancing the step."""
     u = Update(workers, params, counters, inputs, douts, lr, beta1, beta2, WEIGHT_CHUNK_ROWS)
     size = WEIGHT_CHUNK_ROWS * max(n for _, n in u.shapes)
-    workers.run(lambda k: _weight_items(params, grads, m, v, u.inputs, u.douts, u.items, u.counter, u.from_back(k),
-                                        u.lr_t, beta1,
-                                        beta2, eps, scratch(size)), u.parts)
-    counters[COUNTER_STEP] = u.t
+
+    def part(k):
+        _weight_items(params, grads, m, v, u.inputs, u.douts, u.items, u.counter, u.from_back(k), u.lr_t, beta1,
+                      beta2, eps, scratch(size))
+
+    def finish():
+        counters[COUNTER_STEP] = u.t
+    return u.parts, part, finish
+
+
+def weight_update(workers, params, grads, m, v, counters, inputs, douts, lr, beta1, beta2, eps):
+    """The contract's weight_update: weight_update_parts' parts on the workers, then its finish."""
+    run_update(workers, weight_update_parts(workers, params, grads, m, v, counters, inputs, douts, lr, beta1, beta2,
+                                            eps))
+
+
+def run_update(workers, parts_part_finish):
+    """A weight_update_parts answer (parts, part, finish) run: part(k) on `parts` of the workers, then finish()."""
+    parts, part, finish = parts_part_finish
+    workers.run(part, parts)
+    finish()
