@@ -304,6 +304,19 @@ def check_weight_update(be, rand, rows, shapes, t):
                      tuple(buf.inp(a) for a in inputs), tuple(buf.inp(a) for a in douts), 1e-3, 0.9, 0.999, 1e-8)
     for a, b, what in zip(again, (dp, dm, dv), ("params", "m", "v")):
         assert np.array_equal(be.to_host(a), be.to_host(b)), f"{what} differ when the gradient is not kept"
+    # weight_update_parts (the step runs them on its shards' threads): its parts, however many run, then finish(),
+    # are weight_update bit for bit, counter included
+    if be.weight_update_parts is not None:
+        for count in (1, 2, 3):
+            split = [buf.inp(a) for a in (p, m, v)] + [buf.inp(counters, np.int64)]
+            _, part, finish = be.weight_update_parts(split[0], None, split[1], split[2], split[3],
+                                                     tuple(buf.inp(a) for a in inputs),
+                                                     tuple(buf.inp(a) for a in douts), 1e-3, 0.9, 0.999, 1e-8)
+            for k in range(count):
+                part(k)
+            finish()
+            for a, b, what in zip(split, (dp, dm, dv, dc), ("params", "m", "v", "counters")):
+                assert np.array_equal(be.to_host(a), be.to_host(b)), f"{what} differ in {count} parts"
     buf.check_poison()
 
 
