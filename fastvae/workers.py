@@ -14,6 +14,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+import numpy as np
+
+from . import barrier
+
+QUIET_JOBS = 16     # jobs whose barrier waiters do not spin after one where a waiter spun in vain
+
 
 class Workers:
     """run(fn, parts) calls fn(0), ..., fn(parts - 1) at once: part 0 on the calling thread, the others on the
@@ -29,6 +35,7 @@ class Workers:
         self.count = count
         self._threads: list[_Worker] = []
         self._busy = threading.Lock()
+        self._quiet_jobs = 0            # < 0: run_phases' waiters sleep at once (no spin) until it is 0 again
 
     def run(self, fn: Callable[[int], None], parts: int) -> None:
         if parts <= 1:
@@ -44,34 +51,34 @@ class Workers:
         finally:
             self._busy.release()
 
-    def run_phases(self, first: Callable[[int], None], second: Callable[[int], None], parts: int) -> None:
-        """first(0), ..., first(parts - 1) at once, then, when every one has returned, second(0), ...,
-        second(parts - 1) at once, each part's second on the thread of its first: one job of the pool instead of two,
-        so its threads are handed work (and the caller woken) once, not twice (measured on the project's Xeon: two
-        hand-offs of 40-70 us each, every step). When a first raises, no second runs and that error is raised (as
-        run()'s are). A busy pool, or one part, runs all the firsts, then all the seconds, on the calling thread."""
+    def run_phases(self, first: Callable[[int], None], second: Callable[[int, np.ndarray], None], parts: int) -> None:
+        """first(0), ..., first(parts - 1) at once, then second(k, barrier) on each part's thread: one job of the pool
+        instead of two, so its threads are handed work (and the caller woken) once, not twice (measured on the
+        project's Xeon: each hand-off 40-70 us, every step). `barrier` (fastvae.barrier) is for second(): it must
+        call barrier.arrive_and_wait once, in its first kernel, before it reads what the firsts wrote, and do nothing
+        more if that returns False (a part raised: the job is aborted). Errors are raised as run()'s are. A busy
+        pool, or one part, runs all the firsts, then all the seconds, on the calling thread."""
         if parts <= 1 or not self._busy.acquire(blocking=False):
             for part in range(parts):
                 first(part)
             for part in range(parts):
-                second(part)
+                second(part, barrier.new(1))
             return
-        barrier = threading.Barrier(parts)
+        shared = barrier.new(parts, spin=self._quiet_jobs >= 0)
 
         def both(part):
             try:
                 first(part)
-                barrier.wait()
-            except threading.BrokenBarrierError:
-                return                  # another part's first raised (or was interrupted): its error is raised
+                second(part, shared)
             except BaseException:
-                barrier.abort()         # the other parts stop waiting, and skip their seconds
+                barrier.abort(shared)   # the other parts stop waiting at the barrier, or never start waiting
                 raise
-            second(part)
         try:
             self._run(both, parts)
         finally:
             self._busy.release()
+            # a waiter that spun in vain (its partner was late: descheduled?) sleeps at once for the next jobs
+            self._quiet_jobs = -QUIET_JOBS if shared[barrier.SLEPT] else self._quiet_jobs + 1
 
     def _run(self, fn, parts):
         """run() on the pool's threads, which the caller holds (_busy)."""

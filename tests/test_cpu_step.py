@@ -210,9 +210,20 @@ def test_claiming_from_both_ends_hands_out_every_item_once(rand, count):
         assert next_item(counter, count, False) == count and next_item(counter, count, True) == count
 
 
+def _second(record):
+    """A second phase as run_phases wants it: waits at the barrier (in a Numba kernel, as the update's does), then
+    records its part, unless the job was aborted."""
+    from fastvae import barrier
+
+    def second(k, shared):
+        if barrier.arrive_and_wait(shared):
+            record(k)
+    return second
+
+
 def test_two_phases_in_one_job_keep_their_order_and_threads(workers):
-    """Workers.run_phases: every first() returns before any second() starts; each part's second runs on its first's
-    thread; on a busy pool (another job running) the same order, on the calling thread."""
+    """Workers.run_phases: every first() returns before any second() passes the barrier; each part's second runs on
+    its first's thread; on a busy pool (another job running) the same order, on the calling thread."""
     import threading
     import time
     workers.count = 3
@@ -226,21 +237,21 @@ def test_two_phases_in_one_job_keep_their_order_and_threads(workers):
                 events.append(("first", k))
                 threads_of[k] = threading.get_ident()
 
-        def second(k):
+        def record(k):
             with lock:
                 events.append(("second", k))
                 assert threads_of[k] == threading.get_ident()
         if busy:
-            workers.run(lambda k: workers.run_phases(first, second, 3) if k == 0 else None, 2)
+            workers.run(lambda k: workers.run_phases(first, _second(record), 3) if k == 0 else None, 2)
         else:
-            workers.run_phases(first, second, 3)
+            workers.run_phases(first, _second(record), 3)
         assert sorted(events[:3]) == [("first", k) for k in range(3)]
         assert sorted(events[3:]) == [("second", k) for k in range(3)]
 
 
 def test_an_error_in_a_first_phase_stops_every_second_phase(workers):
-    """A first() that raises: its error reaches the caller once every part has finished, and no second() runs (the
-    others' waits end at once); the pool then runs the next job."""
+    """A first() that raises: its error reaches the caller once every part has finished, and no second() gets past
+    the barrier (the others' waits end at once); the pool then runs the next job."""
     import time
     workers.count = 2
     ran = []
@@ -251,15 +262,15 @@ def test_an_error_in_a_first_phase_stops_every_second_phase(workers):
             raise ValueError("shard 1 failed")
 
     with pytest.raises(ValueError, match="shard 1 failed"):
-        workers.run_phases(first, ran.append, 2)
+        workers.run_phases(first, _second(ran.append), 2)
     assert ran == []
-    workers.run_phases(lambda k: None, ran.append, 2)
+    workers.run_phases(lambda k: None, _second(ran.append), 2)
     assert sorted(ran) == [0, 1]
 
 
 def test_an_interrupt_while_waiting_for_the_other_phase(workers):
-    """Ctrl-C (KeyboardInterrupt) while the caller waits for the other part's first phase: raised once that part has
-    finished, no second phase runs, and the pool runs the next job."""
+    """Ctrl-C (KeyboardInterrupt) in the caller while the other part's first phase runs: raised once that part has
+    finished, no second phase gets past the barrier, and the pool runs the next job."""
     import signal
     import time
     workers.count = 2
@@ -269,6 +280,8 @@ def test_an_interrupt_while_waiting_for_the_other_phase(workers):
         if k == 1:
             time.sleep(0.3)
             done.append(1)
+        else:
+            time.sleep(0.2)             # the interrupt comes while the caller runs Python
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
@@ -276,10 +289,54 @@ def test_an_interrupt_while_waiting_for_the_other_phase(workers):
     try:
         signal.setitimer(signal.ITIMER_REAL, 0.1)
         with pytest.raises(KeyboardInterrupt):
-            workers.run_phases(first, ran.append, 2)
+            workers.run_phases(first, _second(ran.append), 2)
         assert done == [1] and ran == []
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
-    workers.run_phases(lambda k: None, ran.append, 2)
+    workers.run_phases(lambda k: None, _second(ran.append), 2)
     assert sorted(ran) == [0, 1]
+
+
+def test_the_barrier_waits_for_every_part_and_ends_on_abort():
+    """fastvae.barrier: a wait returns True only after every part arrived (the last arrival's store is seen: the
+    load is not hoisted), past its spin into the sleeping wait; and False once the job is aborted."""
+    import threading
+    import time
+
+    from fastvae import barrier
+
+    shared = barrier.new(3)
+    later = [threading.Timer(delay, barrier.arrive_and_wait, (shared,)) for delay in (0.01, 0.03)]
+    for t in later:
+        t.start()
+    begin = time.perf_counter()
+    assert barrier.arrive_and_wait(shared)
+    assert time.perf_counter() - begin > 0.025
+    for t in later:
+        t.join()
+    shared = barrier.new(2)
+    threading.Timer(0.02, barrier.abort, (shared,)).start()
+    assert not barrier.arrive_and_wait(shared)
+
+
+def test_after_a_wait_that_spun_in_vain_the_next_jobs_do_not_spin(monkeypatch):
+    """A barrier waiter that spun its whole budget (its partner was late: on a busy machine, descheduled) makes the
+    pool's next QUIET_JOBS jobs wait without spinning, then spin again: a thread does not burn a core another
+    process needs, step after step."""
+    import time
+
+    from fastvae import barrier, workers as pool_module
+
+    made = []
+    real_new = barrier.new
+    monkeypatch.setattr(barrier, "new", lambda parts, spin=True: made.append(real_new(parts, spin)) or made[-1])
+    workers = pool_module.Workers(2)
+    workers.run_phases(lambda k: time.sleep(0.02 * k), lambda k, b: barrier.arrive_and_wait(b), 2)
+    assert made[-1][barrier.SPINS] > 0 and made[-1][barrier.SLEPT] == 1
+    for _ in range(pool_module.QUIET_JOBS):
+        workers.run_phases(lambda k: None, lambda k, b: barrier.arrive_and_wait(b), 2)
+        assert made[-1][barrier.SPINS] == 0
+    workers.run_phases(lambda k: None, lambda k, b: barrier.arrive_and_wait(b), 2)
+    assert made[-1][barrier.SPINS] > 0
+    workers.close()

@@ -108,10 +108,11 @@ OPTIONAL_KERNELS = {k.name: k for k in (
 )}
 
 # weight_update in parts, for a caller that runs them on threads it already has (fastvae.step runs them right after
-# the row shards, in the same job of the workers): returns (parts, part, finish); part(k) for k = 0, 1, ... on any
-# number of threads at once (each claims work until none is left; `parts` is how many weight_update itself would
-# use), then finish() once, is weight_update with the same arguments. Called before the arrays it reads are filled:
-# it reads inputs, douts, params, m and v only when the parts run.
+# the row shards, in the same job of the workers): returns (parts, part, finish); part(k, wait=None) for k = 0, 1, ...
+# on any number of threads at once (each claims work until none is left; `parts` is how many weight_update itself
+# would use), then finish() once, is weight_update with the same arguments. Called before the arrays it reads are
+# filled: it reads inputs, douts, params, m and v only when the parts run, each after waiting at the barrier `wait`
+# (fastvae.barrier, inside its first kernel: Workers.run_phases) when given, and doing nothing if that was aborted.
 OPTIONAL_KERNELS["weight_update_parts"] = Kernel("weight_update_parts", OPTIONAL_KERNELS["weight_update"].args,
                                                   "weight_update, split: returns (parts, part, finish) (see above).")
 

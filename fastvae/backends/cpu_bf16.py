@@ -64,7 +64,7 @@ class WeightPacks:
         self._version += 1
         self._found.clear()                          # (and drop the packs its answers still hold)
 
-    def of_buffer(self, params, shapes):
+    def of_buffer(self, params, shapes, count=True):
         """(forward, transposed, copies) for weight_update over `params` with layers of `shapes`: per layer the pack
         of its weight as B of inp @ w and as B of dz @ w.T (amx.NO_PACK where none was made yet: it is packed when
         first used), and (source, target) pairs for further packs of the same weight (another view object of it),
@@ -74,7 +74,8 @@ class WeightPacks:
         if found is None or found[0] != self._version:
             found = self._found[key] = (self._version, self._find(params, shapes))
         forward, transposed, copies = found[1]
-        self.packs += sum(p.size > 0 for p in forward + transposed) + len(copies)
+        if count:                                    # (the update's parts ask once each; one of them counts)
+            self.packs += sum(p.size > 0 for p in forward + transposed) + len(copies)
         return found[1]
 
     def _find(self, params, shapes):
@@ -185,22 +186,22 @@ def adam_update(params, grads, m, v, counters, lr, beta1, beta2, eps):
 
 def weight_update_parts(params, grads, m, v, counters, inputs, douts, lr, beta1, beta2, eps):
     """The contract's weight_update_parts with the weight gradients in bf16 products (amx_update): (parts, part,
-    finish). The packs of this buffer's weights are found when a part starts (the row shards' forward makes them on
-    a model's first step) and rewritten by the same pass; finish() copies them to any other pack of the same weight
-    and advances the step."""
+    finish). The packs of this buffer's weights are found when a part starts (after its thread's row shard, whose
+    forward and backward made any that were missing) and rewritten by the same pass; finish() copies them to any
+    other pack of the same weight and advances the step."""
     amx.require()
     u = cpu_update.Update(workers, params, counters, inputs, douts, lr, beta1, beta2, amx_update.CHUNK_ROWS)
     sizes = amx_update.scratch_sizes(u.inputs[0].shape[0], tuple(n for _, n in u.shapes))
     found = []
 
-    def part(k):
-        forward, transposed, copies = PACKS.of_buffer(params, u.shapes)
+    def part(k, wait=None):
+        forward, transposed, copies = PACKS.of_buffer(params, u.shapes, count=k == 0)
         if k == 0:
             found.append(copies)
         a_scratch, b_scratch, block, cfg = amx.scratch(*sizes[:2])
         amx_update.weight_items(params, grads, m, v, u.inputs, u.douts, forward, transposed, u.items, u.counter,
                                 u.from_back(k), u.lr_t, beta1, beta2, eps, a_scratch, b_scratch,
-                                cpu_update.scratch(sizes[2]), block, cfg)
+                                cpu_update.scratch(sizes[2]), block, cfg, wait)
 
     def finish():
         for source, target in found[0]:

@@ -13,10 +13,10 @@ import math
 import threading
 
 import numpy as np
-from llvmlite import ir
-from numba import njit, types
-from numba.extending import intrinsic
+from numba import njit
 
+from ..atomics import claim
+from ..barrier import arrive_and_wait
 from ..constants import COUNTER_STEP
 from ..params import flat_offsets, update_shapes
 from .cpu_blas import gemm
@@ -100,20 +100,6 @@ def plan(shapes, chunk_rows):
     return np.array(items, np.int64)
 
 
-@intrinsic
-def claim(typingctx, counter):
-    """The next unclaimed item's index, counter[0]++ as one atomic read-modify-write (LLVM atomicrmw add,
-    sequentially consistent; the value before is returned): items are claimed in order, each by exactly one thread.
-    counter: a 1-D int64 array."""
-    if not (isinstance(counter, types.Array) and counter.dtype == types.int64 and counter.ndim == 1):
-        return None
-
-    def codegen(context, builder, sig, args):
-        array = context.make_array(sig.args[0])(context, builder, args[0])
-        return builder.atomic_rmw("add", array.data, ir.Constant(ir.IntType(64), 1), "seq_cst")
-    return types.int64(counter), codegen
-
-
 @njit(inline="always", cache=True, nogil=True)
 def next_item(counter, count, from_back):
     """The index of this thread's next item of `count`, or `count` when none is left. counter int64 [3], zeros at
@@ -139,9 +125,13 @@ def column_sums(db, d):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _weight_items(params, grads, m, v, inputs, douts, items, counter, from_back, lr_t, beta1, beta2, eps, scratch):
+def _weight_items(params, grads, m, v, inputs, douts, items, counter, from_back, lr_t, beta1, beta2, eps, scratch,
+                  wait):
     """The items of plan() this thread claims (next_item()): each chunk's gradient rows by sgemm (the batch is the
-    reduction) into grads, or into `scratch` when grads is None, then Adam on them while they are in cache."""
+    reduction) into grads, or into `scratch` when grads is None, then Adam on them while they are in cache. First,
+    unless `wait` is None, the barrier (fastvae.barrier): nothing is done when the job was aborted."""
+    if wait is not None and not arrive_and_wait(wait):
+        return
     while True:
         it = next_item(counter, items.shape[0], from_back)
         if it >= items.shape[0]:
@@ -226,14 +216,15 @@ class Update:
 
 
 def weight_update_parts(workers, params, grads, m, v, counters, inputs, douts, lr, beta1, beta2, eps):
-    """The contract's weight_update_parts on the cpu backend (fp32 sgemm for the gradient chunks): (part, finish),
-    part(k) claiming chunks until none is left (any number of threads at once), finish() advancing the step."""
+    """The contract's weight_update_parts on the cpu backend (fp32 sgemm for the gradient chunks): (parts, part,
+    finish), part(k, wait=None) claiming chunks until none is left (any number of threads at once; first waiting
+    at the barrier `wait` when given), finish() advancing the step."""
     u = Update(workers, params, counters, inputs, douts, lr, beta1, beta2, WEIGHT_CHUNK_ROWS)
     size = WEIGHT_CHUNK_ROWS * max(n for _, n in u.shapes)
 
-    def part(k):
+    def part(k, wait=None):
         _weight_items(params, grads, m, v, u.inputs, u.douts, u.items, u.counter, u.from_back(k), u.lr_t, beta1,
-                      beta2, eps, scratch(size))
+                      beta2, eps, scratch(size), wait)
 
     def finish():
         counters[COUNTER_STEP] = u.t

@@ -1,0 +1,74 @@
+"""A barrier that Numba kernels wait at outside the GIL: the step's row shards, then the weight update, in one job.
+
+A barrier is an int64 array [arrived, parts, aborted, spins, slept]. arrive_and_wait() (Numba, called inside a nogil
+kernel) adds this thread to `arrived` and returns True once all `parts` have; False as soon as the job is aborted (a
+part raised: abort()). Why inside the kernel: the update's first kernel waits there, so the thread that finishes its
+shard first goes on the moment the last one arrives, without coming back to Python for the GIL: a thread that sleeps
+on a lock (or on the GIL) is woken by the OS, and on the project's 2-vCPU KVM machines that wake took 40-70 us. A
+waiter spins (pause) at most `spins` times (about SPIN_SECONDS), then sleeps on a futex until the last arrival (or an
+abort) wakes it, and, if it had spun, counts itself in `slept`: fastvae.workers spins no more for a while after a job where that
+happened, so a thread whose partner was descheduled (another process took its core) does not burn its own core.
+"""
+import functools
+import time
+
+import numpy as np
+from numba import njit
+
+from .atomics import claim, futex_wait, futex_wake, load_acquire, pause
+
+ARRIVED, PARTS, ABORTED, SPINS, SLEPT = range(5)
+SPIN_SECONDS = 5e-4
+
+
+def new(parts, spin=True):
+    """A barrier for `parts` threads, whose waiters spin first (for about SPIN_SECONDS) when `spin`."""
+    return np.array([0, parts, 0, spins() if spin else 0, 0], np.int64)
+
+
+@njit(cache=True, nogil=True)
+def abort(barrier):
+    """Every wait at `barrier`, now and later, returns False."""
+    barrier[ABORTED] = 1
+    claim(barrier[ARRIVED:ARRIVED + 1])          # a change of the word the sleepers wait on, then wake them
+    futex_wake(barrier, ARRIVED)
+
+
+@njit(cache=True, nogil=True)
+def arrive_and_wait(barrier):
+    """This thread has arrived; True once every part has, False if the job was aborted."""
+    if claim(barrier[ARRIVED:ARRIVED + 1]) + 1 >= barrier[PARTS]:
+        futex_wake(barrier, ARRIVED)
+        return load_acquire(barrier, ABORTED) == 0
+    budget = barrier[SPINS]
+    n = 0
+    while True:
+        arrived = load_acquire(barrier, ARRIVED)
+        if load_acquire(barrier, ABORTED):
+            return False
+        if arrived >= barrier[PARTS]:
+            return True
+        if n < budget:
+            pause()
+            n += 1
+        else:
+            if n == budget:
+                if budget > 0:                  # spun in vain
+                    claim(barrier[SLEPT:SLEPT + 1])
+                n += 1
+            futex_wait(barrier, ARRIVED, arrived)
+
+
+@njit(cache=True, nogil=True)
+def _pauses(count):
+    for _ in range(count):
+        pause()
+
+
+@functools.cache
+def spins():
+    """Pause instructions in SPIN_SECONDS on this CPU (10-40 ns each, by model): timed once per process."""
+    _pauses(10)
+    begin = time.perf_counter()
+    _pauses(20000)
+    return max(100, int(SPIN_SECONDS / max(time.perf_counter() - begin, 1e-9) * 20000))
