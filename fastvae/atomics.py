@@ -7,6 +7,8 @@ that waits on it is not hoisted). pause(): the x86 spin-wait hint. futex_wait / 
 symbol name that llvmlite resolves in each process (registered below), so Numba's cached code stays valid.
 """
 import ctypes
+import platform
+import sys
 
 from llvmlite import binding, ir
 from numba import types
@@ -14,8 +16,12 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 _I64 = ir.IntType(64)
+# pause and the futex are x86-64 Linux's (the machines this project runs on); elsewhere FUTEX is False and
+# fastvae.barrier is not used (fastvae.workers waits in Python instead), so these intrinsics are never compiled.
+FUTEX = sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64")
 _SYSCALL_SYMBOL = "fastvae_syscall"
-binding.add_symbol(_SYSCALL_SYMBOL, ctypes.cast(ctypes.CDLL(None).syscall, ctypes.c_void_p).value)
+if FUTEX:
+    binding.add_symbol(_SYSCALL_SYMBOL, ctypes.cast(ctypes.CDLL(None).syscall, ctypes.c_void_p).value)
 SYS_FUTEX = 202                            # x86-64
 FUTEX_WAIT_PRIVATE, FUTEX_WAKE_PRIVATE = 128, 129
 

@@ -15,8 +15,9 @@ import time
 import numpy as np
 from numba import njit
 
-from .atomics import claim, futex_wait, futex_wake, load_acquire, pause
+from .atomics import FUTEX, claim, futex_wait, futex_wake, load_acquire, pause
 
+AVAILABLE = FUTEX   # x86-64 Linux; elsewhere fastvae.workers puts a Python barrier between the phases instead
 ARRIVED, PARTS, ABORTED, SPINS, SLEPT = range(5)
 SPIN_SECONDS = 5e-4
 

@@ -56,14 +56,17 @@ class Workers:
         instead of two, so its threads are handed work (and the caller woken) once, not twice (measured on the
         project's Xeon: each hand-off 40-70 us, every step). `barrier` (fastvae.barrier) is for second(): it must
         call barrier.arrive_and_wait once, in its first kernel, before it reads what the firsts wrote, and do nothing
-        more if that returns False (a part raised: the job is aborted). Errors are raised as run()'s are. A busy
+        more if that returns False (a part raised: the job is aborted). Where fastvae.barrier is unavailable (not
+        x86-64 Linux) the pool waits for every first in Python and passes None. Errors are raised as run()'s are. A busy
         pool, or one part, runs all the firsts, then all the seconds, on the calling thread."""
         if parts <= 1 or not self._busy.acquire(blocking=False):
             for part in range(parts):
                 first(part)
             for part in range(parts):
-                second(part, barrier.new(1))
+                second(part, barrier.new(1) if barrier.AVAILABLE else None)
             return
+        if not barrier.AVAILABLE:
+            return self._run_phases_in_python(first, second, parts)
         shared = barrier.new(parts, spin=self._quiet_jobs >= 0)
 
         def both(part):
@@ -79,6 +82,26 @@ class Workers:
             self._busy.release()
             # a waiter that spun in vain (its partner was late: descheduled?) sleeps at once for the next jobs
             self._quiet_jobs = -QUIET_JOBS if shared[barrier.SLEPT] else self._quiet_jobs + 1
+
+    def _run_phases_in_python(self, first, second, parts):
+        """run_phases where fastvae.barrier is unavailable (not x86-64 Linux): a threading.Barrier between the
+        phases, and second(k, None). The caller holds _busy."""
+        shared = threading.Barrier(parts)
+
+        def both(part):
+            try:
+                first(part)
+                shared.wait()
+            except threading.BrokenBarrierError:
+                return                  # another part's first raised (or was interrupted): its error is raised
+            except BaseException:
+                shared.abort()
+                raise
+            second(part, None)
+        try:
+            self._run(both, parts)
+        finally:
+            self._busy.release()
 
     def _run(self, fn, parts):
         """run() on the pool's threads, which the caller holds (_busy)."""

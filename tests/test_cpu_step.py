@@ -81,6 +81,20 @@ def test_threads_do_not_change_the_numbers_of_a_split(rand, workers):
         assert np.array_equal(a, b)
 
 
+def test_the_barrier_kind_does_not_change_the_numbers_of_a_split(rand, workers, monkeypatch):
+    """Shards and update in one job with the barrier in the update's kernel, or (where that is unavailable) in
+    Python: the same bits."""
+    from fastvae import barrier
+    cfg = Config(hidden=(37, 11), latent=5, batch_size=40)
+    seed = int(rand.integers(1 << 30))
+    workers.count = 2
+    in_kernel = _steps(cfg, 40, 2, seed)
+    monkeypatch.setattr(barrier, "AVAILABLE", False)
+    in_python = _steps(cfg, 40, 2, seed)
+    for a, b in zip(in_kernel, in_python):
+        assert np.array_equal(a, b)
+
+
 def test_an_error_in_a_shard_reaches_the_caller(workers):
     workers.count = 2
     seen = []
@@ -216,12 +230,22 @@ def _second(record):
     from fastvae import barrier
 
     def second(k, shared):
-        if barrier.arrive_and_wait(shared):
+        if shared is None or barrier.arrive_and_wait(shared):
             record(k)
     return second
 
 
-def test_two_phases_in_one_job_keep_their_order_and_threads(workers):
+@pytest.fixture(params=["numba barrier", "python barrier"])
+def phases_barrier(request, monkeypatch):
+    """run_phases with the barrier inside the second phase's kernel, and with the Python one used where that is
+    unavailable (not x86-64 Linux)."""
+    from fastvae import barrier
+    if request.param == "python barrier":
+        monkeypatch.setattr(barrier, "AVAILABLE", False)
+    return request.param
+
+
+def test_two_phases_in_one_job_keep_their_order_and_threads(workers, phases_barrier):
     """Workers.run_phases: every first() returns before any second() passes the barrier; each part's second runs on
     its first's thread; on a busy pool (another job running) the same order, on the calling thread."""
     import threading
@@ -249,7 +273,7 @@ def test_two_phases_in_one_job_keep_their_order_and_threads(workers):
         assert sorted(events[3:]) == [("second", k) for k in range(3)]
 
 
-def test_an_error_in_a_first_phase_stops_every_second_phase(workers):
+def test_an_error_in_a_first_phase_stops_every_second_phase(workers, phases_barrier):
     """A first() that raises: its error reaches the caller once every part has finished, and no second() gets past
     the barrier (the others' waits end at once); the pool then runs the next job."""
     import time
@@ -268,7 +292,7 @@ def test_an_error_in_a_first_phase_stops_every_second_phase(workers):
     assert sorted(ran) == [0, 1]
 
 
-def test_an_interrupt_while_waiting_for_the_other_phase(workers):
+def test_an_interrupt_while_waiting_for_the_other_phase(workers, phases_barrier):
     """Ctrl-C (KeyboardInterrupt) in the caller while the other part's first phase runs: raised once that part has
     finished, no second phase gets past the barrier, and the pool runs the next job."""
     import signal
