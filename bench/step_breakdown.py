@@ -6,7 +6,8 @@ Three measurements of the same model in one process, alternated in rounds (the m
 1. the step as a fit runs it: the detected thread count (fastvae.threads), row shards on the backend's workers, one
    product + pass per layer in one Numba call; the shards' phase (forward and the backward of dz and dinp of every
    shard at once) and the update's (weight_update: the weight gradients over the whole batch fused with Adam, its
-   chunks claimed by the threads) timed apart;
+   chunks claimed by the threads) timed apart (both run in one job of the workers: the shards' phase ends when the
+   last shard returns, the update's is the rest of the job);
 2. (cpu only) one shard (the batch's first rows, as many as a shard has) alone on one thread with the products
    called from Python (`cpu.FUSED = False`), every product and every fused pass timed: what a shard's work is made
    of;
@@ -50,6 +51,24 @@ class Timers:
         return timed
 
 
+def _timed_phases(run_phases, timers):
+    """Workers.run_phases (the shards, then the update, in one job) timed as the two phases: the shards' until the
+    last shard has returned, the update's from then until the job ends."""
+    def timed(first, second, parts):
+        ends = []
+
+        def timed_first(k):
+            first(k)
+            ends.append(time.perf_counter())
+        begin = time.perf_counter()
+        run_phases(timed_first, second, parts)
+        end = time.perf_counter()
+        last = max(ends, default=end)
+        timers.seconds["shards"] += last - begin
+        timers.seconds["update"] += end - last
+    return timed
+
+
 def whole_steps(be, cfg, data, steps, count):
     """(ms per step, {phase: ms per step}) of `steps` steps as a fit runs them at `count` threads."""
     from fastvae import step, threads
@@ -63,6 +82,8 @@ def whole_steps(be, cfg, data, steps, count):
         step.run_parts, be.adam_update = timers.wrap("shards", real_run), timers.wrap("update", real_adam)
         if real_update is not None:
             be.weight_update = timers.wrap("update", real_update)
+        if be.workers is not None:
+            be.workers.run_phases = _timed_phases(be.workers.run_phases, timers)
         for k in range(3):                                   # warm: caches, the workers' threads
             stepper(order[k * cfg.batch_size:(k + 1) * cfg.batch_size])
         timers.seconds.clear()
@@ -73,6 +94,8 @@ def whole_steps(be, cfg, data, steps, count):
         total = time.perf_counter() - begin
     finally:
         step.run_parts, be.adam_update, be.weight_update = real_run, real_adam, real_update
+        if be.workers is not None:
+            vars(be.workers).pop("run_phases", None)
         libs.close()
     phases = {k: 1e3 * v / steps for k, v in timers.seconds.items()}
     if "shards" not in phases:                               # one thread: no split, the shard phase is the rest
