@@ -1,4 +1,7 @@
 """A whole training step on the cpu backend against the float64 reference, whole and split between threads."""
+import contextlib
+import signal
+
 import numpy as np
 import pytest
 
@@ -177,10 +180,23 @@ def test_two_models_training_at_once_in_two_threads(workers):
         np.testing.assert_allclose(together, alone, rtol=0, atol=2e-4)
 
 
+@contextlib.contextmanager
+def _interrupt_after(seconds):
+    """A KeyboardInterrupt raised in the main thread `seconds` from now (SIGALRM), as Ctrl-C would."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def test_an_interrupted_run_still_waits_for_its_parts(workers):
     """Ctrl-C (KeyboardInterrupt) while the caller waits: raised once every started part has finished, so the
     next run() waits for its own parts, not for a permit the interrupted one left behind."""
-    import signal
     import time
     workers.count = 2
     done = []
@@ -190,17 +206,10 @@ def test_an_interrupted_run_still_waits_for_its_parts(workers):
             time.sleep(0.3)
             done.append(1)
 
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-    previous = signal.signal(signal.SIGALRM, interrupt)
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 0.1)
+    with _interrupt_after(0.1):
         with pytest.raises(KeyboardInterrupt):
             workers.run(slow, 2)
         assert done == [1]
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
     order = []
     workers.run(lambda k: (time.sleep(0.05 * k), order.append(k)), 2)
     assert sorted(order) == [0, 1]
@@ -295,7 +304,6 @@ def test_an_error_in_a_first_phase_stops_every_second_phase(workers, phases_barr
 def test_an_interrupt_while_waiting_for_the_other_phase(workers, phases_barrier):
     """Ctrl-C (KeyboardInterrupt) in the caller while the other part's first phase runs: raised once that part has
     finished, no second phase gets past the barrier, and the pool runs the next job."""
-    import signal
     import time
     workers.count = 2
     done, ran = [], []
@@ -307,17 +315,10 @@ def test_an_interrupt_while_waiting_for_the_other_phase(workers, phases_barrier)
         else:
             time.sleep(0.2)             # the interrupt comes while the caller runs Python
 
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-    previous = signal.signal(signal.SIGALRM, interrupt)
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 0.1)
+    with _interrupt_after(0.1):
         with pytest.raises(KeyboardInterrupt):
             workers.run_phases(first, _second(ran.append), 2)
         assert done == [1] and ran == []
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
     workers.run_phases(lambda k: None, _second(ran.append), 2)
     assert sorted(ran) == [0, 1]
 

@@ -334,14 +334,7 @@ def _tiles_product(out, a, b, cfg, block):
         for i0 in range(0, whole, BLOCK):
             a0, a1 = i0 * kq, (i0 + TILE) * kq
             if i0 + TILE == whole:                  # one whole row tile left: a 16 x 32 block
-                _tilezero(0)
-                _tilezero(1)
-                for q in range(0, kq, TILE):
-                    _tileloadd64(4, flat_a, a0 + q, 4 * kq)
-                    _tileloadd64(6, flat_b, b0 + q * TILE, 64)
-                    _tileloadd64(7, flat_b, b0 + strip + q * TILE, 64)
-                    _tdpbf16ps(0, 4, 6)
-                    _tdpbf16ps(1, 4, 7)
+                _one_row_tile(flat_a, flat_b, a0, b0, strip, kq)
                 _store_rows(out, flat_out, block, i0, j0, TILE, cols, 2)
                 continue
             _tilezero(0)
@@ -362,17 +355,22 @@ def _tiles_product(out, a, b, cfg, block):
         _ldtilecfg(edge_cfg)
         a0 = whole * kq
         for j0 in range(0, n_p, BLOCK):
-            b0 = (j0 // TILE) * strip
-            _tilezero(0)
-            _tilezero(1)
-            for q in range(0, kq, TILE):
-                _tileloadd64(4, flat_a, a0 + q, 4 * kq)
-                _tileloadd64(6, flat_b, b0 + q * TILE, 64)
-                _tileloadd64(7, flat_b, b0 + strip + q * TILE, 64)
-                _tdpbf16ps(0, 4, 6)
-                _tdpbf16ps(1, 4, 7)
+            _one_row_tile(flat_a, flat_b, a0, (j0 // TILE) * strip, strip, kq)
             _store_rows(out, flat_out, block, whole, j0, edge, min(BLOCK, n - j0), 2)
     _tilerelease()
+
+
+@njit(inline="always", cache=True, nogil=True)
+def _one_row_tile(flat_a, flat_b, a0, b0, strip, kq):
+    """Tiles 0, 1 = the A row tile at a0 (tile 4, as configured) times the two B strips at b0 (tiles 6, 7)."""
+    _tilezero(0)
+    _tilezero(1)
+    for q in range(0, kq, TILE):
+        _tileloadd64(4, flat_a, a0 + q, 4 * kq)
+        _tileloadd64(6, flat_b, b0 + q * TILE, 64)
+        _tileloadd64(7, flat_b, b0 + strip + q * TILE, 64)
+        _tdpbf16ps(0, 4, 6)
+        _tdpbf16ps(1, 4, 7)
 
 
 @njit(inline="always", cache=True, nogil=True)
