@@ -102,3 +102,22 @@ def futex_wake(typingctx, array, index):
         _futex(context, builder, sig, args, FUTEX_WAKE_PRIVATE, ir.Constant(ir.IntType(32), 2 ** 31 - 1))
         return context.get_dummy_value()
     return types.void(array, index), codegen
+
+
+@intrinsic
+def prefetch(typingctx, array, offset):
+    """Ask for the cache line holding element `offset` of the contiguous array (llvm.prefetch: read, into all cache
+    levels; a hint, so it is a no-op where the target has no prefetch)."""
+    if not isinstance(array, types.Array):
+        return None
+
+    def codegen(context, builder, sig, args):
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        at = context.cast(builder, args[1], sig.args[1], types.int64)
+        address = builder.bitcast(builder.gep(data, [at]), ir.IntType(8).as_pointer())
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [
+            ir.IntType(8).as_pointer(), ir.IntType(32), ir.IntType(32), ir.IntType(32)]), "llvm.prefetch.p0")
+        i32 = ir.IntType(32)
+        builder.call(fn, [address, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        return context.get_dummy_value()
+    return types.void(array, offset), codegen

@@ -17,6 +17,7 @@ from numba import njit
 
 from ..constants import (ACTIVATIONS, COUNTER_ROW, COUNTER_SEED, COUNTER_STEP, LOSS_KL, LOSS_RECONSTRUCTION,
                          SIGMA_SMOOTHING)
+from ..atomics import prefetch
 from ..workers import Workers
 from . import cpu_blas, cpu_update
 from .vector16 import bias_elu16, cross_entropy_rows16
@@ -39,10 +40,27 @@ asarray = partial(np.array, dtype=dtype, copy=True)
 
 # ---------------------------------------------------------------- batch gather
 
+_GATHER_AHEAD = 32    # rows whose cache lines are asked for before the row being copied
+
+
+@njit(inline="always", cache=True, nogil=True)
+def _prefetch_row(flat, row, width, per_line):
+    for j in range(0, width, per_line):
+        prefetch(flat, row * width + j)
+
+
 @njit(cache=True, nogil=True, error_model="numpy")
 def _gather_u8(x, data, idx):
+    """x = data[idx] / 255. The rows are random rows of the data set (47 MB for MNIST, mostly not in cache), so each
+    row's cache lines are prefetched _GATHER_AHEAD rows ahead, and their misses overlap: measured on the Xeon with the
+    caches flushed, 75 MNIST rows in 45-51 us against 66-71 row by row."""
     scale = np.float32(1.0 / 255.0)
+    flat = data.reshape(-1)
+    for r in range(min(_GATHER_AHEAD, idx.size)):
+        _prefetch_row(flat, idx[r], data.shape[1], 64)
     for r in range(idx.size):
+        if r + _GATHER_AHEAD < idx.size:
+            _prefetch_row(flat, idx[r + _GATHER_AHEAD], data.shape[1], 64)
         src = data[idx[r]]
         dst = x[r]
         for j in range(dst.size):
@@ -51,7 +69,14 @@ def _gather_u8(x, data, idx):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _gather_float(x, data, idx):
+    """x = data[idx] (float data), rows prefetched as _gather_u8's."""
+    flat = data.reshape(-1)
+    per_line = max(1, 64 // data.itemsize)
+    for r in range(min(_GATHER_AHEAD, idx.size)):
+        _prefetch_row(flat, idx[r], data.shape[1], per_line)
     for r in range(idx.size):
+        if r + _GATHER_AHEAD < idx.size:
+            _prefetch_row(flat, idx[r + _GATHER_AHEAD], data.shape[1], per_line)
         x[r, :] = data[idx[r]]
 
 
