@@ -114,10 +114,11 @@ def prefetch(typingctx, array, offset):
     def codegen(context, builder, sig, args):
         data = context.make_array(sig.args[0])(context, builder, args[0]).data
         at = context.cast(builder, args[1], sig.args[1], types.int64)
-        address = builder.bitcast(builder.gep(data, [at]), ir.IntType(8).as_pointer())
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), [
-            ir.IntType(8).as_pointer(), ir.IntType(32), ir.IntType(32), ir.IntType(32)]), "llvm.prefetch.p0")
+        pointer = ir.IntType(8).as_pointer()
+        address = builder.bitcast(builder.gep(data, [at]), pointer)
         i32 = ir.IntType(32)
+        fn = builder.module.declare_intrinsic(          # named for the pointer type: llvm.prefetch.p0 (or .p0i8)
+            "llvm.prefetch", [pointer], ir.FunctionType(ir.VoidType(), [pointer, i32, i32, i32]))
         builder.call(fn, [address, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
         return context.get_dummy_value()
     return types.void(array, offset), codegen
