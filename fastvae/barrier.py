@@ -30,7 +30,7 @@ def new(parts, spin=True):
 @njit(cache=True, nogil=True)
 def abort(barrier):
     """Every wait at `barrier`, now and later, returns False."""
-    barrier[ABORTED] = 1
+    claim(barrier[ABORTED:ABORTED + 1])          # an atomic store of a nonzero value
     claim(barrier[ARRIVED:ARRIVED + 1])          # a change of the word the sleepers wait on, then wake them
     futex_wake(barrier, ARRIVED)
 

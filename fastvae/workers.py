@@ -11,6 +11,8 @@ work, not every product's: fastvae.threads then lowers the count. The calling th
 """
 from __future__ import annotations
 
+import contextlib
+import signal
 import threading
 from collections.abc import Callable
 
@@ -42,14 +44,7 @@ class Workers:
             if parts == 1:
                 fn(0)
             return
-        if not self._busy.acquire(blocking=False):
-            for part in range(parts):
-                fn(part)
-            return
-        try:
-            self._run(fn, parts)
-        finally:
-            self._busy.release()
+        self._job(fn, parts, lambda: [fn(part) for part in range(parts)])
 
     def run_phases(self, first: Callable[[int], None], second: Callable[[int, np.ndarray], None], parts: int) -> None:
         """first(0), ..., first(parts - 1) at once, then second(k, barrier) on each part's thread: one job of the pool
@@ -59,14 +54,15 @@ class Workers:
         more if that returns False (a part raised: the job is aborted). Where fastvae.barrier is unavailable (not
         x86-64 Linux) the pool waits for every first in Python and passes None. Errors are raised as run()'s are. A busy
         pool, or one part, runs all the firsts, then all the seconds, on the calling thread."""
-        if parts <= 1 or not self._busy.acquire(blocking=False):
+        def one_after_another():
             for part in range(parts):
                 first(part)
             for part in range(parts):
                 second(part, barrier.new(1) if barrier.AVAILABLE else None)
-            return
+        if parts <= 1:
+            return one_after_another()
         if not barrier.AVAILABLE:
-            return self._run_phases_in_python(first, second, parts)
+            return self._phases_in_python(first, second, parts, one_after_another)
         shared = barrier.new(parts, spin=self._quiet_jobs >= 0)
 
         def both(part):
@@ -76,16 +72,13 @@ class Workers:
             except BaseException:
                 barrier.abort(shared)   # the other parts stop waiting at the barrier, or never start waiting
                 raise
-        try:
-            self._run(both, parts)
-        finally:
-            self._busy.release()
+        if self._job(both, parts, one_after_another, on_error=lambda: barrier.abort(shared)):
             # a waiter that spun in vain (its partner was late: descheduled?) sleeps at once for the next jobs
             self._quiet_jobs = -QUIET_JOBS if shared[barrier.SLEPT] else self._quiet_jobs + 1
 
-    def _run_phases_in_python(self, first, second, parts):
+    def _phases_in_python(self, first, second, parts, one_after_another):
         """run_phases where fastvae.barrier is unavailable (not x86-64 Linux): a threading.Barrier between the
-        phases, and second(k, None). The caller holds _busy."""
+        phases, and second(k, None)."""
         shared = threading.Barrier(parts)
 
         def both(part):
@@ -98,36 +91,47 @@ class Workers:
                 shared.abort()
                 raise
             second(part, None)
-        try:
-            self._run(both, parts)
-        finally:
-            self._busy.release()
+        self._job(both, parts, one_after_another, on_error=shared.abort)
 
-    def _run(self, fn, parts):
-        """run() on the pool's threads, which the caller holds (_busy)."""
-        while len(self._threads) < parts - 1:
-            self._threads.append(_Worker())
-        for k, worker in enumerate(self._threads[:parts - 1], start=1):
-            worker.start(fn, k)
-        errors = {}
+    def _job(self, fn, parts, busy, on_error=None):
+        """fn(0..parts-1) on the pool, part 0 on this thread; or busy() when another job holds the pool (then False).
+        on_error() is called when part 0 does not return normally (run_phases: the barrier is aborted). Ctrl-C
+        (SIGINT) is held back while the pool is taken and the parts handed out, and while they are waited for
+        (_held_interrupts), so that it lands in part 0 or after the job, never between a hand-off and its
+        bookkeeping (a part left running or waiting at a barrier would hang the next job; a permit left behind
+        would end the next job's wait early)."""
+        taken, started, errors = False, 0, {}
         try:
-            fn(0)
-        except BaseException as e:  # noqa: BLE001  (re-raised below, after the other parts finished)
-            errors[0] = e
-        interrupted = None
-        for k, worker in enumerate(self._threads[:parts - 1], start=1):
-            while True:             # every started part is waited for, even through Ctrl-C: a part still
-                try:                # running would otherwise answer the next job's wait
+            try:
+                with _held_interrupts():
+                    taken = self._busy.acquire(blocking=False)
+                    if taken:
+                        while len(self._threads) < parts - 1:
+                            self._threads.append(_Worker())
+                        for k, worker in enumerate(self._threads[:parts - 1], start=1):
+                            worker.start(fn, k)
+                            started = k
+                if not taken:
+                    busy()
+                    return False
+                fn(0)
+            except BaseException as e:  # noqa: BLE001  (re-raised below, after the other parts finished)
+                if not taken:
+                    raise
+                errors[0] = e
+                if on_error is not None:
+                    on_error()
+            with _held_interrupts():    # every started part is waited for, even through Ctrl-C
+                for k, worker in enumerate(self._threads[:started], start=1):
                     error = worker.wait()
-                    break
-                except BaseException as e:  # noqa: BLE001  (KeyboardInterrupt: raised once all are done)
-                    interrupted = interrupted or e
-            if error is not None:
-                errors[k] = error
-        if interrupted is not None:
-            raise interrupted
+                    if error is not None:
+                        errors[k] = error
+        finally:
+            if taken:
+                self._busy.release()
         if errors:
             raise errors[min(errors)]
+        return True
 
     def close(self) -> None:
         """Stops the pool's threads (a later run() starts new ones)."""
@@ -173,3 +177,24 @@ class _Worker:
             except BaseException as e:  # noqa: BLE001  (handed to the caller)
                 self._error = e
             self._done.release()
+
+
+@contextlib.contextmanager
+def _held_interrupts():
+    """Ctrl-C (SIGINT) held back inside the block and handled, by whatever handler was installed, when it ends (the
+    default one raises KeyboardInterrupt there). Python runs signal handlers on the main thread only, whichever
+    thread the OS delivered the signal to, so swapping the handler there is enough; elsewhere nothing is held."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
+        yield                   # (None: a handler installed by C code, which Python could not put back)
+        return
+    caught = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            if callable(previous):
+                previous(signal.SIGINT, caught[0])
+            elif previous == signal.SIG_DFL:
+                signal.raise_signal(signal.SIGINT)

@@ -78,3 +78,28 @@ def test_a_nan_logit_reaches_the_loss_and_its_gradient(rand):
     cpu._bias_loss_dlogits(logits, np.zeros(40, np.float32), np.zeros((3, 40), np.float32), loss, False)
     assert np.isnan(loss[cpu.LOSS_RECONSTRUCTION]) and np.isnan(logits[1, 5])
     assert np.isfinite(np.delete(logits.reshape(-1), 45)).all()
+
+
+def test_rows_without_unit_stride_take_the_scalar_loops(rand):
+    """Arrays whose rows are not contiguous (a column slice of a wider array): the vector code, which assumes unit
+    stride, is not used; the results are the scalar code's, and the columns in between are not touched."""
+    wide = _inputs(rand, 5, 80, 4.0)
+    wide[~np.isfinite(wide)] = 0.25
+    out = wide[:, ::2]
+    b = (rand.standard_normal(40) * 0.5).astype(np.float32)
+    want = out.copy()
+    _scalar_bias_act(want, b, cpu.ACTIVATION_CODES["elu"])
+    before = wide.copy()
+    cpu._bias_act(out, b, cpu.ACTIVATION_CODES["elu"])
+    assert _same_bits(np.ascontiguousarray(out), want) and _same_bits(wide[:, 1::2], before[:, 1::2])
+
+    x = (rand.random((5, 80)) < 0.3).astype(np.float32)[:, ::2]
+    logits = (rand.standard_normal((5, 80)) * 3).astype(np.float32)
+    view = logits[:, ::2]
+    want = np.ascontiguousarray(view)
+    want_loss = _scalar_cross_entropy(want, b, np.ascontiguousarray(x))
+    before = logits.copy()
+    loss = np.zeros(2)
+    cpu._bias_loss_dlogits(view, b, x, loss, False)
+    assert _same_bits(np.ascontiguousarray(view), want) and loss[cpu.LOSS_RECONSTRUCTION] == want_loss
+    assert _same_bits(logits[:, 1::2], before[:, 1::2])

@@ -20,7 +20,7 @@ from ..constants import (ACTIVATIONS, COUNTER_ROW, COUNTER_SEED, COUNTER_STEP, L
 from ..atomics import prefetch
 from ..workers import Workers
 from . import cpu_blas, cpu_update
-from .vector16 import bias_elu16, cross_entropy_rows16
+from .vector16 import bias_elu16, cross_entropy_rows16, unit_stride_body
 from .cpu_blas import gemm
 from .cpu_math import expm1_nonpos_f32, log1p_unit_f32
 from .cpu_philox import fill_normals, normals_block, stream_keys
@@ -44,9 +44,11 @@ _GATHER_AHEAD = 32    # rows whose cache lines are asked for before the row bein
 
 
 @njit(inline="always", cache=True, nogil=True)
-def _prefetch_row(flat, row, width, per_line):
-    for j in range(0, width, per_line):
-        prefetch(flat, row * width + j)
+def _prefetch_row(row, per_line):
+    """Ask for the cache lines of `row` (a row of the data set; contiguous in every array the trainer makes: in
+    another layout the hint asks for the wrong lines, which costs nothing but its use)."""
+    for j in range(0, row.size, per_line):
+        prefetch(row, j)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -55,12 +57,11 @@ def _gather_u8(x, data, idx):
     row's cache lines are prefetched _GATHER_AHEAD rows ahead, and their misses overlap: measured on the Xeon with the
     caches flushed, 75 MNIST rows in 45-51 us against 66-71 row by row."""
     scale = np.float32(1.0 / 255.0)
-    flat = data.reshape(-1)
     for r in range(min(_GATHER_AHEAD, idx.size)):
-        _prefetch_row(flat, idx[r], data.shape[1], 64)
+        _prefetch_row(data[idx[r]], 64)
     for r in range(idx.size):
         if r + _GATHER_AHEAD < idx.size:
-            _prefetch_row(flat, idx[r + _GATHER_AHEAD], data.shape[1], 64)
+            _prefetch_row(data[idx[r + _GATHER_AHEAD]], 64)
         src = data[idx[r]]
         dst = x[r]
         for j in range(dst.size):
@@ -70,13 +71,12 @@ def _gather_u8(x, data, idx):
 @njit(cache=True, nogil=True, error_model="numpy")
 def _gather_float(x, data, idx):
     """x = data[idx] (float data), rows prefetched as _gather_u8's."""
-    flat = data.reshape(-1)
     per_line = max(1, 64 // data.itemsize)
     for r in range(min(_GATHER_AHEAD, idx.size)):
-        _prefetch_row(flat, idx[r], data.shape[1], per_line)
+        _prefetch_row(data[idx[r]], per_line)
     for r in range(idx.size):
         if r + _GATHER_AHEAD < idx.size:
-            _prefetch_row(flat, idx[r + _GATHER_AHEAD], data.shape[1], per_line)
+            _prefetch_row(data[idx[r + _GATHER_AHEAD]], per_line)
         x[r, :] = data[idx[r]]
 
 
@@ -144,7 +144,7 @@ def _bias_act(out, b, code):
     """out = act(out + b) in place (out holds inp @ w). ELU 16 columns at a time in explicit vector code
     (vector16.bias_elu16: the same operations, the same bits; measured on the Xeon, 75 x 500: 21 -> 15 us)."""
     n = b.size
-    body = n - n % 16 if code == _ELU else 0
+    body = unit_stride_body(n, (out, b)) if code == _ELU else 0
     for r in range(out.shape[0]):
         row = out[r]
         for j in range(0, body, 16):
@@ -406,14 +406,15 @@ def _bias_loss_dlogits(dlogits, b, x, loss, mse):
 
     Float32 arithmetic, vectorised (measured on the project's Xeon: 75 x 784 in 0.088 ms, against 0.154 in float64,
     which made it the step's most expensive pass; the cross-entropy 16 columns at a time in explicit vector code,
-    vector16.cross_entropy_rows16, the same operations and bits: 0.085 -> 0.070 ms). No fastmath, and the sum in a fixed order: element j of a row
-    goes to partial sum j % 16, the partial sums are added in order and each row's total to a float64 one, so the
+    vector16.cross_entropy_rows16, the same operations and bits: 0.085 -> 0.070 ms). No fastmath, and the sum in a
+    fixed order: element j of a row goes to partial sum j % 16, the partial sums are added in order and each row's total to a float64 one, so the
     loss is the same bits however LLVM compiles the loop. (With fastmath's reassociation a freshly compiled kernel
     and its copy loaded from Numba's cache summed in different orders, 1e-8 apart, and a checkpoint's metrics did not
     match the same model evaluated in another process; with fastmath and these lanes it took 0.072 ms.)"""
     total = 0.0
     n = b.size
     body = n - n % _LANES
+    vector_body = unit_stride_body(n, (dlogits, b, x))     # 0 unless the rows have unit stride
     acc = np.empty(_LANES, np.float32)
     for r in range(dlogits.shape[0]):
         d, xr = dlogits[r], x[r]
@@ -424,11 +425,13 @@ def _bias_loss_dlogits(dlogits, b, x, loss, mse):
                     j = j0 + lane
                     term, d[j] = _loss_and_dlogit(d[j] + b[j], xr[j], mse)
                     acc[lane] += term
+            start = body
         else:
-            cross_entropy_rows16(d, b, xr, acc, body)
-        for j in range(body, n):
+            cross_entropy_rows16(d, b, xr, acc, vector_body)
+            start = vector_body
+        for j in range(start, n):
             term, d[j] = _loss_and_dlogit(d[j] + b[j], xr[j], mse)
-            acc[j - body] += term
+            acc[j % _LANES] += term
         row = np.float32(0.0)
         for lane in range(_LANES):
             row += acc[lane]

@@ -9,7 +9,7 @@ the same bits as the scalar code's.
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 N = 16
 _F32 = ir.FloatType()
@@ -39,6 +39,24 @@ def expm1_nonpos(builder, x):
     return e
 
 
+def unit_stride_body(n, arrays):
+    """How many of n columns (a multiple of 16) the vector code takes: all whole groups of 16 when every array of the
+    tuple `arrays` is C-ordered (its rows have unit stride), else none (the caller's scalar loop does them all).
+    Decided when Numba compiles the caller, from the arrays' types."""
+    raise NotImplementedError("for Numba-compiled code")
+
+
+@overload(unit_stride_body)
+def _unit_stride_body(n, arrays):
+    if all(isinstance(t, types.Array) and t.layout == "C" for t in arrays.types):
+        return lambda n, arrays: n - n % N
+    return lambda n, arrays: 0
+
+
+def _unit_stride(*array_types):
+    return all(t.layout == "C" for t in array_types)
+
+
 def _row_pointer(context, builder, array_type, array, at):
     data = context.make_array(array_type)(context, builder, array).data
     return builder.bitcast(builder.gep(data, [at]), _V.as_pointer())
@@ -46,8 +64,11 @@ def _row_pointer(context, builder, array_type, array, at):
 
 @intrinsic
 def bias_elu16(typingctx, row, b, at):
-    """row[at:at+16] = elu(row[at:at+16] + b[at:at+16]) (float32 1-D arrays)."""
+    """row[at:at+16] = elu(row[at:at+16] + b[at:at+16]) (float32 1-D arrays; C-ordered, else nothing is done: see
+    unit_stride_body)."""
     def codegen(context, builder, sig, args):
+        if not _unit_stride(*sig.args[:2]):
+            return context.get_dummy_value()
         at = context.cast(builder, args[2], sig.args[2], types.int64)
         rp = _row_pointer(context, builder, sig.args[0], args[0], at)
         bp = _row_pointer(context, builder, sig.args[1], args[1], at)
@@ -77,8 +98,11 @@ def _fabs(builder, x):
 def cross_entropy_rows16(typingctx, d, b, x, acc, body):
     """cpu._bias_loss_dlogits' cross-entropy body for one row, 16 columns at a time, columns 0 .. body - 1 (body a
     multiple of 16): l = d + b, d = sigmoid(l) - x, acc[lane] += each column's loss term (column j in lane j % 16,
-    in column order). d, b, x, acc: 1-D float32 (acc 16 long, read and written)."""
+    in column order). d, b, x, acc: 1-D float32 (acc 16 long, read and written), C-ordered, else nothing is done (see
+    unit_stride_body)."""
     def codegen(context, builder, sig, args):
+        if not _unit_stride(*sig.args[:4]):
+            return context.get_dummy_value()
         count = builder.udiv(context.cast(builder, args[4], sig.args[4], types.int64), ir.Constant(ir.IntType(64), N))
         acc_p = _row_pointer(context, builder, sig.args[3], args[3], ir.Constant(ir.IntType(64), 0))
         total = cgutils.alloca_once_value(builder, builder.load(acc_p, align=4))
