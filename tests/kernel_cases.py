@@ -370,7 +370,7 @@ def check_train_steps(be, cfg, rand, rows, n_steps=3, parts=1):
         runs[name] = (losses, grads0, params1, int(b.to_host(st.counters)[1]))
     (l_ref, g_ref, p_ref, t_ref), (l_be, g_be, p_be, t_be) = runs["ref"], runs["be"]
     assert t_ref == t_be == n_steps
-    tol = tolerance_for(be, step=True)
+    tol = tolerance_for(be, step=True, activation=cfg.activation)
     assert_close(l_be[0], l_ref[0], tol, what="first loss")
     for L in layout.layers:
         for off, size, part in ((L.w_offset, L.fan_in * L.fan_out, "W"), (L.b_offset, L.fan_out, "b")):
