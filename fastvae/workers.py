@@ -100,33 +100,39 @@ class Workers:
         (_held_interrupts), so that it lands in part 0 or after the job, never between a hand-off and its
         bookkeeping (a part left running or waiting at a barrier would hang the next job; a permit left behind
         would end the next job's wait early)."""
-        taken, started, errors = False, 0, {}
+        taken, started, waited, finished, errors = False, 0, 0, False, {}
         try:
-            try:
-                with _held_interrupts():
-                    taken = self._busy.acquire(blocking=False)
-                    if taken:
-                        while len(self._threads) < parts - 1:
-                            self._threads.append(_Worker())
-                        for k, worker in enumerate(self._threads[:parts - 1], start=1):
-                            worker.start(fn, k)
-                            started = k
-                if not taken:
-                    busy()
-                    return False
-                fn(0)
-            except BaseException as e:  # noqa: BLE001  (re-raised below, after the other parts finished)
-                if not taken:
-                    raise
-                errors[0] = e
-                if on_error is not None:
-                    on_error()
-            with _held_interrupts():    # every started part is waited for, even through Ctrl-C
-                for k, worker in enumerate(self._threads[:started], start=1):
-                    error = worker.wait()
-                    if error is not None:
-                        errors[k] = error
+            with _held_interrupts():
+                taken = self._busy.acquire(blocking=False)
+                if taken:
+                    while len(self._threads) < parts - 1:
+                        self._threads.append(_Worker())
+                    for k, worker in enumerate(self._threads[:parts - 1], start=1):
+                        worker.start(fn, k)
+                        started = k
+            if not taken:
+                busy()
+                return False
+            fn(0)
+            finished = True
+        except BaseException as e:  # noqa: BLE001  (re-raised below, after the other parts finished)
+            if not taken:
+                raise
+            errors[0] = e
         finally:
+            while taken and waited < started:   # every started part is waited for, even through Ctrl-C; a Ctrl-C
+                try:                            # that lands outside the held regions is kept and raised after
+                    with _held_interrupts():
+                        if not finished and on_error is not None:
+                            on_error()
+                            on_error = None
+                        while waited < started:
+                            error = self._threads[waited].wait()
+                            waited += 1
+                            if error is not None:
+                                errors[waited] = error
+                except BaseException as e:  # noqa: BLE001
+                    errors.setdefault(0, e)
             if taken:
                 self._busy.release()
         if errors:
