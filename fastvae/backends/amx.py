@@ -325,8 +325,6 @@ def _tiles_product(out, a, b, cfg, block):
     flat_a, flat_b, flat_out = a.reshape(-1), b.reshape(-1), out.reshape(-1)
     whole = m - m % TILE                            # rows in whole tiles
     edge = m - whole
-    edge_cfg = cfg.copy()                           # tiles 0, 1 (results) and 4 (A) with the edge's rows
-    edge_cfg[48] = edge_cfg[49] = edge_cfg[52] = max(edge, 1)
     _ldtilecfg(cfg)
     for j0 in range(0, n_p, BLOCK):
         b0 = (j0 // TILE) * strip
@@ -352,6 +350,8 @@ def _tiles_product(out, a, b, cfg, block):
                 _tdpbf16ps(3, 5, 7)
             _store_rows(out, flat_out, block, i0, j0, BLOCK, cols, 4)
     if edge:                                        # the rows after the last whole tile, all columns
+        edge_cfg = cfg.copy()                       # tiles 0, 1 (results) and 4 (A) with the edge's rows only
+        edge_cfg[48] = edge_cfg[49] = edge_cfg[52] = edge
         _ldtilecfg(edge_cfg)
         a0 = whole * kq
         for j0 in range(0, n_p, BLOCK):
