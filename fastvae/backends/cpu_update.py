@@ -25,10 +25,12 @@ from .cpu_blas import gemm
 # update reads the sum from L1/L2 (64 KB per array) instead of making a second pass over memory.
 _ADAM_CHUNK = 1 << 14
 MIN_PART = 1 << 16      # a smaller part would cost more to hand to a thread than it takes to update
-# Rows of a weight gradient per sgemm call in weight_update: its chunk (at most 256 x 784 floats, 0.8 MB) is still in
-# the core's 2 MB L2 when Adam reads it; smaller chunks made OpenBLAS slower per flop (measured: 64 rows 2.09 ms,
-# 128 1.98, 256 1.86, whole layers 1.92 per step on 2 threads).
-WEIGHT_CHUNK_ROWS = 256
+# Rows of a weight gradient per sgemm call in weight_update: its chunk (at most 512 x 784 floats, 1.6 MB) is still in
+# the core's 2 MB L2 when Adam reads it; smaller chunks made OpenBLAS slower per flop. Measured on the project's Xeon
+# inside whole steps (bench/step_breakdown's whole_steps, 2 threads, 3 runs of 4-8 alternated rounds of 200 steps),
+# the update phase at 256 / 512 rows: 2.57 / 2.46, 2.51 / 2.47, 2.49 / 2.37 ms; whole layers 2.44, 2.46, 2.39 (an
+# earlier measurement of the update alone, 2026-12-05: 64 rows 2.09 ms, 128 1.98, 256 1.86, whole layers 1.92).
+WEIGHT_CHUNK_ROWS = 512
 
 
 def adam_constants(counters, lr, beta1, beta2):
