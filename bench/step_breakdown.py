@@ -1,19 +1,26 @@
-"""Where one cpu training step goes, measured inside real steps (issue 14), at the seed's settings on MNIST.
+"""Where one cpu training step goes, measured inside real steps (issues 13 and 14), at the seed's settings on MNIST.
 
     python -m bench.step_breakdown [--steps 400] [--rounds 3] [--backend cpu|cpu-bf16] [--json FILE]
 
-Three measurements of the same model in one process, alternated in rounds (the machine drifts):
+Four measurements of the same model in one process, alternated in rounds (the machine drifts):
 1. the step as a fit runs it: the detected thread count (fastvae.threads), row shards on the backend's workers, one
    product + pass per layer in one Numba call; the shards' phase (forward and the backward of dz and dinp of every
    shard at once) and the update's (weight_update: the weight gradients over the whole batch fused with Adam, its
    chunks claimed by the threads) timed apart (both run in one job of the workers: the shards' phase ends when the
    last shard returns, the update's is the rest of the job);
-2. (cpu only) one shard (the batch's first rows, as many as a shard has) alone on one thread with the products
-   called from Python (`cpu.FUSED = False`), every product and every fused pass timed: what a shard's work is made
-   of;
-3. the step's 17 products alone at the full batch in OpenBLAS's own threads (bench/test_products.py's floor).
+2. one shard (the batch's first rows, as many as a shard has) alone on one thread, on the cpu backend with the
+   products called from Python (`cpu.FUSED = False`), every product and every fused pass timed: what a shard's work
+   is made of (for cpu-bf16 only its passes, gather and Python, which are the same Numba code there);
+3. the step's 17 products alone at the full batch in OpenBLAS's own threads (bench/test_products.py's yardstick);
+4. floors: each part of the step alone at the rate this machine gives it. The 17 products each alone on one core as
+   the backend computes them (one-thread sgemm; amx.product with the weights packed beforehand), halved for two cores
+   that lose nothing to each other; Adam over the whole buffer alone on the threads, beside one array of the same
+   bytes read and written with no arithmetic (the memory's rate; when the two match, Adam is memory-bound); for
+   cpu-bf16 the bf16 packs the update writes, priced at that rate (written and first read for ownership). Their sum
+   with one shard's passes is the step's floor with these kernels on this machine (`floor`).
 The difference between the shards' phase and one shard's parts is what running the shards at once costs (the GIL
-between calls, caches and memory shared by the threads, the wait for the slower shard).
+between calls, caches and memory shared by the threads, the wait for the slower shard); the step over its floor is
+what the threads lose to each other and to cold caches in all.
 """
 from __future__ import annotations
 
@@ -24,6 +31,9 @@ import statistics
 import time
 
 import numpy as np
+from numba import njit
+
+from fastvae.backends.cpu_update import adam_block
 
 
 def _model(be, cfg, data, batch):
@@ -194,13 +204,95 @@ def products_alone(cfg, rounds=50):
     return 1e3 * total
 
 
+def products_one_core(backend, rounds=30):
+    """ms of the step's 17 products at the full batch, each alone on one core, as the backend's step calls them:
+    one-thread BLAS sgemm (cpu), or amx.product (cpu-bf16: the tiles, with the weights packed beforehand as the
+    update leaves them, the activations and dz packed in the call): the sum of each product's median."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from threadpoolctl import threadpool_limits
+    from test_products import PRODUCTS, operands
+    from fastvae.backends import amx
+    g = np.random.default_rng(0)
+    total = 0.0
+    with threadpool_limits(1, user_api="blas"):
+        for _, a_shape, b_shape, ta, tb in PRODUCTS:
+            a_op, b_op, out = operands(g, a_shape, b_shape, ta, tb)
+            if backend == "cpu":
+                args, product = (a_op, b_op), lambda x, y: np.matmul(x, y, out=out)     # noqa: E731
+            else:
+                a, b = (a_op.T if ta else a_op), (b_op.T if tb else b_op)               # the C-ordered arrays
+                packed = amx.NO_PACK if ta else amx.pack_b(b_op)
+                sizes = amx.scratch_sizes(out.shape[0], out.shape[1], a_op.shape[1])
+                args = (out, a, ta, b, tb, packed, *amx.scratch(*sizes))
+                product = amx.product
+            product(*args)
+            times = []
+            for _ in range(rounds):
+                begin = time.perf_counter()
+                product(*args)
+                times.append(time.perf_counter() - begin)
+            total += statistics.median(times)
+    return 1e3 * total
+
+
+@njit(cache=True, nogil=True)
+def _adam_alone(p, g, m, v, lo, hi):
+    """Adam over p, m, v[lo:hi] with a gradient chunk that stays in cache (as in the fused update)."""
+    for start in range(lo, hi, g.size):
+        stop = min(hi, start + g.size)
+        adam_block(p[start:stop], g[:stop - start], m[start:stop], v[start:stop], 1e-6, 0.9, 0.999, 1e-8)
+
+
+@njit(cache=True, nogil=True, fastmath=True)
+def _read_write(a, lo, hi):
+    """a[lo:hi] read and written once, almost no arithmetic: the memory's rate for a stream like Adam's."""
+    b = a[lo:hi]
+    for i in range(b.size):             # (from 0: no negative-index check, so LLVM vectorises the loop)
+        b[i] = b[i] * np.float32(0.5) + np.float32(1.0)
+
+
+def memory_floors(be, cfg, count, rounds=20):
+    """({label: ms}, MB moved): Adam over the whole flat buffer alone (its parameters and both moments read and
+    written, the gradient from cache as in the fused update), and one array of the same size read and written with
+    almost no arithmetic, each on `count` threads. When the two match, Adam is bound by memory and its time is the
+    update's floor for that traffic; the second gives the rate (MB moved / ms) at which other traffic is priced."""
+    from fastvae.params import Layout
+    size = Layout(cfg).size
+    rand = np.random.default_rng(0)
+    p, m = rand.random(size, np.float32), rand.random(size, np.float32) * 1e-3
+    v, g = rand.random(size, np.float32) * 1e-6, rand.random(1 << 14, np.float32)
+    flat = rand.random(3 * size, np.float32)
+    grads = [g.copy() for _ in range(count)]
+    bounds = [size * k // count for k in range(count + 1)]
+    out = {}
+    for label, fn in (("Adam alone", lambda k: _adam_alone(p, grads[k], m, v, bounds[k], bounds[k + 1])),
+                      ("the same bytes read and written", lambda k: _read_write(flat, 3 * bounds[k],
+                                                                                  3 * bounds[k + 1]))):
+        fn(0)
+        times = []
+        for _ in range(rounds):
+            begin = time.perf_counter()
+            be.workers.run(fn, count)
+            times.append(time.perf_counter() - begin)
+        out[label] = 1e3 * statistics.median(times)
+    return out, size * 4 * 6 / 1e6
+
+
+def pack_megabytes(cfg):
+    """MB the bf16 update writes into the weights' packs per step: every weight in two bf16 layouts."""
+    from fastvae.params import layer_shapes
+    return sum(2 * 2 * a * b for _, a, b in layer_shapes(cfg)) / 1e6
+
+
 def measure(steps=400, rounds=3, backend="cpu"):
     from fastvae import threads
     from fastvae.backends import get_backend
     from fastvae.config import Config
     from fastvae.data import load_mnist
     from fastvae.step import MIN_SHARD_ROWS, row_shards
-    be, cfg = get_backend(backend), Config()
+    be, cpu, cfg = get_backend(backend), get_backend("cpu"), Config()
     data = load_mnist().train_x
     count = threads.detect().threads
     shard_rows = row_shards(cfg.batch_size, max(1, min(count, cfg.batch_size // MIN_SHARD_ROWS)))[0][1]
@@ -210,12 +302,43 @@ def measure(steps=400, rounds=3, backend="cpu"):
         runs["step"].append(total)
         for k, v in phases.items():
             runs[f"phase {k}"].append(v)
-        if backend == "cpu":                # (its products are timed through np.matmul: the cpu backend's alone)
-            for k, v in one_shard(be, cfg, data, steps, shard_rows).items():
+        # one shard alone, part by part, on the cpu backend (its products timed through np.matmul); its passes are
+        # cpu-bf16's too (that backend calls the same Numba passes after its tiles)
+        for k, v in one_shard(cpu, cfg, data, steps, shard_rows).items():
+            if backend == "cpu" or not k.startswith("products"):
                 runs[f"shard {k}"].append(v)
         runs["products alone (17, full batch, OpenBLAS's threads)"].append(products_alone(cfg))
-    return {"backend": backend, "threads": count, "shard_rows": shard_rows, "steps": steps, "rounds": rounds,
-            "ms": {k: statistics.median(v) for k, v in runs.items()}}
+        runs[f"floor: products each alone on one core ({ENGINE[backend]}), halved"].append(
+            products_one_core(backend) / count)
+        libs = threads.Libraries(be.workers)
+        try:
+            libs.set(count)
+            memory, megabytes = memory_floors(be, cfg, count)
+        finally:
+            libs.close()
+        adam, stream = memory["Adam alone"], memory["the same bytes read and written"]
+        runs[f"floor: Adam alone ({megabytes:.0f} MB moved, {count} threads)"].append(adam)
+        runs[f"(the same bytes read and written: {megabytes:.0f} MB moved)"].append(stream)
+        if backend == "cpu-bf16":   # written, and first read for ownership: twice the bytes, at the stream's rate
+            packs = pack_megabytes(cfg)
+            runs[f"floor: the packs' writes ({packs:.1f} MB, twice at the stream's rate)"].append(
+                2 * packs / megabytes * stream)
+    result = {"backend": backend, "threads": count, "shard_rows": shard_rows, "steps": steps, "rounds": rounds,
+              "ms": {k: statistics.median(v) for k, v in runs.items()}}
+    result["floor"] = floor_sum(result)
+    return result
+
+
+ENGINE = {"cpu": "one-thread sgemm", "cpu-bf16": "amx.product, weights packed"}
+
+
+def floor_sum(result):
+    """ms: what one step would take if each part ran at its floor and the two threads lost nothing to each other:
+    the products on both cores (halved), Adam's traffic, the bf16 packs' writes, one shard's passes and gather
+    (the two shards' passes run at once) and Python between its kernels."""
+    ms = result["ms"]
+    passes = sum(v for k, v in ms.items() if k.startswith("shard ") and not k.startswith("shard products"))
+    return sum(v for k, v in ms.items() if k.startswith("floor: ")) + passes
 
 
 def table(result):
@@ -224,12 +347,16 @@ def table(result):
              "| --- | ---: |"]
     lines += [f"| {k} | {v:.3f} |" for k, v in ms.items()]
     shard = sum(v for k, v in ms.items() if k.startswith("shard "))
-    if shard:
+    if any(k.startswith("shard products") for k in ms):
         lines.append(f"| one shard's parts together ({result['shard_rows']} rows, one thread) | {shard:.3f} |")
         lines.append(f"| running {result['threads']} shards at once costs (phase shards - one shard) | "
                      f"{ms['phase shards'] - shard:.3f} |")
     floor = ms["products alone (17, full batch, OpenBLAS's threads)"]
     lines.append(f"| step ÷ products alone | {ms['step'] / floor:.2f} |")
+    if "floor" in result:
+        lines.append(f"| floor of the step: products (halved) + Adam alone + packs + one shard's passes and Python | "
+                     f"{result['floor']:.3f} |")
+        lines.append(f"| step ÷ that floor | {ms['step'] / result['floor']:.2f} |")
     return "\n".join(lines)
 
 

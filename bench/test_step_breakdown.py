@@ -24,4 +24,11 @@ def test_step_breakdown(benchmark, backend):
     # the phases are inside the step; one shard's products are inside its kernels
     assert ms["phase shards"] + ms["phase update"] <= 1.05 * ms["step"]
     assert "| step ÷ products alone |" in table(found)
+    # the floor: the products halved, Adam alone and one shard's passes, each measured (how it compares with the
+    # step is what the benchmark reports, not something a test may assert on a shared machine)
+    floors = [k for k in ms if k.startswith("floor: ")]
+    assert any(k.startswith("floor: products") for k in floors) and any(k.startswith("floor: Adam") for k in floors)
+    assert (backend == "cpu-bf16") == any("packs" in k for k in floors)
+    assert 0 < found["floor"] < float("inf"), found["floor"]
+    assert "| step ÷ that floor |" in table(found)
     benchmark.extra_info.update(breakdown=found)
