@@ -115,9 +115,34 @@ def breakdown_table(benches):
     return lines
 
 
+def memory_table(benches, epochs_shown):
+    """Peak memory per framework where the run has bench/test_memory.py's results but no epoch table to put them in
+    (the epoch table has a peak RSS column of its own)."""
+    found = [b["extra_info"] for b in benches if b["group"] == MEMORY]
+    if not found or epochs_shown:
+        return []
+    rows = ["| framework | peak RSS of one epoch (MB) |", "| --- | ---: |"]
+    rows += [f"| {i['framework']} | {i['peak_rss_mb']:.1f} |" for i in sorted(found, key=lambda i: i["peak_rss_mb"])]
+    return ["### Peak memory of one epoch (a fresh process per framework)", "", *rows, ""]
+
+
+def load(path):
+    """The pytest-benchmark JSON at `path`; SystemExit with one line when it is missing or is not one."""
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except OSError as e:
+        raise SystemExit(f"report.py: cannot read {path} ({e.strerror})") from None
+    except ValueError:
+        raise SystemExit(f"report.py: {path} is not JSON; pass a file written by pytest --benchmark-json") from None
+    if not isinstance(doc, dict) or "machine_info" not in doc or "benchmarks" not in doc:
+        raise SystemExit(f"report.py: {path} is not a pytest-benchmark JSON (no machine_info and benchmarks); pass "
+                         "a file written by pytest --benchmark-json")
+    return doc
+
+
 def main(path):
-    with open(path) as f:
-        doc = json.load(f)
+    doc = load(path)
     m = doc["machine_info"]
     fm = m.get("fastvae_machine", {})
     env = ", ".join(f"{k}={v}" for k, v in m.get("env", {}).items()) or "none"
@@ -125,10 +150,14 @@ def main(path):
              f"Python {m.get('python_version')}, numpy {m.get('numpy')}, numba {m.get('numba')}; "
              f"BLAS/thread environment: {env}; run {doc['datetime'][:16]} UTC.", ""]
     benches = doc["benchmarks"]
-    lines += turns_table(benches) + epoch_table(benches) + products_table(benches) + breakdown_table(benches)
-    lines += kernel_table(benches) + first_call_table(benches)
+    epochs = epoch_table(benches)
+    lines += turns_table(benches) + epochs + memory_table(benches, bool(epochs)) + products_table(benches)
+    lines += breakdown_table(benches) + kernel_table(benches) + first_call_table(benches)
     print("\n".join(lines))
 
 
 if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python bench/report.py bench/results/FILE.json (a file written by pytest "
+                         "--benchmark-json)")
     main(sys.argv[1])

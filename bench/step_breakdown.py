@@ -28,6 +28,7 @@ import argparse
 import collections
 import json
 import statistics
+import sys
 import time
 
 import numpy as np
@@ -187,7 +188,6 @@ def one_shard(be, cfg, data, steps, rows):
 def products_alone(cfg, rounds=50):
     """ms of the step's 17 products, each alone at the full batch in OpenBLAS's default threads (the floor the
     issue measures against): the sum of each product's median."""
-    import sys
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from test_products import PRODUCTS, operands
@@ -208,7 +208,6 @@ def products_one_core(backend, rounds=30):
     """ms of the step's 17 products at the full batch, each alone on one core, as the backend's step calls them:
     one-thread BLAS sgemm (cpu), or amx.product (cpu-bf16: the tiles, with the weights packed beforehand as the
     update leaves them, the activations and dz packed in the call): the sum of each product's median."""
-    import sys
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from threadpoolctl import threadpool_limits
@@ -341,11 +340,20 @@ def floor_sum(result):
     return sum(v for k, v in ms.items() if k.startswith("floor: ")) + passes
 
 
+# rows whose key (kept in the saved JSON) says less than a reader needs
+SHOWN_AS = {
+    "phase shards": "the shards' phase: forward and the backward's dz and input gradients of every shard at once",
+    "phase update": "the update's phase: the weight gradients over the whole batch fused with Adam",
+    "products alone (17, full batch, OpenBLAS's threads)":
+        "the 17 products in fp32, each alone at the full batch in OpenBLAS's own threads (the yardstick)",
+}
+
+
 def table(result):
     ms = result["ms"]
-    lines = [f"| part (ms per step, median of {result['rounds']} rounds of {result['steps']} steps) | ms |",
-             "| --- | ---: |"]
-    lines += [f"| {k} | {v:.3f} |" for k, v in ms.items()]
+    lines = [f"| part of a {result.get('backend', 'cpu')} step on {result['threads']} threads (ms per step, median of "
+             f"{result['rounds']} rounds of {result['steps']} steps) | ms |", "| --- | ---: |"]
+    lines += [f"| {SHOWN_AS.get(k, k)} | {v:.3f} |" for k, v in ms.items()]
     shard = sum(v for k, v in ms.items() if k.startswith("shard "))
     if any(k.startswith("shard products") for k in ms):
         lines.append(f"| one shard's parts together ({result['shard_rows']} rows, one thread) | {shard:.3f} |")
@@ -362,13 +370,17 @@ def table(result):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=400)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--backend", default="cpu", choices=("cpu", "cpu-bf16"))
-    parser.add_argument("--json")
+    parser.add_argument("--steps", type=int, default=400, help="steps per round of whole steps (default 400)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="alternated rounds of every measurement; the table gives their medians (default 3)")
+    parser.add_argument("--backend", default="cpu", choices=("cpu", "cpu-bf16"),
+                        help="cpu (fp32, the default) or cpu-bf16 (the products in bf16 on AMX tiles)")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.rounds < 1:
-        parser.error("--steps and --rounds must be positive")
+        print(f"step_breakdown: error: --steps and --rounds must be positive integers, got {args.steps} and "
+              f"{args.rounds}", file=sys.stderr)
+        return 2
     result = measure(args.steps, args.rounds, args.backend)
     print(table(result))
     if args.json:

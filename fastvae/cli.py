@@ -107,9 +107,23 @@ def check_positive(args: argparse.Namespace, *names: str) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
 
 
-def notifier(args: argparse.Namespace) -> Callable[[str], None] | None:
-    """Where notes for the user go (stderr), or None with --quiet."""
-    return None if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+class Notes:
+    """Notes for the user (such as which backend auto chose, and why), held until flush() prints them on stderr
+    (nothing with --quiet): a tool flushes once its inputs have all been checked, so that a run stopped by a
+    mistake says only that mistake, in one line."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.quiet = args.quiet
+        self.held: list[str] = []
+
+    def __call__(self, message: str) -> None:
+        if not self.quiet:
+            self.held.append(message)
+
+    def flush(self) -> None:
+        for message in self.held:
+            print(message, file=sys.stderr)
+        self.held = []
 
 
 def checkpoint_path(path: str | Path) -> Path:

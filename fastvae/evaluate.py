@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Iterable
 import numpy as np
 
 from . import jsonfile, rng
-from .cli import (Parser, add_shared_options, check_positive, checkpoint_path, load_data, notifier, run_main,
+from .cli import (Notes, Parser, add_shared_options, check_positive, checkpoint_path, load_data, run_main,
                   run_precision, whole_number)
 from .config import integer, seed_value
 from .errors import UserError
@@ -202,10 +202,11 @@ def run(args: argparse.Namespace) -> int:
     if args.json is not None and not args.json.parent.is_dir():
         raise UserError(f"cannot write {args.json}: folder {args.json.parent} does not exist")
     path = checkpoint_path(args.checkpoint)
-    model = VAE.load(path, backend=args.backend, notify=notifier(args),
-                     precision=run_precision(path, args.precision))
+    notes = Notes(args)
+    model = VAE.load(path, backend=args.backend, notify=notes, precision=run_precision(path, args.precision))
     data = load_data(args, model.config.seed)
     test_x = model._images(data.test_x[:args.test_images], f"the test set of {data.source}")     # [:None] is all
+    notes.flush()
     res = evaluate_model(model, test_x, k=args.k, seed=args.seed, batch_size=args.batch_size,
                          progress=not args.quiet)
     report = {"checkpoint": str(path), "backend": model.backend.name, "config": model.config.to_dict(),

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, jsonfile, machine
-from .cli import Parser, add_shared_options, check_positive, load_data, notifier, run_main, whole_number
+from .cli import Notes, Parser, add_shared_options, check_positive, load_data, run_main, whole_number
 from .config import Config
 from .constants import ENCODERS, HIDDEN_ACTIVATIONS, RECONSTRUCTIONS, SAMPLE_CODINGS
 from .errors import TrainingInterrupted, UserError
@@ -97,6 +97,9 @@ def _prepare_out(out, new_run=False, overwrite=False):
     if new_run and held and not overwrite:
         raise UserError(f"{out} already holds a run ({held[0]}); continue it with --resume {out}, or pass "
                         "--overwrite to replace it")
+    # the folders this run would create: made to check that the folder can be written, then removed again, and made
+    # for good only when the run starts (run()), so that a run refused by a later check leaves nothing behind
+    missing = [p for p in (out, *out.parents) if not p.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)      # samples/ only when a figure goes there (not with --no-plots)
         probe = out / ".write-test"
@@ -104,6 +107,12 @@ def _prepare_out(out, new_run=False, overwrite=False):
         probe.unlink()
     except OSError as e:
         raise UserError(f"cannot write to the output folder {out} ({e.strerror}); choose another with --out") from None
+    finally:
+        for folder in missing:                      # the deepest first; each empty (the probe is gone)
+            try:
+                folder.rmdir()
+            except OSError:
+                break
     return out
 
 
@@ -167,7 +176,8 @@ def run(args: argparse.Namespace) -> int:
     from .figures import matplotlib_missing
 
     check_positive(args, "train_images", "test_images")
-    model, run_info, out = (_resumed_run if args.resume is not None else _new_run)(args, notifier(args))
+    notes = Notes(args)
+    model, run_info, out = (_resumed_run if args.resume is not None else _new_run)(args, notes)
     if args.threads is not None:                # kept in metrics.json's run info: --resume keeps the count
         run_info["threads"] = args.threads
     if args.precision is not None:              # the same: asked for once, kept; the one in use is info's
@@ -198,6 +208,7 @@ def run(args: argparse.Namespace) -> int:
             "config": cfg.to_dict(), "data": data.source, "data_set": data.name,
             "train_images": len(train_x), "test_images": len(test_x), "machine": machine.describe(),
             "run": run_info}
+    notes.flush()                           # every input checked: the notes now, the run's header after them
     where = f"resuming {out} at epoch {model.epoch + 1}" if args.resume else f"writing to {out}"
     say(f"fastvae {__version__}: {model.layout.size:,} parameters on the {model.backend.name} backend in "
         f"{model.precision}; {len(train_x)} training and {len(test_x)} test images from {data.source}; {where}")
@@ -205,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
     if args.resume is None and args.overwrite:
         _remove_run(out)                    # only now: every check above has passed
     # written before the first step, so a Ctrl-C in the first epoch leaves a folder that --resume can continue
+    out.mkdir(parents=True, exist_ok=True)
     jsonfile.write(out / "metrics.json", {**info, "epochs": model.history})
 
     def after_epoch(m, record):

@@ -168,6 +168,8 @@ def test_no_plots_writes_no_figures(tmp_path):
     (["--lr", "-1"], "lr must be a positive number"),
     (["--hidden", "0"], "hidden widths must be positive"),
     (["--data", "/no/such/folder"], "does not exist"),
+    # auto's note on the backend it chose (no GPU here) is held until every input is checked: still one line
+    (["--backend", "auto", "--data", "/no/such/folder"], "does not exist"),
     (["--train-images", "30", "--batch-size", "50"], "larger than"),
     (["--backend", "gpu"], "gpu"),
     (["--backend", "gpu", "--precision", "bf16"], "bf16 is not implemented on the gpu backend"),
@@ -182,16 +184,31 @@ def test_user_mistakes_get_one_line_and_exit_status_2(tmp_path, args, phrase):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fastvae: error:") and phrase in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
-    assert not (tmp_path / "run" / "checkpoint.npz").exists()
+    assert not (tmp_path / "run").exists(), "a refused run leaves no folder behind"
+
+
+def test_auto_says_which_backend_it_chose_when_the_run_starts(tmp_path):
+    from fastvae.backends import get_backend
+    try:
+        get_backend("gpu")
+        gpu = True
+    except UserError:
+        gpu = False
+    proc = train(*QUICK, "--backend", "auto", "--epochs", "1", "--no-plots", "--out", str(tmp_path / "deep" / "run"))
+    assert proc.returncode == 0, proc.stderr
+    notes = [line for line in proc.stderr.splitlines() if line.startswith("fastvae: using the cpu backend (")]
+    assert len(notes) == (0 if gpu else 1), proc.stderr
+    assert (tmp_path / "deep" / "run" / "checkpoint.npz").is_file()
 
 
 def test_a_bad_data_file_is_a_user_error(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     (data / "mnist.npz").write_bytes(b"PK\x03\x04 truncated")
-    proc = train(*QUICK, "--data", str(data), "--out", str(tmp_path / "run"))
+    proc = train(*QUICK, "--data", str(data), "--out", str(tmp_path / "run" / "a"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists(), "neither the run's folder nor its parent is left behind"
 
 
 def test_the_seed_variants_train_and_are_recorded(tmp_path):

@@ -1,0 +1,36 @@
+"""bench/report.py as a user runs it: a real subprocess on a committed benchmark run, and on files that are not one."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+RUN = HERE / "results" / "2026-12-06-xeon-floors.json"      # turns, breakdowns, products and memory, no epochs
+
+
+def report(*args):
+    return subprocess.run([sys.executable, str(HERE / "report.py"), *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_every_table_of_a_run_is_printed_from_its_json():
+    proc = report(str(RUN))
+    assert proc.returncode == 0, proc.stderr
+    for heading in ("### Epochs in turns", "### The products of one step", "### One cpu step, part by part",
+                    "### One cpu-bf16 step, part by part", "### Peak memory of one epoch"):
+        assert heading in proc.stdout, heading
+    assert "| fastvae cpu-bf16 | 318.8 |" in proc.stdout             # the memory benchmark's figure, as recorded
+    assert "| step ÷ that floor |" in proc.stdout
+
+
+@pytest.mark.parametrize("args,says", [
+    ([], "usage: python bench/report.py"),
+    (["/no/such/run.json"], "cannot read /no/such/run.json"),
+    ([str(HERE / "results" / "2026-12-05-xeon-quality-fp32-bf16.json")], "is not a pytest-benchmark JSON"),
+])
+def test_a_wrong_argument_is_one_line_and_a_nonzero_status(args, says):
+    proc = report(*args)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    line, = proc.stderr.strip().splitlines()
+    assert says in line
