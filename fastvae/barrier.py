@@ -1,6 +1,6 @@
 """A barrier that Numba kernels wait at outside the GIL: the step's row shards, then the weight update, in one job.
 
-A barrier is an int64 array [arrived, parts, aborted, spins, slept]. arrive_and_wait() (Numba, called inside a nogil
+A barrier is an int64 array [arrived, parts, aborted, spins, slept, departed, back]. arrive_and_wait() (Numba, called inside a nogil
 kernel) adds this thread to `arrived` and returns True once all `parts` have; False as soon as the job is aborted (a
 part raised: abort()). Why inside the kernel: the update's first kernel waits there, so the thread that finishes its
 shard first goes on the moment the last one arrives, without coming back to Python for the GIL: a thread that sleeps
@@ -18,21 +18,50 @@ from numba import njit
 from .atomics import FUTEX, claim, futex_wait, futex_wake, load_acquire, pause
 
 AVAILABLE = FUTEX   # x86-64 Linux; elsewhere fastvae.workers puts a Python barrier between the phases instead
-ARRIVED, PARTS, ABORTED, SPINS, SLEPT = range(5)
+ARRIVED, PARTS, ABORTED, SPINS, SLEPT, DEPARTED, BACK = range(7)
 SPIN_SECONDS = 5e-4
 
 
 def new(parts, spin=True):
     """A barrier for `parts` threads, whose waiters spin first (for about SPIN_SECONDS) when `spin`."""
-    return np.array([0, parts, 0, spins() if spin else 0, 0], np.int64)
+    return np.array([0, parts, 0, spins() if spin else 0, 0, 0, 0], np.int64)
 
 
 @njit(cache=True, nogil=True)
 def abort(barrier):
-    """Every wait at `barrier`, now and later, returns False."""
+    """Every wait at `barrier`, now and later, returns False (depart()'s too)."""
     claim(barrier[ABORTED:ABORTED + 1])          # an atomic store of a nonzero value
-    claim(barrier[ARRIVED:ARRIVED + 1])          # a change of the word the sleepers wait on, then wake them
+    claim(barrier[ARRIVED:ARRIVED + 1])          # a change of the words the sleepers wait on, then wake them
     futex_wake(barrier, ARRIVED)
+    claim(barrier[DEPARTED:DEPARTED + 1])
+    futex_wake(barrier, DEPARTED)
+
+
+@njit(cache=True, nogil=True)
+def depart(barrier, leader):
+    """The last act of a part's last kernel: this thread is done. The leader (part 0, the thread that called
+    Workers.run_phases) then waits, spinning first as arrive_and_wait does, until every part has departed or the job
+    was aborted; the others spin (at most the barrier's spin budget, never sleeping) until the leader is back in
+    Python (`BACK`, set by run_phases), so that it takes the GIL first and returns from the job without waiting for
+    their Python: a thread that sleeps on the GIL is woken by the OS, 40-70 us on the project's KVM machines."""
+    if claim(barrier[DEPARTED:DEPARTED + 1]) + 1 >= barrier[PARTS]:
+        futex_wake(barrier, DEPARTED)
+    budget = barrier[SPINS]
+    n = 0
+    if not leader:
+        while barrier[PARTS] > 1 and n < budget and load_acquire(barrier, BACK) == 0 and load_acquire(barrier, ABORTED) == 0:
+            pause()
+            n += 1
+        return
+    while True:
+        departed = load_acquire(barrier, DEPARTED)
+        if departed >= barrier[PARTS] or load_acquire(barrier, ABORTED):
+            return
+        if n < budget:
+            pause()
+            n += 1
+        else:
+            futex_wait(barrier, DEPARTED, departed)
 
 
 @njit(cache=True, nogil=True)

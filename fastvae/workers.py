@@ -52,8 +52,12 @@ class Workers:
         project's Xeon: each hand-off 40-70 us, every step). `barrier` (fastvae.barrier) is for second(): it must
         call barrier.arrive_and_wait once, in its first kernel, before it reads what the firsts wrote, and do nothing
         more if that returns False (a part raised: the job is aborted). Where fastvae.barrier is unavailable (not
-        x86-64 Linux) the pool waits for every first in Python and passes None. Errors are raised as run()'s are. A busy
-        pool, or one part, runs all the firsts, then all the seconds, on the calling thread."""
+        x86-64 Linux) the pool waits for every first in Python and passes None. When every second() ends in
+        barrier.depart (the last act of its last kernel; part 0's waits there for the others), the job returns without
+        waiting for the other threads' return through Python (their `done` is taken by the next wait): measured on
+        the project's Xeon, the bf16 step 0.07 ms shorter (the caller no longer sleeps until a worker's Python is
+        done). Errors are raised as run()'s are. A busy pool, or one part, runs all the firsts, then all the seconds,
+        on the calling thread."""
         def one_after_another():
             for part in range(parts):
                 first(part)
@@ -72,7 +76,15 @@ class Workers:
             except BaseException:
                 barrier.abort(shared)   # the other parts stop waiting at the barrier, or never start waiting
                 raise
-        if self._job(both, parts, one_after_another, on_error=lambda: barrier.abort(shared)):
+
+        def departed():
+            # every part's last kernel ended in barrier.depart (and part 0's waited there for the others): they are
+            # done but for returning through Python, which they do once this thread lets go of the GIL; so they are
+            # not waited for now (Workers._owe), and BACK tells them this thread holds the GIL
+            done = shared[barrier.DEPARTED] >= parts and not shared[barrier.ABORTED]
+            shared[barrier.BACK] = 1
+            return done
+        if self._job(both, parts, one_after_another, on_error=lambda: barrier.abort(shared), departed=departed):
             # a waiter that spun in vain (its partner was late: descheduled?) sleeps at once for the next jobs
             self._quiet_jobs = -QUIET_JOBS if shared[barrier.SLEPT] else self._quiet_jobs + 1
 
@@ -93,14 +105,14 @@ class Workers:
             second(part, None)
         self._job(both, parts, one_after_another, on_error=shared.abort)
 
-    def _job(self, fn, parts, busy, on_error=None):
+    def _job(self, fn, parts, busy, on_error=None, departed=None):
         """fn(0..parts-1) on the pool, part 0 on this thread; or busy() when another job holds the pool (then False).
         on_error() is called when part 0 does not return normally (run_phases: the barrier is aborted). Ctrl-C
         (SIGINT) is held back while the pool is taken and the parts handed out, and while they are waited for
         (_held_interrupts), so that it lands in part 0 or after the job, never between a hand-off and its
         bookkeeping (a part left running or waiting at a barrier would hang the next job; a permit left behind
         would end the next job's wait early)."""
-        taken, started, waited, finished, errors = False, 0, 0, False, {}
+        taken, started, waited, finished, all_departed, errors = False, 0, 0, False, False, {}
         try:
             with _held_interrupts():
                 taken = self._busy.acquire(blocking=False)
@@ -115,6 +127,7 @@ class Workers:
                 return False
             fn(0)
             finished = True
+            all_departed = departed is not None and departed()      # (one store: the waits below read it)
         except BaseException as e:  # noqa: BLE001  (re-raised below, after the other parts finished)
             if not taken:
                 raise
@@ -127,7 +140,12 @@ class Workers:
                             on_error()
                             on_error = None
                         while waited < started:
-                            error = self._threads[waited].wait()
+                            worker = self._threads[waited]
+                            if all_departed:        # done but for its Python: its `done` is taken next time
+                                worker.owe()
+                                error = None
+                            else:
+                                error = worker.wait()
                             waited += 1
                             if error is not None:
                                 errors[waited] = error
@@ -154,6 +172,7 @@ class _Worker:
         self._done = threading.Semaphore(0)
         self._job = None
         self._error = None
+        self._owed = 0
         self._thread = threading.Thread(target=self._loop, name="fastvae-worker", daemon=True)
         self._thread.start()
 
@@ -161,7 +180,15 @@ class _Worker:
         self._job = (fn, part)
         self._go.release()
 
+    def owe(self):
+        """The part just run is known to be done (fastvae.barrier.depart) but for its return through Python: its
+        `done` is taken by the next wait() (an error of it, which the barrier's use rules out, is reported there)."""
+        self._owed += 1
+
     def wait(self):
+        while self._owed:
+            self._done.acquire()
+            self._owed -= 1
         self._done.acquire()
         error, self._error = self._error, None
         return error

@@ -370,7 +370,66 @@ def test_after_a_wait_that_spun_in_vain_the_next_jobs_do_not_spin(monkeypatch):
     workers.close()
 
 
-@pytest.mark.parametrize("phases", [False, True])
+def _departing_second(out, pauses=None):
+    """A second phase as the update's kernels end: past the barrier it works (pauses[k] pause instructions, when
+    given), marks its part done in `out`, in the kernel, then departs (barrier.depart: part 0 waits there for the
+    others)."""
+    from numba import njit
+
+    from fastvae import barrier
+
+    @njit(nogil=True)
+    def kernel(shared, leader, out, k, pauses):
+        if barrier.arrive_and_wait(shared):
+            barrier._pauses(pauses[k])
+            out[k] += 1
+            barrier.depart(shared, leader)
+
+    pauses = np.zeros(len(out), np.int64) if pauses is None else pauses
+
+    def second(k, shared):
+        if shared is None:
+            out[k] += 1
+        else:
+            kernel(shared, k == 0, out, k, pauses)
+    return second
+
+
+def test_departed_parts_are_not_waited_for_yet_done_when_the_job_returns():
+    """run_phases with parts whose last kernel departs (as the update's do): when the job returns every part's kernel
+    has finished, though the threads' return through Python is not waited for (their `done` is owed, taken by the
+    next wait); job after job, through plain run() jobs between them, every part runs once per job; a slow part is
+    waited for inside part 0's kernel; a busy pool runs them one after another."""
+    import time
+
+    from fastvae import workers as pool_module
+
+    from fastvae import barrier
+
+    pool = pool_module.Workers(3)
+    out, pauses = np.zeros(3, np.int64), np.zeros(3, np.int64)
+    second = _departing_second(out, pauses)
+    pool.run_phases(lambda k: None, second, 3)     # (compiled first)
+    slow_pauses = 20 * barrier.spins()             # about 10 ms: past part 0's spin, into its futex wait
+    try:
+        for job in range(2, 42):
+            pauses[2] = slow_pauses if job % 4 == 0 else 0       # part 2 ends late: part 0 waits for it
+            pool.run_phases(lambda k: time.sleep(0.005) if job % 3 == 0 and k == 1 else None, second, 3)
+            assert list(out) == [job] * 3, (job, out)
+            if job < 10:        # no plain job yet: each departing job left one `done` owed by each worker
+                assert [w._owed for w in pool._threads] == [job, job]
+            if job % 10 == 0:
+                threads_used = set()
+                pool.run(lambda k: threads_used.add(threading.get_ident()), 3)
+                assert len(threads_used) == 3
+                assert all(w._owed == 0 for w in pool._threads)    # a plain job's waits took what was owed
+        pool.run(lambda k: pool.run_phases(lambda j: None, second, 3) if k == 0 else None, 2)   # busy: one thread
+        assert list(out) == [42] * 3
+    finally:
+        pool.close()
+
+
+@pytest.mark.parametrize("phases", [False, "barrier", "depart"])
 def test_ctrl_c_at_any_moment_leaves_the_pool_working(phases):
     """A Ctrl-C (a real SIGINT) at a random moment of a stream of short jobs of run() or run_phases(), 150 times: each
     lands as one KeyboardInterrupt in the caller, and afterwards the pool still runs every part of a job on its
@@ -390,6 +449,8 @@ def test_ctrl_c_at_any_moment_leaves_the_pool_working(phases):
     def second(k, shared):
         if shared is not None:
             barrier.arrive_and_wait(shared)
+    if phases == "depart":                        # the update's kind: its last kernel departs
+        second = _departing_second(np.zeros(3, np.int64))
     pool.run_phases(first, second, 3)             # compiled before any interrupt: not a test of Numba's compiler
     pool.run(first, 3)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)

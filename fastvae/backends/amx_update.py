@@ -16,7 +16,7 @@ from numba import njit
 from .amx import BLOCK, TILE, _pack_b, _padded, _pair, pack_b_columns, pack_b_rows, tiles
 from .bf16_pairs import column_pairs
 from .transpose import transpose16
-from ..barrier import arrive_and_wait
+from ..barrier import arrive_and_wait, depart
 from .cpu_update import adam_block, bias_item, next_item
 
 # Rows of a weight per work item (a multiple of BLOCK, so no pair of rows or 16-row strip of a pack is written by
@@ -68,13 +68,13 @@ def scratch_sizes(rows, widths):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def weight_items(params, grads, m, v, inputs, douts, forward_packs, transposed_packs, items, counter, from_back, lr_t,
-                 beta1, beta2, eps, a_scratch, b_scratch, g_scratch, block, cfg, wait):
+                 beta1, beta2, eps, a_scratch, b_scratch, g_scratch, block, cfg, wait, leader):
     """The items of cpu_update.plan this thread claims (cpu_update.next_item) (chunks of rows a multiple of BLOCK, biases): each chunk's
     gradient on the tiles a block of 32 rows at a time, into grads (or g_scratch when grads is None: not kept, and
     not written out to memory), then Adam on the block, then the block's new weights into the layer's packs
     (forward_packs[l] as B of inp @ w, transposed_packs[l] as B of dz @ w.T; amx.NO_PACK where a layer has none).
-    dz is packed as B once per layer per call. First, unless `wait` is None, the barrier (fastvae.barrier): nothing
-    is done when the job was aborted."""
+    dz is packed as B once per layer per call. Unless `wait` is None, first the barrier (fastvae.barrier: nothing is
+    done when the job was aborted), and last barrier.depart (`leader`: this is part 0)."""
     if wait is not None and not arrive_and_wait(wait):
         return
     bits = params.view(np.uint32)
@@ -84,7 +84,7 @@ def weight_items(params, grads, m, v, inputs, douts, forward_packs, transposed_p
     while True:
         it = next_item(counter, items.shape[0], from_back)
         if it >= items.shape[0]:
-            return
+            break
         layer, r0, r1, at = items[it, 0], items[it, 1], items[it, 2], items[it, 3]
         dz = douts[layer]
         rows, n = dz.shape
@@ -117,3 +117,5 @@ def weight_items(params, grads, m, v, inputs, douts, forward_packs, transposed_p
                 pack_b_rows(pf, w, b0, b1)
             if pt.size:
                 pack_b_columns(pt, w, b0, b1)
+    if wait is not None:
+        depart(wait, leader)

@@ -112,7 +112,9 @@ OPTIONAL_KERNELS = {k.name: k for k in (
 # on any number of threads at once (each claims work until none is left; `parts` is how many weight_update itself
 # would use), then finish() once, is weight_update with the same arguments. Called before the arrays it reads are
 # filled: it reads inputs, douts, params, m and v only when the parts run, each after waiting at the barrier `wait`
-# (fastvae.barrier, inside its first kernel: Workers.run_phases) when given, and doing nothing if that was aborted.
+# (fastvae.barrier, inside its first kernel: Workers.run_phases) when given, and doing nothing if that was aborted;
+# with `wait`, the last act of its last kernel is barrier.depart(wait, k == 0) (part 0 waits there for the others, so
+# the pool need not wait for their threads' return through Python).
 OPTIONAL_KERNELS["weight_update_parts"] = Kernel("weight_update_parts", OPTIONAL_KERNELS["weight_update"].args,
                                                   "weight_update, split: returns (parts, part, finish) (see above).")
 

@@ -201,7 +201,7 @@ def weight_update_parts(params, grads, m, v, counters, inputs, douts, lr, beta1,
         a_scratch, b_scratch, block, cfg = amx.scratch(*sizes[:2])
         amx_update.weight_items(params, grads, m, v, u.inputs, u.douts, forward, transposed, u.items, u.counter,
                                 u.from_back(k), u.lr_t, beta1, beta2, eps, a_scratch, b_scratch,
-                                cpu_update.scratch(sizes[2]), block, cfg, wait)
+                                cpu_update.scratch(sizes[2]), block, cfg, wait, k == 0)
 
     def finish():
         for source, target in found[0]:

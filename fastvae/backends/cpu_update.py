@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit
 
 from ..atomics import claim
-from ..barrier import arrive_and_wait
+from ..barrier import arrive_and_wait, depart
 from ..constants import COUNTER_STEP
 from ..params import flat_offsets, update_shapes
 from .cpu_blas import gemm
@@ -128,16 +128,17 @@ def column_sums(db, d):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _weight_items(params, grads, m, v, inputs, douts, items, counter, from_back, lr_t, beta1, beta2, eps, scratch,
-                  wait):
+                  wait, leader):
     """The items of plan() this thread claims (next_item()): each chunk's gradient rows by sgemm (the batch is the
-    reduction) into grads, or into `scratch` when grads is None, then Adam on them while they are in cache. First,
-    unless `wait` is None, the barrier (fastvae.barrier): nothing is done when the job was aborted."""
+    reduction) into grads, or into `scratch` when grads is None, then Adam on them while they are in cache. Unless
+    `wait` is None, first the barrier (fastvae.barrier: nothing is done when the job was aborted), and last
+    barrier.depart (`leader`: this is part 0)."""
     if wait is not None and not arrive_and_wait(wait):
         return
     while True:
         it = next_item(counter, items.shape[0], from_back)
         if it >= items.shape[0]:
-            return
+            break
         layer, r0, r1, at = items[it, 0], items[it, 1], items[it, 2], items[it, 3]
         dz = douts[layer]
         if r0 < 0:
@@ -151,6 +152,8 @@ def _weight_items(params, grads, m, v, inputs, douts, items, counter, from_back,
             g = grads[at:at + size]
         gemm(g.reshape((r1 - r0, n)), inputs[layer][:, r0:r1], True, dz, False)
         adam_block(params[at:at + size], g, m[at:at + size], v[at:at + size], lr_t, beta1, beta2, eps)
+    if wait is not None:
+        depart(wait, leader)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -226,7 +229,7 @@ def weight_update_parts(workers, params, grads, m, v, counters, inputs, douts, l
 
     def part(k, wait=None):
         _weight_items(params, grads, m, v, u.inputs, u.douts, u.items, u.counter, u.from_back(k), u.lr_t, beta1,
-                      beta2, eps, scratch(size), wait)
+                      beta2, eps, scratch(size), wait, k == 0)
 
     def finish():
         counters[COUNTER_STEP] = u.t
