@@ -279,7 +279,7 @@ def _idx_paths(directory):
 @functools.lru_cache(maxsize=1)
 def _load_embedded():
     # Cached: decompressing and checking 55 MB takes ~0.3 s. The arrays are read-only, so sharing them is safe.
-    return _load_idx(_idx_paths(embedded_dir()), f"embedded MNIST ({embedded_dir()})")
+    return _load_idx(_idx_paths(embedded_dir()), f"embedded ({embedded_dir()})")     # named (MNIST) from its files
 
 
 def load_data(path: str | Path | None = None, test_fraction: float = 1 / 7, split_seed: int = 0) -> Dataset:

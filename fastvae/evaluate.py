@@ -222,7 +222,8 @@ def run(args: argparse.Namespace) -> int:
 
 def format_table(r):
     e = r["elbo"]
-    lines = [f"{r['checkpoint']}: {r['epochs_trained']} epochs, latent {r['config']['latent']}, "
+    epochs = r['epochs_trained']
+    lines = [f"{r['checkpoint']}: {epochs} epoch{'s' * (epochs != 1)}, latent {r['config']['latent']}, "
              f"{r['images']} test images, {r['backend']} backend, noise seed {r['seed']}, {r['seconds']:.1f} s",
              "nats per image (lower is better)",
              f"  negative ELBO, 1 sample, analytic KL  {e['total']:9.3f}  = reconstruction {e['reconstruction']:.3f}"

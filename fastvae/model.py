@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from os import PathLike
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -256,10 +257,13 @@ class VAE:
              threads: int | str | None = None, precision: str | None = None) -> VAE:
         """A model from a file written by save(); training resumes exactly where it stopped (bit for bit when
         `threads` is fixed to the count the saved run used; see VAE). A checkpoint written before a setting existed
-        loads with that setting's default (e.g. activation "elu"). `precision` as in VAE: a checkpoint holds fp32
+        loads with that setting's default (e.g. activation "elu"); `path` may be a training run's folder (its
+        checkpoint.npz is read). `precision` as in VAE: a checkpoint holds fp32
         weights, so one trained in bf16 loads in fp32 and the other way round. Raises UserError for a missing,
         corrupt or foreign file, naming it, and for a precision the backend cannot take (see VAE)."""
         threads = check_threads(threads)
+        if Path(path).is_dir():                 # a run folder (python -m fastvae.train --out): its checkpoint
+            path = Path(path) / "checkpoint.npz"
         ck = checkpoint.load(path)
         model = cls.__new__(cls)
         model.threads = threads
@@ -272,4 +276,5 @@ class VAE:
         c = self.config
         return (f"VAE(hidden={c.hidden}, latent={c.latent}, backend={self.backend.name!r}, "
                 f"precision={self.precision!r}, seed={c.seed}; "
-                f"{self.layout.size:,} parameters, {self.epoch} epochs, {self.steps} steps)")
+                f"{self.layout.size:,} parameters, {self.epoch} epoch{'s' * (self.epoch != 1)}, {self.steps} "
+                f"step{'s' * (self.steps != 1)})")

@@ -78,8 +78,9 @@ def interpolation_rows(model, images, labels, steps=INTERPOLATION_STEPS, pairs=I
 def _image_figures(model, test_x, test_y, out, seed, shape, done, notify):
     """The figures that draw images of `shape` (h, w): samples, reconstructions, manifold, interpolations."""
     from . import figures
+    epochs = f"{model.epoch} epoch{'s' * (model.epoch != 1)}"
     figures.save_digits(out / "samples.png", model.sample(SAMPLE_CODINGS, seed=seed), shape=shape,
-                        title=f"{SAMPLE_CODINGS} codings from N(0, I), decoded after {model.epoch} epochs")
+                        title=f"{SAMPLE_CODINGS} codings from N(0, I), decoded after {epochs}")
     done("samples.png")
     originals = test_x[:10].astype(np.float32) / (255.0 if test_x.dtype == np.uint8 else 1.0)
     figures.save_reconstructions(out / "reconstructions.png", originals, model.reconstruct(test_x[:10]), shape=shape)
