@@ -1,6 +1,7 @@
 """A barrier that Numba kernels wait at outside the GIL: the step's row shards, then the weight update, in one job.
 
-A barrier is an int64 array [arrived, parts, aborted, spins, slept, departed, back]. arrive_and_wait() (Numba, called inside a nogil
+A barrier is an int64 array [arrived, parts, aborted, spins, slept, departed, back]
+(depart(): the end of a job). arrive_and_wait() (Numba, called inside a nogil
 kernel) adds this thread to `arrived` and returns True once all `parts` have; False as soon as the job is aborted (a
 part raised: abort()). Why inside the kernel: the update's first kernel waits there, so the thread that finishes its
 shard first goes on the moment the last one arrives, without coming back to Python for the GIL: a thread that sleeps
@@ -49,7 +50,13 @@ def depart(barrier, leader):
     budget = barrier[SPINS]
     n = 0
     if not leader:
-        while barrier[PARTS] > 1 and n < budget and load_acquire(barrier, BACK) == 0 and load_acquire(barrier, ABORTED) == 0:
+        if barrier[PARTS] == 1:
+            return
+        while load_acquire(barrier, BACK) == 0 and load_acquire(barrier, ABORTED) == 0:
+            if n == budget:
+                if budget > 0:                  # spun in vain (the leader descheduled?): counted, as below
+                    claim(barrier[SLEPT:SLEPT + 1])
+                return
             pause()
             n += 1
         return
@@ -61,6 +68,10 @@ def depart(barrier, leader):
             pause()
             n += 1
         else:
+            if n == budget:
+                if budget > 0:                  # spun in vain: the pool spins no more for a while (QUIET_JOBS)
+                    claim(barrier[SLEPT:SLEPT + 1])
+                n += 1
             futex_wait(barrier, DEPARTED, departed)
 
 

@@ -80,7 +80,7 @@ class Workers:
         def departed():
             # every part's last kernel ended in barrier.depart (and part 0's waited there for the others): they are
             # done but for returning through Python, which they do once this thread lets go of the GIL; so they are
-            # not waited for now (Workers._owe), and BACK tells them this thread holds the GIL
+            # not waited for now (_Worker.owe), and BACK tells them this thread holds the GIL
             done = shared[barrier.DEPARTED] >= parts and not shared[barrier.ABORTED]
             shared[barrier.BACK] = 1
             return done
@@ -182,7 +182,11 @@ class _Worker:
 
     def owe(self):
         """The part just run is known to be done (fastvae.barrier.depart) but for its return through Python: its
-        `done` is taken by the next wait() (an error of it, which the barrier's use rules out, is reported there)."""
+        `done` is taken by the next wait(), or here by a later owe() once it has come (so that a fit, whose steps
+        wait for no part, does not pile them up); an error of it, which the barrier's use rules out, is reported by
+        the next wait()."""
+        while self._owed and self._done.acquire(blocking=False):
+            self._owed -= 1
         self._owed += 1
 
     def wait(self):

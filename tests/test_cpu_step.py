@@ -416,8 +416,9 @@ def test_departed_parts_are_not_waited_for_yet_done_when_the_job_returns():
             pauses[2] = slow_pauses if job % 4 == 0 else 0       # part 2 ends late: part 0 waits for it
             pool.run_phases(lambda k: time.sleep(0.005) if job % 3 == 0 and k == 1 else None, second, 3)
             assert list(out) == [job] * 3, (job, out)
-            if job < 10:        # no plain job yet: each departing job left one `done` owed by each worker
-                assert [w._owed for w in pool._threads] == [job, job]
+            # each worker owes this job's `done` (the job did not wait for it); the previous job's has come and was
+            # taken, so a fit, which waits for no part, does not pile them up
+            assert [w._owed for w in pool._threads] == [1, 1]
             if job % 10 == 0:
                 threads_used = set()
                 pool.run(lambda k: threads_used.add(threading.get_ident()), 3)
@@ -426,6 +427,30 @@ def test_departed_parts_are_not_waited_for_yet_done_when_the_job_returns():
         pool.run(lambda k: pool.run_phases(lambda j: None, second, 3) if k == 0 else None, 2)   # busy: one thread
         assert list(out) == [42] * 3
     finally:
+        pool.close()
+
+
+def test_a_departure_wait_that_spun_in_vain_quiets_the_next_jobs():
+    """Part 0 waiting at barrier.depart for a part that ends long after it, past its spin budget, counts itself in
+    SLEPT as a barrier waiter does: the pool's next jobs wait without spinning."""
+    from fastvae import barrier, workers as pool_module
+
+    pool = pool_module.Workers(2)
+    out, pauses = np.zeros(2, np.int64), np.zeros(2, np.int64)
+    second = _departing_second(out, pauses)
+    made = []
+    real_new = barrier.new
+    try:
+        pool.run_phases(lambda k: None, second, 2)              # (compiled first)
+        barrier.new = lambda parts, spin=True: made.append(real_new(parts, spin)) or made[-1]
+        pauses[1] = 4 * barrier.spins()                         # part 1 ends about 2 ms after part 0
+        pool.run_phases(lambda k: None, second, 2)
+        assert made[-1][barrier.SPINS] > 0 and made[-1][barrier.SLEPT] >= 1
+        pauses[1] = 0
+        pool.run_phases(lambda k: None, second, 2)
+        assert made[-1][barrier.SPINS] == 0 and list(out) == [3, 3]
+    finally:
+        barrier.new = real_new
         pool.close()
 
 
