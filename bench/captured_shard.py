@@ -15,7 +15,6 @@ the busy pool's path left uncaptured.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import threading
 import time
@@ -43,7 +42,7 @@ def _compiled(calls):
 
 
 def measure(backend="cpu-bf16", rounds=4, steps=300):
-    from .step_breakdown import _model
+    from .step_breakdown import _model, median_ms
     from fastvae import step, threads
     from fastvae.backends import cpu, cpu_bf16, get_backend
     from fastvae.config import Config
@@ -90,13 +89,6 @@ def measure(backend="cpu-bf16", rounds=4, steps=300):
         r()
     print(f"{backend}: {len(log[owner[0]])} kernels per shard; compiling the replays {time.perf_counter() - begin:.1f} s")
 
-    def median_ms(fn, n):
-        times = []
-        for _ in range(n):
-            begin = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - begin)
-        return 1e3 * statistics.median(times)
     try:
         for _ in range(rounds):
             two_py = median_ms(lambda: be.workers.run(shard, 2), steps)

@@ -185,55 +185,51 @@ def one_shard(be, cfg, data, steps, rows):
     return parts
 
 
-def products_alone(cfg, rounds=50):
-    """ms of the step's 17 products, each alone at the full batch in OpenBLAS's default threads (the floor the
-    issue measures against): the sum of each product's median."""
+def median_ms(fn, rounds):
+    """The median of `rounds` timed calls of fn(), in ms."""
+    times = []
+    for _ in range(rounds):
+        begin = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - begin)
+    return 1e3 * statistics.median(times)
+
+
+def _step_products():
+    """[(transpose a, transpose b, a_op, b_op, out)] of the step's 17 products (bench/test_products.py's PRODUCTS),
+    fresh float32 operands from seed 0."""
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from test_products import PRODUCTS, operands
     g = np.random.default_rng(0)
-    total = 0.0
-    for _, a_shape, b_shape, ta, tb in PRODUCTS:
-        a, b, out = operands(g, a_shape, b_shape, ta, tb)
-        times = []
-        for _ in range(rounds):
-            begin = time.perf_counter()
-            np.matmul(a, b, out=out)
-            times.append(time.perf_counter() - begin)
-        total += statistics.median(times)
-    return 1e3 * total
+    return [(ta, tb, *operands(g, a_shape, b_shape, ta, tb)) for _, a_shape, b_shape, ta, tb in PRODUCTS]
+
+
+def products_alone(cfg, rounds=50):
+    """ms of the step's 17 products, each alone at the full batch in OpenBLAS's default threads (the floor the
+    issue measures against): the sum of each product's median."""
+    return sum(median_ms(lambda: np.matmul(a, b, out=out), rounds) for _, _, a, b, out in _step_products())
 
 
 def products_one_core(backend, rounds=30):
     """ms of the step's 17 products at the full batch, each alone on one core, as the backend's step calls them:
     one-thread BLAS sgemm (cpu), or amx.product (cpu-bf16: the tiles, with the weights packed beforehand as the
     update leaves them, the activations and dz packed in the call): the sum of each product's median."""
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     from threadpoolctl import threadpool_limits
-    from test_products import PRODUCTS, operands
     from fastvae.backends import amx
-    g = np.random.default_rng(0)
     total = 0.0
     with threadpool_limits(1, user_api="blas"):
-        for _, a_shape, b_shape, ta, tb in PRODUCTS:
-            a_op, b_op, out = operands(g, a_shape, b_shape, ta, tb)
+        for ta, tb, a_op, b_op, out in _step_products():
             if backend == "cpu":
-                args, product = (a_op, b_op), lambda x, y: np.matmul(x, y, out=out)     # noqa: E731
+                args, product = (a_op, b_op, out), lambda x, y, o: np.matmul(x, y, out=o)     # noqa: E731
             else:
                 a, b = (a_op.T if ta else a_op), (b_op.T if tb else b_op)               # the C-ordered arrays
                 packed = amx.NO_PACK if ta else amx.pack_b(b_op)
                 sizes = amx.scratch_sizes(out.shape[0], out.shape[1], a_op.shape[1])
-                args = (out, a, ta, b, tb, packed, *amx.scratch(*sizes))
-                product = amx.product
+                args, product = (out, a, ta, b, tb, packed, *amx.scratch(*sizes)), amx.product
             product(*args)
-            times = []
-            for _ in range(rounds):
-                begin = time.perf_counter()
-                product(*args)
-                times.append(time.perf_counter() - begin)
-            total += statistics.median(times)
-    return 1e3 * total
+            total += median_ms(lambda: product(*args), rounds)
+    return total
 
 
 @njit(cache=True, nogil=True)
@@ -270,12 +266,7 @@ def memory_floors(be, cfg, count, rounds=20):
                       ("the same bytes read and written", lambda k: _read_write(flat, 3 * bounds[k],
                                                                                   3 * bounds[k + 1]))):
         fn(0)
-        times = []
-        for _ in range(rounds):
-            begin = time.perf_counter()
-            be.workers.run(fn, count)
-            times.append(time.perf_counter() - begin)
-        out[label] = 1e3 * statistics.median(times)
+        out[label] = median_ms(lambda: be.workers.run(fn, count), rounds)
     return out, size * 4 * 6 / 1e6
 
 

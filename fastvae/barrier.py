@@ -47,32 +47,20 @@ def depart(barrier, leader):
     their Python: a thread that sleeps on the GIL is woken by the OS, 40-70 us on the project's KVM machines."""
     if claim(barrier[DEPARTED:DEPARTED + 1]) + 1 >= barrier[PARTS]:
         futex_wake(barrier, DEPARTED)
-    budget = barrier[SPINS]
-    n = 0
     if not leader:
         if barrier[PARTS] == 1:
             return
+        budget = barrier[SPINS]
+        n = 0
         while load_acquire(barrier, BACK) == 0 and load_acquire(barrier, ABORTED) == 0:
             if n == budget:
-                if budget > 0:                  # spun in vain (the leader descheduled?): counted, as below
+                if budget > 0:                  # spun in vain (the leader descheduled?): counted, as in _wait_for_all
                     claim(barrier[SLEPT:SLEPT + 1])
                 return
             pause()
             n += 1
         return
-    while True:
-        departed = load_acquire(barrier, DEPARTED)
-        if departed >= barrier[PARTS] or load_acquire(barrier, ABORTED):
-            return
-        if n < budget:
-            pause()
-            n += 1
-        else:
-            if n == budget:
-                if budget > 0:                  # spun in vain: the pool spins no more for a while (QUIET_JOBS)
-                    claim(barrier[SLEPT:SLEPT + 1])
-                n += 1
-            futex_wait(barrier, DEPARTED, departed)
+    _wait_for_all(barrier, DEPARTED)
 
 
 @njit(cache=True, nogil=True)
@@ -81,13 +69,21 @@ def arrive_and_wait(barrier):
     if claim(barrier[ARRIVED:ARRIVED + 1]) + 1 >= barrier[PARTS]:
         futex_wake(barrier, ARRIVED)
         return load_acquire(barrier, ABORTED) == 0
+    return _wait_for_all(barrier, ARRIVED)
+
+
+@njit(inline="always", cache=True, nogil=True)
+def _wait_for_all(barrier, word):
+    """True once barrier[word] (ARRIVED or DEPARTED) counts every part, False once the job is aborted: spinning at
+    most the barrier's budget, then sleeping on a futex on that word; a wait that spun in vain counts itself in
+    `slept` (the pool then spins no more for a while: QUIET_JOBS)."""
     budget = barrier[SPINS]
     n = 0
     while True:
-        arrived = load_acquire(barrier, ARRIVED)
+        counted = load_acquire(barrier, word)
         if load_acquire(barrier, ABORTED):
             return False
-        if arrived >= barrier[PARTS]:
+        if counted >= barrier[PARTS]:
             return True
         if n < budget:
             pause()
@@ -97,7 +93,7 @@ def arrive_and_wait(barrier):
                 if budget > 0:                  # spun in vain
                     claim(barrier[SLEPT:SLEPT + 1])
                 n += 1
-            futex_wait(barrier, ARRIVED, arrived)
+            futex_wait(barrier, word, counted)
 
 
 @njit(cache=True, nogil=True)

@@ -222,8 +222,8 @@ class Update:
 
 def weight_update_parts(workers, params, grads, m, v, counters, inputs, douts, lr, beta1, beta2, eps):
     """The contract's weight_update_parts on the cpu backend (fp32 sgemm for the gradient chunks): (parts, part,
-    finish), part(k, wait=None) claiming chunks until none is left (any number of threads at once; first waiting
-    at the barrier `wait` when given), finish() advancing the step."""
+    finish), part(k, wait=None) claiming chunks until none is left (any number of threads at once; with the barrier
+    `wait`, waiting there first and departing from it last), finish() advancing the step."""
     u = Update(workers, params, counters, inputs, douts, lr, beta1, beta2, WEIGHT_CHUNK_ROWS)
     size = WEIGHT_CHUNK_ROWS * max(n for _, n in u.shapes)
 
