@@ -4,7 +4,8 @@
 
 Four measurements of the same model in one process, alternated in rounds (the machine drifts):
 1. the step as a fit runs it: the detected thread count (fastvae.threads), row shards on the backend's workers, one
-   product + pass per layer in one Numba call; the shards' phase (forward and the backward of dz and dinp of every
+   product + pass per layer in one Numba call, each shard's calls replayed as one (fastvae.backends.capture; beside
+   it the same step with every kernel called from Python, "step from Python"); the shards' phase (forward and the backward of dz and dinp of every
    shard at once) and the update's (weight_update: the weight gradients over the whole batch fused with Adam, its
    chunks claimed by the threads) timed apart (both run in one job of the workers: the shards' phase ends when the
    last shard returns, the update's is the rest of the job);
@@ -80,11 +81,16 @@ def _timed_phases(run_phases, timers):
     return timed
 
 
-def whole_steps(be, cfg, data, steps, count):
-    """(ms per step, {phase: ms per step}) of `steps` steps as a fit runs them at `count` threads."""
+def whole_steps(be, cfg, data, steps, count, record=True):
+    """(ms per step, {phase: ms per step}) of `steps` steps as a fit runs them at `count` threads (`record`: each
+    shard's kernels replayed as one call, as a fit does; False: called from Python one by one)."""
     from fastvae import step, threads
     state, ws, order = _model(be, cfg, data, cfg.batch_size)
-    stepper = step.Stepper(be, cfg, state, ws, data)
+    try:
+        step.RECORD_SHARDS = record
+        stepper = step.Stepper(be, cfg, state, ws, data)
+    finally:
+        step.RECORD_SHARDS = True
     timers = Timers()
     libs = threads.Libraries(be.workers)
     real_run, real_adam, real_update = step.run_parts, be.adam_update, be.weight_update
@@ -292,6 +298,7 @@ def measure(steps=400, rounds=3, backend="cpu"):
         runs["step"].append(total)
         for k, v in phases.items():
             runs[f"phase {k}"].append(v)
+        runs["step from Python"].append(whole_steps(be, cfg, data, steps, count, record=False)[0])
         # one shard alone, part by part, on the cpu backend (its products timed through np.matmul); its passes are
         # cpu-bf16's too (that backend calls the same Numba passes after its tiles)
         for k, v in one_shard(cpu, cfg, data, steps, shard_rows).items():
@@ -333,6 +340,8 @@ def floor_sum(result):
 
 # rows whose key (kept in the saved JSON) says less than a reader needs
 SHOWN_AS = {
+    "step": "the step as a fit runs it (each shard's kernels replayed as one call: fastvae.backends.capture)",
+    "step from Python": "the same step with each kernel called from Python (no replay)",
     "phase shards": "the shards' phase: forward and the backward's dz and input gradients of every shard at once",
     "phase update": "the update's phase: the weight gradients over the whole batch fused with Adam",
     "products alone (17, full batch, OpenBLAS's threads)":

@@ -195,7 +195,7 @@ def layer_douts(a):
     return (*a.denc, a.dmu_logvar, *a.ddec, a.dlogits)
 
 
-def train_step(be, cfg, state, ws, data, idx, parts=1):
+def train_step(be, cfg, state, ws, data, idx, parts=1, shards=None):
     """One step on the rows data[idx]: gather, forward, loss, backward, Adam. Adds the batch loss to ws.loss.
 
     parts > 1 splits the batch into row shards (row_shards) that run forward and backward at once on the backend's
@@ -205,32 +205,36 @@ def train_step(be, cfg, state, ws, data, idx, parts=1):
     threads as soon as the last shard is done, in the same job), so those do not depend on the split
     (the loss, a sum of shard sums, does in its last bits); the others write each shard's partial gradient into
     state.grads[s], which Adam sums (the result is the unsplit step's up to the order of those sums and the
-    loss's)."""
+    loss's). `shards` (a ShardReplays for these `parts`, from Stepper) runs each shard's kernels as its replay."""
     bounds = row_shards(len(idx), parts)
     fused = be.weight_update is not None
     updated = False                             # the weights are (weight_update's parts ran with the shards)
     if not fused:
         state.ensure_shards(len(bounds))
+
+    def kernels(s):                             # shard s's gather, forward and backward
+        lo, hi = bounds[s]
+        a = ws.rows(hi - lo, lo)
+        loss, counters = ws.shard(s) if s else (ws.loss, state.counters)
+        be.gather_batch(a.x, data, idx[lo:hi])
+        forward(be, cfg, state.weights, a, loss, counters, STREAM_TRAIN)
+        backward(be, cfg, state.weights, None if fused else state.shard_gradients[s], a, counters, STREAM_TRAIN)
+
+    def shard(s):
+        if s:
+            counters = ws.shard(s)[1]
+            counters[...] = state.counters
+            counters[COUNTER_ROW] = bounds[s][0]
+        if shards is None:
+            kernels(s)
+        else:
+            shards.run(s, kernels)
+
     if len(bounds) == 1:
-        a = ws.rows(len(idx))
-        be.gather_batch(a.x, data, idx)
-        forward(be, cfg, state.weights, a, ws.loss, state.counters, STREAM_TRAIN)
-        backward(be, cfg, state.weights, None if fused else state.gradients, a, state.counters, STREAM_TRAIN)
+        shard(0)
     else:
         for s in range(1, len(bounds)):         # zero here, not only after: a step that raised leaves no stale loss
             ws.shard(s)[0][...] = 0
-
-        def shard(s):
-            lo, hi = bounds[s]
-            a = ws.rows(hi - lo, lo)
-            loss, counters = ws.shard(s) if s else (ws.loss, state.counters)
-            if s:
-                counters[...] = state.counters
-                counters[COUNTER_ROW] = lo
-            be.gather_batch(a.x, data, idx[lo:hi])
-            forward(be, cfg, state.weights, a, loss, counters, STREAM_TRAIN)
-            backward(be, cfg, state.weights, None if fused else state.shard_gradients[s], a, counters, STREAM_TRAIN)
-
         if fused and be.weight_update_parts is not None and be.workers is not None:
             # the update's parts run on the shards' threads as soon as every shard is done: one job of the workers
             _, update, finish = be.weight_update_parts(*_update_args(cfg, state, ws.rows(len(idx))))
@@ -246,6 +250,43 @@ def train_step(be, cfg, state, ws, data, idx, parts=1):
     elif not fused:
         be.adam_update(state.params, state.grads[:len(bounds)], state.m, state.v, state.counters,
                        cfg.lr, cfg.beta1, cfg.beta2, cfg.adam_eps)
+
+
+class ShardReplays:
+    """The row shards of a step in `parts` shards on a backend that records (cpu, cpu-bf16: `record`): each shard's
+    kernel calls recorded by the first step that runs them (run() runs them then as well), compile()d after it, and
+    replayed by every later step as one call (fastvae.backends.capture). `refused`: why they cannot be replayed (a
+    wrapper did more than call a kernel), else None; `seconds`: what compiling took."""
+
+    def __init__(self, be, parts):
+        self.be, self.parts = be, parts
+        self.replays = None
+        self.recorded = {}
+        self.refused = None
+        self.seconds = 0.0
+
+    @property
+    def kernels(self):
+        return None if self.replays is None else sum(r.kernels for r in self.replays)
+
+    def run(self, s, kernels):
+        if self.replays is not None:
+            self.replays[s]()
+        else:
+            self.recorded[s] = self.be.record(lambda: kernels(s))
+
+    def compile(self):
+        """After a step that recorded every shard: their replays (once; False when there is nothing to compile)."""
+        if self.replays is not None or self.refused is not None or len(self.recorded) < self.parts:
+            return False
+        refused = [r.refused for r in self.recorded.values() if r.refused is not None]
+        if refused:
+            self.refused = refused[0]
+        else:
+            self.replays = [self.recorded[s].compile() for s in range(self.parts)]
+            self.seconds = sum(r.seconds for r in self.replays)
+        self.recorded = {}
+        return True
 
 
 def _update_args(cfg, state, a):
@@ -264,22 +305,34 @@ def run_parts(be, fn, parts):
             fn(s)
 
 
+# Whether Stepper replays recorded row shards on a backend that records (cpu, cpu-bf16); off, every step runs its
+# kernels from Python (bench/step_breakdown compares the two; tests switch it).
+RECORD_SHARDS = True
+
+
 class Stepper:
     """train_step for a run on fixed buffers (state, workspace, data set), the batch's indices copied into one
     buffer. A backend that can capture (gpu: `capture`) records the whole full-batch step once, as a CUDA graph,
-    and replays it every step after; the others, and a short last batch, simply call train_step."""
+    and replays it every step after; one that records (cpu, cpu-bf16: `record`) records each row shard's kernels
+    once per shard count (ShardReplays) and replays them; a short last batch simply calls train_step."""
 
     def __init__(self, be, cfg, state, ws, data):
         self.be, self.cfg, self.state, self.ws, self.data = be, cfg, state, ws, data
-        self.idx = be.empty((ws.batch,), dtype=np.int64) if be.capture is not None else None
+        self.recording = be.capture is None and be.record is not None and RECORD_SHARDS
+        recording = be.capture is not None or self.recording
+        self.idx = be.empty((ws.batch,), dtype=np.int64) if recording else None
         self.replay = None
-        self.captures = 0                       # how many times a step was recorded (once per Stepper)
+        self.shards = {}                        # parts -> ShardReplays (a backend with `record`)
+        self.captures = 0                       # how many times a step was recorded and compiled
+        self.compile_seconds = 0.0              # what compiling the shards' replays took (cpu), in all
         self.cpus = affinity_count()            # read once: a system call, not per step
+        self._kernels = None
 
     @property
     def kernels_per_step(self):
-        """Kernel launches in the captured step (None before the first capture, or without one)."""
-        return None if self.replay is None else self.replay.kernels
+        """Kernel calls in the captured step (None before the first capture, or without one); on the cpu backends
+        those of the row shards, whose replays the last full batch ran."""
+        return self._kernels if self.replay is None else self.replay.kernels
 
     def parts(self, n):
         """Row shards for a batch of n rows: one per worker thread, at least MIN_SHARD_ROWS rows each, and no more
@@ -295,10 +348,25 @@ class Stepper:
             train_step(be, self.cfg, self.state, self.ws, self.data, idx, self.parts(len(idx)))
             return
         self.idx[...] = idx                     # device to device: the only per-step work besides the replay
+        if self.recording:
+            self._shards_step()
+            return
         if self.replay is None:
             self.replay = be.capture(lambda: train_step(be, self.cfg, self.state, self.ws, self.data, self.idx))
             self.captures += 1
         self.replay()
+
+    def _shards_step(self):
+        parts = self.parts(self.ws.batch)
+        shards = self.shards.get(parts)
+        if shards is None:
+            shards = self.shards[parts] = ShardReplays(self.be, parts)
+        train_step(self.be, self.cfg, self.state, self.ws, self.data, self.idx, parts,
+                   None if shards.refused is not None else shards)
+        if shards.compile() and shards.replays is not None:
+            self.captures += 1
+            self.compile_seconds += shards.seconds
+        self._kernels = shards.kernels
 
 
 def evaluate(be, cfg, state, ws, data, idx_all, seed, loss):

@@ -365,9 +365,13 @@ class Pacer:
             def __call__(self, *args, **kw):
                 if pacer._libs.count != pacer.count:      # after record(): back to the adapted count
                     pacer._libs.set(pacer.count)
+                captures = getattr(stepper, "captures", 0)
                 begin = pacer._clock()
                 result = stepper(*args, **kw)
-                pacer.after_step(pacer._clock() - begin)
+                if getattr(stepper, "captures", 0) == captures:
+                    pacer.after_step(pacer._clock() - begin)
+                else:                   # it compiled its replays (step.Stepper): seconds of one thread, not a step
+                    pacer.restart_window()
                 return result
         return Timed()
 
@@ -403,6 +407,11 @@ class Pacer:
         free = None if idle_before is None or idle_now is None else (idle_now - idle_before) / wall
         self._window(statistics.median(self._times), cpu / (wall * self.count), free)
         self._start_window()
+
+    def restart_window(self):
+        """Forget the current window's steps (one of them did other work: its time and CPU share would mislead)."""
+        if self._window_start is not None:
+            self._start_window()
 
     def _start_window(self):
         self._times = []

@@ -200,6 +200,27 @@ def test_a_busy_core_switches_to_one_thread_and_back_when_it_is_free():
         assert "CPUs idle" in pacer.record()["changes"][0]["reason"]
 
 
+def test_a_step_that_compiles_its_replays_is_not_timed():
+    """A step where step.Stepper compiled its shards' replays (seconds on one thread: a jump in the step time and a
+    low CPU share) neither probes nor switches; the window restarts after it."""
+    pacer, s, libs = scripted_pacer()
+
+    class Stepper:
+        captures = 0
+
+        def __call__(self, seconds, share, compiles):
+            self.captures += compiles
+            s.t += seconds
+            s.cpu += seconds * share * pacer.count
+    timed = pacer.wrap(Stepper())
+    with pacer:
+        for k in range(400):
+            compiles = k in (50, 250)                # e.g. the pacer's count changed: another shard count
+            timed(3.0 if compiles else 0.0075, 0.5 if compiles else 1.0, compiles)
+    assert s.probes == 0 and libs.sets == [2]
+    assert [c["threads"] for c in pacer.record()["changes"]] == [2]
+
+
 def test_contention_from_the_start_shows_in_the_cpu_share():
     """No jump to see when a fit starts on a busy machine: the threads getting too little CPU time is the sign."""
     pacer, s, libs = scripted_pacer()

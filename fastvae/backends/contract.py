@@ -121,10 +121,12 @@ OPTIONAL_KERNELS["weight_update_parts"] = Kernel("weight_update_parts", OPTIONAL
 
 # Every backend has these: its name, its float dtype, its array module, and the array hooks.
 HOOKS = ("name", "dtype", "xp", "empty", "zeros", "asarray", "to_host", "synchronize")
-# Optional: capture(fn) -> replay (records a whole step once, gpu); loss_check_interval (steps between reads of
-# the loss by the trainer, default 1); workers (a fastvae.workers.Workers: the backend's kernels release the GIL, so
-# the step may run row shards of a batch on its threads at once; its count is set by fastvae.threads while training).
-OPTIONAL = {"capture": None, "loss_check_interval": 1, "workers": None}
+# Optional: capture(fn) -> replay (records a whole step once, gpu); record(body) -> a Recording of the kernel calls
+# body() made on this thread, run as well (cpu backends: fastvae.backends.capture; step.Stepper replays each row
+# shard's); loss_check_interval (steps between reads of the loss by the trainer, default 1); workers (a
+# fastvae.workers.Workers: the backend's kernels release the GIL, so the step may run row shards of a batch on its
+# threads at once; its count is set by fastvae.threads while training).
+OPTIONAL = {"capture": None, "record": None, "loss_check_interval": 1, "workers": None}
 
 SETTINGS = {"activation": ACTIVATIONS, "encoder": ENCODERS, "reconstruction": RECONSTRUCTIONS}
 

@@ -20,6 +20,7 @@ from ..constants import (ACTIVATIONS, COUNTER_ROW, COUNTER_SEED, COUNTER_STEP, L
 from ..atomics import prefetch
 from ..workers import Workers
 from . import cpu_blas, cpu_update
+from .capture import call, record, refuse  # noqa: F401  (record: the contract's hook)
 from .vector16 import bias_elu16, cross_entropy_rows16, unit_stride_body
 from .cpu_blas import gemm
 from .cpu_math import expm1_nonpos_f32, log1p_unit_f32
@@ -82,10 +83,7 @@ def _gather_float(x, data, idx):
 
 def gather_batch(x, data, idx):
     """x = data[idx] as float32 in [0, 1]; uint8 data is scaled by 1/255 on the fly."""
-    if data.dtype == np.uint8:
-        _gather_u8(x, data, idx)
-    else:
-        _gather_float(x, data, idx)
+    call(_gather_u8 if data.dtype == np.uint8 else _gather_float, x, data, idx)
 
 
 # ---------------------------------------------------------------- activations, from the output alone
@@ -259,8 +257,9 @@ def _dense_backward(dinp, dw, db, dout, inp, w, out, code):
 
 def dense_forward(out, inp, w, b, activation):
     if FUSED:
-        _dense_forward(out, inp, w, b, ACTIVATION_CODES[activation])
+        call(_dense_forward, out, inp, w, b, ACTIVATION_CODES[activation])
         return
+    refuse("np.matmul (FUSED is off)")
     if _mostly_zeros(inp):
         _sparse_product(out, inp, w)
     else:
@@ -270,9 +269,10 @@ def dense_forward(out, inp, w, b, activation):
 
 def dense_backward(dinp, dw, db, dout, inp, w, out, activation):
     if FUSED:
-        _dense_backward(dinp, dw, db, dout, inp, w, None if activation == "identity" else out,
-                        ACTIVATION_CODES[activation])
+        call(_dense_backward, dinp, dw, db, dout, inp, w, None if activation == "identity" else out,
+             ACTIVATION_CODES[activation])
         return
+    refuse("np.matmul (FUSED is off)")
     _dz_and_bias_grad(db, dout, None if activation == "identity" else out, ACTIVATION_CODES[activation])
     if dw is not None:
         np.matmul(inp.T, dout, out=dw)
@@ -343,19 +343,26 @@ def _heads_forward(z, mu_logvar, loss, inp, w, b, counters, noise_stream, sigma_
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _heads_backward(dinp, dw, db, dmu_logvar, dz, inp, w, mu_logvar, z, counters, noise_stream, sigma_form):
+def _heads_dmu_logvar(dmu_logvar, dz, mu_logvar, z, counters, noise_stream, sigma_form):
+    """The heads' gradient in either form (the sigma form draws its noise again from the counters)."""
     if sigma_form:
         _heads_sigma_grad(dmu_logvar, dz, mu_logvar, counters[COUNTER_SEED], noise_stream, counters[COUNTER_STEP],
                           counters[COUNTER_ROW])
     else:
         _heads_grad(dmu_logvar, dz, mu_logvar, z)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _heads_backward(dinp, dw, db, dmu_logvar, dz, inp, w, mu_logvar, z, counters, noise_stream, sigma_form):
+    _heads_dmu_logvar(dmu_logvar, dz, mu_logvar, z, counters, noise_stream, sigma_form)
     _dense_backward(dinp, dw, db, dmu_logvar, inp, w, None, 0)
 
 
 def heads_forward(z, mu_logvar, loss, inp, w, b, counters, noise_stream, encoder):
     if FUSED:
-        _heads_forward(z, mu_logvar, loss, inp, w, b, counters, noise_stream, ENCODER_IS_SIGMA[encoder])
+        call(_heads_forward, z, mu_logvar, loss, inp, w, b, counters, noise_stream, ENCODER_IS_SIGMA[encoder])
         return
+    refuse("np.matmul (FUSED is off)")
     np.matmul(inp, w, out=mu_logvar)
     _heads_sample_kl(z, mu_logvar, b, loss, counters[COUNTER_SEED], noise_stream, counters[COUNTER_STEP],
                      counters[COUNTER_ROW], ENCODER_IS_SIGMA[encoder])
@@ -363,14 +370,10 @@ def heads_forward(z, mu_logvar, loss, inp, w, b, counters, noise_stream, encoder
 
 def heads_backward(dinp, dw, db, dmu_logvar, dz, inp, w, mu_logvar, z, counters, noise_stream, encoder):
     if FUSED:
-        _heads_backward(dinp, dw, db, dmu_logvar, dz, inp, w, mu_logvar, z, counters, noise_stream,
-                        ENCODER_IS_SIGMA[encoder])
+        call(_heads_backward, dinp, dw, db, dmu_logvar, dz, inp, w, mu_logvar, z, counters, noise_stream,
+             ENCODER_IS_SIGMA[encoder])
         return
-    if ENCODER_IS_SIGMA[encoder]:
-        _heads_sigma_grad(dmu_logvar, dz, mu_logvar, counters[COUNTER_SEED], noise_stream, counters[COUNTER_STEP],
-                          counters[COUNTER_ROW])
-    else:
-        _heads_grad(dmu_logvar, dz, mu_logvar, z)
+    call(_heads_dmu_logvar, dmu_logvar, dz, mu_logvar, z, counters, noise_stream, ENCODER_IS_SIGMA[encoder])
     dense_backward(dinp, dw, db, dmu_logvar, inp, w, None, "identity")
 
 
@@ -447,8 +450,9 @@ def _output_forward(dlogits, loss, inp, w, b, x, mse):
 
 def output_forward(dlogits, loss, inp, w, b, x, reconstruction):
     if FUSED:
-        _output_forward(dlogits, loss, inp, w, b, x, RECONSTRUCTION_IS_MSE[reconstruction])
+        call(_output_forward, dlogits, loss, inp, w, b, x, RECONSTRUCTION_IS_MSE[reconstruction])
         return
+    refuse("np.matmul (FUSED is off)")
     np.matmul(inp, w, out=dlogits)
     _bias_loss_dlogits(dlogits, b, x, loss, RECONSTRUCTION_IS_MSE[reconstruction])
 

@@ -19,6 +19,7 @@ from numba import njit
 from ..constants import COUNTER_STEP
 from ..params import flat_offsets
 from . import amx, amx_update, cpu, cpu_update
+from .capture import call, record  # noqa: F401  (record: the contract's hook)
 from .amx import engine_unavailable_reason as unavailable_reason  # noqa: F401  (get_backend asks it first)
 from .cpu import asarray, dtype, empty, gather_batch, synchronize, to_host, workers, xp, zeros  # noqa: F401
 
@@ -169,14 +170,15 @@ def _backward_scratch(inp, dout):
 
 def dense_forward(out, inp, w, b, activation):
     amx.require()
-    _dense_forward(out, inp, w, PACKS.get(w, False), b, cpu.ACTIVATION_CODES[activation], *_forward_scratch(inp, w))
+    call(_dense_forward, out, inp, w, PACKS.get(w, False), b, cpu.ACTIVATION_CODES[activation],
+         *_forward_scratch(inp, w))
 
 
 def dense_backward(dinp, dw, db, dout, inp, w, out, activation):
     amx.require()
     identity = activation == "identity"
-    _dense_backward(dinp, dw, db, dout, inp, w, amx.NO_PACK if dinp is None else PACKS.get(w, True),
-                    None if identity else out, cpu.ACTIVATION_CODES[activation], *_backward_scratch(inp, dout))
+    call(_dense_backward, dinp, dw, db, dout, inp, w, amx.NO_PACK if dinp is None else PACKS.get(w, True),
+         None if identity else out, cpu.ACTIVATION_CODES[activation], *_backward_scratch(inp, dout))
 
 
 def adam_update(params, grads, m, v, counters, lr, beta1, beta2, eps):
@@ -218,20 +220,16 @@ def weight_update(params, grads, m, v, counters, inputs, douts, lr, beta1, beta2
 
 def heads_forward(z, mu_logvar, loss, inp, w, b, counters, noise_stream, encoder):
     amx.require()
-    _heads_forward(z, mu_logvar, loss, inp, w, PACKS.get(w, False), b, counters, noise_stream,
-                   cpu.ENCODER_IS_SIGMA[encoder], *_forward_scratch(inp, w))
+    call(_heads_forward, z, mu_logvar, loss, inp, w, PACKS.get(w, False), b, counters, noise_stream,
+         cpu.ENCODER_IS_SIGMA[encoder], *_forward_scratch(inp, w))
 
 
 def heads_backward(dinp, dw, db, dmu_logvar, dz, inp, w, mu_logvar, z, counters, noise_stream, encoder):
-    if cpu.ENCODER_IS_SIGMA[encoder]:
-        cpu._heads_sigma_grad(dmu_logvar, dz, mu_logvar, counters[cpu.COUNTER_SEED], noise_stream,
-                              counters[cpu.COUNTER_STEP], counters[cpu.COUNTER_ROW])
-    else:
-        cpu._heads_grad(dmu_logvar, dz, mu_logvar, z)
+    call(cpu._heads_dmu_logvar, dmu_logvar, dz, mu_logvar, z, counters, noise_stream, cpu.ENCODER_IS_SIGMA[encoder])
     dense_backward(dinp, dw, db, dmu_logvar, inp, w, None, "identity")
 
 
 def output_forward(dlogits, loss, inp, w, b, x, reconstruction):
     amx.require()
-    _output_forward(dlogits, loss, inp, w, PACKS.get(w, False), b, x, cpu.RECONSTRUCTION_IS_MSE[reconstruction],
-                    *_forward_scratch(inp, w))
+    call(_output_forward, dlogits, loss, inp, w, PACKS.get(w, False), b, x,
+         cpu.RECONSTRUCTION_IS_MSE[reconstruction], *_forward_scratch(inp, w))

@@ -1,0 +1,220 @@
+"""The captured cpu step (fastvae.backends.capture, step.ShardReplays): a row shard's kernels recorded once and
+replayed as one Numba call give the same bits as the step run from Python, on both cpu backends, at every shard
+count, through a busy pool; what cannot be replayed is refused, and the generated code is cached where it says."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from numba import njit
+
+from fastvae import step, threads
+from fastvae.backends import capture, cpu, get_backend
+from fastvae.backends.cpu_bf16 import unavailable_reason as bf16_unavailable
+from fastvae.config import Config
+from fastvae.params import Layout, he_init
+
+BF16 = pytest.param("cpu-bf16", marks=pytest.mark.skipif(bf16_unavailable() is not None,
+                                                         reason=f"cpu-bf16: {bf16_unavailable()}"))
+
+
+@pytest.fixture
+def replays_dir(tmp_path, monkeypatch):
+    """A fresh replay cache for the test (Numba's cache of the generated modules goes there too)."""
+    monkeypatch.setenv("FASTVAE_CACHE_DIR", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "replays"
+
+
+def _steps(name, cfg, batches, data, counts, record, busy=False):
+    """(params, m, v, loss, counters, stepper) after the batches, each run by a Stepper at the thread count of
+    `counts` (one per batch), with the recorded shards' replays (`record`) or without; `busy`: another job holds
+    the pool, so run_phases runs every part on the caller, one after another."""
+    be = get_backend(name)
+    layout = Layout(cfg)
+    st, ws = step.State(be, layout, he_init(layout, seed=1), seed=3), step.Workspace(be, cfg, cfg.batch_size)
+    libs = threads.Libraries(be.workers)
+    held = False
+    try:
+        step.RECORD_SHARDS = record
+        stepper = step.Stepper(be, cfg, st, ws, data)
+        if busy:
+            held = be.workers._busy.acquire(blocking=False)
+            assert held
+        for idx, count in zip(batches, counts):
+            libs.set(count)
+            stepper(idx)
+    finally:
+        step.RECORD_SHARDS = True
+        if held:
+            be.workers._busy.release()
+        libs.close()
+    return st.params.copy(), st.m.copy(), st.v.copy(), ws.loss.copy(), st.counters.copy(), stepper
+
+
+def _batches(n, batch, steps, seed=0):
+    """`steps` batches of shuffled rows of n, the last one short (run uncaptured)."""
+    order = np.random.default_rng(seed).permutation(n)
+    return [order[k * batch:(k + 1) * batch] for k in range(steps - 1)] + [order[:batch // 2 + 1]]
+
+
+def _data(n, width=784, seed=0):
+    x = np.random.default_rng(seed).integers(0, 256, (n, width)).astype(np.uint8)
+    x[x < 180] = 0                                   # mostly zeros, as MNIST: the sparse first product runs too
+    return x
+
+
+def _assert_same(a, b):
+    for got, want, what in zip(a[:5], b[:5], ("params", "m", "v", "loss", "counters")):
+        assert np.array_equal(got, want), f"{what} differ: max |diff| {np.max(np.abs(got - want))}"
+
+
+@pytest.mark.parametrize("name", ["cpu", BF16])
+@pytest.mark.parametrize("variant", [{}, {"encoder": "sigma", "reconstruction": "mse"}, {"activation": "tanh"},
+                                     {"input_width": 101, "image_shape": None, "hidden": (37,)}])
+def test_replayed_shards_give_the_bits_of_the_step_run_from_python(name, variant, replays_dir):
+    cfg = Config(**{"hidden": (70, 33), "latent": 5, "batch_size": 70, **variant})
+    data = _data(300, cfg.input_width)
+    batches = _batches(len(data), cfg.batch_size, 5)
+    counts = [2] * len(batches)
+    want = _steps(name, cfg, batches, data, counts, record=False)
+    got = _steps(name, cfg, batches, data, counts, record=True)
+    _assert_same(got, want)
+    stepper = got[5]
+    assert stepper.captures == 1 and stepper.shards[2].replays is not None
+    # every kernel a shard calls is in its replay: the gather, a forward and a backward per layer (13 per shard with
+    # two hidden layers); the heads' backward is one kernel on cpu, two on cpu-bf16 (its gradient, then the tiles)
+    per_shard = 1 + 2 * (2 * len(cfg.hidden) + 2) + (name == "cpu-bf16")
+    assert stepper.kernels_per_step == 2 * per_shard
+    assert want[5].captures == 0 and want[5].kernels_per_step is None
+
+
+@pytest.mark.parametrize("name", ["cpu", BF16])
+def test_each_shard_count_is_recorded_once_and_a_busy_pool_replays_on_the_caller(name, replays_dir):
+    cfg = Config(hidden=(70, 33), latent=5, batch_size=70)
+    data = _data(500, cfg.input_width)
+    batches = _batches(len(data), cfg.batch_size, 8)
+    counts = [2, 2, 1, 1, 2, 1, 2, 2]               # as the pacer switches (fastvae.threads)
+    want = _steps(name, cfg, batches, data, counts, record=False)
+    got = _steps(name, cfg, batches, data, counts, record=True)
+    _assert_same(got, want)
+    assert got[5].captures == 2 and sorted(got[5].shards) == [1, 2]
+    busy = _steps(name, cfg, batches, data, [2] * len(batches), record=True, busy=True)
+    _assert_same(busy, _steps(name, cfg, batches, data, [2] * len(batches), record=False))
+    assert busy[5].captures == 1
+
+
+def test_a_wrapper_that_is_not_one_kernel_is_never_replayed(monkeypatch, replays_dir):
+    """With FUSED off the cpu backend calls np.matmul between its kernels: the shards are refused, not captured,
+    and the steps are the uncaptured ones."""
+    monkeypatch.setattr(cpu, "FUSED", False)
+    cfg = Config(hidden=(70, 33), latent=5, batch_size=70)
+    data = _data(300)
+    batches = _batches(len(data), cfg.batch_size, 4)
+    got = _steps("cpu", cfg, batches, data, [2] * 4, record=True)
+    _assert_same(got, _steps("cpu", cfg, batches, data, [2] * 4, record=False))
+    assert got[5].captures == 0 and "np.matmul" in got[5].shards[2].refused
+    assert not replays_dir.exists() or not list(replays_dir.glob("replay_*.py"))
+
+
+def test_a_fit_replays_its_shards(replays_dir):
+    from fastvae import VAE
+    seen = []
+    real = step.Stepper.__call__
+
+    def spy(self, idx):
+        real(self, idx)
+        seen.append((self.captures, self.kernels_per_step))
+    step.Stepper.__call__ = spy
+    try:
+        VAE(hidden=(64, 32), latent=4, batch_size=64, threads=2, seed=1).fit(_data(640), epochs=1)
+    finally:
+        step.Stepper.__call__ = real
+    assert seen[0] == (1, 2 * 13) and seen[-1] == (1, 2 * 13)
+    # the two shards call the same kernels on other arrays: one generated module, compiled once, serves both
+    assert len(list(replays_dir.glob("replay_*.py"))) == 1
+
+
+# ---------------------------------------------------------------- the recording and the generated module
+
+def test_a_replay_reads_arrays_when_it_runs_and_passes_one_object_once(replays_dir):
+    data = np.arange(40, dtype=np.uint8).reshape(8, 5)
+    x, idx = np.zeros((3, 5), np.float32), np.array([7, 0, 3])
+    rec = capture.record(lambda: (cpu.gather_batch(x, data, idx), cpu.gather_batch(x, data, idx)))
+    assert rec.refused is None and [k for k, _ in rec.calls] == [cpu._gather_u8] * 2
+    scaled = lambda rows: data[rows].astype(np.float32) * np.float32(1 / 255)     # noqa: E731  (as the kernel)
+    np.testing.assert_array_equal(x, scaled(idx))
+    replay = rec.compile()
+    source = replay.path.read_text()
+    assert "def replay(v0, v1, v2):" in source and source.count("k0(v0, v1, v2)") == 2
+    assert f"fastvae sources {capture.sources_hash()}" in source
+    idx[...] = [1, 2, 5]                            # the batch's indices change in place: the replay reads them
+    replay()
+    np.testing.assert_array_equal(x, scaled([1, 2, 5]))
+    assert replay.kernels == 2
+
+
+def test_calls_outside_a_recording_and_on_other_threads_are_not_kept(replays_dir):
+    import threading
+    data = np.arange(10, dtype=np.uint8).reshape(2, 5)
+    x = np.zeros((1, 5), np.float32)
+    cpu.gather_batch(x, data, np.array([1]))        # no recording: nothing kept anywhere
+    other = threading.Thread(target=lambda: cpu.gather_batch(x, data, np.array([0])))
+    rec = capture.record(lambda: (other.start(), other.join(), cpu.gather_batch(x, data, np.array([1]))))
+    assert len(rec.calls) == 1 and capture._recording == 0
+
+
+def test_a_recording_inside_a_recording_is_refused(replays_dir):
+    data = np.arange(10, dtype=np.uint8).reshape(2, 5)
+    x = np.zeros((1, 5), np.float32)
+    inner = []
+    outer = capture.record(lambda: inner.append(capture.record(lambda: cpu.gather_batch(x, data, np.array([1])))))
+    assert outer.refused and inner[0].refused and outer.compile() is None
+
+
+def test_a_kernel_that_cannot_be_imported_by_name_is_an_error_not_a_wrong_replay(replays_dir):
+    a = np.zeros(1)
+    kernel = njit(lambda a: None)                   # not a module-level name
+    rec = capture.record(lambda: capture.call(kernel, a))
+    with pytest.raises(ValueError, match="not a module-level Numba function"):
+        rec.compile()
+
+
+def test_the_generated_module_is_named_after_fastvaes_sources(replays_dir, monkeypatch):
+    """A change to any fastvae source makes another module (and so another Numba cache entry): a replay compiled
+    against older kernels is never loaded."""
+    data = np.arange(10, dtype=np.uint8).reshape(2, 5)
+    x = np.zeros((1, 5), np.float32)
+    rec = capture.record(lambda: cpu.gather_batch(x, data, np.array([1])))
+    first = rec.compile().path
+    assert rec.compile().path == first
+    monkeypatch.setattr(capture, "_SOURCES_HASH", ["0123456789abcdef"])
+    assert rec.compile().path != first and first.exists()
+
+
+def test_an_unwritable_cache_falls_back_to_a_temporary_folder(tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("FASTVAE_CACHE_DIR", str(blocker / "cache"))
+    monkeypatch.setattr(capture, "_FALLBACK", [])
+    folder = capture.cache_dir()
+    assert folder.is_dir() and "fastvae-replays-" in folder.name
+
+
+def test_a_new_process_loads_the_compiled_replay_from_numbas_cache(tmp_path):
+    """The generated module's machine code is cached next to it: a second process compiles nothing."""
+    code = textwrap.dedent("""
+        import numpy as np
+        from fastvae.backends import capture, cpu
+        data = np.arange(10, dtype=np.uint8).reshape(2, 5)
+        x = np.zeros((1, 5), np.float32)
+        replay = capture.record(lambda: cpu.gather_batch(x, data, np.array([1]))).compile()
+        print(sum(replay._fn.stats.cache_hits.values()), sum(replay._fn.stats.cache_misses.values()))
+    """)
+    env = {**os.environ, "FASTVAE_CACHE_DIR": str(tmp_path)}
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+            for _ in range(2)]
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr + runs[1].stderr
+    assert [r.stdout.split() for r in runs] == [["0", "1"], ["1", "0"]]
+    assert list((tmp_path / "replays" / "__pycache__").glob("replay_*.nbi"))
