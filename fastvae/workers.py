@@ -11,7 +11,7 @@ work, not every product's: fastvae.threads then lowers the count. The calling th
 """
 from __future__ import annotations
 
-import contextlib
+import _signal
 import signal
 import threading
 from collections.abc import Callable
@@ -216,22 +216,35 @@ class _Worker:
             self._done.release()
 
 
-@contextlib.contextmanager
-def _held_interrupts():
+class _held_interrupts:
     """Ctrl-C (SIGINT) held back inside the block and handled, by whatever handler was installed, when it ends (the
     default one raises KeyboardInterrupt there). Python runs signal handlers on the main thread only, whichever
-    thread the OS delivered the signal to, so swapping the handler there is enough; elsewhere nothing is held."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGINT) is None:
-        yield                   # (None: a handler installed by C code, which Python could not put back)
-        return
-    caught = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(frame))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        if caught:
+    thread the OS delivered the signal to, so swapping the handler there is enough; elsewhere nothing is held.
+
+    Swapped through _signal, the C module behind `signal`, whose wrappers convert every number to an enum and back:
+    measured on the project's Xeon, one held block 9.8 us that way against about 1 us, twice per step."""
+
+    __slots__ = ("caught", "previous")
+
+    def __enter__(self):
+        self.previous = None
+        if threading.current_thread() is not threading.main_thread() or _signal.getsignal(_SIGINT) is None:
+            return self                 # (None: a handler installed by C code, which Python could not put back)
+        caught = self.caught = []
+        self.previous = _signal.signal(_SIGINT, lambda signum, frame: caught.append(frame))
+        return self
+
+    def __exit__(self, *exc):
+        previous = self.previous
+        if previous is None:
+            return False
+        _signal.signal(_SIGINT, previous)
+        if self.caught:
             if callable(previous):
-                previous(signal.SIGINT, caught[0])
+                previous(_SIGINT, self.caught[0])
             elif previous == signal.SIG_DFL:
                 signal.raise_signal(signal.SIGINT)
+        return False
+
+
+_SIGINT = int(signal.SIGINT)
