@@ -4,6 +4,8 @@ Every backend runs exactly this order; the trainer and the VAE class only loop a
 fastvae.backends.contract.Backend; the config's settings (activation, encoder, reconstruction) are passed to the
 kernels as their last arguments, so no variant is looked up here.
 """
+import os
+
 import numpy as np
 
 from .constants import COUNTER_ROW, COUNTER_SEED, COUNTER_STEP, COUNTERS, EVAL_ROWS
@@ -306,8 +308,9 @@ def run_parts(be, fn, parts):
 
 
 # Whether Stepper replays recorded row shards on a backend that records (cpu, cpu-bf16); off, every step runs its
-# kernels from Python (bench/step_breakdown compares the two; tests switch it).
-RECORD_SHARDS = True
+# kernels from Python (bench/step_breakdown compares the two; tests switch it). FASTVAE_CAPTURE=0 in the environment
+# turns it off for a process (to rule the replays out when something looks wrong: the numbers are the same bits).
+RECORD_SHARDS = os.environ.get("FASTVAE_CAPTURE", "1") != "0"
 
 
 class Stepper:

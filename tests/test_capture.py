@@ -218,3 +218,27 @@ def test_a_new_process_loads_the_compiled_replay_from_numbas_cache(tmp_path):
     assert all(r.returncode == 0 for r in runs), runs[0].stderr + runs[1].stderr
     assert [r.stdout.split() for r in runs] == [["0", "1"], ["1", "0"]]
     assert list((tmp_path / "replays" / "__pycache__").glob("replay_*.nbi"))
+
+
+def test_fastvae_capture_0_turns_the_replays_off(tmp_path):
+    """FASTVAE_CAPTURE=0 in a process's environment: its fits call every kernel from Python (nothing recorded, no
+    module generated)."""
+    code = textwrap.dedent("""
+        import numpy as np
+        from fastvae import VAE, step
+        seen = []
+        real = step.Stepper.__call__
+        def spy(self, idx):
+            real(self, idx)
+            seen.append(self.captures)
+        step.Stepper.__call__ = spy
+        x = (np.random.default_rng(0).random((256, 784)) * 255).astype(np.uint8)
+        VAE(hidden=(64,), latent=4, batch_size=64, threads=2).fit(x, epochs=1)
+        print(step.RECORD_SHARDS, max(seen))
+    """)
+    for value, want in (("0", "False 0"), ("1", "True 1")):
+        env = {**os.environ, "FASTVAE_CAPTURE": value, "FASTVAE_CACHE_DIR": str(tmp_path / value)}
+        done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.split() == want.split()
+        assert (tmp_path / value / "replays").exists() == (value == "1")
