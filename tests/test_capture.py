@@ -128,10 +128,13 @@ def test_a_fit_replays_its_shards(replays_dir):
         seen.append((self.captures, self.kernels_per_step))
     step.Stepper.__call__ = spy
     try:
-        VAE(hidden=(64, 32), latent=4, batch_size=64, threads=2, seed=1).fit(_data(640), epochs=1)
+        model = VAE(hidden=(64, 32), latent=4, batch_size=64, threads=2, seed=1).fit(_data(640), epochs=2)
     finally:
         step.Stepper.__call__ = real
     assert seen[0] == (1, 2 * 13) and seen[-1] == (1, 2 * 13)
+    # the first epoch says what compiling the replays took (inside its seconds); the second compiled nothing
+    first, second = model.history
+    assert 0 < first["replay_compile_seconds"] < first["seconds"] and "replay_compile_seconds" not in second
     # the two shards call the same kernels on other arrays: one generated module, compiled once, serves both
     assert len(list(replays_dir.glob("replay_*.py"))) == 1
 
