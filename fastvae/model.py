@@ -6,6 +6,8 @@ backend's kernels, and the backend owns the arrays.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import threading
 from os import PathLike
 from pathlib import Path
 from typing import Callable
@@ -20,6 +22,17 @@ from .data import as_images, as_rows, check_width
 from .errors import UserError
 from .params import Layout, he_init
 from .threads import check as check_threads
+
+
+def _one_at_a_time(method):
+    """A method of the model that uses its workspaces or state: one such call at a time, a call from another thread
+    waiting for the one in progress (they share the buffers: two evaluations at once gave wrong numbers). Separate
+    models run at once."""
+    @functools.wraps(method)
+    def locked(self, *args, **kw):
+        with self._lock:
+            return method(self, *args, **kw)
+    return locked
 
 
 class VAE:
@@ -69,6 +82,8 @@ class VAE:
         self._ws = None
         self._ws_inference = None
         self._ws_eval = None
+        if not hasattr(self, "_lock"):
+            self._lock = threading.RLock()      # (_one_at_a_time)
 
     # ------------------------------------------------------------------ training
 
@@ -84,6 +99,7 @@ class VAE:
         only the products' operands, so a checkpoint's weights are fp32 whatever trained them and load at either."""
         return precision_of(self.backend)
 
+    @_one_at_a_time
     def fit(self, X: np.ndarray, epochs: int | None = None, batch_size: int | None = None,
             validation: np.ndarray | None = None, callback: Callable[[VAE, dict], None] | None = None,
             progress: bool = False) -> VAE:
@@ -155,6 +171,7 @@ class VAE:
 
     # ------------------------------------------------------------------ inference
 
+    @_one_at_a_time
     def evaluate(self, X: np.ndarray) -> dict[str, float]:
         """The mean loss per image on images X, in nats: {"reconstruction", "kl", "total"} (the negative ELBO,
         one sample per image; the noise of X[i] is a function of (seed, i) alone, whatever the batch size, so the
@@ -171,6 +188,7 @@ class VAE:
         rec, kl = (float(t) / len(X) for t in be.to_host(loss))
         return {"reconstruction": rec, "kl": kl, "total": rec + kl}
 
+    @_one_at_a_time
     def encode(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mu, logvar) of q(z | x) for images X (n, d) or (n, h, w) of the fitted width: float32 (n, latent) each, with
         logvar = log sigma^2 (the seed's gamma). A model with the sigma encoder reports
@@ -193,6 +211,7 @@ class VAE:
         Raises UserError for codings of the wrong shape or with NaN or Inf."""
         return (0.5 * (1.0 + np.tanh(0.5 * self.decode_logits(z)))).astype(np.float32)  # sigmoid, no overflow
 
+    @_one_at_a_time
     def decode_logits(self, z: np.ndarray, rows: int | None = None) -> np.ndarray:
         """The decoder's logits, float64 (n, d), for codings z (n, latent): log p(x | z) needs them, not the
         probabilities, to stay stable. rows: decoder rows per chunk (default: the training batch size).
@@ -242,6 +261,7 @@ class VAE:
 
     # ------------------------------------------------------------------ persistence
 
+    @_one_at_a_time
     def save(self, path: str | PathLike) -> None:
         """Write config, parameters, Adam state and the training position to `path` (npz, atomically, no pickle).
         Raises UserError when the model diverged or the file cannot be written (any earlier file stays whole)."""

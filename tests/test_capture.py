@@ -245,3 +245,81 @@ def test_fastvae_capture_0_turns_the_replays_off(tmp_path):
         assert done.returncode == 0, done.stderr
         assert done.stdout.split() == want.split()
         assert (tmp_path / value / "replays").exists() == (value == "1")
+
+
+# ---------------------------------------------------------------- a damaged, full or unwritable cache
+
+def _gather_recording():
+    data = np.arange(10, dtype=np.uint8).reshape(2, 5)
+    x = np.zeros((1, 5), np.float32)
+    rec = capture.record(lambda: cpu.gather_batch(x, data, np.array([1])))
+    return rec, x, data
+
+
+@pytest.mark.parametrize("damage", [b"", b"\x80\x04trunc", os.urandom(64)])
+def test_a_damaged_numba_cache_of_a_replay_is_rebuilt(replays_dir, damage):
+    rec, x, data = _gather_recording()
+    path = rec.compile().path
+    cached = list((path.parent / "__pycache__").glob(f"{path.stem}.*"))
+    assert cached
+    for f in cached:
+        f.write_bytes(damage)
+    replay = rec.compile()                          # (this process already has the module: as a new one would,
+    assert replay.path == path                      # it reads the damaged files when it loads it afresh)
+    capture._load(path, fresh=True)
+    replay = rec.compile()
+    x[...] = 0
+    replay()
+    np.testing.assert_array_equal(x, data[[1]].astype(np.float32) * np.float32(1 / 255))
+    assert replay.path == path and all(f.read_bytes() != damage for f in path.parent.glob("__pycache__/*"))
+
+
+@pytest.mark.parametrize("damage", ["binary", "folder"])
+def test_a_replay_file_that_cannot_be_read_is_replaced_or_compiled_in_memory(replays_dir, damage):
+    rec, x, data = _gather_recording()
+    path = rec.compile().path
+    for f in (path.parent / "__pycache__").glob(f"{path.stem}.*"):
+        f.unlink()
+    path.unlink()
+    if damage == "binary":
+        path.write_bytes(os.urandom(64) + b"\xd2\xff")
+    else:
+        path.mkdir()
+    replay = rec.compile()
+    x[...] = 0
+    replay()
+    np.testing.assert_array_equal(x, data[[1]].astype(np.float32) * np.float32(1 / 255))
+    assert (replay.path == path) == (damage == "binary")     # a folder in the way: compiled in memory
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_no_room_to_write_the_module_compiles_it_in_memory(replays_dir, monkeypatch):
+    def full(source):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(capture, "_write", full)
+    rec, x, data = _gather_recording()
+    replay = rec.compile()
+    replay()
+    assert replay.path is None and replay.kernels == 1
+
+
+def test_replays_that_do_not_compile_leave_the_steps_uncaptured_with_one_warning(replays_dir, monkeypatch):
+    def broken(calls, first=None):
+        raise RuntimeError("no compiler today")
+    monkeypatch.setattr(capture.Recording, "compile", lambda self: broken(self.calls))
+    cfg = Config(hidden=(70, 33), latent=5, batch_size=70)
+    data = _data(300)
+    batches = _batches(len(data), cfg.batch_size, 4)
+    with pytest.warns(RuntimeWarning, match="without their captured replays.*no compiler today") as caught:
+        got = _steps("cpu", cfg, batches, data, [2] * 4, record=True)
+    assert len(caught) == 1
+    _assert_same(got, _steps("cpu", cfg, batches, data, [2] * 4, record=False))
+    assert got[5].captures == 0 and "no compiler today" in got[5].shards[2].refused
+
+
+def test_the_generated_module_is_readable_by_others_and_a_tilde_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("FASTVAE_CACHE_DIR", "~/fvc")
+    rec, _, _ = _gather_recording()
+    path = rec.compile().path
+    assert path.parent == tmp_path / "fvc" / "replays" and (path.stat().st_mode & 0o777) == 0o644

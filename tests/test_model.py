@@ -348,3 +348,29 @@ def test_the_methods_integer_arguments_refuse_fractions(mnist, call):
         {"fit epochs": lambda: model.fit(x, epochs=1.5), "fit batch_size": lambda: model.fit(x, batch_size=50.5),
          "sample n": lambda: model.sample(2.5), "sample seed": lambda: model.sample(2, seed=1.5),
          "decode rows": lambda: model.decode_logits(np.zeros((2, 4)), rows=1.5)}[call]()
+
+
+def test_one_model_used_from_two_threads_at_once_gives_each_the_numbers_it_gives_alone():
+    """The model's methods share its workspaces: calls from two threads take turns (they gave wrong numbers at once)."""
+    import threading
+    x = (np.random.default_rng(0).random((3000, 784)) * 255).astype(np.uint8)
+    model = VAE(hidden=(64,), latent=4, batch_size=64, threads=1).fit(x[:640], epochs=1)
+    alone = model.evaluate(x)
+    mu_alone = model.encode(x[:700])[0]
+    got, errors = [], []
+
+    def work():
+        try:
+            for _ in range(3):
+                got.append((model.evaluate(x), model.encode(x[:700])[0]))
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(got) == 6
+    for losses, mu in got:
+        assert losses == alone
+        np.testing.assert_array_equal(mu, mu_alone)

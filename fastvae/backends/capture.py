@@ -19,9 +19,11 @@ so Numba caches its machine code there (compiling took 0.8 s for an fp32 shard a
 Xeon, loading it from the cache 0.02-0.04 s) and an edited or upgraded fastvae never runs a replay built from older kernels. Numba's cache index also
 records the CPU it compiled for, so a cache copied to another CPU is recompiled there, not run.
 """
+import atexit
 import hashlib
 import importlib.util
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -91,10 +93,9 @@ class Replay:
         from numba import typeof
         begin = time.perf_counter()
         source, values = _source(calls)
-        self.path = _write(source)
-        self._fn = _load(self.path)
         self._args = tuple(values)
-        self._fn.compile(tuple(typeof(v) for v in values))     # now (not in the next step), without running it
+        # compiled now (not in the next step), without running it
+        self._fn, self.path = _compiled(source, tuple(typeof(v) for v in values))
         self.kernels = len(calls)
         self.seconds = time.perf_counter() - begin
 
@@ -164,9 +165,10 @@ def sources_hash():
 
 def cache_dir():
     """Where generated replays (and Numba's cache of them) are written: $FASTVAE_CACHE_DIR, else
-    $XDG_CACHE_HOME/fastvae, else ~/.cache/fastvae; a new temporary folder where none of those can be written."""
-    chosen = os.environ.get("FASTVAE_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "fastvae")
+    $XDG_CACHE_HOME/fastvae, else ~/.cache/fastvae (a leading ~ expanded); a temporary folder, removed when the
+    process exits, where none of those can be written."""
+    chosen = os.path.expanduser(os.environ.get("FASTVAE_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "fastvae"))
     folder = Path(chosen) / "replays"
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -176,28 +178,66 @@ def cache_dir():
         pass
     if not _FALLBACK:
         _FALLBACK.append(Path(tempfile.mkdtemp(prefix="fastvae-replays-")))
+        atexit.register(shutil.rmtree, _FALLBACK[0], ignore_errors=True)
     return _FALLBACK[0]
 
 
 _FALLBACK = []
 
 
+def _compiled(source, signature):
+    """(replay dispatcher compiled for `signature`, its module's path or None). Written to the cache folder and
+    compiled there with Numba's cache; where that fails, its cache files are removed and it is compiled again (a
+    damaged index or data file: Numba raises on reading it, every run); where that fails too, or the module cannot be
+    written (a full disk, a file in the way), compiled in memory only: the same code, not kept for the next run."""
+    try:
+        path = _write(source)
+    except OSError:
+        path = None
+    if path is not None:
+        for attempt in range(2):
+            try:
+                fn = _load(path, fresh=attempt > 0)
+                fn.compile(signature)
+                return fn, path
+            except Exception:  # noqa: BLE001  (whatever a damaged or unwritable cache raises: then without it)
+                for stale in (path.parent / "__pycache__").glob(f"{path.stem}.*"):
+                    stale.unlink(missing_ok=True)
+    namespace = {}
+    in_memory = source.replace("@njit(cache=True, nogil=True)", "@njit(nogil=True)")
+    exec(compile(in_memory, "<fastvae replay>", "exec"), namespace)    # noqa: S102  (our own generated source)
+    fn = namespace["replay"]
+    fn.compile(signature)
+    return fn, None
+
+
 def _write(source):
     """The file holding `source`, named after its hash: written once (atomically: another process may be writing
-    the same one), then reused, which lets Numba's cache of it be reused too."""
+    the same one; readable by all, as the folder may be shared), then reused, which lets Numba's cache of it be
+    reused too. A file of that name that holds anything else (damaged, or not text at all) is replaced."""
     path = cache_dir() / f"replay_{hashlib.sha256(source.encode()).hexdigest()[:24]}.py"
-    if not path.exists() or path.read_text() != source:
+    try:
+        current = path.read_bytes()
+    except FileNotFoundError:
+        current = None
+    if current != source.encode():
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(source)
-        os.replace(tmp, path)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(source)
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
     return path
 
 
-def _load(path):
-    """The replay function of the generated module at `path`."""
-    name = f"fastvae_replay_{path.stem}"
-    if name not in sys.modules:         # (registered: Numba's cached code finds its module by name when loaded)
+def _load(path, fresh=False):
+    """The replay function of the generated module at `path` (`fresh`: executed again, a new dispatcher)."""
+    folder = hashlib.sha256(str(path.parent).encode()).hexdigest()[:8]      # (another cache folder: its own module)
+    name = f"fastvae_replay_{path.stem}_{folder}"
+    if fresh or name not in sys.modules:    # (registered: Numba's cached code finds its module by name when loaded)
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
