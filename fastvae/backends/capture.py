@@ -61,7 +61,8 @@ class Recording:
         self.refused = refused
 
     def compile(self):
-        """A Replay of the calls (None when refused). Raises what Numba raises if they do not compile."""
+        """A Replay of the calls (None when refused). Raises ValueError for a kernel that cannot be imported by
+        name (_qualified), and what Numba raises if they do not compile."""
         return None if self.refused is not None else Replay(self.calls)
 
 
@@ -87,7 +88,8 @@ def record(body):
 
 class Replay:
     """The recorded calls as one Numba function: replay() runs them all, outside the GIL. `kernels`: how many;
-    `seconds`: what compiling it (or loading it from Numba's cache) took; `path`: the generated module."""
+    `seconds`: what compiling it (or loading it from Numba's cache) took; `path`: the generated module (None when
+    it could not be written and was compiled in memory: _compiled)."""
 
     def __init__(self, calls):
         from numba import typeof
