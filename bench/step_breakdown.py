@@ -5,10 +5,10 @@
 Four measurements of the same model in one process, alternated in rounds (the machine drifts):
 1. the step as a fit runs it: the detected thread count (fastvae.threads), row shards on the backend's workers, one
    product + pass per layer in one Numba call, each shard's calls replayed as one (fastvae.backends.capture; beside
-   it the same step with every kernel called from Python, "step from Python"); the shards' phase (forward and the backward of dz and dinp of every
-   shard at once) and the update's (weight_update: the weight gradients over the whole batch fused with Adam, its
-   chunks claimed by the threads) timed apart (both run in one job of the workers: the shards' phase ends when the
-   last shard returns, the update's is the rest of the job);
+   it the same step with every kernel called from Python, "step from Python"); the shards' phase (forward and the
+   backward of dz and dinp of every shard at once) and the update's (weight_update: the weight gradients over the
+   whole batch fused with Adam, its chunks claimed by the threads) timed apart (both run in one job of the workers:
+   the shards' phase ends when the last shard returns, the update's is the rest of the job);
 2. one shard (the batch's first rows, as many as a shard has) alone on one thread, on the cpu backend with the
    products called from Python (`cpu.FUSED = False`), every product and every fused pass timed: what a shard's work
    is made of (for cpu-bf16 only its passes, gather and Python, which are the same Numba code there);
@@ -86,11 +86,7 @@ def whole_steps(be, cfg, data, steps, count, record=True):
     shard's kernels replayed as one call, as a fit does; False: called from Python one by one)."""
     from fastvae import step, threads
     state, ws, order = _model(be, cfg, data, cfg.batch_size)
-    try:
-        step.RECORD_SHARDS = record
-        stepper = step.Stepper(be, cfg, state, ws, data)
-    finally:
-        step.RECORD_SHARDS = True
+    stepper = step.Stepper(be, cfg, state, ws, data, record=record)
     timers = Timers()
     libs = threads.Libraries(be.workers)
     real_run, real_adam, real_update = step.run_parts, be.adam_update, be.weight_update

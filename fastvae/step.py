@@ -313,9 +313,10 @@ def run_parts(be, fn, parts):
             fn(s)
 
 
-# Whether Stepper replays recorded row shards on a backend that records (cpu, cpu-bf16); off, every step runs its
-# kernels from Python (bench/step_breakdown compares the two; tests switch it). FASTVAE_CAPTURE=0 in the environment
-# turns it off for a process (to rule the replays out when something looks wrong: the numbers are the same bits).
+# Whether a Stepper replays recorded row shards on a backend that records (cpu, cpu-bf16), by default; off, every
+# step runs its kernels from Python (Stepper's `record` overrides it: bench/step_breakdown compares the two).
+# FASTVAE_CAPTURE=0 in the environment turns it off for a process (to rule the replays out when something looks
+# wrong: the numbers are the same bits).
 RECORD_SHARDS = os.environ.get("FASTVAE_CAPTURE", "1") != "0"
 
 
@@ -323,25 +324,28 @@ class Stepper:
     """train_step for a run on fixed buffers (state, workspace, data set), the batch's indices copied into one
     buffer. A backend that can capture (gpu: `capture`) records the whole full-batch step once, as a CUDA graph,
     and replays it every step after; one that records (cpu, cpu-bf16: `record`) records each row shard's kernels
-    once per shard count (ShardReplays) and replays them; a short last batch simply calls train_step."""
+    once per shard count (ShardReplays) and replays them (unless `record` is False; default RECORD_SHARDS); a
+    short last batch simply calls train_step."""
 
-    def __init__(self, be, cfg, state, ws, data):
+    def __init__(self, be, cfg, state, ws, data, record=None):
         self.be, self.cfg, self.state, self.ws, self.data = be, cfg, state, ws, data
-        self.recording = be.capture is None and be.record is not None and RECORD_SHARDS
-        recording = be.capture is not None or self.recording
-        self.idx = be.empty((ws.batch,), dtype=np.int64) if recording else None
+        self.recording = be.capture is None and be.record is not None and (
+            RECORD_SHARDS if record is None else record)
+        self.idx = be.empty((ws.batch,), dtype=np.int64) if be.capture is not None or self.recording else None
         self.replay = None
         self.shards = {}                        # parts -> ShardReplays (a backend with `record`)
         self.captures = 0                       # how many times a step was recorded and compiled
         self.compile_seconds = 0.0              # what compiling the shards' replays took (cpu), in all
         self.cpus = affinity_count()            # read once: a system call, not per step
-        self._kernels = None
+        self._last = None                       # the ShardReplays the last full batch ran
 
     @property
     def kernels_per_step(self):
         """Kernel calls in the captured step (None before the first capture, or without one); on the cpu backends
         those of the row shards, whose replays the last full batch ran."""
-        return self._kernels if self.replay is None else self.replay.kernels
+        if self.replay is not None:
+            return self.replay.kernels
+        return None if self._last is None else self._last.kernels
 
     def parts(self, n):
         """Row shards for a batch of n rows: one per worker thread, at least MIN_SHARD_ROWS rows each, and no more
@@ -375,7 +379,7 @@ class Stepper:
         if shards.compile() and shards.replays is not None:
             self.captures += 1
             self.compile_seconds += shards.seconds
-        self._kernels = shards.kernels
+        self._last = shards
 
 
 def evaluate(be, cfg, state, ws, data, idx_all, seed, loss):

@@ -58,7 +58,7 @@ def _epoch(model, stepper, order, ws, progress, stop):
     ws.loss[...] = be.asarray(model.epoch_loss, dtype=np.float64)
     order = be.asarray(order, dtype=np.int64)
     check_every = be.loss_check_interval          # reading the loss waits for a device: not every step there
-    compiled = getattr(stepper, "compile_seconds", 0.0)
+    compiled_before = getattr(stepper, "compile_seconds", 0.0)
     first, begin = model.epoch_step, time.perf_counter()
     for k in range(first, len(starts)):
         start = starts[k]
@@ -95,7 +95,7 @@ def _epoch(model, stepper, order, ws, progress, stop):
     record = {"epoch": model.epoch, "steps": model.steps, "seconds": seconds, "images_per_s": trained / seconds,
               "backend": model.backend.name, "precision": model.precision,
               "train": {"reconstruction": rec, "kl": kl, "total": rec + kl}}
-    compiled = getattr(stepper, "compile_seconds", 0.0) - compiled
+    compiled = getattr(stepper, "compile_seconds", 0.0) - compiled_before
     if compiled > 0:                        # the first-call cost of the captured step, inside `seconds`
         record["replay_compile_seconds"] = compiled
     return record

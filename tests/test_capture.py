@@ -37,8 +37,7 @@ def _steps(name, cfg, batches, data, counts, record, busy=False):
     libs = threads.Libraries(be.workers)
     held = False
     try:
-        step.RECORD_SHARDS = record
-        stepper = step.Stepper(be, cfg, st, ws, data)
+        stepper = step.Stepper(be, cfg, st, ws, data, record=record)
         if busy:
             held = be.workers._busy.acquire(blocking=False)
             assert held
@@ -46,7 +45,6 @@ def _steps(name, cfg, batches, data, counts, record, busy=False):
             libs.set(count)
             stepper(idx)
     finally:
-        step.RECORD_SHARDS = True
         if held:
             be.workers._busy.release()
         libs.close()

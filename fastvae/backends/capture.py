@@ -16,8 +16,9 @@ calls refuse(), and the shard is then never captured.
 
 The generated module is written under cache_dir(), named after a hash of its source and of fastvae's own sources,
 so Numba caches its machine code there (compiling took 0.8 s for an fp32 shard and 1.4 s for a bf16 one on the
-Xeon, loading it from the cache 0.02-0.04 s) and an edited or upgraded fastvae never runs a replay built from older kernels. Numba's cache index also
-records the CPU it compiled for, so a cache copied to another CPU is recompiled there, not run.
+Xeon, loading it from the cache 0.02-0.04 s) and an edited or upgraded fastvae never runs a replay built from older
+kernels. Numba's cache index also records the CPU it compiled for, so a cache copied to another CPU is recompiled
+there, not run.
 """
 import atexit
 import hashlib
@@ -131,9 +132,12 @@ def _source(calls):
             "kernels. Do not edit.\n"
             "from numba import njit\n\n"
             + "".join(f"from {module} import {', '.join(items)}\n" for module, items in imports.items())
-            + "\n\n@njit(cache=True, nogil=True)\n"
+            + f"\n\n{_CACHED}\n"
             f"def replay({', '.join(f'v{i}' for i in range(len(values)))}):\n")
     return head + "".join(lines) + "\n", values
+
+
+_CACHED, _IN_MEMORY = "@njit(cache=True, nogil=True)", "@njit(nogil=True)"      # the replay's decorator
 
 
 def _is_scalar(a):
@@ -206,7 +210,7 @@ def _compiled(source, signature):
                 for stale in (path.parent / "__pycache__").glob(f"{path.stem}.*"):
                     stale.unlink(missing_ok=True)
     namespace = {}
-    in_memory = source.replace("@njit(cache=True, nogil=True)", "@njit(nogil=True)")
+    in_memory = source.replace(_CACHED, _IN_MEMORY)
     exec(compile(in_memory, "<fastvae replay>", "exec"), namespace)    # noqa: S102  (our own generated source)
     fn = namespace["replay"]
     fn.compile(signature)
