@@ -8,7 +8,8 @@ shard first goes on the moment the last one arrives, without coming back to Pyth
 on a lock (or on the GIL) is woken by the OS, and on the project's 2-vCPU KVM machines that wake took 40-70 us. A
 waiter spins (pause) at most `spins` times (about SPIN_SECONDS), then sleeps on a futex until the last arrival (or an
 abort) wakes it, and, if it had spun, counts itself in `slept`: fastvae.workers spins no more for a while after a job
-where that happened, so a thread whose partner was descheduled (another process took its core) does not burn its own core.
+where that happened, so a thread whose partner was descheduled (another process took its core) does not burn its
+own core.
 """
 import functools
 import time
