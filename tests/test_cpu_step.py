@@ -116,13 +116,22 @@ def test_an_error_in_a_shard_reaches_the_caller(workers):
 
 
 def test_row_shards_cover_the_rows_once():
-    for n in (1, 2, 7, 150, 257):
+    for n in (1, 2, 3, 7, 16, 17, 150, 151, 257):
         for parts in (1, 2, 3, 8):
             bounds = step.row_shards(n, parts)
             assert bounds[0][0] == 0 and bounds[-1][1] == n and len(bounds) == min(n, parts)
             assert all(hi == lo2 for (_, hi), (lo2, _) in zip(bounds, bounds[1:]))
             sizes = [hi - lo for lo, hi in bounds]
-            assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
+            assert min(sizes) >= 1 and sizes == sorted(sizes, reverse=True)
+            if n >= 2 * len(sizes):         # even shards (one takes an odd row), within one pair of rows
+                assert sum(size % 2 for size in sizes) == n % 2
+                assert max(sizes) - min(sizes) <= 2
+            else:
+                assert max(sizes) - min(sizes) <= 1
+    assert step.row_shards(150, 2) == [(0, 76), (76, 150)]
+    assert step.row_shards(151, 2) == [(0, 76), (76, 151)]
+    assert step.row_shards(17, 2) == [(0, 9), (9, 17)]
+    assert step.row_shards(150, 4) == [(0, 38), (38, 76), (76, 114), (114, 150)]
 
 
 @pytest.mark.parametrize("rows,parts", [(7, 1), (150, 2)])
