@@ -3,8 +3,10 @@
 Implements the contract of backends/contract.py. Each layer is one Numba call: the BLAS product, called from inside
 the kernel (cpu_blas), then one fused pass over its output: bias + activation (forward), act' + bias gradient
 (backward), bias + sampling + KL (heads), bias + loss + dlogits (output). Measured here, OpenBLAS sgemm beats a
-hand-written Numba product several times over at these shapes, so the products stay in BLAS, except where an input
-is mostly zeros (MNIST's pixels): then the first layer's forward product skips them.
+plain Numba loop several times over at these shapes, so the products stay in BLAS, except where an input is mostly
+zeros (MNIST's pixels: then the first layer's forward product skips them) and the input gradients dout @ w.T of a
+shard's size, which run on FMA vectors over the batch's rows (backends/dinp.py: 25 % faster than OpenBLAS's
+transposed sgemm there).
 
 Every kernel releases the GIL: the step runs row shards of a batch on the backend's `workers` at once (one-thread
 BLAS each), and Adam splits the flat buffer between them (fastvae.workers, fastvae.step.train_step).
@@ -19,7 +21,7 @@ from ..constants import (ACTIVATIONS, COUNTER_ROW, COUNTER_SEED, COUNTER_STEP, L
                          SIGMA_SMOOTHING)
 from ..atomics import prefetch
 from ..workers import Workers
-from . import cpu_blas, cpu_update
+from . import cpu_blas, cpu_update, dinp as dinp_t
 from .capture import call, record, refuse  # noqa: F401  (record: the contract's hook)
 from .vector16 import bias_elu16, cross_entropy_rows16, unit_stride_body
 from .cpu_blas import gemm
@@ -245,14 +247,22 @@ def _dense_forward(out, inp, w, b, code):
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _dense_backward(dinp, dw, db, dout, inp, w, out, code):
+def _dense_backward(dinp, dw, db, dout, inp, w, out, code, a_t, out_t):
     """`out` None: the identity (no derivative to apply); `dinp` None: the first layer (no input gradient); `dw`
-    and `db` None: no weight gradient (weight_update forms it from the dz left in dout)."""
+    and `db` None: no weight gradient (weight_update forms it from the dz left in dout). dinp = dout @ w.T in
+    fastvae.backends.dinp (a_t, out_t: its scratch) where it takes the shapes, else in OpenBLAS."""
     _dz_and_bias_grad(db, dout, out, code)
     if dw is not None:
         gemm(dw, inp, True, dout, False)
     if dinp is not None:
-        gemm(dinp, dout, False, w, True)
+        if dinp_t.usable(dinp, dout, w, a_t, out_t):
+            dinp_t.product(dinp, dout, w, a_t, out_t)
+        else:
+            gemm(dinp, dout, False, w, True)
+
+
+def _dinp_scratch(dinp, dout, w):
+    return (dinp_t.NO_SCRATCH, dinp_t.NO_SCRATCH) if dinp is None else dinp_t.scratch(dinp, dout, w)
 
 
 def dense_forward(out, inp, w, b, activation):
@@ -270,7 +280,7 @@ def dense_forward(out, inp, w, b, activation):
 def dense_backward(dinp, dw, db, dout, inp, w, out, activation):
     if FUSED:
         call(_dense_backward, dinp, dw, db, dout, inp, w, None if activation == "identity" else out,
-             ACTIVATION_CODES[activation])
+             ACTIVATION_CODES[activation], *_dinp_scratch(dinp, dout, w))
         return
     refuse("np.matmul (FUSED is off)")
     _dz_and_bias_grad(db, dout, None if activation == "identity" else out, ACTIVATION_CODES[activation])
@@ -353,9 +363,10 @@ def _heads_dmu_logvar(dmu_logvar, dz, mu_logvar, z, counters, noise_stream, sigm
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _heads_backward(dinp, dw, db, dmu_logvar, dz, inp, w, mu_logvar, z, counters, noise_stream, sigma_form):
+def _heads_backward(dinp, dw, db, dmu_logvar, dz, inp, w, mu_logvar, z, counters, noise_stream, sigma_form, a_t,
+                    out_t):
     _heads_dmu_logvar(dmu_logvar, dz, mu_logvar, z, counters, noise_stream, sigma_form)
-    _dense_backward(dinp, dw, db, dmu_logvar, inp, w, None, 0)
+    _dense_backward(dinp, dw, db, dmu_logvar, inp, w, None, 0, a_t, out_t)
 
 
 def heads_forward(z, mu_logvar, loss, inp, w, b, counters, noise_stream, encoder):
@@ -371,7 +382,7 @@ def heads_forward(z, mu_logvar, loss, inp, w, b, counters, noise_stream, encoder
 def heads_backward(dinp, dw, db, dmu_logvar, dz, inp, w, mu_logvar, z, counters, noise_stream, encoder):
     if FUSED:
         call(_heads_backward, dinp, dw, db, dmu_logvar, dz, inp, w, mu_logvar, z, counters, noise_stream,
-             ENCODER_IS_SIGMA[encoder])
+             ENCODER_IS_SIGMA[encoder], *_dinp_scratch(dinp, dmu_logvar, w))
         return
     call(_heads_dmu_logvar, dmu_logvar, dz, mu_logvar, z, counters, noise_stream, ENCODER_IS_SIGMA[encoder])
     dense_backward(dinp, dw, db, dmu_logvar, inp, w, None, "identity")
