@@ -14,11 +14,12 @@ Four measurements of the same model in one process, alternated in rounds (the ma
    is made of (for cpu-bf16 only its passes, gather and Python, which are the same Numba code there);
 3. the step's 17 products alone at the full batch in OpenBLAS's own threads (bench/test_products.py's yardstick);
 4. floors: each part of the step alone at the rate this machine gives it. The 17 products each alone on one core as
-   the backend computes them (one-thread sgemm; amx.product with the weights packed beforehand), halved for two cores
-   that lose nothing to each other; Adam over the whole buffer alone on the threads, beside one array of the same
-   bytes read and written with no arithmetic (the memory's rate; when the two match, Adam is memory-bound); for
-   cpu-bf16 the bf16 packs the update writes, priced at that rate (written and first read for ownership). Their sum
-   with one shard's passes is the step's floor with these kernels on this machine (`floor`).
+   the backend computes them (one-thread sgemm, the input gradients in dinp.product; amx.product with the weights
+   packed beforehand), halved for two cores that lose nothing to each other; Adam over the whole buffer alone on the
+   threads, beside one array of the same bytes read and written with no arithmetic (the memory's rate; when the two
+   match, Adam is memory-bound); for cpu-bf16 the bf16 packs the update writes, priced at that rate (written and
+   first read for ownership). Their sum with one shard's passes is the step's floor with these kernels on this
+   machine (`floor`).
 The difference between the shards' phase and one shard's parts is what running the shards at once costs (the GIL
 between calls, caches and memory shared by the threads, the wait for the slower shard); the step over its floor is
 what the threads lose to each other and to cold caches in all.
@@ -117,7 +118,8 @@ def whole_steps(be, cfg, data, steps, count, record=True):
 
 
 def one_shard(be, cfg, data, steps, rows):
-    """{part: ms per step} of one shard of `rows` rows on one thread, products and passes apart (FUSED off)."""
+    """{part: ms per step} of one shard of `rows` rows on one thread, products and passes apart (FUSED off: the
+    products from Python, np.matmul and the input gradients of fastvae.backends.dinp, each timed)."""
     from threadpoolctl import threadpool_limits
 
     from fastvae import step
@@ -127,7 +129,8 @@ def one_shard(be, cfg, data, steps, rows):
     timers = Timers()
     kernels = ("gather_batch", "dense_forward", "heads_forward", "output_forward", "dense_backward", "heads_backward")
     real = {k: getattr(be, k) for k in kernels}
-    real_matmul, real_sparse, fused = cpu.np.matmul, cpu._sparse_product, cpu.FUSED
+    from fastvae.backends import dinp
+    real_matmul, real_sparse, real_dinp, fused = cpu.np.matmul, cpu._sparse_product, dinp.product, cpu.FUSED
     current = [None]
 
     def product(a, b, out=None):
@@ -138,6 +141,11 @@ def one_shard(be, cfg, data, steps, rows):
     def sparse_product(out, inp, w):            # the first layer's forward on MNIST's mostly-zero pixels
         begin = time.perf_counter()
         real_sparse(out, inp, w)
+        timers.seconds[f"products ({current[0]})"] += time.perf_counter() - begin
+
+    def input_gradient(*args):                  # dout @ w.T on FMA vectors (fastvae.backends.dinp), where it runs
+        begin = time.perf_counter()
+        real_dinp(*args)
         timers.seconds[f"products ({current[0]})"] += time.perf_counter() - begin
 
     def kernel(name):
@@ -167,13 +175,13 @@ def one_shard(be, cfg, data, steps, rows):
                 shard_step(k)
             for k in kernels:
                 setattr(be, k, kernel(k))
-            cpu.np, cpu._sparse_product = NumpyWithTimedMatmul(), sparse_product
+            cpu.np, cpu._sparse_product, dinp.product = NumpyWithTimedMatmul(), sparse_product, input_gradient
             begin = time.perf_counter()
             for k in range(steps):
                 shard_step(k)
             total = time.perf_counter() - begin
     finally:
-        cpu.np, cpu._sparse_product, cpu.FUSED = np, real_sparse, fused
+        cpu.np, cpu._sparse_product, dinp.product, cpu.FUSED = np, real_sparse, real_dinp, fused
         for k, fn in real.items():
             setattr(be, k, fn)
     ms = {k: 1e3 * v / steps for k, v in timers.seconds.items()}
@@ -215,14 +223,18 @@ def products_alone(cfg, rounds=50):
 
 def products_one_core(backend, rounds=30):
     """ms of the step's 17 products at the full batch, each alone on one core, as the backend's step calls them:
-    one-thread BLAS sgemm (cpu), or amx.product (cpu-bf16: the tiles, with the weights packed beforehand as the
-    update leaves them, the activations and dz packed in the call): the sum of each product's median."""
+    one-thread BLAS sgemm, or for the input gradients dz @ w.T where it takes them dinp.product (cpu), or amx.product
+    (cpu-bf16: the tiles, with the weights packed beforehand as the update leaves them, the activations and dz packed
+    in the call): the sum of each product's median."""
     from threadpoolctl import threadpool_limits
-    from fastvae.backends import amx
+    from fastvae.backends import amx, dinp
     total = 0.0
     with threadpool_limits(1, user_api="blas"):
         for ta, tb, a_op, b_op, out in _step_products():
-            if backend == "cpu":
+            scratch = dinp.scratch(out, a_op, b_op.T) if backend == "cpu" and tb and not ta else (dinp.NO_SCRATCH,)
+            if scratch[0].size and dinp.usable(out, a_op, b_op.T, *scratch):
+                args, product = (out, a_op, b_op.T, *scratch), dinp.product
+            elif backend == "cpu":
                 args, product = (a_op, b_op, out), lambda x, y, o: np.matmul(x, y, out=o)     # noqa: E731
             else:
                 a, b = (a_op.T if ta else a_op), (b_op.T if tb else b_op)               # the C-ordered arrays
@@ -322,7 +334,7 @@ def measure(steps=400, rounds=3, backend="cpu"):
     return result
 
 
-ENGINE = {"cpu": "one-thread sgemm", "cpu-bf16": "amx.product, weights packed"}
+ENGINE = {"cpu": "one-thread sgemm, dinp.product for dz @ w.T", "cpu-bf16": "amx.product, weights packed"}
 
 
 def floor_sum(result):

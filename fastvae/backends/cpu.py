@@ -287,6 +287,16 @@ def dense_backward(dinp, dw, db, dout, inp, w, out, activation):
     if dw is not None:
         np.matmul(inp.T, dout, out=dw)
     if dinp is not None:
+        _input_gradient(dinp, dout, w)
+
+
+def _input_gradient(dinp, dout, w):
+    """dinp = dout @ w.T from Python (FUSED off): on FMA vectors where dinp.py takes the shapes (not BLAS), else
+    np.matmul."""
+    a_t, out_t = dinp_t.scratch(dinp, dout, w)
+    if dinp_t.usable(dinp, dout, w, a_t, out_t):
+        dinp_t.product(dinp, dout, w, a_t, out_t)
+    else:
         np.matmul(dout, w.T, out=dinp)
 
 
