@@ -214,10 +214,14 @@ def test_a_split_step_packs_each_weight_once_per_layout(rand):
 
 
 @needs_amx
-def test_two_bf16_models_training_at_once_keep_their_own_packs():
-    """One model's Adam repacks only its own weights: two bf16 fits in two threads (one thread each, so nothing else
-    is shared) end bit-identical to the same fits run alone."""
-    for alone, together in zip(*kc.fits_alone_and_at_once("cpu-bf16", threads=1, epochs=2)):
+@pytest.mark.parametrize("threads", [1, 2])
+def test_two_bf16_models_training_at_once_keep_their_own_packs(threads):
+    """One model's Adam repacks only its own weights: bf16 fits in Python threads end bit-identical to the same fits
+    run alone. With two threads each they share the workers (a busy pool runs a fit's shards on its own thread):
+    their captured shards must not share a thread's packing buffers (capture.private; found 2026-12-06: three
+    such fits at once differed from alone by up to 1e-2 of weights of size 3)."""
+    seeds = (1, 2) if threads == 1 else (1, 2, 3)
+    for alone, together in zip(*kc.fits_alone_and_at_once("cpu-bf16", threads=threads, epochs=2, seeds=seeds)):
         assert np.array_equal(together, alone)
 
 

@@ -156,6 +156,37 @@ def test_a_replay_reads_arrays_when_it_runs_and_passes_one_object_once(replays_d
     assert replay.kernels == 2
 
 
+def test_a_replay_gets_its_own_copy_of_a_threads_private_scratch(replays_dir):
+    """A thread's scratch buffer (capture.private) baked into a replay would be shared with whatever its owner runs
+    next, on whichever thread the replay runs: each replay gets a copy (same shape, dtype, alignment, values)."""
+    data = np.arange(40, dtype=np.uint8).reshape(8, 5)
+    scratch, shared = np.zeros((3, 5), np.float32), np.zeros((3, 5), np.float32)
+    capture.private(scratch)
+    idx = np.array([7, 0, 3])
+    replays = [capture.record(lambda: (cpu.gather_batch(scratch, data, idx), cpu.gather_batch(shared, data, idx)))
+               .compile() for _ in range(2)]
+    own = [r._args[0] for r in replays]
+    assert all(a is not scratch and a.shape == scratch.shape and a.dtype == scratch.dtype and a.ctypes.data % 64 == 0
+               for a in own) and own[0] is not own[1]
+    assert all(r._args[3] is shared for r in replays)             # other arrays are the recorded ones
+    scratch[...] = -1
+    replays[0]()                                                  # writes its own copy, not the thread's buffer
+    np.testing.assert_array_equal(own[0], shared)
+    assert np.all(scratch == -1) and np.all(own[1] == shared)
+
+
+@pytest.mark.parametrize("name", [BF16])
+def test_captured_shards_hold_no_threads_scratch(name, replays_dir):
+    """The bf16 tiles pack their operands into per-thread buffers: each shard's replay has copies of its own, so two
+    replays recorded on one thread (two fits sharing the pool) never write the same buffer at once."""
+    cfg = Config(hidden=(64,), latent=4, batch_size=64)
+    data = _data(256)
+    stepper = _steps(name, cfg, _batches(256, 64, 3), data, [2, 2, 2], record=True)[-1]
+    args = [a for r in stepper.shards[2].replays for a in r._args if isinstance(a, np.ndarray)]
+    shared = [a for a in args if (ref := capture._private.get(id(a))) is not None and ref() is a]
+    assert len(stepper.shards[2].replays) == 2 and not shared
+
+
 def test_calls_outside_a_recording_and_on_other_threads_are_not_kept(replays_dir):
     import threading
     data = np.arange(10, dtype=np.uint8).reshape(2, 5)

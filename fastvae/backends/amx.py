@@ -28,6 +28,7 @@ from ..errors import UserError
 from . import avx512bf16
 from .avx512bf16 import vector_product
 from .bf16_pairs import column_pairs, row_pairs
+from .capture import private
 from .cpu_update import aligned_empty
 from .transpose import transpose16
 
@@ -423,12 +424,14 @@ class Workspace:
         self.a = aligned_words(0)
         self.b = aligned_words(0)
         self.block = aligned_words(BLOCK * BLOCK).view(np.float32).reshape((BLOCK, BLOCK))
+        private(self.a, self.b, self.block)
 
     def take(self, name, shape):
         buf = getattr(self, name)
         size = int(np.prod(shape))
         if buf.size < size:
             buf = aligned_words(size)
+            private(buf)
             setattr(self, name, buf)
         return buf[:size].reshape(shape)
 
@@ -485,8 +488,10 @@ def scratch(a_size, b_size):
     ws = _workspace()
     if ws.a.size < a_size:
         ws.a = aligned_words(a_size)
+        private(ws.a)
     if ws.b.size < b_size:
         ws.b = aligned_words(b_size)
+        private(ws.b)
     return ws.a, ws.b, ws.block, _CFG
 
 

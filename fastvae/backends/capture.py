@@ -8,8 +8,10 @@ Numba. A replay runs a shard's 13-14 kernels without coming back to Python in be
 and two shards on two threads meeting at the GIL there, are gone: measured on the project's Xeon in whole steps
 (bench/step_breakdown, "step" against "step from Python"), fp32 6.16 -> 6.04 ms, bf16 2.57 -> 2.34.
 
-A replay bakes in the arrays it was recorded with (it keeps them alive): the caller replays it only while those
-are the arrays the step would use (fastvae.step.Stepper: the same state, workspace, data set and index buffer, and
+A replay bakes in the arrays it was recorded with (it keeps them alive), but for a thread's scratch buffers
+(private()): those are replaced by copies of its own, since a replay may run on another thread than the one it was
+recorded on (two fits at once share the workers; a busy pool runs every shard on the calling thread) while the
+owner runs another replay with them. The caller replays it only while those are the arrays the step would use (fastvae.step.Stepper: the same state, workspace, data set and index buffer, and
 the same row shards). Values a kernel reads from an array (the counters, the batch's indices) are read when it
 runs; scalars are fixed. A wrapper whose work depends on more than its kernel (a NumPy call, a branch on data)
 calls refuse(), and the shard is then never captured.
@@ -51,6 +53,28 @@ def refuse(reason):
     """What this thread is recording cannot be replayed (`reason`: why, for tests and notes)."""
     if _recording and getattr(_local, "calls", None) is not None:
         _local.refused = reason
+
+
+_private = {}           # id(array) -> weak reference: per-thread scratch that each replay gets a copy of
+
+
+def private(*arrays):
+    """Mark per-thread scratch arrays (a kernel's packing buffers: whatever it writes before it reads): a replay
+    recorded with one of them gets its own copy (same shape, dtype and 64-byte alignment) instead."""
+    import weakref
+    for a in arrays:
+        _private[id(a)] = weakref.ref(a, lambda _, key=id(a): _private.pop(key, None))
+
+
+def _own_copy(value):
+    """value, or a copy of its own where it is private() scratch."""
+    ref = _private.get(id(value))
+    if ref is None or ref() is not value:
+        return value
+    from .cpu_update import aligned_empty
+    copy = aligned_empty(value.size, value.dtype).reshape(value.shape)
+    copy[...] = value
+    return copy
 
 
 class Recording:
@@ -96,7 +120,7 @@ class Replay:
         from numba import typeof
         begin = time.perf_counter()
         source, values = _source(calls)
-        self._args = tuple(values)
+        self._args = tuple(_own_copy(v) for v in values)
         # compiled now (not in the next step), without running it
         self._fn, self.path = _compiled(source, tuple(typeof(v) for v in values))
         self.kernels = len(calls)
