@@ -51,6 +51,18 @@ def test_each_output_array_has_its_own_scratch(rand):
     assert not np.any(first[0])                                           # zeros where first made
 
 
+def test_the_scratch_goes_with_the_array_it_serves(rand):
+    """A workspace that goes away takes its scratch with it (a sweep over many models does not pile them up)."""
+    dout, w = _case(rand, 76, 500, 500)
+    workspace = np.empty((150, 500), np.float32)
+    before = len(dinp._SCRATCH)
+    dinp.scratch(workspace[:76], dout, w)
+    dinp.scratch(workspace[76:152], dout[:74], w)
+    assert len(dinp._SCRATCH) == before + 2
+    del workspace
+    assert len(dinp._SCRATCH) == before
+
+
 @pytest.mark.parametrize("m,k,n", [(31, 500, 500), (76, 63, 500), (76, 500, 63)])
 def test_small_sizes_are_left_to_openblas(rand, m, k, n):
     dout, w = _case(rand, m, k, n)

@@ -16,6 +16,8 @@ fp32 tolerance of the float64 reference (tests/tolerances.py); not OpenBLAS's or
 IR (<16 x float>, llvm.fma): it compiles for any x86-64 target Numba has (LLVM splits the vectors where AVX-512 is
 missing), and Numba's cache keys the code by CPU.
 """
+import weakref
+
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -181,7 +183,8 @@ def scratch(dinp, dout, w):
     """(a_t, out_t) for product(dinp, dout, w) (zeros where first made), or (NO_SCRATCH, NO_SCRATCH) where it would
     not be used (usable()'s size rules). One pair per output array (its address and shape), so the row shards of a
     step, which run at once, never share one, and a captured shard keeps its own (fastvae.backends.capture records
-    them as arguments); two fits at once have their own workspaces, so their own pairs."""
+    them as arguments); two fits at once have their own workspaces, so their own pairs. A pair is dropped when the
+    array holding dinp's memory is (a workspace that goes away takes its scratch with it)."""
     m, k = dout.shape
     n = w.shape[0]
     if m < MIN_ROWS or n < MIN_WIDTH or k < MIN_WIDTH:
@@ -189,8 +192,8 @@ def scratch(dinp, dout, w):
     key = (dinp.ctypes.data, dinp.shape, k)
     pair = _SCRATCH.get(key)
     if pair is None:
-        if len(_SCRATCH) >= 256:                   # workspaces come and go: forget the old (replays keep theirs)
-            _SCRATCH.clear()
         a_shape, out_shape = scratch_shapes(m, n, k)
         pair = _SCRATCH[key] = (np.zeros(a_shape, np.float32), np.zeros(out_shape, np.float32))
+        owner = dinp if dinp.base is None else dinp.base
+        weakref.finalize(owner, _SCRATCH.pop, key, None)
     return pair
