@@ -81,6 +81,23 @@ def test_strided_operands_are_not_taken(rand):
     assert not dinp.usable(out, dout, np.asfortranarray(w), a_t, out_t)
 
 
+@pytest.mark.parametrize("layout", ["padded rows", "float64"])
+def test_the_backends_kernels_still_take_what_sgemm_takes(rand, layout):
+    """dense_backward's input gradient with rows padded in memory (sgemm takes any row stride) still runs, in sgemm;
+    float64 arrays still get sgemm's one-line refusal (found by a fresh user's trial, 2026-12-06: both failed to
+    compile once the kernel was in)."""
+    dout, w = _case(rand, 76, 500, 300)
+    if layout == "float64":
+        dout64, w64 = dout.astype(np.float64), w.astype(np.float64)
+        with pytest.raises(ValueError, match="float32"):
+            cpu.dense_backward(np.empty((76, 300)), None, None, dout64, None, w64, None, "identity")
+        return
+    padded = np.full((76, 312), np.nan, np.float32)
+    cpu.dense_backward(padded[:, :300], None, None, dout.copy(), None, w, None, "identity")
+    _check(padded[:, :300], dout, w)
+    assert np.all(np.isnan(padded[:, 300:]))                              # the padding is not written
+
+
 @pytest.mark.parametrize("rows", [7, 76, 150])
 def test_the_backends_dense_backward_uses_it_where_it_can(rand, rows):
     """cpu.dense_backward's input gradient, with and without this kernel's shapes, against float64."""

@@ -254,11 +254,8 @@ def _dense_backward(dinp, dw, db, dout, inp, w, out, code, a_t, out_t):
     _dz_and_bias_grad(db, dout, out, code)
     if dw is not None:
         gemm(dw, inp, True, dout, False)
-    if dinp is not None:
-        if dinp_t.usable(dinp, dout, w, a_t, out_t):
-            dinp_t.product(dinp, dout, w, a_t, out_t)
-        else:
-            gemm(dinp, dout, False, w, True)
+    if dinp is not None and not dinp_t.product_where_usable(dinp, dout, w, a_t, out_t):
+        gemm(dinp, dout, False, w, True)
 
 
 def _dinp_scratch(dinp, dout, w):
