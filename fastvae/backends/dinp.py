@@ -159,43 +159,34 @@ def _product_where_usable(dinp, dout, w, a_t, out_t):
 @njit(inline="always", cache=True, nogil=True)
 def _transpose(dst, src):
     """dst[:, :m] = src.T for src (m, k) C-ordered, dst (k, padded) C-ordered; dst[:, m:] untouched."""
-    m, k = src.shape
-    s, d = src.reshape(-1).view(np.uint32), dst.reshape(-1).view(np.uint32)
-    width = dst.shape[1]
-    r = 0
-    while r + LANES <= m:
-        c = 0
-        while c + LANES <= k:
-            transpose16(s, r * k + c, k, d, c * width + r, width)
-            c += LANES
-        for cc in range(c, k):
-            for rr in range(r, r + LANES):
-                d[cc * width + rr] = s[rr * k + cc]
-        r += LANES
-    for rr in range(r, m):
-        for cc in range(k):
-            d[cc * width + rr] = s[rr * k + cc]
+    _transpose_words(dst.reshape(-1).view(np.uint32), dst.shape[1], src.reshape(-1).view(np.uint32), src.shape[1],
+                     src.shape[0], src.shape[1])
 
 
 @njit(inline="always", cache=True, nogil=True)
 def _transpose_back(dst, src):
-    """dst (m, n) = src[:, :m].T for src (n, padded)."""
-    m, n = dst.shape
-    s, d = src.reshape(-1).view(np.uint32), dst.reshape(-1).view(np.uint32)
-    width = src.shape[1]
-    c = 0
-    while c + LANES <= n:
-        r = 0
-        while r + LANES <= m:
-            transpose16(s, c * width + r, width, d, r * n + c, n)
-            r += LANES
-        for rr in range(r, m):
-            for cc in range(c, c + LANES):
-                d[rr * n + cc] = s[cc * width + rr]
-        c += LANES
-    for cc in range(c, n):
-        for rr in range(m):
-            d[rr * n + cc] = s[cc * width + rr]
+    """dst (m, n) = src[:, :m].T for src (n, padded) C-ordered."""
+    _transpose_words(dst.reshape(-1).view(np.uint32), dst.shape[1], src.reshape(-1).view(np.uint32), src.shape[1],
+                     dst.shape[1], dst.shape[0])
+
+
+@njit(inline="always", cache=True, nogil=True)
+def _transpose_words(d, d_width, s, s_width, rows, cols):
+    """d[c * d_width + r] = s[r * s_width + c] for r < rows, c < cols: whole 16 x 16 squares through transpose16,
+    the edges word by word."""
+    r = 0
+    while r + LANES <= rows:
+        c = 0
+        while c + LANES <= cols:
+            transpose16(s, r * s_width + c, s_width, d, c * d_width + r, d_width)
+            c += LANES
+        for cc in range(c, cols):
+            for rr in range(r, r + LANES):
+                d[cc * d_width + rr] = s[rr * s_width + cc]
+        r += LANES
+    for rr in range(r, rows):
+        for cc in range(cols):
+            d[cc * d_width + rr] = s[rr * s_width + cc]
 
 
 _SCRATCH = {}
