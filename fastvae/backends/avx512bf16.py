@@ -37,7 +37,7 @@ LANES = 16          # fp32 lanes of a zmm register = columns of one B strip
 ROWS = 8            # accumulator rows of the micro-kernel: 8 x 4 vectors = 32 zmm would spill, 8 x 3 = 24 fit
 #                     with the 3 B vectors and the broadcasts folded into the instructions; ROWS divides 16, so a
 #                     row block never reads past A's padding (m_p is a multiple of 16)
-SHORT_ROWS = 4      # the rows of a last row block with at most 4 left (75 rows: 9 x 8 + 4, not 10 x 8)
+SHORT_ROWS = 4      # the rows of a last row block with at most 4 left (76 rows: 9 x 8 + 4, not 10 x 8)
 VECTORS = 3         # 16-column vectors per micro-kernel block (the widest; 2 and 1 finish a row of strips)
 
 
