@@ -231,8 +231,8 @@ def products_one_core(backend, rounds=30):
     total = 0.0
     with threadpool_limits(1, user_api="blas"):
         for ta, tb, a_op, b_op, out in _step_products():
-            scratch = dinp.scratch(out, a_op, b_op.T) if backend == "cpu" and tb and not ta else (dinp.NO_SCRATCH,)
-            if scratch[0].size and dinp.usable(out, a_op, b_op.T, *scratch):
+            scratch = dinp.scratch(out, a_op, b_op.T) if backend == "cpu" and tb and not ta else None
+            if scratch is not None and scratch[0].size and dinp.usable(out, a_op, b_op.T, *scratch):
                 args, product = (out, a_op, b_op.T, *scratch), dinp.product
             elif backend == "cpu":
                 args, product = (a_op, b_op, out), lambda x, y, o: np.matmul(x, y, out=o)     # noqa: E731

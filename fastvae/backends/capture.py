@@ -31,6 +31,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -61,7 +62,6 @@ _private = {}           # id(array) -> weak reference: per-thread scratch that e
 def private(*arrays):
     """Mark per-thread scratch arrays (a kernel's packing buffers: whatever it writes before it reads): a replay
     recorded with one of them gets its own copy (same shape, dtype and 64-byte alignment) instead."""
-    import weakref
     for a in arrays:
         _private[id(a)] = weakref.ref(a, lambda _, key=id(a): _private.pop(key, None))
 

@@ -283,17 +283,7 @@ def dense_backward(dinp, dw, db, dout, inp, w, out, activation):
     _dz_and_bias_grad(db, dout, None if activation == "identity" else out, ACTIVATION_CODES[activation])
     if dw is not None:
         np.matmul(inp.T, dout, out=dw)
-    if dinp is not None:
-        _input_gradient(dinp, dout, w)
-
-
-def _input_gradient(dinp, dout, w):
-    """dinp = dout @ w.T from Python (FUSED off): on FMA vectors where dinp.py takes the shapes (not BLAS), else
-    np.matmul."""
-    a_t, out_t = dinp_t.scratch(dinp, dout, w)
-    if dinp_t.usable(dinp, dout, w, a_t, out_t):
-        dinp_t.product(dinp, dout, w, a_t, out_t)
-    else:
+    if dinp is not None and not dinp_t.product_from_python(dinp, dout, w):     # (dinp.py is not BLAS)
         np.matmul(dout, w.T, out=dinp)
 
 

@@ -193,7 +193,7 @@ def _transpose_words(d, d_width, s, s_width, rows, cols):
 
 # product() compiled once as a C function, which the kernels call by a symbol name (as cpu_blas calls sgemm): called
 # as a Numba function instead, LLVM inlined it into every variant of every kernel that calls it and optimised it
-# again there, and a fresh process's first step took 8.2 s to compile instead of 2.1 (measured on the Xeon).
+# again there: a fresh process's first step took 8.2 s to compile, against 1.9 s at import + 5.6 s now (the Xeon).
 _FLOATS = types.CPointer(types.float32)
 _SIZE = types.int64
 
@@ -207,6 +207,15 @@ def _product_c(dinp, dout, w, a_t, out_t, m, k, n, padded):
 SYMBOL = "fastvae_dinp_product"
 llvm.add_symbol(SYMBOL, _product_c.address)
 _product_by_name = types.ExternalFunction(SYMBOL, types.void(*(types.uintp,) * 5, *(types.int64,) * 4))
+
+
+def product_from_python(dinp, dout, w):
+    """product() called from Python with scratch()'s pair where usable() holds: True; else False, nothing done."""
+    a_t, out_t = scratch(dinp, dout, w)
+    if a_t.size and usable(dinp, dout, w, a_t, out_t):
+        product(dinp, dout, w, a_t, out_t)
+        return True
+    return False
 
 
 _SCRATCH = {}
