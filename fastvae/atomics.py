@@ -104,13 +104,8 @@ def futex_wake(typingctx, array, index):
     return types.void(array, index), codegen
 
 
-@intrinsic
-def prefetch(typingctx, array, offset):
-    """Ask for the cache line holding element `offset` of the contiguous array (llvm.prefetch: read, into all cache
-    levels; a hint, so it is a no-op where the target has no prefetch)."""
-    if not isinstance(array, types.Array):
-        return None
-
+def _prefetch_codegen(for_write):
+    """llvm.prefetch of element `offset` of a contiguous array: read (0) or write (1), into all cache levels (3)."""
     def codegen(context, builder, sig, args):
         data = context.make_array(sig.args[0])(context, builder, args[0]).data
         at = context.cast(builder, args[1], sig.args[1], types.int64)
@@ -119,6 +114,24 @@ def prefetch(typingctx, array, offset):
         i32 = ir.IntType(32)
         fn = builder.module.declare_intrinsic(          # named for the pointer type: llvm.prefetch.p0 (or .p0i8)
             "llvm.prefetch", [pointer], ir.FunctionType(ir.VoidType(), [pointer, i32, i32, i32]))
-        builder.call(fn, [address, ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)])
+        builder.call(fn, [address, ir.Constant(i32, int(for_write)), ir.Constant(i32, 3), ir.Constant(i32, 1)])
         return context.get_dummy_value()
-    return types.void(array, offset), codegen
+    return codegen
+
+
+@intrinsic
+def prefetch(typingctx, array, offset):
+    """Ask for the cache line holding element `offset` of the contiguous array (llvm.prefetch: read, into all cache
+    levels; a hint, so it is a no-op where the target has no prefetch)."""
+    if not isinstance(array, types.Array):
+        return None
+    return types.void(array, offset), _prefetch_codegen(False)
+
+
+@intrinsic
+def prefetch_for_write(typingctx, array, offset):
+    """The same, for writing: x86's PREFETCHW (where the target has it; else a read prefetch or nothing) fetches the
+    line in a state that lets this core store to it without asking the other cores for it again."""
+    if not isinstance(array, types.Array):
+        return None
+    return types.void(array, offset), _prefetch_codegen(True)

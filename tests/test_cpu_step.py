@@ -245,6 +245,25 @@ def test_claiming_from_both_ends_hands_out_every_item_once(rand, count):
         assert next_item(counter, count, False) == count and next_item(counter, count, True) == count
 
 
+@pytest.mark.parametrize("size", [1, 7, 1023, 1024, 1025, 3 * 1024 + 17])
+def test_adam_with_prefetches_is_adam(rand, size):
+    """cpu_update.adam_prefetched (PREFETCH_BLOCK elements at a time, the next block's parameters prefetched for
+    writing) updates every element once, exactly as adam_block does in one call: the same bits after three steps."""
+    from fastvae.backends.cpu_update import PREFETCH_BLOCK, adam_block, adam_prefetched
+
+    assert PREFETCH_BLOCK % 16 == 0                         # whole cache lines per block
+    p, m = rand.standard_normal(size).astype(np.float32), rand.standard_normal(size).astype(np.float32)
+    v = rand.random(size).astype(np.float32)
+    ours, theirs = [a.copy() for a in (p, m, v)], [a.copy() for a in (p, m, v)]
+    for _ in range(3):
+        g = rand.standard_normal(size).astype(np.float32)
+        adam_prefetched(*ours[:1], g, *ours[1:], 1e-3, 0.9, 0.999, 1e-8)
+        adam_block(*theirs[:1], g, *theirs[1:], 1e-3, 0.9, 0.999, 1e-8)
+    for a, b, before in zip(ours, theirs, (p, m, v)):
+        assert np.array_equal(a, b)
+        assert not np.any(a == before)                      # every element was updated
+
+
 def _second(record):
     """A second phase as run_phases wants it: waits at the barrier (in a Numba kernel, as the update's does), then
     records its part, unless the job was aborted."""
