@@ -48,6 +48,7 @@ class Workspace:
         self._full = full
         self._rows = {}
         self._shards = {}
+        self._ready = None
         self.loss = be.zeros(2, dtype=np.float64)         # (reconstruction, KL), summed until read
 
     def rows(self, n, lo=0):
@@ -57,6 +58,14 @@ class Workspace:
         if (lo, n) not in self._rows:
             self._rows[lo, n] = Rows(self._full, lo, lo + n)
         return self._rows[lo, n]
+
+    def ready(self, layers):
+        """int64 (layers,): how many row shards have finished each layer's backward (the backend's layer_done), for
+        the update's parts to wait on (zeroed by train_step before each step's shards; one array, as the shards'
+        replays keep the one they were recorded with)."""
+        if self._ready is None or self._ready.shape[0] != layers:
+            self._ready = self.be.zeros(layers, dtype=np.int64)
+        return self._ready
 
     def shard(self, s):
         """(loss, counters) of row shard s > 0: its own loss accumulator (added to `loss` after the step) and its
@@ -187,23 +196,32 @@ def forward(be, cfg, weights, a, loss, counters, noise_stream):
     be.output_forward(a.dlogits, loss, _decoder(be, cfg, dec_w, a), *out_w, a.x, cfg.reconstruction)
 
 
-def backward(be, cfg, weights, gradients, a, counters, noise_stream):
+def backward(be, cfg, weights, gradients, a, counters, noise_stream, ready=None):
     """The same layers in reverse; each layer's dz is formed inside its own backward kernel. gradients None: no
-    weight gradients (the backend's weight_update forms them from layer_inputs and layer_douts afterwards)."""
+    weight gradients (the backend's weight_update forms them from layer_inputs and layer_douts afterwards). `ready`
+    (Workspace.ready): each layer, once done, is marked there through the backend's layer_done."""
     n_hidden = len(a.enc)
     heads = n_hidden
     if gradients is None:
         gradients = [(None, None)] * len(weights)
+
+    def done(layer):                            # its weight is read no more, and its dz is final
+        if ready is not None:
+            be.layer_done(ready, layer)
     be.dense_backward(a.ddec[-1], *gradients[-1], a.dlogits, a.dec[-1], weights[-1][0], None, "identity")
+    done(len(weights) - 1)
     for i in reversed(range(n_hidden)):
         layer = heads + 1 + i
         dinp, inp = (a.ddec[i - 1], a.dec[i - 1]) if i > 0 else (a.dz, a.z)
         be.dense_backward(dinp, *gradients[layer], a.ddec[i], inp, weights[layer][0], a.dec[i], cfg.activation)
+        done(layer)
     be.heads_backward(a.denc[-1], *gradients[heads], a.dmu_logvar, a.dz, a.enc[-1], weights[heads][0],
                       a.mu_logvar, a.z, counters, noise_stream, cfg.encoder)
+    done(heads)
     for i in reversed(range(n_hidden)):
         dinp, inp = (a.denc[i - 1], a.enc[i - 1]) if i > 0 else (None, a.x)
         be.dense_backward(dinp, *gradients[i], a.denc[i], inp, weights[i][0], a.enc[i], cfg.activation)
+        done(i)
 
 
 def layer_inputs(a):
@@ -232,6 +250,8 @@ def train_step(be, cfg, state, ws, data, idx, parts=1, shards=None):
     updated = False                             # the weights are (weight_update's parts ran with the shards)
     if not fused:
         state.ensure_shards(len(bounds))
+    phases = len(bounds) > 1 and fused and be.weight_update_parts is not None and be.workers is not None
+    ready = ws.ready(len(state.weights)) if phases and be.layer_done is not None else None
 
     def kernels(s):                             # shard s's gather, forward and backward
         lo, hi = bounds[s]
@@ -239,7 +259,8 @@ def train_step(be, cfg, state, ws, data, idx, parts=1, shards=None):
         loss, counters = ws.shard(s) if s else (ws.loss, state.counters)
         be.gather_batch(a.x, data, idx[lo:hi])
         forward(be, cfg, state.weights, a, loss, counters, STREAM_TRAIN)
-        backward(be, cfg, state.weights, None if fused else state.shard_gradients[s], a, counters, STREAM_TRAIN)
+        backward(be, cfg, state.weights, None if fused else state.shard_gradients[s], a, counters, STREAM_TRAIN,
+                 ready)
 
     def shard(s):
         if s:
@@ -256,10 +277,15 @@ def train_step(be, cfg, state, ws, data, idx, parts=1, shards=None):
     else:
         for s in range(1, len(bounds)):         # zero here, not only after: a step that raised leaves no stale loss
             ws.shard(s)[0][...] = 0
-        if fused and be.weight_update_parts is not None and be.workers is not None:
-            # the update's parts run on the shards' threads as soon as every shard is done: one job of the workers
+        if phases:
+            # the update's parts run on the shards' threads, each layer's as soon as every shard is done with it
+            # (`ready`; else once every shard is done): one job of the workers
             _, update, finish = be.weight_update_parts(*_update_args(cfg, state, ws.rows(len(idx))))
-            be.workers.run_phases(shard, update, len(bounds))
+            if ready is not None:
+                ready[...] = 0
+                be.workers.run_phases(shard, lambda k, wait: update(k, wait, ready), len(bounds))
+            else:
+                be.workers.run_phases(shard, update, len(bounds))
             finish()
             updated = True
         else:

@@ -51,7 +51,8 @@ class Workers:
         instead of two, so its threads are handed work (and the caller woken) once, not twice (measured on the
         project's Xeon: each hand-off 40-70 us, every step). `barrier` (fastvae.barrier) is for second(): it must
         call barrier.arrive_and_wait once, in its first kernel, before it reads what the firsts wrote, and do nothing
-        more if that returns False (a part raised: the job is aborted). Where fastvae.barrier is unavailable (not
+        more if that returns False (a part raised: the job is aborted); or barrier.arrive, then barrier.wait_for_layer
+        before it reads each layer the firsts mark (barrier.mark), stopping where that returns False. Where fastvae.barrier is unavailable (not
         x86-64 Linux) the pool waits for every first in Python and passes None. When every second() ends in
         barrier.depart (the last act of its last kernel; part 0's waits there for the others), the job returns without
         waiting for the other threads' return through Python (their `done` is taken by the next wait): measured on

@@ -81,9 +81,10 @@ def test_replayed_shards_give_the_bits_of_the_step_run_from_python(name, variant
     _assert_same(got, want)
     stepper = got[5]
     assert stepper.captures == 1 and stepper.shards[2].replays is not None
-    # every kernel a shard calls is in its replay: the gather, a forward and a backward per layer (13 per shard with
-    # two hidden layers); the heads' backward is one kernel on cpu, two on cpu-bf16 (its gradient, then the tiles)
-    per_shard = 1 + 2 * (2 * len(cfg.hidden) + 2) + (name == "cpu-bf16")
+    # every kernel a shard calls is in its replay: the gather, a forward, a backward and the mark of the backward's
+    # end (layer_done) per layer (19 per shard with two hidden layers); the heads' backward is one kernel on cpu, two
+    # on cpu-bf16 (its gradient, then the tiles)
+    per_shard = 1 + 3 * (2 * len(cfg.hidden) + 2) + (name == "cpu-bf16")
     assert stepper.kernels_per_step == 2 * per_shard
     assert want[5].captures == 0 and want[5].kernels_per_step is None
 
@@ -129,7 +130,7 @@ def test_a_fit_replays_its_shards(replays_dir):
         model = VAE(hidden=(64, 32), latent=4, batch_size=64, threads=2, seed=1).fit(_data(640), epochs=2)
     finally:
         step.Stepper.__call__ = real
-    assert seen[0] == (1, 2 * 13) and seen[-1] == (1, 2 * 13)
+    assert seen[0] == (1, 2 * 19) and seen[-1] == (1, 2 * 19)       # (per shard: see the test above)
     # the first epoch says what compiling the replays took (inside its seconds); the second compiled nothing
     first, second = model.history
     assert 0 < first["replay_compile_seconds"] < first["seconds"] and "replay_compile_seconds" not in second

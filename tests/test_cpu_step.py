@@ -63,8 +63,8 @@ def test_split_training_steps_of_the_seed_variants_match_the_reference(rand, wor
     kc.check_train_steps(get_backend("cpu"), cfg, rand, 9, parts=2)
 
 
-def _steps(cfg, rows, parts, seed, n_steps=3):
-    be = get_backend("cpu")
+def _steps(cfg, rows, parts, seed, n_steps=3, backend="cpu"):
+    be = get_backend(backend)
     layout = Layout(cfg)
     st, ws = step.State(be, layout, he_init(layout, seed=seed), seed=seed), step.Workspace(be, cfg, rows)
     data = np.random.default_rng(seed).integers(0, 256, (rows * n_steps, cfg.input_width)).astype(np.uint8)
@@ -98,6 +98,45 @@ def test_the_barrier_kind_does_not_change_the_numbers_of_a_split(rand, workers, 
     in_python = _steps(cfg, 40, 2, seed)
     for a, b in zip(in_kernel, in_python):
         assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", ["cpu", "cpu-bf16"])
+def test_updating_each_layer_once_every_shard_is_done_with_it_gives_the_same_numbers(rand, workers, monkeypatch,
+                                                                                    name):
+    """The update's parts wait per layer for every row shard's mark (layer_done) instead of for every shard: the same
+    bits as waiting at the barrier, also when the pool thread's shard is held back before each layer's backward (the
+    caller's part then updates the last layers while that shard still works on the first ones: were a layer updated
+    before every shard's dz of it were formed, the numbers would differ). The waits spin without end here: one that
+    sleeps wakes only when every shard is done, as at the barrier."""
+    import threading
+    import time
+
+    from fastvae import barrier
+
+    if name == "cpu-bf16":
+        from fastvae.backends import amx
+        if amx.engine_unavailable_reason() is not None:
+            pytest.skip(f"cpu-bf16: {amx.engine_unavailable_reason()}")
+    be = get_backend(name)
+    cfg = Config(hidden=(37, 11), latent=5, batch_size=40)
+    seed = int(rand.integers(1 << 30))
+    workers.count = 2
+    per_layer = _steps(cfg, 40, 2, seed, backend=name)
+    real = be.dense_backward
+
+    def late(*args):
+        if threading.current_thread() is not threading.main_thread():
+            time.sleep(0.02)
+        real(*args)
+    monkeypatch.setattr(be, "dense_backward", late)
+    monkeypatch.setattr(barrier, "spins", lambda: 1 << 40)
+    workers._quiet_jobs = 0                                     # (not a quiet period, whose waits sleep at once)
+    held_back = _steps(cfg, 40, 2, seed, backend=name)
+    monkeypatch.setattr(be, "dense_backward", real)
+    monkeypatch.setattr(be, "layer_done", None)
+    at_the_barrier = _steps(cfg, 40, 2, seed, backend=name)
+    for a, b, c in zip(per_layer, held_back, at_the_barrier):
+        assert np.array_equal(a, c) and np.array_equal(b, c)
 
 
 def test_an_error_in_a_shard_reaches_the_caller(workers):
@@ -374,6 +413,36 @@ def test_the_barrier_waits_for_every_part_and_ends_on_abort():
     shared = barrier.new(2)
     threading.Timer(0.02, barrier.abort, (shared,)).start()
     assert not barrier.arrive_and_wait(shared)
+
+
+def test_a_layer_wait_returns_once_every_part_marked_it_or_arrived_and_ends_on_abort():
+    """fastvae.barrier.wait_for_layer: True only after every part marked the layer (seen while it spins: a mark wakes
+    no sleeper), or after every part arrived (also from the sleeping wait, which an arrival wakes; the marks of a
+    busy pool's one-after-another run are then not needed); False once the job is aborted, also from the sleeping
+    wait. arrive() tells the order of arrival."""
+    import threading
+    import time
+
+    from fastvae import barrier
+
+    shared, ready = barrier.new(2), np.zeros(3, np.int64)
+    shared[barrier.SPINS] = 1 << 40                             # spins until the mark (1e10 s)
+    assert barrier.arrive(shared) == 0
+    barrier.mark(ready, 1)
+    threading.Timer(0.03, barrier.mark, (ready, 1)).start()
+    begin = time.perf_counter()
+    assert barrier.wait_for_layer(shared, ready, 1)
+    assert time.perf_counter() - begin > 0.025 and list(ready) == [0, 2, 0]
+    shared[barrier.SPINS] = 0                                   # sleeps at once
+    threading.Timer(0.03, barrier.arrive, (shared,)).start()
+    begin = time.perf_counter()
+    assert barrier.wait_for_layer(shared, ready, 0)             # no mark of layer 0: the arrival ends the wait
+    assert time.perf_counter() - begin > 0.025
+    assert shared[barrier.ARRIVED] == 2
+    shared = barrier.new(2, spin=False)
+    barrier.arrive(shared)
+    threading.Timer(0.03, barrier.abort, (shared,)).start()
+    assert not barrier.wait_for_layer(shared, ready, 2)
 
 
 def test_after_a_wait_that_spun_in_vain_the_next_jobs_do_not_spin(monkeypatch):

@@ -16,8 +16,8 @@ from numba import njit
 from .amx import BLOCK, TILE, _pack_b, _padded, _pair, pack_b_columns, pack_b_rows, tiles
 from .bf16_pairs import column_pairs
 from .transpose import transpose16
-from ..barrier import arrive_and_wait, depart
-from .cpu_update import adam_block, bias_item, next_item
+from ..barrier import depart
+from .cpu_update import adam_block, bias_item, layer_ready, next_item, start_items
 
 # Rows of a weight per work item (a multiple of BLOCK, so no pair of rows or 16-row strip of a pack is written by
 # two threads): the unit in which cpu_update.plan splits the layers between the workers.
@@ -68,15 +68,18 @@ def scratch_sizes(rows, widths):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def weight_items(params, grads, m, v, inputs, douts, forward_packs, transposed_packs, items, counter, from_back, lr_t,
-                 beta1, beta2, eps, a_scratch, b_scratch, g_scratch, block, cfg, wait, leader):
+                 beta1, beta2, eps, a_scratch, b_scratch, g_scratch, block, cfg, wait, leader, ready):
     """The items of cpu_update.plan this thread claims (cpu_update.next_item) (chunks of rows a multiple of BLOCK, biases): each chunk's
     gradient on the tiles a block of 32 rows at a time, into grads (or g_scratch when grads is None: not kept, and
     not written out to memory), then Adam on the block, then the block's new weights into the layer's packs
     (forward_packs[l] as B of inp @ w, transposed_packs[l] as B of dz @ w.T; amx.NO_PACK where a layer has none).
     dz is packed as B once per layer per call. Unless `wait` is None, first the barrier (fastvae.barrier: nothing is
-    done when the job was aborted), and last barrier.depart (`leader`: this is part 0)."""
-    if wait is not None and not arrive_and_wait(wait):
-        return
+    done when the job was aborted; per layer with `ready`: cpu_update.start_items), and last barrier.depart (`leader`:
+    this is part 0)."""
+    if wait is not None:
+        go, from_back = start_items(wait, ready, from_back)
+        if not go:
+            return
     bits = params.view(np.uint32)
     words = np.empty((TILE, TILE), np.uint32)          # _pack_a_columns' 16 x 16 block
     packed_layer = -1
@@ -85,6 +88,8 @@ def weight_items(params, grads, m, v, inputs, douts, forward_packs, transposed_p
         it = next_item(counter, items.shape[0], from_back)
         if it >= items.shape[0]:
             break
+        if not layer_ready(wait, ready, items[it, 0]):
+            return
         layer, r0, r1, at = items[it, 0], items[it, 1], items[it, 2], items[it, 3]
         dz = douts[layer]
         rows, n = dz.shape

@@ -114,7 +114,10 @@ OPTIONAL_KERNELS = {k.name: k for k in (
 # filled: it reads inputs, douts, params, m and v only when the parts run, each after waiting at the barrier `wait`
 # (fastvae.barrier, inside its first kernel: Workers.run_phases) when given, and doing nothing if that was aborted;
 # with `wait`, the last act of its last kernel is barrier.depart(wait, k == 0) (part 0 waits there for the others, so
-# the pool need not wait for their threads' return through Python).
+# the pool need not wait for their threads' return through Python). part(k, wait, ready): with `ready` as well (an
+# int64 array, one count per layer, that every row shard marks through the backend's layer_done), a part waits at the
+# barrier for each layer's marks instead of for every shard, and updates a layer as soon as every shard is done with
+# it.
 OPTIONAL_KERNELS["weight_update_parts"] = Kernel("weight_update_parts", OPTIONAL_KERNELS["weight_update"].args,
                                                   "weight_update, split: returns (parts, part, finish) (see above).")
 
@@ -125,8 +128,10 @@ HOOKS = ("name", "dtype", "xp", "empty", "zeros", "asarray", "to_host", "synchro
 # body() made on this thread, run as well (cpu backends: fastvae.backends.capture; step.Stepper replays each row
 # shard's); loss_check_interval (steps between reads of the loss by the trainer, default 1); workers (a
 # fastvae.workers.Workers: the backend's kernels release the GIL, so the step may run row shards of a batch on its
-# threads at once; its count is set by fastvae.threads while training).
-OPTIONAL = {"capture": None, "record": None, "loss_check_interval": 1, "workers": None}
+# threads at once; its count is set by fastvae.threads while training); layer_done(ready, layer) (a backend with
+# weight_update_parts and workers: called by each row shard once its backward of layer `layer`, in the layout's order,
+# is done, so that part(k, wait, ready) may update that layer before every shard has finished: fastvae.barrier.mark).
+OPTIONAL = {"capture": None, "record": None, "loss_check_interval": 1, "workers": None, "layer_done": None}
 
 SETTINGS = {"activation": ACTIVATIONS, "encoder": ENCODERS, "reconstruction": RECONSTRUCTIONS}
 

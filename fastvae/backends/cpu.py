@@ -20,6 +20,7 @@ from numba import njit
 from ..constants import (ACTIVATIONS, COUNTER_ROW, COUNTER_SEED, COUNTER_STEP, LOSS_KL, LOSS_RECONSTRUCTION,
                          SIGMA_SMOOTHING)
 from ..atomics import prefetch
+from .. import barrier
 from ..workers import Workers
 from . import cpu_blas, cpu_update, dinp as dinp_t
 from .capture import call, record, refuse  # noqa: F401  (record: the contract's hook)
@@ -476,6 +477,12 @@ def adam_update(params, grads, m, v, counters, lr, beta1, beta2, eps):
 
 def weight_update(params, grads, m, v, counters, inputs, douts, lr, beta1, beta2, eps):
     cpu_update.weight_update(workers, params, grads, m, v, counters, inputs, douts, lr, beta1, beta2, eps)
+
+
+def layer_done(ready, layer):
+    """The contract's layer_done: this row shard's backward of `layer` is done (fastvae.barrier.mark: the update's
+    parts wait for every shard's mark of a layer before they update it)."""
+    call(barrier.mark, ready, layer)
 
 
 def weight_update_parts(params, grads, m, v, counters, inputs, douts, lr, beta1, beta2, eps):

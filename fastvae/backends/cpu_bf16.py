@@ -21,7 +21,8 @@ from ..params import flat_offsets
 from . import amx, amx_update, cpu, cpu_update
 from .capture import call, record  # noqa: F401  (record: the contract's hook)
 from .amx import engine_unavailable_reason as unavailable_reason  # noqa: F401  (get_backend asks it first)
-from .cpu import asarray, dtype, empty, gather_batch, synchronize, to_host, workers, xp, zeros  # noqa: F401
+from .cpu import (asarray, dtype, empty, gather_batch, layer_done, synchronize, to_host, workers, xp,  # noqa: F401
+                  zeros)
 
 name = "cpu-bf16"
 
@@ -196,14 +197,14 @@ def weight_update_parts(params, grads, m, v, counters, inputs, douts, lr, beta1,
     sizes = amx_update.scratch_sizes(u.inputs[0].shape[0], tuple(n for _, n in u.shapes))
     found = []
 
-    def part(k, wait=None):
+    def part(k, wait=None, ready=None):
         forward, transposed, copies = PACKS.of_buffer(params, u.shapes, count=k == 0)
         if k == 0:
             found.append(copies)
         a_scratch, b_scratch, block, cfg = amx.scratch(*sizes[:2])
         amx_update.weight_items(params, grads, m, v, u.inputs, u.douts, forward, transposed, u.items, u.counter,
                                 u.from_back(k), u.lr_t, beta1, beta2, eps, a_scratch, b_scratch,
-                                cpu_update.scratch(sizes[2]), block, cfg, wait, k == 0)
+                                cpu_update.scratch(sizes[2]), block, cfg, wait, k == 0, ready)
 
     def finish():
         for source, target in found[0]:

@@ -16,7 +16,7 @@ import numpy as np
 from numba import njit
 
 from ..atomics import claim, prefetch_for_write
-from ..barrier import arrive_and_wait, depart
+from ..barrier import arrive, arrive_and_wait, depart, wait_for_layer
 from ..constants import COUNTER_STEP
 from ..params import flat_offsets, update_shapes
 from .cpu_blas import gemm
@@ -158,17 +158,21 @@ def column_sums(db, d):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _weight_items(params, grads, m, v, inputs, douts, items, counter, from_back, lr_t, beta1, beta2, eps, scratch,
-                  wait, leader):
+                  wait, leader, ready):
     """The items of plan() this thread claims (next_item()): each chunk's gradient rows by sgemm (the batch is the
     reduction) into grads, or into `scratch` when grads is None, then Adam on them while they are in cache. Unless
     `wait` is None, first the barrier (fastvae.barrier: nothing is done when the job was aborted), and last
-    barrier.depart (`leader`: this is part 0)."""
-    if wait is not None and not arrive_and_wait(wait):
-        return
+    barrier.depart (`leader`: this is part 0); see start_items() for `ready`."""
+    if wait is not None:
+        go, from_back = start_items(wait, ready, from_back)
+        if not go:
+            return
     while True:
         it = next_item(counter, items.shape[0], from_back)
         if it >= items.shape[0]:
             break
+        if not layer_ready(wait, ready, items[it, 0]):
+            return
         layer, r0, r1, at = items[it, 0], items[it, 1], items[it, 2], items[it, 3]
         dz = douts[layer]
         if r0 < 0:
@@ -184,6 +188,27 @@ def _weight_items(params, grads, m, v, inputs, douts, items, counter, from_back,
         adam_prefetched(params[at:at + size], g, m[at:at + size], v[at:at + size], lr_t, beta1, beta2, eps)
     if wait is not None:
         depart(wait, leader)
+
+
+@njit(inline="always", cache=True, nogil=True)
+def start_items(wait, ready, from_back):
+    """(go, from_back) at the start of an update part with the barrier `wait`. Without `ready` (None), the part waits
+    at the barrier for every row shard (go False: the job was aborted). With it (an int64 array the shards mark as
+    they finish each layer's backward: barrier.mark), the part only arrives, and waits for each item's layer instead
+    (layer_ready); the first part to arrive takes items from the back (the last layers, which the shards finish
+    first), the second from the front, and so on."""
+    if ready is None:
+        return arrive_and_wait(wait), from_back
+    return True, arrive(wait) % 2 == 0
+
+
+@njit(inline="always", cache=True, nogil=True)
+def layer_ready(wait, ready, layer):
+    """Whether an item of `layer` may be worked on (start_items): at once without `ready`, else once every shard has
+    marked the layer (False: the job was aborted; the part stops)."""
+    if wait is None or ready is None:
+        return True
+    return wait_for_layer(wait, ready, layer)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -252,14 +277,15 @@ class Update:
 
 def weight_update_parts(workers, params, grads, m, v, counters, inputs, douts, lr, beta1, beta2, eps):
     """The contract's weight_update_parts on the cpu backend (fp32 sgemm for the gradient chunks): (parts, part,
-    finish), part(k, wait=None) claiming chunks until none is left (any number of threads at once; with the barrier
-    `wait`, waiting there first and departing from it last), finish() advancing the step."""
+    finish), part(k, wait=None, ready=None) claiming chunks until none is left (any number of threads at once; with
+    the barrier `wait`, waiting there first, or per layer with `ready` (start_items), and departing from it last),
+    finish() advancing the step."""
     u = Update(workers, params, counters, inputs, douts, lr, beta1, beta2, WEIGHT_CHUNK_ROWS)
     size = WEIGHT_CHUNK_ROWS * max(n for _, n in u.shapes)
 
-    def part(k, wait=None):
+    def part(k, wait=None, ready=None):
         _weight_items(params, grads, m, v, u.inputs, u.douts, u.items, u.counter, u.from_back(k), u.lr_t, beta1,
-                      beta2, eps, scratch(size), wait, k == 0)
+                      beta2, eps, scratch(size), wait, k == 0, ready)
 
     def finish():
         counters[COUNTER_STEP] = u.t
