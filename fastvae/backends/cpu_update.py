@@ -39,10 +39,13 @@ def adam_constants(counters, lr, beta1, beta2):
     return t, lr * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
 
 
-@njit(cache=True, nogil=True, fastmath=True, error_model="numpy")
+@njit(cache=True, nogil=True, error_model="numpy")
 def adam_block(p, g, m, v, lr_t, beta1, beta2, eps):
     """Adam on equal-length 1-D slices: p, m, v updated with the gradient g. LLVM vectorises the unit-stride loop
-    (8 lanes here) and checks aliasing once per call."""
+    (8 lanes here) and checks aliasing once per call. No fast-math: with it LLVM computed the vector body and the
+    scalar remainder differently (1-3 parameters in 250,000 differed in their last bit when the same update was split
+    at other places); without it every element gets the same bits wherever a call starts, at the same speed
+    (memory-bound: 0.36 ms per thread for half the seed's parameters either way, the Xeon)."""
     b1 = np.float32(beta1)
     b2 = np.float32(beta2)
     c1 = np.float32(1.0 - beta1)
@@ -66,19 +69,24 @@ PREFETCH_BLOCK = 1024
 @njit(cache=True, nogil=True, error_model="numpy")
 def adam_prefetched(p, g, m, v, lr_t, beta1, beta2, eps):
     """adam_block on equal-length 1-D slices, PREFETCH_BLOCK elements at a time, p's cache lines of the next block
-    prefetched for writing (PREFETCHW) first: the same arithmetic, so the same bits.
+    prefetched for writing (PREFETCHW) first: the same arithmetic, so the same bits. g None: a zero gradient (adam_block
+    on zeros: fast-math lets LLVM reassociate a loop written without g, whose bits then differ).
 
     Why: the step's row shards read every weight on both cores just before the update writes them. Measured on the
     project's Xeon (2026-12-06, two threads, the update's items after a shards' phase against after another update):
     storing into p alone took 0.23 against 0.095 ms per thread, into m and v (which nothing else reads) 0.24 against
     0.19, and Adam 0.70 against 0.35 (the rate it gets from DRAM); reading them was not slower. With p's lines
     prefetched for writing, Adam after the shards took 0.42-0.45 ms per thread (m and v prefetched too: 0.46)."""
-    n = g.size
+    n = p.size
+    zeros = np.zeros(PREFETCH_BLOCK if g is None else 0, np.float32)
     _prefetch_for_write(p, 0, min(n, PREFETCH_BLOCK))
     for start in range(0, n, PREFETCH_BLOCK):
         stop = min(n, start + PREFETCH_BLOCK)
         _prefetch_for_write(p, stop, min(n, stop + PREFETCH_BLOCK))
-        adam_block(p[start:stop], g[start:stop], m[start:stop], v[start:stop], lr_t, beta1, beta2, eps)
+        if g is None:
+            adam_block(p[start:stop], zeros[:stop - start], m[start:stop], v[start:stop], lr_t, beta1, beta2, eps)
+        else:
+            adam_block(p[start:stop], g[start:stop], m[start:stop], v[start:stop], lr_t, beta1, beta2, eps)
 
 
 @njit(inline="always", cache=True, nogil=True)
@@ -180,6 +188,9 @@ def _weight_items(params, grads, m, v, inputs, douts, items, counter, from_back,
             continue
         n = dz.shape[1]
         size = (r1 - r0) * n
+        if layer == 0 and grads is None and _zero_columns_skipped(params, m, v, inputs[0], dz, r0, r1, at, scratch,
+                                                                   lr_t, beta1, beta2, eps):
+            continue
         if grads is None:
             g = scratch[:size]
         else:
@@ -188,6 +199,69 @@ def _weight_items(params, grads, m, v, inputs, douts, items, counter, from_back,
         adam_prefetched(params[at:at + size], g, m[at:at + size], v[at:at + size], lr_t, beta1, beta2, eps)
     if wait is not None:
         depart(wait, leader)
+
+
+# The first layer's weight gradient skips the columns of its input (the data) that are zero in every row of the batch
+# where they make at least this share of a chunk: MNIST's borders, 218-285 of 784 pixels in every batch of 150.
+ZERO_COLUMNS_SHARE = 0.125
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _zero_columns_skipped(params, m, v, x, dz, r0, r1, at, scratch, lr_t, beta1, beta2, eps):
+    """Rows r0..r1 of the first layer's weight (at params[at:]) updated with their gradient x[:, r0:r1].T @ dz, the
+    product computed only for the columns of x with a nonzero (packed into `scratch` first: x's nonzero columns,
+    then the product's rows), the other rows' gradient being exactly zero (adam_prefetched without g): True; False (nothing
+    done) where too few columns are zero (ZERO_COLUMNS_SHARE) or `scratch` is too small."""
+    rows, width = x.shape[0], r1 - r0
+    n = dz.shape[1]
+    nonzero = np.zeros(width, np.uint8)
+    for r in range(rows):
+        row = x[r, r0:r1]
+        for c in range(width):
+            nonzero[c] |= row[c] != 0
+    runs = np.empty((width + 1) // 2, np.int64)         # the first column of each run of nonzero columns, then
+    ends = np.empty((width + 1) // 2, np.int64)         # its end
+    count = kept = 0
+    c = 0
+    while c < width:
+        if nonzero[c]:
+            runs[count] = c
+            while c < width and nonzero[c]:
+                c += 1
+            ends[count] = c
+            kept += c - runs[count]
+            count += 1
+        else:
+            c += 1
+    if width - kept < ZERO_COLUMNS_SHARE * width or kept * (n + rows) > scratch.size or kept == 0:
+        return False
+    g = scratch[:kept * n].reshape((kept, n))
+    xk = scratch[kept * n:kept * (n + rows)].reshape((rows, kept))
+    cols = np.empty(kept, np.int64)
+    k = 0
+    for q in range(count):
+        for c in range(runs[q], ends[q]):
+            cols[k] = r0 + c
+            k += 1
+    for r in range(rows):
+        row, packed = x[r], xk[r]
+        for k in range(kept):
+            packed[k] = row[cols[k]]
+    gemm(g, xk, True, dz, False)
+    g = g.reshape(-1)
+    k = done = 0
+    for q in range(count + 1):
+        first = runs[q] if q < count else width         # rows done..first: no gradient; first..end: g's rows
+        if first > done:
+            lo, hi = at + done * n, at + first * n
+            adam_prefetched(params[lo:hi], None, m[lo:hi], v[lo:hi], lr_t, beta1, beta2, eps)
+        if q < count:
+            lo, hi = at + first * n, at + ends[q] * n
+            size = hi - lo
+            adam_prefetched(params[lo:hi], g[k:k + size], m[lo:hi], v[lo:hi], lr_t, beta1, beta2, eps)
+            k += size
+            done = ends[q]
+    return True
 
 
 @njit(inline="always", cache=True, nogil=True)
