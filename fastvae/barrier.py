@@ -1,7 +1,7 @@
 """A barrier that Numba kernels wait at outside the GIL: the step's row shards, then the weight update, in one job.
 
 A barrier is an int64 array [arrived, parts, aborted, spins, slept, departed, back]
-(depart(): the end of a job). arrive_and_wait() (Numba, called inside a nogil
+(depart(): the end of a job; back: the pool has handed out its next job). arrive_and_wait() (Numba, called inside a nogil
 kernel) adds this thread to `arrived` and returns True once all `parts` have; False as soon as the job is aborted (a
 part raised: abort()). Why inside the kernel: the update's first kernel waits there, so the thread that finishes its
 shard first goes on the moment the last one arrives, without coming back to Python for the GIL: a thread that sleeps
@@ -48,9 +48,11 @@ def abort(barrier):
 def depart(barrier, leader):
     """The last act of a part's last kernel: this thread is done. The leader (part 0, the thread that called
     Workers.run_phases) then waits, spinning first as arrive_and_wait does, until every part has departed or the job
-    was aborted; the others spin (at most the barrier's spin budget, never sleeping) until the leader is back in
-    Python (`BACK`, set by run_phases), so that it takes the GIL first and returns from the job without waiting for
-    their Python: a thread that sleeps on the GIL is woken by the OS, 40-70 us on the project's KVM machines."""
+    was aborted; the others spin (at most the barrier's spin budget, never sleeping) until the pool hands out its
+    next job (`BACK`, set by Workers then), so that the leader returns from the job without waiting for their Python
+    and they do not wait for the GIL while the leader's Python runs between jobs: a thread that sleeps on the GIL is
+    woken by the OS, 40-70 us on the project's KVM machines, and the pool thread's shard started 0.1 ms after the
+    caller's when it did. A spin that runs out (no job came) is not counted in SLEPT: it waited for no part."""
     if claim(barrier[DEPARTED:DEPARTED + 1]) + 1 >= barrier[PARTS]:
         futex_wake(barrier, DEPARTED)
     if not leader:
@@ -60,8 +62,6 @@ def depart(barrier, leader):
         n = 0
         while load_acquire(barrier, BACK) == 0 and load_acquire(barrier, ABORTED) == 0:
             if n == budget:
-                if budget > 0:                  # spun in vain (the leader descheduled?): counted, as in _wait_for_all
-                    claim(barrier[SLEPT:SLEPT + 1])
                 return
             pause()
             n += 1

@@ -78,6 +78,8 @@ class VAE:
         self.epoch_step = epoch_step            # batches done in the epoch in progress (after a Ctrl-C)
         self.epoch_loss = np.zeros(2) if epoch_loss is None else np.asarray(epoch_loss, np.float64)
         self.diverged = False                   # set when training produced NaN or Inf: never save such a model
+        self.step_broken = False                # set when a step raised part-way (its update may be half done): never
+                                                # save such a model either
         self.history = []                       # one dict per epoch fitted in this process
         self._ws = None
         self._ws_inference = None
@@ -264,9 +266,14 @@ class VAE:
     @_one_at_a_time
     def save(self, path: str | PathLike) -> None:
         """Write config, parameters, Adam state and the training position to `path` (npz, atomically, no pickle).
-        Raises UserError when the model diverged or the file cannot be written (any earlier file stays whole)."""
+        Raises UserError when the model diverged, a step of it was interrupted part-way, or the file cannot be written
+        (any earlier file stays whole)."""
         if self.diverged:
             raise UserError("this model diverged (NaN or Inf): it is not saved; the last good checkpoint stands")
+        if self.step_broken:
+            raise UserError("a training step of this model stopped part-way (a second Ctrl-C, or an error inside the "
+                            "step), so some of its layers were updated and others not: it is not saved; the last "
+                            "good checkpoint stands")
         be = self.backend
         checkpoint.save(path, checkpoint.Checkpoint(
             self.config, be.to_host(self.state.params), be.to_host(self.state.m), be.to_host(self.state.v),

@@ -62,7 +62,13 @@ def _epoch(model, stepper, order, ws, progress, stop):
     first, begin = model.epoch_step, time.perf_counter()
     for k in range(first, len(starts)):
         start = starts[k]
-        stepper(order[start:start + ws.batch])
+        try:
+            stepper(order[start:start + ws.batch])
+        except BaseException:
+            # the update of a layer starts as soon as every row shard is done with it (fastvae.step), so a step that
+            # raised part-way may have updated some layers and not others
+            model.step_broken = True
+            raise
         model.epoch_step = k + 1
         last = k == len(starts) - 1
         # counted from the step's number, as the bar's updates are, so that on a device the reads are the bar's

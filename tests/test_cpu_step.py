@@ -527,6 +527,36 @@ def test_departed_parts_are_not_waited_for_yet_done_when_the_job_returns():
         pool.close()
 
 
+def test_departed_parts_wait_in_their_kernel_for_the_next_job(monkeypatch):
+    """After a run_phases job whose parts depart, the pool threads stay in their kernel (spinning, outside the GIL)
+    until the pool hands out its next job, a plain run() or another run_phases, or is closed: then they go on to it.
+    (Spins without end here; in a fit they spin at most SPIN_SECONDS.)"""
+    import time
+
+    from fastvae import barrier, workers as pool_module
+
+    monkeypatch.setattr(barrier, "spins", lambda: 1 << 40)
+    pool = pool_module.Workers(3)
+    out = np.zeros(3, np.int64)
+    second = _departing_second(out)
+    try:
+        for job in range(1, 4):
+            pool.run_phases(lambda k: None, second, 3)
+            assert list(out) == [job] * 3
+            time.sleep(0.02)
+            assert not any(w._done.acquire(blocking=False) for w in pool._threads)     # still in their kernel
+        seen = []
+        pool.run(lambda k: seen.append(k), 3)                   # handed out: they come back and run it
+        assert sorted(seen) == [0, 1, 2] and all(w._owed == 0 for w in pool._threads)
+        pool.run_phases(lambda k: None, second, 3)
+    finally:
+        closing = threading.Thread(target=pool.close)
+        closing.start()
+        closing.join(5)
+    assert not closing.is_alive(), "close() waits for the held threads"
+    assert list(out) == [4, 4, 4]
+
+
 def test_a_departure_wait_that_spun_in_vain_quiets_the_next_jobs():
     """Part 0 waiting at barrier.depart for a part that ends long after it, past its spin budget, counts itself in
     SLEPT as a barrier waiter does: the pool's next jobs wait without spinning."""

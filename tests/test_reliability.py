@@ -127,6 +127,38 @@ def test_a_diverged_model_keeps_the_last_good_checkpoint(tmp_path):
     assert (tmp_path / "ck.npz").read_bytes() == good
 
 
+def test_a_step_stopped_part_way_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    """A step that raises part-way (here a KeyboardInterrupt, as a second Ctrl-C gives, right after the calling thread's
+    shard marked the heads done: the other thread may already have updated the decoder) leaves the model half-stepped:
+    save() refuses it in one line, and the last good checkpoint stays as it was."""
+    from fastvae.backends import get_backend
+    from fastvae.threads import affinity_count
+    if affinity_count() < 2:
+        pytest.skip("the step splits between threads only where the process may run on two CPUs")
+    x = load_mnist().train_x[:600]
+    model = VAE(hidden=(32, 16), latent=3, batch_size=64, backend="cpu", threads=2).fit(x, epochs=1)
+    model.save(tmp_path / "ck.npz")
+    good = (tmp_path / "ck.npz").read_bytes()
+    be = get_backend("cpu")
+    real, calls = be.layer_done, []
+
+    def mark(ready, layer):
+        real(ready, layer)
+        calls.append(layer)
+        if layer == 2 and len(calls) > 40:            # (the heads; some steps in, past the recording of the replays)
+            raise KeyboardInterrupt
+    monkeypatch.setattr(be, "layer_done", mark)
+    monkeypatch.setenv("FASTVAE_CAPTURE", "0")      # (read at import: the step below calls the kernels from Python)
+    monkeypatch.setattr("fastvae.step.RECORD_SHARDS", False)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(x, epochs=1)
+    assert model.step_broken
+    with pytest.raises(UserError, match="stopped part-way") as e:
+        model.save(tmp_path / "ck.npz")
+    assert "\n" not in str(e.value)
+    assert (tmp_path / "ck.npz").read_bytes() == good
+
+
 FULL_DISK = """
 import resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)        # writes past the limit fail with EFBIG, like a full disk

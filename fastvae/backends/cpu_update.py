@@ -233,7 +233,11 @@ def _zero_columns_skipped(params, m, v, x, dz, r0, r1, at, scratch, lr_t, beta1,
             count += 1
         else:
             c += 1
-    if width - kept < ZERO_COLUMNS_SHARE * width or kept * (n + rows) > scratch.size or kept == 0:
+    if kept == 0:                                       # no product at all
+        adam_prefetched(params[at:at + width * n], None, m[at:at + width * n], v[at:at + width * n], lr_t, beta1,
+                        beta2, eps)
+        return True
+    if width - kept < ZERO_COLUMNS_SHARE * width or kept * (n + rows) > scratch.size:
         return False
     g = scratch[:kept * n].reshape((kept, n))
     xk = scratch[kept * n:kept * (n + rows)].reshape((rows, kept))
