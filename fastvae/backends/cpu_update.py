@@ -69,24 +69,30 @@ PREFETCH_BLOCK = 1024
 @njit(cache=True, nogil=True, error_model="numpy")
 def adam_prefetched(p, g, m, v, lr_t, beta1, beta2, eps):
     """adam_block on equal-length 1-D slices, PREFETCH_BLOCK elements at a time, p's cache lines of the next block
-    prefetched for writing (PREFETCHW) first: the same arithmetic, so the same bits. g None: a zero gradient (adam_block
-    on zeros: fast-math lets LLVM reassociate a loop written without g, whose bits then differ).
+    prefetched for writing (PREFETCHW) first: the same arithmetic, so the same bits.
 
     Why: the step's row shards read every weight on both cores just before the update writes them. Measured on the
     project's Xeon (2026-12-06, two threads, the update's items after a shards' phase against after another update):
     storing into p alone took 0.23 against 0.095 ms per thread, into m and v (which nothing else reads) 0.24 against
     0.19, and Adam 0.70 against 0.35 (the rate it gets from DRAM); reading them was not slower. With p's lines
     prefetched for writing, Adam after the shards took 0.42-0.45 ms per thread (m and v prefetched too: 0.46)."""
-    n = p.size
-    zeros = np.zeros(PREFETCH_BLOCK if g is None else 0, np.float32)
+    n = g.size
     _prefetch_for_write(p, 0, min(n, PREFETCH_BLOCK))
     for start in range(0, n, PREFETCH_BLOCK):
         stop = min(n, start + PREFETCH_BLOCK)
         _prefetch_for_write(p, stop, min(n, stop + PREFETCH_BLOCK))
-        if g is None:
-            adam_block(p[start:stop], zeros[:stop - start], m[start:stop], v[start:stop], lr_t, beta1, beta2, eps)
-        else:
-            adam_block(p[start:stop], g[start:stop], m[start:stop], v[start:stop], lr_t, beta1, beta2, eps)
+        adam_block(p[start:stop], g[start:stop], m[start:stop], v[start:stop], lr_t, beta1, beta2, eps)
+
+
+@njit(inline="always", cache=True, nogil=True)
+def _adam_zero_gradient(params, m, v, lo, hi, zeros, lr_t, beta1, beta2, eps):
+    """adam_prefetched on params[lo:hi] with a zero gradient, PREFETCH_BLOCK at a time from `zeros` (that long):
+    adam_block's arithmetic on zeros (a loop written without g would be reassociated by LLVM, whose bits then
+    differ), and no second variant of adam_prefetched to compile (0.4 s of a cold first step)."""
+    for start in range(lo, hi, PREFETCH_BLOCK):
+        stop = min(hi, start + PREFETCH_BLOCK)
+        adam_prefetched(params[start:stop], zeros[:stop - start], m[start:stop], v[start:stop], lr_t, beta1, beta2,
+                        eps)
 
 
 @njit(inline="always", cache=True, nogil=True)
@@ -210,7 +216,7 @@ ZERO_COLUMNS_SHARE = 0.125
 def _zero_columns_skipped(params, m, v, x, dz, r0, r1, at, scratch, lr_t, beta1, beta2, eps):
     """Rows r0..r1 of the first layer's weight (at params[at:]) updated with their gradient x[:, r0:r1].T @ dz, the
     product computed only for the columns of x with a nonzero (packed into `scratch` first: x's nonzero columns,
-    then the product's rows), the other rows' gradient being exactly zero (adam_prefetched without g): True; False (nothing
+    then the product's rows), the other rows' gradient being exactly zero (_adam_zero_gradient): True; False (nothing
     done) where too few columns are zero (ZERO_COLUMNS_SHARE) or `scratch` is too small."""
     rows, width = x.shape[0], r1 - r0
     n = dz.shape[1]
@@ -233,9 +239,9 @@ def _zero_columns_skipped(params, m, v, x, dz, r0, r1, at, scratch, lr_t, beta1,
             count += 1
         else:
             c += 1
+    zeros = np.zeros(PREFETCH_BLOCK, np.float32)
     if kept == 0:                                       # no product at all
-        adam_prefetched(params[at:at + width * n], None, m[at:at + width * n], v[at:at + width * n], lr_t, beta1,
-                        beta2, eps)
+        _adam_zero_gradient(params, m, v, at, at + width * n, zeros, lr_t, beta1, beta2, eps)
         return True
     if width - kept < ZERO_COLUMNS_SHARE * width or kept * (n + rows) > scratch.size:
         return False
@@ -258,7 +264,7 @@ def _zero_columns_skipped(params, m, v, x, dz, r0, r1, at, scratch, lr_t, beta1,
         first = runs[q] if q < count else width         # rows done..first: no gradient; first..end: g's rows
         if first > done:
             lo, hi = at + done * n, at + first * n
-            adam_prefetched(params[lo:hi], None, m[lo:hi], v[lo:hi], lr_t, beta1, beta2, eps)
+            _adam_zero_gradient(params, m, v, lo, hi, zeros, lr_t, beta1, beta2, eps)
         if q < count:
             lo, hi = at + first * n, at + ends[q] * n
             size = hi - lo
