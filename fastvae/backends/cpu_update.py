@@ -6,7 +6,10 @@ chunk of parameters at once, while the chunk is still in cache (the contract's w
 after the row shards' backward passes, which then skip their weight gradients). Chunks are fixed by the layer shapes,
 not by the worker count, so the result is the same however the work is split. Measured on the project's Xeon
 (2 threads, the seed's shapes, batch 150): 1.86 ms for the weight gradients and Adam against 2.21 ms for two row
-shards' partial weight gradients (75 rows each: thinner, slower products) and Adam summing them.
+shards' partial weight gradients (75 rows each: thinner, slower products) and Adam summing them. Inside a step, Adam
+writes the parameters with their cache lines prefetched for writing (adam_prefetched), each layer's chunks may start
+as soon as every shard is done with that layer (start_items, layer_ready), and the first layer's product skips the
+columns of its input that are zero in the whole batch (_zero_columns_skipped).
 """
 import functools
 import math
@@ -344,7 +347,8 @@ class Update:
     """What a weight_update of either cpu backend starts from: the layers' `shapes` (checked against params: a
     ValueError otherwise), the `items` of plan() in `chunk_rows`-row chunks, `inputs` and `douts` as Numba takes
     them, an unclaimed `counter` (next_item()), Adam's step `t` and `lr_t`, and `parts`, the threads to run on: part k
-    claims from the back when k is odd (from_back(k))."""
+    claims from the back when k is odd (from_back(k)), unless it waits per layer (start_items: then by the order in
+    which the parts arrive)."""
 
     def __init__(self, workers, params, counters, inputs, douts, lr, beta1, beta2, chunk_rows):
         self.shapes = update_shapes(inputs, douts, params.size)
