@@ -116,9 +116,14 @@ class VAE:
         the batch size it started with (another one is refused until the next epoch).
         Raises UserError for bad arguments or images; TrainingInterrupted on Ctrl-C, after the step in
         progress, leaving the model consistent (save it to resume); TrainingDiverged naming the step when the
-        loss or a parameter becomes NaN or Inf (the model then refuses to be saved).
+        loss or a parameter becomes NaN or Inf (the model then refuses to be saved). A model whose step raised
+        part-way (a second Ctrl-C) refuses both fit and save (UserError): load the last checkpoint.
         """
         cfg = self.config
+        if self.step_broken:
+            raise UserError("a training step of this model stopped part-way (a second Ctrl-C, or an error inside the "
+                            "step), so some of its layers were updated and others not: it is not trained further; "
+                            "load the last checkpoint to go on")
         epochs = cfg.epochs if epochs is None else integer(epochs, "epochs")
         batch_size = cfg.batch_size if batch_size is None else integer(batch_size, "batch_size")
         if self.epoch_step and batch_size != cfg.batch_size:

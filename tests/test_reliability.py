@@ -130,7 +130,7 @@ def test_a_diverged_model_keeps_the_last_good_checkpoint(tmp_path):
 def test_a_step_stopped_part_way_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     """A step that raises part-way (here a KeyboardInterrupt, as a second Ctrl-C gives, right after the calling thread's
     shard marked the heads done: the other thread may already have updated the decoder) leaves the model half-stepped:
-    save() refuses it in one line, and the last good checkpoint stays as it was."""
+    save() refuses it in one line, the last good checkpoint stays as it was, and fit() refuses to go on from it."""
     from fastvae.backends import get_backend
     from fastvae.threads import affinity_count
     if affinity_count() < 2:
@@ -157,6 +157,8 @@ def test_a_step_stopped_part_way_keeps_the_last_good_checkpoint(tmp_path, monkey
         model.save(tmp_path / "ck.npz")
     assert "\n" not in str(e.value)
     assert (tmp_path / "ck.npz").read_bytes() == good
+    with pytest.raises(UserError, match="load the last checkpoint"):          # nor trained further
+        model.fit(x, epochs=1)
 
 
 FULL_DISK = """
