@@ -32,6 +32,10 @@ def run_epochs(model, X, ws, epochs, validation=None, callback=None, progress=Fa
             (pacer or contextlib.nullcontext()):
         stepper = pacer.wrap(stepper) if pacer else stepper
         for _ in range(epochs):
+            if model.epoch_step and model.epoch_step == -(-len(X) // ws.batch):
+                # every batch of the epoch ran, but its end (the checks, its record) was interrupted (a second
+                # Ctrl-C): the epoch is over, without a record
+                model.epoch, model.epoch_step, model.epoch_loss = model.epoch + 1, 0, np.zeros(2)
             order = rng.epoch_permutation(cfg.seed, model.epoch, len(X))
             record = _epoch(model, stepper, order, ws, progress, stop)
             if pacer:

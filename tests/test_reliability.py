@@ -161,6 +161,31 @@ def test_a_step_stopped_part_way_keeps_the_last_good_checkpoint(tmp_path, monkey
         model.fit(x, epochs=1)
 
 
+def test_an_interrupt_between_an_epochs_last_step_and_its_end_leaves_a_model_that_goes_on(tmp_path, monkeypatch):
+    """A KeyboardInterrupt (a second Ctrl-C) after an epoch's last step but before its end (here in the device
+    synchronisation that follows the loop) leaves every batch done and the epoch not counted: the model saves, loads
+    and trains on, the interrupted epoch counted as done (found by a fresh user's trial: every later fit refused it)."""
+    from fastvae.backends import get_backend
+    x = load_mnist().train_x[:600]
+    model = VAE(hidden=(32, 16), latent=3, batch_size=150, backend="cpu", threads=1)
+    be = get_backend("cpu")
+    real = be.synchronize
+
+    def once():
+        monkeypatch.setattr(be, "synchronize", real)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(be, "synchronize", once)
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(x, epochs=1)
+    assert (model.epoch, model.epoch_step, model.steps) == (0, 4, 4)
+    model.save(tmp_path / "ck.npz")
+    again = VAE.load(tmp_path / "ck.npz", backend="cpu", threads=1)
+    for m in (model, again):
+        m.fit(x, epochs=1)
+        assert (m.epoch, m.epoch_step, m.steps) == (2, 0, 8)
+    assert np.array_equal(model.state.params, again.state.params)
+
+
 FULL_DISK = """
 import resource, signal, sys
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)        # writes past the limit fail with EFBIG, like a full disk
