@@ -228,20 +228,12 @@ def _zero_columns_skipped(params, m, v, x, dz, r0, r1, at, scratch, lr_t, beta1,
         row = x[r, r0:r1]
         for c in range(width):
             nonzero[c] |= row[c] != 0
-    runs = np.empty((width + 1) // 2, np.int64)         # the first column of each run of nonzero columns, then
-    ends = np.empty((width + 1) // 2, np.int64)         # its end
-    count = kept = 0
-    c = 0
-    while c < width:
+    cols = np.empty(width, np.int64)                    # the kept columns, in order
+    kept = 0
+    for c in range(width):
         if nonzero[c]:
-            runs[count] = c
-            while c < width and nonzero[c]:
-                c += 1
-            ends[count] = c
-            kept += c - runs[count]
-            count += 1
-        else:
-            c += 1
+            cols[kept] = r0 + c
+            kept += 1
     zeros = np.zeros(PREFETCH_BLOCK, np.float32)
     if kept == 0:                                       # no product at all
         _adam_zero_gradient(params, m, v, at, at + width * n, zeros, lr_t, beta1, beta2, eps)
@@ -250,30 +242,24 @@ def _zero_columns_skipped(params, m, v, x, dz, r0, r1, at, scratch, lr_t, beta1,
         return False
     g = scratch[:kept * n].reshape((kept, n))
     xk = scratch[kept * n:kept * (n + rows)].reshape((rows, kept))
-    cols = np.empty(kept, np.int64)
-    k = 0
-    for q in range(count):
-        for c in range(runs[q], ends[q]):
-            cols[k] = r0 + c
-            k += 1
     for r in range(rows):
         row, packed = x[r], xk[r]
         for k in range(kept):
             packed[k] = row[cols[k]]
     gemm(g, xk, True, dz, False)
     g = g.reshape(-1)
-    k = done = 0
-    for q in range(count + 1):
-        first = runs[q] if q < count else width         # rows done..first: no gradient; first..end: g's rows
-        if first > done:
-            lo, hi = at + done * n, at + first * n
+    k = c = 0
+    while c < width:                                    # each run of kept columns takes g's next rows; the others
+        end = c + 1                                     # a zero gradient
+        while end < width and nonzero[end] == nonzero[c]:
+            end += 1
+        lo, hi = at + c * n, at + end * n
+        if nonzero[c]:
+            adam_prefetched(params[lo:hi], g[k:k + hi - lo], m[lo:hi], v[lo:hi], lr_t, beta1, beta2, eps)
+            k += hi - lo
+        else:
             _adam_zero_gradient(params, m, v, lo, hi, zeros, lr_t, beta1, beta2, eps)
-        if q < count:
-            lo, hi = at + first * n, at + ends[q] * n
-            size = hi - lo
-            adam_prefetched(params[lo:hi], g[k:k + size], m[lo:hi], v[lo:hi], lr_t, beta1, beta2, eps)
-            k += size
-            done = ends[q]
+        c = end
     return True
 
 
