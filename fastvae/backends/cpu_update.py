@@ -9,7 +9,8 @@ not by the worker count, so the result is the same however the work is split. Me
 shards' partial weight gradients (75 rows each: thinner, slower products) and Adam summing them. Inside a step, Adam
 writes the parameters with their cache lines prefetched for writing (adam_prefetched), each layer's chunks may start
 as soon as every shard is done with that layer (start_items, layer_ready), and the first layer's product skips the
-columns of its input that are zero in the whole batch (_zero_columns_skipped).
+columns of its input that are zero in the whole batch and, in blocks of 8 of the others, the rows that are zero in
+all 8 (_zero_columns_skipped, sparse_dw.py).
 """
 import functools
 import math
@@ -22,6 +23,7 @@ from ..atomics import claim, prefetch_for_write
 from ..barrier import arrive, arrive_and_wait, depart, wait_for_layer
 from ..constants import COUNTER_STEP
 from ..params import flat_offsets, update_shapes
+from . import sparse_dw
 from .cpu_blas import gemm
 
 # Chunks of the flat buffer: the row shards' partial gradients are summed into grads[0] a chunk at a time, so the
@@ -197,8 +199,8 @@ def _weight_items(params, grads, m, v, inputs, douts, items, counter, from_back,
             continue
         n = dz.shape[1]
         size = (r1 - r0) * n
-        if layer == 0 and grads is None and _zero_columns_skipped(params, m, v, inputs[0], dz, r0, r1, at, scratch,
-                                                                   lr_t, beta1, beta2, eps):
+        if layer == 0 and _zero_columns_skipped(params, grads, m, v, inputs[0], dz, r0, r1, at, scratch, lr_t, beta1,
+                                                beta2, eps):
             continue
         if grads is None:
             g = scratch[:size]
@@ -216,11 +218,13 @@ ZERO_COLUMNS_SHARE = 0.125
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
-def _zero_columns_skipped(params, m, v, x, dz, r0, r1, at, scratch, lr_t, beta1, beta2, eps):
+def _zero_columns_skipped(params, grads, m, v, x, dz, r0, r1, at, scratch, lr_t, beta1, beta2, eps):
     """Rows r0..r1 of the first layer's weight (at params[at:]) updated with their gradient x[:, r0:r1].T @ dz, the
-    product computed only for the columns of x with a nonzero (packed into `scratch` first: x's nonzero columns,
-    then the product's rows), the other rows' gradient being exactly zero (_adam_zero_gradient): True; False (nothing
-    done) where too few columns are zero (ZERO_COLUMNS_SHARE) or `scratch` is too small."""
+    product over the columns of x with a nonzero only (packed into `scratch` first, in sparse_dw.order()) and, in
+    each block of them, over the rows with a nonzero only (sparse_dw.product), into grads[at:] when grads is given
+    (the other rows zeroed there), else into `scratch` (the other rows' gradient, exactly zero, never formed:
+    _adam_zero_gradient): True. False (nothing done) where too few columns are zero (ZERO_COLUMNS_SHARE) or
+    `scratch` is too small, by the same rule whether grads is given or not, so both get the same bits."""
     rows, width = x.shape[0], r1 - r0
     n = dz.shape[1]
     nonzero = np.zeros(width, np.uint8)
@@ -228,26 +232,41 @@ def _zero_columns_skipped(params, m, v, x, dz, r0, r1, at, scratch, lr_t, beta1,
         row = x[r, r0:r1]
         for c in range(width):
             nonzero[c] |= row[c] != 0
-    cols = np.empty(width, np.int64)                    # the kept columns, in order
-    kept = 0
-    for c in range(width):
-        if nonzero[c]:
-            cols[kept] = r0 + c
-            kept += 1
-    zeros = np.zeros(PREFETCH_BLOCK, np.float32)
-    if kept == 0:                                       # no product at all
-        _adam_zero_gradient(params, m, v, at, at + width * n, zeros, lr_t, beta1, beta2, eps)
-        return True
-    if width - kept < ZERO_COLUMNS_SHARE * width or kept * (n + rows) > scratch.size:
+    cols = np.empty(width, np.int64)                    # the kept columns, in the product's order
+    kept = sparse_dw.order(nonzero, r0, x.shape[1], cols)
+    blocks = sparse_dw.padded(kept)
+    if width - kept < ZERO_COLUMNS_SHARE * width or blocks * (n + rows) > scratch.size:
         return False
-    g = scratch[:kept * n].reshape((kept, n))
-    xk = scratch[kept * n:kept * (n + rows)].reshape((rows, kept))
+    xk = scratch[blocks * n:blocks * (n + rows)].reshape((rows, blocks))
     for r in range(rows):
         row, packed = x[r], xk[r]
         for k in range(kept):
             packed[k] = row[cols[k]]
-    gemm(g, xk, True, dz, False)
+        for k in range(kept, blocks):
+            packed[k] = 0.0
+    dest = np.empty(blocks, np.int64)                   # the row of g each kept column's gradient goes to
+    if grads is not None:
+        g = grads[at:at + width * n].reshape((width, n))
+        for c in range(width):
+            if not nonzero[c]:
+                g[c] = 0.0
+        for k in range(kept):
+            dest[k] = cols[k] - r0
+        sparse_dw.product(g, xk, kept, dz, dest, np.empty(rows, np.int32))
+        adam_prefetched(params[at:at + width * n], grads[at:at + width * n], m[at:at + width * n],
+                        v[at:at + width * n], lr_t, beta1, beta2, eps)
+        return True
+    rank = np.empty(width, np.int64)                    # g holds the kept columns' rows only, in index order
+    k = 0
+    for c in range(width):
+        rank[c] = k
+        k += nonzero[c]
+    for k in range(kept):
+        dest[k] = rank[cols[k] - r0]
+    g = scratch[:max(kept, 1) * n].reshape((max(kept, 1), n))
+    sparse_dw.product(g, xk, kept, dz, dest, np.empty(rows, np.int32))
     g = g.reshape(-1)
+    zeros = np.zeros(PREFETCH_BLOCK, np.float32)
     k = c = 0
     while c < width:                                    # each run of kept columns takes g's next rows; the others
         end = c + 1                                     # a zero gradient
