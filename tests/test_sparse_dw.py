@@ -91,3 +91,47 @@ def test_other_widths_are_taken_in_index_order(rand, fan_in, r0):
     cols = np.empty(width, np.int64)
     kept = sparse_dw.order(nonzero, r0, fan_in, cols)
     assert list(cols[:kept]) == [r0 + c for c in np.flatnonzero(nonzero)]
+
+
+def test_arrays_out_of_its_rules_are_refused(rand):
+    """Numba does not check bounds: a strided operand, an unpadded xk, a short dz or a dest past g would read or
+    write past an array, so product() refuses them (ValueError) instead."""
+    x = _sparse(rand, 20, 8, 0.5)
+    dz = rand.standard_normal((20, 48)).astype(np.float32)
+    g = np.zeros((8, 48), np.float32)
+    ok = dict(g=g, xk=x, kept=8, dz=dz, dest=np.arange(8), rows=np.empty(20, np.int32))
+    sparse_dw.product(**ok)
+    wrong = [dict(dz=np.zeros((20, 64), np.float32)[:, :48]),          # rows not contiguous with each other
+             dict(g=np.zeros((8, 96), np.float32)[:, ::2]),
+             dict(xk=x[:, :7], kept=7),                                 # not padded to a whole block
+             dict(dz=dz[:19]), dict(g=np.zeros((8, 47), np.float32)),
+             dict(dest=np.array([0, 1, 2, 3, 4, 5, 6, 8])),             # a row past g
+             dict(dest=np.arange(7)), dict(rows=np.empty(19, np.int32))]
+    for change in wrong:
+        with pytest.raises(ValueError, match="sparse_dw.product"):
+            sparse_dw.product(**{**ok, **change})
+
+
+def test_the_path_does_not_depend_on_the_threads_scratch(rand):
+    """The first layer's update takes the same path, so gives the same bits, whatever this thread's scratch holds
+    (it only grows: a wider model trained before in the same process made it larger). A fresh user's trial found
+    the old rule, 'too small a scratch: OpenBLAS's product instead', changing the bits of a fit after another."""
+    from fastvae.backends import cpu_update
+    rows, shapes = 700, ((784, 50), (50, 10))
+    x = _sparse(rand, rows, 784, 0.3)
+    x[:, 400:512] = 0
+    dz = [rand.standard_normal((rows, n)).astype(np.float32) * 1e-2 for _, n in shapes]
+    inputs = (x, rand.standard_normal((rows, 50)).astype(np.float32))
+    size = sum(k * n + n for k, n in shapes)
+    start = [rand.standard_normal(size).astype(np.float32), np.zeros(size, np.float32),
+             np.full(size, 1e-4, np.float32)]
+    results = []
+    small = cpu_update.WEIGHT_CHUNK_ROWS * 50                # enough for every item but the skip's own scratch
+    assert small < cpu_update.zero_columns_scratch(shapes, rows, cpu_update.WEIGHT_CHUNK_ROWS)
+    for scratch in (cpu_update.aligned_empty(small, np.float32), cpu_update.aligned_empty(10 ** 6, np.float32)):
+        p, m, v = (a.copy() for a in start)
+        items = cpu_update.plan(shapes, cpu_update.WEIGHT_CHUNK_ROWS)
+        cpu_update._weight_items(p, None, m, v, inputs, tuple(dz), items, np.zeros(3, np.int64), False, 1e-3, 0.9,
+                                 0.999, 1e-8, scratch, None, True, None)
+        results.append(p)
+    assert np.array_equal(*results)

@@ -223,8 +223,10 @@ def _zero_columns_skipped(params, grads, m, v, x, dz, r0, r1, at, scratch, lr_t,
     product over the columns of x with a nonzero only (packed into `scratch` first, in sparse_dw.order()) and, in
     each block of them, over the rows with a nonzero only (sparse_dw.product), into grads[at:] when grads is given
     (the other rows zeroed there), else into `scratch` (the other rows' gradient, exactly zero, never formed:
-    _adam_zero_gradient): True. False (nothing done) where too few columns are zero (ZERO_COLUMNS_SHARE) or
-    `scratch` is too small, by the same rule whether grads is given or not, so both get the same bits."""
+    _adam_zero_gradient): True. False (nothing done: the caller's sgemm then) where too few columns are zero
+    (ZERO_COLUMNS_SHARE): a rule of the data alone, so the path, hence the bits, are the same whether grads is given
+    or not and whichever thread takes the chunk. `scratch` should hold zero_columns_scratch()'s floats (else a buffer
+    is allocated for the call: a thread's scratch only grows, and its size must not decide the path)."""
     rows, width = x.shape[0], r1 - r0
     n = dz.shape[1]
     nonzero = np.zeros(width, np.uint8)
@@ -235,8 +237,10 @@ def _zero_columns_skipped(params, grads, m, v, x, dz, r0, r1, at, scratch, lr_t,
     cols = np.empty(width, np.int64)                    # the kept columns, in the product's order
     kept = sparse_dw.order(nonzero, r0, x.shape[1], cols)
     blocks = sparse_dw.padded(kept)
-    if width - kept < ZERO_COLUMNS_SHARE * width or blocks * (n + rows) > scratch.size:
+    if width - kept < ZERO_COLUMNS_SHARE * width:
         return False
+    if blocks * (n + rows) > scratch.size:
+        scratch = np.empty(blocks * (n + rows), np.float32)
     xk = scratch[blocks * n:blocks * (n + rows)].reshape((rows, blocks))
     for r in range(rows):
         row, packed = x[r], xk[r]
@@ -280,6 +284,14 @@ def _zero_columns_skipped(params, grads, m, v, x, dz, r0, r1, at, scratch, lr_t,
             _adam_zero_gradient(params, m, v, lo, hi, zeros, lr_t, beta1, beta2, eps)
         c = end
     return True
+
+
+def zero_columns_scratch(shapes, rows, chunk_rows):
+    """The floats _zero_columns_skipped may use of its scratch for a first layer of shapes[0] at `rows` rows: the
+    gradient's and the packed input's, for a whole chunk of kept columns."""
+    fan_in, n = shapes[0]
+    blocks = (min(chunk_rows, fan_in) + sparse_dw.COLUMNS - 1) // sparse_dw.COLUMNS * sparse_dw.COLUMNS
+    return blocks * (n + rows)
 
 
 @njit(inline="always", cache=True, nogil=True)
@@ -374,7 +386,8 @@ def weight_update_parts(workers, params, grads, m, v, counters, inputs, douts, l
     the barrier `wait`, waiting there first, or per layer with `ready` (start_items), and departing from it last),
     finish() advancing the step."""
     u = Update(workers, params, counters, inputs, douts, lr, beta1, beta2, WEIGHT_CHUNK_ROWS)
-    size = WEIGHT_CHUNK_ROWS * max(n for _, n in u.shapes)
+    size = max(WEIGHT_CHUNK_ROWS * max(n for _, n in u.shapes),
+               zero_columns_scratch(u.shapes, u.inputs[0].shape[0], WEIGHT_CHUNK_ROWS))
 
     def part(k, wait=None, ready=None):
         _weight_items(params, grads, m, v, u.inputs, u.douts, u.items, u.counter, u.from_back(k), u.lr_t, beta1,

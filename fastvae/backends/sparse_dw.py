@@ -85,8 +85,9 @@ def _block(typingctx, g, xk, dz, rows, count, j0, c0, dest, kept):
                 builder.call(prefetch, [builder.bitcast(builder.gep(later, [ir.Constant(_I64, off)]), _BYTES),
                                         ir.Constant(_I32, 0), ir.Constant(_I32, 3), ir.Constant(_I32, 1)])
             row = dz_row(loop.index)
-            dv = [builder.call(load, [builder.bitcast(builder.gep(row, [ir.Constant(_I64, LANES * v)]), _V.as_pointer()),
-                                      ir.Constant(_I32, 4), masks[v], zero]) for v in range(VECTORS)]
+            dv = [builder.call(load, [builder.bitcast(builder.gep(row, [ir.Constant(_I64, LANES * v)]),
+                                                      _V.as_pointer()), ir.Constant(_I32, 4), masks[v], zero])
+                  for v in range(VECTORS)]
             b = _int64(builder, builder.load(builder.gep(ra.data, [loop.index])))
             x_row = builder.gep(xa.data, [builder.add(builder.mul(b, xw), first)])
             for i in range(COLUMNS):
@@ -145,11 +146,38 @@ def _union_rows(bits, j0, rows):
     return count
 
 
+@njit(inline="always", cache=True, nogil=True)
+def _c_ordered(a):
+    """Rows of 4-byte elements, each row right after the last (a stride of a length-1 axis, or of an empty array, is
+    never used, whatever NumPy reports for it)."""
+    return a.size == 0 or ((a.shape[1] == 1 or a.strides[1] == 4)
+                           and (a.shape[0] == 1 or a.strides[0] == 4 * a.shape[1]))
+
+
+@njit(cache=True, nogil=True)
+def usable(g, xk, kept, dz, dest, rows):
+    """Whether product() takes these: the shapes it documents, every array C-ordered (the register blocks address
+    rows by their widths), and every dest[:kept] a row of g."""
+    if not (xk.shape[1] == padded(kept) and dz.shape[0] == xk.shape[0] and g.shape[1] == dz.shape[1]
+            and dest.size >= xk.shape[1] and rows.size >= xk.shape[0]):
+        return False
+    if not (_c_ordered(g) and _c_ordered(xk) and _c_ordered(dz)):
+        return False
+    for k in range(kept):
+        if not 0 <= dest[k] < g.shape[0]:
+            return False
+    return True
+
+
 @njit(cache=True, nogil=True)
 def product(g, xk, kept, dz, dest, rows):
-    """Row dest[k] of g = xk[:, k] @ dz for k < kept: xk (rows, K) with K >= kept rounded up to COLUMNS, its columns
-    past `kept` finite (zeros); g (any, n), dz (rows, n), all float32 C-ordered; dest int64 (K); rows int32 scratch
-    (at least xk's rows long)."""
+    """Row dest[k] of g = xk[:, k] @ dz for k < kept: xk (rows, K) with K = padded(kept), its columns past `kept`
+    finite (zeros); g (any, n), dz (rows, n), all float32 C-ordered; dest int64 (K), each dest[k] < len(g); rows
+    int32 scratch (at least xk's rows long). A row where xk is zero in a whole block adds nothing, also where dz is
+    not finite (the reference would give NaN there; the step's loss is NaN already). Raises ValueError where
+    usable() does not hold (Numba does not check bounds: a wrong shape would read or write past an array)."""
+    if not usable(g, xk, kept, dz, dest, rows):
+        raise ValueError("sparse_dw.product: shapes, layouts or dest out of its rules (see its docstring)")
     n = dz.shape[1]
     bits = xk.view(np.uint32)
     for j0 in range(0, kept, COLUMNS):
