@@ -69,7 +69,21 @@ def turns_table(benches):
                     f"({min(r):.2f}–{max(r):.2f}) |" + (f" {f['median_ratio_to_fastvae_bf16']:.2f} |" if bf16 else ""))
     skipped = "; ".join(f"{k}: {v}" for k, v in info.get("skipped", {}).items())
     return [f"### Epochs in turns ({info['rounds']} rounds, one process per framework, {info['images']} images)", "",
-            *rows, *(["", f"Skipped: {skipped}"] if skipped else []), ""]
+            *rows, *(["", f"Skipped: {skipped}"] if skipped else []), *_threads_lines(frameworks), ""]
+
+
+def _threads_lines(frameworks):
+    """fastvae's thread count per epoch and what its pacer changed within them (runs from 2026-12-06 14:40 UTC on)."""
+    lines = []
+    for name, f in frameworks.items():
+        records = [r for r in f.get("threads", ()) if r]
+        if not records:
+            continue
+        changes = [f"{c['threads']} at step {c['step']} ({c['reason']})" for r in records for c in r["changes"]
+                   if not c["reason"].startswith("start")]
+        lines.append(f"{name}: threads per epoch {', '.join(str(r['count']) for r in records)}; "
+                     + ("changed by the pacer: " + "; ".join(changes) if changes else "no change by the pacer"))
+    return ["", *lines] if lines else []
 
 
 def products_table(benches, steps_per_epoch=400):

@@ -34,3 +34,18 @@ def test_a_wrong_argument_is_one_line_and_a_nonzero_status(args, says):
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     line, = proc.stderr.strip().splitlines()
     assert says in line
+
+
+def test_fastvae_threads_per_epoch_are_reported():
+    """The turns' JSON keeps fastvae's thread record per epoch (bench/peers/run.py); the report says the counts and
+    any change the pacer made inside an epoch, and says nothing for a run made before that was recorded."""
+    from report import _threads_lines
+    start = {"step": 0, "threads": 2, "reason": "start: 2 CPUs in the affinity mask"}
+    probe = {"step": 130, "threads": 1, "reason": "probe"}
+    frameworks = {"fastvae": {"threads": [{"count": 2, "changes": [start]}, {"count": 1, "changes": [probe]}]},
+                  "torch eager": {}}
+    lines = _threads_lines(frameworks)
+    assert lines == ["", "fastvae: threads per epoch 2, 1; changed by the pacer: 1 at step 130 (probe)"]
+    assert _threads_lines({"fastvae": {"threads": [{"count": 2, "changes": [start]}]}})[1].endswith(
+        "no change by the pacer")
+    assert _threads_lines({"fastvae": {"seconds": [1.0]}}) == []

@@ -51,6 +51,7 @@ def test_epochs_in_turns(benchmark):
                 servers[name] = (proc, info)
         times = {name: [] for name in servers}
         losses = {name: [] for name in servers}
+        threads = {name: [] for name in servers}       # fastvae's: each epoch's thread count and the pacer's changes
 
         def run():
             for k in range(rounds):
@@ -58,6 +59,7 @@ def test_epochs_in_turns(benchmark):
                     answer = ask(proc, k)
                     times[name].append(answer["seconds"])
                     losses[name].append(answer["loss"])
+                    threads[name].append(answer.get("threads"))
 
         benchmark.pedantic(run, rounds=1, iterations=1)
     finally:
@@ -66,12 +68,16 @@ def test_epochs_in_turns(benchmark):
             proc.wait(timeout=60)
     for name, ls in losses.items():
         assert 90 < ls[-1] < 400, f"{name}: an epoch of training ended at {ls[-1]} per image"
+    for name in ("fastvae", "fastvae-bf16"):
+        for record in threads.get(name, ()):
+            assert record["count"] >= 1 and all(c["threads"] >= 1 for c in record["changes"]), record
     n_images = 6000 if images else 60000
     benchmark.extra_info.update(
         images=n_images, flops=FLOPS_PER_IMAGE * n_images, rounds=rounds, skipped=skipped,
         frameworks={FRAMEWORKS[name]: {
             "version": servers[name][1]["version"], "first_call_s": servers[name][1]["first_call_seconds"],
             "seconds": times[name], "loss": losses[name],
+            **({"threads": threads[name]} if any(t is not None for t in threads[name]) else {}),
             "ratio_to_fastvae": [t / f for t, f in zip(times[name], times["fastvae"])],
             "median_ratio_to_fastvae": statistics.median(t / f for t, f in zip(times[name], times["fastvae"])),
             # mixed precision's yardstick: the same per-round ratio against fastvae's cpu-bf16, where it ran

@@ -48,7 +48,8 @@ def _fastvae(x, seed, batch_size, backend="cpu"):
     def epoch(k):                 # the model's own k-th epoch (its shuffle is epoch_permutation(seed, k, n))
         assert k == model.epoch, "fastvae trains its epochs in order"
         record = model.fit(x, epochs=1).history[-1]
-        return record["seconds"], record["train"]["total"]
+        # the threads it ran at, and any change the pacer made in the epoch (fastvae.threads), with the time
+        return record["seconds"], record["train"]["total"], {"threads": record.get("threads")}
     return fastvae.__version__, first, epoch
 
 
@@ -64,7 +65,7 @@ def _peer(name, x, seed, batch_size):
         order = epoch_permutation(seed, k, len(x))
         begin = time.perf_counter()
         loss = trainer.epoch(order)
-        return time.perf_counter() - begin, loss
+        return time.perf_counter() - begin, loss, {}
     version = (module.jax.__version__ if name == "jax" else module.torch.__version__)
     return version, first, epoch
 
@@ -73,8 +74,8 @@ def _serve(name, version, first, epoch):
     """One JSON line when ready, then one epoch per line read (its number), one JSON line each, until EOF."""
     print(jsonfile.dumps({"framework": name, "version": version, "first_call_seconds": round(first, 4)}), flush=True)
     for line in sys.stdin:
-        seconds, loss = epoch(int(line))
-        print(jsonfile.dumps({"seconds": round(seconds, 4), "loss": loss}), flush=True)
+        seconds, loss, extra = epoch(int(line))
+        print(jsonfile.dumps({"seconds": round(seconds, 4), "loss": loss, **extra}), flush=True)
     return 0
 
 
@@ -124,7 +125,7 @@ def main(argv=None):
             return _serve(args.framework, version, first, epoch)
         seconds, loss = [], None
         for k in range(args.epochs):
-            s, loss = epoch(k)
+            s, loss, _ = epoch(k)
             seconds.append(s)
     except UserError as e:                      # e.g. fastvae refuses a batch larger than the data
         print(f"{args.framework}: {e}", file=sys.stderr)
