@@ -237,8 +237,20 @@ def run(args: argparse.Namespace) -> int:
                   progress=not args.quiet)
     except TrainingInterrupted:
         model.save(out / "checkpoint.npz")
+        if model.epoch >= cfg.epochs:       # every epoch was trained (Ctrl-C in the last one's end): nothing to resume
+            same = "".join(f" --{k.replace('_', '-')} {run_info[k]}" for k in ("data_dir", "test_images")
+                           if run_info.get(k) is not None).replace("--data-dir", "--data")
+            figures = f"; draw its figures with: python -m fastvae.plot {out} --out {out}{same}" if draw else ""
+            raise TrainingInterrupted(f"stopped by Ctrl-C after the last epoch ({model.epoch} of {cfg.epochs}); "
+                                      f"checkpoint saved{figures}") from None
         raise TrainingInterrupted(f"stopped by Ctrl-C after step {model.steps}; checkpoint saved; continue with: "
                                   f"python -m fastvae.train --resume {out}") from None
+    except KeyboardInterrupt:               # a second Ctrl-C: stopped at once, in a step or between steps
+        if (out / "checkpoint.npz").exists():
+            raise KeyboardInterrupt(f"interrupted; the last saved checkpoint is kept; continue with: "
+                                    f"python -m fastvae.train --resume {out}") from None
+        raise KeyboardInterrupt(f"interrupted before the run saved a checkpoint; nothing to resume: start it again "
+                                f"with its options and --out {out} --overwrite") from None
     if draw:
         from .plot import write_figures
         write_figures(model, test_x, test_y, out, history=model.history, seed=codings_seed,

@@ -249,3 +249,66 @@ def test_freshly_compiled_kernels_and_their_cached_copies_give_the_same_bits(tmp
         assert run.returncode == 0, run.stderr[-3000:]
     fresh, cached = (run.stdout.strip().splitlines()[-1] for run in runs)
     assert fresh == cached
+
+
+_SMALL = ["--train-images", "300", "--test-images", "60", "--batch-size", "50", "--hidden", "16", "--latent", "2",
+          "--backend", "cpu", "--threads", "1", "--quiet"]
+
+
+def test_ctrl_c_in_the_last_epochs_end_says_the_run_is_done(tmp_path, monkeypatch, capsys):
+    """A first Ctrl-C that lands in the last epoch's end (here as its checkpoint is written: a real SIGINT to this
+    process, whose handler is fit's): every epoch is trained, so the run says so, with the command that draws the
+    figures it did not draw, not a --resume that would refuse ("already trained 2 of 2 epochs"). The command works."""
+    from fastvae import train
+    from fastvae.model import VAE
+    real_save, sent = VAE.save, []
+
+    def save_then_ctrl_c(self, *args, **kw):
+        real_save(self, *args, **kw)
+        if self.epoch == 2 and not sent:
+            sent.append(True)
+            signal.raise_signal(signal.SIGINT)
+    monkeypatch.setattr(VAE, "save", save_then_ctrl_c)
+    status = train.main([*_SMALL, "--epochs", "2", "--out", str(tmp_path)])
+    line, = capsys.readouterr().err.strip().splitlines()
+    assert status == 130 and sent and "after the last epoch (2 of 2)" in line and "--resume" not in line, line
+    assert checkpoint.load(tmp_path / "checkpoint.npz").epoch == 2
+    assert not (tmp_path / "loss.png").exists()                   # the final figures were not drawn
+    command = line.split("draw its figures with: ", 1)[1].split()
+    assert command[:3] == ["python", "-m", "fastvae.plot"], line
+    proc = subprocess.run([sys.executable, *command[1:], "--quiet"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "loss.png").exists() and (tmp_path / "samples.png").exists()
+
+
+@pytest.mark.parametrize("saved_first", [False, True])
+def test_a_second_ctrl_c_says_what_was_kept(tmp_path, monkeypatch, capsys, saved_first):
+    """A second Ctrl-C stops a step at once (a KeyboardInterrupt out of fit: here raised in a step of the second
+    epoch, or of the first, before any checkpoint). The line says what is kept and the command that goes on: --resume
+    where a checkpoint was saved, else --overwrite (the eighth session's note: it said "the last saved checkpoint is
+    kept" where none was). Each command works."""
+    from fastvae import step, train
+    calls, real_call = [], step.Stepper.__call__
+    stop_at = 9 if saved_first else 2                             # 6 steps an epoch
+
+    def interrupted(self, idx):
+        calls.append(1)
+        if len(calls) == stop_at:
+            raise KeyboardInterrupt
+        real_call(self, idx)
+    monkeypatch.setattr(step.Stepper, "__call__", interrupted)
+    status = train.main([*_SMALL, "--no-plots", "--epochs", "2", "--out", str(tmp_path)])
+    line, = capsys.readouterr().err.strip().splitlines()
+    assert status == 130, line
+    monkeypatch.setattr(step.Stepper, "__call__", real_call)
+    if saved_first:
+        assert "the last saved checkpoint is kept" in line and checkpoint.load(tmp_path / "checkpoint.npz").epoch == 1
+        command = line.split("continue with: ", 1)[1].split()
+        assert command[3:] == ["--resume", str(tmp_path)], line
+        proc = cli(*command[3:], "--no-plots", "--quiet")
+    else:
+        assert "before the run saved a checkpoint" in line and not (tmp_path / "checkpoint.npz").exists(), line
+        assert "--resume" not in line and f"--out {tmp_path} --overwrite" in line
+        proc = cli(*_SMALL, "--no-plots", "--epochs", "2", "--out", str(tmp_path), "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    assert checkpoint.load(tmp_path / "checkpoint.npz").epoch == 2
