@@ -39,6 +39,7 @@ class Workers:
         self._busy = threading.Lock()
         self._quiet_jobs = 0            # < 0: run_phases' waiters sleep at once (no spin) until it is 0 again
         self._held = None               # the last run_phases' barrier: its departed parts spin until the next job
+        self._owner = None              # the thread whose job holds the pool (close() refuses it)
 
     def run(self, fn: Callable[[int], None], parts: int) -> None:
         if parts <= 1:
@@ -122,6 +123,7 @@ class Workers:
             with _held_interrupts():
                 taken = self._busy.acquire(blocking=False)
                 if taken:
+                    self._owner = threading.get_ident()
                     self._release_held()            # the last job's parts, spinning in depart: to this one
                     while len(self._threads) < parts - 1:
                         self._threads.append(_Worker())
@@ -158,6 +160,7 @@ class Workers:
                 except BaseException as e:  # noqa: BLE001
                     errors.setdefault(0, e)
             if taken:
+                self._owner = None
                 self._busy.release()
         if errors:
             raise errors[min(errors)]
@@ -170,11 +173,18 @@ class Workers:
             self._held = None
 
     def close(self) -> None:
-        """Stops the pool's threads (a later run() starts new ones)."""
-        self._release_held()
-        for worker in self._threads:
-            worker.stop()
-        self._threads = []
+        """Stops the pool's threads (a later run() starts new ones). A job running on the pool (another Python
+        thread's) is waited for first: its parts run on those threads and it collects them. Raises RuntimeError
+        when called from inside a job (a part, or the thread whose job holds the pool), which would wait for
+        itself."""
+        me = threading.get_ident()
+        if self._owner == me or any(w.ident == me for w in self._threads):
+            raise RuntimeError("Workers.close() was called from inside one of the pool's jobs; call it after run()")
+        with self._busy:
+            self._release_held()
+            for worker in self._threads:
+                worker.stop()
+            self._threads = []
 
 
 class _Worker:
@@ -209,6 +219,10 @@ class _Worker:
         self._done.acquire()
         error, self._error = self._error, None
         return error
+
+    @property
+    def ident(self):
+        return self._thread.ident
 
     def stop(self):
         self._job = None

@@ -291,11 +291,15 @@ def test_adam_with_prefetches_is_adam(rand, size):
     from fastvae.backends.cpu_update import PREFETCH_BLOCK, adam_block, adam_prefetched
 
     assert PREFETCH_BLOCK % 16 == 0                         # whole cache lines per block
-    p, m = rand.standard_normal(size).astype(np.float32), rand.standard_normal(size).astype(np.float32)
-    v = rand.random(size).astype(np.float32)
+    # inputs whose every update is far above its last bit, so that "every element was updated" can only fail by a
+    # skipped element: g of one sign per element, |g| >= 0.5, m starting at 0.05 of that sign, v in [1e-4, 1e-3]
+    # (with g, m and v drawn freely, a parameter's or v's step fell below half its last bit in 9 % of runs)
+    sign = np.where(rand.random(size) < 0.5, -1.0, 1.0).astype(np.float32)
+    p, m = rand.standard_normal(size).astype(np.float32), (0.05 * sign).astype(np.float32)
+    v = rand.uniform(1e-4, 1e-3, size).astype(np.float32)
     ours, theirs = [a.copy() for a in (p, m, v)], [a.copy() for a in (p, m, v)]
     for _ in range(3):
-        g = rand.standard_normal(size).astype(np.float32)
+        g = (sign * (0.5 + np.abs(rand.standard_normal(size)))).astype(np.float32)
         adam_prefetched(*ours[:1], g, *ours[1:], 1e-3, 0.9, 0.999, 1e-8)
         adam_block(*theirs[:1], g, *theirs[1:], 1e-3, 0.9, 0.999, 1e-8)
     for a, b, before in zip(ours, theirs, (p, m, v)):
