@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -95,8 +96,11 @@ def _prepare_out(out, new_run=False, overwrite=False):
     out = Path(out) if out is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
     held = [name for name in _RUN_FILES if (out / name).exists()]
     if new_run and held and not overwrite:
-        raise UserError(f"{out} already holds a run ({held[0]}); continue it with --resume {out}, or pass "
-                        "--overwrite to replace it")
+        if "checkpoint.npz" not in held:        # (--resume would refuse it)
+            raise UserError(f"{out} holds a run that stopped before its first checkpoint; start it again with "
+                            f"--overwrite")
+        raise UserError(f"{out} already holds a run ({held[0]}); continue it with --resume {shlex.quote(str(out))}, "
+                        "or pass --overwrite to replace it")
     # the folders this run would create: made to check that the folder can be written, then removed again, and made
     # for good only when the run starts (run()), so that a run refused by a later check leaves nothing behind
     missing = [p for p in (out, *out.parents) if not p.exists()]
@@ -170,9 +174,51 @@ def _or(value, default):
     return default if value is None else value
 
 
+class _Stop:
+    """What the line of a run stopped by Ctrl-C says, as far as the run has got: its folder (None before it is made
+    for good), the epoch of the checkpoint in it (None before one is saved), the epochs asked for, and the command
+    that draws the figures (None with --no-plots). Each suggested command works (tests/test_reliability.py)."""
+
+    def __init__(self):
+        self.out = self.epochs = self.plot = None
+
+    def saved_epoch(self):
+        """The epoch of the checkpoint in the run's folder, read from it (a stop may land between its save and
+        anything that would note it), or None where there is none."""
+        try:
+            from . import checkpoint
+            return checkpoint.load(self.out / "checkpoint.npz").epoch
+        except (OSError, UserError):
+            return None
+
+    def line(self, how):
+        if self.out is None:
+            return f"{how} before the run started; nothing was written"
+        saved = self.saved_epoch()
+        if saved is not None and saved >= self.epochs:
+            figures = f"; draw its figures with: {self.plot}" if self.plot else ""
+            return f"{how} after the last epoch ({saved} of {self.epochs}); checkpoint saved{figures}"
+        if saved is not None:
+            return (f"{how}; the checkpoint of epoch {saved} is kept; continue with: "
+                    f"python -m fastvae.train --resume {shlex.quote(str(self.out))}")
+        return (f"{how} before the run saved a checkpoint; nothing to resume: start it again with its options and "
+                f"--out {shlex.quote(str(self.out))} --overwrite")
+
+
 def run(args: argparse.Namespace) -> int:
     """Train as the parsed options say; returns 0. Raises UserError, TrainingDiverged or TrainingInterrupted
-    (after saving the checkpoint), which run_main turns into the exit status."""
+    (after saving the checkpoint), which run_main turns into the exit status; a second Ctrl-C (a KeyboardInterrupt
+    that stops at once), or one before training or while the final figures are drawn, says what is kept."""
+    stop = _Stop()
+    try:
+        return _train(args, stop)
+    except TrainingInterrupted:
+        raise
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(stop.line("interrupted")) from None
+
+
+def _train(args, stop):
     from .figures import matplotlib_missing
 
     check_positive(args, "train_images", "test_images")
@@ -218,13 +264,21 @@ def run(args: argparse.Namespace) -> int:
     # written before the first step, so a Ctrl-C in the first epoch leaves a folder that --resume can continue
     out.mkdir(parents=True, exist_ok=True)
     jsonfile.write(out / "metrics.json", {**info, "epochs": model.history})
+    stop.out, stop.epochs = out, cfg.epochs
+    if draw:
+        same = [("--data", run_info.get("data_dir")), ("--test-images", run_info.get("test_images")),
+                ("--test-fraction", run_info.get("test_fraction"))]
+        stop.plot = shlex.join(["python", "-m", "fastvae.plot", str(out), "--out", str(out),
+                                *(x for option, value in same if value is not None for x in (option, str(value)))])
 
     def after_epoch(m, record):
         say(f"epoch {record['epoch']:3d}/{cfg.epochs}  train {record['train']['total']:8.3f}  "
             f"test {record['test']['total']:8.3f} (reconstruction {record['test']['reconstruction']:.3f} "
             f"+ KL {record['test']['kl']:.3f})  {record['seconds']:6.2f} s  {record['images_per_s']:9,.0f} img/s")
-        m.save(out / "checkpoint.npz")
+        # the record first: a stop between the two leaves one that --resume drops (it keeps those up to the
+        # checkpoint's epoch) and writes again, where the other order lost it for good
         jsonfile.write(out / "metrics.json", {**info, "epochs": m.history})
+        m.save(out / "checkpoint.npz")
         if draw and m.image_shape is not None:
             from .figures import save_digits
             (out / "samples").mkdir(exist_ok=True)
@@ -238,19 +292,9 @@ def run(args: argparse.Namespace) -> int:
     except TrainingInterrupted:
         model.save(out / "checkpoint.npz")
         if model.epoch >= cfg.epochs:       # every epoch was trained (Ctrl-C in the last one's end): nothing to resume
-            same = "".join(f" --{k.replace('_', '-')} {run_info[k]}" for k in ("data_dir", "test_images")
-                           if run_info.get(k) is not None).replace("--data-dir", "--data")
-            figures = f"; draw its figures with: python -m fastvae.plot {out} --out {out}{same}" if draw else ""
-            raise TrainingInterrupted(f"stopped by Ctrl-C after the last epoch ({model.epoch} of {cfg.epochs}); "
-                                      f"checkpoint saved{figures}") from None
+            raise TrainingInterrupted(stop.line("stopped by Ctrl-C")) from None
         raise TrainingInterrupted(f"stopped by Ctrl-C after step {model.steps}; checkpoint saved; continue with: "
-                                  f"python -m fastvae.train --resume {out}") from None
-    except KeyboardInterrupt:               # a second Ctrl-C: stopped at once, in a step or between steps
-        if (out / "checkpoint.npz").exists():
-            raise KeyboardInterrupt(f"interrupted; the last saved checkpoint is kept; continue with: "
-                                    f"python -m fastvae.train --resume {out}") from None
-        raise KeyboardInterrupt(f"interrupted before the run saved a checkpoint; nothing to resume: start it again "
-                                f"with its options and --out {out} --overwrite") from None
+                                  f"python -m fastvae.train --resume {shlex.quote(str(out))}") from None
     if draw:
         from .plot import write_figures
         write_figures(model, test_x, test_y, out, history=model.history, seed=codings_seed,

@@ -635,3 +635,62 @@ def test_ctrl_c_at_any_moment_leaves_the_pool_working(phases):
         faulthandler.cancel_dump_traceback_later()
         signal.signal(signal.SIGINT, previous)
         pool.close()
+
+
+def test_close_from_another_thread_waits_for_the_running_job():
+    """Workers.close() while another Python thread's job runs on the pool: it waits for the job, which ends as it
+    would have (before, close() emptied the pool's thread list under the job, whose collection then looped forever),
+    and the pool works again afterwards (new threads)."""
+    import time
+    from fastvae import workers as pool_module
+    pool = pool_module.Workers(2)
+    started, release, done, errors = threading.Event(), threading.Event(), [], []
+
+    def part(k):
+        if k == 1:
+            started.set()
+        release.wait(10)
+        if k == 0:
+            time.sleep(0.2)             # the pool thread's part ends first: the job then collects it
+        done.append(k)
+
+    def job():
+        try:
+            pool.run(part, 2)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+    runner = threading.Thread(target=job, daemon=True)
+    runner.start()
+    assert started.wait(10)
+    closer = threading.Thread(target=pool.close, daemon=True)
+    closer.start()
+    time.sleep(0.05)
+    assert closer.is_alive(), "close() did not wait for the running job"
+    release.set()
+    runner.join(10)
+    closer.join(10)
+    assert not runner.is_alive() and not closer.is_alive(), "the job or close() never ended"
+    assert not errors and sorted(done) == [0, 1] and pool._threads == []
+    seen = []
+    pool.run(lambda k: seen.append(k), 2)
+    assert sorted(seen) == [0, 1]
+    pool.close()
+
+
+def test_close_from_inside_a_job_is_refused():
+    """From a part (the caller's or a pool thread's) close() would wait for the job it is in: a RuntimeError, and
+    the pool goes on working."""
+    from fastvae import workers as pool_module
+    pool = pool_module.Workers(2)
+    refused = []
+
+    def part(k):
+        with pytest.raises(RuntimeError, match="inside one of the pool's jobs"):
+            pool.close()
+        refused.append(k)
+    pool.run(part, 2)
+    assert sorted(refused) == [0, 1]
+    seen = []
+    pool.run(lambda k: seen.append(k), 2)
+    assert sorted(seen) == [0, 1]
+    pool.close()

@@ -255,30 +255,74 @@ _SMALL = ["--train-images", "300", "--test-images", "60", "--batch-size", "50", 
           "--backend", "cpu", "--threads", "1", "--quiet"]
 
 
-def test_ctrl_c_in_the_last_epochs_end_says_the_run_is_done(tmp_path, monkeypatch, capsys):
-    """A first Ctrl-C that lands in the last epoch's end (here as its checkpoint is written: a real SIGINT to this
-    process, whose handler is fit's): every epoch is trained, so the run says so, with the command that draws the
-    figures it did not draw, not a --resume that would refuse ("already trained 2 of 2 epochs"). The command works."""
+def _stop_line(capsys):
+    line, = capsys.readouterr().err.strip().splitlines()
+    return line
+
+
+def _command(line, after):
+    """The command a stop line suggests (shlex: paths may need quoting), as an argv for this interpreter."""
+    import shlex
+    words = shlex.split(line.split(after, 1)[1])
+    assert words[:2] == ["python", "-m"], line
+    return [sys.executable, *words[1:]]
+
+
+@pytest.mark.parametrize("second", [False, True])
+def test_ctrl_c_in_the_last_epochs_end_says_the_run_is_done(tmp_path, monkeypatch, capsys, second):
+    """A Ctrl-C that lands in the last epoch's end, as its checkpoint is written: a first one (a real SIGINT to this
+    process, whose handler is fit's) or a second, which stops at once (a KeyboardInterrupt right after the save).
+    Every epoch is trained, so the run says so, with the command that draws the figures it did not draw, not a
+    --resume that would refuse ("already trained 2 of 2 epochs"). The folder's name has a space: the command quotes
+    it, and it works."""
     from fastvae import train
     from fastvae.model import VAE
+    out = tmp_path / "a run"
     real_save, sent = VAE.save, []
 
     def save_then_ctrl_c(self, *args, **kw):
         real_save(self, *args, **kw)
         if self.epoch == 2 and not sent:
             sent.append(True)
+            if second:
+                raise KeyboardInterrupt
             signal.raise_signal(signal.SIGINT)
     monkeypatch.setattr(VAE, "save", save_then_ctrl_c)
-    status = train.main([*_SMALL, "--epochs", "2", "--out", str(tmp_path)])
-    line, = capsys.readouterr().err.strip().splitlines()
+    status = train.main([*_SMALL, "--epochs", "2", "--out", str(out)])
+    line = _stop_line(capsys)
     assert status == 130 and sent and "after the last epoch (2 of 2)" in line and "--resume" not in line, line
-    assert checkpoint.load(tmp_path / "checkpoint.npz").epoch == 2
-    assert not (tmp_path / "loss.png").exists()                   # the final figures were not drawn
-    command = line.split("draw its figures with: ", 1)[1].split()
-    assert command[:3] == ["python", "-m", "fastvae.plot"], line
-    proc = subprocess.run([sys.executable, *command[1:], "--quiet"], capture_output=True, text=True, timeout=300)
+    assert checkpoint.load(out / "checkpoint.npz").epoch == 2
+    assert not (out / "loss.png").exists()                        # the final figures were not drawn
+    command = _command(line, "draw its figures with: ")
+    proc = subprocess.run([*command, "--quiet"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    assert (tmp_path / "loss.png").exists() and (tmp_path / "samples.png").exists()
+    assert (out / "loss.png").exists() and (out / "samples.png").exists()
+
+
+def test_ctrl_c_while_the_final_figures_are_drawn_gives_their_command(tmp_path, monkeypatch, capsys):
+    from fastvae import plot, train
+
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(plot, "write_figures", interrupted)
+    status = train.main([*_SMALL, "--epochs", "1", "--out", str(tmp_path)])
+    line = _stop_line(capsys)
+    assert status == 130 and "after the last epoch (1 of 1)" in line, line
+    monkeypatch.undo()
+    proc = subprocess.run([*_command(line, "draw its figures with: "), "--quiet"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0 and (tmp_path / "loss.png").exists(), proc.stderr
+
+
+def test_ctrl_c_before_training_starts_writes_nothing(tmp_path, monkeypatch, capsys):
+    from fastvae import train
+
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(train, "load_data", interrupted)
+    out = tmp_path / "run"
+    assert train.main([*_SMALL, "--epochs", "1", "--out", str(out)]) == 130
+    assert "before the run started; nothing was written" in _stop_line(capsys) and not out.exists()
 
 
 @pytest.mark.parametrize("saved_first", [False, True])
@@ -286,7 +330,7 @@ def test_a_second_ctrl_c_says_what_was_kept(tmp_path, monkeypatch, capsys, saved
     """A second Ctrl-C stops a step at once (a KeyboardInterrupt out of fit: here raised in a step of the second
     epoch, or of the first, before any checkpoint). The line says what is kept and the command that goes on: --resume
     where a checkpoint was saved, else --overwrite (the eighth session's note: it said "the last saved checkpoint is
-    kept" where none was). Each command works."""
+    kept" where none was). Each command works; without --overwrite the folder's refusal says to use it."""
     from fastvae import step, train
     calls, real_call = [], step.Stepper.__call__
     stop_at = 9 if saved_first else 2                             # 6 steps an epoch
@@ -298,17 +342,53 @@ def test_a_second_ctrl_c_says_what_was_kept(tmp_path, monkeypatch, capsys, saved
         real_call(self, idx)
     monkeypatch.setattr(step.Stepper, "__call__", interrupted)
     status = train.main([*_SMALL, "--no-plots", "--epochs", "2", "--out", str(tmp_path)])
-    line, = capsys.readouterr().err.strip().splitlines()
+    line = _stop_line(capsys)
     assert status == 130, line
     monkeypatch.setattr(step.Stepper, "__call__", real_call)
     if saved_first:
-        assert "the last saved checkpoint is kept" in line and checkpoint.load(tmp_path / "checkpoint.npz").epoch == 1
-        command = line.split("continue with: ", 1)[1].split()
+        assert "the checkpoint of epoch 1 is kept" in line and checkpoint.load(tmp_path / "checkpoint.npz").epoch == 1
+        command = _command(line, "continue with: ")
         assert command[3:] == ["--resume", str(tmp_path)], line
-        proc = cli(*command[3:], "--no-plots", "--quiet")
+        proc = subprocess.run([*command, "--no-plots", "--quiet"], capture_output=True, text=True, timeout=300)
     else:
         assert "before the run saved a checkpoint" in line and not (tmp_path / "checkpoint.npz").exists(), line
         assert "--resume" not in line and f"--out {tmp_path} --overwrite" in line
+        refused = cli(*_SMALL, "--no-plots", "--epochs", "2", "--out", str(tmp_path))
+        assert refused.returncode == 2 and "before its first checkpoint" in refused.stderr
+        assert "--resume" not in refused.stderr and "--overwrite" in refused.stderr
         proc = cli(*_SMALL, "--no-plots", "--epochs", "2", "--out", str(tmp_path), "--overwrite")
     assert proc.returncode == 0, proc.stderr
     assert checkpoint.load(tmp_path / "checkpoint.npz").epoch == 2
+
+
+def test_a_stop_between_an_epochs_two_writes_loses_no_record(tmp_path, monkeypatch, capsys):
+    """An epoch's end writes metrics.json and the checkpoint; a second Ctrl-C between the two (here: whichever
+    comes second raises instead of writing, in epoch 2) must leave a run whose --resume ends with one record per
+    epoch (a fresh user's trial: with the checkpoint first, epoch 2's record was lost for good)."""
+    import json
+    from fastvae import jsonfile, train
+    from fastvae.model import VAE
+    real_save, real_write, order = VAE.save, jsonfile.write, []
+
+    def save(self, *args, **kw):
+        order.append(("save", self.epoch))
+        if self.epoch == 2 and ("write", 2) in order:
+            raise KeyboardInterrupt
+        real_save(self, *args, **kw)
+
+    def write(path, data, *args, **kw):
+        epochs = len(data.get("epochs", ()))
+        order.append(("write", epochs))
+        if epochs == 2 and ("save", 2) in order:
+            raise KeyboardInterrupt
+        real_write(path, data, *args, **kw)
+    monkeypatch.setattr(VAE, "save", save)
+    monkeypatch.setattr(jsonfile, "write", write)
+    assert train.main([*_SMALL, "--no-plots", "--epochs", "3", "--out", str(tmp_path)]) == 130
+    line = _stop_line(capsys)
+    monkeypatch.undo()
+    proc = subprocess.run([*_command(line, "continue with: "), "--no-plots", "--quiet"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    records = json.loads((tmp_path / "metrics.json").read_text())["epochs"]
+    assert [r["epoch"] for r in records] == [1, 2, 3]
