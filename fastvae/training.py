@@ -72,6 +72,8 @@ def _epoch(model, stepper, order, ws, progress, stop):
             # the update of a layer starts as soon as every row shard is done with it (fastvae.step), so a step that
             # raised part-way may have updated some layers and not others
             model.step_broken = True
+            if bar is not None:
+                bar.close()                 # (what is said next starts a line of its own)
             raise
         model.epoch_step = k + 1
         last = k == len(starts) - 1

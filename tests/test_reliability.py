@@ -392,3 +392,22 @@ def test_a_stop_between_an_epochs_two_writes_loses_no_record(tmp_path, monkeypat
     assert proc.returncode == 0, proc.stderr
     records = json.loads((tmp_path / "metrics.json").read_text())["epochs"]
     assert [r["epoch"] for r in records] == [1, 2, 3]
+
+
+def test_a_stop_line_after_the_progress_bar_has_a_line_of_its_own(tmp_path, monkeypatch, capsys):
+    """With the progress bar on, a second Ctrl-C in a step (a KeyboardInterrupt out of it) closes the bar first: the
+    stop line is a line of its own, not glued to the bar's (a fresh user's trial)."""
+    from fastvae import step, train
+    calls, real_call = [], step.Stepper.__call__
+
+    def interrupted(self, idx):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        real_call(self, idx)
+    monkeypatch.setattr(step.Stepper, "__call__", interrupted)
+    small = [a for a in _SMALL if a != "--quiet"]
+    assert train.main([*small, "--no-plots", "--epochs", "1", "--out", str(tmp_path)]) == 130
+    err = capsys.readouterr().err
+    last = [line for line in err.replace("\r", "\n").split("\n") if line.strip()][-1]
+    assert last.startswith("fastvae: interrupted before the run saved a checkpoint"), repr(err[-300:])
