@@ -5,7 +5,7 @@ Public names only; `import fastvae` loads NumPy and Numba, nothing optional (CuP
 __version__ = "0.1.0"
 
 from .config import Config  # noqa: E402
-from .errors import UserError  # noqa: E402
+from .errors import TrainingDiverged, TrainingInterrupted, UserError  # noqa: E402
 from .model import VAE  # noqa: E402
 
-__all__ = ["VAE", "Config", "UserError", "__version__"]
+__all__ = ["VAE", "Config", "UserError", "TrainingInterrupted", "TrainingDiverged", "__version__"]

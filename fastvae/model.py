@@ -40,9 +40,9 @@ class VAE:
 
     `backend` is "auto" (gpu when usable, else cpu), "cpu", "gpu", "reference" (float64 NumPy, slow) or "cpu-bf16".
     `precision` is "fp32" or "bf16": the matrix products' operands rounded to bf16, fp32 sums, fp32 master weights
-    and Adam moments (backend "cpu" or "auto" without a GPU runs as "cpu-bf16", on AMX). None (default) is the
-    backend's own: fp32, bf16 for "cpu-bf16". bf16 where the CPU has no AMX: `notify` hears one line and the model
-    computes in fp32. bf16 on "gpu" (or "auto" that finds one) or "reference", and "fp32" with "cpu-bf16", raise
+    and Adam moments (backend "cpu" or "auto" without a GPU runs as "cpu-bf16": on AMX tiles, or with AVX512-BF16
+    where there is no AMX). None (default) is the backend's own: fp32, bf16 for "cpu-bf16". bf16 where the CPU has
+    neither: `notify` hears one line and the model computes in fp32. bf16 on "gpu" (or "auto" that finds one) or "reference", and "fp32" with "cpu-bf16", raise
     UserError. `model.precision` is the precision in use; fastvae.backends.resolve holds these rules.
     `encoder` is "gamma" (the heads output logvar = log sigma^2, the seed's final form) or "sigma";
     `reconstruction` "xent" (sigmoid cross-entropy) or "mse"; `activation` the hidden layers' "elu" (the seed's),
@@ -130,12 +130,19 @@ class VAE:
             raise UserError(f"this model stopped after batch {self.epoch_step} of epoch {self.epoch + 1}, in batches "
                             f"of batch size {cfg.batch_size}; finish that epoch with it (batch_size="
                             f"{cfg.batch_size}), another batch size can start at the next epoch")
+        if callback is not None and not callable(callback):
+            raise UserError(f"callback must be a function of (model, record), not {type(callback).__name__}")
+        before = self.config
         X = self._adopt_width(X)
-        if batch_size > len(X):
-            raise UserError(f"batch_size {batch_size} is larger than the {len(X)} training images; "
-                            f"use a batch size of at most {len(X)}")
-        if validation is not None:
-            validation = self._images(validation, "validation")
+        try:
+            if batch_size > len(X):
+                raise UserError(f"batch_size {batch_size} is larger than the {len(X)} training images; "
+                                f"use a batch size of at most {len(X)}")
+            if validation is not None:
+                validation = self._images(validation, "validation")
+        except UserError:
+            self._undo_width(before)            # a refused fit leaves the model as it was (a fresh user's trial)
+            raise
         # the batch size is part of the training position: saved with the model, the default of the next fit
         self.config = dataclasses.replace(self.config, batch_size=batch_size)
         training.run_epochs(self, X, self._workspace(batch_size), epochs, validation, callback, progress)
@@ -170,6 +177,16 @@ class VAE:
             self.config = dataclasses.replace(cfg, image_shape=shape)      # same width, other (h, w)
         check_width(rows, shape, np.shape(X), "X", self.config.input_width, self.config.image_shape)
         return rows
+
+    def _undo_width(self, before):
+        """An untrained model that _adopt_width() moved to another width or image shape goes back to `before`'s:
+        its He-initialised parameters are a function of its config, so they are the same bits again."""
+        if self.config is before:
+            return
+        moved = self.config.input_width != before.input_width
+        self.config = before
+        if moved:
+            self._set_up(self.backend, he_init(Layout(before), before.seed), None)
 
     def _workspace(self, batch):
         if self._ws is None or self._ws.batch != batch:

@@ -374,3 +374,36 @@ def test_one_model_used_from_two_threads_at_once_gives_each_the_numbers_it_gives
     for losses, mu in got:
         assert losses == alone
         np.testing.assert_array_equal(mu, mu_alone)
+
+
+@pytest.mark.parametrize("why", ["batch", "validation"])
+def test_a_refused_first_fit_leaves_the_model_as_it_was(mnist, why):
+    """A new model takes its width from the data it is first fitted on, but only from a fit that runs: one refused
+    (a batch larger than the data, a validation set of another width) leaves its width and its parameters as they
+    were, bit for bit (a fresh user's trial: it kept the refused data's width)."""
+    fresh = VAE(seed=5, **SMALL)
+    before = fresh.backend.to_host(fresh.state.params).copy()
+    rows = np.random.default_rng(0).random((30, 10)).astype(np.float32)
+    with pytest.raises(UserError):
+        if why == "batch":
+            fresh.fit(rows, epochs=1, batch_size=50)
+        else:
+            fresh.fit(rows, epochs=1, batch_size=10, validation=mnist.test_x[:20])
+    assert fresh.input_width == 784 and fresh.image_shape == VAE(seed=5, **SMALL).image_shape
+    assert np.array_equal(fresh.backend.to_host(fresh.state.params), before)
+    fresh.encode(mnist.test_x[:5])                                # usable at its own width
+    fresh.fit(mnist.train_x[:100], epochs=1, batch_size=50)
+
+
+def test_a_callback_that_is_not_a_function_is_refused_before_training(mnist):
+    model = VAE(seed=5, **SMALL)
+    with pytest.raises(UserError, match="callback must be a function"):
+        model.fit(mnist.train_x[:100], epochs=2, batch_size=50, callback=5)
+    assert model.steps == 0 and model.epoch == 0
+
+
+def test_the_exceptions_fit_names_are_public():
+    import fastvae
+    from fastvae.errors import TrainingDiverged, TrainingInterrupted
+    assert fastvae.TrainingInterrupted is TrainingInterrupted and fastvae.TrainingDiverged is TrainingDiverged
+    assert {"TrainingInterrupted", "TrainingDiverged"} <= set(fastvae.__all__)
