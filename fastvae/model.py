@@ -65,6 +65,10 @@ class VAE:
                  **adam: float):
         # activation, threads, precision last: positional calls still work
         self.threads = check_threads(threads)       # not part of the config: a property of the machine, not the model
+        unknown = sorted(set(adam) - {f.name for f in dataclasses.fields(Config)})
+        if unknown:
+            raise UserError(f"VAE has no setting {unknown[0]!r}; its settings are its arguments and Adam's beta1, "
+                            "beta2 and adam_eps (fastvae.Config lists them all)")
         self.config = Config(hidden=hidden, latent=latent, seed=seed, lr=lr, batch_size=batch_size,
                              encoder=encoder, reconstruction=reconstruction, activation=activation, **adam)
         self._set_up(resolve(backend, precision, notify), he_init(Layout(self.config), self.config.seed), notify)
@@ -290,12 +294,13 @@ class VAE:
         """Write config, parameters, Adam state and the training position to `path` (npz, atomically, no pickle).
         Raises UserError when the model diverged, a step of it was interrupted part-way, or the file cannot be written
         (any earlier file stays whole)."""
+        _check_path(path)
         if self.diverged:
-            raise UserError("this model diverged (NaN or Inf): it is not saved; the last good checkpoint stands")
+            raise UserError("this model diverged (NaN or Inf): it is not saved; a checkpoint saved before stands")
         if self.step_broken:
             raise UserError("a training step of this model stopped part-way (a second Ctrl-C, or an error inside the "
-                            "step), so some of its layers were updated and others not: it is not saved; the last "
-                            "good checkpoint stands")
+                            "step), so some of its layers were updated and others not: it is not saved; a "
+                            "checkpoint saved before stands")
         be = self.backend
         checkpoint.save(path, checkpoint.Checkpoint(
             self.config, be.to_host(self.state.params), be.to_host(self.state.m), be.to_host(self.state.v),
@@ -311,6 +316,7 @@ class VAE:
         weights, so one trained in bf16 loads in fp32 and the other way round. Raises UserError for a missing,
         corrupt or foreign file, naming it, and for a precision the backend cannot take (see VAE)."""
         threads = check_threads(threads)
+        _check_path(path)
         if Path(path).is_dir():                 # a run folder (python -m fastvae.train --out): its checkpoint
             path = Path(path) / "checkpoint.npz"
         ck = checkpoint.load(path)
@@ -327,3 +333,9 @@ class VAE:
                 f"precision={self.precision!r}, seed={c.seed}; "
                 f"{self.layout.size:,} parameters, {self.epoch} epoch{'s' * (self.epoch != 1)}, {self.steps} "
                 f"step{'s' * (self.steps != 1)})")
+
+
+def _check_path(path):
+    """A file path (str or os.PathLike), else a one-line UserError (pathlib's TypeError otherwise)."""
+    if not isinstance(path, (str, PathLike)):
+        raise UserError(f"a path (str or os.PathLike) is needed, not {type(path).__name__}")

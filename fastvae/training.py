@@ -117,7 +117,8 @@ def _diverged(model, what):
     model.diverged = True                   # save() refuses from now on: the last good checkpoint stands
     lr = model.config.lr
     raise TrainingDiverged(f"training diverged at step {model.steps} (epoch {model.epoch + 1}): {what}; "
-                           f"lower the learning rate (now {lr:g}), e.g. --lr {lr / 10:g}")
+                           f"lower the learning rate (now {lr:g}), e.g. to {lr / 10:g}: lr={lr / 10:g} in VAE, "
+                           f"--lr {lr / 10:g} on the command line")
 
 
 def _progress_bar(total, desc):

@@ -407,3 +407,23 @@ def test_the_exceptions_fit_names_are_public():
     from fastvae.errors import TrainingDiverged, TrainingInterrupted
     assert fastvae.TrainingInterrupted is TrainingInterrupted and fastvae.TrainingDiverged is TrainingDiverged
     assert {"TrainingInterrupted", "TrainingDiverged"} <= set(fastvae.__all__)
+
+
+def test_an_unknown_setting_and_a_path_that_is_not_one_are_one_line_user_errors(mnist, tmp_path):
+    """VAE(foo=1) named Config's __init__ in a TypeError, save(5) and VAE.load(5) pathlib's (a fresh user's trial)."""
+    with pytest.raises(UserError, match="no setting 'foo'"):
+        VAE(foo=1, **SMALL)
+    model = VAE(seed=5, **SMALL)
+    for call in (lambda: model.save(5), lambda: VAE.load(5)):
+        with pytest.raises(UserError, match="a path .* is needed, not int"):
+            call()
+    assert VAE(epochs=3, **SMALL).config.epochs == 3                # every Config field is still a setting
+
+
+def test_a_diverged_library_fit_says_how_to_lower_the_rate_in_the_library_too(mnist):
+    from fastvae.errors import TrainingDiverged
+    model = VAE(seed=5, lr=1e3, **SMALL)
+    with pytest.raises(TrainingDiverged, match=r"lr=100 in VAE, --lr 100 on the command line"):
+        model.fit(mnist.train_x[:300], epochs=3)
+    with pytest.raises(UserError, match="a checkpoint saved before stands"):
+        model.save("unused.npz")
