@@ -65,6 +65,7 @@ class VAE:
                  **adam: float):
         # activation, threads, precision last: positional calls still work
         self.threads = check_threads(threads)       # not part of the config: a property of the machine, not the model
+        _check_notify(notify)
         unknown = sorted(set(adam) - {f.name for f in dataclasses.fields(Config)})
         if unknown:
             raise UserError(f"VAE has no setting {unknown[0]!r}; its settings are its arguments and Adam's beta1, "
@@ -246,11 +247,13 @@ class VAE:
         Raises UserError for codings of the wrong shape or with NaN or Inf."""
         z = np.asarray(z)
         latent = self.config.latent
-        if z.ndim != 2 or z.shape[1] != latent or not np.issubdtype(z.dtype, np.number):
-            raise UserError(f"z must be a numeric array of shape (n, {latent}), got {z.dtype} {z.shape}")
-        if len(z) == 0 or not np.all(np.isfinite(z)):
-            raise UserError("z must be non-empty and finite (no NaN or Inf)")
         be = self.backend
+        if z.ndim != 2 or z.shape[1] != latent or not np.issubdtype(z.dtype, np.number) or np.iscomplexobj(z):
+            raise UserError(f"z must be a real numeric array of shape (n, {latent}), got {z.dtype} {z.shape}")
+        with np.errstate(over="ignore"):        # finite in the backend's dtype too (1e300 is Inf in float32)
+            finite = len(z) > 0 and np.all(np.isfinite(z)) and np.all(np.isfinite(z.astype(be.dtype)))
+        if not finite:
+            raise UserError(f"z must be non-empty and finite (no NaN or Inf, also as {np.dtype(be.dtype).name})")
         logits = np.empty((len(z), self.config.input_width), dtype=np.float64)
         for a, part in self._chunks(len(z), rows):
             a.z[...] = be.asarray(z[part])
@@ -317,6 +320,7 @@ class VAE:
         corrupt or foreign file, naming it, and for a precision the backend cannot take (see VAE)."""
         threads = check_threads(threads)
         _check_path(path)
+        _check_notify(notify)
         if Path(path).is_dir():                 # a run folder (python -m fastvae.train --out): its checkpoint
             path = Path(path) / "checkpoint.npz"
         ck = checkpoint.load(path)
@@ -339,3 +343,9 @@ def _check_path(path):
     """A file path (str or os.PathLike), else a one-line UserError (pathlib's TypeError otherwise)."""
     if not isinstance(path, (str, PathLike)):
         raise UserError(f"a path (str or os.PathLike) is needed, not {type(path).__name__}")
+
+
+def _check_notify(notify):
+    """None or a function of one message (str), else a one-line UserError (a TypeError where it is first called)."""
+    if notify is not None and not callable(notify):
+        raise UserError(f"notify must be a function of one message (str), or None; not {type(notify).__name__}")

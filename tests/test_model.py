@@ -211,7 +211,10 @@ def test_bad_model_settings_get_one_line_errors(kwargs):
 
 
 def test_decode_checks_its_codings(trained):
-    for z in (np.zeros((3, 5)), np.zeros(4), np.full((2, 4), np.inf)):
+    """Wrong shapes, NaN or Inf, codings that overflow the backend's float32 (a fresh user's trial: NaN pixels and a
+    RuntimeWarning) and complex ones (their imaginary part was dropped with a ComplexWarning) are one UserError."""
+    for z in (np.zeros((3, 5)), np.zeros(4), np.full((2, 4), np.inf), np.full((2, 4), 1e300),
+              np.zeros((2, 4), complex)):
         with pytest.raises(UserError, match="z must"):
             trained.decode(z)
 
@@ -418,6 +421,9 @@ def test_an_unknown_setting_and_a_path_that_is_not_one_are_one_line_user_errors(
         with pytest.raises(UserError, match="a path .* is needed, not int"):
             call()
     assert VAE(epochs=3, **SMALL).config.epochs == 3                # every Config field is still a setting
+    for call in (lambda: VAE(notify=5, **SMALL), lambda: VAE.load(tmp_path, notify=5)):
+        with pytest.raises(UserError, match="notify must be a function"):
+            call()
 
 
 def test_a_diverged_library_fit_says_how_to_lower_the_rate_in_the_library_too(mnist):
