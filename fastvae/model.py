@@ -42,8 +42,9 @@ class VAE:
     `precision` is "fp32" or "bf16": the matrix products' operands rounded to bf16, fp32 sums, fp32 master weights
     and Adam moments (backend "cpu" or "auto" without a GPU runs as "cpu-bf16": on AMX tiles, or with AVX512-BF16
     where there is no AMX). None (default) is the backend's own: fp32, bf16 for "cpu-bf16". bf16 where the CPU has
-    neither: `notify` hears one line and the model computes in fp32. bf16 on "gpu" (or "auto" that finds one) or "reference", and "fp32" with "cpu-bf16", raise
-    UserError. `model.precision` is the precision in use; fastvae.backends.resolve holds these rules.
+    neither: `notify` hears one line and the model computes in fp32. bf16 on "gpu" (or "auto" that finds one) or
+    "reference", and "fp32" with "cpu-bf16", raise UserError. `model.precision` is the precision in use;
+    fastvae.backends.resolve holds these rules.
     `encoder` is "gamma" (the heads output logvar = log sigma^2, the seed's final form) or "sigma";
     `reconstruction` "xent" (sigmoid cross-entropy) or "mse"; `activation` the hidden layers' "elu" (the seed's),
     "relu" or "tanh". `notify(message)` hears which backend "auto" chose and why. `adam`: beta1, beta2, adam_eps.

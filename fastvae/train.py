@@ -98,7 +98,7 @@ def _prepare_out(out, new_run=False, overwrite=False):
     if new_run and held and not overwrite:
         if "checkpoint.npz" not in held:        # (--resume would refuse it)
             raise UserError(f"{out} holds a run that stopped before its first checkpoint; start it again with "
-                            f"--overwrite")
+                            "--overwrite")
         raise UserError(f"{out} already holds a run ({held[0]}); continue it with --resume {shlex.quote(str(out))}, "
                         "or pass --overwrite to replace it")
     # the folders this run would create: made to check that the folder can be written, then removed again, and made

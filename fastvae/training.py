@@ -114,7 +114,7 @@ def _epoch(model, stepper, order, ws, progress, stop):
 
 
 def _diverged(model, what):
-    model.diverged = True                   # save() refuses from now on: the last good checkpoint stands
+    model.diverged = True                   # save() refuses from now on: a checkpoint saved before stands
     lr = model.config.lr
     raise TrainingDiverged(f"training diverged at step {model.steps} (epoch {model.epoch + 1}): {what}; "
                            f"lower the learning rate (now {lr:g}), e.g. to {lr / 10:g}: lr={lr / 10:g} in VAE, "

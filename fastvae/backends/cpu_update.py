@@ -249,26 +249,27 @@ def _zero_columns_skipped(params, grads, m, v, x, dz, r0, r1, at, scratch, lr_t,
         for k in range(kept, blocks):
             packed[k] = 0.0
     dest = np.empty(blocks, np.int64)                   # the row of g each kept column's gradient goes to
-    if grads is not None:
+    if grads is not None:                               # g: the chunk's rows in grads, the zero columns' zeroed
         g = grads[at:at + width * n].reshape((width, n))
         for c in range(width):
             if not nonzero[c]:
                 g[c] = 0.0
         for k in range(kept):
             dest[k] = cols[k] - r0
-        sparse_dw.product(g, xk, kept, dz, dest, np.empty(rows, np.int32))
+    else:                                               # g: the kept columns' rows only, in index order
+        rank = np.empty(width, np.int64)
+        k = 0
+        for c in range(width):
+            rank[c] = k
+            k += nonzero[c]
+        for k in range(kept):
+            dest[k] = rank[cols[k] - r0]
+        g = scratch[:max(kept, 1) * n].reshape((max(kept, 1), n))
+    sparse_dw.product(g, xk, kept, dz, dest, np.empty(rows, np.int32))
+    if grads is not None:
         adam_prefetched(params[at:at + width * n], grads[at:at + width * n], m[at:at + width * n],
                         v[at:at + width * n], lr_t, beta1, beta2, eps)
         return True
-    rank = np.empty(width, np.int64)                    # g holds the kept columns' rows only, in index order
-    k = 0
-    for c in range(width):
-        rank[c] = k
-        k += nonzero[c]
-    for k in range(kept):
-        dest[k] = rank[cols[k] - r0]
-    g = scratch[:max(kept, 1) * n].reshape((max(kept, 1), n))
-    sparse_dw.product(g, xk, kept, dz, dest, np.empty(rows, np.int32))
     g = g.reshape(-1)
     zeros = np.zeros(PREFETCH_BLOCK, np.float32)
     k = c = 0
@@ -290,8 +291,7 @@ def zero_columns_scratch(shapes, rows, chunk_rows):
     """The floats _zero_columns_skipped may use of its scratch for a first layer of shapes[0] at `rows` rows: the
     gradient's and the packed input's, for a whole chunk of kept columns."""
     fan_in, n = shapes[0]
-    blocks = (min(chunk_rows, fan_in) + sparse_dw.COLUMNS - 1) // sparse_dw.COLUMNS * sparse_dw.COLUMNS
-    return blocks * (n + rows)
+    return sparse_dw.padded(min(chunk_rows, fan_in)) * (n + rows)
 
 
 @njit(inline="always", cache=True, nogil=True)
