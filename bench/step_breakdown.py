@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import statistics
 import sys
 import time
@@ -36,6 +35,7 @@ import time
 import numpy as np
 from numba import njit
 
+from fastvae.backends import amx
 from fastvae.backends.cpu_update import adam_block
 
 
@@ -227,7 +227,7 @@ def products_one_core(backend, rounds=30):
     (cpu-bf16: the tiles, with the weights packed beforehand as the update leaves them, the activations and dz packed
     in the call): the sum of each product's median."""
     from threadpoolctl import threadpool_limits
-    from fastvae.backends import amx, dinp
+    from fastvae.backends import dinp
     total = 0.0
     with threadpool_limits(1, user_api="blas"):
         for ta, tb, a_op, b_op, out in _step_products():
@@ -334,7 +334,8 @@ def measure(steps=400, rounds=3, backend="cpu"):
     return result
 
 
-ENGINE = {"cpu": "one-thread sgemm, dinp.product for dz @ w.T", "cpu-bf16": "amx.product, weights packed"}
+ENGINE = {"cpu": "one-thread sgemm, dinp.product for dz @ w.T",
+          "cpu-bf16": "amx.product" + ("" if amx.USE_AMX else " on AVX512-BF16, no AMX here") + ", weights packed"}
 
 
 def floor_sum(result):
@@ -382,7 +383,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternated rounds of every measurement; the table gives their medians (default 3)")
     parser.add_argument("--backend", default="cpu", choices=("cpu", "cpu-bf16"),
-                        help="cpu (fp32, the default) or cpu-bf16 (the products in bf16 on AMX tiles)")
+                        help="cpu (fp32, the default) or cpu-bf16 (bf16 products: AMX, or AVX512-BF16 without it)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.rounds < 1:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchlib import FRAMEWORKS, MEMORY_GROUP
@@ -32,3 +33,14 @@ def test_peak_memory_of_one_epoch(benchmark, framework):
     assert result["peak_rss_mb"] > 50 and 90 < result["loss"] < 400     # trained, not diverged
     benchmark.extra_info.update(framework=FRAMEWORKS[framework], peak_rss_mb=result["peak_rss_mb"],
                                 images=result["images"], seconds_per_epoch=result["seconds_per_epoch"])
+
+
+def test_a_runs_peak_is_its_own_not_its_parents():
+    """A runner started by a process far larger than itself reports its own peak: ru_maxrss, which the runner read
+    until 2026-12-06, carries the parent's size at the fork across exec (four frameworks at one figure, 415.1 MB,
+    the benchmark's pytest process)."""
+    ballast = np.ones(100_000_000)                        # 800 MB, every page touched: this process's RSS
+    probe = "from bench.peers.run import _peak_rss_mb; print(_peak_rss_mb())"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                         check=True).stdout
+    assert ballast.nbytes / 2**20 > 700 > float(out) > 5       # the runner's own imports: tens of MB

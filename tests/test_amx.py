@@ -228,7 +228,9 @@ def test_two_bf16_models_training_at_once_keep_their_own_packs(threads):
 # ---------------------------------------------------------------- a CPU without AMX, and Numba's cache
 
 def _python(code, env_extra, cache_dir):
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache_dir), **env_extra}
+    """The last line `code` prints, run in a subprocess with env_extra and Numba's cache at cache_dir (None: the
+    suite's own cache)."""
+    env = {**os.environ, **({} if cache_dir is None else {"NUMBA_CACHE_DIR": str(cache_dir)}), **env_extra}
     done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
                           timeout=600, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -250,6 +252,13 @@ def cached_features(cache_dir, kernel):
 def _without_amx():
     """Numba's target as a CPU without AMX would give it (Zen 4's name; this machine's features less amx-*)."""
     return _target_without("znver4", ("amx",))
+
+
+def as_a_cpu_without_amx(tmp_path):
+    """(environment, cache folder) for a subprocess that runs as a CPU with AVX512-BF16 and no AMX: on an AMX machine
+    Numba's target without amx-* and a cache of its own; where the CPU itself has no AMX (Zen 4), this process's own
+    target and the suite's cache (None), so the suite does not compile the same kernels again for each such test."""
+    return (_without_amx(), tmp_path) if amx.USE_AMX else ({}, None)
 
 
 def _without_bf16():
@@ -294,9 +303,9 @@ def test_a_cpu_without_amx_or_avx512bf16_gets_one_line(tmp_path):
 @pytest.mark.skipif(avx512bf16.unavailable_reason() is not None, reason=f"no AVX512-BF16 here: "
                     f"{avx512bf16.unavailable_reason()}")
 def test_without_amx_the_bf16_backend_runs_on_avx512bf16(rand, tmp_path):
-    """A CPU with AVX512-BF16 but no AMX (Zen 4; here Numba's target without amx-*): cpu-bf16 runs every product
-    with vdpbf16ps (amx.tiles), and its whole steps, split or not, and its weight update match the reference within
-    the bf16 tolerances, as on AMX."""
+    """A CPU with AVX512-BF16 but no AMX (Zen 4; on an AMX machine Numba's target without amx-*): cpu-bf16 runs every
+    product with vdpbf16ps (amx.tiles), and its whole steps, split or not, and its weight update match the reference
+    within the bf16 tolerances, as on AMX."""
     out = _python("""
         import sys
         import numpy as np
@@ -312,7 +321,7 @@ def test_without_amx_the_bf16_backend_runs_on_avx512bf16(rand, tmp_path):
         kc.check_weight_update(be, rand, 75, ((784, 500), (500, 40), (20, 257)), 3)
         kc.check_dense(be, rand, 7, 101, 37, "elu")
         print("ok")
-    """ % int(rand.integers(1 << 30)), _without_amx(), tmp_path)
+    """ % int(rand.integers(1 << 30)), *as_a_cpu_without_amx(tmp_path))
     assert out == "ok"
 
 

@@ -11,7 +11,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from test_amx import _without_amx, _without_bf16
+from test_amx import _python, _without_bf16, as_a_cpu_without_amx
 from test_cli import train, with_stand_in_cupy
 from tolerances import TOL, assert_close
 from fastvae import VAE, UserError, rng
@@ -256,8 +256,8 @@ def without_bf16(tmp_path_factory):
 
 @pytest.mark.skipif(NO_BF16 is not None, reason=f"no bf16 products here: {NO_BF16}")
 def test_without_amx_bf16_trains_on_avx512bf16(tmp_path):
-    """A CPU with AVX512-BF16 but no AMX (Zen 4's case; here Numba's target without amx-*): precision bf16 is the
-    cpu-bf16 backend on vdpbf16ps, silently, and trains."""
+    """A CPU with AVX512-BF16 but no AMX (Zen 4's case; on an AMX machine Numba's target without amx-*): precision
+    bf16 is the cpu-bf16 backend on vdpbf16ps, silently, and trains."""
     code = """
         import json
         from fastvae import VAE
@@ -269,11 +269,7 @@ def test_without_amx_bf16_trains_on_avx512bf16(tmp_path):
         print(json.dumps({"notes": notes, "backend": model.backend.name, "precision": model.precision,
                           "amx": amx.USE_AMX, "loss": model.history[-1]["train"]["total"]}))
     """
-    env = {**os.environ, **_without_amx(), "NUMBA_CACHE_DIR": str(tmp_path)}
-    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
-                          timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    got = json.loads(done.stdout.strip().splitlines()[-1])
+    got = json.loads(_python(code, *as_a_cpu_without_amx(tmp_path)))
     assert got["notes"] == [] and (got["backend"], got["precision"], got["amx"]) == ("cpu-bf16", "bf16", False)
     assert np.isfinite(got["loss"])
 

@@ -3,14 +3,14 @@
     python -m bench.peers.run {fastvae,fastvae-bf16,torch,torch-bf16,torch-compile,jax} --epochs 1 [--images N]
         [--seed 0] [--serve]
 
-fastvae-bf16 is the cpu-bf16 backend (products on AMX tiles in bf16), torch-bf16 PyTorch eager under
-torch.autocast("cpu", dtype=torch.bfloat16): mixed precision beside mixed precision.
+fastvae-bf16 is the cpu-bf16 backend (bf16 products on AMX tiles, or AVX512-BF16 where there is no AMX),
+torch-bf16 PyTorch eager under torch.autocast("cpu", dtype=torch.bfloat16): mixed precision beside mixed precision.
 
 JSON keys: framework, version, epochs, images, batch_size, seconds_per_epoch (list, training loop only),
 first_call_seconds (fastvae: a throwaway one-batch fit that loads or compiles its Numba kernels; peers: warmup(),
 the first step of each batch shape including compilation, on a state that is then put back), loss (the last
-epoch's mean training loss per image), peak_rss_mb (ru_maxrss of this process: imports, data, model, training),
-baseline_rss_mb (ru_maxrss after the imports and loading the data, before any model exists).
+epoch's mean training loss per image), peak_rss_mb (this process's peak resident memory, Linux's VmHWM: imports,
+data, model, training), baseline_rss_mb (the same after the imports and loading the data, before any model exists).
 
 --serve keeps the process for interleaved timing (bench/test_side_by_side.py): it prints one JSON line once the
 first call is done, then trains one epoch per line it reads (the epoch's number) and answers each with a JSON line
@@ -33,7 +33,19 @@ _BACKENDS = {"fastvae": "cpu", "fastvae-bf16": "cpu-bf16"}
 
 
 def _peak_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0   # Linux reports KiB
+    """This process's peak resident memory so far, MB: Linux's VmHWM, the high-water mark of the program's own
+    memory map. Not ru_maxrss, which Linux carries across fork and exec: a process started by a larger one (the
+    benchmark's pytest) reported its parent's size at the fork (found 2026-12-06 on the EPYC: four frameworks at
+    415.1 MB, the pytest process's size; the Xeon's run of 2026-12-05 had fastvae and torch at 391.6)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0              # kB
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss                 # no /proc: macOS (bytes), BSD (KiB)
+    return peak / (1 << 20 if sys.platform == "darwin" else 1 << 10)
 
 
 def _fastvae(x, seed, batch_size, backend="cpu"):
@@ -84,7 +96,7 @@ def _unavailable(name):
         importlib.import_module("fastvae.backends.cpu")      # Numba, so the baseline holds each framework's import
         if name == "fastvae-bf16":
             from fastvae.backends import amx
-            return amx.unavailable_reason()
+            return amx.engine_unavailable_reason()
         return None
     module = importlib.import_module("bench.peers." + ("jax_vae" if name == "jax" else "torch_vae"))
     return module.unavailable()
