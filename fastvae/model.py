@@ -213,7 +213,7 @@ class VAE:
             self._ws_eval = step.Workspace(be, self.config, EVAL_ROWS)
         loss = be.zeros(2, dtype=np.float64)
         idx = be.asarray(np.arange(len(X)), dtype=np.int64)
-        step.evaluate(be, self.config, self.state, self._ws_eval, be.asarray(X, dtype=X.dtype), idx, self.config.seed,
+        step.evaluate(be, self.config, self.state, self._ws_eval, step.data_for(be, X), idx, self.config.seed,
                       loss)
         rec, kl = (float(t) / len(X) for t in be.to_host(loss))
         return {"reconstruction": rec, "kl": kl, "total": rec + kl}
@@ -225,7 +225,7 @@ class VAE:
         logvar = log(1e-10 + sigma^2), the smoothed form its KL term uses. Raises UserError for bad images."""
         X = self._images(X, "X")
         be, latent = self.backend, self.config.latent
-        data = be.asarray(X, dtype=X.dtype)
+        data = step.data_for(be, X)
         mu_logvar = np.empty((len(X), 2 * latent), dtype=np.float32)
         for a, rows in self._chunks(len(X)):
             be.gather_batch(a.x, data, be.asarray(np.arange(rows.start, rows.stop), dtype=np.int64))

@@ -24,7 +24,7 @@ def run_epochs(model, X, ws, epochs, validation=None, callback=None, progress=Fa
     """Train `model` for `epochs` epochs on the images X (already checked: uint8 or float (n, 784)) in the
     workspace `ws`, whose size is the batch size. See VAE.fit for what the arguments mean and what it raises."""
     be, cfg = model.backend, model.config
-    stepper = step.Stepper(be, cfg, model.state, ws, be.asarray(X, dtype=X.dtype))
+    stepper = step.Stepper(be, cfg, model.state, ws, step.data_for(be, X))
     # the host backends' thread count (OpenBLAS and Numba), sized to the CPUs available and adapted (threads.py)
     pacer = threads.pacer_for(model, ws, model.threads)
     # NaN/Inf arising inside the kernels is reported once, by the divergence guard, not as NumPy warnings

@@ -130,8 +130,10 @@ HOOKS = ("name", "dtype", "xp", "empty", "zeros", "asarray", "to_host", "synchro
 # fastvae.workers.Workers: the backend's kernels release the GIL, so the step may run row shards of a batch on its
 # threads at once; its count is set by fastvae.threads while training); layer_done(ready, layer) (a backend with
 # weight_update_parts and workers: called by each row shard once its backward of layer `layer`, in the layout's order,
-# is done, so that part(k, wait, ready) may update that layer before every shard has finished: fastvae.barrier.mark).
-OPTIONAL = {"capture": None, "record": None, "loss_check_interval": 1, "workers": None, "layer_done": None}
+# is done, so that part(k, wait, ready) may update that layer before every shard has finished: fastvae.barrier.mark);
+# host_data (True: gather_batch reads a host array in place, so the data set needs no copy: step.data_for).
+OPTIONAL = {"capture": None, "record": None, "loss_check_interval": 1, "workers": None, "layer_done": None,
+            "host_data": False}
 
 SETTINGS = {"activation": ACTIVATIONS, "encoder": ENCODERS, "reconstruction": RECONSTRUCTIONS}
 

@@ -21,8 +21,8 @@ from ..params import flat_offsets
 from . import amx, amx_update, cpu, cpu_update
 from .capture import call, record  # noqa: F401  (record: the contract's hook)
 from .amx import engine_unavailable_reason as unavailable_reason  # noqa: F401  (get_backend asks it first)
-from .cpu import (asarray, dtype, empty, gather_batch, layer_done, synchronize, to_host, workers, xp,  # noqa: F401
-                  zeros)
+from .cpu import (asarray, dtype, empty, gather_batch, host_data, layer_done, synchronize, to_host,  # noqa: F401
+                  workers, xp, zeros)
 
 name = "cpu-bf16"
 

@@ -20,6 +20,7 @@ xp = np
 empty = partial(np.empty, dtype=dtype)
 zeros = partial(np.zeros, dtype=dtype)
 asarray = partial(np.array, dtype=dtype, copy=True)
+host_data = True            # gather_batch reads the data set where it lies (step.data_for)
 
 
 def to_host(a):
