@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config
-from .errors import UserError
+from .errors import UserError, one_line
 from .params import Layout
 
 FORMAT = "fastvae-checkpoint"
@@ -98,7 +98,7 @@ def load(path):
     # a corrupt array header makes NumPy's header parser raise SyntaxError or tokenize.TokenError (the fuzz test)
     except (OSError, ValueError, KeyError, IndexError, TypeError, zipfile.BadZipFile, EOFError, SyntaxError,
             tokenize.TokenError) as e:
-        reason = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+        reason = one_line(e)[:200]
         raise UserError(f"{bad} ({reason}); it may be truncated or corrupt") from None
     try:
         config = Config.from_dict(json.loads(str(arrays["config"])))

@@ -57,7 +57,8 @@ class Config:
         if not (self.lr > 0 and self.lr < float("inf")):
             raise UserError(f"lr must be a positive number, got {self.lr!r}; the seed uses 0.001")
         if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1 and self.adam_eps > 0):
-            raise UserError("Adam needs 0 <= beta1, beta2 < 1 and adam_eps > 0")
+            raise UserError(f"Adam needs 0 <= beta1, beta2 < 1 and adam_eps > 0, got beta1={self.beta1!r}, "
+                            f"beta2={self.beta2!r}, adam_eps={self.adam_eps!r}; the seed uses 0.9, 0.999, 1e-08")
         if self.encoder not in ENCODERS:
             raise UserError(f"encoder must be one of {', '.join(ENCODERS)}, got {self.encoder!r}")
         if self.reconstruction not in RECONSTRUCTIONS:

@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .config import N_PIXELS
-from .errors import UserError
+from .errors import UserError, one_line as _one_line
 
 SIDE = 28  # MNIST images are SIDE x SIDE = N_PIXELS pixels: the embedded set, and the default image shape
 
@@ -80,11 +80,6 @@ class Dataset:
 def embedded_dir():
     """The folder of the MNIST copy shipped inside the package."""
     return Path(__file__).parent / "datasets" / "mnist"
-
-
-def _one_line(e):
-    """An exception as 'Type: message' on one line, to quote inside a UserError."""
-    return " ".join(f"{type(e).__name__}: {e}".split())
 
 
 def _read_bytes(path):
@@ -210,7 +205,8 @@ def _open_npz(path):
         with np.load(path, allow_pickle=False) as z:
             return {key: z[key] for key in z.files}
     except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
-        raise UserError(f"{path} is not a readable .npz file ({_one_line(e)}); re-download it") from None
+        raise UserError(f"{path} is not a readable .npz file ({_one_line(e)}); write it with numpy.savez (or "
+                        "download it again)") from None
 
 
 def _load_npz(path, test_fraction, split_seed):
@@ -333,10 +329,11 @@ def as_rows(X: ArrayLike, what: str = "X") -> tuple[np.ndarray, tuple[int, int] 
         raise UserError(f"{what} is empty (shape {X.shape}); pass at least one image")
     if X.ndim == 1:  # one image, not a batch: say so rather than "wrong width"
         raise UserError(f"{what} has shape {X.shape}, not a batch; pass a batch of shape (n, d) or (n, h, w), "
-                        f"e.g. {what}.reshape(1, -1) for one row")
+                        + (f"e.g. {what}.reshape(1, -1) for one row" if what.isidentifier() else "one row per image"))
     if X.ndim > 3:
         raise UserError(f"{what} has shape {X.shape}; pass images (n, h, w) or rows (n, d) (flatten colour "
-                        f"channels: {what}.reshape(len({what}), -1))")
+                        + (f"channels: {what}.reshape(len({what}), -1))" if what.isidentifier() else
+                           "channels into rows of h * w * c values)"))
     shape = tuple(int(k) for k in X.shape[1:]) if X.ndim == 3 else None
     X = _flat(X)
     if X.dtype == np.uint8:

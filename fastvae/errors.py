@@ -12,3 +12,12 @@ class TrainingDiverged(UserError):
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C arrived and training stopped cleanly after the step in progress: the model is consistent and can be
     saved and resumed (a second Ctrl-C interrupts at once, and then it may not be)."""
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as 'Type: message' on one line, to quote inside a UserError. NumPy's answer to a file that is
+    neither a .npy nor a .npz ("contains pickled (object) data ... allow_pickle=") says what it is not, instead of
+    sending the reader to unpickling it (a data file must not run code)."""
+    if isinstance(e, ValueError) and "allow_pickle" in str(e):
+        return "not a NumPy .npy or .npz file, or one holding Python objects, which fastvae never unpickles"
+    return " ".join(f"{type(e).__name__}: {e}".split())

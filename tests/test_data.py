@@ -289,3 +289,33 @@ def test_as_rows_keeps_the_image_shape_and_as_images_checks_the_models():
     user_error(as_rows, np.zeros((2, 3, 4, 5)), phrase="flatten colour channels")
     user_error(as_images, np.zeros((2, 16, 64)), "X", 1024, (32, 32), phrase="images of 16x64 but the model's are 32x32")
     assert as_images(np.zeros((2, 1024)), "X", 1024, (32, 32)).shape == (2, 1024)
+
+
+@pytest.mark.parametrize("name", ["notes.npz", "notes.npy"])
+def test_a_file_that_is_not_numpy_says_so_not_allow_pickle(tmp_path, name):
+    """NumPy answers a file that is neither .npy nor .npz with 'contains pickled (object) data ... allow_pickle=':
+    the line says what the file is not, and never points at unpickling (a data file must not run code)."""
+    from fastvae import VAE
+    path = tmp_path / name
+    path.write_text("hello\n")
+    for load in (lambda: load_data(path), lambda: VAE.load(path)):
+        with pytest.raises(UserError) as e:
+            load()
+        msg = str(e.value)
+        assert "not a NumPy .npy or .npz file" in msg and "allow_pickle" not in msg and "\n" not in msg
+
+
+def test_a_shape_hint_is_python_for_an_array_and_words_for_a_file(tmp_path):
+    """as_rows' hints quote a Python expression for a named array (X.reshape(...)), not for a file path (a
+    fresh user got '/tmp/x.npy.reshape(len(/tmp/x.npy), -1)')."""
+    x = np.zeros((5, 8, 8, 1), np.float32)
+    with pytest.raises(UserError, match=r"X\.reshape\(len\(X\), -1\)"):
+        as_rows(x, "X")
+    np.save(tmp_path / "x.npy", x)
+    with pytest.raises(UserError) as e:
+        load_data(tmp_path / "x.npy")
+    assert ".reshape(" not in str(e.value) and "rows of h * w * c values" in str(e.value)
+    np.save(tmp_path / "one.npy", np.zeros(64, np.float32))
+    with pytest.raises(UserError) as e:
+        load_data(tmp_path / "one.npy")
+    assert ".reshape(" not in str(e.value)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fastvae.backends import gpu
+from fastvae.backends import get_backend, gpu
 
 cupy = pytest.importorskip("cupy", reason="the real CuPy is not installed (pip install -e .[test])")
 if getattr(cupy, "__version__", "").endswith("stand-in"):
@@ -74,9 +74,25 @@ def test_no_device_and_no_cupy(real, monkeypatch):
     assert gpu.unavailable_reason() == "no CUDA device is visible"
     monkeypatch.setitem(sys.modules, "cupy", None)              # import cupy raises ModuleNotFoundError
     monkeypatch.setattr(gpu, "_cupy", None)
+    monkeypatch.setattr(gpu, "driver_present", lambda: True)    # a GPU machine without CuPy: how to install it
     assert gpu.unavailable_reason() == ('CuPy is not installed: pip install "fastvae[gpu-cuda13]" for a CUDA 13 '
                                         'driver, "fastvae[gpu-cuda12]" for CUDA 12 (nvidia-smi shows the driver\'s '
                                         'CUDA version)')
+
+
+def test_a_machine_without_a_driver_or_cupy_is_not_told_to_install_cupy(monkeypatch):
+    """No NVIDIA driver and no CuPy (a fresh user's CPU-only machine: every `--backend auto` run suggested a CuPy
+    install that could not help): the reason says there is no driver, and auto's notice carries it."""
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    monkeypatch.setattr(gpu, "_cupy", None)
+    monkeypatch.setattr(gpu, "_cupy_error", None)
+    if gpu.driver_present():
+        pytest.skip("this machine has an NVIDIA driver (libcuda loads)")
+    assert gpu.unavailable_reason() == "no NVIDIA driver is installed (libcuda.so.1 was not found), nor CuPy"
+    notes = []
+    assert get_backend("auto", notify=notes.append).name == "cpu"
+    assert notes == ["fastvae: using the cpu backend (no NVIDIA driver is installed (libcuda.so.1 was not found), "
+                     "nor CuPy)"]
 
 
 def _one_line(exc):

@@ -210,6 +210,13 @@ def test_bad_model_settings_get_one_line_errors(kwargs):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("name, value", [("beta1", 2.0), ("beta2", -0.5), ("adam_eps", 0.0)])
+def test_a_bad_adam_setting_is_named_with_its_value(name, value):
+    with pytest.raises(UserError, match=f"{name}={value!r}") as err:
+        VAE(**{**SMALL, name: value})
+    assert "\n" not in str(err.value)
+
+
 def test_decode_checks_its_codings(trained):
     """Wrong shapes, NaN or Inf, codings that overflow the backend's float32 (a fresh user's trial: NaN pixels and a
     RuntimeWarning) and complex ones (their imaginary part was dropped with a ComplexWarning) are one UserError."""
@@ -450,7 +457,8 @@ def test_a_data_set_is_read_in_place_on_the_host_backends(backend):
     assert not np.shares_memory(step.data_for(be, x[:, ::2]), x)             # strided: a copy
     kwargs = dict(SMALL, backend=backend, batch_size=100)
     n = len(x) if backend == "cpu" else 600
-    VAE(**kwargs).fit(x[:200], epochs=1)                      # compiled or loaded: not part of what is traced
+    for data in (x, frozen):                                  # each array type's kernels and replays compiled
+        VAE(**kwargs).fit(data[:200], epochs=1)               # or loaded: not part of what is traced
     peaks = []
     tracemalloc.start()
     try:

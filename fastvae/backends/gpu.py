@@ -12,6 +12,9 @@ Per-step values (Adam's t, the noise step; the first row of the noise, 0 for a w
 from `counters` in device memory and the step is advanced by a kernel, so no launch argument changes from one step to
 the next: on a device `capture` records a whole step once as a CUDA graph and step.Stepper replays it every step.
 """
+import ctypes
+import sys
+
 import numpy as np
 
 from ..constants import COUNTERS, LOSS_CHECK_INTERVAL_DEVICE
@@ -267,6 +270,16 @@ def _import_cupy():
     return _cupy
 
 
+def driver_present():
+    """Whether an NVIDIA driver's CUDA library loads here: asked without CuPy, so that a machine with no NVIDIA GPU
+    is not told to install CuPy, which could not help it."""
+    try:
+        ctypes.CDLL("nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1")
+        return True
+    except OSError:
+        return False
+
+
 def _cuda_version(v):
     return f"{v // 1000}.{v % 1000 // 10}"
 
@@ -290,6 +303,8 @@ def unavailable_reason():
     cp = _import_cupy()
     if cp is None:
         if isinstance(_cupy_error, ModuleNotFoundError) and _cupy_error.name == "cupy":
+            if not driver_present():
+                return "no NVIDIA driver is installed (libcuda.so.1 was not found), nor CuPy"
             return f"CuPy is not installed: {_INSTALL}"
         return f"CuPy does not import ({type(_cupy_error).__name__}: {_first_line(_cupy_error)})"
     runtime = cp.cuda.runtime
