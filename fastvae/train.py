@@ -9,7 +9,9 @@ stays); Ctrl-C stops after the step in progress, saves a checkpoint and exits wi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import itertools
 import json
 import shlex
 import sys
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, jsonfile, machine
+from . import __version__, jsonfile, machine, runlock
 from .cli import Notes, Parser, add_shared_options, check_positive, load_data, run_main, whole_number
 from .config import Config
 from .constants import ENCODERS, HIDDEN_ACTIVATIONS, RECONSTRUCTIONS, SAMPLE_CODINGS
@@ -92,8 +94,40 @@ def main(argv: list[str] | None = None) -> int:
     return run_main(run, build_parser().parse_args(argv), kept="the last saved checkpoint is kept")
 
 
-def _prepare_out(out, new_run=False, overwrite=False):
-    out = Path(out) if out is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+def _prepare_out(out, hold, new_run=False, overwrite=False):
+    """The run's folder (`out`, or a new runs/<date>-<time>), made where missing and held by this run (runlock) until
+    `hold`, a contextlib.ExitStack, closes; then the folders made here are removed again where still empty, so that a
+    run refused by a later check leaves nothing behind. Raises UserError (one line) where another run holds it, where
+    a new run would replace a run without --overwrite, or where it cannot be written."""
+    made = []                                   # the folders this run made, to remove if it writes nothing
+    hold.callback(_remove_empty, made)          # (registered first: it runs last, once the lock file is gone)
+    for attempt in range(3):
+        try:
+            if out is None:
+                made += [p for p in (_RUNS, *_RUNS.parents) if not p.exists()]
+                out = _default_out(_RUNS)
+                made.append(out)
+            else:
+                out = Path(out)
+                made += [p for p in (out, *out.parents) if not p.exists()]
+                out.mkdir(parents=True, exist_ok=True)
+            # held before the folder's contents are looked at: two runs started together cannot both find it free
+            lock = runlock.acquire(out)
+            break
+        except runlock.InUse as e:
+            pid = f" (pid {e.pid})" if e.pid is not None else ""
+            then = "before resuming it" if not new_run else "or pass another --out"
+            raise UserError(f"{out} is in use by another fastvae run{pid}; wait for it to finish {then}") from None
+        except FileNotFoundError:               # a run refused right after making it removed it again: make it anew
+            if attempt == 2:
+                raise UserError(f"cannot make the output folder {out} (it keeps disappearing); choose another "
+                                "with --out") from None
+        except OSError as e:
+            raise UserError(f"cannot write to the output folder {out} ({e.strerror}); choose another with --out") \
+                from None
+    if lock is not None:
+        hold.callback(lock.release)
+    # the lock file is not among these: a folder left with only a killed run's lock file holds no run
     held = [name for name in _RUN_FILES if (out / name).exists()]
     if new_run and held and not overwrite:
         if "checkpoint.npz" not in held:        # (--resume would refuse it)
@@ -101,27 +135,48 @@ def _prepare_out(out, new_run=False, overwrite=False):
                             "--overwrite")
         raise UserError(f"{out} already holds a run ({held[0]}); continue it with --resume {shlex.quote(str(out))}, "
                         "or pass --overwrite to replace it")
-    # the folders this run would create: made to check that the folder can be written, then removed again, and made
-    # for good only when the run starts (run()), so that a run refused by a later check leaves nothing behind
-    missing = [p for p in (out, *out.parents) if not p.exists()]
-    try:
-        out.mkdir(parents=True, exist_ok=True)      # samples/ only when a figure goes there (not with --no-plots)
+    try:                                        # (an old lock file of a killed run opens even in a read-only folder)
         probe = out / ".write-test"
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
         raise UserError(f"cannot write to the output folder {out} ({e.strerror}); choose another with --out") from None
-    finally:
-        for folder in missing:                      # the deepest first; each empty (the probe is gone)
-            try:
-                folder.rmdir()
-            except OSError:
-                break
     return out
 
 
-def _new_run(args, notify):
-    """(model, run info) for a fresh run from the options, the seed's defaults filling the rest."""
+# where runs go without --out (relative to the working directory)
+_RUNS = Path("runs")
+
+
+def _default_out(root, now=None):
+    """A new folder root/<date>-<time> (local time `now`, default the present), made here: os.mkdir fails where the
+    name exists, so two runs started in the same second never share one; the later gets -2 (then -3, ...)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    root.mkdir(parents=True, exist_ok=True)
+    for n in itertools.count(1):
+        out = root / (stamp if n == 1 else f"{stamp}-{n}")
+        try:
+            out.mkdir()
+            return out
+        except FileExistsError:
+            continue
+
+
+def _remove_empty(folders):
+    """Remove `folders` that are still empty, the deepest first; stop at the first that is not (it holds another
+    run's files, or this run's, or a folder another run made inside it)."""
+    for folder in sorted(set(folders), key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue
+        except OSError:
+            break
+
+
+def _new_run(args, notify, hold):
+    """(model, run info, folder) for a fresh run from the options, the seed's defaults filling the rest; the folder
+    is held until `hold` closes (_prepare_out)."""
     from .model import VAE
     d = DEFAULTS
     cfg = Config(hidden=tuple(args.hidden or d.hidden), latent=_or(args.latent, d.latent),
@@ -136,11 +191,12 @@ def _new_run(args, notify):
     run_info = {"data_dir": None if args.data is None else str(args.data.resolve()),
                 "test_fraction": args.test_fraction,
                 "train_images": args.train_images, "test_images": args.test_images}
-    return model, run_info, _prepare_out(args.out, new_run=True, overwrite=args.overwrite)
+    return model, run_info, _prepare_out(args.out, hold, new_run=True, overwrite=args.overwrite)
 
 
-def _resumed_run(args, notify):
-    """(model, run info) of the run in args.resume, with its history; --epochs sets a new total."""
+def _resumed_run(args, notify, hold):
+    """(model, run info, folder) of the run in args.resume, with its history; --epochs sets a new total. The folder
+    is held until `hold` closes (_prepare_out)."""
     from .model import VAE
     given = [f"--{k.replace('_', '-')}" for k in _RUN_OPTIONS if getattr(args, k) is not None]
     if args.overwrite:
@@ -149,6 +205,10 @@ def _resumed_run(args, notify):
         raise UserError(f"{', '.join(given)} cannot be changed when resuming; the run keeps its own settings "
                         "(only --epochs, --backend, --precision, --threads, --no-plots and --quiet apply)")
     out = args.resume
+    # held before its files are read, so that a live run writing them refuses this one; a missing folder is not made
+    # here (it is refused below as no run folder)
+    if out.is_dir():
+        _prepare_out(out, hold)
     try:
         metrics = json.loads((out / "metrics.json").read_text())
         run_info, history = metrics["run"], metrics["epochs"]
@@ -167,7 +227,7 @@ def _resumed_run(args, notify):
     if model.epoch >= model.config.epochs:
         raise UserError(f"the run in {out} has already trained {model.epoch} of {model.config.epochs} epochs; "
                         f"pass --epochs N with N > {model.epoch} to train more")
-    return model, run_info, _prepare_out(out)
+    return model, run_info, out
 
 
 def _or(value, default):
@@ -211,19 +271,20 @@ def run(args: argparse.Namespace) -> int:
     that stops at once), or one before training or while the final figures are drawn, says what is kept."""
     stop = _Stop()
     try:
-        return _train(args, stop)
+        with contextlib.ExitStack() as hold:    # the run's folder is held (runlock) until the run ends, however
+            return _train(args, stop, hold)
     except TrainingInterrupted:
         raise
     except KeyboardInterrupt:
         raise KeyboardInterrupt(stop.line("interrupted")) from None
 
 
-def _train(args, stop):
+def _train(args, stop, hold):
     from .figures import matplotlib_missing
 
     check_positive(args, "train_images", "test_images")
     notes = Notes(args)
-    model, run_info, out = (_resumed_run if args.resume is not None else _new_run)(args, notes)
+    model, run_info, out = (_resumed_run if args.resume is not None else _new_run)(args, notes, hold)
     if args.threads is not None:                # kept in metrics.json's run info: --resume keeps the count
         run_info["threads"] = args.threads
     if args.precision is not None:              # the same: asked for once, kept; the one in use is info's
@@ -261,8 +322,9 @@ def _train(args, stop):
     codings_seed = cfg.seed
     if args.resume is None and args.overwrite:
         _remove_run(out)                    # only now: every check above has passed
-    # written before the first step, so a Ctrl-C in the first epoch leaves a folder that --resume can continue
-    out.mkdir(parents=True, exist_ok=True)
+    # the run starts writing here, into the folder _prepare_out made and holds (it removes it again, empty, where the
+    # run stops before this line); metrics.json is written before the first step, so a Ctrl-C in the first epoch
+    # leaves a folder that --resume can continue
     jsonfile.write(out / "metrics.json", {**info, "epochs": model.history})
     stop.out, stop.epochs = out, cfg.epochs
     if draw:

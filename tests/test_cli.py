@@ -280,3 +280,137 @@ def test_threads_take_whole_numbers_as_every_integer_option_does():
     from fastvae.train import build_parser
     assert build_parser().parse_args(["--threads", "2.0"]).threads == 2
     assert build_parser().parse_args(["--threads", "auto"]).threads == "auto"
+
+
+# A run holds its --out folder while it writes to it (fastvae/runlock.py): a fresh user started two runs into one
+# folder at the same moment, both passed the start-up check and exited 0, and the second's files replaced the first's;
+# two runs without --out started in the same second shared runs/<date>-<time> the same way.
+HELD = ["--train-images", "3000", "--test-images", "10", "--hidden", "40", "24", "--latent", "3", "--batch-size", "50",
+        "--backend", "cpu", "--threads", "1", "--no-plots", "--quiet"]
+
+
+def start(*args):
+    return subprocess.Popen([sys.executable, "-m", "fastvae.train", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path, proc, timeout=300):
+    """Return once `path` exists, `proc` (which writes it) still running."""
+    import time
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"the run ended first: {proc.returncode} {proc.stderr.read()}"
+        assert time.monotonic() < deadline, f"{path} did not appear in {timeout} s"
+        time.sleep(0.01)
+
+
+def files_of(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_folder_held_by_a_live_run_refuses_every_other_run_in_one_line(tmp_path):
+    """A second run into the folder of a run that is training (a new one, --overwrite, --resume) exits 2 with one line
+    naming the holder's pid, and leaves the first run's files as they were; the first one then finishes unharmed. The
+    first is paused (SIGSTOP) while the others try, so its own writes cannot change the files compared."""
+    import signal
+    from fastvae import runlock
+    out = tmp_path / "same"
+    first = start(*HELD, "--epochs", "100", "--seed", "1", "--out", str(out))     # (3 s or so)
+    try:
+        wait_for(out / "metrics.json", first)           # written just before the first step: it is training
+        first.send_signal(signal.SIGSTOP)
+        before = files_of(out)
+        for args, then in [((*HELD, "--epochs", "1", "--seed", "2", "--out", str(out)), "or pass another --out"),
+                           ((*HELD, "--epochs", "1", "--seed", "2", "--out", str(out), "--overwrite"),
+                            "or pass another --out"),
+                           (("--resume", str(out), "--epochs", "200", "--no-plots", "--quiet"), "before resuming it")]:
+            proc = train(*args)
+            assert proc.returncode == 2, proc.stderr
+            line, = proc.stderr.strip().splitlines()
+            assert line == (f"fastvae: error: {out} is in use by another fastvae run (pid {first.pid}); "
+                            f"wait for it to finish {then}"), line
+            assert files_of(out) == before, "the refused run changed the first run's files"
+        assert before[runlock.NAME].decode().strip() == str(first.pid), "the lock file names its holder"
+        first.send_signal(signal.SIGCONT)
+        assert first.wait(timeout=300) == 0, first.stderr.read()
+    finally:
+        first.kill()                                    # (a no-op once it has ended; a stopped one dies too)
+        first.wait()
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["config"]["seed"] == 1 and [e["epoch"] for e in m["epochs"]] == list(range(1, 101))
+    assert sorted(files_of(out)) == ["checkpoint.npz", "metrics.json"], "the lock file goes with the run"
+
+
+def test_two_runs_started_together_into_one_folder_one_runs_and_one_is_refused(tmp_path):
+    """The fresh user's trial itself: two runs started at the same moment into one folder. Exactly one trains; the
+    other exits 2 in one line (in use, or, where it looks only after the first has ended, already holding a run)."""
+    out = tmp_path / "same"
+    procs = [start(*HELD, "--epochs", "3", "--seed", str(seed), "--out", str(out)) for seed in (1, 2)]
+    ended = [(proc.wait(timeout=300), proc.stderr.read()) for proc in procs]
+    assert sorted(status for status, _ in ended) == [0, 2], ended
+    seed = 1 if ended[0][0] == 0 else 2
+    line, = ended[2 - seed][1].strip().splitlines()
+    assert "is in use by another fastvae run (pid" in line or "already holds a run" in line, line
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["config"]["seed"] == seed and [e["epoch"] for e in m["epochs"]] == [1, 2, 3]
+
+
+def test_default_folders_made_in_the_same_second_differ(tmp_path):
+    """runs/<date>-<time> is made with os.mkdir, which fails where the name exists: the second run of a second takes
+    -2, the third -3, even when they ask at the same moment."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    from fastvae.train import _default_out
+    now = time.mktime((2026, 12, 6, 17, 7, 43, 0, 0, -1))
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    root = tmp_path / "runs"
+    outs = [_default_out(root, now) for _ in range(3)]
+    assert [p.name for p in outs] == [stamp, f"{stamp}-2", f"{stamp}-3"] and all(p.is_dir() for p in outs)
+    with ThreadPoolExecutor(8) as pool:
+        outs += pool.map(lambda _: _default_out(root, now), range(8))
+    assert len(set(outs)) == 11 and sorted(p.name for p in root.iterdir()) == sorted(p.name for p in outs)
+
+
+def test_a_run_without_out_never_takes_a_folder_that_exists(tmp_path):
+    """A real run without --out whose runs/<date>-<time> exists (made here for every second it could start in) takes
+    <date>-<time>-2 and leaves the other folder alone; a run refused by a later check leaves no folder behind."""
+    import time
+    now = int(time.time())
+    stamps = [time.strftime("%Y%m%d-%H%M%S", time.localtime(t)) for t in range(now - 2, now + 300)]
+    for stamp in stamps:
+        (tmp_path / "runs" / stamp).mkdir(parents=True)
+        (tmp_path / "runs" / stamp / "notes.txt").write_text("another run's folder")
+    proc = train(*HELD, "--epochs", "1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    new = sorted({p.name for p in (tmp_path / "runs").iterdir()} - set(stamps))
+    assert len(new) == 1 and new[0].endswith("-2") and new[0][:-2] in stamps, new
+    assert sorted(files_of(tmp_path / "runs" / new[0])) == ["checkpoint.npz", "metrics.json"]
+    assert all(sorted(files_of(tmp_path / "runs" / stamp)) == ["notes.txt"] for stamp in stamps)
+    (tmp_path / "empty").mkdir()
+    proc = train(*HELD, "--epochs", "1", "--train-images", "30", cwd=tmp_path / "empty")
+    assert proc.returncode == 2 and "larger than" in proc.stderr, proc.stderr
+    assert not list((tmp_path / "empty").iterdir()), "neither runs/ nor its new folder is left"
+
+
+def test_a_run_killed_mid_training_leaves_a_folder_that_resumes(tmp_path):
+    """SIGKILL gives no run a chance to let go of its folder: the operating system drops the lock with the process,
+    so the lock file it leaves (with the dead pid) neither blocks --resume nor counts as a run of its own."""
+    from fastvae import checkpoint, runlock
+    out = tmp_path / "run"
+    first = start(*HELD, "--epochs", "200", "--seed", "1", "--out", str(out))
+    try:
+        wait_for(out / "checkpoint.npz", first)         # (written atomically: once there, it is whole)
+    finally:
+        first.kill()
+        first.wait()
+    assert first.returncode == -9, "killed while training"
+    assert (out / runlock.NAME).read_text().strip() == str(first.pid), "the dead run's lock file is left"
+    epoch = checkpoint.load(out / "checkpoint.npz").epoch
+    proc = train(*HELD, "--epochs", "1", "--seed", "2", "--out", str(out))
+    assert proc.returncode == 2 and "already holds a run" in proc.stderr, proc.stderr    # not "in use"
+    proc = train("--resume", str(out), "--epochs", str(epoch + 1), "--no-plots", "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    assert checkpoint.load(out / "checkpoint.npz").epoch == epoch + 1
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["config"]["seed"] == 1 and [e["epoch"] for e in m["epochs"]] == list(range(1, epoch + 2))
+    assert not (out / runlock.NAME).exists(), "the resumed run removed it when it ended"
