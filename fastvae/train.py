@@ -14,7 +14,9 @@ import dataclasses
 import itertools
 import json
 import shlex
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -359,12 +361,44 @@ def _train(args, stop, hold):
                                   f"python -m fastvae.train --resume {shlex.quote(str(out))}") from None
     if draw:
         from .plot import write_figures
-        write_figures(model, test_x, test_y, out, history=model.history, seed=codings_seed,
-                      notify=lambda msg: None)
+        with _CtrlCNoted() as ctrl_c:
+            write_figures(model, test_x, test_y, out, history=model.history, seed=codings_seed,
+                          notify=lambda msg: None)
+        ctrl_c.check()
     final = model.history[-1]
-    say(f"done: test loss {final['test']['total']:.3f} per image after {model.epoch} epoch{'s' if model.epoch != 1 else ''}; "
+    plural = "s" if model.epoch != 1 else ""
+    say(f"done: test loss {final['test']['total']:.3f} per image after {model.epoch} epoch{plural}; "
         f"mean {np.mean([r['seconds'] for r in model.history]):.2f} s per epoch; results in {out}")
     return 0
+
+
+class _CtrlCNoted:
+    """Ctrl-C raises KeyboardInterrupt as usual while active, and is noted: Python drops one raised inside a callback
+    it cannot propagate from (a weakref's or the garbage collector's: 'Exception ignored in ...'), and matplotlib's
+    figures run such callbacks (a fresh user's trial: 2 of 22 Ctrl-Cs during the final figures ended in 'done' and
+    exit status 0), so check() raises it again after the work. Only the main thread can own SIGINT: elsewhere this
+    notes nothing."""
+
+    def __init__(self):
+        self.seen, self._previous = False, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+    def check(self):
+        if self.seen:
+            raise KeyboardInterrupt
 
 
 def _remove_run(out):
