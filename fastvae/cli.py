@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import sys
 from pathlib import Path
 from typing import Callable
@@ -41,9 +42,11 @@ def _stop(message, status):
     return status
 
 
-def add_shared_options(p: argparse.ArgumentParser, quiet: str, precision: str = "") -> None:
-    """The options every tool takes: --backend, --precision (its help ends with `precision`), --data, --test-images,
-    --quiet (its help: `quiet`), --version."""
+def add_shared_options(p: argparse.ArgumentParser, quiet: str, precision: str = "", of_a_run: bool = False) -> None:
+    """The options every tool takes: --backend, --precision (its help ends with `precision`), --data, --test-fraction,
+    --test-images, --quiet (its help: `quiet`), --version. of_a_run: the tool reads a trained run (evaluate, plot),
+    whose data and split are the defaults of --data, --test-fraction and --test-images (run_test_set)."""
+    run = "the run's, as its metrics.json records; else " if of_a_run else ""
     p.add_argument("--backend", choices=NAMES, default="auto",
                    help="auto (default) picks gpu when CuPy and a CUDA device are usable, else cpu; cpu-bf16 is cpu "
                         "with its matrix products in bf16 (--precision bf16); reference is float64 NumPy (slow, the "
@@ -57,12 +60,14 @@ def add_shared_options(p: argparse.ArgumentParser, quiet: str, precision: str = 
                    help="a folder of four IDX files of any image size (MNIST, Fashion-MNIST, KMNIST, EMNIST; .gz or "
                         "raw) or a Keras mnist.npz; a Keras-style .npz (x_train, x_test, optional y_train, y_test); "
                         "or an .npy/.npz of one array of images (n, h, w) or rows (n, d), split by --test-fraction "
-                        "(default: the MNIST copy embedded in fastvae)")
+                        + ("(default: the data set the run was trained on, as its metrics.json records; the MNIST "
+                           "copy embedded in fastvae for a checkpoint without one)" if of_a_run else
+                           "(default: the MNIST copy embedded in fastvae)"))
     p.add_argument("--test-fraction", type=float, metavar="F",
                    help="for --data holding one array: the fraction of its rows held out as the test set, chosen by "
-                        "a permutation seeded with the model's seed (default 1/7: MNIST's 10000 of 70000)")
+                        "a permutation seeded with the model's seed (default: " + run + "1/7, MNIST's 10000 of 70000)")
     p.add_argument("--test-images", type=whole_number, metavar="N",
-                   help="use only the first N test images (default: all)")
+                   help="use only the first N test images (default: " + run + "all)")
     p.add_argument("--quiet", action="store_true", help=quiet)
     p.add_argument("--version", action="version", version=f"fastvae {__version__}")
 
@@ -77,6 +82,84 @@ def load_data(args: argparse.Namespace, split_seed: int, data_path=None):
     for notice in data.notices if not args.quiet else ():
         print(f"fastvae: {notice}", file=sys.stderr)
     return data
+
+
+def run_record(checkpoint: Path) -> dict | None:
+    """The `run` record (data_dir, test_fraction, train_images, test_images) of the metrics.json beside `checkpoint`,
+    or None where there is none: a bare checkpoint, or a metrics.json without one or that cannot be read (the data
+    set is then unknown, and the tools fall back to the embedded MNIST as they did before runs recorded it)."""
+    try:
+        import json
+        record = json.loads((checkpoint.parent / "metrics.json").read_text())["run"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    # a hand-edited record of other types is as good as none (rather than a traceback where it is used)
+    ok = isinstance(record, dict) and isinstance(record.get("data_dir"), (str, type(None))) and \
+        isinstance(record.get("test_images"), (int, type(None))) and \
+        isinstance(record.get("test_fraction"), (int, float, type(None)))
+    return record if ok else None
+
+
+def _same_file(a, b) -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except (OSError, RuntimeError):         # a symlink loop: then they are not the same path to us
+        return False
+
+
+def run_test_set(args: argparse.Namespace, checkpoint: Path, model) -> tuple:
+    """(data set, test rows, their labels or None) on which evaluate and plot measure and draw the model of
+    `checkpoint`: --data where given, else the data set its run was trained on (the data_dir of the run record in its
+    metrics.json), else the embedded MNIST (a bare checkpoint). The run's data is split as the run split it: its
+    test fraction and test-image count apply unless --test-fraction or --test-images say otherwise, also when --data
+    names the run's own file, or any file once the recorded one is gone (its new place); another data set gets the
+    options' defaults. Raises UserError (one line) when the recorded data path is gone and no --data is given, or
+    when the data's width is not the model's (with advice for the command line: --data)."""
+    record = run_record(checkpoint)
+    recorded = None if record is None else record.get("data_dir")
+    gone = recorded is not None and not Path(recorded).exists()
+    # the run's own data: no --data, or --data naming the recorded file, or its new place where that file is gone
+    # (what the line below for a gone file asks for), which must then be split as the run split it too
+    own = record is not None and (args.data is None or gone or recorded is not None and _same_file(args.data, recorded))
+    fraction, count = args.test_fraction, args.test_images
+    if own:                                 # the run's split: the same test images the run measured
+        fraction = record.get("test_fraction") if fraction is None else fraction
+        count = record.get("test_images") if count is None else count
+    path = args.data
+    if path is None and gone:
+        raise UserError(f"the data set this run was trained on, {recorded} (as {checkpoint.parent / 'metrics.json'} "
+                        "records), no longer exists; pass it where it is now with --data PATH")
+    if path is None and recorded is not None:
+        path = Path(recorded)
+    elif path is not None and record is not None and not path.exists():
+        # data.load_data's own line says to omit --data for the embedded MNIST: here that means the run's data
+        if gone:
+            raise UserError(f"data path {path} does not exist, nor does the run's own, {recorded}; pass the data "
+                            "set the run was trained on, where it is now, with --data PATH")
+        raise UserError(f"data path {path} does not exist; pass an existing one with --data, or leave out --data to "
+                        f"use the run's own ({'the embedded MNIST' if recorded is None else recorded})")
+    data = load_data(argparse.Namespace(**{**vars(args), "test_fraction": fraction}), model.config.seed,
+                     data_path=path)
+    width, shape = model.config.input_width, model.config.image_shape
+    if data.width != width:
+        fitted = f" ({shape[0]}x{shape[1]} images)" if shape else ""
+        if gone:
+            advice = (f"the run was trained on {recorded}, which is gone; pass the data set it was trained on "
+                      "with --data PATH")
+        elif own and recorded is not None:  # the run's own file, rewritten since
+            advice = (f"the run's data at {recorded} has changed since it was trained on; pass the data it was "
+                      "trained on with --data PATH")
+        elif recorded is not None:
+            advice = f"pass the run's data with --data {shlex.quote(str(recorded))}"
+        elif record is not None and args.data is not None:
+            advice = "the run was trained on the embedded MNIST: leave out --data"
+        else:
+            advice = "pass the data set the model was trained on with --data PATH"
+        raise UserError(f"the test set of {data.source} has rows of {data.width} values but the model takes "
+                        f"{width}{fitted}; {advice}")
+    test_x = model._images(data.test_x[:count], f"the test set of {data.source}")     # [:None] is all
+    test_y = None if data.test_y is None else data.test_y[:count]
+    return data, test_x, test_y
 
 
 class Parser(argparse.ArgumentParser):

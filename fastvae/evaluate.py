@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Iterable
 import numpy as np
 
 from . import jsonfile, rng
-from .cli import (Notes, Parser, add_shared_options, check_positive, checkpoint_path, load_data, run_main,
-                  run_precision, whole_number)
+from .cli import (Notes, Parser, add_shared_options, check_positive, checkpoint_path, run_main, run_precision,
+                  run_test_set, whole_number)
 from .config import integer, seed_value
 from .errors import UserError
 from .rng import STREAM_IWAE
@@ -66,8 +66,8 @@ def bernoulli_log_likelihood(logits, x):
 
 
 def gaussian_log_likelihood(logits, x):
-    """Per row: log N(x; sigmoid(l), 1/2) summed over pixels = -sum (p - x)^2 - (d / 2) log(pi) over the d values: the density
-    whose negative log is the squared-error variant's reconstruction loss up to that constant."""
+    """Per row: log N(x; sigmoid(l), 1/2) summed over pixels = -sum (p - x)^2 - (d / 2) log(pi) over the d values:
+    the density whose negative log is the squared-error variant's reconstruction loss up to that constant."""
     p = 0.5 * (1.0 + np.tanh(0.5 * np.asarray(logits, dtype=np.float64)))
     return -np.sum((p - x) ** 2, axis=1) - 0.5 * x.shape[1] * math.log(math.pi)
 
@@ -169,8 +169,10 @@ def _progress_bar(total, desc):
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="python -m fastvae.evaluate",
-        description="Evaluate a trained fastvae checkpoint on the MNIST test set: the negative ELBO (reconstruction "
-                    "+ KL) and the importance-weighted (IWAE) estimate of -log p(x), in nats per image.",
+        description="Evaluate a trained fastvae checkpoint on a test set (by default the one its run was trained "
+                    "and measured on, as its metrics.json records; MNIST's for a bare checkpoint): the negative "
+                    "ELBO (reconstruction + KL) and the importance-weighted (IWAE) estimate of -log p(x), in nats "
+                    "per image.",
         epilog="examples: python -m fastvae.evaluate runs/quick/checkpoint.npz --k 1 10 100 1000 --test-images "
                "1000;  python -m fastvae.evaluate runs/quick --json eval.json.  Exit status: 0 done, 2 a mistake "
                "in the input, 130 interrupted (Ctrl-C).")
@@ -178,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=whole_number, nargs="+", default=[DEFAULT_K], metavar="K",
                    help=f"importance samples per image (default {DEFAULT_K}); several values cost as much as the "
                         "largest, because smaller k use a prefix of its samples")
-    add_shared_options(p, quiet="no progress bar", precision="; default: the run's (bf16 if its metrics.json says so)")
+    add_shared_options(p, quiet="no progress bar", precision="; default: the run's (bf16 if its metrics.json says so)",
+                       of_a_run=True)
     p.add_argument("--batch-size", type=whole_number, metavar="B", default=DEFAULT_ROWS,
                    help=f"decoder rows per chunk (default {DEFAULT_ROWS}); bounds memory")
     p.add_argument("--seed", type=whole_number, default=0, help="decides the importance samples (default 0)")
@@ -204,8 +207,7 @@ def run(args: argparse.Namespace) -> int:
     path = checkpoint_path(args.checkpoint)
     notes = Notes(args)
     model = VAE.load(path, backend=args.backend, notify=notes, precision=run_precision(path, args.precision))
-    data = load_data(args, model.config.seed)
-    test_x = model._images(data.test_x[:args.test_images], f"the test set of {data.source}")     # [:None] is all
+    data, test_x, _ = run_test_set(args, path, model)     # --data, else the run's own data set and split
     notes.flush()
     res = evaluate_model(model, test_x, k=args.k, seed=args.seed, batch_size=args.batch_size,
                          progress=not args.quiet)
@@ -220,11 +222,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_table(r):
+def format_table(r: dict) -> str:
+    """The report of run() as the table it prints: a first line naming the checkpoint, its test set and where that
+    came from, then the negative ELBO and one row per k of the IWAE estimate."""
     e = r["elbo"]
     epochs = r['epochs_trained']
     lines = [f"{r['checkpoint']}: {epochs} epoch{'s' * (epochs != 1)}, latent {r['config']['latent']}, "
-             f"{r['images']} test images, {r['backend']} backend, noise seed {r['seed']}, {r['seconds']:.1f} s",
+             f"{r['images']} test images of {r['data']}, {r['backend']} backend, noise seed {r['seed']}, "
+             f"{r['seconds']:.1f} s",
              "nats per image (lower is better)",
              f"  negative ELBO, 1 sample, analytic KL  {e['total']:9.3f}  = reconstruction {e['reconstruction']:.3f}"
              f" + KL {e['kl']:.3f}",

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .cli import Parser, add_shared_options, check_positive, checkpoint_path, load_data, run_main, run_precision
+from .cli import Parser, add_shared_options, check_positive, checkpoint_path, run_main, run_precision, run_test_set
 from .constants import SAMPLE_CODINGS
 from .errors import UserError
 
@@ -105,7 +105,8 @@ def write_figures(model: VAE, test_x: np.ndarray, test_y: np.ndarray, out: str |
                   seed: int | None = None, notify: Callable[[str], None] = print) -> list[Path]:
     """Write every figure of `model` into folder `out`; returns the paths written. test_x: test images (n, d),
     uint8 or floats in [0, 1], of the model's width; test_y: their labels (n,) or None; history: metrics.json's
-    "epochs" list (loss.png is skipped without it); seed: the sample codings' seed (default the model's). Raises UserError without matplotlib."""
+    "epochs" list (loss.png is skipped without it); seed: the sample codings' seed (default the model's). Raises
+    UserError without matplotlib."""
     from . import figures
     out = Path(out)
     written = []
@@ -143,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="folder for the PNG files (default: figures/ beside the checkpoint)")
     add_shared_options(p, quiet="print nothing but errors",
-                       precision="; default: the run's (bf16 if its metrics.json says so)")
+                       precision="; default: the run's (bf16 if its metrics.json says so)", of_a_run=True)
     return p
 
 
@@ -168,17 +169,34 @@ def run(args: argparse.Namespace) -> int:
             history = json.loads(metrics.read_text())["epochs"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             print(f"fastvae: ignoring {metrics} ({type(e).__name__}); no loss.png", file=sys.stderr)
+    _, test_x, test_y = run_test_set(args, path, model)   # --data, else the run's own data set and split
     out = args.out if args.out is not None else path.parent / "figures"
+    # made only now that every input has been checked, and removed again (the folders this call made, while they
+    # are empty) if drawing stops before a figure is written: a failed plot leaves no empty figures/ behind
+    made = [p for p in (out, *out.parents) if not p.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
+        _remove_empty(made)
         raise UserError(f"cannot create the output folder {out} ({e.strerror}); choose another with --out") from None
-    data = load_data(args, model.config.seed)
-    test_x = model._images(data.test_x[:args.test_images], f"the test set of {data.source}")     # [:None] is all
-    test_y = None if data.test_y is None else data.test_y[:args.test_images]
     say = (lambda msg: None) if args.quiet else print
-    write_figures(model, test_x, test_y, out, history=history, notify=say)
+    try:
+        write_figures(model, test_x, test_y, out, history=history, notify=say)
+    except BaseException:                   # a mistake, an error or Ctrl-C: the exception goes on unchanged
+        _remove_empty(made)
+        raise
     return 0
+
+
+def _remove_empty(folders):
+    """Remove `folders` (the deepest first), stopping at the first that is not empty or cannot be removed."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except FileNotFoundError:           # a mkdir that failed part way made only the shallower ones
+            continue
+        except OSError:
+            break
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fastvae import VAE
+from fastvae.data import embedded_dir
 from fastvae.errors import UserError
 
 SMALL = dict(hidden=(32,), latent=3, backend="cpu", batch_size=50, threads=1)
@@ -78,8 +79,10 @@ def test_sklearn_digits_train_save_load_evaluate_and_plot_through_the_cli(tmp_pa
     assert ev.returncode == 0, ev.stderr
     pl = tool("plot", str(out), "--backend", "cpu", "--data", str(digits_npz), "--out", str(tmp_path / "fig"))
     assert pl.returncode == 0, pl.stderr
-    wrong = tool("evaluate", str(out), "--backend", "cpu", "--test-images", "50")      # the embedded MNIST: 784
+    mnist = str(embedded_dir())                                                     # 784 values a row
+    wrong = tool("evaluate", str(out), "--backend", "cpu", "--data", mnist, "--test-images", "50")
     assert wrong.returncode == 2 and "has rows of 784 values" in wrong.stderr and "takes 64" in wrong.stderr
+    assert f"--data {digits_npz}" in wrong.stderr and "pass arrays" not in wrong.stderr     # the CLI's advice
     assert wrong.stderr.count("\n") == 1
 
 
@@ -138,3 +141,92 @@ def test_the_issues_reproduction_an_mnist_format_set_with_other_pixels_trains_wi
                 "--threads", "1", "--out", str(tmp_path / "run"))
     assert proc.returncode == 0, proc.stderr
     assert "matches none of the checksums fastvae knows" in proc.stderr
+
+
+
+def _report(proc, path):
+    """The JSON an evaluate subprocess wrote to `path` (its stderr on failure), its timing left out."""
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(path.read_text())
+    del report["seconds"]
+    return report
+
+
+def _pixels(folder):
+    """The figures drawn from the test images (the latent scatter, the reconstructions) as pixel arrays."""
+    import matplotlib.image as mpimg
+    return [mpimg.imread(folder / name) for name in ("latent.png", "reconstructions.png")]
+
+
+def _one_array_run(tmp_path):
+    """A run trained on one uint8 array of 6 x 5 images split by --test-fraction 0.25 and sliced by --test-images 30:
+    a width and test set that only the run's record reproduces (the embedded MNIST's are neither)."""
+    data = tmp_path / "data" / "shapes.npy"
+    data.parent.mkdir()
+    np.save(data, np.random.default_rng(7).integers(0, 256, (160, 6, 5), dtype=np.uint8))
+    out = tmp_path / "run"
+    proc = tool("train", "--backend", "cpu", "--data", str(data), "--test-fraction", "0.25", "--test-images", "30",
+                "--hidden", "16", "--latent", "2", "--batch-size", "40", "--epochs", "1", "--threads", "1",
+                "--no-plots", "--quiet", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    return data, out
+
+
+def test_evaluate_and_plot_without_data_use_the_runs_own_data_set_and_split(tmp_path):
+    """The new user's bug: a run trained with --data was evaluated and drawn on the embedded MNIST (784 values a row,
+    exit 2). Now its metrics.json's data and split are the default: the same numbers and figures as an explicit
+    --data with the run's split, and the one-sample ELBO is the test loss the run recorded, to the bit."""
+    data, out = _one_array_run(tmp_path)
+    recorded = json.loads((out / "metrics.json").read_text())
+    own = tool("evaluate", str(out), "--backend", "cpu", "--k", "1", "5", "--json", str(tmp_path / "own.json"))
+    report = _report(own, tmp_path / "own.json")
+    assert f"30 test images of {data}" in own.stdout.splitlines()[0]       # the line names the data it used
+    assert report["images"] == 30 and report["data"].startswith(str(data))
+    assert report["elbo"] == recorded["epochs"][-1]["test"]                # the run's own test images
+    explicit = tool("evaluate", str(out), "--backend", "cpu", "--k", "1", "5", "--data", str(data),
+                    "--test-fraction", "0.25", "--test-images", "30", "--json", str(tmp_path / "explicit.json"))
+    assert report == _report(explicit, tmp_path / "explicit.json")
+    same_file = tool("evaluate", str(out), "--backend", "cpu", "--k", "1", "5", "--data", str(data), "--json",
+                     str(tmp_path / "same.json"))                          # the run's own file: its split too
+    assert report == _report(same_file, tmp_path / "same.json")
+    pytest.importorskip("matplotlib")
+    drawn = tool("plot", str(out), "--backend", "cpu", "--quiet")
+    assert drawn.returncode == 0, drawn.stderr
+    again = tool("plot", str(out), "--backend", "cpu", "--quiet", "--data", str(data), "--test-fraction", "0.25",
+                 "--test-images", "30", "--out", str(tmp_path / "explicit"))
+    assert again.returncode == 0, again.stderr
+    for mine, theirs in zip(_pixels(out / "figures"), _pixels(tmp_path / "explicit")):
+        assert np.array_equal(mine, theirs)
+
+
+def test_a_run_whose_data_is_gone_says_so_in_one_line_and_takes_its_new_place(tmp_path):
+    """The recorded data path no longer exists: one line naming it and --data, exit 2, nothing written (no empty
+    figures/); the file passed from where it is now is split as the run split it."""
+    data, out = _one_array_run(tmp_path)
+    recorded = json.loads((out / "metrics.json").read_text())
+    moved = tmp_path / "moved.npy"
+    data.rename(moved)
+    for name in ("evaluate", "plot"):
+        proc = tool(name, str(out), "--backend", "cpu", "--k" if name == "evaluate" else "--quiet",
+                    *(["1"] if name == "evaluate" else []))
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert proc.stderr.startswith("fastvae: error:") and str(data) in proc.stderr, proc.stderr
+        assert "no longer exists" in proc.stderr and "--data PATH" in proc.stderr, proc.stderr
+    assert not (out / "figures").exists()
+    found = tool("evaluate", str(out), "--backend", "cpu", "--k", "1", "--data", str(moved), "--json",
+                 str(tmp_path / "moved.json"))
+    report = _report(found, tmp_path / "moved.json")
+    assert report["images"] == 30 and report["elbo"] == recorded["epochs"][-1]["test"]
+
+
+def test_data_of_the_wrong_width_names_the_runs_data_and_a_failed_plot_leaves_no_folder(tmp_path):
+    """An explicit --data of another width: the command line's advice is --data with the run's recorded path (not
+    the library's "pass arrays of shape"), and plot leaves no new empty figures/ (or --out) folder behind."""
+    data, out = _one_array_run(tmp_path)
+    mnist = str(embedded_dir())
+    for name, extra in (("evaluate", ["--k", "1"]), ("plot", []), ("plot", ["--out", str(tmp_path / "a" / "b")])):
+        proc = tool(name, str(out), "--backend", "cpu", "--data", mnist, "--test-images", "20", *extra)
+        assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+        assert "has rows of 784 values" in proc.stderr and "takes 30 (6x5 images)" in proc.stderr, proc.stderr
+        assert f"--data {data}" in proc.stderr and "pass arrays" not in proc.stderr, proc.stderr
+    assert not (out / "figures").exists() and not (tmp_path / "a").exists()

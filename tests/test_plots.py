@@ -119,6 +119,28 @@ def test_mistakes_exit_2_with_one_line(runs, args, says):
     assert len(lines) == 1 and lines[0].startswith("fastvae: error:") and says in lines[0], proc.stderr
 
 
+def test_a_plot_stopped_before_its_first_figure_leaves_no_empty_folder(runs, tmp_path, monkeypatch, capsys):
+    """Ctrl-C (or an error) while the figures are drawn: the folders this call made, still empty, are removed again;
+    a folder that was there before is kept."""
+    from fastvae import plot
+    model, _ = runs[4]
+    (tmp_path / "run").mkdir()
+    model.save(tmp_path / "run" / "checkpoint.npz")
+
+    def interrupted(*args, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(plot, "write_figures", interrupted)
+    args = ["--test-images", "20", "--backend", "cpu", "--quiet"]
+    assert plot.main([str(tmp_path / "run"), *args]) == 130
+    assert not (tmp_path / "run" / "figures").exists()
+    assert plot.main([str(tmp_path / "run"), "--out", str(tmp_path / "new" / "deeper"), *args]) == 130
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "mine").mkdir()
+    assert plot.main([str(tmp_path / "run"), "--out", str(tmp_path / "mine"), *args]) == 130
+    assert (tmp_path / "mine").is_dir()
+    assert capsys.readouterr().err.count("interrupted") == 3
+
+
 def test_manifold_codings_are_the_priors_quantiles():
     q, z = manifold_codings()
     assert q.shape == (20,) and z.shape == (400, 2)
