@@ -63,7 +63,7 @@ def add_shared_options(p: argparse.ArgumentParser, quiet: str, precision: str = 
                         + ("(default: the data set the run was trained on, as its metrics.json records; the MNIST "
                            "copy embedded in fastvae for a checkpoint without one)" if of_a_run else
                            "(default: the MNIST copy embedded in fastvae)"))
-    p.add_argument("--test-fraction", type=float, metavar="F",
+    p.add_argument("--test-fraction", type=fraction, metavar="F",
                    help="for --data holding one array: the fraction of its rows held out as the test set, chosen by "
                         "a permutation seeded with the model's seed (default: " + run + "1/7, MNIST's 10000 of 70000)")
     p.add_argument("--test-images", type=whole_number, metavar="N",
@@ -180,6 +180,18 @@ def whole_number(text: str) -> int:
             return integer(float(text), "", low=-math.inf)     # the sign is each option's own check
         except (ValueError, UserError):
             raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+
+
+def fraction(text: str) -> float:
+    """The type of --test-fraction: a number strictly between 0 and 1, checked for every data set (with MNIST's own
+    split it was accepted and recorded, 2.0 included, and used by nothing)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be a number between 0 and 1 (exclusive), got {text!r}")
+    return value
 
 
 def check_positive(args: argparse.Namespace, *names: str) -> None:

@@ -414,3 +414,16 @@ def test_a_run_killed_mid_training_leaves_a_folder_that_resumes(tmp_path):
     m = json.loads((out / "metrics.json").read_text())
     assert m["config"]["seed"] == 1 and [e["epoch"] for e in m["epochs"]] == list(range(1, epoch + 2))
     assert not (out / runlock.NAME).exists(), "the resumed run removed it when it ended"
+
+
+@pytest.mark.parametrize("tool", ["fastvae.train", "fastvae.evaluate", "fastvae.plot"])
+@pytest.mark.parametrize("value", ["2", "0", "-0.1", "1", "nan", "half"])
+def test_a_test_fraction_outside_0_1_is_refused_for_every_data_set(tmp_path, tool, value):
+    """--test-fraction is checked when it is parsed, whatever the data (a fresh user's trial: with the embedded MNIST,
+    whose split is its own, 2 was accepted and recorded in metrics.json)."""
+    proc = subprocess.run([sys.executable, "-m", tool, *(["RUN"] if tool != "fastvae.train" else []),
+                           "--test-fraction", value, *(["--out", str(tmp_path / "x")] if tool == "fastvae.train"
+                                                       else [])],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and "--test-fraction" in proc.stderr and "between 0 and 1" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
