@@ -14,9 +14,7 @@ import dataclasses
 import itertools
 import json
 import shlex
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from .cli import Notes, Parser, add_shared_options, check_positive, load_data, r
 from .config import Config
 from .constants import ENCODERS, HIDDEN_ACTIVATIONS, RECONSTRUCTIONS, SAMPLE_CODINGS
 from .errors import TrainingInterrupted, UserError
+from .sigint import CtrlCHandled
 from .threads import check as check_threads
 
 DEFAULTS = Config()
@@ -372,29 +371,18 @@ def _train(args, stop, hold):
     return 0
 
 
-class _CtrlCNoted:
+class _CtrlCNoted(CtrlCHandled):
     """Ctrl-C raises KeyboardInterrupt as usual while active, and is noted: Python drops one raised inside a callback
     it cannot propagate from (a weakref's or the garbage collector's: 'Exception ignored in ...'), and matplotlib's
     figures run such callbacks (a fresh user's trial: 2 of 22 Ctrl-Cs during the final figures ended in 'done' and
-    exit status 0), so check() raises it again after the work. Only the main thread can own SIGINT: elsewhere this
-    notes nothing."""
+    exit status 0), so check() raises it again after the work."""
 
     def __init__(self):
-        self.seen, self._previous = False, None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
+        self.seen = False
 
     def _handle(self, signum, frame):
         self.seen = True
         raise KeyboardInterrupt
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-        return False
 
     def check(self):
         if self.seen:

@@ -6,7 +6,6 @@ epoch_step, epoch_loss), so a model stopped by Ctrl-C can be saved and resumed e
 """
 import contextlib
 import signal
-import threading
 import time
 
 import numpy as np
@@ -14,6 +13,7 @@ import numpy as np
 from . import rng, step, threads
 from .constants import LOSS_CHECK_INTERVAL_DEVICE
 from .errors import TrainingDiverged, TrainingInterrupted, UserError
+from .sigint import CtrlCHandled
 
 # Steps between updates of the progress bar: the device backends read the loss back at this rate, so the bar
 # costs them nothing more.
@@ -126,19 +126,12 @@ def _progress_bar(total, desc):
     return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)
 
 
-class StopOnCtrlC:
+class StopOnCtrlC(CtrlCHandled):
     """While training, the first Ctrl-C only asks to stop after the step in progress (check() then raises
-    TrainingInterrupted); a second one interrupts at once. Only the main thread can own SIGINT, so elsewhere
-    this does nothing."""
+    TrainingInterrupted); a second one interrupts at once."""
 
     def __init__(self):
         self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
 
     def _handle(self, signum, frame):
         self.requested = True
@@ -147,8 +140,3 @@ class StopOnCtrlC:
     def check(self):
         if self.requested:
             raise TrainingInterrupted("training stopped cleanly after a step (Ctrl-C)")
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-        return False
