@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -29,6 +30,11 @@ def run_main(run: Callable[[argparse.Namespace], int], args: argparse.Namespace,
     note = f"; {kept}" if kept else ""
     try:
         return run(args)
+    except BrokenPipeError:
+        # the reader of stdout went away (`... | head`): no traceback, and none again when Python flushes stdout at
+        # exit (it is pointed at /dev/null); the status of a process a closed pipe stopped, 128 + SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except TrainingDiverged as e:           # a UserError too: caught first for its own status
         return _stop(f"error: {e}{note}", 3)
     except UserError as e:
@@ -52,10 +58,10 @@ def add_shared_options(p: argparse.ArgumentParser, quiet: str, precision: str = 
                         "with its matrix products in bf16 (--precision bf16); reference is float64 NumPy (slow, the "
                         "specification)")
     p.add_argument("--precision", choices=PRECISIONS, default=None,
-                   help="fp32 (default; bf16 for --backend cpu-bf16) or bf16: the matrix products' operands rounded "
-                        "to bf16, with fp32 sums, weights and Adam moments, on the cpu backend with AMX tiles or "
-                        "AVX512-BF16 (a CPU with neither computes in fp32, after a notice; not on gpu or reference)"
-                        + precision)
+                   help="fp32 or bf16: the matrix products' operands rounded to bf16, with fp32 sums, weights and "
+                        "Adam moments, on the cpu backend with AMX tiles or AVX512-BF16 (a CPU with neither computes "
+                        "in fp32, after a notice; not on gpu or reference)"
+                        + (precision or "; default fp32 (bf16 for --backend cpu-bf16)"))
     p.add_argument("--data", type=Path, metavar="PATH",
                    help="a folder of four IDX files of any image size (MNIST, Fashion-MNIST, KMNIST, EMNIST; .gz or "
                         "raw) or a Keras mnist.npz; a Keras-style .npz (x_train, x_test, optional y_train, y_test); "

@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
                "python -m fastvae.train --resume runs/quick --epochs 10.  "
                "Exit status: 0 done, 2 a mistake in the input, 3 training diverged, 130 interrupted (Ctrl-C).")
     add_shared_options(p, quiet="no progress bar or per-epoch lines",
-                       precision="; --resume keeps the run's unless given")
+                       precision="; default fp32 (bf16 for --backend cpu-bf16); --resume keeps the run's unless "
+                                 "given")
     p.add_argument("--epochs", type=whole_number, default=None,
                    help=f"passes over the training set (default {DEFAULTS.epochs}; with --resume: the total to reach)")
     p.add_argument("--batch-size", type=whole_number, help=f"images per training step (default {DEFAULTS.batch_size})")

@@ -427,3 +427,14 @@ def test_a_test_fraction_outside_0_1_is_refused_for_every_data_set(tmp_path, too
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2 and "--test-fraction" in proc.stderr and "between 0 and 1" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
+def test_a_closed_output_pipe_ends_a_tool_quietly(run_dir):
+    """`python -m fastvae.evaluate RUN | head -1`: the reader goes away; the tool ends with 128 + SIGPIPE and no
+    traceback (a fresh user's trial: a BrokenPipeError traceback)."""
+    out, _ = run_dir
+    proc = subprocess.Popen([sys.executable, "-m", "fastvae.evaluate", str(out), "--k", "1", "--test-images", "50",
+                             "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()                                 # the reader is gone before the tool writes its first line
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
