@@ -313,14 +313,17 @@ def _train(args, stop, hold):
         print(f"fastvae: no figures: {matplotlib_missing()}", file=sys.stderr)
         draw = False
     say = (lambda *a: None) if args.quiet else (lambda msg: print(msg, flush=True))
+    engine = _bf16_engine() if model.precision == "bf16" else None     # which of two CPUs' instructions ran
     info = {"fastvae": __version__, "backend": model.backend.name, "precision": model.precision,
+            **({"bf16_engine": engine} if engine else {}),
             "config": cfg.to_dict(), "data": data.source, "data_set": data.name,
             "train_images": len(train_x), "test_images": len(test_x), "machine": machine.describe(),
             "run": run_info}
     notes.flush()                           # every input checked: the notes now, the run's header after them
     where = f"resuming {out} at epoch {model.epoch + 1}" if args.resume else f"writing to {out}"
     say(f"fastvae {__version__}: {model.layout.size:,} parameters on the {model.backend.name} backend in "
-        f"{model.precision}; {len(train_x)} training and {len(test_x)} test images from {data.source}; {where}")
+        f"{model.precision}{f' ({engine})' if engine else ''}; {len(train_x)} training and {len(test_x)} test images "
+        f"from {data.source}; {where}")
     codings_seed = cfg.seed
     if args.resume is None and args.overwrite:
         _remove_run(out)                    # only now: every check above has passed
@@ -388,6 +391,12 @@ class _CtrlCNoted(CtrlCHandled):
     def check(self):
         if self.seen:
             raise KeyboardInterrupt
+
+
+def _bf16_engine():
+    """The engine of the bf16 products here: "AMX tiles" or "AVX512-BF16" (amx.USE_AMX, fixed by Numba's target)."""
+    from .backends import amx
+    return "AMX tiles" if amx.USE_AMX else "AVX512-BF16"
 
 
 def _remove_run(out):

@@ -157,9 +157,11 @@ def test_a_bf16_run_records_its_precision_and_resume_keeps_or_changes_it(tmp_pat
     out = tmp_path / "run"
     proc = train(*CLI_TINY, "--epochs", "1", "--backend", "cpu", "--precision", "bf16", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    assert "on the cpu-bf16 backend in bf16;" in proc.stdout.splitlines()[0]
+    engine = "AMX tiles" if amx.USE_AMX else "AVX512-BF16"     # which engine ran is said and recorded
+    assert f"on the cpu-bf16 backend in bf16 ({engine});" in proc.stdout.splitlines()[0]
     m = _metrics(out)
-    assert (m["backend"], m["precision"], m["run"]["precision"]) == ("cpu-bf16", "bf16", "bf16")
+    assert (m["backend"], m["precision"], m["run"]["precision"], m["bf16_engine"]) == ("cpu-bf16", "bf16", "bf16",
+                                                                                        engine)
     proc = train("--resume", str(out), "--epochs", "2", "--backend", "cpu", "--quiet")     # the run's bf16, kept
     assert proc.returncode == 0, proc.stderr
     m = _metrics(out)
@@ -168,6 +170,7 @@ def test_a_bf16_run_records_its_precision_and_resume_keeps_or_changes_it(tmp_pat
     assert proc.returncode == 0, proc.stderr
     m = _metrics(out)
     assert (m["backend"], m["precision"], m["run"]["precision"]) == ("cpu", "fp32", "fp32")
+    assert "bf16_engine" not in m
     proc = train("--resume", str(out), "--epochs", "4", "--backend", "cpu", "--quiet")      # now fp32, kept
     assert proc.returncode == 0, proc.stderr
     m = _metrics(out)
@@ -190,7 +193,7 @@ def test_a_run_begun_on_the_bf16_backend_by_name_resumes_in_bf16(tmp_path):
     assert _metrics(out)["run"]["precision"] == "bf16"
     proc = train("--resume", str(out), "--epochs", "2")
     assert proc.returncode == 0, proc.stderr
-    assert "on the cpu-bf16 backend in bf16;" in proc.stdout.splitlines()[0]
+    assert "on the cpu-bf16 backend in bf16 (" in proc.stdout.splitlines()[0]
     assert [e["precision"] for e in _metrics(out)["epochs"]] == ["bf16", "bf16"]
 
 
