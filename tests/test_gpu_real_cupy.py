@@ -97,8 +97,8 @@ def test_a_machine_without_a_driver_or_cupy_is_not_told_to_install_cupy(monkeypa
 
 def _one_line(exc):
     text = str(exc)
-    assert "\n" not in text and text.startswith("--backend gpu is not available: ")
-    assert text.endswith("; use --backend cpu")
+    assert "\n" not in text and text.startswith("the gpu backend is not available: ")
+    assert text.endswith('; use the cpu backend (backend="cpu", --backend cpu)')
     return text
 
 

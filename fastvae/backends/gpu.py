@@ -357,7 +357,9 @@ class Unavailable(UserError):
     """The gpu backend cannot run here; `reason` is the one-line why, with its fix."""
 
     def __init__(self, reason):
-        super().__init__(f"--backend gpu is not available: {reason}; use --backend cpu")
+        # (raised by the library and the command line alike: the advice names both spellings)
+        super().__init__(f"the gpu backend is not available: {reason}; use the cpu backend (backend=\"cpu\", "
+                         "--backend cpu)")
         self.reason = reason
 
 
