@@ -275,7 +275,8 @@ def _idx_paths(directory):
 @functools.lru_cache(maxsize=1)
 def _load_embedded():
     # Cached: decompressing and checking 55 MB takes ~0.3 s. The arrays are read-only, so sharing them is safe.
-    return _load_idx(_idx_paths(embedded_dir()), f"embedded ({embedded_dir()})")     # named (MNIST) from its files
+    # named (MNIST) from its files: "the embedded copy in /.../mnist (MNIST)"
+    return _load_idx(_idx_paths(embedded_dir()), f"the embedded copy in {embedded_dir()}")
 
 
 def load_data(path: str | Path | None = None, test_fraction: float = 1 / 7, split_seed: int = 0) -> Dataset:
