@@ -105,33 +105,36 @@ def iwae_bound(model: VAE, X: np.ndarray, k: int | Iterable[int] = DEFAULT_K, se
     bound = np.empty((n, len(ks)))
     elbo = np.empty((n, len(ks)))
     bar = _progress_bar(n, f"IWAE k={kmax}") if progress else None
-    with np.errstate(over="ignore"):
-        for g0 in range(0, n, group):
-            imgs = np.arange(g0, min(g0 + group, n))
-            eps = np.concatenate([rng.normals(seed, STREAM_IWAE, i, kmax, latent) for i in imgs]).astype(np.float64)
-            owner = np.repeat(imgs, kmax)                 # image of each (image, sample) row
-            z = mu[owner] + sigma[owner] * eps
-            lw = np.empty(len(owner))
-            for r0 in range(0, len(owner), chunk):
-                r1 = min(r0 + chunk, len(owner))
-                who = owner[r0:r1]
-                logits = model.decode_logits(z[r0:r1], rows=chunk)
-                x = X[who].astype(np.float64) / (255.0 if X.dtype == np.uint8 else 1.0)
-                log_px = log_likelihood(logits, x)
-                log_pz = -0.5 * np.sum(z[r0:r1] ** 2 + _LOG_2PI, axis=1)
-                log_qz = -0.5 * np.sum(eps[r0:r1] ** 2 + logvar[who] + _LOG_2PI, axis=1)
-                lw[r0:r1] = log_px + log_pz - log_qz
-                if bar is not None and kmax > rows:       # long k: show progress within an image too
-                    bar.update((r1 - r0) / kmax)
-            lw = lw.reshape(len(imgs), kmax)
-            for c, kk in enumerate(ks):
-                bound[imgs, c] = log_mean_exp(lw[:, :kk])
-                elbo[imgs, c] = lw[:, :kk].mean(axis=1)
-            if bar is not None and kmax <= rows:
-                bar.update(len(imgs))
-    if bar is not None:
-        bar.n = n
-        bar.close()
+    try:
+        with np.errstate(over="ignore"):
+            for g0 in range(0, n, group):
+                imgs = np.arange(g0, min(g0 + group, n))
+                eps = np.concatenate([rng.normals(seed, STREAM_IWAE, i, kmax, latent) for i in imgs]).astype(np.float64)
+                owner = np.repeat(imgs, kmax)                 # image of each (image, sample) row
+                z = mu[owner] + sigma[owner] * eps
+                lw = np.empty(len(owner))
+                for r0 in range(0, len(owner), chunk):
+                    r1 = min(r0 + chunk, len(owner))
+                    who = owner[r0:r1]
+                    logits = model.decode_logits(z[r0:r1], rows=chunk)
+                    x = X[who].astype(np.float64) / (255.0 if X.dtype == np.uint8 else 1.0)
+                    log_px = log_likelihood(logits, x)
+                    log_pz = -0.5 * np.sum(z[r0:r1] ** 2 + _LOG_2PI, axis=1)
+                    log_qz = -0.5 * np.sum(eps[r0:r1] ** 2 + logvar[who] + _LOG_2PI, axis=1)
+                    lw[r0:r1] = log_px + log_pz - log_qz
+                    if bar is not None and kmax > rows:       # long k: show progress within an image too
+                        bar.update((r1 - r0) / kmax)
+                lw = lw.reshape(len(imgs), kmax)
+                for c, kk in enumerate(ks):
+                    bound[imgs, c] = log_mean_exp(lw[:, :kk])
+                    elbo[imgs, c] = lw[:, :kk].mean(axis=1)
+                if bar is not None and kmax <= rows:
+                    bar.update(len(imgs))
+        if bar is not None:
+            bar.n = n
+    finally:
+        if bar is not None:         # (also when stopped: a stop line that follows is a line of its own)
+            bar.close()
     return {"k": ks, "bound": bound, "elbo": elbo}
 
 

@@ -201,3 +201,22 @@ def test_cli_mistakes_exit_2_with_one_line(trained, tmp_path, args, says):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("fastvae: error:") and says in lines[0], proc.stderr
+
+
+def test_a_stopped_evaluation_closes_its_progress_bar_first(trained, monkeypatch, capsys):
+    """A Ctrl-C during evaluate's IWAE closes the bar before the stop line (a fresh user's trial: 'fastvae:
+    interrupted' was glued to the bar's line)."""
+    from fastvae import evaluate
+    path = trained[1]
+    calls, real = [], VAE.decode_logits
+
+    def interrupted(self, *args, **kw):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, *args, **kw)
+    monkeypatch.setattr(VAE, "decode_logits", interrupted)
+    assert evaluate.main([str(path), "--k", "1", "10", "--test-images", "200", "--batch-size", "20"]) == 130
+    err = capsys.readouterr().err
+    last = [line for line in err.replace("\r", "\n").split("\n") if line.strip()][-1]
+    assert last.startswith("fastvae: interrupted"), repr(err[-300:])
