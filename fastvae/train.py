@@ -370,8 +370,10 @@ def _train(args, stop, hold):
         ctrl_c.check()
     final = model.history[-1]
     plural = "s" if model.epoch != 1 else ""
+    # the median, not the mean: a fresh install's first epoch also compiles the kernels (13 s against 0.5 s an epoch
+    # in a fresh user's short run)
     say(f"done: test loss {final['test']['total']:.3f} per image after {model.epoch} epoch{plural}; "
-        f"mean {np.mean([r['seconds'] for r in model.history]):.2f} s per epoch; results in {out}")
+        f"median {np.median([r['seconds'] for r in model.history]):.2f} s per epoch; results in {out}")
     return 0
 
 
