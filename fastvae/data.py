@@ -188,9 +188,11 @@ def _load_idx(paths, source):
 
 def _npz_labels(y, what):
     """Labels from an npz: any 1-D integer array with values 0..255, as uint8."""
-    if y.ndim != 1 or y.dtype.kind not in "ui" or (y.size and (y.min() < 0 or y.max() > 255)):
+    if y.ndim != 1 or y.dtype.kind not in "ui":
         raise UserError(f"{what} has shape {y.shape} and dtype {y.dtype}; labels must be a 1-D array of "
                         "integers 0..255")
+    if y.size and (y.min() < 0 or y.max() > 255):
+        raise UserError(f"{what} holds labels from {y.min()} to {y.max()}; labels must be integers 0..255")
     return y.astype(np.uint8, copy=False)
 
 
@@ -328,6 +330,8 @@ def as_rows(X: ArrayLike, what: str = "X") -> tuple[np.ndarray, tuple[int, int] 
         raise UserError(f"{what} has dtype {X.dtype}; pass pixels as uint8 0..255 or as floats in [0, 1]")
     if X.size == 0:
         raise UserError(f"{what} is empty (shape {X.shape}); pass at least one image")
+    if X.ndim == 0:  # a number (np.float32(3), 0.5): no rows at all
+        raise UserError(f"{what} is a single number, not images; pass a batch of shape (n, d) or (n, h, w)")
     if X.ndim == 1:  # one image, not a batch: say so rather than "wrong width"
         raise UserError(f"{what} has shape {X.shape}, not a batch; pass a batch of shape (n, d) or (n, h, w), "
                         + (f"e.g. {what}.reshape(1, -1) for one row" if what.isidentifier() else "one row per image"))

@@ -319,3 +319,21 @@ def test_a_shape_hint_is_python_for_an_array_and_words_for_a_file(tmp_path):
     with pytest.raises(UserError) as e:
         load_data(tmp_path / "one.npy")
     assert ".reshape(" not in str(e.value)
+
+
+def test_a_single_number_and_out_of_range_labels_are_one_line(tmp_path):
+    """A 0-D array (np.save of a scalar, or fit(0.5)) was a TypeError traceback; labels of the right shape and dtype
+    but out of 0..255 were blamed on their shape and dtype (a fresh user's trial)."""
+    from fastvae import VAE
+    for x in (np.float32(3), 0.5):
+        with pytest.raises(UserError, match="a single number, not images"):
+            as_rows(x, "X")
+    with pytest.raises(UserError, match="a single number, not images"):
+        VAE(hidden=(8,), latent=2, backend="cpu").fit(np.float32(0.5))
+    np.save(tmp_path / "scalar.npy", np.float32(3))
+    with pytest.raises(UserError, match="a single number"):
+        load_data(tmp_path / "scalar.npy")
+    x = np.zeros((20, 8, 8), np.uint8)
+    np.savez(tmp_path / "bad.npz", x_train=x, y_train=np.arange(300, 320), x_test=x, y_test=np.zeros(20, int))
+    with pytest.raises(UserError, match=r"labels from 300 to 319; labels must be integers 0\.\.255"):
+        load_data(tmp_path / "bad.npz")
