@@ -106,7 +106,8 @@ def run_record(checkpoint: Path) -> dict | None:
     return record if ok else None
 
 
-def _same_file(a, b) -> bool:
+def same_file(a, b) -> bool:
+    """Whether paths a and b name the same file (resolved: symlinks, relative paths)."""
     try:
         return Path(a).resolve() == Path(b).resolve()
     except (OSError, RuntimeError):         # a symlink loop: then they are not the same path to us
@@ -126,7 +127,7 @@ def run_test_set(args: argparse.Namespace, checkpoint: Path, model) -> tuple:
     gone = recorded is not None and not Path(recorded).exists()
     # the run's own data: no --data, or --data naming the recorded file, or its new place where that file is gone
     # (what the line below for a gone file asks for), which must then be split as the run split it too
-    own = record is not None and (args.data is None or gone or recorded is not None and _same_file(args.data, recorded))
+    own = record is not None and (args.data is None or gone or recorded is not None and same_file(args.data, recorded))
     fraction, count = args.test_fraction, args.test_images
     if own:                                 # the run's split: the same test images the run measured
         fraction = record.get("test_fraction") if fraction is None else fraction

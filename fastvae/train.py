@@ -200,12 +200,14 @@ def _resumed_run(args, notify, hold):
     """(model, run info, folder) of the run in args.resume, with its history; --epochs sets a new total. The folder
     is held until `hold` closes (_prepare_out)."""
     from .model import VAE
-    given = [f"--{k.replace('_', '-')}" for k in _RUN_OPTIONS if getattr(args, k) is not None]
+    # (--data: only the run's own data set, at a new place where the recorded one is gone; checked below)
+    given = [f"--{k.replace('_', '-')}" for k in _RUN_OPTIONS if getattr(args, k) is not None and k != "data"]
     if args.overwrite:
         raise UserError("--overwrite starts a new run in an --out folder; it cannot be combined with --resume")
     if given:
         raise UserError(f"{', '.join(given)} cannot be changed when resuming; the run keeps its own settings "
-                        "(only --epochs, --backend, --precision, --threads, --no-plots and --quiet apply)")
+                        "(only --epochs, --backend, --precision, --threads, --no-plots and --quiet apply, and --data "
+                        "where the run's data set has moved)")
     out = args.resume
     # held before its files are read, so that a live run writing them refuses this one; a missing folder is not made
     # here (it is refused below as no run folder)
@@ -220,6 +222,7 @@ def _resumed_run(args, notify, hold):
     if not (out / "checkpoint.npz").exists():
         raise UserError(f"the run in {out} stopped before it saved a checkpoint; start it again with its options "
                         f"and --out {out} --overwrite")
+    _moved_data(args, run_info, out)
     # the precision the run asked for (kept in its run info, as --threads is) unless --precision changes it
     model = VAE.load(out / "checkpoint.npz", backend=args.backend, notify=notify,
                      precision=_or(args.precision, run_info.get("precision")))
@@ -230,6 +233,27 @@ def _resumed_run(args, notify, hold):
         raise UserError(f"the run in {out} has already trained {model.epoch} of {model.config.epochs} epochs; "
                         f"pass --epochs N with N > {model.epoch} to train more")
     return model, run_info, out
+
+
+def _moved_data(args, run_info, out):
+    """A resumed run's data set where it is now: --data may name the recorded file itself, or its new place where the
+    recorded path is gone (moving a project's folder left its runs impossible to continue: a fresh user's trial);
+    the new place is kept in the run info, hence in metrics.json. Raises UserError (one line) for another data set,
+    or for a recorded path that is gone when no --data is given."""
+    from .cli import same_file
+    recorded = run_info.get("data_dir")
+    gone = recorded is not None and not Path(recorded).exists()
+    resume = f"python -m fastvae.train --resume {shlex.quote(str(out))}"
+    if args.data is None:
+        if gone:
+            raise UserError(f"the data set this run was trained on, {recorded}, no longer exists; pass it where it "
+                            f"is now: {resume} --data PATH")
+        return
+    if recorded is None or not (gone or same_file(args.data, recorded)):
+        where = "the embedded MNIST" if recorded is None else recorded
+        raise UserError(f"--data cannot be changed when resuming: the run was trained on {where} (--data only gives "
+                        "the run's own data set its new place, where the recorded path is gone)")
+    run_info["data_dir"] = str(args.data.resolve())
 
 
 def _or(value, default):

@@ -10,7 +10,7 @@ import pytest
 
 import strict_json
 
-from fastvae import VAE, UserError
+from fastvae import VAE, UserError, checkpoint
 from fastvae.cli import run_main
 from fastvae.errors import TrainingDiverged, TrainingInterrupted
 
@@ -438,3 +438,33 @@ def test_a_closed_output_pipe_ends_a_tool_quietly(run_dir):
     proc.stdout.close()                                 # the reader is gone before the tool writes its first line
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=300) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_a_run_whose_data_moved_resumes_with_its_new_place(tmp_path):
+    """Moving a project's folder (its runs and its data) left a --data run impossible to continue: --resume said to
+    omit --data for MNIST, and --data was refused (a fresh user's trial). Now --data gives the run's own data set its
+    new place (kept in metrics.json) and the run ends as an uninterrupted one; another data set is still refused."""
+    rng = np.random.default_rng(3)
+    data = tmp_path / "shapes.npy"
+    np.save(data, (rng.random((240, 6, 5)) < 0.3).astype(np.uint8) * 255)
+    tiny = ["--hidden", "16", "--latent", "2", "--batch-size", "40", "--no-plots", "--quiet", "--backend", "cpu",
+            "--threads", "1"]
+    straight, run = tmp_path / "straight", tmp_path / "run"
+    assert train("--data", str(data), *tiny, "--epochs", "2", "--out", str(straight)).returncode == 0
+    assert train("--data", str(data), *tiny, "--epochs", "1", "--out", str(run)).returncode == 0
+    moved = tmp_path / "elsewhere" / "shapes.npy"
+    moved.parent.mkdir()
+    data.rename(moved)
+    proc = train("--resume", str(run), "--epochs", "2")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"{data}, no longer exists" in proc.stderr and f"--resume {run} --data PATH" in proc.stderr
+    other = tmp_path / "other.npy"
+    np.save(other, np.zeros((240, 6, 5), np.uint8))
+    proc = train("--resume", str(run), "--epochs", "2", "--data", str(moved), "--quiet", "--threads", "1")
+    assert proc.returncode == 0, proc.stderr
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["run"]["data_dir"] == str(moved.resolve()) and len(metrics["epochs"]) == 2
+    ours, theirs = checkpoint.load(run / "checkpoint.npz"), checkpoint.load(straight / "checkpoint.npz")
+    assert np.array_equal(ours.params, theirs.params)
+    proc = train("--resume", str(run), "--epochs", "3", "--data", str(other))
+    assert proc.returncode == 2 and "--data cannot be changed when resuming" in proc.stderr, proc.stderr
