@@ -169,6 +169,19 @@ def run_test_set(args: argparse.Namespace, checkpoint: Path, model) -> tuple:
     return data, test_x, test_y
 
 
+def remove_empty(folders) -> None:
+    """Remove the `folders` a tool made that are still empty, the deepest first; stop at the first that is not (it
+    holds another run's files, or this one's, or a folder another run made inside it). Train uses it for the run's
+    folder when a run writes nothing; plot for figures/ when drawing stops before a figure."""
+    for folder in sorted(set(folders), key=lambda p: len(p.parts), reverse=True):
+        try:
+            folder.rmdir()
+        except FileNotFoundError:           # (a mkdir that failed part way made only the shallower ones)
+            continue
+        except OSError:
+            break
+
+
 class Parser(argparse.ArgumentParser):
     """argparse's parser whose mistakes are one line on stderr (argparse prints its whole usage first), exit status 2:
     "prog: error: what was wrong (see --help)"."""

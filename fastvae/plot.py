@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .cli import Parser, add_shared_options, check_positive, checkpoint_path, run_main, run_precision, run_test_set
+from .cli import (Parser, add_shared_options, check_positive, checkpoint_path, remove_empty, run_main,
+                  run_precision, run_test_set)
 from .constants import SAMPLE_CODINGS
 from .errors import UserError
 
@@ -177,26 +178,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        _remove_empty(made)
+        remove_empty(made)
         raise UserError(f"cannot create the output folder {out} ({e.strerror}); choose another with --out") from None
     say = (lambda msg: None) if args.quiet else print
     try:
         write_figures(model, test_x, test_y, out, history=history, notify=say)
     except BaseException:                   # a mistake, an error or Ctrl-C: the exception goes on unchanged
-        _remove_empty(made)
+        remove_empty(made)
         raise
     return 0
-
-
-def _remove_empty(folders):
-    """Remove `folders` (the deepest first), stopping at the first that is not empty or cannot be removed."""
-    for folder in folders:
-        try:
-            folder.rmdir()
-        except FileNotFoundError:           # a mkdir that failed part way made only the shallower ones
-            continue
-        except OSError:
-            break
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, jsonfile, machine, runlock
-from .cli import Notes, Parser, add_shared_options, check_positive, load_data, run_main, whole_number
+from .cli import (Notes, Parser, add_shared_options, check_positive, load_data, remove_empty, run_main,
+                  whole_number)
 from .config import Config
 from .constants import ENCODERS, HIDDEN_ACTIVATIONS, RECONSTRUCTIONS, SAMPLE_CODINGS
 from .errors import TrainingInterrupted, UserError
@@ -102,7 +103,7 @@ def _prepare_out(out, hold, new_run=False, overwrite=False):
     run refused by a later check leaves nothing behind. Raises UserError (one line) where another run holds it, where
     a new run would replace a run without --overwrite, or where it cannot be written."""
     made = []                                   # the folders this run made, to remove if it writes nothing
-    hold.callback(_remove_empty, made)          # (registered first: it runs last, once the lock file is gone)
+    hold.callback(remove_empty, made)           # (registered first: it runs last, once the lock file is gone)
     for attempt in range(3):
         try:
             if out is None:
@@ -162,18 +163,6 @@ def _default_out(root, now=None):
             return out
         except FileExistsError:
             continue
-
-
-def _remove_empty(folders):
-    """Remove `folders` that are still empty, the deepest first; stop at the first that is not (it holds another
-    run's files, or this run's, or a folder another run made inside it)."""
-    for folder in sorted(set(folders), key=lambda p: len(p.parts), reverse=True):
-        try:
-            folder.rmdir()
-        except FileNotFoundError:
-            continue
-        except OSError:
-            break
 
 
 def _new_run(args, notify, hold):
