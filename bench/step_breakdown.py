@@ -3,9 +3,10 @@
     python -m bench.step_breakdown [--steps 400] [--rounds 3] [--backend cpu|cpu-bf16] [--json FILE]
 
 Four measurements of the same model in one process, alternated in rounds (the machine drifts):
-1. the step as a fit runs it: the detected thread count (fastvae.threads), row shards on the backend's workers, one
-   product + pass per layer in one Numba call, each shard's calls replayed as one (fastvae.backends.capture; beside
-   it the same step with every kernel called from Python, "step from Python"); the shards' phase (forward and the
+1. the step at the detected thread count (fastvae.threads), row shards on the backend's workers, one product + pass
+   per layer in one Numba call, each shard's calls replayed as one (fastvae.backends.capture; beside it the same step
+   with every kernel called from Python, "step from Python", and, on the cpu backend, the steps as a fit runs them:
+   chunks of 25 steps, one GIL-free call per thread, fastvae.step_chunks, "step in chunks"); the shards' phase (forward and the
    backward of dz and dinp of every shard at once) and the update's (weight_update: the weight gradients over the
    whole batch fused with Adam, its chunks claimed by the threads) timed apart (both run in one job of the workers:
    the shards' phase ends when the last shard returns, the update's is the rest of the job);
@@ -115,6 +116,32 @@ def whole_steps(be, cfg, data, steps, count, record=True):
     if "shards" not in phases:                               # one thread: no split, the shard phase is the rest
         phases["shards"] = 1e3 * total / steps - phases["update"]
     return 1e3 * total / steps, phases
+
+
+def chunked_steps(be, cfg, data, steps, count):
+    """ms per step of `steps` full-batch steps at `count` threads as a fit runs them on a backend with
+    weight_update_steps (cpu): chunks of up to step_chunks.CHUNK_STEPS steps, one GIL-free call per thread
+    (Stepper.many)."""
+    from fastvae import step, threads
+    from fastvae.step_chunks import CHUNK_STEPS
+    state, ws, order = _model(be, cfg, data, cfg.batch_size)
+    order = np.asarray(order, np.int64)
+    room = len(order) // cfg.batch_size - 3 - CHUNK_STEPS
+    stepper = step.Stepper(be, cfg, state, ws, data)
+    libs = threads.Libraries(be.workers)
+    try:
+        libs.set(count)
+        k = 0
+        while k < 3:                                         # warm: the recorded step, caches, the threads
+            k += stepper.many(order, k, 3 - k)
+        begin = time.perf_counter()
+        done = 0
+        while done < steps:
+            done += stepper.many(order, 3 + done % room, min(CHUNK_STEPS, steps - done))
+        total = time.perf_counter() - begin
+    finally:
+        libs.close()
+    return 1e3 * total / done
 
 
 def one_shard(be, cfg, data, steps, rows):
@@ -307,6 +334,8 @@ def measure(steps=400, rounds=3, backend="cpu"):
         for k, v in phases.items():
             runs[f"phase {k}"].append(v)
         runs["step from Python"].append(whole_steps(be, cfg, data, steps, count, record=False)[0])
+        if be.weight_update_steps is not None and count > 1:
+            runs["step in chunks"].append(chunked_steps(be, cfg, data, steps, count))
         # one shard alone, part by part, on the cpu backend (its products timed through np.matmul); its passes are
         # cpu-bf16's too (that backend calls the same Numba passes after its tiles)
         for k, v in one_shard(cpu, cfg, data, steps, shard_rows).items():
@@ -349,8 +378,10 @@ def floor_sum(result):
 
 # rows whose key (kept in the saved JSON) says less than a reader needs
 SHOWN_AS = {
-    "step": "the step as a fit runs it (each shard's kernels replayed as one call: fastvae.backends.capture)",
+    "step": "one step per call (each shard's kernels replayed as one call: fastvae.backends.capture)",
     "step from Python": "the same step with each kernel called from Python (no replay)",
+    "step in chunks": "the step as a fit runs it: chunks of 25 steps, one GIL-free call per thread "
+                      "(fastvae.step_chunks)",
     "phase shards": "the shards' phase: forward and the backward's dz and input gradients of every shard at once",
     "phase update": "the update's phase: the weight gradients over the whole batch fused with Adam",
     "products alone (17, full batch, OpenBLAS's threads)":
@@ -369,11 +400,12 @@ def table(result):
         lines.append(f"| running {result['threads']} shards at once costs (phase shards - one shard) | "
                      f"{ms['phase shards'] - shard:.3f} |")
     floor = ms["products alone (17, full batch, OpenBLAS's threads)"]
-    lines.append(f"| step ÷ products alone | {ms['step'] / floor:.2f} |")
+    fit = ms.get("step in chunks", ms["step"])              # the step as a fit runs it
+    lines.append(f"| step ÷ products alone | {fit / floor:.2f} |")
     if "floor" in result:
         lines.append(f"| floor of the step: products (halved) + Adam alone + packs + one shard's passes and Python | "
                      f"{result['floor']:.3f} |")
-        lines.append(f"| step ÷ that floor | {ms['step'] / result['floor']:.2f} |")
+        lines.append(f"| step ÷ that floor | {fit / result['floor']:.2f} |")
     return "\n".join(lines)
 
 

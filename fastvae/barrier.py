@@ -36,12 +36,46 @@ def new(parts, spin=True):
 
 @njit(cache=True, nogil=True)
 def abort(barrier):
-    """Every wait at `barrier`, now and later, returns False (depart()'s too)."""
+    """Every wait at `barrier`, now and later, returns False (depart()'s and wait_back()'s too)."""
     claim(barrier[ABORTED:ABORTED + 1])          # an atomic store of a nonzero value
     claim(barrier[ARRIVED:ARRIVED + 1])          # a change of the words the sleepers wait on, then wake them
     futex_wake(barrier, ARRIVED)
     claim(barrier[DEPARTED:DEPARTED + 1])
     futex_wake(barrier, DEPARTED)
+    claim(barrier[BACK:BACK + 1])
+    futex_wake(barrier, BACK)
+
+
+@njit(cache=True, nogil=True)
+def release(barrier):
+    """Inside a kernel, what fastvae.workers does between jobs: BACK set (atomically, after every store before it),
+    so the departed parts go on, and whoever sleeps in wait_back() woken."""
+    claim(barrier[BACK:BACK + 1])
+    futex_wake(barrier, BACK)
+
+
+@njit(cache=True, nogil=True)
+def wait_back(barrier):
+    """After depart() (not the leader): until release() (True) or an abort (False), spinning first as the other
+    waits do, then sleeping. depart() alone spins a while and returns; this is for a part whose next work must not
+    start before the leader's (fastvae.step_chunks: the next step, after part 0 has ended this one)."""
+    budget = barrier[SPINS]
+    n = 0
+    while True:
+        back = load_acquire(barrier, BACK)
+        if load_acquire(barrier, ABORTED):
+            return False
+        if back:
+            return True
+        if n < budget:
+            pause()
+            n += 1
+        else:
+            if n == budget:
+                if budget > 0:                  # spun in vain (counted as _wait_for_all does)
+                    claim(barrier[SLEPT:SLEPT + 1])
+                n += 1
+            futex_wait(barrier, BACK, back)
 
 
 @njit(cache=True, nogil=True)

@@ -391,11 +391,14 @@ class Stepper:
         self.compile_seconds = 0.0              # what compiling the shards' replays took (cpu), in all
         self.cpus = affinity_count()            # read once: a system call, not per step
         self._last = None                       # the ShardReplays the last full batch ran
+        self.chunks = {}                        # parts -> step_chunks.StepChunks (many())
+        self._chunks_compiled = None
 
     @property
     def kernels_per_step(self):
         """Kernel calls in the captured step (None before the first capture, or without one); on the cpu backends
-        those of the row shards, whose replays the last full batch ran."""
+        those of the row shards (with their update and step ends where chunked: many()), whose replays the last full
+        batch ran."""
         if self.replay is not None:
             return self.replay.kernels
         return None if self._last is None else self._last.kernels
@@ -421,6 +424,37 @@ class Stepper:
             self.replay = be.capture(lambda: train_step(be, self.cfg, self.state, self.ws, self.data, self.idx))
             self.captures += 1
         self.replay()
+
+    def many(self, order, first, count):
+        """Up to `count` (>= 1) full batches of an epoch's shuffled `order` (int64, the backend's array), from batch
+        number `first`: how many steps ran. Where the backend has weight_update_steps and the shards are replayed,
+        a chunk of steps as one call per thread (fastvae.step_chunks: fewer steps only where the loss stopped being
+        finite); otherwise one step."""
+        chunks = self._chunks()
+        done = None if chunks is None else chunks.run(order, first, count)
+        if done is None:                        # one step (or a busy pool: then its steps one by one, as before)
+            self(order[first * self.ws.batch:(first + 1) * self.ws.batch])
+            return 1
+        if chunks.replays is not None and self._chunks_compiled is not chunks:
+            self._chunks_compiled = chunks      # (its first run recorded a step and compiled the replays)
+            self.captures += 1
+            self.compile_seconds += chunks.seconds
+        self._last = chunks
+        return done
+
+    def _chunks(self):
+        """The StepChunks for the current shard count, or None where steps are not chunked."""
+        be = self.be
+        if not (self.recording and be.weight_update_steps is not None and be.layer_done is not None):
+            return None
+        parts = self.parts(self.ws.batch)
+        if parts < 2:
+            return None
+        chunks = self.chunks.get(parts)
+        if chunks is None:
+            from .step_chunks import StepChunks
+            chunks = self.chunks[parts] = StepChunks(self, parts)
+        return None if chunks.refused is not None else chunks
 
     def _shards_step(self):
         parts = self.parts(self.ws.batch)

@@ -363,13 +363,23 @@ class Pacer:
                 return getattr(stepper, name)
 
             def __call__(self, *args, **kw):
+                return self._timed(stepper, args, kw)
+
+            def many(self, *args):
+                return self._timed(stepper.many, args, {})
+
+            @staticmethod
+            def _timed(fn, args, kw):
+                """fn (one step, or step.Stepper.many's steps: its answer, the count) at the adapted thread count,
+                each step's time (the call's, shared equally) given to the pacer."""
                 if pacer._libs.count != pacer.count:      # after record(): back to the adapted count
                     pacer._libs.set(pacer.count)
                 captures = getattr(stepper, "captures", 0)
                 begin = pacer._clock()
-                result = stepper(*args, **kw)
+                result = fn(*args, **kw)
                 if getattr(stepper, "captures", 0) == captures:
-                    pacer.after_step(pacer._clock() - begin)
+                    steps = result if fn is not stepper else 1
+                    pacer.after_step((pacer._clock() - begin) / steps, steps)
                 else:                   # it compiled its replays (step.Stepper): seconds of one thread, not a step
                     pacer.restart_window()
                 return result
@@ -388,15 +398,18 @@ class Pacer:
         self._changes.append({"step": self._steps(), "threads": n, "reason": reason, **extra})
 
     # the adaptation
-    def after_step(self, seconds):
+    def after_step(self, seconds, steps=1):
+        """`steps` steps (a chunk of them: step.Stepper.many) took `seconds` each; a window ends after a step or
+        chunk, never inside a chunk (its thread count is the chunk's)."""
         if len(self.counts) < 2:
             return
-        self._seen += 1
-        if self._seen <= WARMUP_STEPS:
-            if self._seen == WARMUP_STEPS:
+        if self._seen < WARMUP_STEPS:
+            self._seen += steps
+            if self._seen >= WARMUP_STEPS:
                 self._start_window()
             return
-        self._times.append(seconds)
+        self._seen += steps
+        self._times.extend([seconds] * steps)
         now = self._clock()
         wall = now - self._window_start[0]
         if (len(self._times) < WINDOW_STEPS or wall < WINDOW_SECONDS) and \

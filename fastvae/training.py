@@ -64,10 +64,18 @@ def _epoch(model, stepper, order, ws, progress, stop):
     check_every = be.loss_check_interval          # reading the loss waits for a device: not every step there
     compiled_before = getattr(stepper, "compile_seconds", 0.0)
     first, begin = model.epoch_step, time.perf_counter()
-    for k in range(first, len(starts)):
+    full = n // ws.batch                    # the epoch's full batches (a short last one is stepped alone)
+    k = first
+    while k < len(starts):
         start = starts[k]
         try:
-            stepper(order[start:start + ws.batch])
+            if k < full:
+                # up to the next multiple of PROGRESS_EVERY, so the bar (and a device's loss reads) stay where they
+                # were; a cpu backend runs them as one chunk (step_chunks), the others one step
+                done = stepper.many(order, k, min(full, (k // PROGRESS_EVERY + 1) * PROGRESS_EVERY) - k)
+            else:
+                stepper(order[start:start + ws.batch])
+                done = 1
         except BaseException:
             # the update of a layer starts as soon as every row shard is done with it (fastvae.step), so a step that
             # raised part-way may have updated some layers and not others
@@ -75,20 +83,22 @@ def _epoch(model, stepper, order, ws, progress, stop):
             if bar is not None:
                 bar.close()                 # (what is said next starts a line of its own)
             raise
-        model.epoch_step = k + 1
-        last = k == len(starts) - 1
+        k += done
+        model.epoch_step = k
+        last = k == len(starts)
         # counted from the step's number, as the bar's updates are, so that on a device the reads are the bar's
-        if (k + 1) % check_every == 0 or last:
+        # (a chunk stops after the step whose loss is not finite: the host's check still names that step)
+        if k // check_every != (k - done) // check_every or last:
             loss = be.to_host(ws.loss)
             if not np.all(np.isfinite(loss)):
                 _diverged(model, f"the loss became {float(loss.sum())}")
-            if bar is not None and ((k + 1) % PROGRESS_EVERY == 0 or last):
-                seen = min(start + ws.batch, n)
+            if bar is not None and (k % PROGRESS_EVERY == 0 or last):
+                seen = min(k * ws.batch, n)
                 rate = (seen - starts[first]) / (time.perf_counter() - begin)
                 count = getattr(stepper, "threads", None)
                 bar.set_postfix_str(f"loss {float(loss.sum()) / seen:.2f}, {rate:,.0f} img/s"
                                     + (f", {count} thread{'s' * (count != 1)}" if count else ""))
-                bar.update(k + 1 - bar.n)
+                bar.update(k - bar.n)
         if stop.requested and not last:
             model.epoch_loss = np.array(be.to_host(ws.loss), dtype=np.float64)
             if bar is not None:

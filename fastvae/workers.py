@@ -73,7 +73,7 @@ class Workers:
             return one_after_another()
         if not barrier.AVAILABLE:
             return self._phases_in_python(first, second, parts, one_after_another)
-        shared = barrier.new(parts, spin=self._quiet_jobs >= 0)
+        shared = barrier.new(parts, spin=self.spinning)
 
         def both(part):
             try:
@@ -91,8 +91,27 @@ class Workers:
             self._held = shared
             return done
         if self._job(both, parts, one_after_another, on_error=lambda: barrier.abort(shared), departed=departed):
-            # a waiter that spun in vain (its partner was late: descheduled?) sleeps at once for the next jobs
-            self._quiet_jobs = -QUIET_JOBS if shared[barrier.SLEPT] else self._quiet_jobs + 1
+            self.spun(shared[barrier.SLEPT:barrier.SLEPT + 1])
+
+    @property
+    def spinning(self):
+        """Whether the next job's barrier waiters spin before they sleep (barrier.new's `spin`)."""
+        return self._quiet_jobs >= 0
+
+    def spun(self, slept):
+        """After a job: `slept`, the barriers' SLEPT counts: a waiter that spun in vain (its partner was late:
+        descheduled?) sleeps at once for the next QUIET_JOBS jobs."""
+        self._quiet_jobs = -QUIET_JOBS if np.any(slept) else self._quiet_jobs + 1
+
+    def run_together(self, fn: Callable[[int], None], parts: int, on_error: Callable[[], None]) -> bool:
+        """fn(0), ..., fn(parts - 1) at once, each on its own thread (part 0 on this one), for parts that wait for
+        each other (fastvae.step_chunks); on_error() when part 0 does not return normally (it should make the others
+        stop waiting). False, with nothing run, where the pool is busy with another thread's job (the parts cannot
+        run one after another: the caller runs its work another way)."""
+        if parts <= 1:
+            fn(0)
+            return True
+        return self._job(fn, parts, lambda: None, on_error=on_error)
 
     def _phases_in_python(self, first, second, parts, one_after_another):
         """run_phases where fastvae.barrier is unavailable (not x86-64 Linux): a threading.Barrier between the

@@ -119,23 +119,27 @@ def test_a_wrapper_that_is_not_one_kernel_is_never_replayed(monkeypatch, replays
 
 def test_a_fit_replays_its_shards(replays_dir):
     from fastvae import VAE
-    seen = []
-    real = step.Stepper.__call__
+    seen, single = [], []
+    real, real_call = step.Stepper.many, step.Stepper.__call__
 
-    def spy(self, idx):
-        real(self, idx)
-        seen.append((self.captures, self.kernels_per_step))
-    step.Stepper.__call__ = spy
+    def spy(self, order, first, count):
+        done = real(self, order, first, count)
+        seen.append((self.captures, self.kernels_per_step, done))
+        return done
+    step.Stepper.many = spy
+    step.Stepper.__call__ = lambda self, idx: (single.append(len(idx)), real_call(self, idx))
     try:
         model = VAE(hidden=(64, 32), latent=4, batch_size=64, threads=2, seed=1).fit(_data(640), epochs=2)
     finally:
-        step.Stepper.__call__ = real
-    assert seen[0] == (1, 2 * 19) and seen[-1] == (1, 2 * 19)       # (per shard: see the test above)
+        step.Stepper.many, step.Stepper.__call__ = real, real_call
+    # each thread's step (step_chunks): its shard's 19 kernels (see the test above), step_begin, its update, the
+    # step's end; the first chunk recorded one step, then the rest of each epoch's 10 batches ran as one chunk
+    assert seen[0] == (1, 2 * 22, 1) and seen[1:] == [(1, 2 * 22, 9), (1, 2 * 22, 10)] and not single
     # the first epoch says what compiling the replays took (inside its seconds); the second compiled nothing
     first, second = model.history
     assert 0 < first["replay_compile_seconds"] < first["seconds"] and "replay_compile_seconds" not in second
-    # the two shards call the same kernels on other arrays: one generated module, compiled once, serves both
-    assert len(list(replays_dir.glob("replay_*.py"))) == 1
+    # part 0 ends each step, part 1 waits for it: one generated module each, compiled once
+    assert len(list(replays_dir.glob("replay_*.py"))) == 2
 
 
 # ---------------------------------------------------------------- the recording and the generated module
@@ -149,12 +153,26 @@ def test_a_replay_reads_arrays_when_it_runs_and_passes_one_object_once(replays_d
     np.testing.assert_array_equal(x, scaled(idx))
     replay = rec.compile()
     source = replay.path.read_text()
-    assert "def replay(v0, v1, v2):" in source and source.count("k0(v0, v1, v2)") == 2
+    assert "def replay(rounds, stop, v0, v1, v2):" in source and source.count("k0(v0, v1, v2)") == 2
     assert f"fastvae sources {capture.sources_hash()}" in source
     idx[...] = [1, 2, 5]                            # the batch's indices change in place: the replay reads them
     replay()
     np.testing.assert_array_equal(x, scaled([1, 2, 5]))
     assert replay.kernels == 2
+
+
+def test_replay_steps_runs_the_calls_that_many_rounds_until_stop_is_set(replays_dir):
+    ready, stop = np.zeros(3, np.int64), np.zeros(1, np.int64)
+    rec = capture.record(lambda: (cpu.layer_done(ready, 2), cpu.layer_done(ready, 0)))
+    assert ready.tolist() == [1, 0, 1]
+    replay = rec.compile()
+    replay.steps(5, stop)
+    assert ready.tolist() == [6, 0, 6]
+    replay()                                        # one round
+    assert ready.tolist() == [7, 0, 7]
+    stop[0] = 1
+    replay.steps(5, stop)
+    assert ready.tolist() == [7, 0, 7]
 
 
 def test_a_replay_gets_its_own_copy_of_a_threads_private_scratch(replays_dir):
@@ -260,11 +278,12 @@ def test_fastvae_capture_0_turns_the_replays_off(tmp_path):
         import numpy as np
         from fastvae import VAE, step
         seen = []
-        real = step.Stepper.__call__
-        def spy(self, idx):
-            real(self, idx)
+        real = step.Stepper.many
+        def spy(self, *args):
+            done = real(self, *args)
             seen.append(self.captures)
-        step.Stepper.__call__ = spy
+            return done
+        step.Stepper.many = spy
         x = (np.random.default_rng(0).random((256, 784)) * 255).astype(np.uint8)
         VAE(hidden=(64,), latent=4, batch_size=64, threads=2).fit(x, epochs=1)
         print(step.RECORD_SHARDS, max(seen))

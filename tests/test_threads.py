@@ -294,13 +294,23 @@ def test_switching_threads_mid_training_keeps_training_correct(monkeypatch, mnis
     original = threads.Pacer.wrap
 
     def wrap(self, stepper):
-        def spy(*a):
-            seen.append((self.count, cpu.workers.count, numpy_blas(blas_threads())))
-            return stepper(*a)
-        return original(self, spy)
+        pacer = self
+
+        class Spy:                                   # one step, or a chunk of steps (step.Stepper.many)
+            def __getattr__(self, name):
+                return getattr(stepper, name)
+
+            def __call__(self, *a):
+                seen.append((pacer.count, cpu.workers.count, numpy_blas(blas_threads())))
+                return stepper(*a)
+
+            def many(self, *a):
+                seen.append((pacer.count, cpu.workers.count, numpy_blas(blas_threads())))
+                return stepper.many(*a)
+        return original(self, Spy())
     monkeypatch.setattr(threads.Pacer, "wrap", wrap)
 
-    x = mnist.train_x[:1500]
+    x = mnist.train_x[:5000]            # 78 batches and a short one: chunks of 1, 24, 25 and 25 (step.Stepper.many)
     kw = dict(hidden=(500, 64), latent=8, batch_size=64, backend="cpu", seed=3)   # 2 shards of 32 rows
     switched = VAE(**kw).fit(x, epochs=1)
     monkeypatch.undo()

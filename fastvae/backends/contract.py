@@ -131,9 +131,13 @@ HOOKS = ("name", "dtype", "xp", "empty", "zeros", "asarray", "to_host", "synchro
 # threads at once; its count is set by fastvae.threads while training); layer_done(ready, layer) (a backend with
 # weight_update_parts and workers: called by each row shard once its backward of layer `layer`, in the layout's order,
 # is done, so that part(k, wait, ready) may update that layer before every shard has finished: fastvae.barrier.mark);
-# host_data (True: gather_batch reads a host array in place, so the data set needs no copy: step.data_for).
+# host_data (True: gather_batch reads a host array in place, so the data set needs no copy: step.data_for);
+# weight_update_steps(params, grads, m, v, inputs, douts, beta1, beta2, eps, steps) (a backend with record, workers
+# and layer_done): part(k), thread k's share of a step's update as recordable kernel calls that read the step's claim
+# counter, lr_t and barrier from `steps` (fastvae.step_chunks.StepChunks), so that a chunk of steps replays as one
+# call per thread.
 OPTIONAL = {"capture": None, "record": None, "loss_check_interval": 1, "workers": None, "layer_done": None,
-            "host_data": False}
+            "host_data": False, "weight_update_steps": None}
 
 SETTINGS = {"activation": ACTIVATIONS, "encoder": ENCODERS, "reconstruction": RECONSTRUCTIONS}
 

@@ -491,6 +491,10 @@ def weight_update_parts(params, grads, m, v, counters, inputs, douts, lr, beta1,
                                           eps)
 
 
+def weight_update_steps(params, grads, m, v, inputs, douts, beta1, beta2, eps, steps):
+    return cpu_update.weight_update_steps(params, grads, m, v, inputs, douts, beta1, beta2, eps, steps)
+
+
 # The backend's threads (fastvae.workers): the step runs row shards of a batch on them (every kernel here releases
 # the GIL) and Adam splits the buffer between them. One thread until fastvae.threads sets the count for a fit.
 workers = Workers()

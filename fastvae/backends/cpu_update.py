@@ -24,6 +24,7 @@ from ..barrier import arrive, arrive_and_wait, depart, wait_for_layer
 from ..constants import COUNTER_STEP
 from ..params import flat_offsets, update_shapes
 from . import sparse_dw
+from .capture import call, private
 from .cpu_blas import gemm
 
 # Chunks of the flat buffer: the row shards' partial gradients are summed into grads[0] a chunk at a time, so the
@@ -41,7 +42,13 @@ WEIGHT_CHUNK_ROWS = 512
 def adam_constants(counters, lr, beta1, beta2):
     """(t, lr_t): the step number after this update and TensorFlow's bias-corrected learning rate for it."""
     t = int(counters[COUNTER_STEP]) + 1
-    return t, lr * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
+    return t, adam_lr(t, lr, beta1, beta2)
+
+
+def adam_lr(t, lr, beta1, beta2):
+    """TensorFlow's bias-corrected learning rate for Adam's step t (1, 2, ...), in Python's float64 (the bits every
+    path uses: step_chunks computes a chunk's in advance)."""
+    return lr * math.sqrt(1.0 - beta2 ** t) / (1.0 - beta1 ** t)
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -332,10 +339,12 @@ _SCRATCH = threading.local()
 
 
 def scratch(size):
-    """This thread's float32 scratch of at least `size` (a gradient chunk that is not kept)."""
+    """This thread's float32 scratch of at least `size` (a gradient chunk that is not kept); a replay recorded with
+    it gets a copy of its own (capture.private)."""
     buf = getattr(_SCRATCH, "buf", None)
     if buf is None or buf.size < size:
         buf = _SCRATCH.buf = aligned_empty(size, np.float32)     # (the bf16 tiles store into it)
+        private(buf)
     return buf
 
 
@@ -396,6 +405,32 @@ def weight_update_parts(workers, params, grads, m, v, counters, inputs, douts, l
     def finish():
         counters[COUNTER_STEP] = u.t
     return u.parts, part, finish
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def weight_items_step(cursor, params, grads, m, v, inputs, douts, items, counters, lr_ts, beta1, beta2, eps, scratch,
+                      barriers, leader, ready):
+    """_weight_items for step j = cursor[0] of a chunk (fastvae.step_chunks): its claim counter counters[j], its
+    Adam lr_ts[j] and its barrier barriers[j], waiting per layer on `ready`."""
+    j = cursor[0]
+    _weight_items(params, grads, m, v, inputs, douts, items, counters[j], False, lr_ts[j], beta1, beta2, eps, scratch,
+                  barriers[j], leader, ready)
+
+
+def weight_update_steps(params, grads, m, v, inputs, douts, beta1, beta2, eps, steps):
+    """The cpu backend's weight_update_steps (fastvae.step_chunks): part(k), thread k's share of each step's update
+    as one recordable kernel call (weight_items_step) reading the step's claim counter, lr_t and barrier from `steps`
+    (its `cursors`, `counters`, `lr_ts`, `barriers` and `ready`); the step counter is advanced by cpu_steps.step_end."""
+    shapes = update_shapes(inputs, douts, params.size)
+    items = plan(shapes, WEIGHT_CHUNK_ROWS)
+    inputs, douts = as_layers(inputs, douts)
+    size = max(WEIGHT_CHUNK_ROWS * max(n for _, n in shapes),
+               zero_columns_scratch(shapes, inputs[0].shape[0], WEIGHT_CHUNK_ROWS))
+
+    def part(k):
+        call(weight_items_step, steps.cursors[k], params, grads, m, v, inputs, douts, items, steps.counters,
+             steps.lr_ts, beta1, beta2, eps, scratch(size), steps.barriers, k == 0, steps.ready)
+    return part
 
 
 def weight_update(workers, params, grads, m, v, counters, inputs, douts, lr, beta1, beta2, eps):

@@ -1,0 +1,137 @@
+"""Chunks of steps as one GIL-free call per thread (fastvae.step_chunks, step.Stepper.many): the bits of the same
+steps run one by one, a chunk that stops where the loss stopped being finite (the step a per-step trainer names), a
+part that raises stops the others instead of leaving them waiting, and a busy pool steps one by one."""
+import threading
+
+import numpy as np
+import pytest
+
+from fastvae import VAE, TrainingDiverged, step, threads
+from fastvae.backends import get_backend
+from fastvae.config import Config
+from fastvae.params import Layout, he_init
+from fastvae.step_chunks import CHUNK_STEPS
+
+
+@pytest.fixture(autouse=True)
+def replays_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("FASTVAE_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def _data(n, width=784, seed=0):
+    x = np.random.default_rng(seed).integers(0, 256, (n, width)).astype(np.uint8)
+    x[x < 180] = 0                                   # mostly zeros, as MNIST: the sparse first product runs too
+    return x
+
+
+def _run(cfg, data, order, steps, chunked, keep_gradients=False, busy=False):
+    """(params, m, v, grads or None, loss, counters, stepper, counts) after `steps` full batches of `order` on two
+    threads, by Stepper.many (chunked) or one call per step; counts: what each many() call did."""
+    be = get_backend("cpu")
+    layout = Layout(cfg)
+    st = step.State(be, layout, he_init(layout, seed=1), seed=3, keep_gradients=keep_gradients)
+    ws = step.Workspace(be, cfg, cfg.batch_size)
+    libs = threads.Libraries(be.workers)
+    counts, held = [], False
+    try:
+        libs.set(2)
+        stepper = step.Stepper(be, cfg, st, ws, data)
+        if busy:
+            held = be.workers._busy.acquire(blocking=False)
+            assert held
+        k = 0
+        while k < steps:
+            if chunked:
+                done = stepper.many(order, k, steps - k)
+                counts.append(done)
+                k += done
+            else:
+                stepper(order[k * cfg.batch_size:(k + 1) * cfg.batch_size])
+                k += 1
+    finally:
+        if held:
+            be.workers._busy.release()
+        libs.close()
+    grads = st.grads[0].copy() if keep_gradients else None
+    return st.params.copy(), st.m.copy(), st.v.copy(), grads, ws.loss.copy(), st.counters.copy(), stepper, counts
+
+
+def _assert_same(a, b):
+    for got, want, what in zip(a[:6], b[:6], ("params", "m", "v", "grads", "loss", "counters")):
+        if want is None:
+            continue
+        assert np.array_equal(got, want), f"{what} differ: max |diff| {np.max(np.abs(got - want))}"
+
+
+@pytest.mark.parametrize("batch, width, keep", [(150, 784, False), (71, 100, True), (64, 257, False)])
+def test_chunks_give_the_bits_of_steps_one_by_one(batch, width, keep):
+    cfg = Config(hidden=(96, 40), latent=6, batch_size=batch, input_width=width, image_shape=None)
+    data = _data(40 * batch, width)
+    order = np.random.default_rng(2).permutation(len(data)).astype(np.int64)
+    steps = CHUNK_STEPS + 7                          # the recorded step, a whole chunk, and a short one
+    one = _run(cfg, data, order, steps, chunked=False, keep_gradients=keep)
+    many = _run(cfg, data, order, steps, chunked=True, keep_gradients=keep)
+    _assert_same(many, one)
+    assert many[-1] == [1, CHUNK_STEPS, steps - 1 - CHUNK_STEPS] and many[6].captures == 1
+
+
+def test_a_busy_pool_steps_one_by_one_with_the_same_bits():
+    cfg = Config(hidden=(64, 32), latent=4, batch_size=64)
+    data = _data(640)
+    order = np.random.default_rng(0).permutation(len(data)).astype(np.int64)
+    busy = _run(cfg, data, order, 6, chunked=True, busy=True)
+    assert busy[-1] == [1] * 6 and busy[6].chunks[2].replays is None      # (no chunk ran: nothing recorded)
+    _assert_same(busy, _run(cfg, data, order, 6, chunked=True))
+
+
+def test_a_fit_that_diverges_in_a_chunk_names_the_step_a_step_by_step_fit_names(monkeypatch):
+    x = _data(3000)
+    kw = dict(hidden=(64, 32), latent=4, batch_size=64, threads=2, seed=1, lr=30.0)
+    errors, steps = [], []
+    for record in (True, False):
+        monkeypatch.setattr(step, "RECORD_SHARDS", record)
+        model = VAE(**kw)
+        with pytest.raises(TrainingDiverged) as e:
+            model.fit(x, epochs=3)
+        errors.append(str(e.value))
+        steps.append((model.steps, model.epoch_step))
+    assert errors[0] == errors[1] and steps[0] == steps[1], (errors, steps)
+    assert steps[0][0] > 1                          # (it diverged inside a chunk, not at the recorded step)
+
+
+def test_a_part_that_raises_stops_the_other_and_the_error_is_raised():
+    cfg = Config(hidden=(64, 32), latent=4, batch_size=64)
+    be = get_backend("cpu")
+    data = _data(640)
+    order = np.random.default_rng(0).permutation(len(data)).astype(np.int64)
+    layout = Layout(cfg)
+    st, ws = step.State(be, layout, he_init(layout, seed=1), seed=3), step.Workspace(be, cfg, cfg.batch_size)
+    libs = threads.Libraries(be.workers)
+    try:
+        libs.set(2)
+        stepper = step.Stepper(be, cfg, st, ws, data)
+        assert stepper.many(order, 0, 5) == 1       # records one step and compiles
+        chunks = stepper.chunks[2]
+
+        class Broken:                               # part 1 raises before its first kernel: part 0 waits for it
+            kernels = 0
+
+            def steps(self, n, stop):
+                raise RuntimeError("part 1 failed")
+        chunks.replays[1] = Broken()
+        outcome = []
+        worker = threading.Thread(target=lambda: outcome.append(_raises(lambda: stepper.many(order, 1, 5))))
+        worker.start()
+        worker.join(timeout=60)
+        assert not worker.is_alive(), "part 0 was left waiting for the part that raised"
+        assert outcome == ["RuntimeError: part 1 failed"]
+    finally:
+        libs.close()
+
+
+def _raises(fn):
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001
+        return f"{type(e).__name__}: {e}"
+    return "returned"
