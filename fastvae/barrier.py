@@ -59,7 +59,7 @@ def wait_back(barrier):
     """After depart() (not the leader): until release() (True) or an abort (False), spinning first as the other
     waits do, then sleeping. depart() alone spins a while and returns; this is for a part whose next work must not
     start before the leader's (fastvae.step_chunks: the next step, after part 0 has ended this one)."""
-    return _wait_for_all(barrier, BACK, barrier, BACK, 1)
+    return _wait_for_all(barrier, BACK, barrier, BACK, 1, False)
 
 
 @njit(cache=True, nogil=True)
@@ -84,7 +84,7 @@ def depart(barrier, leader):
             pause()
             n += 1
         return
-    _wait_for_all(barrier, DEPARTED, barrier, DEPARTED, barrier[PARTS])
+    _wait_for_all(barrier, DEPARTED, barrier, DEPARTED, barrier[PARTS], True)
 
 
 @njit(cache=True, nogil=True)
@@ -93,7 +93,7 @@ def arrive_and_wait(barrier):
     if claim(barrier[ARRIVED:ARRIVED + 1]) + 1 >= barrier[PARTS]:
         futex_wake(barrier, ARRIVED)
         return load_acquire(barrier, ABORTED) == 0
-    return _wait_for_all(barrier, ARRIVED, barrier, ARRIVED, barrier[PARTS])
+    return _wait_for_all(barrier, ARRIVED, barrier, ARRIVED, barrier[PARTS], True)
 
 
 @njit(cache=True, nogil=True)
@@ -119,13 +119,14 @@ def wait_for_layer(barrier, ready, index):
     dz of that layer and nothing more; the shards' backward passes finish the last layers first, so a thread done
     with its shard updates those while the other shard works on (measured on the Xeon, 2026-12-06: the thread that
     finished first had waited 0.13-0.19 ms per step at arrive_and_wait). Spins, then sleeps, as arrive_and_wait."""
-    return _wait_for_all(barrier, ARRIVED, ready, index, barrier[PARTS])
+    return _wait_for_all(barrier, ARRIVED, ready, index, barrier[PARTS], True)
 
 
 @njit(inline="always", cache=True, nogil=True)
-def _wait_for_all(barrier, word, ready, index, need):
+def _wait_for_all(barrier, word, ready, index, need, count_slept):
     """True once barrier[word] (ARRIVED or DEPARTED) counts `need` (every part), or ready[index] does (wait_for_layer;
-    the others pass barrier and word again; wait_back: BACK, need 1), False once the job is aborted: spinning at most the barrier's budget, then
+    the others pass barrier and word again; wait_back: BACK, need 1, and a spin in vain not counted: like depart's,
+    it waits for no part's work), False once the job is aborted: spinning at most the barrier's budget, then
     sleeping on a futex on that word (a change of ready[index] does not wake it: the arrivals that follow do); a
     wait that spun in vain counts itself in `slept` (the pool then spins no more for a while: QUIET_JOBS)."""
     budget = barrier[SPINS]
@@ -141,7 +142,7 @@ def _wait_for_all(barrier, word, ready, index, need):
             n += 1
         else:
             if n == budget:
-                if budget > 0:                  # spun in vain
+                if budget > 0 and count_slept:  # spun in vain
                     claim(barrier[SLEPT:SLEPT + 1])
                 n += 1
             futex_wait(barrier, word, counted)

@@ -121,7 +121,8 @@ class VAE:
         A model stopped in the middle of an epoch (Ctrl-C) finishes that epoch first, as one of `epochs`, in
         the batch size it started with (another one is refused until the next epoch).
         Raises UserError for bad arguments or images; TrainingInterrupted on Ctrl-C, after the step in
-        progress, leaving the model consistent (save it to resume); TrainingDiverged naming the step when the
+        progress (on the cpu backend, after the chunk of at most 25 steps in progress: fastvae.step_chunks),
+        leaving the model consistent (save it to resume); TrainingDiverged naming the step when the
         loss or a parameter becomes NaN or Inf (the model then refuses to be saved). A model whose step raised
         part-way (a second Ctrl-C) refuses both fit and save (UserError): load the last checkpoint.
         """

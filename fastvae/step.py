@@ -392,7 +392,6 @@ class Stepper:
         self.cpus = affinity_count()            # read once: a system call, not per step
         self._last = None                       # the ShardReplays the last full batch ran
         self.chunks = {}                        # parts -> step_chunks.StepChunks (many())
-        self._chunks_compiled = None
 
     @property
     def kernels_per_step(self):
@@ -435,8 +434,7 @@ class Stepper:
         if done is None:                        # one step (or a busy pool: then its steps one by one, as before)
             self(order[first * self.ws.batch:(first + 1) * self.ws.batch])
             return 1
-        if chunks.replays is not None and self._chunks_compiled is not chunks:
-            self._chunks_compiled = chunks      # (its first run recorded a step and compiled the replays)
+        if chunks.compiled_now and chunks.replays is not None:     # it recorded a step and compiled the replays
             self.captures += 1
             self.compile_seconds += chunks.seconds
         self._last = chunks

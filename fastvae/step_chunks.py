@@ -16,6 +16,8 @@ bits as steps run one by one (tests/test_step_chunks.py).
 A chunk ends early only where the loss stopped being finite (part 0's step_end checks it after every step, as the
 trainer does on the host) or a part raised (the others are stopped: abort()). Ctrl-C is seen after the chunk.
 """
+import threading
+
 import numpy as np
 
 from . import barrier
@@ -36,7 +38,10 @@ class StepChunks:
         from .backends import cpu_steps
         from .step import _update_args, row_shards
         be, ws, state = stepper.be, stepper.ws, stepper.state
-        self.stepper, self.parts, self._kernels = stepper, parts, cpu_steps
+        # the stepper's parts, not the stepper, which holds this (no reference cycle keeps a fit's arrays alive)
+        self.be, self.cfg, self.state, self.ws, self.data, self.idx = be, stepper.cfg, state, ws, stepper.data, \
+            stepper.idx
+        self.parts, self._kernels = parts, cpu_steps
         self.bounds = row_shards(ws.batch, parts)
         self.orders = np.zeros(CHUNK_STEPS * ws.batch, np.int64)
         self.cursors = np.zeros((parts, 8), np.int64)        # each thread's own line: its cursor at [k, 0]
@@ -50,6 +55,8 @@ class StepChunks:
         self.update = be.weight_update_steps(params, grads, m, v, inputs, douts, cfg.beta1, cfg.beta2, cfg.adam_eps,
                                              self)
         self.replays = None
+        self.owner = None           # the thread that recorded them (part 0's runs there; the others' on the pool's)
+        self.compiled_now = False   # the last run() recorded and compiled them
         self.refused = None
         self.seconds = 0.0          # what compiling the replays took
 
@@ -62,17 +69,21 @@ class StepChunks:
         """Up to `count` (>= 1) full batches of the epoch's `order` (an int64 array), from batch number `first`: the
         number of steps done, or None (nothing done) where the pool is busy. The first call records one step and
         compiles the replays (Stepper counts it as a capture)."""
-        st, ws = self.stepper, self.stepper.ws
-        recording = self.replays is None
+        ws = self.ws
+        if self.replays is not None and self.owner != threading.get_ident():
+            # recorded on another thread, whose scratch buffers (cpu_update.scratch) part 0's replay uses: record
+            # again on this one (from Numba's cache: milliseconds)
+            self.replays = None
+        self.compiled_now = recording = self.replays is None
         n = 1 if recording else min(count, CHUNK_STEPS)
         batch = ws.batch
         self.orders[:n * batch] = order[first * batch:(first + n) * batch]
         self.cursors[:, 0] = 0
         self.stop[:] = 0
-        workers = st.be.workers
+        workers = self.be.workers
         self.barriers[:n] = barrier.new(self.parts, spin=workers.spinning).tolist() + [0]
         self.counters[:n] = 0
-        cfg, t0 = st.cfg, int(st.state.counters[COUNTER_STEP])
+        cfg, t0 = self.cfg, int(self.state.counters[COUNTER_STEP])
         from .backends.cpu_update import adam_lr
         for j in range(n):
             self.lr_ts[j] = adam_lr(t0 + j + 1, cfg.lr, cfg.beta1, cfg.beta2)
@@ -82,7 +93,7 @@ class StepChunks:
         def part(k):
             try:
                 if recording:
-                    recorded[k] = st.be.record(lambda: self._step(k))
+                    recorded[k] = self.be.record(lambda: self._step(k))
                 else:
                     self.replays[k].steps(n, self.stop)
             except BaseException:
@@ -90,8 +101,9 @@ class StepChunks:
                 raise
         if not workers.run_together(part, self.parts, self.abort):
             return None
-        workers.spun(self.barriers[:n, barrier.SLEPT])
+        workers.spun(self.barriers[:n, barrier.SLEPT], jobs=n)
         if recording:
+            self.owner = threading.get_ident()
             self._compile(recorded)
         return int(self.cursors[0, 0])
 
@@ -104,22 +116,23 @@ class StepChunks:
     def _step(self, k):
         """Thread k's part of step cursor[k] through the backend's kernel calls (recorded: _compile)."""
         from .step import STREAM_TRAIN, backward, forward
-        st, ws, state, be, cs = self.stepper, self.stepper.ws, self.stepper.state, self.stepper.be, self._kernels
+        ws, state, be, cs = self.ws, self.state, self.be, self._kernels
         lo, hi = self.bounds[k]
         loss, counters = ws.shard(k) if k else (None, None)
         be_call = _call()
-        be_call(cs.step_begin, self.cursors[k], self.orders, ws.batch, lo, hi, st.idx, state.counters, counters, loss)
+        be_call(cs.step_begin, self.cursors[k], self.orders, ws.batch, lo, hi, self.idx, state.counters, counters,
+                loss)
         a = ws.rows(hi - lo, lo)
         counters = counters if k else state.counters
-        be.gather_batch(a.x, st.data, st.idx[lo:hi])
-        forward(be, st.cfg, state.weights, a, loss if k else ws.loss, counters, STREAM_TRAIN)
-        backward(be, st.cfg, state.weights, None, a, counters, STREAM_TRAIN, self.ready)
+        be.gather_batch(a.x, self.data, self.idx[lo:hi])
+        forward(be, self.cfg, state.weights, a, loss if k else ws.loss, counters, STREAM_TRAIN)
+        backward(be, self.cfg, state.weights, None, a, counters, STREAM_TRAIN, self.ready)
         self.update(k)
         if k == 0:
             be_call(cs.step_end, self.cursors[0], self.barriers, state.counters, ws.loss,
                     tuple(ws.shard(s)[0] for s in range(1, self.parts)), self.ready, self.stop)
         else:
-            be_call(cs.step_next, self.cursors[k], self.barriers)
+            be_call(cs.step_next, self.cursors[k], self.barriers, self.stop)
 
     def _compile(self, recorded):
         refused = [r.refused for r in recorded.values() if r.refused is not None]

@@ -137,8 +137,8 @@ def _progress_bar(total, desc):
 
 
 class StopOnCtrlC(CtrlCHandled):
-    """While training, the first Ctrl-C only asks to stop after the step in progress (check() then raises
-    TrainingInterrupted); a second one interrupts at once."""
+    """While training, the first Ctrl-C only asks to stop after the step (or chunk of steps) in progress (check()
+    then raises TrainingInterrupted); a second one interrupts at once."""
 
     def __init__(self):
         self.requested = False

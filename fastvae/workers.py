@@ -98,10 +98,10 @@ class Workers:
         """Whether the next job's barrier waiters spin before they sleep (barrier.new's `spin`)."""
         return self._quiet_jobs >= 0
 
-    def spun(self, slept):
+    def spun(self, slept, jobs=1):
         """After a job: `slept`, the barriers' SLEPT counts: a waiter that spun in vain (its partner was late:
-        descheduled?) sleeps at once for the next QUIET_JOBS jobs."""
-        self._quiet_jobs = -QUIET_JOBS if np.any(slept) else self._quiet_jobs + 1
+        descheduled?) sleeps at once for the next QUIET_JOBS jobs (a chunk of steps counts as `jobs`, its steps)."""
+        self._quiet_jobs = -QUIET_JOBS if np.any(slept) else self._quiet_jobs + jobs
 
     def run_together(self, fn: Callable[[int], None], parts: int, on_error: Callable[[], None]) -> bool:
         """fn(0), ..., fn(parts - 1) at once, each on its own thread (part 0 on this one), for parts that wait for

@@ -8,6 +8,7 @@ import pytest
 
 from fastvae import VAE, TrainingDiverged, step, threads
 from fastvae.backends import get_backend
+from fastvae.backends.cpu_bf16 import unavailable_reason as bf16_unavailable
 from fastvae.config import Config
 from fastvae.params import Layout, he_init
 from fastvae.step_chunks import CHUNK_STEPS
@@ -24,10 +25,10 @@ def _data(n, width=784, seed=0):
     return x
 
 
-def _run(cfg, data, order, steps, chunked, keep_gradients=False, busy=False):
+def _run(cfg, data, order, steps, chunked, keep_gradients=False, busy=False, name="cpu"):
     """(params, m, v, grads or None, loss, counters, stepper, counts) after `steps` full batches of `order` on two
-    threads, by Stepper.many (chunked) or one call per step; counts: what each many() call did."""
-    be = get_backend("cpu")
+    threads of backend `name`, by Stepper.many (chunked) or one call per step; counts: what each many() call did."""
+    be = get_backend(name)
     layout = Layout(cfg)
     st = step.State(be, layout, he_init(layout, seed=1), seed=3, keep_gradients=keep_gradients)
     ws = step.Workspace(be, cfg, cfg.batch_size)
@@ -63,14 +64,19 @@ def _assert_same(a, b):
         assert np.array_equal(got, want), f"{what} differ: max |diff| {np.max(np.abs(got - want))}"
 
 
+BF16 = pytest.param("cpu-bf16", marks=pytest.mark.skipif(bf16_unavailable() is not None,
+                                                         reason=f"cpu-bf16: {bf16_unavailable()}"))
+
+
+@pytest.mark.parametrize("name", ["cpu", BF16])
 @pytest.mark.parametrize("batch, width, keep", [(150, 784, False), (71, 100, True), (64, 257, False)])
-def test_chunks_give_the_bits_of_steps_one_by_one(batch, width, keep):
+def test_chunks_give_the_bits_of_steps_one_by_one(name, batch, width, keep):
     cfg = Config(hidden=(96, 40), latent=6, batch_size=batch, input_width=width, image_shape=None)
     data = _data(40 * batch, width)
     order = np.random.default_rng(2).permutation(len(data)).astype(np.int64)
     steps = CHUNK_STEPS + 7                          # the recorded step, a whole chunk, and a short one
-    one = _run(cfg, data, order, steps, chunked=False, keep_gradients=keep)
-    many = _run(cfg, data, order, steps, chunked=True, keep_gradients=keep)
+    one = _run(cfg, data, order, steps, chunked=False, keep_gradients=keep, name=name)
+    many = _run(cfg, data, order, steps, chunked=True, keep_gradients=keep, name=name)
     _assert_same(many, one)
     assert many[-1] == [1, CHUNK_STEPS, steps - 1 - CHUNK_STEPS] and many[6].captures == 1
 
@@ -99,7 +105,8 @@ def test_a_fit_that_diverges_in_a_chunk_names_the_step_a_step_by_step_fit_names(
     assert steps[0][0] > 1                          # (it diverged inside a chunk, not at the recorded step)
 
 
-def test_a_part_that_raises_stops_the_other_and_the_error_is_raised():
+@pytest.mark.parametrize("broken", [0, 1])
+def test_a_part_that_raises_stops_the_other_and_the_error_is_raised(broken):
     cfg = Config(hidden=(64, 32), latent=4, batch_size=64)
     be = get_backend("cpu")
     data = _data(640)
@@ -110,23 +117,49 @@ def test_a_part_that_raises_stops_the_other_and_the_error_is_raised():
     try:
         libs.set(2)
         stepper = step.Stepper(be, cfg, st, ws, data)
-        assert stepper.many(order, 0, 5) == 1       # records one step and compiles
-        chunks = stepper.chunks[2]
 
-        class Broken:                               # part 1 raises before its first kernel: part 0 waits for it
-            kernels = 0
+        class Broken:                               # one part raises before its first kernel; the other waits for
+            kernels = 0                             # its layer marks
 
             def steps(self, n, stop):
-                raise RuntimeError("part 1 failed")
-        chunks.replays[1] = Broken()
+                raise RuntimeError(f"part {broken} failed")
+
+        def fit():                                  # (on a thread of its own: a hang is seen, not suffered)
+            assert stepper.many(order, 0, 5) == 1   # records one step and compiles
+            stepper.chunks[2].replays[broken] = Broken()
+            return stepper.many(order, 1, 5)
         outcome = []
-        worker = threading.Thread(target=lambda: outcome.append(_raises(lambda: stepper.many(order, 1, 5))))
+        worker = threading.Thread(target=lambda: outcome.append(_raises(fit)))
         worker.start()
         worker.join(timeout=60)
-        assert not worker.is_alive(), "part 0 was left waiting for the part that raised"
-        assert outcome == ["RuntimeError: part 1 failed"]
+        assert not worker.is_alive(), "a part was left waiting for the part that raised"
+        assert outcome == [f"RuntimeError: part {broken} failed"]
     finally:
         libs.close()
+
+
+def test_chunks_recorded_on_one_thread_and_run_from_another_are_recorded_again():
+    """Part 0's replay uses the scratch of the thread that recorded it (cpu_update.scratch, not copied): run from
+    another thread, the chunk records again there; the bits are those of steps one by one."""
+    cfg = Config(hidden=(64, 32), latent=4, batch_size=64)
+    data = _data(1280)
+    order = np.random.default_rng(0).permutation(len(data)).astype(np.int64)
+    be = get_backend("cpu")
+    layout = Layout(cfg)
+    st, ws = step.State(be, layout, he_init(layout, seed=1), seed=3), step.Workspace(be, cfg, cfg.batch_size)
+    libs = threads.Libraries(be.workers)
+    try:
+        libs.set(2)
+        stepper = step.Stepper(be, cfg, st, ws, data)
+        counts = [stepper.many(order, 0, 10), stepper.many(order, 1, 5)]
+        other = threading.Thread(target=lambda: counts.append(stepper.many(order, 6, 10)))
+        other.start()
+        other.join(timeout=120)
+        counts.append(stepper.many(order, 7, 10))
+    finally:
+        libs.close()
+    assert counts == [1, 5, 1, 1] and stepper.captures == 3      # recorded on main, on the other thread, on main
+    _assert_same((st.params, st.m, st.v, None, ws.loss, st.counters), _run(cfg, data, order, 8, chunked=False))
 
 
 def _raises(fn):

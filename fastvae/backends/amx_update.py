@@ -124,3 +124,21 @@ def weight_items(params, grads, m, v, inputs, douts, forward_packs, transposed_p
                 pack_b_columns(pt, w, b0, b1)
     if wait is not None:
         depart(wait, leader)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def weight_items_step(cursor, params, grads, m, v, inputs, douts, forward_packs, transposed_packs, items, counters,
+                      lr_ts, beta1, beta2, eps, a_scratch, b_scratch, g_scratch, block, cfg, barriers, leader, ready):
+    """weight_items for step j = cursor[0] of a chunk (fastvae.step_chunks): its claim counter counters[j], its Adam
+    lr_ts[j] and its barrier barriers[j], waiting per layer on `ready`."""
+    j = cursor[0]
+    weight_items(params, grads, m, v, inputs, douts, forward_packs, transposed_packs, items, counters[j], False,
+                 lr_ts[j], beta1, beta2, eps, a_scratch, b_scratch, g_scratch, block, cfg, barriers[j], leader, ready)
+
+
+@njit(cache=True, nogil=True)
+def copy_packs(sources, targets):
+    """targets[i][...] = sources[i] for each pair: the further packs of a weight (WeightPacks.of_buffer's copies),
+    after the update has rewritten the first."""
+    for i in range(len(sources)):
+        targets[i][...] = sources[i]

@@ -17,7 +17,7 @@ import weakref
 from numba import njit
 
 from ..constants import COUNTER_STEP
-from ..params import flat_offsets
+from ..params import flat_offsets, update_shapes
 from . import amx, amx_update, cpu, cpu_update
 from .capture import call, record  # noqa: F401  (record: the contract's hook)
 from .amx import engine_unavailable_reason as unavailable_reason  # noqa: F401  (get_backend asks it first)
@@ -211,6 +211,30 @@ def weight_update_parts(params, grads, m, v, counters, inputs, douts, lr, beta1,
             target[...] = source
         counters[COUNTER_STEP] = u.t
     return u.parts, part, finish
+
+
+def weight_update_steps(params, grads, m, v, inputs, douts, beta1, beta2, eps, steps):
+    """The contract's weight_update_steps (fastvae.step_chunks) with the weight gradients in bf16 products: part(k),
+    thread k's share of each step's update (amx_update.weight_items_step), the packs found when it is recorded (the
+    same arrays every step after: a pack is rewritten in place); part 0 then copies them to any further pack of the
+    same weight, as finish() does."""
+    amx.require()
+    shapes = update_shapes(inputs, douts, params.size)
+    items = cpu_update.plan(shapes, amx_update.CHUNK_ROWS)
+    inputs, douts = cpu_update.as_layers(inputs, douts)
+    sizes = amx_update.scratch_sizes(inputs[0].shape[0], tuple(n for _, n in shapes))
+
+    cursors, counters, lr_ts, barriers, ready = steps.cursors, steps.counters, steps.lr_ts, steps.barriers, steps.ready
+
+    def part(k):                            # (holding the arrays, not `steps`, which holds this: no reference cycle)
+        forward, transposed, copies = PACKS.of_buffer(params, shapes, count=k == 0)
+        a_scratch, b_scratch, block, cfg = amx.scratch(*sizes[:2])
+        call(amx_update.weight_items_step, cursors[k], params, grads, m, v, inputs, douts, forward, transposed, items,
+             counters, lr_ts, beta1, beta2, eps, a_scratch, b_scratch, cpu_update.scratch(sizes[2]), block, cfg,
+             barriers, k == 0, ready)
+        if k == 0 and copies:               # (after the leader's depart: every part's items are done)
+            call(amx_update.copy_packs, tuple(s for s, _ in copies), tuple(t for _, t in copies))
+    return part
 
 
 def weight_update(params, grads, m, v, counters, inputs, douts, lr, beta1, beta2, eps):

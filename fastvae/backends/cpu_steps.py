@@ -59,9 +59,10 @@ def step_end(cursor, barriers, counters, loss, shard_losses, ready, stop):
 
 
 @njit(cache=True, nogil=True)
-def step_next(cursor, barriers):
-    """A part other than 0, after its update's depart: waits until part 0 has ended step cursor[0] (or it was
-    aborted), then goes on to the next."""
+def step_next(cursor, barriers, stop):
+    """A part other than 0, after its update's depart: waits until part 0 has ended step cursor[0], then goes on to
+    the next; where the step was aborted, the chunk stops after it (`stop`, which the abort sets too)."""
     j = cursor[0]
-    wait_back(barriers[j])
+    if not wait_back(barriers[j]):
+        claim(stop[0:1])
     cursor[0] = j + 1

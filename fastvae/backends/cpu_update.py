@@ -24,7 +24,7 @@ from ..barrier import arrive, arrive_and_wait, depart, wait_for_layer
 from ..constants import COUNTER_STEP
 from ..params import flat_offsets, update_shapes
 from . import sparse_dw
-from .capture import call, private
+from .capture import call
 from .cpu_blas import gemm
 
 # Chunks of the flat buffer: the row shards' partial gradients are summed into grads[0] a chunk at a time, so the
@@ -339,12 +339,12 @@ _SCRATCH = threading.local()
 
 
 def scratch(size):
-    """This thread's float32 scratch of at least `size` (a gradient chunk that is not kept); a replay recorded with
-    it gets a copy of its own (capture.private)."""
+    """This thread's float32 scratch of at least `size` (a gradient chunk that is not kept). A replay recorded with it
+    (fastvae.step_chunks) runs on the thread that recorded it only, so it needs no copy of its own (1.6 MB a thread
+    at the seed's shapes)."""
     buf = getattr(_SCRATCH, "buf", None)
     if buf is None or buf.size < size:
         buf = _SCRATCH.buf = aligned_empty(size, np.float32)     # (the bf16 tiles store into it)
-        private(buf)
     return buf
 
 
@@ -427,9 +427,11 @@ def weight_update_steps(params, grads, m, v, inputs, douts, beta1, beta2, eps, s
     size = max(WEIGHT_CHUNK_ROWS * max(n for _, n in shapes),
                zero_columns_scratch(shapes, inputs[0].shape[0], WEIGHT_CHUNK_ROWS))
 
-    def part(k):
-        call(weight_items_step, steps.cursors[k], params, grads, m, v, inputs, douts, items, steps.counters,
-             steps.lr_ts, beta1, beta2, eps, scratch(size), steps.barriers, k == 0, steps.ready)
+    cursors, counters, lr_ts, barriers, ready = steps.cursors, steps.counters, steps.lr_ts, steps.barriers, steps.ready
+
+    def part(k):                            # (holding the arrays, not `steps`, which holds this: no reference cycle)
+        call(weight_items_step, cursors[k], params, grads, m, v, inputs, douts, items, counters, lr_ts, beta1, beta2,
+             eps, scratch(size), barriers, k == 0, ready)
     return part
 
 
