@@ -6,14 +6,14 @@ threads), the first row shard started 0.13 ms and the pool thread's 0.18 ms afte
 returned 0.03 ms after its last kernel: 0.16-0.2 ms of a 6.4 ms step in which neither core computed.
 
 How: each thread records, once, what it does in one step (fastvae.backends.cpu_steps: step_begin, its row shard's
-kernels as fastvae.step.train_step runs them, its share of the update, step_end or step_next), and a chunk of up to
+kernels as fastvae.step.train_step runs them, its share of the update, step_finish), and a chunk of up to
 CHUNK_STEPS steps is one job of the workers in which each thread replays its recording that many times
 (capture.Replay.steps). What changes from step to step is set here beforehand, for the whole chunk: the batches'
 indices (`orders`), each step's barrier, the update's claim counters and Adam's lr_t (cpu_update.adam_lr, Python's
 float64 as every path computes it). The arithmetic is train_step's, kernel for kernel, so the numbers are the same
 bits as steps run one by one (tests/test_step_chunks.py).
 
-A chunk ends early only where the loss stopped being finite (part 0's step_end checks it after every step, as the
+A chunk ends early only where the loss stopped being finite (part 0's step_finish checks it after every step, as the
 trainer does on the host) or a part raised (the others are stopped: abort()). Ctrl-C is seen after the chunk.
 """
 import threading
@@ -49,6 +49,7 @@ class StepChunks:
         self.counters = np.zeros((CHUNK_STEPS, 3), np.int64)  # the update's claim counters (cpu_update.next_item)
         self.lr_ts = np.zeros(CHUNK_STEPS)
         self.stop = np.zeros(8, np.int64)
+        self.counters0 = np.zeros_like(state.counters)          # shard 0's (_step)
         self.ready = ws.ready(len(state.weights))
         cfg = stepper.cfg
         params, grads, m, v, _, inputs, douts = _update_args(cfg, state, ws.rows(ws.batch))[:7]
@@ -118,21 +119,21 @@ class StepChunks:
         from .step import STREAM_TRAIN, backward, forward
         ws, state, be, cs = self.ws, self.state, self.be, self._kernels
         lo, hi = self.bounds[k]
-        loss, counters = ws.shard(k) if k else (None, None)
+        # Every part's calls are the same code on other arrays, so one generated module serves them all (compiled
+        # once: 3.5 s cold on the EPYC, against 7 for two): shard 0 too has counters of its own (the step's, copied
+        # by step_begin: the same values train_step's shard 0 reads), and step_finish takes the batch's loss in a
+        # tuple of its own (passed as a new argument by every part, as it is shard 0's accumulator too).
+        loss, counters = (ws.loss, self.counters0) if k == 0 else ws.shard(k)
         be_call = _call()
         be_call(cs.step_begin, self.cursors[k], self.orders, ws.batch, lo, hi, self.idx, state.counters, counters,
-                loss)
+                loss, k > 0)
         a = ws.rows(hi - lo, lo)
-        counters = counters if k else state.counters
         be.gather_batch(a.x, self.data, self.idx[lo:hi])
-        forward(be, self.cfg, state.weights, a, loss if k else ws.loss, counters, STREAM_TRAIN)
+        forward(be, self.cfg, state.weights, a, loss, counters, STREAM_TRAIN)
         backward(be, self.cfg, state.weights, None, a, counters, STREAM_TRAIN, self.ready)
         self.update(k)
-        if k == 0:
-            be_call(cs.step_end, self.cursors[0], self.barriers, state.counters, ws.loss,
-                    tuple(ws.shard(s)[0] for s in range(1, self.parts)), self.ready, self.stop)
-        else:
-            be_call(cs.step_next, self.cursors[k], self.barriers, self.stop)
+        be_call(cs.step_finish, self.cursors[k], self.barriers, k == 0, state.counters, (ws.loss,),
+                tuple(ws.shard(s)[0] for s in range(1, self.parts)), self.ready, self.stop)
 
     def _compile(self, recorded):
         refused = [r.refused for r in recorded.values() if r.refused is not None]

@@ -420,7 +420,8 @@ def weight_items_step(cursor, params, grads, m, v, inputs, douts, items, counter
 def weight_update_steps(params, grads, m, v, inputs, douts, beta1, beta2, eps, steps):
     """The cpu backend's weight_update_steps (fastvae.step_chunks): part(k), thread k's share of each step's update
     as one recordable kernel call (weight_items_step) reading the step's claim counter, lr_t and barrier from `steps`
-    (its `cursors`, `counters`, `lr_ts`, `barriers` and `ready`); the step counter is advanced by cpu_steps.step_end."""
+    (its `cursors`, `counters`, `lr_ts`, `barriers` and `ready`); the step counter is advanced by
+    cpu_steps.step_finish."""
     shapes = update_shapes(inputs, douts, params.size)
     items = plan(shapes, WEIGHT_CHUNK_ROWS)
     inputs, douts = as_layers(inputs, douts)
