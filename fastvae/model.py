@@ -123,10 +123,14 @@ class VAE:
         Raises UserError for bad arguments or images; TrainingInterrupted on Ctrl-C, after the step in
         progress (on the cpu backend, after the chunk of at most 25 steps in progress: fastvae.step_chunks),
         leaving the model consistent (save it to resume); TrainingDiverged naming the step when the
-        loss or a parameter becomes NaN or Inf (the model then refuses to be saved). A model whose step raised
+        loss or a parameter becomes NaN or Inf (the model then refuses to be saved or trained further). A model
+        whose step raised
         part-way (a second Ctrl-C) refuses both fit and save (UserError): load the last checkpoint.
         """
         cfg = self.config
+        if self.diverged:
+            raise UserError(f"this model diverged (NaN or Inf at step {self.steps}): it is not trained further; load "
+                            f"the last checkpoint, or start a new model with a lower learning rate (now {cfg.lr:g})")
         if self.step_broken:
             raise UserError("a training step of this model stopped part-way (a second Ctrl-C, or an error inside the "
                             "step), so some of its layers were updated and others not: it is not trained further; "

@@ -56,9 +56,8 @@ def _epoch(model, stepper, order, ws, progress, stop):
         raise UserError(f"this model stopped after batch {model.epoch_step} of epoch {model.epoch + 1}, but "
                         f"{n} images in batches of {ws.batch} make {len(starts)}; resume with the same data "
                         "and batch size")
-    bar = _progress_bar(len(starts), f"epoch {model.epoch + 1}") if progress else None
-    if bar is not None:
-        bar.update(model.epoch_step)
+    # a resumed epoch's bar starts at its step (tqdm's `initial`: counted in its rate, the steps before would not be)
+    bar = _progress_bar(len(starts), f"epoch {model.epoch + 1}", model.epoch_step) if progress else None
     ws.loss[...] = be.asarray(model.epoch_loss, dtype=np.float64)
     order = be.asarray(order, dtype=np.int64)
     check_every = be.loss_check_interval          # reading the loss waits for a device: not every step there
@@ -131,9 +130,9 @@ def _diverged(model, what):
                            f"--lr {lr / 10:g} on the command line")
 
 
-def _progress_bar(total, desc):
+def _progress_bar(total, desc, initial=0):
     from tqdm import tqdm                   # loaded only when a bar is shown
-    return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True, initial=initial)
 
 
 class StopOnCtrlC(CtrlCHandled):

@@ -441,6 +441,10 @@ def test_a_diverged_library_fit_says_how_to_lower_the_rate_in_the_library_too(mn
         model.fit(mnist.train_x[:300], epochs=3)
     with pytest.raises(UserError, match="a checkpoint saved before stands"):
         model.save("unused.npz")
+    steps = model.steps                             # nor trained on (it went on, and diverged again a step later)
+    with pytest.raises(UserError, match=rf"diverged \(NaN or Inf at step {steps}\).*lower learning rate \(now 1000\)"):
+        model.fit(mnist.train_x[:300], epochs=1)
+    assert model.steps == steps
 
 
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
@@ -479,3 +483,24 @@ def test_a_data_set_is_read_in_place_on_the_host_backends(backend):
     if backend == "cpu":
         assert max(peaks) < x.nbytes / 4, (peaks, x.nbytes)   # a few MB: the model and its workspaces
     assert np.array_equal(params, again.state.params)
+
+
+def test_a_resumed_epochs_progress_bar_starts_at_its_step(mnist, monkeypatch):
+    """The bar of an epoch resumed at step k starts there (tqdm's `initial`), so its rate counts only the steps run
+    now (it was updated by k at once: 340 steps/s shown for 70 after a resume, a fresh user's trial)."""
+    from fastvae import TrainingInterrupted, training
+    bars = []
+    monkeypatch.setattr(training, "_progress_bar", lambda total, desc, initial: bars.append(initial) or None)
+    real_init = training.StopOnCtrlC.__init__
+
+    def asked_at_once(self):                        # a Ctrl-C before the first step: stops after the first chunk
+        real_init(self)
+        self.requested = True
+    monkeypatch.setattr(training.StopOnCtrlC, "__init__", asked_at_once)
+    model = VAE(seed=1, threads=2, **{**SMALL, "batch_size": 64})
+    with pytest.raises(TrainingInterrupted):
+        model.fit(mnist.train_x[:1280], epochs=1, progress=True)
+    stopped_at = model.epoch_step
+    monkeypatch.setattr(training.StopOnCtrlC, "__init__", real_init)
+    model.fit(mnist.train_x[:1280], epochs=1, progress=True)
+    assert 0 < stopped_at < 20 and bars == [0, stopped_at]
