@@ -203,9 +203,10 @@ class Libraries:
 
     def set(self, n):
         import numba
-        limiter = self._blas.limit(limits=1 if self.workers is not None else n)
-        if self._original is None:
-            self._original = limiter             # remembers the counts before the first change
+        if self._original is None:               # the counts before the first change
+            self._original = [(lib, lib.get_num_threads()) for lib in self._blas.lib_controllers]
+        for lib in self._blas.lib_controllers:
+            _set_blas(lib, 1 if self.workers is not None else n)
         if self._numba_before is None:
             self._numba_before = numba.get_num_threads()
         numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
@@ -220,7 +221,8 @@ class Libraries:
         """OpenBLAS's count and the workers' as before the first set() (as outside a fit) until the next set();
         Numba's is put back by close()."""
         if self._original is not None:
-            self._original.restore_original_limits()
+            for lib, count in self._original:
+                _set_blas(lib, count)
         if self.workers is not None:
             self.workers.count = self._workers_before
         self.count = None
@@ -230,6 +232,19 @@ class Libraries:
         if self._numba_before is not None:
             import numba
             numba.set_num_threads(self._numba_before)
+
+
+def _set_blas(lib, count):
+    """A BLAS library's thread count (a threadpoolctl controller's) set to `count` from this thread. threadpoolctl
+    lets one Python thread at a time control a pthreads OpenBLAS (the first that set it, while it lives) and ignores
+    the others' calls without a word, so a fit in a second thread, after one in the main thread, ran its products at
+    OpenBLAS's 2 threads under fastvae's 2 workers: 8-20x slower (a fresh user's trial, 2026-12-06). A fit needs the
+    count whichever thread it runs in, and restores it after, so it sets it through the library itself (threadpoolctl's
+    own setter where it has one, else its public one)."""
+    if count is None:
+        return
+    setter = getattr(lib, "_real_set_num_threads", None) or lib.set_num_threads
+    setter(count)
 
 
 # ---------------------------------------------------------------- adapting while training

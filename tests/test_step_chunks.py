@@ -107,17 +107,8 @@ def test_a_fit_that_diverges_in_a_chunk_names_the_step_a_step_by_step_fit_names(
 
 @pytest.mark.parametrize("broken", [0, 1])
 def test_a_part_that_raises_stops_the_other_and_the_error_is_raised(broken):
-    cfg = Config(hidden=(64, 32), latent=4, batch_size=64)
-    be = get_backend("cpu")
-    data = _data(640)
-    order = np.random.default_rng(0).permutation(len(data)).astype(np.int64)
-    layout = Layout(cfg)
-    st, ws = step.State(be, layout, he_init(layout, seed=1), seed=3), step.Workspace(be, cfg, cfg.batch_size)
-    libs = threads.Libraries(be.workers)
+    st, ws, stepper, order, libs = _stepper(640)
     try:
-        libs.set(2)
-        stepper = step.Stepper(be, cfg, st, ws, data)
-
         class Broken:                               # one part raises before its first kernel; the other waits for
             kernels = 0                             # its layer marks
 
@@ -141,16 +132,8 @@ def test_a_part_that_raises_stops_the_other_and_the_error_is_raised(broken):
 def test_chunks_recorded_on_one_thread_and_run_from_another_are_recorded_again():
     """Part 0's replay uses the scratch of the thread that recorded it (cpu_update.scratch, not copied): run from
     another thread, the chunk records again there; the bits are those of steps one by one."""
-    cfg = Config(hidden=(64, 32), latent=4, batch_size=64)
-    data = _data(1280)
-    order = np.random.default_rng(0).permutation(len(data)).astype(np.int64)
-    be = get_backend("cpu")
-    layout = Layout(cfg)
-    st, ws = step.State(be, layout, he_init(layout, seed=1), seed=3), step.Workspace(be, cfg, cfg.batch_size)
-    libs = threads.Libraries(be.workers)
+    st, ws, stepper, order, libs = _stepper(1280)
     try:
-        libs.set(2)
-        stepper = step.Stepper(be, cfg, st, ws, data)
         counts = [stepper.many(order, 0, 10), stepper.many(order, 1, 5)]
         other = threading.Thread(target=lambda: counts.append(stepper.many(order, 6, 10)))
         other.start()
@@ -159,7 +142,20 @@ def test_chunks_recorded_on_one_thread_and_run_from_another_are_recorded_again()
     finally:
         libs.close()
     assert counts == [1, 5, 1, 1] and stepper.captures == 3      # recorded on main, on the other thread, on main
-    _assert_same((st.params, st.m, st.v, None, ws.loss, st.counters), _run(cfg, data, order, 8, chunked=False))
+    _assert_same((st.params, st.m, st.v, None, ws.loss, st.counters),
+                 _run(stepper.cfg, stepper.data, order, 8, chunked=False))
+
+
+def _stepper(n):
+    """(state, workspace, Stepper, order, libraries at 2 threads: close() them) of a small cpu model on n rows."""
+    cfg = Config(hidden=(64, 32), latent=4, batch_size=64)
+    be, data = get_backend("cpu"), _data(n)
+    layout = Layout(cfg)
+    st, ws = step.State(be, layout, he_init(layout, seed=1), seed=3), step.Workspace(be, cfg, cfg.batch_size)
+    libs = threads.Libraries(be.workers)
+    libs.set(2)
+    order = np.random.default_rng(0).permutation(n).astype(np.int64)
+    return st, ws, step.Stepper(be, cfg, st, ws, data), order, libs
 
 
 def _raises(fn):

@@ -364,3 +364,28 @@ def test_a_loaded_model_takes_a_thread_count(tmp_path, mnist):
     assert loaded.history[-1]["threads"]["changes"][0]["reason"] == "start: threads=1 asked for (fixed)"
     with pytest.raises(UserError, match="threads must be"):
         VAE.load(tmp_path / "m.npz", backend="cpu", threads="2")
+
+
+def test_a_fit_in_another_thread_holds_openblas_at_one_thread_too():
+    """threadpoolctl lets only the thread that first set OpenBLAS's count change it; a fit in a second thread, after
+    the main thread had set and restored it, ran its products at 2 OpenBLAS threads under its 2 workers (8-20x
+    slower: a fresh user's trial). The count set from another thread must hold, and be put back after."""
+    import threading
+    from fastvae.backends import cpu
+    main = threads.Libraries(cpu.workers)
+    main.set(2)                                      # the main thread takes control of OpenBLAS (threadpoolctl) ...
+    before = numpy_blas(blas_threads())
+    main.close()                                     # ... and puts it back
+    seen = []
+
+    def fit_in_a_thread():
+        libs = threads.Libraries(cpu.workers)
+        libs.set(2)
+        seen.append(numpy_blas(blas_threads()))
+        libs.close()
+        seen.append(numpy_blas(blas_threads()))
+    worker = threading.Thread(target=fit_in_a_thread)
+    worker.start()
+    worker.join()
+    original = numpy_blas(blas_threads())
+    assert before == 1 and seen == [1, original], (before, seen, original)
