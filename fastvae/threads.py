@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -196,17 +197,21 @@ class Libraries:
         from threadpoolctl import ThreadpoolController
         self._blas = ThreadpoolController().select(user_api="blas")
         self.workers = workers
-        self._original = None
+        self._holding = False                    # counted in _HELD (set() until release())
         self._numba_before = None
         self._workers_before = None if workers is None else workers.count
         self.count = None
 
     def set(self, n):
         import numba
-        if self._original is None:               # the counts before the first change
-            self._original = [(lib, lib.get_num_threads()) for lib in self._blas.lib_controllers]
-        for lib in self._blas.lib_controllers:
-            _set_blas(lib, 1 if self.workers is not None else n)
+        with _HELD.lock:
+            if not self._holding:
+                self._holding = True
+                if _HELD.holders == 0:           # the counts before any fit changed them
+                    _HELD.original = [(lib, lib.get_num_threads()) for lib in self._blas.lib_controllers]
+                _HELD.holders += 1
+            for lib in self._blas.lib_controllers:
+                _set_blas(lib, 1 if self.workers is not None else n)
         if self._numba_before is None:
             self._numba_before = numba.get_num_threads()
         numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
@@ -220,9 +225,13 @@ class Libraries:
     def release(self):
         """OpenBLAS's count and the workers' as before the first set() (as outside a fit) until the next set();
         Numba's is put back by close()."""
-        if self._original is not None:
-            for lib, count in self._original:
-                _set_blas(lib, count)
+        with _HELD.lock:
+            if self._holding:
+                self._holding = False
+                _HELD.holders -= 1
+                if _HELD.holders == 0:           # the last fit at once puts them back (not the first to end)
+                    for lib, count in _HELD.original:
+                        _set_blas(lib, count)
         if self.workers is not None:
             self.workers.count = self._workers_before
         self.count = None
@@ -232,6 +241,20 @@ class Libraries:
         if self._numba_before is not None:
             import numba
             numba.set_num_threads(self._numba_before)
+
+
+class _Held:
+    """The Libraries holding the BLAS counts now (fits at once, in several Python threads), and the counts from
+    before the first of them: put back when the last releases (the first fit to end put them back under the others,
+    whose products then ran at OpenBLAS's full count under their workers)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.holders = 0
+        self.original = []
+
+
+_HELD = _Held()
 
 
 def _set_blas(lib, count):

@@ -389,3 +389,26 @@ def test_a_fit_in_another_thread_holds_openblas_at_one_thread_too():
     worker.join()
     original = numpy_blas(blas_threads())
     assert before == 1 and seen == [1, original], (before, seen, original)
+
+
+def test_openblas_stays_at_one_thread_until_the_last_of_two_fits_at_once_ends():
+    """Two fits in two threads: the first to end must not put OpenBLAS back under the other (whose products would
+    run at OpenBLAS's full count under its workers); the last puts back the count from before both."""
+    from threadpoolctl import ThreadpoolController
+    from fastvae.backends import cpu
+    controllers = ThreadpoolController().select(user_api="blas").lib_controllers
+    before = [(lib, lib.get_num_threads()) for lib in controllers]
+    for lib in controllers:                         # a count above one to come back to, whatever this machine's is
+        threads._set_blas(lib, 2)
+    try:
+        a, b = threads.Libraries(cpu.workers), threads.Libraries(cpu.workers)
+        a.set(2)
+        b.set(2)
+        a.close()                                   # (and again, as record() and close() both release)
+        a.release()
+        during = numpy_blas(blas_threads())
+        b.close()
+        assert during == 1 and numpy_blas(blas_threads()) == 2
+    finally:
+        for lib, count in before:
+            threads._set_blas(lib, count)
