@@ -17,6 +17,7 @@ A chunk ends early only where the loss stopped being finite (part 0's step_finis
 trainer does on the host) or a part raised (the others are stopped: abort()). Ctrl-C is seen after the chunk.
 """
 import threading
+import warnings
 
 import numpy as np
 
@@ -120,7 +121,7 @@ class StepChunks:
         ws, state, be, cs = self.ws, self.state, self.be, self._kernels
         lo, hi = self.bounds[k]
         # Every part's calls are the same code on other arrays, so one generated module serves them all (compiled
-        # once: 3.5 s cold on the EPYC, against 7 for two): shard 0 too has counters of its own (the step's, copied
+        # once: 2.9 s cold on the EPYC, against 7.0 for two): shard 0 too has counters of its own (the step's, copied
         # by step_begin: the same values train_step's shard 0 reads), and step_finish takes the batch's loss in a
         # tuple of its own (passed as a new argument by every part, as it is shard 0's accumulator too).
         loss, counters = (ws.loss, self.counters0) if k == 0 else ws.shard(k)
@@ -144,6 +145,8 @@ class StepChunks:
             self.replays = [recorded[k].compile() for k in range(self.parts)]
         except Exception as e:  # noqa: BLE001  (the replays only save time: the steps run one by one without them)
             self.refused = f"the replays did not compile ({type(e).__name__}: {e})"
+            warnings.warn(f"fastvae: steps run one by one, without their chunks' replays: {self.refused}; the numbers "
+                          "are the same, a little slower", RuntimeWarning, stacklevel=3)
             return
         self.seconds = sum(r.seconds for r in self.replays)
 

@@ -164,3 +164,19 @@ def _raises(fn):
     except Exception as e:  # noqa: BLE001
         return f"{type(e).__name__}: {e}"
     return "returned"
+
+
+def test_chunk_replays_that_do_not_compile_step_one_by_one_with_one_warning(monkeypatch):
+    from fastvae.backends import capture
+    monkeypatch.setattr(capture.Recording, "compile", lambda self: (_ for _ in ()).throw(RuntimeError("no compiler")))
+    cfg = Config(hidden=(64, 32), latent=4, batch_size=64)
+    data = _data(640)
+    order = np.random.default_rng(0).permutation(len(data)).astype(np.int64)
+    with pytest.warns(RuntimeWarning, match="no compiler") as caught:
+        got = _run(cfg, data, order, 6, chunked=True)
+    # one warning for the chunks', one for the shards' replays the steps one by one then tried: once each
+    said = [str(w.message) for w in caught]
+    assert sorted("chunks' replays" in m for m in said) == [False, True], said
+    assert got[-1] == [1] * 6 and "no compiler" in got[6].chunks[2].refused
+    monkeypatch.undo()
+    _assert_same(got, _run(cfg, data, order, 6, chunked=False))
