@@ -36,7 +36,8 @@ def _one_at_a_time(method):
 
 
 class VAE:
-    """The VAE of Géron's Hands-On ML (1st ed., ch. 15): 784 -> hidden -> (mu, logvar) -> z -> hidden reversed -> 784.
+    """The VAE of Géron's Hands-On ML (1st ed., ch. 15): d -> hidden -> (mu, logvar) -> z -> hidden reversed -> d
+    (d: the data's width, MNIST's 784).
 
     `backend` is "auto" (gpu when usable, else cpu), "cpu", "gpu", "reference" (float64 NumPy, slow) or "cpu-bf16".
     `precision` is "fp32" or "bf16": the matrix products' operands rounded to bf16, fp32 sums, fp32 master weights
@@ -52,7 +53,8 @@ class VAE:
     that many row shards (at most one per 32 rows) on its own threads, OpenBLAS at one thread each (fastvae.workers).
     None/"auto" sizes the count to the CPUs this process may use (affinity mask, cgroup quota) and adapts it while
     training when other work takes cores (fastvae.threads); a whole number fixes it (needed for bit-identical
-    reruns: the weight gradients are sums over the shards). `model.threads` can be changed between fits.
+    reruns: the row shards follow the count, and the last bits of some sums (the loss's at least) follow the shards;
+    a count the pacer changed carries into a resumed or later fit). `model.threads` can be changed between fits.
     Arrays in and out are NumPy: images (n, h, w) or rows (n, d), uint8 or floats in [0, 1]. A new model takes its
     input width d (and image shape) from the data it is first fitted on (MNIST's 784 = 28 x 28 until then); every
     later call must match it, and decode/sample/reconstruct return rows (n, d): `.reshape(-1, *image_shape)`.
@@ -117,7 +119,10 @@ class VAE:
 
         validation: optional test images, evaluated after each epoch. callback(model, record) runs after each
         epoch with that epoch's record (also appended to self.history): {"epoch", "steps", "seconds",
-        "images_per_s", "train": losses, "test": losses (with validation)}. progress: show a tqdm progress bar.
+        "images_per_s", "backend", "precision", "train": losses, "test": losses (with validation), "threads" (host
+        backends: the count and the pacer's changes), "replay_compile_seconds" (an epoch that compiled the captured
+        step's replays, inside its seconds)}; an exception it raises comes out of fit as it is, after the epoch has
+        counted (the model stays consistent). progress: show a tqdm progress bar.
         A model stopped in the middle of an epoch (Ctrl-C) finishes that epoch first, as one of `epochs`, in
         the batch size it started with (another one is refused until the next epoch).
         Raises UserError for bad arguments or images; TrainingInterrupted on Ctrl-C, after the step in
