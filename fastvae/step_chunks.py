@@ -22,6 +22,8 @@ import warnings
 import numpy as np
 
 from . import barrier
+from .backends.capture import call
+from .backends.cpu_update import adam_lr
 from .constants import COUNTER_STEP
 
 # Steps per chunk: as many as the progress bar's updates apart (fastvae.training.PROGRESS_EVERY), 0.1-0.2 s, so a
@@ -52,7 +54,7 @@ class StepChunks:
         self.stop = np.zeros(8, np.int64)
         self.counters0 = np.zeros_like(state.counters)          # shard 0's (_step)
         self.ready = ws.ready(len(state.weights))
-        cfg = stepper.cfg
+        cfg = self.cfg
         params, grads, m, v, _, inputs, douts = _update_args(cfg, state, ws.rows(ws.batch))[:7]
         self.update = be.weight_update_steps(params, grads, m, v, inputs, douts, cfg.beta1, cfg.beta2, cfg.adam_eps,
                                              self)
@@ -86,7 +88,6 @@ class StepChunks:
         self.barriers[:n] = barrier.new(self.parts, spin=workers.spinning).tolist() + [0]
         self.counters[:n] = 0
         cfg, t0 = self.cfg, int(self.state.counters[COUNTER_STEP])
-        from .backends.cpu_update import adam_lr
         for j in range(n):
             self.lr_ts[j] = adam_lr(t0 + j + 1, cfg.lr, cfg.beta1, cfg.beta2)
         self.ready[:] = 0
@@ -125,15 +126,14 @@ class StepChunks:
         # by step_begin: the same values train_step's shard 0 reads), and step_finish takes the batch's loss in a
         # tuple of its own (passed as a new argument by every part, as it is shard 0's accumulator too).
         loss, counters = (ws.loss, self.counters0) if k == 0 else ws.shard(k)
-        be_call = _call()
-        be_call(cs.step_begin, self.cursors[k], self.orders, ws.batch, lo, hi, self.idx, state.counters, counters,
+        call(cs.step_begin, self.cursors[k], self.orders, ws.batch, lo, hi, self.idx, state.counters, counters,
                 loss, k > 0)
         a = ws.rows(hi - lo, lo)
         be.gather_batch(a.x, self.data, self.idx[lo:hi])
         forward(be, self.cfg, state.weights, a, loss, counters, STREAM_TRAIN)
         backward(be, self.cfg, state.weights, None, a, counters, STREAM_TRAIN, self.ready)
         self.update(k)
-        be_call(cs.step_finish, self.cursors[k], self.barriers, k == 0, state.counters, (ws.loss,),
+        call(cs.step_finish, self.cursors[k], self.barriers, k == 0, state.counters, (ws.loss,),
                 tuple(ws.shard(s)[0] for s in range(1, self.parts)), self.ready, self.stop)
 
     def _compile(self, recorded):
@@ -149,8 +149,3 @@ class StepChunks:
                           "are the same, a little slower", RuntimeWarning, stacklevel=3)
             return
         self.seconds = sum(r.seconds for r in self.replays)
-
-
-def _call():
-    from .backends.capture import call
-    return call

@@ -389,14 +389,19 @@ class Update:
         return part % 2 == 1
 
 
+def _scratch_size(shapes, rows):
+    """Floats of a thread's scratch for _weight_items: a whole chunk of a gradient not kept, or the first layer's
+    kept columns (zero_columns_scratch), whichever is larger."""
+    return max(WEIGHT_CHUNK_ROWS * max(n for _, n in shapes), zero_columns_scratch(shapes, rows, WEIGHT_CHUNK_ROWS))
+
+
 def weight_update_parts(workers, params, grads, m, v, counters, inputs, douts, lr, beta1, beta2, eps):
     """The contract's weight_update_parts on the cpu backend (fp32 sgemm for the gradient chunks): (parts, part,
     finish), part(k, wait=None, ready=None) claiming chunks until none is left (any number of threads at once; with
     the barrier `wait`, waiting there first, or per layer with `ready` (start_items), and departing from it last),
     finish() advancing the step."""
     u = Update(workers, params, counters, inputs, douts, lr, beta1, beta2, WEIGHT_CHUNK_ROWS)
-    size = max(WEIGHT_CHUNK_ROWS * max(n for _, n in u.shapes),
-               zero_columns_scratch(u.shapes, u.inputs[0].shape[0], WEIGHT_CHUNK_ROWS))
+    size = _scratch_size(u.shapes, u.inputs[0].shape[0])
 
     def part(k, wait=None, ready=None):
         _weight_items(params, grads, m, v, u.inputs, u.douts, u.items, u.counter, u.from_back(k), u.lr_t, beta1,
@@ -425,8 +430,7 @@ def weight_update_steps(params, grads, m, v, inputs, douts, beta1, beta2, eps, s
     shapes = update_shapes(inputs, douts, params.size)
     items = plan(shapes, WEIGHT_CHUNK_ROWS)
     inputs, douts = as_layers(inputs, douts)
-    size = max(WEIGHT_CHUNK_ROWS * max(n for _, n in shapes),
-               zero_columns_scratch(shapes, inputs[0].shape[0], WEIGHT_CHUNK_ROWS))
+    size = _scratch_size(shapes, inputs[0].shape[0])
 
     cursors, counters, lr_ts, barriers, ready = steps.cursors, steps.counters, steps.lr_ts, steps.barriers, steps.ready
 
