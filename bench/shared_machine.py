@@ -191,7 +191,7 @@ def table(results, images):
     base = statistics.median(idle1) if idle1 else None
     used = [v for v in VARIANTS if any(v in r.get("variants", {}) for r in results.values())]
     scale = "" if images == 60000 else f" ({images} images)"
-    lines = [f"| situation | " + " | ".join(VARIANTS[v] + scale for v in used) + " |",
+    lines = ["| situation | " + " | ".join(VARIANTS[v] + scale for v in used) + " |",
              "| --- |" + " ---: |" * len(used)]
     for situation, r in results.items():
         if "skipped" in r:

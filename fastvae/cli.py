@@ -78,13 +78,17 @@ def add_shared_options(p: argparse.ArgumentParser, quiet: str, precision: str = 
     p.add_argument("--version", action="version", version=f"fastvae {__version__}")
 
 
-def load_data(args: argparse.Namespace, split_seed: int, data_path=None):
+def load_data(args: argparse.Namespace, split_seed: int, data_path=None, asked=None):
     """The data set --data names (or `data_path`), its test set split off by --test-fraction and `split_seed` where
     it is one array; its notices (a checksum no published set has, EMNIST's transpose) go to stderr unless --quiet.
-    Raises UserError (one line) for a bad path, file or fraction."""
+    `asked`: the --test-fraction given on this command line (None: not given), refused for a data set with its own
+    test set. Raises UserError (one line) for a bad path, file or fraction."""
     from .data import load_data as load
     fraction = 1 / 7 if args.test_fraction is None else args.test_fraction
     data = load(args.data if data_path is None else data_path, fraction, split_seed)
+    if asked is not None and data.test_fraction is None:   # it would change nothing: say so, not train as if it did
+        raise UserError(f"--test-fraction {asked:g} splits a data set of one array, but {data.source} has its own "
+                        "test set; leave --test-fraction out")
     for notice in data.notices if not args.quiet else ():
         print(f"fastvae: {notice}", file=sys.stderr)
     return data
@@ -146,7 +150,7 @@ def run_test_set(args: argparse.Namespace, checkpoint: Path, model) -> tuple:
         raise UserError(f"data path {path} does not exist; pass an existing one with --data, or leave out --data to "
                         f"use the run's own ({'the embedded MNIST' if recorded is None else recorded})")
     data = load_data(argparse.Namespace(**{**vars(args), "test_fraction": fraction}), model.config.seed,
-                     data_path=path)
+                     data_path=path, asked=args.test_fraction)
     width, shape = model.config.input_width, model.config.image_shape
     if data.width != width:
         fitted = f" ({shape[0]}x{shape[1]} images)" if shape else ""

@@ -12,7 +12,7 @@ import hashlib
 import math
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +70,8 @@ class Dataset:
     image_shape: tuple[int, int] | None = (SIDE, SIDE)
     name: str | None = None
     notices: tuple[str, ...] = ()
+    # the fraction split off one array as the test set (split_indices); None where the data set has its own
+    test_fraction: float | None = None
 
     @property
     def width(self) -> int:
@@ -251,8 +253,9 @@ def _split_array(x, what, test_fraction, split_seed):
     rows, shape = as_rows(x, what)
     train, test = split_indices(len(rows), test_fraction, split_seed)
     note = f"{len(test)} of {len(rows)} rows held out as the test set (fraction {test_fraction:g}, seed {split_seed})"
-    return _dataset({"train_x": rows[train], "test_x": rows[test]}, {"train_x": what, "test_x": what},
+    data = _dataset({"train_x": rows[train], "test_x": rows[test]}, {"train_x": what, "test_x": what},
                     f"{what}; {note}", shape)
+    return replace(data, test_fraction=test_fraction)
 
 
 def _idx_paths(directory):
@@ -319,8 +322,8 @@ def load_mnist(directory: str | Path | None = None) -> Dataset:
 
 def as_rows(X: ArrayLike, what: str = "X") -> tuple[np.ndarray, tuple[int, int] | None]:
     """The user's images (n, h, w) or feature rows (n, d) as (C-contiguous rows (n, d), image shape (h, w) or None):
-    uint8 stays uint8 (no copy when possible), other numbers become float32 and must be finite and in [0, 1].
-    Raises UserError (one line, calling the array `what`) for anything else."""
+    uint8 stays uint8 (no copy when possible) and is read as 0..255 (so one whose largest value is 1, binarized
+    images, is refused), other numbers become float32 and must be finite and in [0, 1]. Raises UserError (one line, calling the array `what`) for anything else."""
     try:
         X = np.asarray(X)
     except (ValueError, TypeError) as e:  # e.g. ragged nested lists
@@ -342,6 +345,9 @@ def as_rows(X: ArrayLike, what: str = "X") -> tuple[np.ndarray, tuple[int, int] 
     shape = tuple(int(k) for k in X.shape[1:]) if X.ndim == 3 else None
     X = _flat(X)
     if X.dtype == np.uint8:
+        if X.max() == 1:    # binarized images, read as 0..255: all but black, a model would learn next to nothing
+            raise UserError(f"{what} is uint8 with no value above 1, but uint8 pixels are read as 0..255; for images "
+                            "of 0 and 1, multiply them by 255 or pass them as floats in [0, 1]")
         return np.ascontiguousarray(X), shape
     if not np.isfinite(X).all():
         raise UserError(f"{what} has {np.isnan(X).sum()} NaN and {np.isinf(X).sum()} infinite values; "

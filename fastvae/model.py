@@ -61,6 +61,20 @@ class VAE:
     A bad setting raises UserError (one line).
     """
 
+    # the attributes a model has (set by __init__/_set_up/load); others are refused, not kept (a typo, or a setting
+    # such as `model.lr = 0.01`, would otherwise be stored and change nothing)
+    _ATTRIBUTES = frozenset({"threads", "config", "backend", "layout", "state", "epoch", "epoch_step", "epoch_loss",
+                             "diverged", "step_broken", "history"})
+
+    def __setattr__(self, name, value):
+        if not (name.startswith("_") or name in self._ATTRIBUTES or hasattr(type(self), name)
+                or type(self) is not VAE):      # a subclass keeps what it sets
+            setting = name in {f.name for f in dataclasses.fields(Config)}
+            raise UserError(f"VAE has no attribute {name!r} to set" + (
+                f": {name} is a setting, fixed when the model is made (VAE({name}=...)); model.config holds them"
+                if setting else "; model.threads is the one setting that may change between fits"))
+        object.__setattr__(self, name, value)
+
     def __init__(self, hidden: tuple[int, ...] = (500, 500), latent: int = 20, backend: str = "auto",
                  seed: int = 0, lr: float = 0.001, batch_size: int = 150, encoder: str = "gamma",
                  reconstruction: str = "xent", notify: Callable[[str], None] | None = None,
@@ -347,7 +361,9 @@ class VAE:
         return (f"VAE(hidden={c.hidden}, latent={c.latent}, backend={self.backend.name!r}, "
                 f"precision={self.precision!r}, seed={c.seed}; "
                 f"{self.layout.size:,} parameters, {self.epoch} epoch{'s' * (self.epoch != 1)}, {self.steps} "
-                f"step{'s' * (self.steps != 1)})")
+                f"step{'s' * (self.steps != 1)}"
+                + ("; diverged: NaN or Inf, refuses fit and save" * self.diverged)
+                + ("; a step stopped part-way: refuses fit and save" * (self.step_broken and not self.diverged)) + ")")
 
 
 def _check_path(path):

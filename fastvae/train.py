@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples: python -m fastvae.train --epochs 3 --out runs/quick;  "
                "python -m fastvae.train --resume runs/quick --epochs 10.  "
                "Exit status: 0 done, 2 a mistake in the input, 3 training diverged, 130 interrupted (Ctrl-C).")
-    add_shared_options(p, quiet="no progress bar or per-epoch lines",
+    add_shared_options(p, quiet="no header, progress bar, per-epoch or done lines (errors still print)",
                        precision="; default fp32 (bf16 for --backend cpu-bf16); --resume keeps the run's unless "
                                  "given")
     p.add_argument("--epochs", type=whole_number, default=None,
@@ -308,8 +308,9 @@ def _train(args, stop, hold):
         run_info["precision"] = "bf16"
     model.threads = check_threads(run_info.get("threads"))
     cfg = model.config
+    asked = args.test_fraction if args.resume is None else None
     args.test_fraction = run_info.get("test_fraction")     # the run's own: a resumed run splits as it did
-    data = load_data(args, cfg.seed, data_path=run_info["data_dir"])
+    data = load_data(args, cfg.seed, data_path=run_info["data_dir"], asked=asked)
     train_x = data.train_x[:run_info["train_images"]]       # [:None] is all of them
     test_x = data.test_x[:run_info["test_images"]]
     test_y = None if data.test_y is None else data.test_y[:len(test_x)]

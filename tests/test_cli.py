@@ -13,6 +13,7 @@ import strict_json
 from fastvae import VAE, UserError, checkpoint
 from fastvae.cli import run_main
 from fastvae.errors import TrainingDiverged, TrainingInterrupted
+from fastvae.training import FIRST_STEPS_NOTE
 
 QUICK = ["--epochs", "2", "--train-images", "600", "--test-images", "200", "--hidden", "40", "24",
          "--latent", "3", "--batch-size", "50", "--seed", "11", "--backend", "cpu"]
@@ -47,6 +48,9 @@ def test_a_run_writes_its_checkpoint_metrics_and_figures(run_dir):
     for e in m["epochs"]:
         assert np.isfinite(e["test"]["total"]) and e["test"]["kl"] > 0 and e["images_per_s"] > 0
     assert m["epochs"][1]["train"]["total"] < m["epochs"][0]["train"]["total"]
+    # the first epoch's bar says why it sits at 0 (it said nothing for the ≈ 20 s of a fresh install's compile)
+    first, second = proc.stderr.split("epoch 2:", 1)
+    assert FIRST_STEPS_NOTE in first and FIRST_STEPS_NOTE not in second
 
 
 def test_json_writes_undefined_values_as_null_and_numpy_values_as_plain_ones():
@@ -176,6 +180,8 @@ def test_no_plots_writes_no_figures(tmp_path):
     (["--backend", "reference", "--precision", "bf16"], "does not apply to the reference backend"),
     (["--backend", "cpu-bf16", "--precision", "fp32"], "contradicts precision fp32"),
     (["--out", "/proc/version/run"], "cannot write to the output folder"),
+    # MNIST has its own test set: the fraction was accepted and changed nothing (a fresh user's trial)
+    (["--test-fraction", "0.2"], "has its own test set; leave --test-fraction out"),
 ])
 def test_user_mistakes_get_one_line_and_exit_status_2(tmp_path, args, phrase):
     out = [] if "--out" in args else ["--out", str(tmp_path / "run")]
@@ -427,6 +433,15 @@ def test_a_test_fraction_outside_0_1_is_refused_for_every_data_set(tmp_path, too
                           capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2 and "--test-fraction" in proc.stderr and "between 0 and 1" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("tool", ["fastvae.evaluate", "fastvae.plot"])
+def test_a_test_fraction_for_a_data_set_with_its_own_test_set_is_refused(run_dir, tool):
+    out, _ = run_dir
+    proc = subprocess.run([sys.executable, "-m", tool, str(out), "--test-fraction", "0.2"], capture_output=True,
+                          text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "has its own test set; leave --test-fraction out" in lines[0]
 
 
 def test_a_closed_output_pipe_ends_a_tool_quietly(run_dir):

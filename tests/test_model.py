@@ -186,6 +186,8 @@ def test_a_flipped_byte_anywhere_in_the_arrays_fails_the_checksum(tmp_path):
     (np.full((10, 784), np.nan), "NaN"),
     (np.zeros(783), "not a batch"),          # any width trains (test_any_data.py); a 1-D array does not
     (np.zeros((0, 784)), "empty"),
+    # binarized images as uint8 0/1 were read as 0..255 (nearly black) and trained on without a word
+    (np.eye(10, 784, dtype=np.uint8), "uint8 with no value above 1, but uint8 pixels are read as 0..255"),
 ])
 def test_bad_training_arrays_get_one_line_errors(X, phrase):
     with pytest.raises(UserError, match=phrase) as err:
@@ -445,6 +447,27 @@ def test_a_diverged_library_fit_says_how_to_lower_the_rate_in_the_library_too(mn
     with pytest.raises(UserError, match=rf"diverged \(NaN or Inf at step {steps}\).*lower learning rate \(now 1000\)"):
         model.fit(mnist.train_x[:300], epochs=1)
     assert model.steps == steps
+    assert repr(model).endswith("; diverged: NaN or Inf, refuses fit and save)")      # its repr said nothing
+
+
+def test_setting_an_attribute_a_model_does_not_have_is_refused_in_one_line(mnist):
+    """`model.lr = 0.01` was kept and changed nothing (config.lr stayed): a fresh user's trial."""
+    model = VAE(seed=5, **SMALL)
+    with pytest.raises(UserError, match=r"no attribute 'lr' to set: lr is a setting, fixed when the model is made "
+                                        r"\(VAE\(lr=\.\.\.\)\)"):
+        model.lr = 0.01
+    with pytest.raises(UserError, match="no attribute 'treads' to set; model.threads is the one setting"):
+        model.treads = 1
+    assert not hasattr(model, "lr") and model.config.lr == 0.001
+    model.threads = 1                                               # what may change between fits still does
+    model.fit(mnist.train_x[:100], epochs=1)
+    assert model.threads == 1 and repr(model).endswith(" 1 epoch, 2 steps)")
+
+    class Mine(VAE):                                                # a subclass keeps its own attributes
+        pass
+    mine = Mine(seed=5, **SMALL)
+    mine.note = "kept"
+    assert mine.note == "kept"
 
 
 @pytest.mark.parametrize("backend", ["cpu", "reference"])
