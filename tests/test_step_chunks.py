@@ -69,7 +69,9 @@ BF16 = pytest.param("cpu-bf16", marks=pytest.mark.skipif(bf16_unavailable() is n
 
 
 @pytest.mark.parametrize("name", ["cpu", BF16])
-@pytest.mark.parametrize("batch, width, keep", [(150, 784, False), (71, 100, True), (64, 257, False)])
+# the seed's shape, and uneven shards (33 + 32 rows) of an awkward width with the gradients kept (each case compiles
+# its replays: 4-12 s)
+@pytest.mark.parametrize("batch, width, keep", [(150, 784, False), (65, 257, True)])
 def test_chunks_give_the_bits_of_steps_one_by_one(name, batch, width, keep):
     cfg = Config(hidden=(96, 40), latent=6, batch_size=batch, input_width=width, image_shape=None)
     data = _data(40 * batch, width)
