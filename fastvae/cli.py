@@ -78,6 +78,14 @@ def add_shared_options(p: argparse.ArgumentParser, quiet: str, precision: str = 
     p.add_argument("--version", action="version", version=f"fastvae {__version__}")
 
 
+def at_most(count, x, option, what):
+    """UserError (one line, naming the option) where a count of images asked for is more than x holds: it was cut
+    to what there is without a word."""
+    if count > len(x):
+        raise UserError(f"{option} {count} is more than the {len(x)} {what}; pass at most {len(x)}, or leave "
+                        f"{option} out to use them all")
+
+
 def load_data(args: argparse.Namespace, split_seed: int, data_path=None, asked=None):
     """The data set --data names (or `data_path`), its test set split off by --test-fraction and `split_seed` where
     it is one array; its notices (a checksum no published set has, EMNIST's transpose) go to stderr unless --quiet.
@@ -168,6 +176,8 @@ def run_test_set(args: argparse.Namespace, checkpoint: Path, model) -> tuple:
             advice = "pass the data set the model was trained on with --data PATH"
         raise UserError(f"the test set of {data.source} has rows of {data.width} values but the model takes "
                         f"{width}{fitted}; {advice}")
+    if args.test_images is not None:
+        at_most(args.test_images, data.test_x, "--test-images", f"test images of {data.source}")
     test_x = model._images(data.test_x[:count], f"the test set of {data.source}")     # [:None] is all
     test_y = None if data.test_y is None else data.test_y[:count]
     return data, test_x, test_y

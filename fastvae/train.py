@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, jsonfile, machine, runlock
-from .cli import (Notes, Parser, add_shared_options, check_positive, load_data, remove_empty, run_main,
+from .cli import (Notes, Parser, add_shared_options, at_most, check_positive, load_data, remove_empty, run_main,
                   whole_number)
 from .config import Config
 from .constants import ENCODERS, HIDDEN_ACTIVATIONS, RECONSTRUCTIONS, SAMPLE_CODINGS
@@ -311,6 +311,10 @@ def _train(args, stop, hold):
     asked = args.test_fraction if args.resume is None else None
     args.test_fraction = run_info.get("test_fraction")     # the run's own: a resumed run splits as it did
     data = load_data(args, cfg.seed, data_path=run_info["data_dir"], asked=asked)
+    if args.resume is None:                 # (a resumed run's counts were checked when it began)
+        for key, x, what in (("train_images", data.train_x, "training"), ("test_images", data.test_x, "test")):
+            if run_info[key] is not None:
+                at_most(run_info[key], x, f"--{key.replace('_', '-')}", f"{what} images of {data.source}")
     train_x = data.train_x[:run_info["train_images"]]       # [:None] is all of them
     test_x = data.test_x[:run_info["test_images"]]
     test_y = None if data.test_y is None else data.test_y[:len(test_x)]

@@ -182,6 +182,9 @@ def test_no_plots_writes_no_figures(tmp_path):
     (["--out", "/proc/version/run"], "cannot write to the output folder"),
     # MNIST has its own test set: the fraction was accepted and changed nothing (a fresh user's trial)
     (["--test-fraction", "0.2"], "has its own test set; leave --test-fraction out"),
+    # more images than the data set holds were cut to what it holds without a word (a fresh user's trial)
+    (["--train-images", "70000"], "--train-images 70000 is more than the 60000 training images of the embedded"),
+    (["--test-images", "10001"], "--test-images 10001 is more than the 10000 test images of the embedded"),
 ])
 def test_user_mistakes_get_one_line_and_exit_status_2(tmp_path, args, phrase):
     out = [] if "--out" in args else ["--out", str(tmp_path / "run")]
@@ -436,12 +439,16 @@ def test_a_test_fraction_outside_0_1_is_refused_for_every_data_set(tmp_path, too
 
 
 @pytest.mark.parametrize("tool", ["fastvae.evaluate", "fastvae.plot"])
-def test_a_test_fraction_for_a_data_set_with_its_own_test_set_is_refused(run_dir, tool):
+def test_a_test_fraction_for_a_data_set_with_its_own_test_set_and_too_many_test_images_are_refused(run_dir, tool):
     out, _ = run_dir
     proc = subprocess.run([sys.executable, "-m", tool, str(out), "--test-fraction", "0.2"], capture_output=True,
                           text=True, timeout=120)
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1 and "has its own test set; leave --test-fraction out" in lines[0]
+    proc = subprocess.run([sys.executable, "-m", tool, str(out), "--test-images", "10001"], capture_output=True,
+                          text=True, timeout=120)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "--test-images 10001 is more than the 10000" in lines[0]
 
 
 def test_a_closed_output_pipe_ends_a_tool_quietly(run_dir):
