@@ -189,20 +189,19 @@ class Libraries:
 
     With `workers` (the backend's fastvae.workers.Workers: its step runs row shards on its own threads) the count is
     the workers' and OpenBLAS runs one thread per call, so the two pools never spin against each other; without
-    them it is OpenBLAS's count (threadpoolctl, every BLAS NumPy loaded). Numba's (set_num_threads, capped at its
-    pool's size) follows the count either way."""
+    them it is OpenBLAS's count (threadpoolctl, every BLAS NumPy loaded). Numba's own thread count is left alone:
+    no fastvae kernel is parallel=True (its threads are the workers'), and reading or setting the count starts
+    Numba's threading layer (an OpenMP pool of idle threads, libgomp loaded, in every fitting process)."""
 
     def __init__(self, workers=None):
         from threadpoolctl import ThreadpoolController
         self._blas = ThreadpoolController().select(user_api="blas")
         self.workers = workers
         self._holding = False                    # counted in _HELD (set() until release())
-        self._numba_before = None
         self._workers_before = None if workers is None else workers.count
         self.count = None
 
     def set(self, n):
-        import numba
         with _HELD.lock:
             if not self._holding:
                 self._holding = True
@@ -211,9 +210,6 @@ class Libraries:
                 _HELD.holders += 1
             for lib in self._blas.lib_controllers:
                 _set_blas(lib, 1 if self.workers is not None else n)
-        if self._numba_before is None:
-            self._numba_before = numba.get_num_threads()
-        numba.set_num_threads(max(1, min(n, numba.config.NUMBA_NUM_THREADS)))
         if self.workers is not None:
             self.workers.count = n
         self.count = n
@@ -222,8 +218,7 @@ class Libraries:
         return [lib["num_threads"] for lib in self._blas.info()]
 
     def release(self):
-        """OpenBLAS's count and the workers' as before the first set() (as outside a fit) until the next set();
-        Numba's is put back by close()."""
+        """OpenBLAS's count and the workers' as before the first set() (as outside a fit) until the next set()."""
         with _HELD.lock:
             if self._holding:
                 self._holding = False
@@ -237,9 +232,6 @@ class Libraries:
 
     def close(self):
         self.release()
-        if self._numba_before is not None:
-            import numba
-            numba.set_num_threads(self._numba_before)
 
 
 class _Held:

@@ -412,3 +412,23 @@ def test_openblas_stays_at_one_thread_until_the_last_of_two_fits_at_once_ends():
     finally:
         for lib, count in before:
             threads._set_blas(lib, count)
+
+
+def test_a_fit_never_starts_numbas_own_thread_pool():
+    """No fastvae kernel is parallel=True (the step's threads are fastvae.workers'), but setting Numba's thread count
+    started its threading layer: libgomp loaded and an OpenMP pool of idle threads in every process that fitted
+    (threadpoolctl listed it; a fresh user's trial). In a fresh process, as a user's first fit runs."""
+    code = """
+        import json
+        from threadpoolctl import threadpool_info
+        from numba.np.ufunc import parallel
+        from fastvae import VAE
+        from fastvae.data import load_mnist
+        VAE(hidden=(24,), latent=2, batch_size=64, backend="cpu", threads=2).fit(load_mnist().train_x[:640], epochs=1)
+        print(json.dumps({"started": parallel._is_initialized, "apis": [i["user_api"] for i in threadpool_info()]}))
+    """
+    import textwrap
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["started"] is False and "openmp" not in got["apis"], got
