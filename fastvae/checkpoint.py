@@ -10,7 +10,7 @@ executes code.
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 import tokenize
 import zipfile
 from dataclasses import dataclass, field
@@ -62,7 +62,7 @@ def save(path, ck):
     arrays.update(format=np.array(FORMAT), version=np.array(VERSION, dtype=np.int64), sha256=np.array(_digest(arrays)))
     folder = path.parent if str(path.parent) else Path(".")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        fd, tmp = _new_temporary(folder, path.name)
     except OSError as e:
         raise UserError(f"cannot write a checkpoint in {folder} ({e.strerror}); choose a writable folder") from None
     try:
@@ -77,6 +77,19 @@ def save(path, ck):
             raise UserError(f"could not write checkpoint {path} ({e.strerror or e}); nothing was overwritten; "
                             "free some space or choose another folder") from None
         raise
+
+
+def _new_temporary(folder, name):
+    """(descriptor, path) of a new file `.name.<random>.tmp` in `folder`, made with the mode the user's umask gives
+    new files (tempfile.mkstemp makes them 0600: every checkpoint was unreadable to the user's group and others,
+    whatever the umask, unlike the run's other files; a fresh user's trial)."""
+    for _ in range(100):
+        tmp = Path(folder) / f".{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temporary name for {name} in {folder}")
 
 
 def load(path):

@@ -527,3 +527,21 @@ def test_a_resumed_epochs_progress_bar_starts_at_its_step(mnist, monkeypatch):
     monkeypatch.setattr(training.StopOnCtrlC, "__init__", real_init)
     model.fit(mnist.train_x[:1280], epochs=1, progress=True)
     assert 0 < stopped_at < 20 and bars == [0, stopped_at]
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_a_checkpoint_gets_the_mode_the_umask_gives_new_files(tmp_path, umask):
+    """tempfile.mkstemp made every checkpoint 0600, unreadable to the group and others whatever the umask (the run's
+    metrics.json and figures were 0644): a shared model could not be loaded by a colleague (a fresh user's trial)."""
+    import os
+    import stat
+    model = VAE(seed=5, **SMALL)
+    before = os.umask(umask)
+    try:
+        model.save(tmp_path / "a.npz")
+        (tmp_path / "b.npz").write_bytes(b"")
+    finally:
+        os.umask(before)
+    mode = stat.S_IMODE((tmp_path / "a.npz").stat().st_mode)
+    assert mode == 0o666 & ~umask == stat.S_IMODE((tmp_path / "b.npz").stat().st_mode)
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
