@@ -21,13 +21,17 @@ from .config import integer
 from .errors import TrainingDiverged, UserError
 
 
-def run_main(run: Callable[[argparse.Namespace], int], args: argparse.Namespace, kept: str | None = None) -> int:
+def run_main(run: Callable[[argparse.Namespace], int], args: argparse.Namespace,
+             kept: Callable[[], str | None] | None = None) -> int:
     """run(args)'s exit status, with every way it can stop turned into one line on stderr and its status.
 
-    kept: what a stopped run leaves behind (e.g. "the last saved checkpoint is kept"), said after a divergence
-    or a Ctrl-C. A TrainingInterrupted's own message (what was saved, how to resume) replaces the generic one.
+    kept(): what a stopped run leaves behind (e.g. "the last saved checkpoint is kept"), asked when a divergence or
+    a Ctrl-C stops it and said after its message. A TrainingInterrupted's own message (what was saved, how to resume)
+    replaces the generic one.
     """
-    note = f"; {kept}" if kept else ""
+    def note():
+        text = kept() if kept is not None else None
+        return f"; {text}" if text else ""
     try:
         return run(args)
     except BrokenPipeError:
@@ -36,11 +40,11 @@ def run_main(run: Callable[[argparse.Namespace], int], args: argparse.Namespace,
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except TrainingDiverged as e:           # a UserError too: caught first for its own status
-        return _stop(f"error: {e}{note}", 3)
+        return _stop(f"error: {e}{note()}", 3)
     except UserError as e:
         return _stop(f"error: {e}", 2)
     except KeyboardInterrupt as e:          # a plain Ctrl-C has no message; TrainingInterrupted says what it saved
-        return _stop(str(e) or f"interrupted{note}", 130)
+        return _stop(str(e) or f"interrupted{note()}", 130)
 
 
 def _stop(message, status):

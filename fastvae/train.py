@@ -25,7 +25,7 @@ from .cli import (Notes, Parser, add_shared_options, at_most, check_positive, lo
                   whole_number)
 from .config import Config
 from .constants import ENCODERS, HIDDEN_ACTIVATIONS, RECONSTRUCTIONS, SAMPLE_CODINGS
-from .errors import TrainingInterrupted, UserError
+from .errors import TrainingDiverged, TrainingInterrupted, UserError
 from .sigint import CtrlCHandled
 from .threads import check as check_threads
 
@@ -94,7 +94,17 @@ _RUN_OPTIONS = ("batch_size", "lr", "hidden", "latent", "encoder", "reconstructi
 
 def main(argv: list[str] | None = None) -> int:
     """The command line `python -m fastvae.train [options]`; returns its exit status (0, 2, 3 or 130)."""
-    return run_main(run, build_parser().parse_args(argv), kept="the last saved checkpoint is kept")
+    args = build_parser().parse_args(argv)
+    return run_main(run, args, kept=lambda: _kept(getattr(args, "run_dir", None)))
+
+
+def _kept(out):
+    """What a run stopped by a divergence or a second Ctrl-C leaves in its folder `out` (None: it had none yet)."""
+    if out is None:
+        return None
+    if (out / "checkpoint.npz").exists():
+        return "the last saved checkpoint is kept"
+    return "no checkpoint was saved (no epoch ended)"
 
 
 def _prepare_out(out, hold, new_run=False, overwrite=False):
@@ -300,6 +310,7 @@ def _train(args, stop, hold):
     check_positive(args, "train_images", "test_images")
     notes = Notes(args)
     model, run_info, out = (_resumed_run if args.resume is not None else _new_run)(args, notes, hold)
+    args.run_dir = out                      # (what a stop leaves there is said by main: _kept)
     if args.threads is not None:                # kept in metrics.json's run info: --resume keeps the count
         run_info["threads"] = args.threads
     if args.precision is not None:              # the same: asked for once, kept; the one in use is info's
@@ -374,6 +385,9 @@ def _train(args, stop, hold):
     try:
         model.fit(train_x, epochs=cfg.epochs - model.epoch, validation=test_x, callback=after_epoch,
                   progress=not args.quiet)
+    except TrainingDiverged as e:
+        # a run resumes only at its own --lr: the lower rate the message advises starts it again
+        raise TrainingDiverged(f"{e}, with --overwrite to start this run again (or another --out)") from None
     except TrainingInterrupted:
         model.save(out / "checkpoint.npz")
         if model.epoch >= cfg.epochs:       # every epoch was trained (Ctrl-C in the last one's end): nothing to resume

@@ -98,6 +98,8 @@ def _epoch(model, stepper, order, ws, progress, stop):
         if k // check_every != (k - done) // check_every or last:
             loss = be.to_host(ws.loss)
             if not np.all(np.isfinite(loss)):
+                if bar is not None:
+                    bar.close()             # (the error then starts a line of its own, as after a Ctrl-C)
                 _diverged(model, f"the loss became {float(loss.sum())}")
             if bar is not None and (k % PROGRESS_EVERY == 0 or last):
                 seen = min(k * ws.batch, n)

@@ -154,7 +154,7 @@ def test_the_shared_runner_maps_each_outcome_to_one_line_and_its_status(capsys, 
         if raised is not None:
             raise raised
         return 0
-    assert run_main(run, None, kept="what is kept") == status
+    assert run_main(run, None, kept=lambda: "what is kept") == status
     err = capsys.readouterr().err
     assert err == ("" if says is None else says + "\n")
 

@@ -112,6 +112,15 @@ def test_divergence_stops_with_the_step_and_writes_nothing_bad(tmp_path):
     line, = proc.stderr.strip().splitlines()
     assert "diverged at step" in line and "lower the learning rate" in line and "--lr 100" in line
     assert not (tmp_path / "checkpoint.npz").exists()
+    # what it said was kept was not there; the run it advised was refused (the folder holds a run): a fresh user
+    assert line.endswith("with --overwrite to start this run again (or another --out); no checkpoint was saved (no "
+                         "epoch ended)"), line
+    # with its bar: the error starts a line of its own (it was appended to the bar, which still said "loading")
+    proc = cli(*RUN, "--epochs", "1", "--lr", "1000", "--out", str(tmp_path), "--overwrite")
+    last = proc.stderr.strip().replace("\r", "\n").splitlines()[-1]
+    assert proc.returncode == 3 and last.startswith("fastvae: error: training diverged"), proc.stderr
+    proc = cli(*RUN, "--epochs", "1", "--quiet", "--out", str(tmp_path), "--overwrite")
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_a_diverged_model_keeps_the_last_good_checkpoint(tmp_path):
