@@ -61,19 +61,51 @@ class VAE:
     A bad setting raises UserError (one line).
     """
 
-    # the attributes a model has (set by __init__/_set_up/load); others are refused, not kept (a typo, or a setting
-    # such as `model.lr = 0.01`, would otherwise be stored and change nothing)
-    _ATTRIBUTES = frozenset({"threads", "config", "backend", "layout", "state", "epoch", "epoch_step", "epoch_loss",
-                             "diverged", "step_broken", "history"})
+    # The attributes a user may set: `threads`, and `config` for a training setting (checked as they are set). The
+    # model's state (set by fastvae's own code through _set) can be read, not set; others are refused, not kept (a
+    # typo, or a setting such as `model.lr = 0.01`, would otherwise be stored and change nothing).
+    _STATE = frozenset({"backend", "layout", "state", "epoch", "epoch_step", "epoch_loss", "diverged", "step_broken",
+                        "history"})
+    # the config's fields fixed once the model is made: the architecture, the seed (its noise and shuffles: the
+    # state holds it), and batch_size (part of the training position: fit(batch_size=...) changes it, by its rules)
+    _FIXED = ("hidden", "latent", "input_width", "image_shape", "encoder", "reconstruction", "activation", "seed",
+              "batch_size")
 
     def __setattr__(self, name, value):
-        if not (name.startswith("_") or name in self._ATTRIBUTES or hasattr(type(self), name)
-                or type(self) is not VAE):      # a subclass keeps what it sets
+        if name == "threads":
+            value = check_threads(value)
+        elif name == "config" and "config" in self.__dict__:
+            value = self._checked_config(value)
+        elif name in self._STATE:
+            raise UserError(f"model.{name} is the model's own state: it can be read, not set (make or load another "
+                            "model instead)")
+        elif not (name.startswith("_") or name == "config" or hasattr(type(self), name)
+                  or type(self) is not VAE):    # a subclass keeps what it sets
             setting = name in {f.name for f in dataclasses.fields(Config)}
             raise UserError(f"VAE has no attribute {name!r} to set" + (
-                f": {name} is a setting, fixed when the model is made (VAE({name}=...)); model.config holds them"
-                if setting else "; model.threads is the one setting that may change between fits"))
+                f": {name} is a setting in model.config (model.config = dataclasses.replace(model.config, "
+                f"{name}=...) for a training setting)" if setting else
+                "; model.threads and model.config may be set"))
         object.__setattr__(self, name, value)
+
+    def _set(self, **values):
+        """The model's state, set by fastvae's own code (training, loading)."""
+        for name, value in values.items():
+            object.__setattr__(self, name, value)
+
+    def _checked_config(self, cfg):
+        """A config the user sets: a fastvae.Config (the constructor's checks ran) that keeps the model's _FIXED
+        fields; Adam's settings (lr, beta1, beta2, adam_eps) and epochs may change between fits."""
+        if not isinstance(cfg, Config):
+            raise UserError(f"model.config must be a fastvae.Config, not {type(cfg).__name__}; change a setting with "
+                            "model.config = dataclasses.replace(model.config, lr=...)")
+        moved = [f for f in self._FIXED if getattr(cfg, f) != getattr(self.config, f)]
+        if moved:
+            how = "fit(X, batch_size=...) changes it" if moved[0] == "batch_size" else "make a new VAE for another"
+            raise UserError(f"model.config cannot change the model's {moved[0]} ({getattr(self.config, moved[0])!r} "
+                            f"to {getattr(cfg, moved[0])!r}): only lr, beta1, beta2, adam_eps and epochs may "
+                            f"change; {how}")
+        return cfg
 
     def __init__(self, hidden: tuple[int, ...] = (500, 500), latent: int = 20, backend: str = "auto",
                  seed: int = 0, lr: float = 0.001, batch_size: int = 150, encoder: str = "gamma",
@@ -93,16 +125,18 @@ class VAE:
 
     def _set_up(self, backend, params, notify, m=None, v=None, step_count=0, epoch=0, epoch_step=0,
                 epoch_loss=None):
-        self.backend = get_backend(backend, notify=notify)
-        self.layout = Layout(self.config)
-        self.state = step.State(self.backend, self.layout, params, self.config.seed, m=m, v=v, step=step_count)
-        self.epoch = epoch                      # epochs completed; the next epoch's shuffle depends on it
-        self.epoch_step = epoch_step            # batches done in the epoch in progress (after a Ctrl-C)
-        self.epoch_loss = np.zeros(2) if epoch_loss is None else np.asarray(epoch_loss, np.float64)
-        self.diverged = False                   # set when training produced NaN or Inf: never save such a model
-        self.step_broken = False                # set when a step raised part-way (its update may be half done): never
-                                                # save such a model either
-        self.history = []                       # one dict per epoch fitted in this process
+        be = get_backend(backend, notify=notify)
+        layout = Layout(self.config)
+        self._set(
+            backend=be, layout=layout,
+            state=step.State(be, layout, params, self.config.seed, m=m, v=v, step=step_count),
+            epoch=epoch,                        # epochs completed; the next epoch's shuffle depends on it
+            epoch_step=epoch_step,              # batches done in the epoch in progress (after a Ctrl-C)
+            epoch_loss=np.zeros(2) if epoch_loss is None else np.asarray(epoch_loss, np.float64),
+            diverged=False,                     # set when training produced NaN or Inf: never save such a model
+            step_broken=False,                  # set when a step raised part-way (its update may be half done):
+                                                # never save such a model either
+            history=[])                         # one dict per epoch fitted in this process
         self._ws = None
         self._ws_inference = None
         self._ws_eval = None
@@ -174,7 +208,7 @@ class VAE:
             self._undo_width(before)            # a refused fit leaves the model as it was (a fresh user's trial)
             raise
         # the batch size is part of the training position: saved with the model, the default of the next fit
-        self.config = dataclasses.replace(self.config, batch_size=batch_size)
+        self._set(config=dataclasses.replace(self.config, batch_size=batch_size))
         training.run_epochs(self, X, self._workspace(batch_size), epochs, validation, callback, progress)
         return self
 
@@ -201,10 +235,10 @@ class VAE:
         cfg = self.config
         untrained = self.steps == 0 and self.epoch == 0 and self.epoch_step == 0
         if untrained and rows.shape[1] != cfg.input_width:
-            self.config = dataclasses.replace(cfg, input_width=rows.shape[1], image_shape=shape)
+            self._set(config=dataclasses.replace(cfg, input_width=rows.shape[1], image_shape=shape))
             self._set_up(self.backend, he_init(Layout(self.config), self.config.seed), None)
         elif untrained and shape is not None and shape != cfg.image_shape:
-            self.config = dataclasses.replace(cfg, image_shape=shape)      # same width, other (h, w)
+            self._set(config=dataclasses.replace(cfg, image_shape=shape))     # same width, other (h, w)
         check_width(rows, shape, np.shape(X), "X", self.config.input_width, self.config.image_shape)
         return rows
 
@@ -214,7 +248,7 @@ class VAE:
         if self.config is before:
             return
         moved = self.config.input_width != before.input_width
-        self.config = before
+        self._set(config=before)
         if moved:
             self._set_up(self.backend, he_init(Layout(before), before.seed), None)
 

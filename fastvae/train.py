@@ -225,7 +225,7 @@ def _resumed_run(args, notify, hold):
     # the precision the run asked for (kept in its run info, as --threads is) unless --precision changes it
     model = VAE.load(out / "checkpoint.npz", backend=args.backend, notify=notify,
                      precision=_or(args.precision, run_info.get("precision")))
-    model.history = [r for r in history if r["epoch"] <= model.epoch]
+    model._set(history=[r for r in history if r["epoch"] <= model.epoch])
     if args.epochs is not None:
         model.config = dataclasses.replace(model.config, epochs=args.epochs)
     if model.epoch >= model.config.epochs:

@@ -40,7 +40,7 @@ def run_epochs(model, X, ws, epochs, validation=None, callback=None, progress=Fa
             if model.epoch_step and model.epoch_step == -(-len(X) // ws.batch):
                 # every batch of the epoch ran, but its end (the checks, its record) was interrupted (a second
                 # Ctrl-C): the epoch is over, without a record
-                model.epoch, model.epoch_step, model.epoch_loss = model.epoch + 1, 0, np.zeros(2)
+                model._set(epoch=model.epoch + 1, epoch_step=0, epoch_loss=np.zeros(2))
             order = rng.epoch_permutation(cfg.seed, model.epoch, len(X))
             record = _epoch(model, stepper, order, ws, progress, stop)
             if pacer:
@@ -85,12 +85,12 @@ def _epoch(model, stepper, order, ws, progress, stop):
         except BaseException:
             # the update of a layer starts as soon as every row shard is done with it (fastvae.step), so a step that
             # raised part-way may have updated some layers and not others
-            model.step_broken = True
+            model._set(step_broken=True)
             if bar is not None:
                 bar.close()                 # (what is said next starts a line of its own)
             raise
         k += done
-        model.epoch_step = k
+        model._set(epoch_step=k)
         _note_first_steps_done()
         last = k == len(starts)
         # counted from the step's number, as the bar's updates are, so that on a device the reads are the bar's
@@ -109,7 +109,7 @@ def _epoch(model, stepper, order, ws, progress, stop):
                                     + (f", {count} thread{'s' * (count != 1)}" if count else ""))
                 bar.update(k - bar.n)
         if stop.requested and not last:
-            model.epoch_loss = np.array(be.to_host(ws.loss), dtype=np.float64)
+            model._set(epoch_loss=np.array(be.to_host(ws.loss), dtype=np.float64))
             if bar is not None:
                 bar.close()
             stop.check()
@@ -120,7 +120,7 @@ def _epoch(model, stepper, order, ws, progress, stop):
     if not np.all(np.isfinite(be.to_host(model.state.params))):
         _diverged(model, "a parameter became NaN or Inf")
     rec, kl = (float(t) / n for t in be.to_host(ws.loss))
-    model.epoch, model.epoch_step, model.epoch_loss = model.epoch + 1, 0, np.zeros(2)
+    model._set(epoch=model.epoch + 1, epoch_step=0, epoch_loss=np.zeros(2))
     trained = n - starts[first]
     # the backend and precision with every epoch: a resumed run may change them (--backend, --precision)
     record = {"epoch": model.epoch, "steps": model.steps, "seconds": seconds, "images_per_s": trained / seconds,
@@ -138,7 +138,7 @@ def _note_first_steps_done():
 
 
 def _diverged(model, what):
-    model.diverged = True                   # save() refuses from now on: a checkpoint saved before stands
+    model._set(diverged=True)               # save() refuses from now on: a checkpoint saved before stands
     lr = model.config.lr
     raise TrainingDiverged(f"training diverged at step {model.steps} (epoch {model.epoch + 1}): {what}; "
                            f"lower the learning rate (now {lr:g}), e.g. to {lr / 10:g}: lr={lr / 10:g} in VAE, "

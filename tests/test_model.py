@@ -451,17 +451,36 @@ def test_a_diverged_library_fit_says_how_to_lower_the_rate_in_the_library_too(mn
 
 
 def test_setting_an_attribute_a_model_does_not_have_is_refused_in_one_line(mnist):
-    """`model.lr = 0.01` was kept and changed nothing (config.lr stayed): a fresh user's trial."""
+    """`model.lr = 0.01` was kept and changed nothing (config.lr stayed); model.config = None, model.backend = "x",
+    model.epoch = "5" or model.threads = 0 were accepted and broke a later call with an internal traceback (fresh
+    users' trials). Settable: threads (checked), and config for a training setting; the state can be read only."""
+    import dataclasses
     model = VAE(seed=5, **SMALL)
-    with pytest.raises(UserError, match=r"no attribute 'lr' to set: lr is a setting, fixed when the model is made "
-                                        r"\(VAE\(lr=\.\.\.\)\)"):
+    with pytest.raises(UserError, match=r"no attribute 'lr' to set: lr is a setting in model.config \(model.config "
+                                        r"= dataclasses.replace\(model.config, lr=\.\.\.\) for a training setting\)"):
         model.lr = 0.01
-    with pytest.raises(UserError, match="no attribute 'treads' to set; model.threads is the one setting"):
+    with pytest.raises(UserError, match="no attribute 'treads' to set; model.threads and model.config may be set"):
         model.treads = 1
-    assert not hasattr(model, "lr") and model.config.lr == 0.001
-    model.threads = 1                                               # what may change between fits still does
+    for name, value in (("backend", "reference"), ("epoch", "5"), ("history", None), ("state", None),
+                        ("diverged", False)):
+        with pytest.raises(UserError, match=rf"model.{name} is the model's own state: it can be read, not set"):
+            setattr(model, name, value)
+    with pytest.raises(UserError, match="threads must be a positive integer or 'auto'"):
+        model.threads = 0
+    with pytest.raises(UserError, match="model.config must be a fastvae.Config, not NoneType"):
+        model.config = None
+    with pytest.raises(UserError, match=r"cannot change the model's latent \(4 to 3\): only lr, beta1, beta2, "
+                                        r"adam_eps and epochs may change; make a new VAE"):
+        model.config = dataclasses.replace(model.config, latent=3)
+    with pytest.raises(UserError, match=r"batch_size \(50 to 60\).*; fit\(X, batch_size=\.\.\.\) changes it"):
+        model.config = dataclasses.replace(model.config, batch_size=60)
+    assert not hasattr(model, "lr") and model.config.lr == 0.001 and model.threads is None
+    model.threads = 1.0                                             # what may change between fits still does
+    model.config = dataclasses.replace(model.config, lr=0.002)
+    slower = VAE(seed=5, threads=1, **SMALL).fit(mnist.train_x[:100], epochs=1)
     model.fit(mnist.train_x[:100], epochs=1)
-    assert model.threads == 1 and repr(model).endswith(" 1 epoch, 2 steps)")
+    assert model.threads == 1 and type(model.threads) is int and repr(model).endswith(" 1 epoch, 2 steps)")
+    assert not np.array_equal(model.state.params, slower.state.params)    # the new rate trained it
 
     class Mine(VAE):                                                # a subclass keeps its own attributes
         pass
