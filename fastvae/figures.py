@@ -1,5 +1,5 @@
-"""Figures as PNG files. matplotlib is an extra (`pip install "fastvae[plots]"`), imported only here, only when
-a figure is drawn; the object-oriented API (Figure, not pyplot) needs no display and keeps no global state."""
+"""Figures as PNG files. matplotlib is an extra (the plots extra: `pip install matplotlib`), imported only here, only
+when a figure is drawn; the object-oriented API (Figure, not pyplot) needs no display and keeps no global state."""
 import numpy as np
 
 from .errors import UserError
@@ -12,7 +12,7 @@ def matplotlib_missing():
     try:
         import matplotlib  # noqa: F401
     except ImportError as e:
-        return f"figures need matplotlib ({e}); pip install \"fastvae[plots]\""
+        return f"figures need matplotlib ({e}); pip install matplotlib"
     return None
 
 

@@ -65,7 +65,8 @@ def test_a_driver_of_an_older_major_version_names_the_cupy_to_install(real, monk
     monkeypatch.setattr(runtime, "driverGetVersion", lambda: 12040)
     assert gpu.unavailable_reason() == (
         "the NVIDIA driver supports CUDA 12.4, older than the CUDA 13 this CuPy (cupy-cuda13x) is built for: update "
-        'the driver or install the CuPy for CUDA 12: pip install "fastvae[gpu-cuda12]"')
+        'the driver or install the CuPy for CUDA 12: pip install "cupy-cuda12x>=14,<15" "nvidia-cuda-nvrtc-cu12>=12,<13" '
+        '"nvidia-cuda-runtime-cu12>=12,<13"')
 
 
 def test_no_device_and_no_cupy(real, monkeypatch):
@@ -74,9 +75,10 @@ def test_no_device_and_no_cupy(real, monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)              # import cupy raises ModuleNotFoundError
     monkeypatch.setattr(gpu, "_cupy", None)
     monkeypatch.setattr(gpu, "driver_present", lambda: True)    # a GPU machine without CuPy: how to install it
-    assert gpu.unavailable_reason() == ('CuPy is not installed: pip install "fastvae[gpu-cuda13]" for a CUDA 13 '
-                                        'driver, "fastvae[gpu-cuda12]" for CUDA 12 (nvidia-smi shows the driver\'s '
-                                        'CUDA version)')
+    assert gpu.unavailable_reason() == (
+        'CuPy is not installed: pip install "cupy-cuda13x>=14,<15" "nvidia-cuda-nvrtc>=13,<14" "nvidia-cuda-runtime>=13,'
+        '<14" for a CUDA 13 driver, pip install "cupy-cuda12x>=14,<15" "nvidia-cuda-nvrtc-cu12>=12,<13" '
+        '"nvidia-cuda-runtime-cu12>=12,<13" for CUDA 12 (nvidia-smi shows the driver\'s CUDA version)')
 
 
 def test_a_machine_without_a_driver_or_cupy_is_not_told_to_install_cupy(monkeypatch):
@@ -155,7 +157,8 @@ def _headers_error():
 FAILURES = {
     "no CUDA headers": (_headers_error, 'cannot find the CUDA headers (Failed to find CUDA headers. Please install '
                         'CUDA toolkit headers (e.g., pip install cupy-cuda12x[ctk]) or specify CUDA_PATH environment '
-                        'variable.): pip install "fastvae[gpu-cuda13]" (it brings them), or set CUDA_PATH'),
+                        'variable.): pip install "cupy-cuda13x>=14,<15" "nvidia-cuda-nvrtc>=13,<14" '
+                        '"nvidia-cuda-runtime>=13,<14" (they bring them), or set CUDA_PATH'),
     # the message CuPy's SoftLink gives when a library does not load (seen above for libcuda.so.1)
     "no NVRTC": (lambda: RuntimeError("CuPy failed to load libnvrtc.so.13: OSError: libnvrtc.so.13: cannot open "
                                       "shared object file: No such file or directory"),
@@ -164,7 +167,7 @@ FAILURES = {
     "GPU newer than NVRTC": (lambda: _driver_error("CUDA_ERROR_NO_BINARY_FOR_GPU: no kernel image is available"),
                              "cannot load the kernels NVRTC compiled (CUDA_ERROR_NO_BINARY_FOR_GPU"),
     "PTX too new": (lambda: _driver_error("CUDA_ERROR_UNSUPPORTED_PTX_VERSION: the provided PTX was compiled with "
-                                          "an unsupported toolchain."), 'pip install -U "fastvae[gpu-cuda13]"'),
+                                          "an unsupported toolchain."), 'pip install -U "cupy-cuda13x>=14,<15"'),
     "busy device": (lambda: runtime.CUDARuntimeError(46), "the GPU is busy (cudaErrorDevicesUnavailable"),
     "out of memory": (lambda: memory.OutOfMemoryError(1 << 30, 0, 0), "the GPU is out of memory (Out of memory "
                       "allocating 1,073,741,824 bytes"),
@@ -320,5 +323,7 @@ def test_the_extras_are_one_cuda_major_each():
         assert majors(extras[f"gpu-cuda{major}"]) == {major}
         assert {r.split(">")[0].split("[")[0] for r in extras[f"gpu-cuda{major}"]} >= {f"cupy-cuda{major}x"}
     assert extras["gpu"] == ["fastvae[gpu-cuda13]"]
+    # the install hints name these packages (not fastvae[...]: the package index's fastvae is another project)
+    assert {major: tuple(extras[f"gpu-cuda{major}"]) for major in (12, 13)} == gpu.EXTRAS
     assert majors(r for r in extras["test"] if r.startswith(("cupy", "nvidia"))) == {13}
     assert any(r.startswith("cupy-cuda13x") for r in extras["test"])

@@ -23,8 +23,21 @@ from ..cuda.launch import ADAM_BLOCKS, THREADS, TILE_MN, TILE_T
 from ..errors import UserError
 from .contract import Backend
 
-_INSTALL = ('pip install "fastvae[gpu-cuda13]" for a CUDA 13 driver, "fastvae[gpu-cuda12]" for CUDA 12 '
-            "(nvidia-smi shows the driver's CUDA version)")
+# The packages of pyproject.toml's extras gpu-cuda13 and gpu-cuda12 (tests/test_gpu_real_cupy.py holds them equal),
+# named in the install hints: `pip install "fastvae[gpu-cuda13]"` would fetch the package index's fastvae, which is
+# another project, wherever this one was installed from a checkout (a fresh user's trial).
+EXTRAS = {13: ("cupy-cuda13x>=14,<15", "nvidia-cuda-nvrtc>=13,<14", "nvidia-cuda-runtime>=13,<14"),
+          12: ("cupy-cuda12x>=14,<15", "nvidia-cuda-nvrtc-cu12>=12,<13", "nvidia-cuda-runtime-cu12>=12,<13")}
+
+
+def pip_install(major, upgrade=False):
+    """The pip command that installs CuPy, NVRTC and the CUDA headers for CUDA `major` (the gpu-cuda<major> extra)."""
+    packages = EXTRAS.get(major, (f"cupy-cuda{major}x",))
+    return "pip install " + "-U " * upgrade + " ".join(f'"{p}"' for p in packages)
+
+
+_INSTALL = (f"{pip_install(13)} for a CUDA 13 driver, {pip_install(12)} for CUDA 12 (nvidia-smi shows the "
+            "driver's CUDA version)")
 TILE_BLOCK = (TILE_T, TILE_T)     # threads of a product kernel's block, TILE_MN x TILE_MN outputs
 
 _i32, _i64, _f64 = np.int32, np.int64, np.float64
@@ -318,7 +331,7 @@ def unavailable_reason():
             return "no NVIDIA driver is installed (libcuda.so.1 was not found)"
         return (f"the NVIDIA driver supports CUDA {_cuda_version(driver)}, older than the CUDA {major} this CuPy "
                 f"(cupy-cuda{major}x) is built for: update the driver or install the CuPy for CUDA {driver // 1000}: "
-                f'pip install "fastvae[gpu-cuda{driver // 1000}]"')
+                f"{pip_install(driver // 1000)}")
     if count == 0:
         return "no CUDA device is visible"
     return None
@@ -341,15 +354,15 @@ def describe_failure(exc, cp):
     if isinstance(exc, cuda.driver.CUDADriverError):
         if "NO_BINARY_FOR_GPU" in text or "UNSUPPORTED_PTX_VERSION" in text or "INVALID_PTX" in text:
             return (f"the CUDA driver cannot load the kernels NVRTC compiled ({text}): the GPU or the driver is newer "
-                    f'than this NVRTC; update it: pip install -U "fastvae[gpu-cuda{major}]"')
+                    f"than this NVRTC; update it: {pip_install(major, upgrade=True)}")
         return f"the CUDA driver failed ({text})"
     if isinstance(exc, (RuntimeError, OSError, ImportError)):
         if "CUDA headers" in text:
-            return (f"CuPy cannot find the CUDA headers ({text}): pip install \"fastvae[gpu-cuda{major}]\" (it brings "
-                    "them), or set CUDA_PATH to a CUDA toolkit")
+            return (f"CuPy cannot find the CUDA headers ({text}): {pip_install(major)} (they bring them), or set "
+                    "CUDA_PATH to a CUDA toolkit")
         if "nvrtc" in text.lower():
-            return (f"CuPy cannot load NVRTC, the CUDA compiler ({text}): pip install \"fastvae[gpu-cuda{major}]\" "
-                    "(it brings it), or install the CUDA toolkit")
+            return (f"CuPy cannot load NVRTC, the CUDA compiler ({text}): {pip_install(major)} (they bring it), or "
+                    "install the CUDA toolkit")
     return None
 
 
