@@ -35,6 +35,10 @@ def run_dir(tmp_path_factory):
 def test_a_run_writes_its_checkpoint_metrics_and_figures(run_dir):
     out, proc = run_dir
     assert "epoch   2/2" in proc.stdout and "done: test loss" in proc.stdout
+    # the first epoch (which loads or compiles the kernels) apart from the median of the others
+    m = json.loads((out / "metrics.json").read_text())
+    assert (f"median {m['epochs'][1]['seconds']:.2f} s per epoch after the first ({m['epochs'][0]['seconds']:.2f} s, "
+            "which also loaded or compiled the kernels)") in proc.stdout
     assert "parameters on the cpu backend in fp32;" in proc.stdout.splitlines()[0]
     names = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     assert names == ["checkpoint.npz", "interpolation.png", "latent.png", "loss.png", "metrics.json",
@@ -167,10 +171,20 @@ def test_no_plots_writes_no_figures(tmp_path):
     assert (tmp_path / "checkpoint.npz").is_file() and proc.stdout == ""
 
 
+def test_an_out_that_is_a_file_is_named_as_one(tmp_path):
+    (tmp_path / "afile").write_text("mine")
+    proc = train(*QUICK, "--out", str(tmp_path / "afile"))
+    assert proc.returncode == 2 and "output folder" in proc.stderr and "(it is a file, not a folder)" in proc.stderr
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
 @pytest.mark.parametrize("args,phrase", [
-    (["--epochs", "0"], "epochs must be a positive integer"),
-    (["--lr", "-1"], "lr must be a positive number"),
-    (["--hidden", "0"], "hidden widths must be positive"),
+    # each names the option typed, not the library's setting ("batch_size must be ..."; a fresh user's trial)
+    (["--epochs", "0"], "--epochs must be a positive integer"),
+    (["--lr", "-1"], "--lr must be a positive number"),
+    (["--hidden", "0"], "--hidden widths must be positive integers, got (0,); e.g. --hidden 500 500"),
+    (["--batch-size", "0"], "--batch-size must be a positive integer"),
+    (["--seed", "-1"], "--seed must be an integer in [0, 2**63)"),
     (["--data", "/no/such/folder"], "does not exist"),
     # auto's note on the backend it chose (no GPU here) is held until every input is checked: still one line
     (["--backend", "auto", "--data", "/no/such/folder"], "does not exist"),
@@ -180,6 +194,7 @@ def test_no_plots_writes_no_figures(tmp_path):
     (["--backend", "reference", "--precision", "bf16"], "does not apply to the reference backend"),
     (["--backend", "cpu-bf16", "--precision", "fp32"], "contradicts precision fp32"),
     (["--out", "/proc/version/run"], "cannot write to the output folder"),
+    (["--out", "/proc/run"], "cannot make the output folder /proc/run (No such file or directory)"),
     # MNIST has its own test set: the fraction was accepted and changed nothing (a fresh user's trial)
     (["--test-fraction", "0.2"], "has its own test set; leave --test-fraction out"),
     # more images than the data set holds were cut to what it holds without a word (a fresh user's trial)
@@ -278,7 +293,8 @@ def test_a_driver_too_old_for_cupy_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("args,what", [(("--threads", "0"), "--threads"), (("--epochs", "abc"), "--epochs"),
                                        (("--backend", "foo"), "--backend"), (("--bogus",), "--bogus"),
-                                       (("--precision", "bf8"), "--precision")])
+                                       (("--precision", "bf8"), "--precision"),
+                                       (("--threads", "many"), "--threads: must be a positive whole number or auto")])
 def test_an_option_mistake_is_one_line(tmp_path, args, what):
     proc = train(*args, "--out", str(tmp_path / "run"))
     assert proc.returncode == 2 and what in proc.stderr and "usage:" not in proc.stderr
