@@ -316,14 +316,16 @@ def load_data(path: str | Path | None = None, test_fraction: float = 1 / 7, spli
 
 
 def load_mnist(directory: str | Path | None = None) -> Dataset:
-    """load_data(directory): MNIST (the embedded copy for None) or a data set in its format."""
+    """MNIST: the embedded copy (directory None: train_x uint8 (60000, 784), test_x (10000, 784), labels uint8), or
+    the data set in `directory` in its format (load_data). Raises UserError (one line) for a missing or bad file."""
     return load_data(directory)
 
 
 def as_rows(X: ArrayLike, what: str = "X") -> tuple[np.ndarray, tuple[int, int] | None]:
     """The user's images (n, h, w) or feature rows (n, d) as (C-contiguous rows (n, d), image shape (h, w) or None):
     uint8 stays uint8 (no copy when possible) and is read as 0..255 (so one whose largest value is 1, binarized
-    images, is refused), other numbers become float32 and must be finite and in [0, 1]. Raises UserError (one line, calling the array `what`) for anything else."""
+    images, is refused), other numbers become float32 and must be finite and in [0, 1]. Raises UserError (one line,
+    calling the array `what`) for anything else."""
     try:
         X = np.asarray(X)
     except (ValueError, TypeError) as e:  # e.g. ragged nested lists

@@ -231,7 +231,8 @@ def format_table(r: dict) -> str:
     e = r["elbo"]
     epochs = r['epochs_trained']
     lines = [f"{r['checkpoint']}: {epochs} epoch{'s' * (epochs != 1)}, latent {r['config']['latent']}, "
-             f"{r['images']} test images of {r['data']}, {r['backend']} backend, noise seed {r['seed']}, "
+             f"{r['images']} test image{'s' * (r['images'] != 1)} of {r['data']}, {r['backend']} backend, "
+             f"noise seed {r['seed']}, "
              f"{r['seconds']:.1f} s",
              "nats per image (lower is better)",
              f"  negative ELBO, 1 sample, analytic KL  {e['total']:9.3f}  = reconstruction {e['reconstruction']:.3f}"

@@ -59,6 +59,11 @@ class VAE:
     input width d (and image shape) from the data it is first fitted on (MNIST's 784 = 28 x 28 until then); every
     later call must match it, and decode/sample/reconstruct return rows (n, d): `.reshape(-1, *image_shape)`.
     A bad setting raises UserError (one line).
+
+    Attributes: `config` (fastvae.Config: every setting; Adam's and `epochs` may be changed between fits with
+    dataclasses.replace), `threads`, `history` (one dict per epoch fitted in this process: see fit), `epoch` and
+    `steps` (the training position), `precision`, `backend`, `input_width`, `image_shape`, `diverged`; the state is
+    read-only, and setting an attribute a model does not have raises UserError.
     """
 
     # The attributes a user may set: `threads`, and `config` for a training setting (checked as they are set). The
@@ -161,7 +166,9 @@ class VAE:
     def fit(self, X: np.ndarray, epochs: int | None = None, batch_size: int | None = None,
             validation: np.ndarray | None = None, callback: Callable[[VAE, dict], None] | None = None,
             progress: bool = False) -> VAE:
-        """Train for `epochs` (default: the config's, the seed's 50) on images X, reshuffled every epoch as a
+        """Train for `epochs` more epochs (default: the config's, the seed's 50) on images X: (n, h, w) or rows (n, d)
+        of the model's width (a new model takes it from X), uint8 0..255 (an array whose largest value is 1 is
+        refused: binarized images read as 0..255) or floats in [0, 1]; reshuffled every epoch as a
         function of (seed, epoch); batch_size defaults to the config's (150) and becomes the config's (it is part
         of the training position that save() keeps). Returns self.
 

@@ -220,7 +220,7 @@ def test_auto_says_which_backend_it_chose_when_the_run_starts(tmp_path):
         gpu = False
     proc = train(*QUICK, "--backend", "auto", "--epochs", "1", "--no-plots", "--out", str(tmp_path / "deep" / "run"))
     assert proc.returncode == 0, proc.stderr
-    notes = [line for line in proc.stderr.splitlines() if line.startswith("fastvae: using the cpu backend (")]
+    notes = [line for line in proc.stderr.splitlines() if line.startswith("fastvae: using the CPU (")]
     assert len(notes) == (0 if gpu else 1), proc.stderr
     assert (tmp_path / "deep" / "run" / "checkpoint.npz").is_file()
 

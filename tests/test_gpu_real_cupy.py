@@ -92,7 +92,7 @@ def test_a_machine_without_a_driver_or_cupy_is_not_told_to_install_cupy(monkeypa
     assert gpu.unavailable_reason() == "no NVIDIA driver is installed (libcuda.so.1 was not found), nor CuPy"
     notes = []
     assert get_backend("auto", notify=notes.append).name == "cpu"
-    assert notes == ["fastvae: using the cpu backend (no NVIDIA driver is installed (libcuda.so.1 was not found), "
+    assert notes == ["fastvae: using the CPU (no NVIDIA driver is installed (libcuda.so.1 was not found), "
                      "nor CuPy)"]
 
 
@@ -113,7 +113,7 @@ def test_load_on_the_real_cupy_fails_as_one_line_and_auto_falls_back(one_gpu):
     assert isinstance(caught.value.__cause__, runtime.CUDARuntimeError)
     notices = []
     assert get_backend("auto", notify=notices.append).name == "cpu"
-    assert notices == [f"fastvae: using the cpu backend ({caught.value.reason})"]
+    assert notices == [f"fastvae: using the CPU ({caught.value.reason})"]
 
 
 def without_a_current_device(monkeypatch):

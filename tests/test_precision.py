@@ -226,7 +226,7 @@ def test_bf16_with_auto_is_the_cpus_bf16_where_the_gpu_does_not_start(tmp_path):
                  env=with_stand_in_cupy(FASTVAE_STAND_IN_DRIVER="12040"))
     assert proc.returncode == 0, proc.stderr
     notes = [line for line in proc.stderr.splitlines() if line.startswith("fastvae:")]
-    assert "using the cpu backend (the NVIDIA driver supports CUDA 12.4" in notes[0]
+    assert "using the CPU (the NVIDIA driver supports CUDA 12.4" in notes[0]
     m = _metrics(out)
     if NO_BF16 is None:
         assert len(notes) == 1 and (m["backend"], m["precision"]) == ("cpu-bf16", "bf16")

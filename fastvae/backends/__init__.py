@@ -121,5 +121,5 @@ def _auto_gpu(notify):
         return gpu.load()
     except gpu.Unavailable as exc:          # every way the GPU can fail to start, as one line
         if notify is not None:
-            notify(f"fastvae: using the cpu backend ({exc.reason})")
+            notify(f"fastvae: using the CPU ({exc.reason})")   # (the header says which backend)
         return None
