@@ -1,6 +1,7 @@
 """Runs are never lost: bit-exact resume (at an epoch boundary and after Ctrl-C mid-epoch), the divergence guard,
 and a full disk while saving. Every run here is a real subprocess of the CLI on a slice of the embedded MNIST."""
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -48,10 +49,10 @@ def assert_same_run(run_dir, straight):
         np.testing.assert_array_equal(a, ref_arrays[name], err_msg=f"{name} differs from the uninterrupted run")
 
 
-def start_and_wait_inside_epoch(out, epoch=2):
+def start_and_wait_inside_epoch(out, epoch=2, **popen):
     """A 3-epoch training process, returned once tqdm's progress shows it 25 steps into `epoch` (of 200)."""
     proc = subprocess.Popen([sys.executable, "-m", "fastvae.train", *RUN, "--epochs", "3", "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **popen)
     seen = b""
     deadline = time.monotonic() + 300
     mark = f"epoch {epoch}: ".encode()
@@ -60,6 +61,17 @@ def start_and_wait_inside_epoch(out, epoch=2):
         assert chunk and time.monotonic() < deadline, seen.decode(errors="replace")[-500:]
         seen += chunk
     return proc
+
+
+def test_a_run_started_with_ctrl_c_ignored_keeps_ignoring_it(tmp_path):
+    """A run a script starts in the background (`cmd &`: the shell starts it with SIGINT ignored) must not stop for
+    a Ctrl-C meant for the script (it took SIGINT over and stopped with status 130; a fresh user's trial)."""
+    proc = start_and_wait_inside_epoch(tmp_path, epoch=1,
+                                       preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    proc.send_signal(signal.SIGINT)
+    proc.stderr.read()
+    assert proc.wait(timeout=300) == 0
+    assert json.loads((tmp_path / "metrics.json").read_text())["epochs"][-1]["epoch"] == 3
 
 
 def test_resume_at_an_epoch_boundary_is_bit_exact(tmp_path, straight):
