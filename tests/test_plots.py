@@ -179,3 +179,14 @@ def test_too_few_test_images_for_an_interpolation_is_a_message_not_an_error(runs
     assert proc.returncode == 0, proc.stderr
     assert "no interpolation.png" in proc.stdout and not (tmp_path / "few" / "interpolation.png").exists()
     assert (tmp_path / "few" / "latent.png").exists()
+
+
+def test_without_labels_the_interpolation_says_labels_are_what_it_needs(runs, tmp_path):
+    """It said "use more of them" (images), which cannot help a data set without labels (a fresh user's trial)."""
+    from fastvae.plot import write_figures
+    model, _ = runs[2]
+    notes = []
+    write_figures(model, load_mnist().test_x[:300], None, tmp_path, notify=notes.append)
+    said, = [n for n in notes if n.startswith("no interpolation.png")]
+    assert said == "no interpolation.png: it pairs test images by their labels (digits), and this data set has none"
+    assert not (tmp_path / "interpolation.png").exists()
