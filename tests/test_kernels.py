@@ -36,8 +36,11 @@ def test_dense(rand, name, rows, fan_in, fan_out, activation):
 
 
 @pytest.mark.parametrize("zeros", [0.81, 0.5])
-@pytest.mark.parametrize("name,rows,fan_in,fan_out,activation",
-                         backends.cases([(784, 500), (101, 37)], ["elu", "identity"]))
+@pytest.mark.parametrize("name,rows,fan_in,fan_out,activation", [
+    # (the CUDA kernels have no path for zeros: at the seed's shape, 4-5 s each in the emulator, they would run
+    # test_dense's seed-shape case again)
+    case for case in backends.cases([(784, 500), (101, 37)], ["elu", "identity"])
+    if not case.id.startswith(f"gpu-emulated-{backends.SEED_ROWS}x784x500")])
 def test_dense_on_a_mostly_zero_input(rand, name, rows, fan_in, fan_out, activation, zeros):
     """Inputs mostly zeros, as MNIST's pixels are (the cpu backend skips them below its SPARSE_DENSITY), and half."""
     kc.check_dense(backends.load(name), rand, rows, fan_in, fan_out, activation, zeros)

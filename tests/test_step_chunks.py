@@ -14,9 +14,13 @@ from fastvae.params import Layout, he_init
 from fastvae.step_chunks import CHUNK_STEPS
 
 
-@pytest.fixture(autouse=True)
-def replays_dir(tmp_path, monkeypatch):
-    monkeypatch.setenv("FASTVAE_CACHE_DIR", str(tmp_path / "cache"))
+@pytest.fixture(scope="module", autouse=True)
+def replays_dir(tmp_path_factory):
+    """One replay cache for the module's tests (not the user's): most share a model's shape, and each compiled the
+    same replays again (3-5 s a test)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("FASTVAE_CACHE_DIR", str(tmp_path_factory.mktemp("replays")))
+        yield
 
 
 def _data(n, width=784, seed=0):
