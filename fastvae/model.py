@@ -81,7 +81,8 @@ class VAE:
             value = check_threads(value)
         elif name == "config" and "config" in self.__dict__:
             value = self._checked_config(value)
-        elif name in self._STATE:
+        elif name in self._STATE or isinstance(getattr(type(self), name, None), property) and \
+                getattr(type(self), name).fset is None:
             raise UserError(f"model.{name} is the model's own state: it can be read, not set (make or load another "
                             "model instead)")
         elif not (name.startswith("_") or name == "config" or hasattr(type(self), name)

@@ -1,7 +1,8 @@
-"""How many threads the training step runs on, for OpenBLAS (the products) and Numba (the passes) alike.
+"""How many threads the training step runs on: fastvae's workers (the passes, and the products with OpenBLAS held at
+one thread each), or OpenBLAS's own count without them.
 
-Both libraries' threads spin while they wait for each other, so a thread that is descheduled (another process took
-its core, or a CPU quota ran out) stalls every product of every step: on the project's 2-core Xeon one busy
+OpenBLAS's threads and the workers' barriers spin while they wait for each other, so a thread that is descheduled
+(another process took its core, or a CPU quota ran out) stalls every product of every step: on the project's 2-core Xeon one busy
 process made an epoch 3.4x slower with 2 threads and not slower at all with 1. So the count is decided for the
 whole step, from what the process may really use:
 

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import itertools
 import json
+import os
 import shlex
 import sys
 import time
@@ -148,7 +149,7 @@ def _prepare_out(out, hold, new_run=False, overwrite=False):
                 raise UserError(f"cannot make the output folder {out} ({e.strerror}); choose another with --out") \
                     from None
         except OSError as e:
-            why = "it is a file, not a folder" if out.exists() and not out.is_dir() else e.strerror
+            why = "it is a file, not a folder" if out is not None and os.path.isfile(out) else e.strerror
             raise UserError(f"cannot write to the output folder {out} ({why}); choose another with --out") from None
     if lock is not None:
         hold.callback(lock.release)
@@ -402,6 +403,7 @@ def _train(args, stop, hold):
                         m.sample(SAMPLE_CODINGS, seed=codings_seed), shape=m.image_shape,
                         title=f"{SAMPLE_CODINGS} codings from N(0, I), decoded after epoch {record['epoch']}")
 
+    earlier = len(model.history)            # a resumed run's epochs from before this process
     try:
         model.fit(train_x, epochs=cfg.epochs - model.epoch, validation=test_x, callback=after_epoch,
                   progress=not args.quiet)
@@ -422,9 +424,9 @@ def _train(args, stop, hold):
         ctrl_c.check()
     final = model.history[-1]
     plural = "s" if model.epoch != 1 else ""
-    # the first epoch apart: a fresh install's also compiles the kernels (19.9 s against 0.29 s an epoch in a fresh
-    # user's 2-epoch run, whose median of the two said 10.08 s per epoch), and every process's first loads them
-    seconds = [r["seconds"] for r in model.history]
+    # this process's first epoch apart: a fresh install's also compiles the kernels (19.9 s against 0.29 s an epoch
+    # in a fresh user's 2-epoch run, whose median of the two said 10.08 s per epoch), and every process's loads them
+    seconds = [r["seconds"] for r in model.history[earlier:]] or [r["seconds"] for r in model.history]
     speed = (f"median {np.median(seconds[1:]):.2f} s per epoch after the first ({seconds[0]:.2f} s, which also "
              f"loaded or compiled the kernels)" if len(seconds) > 1 else
              f"{seconds[0]:.2f} s, loading or compiling the kernels included")

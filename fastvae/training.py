@@ -30,7 +30,7 @@ def run_epochs(model, X, ws, epochs, validation=None, callback=None, progress=Fa
     workspace `ws`, whose size is the batch size. See VAE.fit for what the arguments mean and what it raises."""
     be, cfg = model.backend, model.config
     stepper = step.Stepper(be, cfg, model.state, ws, step.data_for(be, X))
-    # the host backends' thread count (OpenBLAS and Numba), sized to the CPUs available and adapted (threads.py)
+    # the host backends' thread count (the workers', OpenBLAS's), sized to the CPUs available and adapted (threads.py)
     pacer = threads.pacer_for(model, ws, model.threads)
     # NaN/Inf arising inside the kernels is reported once, by the divergence guard, not as NumPy warnings
     with StopOnCtrlC() as stop, np.errstate(invalid="ignore", over="ignore", divide="ignore"), \

@@ -176,6 +176,12 @@ def test_an_out_that_is_a_file_is_named_as_one(tmp_path):
     proc = train(*QUICK, "--out", str(tmp_path / "afile"))
     assert proc.returncode == 2 and "output folder" in proc.stderr and "(it is a file, not a folder)" in proc.stderr
     assert (tmp_path / "afile").read_text() == "mine"
+    # without --out, where runs/ cannot be made (a file of that name): one line too (a review found the check above
+    # would have raised AttributeError there)
+    (tmp_path / "runs").write_text("mine")
+    proc = train(*QUICK, cwd=tmp_path)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "output folder" in lines[0], proc.stderr
 
 
 @pytest.mark.parametrize("args,phrase", [

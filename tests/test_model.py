@@ -462,7 +462,7 @@ def test_setting_an_attribute_a_model_does_not_have_is_refused_in_one_line(mnist
     with pytest.raises(UserError, match="no attribute 'treads' to set; model.threads and model.config may be set"):
         model.treads = 1
     for name, value in (("backend", "reference"), ("epoch", "5"), ("history", None), ("state", None),
-                        ("diverged", False)):
+                        ("diverged", False), ("steps", 3), ("precision", "bf16"), ("input_width", 10)):
         with pytest.raises(UserError, match=rf"model.{name} is the model's own state: it can be read, not set"):
             setattr(model, name, value)
     with pytest.raises(UserError, match="threads must be a positive integer or 'auto'"):
