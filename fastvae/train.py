@@ -384,7 +384,9 @@ def _train(args, stop, hold):
     stop.out, stop.epochs = out, cfg.epochs
     if draw:
         same = [("--data", run_info.get("data_dir")), ("--test-images", run_info.get("test_images")),
-                ("--test-fraction", run_info.get("test_fraction"))]
+                # (a run recorded before --test-fraction was refused for a data set with its own test set may hold
+                # one: fastvae.plot would refuse it now)
+                ("--test-fraction", run_info.get("test_fraction") if data.test_fraction is not None else None)]
         stop.plot = shlex.join(["python", "-m", "fastvae.plot", str(out), "--out", str(out),
                                 *(x for option, value in same if value is not None for x in (option, str(value)))])
 
