@@ -19,10 +19,10 @@ from .sigint import CtrlCHandled
 # costs them nothing more.
 PROGRESS_EVERY = LOSS_CHECK_INTERVAL_DEVICE
 
-# What the bar says until this process's first steps are done: they load the kernels from Numba's cache, or compile
-# them (9-21 s on the project's machines after an install), and the bar would otherwise sit at 0 without a word.
+# What the bar says until this process's first steps on a backend are done: they load its kernels from Numba's
+# cache, or compile them (9-21 s on the project's machines after an install); the bar sat at 0 without a word.
 FIRST_STEPS_NOTE = "loading the kernels (compiled once after an install: up to 30 s)"
-_first_steps_done = False
+_first_steps_done = set()                  # the backends whose first steps this process has taken
 
 
 def run_epochs(model, X, ws, epochs, validation=None, callback=None, progress=False):
@@ -69,7 +69,7 @@ def _epoch(model, stepper, order, ws, progress, stop):
     compiled_before = getattr(stepper, "compile_seconds", 0.0)
     first, begin = model.epoch_step, time.perf_counter()
     full = n // ws.batch                    # the epoch's full batches (a short last one is stepped alone)
-    if bar is not None and not _first_steps_done:
+    if bar is not None and be.name not in _first_steps_done:
         bar.set_postfix_str(FIRST_STEPS_NOTE)
     k = first
     while k < len(starts):
@@ -91,7 +91,7 @@ def _epoch(model, stepper, order, ws, progress, stop):
             raise
         k += done
         model._set(epoch_step=k)
-        _note_first_steps_done()
+        _first_steps_done.add(be.name)
         last = k == len(starts)
         # counted from the step's number, as the bar's updates are, so that on a device the reads are the bar's
         # (a chunk stops after the step whose loss is not finite: the host's check still names that step)
@@ -130,11 +130,6 @@ def _epoch(model, stepper, order, ws, progress, stop):
     if compiled > 0:                        # the first-call cost of the captured step, inside `seconds`
         record["replay_compile_seconds"] = compiled
     return record
-
-
-def _note_first_steps_done():
-    global _first_steps_done
-    _first_steps_done = True
 
 
 def _diverged(model, what):
