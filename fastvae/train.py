@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "figures are removed first (without it such a folder is refused)")
     p.add_argument("--no-plots", action="store_true", help="write no figures (no matplotlib needed)")
     p.add_argument("--threads", type=_threads, default=None, metavar="N|auto",
-                   help="CPU threads of the step, OpenBLAS and Numba alike (default auto: the CPUs this process may "
+                   help="CPU threads of the step: its row shards and update, OpenBLAS at one thread each "
+                        "(default auto: the CPUs this process may "
                         "use, affinity and cgroup quota, adapted while training when other work takes cores; a "
                         "number fixes it, for bit-identical reruns); --resume keeps the run's unless given")
     return p
