@@ -81,8 +81,8 @@ class VAE:
             value = check_threads(value)
         elif name == "config" and "config" in self.__dict__:
             value = self._checked_config(value)
-        elif name in self._STATE or isinstance(getattr(type(self), name, None), property) and \
-                getattr(type(self), name).fset is None:
+        elif name in self._STATE or (isinstance(getattr(type(self), name, None), property)
+                                     and getattr(type(self), name).fset is None):
             raise UserError(f"model.{name} is the model's own state: it can be read, not set (make or load another "
                             "model instead)")
         elif not (name.startswith("_") or name == "config" or hasattr(type(self), name)
@@ -119,7 +119,7 @@ class VAE:
                  activation: str = "elu", threads: int | str | None = None, precision: str | None = None,
                  **adam: float):
         # activation, threads, precision last: positional calls still work
-        self.threads = check_threads(threads)       # not part of the config: a property of the machine, not the model
+        self.threads = threads      # (checked as it is set) not part of the config: the machine's, not the model's
         _check_notify(notify)
         unknown = sorted(set(adam) - {f.name for f in dataclasses.fields(Config)})
         if unknown:

@@ -127,14 +127,14 @@ class StepChunks:
         # tuple of its own (passed as a new argument by every part, as it is shard 0's accumulator too).
         loss, counters = (ws.loss, self.counters0) if k == 0 else ws.shard(k)
         call(cs.step_begin, self.cursors[k], self.orders, ws.batch, lo, hi, self.idx, state.counters, counters,
-                loss, k > 0)
+             loss, k > 0)
         a = ws.rows(hi - lo, lo)
         be.gather_batch(a.x, self.data, self.idx[lo:hi])
         forward(be, self.cfg, state.weights, a, loss, counters, STREAM_TRAIN)
         backward(be, self.cfg, state.weights, None, a, counters, STREAM_TRAIN, self.ready)
         self.update(k)
         call(cs.step_finish, self.cursors[k], self.barriers, k == 0, state.counters, (ws.loss,),
-                tuple(ws.shard(s)[0] for s in range(1, self.parts)), self.ready, self.stop)
+             tuple(ws.shard(s)[0] for s in range(1, self.parts)), self.ready, self.stop)
 
     def _compile(self, recorded):
         refused = [r.refused for r in recorded.values() if r.refused is not None]

@@ -2,9 +2,9 @@
 one thread each), or OpenBLAS's own count without them.
 
 OpenBLAS's threads and the workers' barriers spin while they wait for each other, so a thread that is descheduled
-(another process took its core, or a CPU quota ran out) stalls every product of every step: on the project's 2-core Xeon one busy
-process made an epoch 3.4x slower with 2 threads and not slower at all with 1. So the count is decided for the
-whole step, from what the process may really use:
+(another process took its core, or a CPU quota ran out) stalls every product of every step: on the project's 2-core
+Xeon one busy process made an epoch 3.4x slower with 2 threads and not slower at all with 1. So the count is decided
+for the whole step, from what the process may really use:
 
 - detect(): the CPU affinity mask and the cgroup CPU quota (v2 cpu.max, v1 cpu.cfs_quota_us / cpu.cfs_period_us,
   of the process's own cgroup and its ancestors), whichever allows fewer, unless the user fixed a count:
@@ -231,8 +231,7 @@ class Libraries:
             self.workers.count = self._workers_before
         self.count = None
 
-    def close(self):
-        self.release()
+    close = release                              # (nothing else to put back: Numba's count is never changed)
 
 
 class _Held:

@@ -93,9 +93,9 @@ def _as_option(e):
     """A UserError of a setting the options made (fastvae.Config's checks, which name the library's setting:
     "batch_size must be ...") naming the option instead ("--batch-size must be ..."; a fresh user's trial)."""
     text = str(e).replace("e.g. hidden=(500, 500)", "e.g. --hidden 500 500")
-    for name in sorted((f.name for f in dataclasses.fields(Config)), key=len, reverse=True):
-        if text.startswith(f"{name} "):
-            return UserError(f"--{name.replace('_', '-')}{text[len(name):]}")
+    name, _, rest = text.partition(" ")
+    if name in {f.name for f in dataclasses.fields(Config)}:
+        return UserError(f"--{name.replace('_', '-')} {rest}")
     return e
 
 
@@ -339,7 +339,7 @@ def _train(args, stop, hold):
         run_info["precision"] = args.precision
     elif args.resume is None and model.precision == "bf16":   # a bf16 backend named (cpu-bf16): resume in bf16 too
         run_info["precision"] = "bf16"
-    model.threads = check_threads(run_info.get("threads"))
+    model.threads = run_info.get("threads")     # (checked as it is set)
     cfg = model.config
     asked = args.test_fraction if args.resume is None else None
     args.test_fraction = run_info.get("test_fraction")     # the run's own: a resumed run splits as it did
