@@ -4,6 +4,7 @@ Every test that draws random inputs takes `rand`, seeded from the OS and printed
 test's seed is replayed with FASTVAE_TEST_SEED=<seed> python -m pytest <the test's node id>.
 """
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -17,6 +18,14 @@ SEED_VARIABLE = "FASTVAE_TEST_SEED"
 # model's same number) depend on the machine's load. An explicit OMP_NUM_THREADS is a user's choice and wins over
 # the adaptation; tests/test_threads.py exercises the adaptation itself with its detection patched.
 os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+
+# The Ctrl-C tests send real SIGINTs to this process and to CLI subprocesses. A suite started in the background by a
+# script (`nohup python -m pytest &`) inherits SIGINT ignored, and fastvae rightly keeps ignoring it there (a run
+# started that way must not stop for a Ctrl-C meant for the script): those tests would then fail for the way the
+# suite was started. Python's own handler is what an interactive start has, and a child's exec resets it to the
+# default, so the subprocesses get an ordinary SIGINT too.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
