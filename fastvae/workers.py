@@ -12,8 +12,10 @@ work, not every product's: fastvae.threads then lowers the count. The calling th
 from __future__ import annotations
 
 import _signal
+import os
 import signal
 import threading
+import weakref
 from collections.abc import Callable
 
 import numpy as np
@@ -40,6 +42,18 @@ class Workers:
         self._quiet_jobs = 0            # < 0: run_phases' waiters sleep at once (no spin) until it is 0 again
         self._held = None               # the last run_phases' barrier: its departed parts spin until the next job
         self._owner = None              # the thread whose job holds the pool (close() refuses it)
+        _POOLS.add(self)
+
+    def _forget_threads(self) -> None:
+        """In a child made by fork(): only the thread that forked lives on, so the pool's threads are gone (a job
+        handed to them would be waited for forever: a fit in a multiprocessing Pool's worker after one in its
+        parent hung so) and its lock may be held by a job of the parent's. Start afresh; the next job starts new
+        threads."""
+        self._threads = []
+        self._busy = threading.Lock()
+        self._held = None
+        self._owner = None
+        self._quiet_jobs = 0
 
     def run(self, fn: Callable[[int], None], parts: int) -> None:
         if parts <= 1:
@@ -204,6 +218,18 @@ class Workers:
             for worker in self._threads:
                 worker.stop()
             self._threads = []
+
+
+_POOLS: weakref.WeakSet[Workers] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for pool in list(_POOLS):
+        pool._forget_threads()
+
+
+if hasattr(os, "register_at_fork"):         # (every POSIX Python; Windows has no fork)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Worker:

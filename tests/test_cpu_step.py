@@ -230,6 +230,42 @@ def test_two_models_training_at_once_in_two_threads(workers):
         np.testing.assert_allclose(together, alone, rtol=0, atol=2e-4)
 
 
+def _fit_params(seed, out=None):
+    """The parameters of a small MNIST-shaped fit on two threads (put on the queue `out` where given)."""
+    from fastvae import VAE
+    x = (np.random.default_rng(0).random((256, 784)) * 255).astype(np.uint8)
+    params = VAE(hidden=(64,), latent=4, batch_size=64, backend="cpu", threads=2, seed=seed).fit(x, epochs=2).state.params
+    if out is not None:
+        out.put(params.copy())
+    return params.copy()
+
+
+def test_a_fit_in_a_forked_child_after_one_in_its_parent_starts_its_own_threads():
+    """fork() keeps only the thread that called it: a child that fitted on two threads after its parent had (a
+    multiprocessing Pool's worker, fork being Linux's default start method) handed its shards to the parent's pool
+    threads, gone in the child, and waited forever (a fresh user's trial). Now the child starts its own and gets the
+    parent's bits."""
+    import multiprocessing
+    import queue
+    alone = _fit_params(3)                                          # the parent's pool threads are started here
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    child = ctx.Process(target=_fit_params, args=(3, out))
+    child.start()
+    try:
+        got = out.get(timeout=60)
+    except queue.Empty:
+        got = None
+    finally:
+        child.join(timeout=10)
+        if child.is_alive():
+            child.kill()
+            child.join()
+    assert got is not None, "the fit in the forked child did not finish in 60 s (waiting for threads it has not)"
+    assert child.exitcode == 0
+    np.testing.assert_array_equal(got, alone)
+
+
 @contextlib.contextmanager
 def _interrupt_after(seconds):
     """Ctrl-C `seconds` from now: SIGINT sent to this process (Python's handler raises KeyboardInterrupt in the
