@@ -3,7 +3,7 @@ status and one line on stderr, the options they all take, and how a checkpoint i
 folder holding it).
 
 Exit statuses: 0 done, 2 a user's mistake (UserError), 3 training diverged (TrainingDiverged), 130 Ctrl-C
-(KeyboardInterrupt, TrainingInterrupted included).
+(KeyboardInterrupt, TrainingInterrupted included), 143 a SIGTERM that stopped training (TrainingInterrupted).
 """
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def run_main(run: Callable[[argparse.Namespace], int], args: argparse.Namespace,
     except UserError as e:
         return _stop(f"error: {e}", 2)
     except KeyboardInterrupt as e:          # a plain Ctrl-C has no message; TrainingInterrupted says what it saved
-        return _stop(str(e) or f"interrupted{note()}", 130)
+        return _stop(str(e) or f"interrupted{note()}", getattr(e, "status", 130))
 
 
 def _stop(message, status):

@@ -11,7 +11,17 @@ class TrainingDiverged(UserError):
 
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C arrived and training stopped cleanly after the step in progress: the model is consistent and can be
-    saved and resumed (a second Ctrl-C interrupts at once, and then it may not be)."""
+    saved and resumed (a second Ctrl-C interrupts at once, and then it may not be). `signum`: the signal that
+    stopped it, SIGINT (Ctrl-C) or, on the command line, SIGTERM; `status`: the exit status the command line gives
+    for it, 128 + signum (130, 143)."""
+
+    def __init__(self, message: str = "", signum: int = 2):
+        super().__init__(message)
+        self.signum = int(signum)
+
+    @property
+    def status(self) -> int:
+        return 128 + self.signum
 
 
 def one_line(e: BaseException) -> str:

@@ -4,7 +4,8 @@ Writes into --out: checkpoint.npz (every epoch, atomically), metrics.json, sampl
 SAMPLE_CODINGS = 60 codings decoded each epoch), and at the end the figures of fastvae.plot (samples,
 reconstructions, latent scatter, interpolations, loss curves, and the manifold for a 2-D latent space).
 A user's mistake is one line on stderr and exit status 2; divergence exits with 3 (the last good checkpoint
-stays); Ctrl-C stops after the step in progress, saves a checkpoint and exits with 130; --resume continues.
+stays); Ctrl-C stops after the step in progress, saves a checkpoint and exits with 130 (a SIGTERM during training:
+the same, with 143); --resume continues.
 """
 from __future__ import annotations
 
@@ -15,13 +16,14 @@ import itertools
 import json
 import os
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from . import __version__, jsonfile, machine, runlock
+from . import __version__, jsonfile, machine, runlock, training
 from .cli import (Notes, Parser, add_shared_options, at_most, check_positive, load_data, remove_empty, run_main,
                   whole_number)
 from .config import Config
@@ -40,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "Every default is the seed's.",
         epilog="examples: python -m fastvae.train --epochs 3 --out runs/quick;  "
                "python -m fastvae.train --resume runs/quick --epochs 10.  "
-               "Exit status: 0 done, 2 a mistake in the input, 3 training diverged, 130 interrupted (Ctrl-C).")
+               "Exit status: 0 done, 2 a mistake in the input, 3 training diverged, 130 interrupted (Ctrl-C), 143 "
+                      "stopped by SIGTERM (kill) during training; both save a checkpoint to --resume from.")
     add_shared_options(p, quiet="no header, progress bar, per-epoch or done lines (errors still print)",
                        precision="; default fp32 (bf16 for --backend cpu-bf16); --resume keeps the run's unless "
                                  "given")
@@ -408,17 +411,19 @@ def _train(args, stop, hold):
 
     earlier = len(model.history)            # a resumed run's epochs from before this process
     try:
-        model.fit(train_x, epochs=cfg.epochs - model.epoch, validation=test_x, callback=after_epoch,
-                  progress=not args.quiet)
+        with training.also_stopping_on(signal.SIGTERM):     # (kill, timeout, schedulers: saved like a Ctrl-C)
+            model.fit(train_x, epochs=cfg.epochs - model.epoch, validation=test_x, callback=after_epoch,
+                      progress=not args.quiet)
     except TrainingDiverged as e:
         # a run resumes only at its own --lr: the lower rate the message advises starts it again
         raise TrainingDiverged(f"{e}, with --overwrite to start this run again (or another --out)") from None
-    except TrainingInterrupted:
+    except TrainingInterrupted as e:
         model.save(out / "checkpoint.npz")
+        how = "Ctrl-C" if e.signum == signal.SIGINT else signal.Signals(e.signum).name
         if model.epoch >= cfg.epochs:       # every epoch was trained (Ctrl-C in the last one's end): nothing to resume
-            raise TrainingInterrupted(stop.line("stopped by Ctrl-C")) from None
-        raise TrainingInterrupted(f"stopped by Ctrl-C after step {model.steps}; checkpoint saved; continue with: "
-                                  f"python -m fastvae.train --resume {shlex.quote(str(out))}") from None
+            raise TrainingInterrupted(stop.line(f"stopped by {how}"), e.signum) from None
+        raise TrainingInterrupted(f"stopped by {how} after step {model.steps}; checkpoint saved; continue with: "
+                                  f"python -m fastvae.train --resume {shlex.quote(str(out))}", e.signum) from None
     if draw:
         from .plot import write_figures
         with _CtrlCNoted() as ctrl_c:
@@ -445,6 +450,7 @@ class _CtrlCNoted(CtrlCHandled):
     exit status 0), so check() raises it again after the work."""
 
     def __init__(self):
+        super().__init__()
         self.seen = False
 
     def _handle(self, signum, frame):

@@ -145,17 +145,39 @@ def _progress_bar(total, desc, initial=0):
     return tqdm(total=total, desc=desc, unit="step", leave=False, dynamic_ncols=True, initial=initial)
 
 
+# Signals besides SIGINT that stop a fit after its step as a first Ctrl-C does (also_stopping_on): the command line
+# adds SIGTERM (plain `kill`'s, `timeout`'s, a batch scheduler's or `docker stop`'s) while it trains, whose default
+# killed the run with its epoch lost; a fit in a user's program leaves SIGTERM to that program.
+_also_stopping_on = ()
+
+
+@contextlib.contextmanager
+def also_stopping_on(*signals):
+    """Fits inside the block stop cleanly after their step on each of `signals` too (TrainingInterrupted with that
+    `signum`); a second one of them acts at once, as its default handler does."""
+    global _also_stopping_on
+    previous, _also_stopping_on = _also_stopping_on, tuple(signals)
+    try:
+        yield
+    finally:
+        _also_stopping_on = previous
+
+
 class StopOnCtrlC(CtrlCHandled):
-    """While training, the first Ctrl-C only asks to stop after the step (or chunk of steps) in progress (check()
-    then raises TrainingInterrupted); a second one interrupts at once."""
+    """While training, the first Ctrl-C (or a signal of also_stopping_on) only asks to stop after the step (or chunk
+    of steps) in progress (check() then raises TrainingInterrupted); a second one interrupts at once (Ctrl-C:
+    KeyboardInterrupt; another signal: its default action)."""
 
     def __init__(self):
-        self.requested = False
+        super().__init__(also=_also_stopping_on)
+        self.requested = None                  # the signal that asked, once one has
 
     def _handle(self, signum, frame):
-        self.requested = True
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if self.requested is None:
+            self.requested = signum
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
 
     def check(self):
-        if self.requested:
-            raise TrainingInterrupted("training stopped cleanly after a step (Ctrl-C)")
+        if self.requested is not None:
+            how = "Ctrl-C" if self.requested == signal.SIGINT else signal.Signals(self.requested).name
+            raise TrainingInterrupted(f"training stopped cleanly after a step ({how})", self.requested)

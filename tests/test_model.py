@@ -1,5 +1,6 @@
 """The public VAE class: training, inference, persistence and its answers to bad input (real files, real runs)."""
 import gc
+import signal
 import subprocess
 import sys
 import time
@@ -527,6 +528,24 @@ def test_a_data_set_is_read_in_place_on_the_host_backends(backend):
     assert np.array_equal(params, again.state.params)
 
 
+def test_fit_takes_ctrl_c_and_leaves_sigterm_to_the_program(mnist):
+    """fit handles SIGINT while it runs (stop after the step), but a program's SIGTERM stays the program's: only the
+    command line asks fit to stop on it too (training.also_stopping_on), and each handler is back afterwards."""
+    from fastvae import training
+    seen = []
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+
+    def callback(model, record):
+        seen.append((signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)))
+    VAE(seed=1, **SMALL).fit(mnist.train_x[:200], epochs=1, callback=callback)
+    with training.also_stopping_on(signal.SIGTERM):
+        VAE(seed=1, **SMALL).fit(mnist.train_x[:200], epochs=1, callback=callback)
+    (int_alone, term_alone), (int_cli, term_cli) = seen
+    assert int_alone not in before and term_alone == before[1]
+    assert int_cli not in before and term_cli not in before
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
 def test_a_resumed_epochs_progress_bar_starts_at_its_step(mnist, monkeypatch):
     """The bar of an epoch resumed at step k starts there (tqdm's `initial`), so its rate counts only the steps run
     now (it was updated by k at once: 340 steps/s shown for 70 after a resume, a fresh user's trial)."""
@@ -537,7 +556,7 @@ def test_a_resumed_epochs_progress_bar_starts_at_its_step(mnist, monkeypatch):
 
     def asked_at_once(self):                        # a Ctrl-C before the first step: stops after the first chunk
         real_init(self)
-        self.requested = True
+        self.requested = signal.SIGINT
     monkeypatch.setattr(training.StopOnCtrlC, "__init__", asked_at_once)
     model = VAE(seed=1, threads=2, **{**SMALL, "batch_size": 64})
     with pytest.raises(TrainingInterrupted):

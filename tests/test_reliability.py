@@ -81,12 +81,15 @@ def test_resume_at_an_epoch_boundary_is_bit_exact(tmp_path, straight):
     assert_same_run(tmp_path, straight)
 
 
-def test_ctrl_c_mid_epoch_saves_and_resume_is_bit_exact(tmp_path, straight):
+@pytest.mark.parametrize("signum,status,how", [(signal.SIGINT, 130, b"Ctrl-C"), (signal.SIGTERM, 143, b"SIGTERM")])
+def test_ctrl_c_mid_epoch_saves_and_resume_is_bit_exact(tmp_path, straight, signum, status, how):
+    """A Ctrl-C, or a SIGTERM (plain `kill`, `timeout`, a batch scheduler: it killed the run, losing its epoch, a
+    fresh user's trial), stops after the step in progress and saves it; the resumed run ends with the same bits."""
     proc = start_and_wait_inside_epoch(tmp_path)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     rest = proc.stderr.read()
-    assert proc.wait(timeout=120) == 130, rest.decode(errors="replace")
-    assert b"--resume" in rest and b"Traceback" not in rest
+    assert proc.wait(timeout=120) == status, rest.decode(errors="replace")
+    assert b"stopped by " + how + b" after step" in rest and b"--resume" in rest and b"Traceback" not in rest
     ck = checkpoint.load(tmp_path / "checkpoint.npz")
     assert ck.epoch == 1 and 25 <= ck.epoch_step < 200, "stopped inside epoch 2, after the step in progress"
     proc = cli("--resume", str(tmp_path), "--no-plots", "--quiet")
