@@ -234,7 +234,8 @@ def _fit_params(seed, out=None):
     """The parameters of a small MNIST-shaped fit on two threads (put on the queue `out` where given)."""
     from fastvae import VAE
     x = (np.random.default_rng(0).random((256, 784)) * 255).astype(np.uint8)
-    params = VAE(hidden=(64,), latent=4, batch_size=64, backend="cpu", threads=2, seed=seed).fit(x, epochs=2).state.params
+    model = VAE(hidden=(64,), latent=4, batch_size=64, backend="cpu", threads=2, seed=seed)
+    params = model.fit(x, epochs=2).state.params
     if out is not None:
         out.put(params.copy())
     return params.copy()
