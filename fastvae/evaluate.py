@@ -205,8 +205,8 @@ def run(args: argparse.Namespace) -> int:
     if any(k <= 0 for k in args.k):
         raise UserError(f"--k must be positive integers, got {' '.join(map(str, args.k))}")
     seed_value(args.seed, "--seed")
-    if args.json is not None and not args.json.parent.is_dir():
-        raise UserError(f"cannot write {args.json}: folder {args.json.parent} does not exist")
+    if args.json is not None:       # before minutes of computing, not after (a fresh user's trial lost them so)
+        _check_writable(args.json)
     path = checkpoint_path(args.checkpoint)
     notes = Notes(args)
     model = VAE.load(path, backend=args.backend, notify=notes, precision=run_precision(path, args.precision))
@@ -223,6 +223,24 @@ def run(args: argparse.Namespace) -> int:
         except OSError as e:
             raise UserError(f"cannot write {args.json} ({e.strerror})") from None
     return 0
+
+
+def _check_writable(path: Path) -> None:
+    """Raises UserError (one line) unless the JSON can be written at `path`: its folder exists and takes a new
+    file (tried: jsonfile.write's temporary file made and removed), and `path` is not a folder."""
+    if path.is_dir():
+        raise UserError(f"cannot write {path}: it is a folder; give a file name, e.g. --json {path / 'eval.json'}")
+    if not path.parent.is_dir():
+        raise UserError(f"cannot write {path}: folder {path.parent} does not exist")
+    probe = path.with_name(path.name + ".tmp")
+    try:
+        with open(probe, "x"):
+            pass
+        probe.unlink()
+    except FileExistsError:
+        pass                        # (a leftover of an earlier write: the write replaces it)
+    except OSError as e:
+        raise UserError(f"cannot write {path} ({e.strerror}); choose another --json path") from None
 
 
 def format_table(r: dict) -> str:

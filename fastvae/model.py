@@ -361,10 +361,13 @@ class VAE:
 
     @_one_at_a_time
     def save(self, path: str | PathLike) -> None:
-        """Write config, parameters, Adam state and the training position to `path` (npz, atomically, no pickle).
+        """Write config, parameters, Adam state and the training position to `path` (npz, atomically, no pickle);
+        where `path` is a folder, to its checkpoint.npz (where load() reads one, and where a training run keeps it).
         Raises UserError when the model diverged, a step of it was interrupted part-way, or the file cannot be written
         (any earlier file stays whole)."""
         _check_path(path)
+        if Path(path).is_dir():                 # (it said "Is a directory ... free some space": a fresh user)
+            path = Path(path) / "checkpoint.npz"
         if self.diverged:
             raise UserError("this model diverged (NaN or Inf): it is not saved; a checkpoint saved before stands")
         if self.step_broken:

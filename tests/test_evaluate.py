@@ -187,6 +187,19 @@ def test_json_is_strict_rfc_8259_an_undefined_value_is_null(trained, tmp_path):
     assert "nan" in proc.stdout                                        # the table may say so, in words
 
 
+@pytest.mark.parametrize("where, says", [("{tmp}", "it is a folder; give a file name"),
+                                         ("/proc/e.json", "cannot write /proc/e.json ("),
+                                         ("{tmp}/no/e.json", "does not exist")])
+def test_a_json_path_that_cannot_be_written_is_refused_before_the_computing(trained, tmp_path, where, says):
+    """--json to a folder, or into a folder that takes no new file (/proc, even for root), is one line and status 2
+    before anything is computed (it came after the whole evaluation, minutes on a full test set: a fresh user)."""
+    _, path, _ = trained
+    proc = _cli(path, "--k", "1", "--test-images", 10, "--backend", "cpu", "--json", where.format(tmp=tmp_path))
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout + proc.stderr
+    line, = proc.stderr.strip().splitlines()
+    assert line.startswith("fastvae: error: cannot write") and says in line, line
+
+
 @pytest.mark.parametrize("args, says", [
     (["missing.npz"], "does not exist"),
     (["{ck}", "--k", "0"], "--k"),

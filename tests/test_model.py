@@ -95,12 +95,14 @@ def test_save_load_round_trip_and_resume_bit_exact(tmp_path, mnist):
     assert list(tmp_path.iterdir()) == [tmp_path / "ck.npz"], "no temporary file is left behind"
 
 
-def test_load_takes_a_training_runs_folder(tmp_path, trained, mnist):
+def test_save_and_load_take_a_training_runs_folder(tmp_path, trained, mnist):
     """VAE.load(folder) reads the folder's checkpoint.npz (what `python -m fastvae.train --out` writes, and what
-    fastvae.evaluate takes); a folder without one is one UserError naming the file."""
+    fastvae.evaluate takes), and save(folder) writes it (it said "Is a directory ... free some space": a fresh
+    user); a folder without one is one UserError naming the file."""
     run = tmp_path / "run"
     run.mkdir()
-    trained.save(run / "checkpoint.npz")
+    trained.save(run)
+    assert [p.name for p in run.iterdir()] == ["checkpoint.npz"]
     back = VAE.load(run, backend="cpu")
     np.testing.assert_array_equal(back.encode(mnist.test_x[:5])[0], trained.encode(mnist.test_x[:5])[0])
     assert "2 epochs, " in repr(back) and "1 epoch," in repr(VAE(seed=1, **SMALL).fit(mnist.train_x[:200], epochs=1))
