@@ -105,14 +105,17 @@ def _image_figures(model, test_x, test_y, out, seed, shape, done, notify):
 
 
 def write_figures(model: VAE, test_x: np.ndarray, test_y: np.ndarray, out: str | Path, history: list | None = None,
-                  seed: int | None = None, notify: Callable[[str], None] = print) -> list[Path]:
+                  seed: int | None = None, notify: Callable[[str], None] = print,
+                  skipped: Callable[[str], None] | None = None) -> list[Path]:
     """Write every figure of `model` into folder `out`; returns the paths written. test_x: test images (n, d),
     uint8 or floats in [0, 1], of the model's width; test_y: their labels (n,) or None; history: metrics.json's
-    "epochs" list (loss.png is skipped without it); seed: the sample codings' seed (default the model's). Raises
-    UserError without matplotlib."""
+    "epochs" list (loss.png is skipped without it); seed: the sample codings' seed (default the model's); notify:
+    told "wrote PATH" for each figure, and, unless `skipped` is given, the one line on each figure not drawn (what
+    it needs). Raises UserError without matplotlib."""
     from . import figures
     out = Path(out)
     written = []
+    notify_skip, notify = notify if skipped is None else skipped, notify
 
     def done(name):
         written.append(out / name)
@@ -124,15 +127,15 @@ def write_figures(model: VAE, test_x: np.ndarray, test_y: np.ndarray, out: str |
     figures.save_latent_scatter(out / "latent.png", mu, test_y, dims, how)
     done("latent.png")
     if shape is None:
-        notify("no samples, reconstructions, manifold or interpolation figures: the data are feature rows, not "
-               "images (give images as (n, h, w) arrays or IDX files to get them)")
+        notify_skip("no samples, reconstructions, manifold or interpolation figures: the data are feature rows, not "
+                    "images (give images as (n, h, w) arrays or IDX files to get them)")
     else:
-        _image_figures(model, test_x, test_y, out, seed, shape, done, notify)
+        _image_figures(model, test_x, test_y, out, seed, shape, done, notify_skip)
     if history:
         figures.save_loss_curves(out / "loss.png", history)
         done("loss.png")
     else:
-        notify("no loss.png: no metrics.json with the run's history beside the checkpoint")
+        notify_skip("no loss.png: no metrics.json with the run's history beside the checkpoint")
     return written
 
 

@@ -428,7 +428,7 @@ def _train(args, stop, hold):
         from .plot import write_figures
         with _CtrlCNoted() as ctrl_c:
             write_figures(model, test_x, test_y, out, history=model.history, seed=codings_seed,
-                          notify=lambda msg: None)
+                          notify=lambda msg: None, skipped=say)        # (the README: each skip says so)
         ctrl_c.check()
     final = model.history[-1]
     plural = "s" if model.epoch != 1 else ""
