@@ -4,6 +4,10 @@ Public names only; `import fastvae` loads NumPy and Numba, nothing optional (CuP
 """
 __version__ = "0.1.0"
 
+from . import numba_cache  # noqa: E402
+
+numba_cache.ensure_a_place()     # before any kernel is defined: a read-only install without a cache folder
+
 from .config import Config  # noqa: E402
 from .errors import TrainingDiverged, TrainingInterrupted, UserError  # noqa: E402
 from .model import VAE  # noqa: E402
