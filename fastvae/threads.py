@@ -505,9 +505,13 @@ def pacer_for(model, ws, threads=None):
         return None
     shapes = [(a, b) for _, a, b in layer_shapes(model.config)]
 
-    def keep(count):
-        model._threads_last = count
+    plan = detect(threads)
 
-    return Pacer(detect(threads), shapes, ws.batch, be.dtype, steps=lambda: model.steps,
+    def keep(count):
+        # only a count the pacer chose carries into the next fit: one the user fixed (threads=1, then 'auto') is
+        # not a measurement of this machine, and 'auto' started from it (a fresh user's trial)
+        model._threads_last = count if plan.adaptive else None
+
+    return Pacer(plan, shapes, ws.batch, be.dtype, steps=lambda: model.steps,
                  start=getattr(model, "_threads_last", None), on_close=keep,
                  libraries=lambda: Libraries(be.workers))

@@ -336,6 +336,20 @@ def test_a_fixed_thread_count_trains_bit_identically_and_is_recorded(mnist):
         {"step": 0, "threads": 1, "reason": "start: threads=1 asked for (fixed)"}]}
 
 
+def test_auto_after_a_fixed_count_starts_from_its_own_plan_not_the_fixed_count(mnist, monkeypatch):
+    """A count the user fixed is not the pacer's finding: a later fit at 'auto' starts from the detected plan (it
+    said "kept 1 from the previous fit" and ran a window at 1 thread on 2 idle CPUs: a fresh user's trial)."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)       # (the suite's fixed count: here auto must adapt)
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1})
+    assert threads.detect("auto").adaptive
+    model = VAE(hidden=(64,), latent=4, batch_size=64, backend="cpu", seed=5, threads=1)
+    model.fit(mnist.train_x[:256], epochs=1)
+    model.threads = "auto"
+    model.fit(mnist.train_x[:256], epochs=1)
+    first = model.history[-1]["threads"]["changes"][0]
+    assert first["threads"] == threads.detect("auto").threads and "kept" not in first["reason"], first
+
+
 def test_the_cli_takes_threads_and_metrics_json_records_them(tmp_path):
     from fastvae import train
     out = tmp_path / "run"
