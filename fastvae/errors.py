@@ -6,7 +6,13 @@ class UserError(ValueError):
 
 
 class TrainingDiverged(UserError):
-    """The loss or the parameters became NaN or Inf. Nothing non-finite is ever saved; the CLI exits with status 3."""
+    """The loss or the parameters became NaN or Inf. Nothing non-finite is ever saved; the CLI exits with status 3.
+    `what`: where and how it diverged (without the advice), `lr`: the learning rate it trained at (None: unknown)."""
+
+    def __init__(self, message: str, what: str | None = None, lr: float | None = None):
+        super().__init__(message)
+        self.what = message if what is None else what
+        self.lr = lr
 
 
 class TrainingInterrupted(KeyboardInterrupt):

@@ -416,7 +416,10 @@ def _train(args, stop, hold):
                       progress=not args.quiet)
     except TrainingDiverged as e:
         # a run resumes only at its own --lr: the lower rate the message advises starts it again
-        raise TrainingDiverged(f"{e}, with --overwrite to start this run again (or another --out)") from None
+        advice = "lower the learning rate" if e.lr is None else \
+            f"lower the learning rate (now {e.lr:g}), e.g. --lr {e.lr / 10:g},"
+        raise TrainingDiverged(f"{e.what}; {advice} with --overwrite to start this run again (or another --out)",
+                               e.what, e.lr) from None
     except TrainingInterrupted as e:
         model.save(out / "checkpoint.npz")
         how = "Ctrl-C" if e.signum == signal.SIGINT else signal.Signals(e.signum).name

@@ -135,9 +135,9 @@ def _epoch(model, stepper, order, ws, progress, stop):
 def _diverged(model, what):
     model._set(diverged=True)               # save() refuses from now on: a checkpoint saved before stands
     lr = model.config.lr
-    raise TrainingDiverged(f"training diverged at step {model.steps} (epoch {model.epoch + 1}): {what}; "
-                           f"lower the learning rate (now {lr:g}), e.g. to {lr / 10:g}: lr={lr / 10:g} in VAE, "
-                           f"--lr {lr / 10:g} on the command line")
+    where = f"training diverged at step {model.steps} (epoch {model.epoch + 1}): {what}"
+    raise TrainingDiverged(f"{where}; lower the learning rate (now {lr:g}), e.g. VAE(..., lr={lr / 10:g})", where,
+                           lr)
 
 
 def _progress_bar(total, desc, initial=0):

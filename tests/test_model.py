@@ -442,7 +442,7 @@ def test_an_unknown_setting_and_a_path_that_is_not_one_are_one_line_user_errors(
 def test_a_diverged_library_fit_says_how_to_lower_the_rate_in_the_library_too(mnist):
     from fastvae.errors import TrainingDiverged
     model = VAE(seed=5, lr=1e3, **SMALL)
-    with pytest.raises(TrainingDiverged, match=r"lr=100 in VAE, --lr 100 on the command line"):
+    with pytest.raises(TrainingDiverged, match=r"lower the learning rate \(now 1000\), e.g. VAE\(..., lr=100\)$"):
         model.fit(mnist.train_x[:300], epochs=3)
     with pytest.raises(UserError, match="a checkpoint saved before stands"):
         model.save("unused.npz")
