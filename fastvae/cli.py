@@ -202,7 +202,14 @@ def remove_empty(folders) -> None:
 
 class Parser(argparse.ArgumentParser):
     """argparse's parser whose mistakes are one line on stderr (argparse prints its whole usage first), exit status 2:
-    "prog: error: what was wrong (see --help)"."""
+    "prog: error: what was wrong (see --help)". A tool run by its installed command (fastvae-train) is called that
+    in its usage and errors, not `python -m fastvae.train` (its prog), which is what the user did not type."""
+
+    def __init__(self, *args, prog=None, **kw):
+        typed = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
+        if prog is not None and typed.startswith("fastvae-") and prog == f"python -m fastvae.{typed[8:]}":
+            prog = typed
+        super().__init__(*args, prog=prog, **kw)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")

@@ -307,6 +307,21 @@ def test_an_option_mistake_is_one_line(tmp_path, args, what):
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("tool", ["train", "evaluate", "plot"])
+def test_an_installed_command_names_itself_in_its_mistakes(tmp_path, tool):
+    """fastvae-train's option mistakes say "fastvae-train: error:", not `python -m fastvae.train`, which the user
+    did not type (a fresh user's trial); `python -m` still says `python -m fastvae.train`."""
+    command = Path(sys.executable).parent / f"fastvae-{tool}"
+    if not command.exists():
+        pytest.skip(f"{command.name} is not installed beside this Python (pip install -e . puts it there)")
+    proc = subprocess.run([str(command), "--bogus"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith(f"fastvae-{tool}: error: "), \
+        proc.stderr
+    proc = subprocess.run([sys.executable, "-m", f"fastvae.{tool}", "--bogus"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.stderr.startswith(f"python -m fastvae.{tool}: error:"), proc.stderr
+
+
 def test_threads_take_whole_numbers_as_every_integer_option_does():
     from fastvae.train import build_parser
     assert build_parser().parse_args(["--threads", "2.0"]).threads == 2
