@@ -326,6 +326,12 @@ def as_rows(X: ArrayLike, what: str = "X") -> tuple[np.ndarray, tuple[int, int] 
     uint8 stays uint8 (no copy when possible) and is read as 0..255 (so one whose largest value is 1, binarized
     images, is refused), other numbers become float32 and must be finite and in [0, 1]. Raises UserError (one line,
     calling the array `what`) for anything else."""
+    if isinstance(X, Dataset):            # (np.asarray made it an object array: "X has dtype object")
+        raise UserError(f"{what} is a whole data set ({X.source}); pass its images, e.g. {what}.train_x"
+                        if what.isidentifier() else f"{what} is a whole data set; pass its images (.train_x)")
+    if isinstance(X, np.ma.MaskedArray) and np.ma.getmaskarray(X).any():    # asarray would drop the mask silently
+        raise UserError(f"{what} is a masked array with masked entries; fill them first, e.g. {what}.filled(0)"
+                        if what.isidentifier() else f"{what} is a masked array with masked entries; fill them first")
     try:
         X = np.asarray(X)
     except (ValueError, TypeError) as e:  # e.g. ragged nested lists

@@ -101,7 +101,7 @@ def _image_figures(model, test_x, test_y, out, seed, shape, done, notify):
         notify("no interpolation.png: it pairs test images by their labels (digits), and this data set has none")
     else:
         notify(f"no interpolation.png: none of the digit pairs {INTERPOLATION_DIGITS} is in these "
-               f"{len(test_x)} test images; use more of them")
+               f"{len(test_x)} test image{'s' * (len(test_x) != 1)}; use more of them")
 
 
 def write_figures(model: VAE, test_x: np.ndarray, test_y: np.ndarray, out: str | Path, history: list | None = None,

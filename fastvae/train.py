@@ -376,8 +376,8 @@ def _train(args, stop, hold):
     notes.flush()                           # every input checked: the notes now, the run's header after them
     where = f"resuming {out} at epoch {model.epoch + 1}" if args.resume else f"writing to {out}"
     say(f"fastvae {__version__}: {model.layout.size:,} parameters on the {model.backend.name} backend in "
-        f"{model.precision}{f' ({engine})' if engine else ''}; {len(train_x)} training and {len(test_x)} test images "
-        f"from {data.source}; {where}")
+        f"{model.precision}{f' ({engine})' if engine else ''}; {len(train_x)} training and {len(test_x)} test "
+        f"image{'s' * (len(test_x) != 1)} from {data.source}; {where}")
     codings_seed = cfg.seed
     if args.resume is None and args.overwrite:
         _remove_run(out)                    # only now: every check above has passed

@@ -291,6 +291,17 @@ def test_as_rows_keeps_the_image_shape_and_as_images_checks_the_models():
     assert as_images(np.zeros((2, 1024)), "X", 1024, (32, 32)).shape == (2, 1024)
 
 
+def test_a_whole_data_set_or_a_masked_array_is_named_as_one():
+    """fit(load_mnist()) said "X has dtype object"; a masked array's mask was dropped without a word (a fresh user's
+    trial). A masked array with nothing masked is plain data."""
+    user_error(as_rows, load_mnist(), "X", phrase="X is a whole data set (the embedded copy")
+    assert "pass its images, e.g. X.train_x" in user_error(as_rows, load_mnist(), "X", phrase="whole data set")
+    x = np.ma.masked_array(np.full((3, 4), 0.5), mask=np.eye(3, 4, dtype=bool))
+    user_error(as_rows, x, "X", phrase="masked array with masked entries; fill them first, e.g. X.filled(0)")
+    rows, _ = as_rows(np.ma.masked_array(np.full((3, 4), 0.5)), "X")
+    assert rows.shape == (3, 4) and type(rows) is np.ndarray
+
+
 @pytest.mark.parametrize("name", ["notes.npz", "notes.npy"])
 def test_a_file_that_is_not_numpy_says_so_not_allow_pickle(tmp_path, name):
     """NumPy answers a file that is neither .npy nor .npz with 'contains pickled (object) data ... allow_pickle=':
