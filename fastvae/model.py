@@ -272,7 +272,8 @@ class VAE:
         """The mean loss per image on images X, in nats: {"reconstruction", "kl", "total"} (the negative ELBO,
         one sample per image; the noise of X[i] is a function of (seed, i) alone, whatever the batch size, so the
         same model always gets the same numbers).
-        Raises UserError for bad images."""
+        Raises UserError for bad images, and for a model that diverged."""
+        self._refuse_if_diverged()
         X = self._images(X, "X")
         be = self.backend
         if self._ws_eval is None:               # its own size, not the training batch's: see step.evaluate
@@ -288,7 +289,9 @@ class VAE:
     def encode(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(mu, logvar) of q(z | x) for images X (n, d) or (n, h, w) of the fitted width: float32 (n, latent) each, with
         logvar = log sigma^2 (the seed's gamma). A model with the sigma encoder reports
-        logvar = log(1e-10 + sigma^2), the smoothed form its KL term uses. Raises UserError for bad images."""
+        logvar = log(1e-10 + sigma^2), the smoothed form its KL term uses. Raises UserError for bad images, and for a
+        model that diverged."""
+        self._refuse_if_diverged()
         X = self._images(X, "X")
         be, latent = self.backend, self.config.latent
         data = step.data_for(be, X)
@@ -302,6 +305,14 @@ class VAE:
             second = np.log(SIGMA_SMOOTHING + second.astype(np.float64) ** 2).astype(np.float32)
         return mu, second
 
+    def _refuse_if_diverged(self):
+        """A diverged model's parameters hold NaN or Inf: every output would be NaN (it returned them without a
+        word: a fresh user's trial)."""
+        if self.diverged:
+            raise UserError(f"this model diverged (NaN or Inf at step {self.steps}): its outputs would be NaN; load "
+                            f"the last checkpoint, or train a new model with a lower learning rate (now "
+                            f"{self.config.lr:g})")
+
     def decode(self, z: np.ndarray) -> np.ndarray:
         """Pixel probabilities of p(x | z), float32 (n, d) in [0, 1], for codings z (n, latent).
         Raises UserError for codings of the wrong shape or with NaN or Inf."""
@@ -311,7 +322,9 @@ class VAE:
     def decode_logits(self, z: np.ndarray, rows: int | None = None) -> np.ndarray:
         """The decoder's logits, float64 (n, d), for codings z (n, latent): log p(x | z) needs them, not the
         probabilities, to stay stable. rows: decoder rows per chunk (default: the training batch size).
-        Raises UserError for codings of the wrong shape or with NaN or Inf."""
+        Raises UserError for codings of the wrong shape or with NaN or Inf, and for a model that diverged (decode,
+        sample and reconstruct too)."""
+        self._refuse_if_diverged()
         z = np.asarray(z)
         latent = self.config.latent
         be = self.backend
@@ -407,7 +420,7 @@ class VAE:
                 f"precision={self.precision!r}, seed={c.seed}; "
                 f"{self.layout.size:,} parameters, {self.epoch} epoch{'s' * (self.epoch != 1)}, {self.steps} "
                 f"step{'s' * (self.steps != 1)}"
-                + ("; diverged: NaN or Inf, refuses fit and save" * self.diverged)
+                + ("; diverged: NaN or Inf, refuses fit, save and its outputs" * self.diverged)
                 + ("; a step stopped part-way: refuses fit and save" * (self.step_broken and not self.diverged)) + ")")
 
 

@@ -450,7 +450,12 @@ def test_a_diverged_library_fit_says_how_to_lower_the_rate_in_the_library_too(mn
     with pytest.raises(UserError, match=rf"diverged \(NaN or Inf at step {steps}\).*lower learning rate \(now 1000\)"):
         model.fit(mnist.train_x[:300], epochs=1)
     assert model.steps == steps
-    assert repr(model).endswith("; diverged: NaN or Inf, refuses fit and save)")      # its repr said nothing
+    assert repr(model).endswith("; diverged: NaN or Inf, refuses fit, save and its outputs)")   # (it said nothing)
+    x = mnist.test_x[:5]                            # its outputs were NaN, without a word (a fresh user's trial)
+    for output in (lambda: model.encode(x), lambda: model.sample(3), lambda: model.decode(np.zeros((2, 4))),
+                   lambda: model.reconstruct(x), lambda: model.evaluate(x)):
+        with pytest.raises(UserError, match=r"^this model diverged \(NaN or Inf at step \d+\): its outputs would be "):
+            output()
 
 
 def test_setting_an_attribute_a_model_does_not_have_is_refused_in_one_line(mnist):
