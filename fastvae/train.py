@@ -438,12 +438,17 @@ def _train(args, stop, hold):
     # this process's first epoch apart: a fresh install's also compiles the kernels (19.9 s against 0.29 s an epoch
     # in a fresh user's 2-epoch run, whose median of the two said 10.08 s per epoch), and every process's loads them
     seconds = [r["seconds"] for r in model.history[earlier:]] or [r["seconds"] for r in model.history]
-    speed = (f"median {np.median(seconds[1:]):.2f} s per epoch after the first ({seconds[0]:.2f} s, which also "
-             f"loaded or compiled the kernels)" if len(seconds) > 1 else
-             f"{seconds[0]:.2f} s, loading or compiling the kernels included")
+    speed = (f"median {_duration(np.median(seconds[1:]))} per epoch after the first ({_duration(seconds[0])}, which "
+             f"also loaded or compiled the kernels)" if len(seconds) > 1 else
+             f"{_duration(seconds[0])}, loading or compiling the kernels included")
     say(f"done: test loss {final['test']['total']:.3f} per image after {model.epoch} epoch{plural}; {speed}; "
         f"results in {out}")
     return 0
+
+
+def _duration(seconds):
+    """'2.49 s', or '4.2 ms' below a tenth of a second (a small data set's epochs said 'median 0.00 s')."""
+    return f"{seconds:.2f} s" if seconds >= 0.1 else f"{1e3 * seconds:.1f} ms"
 
 
 class _CtrlCNoted(CtrlCHandled):
