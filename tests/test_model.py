@@ -117,11 +117,13 @@ def test_a_failed_save_keeps_the_previous_checkpoint(tmp_path, mnist):
     before = path.read_bytes()
     with pytest.raises(UserError, match="cannot write a checkpoint"):
         model.save(tmp_path / "missing-folder" / "ck.npz")
-    (tmp_path / "a-folder.npz").mkdir()
+    folder = tmp_path / "a-folder.npz"
+    (folder / "checkpoint.npz" / "in-the-way").mkdir(parents=True)    # (save(folder) writes its checkpoint.npz)
     with pytest.raises(UserError, match="nothing was overwritten"):
-        model.save(tmp_path / "a-folder.npz")     # the rename fails: the temporary file must be cleaned up
+        model.save(folder)                  # the rename onto a folder fails: the temporary file must be cleaned up
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-folder.npz", "ck.npz"]
+    assert [p.name for p in folder.iterdir()] == ["checkpoint.npz"]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "other npz", "missing"])
