@@ -11,6 +11,7 @@ import argparse
 import math
 import os
 import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import Callable
@@ -198,6 +199,22 @@ def remove_empty(folders) -> None:
             continue
         except OSError:
             break
+
+
+def command_of(tool: str) -> list[str]:
+    """The words that run fastvae's `tool` ("train", "evaluate", "plot") the way this process was started, for the
+    commands a tool suggests (resume, draw the figures): the installed command where this process is one (by its name
+    where that name on PATH is this one, else by its path), else `python -m fastvae.TOOL`, by this interpreter's path
+    where `python` on PATH is another one. (They always said `python -m`: in an unactivated virtual environment that
+    named a Python without fastvae: a fresh user's trial.)"""
+    typed = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    if os.path.basename(typed).startswith("fastvae-"):
+        mine = os.path.join(os.path.dirname(typed), f"fastvae-{tool}")
+        found = shutil.which(f"fastvae-{tool}")
+        return [f"fastvae-{tool}" if found and os.path.abspath(found) == os.path.abspath(mine) else mine]
+    python = shutil.which("python")
+    same = python is not None and os.path.abspath(python) == os.path.abspath(sys.executable)
+    return ["python" if same else sys.executable, "-m", f"fastvae.{tool}"]
 
 
 class Parser(argparse.ArgumentParser):

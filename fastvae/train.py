@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, jsonfile, machine, runlock, training
-from .cli import (Notes, Parser, add_shared_options, at_most, check_positive, load_data, remove_empty, run_main,
-                  whole_number)
+from .cli import (Notes, Parser, add_shared_options, at_most, check_positive, command_of, load_data, remove_empty,
+                  run_main, whole_number)
 from .config import Config
 from .constants import ENCODERS, HIDDEN_ACTIVATIONS, RECONSTRUCTIONS, SAMPLE_CODINGS
 from .errors import TrainingDiverged, TrainingInterrupted, UserError
@@ -267,7 +267,7 @@ def _moved_data(args, run_info, out):
     from .cli import same_file
     recorded = run_info.get("data_dir")
     gone = recorded is not None and not Path(recorded).exists()
-    resume = f"python -m fastvae.train --resume {shlex.quote(str(out))}"
+    resume = shlex.join([*command_of("train"), "--resume", str(out)])
     if args.data is None:
         if gone:
             raise UserError(f"the data set this run was trained on, {recorded}, no longer exists; pass it where it "
@@ -310,7 +310,7 @@ class _Stop:
             return f"{how} after the last epoch ({saved} of {self.epochs}); checkpoint saved{figures}"
         if saved is not None:
             return (f"{how}; the checkpoint of epoch {saved} is kept; continue with: "
-                    f"python -m fastvae.train --resume {shlex.quote(str(self.out))}")
+                    f"{shlex.join([*command_of('train'), '--resume', str(self.out)])}")
         return (f"{how} before the run saved a checkpoint; nothing to resume: start it again with its options and "
                 f"--out {shlex.quote(str(self.out))} --overwrite")
 
@@ -391,7 +391,7 @@ def _train(args, stop, hold):
                 # (a run recorded before --test-fraction was refused for a data set with its own test set may hold
                 # one: fastvae.plot would refuse it now)
                 ("--test-fraction", run_info.get("test_fraction") if data.test_fraction is not None else None)]
-        stop.plot = shlex.join(["python", "-m", "fastvae.plot", str(out), "--out", str(out),
+        stop.plot = shlex.join([*command_of("plot"), str(out), "--out", str(out),
                                 *(x for option, value in same if value is not None for x in (option, str(value)))])
 
     def after_epoch(m, record):
@@ -426,7 +426,7 @@ def _train(args, stop, hold):
         if model.epoch >= cfg.epochs:       # every epoch was trained (Ctrl-C in the last one's end): nothing to resume
             raise TrainingInterrupted(stop.line(f"stopped by {how}"), e.signum) from None
         raise TrainingInterrupted(f"stopped by {how} after step {model.steps}; checkpoint saved; continue with: "
-                                  f"python -m fastvae.train --resume {shlex.quote(str(out))}", e.signum) from None
+                                  f"{shlex.join([*command_of('train'), '--resume', str(out)])}", e.signum) from None
     if draw:
         from .plot import write_figures
         with _CtrlCNoted() as ctrl_c:

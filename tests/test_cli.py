@@ -324,6 +324,33 @@ def test_an_installed_command_names_itself_in_its_mistakes(tmp_path, tool):
     assert proc.stderr.startswith(f"python -m fastvae.{tool}: error:"), proc.stderr
 
 
+def test_a_suggested_command_runs_the_tool_the_way_this_one_was_started(tmp_path, monkeypatch):
+    """The commands a stop suggests (resume, draw the figures) are the installed command where the user ran one, by
+    name where PATH finds that one, else by its path; else `python -m`, by this interpreter's path where PATH's python
+    is another (they always said `python -m fastvae.train`: in an unactivated virtual environment, a Python without
+    fastvae; a fresh user's trial). Real files on a real PATH."""
+    from fastvae.cli import command_of
+    bin_dir = tmp_path / "venv-bin"
+    bin_dir.mkdir()
+    for tool in ("train", "plot"):
+        (bin_dir / f"fastvae-{tool}").write_text("#!/bin/sh\n")
+        (bin_dir / f"fastvae-{tool}").chmod(0o755)
+    monkeypatch.setattr(sys, "argv", [str(bin_dir / "fastvae-train"), "--epochs", "2"])
+    monkeypatch.setenv("PATH", str(bin_dir))
+    assert (command_of("train"), command_of("plot")) == (["fastvae-train"], ["fastvae-plot"])
+    monkeypatch.setenv("PATH", str(tmp_path / "elsewhere"))                      # not activated
+    assert (command_of("train"), command_of("plot")) == ([str(bin_dir / "fastvae-train")],
+                                                         [str(bin_dir / "fastvae-plot")])
+    monkeypatch.setattr(sys, "argv", ["-m"])                                     # python -m fastvae.train
+    assert command_of("train") == [sys.executable, "-m", "fastvae.train"]       # PATH's python is not this one
+    python_dir = tmp_path / "python-bin"
+    python_dir.mkdir()
+    (python_dir / "python").symlink_to(sys.executable)
+    monkeypatch.setattr(sys, "executable", str(python_dir / "python"))
+    monkeypatch.setenv("PATH", str(python_dir))
+    assert command_of("plot") == ["python", "-m", "fastvae.plot"]
+
+
 def test_threads_take_whole_numbers_as_every_integer_option_does():
     from fastvae.train import build_parser
     assert build_parser().parse_args(["--threads", "2.0"]).threads == 2

@@ -103,7 +103,7 @@ def test_the_resume_command_printed_after_ctrl_c_in_the_first_epoch_works(tmp_pa
     rest = proc.stderr.read().decode(errors="replace")
     assert proc.wait(timeout=120) == 130, rest
     command = rest.split("continue with: ", 1)[1].split()
-    assert command[:3] == ["python", "-m", "fastvae.train"], rest
+    assert command[0] in ("python", sys.executable) and command[1:3] == ["-m", "fastvae.train"], rest
     proc = subprocess.run([sys.executable, *command[1:]], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert_same_run(tmp_path, straight)
@@ -289,7 +289,7 @@ def _command(line, after):
     """The command a stop line suggests (shlex: paths may need quoting), as an argv for this interpreter."""
     import shlex
     words = shlex.split(line.split(after, 1)[1])
-    assert words[:2] == ["python", "-m"], line
+    assert words[0] in ("python", sys.executable) and words[1] == "-m", line    # (cli.command_of)
     return [sys.executable, *words[1:]]
 
 
