@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -188,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=whole_number, metavar="B", default=DEFAULT_ROWS,
                    help=f"decoder rows per chunk (default {DEFAULT_ROWS}); bounds memory")
     p.add_argument("--seed", type=whole_number, default=0, help="decides the importance samples (default 0)")
-    p.add_argument("--json", type=Path, metavar="PATH", help="also write the results as JSON to PATH")
+    p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH (a file)")
     return p
 
 
@@ -205,8 +206,9 @@ def run(args: argparse.Namespace) -> int:
     if any(k <= 0 for k in args.k):
         raise UserError(f"--k must be positive integers, got {' '.join(map(str, args.k))}")
     seed_value(args.seed, "--seed")
-    if args.json is not None:       # before minutes of computing, not after (a fresh user's trial lost them so)
-        _check_writable(args.json)
+    json_path = None if args.json is None else Path(args.json)
+    if json_path is not None:       # before minutes of computing, not after (a fresh user's trial lost them so)
+        _check_writable(json_path, folder_meant=args.json.endswith(("/", os.sep)))
     path = checkpoint_path(args.checkpoint)
     notes = Notes(args)
     model = VAE.load(path, backend=args.backend, notify=notes, precision=run_precision(path, args.precision))
@@ -217,18 +219,21 @@ def run(args: argparse.Namespace) -> int:
     report = {"checkpoint": str(path), "backend": model.backend.name, "config": model.config.to_dict(),
               "epochs_trained": model.epoch, "data": data.source, "machine": machine.describe(), **res}
     print(format_table(report))
-    if args.json is not None:
+    if json_path is not None:
         try:
-            jsonfile.write(args.json, report)
+            jsonfile.write(json_path, report)
         except OSError as e:
-            raise UserError(f"cannot write {args.json} ({e.strerror})") from None
+            raise UserError(f"cannot write {json_path} ({e.strerror})") from None
+        if not args.quiet:
+            print(f"wrote {json_path}")
     return 0
 
 
-def _check_writable(path: Path) -> None:
+def _check_writable(path: Path, folder_meant: bool = False) -> None:
     """Raises UserError (one line) unless the JSON can be written at `path`: its folder exists and takes a new
-    file (tried: jsonfile.write's temporary file made and removed), and `path` is not a folder."""
-    if path.is_dir():
+    file (tried: jsonfile.write's temporary file made and removed), and `path` is not a folder, nor was it typed as
+    one (`folder_meant`: a trailing slash, which Path drops: 'new/' wrote a file named new)."""
+    if path.is_dir() or folder_meant:
         raise UserError(f"cannot write {path}: it is a folder; give a file name, e.g. --json {path / 'eval.json'}")
     if not path.parent.is_dir():
         raise UserError(f"cannot write {path}: folder {path.parent} does not exist")

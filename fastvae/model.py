@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import threading
 from os import PathLike
 from pathlib import Path
@@ -381,6 +382,9 @@ class VAE:
         _check_path(path)
         if Path(path).is_dir():                 # (it said "Is a directory ... free some space": a fresh user)
             path = Path(path) / "checkpoint.npz"
+        elif os.fspath(path).endswith(("/", os.sep)):       # a folder meant, not there: Path() drops the slash
+            raise UserError(f"cannot write a checkpoint into {os.fspath(path)}: there is no such folder; make it "
+                            f"first, or name a file (e.g. {os.fspath(path).rstrip('/' + os.sep)}.npz)")
         if self.diverged:
             raise UserError("this model diverged (NaN or Inf): it is not saved; a checkpoint saved before stands")
         if self.step_broken:

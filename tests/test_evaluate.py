@@ -167,6 +167,7 @@ def test_cli_writes_the_table_and_json(trained, tmp_path):
     proc = _cli(path, "--k", "1", "10", "--test-images", 50, "--backend", "cpu", "--json", out, "--quiet")
     assert proc.returncode == 0, proc.stderr
     assert "-IWAE bound" in proc.stdout and "reconstruction" in proc.stdout
+    assert "wrote" not in proc.stdout                   # (--quiet)
     r = json.loads(out.read_text())
     assert {"checkpoint", "backend", "config", "epochs_trained", "images", "seed", "elbo", "iwae", "seconds",
             "machine"} <= set(r)
@@ -180,14 +181,16 @@ def test_cli_writes_the_table_and_json(trained, tmp_path):
 def test_json_is_strict_rfc_8259_an_undefined_value_is_null(trained, tmp_path):
     _, path, _ = trained
     out = tmp_path / "e.json"
-    proc = _cli(path, "--k", "1", "10", "--test-images", 1, "--backend", "cpu", "--json", out, "--quiet")
+    proc = _cli(path, "--k", "1", "10", "--test-images", 1, "--backend", "cpu", "--json", out)
     assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.rstrip().endswith(f"wrote {out}")               # (it never said where)
     r = strict_json.loads(out.read_text())
     assert [row["std_error"] for row in r["iwae"]] == [None, None]      # one image: no standard error
     assert "nan" in proc.stdout                                        # the table may say so, in words
 
 
 @pytest.mark.parametrize("where, says", [("{tmp}", "it is a folder; give a file name"),
+                                         ("{tmp}/new/", "it is a folder; give a file name"),     # (wrote file new)
                                          ("/proc/e.json", "cannot write /proc/e.json ("),
                                          ("{tmp}/no/e.json", "does not exist")])
 def test_a_json_path_that_cannot_be_written_is_refused_before_the_computing(trained, tmp_path, where, says):

@@ -103,6 +103,9 @@ def test_save_and_load_take_a_training_runs_folder(tmp_path, trained, mnist):
     run.mkdir()
     trained.save(run)
     assert [p.name for p in run.iterdir()] == ["checkpoint.npz"]
+    with pytest.raises(UserError, match="there is no such folder; make it first, or name a file"):
+        trained.save(f"{tmp_path}/new/")                # (Path drops the slash: it wrote a file named new)
+    assert not (tmp_path / "new").exists()
     back = VAE.load(run, backend="cpu")
     np.testing.assert_array_equal(back.encode(mnist.test_x[:5])[0], trained.encode(mnist.test_x[:5])[0])
     assert "2 epochs, " in repr(back) and "1 epoch," in repr(VAE(seed=1, **SMALL).fit(mnist.train_x[:200], epochs=1))
