@@ -73,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="start a new run in an --out folder that holds one: that run's checkpoint, metrics and "
                         "figures are removed first (without it such a folder is refused)")
-    p.add_argument("--no-plots", action="store_true", help="write no figures (no matplotlib needed)")
+    p.add_argument("--no-plots", action="store_true", help="write no figures (no matplotlib needed); --resume keeps "
+                                                           "it (draw them later with fastvae-plot)")
     p.add_argument("--threads", type=_threads, default=None, metavar="N|auto",
                    help="CPU threads of the step: its row shards and update, OpenBLAS at one thread each "
                         "(default auto: the CPUs this process may "
@@ -362,7 +363,9 @@ def _train(args, stop, hold):
     test_x = model._images(test_x, f"the test set of {data.source}")
     if cfg.batch_size > len(train_x):
         raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(train_x)} training images")
-    draw = not args.no_plots
+    if args.no_plots:                           # kept in the run info too: a resumed run drew every figure
+        run_info["no_plots"] = True
+    draw = not run_info.get("no_plots", False)
     if draw and matplotlib_missing():
         print(f"fastvae: no figures: {matplotlib_missing()}", file=sys.stderr)
         draw = False

@@ -171,6 +171,9 @@ def test_no_plots_writes_no_figures(tmp_path):
     assert sorted(p.name for p in tmp_path.rglob("*.png")) == []
     assert not (tmp_path / "samples").exists(), "no empty samples/ folder either"
     assert (tmp_path / "checkpoint.npz").is_file() and proc.stdout == ""
+    proc = train("--resume", str(tmp_path), "--epochs", "2", "--quiet")      # kept (it drew every figure then)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in tmp_path.rglob("*.png")) == [] and not (tmp_path / "samples").exists()
 
 
 def test_an_out_that_is_a_file_is_named_as_one(tmp_path):
