@@ -38,6 +38,8 @@ def test_a_run_writes_its_checkpoint_metrics_and_figures(run_dir):
     # the first epoch (which loads or compiles the kernels) apart from the median of the others
     m = json.loads((out / "metrics.json").read_text())
     from fastvae.train import _duration      # (a small data set's epochs said "median 0.00 s": now in ms)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("epoch ")]
+    assert [_duration(e["seconds"]) in line for e, line in zip(m["epochs"], lines)] == [True, True], lines
     assert (_duration(0.00423), _duration(0.1), _duration(2.494)) == ("4.2 ms", "0.10 s", "2.49 s")
     assert (f"median {_duration(m['epochs'][1]['seconds'])} per epoch after the first "
             f"({_duration(m['epochs'][0]['seconds'])}, which also loaded or compiled the kernels)") in proc.stdout
