@@ -211,15 +211,16 @@ def table(results, images):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m bench.shared_machine", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m bench.shared_machine", description=__doc__.split("\n\n")[0])
     ap.add_argument("--serve", choices=VARIANTS, help=argparse.SUPPRESS)
-    ap.add_argument("--images", type=int, default=60000)
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--situations", default=",".join(SITUATIONS))
-    ap.add_argument("--variants", default="as-it-was,fastvae,one-thread,torch")
+    ap.add_argument("--images", type=int, default=60000, help="training images per epoch (default 60000)")
+    ap.add_argument("--rounds", type=int, default=3, help="epochs of each variant, in turns (default 3)")
+    ap.add_argument("--situations", default=",".join(SITUATIONS), help="comma-separated, of " + ", ".join(SITUATIONS) + " (default: all)")
+    ap.add_argument("--variants", default="as-it-was,fastvae,one-thread,torch",
+                    help="comma-separated, of " + ", ".join(VARIANTS) + " (default: all)")
     ap.add_argument("--torch-python", help="a Python with torch installed, for the torch column (default: this one)")
     ap.add_argument("--json", type=Path, help="write the raw results here")
-    ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--quiet", action="store_true", help="print only the table")
     args = ap.parse_args(argv)
     if args.serve:
         return serve(args.serve, args.images)

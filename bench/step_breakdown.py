@@ -392,7 +392,7 @@ SHOWN_AS = {
 def table(result):
     ms = result["ms"]
     lines = [f"| part of a {result.get('backend', 'cpu')} step on {result['threads']} threads (ms per step, median of "
-             f"{result['rounds']} rounds of {result['steps']} steps) | ms |", "| --- | ---: |"]
+             f"{result['rounds']} round{'s' * (result['rounds'] != 1)} of {result['steps']} steps) | ms |", "| --- | ---: |"]
     lines += [f"| {SHOWN_AS.get(k, k)} | {v:.3f} |" for k, v in ms.items()]
     shard = sum(v for k, v in ms.items() if k.startswith("shard "))
     if any(k.startswith("shard products") for k in ms):

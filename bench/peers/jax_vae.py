@@ -42,7 +42,7 @@ def unavailable():
     """None when JAX can be used here, else a one-line reason."""
     if jax is None:
         if isinstance(_IMPORT_ERROR, ModuleNotFoundError):
-            return "JAX is not installed (pip install jax jaxlib)"
+            return "JAX is not installed (the README's benchmark install: pip install -e \".[test,bench]\" ...)"
         return f"JAX cannot be imported ({type(_IMPORT_ERROR).__name__}: {_IMPORT_ERROR})"
     return None
 

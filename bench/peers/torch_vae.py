@@ -44,7 +44,7 @@ def unavailable(device="cpu"):
     """None when PyTorch can be used here (on `device`), else a one-line reason."""
     if torch is None:
         if isinstance(_IMPORT_ERROR, ModuleNotFoundError):
-            return "PyTorch is not installed (pip install torch)"
+            return "PyTorch is not installed (the README's benchmark install: its CPU build, from PyTorch's index)"
         return f"PyTorch cannot be imported ({type(_IMPORT_ERROR).__name__}: {_IMPORT_ERROR})"
     if device == "cuda" and not torch.cuda.is_available():
         return "PyTorch sees no CUDA device (a CPU-only build, or no GPU here)"
