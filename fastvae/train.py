@@ -326,6 +326,8 @@ def run(args: argparse.Namespace) -> int:
             return _train(args, stop, hold)
     except TrainingInterrupted:
         raise
+    except _Stopped as e:
+        raise _Stopped(stop.line(f"stopped by {signal.Signals(e.signum).name}"), e.signum) from None
     except KeyboardInterrupt:
         raise KeyboardInterrupt(stop.line("interrupted")) from None
 
@@ -454,23 +456,36 @@ def _duration(seconds):
     return f"{seconds:.2f} s" if seconds >= 0.1 else f"{1e3 * seconds:.1f} ms"
 
 
+class _Stopped(KeyboardInterrupt):
+    """A signal that stops the tool outside training (SIGTERM while the final figures are drawn): `signum`, and
+    `status` 128 + signum for the exit status (run_main)."""
+
+    def __init__(self, message: str = "", signum: int = signal.SIGINT):
+        super().__init__(message)
+        self.signum = int(signum)
+        self.status = 128 + self.signum
+
+
 class _CtrlCNoted(CtrlCHandled):
-    """Ctrl-C raises KeyboardInterrupt as usual while active, and is noted: Python drops one raised inside a callback
-    it cannot propagate from (a weakref's or the garbage collector's: 'Exception ignored in ...'), and matplotlib's
-    figures run such callbacks (a fresh user's trial: 2 of 22 Ctrl-Cs during the final figures ended in 'done' and
-    exit status 0), so check() raises it again after the work."""
+    """Ctrl-C (and SIGTERM: it killed the run there without a word, figures half drawn) raises KeyboardInterrupt
+    (_Stopped for SIGTERM) while active, and is noted: Python drops one raised inside a callback it cannot propagate
+    from (a weakref's or the garbage collector's: 'Exception ignored in ...'), and matplotlib's figures run such
+    callbacks (a fresh user's trial: 2 of 22 Ctrl-Cs during the final figures ended in 'done' and exit status 0),
+    so check() raises it again after the work."""
 
     def __init__(self):
-        super().__init__()
-        self.seen = False
+        super().__init__(also=(signal.SIGTERM,))
+        self.seen = None
 
     def _handle(self, signum, frame):
-        self.seen = True
-        raise KeyboardInterrupt
+        self.seen = signum
+        self.check()
 
     def check(self):
-        if self.seen:
+        if self.seen == signal.SIGINT:
             raise KeyboardInterrupt
+        if self.seen is not None:
+            raise _Stopped("", self.seen)
 
 
 def _bf16_engine():

@@ -324,15 +324,22 @@ def test_ctrl_c_in_the_last_epochs_end_says_the_run_is_done(tmp_path, monkeypatc
     assert (out / "loss.png").exists() and (out / "samples.png").exists()
 
 
-def test_ctrl_c_while_the_final_figures_are_drawn_gives_their_command(tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("signum,status,how", [(signal.SIGINT, 130, "interrupted"),
+                                                (signal.SIGTERM, 143, "stopped by SIGTERM")])
+def test_ctrl_c_while_the_final_figures_are_drawn_gives_their_command(tmp_path, monkeypatch, capsys, signum, status,
+                                                                      how):
+    """A Ctrl-C or a SIGTERM (a real signal to this process) while the final figures are drawn: the line says every
+    epoch is trained and gives the command that draws them (a SIGTERM killed the run there without a word: a fresh
+    user's trial)."""
     from fastvae import plot, train
 
     def interrupted(*args, **kw):
-        raise KeyboardInterrupt
+        os.kill(os.getpid(), signum)
+        time.sleep(5)                                   # (the handler raises before this ends)
     monkeypatch.setattr(plot, "write_figures", interrupted)
-    status = train.main([*_SMALL, "--epochs", "1", "--out", str(tmp_path)])
+    got = train.main([*_SMALL, "--epochs", "1", "--out", str(tmp_path)])
     line = _stop_line(capsys)
-    assert status == 130 and "after the last epoch (1 of 1)" in line, line
+    assert got == status and line.startswith(f"fastvae: {how} after the last epoch (1 of 1)"), line
     monkeypatch.undo()
     proc = subprocess.run([*_command(line, "draw its figures with: "), "--quiet"], capture_output=True, text=True,
                           timeout=300)
