@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -324,6 +325,28 @@ def test_a_damaged_numba_cache_of_a_replay_is_rebuilt(replays_dir, damage, rand)
     replay()
     np.testing.assert_array_equal(x, data[[1]].astype(np.float32) * np.float32(1 / 255))
     assert replay.path == path and all(f.read_bytes() != damage for f in path.parent.glob("__pycache__/*"))
+
+
+def test_replays_unused_for_a_month_are_removed_with_their_numba_cache(replays_dir):
+    """Each edit or upgrade of fastvae names new replays; the old ones were never removed (380 MB in a contributor's
+    cache: a fresh user's trial). Writing or reusing a replay removes, once per process, those not written or reused
+    for capture.KEEP_DAYS days, and a reused one is touched (so one in use is never old)."""
+    rec, x, data = _gather_recording()
+    path = rec.compile().path                      # the folder exists now; this process has pruned it (nothing old)
+    day = 86400
+    old, recent = replays_dir / "replay_0123456789abcdef01234567.py", replays_dir / "replay_fedcba9876543210fedcba98.py"
+    old_cache = replays_dir / "__pycache__" / f"{old.stem}.replay-3.py311.nbi"
+    for f, age in ((old, capture.KEEP_DAYS + 1), (old_cache, capture.KEEP_DAYS + 1), (recent, capture.KEEP_DAYS - 1),
+                   (path, 5)):
+        if not f.exists():
+            f.write_text("# a replay\n")
+        os.utime(f, (time.time() - age * day,) * 2)
+    capture._pruned.discard(replays_dir)           # (as a new process would)
+    again, _, _ = _gather_recording()
+    assert again.compile().path == path
+    assert not old.exists() and not old_cache.exists() and recent.exists()
+    assert time.time() - path.stat().st_mtime < day, "the reused replay is touched"
+    assert list((replays_dir / "__pycache__").glob(f"{path.stem}.*")), "its own Numba cache is kept"
 
 
 @pytest.mark.parametrize("damage", ["binary", "folder"])

@@ -274,7 +274,44 @@ def _write(source):
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+    else:
+        _touch(path)
+    prune(path.parent)
     return path
+
+
+# Replays not used for this long are removed (prune): each edit or upgrade of fastvae names new ones, and the old ones
+# (0.6 MB each with Numba's cache) were never removed: 380 MB in a contributor's cache after two weeks (a fresh user's
+# trial). A replay in use is touched when it is reused (_write), at most once a day.
+KEEP_DAYS = 30
+_pruned = set()
+
+
+def _touch(path):
+    try:
+        if time.time() - path.stat().st_mtime > 86400:
+            os.utime(path)
+    except OSError:
+        pass
+
+
+def prune(folder, keep_days=KEEP_DAYS):
+    """Removes, once per process and folder, the generated replays of `folder` (and Numba's cache files of them) not
+    written or reused for `keep_days` days. Files another process removes first, or that cannot be removed, are
+    left."""
+    if folder in _pruned:
+        return
+    _pruned.add(folder)
+    cutoff = time.time() - keep_days * 86400
+    for module in folder.glob("replay_*.py"):
+        try:
+            if module.stat().st_mtime >= cutoff:
+                continue
+            for cached in (folder / "__pycache__").glob(f"{module.stem}.*"):
+                cached.unlink(missing_ok=True)
+            module.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 def _load(path, fresh=False):
