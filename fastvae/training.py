@@ -173,8 +173,13 @@ class StopOnCtrlC(CtrlCHandled):
         self.requested = None                  # the signal that asked, once one has
 
     def _handle(self, signum, frame):
-        if self.requested is None:
-            self.requested = signum
+        if self.requested is not None:          # a second stop, of either kind (a Ctrl-C after a SIGTERM): at once
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+            return
+        self.requested = signum
         signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
 
     def check(self):

@@ -558,6 +558,22 @@ def test_fit_takes_ctrl_c_and_leaves_sigterm_to_the_program(mnist):
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
+def test_a_ctrl_c_after_a_sigterm_stops_at_once():
+    """A second stop signal, of either kind, acts at once: a Ctrl-C after the command line's SIGTERM asked for a
+    clean stop raises KeyboardInterrupt there (it counted as a first Ctrl-C), and every handler is back afterwards."""
+    import os
+    from fastvae import training
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with training.also_stopping_on(signal.SIGTERM), training.StopOnCtrlC() as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)
+        assert stop.requested == signal.SIGTERM
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
 def test_a_resumed_epochs_progress_bar_starts_at_its_step(mnist, monkeypatch):
     """The bar of an epoch resumed at step k starts there (tqdm's `initial`), so its rate counts only the steps run
     now (it was updated by k at once: 340 steps/s shown for 70 after a resume, a fresh user's trial)."""
