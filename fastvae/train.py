@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples: python -m fastvae.train --epochs 3 --out runs/quick;  "
                "python -m fastvae.train --resume runs/quick --epochs 10.  "
                "Exit status: 0 done, 2 a mistake in the input, 3 training diverged, 130 interrupted (Ctrl-C), 143 "
-                      "stopped by SIGTERM (kill) during training; both save a checkpoint to --resume from.")
+               "stopped by SIGTERM (kill) during training; both save a checkpoint to --resume from.")
     add_shared_options(p, quiet="no header, progress bar, per-epoch or done lines (errors still print)",
                        precision="; default fp32 (bf16 for --backend cpu-bf16); --resume keeps the run's unless "
                                  "given")
@@ -402,7 +402,8 @@ def _train(args, stop, hold):
     def after_epoch(m, record):
         say(f"epoch {record['epoch']:3d}/{cfg.epochs}  train {record['train']['total']:8.3f}  "
             f"test {record['test']['total']:8.3f} (reconstruction {record['test']['reconstruction']:.3f} "
-            f"+ KL {record['test']['kl']:.3f})  {_duration(record['seconds']):>7}  {record['images_per_s']:9,.0f} img/s")
+            f"+ KL {record['test']['kl']:.3f})  {_duration(record['seconds']):>7}  "
+            f"{record['images_per_s']:9,.0f} img/s")
         # the record first: a stop between the two leaves one that --resume drops (it keeps those up to the
         # checkpoint's epoch) and writes again, where the other order lost it for good
         jsonfile.write(out / "metrics.json", {**info, "epochs": m.history})
