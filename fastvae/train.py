@@ -416,6 +416,7 @@ def _train(args, stop, hold):
                         title=f"{SAMPLE_CODINGS} codings from N(0, I), decoded after epoch {record['epoch']}")
 
     earlier = len(model.history)            # a resumed run's epochs from before this process
+    part = model.epoch + 1 if model.epoch_step > 0 else None    # its first epoch here: the rest of a stopped one
     try:
         with training.also_stopping_on(signal.SIGTERM):     # (kill, timeout, schedulers: saved like a Ctrl-C)
             model.fit(train_x, epochs=cfg.epochs - model.epoch, validation=test_x, callback=after_epoch,
@@ -444,9 +445,10 @@ def _train(args, stop, hold):
     # this process's first epoch apart: a fresh install's also compiles the kernels (19.9 s against 0.29 s an epoch
     # in a fresh user's 2-epoch run, whose median of the two said 10.08 s per epoch), and every process's loads them
     seconds = [r["seconds"] for r in model.history[earlier:]] or [r["seconds"] for r in model.history]
-    speed = (f"median {_duration(np.median(seconds[1:]))} per epoch after the first ({_duration(seconds[0])}, which "
-             f"also loaded or compiled the kernels)" if len(seconds) > 1 else
-             f"{_duration(seconds[0])}, loading or compiling the kernels included")
+    first = f"the rest of epoch {part}, " if part and len(model.history) > earlier else ""
+    speed = (f"median {_duration(np.median(seconds[1:]))} per epoch after the first ({first}{_duration(seconds[0])}, "
+             f"which also loaded or compiled the kernels)" if len(seconds) > 1 else
+             f"{first}{_duration(seconds[0])}, loading or compiling the kernels included")
     say(f"done: test loss {final['test']['total']:.3f} per image after {model.epoch} epoch{plural}; {speed}; "
         f"results in {out}")
     return 0

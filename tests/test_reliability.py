@@ -92,9 +92,11 @@ def test_ctrl_c_mid_epoch_saves_and_resume_is_bit_exact(tmp_path, straight, sign
     assert b"stopped by " + how + b" after step" in rest and b"--resume" in rest and b"Traceback" not in rest
     ck = checkpoint.load(tmp_path / "checkpoint.npz")
     assert ck.epoch == 1 and 25 <= ck.epoch_step < 200, "stopped inside epoch 2, after the step in progress"
-    proc = cli("--resume", str(tmp_path), "--no-plots", "--quiet")
+    proc = cli("--resume", str(tmp_path), "--no-plots")
     assert proc.returncode == 0, proc.stderr
     assert_same_run(tmp_path, straight)
+    # the done line names the part epoch it timed first (it read as a slow first epoch: a fresh user's trial)
+    assert "per epoch after the first (the rest of epoch 2, " in proc.stdout.splitlines()[-1], proc.stdout
 
 
 def test_the_resume_command_printed_after_ctrl_c_in_the_first_epoch_works(tmp_path, straight):
