@@ -201,14 +201,20 @@ def remove_empty(folders) -> None:
             break
 
 
+def _installed_command() -> str | None:
+    """sys.argv[0] where this process is one of fastvae's installed commands (fastvae-train, ...), else None."""
+    typed = sys.argv[0] if sys.argv and sys.argv[0] else ""
+    return typed if os.path.basename(typed).startswith("fastvae-") else None
+
+
 def command_of(tool: str) -> list[str]:
     """The words that run fastvae's `tool` ("train", "evaluate", "plot") the way this process was started, for the
     commands a tool suggests (resume, draw the figures): the installed command where this process is one (by its name
     where that name on PATH is this one, else by its path), else `python -m fastvae.TOOL`, by this interpreter's path
     where `python` on PATH is another one. (They always said `python -m`: in an unactivated virtual environment that
     named a Python without fastvae: a fresh user's trial.)"""
-    typed = sys.argv[0] if sys.argv and sys.argv[0] else ""
-    if os.path.basename(typed).startswith("fastvae-"):
+    typed = _installed_command()
+    if typed is not None:
         mine = os.path.join(os.path.dirname(typed), f"fastvae-{tool}")
         found = shutil.which(f"fastvae-{tool}")
         return [f"fastvae-{tool}" if found and os.path.abspath(found) == os.path.abspath(mine) else mine]
@@ -223,8 +229,8 @@ class Parser(argparse.ArgumentParser):
     in its usage and errors, not `python -m fastvae.train` (its prog), which is what the user did not type."""
 
     def __init__(self, *args, prog=None, **kw):
-        typed = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else ""
-        if prog is not None and typed.startswith("fastvae-") and prog == f"python -m fastvae.{typed[8:]}":
+        typed = os.path.basename(_installed_command() or "")
+        if prog is not None and typed and prog == f"python -m fastvae.{typed[len('fastvae-'):]}":
             prog = typed
         super().__init__(*args, prog=prog, **kw)
 

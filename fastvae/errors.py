@@ -1,4 +1,5 @@
 """The project's own error type: a user's mistake, reported as one line that says what to do."""
+import signal
 
 
 class UserError(ValueError):
@@ -15,19 +16,32 @@ class TrainingDiverged(UserError):
         self.lr = lr
 
 
-class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C arrived and training stopped cleanly after the step in progress: the model is consistent and can be
-    saved and resumed (a second Ctrl-C interrupts at once, and then it may not be). `signum`: the signal that
-    stopped it, SIGINT (Ctrl-C) or, on the command line, SIGTERM; `status`: the exit status the command line gives
-    for it, 128 + signum (130, 143)."""
+class StoppedBySignal(KeyboardInterrupt):
+    """A signal stopped the work: `signum` (SIGINT, Ctrl-C, or on the command line SIGTERM), `how` it is named in
+    the line the command line prints ("Ctrl-C", "SIGTERM"), and `status`, the exit status it gives, 128 + signum
+    (130, 143)."""
 
-    def __init__(self, message: str = "", signum: int = 2):
+    def __init__(self, message: str = "", signum: int = signal.SIGINT):
         super().__init__(message)
         self.signum = int(signum)
 
     @property
     def status(self) -> int:
         return 128 + self.signum
+
+    @property
+    def how(self) -> str:
+        return signal_name(self.signum)
+
+
+def signal_name(signum: int) -> str:
+    """How a stop line names a signal: "Ctrl-C" for SIGINT, else its name ("SIGTERM")."""
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+class TrainingInterrupted(StoppedBySignal):
+    """Ctrl-C (or the command line's SIGTERM) arrived and training stopped cleanly after the step in progress: the
+    model is consistent and can be saved and resumed (a second Ctrl-C interrupts at once, and then it may not be)."""
 
 
 def one_line(e: BaseException) -> str:

@@ -237,7 +237,7 @@ def _check_writable(path: Path, folder_meant: bool = False) -> None:
         raise UserError(f"cannot write {path}: it is a folder; give a file name, e.g. --json {path / 'eval.json'}")
     if not path.parent.is_dir():
         raise UserError(f"cannot write {path}: folder {path.parent} does not exist")
-    probe = path.with_name(path.name + ".tmp")
+    probe = jsonfile.temporary(path)
     try:
         with open(probe, "x"):
             pass

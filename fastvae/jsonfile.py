@@ -30,9 +30,14 @@ def dumps(obj, **kwargs):
     return json.dumps(strict(obj), allow_nan=False, **kwargs)
 
 
+def temporary(path):
+    """The temporary file write() writes first, beside `path` (a Path)."""
+    return path.with_name(path.name + ".tmp")
+
+
 def write(path, obj):
     """Write `obj` to `path` as indented strict JSON, atomically (a temporary file renamed over it)."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = temporary(path)
     tmp.write_text(dumps(obj, indent=2) + "\n")
     os.replace(tmp, path)

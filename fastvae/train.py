@@ -28,7 +28,7 @@ from .cli import (Notes, Parser, add_shared_options, at_most, check_positive, co
                   run_main, whole_number)
 from .config import Config
 from .constants import ENCODERS, HIDDEN_ACTIVATIONS, RECONSTRUCTIONS, SAMPLE_CODINGS
-from .errors import TrainingDiverged, TrainingInterrupted, UserError
+from .errors import StoppedBySignal, TrainingDiverged, TrainingInterrupted, UserError
 from .sigint import CtrlCHandled
 from .threads import check as check_threads
 
@@ -326,8 +326,8 @@ def run(args: argparse.Namespace) -> int:
             return _train(args, stop, hold)
     except TrainingInterrupted:
         raise
-    except _Stopped as e:
-        raise _Stopped(stop.line(f"stopped by {signal.Signals(e.signum).name}"), e.signum) from None
+    except StoppedBySignal as e:             # (SIGTERM while the final figures are drawn)
+        raise StoppedBySignal(stop.line(f"stopped by {e.how}"), e.signum) from None
     except KeyboardInterrupt:
         raise KeyboardInterrupt(stop.line("interrupted")) from None
 
@@ -429,10 +429,9 @@ def _train(args, stop, hold):
                                e.what, e.lr) from None
     except TrainingInterrupted as e:
         model.save(out / "checkpoint.npz")
-        how = "Ctrl-C" if e.signum == signal.SIGINT else signal.Signals(e.signum).name
         if model.epoch >= cfg.epochs:       # every epoch was trained (Ctrl-C in the last one's end): nothing to resume
-            raise TrainingInterrupted(stop.line(f"stopped by {how}"), e.signum) from None
-        raise TrainingInterrupted(f"stopped by {how} after step {model.steps}; checkpoint saved; continue with: "
+            raise TrainingInterrupted(stop.line(f"stopped by {e.how}"), e.signum) from None
+        raise TrainingInterrupted(f"stopped by {e.how} after step {model.steps}; checkpoint saved; continue with: "
                                   f"{shlex.join([*command_of('train'), '--resume', str(out)])}", e.signum) from None
     if draw:
         from .plot import write_figures
@@ -459,19 +458,9 @@ def _duration(seconds):
     return f"{seconds:.2f} s" if seconds >= 0.1 else f"{1e3 * seconds:.1f} ms"
 
 
-class _Stopped(KeyboardInterrupt):
-    """A signal that stops the tool outside training (SIGTERM while the final figures are drawn): `signum`, and
-    `status` 128 + signum for the exit status (run_main)."""
-
-    def __init__(self, message: str = "", signum: int = signal.SIGINT):
-        super().__init__(message)
-        self.signum = int(signum)
-        self.status = 128 + self.signum
-
-
 class _CtrlCNoted(CtrlCHandled):
     """Ctrl-C (and SIGTERM: it killed the run there without a word, figures half drawn) raises KeyboardInterrupt
-    (_Stopped for SIGTERM) while active, and is noted: Python drops one raised inside a callback it cannot propagate
+    (StoppedBySignal for SIGTERM) while active, and is noted: Python drops one raised inside a callback it cannot propagate
     from (a weakref's or the garbage collector's: 'Exception ignored in ...'), and matplotlib's figures run such
     callbacks (a fresh user's trial: 2 of 22 Ctrl-Cs during the final figures ended in 'done' and exit status 0),
     so check() raises it again after the work."""
@@ -488,7 +477,7 @@ class _CtrlCNoted(CtrlCHandled):
         if self.seen == signal.SIGINT:
             raise KeyboardInterrupt
         if self.seen is not None:
-            raise _Stopped("", self.seen)
+            raise StoppedBySignal("", self.seen)
 
 
 def _bf16_engine():

@@ -12,7 +12,7 @@ import numpy as np
 
 from . import rng, step, threads
 from .constants import LOSS_CHECK_INTERVAL_DEVICE
-from .errors import TrainingDiverged, TrainingInterrupted, UserError
+from .errors import TrainingDiverged, TrainingInterrupted, UserError, signal_name
 from .sigint import CtrlCHandled
 
 # Steps between updates of the progress bar: the device backends read the loss back at this rate, so the bar
@@ -184,5 +184,5 @@ class StopOnCtrlC(CtrlCHandled):
 
     def check(self):
         if self.requested is not None:
-            how = "Ctrl-C" if self.requested == signal.SIGINT else signal.Signals(self.requested).name
-            raise TrainingInterrupted(f"training stopped cleanly after a step ({how})", self.requested)
+            raise TrainingInterrupted(f"training stopped cleanly after a step ({signal_name(self.requested)})",
+                                      self.requested)
