@@ -225,8 +225,10 @@ def command_of(tool: str) -> list[str]:
 
 class Parser(argparse.ArgumentParser):
     """argparse's parser whose mistakes are one line on stderr (argparse prints its whole usage first), exit status 2:
-    "prog: error: what was wrong (see --help)". A tool run by its installed command (fastvae-train) is called that
-    in its usage and errors, not `python -m fastvae.train` (its prog), which is what the user did not type."""
+    "fastvae: error: what was wrong (see prog --help)", the prefix of every other line the tools write (a mistake in
+    an option said "fastvae-train: error:" and one found later "fastvae: error:": a fresh user's trial). A tool run by
+    its installed command (fastvae-train) is called that in its usage and errors, not `python -m fastvae.train` (its
+    prog), which is what the user did not type."""
 
     def __init__(self, *args, prog=None, **kw):
         typed = os.path.basename(_installed_command() or "")
@@ -235,7 +237,7 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, prog=prog, **kw)
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(2, f"fastvae: error: {message} (see {self.prog} --help)\n")
 
 
 def whole_number(text: str) -> int:

@@ -48,7 +48,7 @@ def save_digits(path, images, rows=6, cols=10, title=None, shape=(SIDE, SIDE)):
 
 
 def save_reconstructions(path, originals, reconstructions, n=10, shape=(SIDE, SIDE)):
-    """Two rows: n test digits above, their reconstructions below (fewer when there are fewer)."""
+    """Two rows: n test images above, their reconstructions below (fewer when there are fewer)."""
     n = min(n, len(originals))
     fig = _figure(n * 0.8, 2 * 0.8 + 0.3)
     pair = np.concatenate([np.asarray(originals[:n], np.float32), np.asarray(reconstructions[:n], np.float32)])
@@ -57,56 +57,73 @@ def save_reconstructions(path, originals, reconstructions, n=10, shape=(SIDE, SI
     ax.set_axis_off()
     fig.text(0.09, 0.68, "test", ha="right", va="center", fontsize=9)
     fig.text(0.09, 0.24, "recon-\nstructed", ha="right", va="center", fontsize=9)
-    fig.suptitle("test digits and their reconstructions (decoded from mu)", fontsize=10)
+    fig.suptitle("test images and their reconstructions (decoded from mu)", fontsize=10)
     fig.savefig(path)
 
 
 def save_loss_curves(path, history):
-    """Loss per image (negative ELBO) by epoch: train (averaged over the epoch's steps) and test."""
+    """Loss per image (negative ELBO) by epoch: train (averaged over the epoch's steps) and test; returns the
+    matplotlib Figure written to `path`."""
+    from matplotlib.ticker import MaxNLocator
     fig = _figure(6, 4)
     ax = fig.add_subplot()
     epochs = [r["epoch"] for r in history]
     ax.plot(epochs, [r["train"]["total"] for r in history], "o-", ms=3, label="train (mean over the epoch)")
     if all("test" in r for r in history):
         ax.plot(epochs, [r["test"]["total"] for r in history], "s-", ms=3, label="test (after the epoch)")
-    ax.xaxis.get_major_locator().set_params(integer=True)
+    # whole epochs only, even for a run of one epoch (integer=True alone falls back to fractions when fewer than two
+    # whole numbers are in view: 0.96, 0.98, 1.00 ... under one point, a fresh user's trial)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss per image (reconstruction + KL, nats)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
+    return fig
 
 
 def save_latent_scatter(path, mu, labels, dims=(0, 1), how=None):
-    """The codings' means mu of a test set, two latent dimensions `dims`, one colour per digit (legend 0-9).
-    With one dimension (a 1-D latent space) each digit gets its own row: mu along x, the digit (jittered) on y.
+    """The codings' means mu of a test set, two latent dimensions `dims`, one colour per label (a legend of up to 20
+    labels, a colour bar for more: EMNIST's letters are 26). With one dimension (a 1-D latent space) each label gets
+    its own row: mu along x, the label (jittered) on y. Returns the matplotlib Figure written to `path`.
 
     how: a few words on how `dims` were chosen, shown in the title (e.g. "the two of largest variance")."""
     mu = np.asarray(mu, dtype=np.float64)
     unlabelled = labels is None                        # a data set without labels: one colour, no legend
     labels = np.zeros(len(mu), np.int64) if unlabelled else np.asarray(labels).reshape(-1)
+    classes = np.unique(labels)
+    index = np.searchsorted(classes, labels)           # colours by rank: labels 1..26 or 0..9 alike
     i, j = dims if len(dims) == 2 else (dims[0], None)
-    spread = np.random.default_rng(1).uniform(-0.3, 0.3, len(mu))       # so that one digit's points do not overlap
+    spread = np.random.default_rng(1).uniform(-0.3, 0.3, len(mu))       # so that one label's points do not overlap
     x, y = mu[:, i], (mu[:, j] if j is not None else labels + spread)
     fig = _figure(6.4, 5.6)
     ax = fig.add_axes((0.11, 0.09, 0.70, 0.80))
     from matplotlib import colormaps
-    cmap = colormaps["tab10"]
-    order = np.random.default_rng(0).permutation(len(mu))    # no digit painted wholly on top of the others
+    listed = len(classes) <= 20
+    cmap = colormaps["tab10" if len(classes) <= 10 else "tab20" if listed else "viridis"]
+    top = cmap.N - 1 if listed else len(classes) - 1
+    order = np.random.default_rng(0).permutation(len(mu))    # no label painted wholly on top of the others
     size = 4 if len(mu) > 2000 else 10
-    ax.scatter(x[order], y[order], c=labels[order], cmap=cmap, vmin=-0.5, vmax=9.5, s=size, alpha=0.6,
-               linewidths=0, rasterized=True)
-    if not unlabelled:
-        handles = [ax.scatter([], [], color=cmap(d), s=30, label=str(d)) for d in range(10)]
-        fig.legend(handles=handles, title="digit", loc="center left", bbox_to_anchor=(0.82, 0.5), frameon=False)
+    dots = ax.scatter(x[order], y[order], c=index[order], cmap=cmap, vmin=-0.5, vmax=top + 0.5, s=size, alpha=0.6,
+                      linewidths=0, rasterized=True)
+    if not unlabelled and listed:
+        handles = [ax.scatter([], [], color=cmap(k), s=30, label=str(c)) for k, c in enumerate(classes)]
+        many = len(classes) > 10                        # 20 rows fit one column in smaller type
+        fig.legend(handles=handles, title="label", loc="center left", bbox_to_anchor=(0.82, 0.5), frameon=False,
+                   fontsize=8 if many else None, labelspacing=0.3 if many else 0.5)
+    elif not unlabelled:
+        bar = fig.colorbar(dots, cax=fig.add_axes((0.86, 0.09, 0.03, 0.80)), label="label")
+        ticks = np.unique(np.linspace(0, len(classes) - 1, min(len(classes), 10)).round().astype(int))
+        bar.set_ticks(ticks, labels=[str(classes[t]) for t in ticks])
     ax.set_xlabel(f"$\\mu_{{{i}}}$")
-    ax.set_ylabel(f"$\\mu_{{{j}}}$" if j is not None else "digit")
+    ax.set_ylabel(f"$\\mu_{{{j}}}$" if j is not None else "label")
     ax.grid(alpha=0.3)
-    which = f"latent dims {i} and {j}" if j is not None else "the latent space's one dimension, by digit"
-    title = f"means of q(z | x) for {len(mu):,} test digits: {which}"
+    which = f"latent dims {i} and {j}" if j is not None else "the latent space's one dimension, by label"
+    title = f"means of q(z | x) for {len(mu):,} test images: {which}"
     fig.suptitle(title + (f"\n({how})" if how else ""), fontsize=10)
     fig.savefig(path)
+    return fig
 
 
 def save_manifold(path, images, quantiles, shape=(SIDE, SIDE)):
@@ -160,7 +177,7 @@ def save_interpolations(path, rows, ends=None, pairs=None, shape=(SIDE, SIDE)):
             y = 0.02 + (top - 0.02) * (1 - (k + 0.5) / r)
             fig.text(label_w / 2 / width, y, str(a), ha="center", va="center", fontsize=11)
             fig.text(1 - label_w / 2 / width, y, str(b), ha="center", va="center", fontsize=11)
-    what = "test digits a (left) and b (right); between them, the decoded codings" if ends is not None else \
+    what = "test images a (left) and b (right); between them, the decoded codings" if ends is not None else \
         "decoded codings"
     fig.suptitle(f"linear interpolation in latent space: {what}\n(1 - t) mu_a + t mu_b for {steps} values of t "
                  "from 0 to 1", fontsize=10, y=0.995)

@@ -165,14 +165,18 @@ def _read_quota(folder, version):
 
 def detect(threads=None, environ=None, root="/", affinity=None):
     """The Plan for a fit: `threads` (VAE's option: fixed when an integer) wins, then the environment variables,
-    then min(affinity, floor(quota)), at least 1, adapted while training."""
-    fixed = check(threads)
-    if fixed is not None:
-        return Plan(fixed, False, f"threads={fixed} asked for")
-    env = explicit_from_env(environ)
-    if env is not None:
-        return Plan(env[0], False, f"{env[1]}={env[0]}")
+    each at most the CPUs in the affinity mask; else min(affinity, floor(quota)), at least 1, adapted while
+    training."""
     cpus = affinity_count() if affinity is None else int(affinity)
+    fixed = check(threads)
+    env = explicit_from_env(environ) if fixed is None else None
+    if fixed is not None or env is not None:
+        asked, reason = (fixed, f"threads={fixed} asked for") if fixed is not None else (env[0], f"{env[1]}={env[0]}")
+        # more threads than CPUs would only take turns on them (the step's shards never exceed the CPUs: Stepper.parts):
+        # the count recorded and shown is the one that runs (threads=64 on 2 CPUs was shown as 64 threads)
+        if asked > cpus:
+            return Plan(cpus, False, f"{reason}, {cpus} run: the CPU{'s' * (cpus != 1)} in the affinity mask")
+        return Plan(asked, False, reason)
     reason = f"{cpus} CPU{'s' if cpus != 1 else ''} in the affinity mask"
     count = cpus
     quota = cgroup_quota(root)

@@ -346,6 +346,12 @@ def _train(args, stop, hold):
     elif args.resume is None and model.precision == "bf16":   # a bf16 backend named (cpu-bf16): resume in bf16 too
         run_info["precision"] = "bf16"
     model.threads = run_info.get("threads")     # (checked as it is set)
+    if isinstance(model.threads, int) and model.backend.xp is np:
+        from .threads import detect
+        plan = detect(model.threads)
+        if plan.threads < model.threads:        # (said once here; metrics.json records it with every epoch)
+            notes(f"fastvae: --threads {model.threads}: {plan.threads} run, one per CPU this process may use (its "
+                  "affinity mask)")
     cfg = model.config
     asked = args.test_fraction if args.resume is None else None
     args.test_fraction = run_info.get("test_fraction")     # the run's own: a resumed run splits as it did

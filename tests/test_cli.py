@@ -311,22 +311,25 @@ def test_a_driver_too_old_for_cupy_is_one_line(tmp_path):
 def test_an_option_mistake_is_one_line(tmp_path, args, what):
     proc = train(*args, "--out", str(tmp_path / "run"))
     assert proc.returncode == 2 and what in proc.stderr and "usage:" not in proc.stderr
+    assert proc.stderr.startswith("fastvae: error: "), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize("tool", ["train", "evaluate", "plot"])
 def test_an_installed_command_names_itself_in_its_mistakes(tmp_path, tool):
-    """fastvae-train's option mistakes say "fastvae-train: error:", not `python -m fastvae.train`, which the user
-    did not type (a fresh user's trial); `python -m` still says `python -m fastvae.train`."""
+    """fastvae-train's option mistakes point at "fastvae-train --help", not `python -m fastvae.train`, which the user
+    did not type (a fresh user's trial); `python -m` still says `python -m fastvae.train`. Either starts with
+    "fastvae: error:", as every later mistake does (they started with the prog: a second trial)."""
     command = Path(sys.executable).parent / f"fastvae-{tool}"
     if not command.exists():
         pytest.skip(f"{command.name} is not installed beside this Python (pip install -e . puts it there)")
     proc = subprocess.run([str(command), "--bogus"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert proc.returncode == 2 and proc.stderr.startswith(f"fastvae-{tool}: error: "), \
-        proc.stderr
+    assert proc.returncode == 2 and proc.stderr.startswith("fastvae: error: ") \
+        and proc.stderr.endswith(f"(see fastvae-{tool} --help)\n"), proc.stderr
     proc = subprocess.run([sys.executable, "-m", f"fastvae.{tool}", "--bogus"], capture_output=True, text=True,
                           timeout=120)
-    assert proc.stderr.startswith(f"python -m fastvae.{tool}: error:"), proc.stderr
+    assert proc.stderr.startswith("fastvae: error:") and f"(see python -m fastvae.{tool} --help)" in proc.stderr, \
+        proc.stderr
 
 
 def test_a_suggested_command_runs_the_tool_the_way_this_one_was_started(tmp_path, monkeypatch):

@@ -190,3 +190,31 @@ def test_without_labels_the_interpolation_says_labels_are_what_it_needs(runs, tm
     said, = [n for n in notes if n.startswith("no interpolation.png")]
     assert said == "no interpolation.png: it pairs test images by their labels (digits), and this data set has none"
     assert not (tmp_path / "interpolation.png").exists()
+
+
+@pytest.mark.parametrize("epochs", [1, 2, 7, 50])
+def test_the_loss_curves_mark_whole_epochs_only(tmp_path, epochs):
+    """A one-epoch run's loss.png marked 0.96, 0.98, 1.00, ... on its epoch axis (a fresh user's trial)."""
+    from fastvae.figures import save_loss_curves
+    history = [{"epoch": e, "train": {"total": 150.0 - e}, "test": {"total": 151.0 - e}} for e in range(1, epochs + 1)]
+    ax = save_loss_curves(tmp_path / "loss.png", history).axes[0]
+    lo, hi = ax.get_xlim()
+    shown = [t for t in ax.get_xticks() if lo <= t <= hi]
+    assert shown and all(t == round(t) for t in shown), shown
+    assert (tmp_path / "loss.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("classes", [np.arange(10), np.arange(1, 27), np.arange(3, 15)])
+def test_the_latent_scatter_gives_every_label_its_own_colour(tmp_path, classes):
+    """EMNIST's letters are labelled 1..26: the scatter coloured labels 0-9 and painted every label above 9 in the
+    tenth colour, under a legend of 0-9 (the data sets of any size, issue 16)."""
+    from fastvae.figures import save_latent_scatter
+    rng = np.random.default_rng(len(classes))
+    labels = np.repeat(classes, 7)
+    fig = save_latent_scatter(tmp_path / "latent.png", rng.normal(size=(len(labels), 2)), labels)
+    dots = fig.axes[0].collections[0]
+    colours = {tuple(np.round(c, 4)) for c in dots.to_rgba(dots.get_array())}
+    assert len(colours) == len(classes), (len(colours), len(classes))
+    legend = fig.legends[0].get_texts() if fig.legends else []
+    assert [t.get_text() for t in legend] in ([], [str(c) for c in classes])
+    assert (tmp_path / "latent.png").stat().st_size > 0

@@ -148,7 +148,8 @@ def test_an_unknown_precision_is_argparses_one_line_and_status_2(tmp_path):
     proc = train(*CLI_TINY, "--precision", "fp16", "--out", str(tmp_path / "run"))
     assert proc.returncode == 2 and "usage:" not in proc.stderr
     line, = proc.stderr.strip().splitlines()
-    assert "argument --precision: invalid choice: 'fp16'" in line and line.endswith("(see --help)"), line
+    assert "argument --precision: invalid choice: 'fp16'" in line and line.endswith("--help)"), line
+    assert line.startswith("fastvae: error: "), line
     assert not (tmp_path / "run").exists()
 
 

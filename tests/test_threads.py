@@ -101,13 +101,18 @@ def test_affinity_of_one_cpu_detected_in_a_real_process():
 
 def test_explicit_settings_win_over_detection(tmp_path):
     root = fake_root(tmp_path, "0::/\n", V2_MOUNT, {"sys/fs/cgroup/cpu.max": "100000 100000\n"})
-    assert threads.detect(environ={"OMP_NUM_THREADS": "3"}, root=root, affinity=1) == threads.Plan(
+    assert threads.detect(environ={"OMP_NUM_THREADS": "3"}, root=root, affinity=4) == threads.Plan(
         3, False, "OMP_NUM_THREADS=3")
     both = {"OPENBLAS_NUM_THREADS": "4", "NUMBA_NUM_THREADS": "2", "OMP_NUM_THREADS": "8,2"}
-    assert threads.detect(environ=both, root=root, affinity=1).threads == 2           # the smallest of those set
+    assert threads.detect(environ=both, root=root, affinity=4).threads == 2           # the smallest of those set
     assert threads.detect(environ={"OMP_NUM_THREADS": "junk"}, root=root, affinity=4).threads == 1   # ignored
-    assert threads.detect(2, environ=both, root=root, affinity=1) == threads.Plan(2, False, "threads=2 asked for")
+    assert threads.detect(2, environ=both, root=root, affinity=4) == threads.Plan(2, False, "threads=2 asked for")
     assert threads.detect("auto", environ={}, root=root, affinity=4).adaptive
+    # more than the CPUs: the count that runs, and why (threads=64 on 2 CPUs was recorded and shown as 64 threads)
+    assert threads.detect(64, environ={}, root=root, affinity=2) == threads.Plan(
+        2, False, "threads=64 asked for, 2 run: the CPUs in the affinity mask")
+    assert threads.detect(environ={"OMP_NUM_THREADS": "3"}, root=root, affinity=1) == threads.Plan(
+        1, False, "OMP_NUM_THREADS=3, 1 run: the CPU in the affinity mask")
     for bad in (0, -1, 1.5, "two", "2", True, float("nan")):     # as every whole-number setting takes them
         with pytest.raises(UserError, match="threads must be"):
             threads.check(bad)
@@ -365,6 +370,21 @@ def test_the_cli_takes_threads_and_metrics_json_records_them(tmp_path):
         {"step": 2, "threads": 1, "reason": "start: threads=1 asked for (fixed)"}]
     with pytest.raises(SystemExit):
         train.build_parser().parse_args(["--threads", "0"])
+
+
+def test_more_threads_than_cpus_says_how_many_run(tmp_path, capsys):
+    """--threads 64 on 2 CPUs ran 2 shards but was shown ("64 threads") and recorded as 64: a fresh user's trial."""
+    from fastvae import train
+    cpus = len(os.sched_getaffinity(0))
+    out = tmp_path / "run"
+    assert train.main(["--backend", "cpu", "--train-images", "300", "--test-images", "100", "--epochs", "1",
+                       "--hidden", "16", "--latent", "2", "--no-plots", "--threads", str(cpus + 1),
+                       "--out", str(out)]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "--threads" in line]
+    assert said == [f"fastvae: --threads {cpus + 1}: {cpus} run, one per CPU this process may use (its affinity "
+                    "mask)"], said
+    epoch = json.loads((out / "metrics.json").read_text())["epochs"][0]
+    assert epoch["threads"]["count"] == cpus, epoch["threads"]
 
 
 def test_a_loaded_model_takes_a_thread_count(tmp_path, mnist):
