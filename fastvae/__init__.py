@@ -9,7 +9,7 @@ from . import numba_cache  # noqa: E402
 numba_cache.ensure_a_place()     # before any kernel is defined: a read-only install without a cache folder
 
 from .config import Config  # noqa: E402
-from .errors import TrainingDiverged, TrainingInterrupted, UserError  # noqa: E402
+from .errors import StoppedBySignal, TrainingDiverged, TrainingInterrupted, UserError  # noqa: E402
 from .model import VAE  # noqa: E402
 
-__all__ = ["VAE", "Config", "UserError", "TrainingInterrupted", "TrainingDiverged", "__version__"]
+__all__ = ["VAE", "Config", "UserError", "TrainingInterrupted", "TrainingDiverged", "StoppedBySignal", "__version__"]

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config
-from .errors import UserError, one_line
+from .errors import UserError, file_error, one_line, write_advice
 from .params import Layout
 
 FORMAT = "fastvae-checkpoint"
@@ -64,7 +64,7 @@ def save(path, ck):
     try:
         fd, tmp = _new_temporary(folder, path.name)
     except OSError as e:
-        raise UserError(f"cannot write a checkpoint in {folder} ({e.strerror}); choose a writable folder") from None
+        raise file_error(f"cannot write a checkpoint in {folder} ({e.strerror}); {write_advice(e)}", e, path) from e
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
@@ -74,8 +74,8 @@ def save(path, ck):
     except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(e, OSError):
-            raise UserError(f"could not write checkpoint {path} ({e.strerror or e}); nothing was overwritten; "
-                            "free some space or choose another folder") from None
+            raise file_error(f"could not write checkpoint {path} ({e.strerror or e}); nothing was overwritten; "
+                             f"{write_advice(e)}", e, path) from e
         raise
 
 
@@ -95,7 +95,8 @@ def _new_temporary(folder, name):
 def load(path):
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"checkpoint {path} does not exist; pass the .npz file written by a training run")
+        raise file_error(f"checkpoint {path} does not exist; pass the .npz file written by a training run",
+                         FileNotFoundError, path)
     bad = f"{path} is not a readable fastvae checkpoint"
     try:
         with np.load(path, allow_pickle=False) as f:
@@ -108,6 +109,8 @@ def load(path):
                 raise UserError(f"{bad}: its checksum does not match (the file is corrupt); use an older copy")
     except UserError:
         raise
+    except PermissionError as e:                # not corrupt: unreadable to this user
+        raise file_error(f"cannot read checkpoint {path} ({e.strerror}); check its permissions", e, path) from e
     # a corrupt array header makes NumPy's header parser raise SyntaxError or tokenize.TokenError (the fuzz test)
     except (OSError, ValueError, KeyError, IndexError, TypeError, zipfile.BadZipFile, EOFError, SyntaxError,
             tokenize.TokenError) as e:

@@ -11,6 +11,11 @@ N_PIXELS = 784  # 28 x 28 MNIST images, flattened
 
 @dataclass(frozen=True)
 class Config:
+    """Every setting of a VAE and its training, frozen (VAE.config; change one with dataclasses.replace). Defaults
+    are the seed's: hidden (500, 500), latent 20, batch_size 150, epochs 50, Adam lr 0.001, beta1 0.9, beta2 0.999,
+    adam_eps 1e-8, seed 0, encoder "gamma" (heads output logvar = log sigma^2), reconstruction "xent" (sigmoid
+    cross-entropy), input_width 784 with image_shape (28, 28), activation "elu". Each field's comment in the source
+    says why; raises UserError for a value out of range."""
     # Encoder widths; the decoder mirrors them (784 -> 500 -> 500 -> latent -> 500 -> 500 -> 784).
     hidden: tuple = field(default=(500, 500))
     # Size of the coding z; the encoder's heads output mu and gamma = log sigma^2, `latent` each.

@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .config import N_PIXELS
-from .errors import UserError, one_line as _one_line
+from .errors import UserError, file_error, one_line as _one_line
 
 SIDE = 28  # MNIST images are SIDE x SIDE = N_PIXELS pixels: the embedded set, and the default image shape
 
@@ -90,6 +90,8 @@ def _read_bytes(path):
     try:
         raw = Path(path).read_bytes()
         return raw, (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
+    except PermissionError as e:
+        raise file_error(f"cannot read {path} ({e.strerror}); check its permissions", e, path) from e
     except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a truncated stream is an EOFError
         raise UserError(f"{path} is not a readable gzip/IDX file ({_one_line(e)}); re-download it") from None
 
@@ -208,6 +210,8 @@ def _open_npz(path):
     try:
         with np.load(path, allow_pickle=False) as z:
             return {key: z[key] for key in z.files}
+    except PermissionError as e:
+        raise file_error(f"cannot read {path} ({e.strerror}); check its permissions", e, path) from e
     except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
         raise UserError(f"{path} is not a readable .npz file ({_one_line(e)}); write it with numpy.savez (or "
                         "download it again)") from None
@@ -292,19 +296,22 @@ def load_data(path: str | Path | None = None, test_fraction: float = 1 / 7, spli
     split_seed). Raises UserError (one line, naming the file) for a missing, unreadable or misshapen file."""
     if path is None:
         return _load_embedded()
-    d = Path(path)
+    d = Path(path).expanduser()
     if d.is_file() and d.suffix == ".npz":
         return _load_npz(d, test_fraction, split_seed)
     if d.is_file() and d.suffix == ".npy":
         try:
             x = np.load(d, allow_pickle=False)
+        except PermissionError as e:
+            raise file_error(f"cannot read {d} ({e.strerror}); check its permissions", e, d) from e
         except (OSError, EOFError, ValueError) as e:
             raise UserError(f"{d} is not a readable .npy file ({_one_line(e)}); save it with numpy.save") from None
         return _split_array(x, str(d), test_fraction, split_seed)
     if not d.is_dir():
         problem = "is not a directory, .npz or .npy file" if d.exists() else "does not exist"
-        raise UserError(f"data path {d} {problem}; pass --data with a folder of IDX files (or mnist.npz), an .npz "
-                        "or an .npy file, or omit it to use the embedded MNIST")
+        message = (f"data path {d} {problem}; pass --data with a folder of IDX files (or mnist.npz), an .npz or an "
+                   ".npy file, or omit it to use the embedded MNIST")
+        raise UserError(message) if d.exists() else file_error(message, FileNotFoundError, d)
     paths = _idx_paths(d)
     if all(paths.values()):
         return _load_idx(paths, f"IDX files in {d}")

@@ -1,4 +1,6 @@
 """The project's own error type: a user's mistake, reported as one line that says what to do."""
+import errno
+import os
 import signal
 
 
@@ -6,14 +8,74 @@ class UserError(ValueError):
     """Bad input from the user (arguments, arrays, files). The CLI prints it as one line and exits with status 2."""
 
 
+_KINDS: dict = {}
+
+
+def _message(e):
+    return str(e.args[0]) if e.args else ""
+
+
+def _reduce(e):
+    return _remade, (_message(e), type(e).kind, getattr(e, "errno", None), getattr(e, "strerror", None),
+                     getattr(e, "filename", None))
+
+
+def _remade(message, kind, number, strerror, filename):
+    e = also(kind, message)
+    if isinstance(e, OSError):
+        e.errno, e.strerror, e.filename = number, strerror, filename
+    return e
+
+
+def also(kind: type, message: str) -> UserError:
+    """A UserError (one line: `message`) that is also a `kind` of Python's own (TypeError for an unknown keyword,
+    AttributeError for an attribute a model does not have, FileNotFoundError, PermissionError, ...), so that a
+    program embedding fastvae catches it as it catches the same mistake anywhere (each was a plain ValueError: a
+    fresh user's trial). Its str() is the message, its type's name the kind's; it pickles (a Pool's worker)."""
+    if kind not in _KINDS:
+        _KINDS[kind] = type(kind.__name__, (UserError, kind), {
+            "kind": kind, "__module__": __name__,
+            "__doc__": f"A UserError that is a {kind.__name__} too (fastvae.errors.also).",
+            "__str__": _message,           # the one line, not OSError's "[Errno 2] No such file or directory: 'x'"
+            "__reduce__": _reduce})        # (a class made here: pickled by how to make it)
+    return _KINDS[kind](message)
+
+
+def file_error(message: str, cause: OSError | type = FileNotFoundError, filename=None) -> UserError:
+    """also(the OSError `cause` was or names, message), with its errno, strerror and filename: a program tells a
+    missing checkpoint from a full disk by `except FileNotFoundError` or `e.errno`, not by reading the message.
+    Raise it `from` the OSError where there is one."""
+    e = also(type(cause) if isinstance(cause, OSError) else cause, message)
+    if isinstance(cause, OSError):
+        e.errno, e.strerror, e.filename = cause.errno, cause.strerror, cause.filename
+    else:
+        e.errno = {FileNotFoundError: errno.ENOENT, IsADirectoryError: errno.EISDIR}.get(cause)
+        e.strerror = None if e.errno is None else os.strerror(e.errno)
+    if filename is not None:
+        e.filename = os.fspath(filename)
+    return e
+
+
+def write_advice(e: OSError) -> str:
+    """What to do about a failed write, by its errno: "free some space" only where space ran out (it was said for
+    an immutable file, EPERM, too: a fresh user's trial)."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "free some space or choose another folder"
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return "check the permissions of the file and its folder, or choose another folder"
+    return "choose another folder"
+
+
 class TrainingDiverged(UserError):
     """The loss or the parameters became NaN or Inf. Nothing non-finite is ever saved; the CLI exits with status 3.
-    `what`: where and how it diverged (without the advice), `lr`: the learning rate it trained at (None: unknown)."""
+    `what`: where and how it diverged (without the advice), `lr`: the learning rate it trained at, `step`: the
+    training step (1-based, Adam's t) and `epoch` (1-based) it diverged in (None: unknown)."""
 
-    def __init__(self, message: str, what: str | None = None, lr: float | None = None):
+    def __init__(self, message: str, what: str | None = None, lr: float | None = None, step: int | None = None,
+                 epoch: int | None = None):
         super().__init__(message)
         self.what = message if what is None else what
-        self.lr = lr
+        self.lr, self.step, self.epoch = lr, step, epoch
 
 
 class StoppedBySignal(KeyboardInterrupt):

@@ -20,7 +20,7 @@ from .backends import get_backend, precision_of, resolve
 from .config import Config, integer, seed_value
 from .constants import EVAL_ROWS, SIGMA_SMOOTHING
 from .data import as_images, as_rows, check_width
-from .errors import UserError
+from .errors import UserError, also
 from .params import Layout, he_init
 from .threads import check as check_threads
 
@@ -84,12 +84,12 @@ class VAE:
             value = self._checked_config(value)
         elif name in self._STATE or (isinstance(getattr(type(self), name, None), property)
                                      and getattr(type(self), name).fset is None):
-            raise UserError(f"model.{name} is the model's own state: it can be read, not set (make or load another "
-                            "model instead)")
+            raise also(AttributeError, f"model.{name} is the model's own state: it can be read, not set (make or "
+                       "load another model instead)")
         elif not (name.startswith("_") or name == "config" or hasattr(type(self), name)
                   or type(self) is not VAE):    # a subclass keeps what it sets
             setting = name in {f.name for f in dataclasses.fields(Config)}
-            raise UserError(f"VAE has no attribute {name!r} to set" + (
+            raise also(AttributeError, f"VAE has no attribute {name!r} to set" + (
                 f": {name} is a setting in model.config (model.config = dataclasses.replace(model.config, "
                 f"{name}=...) for a training setting)" if setting else
                 "; model.threads and model.config may be set"))
@@ -124,8 +124,8 @@ class VAE:
         _check_notify(notify)
         unknown = sorted(set(adam) - {f.name for f in dataclasses.fields(Config)})
         if unknown:
-            raise UserError(f"VAE has no setting {unknown[0]!r}; its settings are its arguments and Adam's beta1, "
-                            "beta2 and adam_eps (fastvae.Config lists them all)")
+            raise also(TypeError, f"VAE has no setting {unknown[0]!r}; its settings are its arguments and Adam's "
+                       "beta1, beta2 and adam_eps (fastvae.Config lists them all)")
         self.config = Config(hidden=hidden, latent=latent, seed=seed, lr=lr, batch_size=batch_size,
                              encoder=encoder, reconstruction=reconstruction, activation=activation, **adam)
         self._set_up(resolve(backend, precision, notify), he_init(Layout(self.config), self.config.seed), notify)
@@ -167,7 +167,7 @@ class VAE:
     @_one_at_a_time
     def fit(self, X: np.ndarray, epochs: int | None = None, batch_size: int | None = None,
             validation: np.ndarray | None = None, callback: Callable[[VAE, dict], None] | None = None,
-            progress: bool = False) -> VAE:
+            progress: bool = False, stop: threading.Event | None = None) -> VAE:
         """Train for `epochs` more epochs (default: the config's, the seed's 50) on images X: (n, h, w) or rows (n, d)
         of the model's width (a new model takes it from X), uint8 0..255 (an array whose largest value is 1 is
         refused: binarized images read as 0..255) or floats in [0, 1]; reshuffled every epoch as a
@@ -179,10 +179,16 @@ class VAE:
         "images_per_s", "backend", "precision", "train": losses, "test": losses (with validation), "threads" (host
         backends: the count and the pacer's changes), "replay_compile_seconds" (an epoch that compiled the captured
         step's replays, inside its seconds)}; an exception it raises comes out of fit as it is, after the epoch has
-        counted (the model stays consistent). progress: show a tqdm progress bar.
+        counted (the model stays consistent). progress: show a tqdm progress bar (on stderr). stop: a
+        threading.Event (or anything with is_set()) that ends the fit early when set, from another thread, a signal
+        handler or the callback: fit returns after the step in progress (on the cpu backend, the chunk of at most 25
+        steps), the model consistent (model.epoch_step says where inside an epoch; a later fit goes on from there),
+        with no record for a part epoch; already set, fit returns at once. The way to stop a fit running in a thread
+        other than the main one, or where the program handles SIGINT itself (fit then leaves Ctrl-C to it).
         A model stopped in the middle of an epoch (Ctrl-C) finishes that epoch first, as one of `epochs`, in
         the batch size it started with (another one is refused until the next epoch).
-        Raises UserError for bad arguments or images; TrainingInterrupted on Ctrl-C, after the step in
+        Raises UserError for bad arguments or images; TrainingInterrupted on Ctrl-C (a fit in the main thread,
+        where SIGINT has Python's default handler: a handler of the program's own is left alone), after the step in
         progress (on the cpu backend, after the chunk of at most 25 steps in progress: fastvae.step_chunks),
         leaving the model consistent (save it to resume); TrainingDiverged naming the step when the
         loss or a parameter becomes NaN or Inf (the model then refuses to be saved or trained further). A model
@@ -205,6 +211,8 @@ class VAE:
                             f"{cfg.batch_size}), another batch size can start at the next epoch")
         if callback is not None and not callable(callback):
             raise UserError(f"callback must be a function of (model, record), not {type(callback).__name__}")
+        if stop is not None and not callable(getattr(stop, "is_set", None)):
+            raise UserError(f"stop must be a threading.Event (anything with is_set()), not {type(stop).__name__}")
         before = self.config
         X = self._adopt_width(X)
         try:
@@ -218,7 +226,7 @@ class VAE:
             raise
         # the batch size is part of the training position: saved with the model, the default of the next fit
         self._set(config=dataclasses.replace(self.config, batch_size=batch_size))
-        training.run_epochs(self, X, self._workspace(batch_size), epochs, validation, callback, progress)
+        training.run_epochs(self, X, self._workspace(batch_size), epochs, validation, callback, progress, stop)
         return self
 
     @property
@@ -379,22 +387,25 @@ class VAE:
         where `path` is a folder, to its checkpoint.npz (where load() reads one, and where a training run keeps it).
         Raises UserError when the model diverged, a step of it was interrupted part-way, or the file cannot be written
         (any earlier file stays whole)."""
-        _check_path(path)
+        path = _checked_path(path)
         if Path(path).is_dir():                 # (it said "Is a directory ... free some space": a fresh user)
             path = Path(path) / "checkpoint.npz"
         elif os.fspath(path).endswith(("/", os.sep)):       # a folder meant, not there: Path() drops the slash
             raise UserError(f"cannot write a checkpoint into {os.fspath(path)}: there is no such folder; make it "
                             f"first, or name a file (e.g. {os.fspath(path).rstrip('/' + os.sep)}.npz)")
+        self._check_savable()
+        be = self.backend
+        checkpoint.save(path, checkpoint.Checkpoint(
+            self.config, be.to_host(self.state.params), be.to_host(self.state.m), be.to_host(self.state.v),
+            steps=self.steps, epoch=self.epoch, epoch_step=self.epoch_step, epoch_loss=self.epoch_loss))
+
+    def _check_savable(self):
         if self.diverged:
             raise UserError("this model diverged (NaN or Inf): it is not saved; a checkpoint saved before stands")
         if self.step_broken:
             raise UserError("a training step of this model stopped part-way (a second Ctrl-C, or an error inside the "
                             "step), so some of its layers were updated and others not: it is not saved; a "
                             "checkpoint saved before stands")
-        be = self.backend
-        checkpoint.save(path, checkpoint.Checkpoint(
-            self.config, be.to_host(self.state.params), be.to_host(self.state.m), be.to_host(self.state.v),
-            steps=self.steps, epoch=self.epoch, epoch_step=self.epoch_step, epoch_loss=self.epoch_loss))
 
     @classmethod
     def load(cls, path: str | PathLike, backend: str = "auto", notify: Callable[[str], None] | None = None,
@@ -406,7 +417,7 @@ class VAE:
         weights, so one trained in bf16 loads in fp32 and the other way round. Raises UserError for a missing,
         corrupt or foreign file, naming it, and for a precision the backend cannot take (see VAE)."""
         threads = check_threads(threads)
-        _check_path(path)
+        path = _checked_path(path)
         _check_notify(notify)
         if Path(path).is_dir():                 # a run folder (python -m fastvae.train --out): its checkpoint
             path = Path(path) / "checkpoint.npz"
@@ -418,6 +429,19 @@ class VAE:
                       epoch=ck.epoch, epoch_step=ck.epoch_step, epoch_loss=ck.epoch_loss)
         return model
 
+    @_one_at_a_time
+    def __reduce__(self):
+        """pickle and copy (a model returned by a multiprocessing Pool's worker, copy.deepcopy): a model travels as
+        what save() writes (config, parameters, Adam's moments, the training position) with its backend's name,
+        its thread setting and its history, and is made anew by _unpickled, an independent model (copy.copy too);
+        raises UserError where save() would (a diverged model, a step stopped part-way)."""
+        self._check_savable()
+        be = self.backend
+        arrays = tuple(np.array(be.to_host(a), dtype=np.float32) for a in (self.state.params, self.state.m,
+                                                                           self.state.v))
+        return _unpickled, (self.config.to_dict(), *arrays, self.steps, self.epoch, self.epoch_step,
+                            np.array(self.epoch_loss, np.float64), be.name, self.threads, list(self.history))
+
     def __repr__(self) -> str:
         c = self.config
         return (f"VAE(hidden={c.hidden}, latent={c.latent}, backend={self.backend.name!r}, "
@@ -428,10 +452,24 @@ class VAE:
                 + ("; a step stopped part-way: refuses fit and save" * (self.step_broken and not self.diverged)) + ")")
 
 
-def _check_path(path):
-    """A file path (str or os.PathLike), else a one-line UserError (pathlib's TypeError otherwise)."""
+def _unpickled(config, params, m, v, steps, epoch, epoch_step, epoch_loss, backend, threads, history):
+    """A model from VAE.__reduce__'s values, on the backend it had (a gpu model needs a GPU where it is unpickled:
+    else UserError; load a saved checkpoint there with VAE.load(path, backend="cpu"))."""
+    model = VAE.__new__(VAE)
+    model.threads = threads
+    model.config = Config.from_dict(config)
+    model._set_up(resolve(backend, None, None), params, None, m=m, v=v, step_count=steps, epoch=epoch,
+                  epoch_step=epoch_step, epoch_loss=epoch_loss)
+    model._set(history=history)
+    return model
+
+
+def _checked_path(path):
+    """A file path (str or os.PathLike) with a leading ~ expanded, as a shell would have (save("~/m.npz") wrote into a
+    folder named ~: a fresh user's trial), else a one-line UserError (pathlib's TypeError otherwise)."""
     if not isinstance(path, (str, PathLike)):
         raise UserError(f"a path (str or os.PathLike) is needed, not {type(path).__name__}")
+    return os.path.expanduser(path)
 
 
 def _check_notify(notify):

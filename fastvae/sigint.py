@@ -7,8 +7,10 @@ import threading
 class CtrlCHandled:
     """While active, SIGINT, and each signal of `also` (e.g. SIGTERM), calls self._handle(signum, frame) (a
     subclass's), the previous handlers back on exit. Only the main thread can own a signal, so elsewhere this does
-    nothing; nor for a signal that is ignored (a process started in the background by a shell, `cmd &`, ignores
-    SIGINT: a Ctrl-C meant for the shell's script is not ours)."""
+    nothing; and only a signal whose handler is Python's default is taken: one that is ignored (a process started
+    in the background by a shell, `cmd &`, ignores SIGINT: a Ctrl-C meant for the shell's script is not ours), or
+    one the program set a handler of its own for (a program embedding fastvae keeps its Ctrl-C: its handler can
+    call VAE.stop(); fit took the signal from it, a fresh user's trial), is left as it is."""
 
     def __init__(self, also=()):
         self._signals = (signal.SIGINT, *also)
@@ -17,7 +19,8 @@ class CtrlCHandled:
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             for signum in self._signals:
-                if signal.getsignal(signum) is not signal.SIG_IGN:
+                default = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+                if signal.getsignal(signum) is default:
                     self._previous[signum] = signal.signal(signum, self._handle)
         return self
 

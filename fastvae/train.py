@@ -432,7 +432,7 @@ def _train(args, stop, hold):
         advice = "lower the learning rate" if e.lr is None else \
             f"lower the learning rate (now {e.lr:g}), e.g. --lr {e.lr / 10:g},"
         raise TrainingDiverged(f"{e.what}; {advice} with --overwrite to start this run again (or another --out)",
-                               e.what, e.lr) from None
+                               e.what, e.lr, e.step, e.epoch) from None
     except TrainingInterrupted as e:
         model.save(out / "checkpoint.npz")
         if model.epoch >= cfg.epochs:       # every epoch was trained (Ctrl-C in the last one's end): nothing to resume

@@ -25,24 +25,29 @@ FIRST_STEPS_NOTE = "loading the kernels (compiled once after an install: up to 3
 _first_steps_done = set()                  # the backends whose first steps this process has taken
 
 
-def run_epochs(model, X, ws, epochs, validation=None, callback=None, progress=False):
+def run_epochs(model, X, ws, epochs, validation=None, callback=None, progress=False, stop_event=None):
     """Train `model` for `epochs` epochs on the images X (already checked: uint8 or float (n, 784)) in the
-    workspace `ws`, whose size is the batch size. See VAE.fit for what the arguments mean and what it raises."""
+    workspace `ws`, whose size is the batch size; return early once stop_event (VAE.fit's `stop`) is set. See
+    VAE.fit for what the arguments mean and what it raises."""
     be, cfg = model.backend, model.config
     stepper = step.Stepper(be, cfg, model.state, ws, step.data_for(be, X))
     # the host backends' thread count (the workers', OpenBLAS's), sized to the CPUs available and adapted (threads.py)
     pacer = threads.pacer_for(model, ws, model.threads)
     # NaN/Inf arising inside the kernels is reported once, by the divergence guard, not as NumPy warnings
-    with StopOnCtrlC() as stop, np.errstate(invalid="ignore", over="ignore", divide="ignore"), \
+    with StopOnCtrlC(stop_event) as stop, np.errstate(invalid="ignore", over="ignore", divide="ignore"), \
             (pacer or contextlib.nullcontext()):
         stepper = pacer.wrap(stepper) if pacer else stepper
         for _ in range(epochs):
+            if stop.asked():                    # (set before the fit, or by the last epoch's callback)
+                return
             if model.epoch_step and model.epoch_step == -(-len(X) // ws.batch):
                 # every batch of the epoch ran, but its end (the checks, its record) was interrupted (a second
                 # Ctrl-C): the epoch is over, without a record
                 model._set(epoch=model.epoch + 1, epoch_step=0, epoch_loss=np.zeros(2))
             order = rng.epoch_permutation(cfg.seed, model.epoch, len(X))
             record = _epoch(model, stepper, order, ws, progress, stop)
+            if record is None:                  # stopped inside the epoch by stop_event: no record, no callback
+                return
             if pacer:
                 record["threads"] = pacer.record()
             if validation is not None:
@@ -54,7 +59,8 @@ def run_epochs(model, X, ws, epochs, validation=None, callback=None, progress=Fa
 
 
 def _epoch(model, stepper, order, ws, progress, stop):
-    """One epoch (or the rest of one stopped by Ctrl-C) over the shuffled `order`; returns its record."""
+    """One epoch (or the rest of one stopped by Ctrl-C) over the shuffled `order`; returns its record, or None where
+    the fit's stop event ended it early (the model consistent, at its step: the next fit goes on from there)."""
     be, n = model.backend, len(order)
     starts = range(0, n, ws.batch)
     if model.epoch_step >= len(starts):
@@ -108,11 +114,12 @@ def _epoch(model, stepper, order, ws, progress, stop):
                 bar.set_postfix_str(f"loss {float(loss.sum()) / seen:.2f}, {rate:,.0f} img/s"
                                     + (f", {count} thread{'s' * (count != 1)}" if count else ""))
                 bar.update(k - bar.n)
-        if stop.requested and not last:
+        if (stop.requested or stop.asked()) and not last:
             model._set(epoch_loss=np.array(be.to_host(ws.loss), dtype=np.float64))
             if bar is not None:
                 bar.close()
             stop.check()
+            return None
     be.synchronize()
     seconds = time.perf_counter() - begin
     if bar is not None:
@@ -137,7 +144,7 @@ def _diverged(model, what):
     lr = model.config.lr
     where = f"training diverged at step {model.steps} (epoch {model.epoch + 1}): {what}"
     raise TrainingDiverged(f"{where}; lower the learning rate (now {lr:g}), e.g. VAE(..., lr={lr / 10:g})", where,
-                           lr)
+                           lr, step=model.steps, epoch=model.epoch + 1)
 
 
 def _progress_bar(total, desc, initial=0):
@@ -168,9 +175,13 @@ class StopOnCtrlC(CtrlCHandled):
     of steps) in progress (check() then raises TrainingInterrupted); a second one interrupts at once (Ctrl-C:
     KeyboardInterrupt; another signal: its default action)."""
 
-    def __init__(self):
+    def __init__(self, event=None):
         super().__init__(also=_also_stopping_on)
         self.requested = None                  # the signal that asked, once one has
+        self._event = event                    # VAE.fit's `stop`: ends the fit, which returns (no exception)
+
+    def asked(self):
+        return self._event is not None and bool(self._event.is_set())
 
     def _handle(self, signum, frame):
         if self.requested is not None:          # a second stop, of either kind (a Ctrl-C after a SIGTERM): at once

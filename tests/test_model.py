@@ -427,7 +427,7 @@ def test_the_exceptions_fit_names_are_public():
     import fastvae
     from fastvae.errors import TrainingDiverged, TrainingInterrupted
     assert fastvae.TrainingInterrupted is TrainingInterrupted and fastvae.TrainingDiverged is TrainingDiverged
-    assert {"TrainingInterrupted", "TrainingDiverged"} <= set(fastvae.__all__)
+    assert {"TrainingInterrupted", "TrainingDiverged", "StoppedBySignal"} <= set(fastvae.__all__)
 
 
 def test_an_unknown_setting_and_a_path_that_is_not_one_are_one_line_user_errors(mnist, tmp_path):
@@ -582,8 +582,8 @@ def test_a_resumed_epochs_progress_bar_starts_at_its_step(mnist, monkeypatch):
     monkeypatch.setattr(training, "_progress_bar", lambda total, desc, initial: bars.append(initial) or None)
     real_init = training.StopOnCtrlC.__init__
 
-    def asked_at_once(self):                        # a Ctrl-C before the first step: stops after the first chunk
-        real_init(self)
+    def asked_at_once(self, event=None):            # a Ctrl-C before the first step: stops after the first chunk
+        real_init(self, event)
         self.requested = signal.SIGINT
     monkeypatch.setattr(training.StopOnCtrlC, "__init__", asked_at_once)
     model = VAE(seed=1, threads=2, **{**SMALL, "batch_size": 64})

@@ -29,6 +29,9 @@ def test_an_unpacked_wheel_finds_its_data_and_kernels(tmp_path):
         z.extractall(site)
     assert "fastvae/kernels/dense.cu" in names and "fastvae/datasets/mnist/LICENSE.md" in names
     assert not any(n.startswith(("tests/", "bench/")) for n in names)
+    # a type checker reads fastvae's hints (PEP 561), and the MIT terms the metadata declares travel with it (a
+    # fresh user's trial found neither)
+    assert "fastvae/py.typed" in names and any(n.endswith(".dist-info/licenses/LICENSE") for n in names), names
     # run from an empty folder with only the unpacked wheel on the path: no checkout to fall back on
     proc = subprocess.run([sys.executable, "-c", CHECK], cwd=tmp_path, capture_output=True, text=True,
                           env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, timeout=300)

@@ -1,0 +1,163 @@
+"""What a program embedding fastvae relies on (a fresh user's trial of the library, each failing before): a fit it
+can stop from any thread or its own signal handler, its own SIGINT handler left alone, models that pickle (a Pool's
+worker returns one), and mistakes it can catch by Python's own exception types. Real signals, real files, a real
+multiprocessing Pool."""
+import contextlib
+import copy
+import multiprocessing
+import os
+import pickle
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from fastvae import VAE, TrainingDiverged, UserError
+from fastvae.data import load_data, load_mnist
+from fastvae.errors import StoppedBySignal
+
+SMALL = dict(hidden=(48, 24), latent=4, batch_size=50, backend="cpu", threads=1)
+
+
+@pytest.fixture(scope="module")
+def x():
+    return load_mnist().train_x[:2000]
+
+
+# ---------------------------------------------------------------- stopping a fit
+
+@contextlib.contextmanager
+def sigint_after(seconds):
+    """A real SIGINT to this process `seconds` into the block; none once the block has ended (a fit that failed at
+    once must not leave one to stop the test session)."""
+    timer = threading.Timer(seconds, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        timer.join()
+
+def test_a_stop_event_set_from_another_thread_ends_the_fit_consistently(x):
+    """fit(stop=event) returns after the step in progress once the event is set (a fit in a worker thread could
+    not be stopped before its end); the model then goes on from that step, bit for bit as one uninterrupted fit."""
+    stop = threading.Event()
+    model = VAE(seed=2, **SMALL)
+    model.fit(x, epochs=1)                           # compiled and warm: the timer below falls inside the next fit
+    seen = []
+    worker = threading.Thread(target=lambda: seen.append(model.fit(x, epochs=10_000, stop=stop)))
+    worker.start()
+    time.sleep(0.5)
+    stop.set()
+    worker.join(timeout=60)
+    assert not worker.is_alive() and seen == [model] and model.epoch < 10_000
+    assert len(model.history) == model.epoch        # a part epoch leaves no record
+    if model.epoch_step:
+        model.fit(x, epochs=1)                       # the rest of the stopped epoch
+    straight = VAE(seed=2, **SMALL).fit(x, epochs=model.epoch)
+    assert np.array_equal(model.sample(5), straight.sample(5)) and model.steps == straight.steps
+
+
+def test_a_stop_event_set_in_the_callback_or_before_the_fit(x):
+    stop = threading.Event()
+    model = VAE(seed=4, **SMALL)
+    model.fit(x, epochs=5, callback=lambda m, record: record["epoch"] == 2 and stop.set(), stop=stop)
+    assert (model.epoch, model.epoch_step, len(model.history)) == (2, 0, 2)      # early stopping, no exception
+    steps = model.steps
+    model.fit(x, epochs=5, stop=stop)                # still set: returns at once
+    assert model.steps == steps
+    with pytest.raises(UserError, match="stop must be a threading.Event"):
+        model.fit(x, epochs=1, stop=True)
+
+
+def test_a_programs_own_sigint_handler_is_left_alone_and_can_stop_the_fit(x):
+    """fit took SIGINT from a handler the program had set (it never saw a Ctrl-C during a fit); now the program's
+    handler runs, and it can end the fit through the stop event."""
+    stop = threading.Event()
+    calls = []
+
+    def mine(signum, frame):
+        calls.append(signum)
+        stop.set()
+    before = signal.signal(signal.SIGINT, mine)
+    try:
+        model = VAE(seed=6, **SMALL)
+        model.fit(x[:500], epochs=1)
+        with sigint_after(0.3):
+            model.fit(x, epochs=10_000, stop=stop)   # no TrainingInterrupted: the program's handler had it
+        assert calls == [signal.SIGINT] and model.epoch < 10_000
+        assert signal.getsignal(signal.SIGINT) is mine
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+def test_with_pythons_own_handler_a_ctrl_c_still_stops_the_fit(x):
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler      # (conftest gives the tests that one)
+    model = VAE(seed=6, **SMALL)
+    model.fit(x[:500], epochs=1)
+    with pytest.raises(StoppedBySignal) as caught, sigint_after(0.3):
+        model.fit(x, epochs=10_000)
+    assert caught.value.signum == signal.SIGINT and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+# ---------------------------------------------------------------- pickling
+
+def _trained_in_a_worker(seed):
+    return VAE(seed=seed, **SMALL).fit(load_mnist().train_x[:300], epochs=1)
+
+
+def test_a_model_pickles_copies_and_comes_back_from_a_pool(x, tmp_path):
+    model = VAE(seed=7, **SMALL).fit(x[:600], epochs=1)
+    for other in (pickle.loads(pickle.dumps(model)), copy.deepcopy(model), copy.copy(model)):
+        assert (other.steps, other.epoch, other.threads, other.config) == (model.steps, model.epoch, 1, model.config)
+        assert other.history == model.history and np.array_equal(other.sample(4), model.sample(4))
+        other.fit(x[:600], epochs=1)                 # independent: training the copy leaves the model as it was
+        assert model.steps == 12 and other.steps == 24
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        back, = pool.map(_trained_in_a_worker, [8])
+    here = _trained_in_a_worker(8)
+    assert np.array_equal(back.sample(4), here.sample(4)) and back.history[0]["train"] == here.history[0]["train"]
+    broken = VAE(seed=7, lr=1e4, **SMALL)
+    with pytest.raises(TrainingDiverged) as diverged:
+        broken.fit(x[:600], epochs=3)
+    assert diverged.value.step == broken.steps and diverged.value.epoch >= 1
+    with pytest.raises(UserError, match="diverged"):
+        pickle.dumps(broken)
+
+
+# ---------------------------------------------------------------- Python's own exception types
+
+def test_file_problems_are_the_oserrors_python_raises(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError) as missing:
+        VAE.load(tmp_path / "nope.npz")
+    e = missing.value
+    assert isinstance(e, UserError) and e.errno == 2 and e.filename == str(tmp_path / "nope.npz")
+    assert str(e).startswith(f"checkpoint {tmp_path / 'nope.npz'} does not exist")     # the one line, as before
+    with pytest.raises(FileNotFoundError):
+        load_data(tmp_path / "no-data")
+    again = pickle.loads(pickle.dumps(e))          # (from a Pool's worker)
+    assert type(again) is type(e) and str(again) == str(e) and again.errno == 2
+    model = VAE(seed=1, **SMALL)
+    if os.geteuid() != 0:
+        folder = tmp_path / "locked"
+        folder.mkdir(mode=0o500)
+        with pytest.raises(PermissionError, match="check the permissions") as denied:
+            model.save(folder / "m.npz")
+        assert "free some space" not in str(denied.value)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    model.save("~/m.npz")                            # ~ expanded, as a shell does (it made a folder named ~)
+    assert (tmp_path / "m.npz").is_file() and VAE.load("~/m.npz").steps == 0
+
+
+def test_mistakes_are_pythons_own_kinds_too():
+    with pytest.raises(TypeError, match="no setting 'foo'") as unknown:
+        VAE(foo=1, **SMALL)
+    assert isinstance(unknown.value, UserError)
+    model = VAE(**SMALL)
+    with pytest.raises(AttributeError, match="no attribute 'lr' to set"):
+        model.lr = 0.01
+    with pytest.raises(AttributeError, match="own state"):
+        model.epoch = 3
+    assert not hasattr(model, "lr") and getattr(model, "lr", None) is None
