@@ -105,7 +105,7 @@ def iwae_bound(model: VAE, X: np.ndarray, k: int | Iterable[int] = DEFAULT_K, se
     group = max(1, rows // kmax)                          # images per group: group * kmax log-weights at most
     bound = np.empty((n, len(ks)))
     elbo = np.empty((n, len(ks)))
-    bar = _progress_bar(n, f"IWAE k={kmax}") if progress else None
+    bar = _progress_bar(n, f"IWAE k={kmax}") if progress and sys.stderr is not None else None
     try:
         with np.errstate(over="ignore"):
             for g0 in range(0, n, group):

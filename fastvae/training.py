@@ -6,6 +6,7 @@ epoch_step, epoch_loss), so a model stopped by Ctrl-C can be saved and resumed e
 """
 import contextlib
 import signal
+import sys
 import time
 
 import numpy as np
@@ -68,7 +69,9 @@ def _epoch(model, stepper, order, ws, progress, stop):
                         f"{n} images in batches of {ws.batch} make {len(starts)}; resume with the same data "
                         "and batch size")
     # a resumed epoch's bar starts at its step (tqdm's `initial`: counted in its rate, the steps before would not be)
-    bar = _progress_bar(len(starts), f"epoch {model.epoch + 1}", model.epoch_step) if progress else None
+    # no stderr at all (pythonw, some services): no bar, rather than tqdm's AttributeError (a fresh user's trial)
+    shown = progress and sys.stderr is not None
+    bar = _progress_bar(len(starts), f"epoch {model.epoch + 1}", model.epoch_step) if shown else None
     ws.loss[...] = be.asarray(model.epoch_loss, dtype=np.float64)
     order = be.asarray(order, dtype=np.int64)
     check_every = be.loss_check_interval          # reading the loss waits for a device: not every step there

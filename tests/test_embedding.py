@@ -161,3 +161,11 @@ def test_mistakes_are_pythons_own_kinds_too():
     with pytest.raises(AttributeError, match="own state"):
         model.epoch = 3
     assert not hasattr(model, "lr") and getattr(model, "lr", None) is None
+
+
+def test_a_progress_bar_without_stderr_is_no_bar(x, monkeypatch):
+    """pythonw and some services run with sys.stderr None: fit(progress=True) raised tqdm's AttributeError."""
+    import sys
+    monkeypatch.setattr(sys, "stderr", None)
+    model = VAE(seed=1, **SMALL).fit(x[:300], epochs=1, progress=True)
+    assert model.epoch == 1
