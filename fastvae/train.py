@@ -113,6 +113,7 @@ _RUN_OPTIONS = ("batch_size", "lr", "hidden", "latent", "encoder", "reconstructi
 def main(argv: list[str] | None = None) -> int:
     """The command line `python -m fastvae.train [options]`; returns its exit status (0, 2, 3 or 130)."""
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)      # (what a stop before any checkpoint repeats)
     return run_main(run, args, kept=lambda: _kept(getattr(args, "run_dir", None)))
 
 
@@ -290,8 +291,9 @@ class _Stop:
     for good), the epoch of the checkpoint in it (None before one is saved), the epochs asked for, and the command
     that draws the figures (None with --no-plots). Each suggested command works (tests/test_reliability.py)."""
 
-    def __init__(self):
+    def __init__(self, argv=None):
         self.out = self.epochs = self.plot = None
+        self.argv = argv                        # the options as typed (None: not known, a run() of parsed options)
 
     def saved_epoch(self):
         """The epoch of the checkpoint in the run's folder, read from it (a stop may land between its save and
@@ -312,15 +314,33 @@ class _Stop:
         if saved is not None:
             return (f"{how}; the checkpoint of epoch {saved} is kept; continue with: "
                     f"{shlex.join([*command_of('train'), '--resume', str(self.out)])}")
-        return (f"{how} before the run saved a checkpoint; nothing to resume: start it again with its options and "
-                f"--out {shlex.quote(str(self.out))} --overwrite")
+        if self.argv is None:
+            return (f"{how} before the run saved a checkpoint; nothing to resume: start it again with its options "
+                    f"and --out {shlex.quote(str(self.out))} --overwrite")
+        # its own options, in its own folder (a default --out is a new name each time), replacing what it began
+        again = [*command_of("train"), *_without(self.argv, "--out", "--overwrite"), "--out", str(self.out),
+                 "--overwrite"]
+        return f"{how} before the run saved a checkpoint; nothing to resume: start it again with: {shlex.join(again)}"
+
+
+def _without(argv, valued, flag):
+    """argv without the option `valued` (and its value: "--out X" or "--out=X") and without the flag `flag`."""
+    kept, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == valued:
+            skip = True
+        elif not (a == flag or a.startswith(valued + "=")):
+            kept.append(a)
+    return kept
 
 
 def run(args: argparse.Namespace) -> int:
     """Train as the parsed options say; returns 0. Raises UserError, TrainingDiverged or TrainingInterrupted
     (after saving the checkpoint), which run_main turns into the exit status; a second Ctrl-C (a KeyboardInterrupt
     that stops at once), or one before training or while the final figures are drawn, says what is kept."""
-    stop = _Stop()
+    stop = _Stop(getattr(args, "argv", None))
     try:
         with contextlib.ExitStack() as hold:    # the run's folder is held (runlock) until the run ends, however
             return _train(args, stop, hold)

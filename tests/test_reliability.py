@@ -386,11 +386,14 @@ def test_a_second_ctrl_c_says_what_was_kept(tmp_path, monkeypatch, capsys, saved
         proc = subprocess.run([*command, "--no-plots", "--quiet"], capture_output=True, text=True, timeout=300)
     else:
         assert "before the run saved a checkpoint" in line and not (tmp_path / "checkpoint.npz").exists(), line
-        assert "--resume" not in line and f"--out {tmp_path} --overwrite" in line
+        assert "--resume" not in line and line.endswith(f"--out {tmp_path} --overwrite")
         refused = cli(*_SMALL, "--no-plots", "--epochs", "2", "--out", str(tmp_path))
         assert refused.returncode == 2 and "before its first checkpoint" in refused.stderr
         assert "--resume" not in refused.stderr and "--overwrite" in refused.stderr
-        proc = cli(*_SMALL, "--no-plots", "--epochs", "2", "--out", str(tmp_path), "--overwrite")
+        # the line gives the whole command, its options included (it said "start it again with its options")
+        command = _command(line, "start it again with: ")
+        assert command[3:] == [*_SMALL, "--no-plots", "--epochs", "2", "--out", str(tmp_path), "--overwrite"], line
+        proc = subprocess.run([*command, "--quiet"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert checkpoint.load(tmp_path / "checkpoint.npz").epoch == 2
 
