@@ -149,14 +149,30 @@ def load(path):
         raise SystemExit(f"report.py: cannot read {path} ({e.strerror})") from None
     except ValueError:
         raise SystemExit(f"report.py: {path} is not JSON; pass a file written by pytest --benchmark-json") from None
+    if isinstance(doc, dict) and isinstance(doc.get("breakdown"), dict) and "machine" in doc:
+        return doc                          # python -m bench.step_breakdown --json's (main prints its table)
     if not isinstance(doc, dict) or "machine_info" not in doc or "benchmarks" not in doc:
         raise SystemExit(f"report.py: {path} is not a pytest-benchmark JSON (no machine_info and benchmarks); pass "
-                         "a file written by pytest --benchmark-json")
+                         "a file written by pytest --benchmark-json or python -m bench.step_breakdown --json")
     return doc
+
+
+def breakdown_file(doc):
+    """The lines of python -m bench.step_breakdown --json's file: its machine, its table."""
+    from step_breakdown import table
+    m, result = doc["machine"], doc["breakdown"]
+    return [f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores; Python {m.get('python')}, numpy "
+            f"{doc.get('numpy', '?')}; run {doc.get('datetime', '?')[:16]} UTC (python -m bench.step_breakdown "
+            f"{' '.join(doc.get('argv', []))}).", "",
+            f"### One {result.get('backend', 'cpu')} step, part by part ({result['threads']} threads, shards of "
+            f"{result['shard_rows']} rows)", "", table(result), ""]
 
 
 def main(path):
     doc = load(path)
+    if "breakdown" in doc:
+        print("\n".join(breakdown_file(doc)))
+        return
     m = doc["machine_info"]
     fm = m.get("fastvae_machine", {})
     env = ", ".join(f"{k}={v}" for k, v in m.get("env", {}).items()) or "none"
@@ -173,5 +189,5 @@ def main(path):
 if __name__ == "__main__":
     if len(sys.argv) != 2:
         raise SystemExit("usage: python bench/report.py bench/results/FILE.json (a file written by pytest "
-                         "--benchmark-json)")
+                         "--benchmark-json, or by python -m bench.step_breakdown --json)")
     main(sys.argv[1])

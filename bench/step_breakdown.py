@@ -424,9 +424,12 @@ def main(argv=None):
         return 2
     result = measure(args.steps, args.rounds, args.backend)
     print(table(result))
-    if args.json:
-        from fastvae import jsonfile
-        jsonfile.write(args.json, result)
+    if args.json:                   # with the machine and time, as report.py prints them (it reads this file too)
+        import datetime
+        from fastvae import jsonfile, machine
+        jsonfile.write(args.json, {"machine": machine.describe(), "numpy": np.__version__,
+                                   "datetime": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+                                   "argv": list(sys.argv[1:] if argv is None else argv), "breakdown": result})
     return 0
 
 

@@ -49,3 +49,17 @@ def test_fastvae_threads_per_epoch_are_reported():
     assert _threads_lines({"fastvae": {"threads": [{"count": 2, "changes": [start]}]}})[1].endswith(
         "no change by the pacer")
     assert _threads_lines({"fastvae": {"seconds": [1.0]}}) == []
+
+
+def test_the_step_breakdowns_own_json_is_printed_too(tmp_path):
+    """python -m bench.step_breakdown --json wrote a file report.py refused as "not a pytest-benchmark JSON" (a fresh
+    user's trial): both real subprocesses, at 2 steps."""
+    out = tmp_path / "breakdown.json"
+    made = subprocess.run([sys.executable, "-m", "bench.step_breakdown", "--steps", "2", "--rounds", "1", "--json",
+                           str(out)], capture_output=True, text=True, timeout=300, cwd=HERE.parent)
+    assert made.returncode == 0, made.stderr
+    proc = report(str(out))
+    assert proc.returncode == 0, proc.stderr
+    first, *rest = proc.stdout.splitlines()
+    assert first.startswith("Machine: ") and "--steps 2 --rounds 1" in first, first
+    assert "### One cpu step, part by part" in proc.stdout and "| step ÷ products alone |" in proc.stdout

@@ -328,11 +328,12 @@ def load_mnist(directory: str | Path | None = None) -> Dataset:
     return load_data(directory)
 
 
-def as_rows(X: ArrayLike, what: str = "X") -> tuple[np.ndarray, tuple[int, int] | None]:
+def as_rows(X: ArrayLike, what: str = "X", empty: bool = False) -> tuple[np.ndarray, tuple[int, int] | None]:
     """The user's images (n, h, w) or feature rows (n, d) as (C-contiguous rows (n, d), image shape (h, w) or None):
     uint8 stays uint8 (no copy when possible) and is read as 0..255 (so one whose largest value is 1, binarized
-    images, is refused), other numbers become float32 and must be finite and in [0, 1]. Raises UserError (one line,
-    calling the array `what`) for anything else."""
+    images, is refused), other numbers become float32 and must be finite and in [0, 1]. empty: n = 0 is taken (the
+    answer is then empty too: encode, reconstruct), else refused. Raises UserError (one line, calling the array
+    `what`) for anything else."""
     if isinstance(X, Dataset):            # (np.asarray made it an object array: "X has dtype object")
         raise UserError(f"{what} is a whole data set ({X.source}); pass its images, e.g. {what}.train_x"
                         if what.isidentifier() else f"{what} is a whole data set; pass its images (.train_x)")
@@ -346,6 +347,10 @@ def as_rows(X: ArrayLike, what: str = "X") -> tuple[np.ndarray, tuple[int, int] 
                         "(n, d) or (n, h, w)") from None
     if X.dtype.kind not in "uif":  # bool, complex, strings, objects, dates are not pixels
         raise UserError(f"{what} has dtype {X.dtype}; pass pixels as uint8 0..255 or as floats in [0, 1]")
+    if X.size == 0 and empty and X.ndim in (2, 3) and len(X) == 0 and all(X.shape[1:]):
+        # no rows, of a width that can be checked: batched code need not treat its last, empty batch apart
+        rows = np.zeros((0, int(np.prod(X.shape[1:]))), np.uint8 if X.dtype == np.uint8 else np.float32)
+        return rows, (tuple(int(k) for k in X.shape[1:]) if X.ndim == 3 else None)
     if X.size == 0:
         raise UserError(f"{what} is empty (shape {X.shape}); pass at least one image")
     if X.ndim == 0:  # a number (np.float32(3), 0.5): no rows at all
@@ -389,10 +394,10 @@ def check_width(rows: np.ndarray, shape: tuple[int, int] | None, given: tuple, w
 
 
 def as_images(X: ArrayLike, what: str = "X", width: int | None = N_PIXELS,
-              image_shape: tuple[int, int] | None = None) -> np.ndarray:
-    """as_rows(X, what)'s rows, checked against a model's input `width` (None: any) and, for images given as
+              image_shape: tuple[int, int] | None = None, empty: bool = False) -> np.ndarray:
+    """as_rows(X, what, empty)'s rows, checked against a model's input `width` (None: any) and, for images given as
     (n, h, w), its `image_shape` when it has one (check_width). Raises UserError (one line) naming what does not
     match."""
-    rows, shape = as_rows(X, what)
+    rows, shape = as_rows(X, what, empty)
     check_width(rows, shape, np.shape(X), what, width, image_shape)
     return rows

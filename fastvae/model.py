@@ -239,9 +239,9 @@ class VAE:
         """(h, w) of the model's images, or None for feature rows."""
         return self.config.image_shape
 
-    def _images(self, X, what):
-        """X as rows of the model's width (and image shape), or a one-line UserError."""
-        return as_images(X, what, self.config.input_width, self.config.image_shape)
+    def _images(self, X, what, empty=False):
+        """X as rows of the model's width (and image shape), or a one-line UserError; `empty`: no rows taken."""
+        return as_images(X, what, self.config.input_width, self.config.image_shape, empty)
 
     def _adopt_width(self, X, image_shape=None):
         """X as rows; a model that has not trained yet takes its width and image shape (X's (h, w), or
@@ -301,7 +301,7 @@ class VAE:
         logvar = log(1e-10 + sigma^2), the smoothed form its KL term uses. Raises UserError for bad images, and for a
         model that diverged."""
         self._refuse_if_diverged()
-        X = self._images(X, "X")
+        X = self._images(X, "X", empty=True)
         be, latent = self.backend, self.config.latent
         data = step.data_for(be, X)
         mu_logvar = np.empty((len(X), 2 * latent), dtype=np.float32)
@@ -340,9 +340,9 @@ class VAE:
         if z.ndim != 2 or z.shape[1] != latent or not np.issubdtype(z.dtype, np.number) or np.iscomplexobj(z):
             raise UserError(f"z must be a real numeric array of shape (n, {latent}), got {z.dtype} {z.shape}")
         with np.errstate(over="ignore"):        # finite in the backend's dtype too (1e300 is Inf in float32)
-            finite = len(z) > 0 and np.all(np.isfinite(z)) and np.all(np.isfinite(z.astype(be.dtype)))
+            finite = np.all(np.isfinite(z)) and np.all(np.isfinite(z.astype(be.dtype)))
         if not finite:
-            raise UserError(f"z must be non-empty and finite (no NaN or Inf, also as {np.dtype(be.dtype).name})")
+            raise UserError(f"z must be finite (no NaN or Inf, also as {np.dtype(be.dtype).name})")
         logits = np.empty((len(z), self.config.input_width), dtype=np.float64)
         for a, part in self._chunks(len(z), rows):
             a.z[...] = be.asarray(z[part])

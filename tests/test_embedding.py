@@ -169,3 +169,19 @@ def test_a_progress_bar_without_stderr_is_no_bar(x, monkeypatch):
     monkeypatch.setattr(sys, "stderr", None)
     model = VAE(seed=1, **SMALL).fit(x[:300], epochs=1, progress=True)
     assert model.epoch == 1
+
+
+def test_no_rows_in_gives_no_rows_out(x):
+    """encode/decode/reconstruct of zero rows of the right width answer zero rows, as NumPy does (they refused:
+    batched code had to treat its last, empty batch apart); fit and evaluate, which have nothing to average over,
+    and an empty array of the wrong width still refuse."""
+    model = VAE(seed=1, **SMALL).fit(x[:300], epochs=1)
+    for empty in (x[:0], x[:0].astype(np.float32) / 255, x[:0].reshape(0, 28, 28)):
+        mu, logvar = model.encode(empty)
+        assert mu.shape == logvar.shape == (0, 4) and mu.dtype == np.float32
+        assert model.reconstruct(empty).shape == (0, 784)
+    assert model.decode(np.zeros((0, 4))).shape == (0, 784) and model.decode_logits(np.zeros((0, 4))).shape == (0, 784)
+    for refused in (lambda: model.evaluate(x[:0]), lambda: model.fit(x[:0], epochs=1),
+                    lambda: model.encode(np.zeros((0, 783))), lambda: model.decode(np.zeros((0, 5)))):
+        with pytest.raises(UserError):
+            refused()
