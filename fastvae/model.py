@@ -178,7 +178,9 @@ class VAE:
         epoch with that epoch's record (also appended to self.history): {"epoch", "steps", "seconds",
         "images_per_s", "backend", "precision", "train": losses, "test": losses (with validation), "threads" (host
         backends: the count and the pacer's changes), "replay_compile_seconds" (an epoch that compiled the captured
-        step's replays, inside its seconds)}; an exception it raises comes out of fit as it is, after the epoch has
+        step's replays, inside its seconds), "first_steps_seconds" (the epoch of this process's first steps on its
+        backend: the seconds of their first call, which loads the kernels from Numba's cache or, after an install,
+        compiles them, 10-30 s; inside its seconds)}; an exception it raises comes out of fit as it is, after the epoch has
         counted (the model stays consistent). progress: show a tqdm progress bar (on stderr). stop: a
         threading.Event (or anything with is_set()) that ends the fit early when set, from another thread, a signal
         handler or the callback: fit returns after the step in progress (on the cpu backend, the chunk of at most 25

@@ -78,7 +78,9 @@ def _epoch(model, stepper, order, ws, progress, stop):
     compiled_before = getattr(stepper, "compile_seconds", 0.0)
     first, begin = model.epoch_step, time.perf_counter()
     full = n // ws.batch                    # the epoch's full batches (a short last one is stepped alone)
-    if bar is not None and be.name not in _first_steps_done:
+    loading = be.name not in _first_steps_done     # this process's first steps on the backend: kernels loaded
+    first_steps = None
+    if bar is not None and loading:
         bar.set_postfix_str(FIRST_STEPS_NOTE)
     k = first
     while k < len(starts):
@@ -100,6 +102,8 @@ def _epoch(model, stepper, order, ws, progress, stop):
             raise
         k += done
         model._set(epoch_step=k)
+        if loading and first_steps is None:
+            first_steps = time.perf_counter() - begin
         _first_steps_done.add(be.name)
         last = k == len(starts)
         # counted from the step's number, as the bar's updates are, so that on a device the reads are the bar's
@@ -139,6 +143,8 @@ def _epoch(model, stepper, order, ws, progress, stop):
     compiled = getattr(stepper, "compile_seconds", 0.0) - compiled_before
     if compiled > 0:                        # the first-call cost of the captured step, inside `seconds`
         record["replay_compile_seconds"] = compiled
+    if first_steps is not None:             # the kernels' loading (or compiling, after an install), inside `seconds`
+        record["first_steps_seconds"] = first_steps
     return record
 
 

@@ -185,3 +185,18 @@ def test_no_rows_in_gives_no_rows_out(x):
                     lambda: model.encode(np.zeros((0, 783))), lambda: model.decode(np.zeros((0, 5)))):
         with pytest.raises(UserError):
             refused()
+
+
+def test_the_first_steps_cost_is_in_the_first_epochs_record():
+    """A library fit's first epoch after an install took 20 s compiling without a word or a field saying so (a fresh
+    user's trial): the epoch of a process's first steps records them, a later epoch not. A fresh process."""
+    import json
+    import subprocess
+    import sys
+    code = ("import json; from fastvae import VAE; from fastvae.data import load_mnist; x = load_mnist().train_x[:200];"
+            "m = VAE(hidden=(16,), latent=2, batch_size=50, backend='cpu', threads=1).fit(x, epochs=2);"
+            "print(json.dumps([r.get('first_steps_seconds') for r in m.history] + [r['seconds'] for r in m.history]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    first, second, first_epoch, _ = json.loads(proc.stdout.splitlines()[-1])
+    assert second is None and 0 < first <= first_epoch, proc.stdout
