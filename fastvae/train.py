@@ -253,12 +253,21 @@ def _resumed_run(args, notify, hold):
     model = VAE.load(out / "checkpoint.npz", backend=args.backend, notify=notify,
                      precision=_or(args.precision, run_info.get("precision")))
     model._set(history=[r for r in history if r["epoch"] <= model.epoch])
+    recorded = max((r["epoch"] for r in model.history), default=0)
+    if recorded < model.epoch:              # a checkpoint trained on outside this run (VAE.load, fit, save)
+        notify(f"fastvae: the checkpoint is at epoch {model.epoch} but metrics.json records epochs up to {recorded}: "
+               f"epoch{'s' * (model.epoch - recorded > 1)} {_span(recorded + 1, model.epoch)} trained outside this "
+               "run have no record (the loss figure joins across them)")
     if args.epochs is not None:
         model.config = dataclasses.replace(model.config, epochs=args.epochs)
     if model.epoch >= model.config.epochs:
         raise UserError(f"the run in {out} has already trained {model.epoch} of {model.config.epochs} epochs; "
                         f"pass --epochs N with N > {model.epoch} to train more")
     return model, run_info, out
+
+
+def _span(first, last):
+    return str(first) if first == last else f"{first}-{last}"
 
 
 def _moved_data(args, run_info, out):

@@ -564,3 +564,21 @@ def test_a_run_whose_data_moved_resumes_with_its_new_place(tmp_path):
     assert np.array_equal(ours.params, theirs.params)
     proc = train("--resume", str(run), "--epochs", "3", "--data", str(other))
     assert proc.returncode == 2 and "--data cannot be changed when resuming" in proc.stderr, proc.stderr
+
+
+def test_a_run_trained_on_by_the_library_says_which_epochs_have_no_record(tmp_path):
+    """A run's checkpoint loaded, fitted and saved by a program, then resumed on the command line, left a gap in
+    metrics.json's epochs without a word (a fresh user's trial): the resume says which epochs have no record."""
+    from fastvae import VAE
+    from fastvae.data import load_mnist
+    proc = train(*QUICK[:1], "1", *QUICK[2:], "--no-plots", "--quiet", "--out", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    model = VAE.load(tmp_path, backend="cpu")
+    model.fit(load_mnist().train_x[:600], epochs=2)
+    model.save(tmp_path)
+    proc = train("--resume", str(tmp_path), "--epochs", "4", "--no-plots")
+    assert proc.returncode == 0, proc.stderr
+    notes = [line for line in proc.stderr.splitlines() if "no record" in line]
+    assert notes == ["fastvae: the checkpoint is at epoch 3 but metrics.json records epochs up to 1: epochs 2-3 "
+                     "trained outside this run have no record (the loss figure joins across them)"], proc.stderr
+    assert [r["epoch"] for r in json.loads((tmp_path / "metrics.json").read_text())["epochs"]] == [1, 4]
