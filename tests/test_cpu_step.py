@@ -1,5 +1,5 @@
 """A whole training step on the cpu backend against the float64 reference, whole and split between threads."""
-import contextlib
+
 import os
 import signal
 import threading
@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import kernel_cases as kc
+from signals import sigint_after
 from fastvae import step
 from fastvae.backends import cpu, get_backend
 from fastvae.params import Layout, he_init
@@ -267,21 +268,6 @@ def test_a_fit_in_a_forked_child_after_one_in_its_parent_starts_its_own_threads(
     np.testing.assert_array_equal(got, alone)
 
 
-@contextlib.contextmanager
-def _interrupt_after(seconds):
-    """Ctrl-C `seconds` from now: SIGINT sent to this process (Python's handler raises KeyboardInterrupt in the
-    main thread)."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT))
-    timer.start()
-    try:
-        yield
-    finally:
-        timer.cancel()
-        timer.join()
-        signal.signal(signal.SIGINT, previous)
-
-
 def test_an_interrupted_run_still_waits_for_its_parts(workers):
     """Ctrl-C (KeyboardInterrupt) while the caller waits: raised once every started part has finished, so the
     next run() waits for its own parts, not for a permit the interrupted one left behind."""
@@ -294,7 +280,7 @@ def test_an_interrupted_run_still_waits_for_its_parts(workers):
             time.sleep(0.3)
             done.append(1)
 
-    with _interrupt_after(0.1):
+    with sigint_after(0.1):
         with pytest.raises(KeyboardInterrupt):
             workers.run(slow, 2)
         assert done == [1]
@@ -426,7 +412,7 @@ def test_an_interrupt_while_waiting_for_the_other_phase(workers, phases_barrier)
         else:
             time.sleep(0.2)             # the interrupt comes while the caller runs Python
 
-    with _interrupt_after(0.1):
+    with sigint_after(0.1):
         with pytest.raises(KeyboardInterrupt):
             workers.run_phases(first, _second(ran.append), 2)
         assert done == [1] and ran == []

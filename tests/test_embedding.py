@@ -2,7 +2,6 @@
 can stop from any thread or its own signal handler, its own SIGINT handler left alone, models that pickle (a Pool's
 worker returns one), and mistakes it can catch by Python's own exception types. Real signals, real files, a real
 multiprocessing Pool."""
-import contextlib
 import copy
 import multiprocessing
 import os
@@ -17,6 +16,7 @@ import pytest
 from fastvae import VAE, TrainingDiverged, UserError
 from fastvae.data import load_data, load_mnist
 from fastvae.errors import StoppedBySignal
+from signals import sigint_after
 
 SMALL = dict(hidden=(48, 24), latent=4, batch_size=50, backend="cpu", threads=1)
 
@@ -27,18 +27,6 @@ def x():
 
 
 # ---------------------------------------------------------------- stopping a fit
-
-@contextlib.contextmanager
-def sigint_after(seconds):
-    """A real SIGINT to this process `seconds` into the block; none once the block has ended (a fit that failed at
-    once must not leave one to stop the test session)."""
-    timer = threading.Timer(seconds, lambda: os.kill(os.getpid(), signal.SIGINT))
-    timer.start()
-    try:
-        yield
-    finally:
-        timer.cancel()
-        timer.join()
 
 def test_a_stop_event_set_from_another_thread_ends_the_fit_consistently(x):
     """fit(stop=event) returns after the step in progress once the event is set (a fit in a worker thread could
@@ -85,7 +73,7 @@ def test_a_programs_own_sigint_handler_is_left_alone_and_can_stop_the_fit(x):
     try:
         model = VAE(seed=6, **SMALL)
         model.fit(x[:500], epochs=1)
-        with sigint_after(0.3):
+        with sigint_after(0.3, handler=None):
             model.fit(x, epochs=10_000, stop=stop)   # no TrainingInterrupted: the program's handler had it
         assert calls == [signal.SIGINT] and model.epoch < 10_000
         assert signal.getsignal(signal.SIGINT) is mine

@@ -1,0 +1,21 @@
+"""A real Ctrl-C sent to the test process from a timer (tests of fit's and the workers' stops)."""
+import contextlib
+import os
+import signal
+import threading
+
+
+@contextlib.contextmanager
+def sigint_after(seconds, handler=signal.default_int_handler):
+    """SIGINT sent to this process `seconds` into the block, with `handler` as SIGINT's handler meanwhile (Python's
+    own by default, which raises KeyboardInterrupt in the main thread; None: the one in place). No signal once the
+    block has ended: a block that failed at once must not leave one to stop the test session."""
+    previous = signal.getsignal(signal.SIGINT) if handler is None else signal.signal(signal.SIGINT, handler)
+    timer = threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        timer.join()
+        signal.signal(signal.SIGINT, previous)
