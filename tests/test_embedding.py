@@ -188,3 +188,20 @@ def test_the_first_steps_cost_is_in_the_first_epochs_record():
     assert proc.returncode == 0, proc.stderr
     first, second, first_epoch, _ = json.loads(proc.stdout.splitlines()[-1])
     assert second is None and 0 < first <= first_epoch, proc.stdout
+
+
+def test_a_program_without_cupy_gets_its_arrays_back(tmp_path):
+    """The first VAE() of a process whose CuPy does not import kept that import's error with its traceback for good,
+    and through its frames every caller's locals (400 MB of a program's array, a fresh user's trial). A real failed
+    import: a cupy package that raises, first on the path of a fresh process."""
+    import subprocess
+    import sys
+    (tmp_path / "cupy").mkdir()
+    (tmp_path / "cupy" / "__init__.py").write_text("raise ImportError('this CuPy is broken')\n")
+    code = ("import gc, weakref, numpy as np\nfrom fastvae import VAE\n"
+            "def job():\n    big = np.ones(1000)\n    VAE(hidden=(8,), latent=2)\n    return weakref.ref(big)\n"
+            "alive = job(); gc.collect(); print('alive' if alive() is not None else 'freed')\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["freed"], proc.stdout
