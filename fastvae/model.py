@@ -78,6 +78,12 @@ class VAE:
               "batch_size")
 
     def __setattr__(self, name, value):
+        if name in ("threads", "config") and self.__dict__.get("_fitting"):
+            # (from the fit's callback or another thread) the fit runs at the settings it started with: a change was
+            # kept and ignored, then saved as if it had trained (a fresh user's trial)
+            raise UserError(f"model.{name} cannot change while fit runs: the fit in progress keeps the settings it "
+                            "started with; change it between fits (fit one epoch at a time: for _ in range(n): "
+                            "model.fit(X, epochs=1)), or stop the fit (fit(..., stop=event)) and fit again")
         if name == "threads":
             value = check_threads(value)
         elif name == "config" and "config" in self.__dict__:
@@ -94,6 +100,10 @@ class VAE:
                 f"{name}=...) for a training setting)" if setting else
                 "; model.threads and model.config may be set"))
         object.__setattr__(self, name, value)
+
+    def __delattr__(self, name):
+        raise also(AttributeError, f"model.{name} cannot be deleted (a model without it would fail later); make or "
+                                   "load another model instead")
 
     def _set(self, **values):
         """The model's state, set by fastvae's own code (training, loading)."""
@@ -228,7 +238,11 @@ class VAE:
             raise
         # the batch size is part of the training position: saved with the model, the default of the next fit
         self._set(config=dataclasses.replace(self.config, batch_size=batch_size))
-        training.run_epochs(self, X, self._workspace(batch_size), epochs, validation, callback, progress, stop)
+        self._set(_fitting=True)
+        try:
+            training.run_epochs(self, X, self._workspace(batch_size), epochs, validation, callback, progress, stop)
+        finally:
+            self._set(_fitting=False)
         return self
 
     @property

@@ -205,3 +205,26 @@ def test_a_program_without_cupy_gets_its_arrays_back(tmp_path):
                           env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["freed"], proc.stdout
+
+
+def test_settings_cannot_change_under_a_running_fit_nor_be_deleted(x):
+    """A callback (or another thread) that set model.config or model.threads during a fit was accepted: the fit ran
+    on at its old settings and the checkpoint recorded the new lr as if it had trained (a fresh user's trial). Now
+    refused while a fit runs, taken between fits; `del model.config` broke the model later and is refused."""
+    import dataclasses
+    refused = []
+
+    def change(model, record):
+        for name, value in (("config", dataclasses.replace(model.config, lr=1e-5)), ("threads", 2)):
+            with pytest.raises(UserError, match=f"model.{name} cannot change while fit runs") as caught:
+                setattr(model, name, value)
+            refused.append(str(caught.value))
+    model = VAE(seed=1, **SMALL).fit(x[:300], epochs=2, callback=change)
+    assert len(refused) == 4 and model.config.lr == 0.001 and model.threads == 1
+    model.config = dataclasses.replace(model.config, lr=1e-4)    # between fits
+    model.threads = 2
+    assert model.fit(x[:300], epochs=1).config.lr == 1e-4
+    for name in ("config", "history", "threads", "nothing"):
+        with pytest.raises(AttributeError, match=f"model.{name} cannot be deleted"):
+            delattr(model, name)
+    assert model.evaluate(x[:100])["total"] > 0
