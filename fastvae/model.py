@@ -11,7 +11,7 @@ import os
 import threading
 from os import PathLike
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -24,15 +24,22 @@ from .errors import UserError, also
 from .params import Layout, he_init
 from .threads import check as check_threads
 
+if TYPE_CHECKING:
+    from .backends.contract import Backend
 
-def _one_at_a_time(method):
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _one_at_a_time(method: Callable[_P, _R]) -> Callable[_P, _R]:
     """A method of the model that uses its workspaces or state: one such call at a time, a call from another thread
     waiting for the one in progress (they share the buffers: two evaluations at once gave wrong numbers). Separate
-    models run at once."""
+    models run at once. Typed (ParamSpec), so that a type checker still sees each method's signature."""
     @functools.wraps(method)
-    def locked(self, *args, **kw):
-        with self._lock:
-            return method(self, *args, **kw)
+    def locked(*args: _P.args, **kw: _P.kwargs) -> _R:
+        with args[0]._lock:                         # (args[0]: the model)
+            return method(*args, **kw)
     return locked
 
 
@@ -63,9 +70,23 @@ class VAE:
 
     Attributes: `config` (fastvae.Config: every setting; Adam's and `epochs` may be changed between fits with
     dataclasses.replace), `threads`, `history` (one dict per epoch fitted in this process: see fit), `epoch` and
-    `steps` (the training position), `precision`, `backend`, `input_width`, `image_shape`, `diverged`; the state is
-    read-only, and setting an attribute a model does not have raises UserError.
+    `steps` (the training position), `epoch_step` (batches done in an epoch a stop ended early; 0 at an epoch's end),
+    `precision`, `backend`, `input_width`, `image_shape`, `diverged`; the state is read-only, and setting an attribute
+    a model does not have raises UserError (an AttributeError too).
     """
+
+    # What a model holds, for type checkers and readers (set in _set_up and by training through _set)
+    config: Config
+    threads: int | None
+    backend: Backend
+    layout: Layout
+    state: step.State
+    history: list[dict]
+    epoch: int
+    epoch_step: int
+    epoch_loss: np.ndarray
+    diverged: bool
+    step_broken: bool
 
     # The attributes a user may set: `threads`, and `config` for a training setting (checked as they are set). The
     # model's state (set by fastvae's own code through _set) can be read, not set; others are refused, not kept (a
