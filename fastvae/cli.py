@@ -131,14 +131,17 @@ def same_file(a, b) -> bool:
         return False
 
 
-def run_test_set(args: argparse.Namespace, checkpoint: Path, model) -> tuple:
+def run_test_set(args: argparse.Namespace, checkpoint: Path, model,
+                 notify: Callable[[str], None] | None = None) -> tuple:
     """(data set, test rows, their labels or None) on which evaluate and plot measure and draw the model of
     `checkpoint`: --data where given, else the data set its run was trained on (the data_dir of the run record in its
     metrics.json), else the embedded MNIST (a bare checkpoint). The run's data is split as the run split it: its
     test fraction and test-image count apply unless --test-fraction or --test-images say otherwise, also when --data
     names the run's own file, or any file once the recorded one is gone (its new place); another data set gets the
-    options' defaults. Raises UserError (one line) when the recorded data path is gone and no --data is given, or
-    when the data's width is not the model's (with advice for the command line: --data)."""
+    options' defaults; `notify` hears where a bare checkpoint is measured on the embedded MNIST (a run's checkpoint
+    copied away from its metrics.json was measured on MNIST without a word: a fresh user's trial). Raises UserError
+    (one line) when the recorded data path is gone and no --data is given, or when the data's width is not the
+    model's (with advice for the command line: --data)."""
     record = run_record(checkpoint)
     recorded = None if record is None else record.get("data_dir")
     gone = recorded is not None and not Path(recorded).exists()
@@ -181,6 +184,9 @@ def run_test_set(args: argparse.Namespace, checkpoint: Path, model) -> tuple:
             advice = "pass the data set the model was trained on with --data PATH"
         raise UserError(f"the test set of {data.source} has rows of {data.width} values but the model takes "
                         f"{width}{fitted}; {advice}")
+    if record is None and args.data is None and notify is not None:
+        notify(f"fastvae: no metrics.json beside {checkpoint} says which data set it was trained on: measuring it "
+               "on the embedded MNIST (--data PATH for another)")
     if args.test_images is not None:
         at_most(args.test_images, data.test_x, "--test-images", f"test images of {data.source}")
     test_x = model._images(data.test_x[:count], f"the test set of {data.source}")     # [:None] is all

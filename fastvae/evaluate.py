@@ -212,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
     path = checkpoint_path(args.checkpoint)
     notes = Notes(args)
     model = VAE.load(path, backend=args.backend, notify=notes, precision=run_precision(path, args.precision))
-    data, test_x, _ = run_test_set(args, path, model)     # --data, else the run's own data set and split
+    data, test_x, _ = run_test_set(args, path, model, notes)  # --data, else the run's own data set and split
     notes.flush()
     res = evaluate_model(model, test_x, k=args.k, seed=args.seed, batch_size=args.batch_size,
                          progress=not args.quiet)

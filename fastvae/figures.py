@@ -23,6 +23,25 @@ def _figure(width, height):
     return Figure(figsize=(width, height), dpi=100)
 
 
+def _save(fig, path):
+    """fig as a PNG at `path`, whole or not at all: drawn into a temporary file beside it, then renamed over it (a
+    Ctrl-C in the middle of a savefig left a truncated or empty PNG under the real name: a fresh user's trial)."""
+    import os
+    import secrets
+    path = os.fspath(path)
+    folder, name = os.path.split(path)
+    tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
 def digit_grid(images, rows, cols, pad=1, gap=0.0, shape=(SIDE, SIDE)):
     """Images (n, h * w) in [0, 1], each of `shape` (h, w), tiled row by row into one (rows * (h + pad) - pad,
     cols * (w + pad) - pad) array; gaps = `gap`."""
@@ -44,21 +63,29 @@ def save_digits(path, images, rows=6, cols=10, title=None, shape=(SIDE, SIDE)):
     ax.set_axis_off()
     if title:
         fig.suptitle(title, fontsize=10, y=0.99)
-    fig.savefig(path)
+    _save(fig, path)
 
 
 def save_reconstructions(path, originals, reconstructions, n=10, shape=(SIDE, SIDE)):
-    """Two rows: n test images above, their reconstructions below (fewer when there are fewer)."""
+    """Two rows: n test images above, their reconstructions below (fewer when there are fewer); returns the
+    matplotlib Figure written to `path`."""
     n = min(n, len(originals))
-    fig = _figure(n * 0.8, 2 * 0.8 + 0.3)
+    # the grid 0.8 in an image, centred, after a column of 0.9 in for the row labels; at least 5 in wide for the
+    # title (one test image made an 80-pixel figure that cut both off: a fresh user's trial)
+    grid_w, label_w = n * 0.8, 0.9
+    width = max(grid_w + label_w, 5.0)
+    left = (width - grid_w - label_w) / 2 + label_w
+    fig = _figure(width, 2 * 0.8 + 0.3)
     pair = np.concatenate([np.asarray(originals[:n], np.float32), np.asarray(reconstructions[:n], np.float32)])
-    ax = fig.add_axes((0.1, 0, 0.9, 0.9))
-    ax.imshow(1.0 - digit_grid(pair, 2, n, pad=2, gap=0.12, shape=shape), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax = fig.add_axes((left / width, 0, grid_w / width, 0.9))
+    ax.imshow(1.0 - digit_grid(pair, 2, n, pad=2, gap=0.12, shape=shape), cmap="gray", vmin=0, vmax=1,
+              interpolation="nearest")
     ax.set_axis_off()
-    fig.text(0.09, 0.68, "test", ha="right", va="center", fontsize=9)
-    fig.text(0.09, 0.24, "recon-\nstructed", ha="right", va="center", fontsize=9)
+    fig.text((left - 0.05) / width, 0.68, "test", ha="right", va="center", fontsize=9)
+    fig.text((left - 0.05) / width, 0.24, "recon-\nstructed", ha="right", va="center", fontsize=9)
     fig.suptitle("test images and their reconstructions (decoded from mu)", fontsize=10)
-    fig.savefig(path)
+    _save(fig, path)
+    return fig
 
 
 def save_loss_curves(path, history):
@@ -77,16 +104,31 @@ def save_loss_curves(path, history):
     ax.set_xlabel("epoch")
     ax.set_ylabel("loss per image (reconstruction + KL, nats)")
     ax.grid(alpha=0.3)
-    ax.legend()
+    # below the axes: inside, it covered a one-epoch run's point (a fresh user's trial)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=2, frameon=False)
     fig.tight_layout()
-    fig.savefig(path)
+    _save(fig, path)
     return fig
+
+
+def _label_colours(k):
+    """(colormap, listed) for k labels: tab10 for up to 10; up to 20 tab20 with its strong colours first (in its own
+    order neighbours pair up, 0 and 1 both blue: a fresh user's trial); more, a colour bar of k bands of turbo."""
+    from matplotlib import colormaps
+    from matplotlib.colors import ListedColormap
+    if k <= 10:
+        return colormaps["tab10"], True
+    if k <= 20:
+        tab20 = colormaps["tab20"].colors
+        return ListedColormap(tab20[0::2] + tab20[1::2]), True
+    return colormaps["turbo"].resampled(k), False
 
 
 def save_latent_scatter(path, mu, labels, dims=(0, 1), how=None):
     """The codings' means mu of a test set, two latent dimensions `dims`, one colour per label (a legend of up to 20
-    labels, a colour bar for more: EMNIST's letters are 26). With one dimension (a 1-D latent space) each label gets
-    its own row: mu along x, the label (jittered) on y. Returns the matplotlib Figure written to `path`.
+    labels, a colour bar of one band per label for more: EMNIST's letters are 26). With one dimension (a 1-D latent
+    space) each label gets its own row: mu along x, the label (jittered) on y; without labels, a histogram of mu.
+    Returns the matplotlib Figure written to `path`.
 
     how: a few words on how `dims` were chosen, shown in the title (e.g. "the two of largest variance")."""
     mu = np.asarray(mu, dtype=np.float64)
@@ -95,13 +137,19 @@ def save_latent_scatter(path, mu, labels, dims=(0, 1), how=None):
     classes = np.unique(labels)
     index = np.searchsorted(classes, labels)           # colours by rank: labels 1..26 or 0..9 alike
     i, j = dims if len(dims) == 2 else (dims[0], None)
-    spread = np.random.default_rng(1).uniform(-0.3, 0.3, len(mu))       # so that one label's points do not overlap
-    x, y = mu[:, i], (mu[:, j] if j is not None else labels + spread)
     fig = _figure(6.4, 5.6)
     ax = fig.add_axes((0.11, 0.09, 0.70, 0.80))
-    from matplotlib import colormaps
-    listed = len(classes) <= 20
-    cmap = colormaps["tab10" if len(classes) <= 10 else "tab20" if listed else "viridis"]
+    if j is None and unlabelled:                       # no labels to spread the points by: how mu is distributed
+        ax.hist(mu[:, i], bins=min(60, max(10, len(mu) // 20)), color="tab:blue", alpha=0.8)
+        ax.set_xlabel(f"$\\mu_{{{i}}}$")
+        ax.set_ylabel("test images")
+        ax.grid(alpha=0.3)
+        fig.suptitle(f"means of q(z | x) for {len(mu):,} test images: the latent space's one dimension", fontsize=10)
+        _save(fig, path)
+        return fig
+    spread = np.random.default_rng(1).uniform(-0.3, 0.3, len(mu))       # so that one label's points do not overlap
+    x, y = mu[:, i], (mu[:, j] if j is not None else labels + spread)
+    cmap, listed = _label_colours(len(classes))
     top = cmap.N - 1 if listed else len(classes) - 1
     order = np.random.default_rng(0).permutation(len(mu))    # no label painted wholly on top of the others
     size = 4 if len(mu) > 2000 else 10
@@ -112,37 +160,41 @@ def save_latent_scatter(path, mu, labels, dims=(0, 1), how=None):
         many = len(classes) > 10                        # 20 rows fit one column in smaller type
         fig.legend(handles=handles, title="label", loc="center left", bbox_to_anchor=(0.82, 0.5), frameon=False,
                    fontsize=8 if many else None, labelspacing=0.3 if many else 0.5)
-    elif not unlabelled:
+    elif not unlabelled:                                # a band per label, each named (its ticks were uneven)
         bar = fig.colorbar(dots, cax=fig.add_axes((0.86, 0.09, 0.03, 0.80)), label="label")
-        ticks = np.unique(np.linspace(0, len(classes) - 1, min(len(classes), 10)).round().astype(int))
-        bar.set_ticks(ticks, labels=[str(classes[t]) for t in ticks])
+        step = -(-len(classes) // 30)
+        bar.set_ticks(range(0, len(classes), step), labels=[str(c) for c in classes[::step]], fontsize=7)
     ax.set_xlabel(f"$\\mu_{{{i}}}$")
     ax.set_ylabel(f"$\\mu_{{{j}}}$" if j is not None else "label")
     ax.grid(alpha=0.3)
     which = f"latent dims {i} and {j}" if j is not None else "the latent space's one dimension, by label"
     title = f"means of q(z | x) for {len(mu):,} test images: {which}"
     fig.suptitle(title + (f"\n({how})" if how else ""), fontsize=10)
-    fig.savefig(path)
+    _save(fig, path)
     return fig
 
 
 def save_manifold(path, images, quantiles, shape=(SIDE, SIDE)):
     """The decoded grid of a 2-D latent space: images (n * n, 784) row by row, row r at z_1 = quantiles[-1 - r]
-    (top = largest), column c at z_0 = quantiles[c]; the axes show the z values (prior quantiles)."""
+    (top = largest), column c at z_0 = quantiles[c]; the axes show the z values (prior quantiles). Returns the
+    matplotlib Figure written to `path`."""
     q = np.asarray(quantiles, dtype=np.float64)
     n = len(q)
     grid = digit_grid(np.asarray(images).reshape(n, n, -1)[::-1].reshape(n * n, -1), n, n, pad=0, shape=shape)
     fig = _figure(7.2, 7.6)
     ax = fig.add_axes((0.12, 0.08, 0.84, 0.84))
+    # one unit of the extent per image; aspect h / w keeps non-square images' shape (20 x 24 ones were squashed into
+    # squares: a fresh user's trial)
     ax.imshow(1.0 - grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest",
-              extent=(-0.5, n - 0.5, -0.5, n - 0.5))
+              extent=(-0.5, n - 0.5, -0.5, n - 0.5), aspect=shape[0] / shape[1])
     ticks = [0, n // 4, n // 2, (3 * n) // 4, n - 1]
     ax.set_xticks(ticks, [f"{q[t]:.2f}" for t in ticks])
     ax.set_yticks(ticks, [f"{q[t]:.2f}" for t in ticks])
     ax.set_xlabel("$z_0$")
     ax.set_ylabel("$z_1$")
     fig.suptitle(f"decoded {n} x {n} grid of the prior's quantiles {_pct(q)} (2-D latent space)", fontsize=10)
-    fig.savefig(path)
+    _save(fig, path)
+    return fig
 
 
 def _pct(q):
@@ -166,19 +218,24 @@ def save_interpolations(path, rows, ends=None, pairs=None, shape=(SIDE, SIDE)):
         parts = [left, blank, parts[0], blank, right]
     grid = np.hstack(parts)
     label_w = 0.35 if pairs is not None else 0.05
-    width, height = grid.shape[1] / 35 + 2 * label_w, grid.shape[0] / 35 + 0.55
+    # 35 pixels an inch, or fewer for small images (an image at least 0.6 in wide: 8 x 8 ones were specks), the
+    # figure at least 6.5 in wide for its title (it was cut off on both sides: a fresh user's trial), the grid centred
+    ppi = min(35.0, (shape[1] + 2) / 0.6)
+    grid_w, grid_h = grid.shape[1] / ppi, grid.shape[0] / ppi
+    width, height = max(grid_w + 2 * label_w, 6.5), grid_h + 0.55
+    margin = (width - grid_w - 2 * label_w) / 2
     fig = _figure(width, height)
     top = (height - 0.55) / height
-    ax = fig.add_axes((label_w / width, 0.02, 1 - 2 * label_w / width, top - 0.02))
+    ax = fig.add_axes(((margin + label_w) / width, 0.02, grid_w / width, top - 0.02))
     ax.imshow(1.0 - grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest", aspect="auto")
     ax.set_axis_off()
     if pairs is not None:
         for k, (a, b) in enumerate(pairs):
             y = 0.02 + (top - 0.02) * (1 - (k + 0.5) / r)
-            fig.text(label_w / 2 / width, y, str(a), ha="center", va="center", fontsize=11)
-            fig.text(1 - label_w / 2 / width, y, str(b), ha="center", va="center", fontsize=11)
+            fig.text((margin + label_w / 2) / width, y, str(a), ha="center", va="center", fontsize=11)
+            fig.text(1 - (margin + label_w / 2) / width, y, str(b), ha="center", va="center", fontsize=11)
     what = "test images a (left) and b (right); between them, the decoded codings" if ends is not None else \
         "decoded codings"
     fig.suptitle(f"linear interpolation in latent space: {what}\n(1 - t) mu_a + t mu_b for {steps} values of t "
                  "from 0 to 1", fontsize=10, y=0.995)
-    fig.savefig(path)
+    _save(fig, path)

@@ -1,9 +1,10 @@
 """python -m fastvae.plot: the figures of a trained checkpoint, as PNG files.
 
-samples.png (SAMPLE_CODINGS = 60 digits from N(0, I)), reconstructions.png (10 test digits and their reconstructions),
-latent.png (the test set's mu coloured by digit), manifold.png (the decoded 20 x 20 grid of the prior's quantiles;
-only for a 2-D latent space), interpolation.png (decoded codings on the line from one test digit's mu to
-another's) and loss.png (train and test loss by epoch, from the metrics.json beside the checkpoint, if present).
+samples.png (SAMPLE_CODINGS = 60 images decoded from N(0, I)), reconstructions.png (10 test images and their
+reconstructions), latent.png (the test set's mu coloured by label), manifold.png (the decoded 20 x 20 grid of the
+prior's quantiles; only for a 2-D latent space), interpolation.png (decoded codings on the line from one test
+image's mu to another's) and loss.png (train and test loss by epoch, from the metrics.json beside the checkpoint, if
+present).
 A mistake is one line on stderr and exit status 2. The drawing itself is fastvae.figures (matplotlib, lazy).
 """
 from __future__ import annotations
@@ -21,6 +22,7 @@ from .cli import (Parser, add_shared_options, check_positive, checkpoint_path, r
                   run_precision, run_test_set)
 from .constants import SAMPLE_CODINGS
 from .errors import UserError
+from .sigint import CtrlCNoted
 
 if TYPE_CHECKING:                   # the model module loads only when a checkpoint is read
     from .model import VAE
@@ -30,8 +32,8 @@ FIGURES = ("samples.png", "reconstructions.png", "latent.png", "manifold.png", "
 MANIFOLD_SIDE = 20
 MANIFOLD_RANGE = (0.05, 0.95)     # probabilities of the prior's quantiles at the grid's first and last points
 INTERPOLATION_STEPS = 10
-# Pairs of test images (indices into MNIST's test set) to interpolate between: different digits, drawn so that
-# the rows are varied (first test occurrences of 7->1, 2->0, 4->9, 3->8, 6->5 when these indices are valid).
+# Pairs of labels to interpolate between where the data hold them all (MNIST's digits): different digits, so that
+# the rows are varied (the first test images of 7->1, 2->0, 4->9, 3->8, 6->5); other labels: interpolation_pairs.
 INTERPOLATION_DIGITS = ((7, 1), (2, 0), (4, 9), (3, 8), (6, 5))
 
 
@@ -53,16 +55,29 @@ def latent_dims(mu):
     return (i, j), f"the two of {mu.shape[1]} with the largest variance of mu: {var[i]:.2f} and {var[j]:.2f}"
 
 
-def interpolation_rows(model, images, labels, steps=INTERPOLATION_STEPS, pairs=INTERPOLATION_DIGITS):
-    """(rows (r, steps, 784), originals (r, 2, 784) in [0, 1], [(label_a, label_b)]): each row decodes
-    (1 - t) mu_a + t mu_b, t = 0..1, for the first test images of the digit pairs in `pairs` (pairs whose digits
-    are missing are left out); None when no pair is complete in these images."""
+def interpolation_pairs(labels, n, pairs=INTERPOLATION_DIGITS, rows=len(INTERPOLATION_DIGITS)):
+    """[(index_a, index_b, label_a, label_b)]: which of n test images to interpolate between, at most `rows` pairs.
+    With labels: the first images of the label pairs in `pairs` (MNIST's digits) where the data hold them all, else
+    the first images of labels taken two by two in their order (a data set's own labels: EMNIST's 1..26 drew only
+    pairs of 1..9, labels 100..111 none, with advice to use more images: a fresh user's trial); without labels, the
+    first images two by two, their labels None. Empty when fewer than two images (or labels) are there."""
+    if labels is None:
+        return [(2 * k, 2 * k + 1, None, None) for k in range(min(rows, n // 2))]
     labels = np.asarray(labels)
-    chosen = []
-    for a, b in pairs:
-        ia, ib = np.flatnonzero(labels == a), np.flatnonzero(labels == b)
-        if len(ia) and len(ib):
-            chosen.append((int(ia[0]), int(ib[0]), a, b))
+    first = {}
+    for i, label in enumerate(labels.tolist()):
+        first.setdefault(label, i)
+    if not all(a in first and b in first for a, b in pairs):
+        classes = list(first)              # in order of first appearance: varied rows, not 0-1, 2-3 of a sort
+        pairs = [(classes[k], classes[k + 1]) for k in range(0, len(classes) - 1, 2)][:rows]
+    return [(first[a], first[b], a, b) for a, b in pairs if a in first and b in first][:rows]
+
+
+def interpolation_rows(model, images, labels, steps=INTERPOLATION_STEPS, pairs=INTERPOLATION_DIGITS):
+    """(rows (r, steps, d), originals (r, 2, d) in [0, 1], [(label_a, label_b)] or None without labels): each row
+    decodes (1 - t) mu_a + t mu_b, t = 0..1, for the test images interpolation_pairs chooses; None when it chooses
+    none (fewer than two test images or labels)."""
+    chosen = interpolation_pairs(labels, len(images), pairs)
     if not chosen:
         return None
     picked = images[[c[0] for c in chosen] + [c[1] for c in chosen]]
@@ -73,7 +88,7 @@ def interpolation_rows(model, images, labels, steps=INTERPOLATION_STEPS, pairs=I
     decoded = model.decode(z.reshape(-1, mu.shape[1])).reshape(len(chosen), steps, -1)
     originals = np.asarray(picked, dtype=np.float32) / (255.0 if picked.dtype == np.uint8 else 1.0)
     originals = np.stack([originals[:len(chosen)], originals[len(chosen):]], axis=1)
-    return decoded, originals, [(c[2], c[3]) for c in chosen]
+    return decoded, originals, (None if labels is None else [(c[2], c[3]) for c in chosen])
 
 
 def _image_figures(model, test_x, test_y, out, seed, shape, done, notify):
@@ -93,15 +108,15 @@ def _image_figures(model, test_x, test_y, out, seed, shape, done, notify):
     else:
         notify(f"no manifold.png: it needs a 2-D latent space, this model's is {model.config.latent}-D "
                "(train one with --latent 2)")
-    found = None if test_y is None else interpolation_rows(model, test_x, test_y)
+    found = interpolation_rows(model, test_x, test_y)
     if found is not None:
         figures.save_interpolations(out / "interpolation.png", *found, shape=shape)
         done("interpolation.png")
-    elif test_y is None:                    # more images would not help: say what would
-        notify("no interpolation.png: it pairs test images by their labels (digits), and this data set has none")
     else:
-        notify(f"no interpolation.png: none of the digit pairs {INTERPOLATION_DIGITS} is in these "
-               f"{len(test_x)} test image{'s' * (len(test_x) != 1)}; use more of them")
+        what = "two test images" if test_y is None else "test images of two labels"
+        notify(f"no interpolation.png: it needs {what}, and there {'is' if len(test_x) == 1 else 'are'} "
+               f"{len(test_x)} test image{'s' * (len(test_x) != 1)}" + ("" if test_y is None else
+                                                                      f" of {len(np.unique(test_y))} label(s)"))
 
 
 def write_figures(model: VAE, test_x: np.ndarray, test_y: np.ndarray, out: str | Path, history: list | None = None,
@@ -143,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="python -m fastvae.plot",
         description="Draw the figures of a trained fastvae checkpoint: samples, reconstructions, the latent space "
-                    "coloured by digit, the 2-D manifold (latent 2 only), interpolations and loss curves.",
+                    "coloured by label, the 2-D manifold (latent 2 only), interpolations and loss curves.",
         epilog="example: python -m fastvae.plot runs/quick/checkpoint.npz --out runs/quick/figures.  "
                "Exit status: 0 done, 2 a mistake in the input, 130 interrupted (Ctrl-C).")
     p.add_argument("checkpoint", type=Path, help="checkpoint.npz of a training run (or the run folder holding it)")
@@ -175,7 +190,8 @@ def run(args: argparse.Namespace) -> int:
             history = json.loads(metrics.read_text())["epochs"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             print(f"fastvae: ignoring {metrics} ({type(e).__name__}); no loss.png", file=sys.stderr)
-    _, test_x, test_y = run_test_set(args, path, model)   # --data, else the run's own data set and split
+    note = None if args.quiet else (lambda line: print(line, file=sys.stderr))
+    _, test_x, test_y = run_test_set(args, path, model, note)   # --data, else the run's own data set and split
     out = args.out if args.out is not None else path.parent / "figures"
     # made only now that every input has been checked, and removed again (the folders this call made, while they
     # are empty) if drawing stops before a figure is written: a failed plot leaves no empty figures/ behind
@@ -187,7 +203,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"cannot create the output folder {out} ({e.strerror}); choose another with --out") from None
     say = (lambda msg: None) if args.quiet else print
     try:
-        write_figures(model, test_x, test_y, out, history=history, notify=say)
+        with CtrlCNoted() as ctrl_c:        # (a Ctrl-C matplotlib's callbacks swallowed is raised after them)
+            write_figures(model, test_x, test_y, out, history=history, notify=say)
+        ctrl_c.check()
     except BaseException:                   # a mistake, an error or Ctrl-C: the exception goes on unchanged
         remove_empty(made)
         raise

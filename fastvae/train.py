@@ -29,7 +29,7 @@ from .cli import (Notes, Parser, add_shared_options, at_most, check_positive, co
 from .config import Config
 from .constants import ENCODERS, HIDDEN_ACTIVATIONS, RECONSTRUCTIONS, SAMPLE_CODINGS
 from .errors import StoppedBySignal, TrainingDiverged, TrainingInterrupted, UserError
-from .sigint import CtrlCHandled
+from .sigint import CtrlCNoted
 from .threads import check as check_threads
 
 DEFAULTS = Config()
@@ -38,7 +38,8 @@ DEFAULTS = Config()
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(
         prog="python -m fastvae.train",
-        description="Train the VAE of Geron's Hands-On ML (ch. 15) on MNIST with fastvae's fused kernels. "
+        description="Train the VAE of Geron's Hands-On ML (ch. 15) on MNIST (or another data set: --data) with "
+                    "fastvae's fused kernels. "
                     "Every default is the seed's.",
         epilog="examples: python -m fastvae.train --epochs 3 --out runs/quick;  "
                "python -m fastvae.train --resume runs/quick --epochs 10.  "
@@ -470,7 +471,7 @@ def _train(args, stop, hold):
                                   f"{shlex.join([*command_of('train'), '--resume', str(out)])}", e.signum) from None
     if draw:
         from .plot import write_figures
-        with _CtrlCNoted() as ctrl_c:
+        with CtrlCNoted() as ctrl_c:
             write_figures(model, test_x, test_y, out, history=model.history, seed=codings_seed,
                           notify=lambda msg: None, skipped=say)        # (the README: each skip says so)
         ctrl_c.check()
@@ -491,28 +492,6 @@ def _train(args, stop, hold):
 def _duration(seconds):
     """'2.49 s', or '4.2 ms' below a tenth of a second (a small data set's epochs said 'median 0.00 s')."""
     return f"{seconds:.2f} s" if seconds >= 0.1 else f"{1e3 * seconds:.1f} ms"
-
-
-class _CtrlCNoted(CtrlCHandled):
-    """Ctrl-C (and SIGTERM: it killed the run there without a word, figures half drawn) raises KeyboardInterrupt
-    (StoppedBySignal for SIGTERM) while active, and is noted: Python drops one raised inside a callback it cannot propagate
-    from (a weakref's or the garbage collector's: 'Exception ignored in ...'), and matplotlib's figures run such
-    callbacks (a fresh user's trial: 2 of 22 Ctrl-Cs during the final figures ended in 'done' and exit status 0),
-    so check() raises it again after the work."""
-
-    def __init__(self):
-        super().__init__(also=(signal.SIGTERM,))
-        self.seen = None
-
-    def _handle(self, signum, frame):
-        self.seen = signum
-        self.check()
-
-    def check(self):
-        if self.seen == signal.SIGINT:
-            raise KeyboardInterrupt
-        if self.seen is not None:
-            raise StoppedBySignal("", self.seen)
 
 
 def _bf16_engine():

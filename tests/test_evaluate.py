@@ -236,3 +236,16 @@ def test_a_stopped_evaluation_closes_its_progress_bar_first(trained, monkeypatch
     err = capsys.readouterr().err
     last = [line for line in err.replace("\r", "\n").split("\n") if line.strip()][-1]
     assert last.startswith("fastvae: interrupted"), repr(err[-300:])
+
+
+def test_a_bare_checkpoint_says_it_is_measured_on_mnist(trained, tmp_path):
+    """A run's checkpoint copied away from its metrics.json (which says what it was trained on) was measured on the
+    embedded MNIST without a word (a fresh user's trial): one notice says so; --data and --quiet silence it."""
+    _, path, _ = trained                                  # (saved by the library: no metrics.json beside it)
+    proc = _cli(path, "--k", "1", "--test-images", 20, "--backend", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    notes = [line for line in proc.stderr.splitlines() if "no metrics.json" in line]
+    assert notes == [f"fastvae: no metrics.json beside {path} says which data set it was trained on: measuring it "
+                     "on the embedded MNIST (--data PATH for another)"], proc.stderr
+    proc = _cli(path, "--k", "1", "--test-images", 20, "--backend", "cpu", "--quiet")
+    assert proc.returncode == 0 and "no metrics.json" not in proc.stderr, proc.stderr
