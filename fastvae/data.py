@@ -309,8 +309,8 @@ def load_data(path: str | Path | None = None, test_fraction: float = 1 / 7, spli
         return _split_array(x, str(d), test_fraction, split_seed)
     if not d.is_dir():
         problem = "is not a directory, .npz or .npy file" if d.exists() else "does not exist"
-        message = (f"data path {d} {problem}; pass --data with a folder of IDX files (or mnist.npz), an .npz or an "
-                   ".npy file, or omit it to use the embedded MNIST")
+        message = (f"data path {d} {problem}; pass a folder of IDX files (or mnist.npz), an .npz or an .npy file "
+                   "(--data on the command line), or none for the embedded MNIST")
         raise UserError(message) if d.exists() else file_error(message, FileNotFoundError, d)
     paths = _idx_paths(d)
     if all(paths.values()):

@@ -236,7 +236,8 @@ class VAE:
             raise UserError("a training step of this model stopped part-way (a second Ctrl-C, or an error inside the "
                             "step), so some of its layers were updated and others not: it is not trained further; "
                             "load the last checkpoint to go on")
-        epochs = cfg.epochs if epochs is None else integer(epochs, "epochs")
+        # 0 trains nothing (fit(X, epochs=target - model.epoch) once the target is reached: a fresh user's trial)
+        epochs = cfg.epochs if epochs is None else integer(epochs, "epochs", low=0, what="a whole number >= 0")
         batch_size = cfg.batch_size if batch_size is None else integer(batch_size, "batch_size")
         if self.epoch_step and batch_size != cfg.batch_size:
             raise UserError(f"this model stopped after batch {self.epoch_step} of epoch {self.epoch + 1}, in batches "
@@ -392,8 +393,8 @@ class VAE:
 
         The codings are a pure function of `seed` (default: the model's seed), so the same call gives the same
         digits, which is how the trainer shows one set of codings evolving epoch by epoch. Raises UserError unless
-        n is a positive integer."""
-        n = integer(n, "n")
+        n is a whole number >= 0."""
+        n = integer(n, "n", low=0, what="a whole number >= 0")       # (0: no rows, as decode of none)
         seed = self.config.seed if seed is None else seed_value(seed)
         return self.decode(rng.normals(seed, rng.STREAM_SAMPLE, 0, n, self.config.latent))
 
@@ -436,12 +437,12 @@ class VAE:
             self.config, be.to_host(self.state.params), be.to_host(self.state.m), be.to_host(self.state.v),
             steps=self.steps, epoch=self.epoch, epoch_step=self.epoch_step, epoch_loss=self.epoch_loss))
 
-    def _check_savable(self):
+    def _check_savable(self, what="saved"):
         if self.diverged:
-            raise UserError("this model diverged (NaN or Inf): it is not saved; a checkpoint saved before stands")
+            raise UserError(f"this model diverged (NaN or Inf): it is not {what}; a checkpoint saved before stands")
         if self.step_broken:
             raise UserError("a training step of this model stopped part-way (a second Ctrl-C, or an error inside the "
-                            "step), so some of its layers were updated and others not: it is not saved; a "
+                            f"step), so some of its layers were updated and others not: it is not {what}; a "
                             "checkpoint saved before stands")
 
     @classmethod
@@ -472,7 +473,7 @@ class VAE:
         what save() writes (config, parameters, Adam's moments, the training position) with its backend's name,
         its thread setting and its history, and is made anew by _unpickled, an independent model (copy.copy too);
         raises UserError where save() would (a diverged model, a step stopped part-way)."""
-        self._check_savable()
+        self._check_savable("copied")
         be = self.backend
         arrays = tuple(np.array(be.to_host(a), dtype=np.float32) for a in (self.state.params, self.state.m,
                                                                            self.state.v))

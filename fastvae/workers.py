@@ -313,7 +313,11 @@ class _held_interrupts:
         _signal.signal(_SIGINT, previous)
         if self.caught:
             if callable(previous):
-                previous(_SIGINT, self.caught[0])
+                # each one held, to the handler in place as it comes: a second Ctrl-C during the same chunk was lost
+                # (fit's first-Ctrl-C handler heard one, and stopped cleanly instead of at once: a fresh user's trial)
+                for frame in self.caught:
+                    handler = _signal.getsignal(_SIGINT)
+                    (handler if callable(handler) else previous)(_SIGINT, frame)
             elif previous == signal.SIG_DFL:
                 signal.raise_signal(signal.SIGINT)
         return False

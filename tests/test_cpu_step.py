@@ -717,3 +717,29 @@ def test_close_from_inside_a_job_is_refused():
     pool.run(lambda k: seen.append(k), 2)
     assert sorted(seen) == [0, 1]
     pool.close()
+
+
+def test_every_ctrl_c_held_during_a_job_reaches_the_handler_in_place():
+    """Two Ctrl-Cs held back during one job were handed to the handler once: fit's first-Ctrl-C handler heard one
+    and stopped cleanly, where the second should have stopped at once (a fresh user's trial). Each now goes to the
+    handler in place as it comes (here the first handler swaps in a second, as fit's does)."""
+    import time
+    from fastvae.workers import _held_interrupts
+    heard = []
+
+    def second(signum, frame):
+        heard.append("second")
+
+    def first(signum, frame):
+        heard.append("first")
+        signal.signal(signal.SIGINT, second)
+    before = signal.signal(signal.SIGINT, first)
+    try:
+        with _held_interrupts():
+            for _ in range(2):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)                    # (Python runs the holding handler between the two)
+            assert heard == []
+        assert heard == ["first", "second"]
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -111,7 +111,7 @@ def test_small_custom_idx_set_loads_without_checksum(tmp_path):
 # ---------------------------------------------------------------- loading errors
 
 def test_missing_directory(tmp_path):
-    user_error(load_mnist, tmp_path / "nowhere", phrase="does not exist; pass --data")
+    user_error(load_mnist, tmp_path / "nowhere", phrase="does not exist; pass a folder of IDX files")
 
 
 def test_empty_directory_lists_the_expected_files(tmp_path):

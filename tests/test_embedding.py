@@ -228,3 +228,14 @@ def test_settings_cannot_change_under_a_running_fit_nor_be_deleted(x):
         with pytest.raises(AttributeError, match=f"model.{name} cannot be deleted"):
             delattr(model, name)
     assert model.evaluate(x[:100])["total"] > 0
+
+
+def test_none_asked_is_none_done(x):
+    """fit(X, epochs=target - model.epoch) once the target is reached, and sample(0), were refused (a fresh user's
+    trial): zero epochs train nothing, zero samples are zero rows; negative counts are still refused."""
+    model = VAE(seed=1, **SMALL).fit(x[:300], epochs=1)
+    steps = model.steps
+    assert model.fit(x[:300], epochs=0).steps == steps and model.sample(0).shape == (0, 784)
+    for refused in (lambda: model.fit(x[:300], epochs=-1), lambda: model.sample(-1)):
+        with pytest.raises(UserError, match="must be a whole number >= 0"):
+            refused()

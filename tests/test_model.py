@@ -204,7 +204,7 @@ def test_bad_training_arrays_get_one_line_errors(X, phrase):
 
 
 @pytest.mark.parametrize("kwargs,phrase", [
-    (dict(epochs=0), "epochs"), (dict(batch_size=-1), "batch_size"), (dict(batch_size=11), "larger than"),
+    (dict(epochs=-1), "epochs"), (dict(batch_size=-1), "batch_size"), (dict(batch_size=11), "larger than"),
 ])
 def test_bad_fit_settings_get_one_line_errors(kwargs, phrase):
     with pytest.raises(UserError, match=phrase):
