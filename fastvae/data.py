@@ -191,12 +191,12 @@ def _load_idx(paths, source):
 
 
 def _npz_labels(y, what):
-    """Labels from an npz: any 1-D integer array with values 0..255, as uint8."""
+    """Labels from an npz: any 1-D integer array, as uint8 where its values are 0..255 (MNIST's kind), else int64
+    (labels such as 300 or -1 were refused: a fresh user's trial)."""
     if y.ndim != 1 or y.dtype.kind not in "ui":
-        raise UserError(f"{what} has shape {y.shape} and dtype {y.dtype}; labels must be a 1-D array of "
-                        "integers 0..255")
+        raise UserError(f"{what} has shape {y.shape} and dtype {y.dtype}; labels must be a 1-D array of integers")
     if y.size and (y.min() < 0 or y.max() > 255):
-        raise UserError(f"{what} holds labels from {y.min()} to {y.max()}; labels must be integers 0..255")
+        return y.astype(np.int64, copy=False)
     return y.astype(np.uint8, copy=False)
 
 
@@ -331,7 +331,8 @@ def load_mnist(directory: str | Path | None = None) -> Dataset:
 def as_rows(X: ArrayLike, what: str = "X", empty: bool = False) -> tuple[np.ndarray, tuple[int, int] | None]:
     """The user's images (n, h, w) or feature rows (n, d) as (C-contiguous rows (n, d), image shape (h, w) or None):
     uint8 stays uint8 (no copy when possible) and is read as 0..255 (so one whose largest value is 1, binarized
-    images, is refused), other numbers become float32 and must be finite and in [0, 1]. empty: n = 0 is taken (the
+    images, is refused), as are other integers whose values are 0..255 with one above 1; bool becomes 0.0 and 1.0;
+    other numbers become float32 and must be finite and in [0, 1]. empty: n = 0 is taken (the
     answer is then empty too: encode, reconstruct), else refused. Raises UserError (one line, calling the array
     `what`) for anything else."""
     if isinstance(X, Dataset):            # (np.asarray made it an object array: "X has dtype object")
@@ -345,7 +346,7 @@ def as_rows(X: ArrayLike, what: str = "X", empty: bool = False) -> tuple[np.ndar
     except (ValueError, TypeError) as e:  # e.g. ragged nested lists
         raise UserError(f"{what} is not an array of numbers ({_one_line(e)}); pass an array of shape "
                         "(n, d) or (n, h, w)") from None
-    if X.dtype.kind not in "uif":  # bool, complex, strings, objects, dates are not pixels
+    if X.dtype.kind not in "uifb":  # complex, strings, objects, dates are not pixels
         raise UserError(f"{what} has dtype {X.dtype}; pass pixels as uint8 0..255 or as floats in [0, 1]")
     if X.size == 0 and empty and X.ndim in (2, 3) and len(X) == 0 and all(X.shape[1:]):
         # no rows, of a width that can be checked: batched code need not treat its last, empty batch apart
@@ -364,6 +365,10 @@ def as_rows(X: ArrayLike, what: str = "X", empty: bool = False) -> tuple[np.ndar
                            "channels into rows of h * w * c values)"))
     shape = tuple(int(k) for k in X.shape[1:]) if X.ndim == 3 else None
     X = _flat(X)
+    if X.dtype == np.bool_:             # binarized images: 0 and 1, as floats (bool was refused: a fresh user's trial)
+        X = X.astype(np.float32)
+    elif X.dtype.kind in "iu" and X.dtype != np.uint8 and X.size and X.min() >= 0 and 1 < X.max() <= 255:
+        X = X.astype(np.uint8)          # integer pixels 0..255 of another dtype (int64 from arithmetic): as uint8
     if X.dtype == np.uint8:
         if X.max() == 1:    # binarized images, read as 0..255: all but black, a model would learn next to nothing
             raise UserError(f"{what} is uint8 with no value above 1, but uint8 pixels are read as 0..255; for images "

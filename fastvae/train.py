@@ -28,7 +28,7 @@ from .cli import (Notes, Parser, add_shared_options, at_most, check_positive, co
                   run_main, whole_number)
 from .config import Config
 from .constants import ENCODERS, HIDDEN_ACTIVATIONS, RECONSTRUCTIONS, SAMPLE_CODINGS
-from .errors import StoppedBySignal, TrainingDiverged, TrainingInterrupted, UserError
+from .errors import StoppedBySignal, TrainingDiverged, TrainingInterrupted, UserError, file_error
 from .sigint import CtrlCNoted
 from .threads import check as check_threads
 
@@ -244,6 +244,9 @@ def _resumed_run(args, notify, hold):
         metrics = json.loads((out / "metrics.json").read_text())
         run_info, history = metrics["run"], metrics["epochs"]
     except (OSError, ValueError, KeyError, TypeError) as e:
+        if not out.exists():                # (it said "(FileNotFoundError)")
+            raise file_error(f"--resume {out}: there is no such folder; pass the --out folder of an earlier run",
+                             FileNotFoundError, out) from None
         raise UserError(f"{out} is not a fastvae run folder with a readable metrics.json ({type(e).__name__}); "
                         "pass the --out folder of an earlier run") from None
     if not (out / "checkpoint.npz").exists():
@@ -265,6 +268,12 @@ def _resumed_run(args, notify, hold):
         raise UserError(f"the run in {out} has already trained {model.epoch} of {model.config.epochs} epochs; "
                         f"pass --epochs N with N > {model.epoch} to train more")
     return model, run_info, out
+
+
+def _items(n, image_shape):
+    """What n rows of the data are called: images, or rows where the data are feature rows (they were all "images":
+    a fresh user's trial)."""
+    return ("image" if image_shape is not None else "row") + "s" * (n != 1)
 
 
 def _span(first, last):
@@ -418,7 +427,7 @@ def _train(args, stop, hold):
     where = f"resuming {out} at epoch {model.epoch + 1}" if args.resume else f"writing to {out}"
     say(f"fastvae {__version__}: {model.layout.size:,} parameters on the {model.backend.name} backend in "
         f"{model.precision}{f' ({engine})' if engine else ''}; {len(train_x)} training and {len(test_x)} test "
-        f"image{'s' * (len(test_x) != 1)} from {data.source}; {where}")
+        f"{_items(len(test_x), cfg.image_shape)} from {data.source}; {where}")
     codings_seed = cfg.seed
     if args.resume is None and args.overwrite:
         _remove_run(out)                    # only now: every check above has passed

@@ -99,6 +99,7 @@ def test_feature_rows_from_one_array_train_with_a_held_out_split_and_the_figures
     # each figure skipped says so in one line (the README's promise; the training tool said nothing: a fresh user)
     assert "no samples, reconstructions, manifold or interpolation figures: the data are feature rows" in proc.stdout
     assert "wrote " not in proc.stdout
+    assert "180 training and 30 test rows from" in proc.stdout       # (it said "images" of feature rows)
 
 
 @pytest.mark.parametrize("make,extra,phrase", [

@@ -582,3 +582,11 @@ def test_a_run_trained_on_by_the_library_says_which_epochs_have_no_record(tmp_pa
     assert notes == ["fastvae: the checkpoint is at epoch 3 but metrics.json records epochs up to 1: epochs 2-3 "
                      "trained outside this run have no record (the loss figure joins across them)"], proc.stderr
     assert [r["epoch"] for r in json.loads((tmp_path / "metrics.json").read_text())["epochs"]] == [1, 4]
+
+
+def test_resuming_a_folder_that_is_not_there_says_so(tmp_path):
+    """It said "... is not a fastvae run folder with a readable metrics.json (FileNotFoundError)" (a fresh user)."""
+    proc = train("--resume", str(tmp_path / "nothing"), "--epochs", "2")
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"fastvae: error: --resume {tmp_path / 'nothing'}: there is no such folder; pass the --out folder of an "
+        "earlier run"), proc.stderr

@@ -219,19 +219,32 @@ def test_as_images_flattens_float_images_to_float32():
     (np.full((2, 784), np.nan), "1568 NaN"),
     (np.full((2, 784), np.inf), "1568 infinite"),
     (np.array([[-0.2] * 783 + [1.3]]), "outside [0, 1] (min -0.2, max 1.3); scale them"),
-    (np.full((2, 784), 255, np.int64), "outside [0, 1]"),
+    (np.full((2, 784), 256, np.int64), "outside [0, 1]"),
     (np.zeros(784), "not a batch; pass a batch of shape (n, d) or (n, h, w)"),
     (np.zeros((28, 28)), "has rows of 28 values (shape (28, 28)) but the model takes 784"),
     (np.zeros((2, 100)), "has rows of 100 values"),
     (np.zeros((0, 784)), "images is empty"),
     (np.full((2, 784), "a"), "has dtype <U1"),
-    (np.zeros((2, 784), bool), "has dtype bool"),
     (np.zeros((2, 784), complex), "has dtype complex128"),
     ([[0.0] * 784, [0.0]], "is not an array of numbers"),
 ])
 def test_as_images_rejects_with_one_line(X, phrase):
     msg = user_error(as_images, X, "images", phrase=phrase)
     assert msg.startswith("images ")
+
+
+def test_integer_pixels_of_any_dtype_and_bool_images_are_taken():
+    """int64 pixels 0..255 (from arithmetic) and bool images were refused (a fresh user's trial): integers with a
+    value above 1 are read as uint8 0..255, bool and 0/1 integers as 0.0/1.0; above 255 or negative still refused."""
+    pixels = np.random.default_rng(3).integers(0, 256, (3, 784))
+    for dtype in (np.int64, np.int32, np.uint16):
+        rows = as_images(pixels.astype(dtype), "images")
+        assert rows.dtype == np.uint8 and np.array_equal(rows, pixels)
+    binary = pixels > 128
+    for x in (binary, binary.astype(np.int64)):
+        rows = as_images(x, "images")
+        assert rows.dtype == np.float32 and np.array_equal(rows, binary)
+    user_error(as_images, -pixels - 1, "images", phrase="outside [0, 1]")
 
 
 # ---------------------------------------------------------------- other data sets (issue 15)
@@ -332,9 +345,9 @@ def test_a_shape_hint_is_python_for_an_array_and_words_for_a_file(tmp_path):
     assert ".reshape(" not in str(e.value)
 
 
-def test_a_single_number_and_out_of_range_labels_are_one_line(tmp_path):
-    """A 0-D array (np.save of a scalar, or fit(0.5)) was a TypeError traceback; labels of the right shape and dtype
-    but out of 0..255 were blamed on their shape and dtype (a fresh user's trial)."""
+def test_a_single_number_is_one_line_and_any_integer_labels_load(tmp_path):
+    """A 0-D array (np.save of a scalar, or fit(0.5)) was a TypeError traceback; labels out of 0..255 (300, -1) were
+    refused (fresh users' trials): they load as int64, those in 0..255 as uint8."""
     from fastvae import VAE
     for x in (np.float32(3), 0.5):
         with pytest.raises(UserError, match="a single number, not images"):
@@ -346,5 +359,9 @@ def test_a_single_number_and_out_of_range_labels_are_one_line(tmp_path):
         load_data(tmp_path / "scalar.npy")
     x = np.zeros((20, 8, 8), np.uint8)
     np.savez(tmp_path / "bad.npz", x_train=x, y_train=np.arange(300, 320), x_test=x, y_test=np.zeros(20, int))
-    with pytest.raises(UserError, match=r"labels from 300 to 319; labels must be integers 0\.\.255"):
-        load_data(tmp_path / "bad.npz")
+    data = load_data(tmp_path / "bad.npz")
+    assert data.train_y.dtype == np.int64 and list(data.train_y) == list(range(300, 320))
+    assert data.test_y.dtype == np.uint8
+    np.savez(tmp_path / "strings.npz", x_train=x, y_train=np.array(["a"] * 20), x_test=x)
+    with pytest.raises(UserError, match="labels must be a 1-D array of integers"):
+        load_data(tmp_path / "strings.npz")
