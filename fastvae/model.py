@@ -22,7 +22,7 @@ from .constants import EVAL_ROWS, SIGMA_SMOOTHING
 from .data import as_images, as_rows, check_width
 from .errors import UserError, also
 from .params import Layout, he_init
-from .threads import check as check_threads
+from .threads import check as check_threads, held_for_inference
 
 if TYPE_CHECKING:
     from .backends.contract import Backend
@@ -62,7 +62,8 @@ class VAE:
     None/"auto" sizes the count to the CPUs this process may use (affinity mask, cgroup quota) and adapts it while
     training when other work takes cores (fastvae.threads); a whole number fixes it (needed for bit-identical
     reruns: the row shards follow the count, and the last bits of some sums (the loss's at least) follow the shards;
-    a count the pacer changed carries into a resumed or later fit). `model.threads` can be changed between fits.
+    a count the pacer changed carries into a resumed or later fit); a whole number is also OpenBLAS's count in
+    evaluate, encode and decode (else OpenBLAS's own count there). `model.threads` can be changed between fits.
     Arrays in and out are NumPy: images (n, h, w) or rows (n, d), uint8 or floats in [0, 1]. A new model takes its
     input width d (and image shape) from the data it is first fitted on (MNIST's 784 = 28 x 28 until then); every
     later call must match it, and decode/sample/reconstruct return rows (n, d): `.reshape(-1, *image_shape)`.
@@ -327,8 +328,9 @@ class VAE:
             self._ws_eval = step.Workspace(be, self.config, EVAL_ROWS)
         loss = be.zeros(2, dtype=np.float64)
         idx = be.asarray(np.arange(len(X)), dtype=np.int64)
-        step.evaluate(be, self.config, self.state, self._ws_eval, step.data_for(be, X), idx, self.config.seed,
-                      loss)
+        with held_for_inference(self.threads):
+            step.evaluate(be, self.config, self.state, self._ws_eval, step.data_for(be, X), idx, self.config.seed,
+                          loss)
         rec, kl = (float(t) / len(X) for t in be.to_host(loss))
         return {"reconstruction": rec, "kl": kl, "total": rec + kl}
 
@@ -343,10 +345,11 @@ class VAE:
         be, latent = self.backend, self.config.latent
         data = step.data_for(be, X)
         mu_logvar = np.empty((len(X), 2 * latent), dtype=np.float32)
-        for a, rows in self._chunks(len(X)):
-            be.gather_batch(a.x, data, be.asarray(np.arange(rows.start, rows.stop), dtype=np.int64))
-            step.encode(be, self.config, self.state.weights, a)
-            mu_logvar[rows] = be.to_host(a.mu_logvar)
+        with held_for_inference(self.threads):
+            for a, rows in self._chunks(len(X)):
+                be.gather_batch(a.x, data, be.asarray(np.arange(rows.start, rows.stop), dtype=np.int64))
+                step.encode(be, self.config, self.state.weights, a)
+                mu_logvar[rows] = be.to_host(a.mu_logvar)
         mu, second = mu_logvar[:, :latent], mu_logvar[:, latent:]
         if self.config.encoder == "sigma":
             second = np.log(SIGMA_SMOOTHING + second.astype(np.float64) ** 2).astype(np.float32)
@@ -382,10 +385,11 @@ class VAE:
         if not finite:
             raise UserError(f"z must be finite (no NaN or Inf, also as {np.dtype(be.dtype).name})")
         logits = np.empty((len(z), self.config.input_width), dtype=np.float64)
-        for a, part in self._chunks(len(z), rows):
-            a.z[...] = be.asarray(z[part])
-            step.decode(be, self.config, self.state.weights, a)
-            logits[part] = be.to_host(a.logits)
+        with held_for_inference(self.threads):
+            for a, part in self._chunks(len(z), rows):
+                a.z[...] = be.asarray(z[part])
+                step.decode(be, self.config, self.state.weights, a)
+                logits[part] = be.to_host(a.logits)
         return logits
 
     def sample(self, n: int, seed: int | None = None) -> np.ndarray:
