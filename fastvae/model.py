@@ -248,6 +248,8 @@ class VAE:
             raise UserError(f"callback must be a function of (model, record), not {type(callback).__name__}")
         if stop is not None and not callable(getattr(stop, "is_set", None)):
             raise UserError(f"stop must be a threading.Event (anything with is_set()), not {type(stop).__name__}")
+        if stop is not None and stop.is_set():  # at once, the model as it was (a new one took X's width: a trial)
+            return self
         before = self.config
         X = self._adopt_width(X)
         try:

@@ -56,6 +56,8 @@ def test_a_stop_event_set_in_the_callback_or_before_the_fit(x):
     steps = model.steps
     model.fit(x, epochs=5, stop=stop)                # still set: returns at once
     assert model.steps == steps
+    fresh = VAE(seed=4, **SMALL).fit(np.random.default_rng(0).random((100, 64)), epochs=1, stop=stop)
+    assert fresh.input_width == 784 and fresh.steps == 0          # nothing changed, not even a new model's width
     with pytest.raises(UserError, match="stop must be a threading.Event"):
         model.fit(x, epochs=1, stop=True)
 
