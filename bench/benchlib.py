@@ -8,8 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))   # kernel_cases, tolerances
 
 from fastvae.config import Config  # noqa: E402
@@ -27,6 +25,7 @@ FLOPS_PER_IMAGE = 6 * Layout(SEED_CFG).n_weights - 2 * 784 * SEED_CFG.hidden[0] 
 
 def backend_params(include_reference=True):
     """pytest params for every backend usable here; the gpu one is skipped with the reason when absent."""
+    import pytest           # (here: step_breakdown and report.py use this module without pytest installed)
     from fastvae.backends import gpu
     names = ["cpu", "gpu"] + (["reference"] if include_reference else [])
     reason = gpu.unavailable_reason()
@@ -62,3 +61,36 @@ def timed(benchmark, be, fn, *, flops, nbytes, setup=None, rounds=30):
         benchmark.pedantic(call, rounds=rounds, iterations=1, warmup_rounds=2)
     else:
         benchmark.pedantic(call, setup=setup, rounds=rounds, warmup_rounds=2)
+
+
+# The 17 products of one step (bench/test_products.py times them; bench/step_breakdown.py and report.py use them
+# too, without pytest)
+ROWS = SEED_CFG.batch_size
+PRODUCTS_GROUP = "products of one step (numpy BLAS)"
+
+
+def products():
+    """(label, a shape, b shape, transpose a, transpose b) of the step: forward out = inp @ w, weight gradient
+    dw = inp.T @ dz, input gradient dinp = dz @ w.T (none for the first layer, whose input is the data)."""
+    widths = [784, *SEED_CFG.hidden, 2 * SEED_CFG.latent]
+    dec = [SEED_CFG.latent, *reversed(SEED_CFG.hidden), 784]
+    layers = list(zip(widths[:-1], widths[1:])) + list(zip(dec[:-1], dec[1:]))
+    out = []
+    for i, (k, n) in enumerate(layers):
+        out.append((f"forward {ROWS}x{k}@{k}x{n}", (ROWS, k), (k, n), False, False))
+        out.append((f"dw {k}x{ROWS}@{ROWS}x{n}", (ROWS, k), (ROWS, n), True, False))
+        if i != 0:
+            out.append((f"dinp {ROWS}x{n}@{n}x{k}", (ROWS, n), (k, n), False, True))
+    return out
+
+
+PRODUCTS = products()
+
+
+def operands(rand, a_shape, b_shape, ta, tb):
+    """Fresh float32 operands of one product of PRODUCTS, transposed views where the step uses them so, and its
+    output buffer: (a_op, b_op, out) for out = a_op @ b_op."""
+    a = rand.normal(0, 1, a_shape).astype(np.float32)
+    b = rand.normal(0, 1, b_shape).astype(np.float32)
+    a_op, b_op = (a.T if ta else a), (b.T if tb else b)
+    return a_op, b_op, np.empty((a_op.shape[0], b_op.shape[1]), np.float32)

@@ -88,7 +88,7 @@ def _threads_lines(frameworks):
 
 def products_table(benches, steps_per_epoch=400):
     """The step's 17 matrix products, each timed alone: their sum is the floor under a cpu step and epoch."""
-    from test_products import GROUP
+    from benchlib import PRODUCTS_GROUP as GROUP
     products = [b for b in benches if b["group"] == GROUP]
     if not products:
         return []
@@ -116,8 +116,7 @@ def first_call_table(benches):
 
 
 def breakdown_table(benches):
-    from step_breakdown import table
-    from test_step_breakdown import GROUP
+    from step_breakdown import GROUP, table
     found = [b for b in benches if b["group"] == GROUP]
     if not found:
         return []

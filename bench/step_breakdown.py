@@ -39,6 +39,8 @@ from numba import njit
 from fastvae.backends import amx
 from fastvae.backends.cpu_update import adam_block
 
+GROUP = "cpu step breakdown (seed settings, batch 150)"      # its pytest-benchmark group (test_step_breakdown.py)
+
 
 def _model(be, cfg, data, batch):
     from fastvae import rng, step
@@ -237,7 +239,7 @@ def _step_products():
     fresh float32 operands from seed 0."""
     from pathlib import Path
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from test_products import PRODUCTS, operands
+    from benchlib import PRODUCTS, operands
     g = np.random.default_rng(0)
     return [(ta, tb, *operands(g, a_shape, b_shape, ta, tb)) for _, a_shape, b_shape, ta, tb in PRODUCTS]
 

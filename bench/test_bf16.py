@@ -5,7 +5,7 @@ tests/tolerances.py against float64)."""
 import numpy as np
 import pytest
 
-from test_products import PRODUCTS, operands
+from benchlib import PRODUCTS, operands
 from test_training import ROWS, trainer
 from tolerances import TOL, assert_close
 from benchlib import FLOPS_PER_IMAGE, SEED_CFG, fit_threads

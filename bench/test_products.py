@@ -6,25 +6,7 @@ import contextlib
 import numpy as np
 import pytest
 
-from benchlib import SEED_CFG
-
-ROWS = SEED_CFG.batch_size
-GROUP = "products of one step (numpy BLAS)"
-
-
-def products():
-    """(label, a shape, b shape, transpose a, transpose b) of the step: forward out = inp @ w, weight gradient
-    dw = inp.T @ dz, input gradient dinp = dz @ w.T (none for the first layer, whose input is the data)."""
-    widths = [784, *SEED_CFG.hidden, 2 * SEED_CFG.latent]
-    dec = [SEED_CFG.latent, *reversed(SEED_CFG.hidden), 784]
-    layers = list(zip(widths[:-1], widths[1:])) + list(zip(dec[:-1], dec[1:]))
-    out = []
-    for i, (k, n) in enumerate(layers):
-        out.append((f"forward {ROWS}x{k}@{k}x{n}", (ROWS, k), (k, n), False, False))
-        out.append((f"dw {k}x{ROWS}@{ROWS}x{n}", (ROWS, k), (ROWS, n), True, False))
-        if i != 0:
-            out.append((f"dinp {ROWS}x{n}@{n}x{k}", (ROWS, n), (k, n), False, True))
-    return out
+from benchlib import PRODUCTS, PRODUCTS_GROUP as GROUP, operands
 
 
 def _threads(n):
@@ -34,16 +16,6 @@ def _threads(n):
     return threadpoolctl.threadpool_limits(n, user_api="blas")
 
 
-PRODUCTS = products()
-
-
-def operands(rand, a_shape, b_shape, ta, tb):
-    """Fresh float32 operands of one product of PRODUCTS, transposed views where the step uses them so, and its
-    output buffer: (a_op, b_op, out) for out = a_op @ b_op."""
-    a = rand.normal(0, 1, a_shape).astype(np.float32)
-    b = rand.normal(0, 1, b_shape).astype(np.float32)
-    a_op, b_op = (a.T if ta else a), (b.T if tb else b)
-    return a_op, b_op, np.empty((a_op.shape[0], b_op.shape[1]), np.float32)
 
 
 @pytest.mark.benchmark(group=GROUP)

@@ -53,12 +53,18 @@ def test_fastvae_threads_per_epoch_are_reported():
 
 def test_the_step_breakdowns_own_json_is_printed_too(tmp_path):
     """python -m bench.step_breakdown --json wrote a file report.py refused as "not a pytest-benchmark JSON" (a fresh
-    user's trial): both real subprocesses, at 2 steps."""
+    user's trial): both real subprocesses, at 2 steps, where pytest does not import (the README runs them without
+    pytest; both imported it, through the products' list: a second trial)."""
+    import os
+    (tmp_path / "no_pytest").mkdir()
+    (tmp_path / "no_pytest" / "pytest.py").write_text("raise ImportError('no pytest in this environment')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "no_pytest")}
     out = tmp_path / "breakdown.json"
     made = subprocess.run([sys.executable, "-m", "bench.step_breakdown", "--steps", "2", "--rounds", "1", "--json",
-                           str(out)], capture_output=True, text=True, timeout=300, cwd=HERE.parent)
+                           str(out)], capture_output=True, text=True, timeout=300, cwd=HERE.parent, env=env)
     assert made.returncode == 0, made.stderr
-    proc = report(str(out))
+    proc = subprocess.run([sys.executable, str(HERE / "report.py"), str(out)], capture_output=True, text=True,
+                          timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
     first, *rest = proc.stdout.splitlines()
     assert first.startswith("Machine: ") and "--steps 2 --rounds 1" in first, first

@@ -2,9 +2,7 @@
 table from this benchmark's extra_info. The smoke run (benchmarks disabled) measures 5 steps, one round."""
 import pytest
 
-from step_breakdown import measure, table
-
-GROUP = "cpu step breakdown (seed settings, batch 150)"
+from step_breakdown import GROUP, measure, table
 
 
 @pytest.mark.benchmark(group=GROUP)
