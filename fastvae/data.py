@@ -379,6 +379,9 @@ def as_rows(X: ArrayLike, what: str = "X", empty: bool = False) -> tuple[np.ndar
                         "pass finite pixels in [0, 1]")
     lo, hi = X.min(), X.max()
     if lo < 0 or hi > 1:
+        if X.dtype.kind in "iu":            # (integers are read as pixels 0..255: say that range, not [0, 1])
+            raise UserError(f"{what} holds integers from {lo} to {hi}; integer pixels must be 0..255 (or pass "
+                            "floats in [0, 1])")
         raise UserError(f"{what} has values outside [0, 1] (min {lo:g}, max {hi:g}); scale them to [0, 1] "
                         "or pass uint8")
     return np.ascontiguousarray(X, dtype=np.float32), shape

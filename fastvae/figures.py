@@ -8,9 +8,15 @@ SIDE = 28  # MNIST images are 28 x 28
 
 
 def matplotlib_missing():
-    """None when matplotlib can be imported, else a one-line reason with the install command."""
+    """None when matplotlib can be imported, else a one-line reason with the install command. The import holds a
+    Ctrl-C back until it is done (handled then): one landing inside a compiled module's initialization left it half
+    made, read as "figures need matplotlib (initialization failed)", and the process aborted at exit ("Fatal Python
+    error: PyThreadState_Get", status 134: a fresh user's trial, 2 in ~60 Ctrl-Cs a second into a run)."""
+    from .sigint import held_interrupts
     try:
-        import matplotlib  # noqa: F401
+        with held_interrupts():
+            import matplotlib  # noqa: F401
+            from matplotlib.figure import Figure  # noqa: F401  (what the figures import: its compiled modules)
     except ImportError as e:
         return f"figures need matplotlib ({e}); pip install matplotlib"
     return None

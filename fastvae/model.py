@@ -124,6 +124,8 @@ class VAE:
         object.__setattr__(self, name, value)
 
     def __delattr__(self, name):
+        if name not in self.__dict__:
+            raise also(AttributeError, f"VAE has no attribute {name!r} to delete")
         raise also(AttributeError, f"model.{name} cannot be deleted (a model without it would fail later); make or "
                                    "load another model instead")
 

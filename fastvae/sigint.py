@@ -1,5 +1,6 @@
 """SIGINT (and SIGTERM where asked) handled by an object while a block runs (training.StopOnCtrlC, CtrlCNoted for
 the tools' figures): one place for taking the handlers and giving the previous ones back."""
+import _signal
 import signal
 import threading
 
@@ -53,3 +54,41 @@ class CtrlCNoted(CtrlCHandled):
             raise KeyboardInterrupt
         if self.seen is not None:
             raise StoppedBySignal("", self.seen)
+
+
+_SIGINT = int(signal.SIGINT)
+
+
+class held_interrupts:
+    """Ctrl-C (SIGINT) held back inside the block and handled, by whatever handler was installed, when it ends (the
+    default one raises KeyboardInterrupt there). Python runs signal handlers on the main thread only, whichever
+    thread the OS delivered the signal to, so swapping the handler there is enough; elsewhere nothing is held.
+
+    Swapped through _signal, the C module behind `signal`, whose wrappers convert every number to an enum and back:
+    measured on the project's Xeon, one held block 9.8 us that way against about 1 us, twice per step."""
+
+    __slots__ = ("caught", "previous")
+
+    def __enter__(self):
+        self.previous = None
+        if threading.current_thread() is not threading.main_thread() or _signal.getsignal(_SIGINT) is None:
+            return self                 # (None: a handler installed by C code, which Python could not put back)
+        caught = self.caught = []
+        self.previous = _signal.signal(_SIGINT, lambda signum, frame: caught.append(frame))
+        return self
+
+    def __exit__(self, *exc):
+        previous = self.previous
+        if previous is None:
+            return False
+        _signal.signal(_SIGINT, previous)
+        if self.caught:
+            if callable(previous):
+                # each one held, to the handler in place as it comes: a second Ctrl-C during the same chunk was lost
+                # (fit's first-Ctrl-C handler heard one, and stopped cleanly instead of at once: a fresh user's trial)
+                for frame in self.caught:
+                    handler = _signal.getsignal(_SIGINT)
+                    (handler if callable(handler) else previous)(_SIGINT, frame)
+            elif previous == signal.SIG_DFL:
+                signal.raise_signal(signal.SIGINT)
+        return False

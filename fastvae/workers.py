@@ -11,9 +11,7 @@ work, not every product's: fastvae.threads then lowers the count. The calling th
 """
 from __future__ import annotations
 
-import _signal
 import os
-import signal
 import threading
 import weakref
 from collections.abc import Callable
@@ -21,6 +19,7 @@ from collections.abc import Callable
 import numpy as np
 
 from . import barrier
+from .sigint import held_interrupts
 
 QUIET_JOBS = 16     # jobs whose barrier waiters do not spin after one where a waiter spun in vain
 
@@ -148,12 +147,12 @@ class Workers:
         """fn(0..parts-1) on the pool, part 0 on this thread; or busy() when another job holds the pool (then False).
         on_error() is called when part 0 does not return normally (run_phases: the barrier is aborted). Ctrl-C
         (SIGINT) is held back while the pool is taken and the parts handed out, and while they are waited for
-        (_held_interrupts), so that it lands in part 0 or after the job, never between a hand-off and its
+        (sigint.held_interrupts), so that it lands in part 0 or after the job, never between a hand-off and its
         bookkeeping (a part left running or waiting at a barrier would hang the next job; a permit left behind
         would end the next job's wait early)."""
         taken, started, waited, finished, all_departed, errors = False, 0, 0, False, False, {}
         try:
-            with _held_interrupts():
+            with held_interrupts():
                 taken = self._busy.acquire(blocking=False)
                 if taken:
                     self._owner = threading.get_ident()
@@ -176,7 +175,7 @@ class Workers:
         finally:
             while taken and waited < started:   # every started part is waited for, even through Ctrl-C; a Ctrl-C
                 try:                            # that lands outside the held regions is kept and raised after
-                    with _held_interrupts():
+                    with held_interrupts():
                         if not finished and on_error is not None:
                             on_error()
                             on_error = None
@@ -288,39 +287,3 @@ class _Worker:
             self._done.release()
 
 
-class _held_interrupts:
-    """Ctrl-C (SIGINT) held back inside the block and handled, by whatever handler was installed, when it ends (the
-    default one raises KeyboardInterrupt there). Python runs signal handlers on the main thread only, whichever
-    thread the OS delivered the signal to, so swapping the handler there is enough; elsewhere nothing is held.
-
-    Swapped through _signal, the C module behind `signal`, whose wrappers convert every number to an enum and back:
-    measured on the project's Xeon, one held block 9.8 us that way against about 1 us, twice per step."""
-
-    __slots__ = ("caught", "previous")
-
-    def __enter__(self):
-        self.previous = None
-        if threading.current_thread() is not threading.main_thread() or _signal.getsignal(_SIGINT) is None:
-            return self                 # (None: a handler installed by C code, which Python could not put back)
-        caught = self.caught = []
-        self.previous = _signal.signal(_SIGINT, lambda signum, frame: caught.append(frame))
-        return self
-
-    def __exit__(self, *exc):
-        previous = self.previous
-        if previous is None:
-            return False
-        _signal.signal(_SIGINT, previous)
-        if self.caught:
-            if callable(previous):
-                # each one held, to the handler in place as it comes: a second Ctrl-C during the same chunk was lost
-                # (fit's first-Ctrl-C handler heard one, and stopped cleanly instead of at once: a fresh user's trial)
-                for frame in self.caught:
-                    handler = _signal.getsignal(_SIGINT)
-                    (handler if callable(handler) else previous)(_SIGINT, frame)
-            elif previous == signal.SIG_DFL:
-                signal.raise_signal(signal.SIGINT)
-        return False
-
-
-_SIGINT = int(signal.SIGINT)

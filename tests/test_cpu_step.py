@@ -724,7 +724,7 @@ def test_every_ctrl_c_held_during_a_job_reaches_the_handler_in_place():
     and stopped cleanly, where the second should have stopped at once (a fresh user's trial). Each now goes to the
     handler in place as it comes (here the first handler swaps in a second, as fit's does)."""
     import time
-    from fastvae.workers import _held_interrupts
+    from fastvae.sigint import held_interrupts
     heard = []
 
     def second(signum, frame):
@@ -735,7 +735,7 @@ def test_every_ctrl_c_held_during_a_job_reaches_the_handler_in_place():
         signal.signal(signal.SIGINT, second)
     before = signal.signal(signal.SIGINT, first)
     try:
-        with _held_interrupts():
+        with held_interrupts():
             for _ in range(2):
                 os.kill(os.getpid(), signal.SIGINT)
                 time.sleep(0.05)                    # (Python runs the holding handler between the two)

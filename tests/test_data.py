@@ -219,7 +219,7 @@ def test_as_images_flattens_float_images_to_float32():
     (np.full((2, 784), np.nan), "1568 NaN"),
     (np.full((2, 784), np.inf), "1568 infinite"),
     (np.array([[-0.2] * 783 + [1.3]]), "outside [0, 1] (min -0.2, max 1.3); scale them"),
-    (np.full((2, 784), 256, np.int64), "outside [0, 1]"),
+    (np.full((2, 784), 256, np.int64), "holds integers from 256 to 256; integer pixels must be 0..255"),
     (np.zeros(784), "not a batch; pass a batch of shape (n, d) or (n, h, w)"),
     (np.zeros((28, 28)), "has rows of 28 values (shape (28, 28)) but the model takes 784"),
     (np.zeros((2, 100)), "has rows of 100 values"),
@@ -244,7 +244,7 @@ def test_integer_pixels_of_any_dtype_and_bool_images_are_taken():
     for x in (binary, binary.astype(np.int64)):
         rows = as_images(x, "images")
         assert rows.dtype == np.float32 and np.array_equal(rows, binary)
-    user_error(as_images, -pixels - 1, "images", phrase="outside [0, 1]")
+    user_error(as_images, -pixels - 1, "images", phrase="integer pixels must be 0..255")
 
 
 # ---------------------------------------------------------------- other data sets (issue 15)

@@ -226,9 +226,11 @@ def test_settings_cannot_change_under_a_running_fit_nor_be_deleted(x):
     model.config = dataclasses.replace(model.config, lr=1e-4)    # between fits
     model.threads = 2
     assert model.fit(x[:300], epochs=1).config.lr == 1e-4
-    for name in ("config", "history", "threads", "nothing"):
+    for name in ("config", "history", "threads"):
         with pytest.raises(AttributeError, match=f"model.{name} cannot be deleted"):
             delattr(model, name)
+    with pytest.raises(AttributeError, match="VAE has no attribute 'nothing' to delete"):
+        del model.nothing
     assert model.evaluate(x[:100])["total"] > 0
 
 

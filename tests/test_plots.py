@@ -296,3 +296,21 @@ def test_a_ctrl_c_python_drops_while_plotting_still_stops_the_tool(runs, tmp_pat
     status = plot.main([str(folder), "--out", str(tmp_path / "figs"), "--backend", "cpu", "--test-images", "50"])
     assert dropped == [KeyboardInterrupt]                       # Python did drop it
     assert status == 130 and capsys.readouterr().err.strip().endswith("fastvae: interrupted")
+
+
+def test_a_ctrl_c_while_matplotlib_imports_waits_for_the_import(tmp_path):
+    """A Ctrl-C inside matplotlib's import (a second into a run) left a compiled module half made: the run said
+    "figures need matplotlib (initialization failed)", trained on, and aborted at exit with status 134 (a fresh
+    user's trial). The import now completes and the Ctrl-C is raised after it. A real signal, sent from inside a
+    stand-in matplotlib's own import, in a fresh process."""
+    package = tmp_path / "matplotlib"
+    package.mkdir()
+    (package / "__init__.py").write_text("import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\n"
+                                         "time.sleep(0.2)\nDONE = True\n")
+    (package / "figure.py").write_text("Figure = object\n")
+    code = ("import sys\nfrom fastvae.figures import matplotlib_missing\ntry:\n    matplotlib_missing()\n"
+            "except KeyboardInterrupt:\n    print('interrupted after the import:', sys.modules['matplotlib'].DONE)\n")
+    import os
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert proc.stdout.strip() == "interrupted after the import: True", proc.stdout + proc.stderr
