@@ -19,3 +19,17 @@ def sigint_after(seconds, handler=signal.default_int_handler):
         timer.cancel()
         timer.join()
         signal.signal(signal.SIGINT, previous)
+
+
+def a_dropped_interrupt(*args, **kw):
+    """A Ctrl-C whose KeyboardInterrupt Python drops ('Exception ignored in ...', sys.unraisablehook), as one raised
+    inside matplotlib's weakref callbacks is: the signal sent from a real weakref.finalize callback, run at once.
+    Takes any arguments, to stand where write_figures is called."""
+    import time
+    import weakref
+
+    class Held:
+        pass
+    held = Held()
+    weakref.finalize(held, lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.5)))
+    del held                                                    # the callback runs here; its interrupt is dropped

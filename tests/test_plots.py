@@ -277,20 +277,10 @@ def test_a_ctrl_c_python_drops_while_plotting_still_stops_the_tool(runs, tmp_pat
     """fastvae-plot went on and exited 0 after a Ctrl-C whose KeyboardInterrupt Python dropped inside one of
     matplotlib's callbacks (2 of 14 tries of a fresh user, 'Exception ignored in ...'); it now says interrupted,
     status 130, as train's final figures do. The signal lands in a real weakref.finalize callback."""
-    import os
-    import signal
-    import time
-    import weakref
     from fastvae import plot
-
-    def figures_with_a_dropped_interrupt(*args, **kw):
-        class Held:
-            pass
-        held = Held()
-        weakref.finalize(held, lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.5)))
-        del held                                                # the callback runs here; its interrupt is dropped
+    from signals import a_dropped_interrupt
     dropped = []
-    monkeypatch.setattr(plot, "write_figures", figures_with_a_dropped_interrupt)
+    monkeypatch.setattr(plot, "write_figures", a_dropped_interrupt)
     monkeypatch.setattr(sys, "unraisablehook", lambda u: dropped.append(u.exc_type))
     _, folder = runs[2]
     status = plot.main([str(folder), "--out", str(tmp_path / "figs"), "--backend", "cpu", "--test-images", "50"])

@@ -455,17 +455,10 @@ def test_a_ctrl_c_python_drops_in_a_callback_during_the_figures_still_stops_the_
     in ...'): a fresh user's trial got 'done' and exit status 0 after such a Ctrl-C during the final figures (2 of 22
     tries). The run notes the signal and stops as for any Ctrl-C there: status 130, the line with the figures'
     command. Here the signal lands in a real weakref.finalize callback, deterministically."""
-    import weakref
     from fastvae import plot, train
-
-    def figures_with_a_dropped_interrupt(*args, **kw):
-        class Held:
-            pass
-        held = Held()
-        weakref.finalize(held, lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.5)))
-        del held                                                # the callback runs here; its interrupt is dropped
+    from signals import a_dropped_interrupt
     dropped = []
-    monkeypatch.setattr(plot, "write_figures", figures_with_a_dropped_interrupt)
+    monkeypatch.setattr(plot, "write_figures", a_dropped_interrupt)
     monkeypatch.setattr(sys, "unraisablehook", lambda u: dropped.append(u.exc_type))
     status = train.main([*_SMALL, "--epochs", "1", "--out", str(tmp_path)])
     captured = capsys.readouterr()
