@@ -156,9 +156,14 @@ def _read_set_file(path, field):
     return arr, None, known, notice
 
 
-def _dataset(arrays, names, source, image_shape, name=None, notices=()):
+def _dataset(arrays, names, source, image_shape, name=None, notices=(), shapes=None):
     """A Dataset from its arrays, once each split has one label per image (where it has labels), at least one
-    image, and both splits have the same width."""
+    image, and both splits have the same width; `shapes`: each split's image shape (h, w) or None (rows), named in
+    the message where they differ (it said "rows of 784 values but ... of 576" of 28 x 28 and 24 x 24 images)."""
+    if shapes is not None and None not in shapes.values() and shapes["train_x"] != shapes["test_x"]:
+        (h, w), (th, tw) = shapes["train_x"], shapes["test_x"]
+        raise UserError(f"{names['train_x']} holds images of {h} x {w} but {names['test_x']} of {th} x {tw}; use a "
+                        "training and a test set of the same image size")
     for x, y in (("train_x", "train_y"), ("test_x", "test_y")):
         n = len(arrays[x])
         if arrays.get(y) is not None and len(arrays[y]) != n:
@@ -187,7 +192,8 @@ def _load_idx(paths, source):
                        "figures show each image mirrored along its diagonal")
     names = {field: str(p) for field, p in paths.items()}
     return _dataset({f: r[0] for f, r in read.items()}, names, source + (f" ({name})" if name else ""),
-                    shapes.pop() if len(shapes) == 1 else None, name, notices)
+                    shapes.pop() if len(shapes) == 1 else None, name, notices,
+                    shapes={f: read[f][1] for f in ("train_x", "test_x")})
 
 
 def _npz_labels(y, what):
@@ -235,7 +241,8 @@ def _load_npz(path, test_fraction, split_seed):
     labels = {f: _npz_labels(arrays[k], names[f]) if k in arrays else None
               for f, k in (("train_y", "y_train"), ("test_y", "y_test"))}
     return _dataset({"train_x": train_x, "test_x": test_x, **labels}, names, str(path),
-                    train_shape if train_shape == test_shape else None)
+                    train_shape if train_shape == test_shape else None,
+                    shapes={"train_x": train_shape, "test_x": test_shape})
 
 
 def split_indices(n, test_fraction, split_seed=0):

@@ -365,3 +365,14 @@ def test_a_single_number_is_one_line_and_any_integer_labels_load(tmp_path):
     np.savez(tmp_path / "strings.npz", x_train=x, y_train=np.array(["a"] * 20), x_test=x)
     with pytest.raises(UserError, match="labels must be a 1-D array of integers"):
         load_data(tmp_path / "strings.npz")
+
+
+def test_training_and_test_images_of_other_sizes_are_named_by_their_sizes(tmp_path):
+    """28 x 28 against 24 x 24 was said as "rows of 784 values but ... of 576" (a fresh user's trial), and 20 x 24
+    against 24 x 20 (the same width) loaded as feature rows without a word: both refused, naming the sizes."""
+    for train, test in (((28, 28), (24, 24)), ((20, 24), (24, 20))):
+        np.savez(tmp_path / "mixed.npz", x_train=np.zeros((4, *train), np.uint8) + 9,
+                 x_test=np.zeros((2, *test), np.uint8) + 9)
+        msg = user_error(load_data, tmp_path / "mixed.npz",
+                         phrase=f"holds images of {train[0]} x {train[1]} but")
+        assert f"of {test[0]} x {test[1]}; use a training and a test set of the same image size" in msg
