@@ -193,9 +193,12 @@ def save_manifold(path, images, quantiles, shape=(SIDE, SIDE)):
     # squares: a fresh user's trial)
     ax.imshow(1.0 - grid, cmap="gray", vmin=0, vmax=1, interpolation="nearest",
               extent=(-0.5, n - 0.5, -0.5, n - 0.5), aspect=shape[0] / shape[1])
-    ticks = [0, n // 4, n // 2, (3 * n) // 4, n - 1]
-    ax.set_xticks(ticks, [f"{q[t]:.2f}" for t in ticks])
-    ax.set_yticks(ticks, [f"{q[t]:.2f}" for t in ticks])
+    # the ends, and z = -1, 0, 1 where they fall between images (q is increasing: its index interpolates); a tick
+    # on the middle image of an even grid read 0.06 for the prior's centre (a fresh user's trial)
+    values = [q[0], *(v for v in (-1.0, 0.0, 1.0) if q[0] < v < q[-1]), q[-1]]
+    ticks = np.interp(values, q, np.arange(n))
+    ax.set_xticks(ticks, [f"{v:.2f}" for v in values])
+    ax.set_yticks(ticks, [f"{v:.2f}" for v in values])
     ax.set_xlabel("$z_0$")
     ax.set_ylabel("$z_1$")
     fig.suptitle(f"decoded {n} x {n} grid of the prior's quantiles {_pct(q)} (2-D latent space)", fontsize=10)

@@ -261,10 +261,14 @@ def test_non_square_images_keep_their_shape_and_one_image_keeps_its_labels(tmp_p
     """The manifold drew 20 x 24 images square; one reconstruction made an 80-pixel figure that cut off its title
     and row labels (a fresh user's trial)."""
     from fastvae.figures import save_manifold, save_reconstructions
-    q, _ = manifold_codings(side=5)
-    fig = save_manifold(tmp_path / "manifold.png", np.random.default_rng(0).random((25, 20 * 24)), q, shape=(20, 24))
+    q, _ = manifold_codings(side=4)
+    fig = save_manifold(tmp_path / "manifold.png", np.random.default_rng(0).random((16, 20 * 24)), q, shape=(20, 24))
     box = fig.axes[0].get_window_extent()
     assert box.width / box.height == pytest.approx(24 / 20, rel=0.02), (box.width, box.height)
+    ax = fig.axes[0]                                # the prior's centre is marked 0.00 (it read 0.06 at n = 20)
+    assert "0.00" in [t.get_text() for t in ax.get_xticklabels()]
+    centre = ax.get_xticks()[[t.get_text() for t in ax.get_xticklabels()].index("0.00")]
+    assert centre == pytest.approx(1.5)             # (4 quantiles: z = 0 falls between the middle two images)
     one = np.random.default_rng(1).random((1, 64))
     fig = save_reconstructions(tmp_path / "reconstructions.png", one, one, shape=(8, 8))
     inside = fig.bbox.expanded(1.001, 1.001)
