@@ -465,7 +465,7 @@ def _train(args, stop, hold):
     try:
         with training.also_stopping_on(signal.SIGTERM):     # (kill, timeout, schedulers: saved like a Ctrl-C)
             model.fit(train_x, epochs=cfg.epochs - model.epoch, validation=test_x, callback=after_epoch,
-                      progress=not args.quiet)
+                      progress=not args.quiet and sys.stderr is not None and sys.stderr.isatty())
     except TrainingDiverged as e:
         # a run resumes only at its own --lr: the lower rate the message advises starts it again
         advice = "lower the learning rate" if e.lr is None else \
@@ -498,9 +498,7 @@ def _train(args, stop, hold):
     return 0
 
 
-def _duration(seconds):
-    """'2.49 s', or '4.2 ms' below a tenth of a second (a small data set's epochs said 'median 0.00 s')."""
-    return f"{seconds:.2f} s" if seconds >= 0.1 else f"{1e3 * seconds:.1f} ms"
+_duration = training.duration                # (the epoch lines, the done line; training shares it)
 
 
 def _bf16_engine():

@@ -243,3 +243,16 @@ def test_none_asked_is_none_done(x):
     for refused in (lambda: model.fit(x[:300], epochs=-1), lambda: model.sample(-1)):
         with pytest.raises(UserError, match="must be a whole number >= 0"):
             refused()
+
+
+def test_progress_into_a_log_is_a_line_per_epoch(x, capsys):
+    """progress=True with stderr in a file or pipe wrote tqdm's redraws (carriage returns, cleared at each epoch's
+    end: nothing stayed in a log; two fresh users' trials): there it is one line per epoch, the bar stays for a
+    terminal (tests/terminal.py's tests)."""
+    model = VAE(seed=1, **SMALL).fit(x[:300], epochs=2, validation=x[:100], progress=True)
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert "\r" not in err and len(lines) == 2, err
+    for record, line in zip(model.history, lines):
+        assert line.startswith(f"epoch {record['epoch']}: train loss {record['train']['total']:.3f} per image, "
+                               f"test {record['test']['total']:.3f}, ") and line.endswith(" img/s"), line

@@ -586,6 +586,9 @@ def test_a_resumed_epochs_progress_bar_starts_at_its_step(mnist, monkeypatch):
         real_init(self, event)
         self.requested = signal.SIGINT
     monkeypatch.setattr(training.StopOnCtrlC, "__init__", asked_at_once)
+    from terminal import Terminal
+    terminal = Terminal()                           # (the bar is drawn on a terminal only)
+    monkeypatch.setattr(sys, "stderr", terminal.open_slave())
     model = VAE(seed=1, threads=2, **{**SMALL, "batch_size": 64})
     with pytest.raises(TrainingInterrupted):
         model.fit(mnist.train_x[:1280], epochs=1, progress=True)

@@ -14,6 +14,7 @@ import pytest
 from fastvae import VAE, UserError, checkpoint
 from fastvae.data import load_mnist
 from fastvae.errors import TrainingDiverged
+from terminal import Terminal
 
 # long enough per epoch (200 steps of the seed's widths) for a Ctrl-C to land inside one
 # one fixed thread count: OpenBLAS's products round differently at 1 and 2 threads, and an adapted count
@@ -50,14 +51,18 @@ def assert_same_run(run_dir, straight):
 
 
 def start_and_wait_inside_epoch(out, epoch=2, **popen):
-    """A 3-epoch training process, returned once tqdm's progress shows it 25 steps into `epoch` (of 200)."""
+    """A 3-epoch training process, returned once tqdm's progress shows it 25 steps into `epoch` (of 200): its stderr
+    a terminal (the bar is drawn only there), read through proc.stderr (a tests/terminal.py Terminal)."""
+    terminal = Terminal()
     proc = subprocess.Popen([sys.executable, "-m", "fastvae.train", *RUN, "--epochs", "3", "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **popen)
+                            stdout=subprocess.DEVNULL, stderr=terminal.slave, **popen)
+    terminal.close_slave()
+    proc.stderr = terminal
     seen = b""
     deadline = time.monotonic() + 300
     mark = f"epoch {epoch}: ".encode()
     while mark not in seen or b" 25/200" not in seen.split(mark, 1)[1]:
-        chunk = os.read(proc.stderr.fileno(), 4096)
+        chunk = terminal.read_chunk()
         assert chunk and time.monotonic() < deadline, seen.decode(errors="replace")[-500:]
         seen += chunk
     return proc
@@ -443,9 +448,16 @@ def test_a_stop_line_after_the_progress_bar_has_a_line_of_its_own(tmp_path, monk
             raise KeyboardInterrupt
         real_call(self, idx)
     monkeypatch.setattr(step.Stepper, "__call__", interrupted)
+    terminal = Terminal()                               # stderr a terminal: the bar is drawn only there
+    stderr = terminal.open_slave()
+    monkeypatch.setattr(sys, "stderr", stderr)
     small = [a for a in _SMALL if a != "--quiet"]
     assert train.main([*small, "--no-plots", "--epochs", "1", "--out", str(tmp_path)]) == 130
-    err = capsys.readouterr().err
+    stderr.flush()
+    terminal.close_slave()
+    err = terminal.read().decode(errors="replace")
+    terminal.close()
+    assert "step/s" in err, err                         # (the bar was drawn)
     last = [line for line in err.replace("\r", "\n").split("\n") if line.strip()][-1]
     assert last.startswith("fastvae: interrupted before the run saved a checkpoint"), repr(err[-300:])
 
