@@ -443,6 +443,8 @@ def test_the_progress_bar_moves_at_the_rate_the_loss_is_read(rand, monkeypatch):
         def close(self):
             pass
     monkeypatch.setattr(training, "_progress_bar", lambda total, desc, initial: Bar(initial))
+    from terminal import Terminal
+    monkeypatch.setattr(sys, "stderr", Terminal().open_slave())     # (the bar is drawn on a terminal only)
     steps = 2 * LOSS_CHECK_INTERVAL_DEVICE + 3
     X = rand.integers(0, 256, (2 * steps, 784)).astype(np.uint8)
     model.VAE(hidden=(5,), latent=2, backend="cpu", seed=1, batch_size=2).fit(X, epochs=1, progress=True)
