@@ -13,7 +13,7 @@ class CtrlCHandled:
     nothing; and only a signal whose handler is Python's default is taken: one that is ignored (a process started
     in the background by a shell, `cmd &`, ignores SIGINT: a Ctrl-C meant for the shell's script is not ours), or
     one the program set a handler of its own for (a program embedding fastvae keeps its Ctrl-C: its handler can
-    call VAE.stop(); fit took the signal from it, a fresh user's trial), is left as it is."""
+    set the event given as fit's `stop`; fit took the signal from it, a fresh user's trial), is left as it is."""
 
     def __init__(self, also=()):
         self._signals = (signal.SIGINT, *also)

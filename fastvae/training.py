@@ -53,7 +53,7 @@ def run_epochs(model, X, ws, epochs, validation=None, callback=None, progress=Fa
                 record["threads"] = pacer.record()
             if validation is not None:
                 record["test"] = model.evaluate(validation)
-            if progress and not _terminal(sys.stderr):
+            if progress and sys.stderr is not None and not _terminal(sys.stderr):     # (a log: see _epoch)
                 print(_epoch_line(record), file=sys.stderr, flush=True)
             model.history.append(record)
             if callback is not None:

@@ -153,12 +153,13 @@ def test_mistakes_are_pythons_own_kinds_too():
     assert not hasattr(model, "lr") and getattr(model, "lr", None) is None
 
 
-def test_a_progress_bar_without_stderr_is_no_bar(x, monkeypatch):
-    """pythonw and some services run with sys.stderr None: fit(progress=True) raised tqdm's AttributeError."""
+def test_a_progress_bar_without_stderr_is_no_bar(x, monkeypatch, capsys):
+    """pythonw and some services run with sys.stderr None: fit(progress=True) raised tqdm's AttributeError; nor do
+    its epoch lines go to stdout instead."""
     import sys
     monkeypatch.setattr(sys, "stderr", None)
     model = VAE(seed=1, **SMALL).fit(x[:300], epochs=1, progress=True)
-    assert model.epoch == 1
+    assert model.epoch == 1 and capsys.readouterr().out == ""
 
 
 def test_no_rows_in_gives_no_rows_out(x):
