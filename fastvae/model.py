@@ -214,13 +214,14 @@ class VAE:
         backends: the count and the pacer's changes), "replay_compile_seconds" (an epoch that compiled the captured
         step's replays, inside its seconds), "first_steps_seconds" (the epoch of this process's first steps on its
         backend: the seconds of their first call, which loads the kernels from Numba's cache or, after an install,
-        compiles them, 10-30 s; inside its seconds)}; an exception it raises comes out of fit as it is, after the epoch has
-        counted (the model stays consistent). progress: show a tqdm progress bar (on stderr). stop: a
-        threading.Event (or anything with is_set()) that ends the fit early when set, from another thread, a signal
-        handler or the callback: fit returns after the step in progress (on the cpu backend, the chunk of at most 25
-        steps), the model consistent (model.epoch_step says where inside an epoch; a later fit goes on from there),
-        with no record for a part epoch; already set, fit returns at once. The way to stop a fit running in a thread
-        other than the main one, or where the program handles SIGINT itself (fit then leaves Ctrl-C to it).
+        compiles them, 10-30 s; inside its seconds)}; an exception it raises comes out of fit as it is, after the
+        epoch has counted (the model stays consistent). progress: a tqdm progress bar on stderr where it is a
+        terminal, else (a log file, a pipe) one line there per epoch.
+        stop: a threading.Event (or anything with is_set()) that ends the fit early when set, from another thread, a
+        signal handler or the callback: fit returns after the step in progress (on the cpu backend, the chunk of at
+        most 25 steps), the model consistent (model.epoch_step says where inside an epoch; a later fit goes on from
+        there), with no record for a part epoch; already set, fit returns at once. The way to stop a fit running in
+        a thread other than the main one, or where the program handles SIGINT itself (fit then leaves Ctrl-C to it).
         A model stopped in the middle of an epoch (Ctrl-C) finishes that epoch first, as one of `epochs`, in
         the batch size it started with (another one is refused until the next epoch).
         Raises UserError for bad arguments or images; TrainingInterrupted on Ctrl-C (a fit in the main thread,
@@ -228,8 +229,8 @@ class VAE:
         progress (on the cpu backend, after the chunk of at most 25 steps in progress: fastvae.step_chunks),
         leaving the model consistent (save it to resume); TrainingDiverged naming the step when the
         loss or a parameter becomes NaN or Inf (the model then refuses to be saved or trained further). A model
-        whose step raised
-        part-way (a second Ctrl-C) refuses both fit and save (UserError): load the last checkpoint.
+        whose step raised part-way (a second Ctrl-C) refuses both fit and save (UserError): load the last
+        checkpoint.
         """
         cfg = self.config
         if self.diverged:
