@@ -49,3 +49,33 @@ def test_a_read_only_install_without_a_writable_home_caches_its_kernels_in_the_t
                           timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "15.0", proc.stderr[-2000:]
     assert list((tmp_path / f"fastvae-numba-cache-{os.getuid()}").rglob("*.nbi")), "nothing cached in TMPDIR"
+
+
+def test_an_edit_of_a_called_module_recompiles_its_callers(tmp_path):
+    """Numba checks a cached function against its own file only: a kernel calling another module's jitted function
+    kept the old callee after that module's edit (cpu_bf16 calling cpu's pass: a contributor's trial). With the
+    package's caches keyed by all its Numba sources, the caller sees the edit. A real package of two modules, a real
+    cache folder, fresh processes."""
+    import subprocess
+    import sys
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "callee.py").write_text("from numba import njit\n\n@njit(cache=True)\ndef f():\n    return 1\n")
+    (package / "caller.py").write_text("from numba import njit\nfrom pkg.callee import f\n\n"
+                                       "@njit(cache=True)\ndef g():\n    return f() + 10\n")
+    code = ("from fastvae import numba_cache\nassert numba_cache.key_caches_by_package(%r)\n"
+            "from pkg.caller import g\nprint(g())\n" % str(package))
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "NUMBA_CACHE_DIR": str(tmp_path / "cache")}
+
+    def run():
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.split()[-1]
+    assert run() == "11"
+    assert any((tmp_path / "cache").rglob("*.nbi"))                 # g was cached
+    callee = package / "callee.py"
+    callee.write_text(callee.read_text().replace("return 1", "return 2"))
+    later = callee.stat().st_mtime + 10
+    os.utime(callee, (later, later))
+    assert run() == "12"
