@@ -1,9 +1,10 @@
 """The backends the kernel tests hold to the reference, and which cases each can afford, in one place.
 
-cpu: the Numba backend. cpu-bf16: the same with its products on AMX tiles in bf16 (skipped, with the reason, where
-the CPU has no AMX). gpu-emulated: the gpu backend's launch code over the CUDA C run on the CPU by fastvae.cuda.emu
-(needs a C++ compiler; slow: one fiber per CUDA thread, so it takes the cases up to a budget of multiply-adds, plus
-the seed's own layer shapes at batch 150). gpu: the same on a real device (marker gpu).
+cpu: the Numba backend. cpu-bf16: the same with its products in bf16, on AMX tiles or with AVX512-BF16 where there
+is no AMX (skipped, with the reason, where the CPU has neither). gpu-emulated: the gpu backend's launch code over
+the CUDA C run on the CPU by fastvae.cuda.emu (needs a C++ compiler; slow: one fiber per CUDA thread, so it takes
+the cases up to a budget of multiply-adds, plus the seed's own layer shapes at batch 150). gpu: the same on a real
+device (marker gpu).
 """
 import pytest
 
