@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Config
-from .errors import UserError, file_error, one_line, write_advice
+from .errors import UserError, file_error, one_line, unreadable, write_advice
 from .params import Layout
 
 FORMAT = "fastvae-checkpoint"
@@ -110,7 +110,7 @@ def load(path):
     except UserError:
         raise
     except PermissionError as e:                # not corrupt: unreadable to this user
-        raise file_error(f"cannot read checkpoint {path} ({e.strerror}); check its permissions", e, path) from e
+        raise unreadable(path, e, "checkpoint ") from e
     # a corrupt array header makes NumPy's header parser raise SyntaxError or tokenize.TokenError (the fuzz test)
     except (OSError, ValueError, KeyError, IndexError, TypeError, zipfile.BadZipFile, EOFError, SyntaxError,
             tokenize.TokenError) as e:

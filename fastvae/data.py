@@ -19,7 +19,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from .config import N_PIXELS
-from .errors import UserError, file_error, one_line as _one_line
+from .errors import UserError, file_error, one_line as _one_line, unreadable
 
 SIDE = 28  # MNIST images are SIDE x SIDE = N_PIXELS pixels: the embedded set, and the default image shape
 
@@ -91,7 +91,7 @@ def _read_bytes(path):
         raw = Path(path).read_bytes()
         return raw, (gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
     except PermissionError as e:
-        raise file_error(f"cannot read {path} ({e.strerror}); check its permissions", e, path) from e
+        raise unreadable(path, e) from e
     except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError; a truncated stream is an EOFError
         raise UserError(f"{path} is not a readable gzip/IDX file ({_one_line(e)}); re-download it") from None
 
@@ -217,7 +217,7 @@ def _open_npz(path):
         with np.load(path, allow_pickle=False) as z:
             return {key: z[key] for key in z.files}
     except PermissionError as e:
-        raise file_error(f"cannot read {path} ({e.strerror}); check its permissions", e, path) from e
+        raise unreadable(path, e) from e
     except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
         raise UserError(f"{path} is not a readable .npz file ({_one_line(e)}); write it with numpy.savez (or "
                         "download it again)") from None
@@ -310,7 +310,7 @@ def load_data(path: str | Path | None = None, test_fraction: float = 1 / 7, spli
         try:
             x = np.load(d, allow_pickle=False)
         except PermissionError as e:
-            raise file_error(f"cannot read {d} ({e.strerror}); check its permissions", e, d) from e
+            raise unreadable(d, e) from e
         except (OSError, EOFError, ValueError) as e:
             raise UserError(f"{d} is not a readable .npy file ({_one_line(e)}); save it with numpy.save") from None
         return _split_array(x, str(d), test_fraction, split_seed)

@@ -56,6 +56,12 @@ def file_error(message: str, cause: OSError | type = FileNotFoundError, filename
     return e
 
 
+def unreadable(path, e: OSError, what: str = "") -> UserError:
+    """file_error for a file that exists but cannot be read (PermissionError): not corrupt, unreadable to this user
+    (it was called unreadable or corrupt: a fresh user's trial)."""
+    return file_error(f"cannot read {what}{path} ({e.strerror}); check its permissions", e, path)
+
+
 def write_advice(e: OSError) -> str:
     """What to do about a failed write, by its errno: "free some space" only where space ran out (it was said for
     an immutable file, EPERM, too: a fresh user's trial)."""

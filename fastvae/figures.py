@@ -1,5 +1,8 @@
 """Figures as PNG files. matplotlib is an extra (the plots extra: `pip install matplotlib`), imported only here, only
 when a figure is drawn; the object-oriented API (Figure, not pyplot) needs no display and keeps no global state."""
+import os
+import secrets
+
 import numpy as np
 
 from .errors import UserError
@@ -32,8 +35,6 @@ def _figure(width, height):
 def _save(fig, path):
     """fig as a PNG at `path`, whole or not at all: drawn into a temporary file beside it, then renamed over it (a
     Ctrl-C in the middle of a savefig left a truncated or empty PNG under the real name: a fresh user's trial)."""
-    import os
-    import secrets
     path = os.fspath(path)
     folder, name = os.path.split(path)
     tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")

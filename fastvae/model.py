@@ -441,10 +441,16 @@ class VAE:
             raise UserError(f"cannot write a checkpoint into {os.fspath(path)}: there is no such folder; make it "
                             f"first, or name a file (e.g. {os.fspath(path).rstrip('/' + os.sep)}.npz)")
         self._check_savable()
+        checkpoint.save(path, self._checkpoint())
+
+    def _checkpoint(self, copy=False):
+        """What save() writes and pickling carries: a checkpoint.Checkpoint of the model as it stands, its arrays
+        the backend's own host arrays or, with `copy`, copies of them (a copy.copy must not share the model's)."""
         be = self.backend
-        checkpoint.save(path, checkpoint.Checkpoint(
-            self.config, be.to_host(self.state.params), be.to_host(self.state.m), be.to_host(self.state.v),
-            steps=self.steps, epoch=self.epoch, epoch_step=self.epoch_step, epoch_loss=self.epoch_loss))
+        host = (lambda a: np.array(be.to_host(a), dtype=np.float32)) if copy else be.to_host
+        return checkpoint.Checkpoint(self.config, host(self.state.params), host(self.state.m), host(self.state.v),
+                                     steps=self.steps, epoch=self.epoch, epoch_step=self.epoch_step,
+                                     epoch_loss=np.array(self.epoch_loss, np.float64))
 
     def _check_savable(self, what="saved"):
         if self.diverged:
@@ -469,11 +475,16 @@ class VAE:
         if Path(path).is_dir():                 # a run folder (python -m fastvae.train --out): its checkpoint
             path = Path(path) / "checkpoint.npz"
         ck = checkpoint.load(path)
+        return cls._from_checkpoint(ck, resolve(backend, precision, notify), threads, notify)
+
+    @classmethod
+    def _from_checkpoint(cls, ck, backend, threads, notify=None):
+        """A model of checkpoint.Checkpoint `ck` on `backend` (a resolved name), at `threads` (checked)."""
         model = cls.__new__(cls)
         model.threads = threads
         model.config = ck.config
-        model._set_up(resolve(backend, precision, notify), ck.params, notify, m=ck.m, v=ck.v, step_count=ck.steps,
-                      epoch=ck.epoch, epoch_step=ck.epoch_step, epoch_loss=ck.epoch_loss)
+        model._set_up(backend, ck.params, notify, m=ck.m, v=ck.v, step_count=ck.steps, epoch=ck.epoch,
+                      epoch_step=ck.epoch_step, epoch_loss=ck.epoch_loss)
         return model
 
     @_one_at_a_time
@@ -483,11 +494,7 @@ class VAE:
         its thread setting and its history, and is made anew by _unpickled, an independent model (copy.copy too);
         raises UserError where save() would (a diverged model, a step stopped part-way)."""
         self._check_savable("copied")
-        be = self.backend
-        arrays = tuple(np.array(be.to_host(a), dtype=np.float32) for a in (self.state.params, self.state.m,
-                                                                           self.state.v))
-        return _unpickled, (self.config.to_dict(), *arrays, self.steps, self.epoch, self.epoch_step,
-                            np.array(self.epoch_loss, np.float64), be.name, self.threads, list(self.history))
+        return _unpickled, (self._checkpoint(copy=True), self.backend.name, self.threads, list(self.history))
 
     def __repr__(self) -> str:
         c = self.config
@@ -499,14 +506,10 @@ class VAE:
                 + ("; a step stopped part-way: refuses fit and save" * (self.step_broken and not self.diverged)) + ")")
 
 
-def _unpickled(config, params, m, v, steps, epoch, epoch_step, epoch_loss, backend, threads, history):
+def _unpickled(ck, backend, threads, history):
     """A model from VAE.__reduce__'s values, on the backend it had (a gpu model needs a GPU where it is unpickled:
     else UserError; load a saved checkpoint there with VAE.load(path, backend="cpu"))."""
-    model = VAE.__new__(VAE)
-    model.threads = threads
-    model.config = Config.from_dict(config)
-    model._set_up(resolve(backend, None, None), params, None, m=m, v=v, step_count=steps, epoch=epoch,
-                  epoch_step=epoch_step, epoch_loss=epoch_loss)
+    model = VAE._from_checkpoint(ck, resolve(backend, None, None), threads)
     model._set(history=history)
     return model
 

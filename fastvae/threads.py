@@ -211,9 +211,7 @@ class Libraries:
         with _HELD.lock:
             if not self._holding:
                 self._holding = True
-                if _HELD.holders == 0:           # the counts before any fit changed them
-                    _HELD.original = [(lib, lib.get_num_threads()) for lib in self._blas.lib_controllers]
-                _HELD.holders += 1
+                _HELD.take(self._blas.lib_controllers)
             for lib in self._blas.lib_controllers:
                 _set_blas(lib, 1 if self.workers is not None else n)
         if self.workers is not None:
@@ -228,10 +226,7 @@ class Libraries:
         with _HELD.lock:
             if self._holding:
                 self._holding = False
-                _HELD.holders -= 1
-                if _HELD.holders == 0:           # the last fit at once puts them back (not the first to end)
-                    for lib, count in _HELD.original:
-                        _set_blas(lib, count)
+                _HELD.give_back()
         if self.workers is not None:
             self.workers.count = self._workers_before
         self.count = None
@@ -248,6 +243,19 @@ class _Held:
         self.lock = threading.Lock()
         self.holders = 0
         self.original = []
+
+    def take(self, libs):
+        """One more holder (under self.lock); the first notes the counts before any holder changed them."""
+        if self.holders == 0:
+            self.original = [(lib, lib.get_num_threads()) for lib in libs]
+        self.holders += 1
+
+    def give_back(self):
+        """One holder fewer (under self.lock); the last puts the counts back (not the first to end)."""
+        self.holders -= 1
+        if self.holders == 0:
+            for lib, count in self.original:
+                _set_blas(lib, count)
 
 
 _HELD = _Held()
@@ -290,8 +298,7 @@ def held_for_inference(count):
     with _HELD.lock:
         took = _HELD.holders == 0
         if took:
-            _HELD.holders += 1
-            _HELD.original = [(lib, lib.get_num_threads()) for lib in _blas_libraries()]
+            _HELD.take(_blas_libraries())
             for lib, _ in _HELD.original:
                 _set_blas(lib, count)
     try:
@@ -299,10 +306,7 @@ def held_for_inference(count):
     finally:
         if took:
             with _HELD.lock:
-                _HELD.holders -= 1
-                if _HELD.holders == 0:
-                    for lib, before in _HELD.original:
-                        _set_blas(lib, before)
+                _HELD.give_back()
 
 
 # ---------------------------------------------------------------- adapting while training

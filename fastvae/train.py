@@ -465,7 +465,7 @@ def _train(args, stop, hold):
     try:
         with training.also_stopping_on(signal.SIGTERM):     # (kill, timeout, schedulers: saved like a Ctrl-C)
             model.fit(train_x, epochs=cfg.epochs - model.epoch, validation=test_x, callback=after_epoch,
-                      progress=not args.quiet and sys.stderr is not None and sys.stderr.isatty())
+                      progress=not args.quiet and training.on_terminal(sys.stderr))   # (stdout has its lines)
     except TrainingDiverged as e:
         # a run resumes only at its own --lr: the lower rate the message advises starts it again
         advice = "lower the learning rate" if e.lr is None else \

@@ -53,7 +53,7 @@ def run_epochs(model, X, ws, epochs, validation=None, callback=None, progress=Fa
                 record["threads"] = pacer.record()
             if validation is not None:
                 record["test"] = model.evaluate(validation)
-            if progress and sys.stderr is not None and not _terminal(sys.stderr):     # (a log: see _epoch)
+            if progress and sys.stderr is not None and not on_terminal(sys.stderr):     # (a log: see _epoch)
                 print(_epoch_line(record), file=sys.stderr, flush=True)
             model.history.append(record)
             if callback is not None:
@@ -74,7 +74,7 @@ def _epoch(model, stepper, order, ws, progress, stop):
     # a bar on a terminal only: in a file its redraws were carriage returns and no line stayed (fresh users' trials:
     # run_epochs writes a line per epoch there); none without stderr (pythonw, some services: tqdm raised)
     bar = _progress_bar(len(starts), f"epoch {model.epoch + 1}", model.epoch_step) \
-        if progress and _terminal(sys.stderr) else None
+        if progress and on_terminal(sys.stderr) else None
     ws.loss[...] = be.asarray(model.epoch_loss, dtype=np.float64)
     order = be.asarray(order, dtype=np.int64)
     check_every = be.loss_check_interval          # reading the loss waits for a device: not every step there
@@ -159,7 +159,7 @@ def _diverged(model, what):
                            lr, step=model.steps, epoch=model.epoch + 1)
 
 
-def _terminal(stream):
+def on_terminal(stream):
     """Whether `stream` (sys.stderr) is a terminal: False for a file, a pipe, None, or a stand-in without isatty."""
     try:
         return bool(stream.isatty())
