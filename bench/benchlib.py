@@ -94,3 +94,16 @@ def operands(rand, a_shape, b_shape, ta, tb):
     b = rand.normal(0, 1, b_shape).astype(np.float32)
     a_op, b_op = (a.T if ta else a), (b.T if tb else b)
     return a_op, b_op, np.empty((a_op.shape[0], b_op.shape[1]), np.float32)
+
+
+def trainer(be, mnist):
+    """A fresh seed-settings state and workspace on `be`, with the data set on the backend: (state, workspace,
+    data, the first epoch's order) for step.Stepper (bench/test_training.py, bench/bf16_turns.py)."""
+    from fastvae import rng, step
+    from fastvae.params import he_init
+    layout = Layout(SEED_CFG)
+    state = step.State(be, layout, he_init(layout, SEED_CFG.seed), SEED_CFG.seed)
+    ws = step.Workspace(be, SEED_CFG, ROWS)
+    data = be.asarray(mnist.train_x, dtype=np.uint8)
+    order = be.asarray(rng.epoch_permutation(SEED_CFG.seed, 0, len(mnist.train_x)), dtype=np.int64)
+    return state, ws, data, order

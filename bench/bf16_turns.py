@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import PRODUCTS, SEED_CFG, operands  # noqa: E402  (benchlib also puts tests/ on the path)
-from test_training import ROWS, trainer  # noqa: E402
+from benchlib import PRODUCTS, ROWS, SEED_CFG, operands, trainer  # noqa: E402  (benchlib also puts tests/ on the path)
 from fastvae import machine, step  # noqa: E402
 from fastvae.backends import amx, get_backend  # noqa: E402
 from fastvae.data import load_mnist  # noqa: E402

@@ -69,3 +69,7 @@ def test_the_step_breakdowns_own_json_is_printed_too(tmp_path):
     first, *rest = proc.stdout.splitlines()
     assert first.startswith("Machine: ") and "--steps 2 --rounds 1" in first, first
     assert "### One cpu step, part by part" in proc.stdout and "| step ÷ products alone |" in proc.stdout
+    # the Xeon's AMX tool too (it imported pytest through bench/test_training.py's trainer); --help runs its imports
+    turns = subprocess.run([sys.executable, str(HERE / "bf16_turns.py"), "--help"], capture_output=True, text=True,
+                           timeout=120, env=env)
+    assert turns.returncode == 0 and "--rounds" in turns.stdout, turns.stderr

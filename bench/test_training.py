@@ -8,21 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from benchlib import EPOCH_GROUP, FLOPS_PER_IMAGE, SEED_CFG, backend_params, fit_threads
-from fastvae import rng, step
-from fastvae.params import Layout, he_init
-
-ROWS = SEED_CFG.batch_size
-
-
-def trainer(be, mnist):
-    """A fresh seed-settings state and workspace on `be`, with the data set on the backend."""
-    layout = Layout(SEED_CFG)
-    state = step.State(be, layout, he_init(layout, SEED_CFG.seed), SEED_CFG.seed)
-    ws = step.Workspace(be, SEED_CFG, ROWS)
-    data = be.asarray(mnist.train_x, dtype=np.uint8)
-    order = be.asarray(rng.epoch_permutation(SEED_CFG.seed, 0, len(mnist.train_x)), dtype=np.int64)
-    return state, ws, data, order
+from benchlib import EPOCH_GROUP, FLOPS_PER_IMAGE, ROWS, SEED_CFG, backend_params, fit_threads, trainer
+from fastvae import step
 
 
 @pytest.mark.benchmark(group="training step (batch 150)")
