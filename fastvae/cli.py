@@ -42,6 +42,8 @@ def run_main(run: Callable[[argparse.Namespace], int], args: argparse.Namespace,
         return 141
     except TrainingDiverged as e:           # a UserError too: caught first for its own status
         return _stop(f"error: {e}{note()}", 3)
+    except OptionMistake as e:             # an option's value found wrong after parsing: as argparse's own mistakes
+        return _stop(f"error: {e} (see {getattr(args, 'prog', 'the tool')} --help)", 2)
     except UserError as e:
         return _stop(f"error: {e}", 2)
     except KeyboardInterrupt as e:          # a plain Ctrl-C has no message; TrainingInterrupted says what it saved
@@ -87,7 +89,7 @@ def at_most(count, x, option, what):
     """UserError (one line, naming the option) where a count of images asked for is more than x holds: it was cut
     to what there is without a word."""
     if count > len(x):
-        raise UserError(f"{option} {count} is more than the {len(x)} {what}; pass at most {len(x)}, or leave "
+        raise OptionMistake(f"{option} {count} is more than the {len(x)} {what}; pass at most {len(x)}, or leave "
                         f"{option} out to use them all")
 
 
@@ -100,7 +102,7 @@ def load_data(args: argparse.Namespace, split_seed: int, data_path=None, asked=N
     fraction = 1 / 7 if args.test_fraction is None else args.test_fraction
     data = load(args.data if data_path is None else data_path, fraction, split_seed)
     if asked is not None and data.test_fraction is None:   # it would change nothing: say so, not train as if it did
-        raise UserError(f"--test-fraction {asked:g} splits a data set of one array, but {data.source} has its own "
+        raise OptionMistake(f"--test-fraction {asked:g} splits a data set of one array, but {data.source} has its own "
                         "test set; leave --test-fraction out")
     for notice in data.notices if not args.quiet else ():
         print(f"fastvae: {notice}", file=sys.stderr)
@@ -245,6 +247,16 @@ class Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"fastvae: error: {message} (see {self.prog} --help)\n")
 
+    def parse_args(self, args=None, namespace=None):        # type: ignore[override]
+        parsed = super().parse_args(args, namespace)
+        parsed.prog = self.prog             # (run_main's line for an OptionMistake names the tool as argparse does)
+        return parsed
+
+
+class OptionMistake(UserError):
+    """A mistake in an option's value found after parsing (`--batch-size -1`, Config's checks): run_main says it as
+    argparse says its own, "fastvae: error: ... (see PROG --help)" (it ended without the pointer: a trial)."""
+
 
 def whole_number(text: str) -> int:
     """The type of every integer option: "3", or a float that is a whole number ("3.0", "1e3"), as the library
@@ -275,7 +287,7 @@ def check_positive(args: argparse.Namespace, *names: str) -> None:
     for name in names:
         value = getattr(args, name)
         if value is not None and value <= 0:
-            raise UserError(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+            raise OptionMistake(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
 
 
 class Notes:

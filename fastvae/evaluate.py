@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Iterable
 import numpy as np
 
 from . import jsonfile, rng
-from .cli import (Notes, Parser, add_shared_options, check_positive, checkpoint_path, run_main, run_precision,
-                  run_test_set, whole_number)
+from .cli import (Notes, OptionMistake, Parser, add_shared_options, check_positive, checkpoint_path, run_main,
+                  run_precision, run_test_set, whole_number)
 from .config import integer, seed_value
 from .errors import UserError
 from .rng import STREAM_IWAE
@@ -204,7 +204,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_positive(args, "test_images", "batch_size")
     if any(k <= 0 for k in args.k):
-        raise UserError(f"--k must be positive integers, got {' '.join(map(str, args.k))}")
+        raise OptionMistake(f"--k must be positive integers, got {' '.join(map(str, args.k))}")
     seed_value(args.seed, "--seed")
     json_path = None if args.json is None else Path(args.json)
     if json_path is not None:       # before minutes of computing, not after (a fresh user's trial lost them so)

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, jsonfile, machine, runlock, training
-from .cli import (Notes, Parser, add_shared_options, at_most, check_positive, command_of, load_data, remove_empty,
-                  run_main, whole_number)
+from .cli import (Notes, OptionMistake, Parser, add_shared_options, at_most, check_positive, command_of,
+                  load_data, remove_empty, run_main, whole_number)
 from .config import Config
 from .constants import ENCODERS, HIDDEN_ACTIVATIONS, RECONSTRUCTIONS, SAMPLE_CODINGS
 from .errors import StoppedBySignal, TrainingDiverged, TrainingInterrupted, UserError, file_error
@@ -100,7 +100,7 @@ def _as_option(e):
     text = str(e).replace("e.g. hidden=(500, 500)", "e.g. --hidden 500 500")
     name, _, rest = text.partition(" ")
     if name in {f.name for f in dataclasses.fields(Config)}:
-        return UserError(f"--{name.replace('_', '-')} {rest}")
+        return OptionMistake(f"--{name.replace('_', '-')} {rest}")
     return e
 
 
@@ -230,11 +230,11 @@ def _resumed_run(args, notify, hold):
     # (--data: only the run's own data set, at a new place where the recorded one is gone; checked below)
     given = [f"--{k.replace('_', '-')}" for k in _RUN_OPTIONS if getattr(args, k) is not None and k != "data"]
     if args.overwrite:
-        raise UserError("--overwrite starts a new run in an --out folder; it cannot be combined with --resume")
+        raise OptionMistake("--overwrite starts a new run in an --out folder; it cannot be combined with --resume")
     if given:
-        raise UserError(f"{', '.join(given)} cannot be changed when resuming; the run keeps its own settings "
-                        "(only --epochs, --backend, --precision, --threads, --no-plots and --quiet apply, and --data "
-                        "where the run's data set has moved)")
+        raise OptionMistake(f"{', '.join(given)} cannot be changed when resuming; the run keeps its own settings "
+                            "(only --epochs, --backend, --precision, --threads, --no-plots and --quiet apply, and "
+                            "--data where the run's data set has moved)")
     out = args.resume
     # held before its files are read, so that a live run writing them refuses this one; a missing folder is not made
     # here (it is refused below as no run folder)
@@ -296,8 +296,8 @@ def _moved_data(args, run_info, out):
         return
     if recorded is None or not (gone or same_file(args.data, recorded)):
         where = "the embedded MNIST" if recorded is None else recorded
-        raise UserError(f"--data cannot be changed when resuming: the run was trained on {where} (--data only gives "
-                        "the run's own data set its new place, where the recorded path is gone)")
+        raise OptionMistake(f"--data cannot be changed when resuming: the run was trained on {where} (--data only "
+                            "gives the run's own data set its new place, where the recorded path is gone)")
     run_info["data_dir"] = str(args.data.resolve())
 
 
@@ -409,7 +409,7 @@ def _train(args, stop, hold):
         train_x = model._images(train_x, f"the training set of {data.source}")
     test_x = model._images(test_x, f"the test set of {data.source}")
     if cfg.batch_size > len(train_x):
-        raise UserError(f"--batch-size {cfg.batch_size} is larger than the {len(train_x)} training images")
+        raise OptionMistake(f"--batch-size {cfg.batch_size} is larger than the {len(train_x)} training images")
     if args.no_plots:                           # kept in the run info too: a resumed run drew every figure
         run_info["no_plots"] = True
     draw = not run_info.get("no_plots", False)

@@ -236,6 +236,10 @@ def test_user_mistakes_get_one_line_and_exit_status_2(tmp_path, args, phrase):
     assert len(lines) == 1 and lines[0].startswith("fastvae: error:") and phrase in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists(), "a refused run leaves no folder behind"
+    # an option's own value (or options together) point at --help, as argparse's mistakes do (they did not: the 14th
+    # session's list); a mistake about the data, a path or the machine does not
+    of_an_option = lines[0].startswith("fastvae: error: --")
+    assert lines[0].endswith("(see python -m fastvae.train --help)") == of_an_option, proc.stderr
 
 
 def test_auto_says_which_backend_it_chose_when_the_run_starts(tmp_path):
