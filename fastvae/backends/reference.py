@@ -49,7 +49,9 @@ def activate(z, activation):
 
 def activation_grad_from_output(y, activation):
     """act'(z) from y = act(z): elu 1 where y > 0, else exp(z) = y + 1; relu 1 where y > 0, else 0 (the kink at 0
-    takes the left derivative); tanh 1 - y^2."""
+    takes the left derivative); tanh 1 - y^2; identity 1 (as the cpu kernels' `_grad_from_output`)."""
+    if activation == "identity":
+        return np.ones_like(y)
     if activation == "elu":
         return np.where(y > 0, 1.0, y + 1.0)
     if activation == "relu":
