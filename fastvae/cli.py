@@ -296,8 +296,12 @@ class Notes:
     mistake says only that mistake, in one line."""
 
     def __init__(self, args: argparse.Namespace):
+        from . import numba_cache
         self.quiet = args.quiet
         self.held: list[str] = []
+        if numba_cache.nowhere():           # (every run pays the first call's compile: say why, and the way out)
+            self("fastvae: no folder can be written for the compiled kernels (the package's, the user's cache, a "
+                 "temporary one): they are compiled again in every run; set NUMBA_CACHE_DIR to a writable folder")
 
     def __call__(self, message: str) -> None:
         if not self.quiet:

@@ -1,12 +1,20 @@
-"""Where Numba keeps fastvae's compiled kernels (`cache=True`): its own choice, or a folder in the temporary
-directory where Numba has none.
+"""Where Numba keeps fastvae's compiled kernels (`cache=True`): its own choice, or a private folder of this user's in
+the temporary directory where Numba has none, or nowhere (compiled in every process) where there is none either.
 
 Numba caches a module's functions beside its source (__pycache__, when that folder is writable) or in the user's
 cache folder (~/.cache/numba, when writable), or where NUMBA_CACHE_DIR says. A read-only install in a container whose
 home is read-only too has none of them, and there every `@njit(cache=True)` raised RuntimeError ("no locator
-available") at `import fastvae` (a fresh user's trial). There the kernels are cached under the temporary directory
-instead (per user; compiled once per boot, as after an install). Numba's cache index keys every entry by the CPU's
-name and features, so a folder shared by machines never hands one CPU's code to another.
+available") at `import fastvae` (a fresh user's trial). There the kernels are cached in private_folder() instead (per
+user; compiled once per boot, as after an install). Numba's cache index keys every entry by the CPU's name and
+features, so a folder shared by machines never hands one CPU's code to another.
+
+That folder is made by this user, mode 0700, and used only while it is this user's and open to no one else: Numba
+loads its index files with pickle, so a folder of a guessable name in a shared /tmp that another user made first let
+that user run code as this one (a fresh user's trial planted an index that ran `id`; another user's folder of mode
+0755 stopped `import fastvae` with RuntimeError). Where the folder is someone else's, a fresh private one serves the
+process (removed at exit); where no temporary folder can be written at all (nor is the working directory taken, as
+Python's tempfile would: the trial found a 3.4 MB cache left where the user stood), fastvae's functions are compiled
+in memory in every process (`nowhere()`; the command line says so).
 
 Numba checks a cached function against its own source file only: a kernel that calls another module's jitted
 function (cpu_bf16's dense_forward calls cpu's bias-and-activation pass) kept running the old callee after that
@@ -14,8 +22,11 @@ module was edited (a contributor's trial: "max abs error nan" from a cache, not 
 `git pull` into an editable install). key_caches_by_package adds to every fastvae function's stamp a digest of the
 package's Numba sources, so an edit of any of them recompiles them all.
 """
+import atexit
 import hashlib
 import os
+import shutil
+import stat
 import tempfile
 from functools import lru_cache
 from pathlib import Path
@@ -25,8 +36,42 @@ def _probe():
     """(a function for Numba's locators to place, as they would any of this package's)"""
 
 
-def fallback_folder() -> Path:
-    return Path(tempfile.gettempdir()) / f"fastvae-numba-cache-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+def _temporary_folders() -> list[str]:
+    """Where a private folder may be made: $TMPDIR, $TEMP, $TMP, then the system's (tempfile's list without the
+    working directory, where a cache would be left without a word), then $XDG_RUNTIME_DIR and /dev/shm."""
+    named = [os.environ.get(k) for k in ("TMPDIR", "TEMP", "TMP")]
+    return [d for d in (*named, "/tmp", "/var/tmp", "/usr/tmp", os.environ.get("XDG_RUNTIME_DIR"), "/dev/shm") if d]
+
+
+def _yours(folder: Path) -> bool:
+    """A real folder (not a link) of this user's that no one else may write to, and this user may."""
+    st = os.lstat(folder)
+    mine = not hasattr(os, "getuid") or st.st_uid == os.getuid()
+    return stat.S_ISDIR(st.st_mode) and mine and not st.st_mode & 0o022 and os.access(folder, os.W_OK | os.X_OK)
+
+
+@lru_cache(maxsize=None)
+def private_folder() -> Path | None:
+    """This user's folder for fastvae's caches where the usual places cannot be written: `fastvae-<uid>` in the
+    first temporary folder that takes it (made with mode 0700; used only while _yours), or, where that name is taken
+    by someone else's, a fresh private folder beside it for this process, removed at exit; None where no temporary
+    folder can be written. Once a process."""
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    for base in _temporary_folders():
+        folder = Path(base) / f"fastvae-{uid}"
+        try:
+            try:
+                os.mkdir(folder, 0o700)
+            except FileExistsError:
+                pass
+            if _yours(folder):
+                return folder
+            fresh = Path(tempfile.mkdtemp(prefix=f"fastvae-{uid}-", dir=base))     # (mode 0700)
+        except OSError:
+            continue                        # unwritable, gone, or not a folder: the next place
+        atexit.register(shutil.rmtree, fresh, ignore_errors=True)
+        return fresh
+    return None
 
 
 def needs_fallback(source: str | Path = __file__) -> bool:
@@ -44,14 +89,47 @@ def needs_fallback(source: str | Path = __file__) -> bool:
 
 
 def ensure_a_place() -> Path | None:
-    """Points Numba's cache at fallback_folder() where it has no place of its own for this package (the
-    folder returned), else changes nothing (None). Called by `import fastvae`, before any kernel is defined."""
+    """Points Numba's cache at private_folder()/numba where it has no place of its own for this package (the folder
+    returned); where there is no private folder either, fastvae's functions are compiled without a cache (None, and
+    nowhere() is True); else changes nothing (None). Called by `import fastvae`, before any kernel is defined."""
     if not needs_fallback():
         return None
+    folder = private_folder()
+    if folder is None:
+        _NOWHERE.append(_compile_without_a_cache())
+        return None
     from numba.core import config
-    folder = fallback_folder()
-    config.CACHE_DIR = str(folder)
-    return folder
+    config.CACHE_DIR = str(folder / "numba")
+    return folder / "numba"
+
+
+_NOWHERE: list[bool] = []
+
+
+def nowhere() -> bool:
+    """True where fastvae's compiled kernels are kept nowhere (ensure_a_place found no folder): every process
+    compiles them again (20-40 s before the first steps)."""
+    return any(_NOWHERE)
+
+
+def _compile_without_a_cache() -> bool:
+    """fastvae's functions get Numba's NullCache (what a function without cache=True has) instead of a cache no
+    locator can place (RuntimeError at their definition); others are left to Numba. False where Numba's internals
+    are not as this reads them."""
+    try:
+        from numba.core import caching, ccallback, dispatcher
+        root = str(Path(__file__).resolve().parent) + os.sep
+        for cls, attribute in ((dispatcher.Dispatcher, "py_func"), (ccallback.CFunc, "_pyfunc")):
+            def enable_caching(self, _enable=cls.enable_caching, _attribute=attribute):
+                code = getattr(self, _attribute).__code__
+                if os.path.abspath(code.co_filename).startswith(root):
+                    self._cache = caching.NullCache()
+                else:
+                    _enable(self)
+            cls.enable_caching = enable_caching
+        return True
+    except Exception:  # noqa: BLE001  (another Numba: its own behaviour)
+        return False
 
 
 @lru_cache(maxsize=None)

@@ -245,13 +245,24 @@ def test_the_generated_module_is_named_after_fastvaes_sources(replays_dir, monke
     assert rec.compile().path != first and first.exists()
 
 
-def test_an_unwritable_cache_falls_back_to_a_temporary_folder(tmp_path, monkeypatch):
+def test_an_unwritable_cache_falls_back_to_the_users_private_folder(tmp_path, monkeypatch):
+    """The same folder every time (a temporary folder per process compiled every replay again in every run and
+    left 0.7 MB behind each time: a fresh user's trial); None where there is no private folder either."""
+    from fastvae import numba_cache
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     monkeypatch.setenv("FASTVAE_CACHE_DIR", str(blocker / "cache"))
-    monkeypatch.setattr(capture, "_FALLBACK", [])
-    folder = capture.cache_dir()
-    assert folder.is_dir() and "fastvae-replays-" in folder.name
+    monkeypatch.setattr(numba_cache, "_temporary_folders", lambda: [str(tmp_path)])
+    numba_cache.private_folder.cache_clear()
+    try:
+        folder = capture.cache_dir()
+        numba_cache.private_folder.cache_clear()
+        assert folder == tmp_path / f"fastvae-{os.getuid()}" / "replays" == capture.cache_dir() and folder.is_dir()
+        monkeypatch.setattr(numba_cache, "_temporary_folders", lambda: [str(blocker)])
+        numba_cache.private_folder.cache_clear()
+        assert capture.cache_dir() is None
+    finally:
+        numba_cache.private_folder.cache_clear()
 
 
 def test_a_new_process_loads_the_compiled_replay_from_numbas_cache(tmp_path):

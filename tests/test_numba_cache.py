@@ -48,7 +48,80 @@ def test_a_read_only_install_without_a_writable_home_caches_its_kernels_in_the_t
     proc = subprocess.run(["unshare", "-m", "sh", "-c", script], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0 and proc.stdout.strip() == "15.0", proc.stderr[-2000:]
-    assert list((tmp_path / f"fastvae-numba-cache-{os.getuid()}").rglob("*.nbi")), "nothing cached in TMPDIR"
+    assert list((tmp_path / f"fastvae-{os.getuid()}" / "numba").rglob("*.nbi")), "nothing cached in TMPDIR"
+
+
+@pytest.mark.skipif(not _read_only_mounts_work(), reason="needs `unshare -m` and mount (root with CAP_SYS_ADMIN) "
+                    "to make the installed package and the temporary folders read-only in a private mount namespace")
+@pytest.mark.parametrize("case", ["planted", "nowhere"])
+def test_a_cache_folder_someone_else_could_write_is_never_loaded_from(tmp_path, case):
+    """planted: TMPDIR/fastvae-<uid> made first by someone else, open to all, holding an index file that runs code
+    when unpickled (a fresh user's trial did this and Numba ran it: the folder's name was guessable and never
+    checked): it is left alone; the kernels are cached in a fresh private folder beside it. nowhere: no temporary
+    folder can be written at all (`import fastvae` raised "No usable temporary directory"; with only the working
+    directory writable, Python's tempfile left a cache there): the kernels compile in memory, nothing is written."""
+    code = ("import numpy as np, fastvae; from fastvae import numba_cache; from fastvae.backends import cpu_update as u; "
+            "d = np.ones((3, 5), np.float32); db = np.empty(5, np.float32); u.column_sums(db, d); "
+            "from numba.core import config; print(db.sum(), numba_cache.nowhere(), config.CACHE_DIR or None)")
+    env = {**os.environ, **UNWRITABLE_HOME, "TMPDIR": str(tmp_path / "tmp")}
+    env.pop("NUMBA_CACHE_DIR", None)
+    env.pop("XDG_RUNTIME_DIR", None)
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "cwd").mkdir()
+    read_only = [PACKAGE]
+    if case == "planted":
+        planted = tmp_path / "tmp" / f"fastvae-{os.getuid()}"
+        (planted / "numba").mkdir(parents=True)
+        for folder in (planted, planted / "numba"):
+            folder.chmod(0o777)
+        (planted / "numba" / "bait.nbi").write_bytes(b"")
+    else:
+        read_only += [tmp_path / "tmp", "/tmp", "/var/tmp", "/dev/shm"]
+    mounts = " && ".join(f"mount --bind {p} {p} && mount -o remount,bind,ro {p}" for p in read_only if Path(p).is_dir())
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", f"{mounts} && exec {sys.executable} -c '{code}'"], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path / "cwd")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    total, nowhere, cached_in = proc.stdout.split()
+    assert (total, nowhere) == ("15.0", str(case == "nowhere")), proc.stdout
+    assert not list((tmp_path / "cwd").iterdir()), "a cache was left in the working directory"
+    if case == "planted":
+        assert [p.name for p in (planted / "numba").iterdir()] == ["bait.nbi"], "the planted folder was used"
+        fresh = Path(cached_in).parent         # a fresh private folder beside it, removed at exit
+        assert fresh.parent == tmp_path / "tmp" and fresh.name.startswith(f"fastvae-{os.getuid()}-"), cached_in
+        assert list((tmp_path / "tmp").iterdir()) == [planted]
+    else:
+        assert cached_in == "None" and not list((tmp_path / "tmp").iterdir())
+
+
+def test_the_private_folder_is_made_for_this_user_only_and_refused_when_others_could_write_it(tmp_path, monkeypatch):
+    """private_folder(): made with mode 0700 and found again (the same place in every process, so a cache made there
+    is used again); a folder of that name open to others, a link, or (as root) another user's is not used: a fresh
+    private one beside it serves instead; None where no temporary folder takes one."""
+    monkeypatch.setattr(numba_cache, "_temporary_folders", lambda: [str(tmp_path)])
+    name = tmp_path / f"fastvae-{os.getuid()}"
+
+    def fresh():
+        numba_cache.private_folder.cache_clear()
+        try:
+            return numba_cache.private_folder()
+        finally:
+            numba_cache.private_folder.cache_clear()
+    assert fresh() == name and name.stat().st_mode & 0o777 == 0o700 and fresh() == name
+    bad = [lambda: name.chmod(0o777), lambda: name.chmod(0o770)]
+    if os.getuid() == 0:
+        bad.append(lambda: os.chown(name, 4242, 4242))
+    for spoil in bad:
+        spoil()
+        other = fresh()
+        assert other != name and other.parent == tmp_path and other.stat().st_mode & 0o777 == 0o700
+        shutil.rmtree(name)
+        name.mkdir(mode=0o700)
+    shutil.rmtree(name)
+    (tmp_path / "elsewhere").mkdir(mode=0o700)
+    name.symlink_to(tmp_path / "elsewhere")
+    assert fresh() not in (name, tmp_path / "elsewhere")
+    monkeypatch.setattr(numba_cache, "_temporary_folders", lambda: ["/proc/no-such-folder", "/proc/version"])
+    assert fresh() is None
 
 
 def test_an_edit_of_a_called_module_recompiles_its_callers(tmp_path):
@@ -79,3 +152,15 @@ def test_an_edit_of_a_called_module_recompiles_its_callers(tmp_path):
     later = callee.stat().st_mtime + 10
     os.utime(callee, (later, later))
     assert run() == "12"
+
+
+def test_the_tools_say_when_the_kernels_are_compiled_in_every_run(monkeypatch):
+    """Where no folder can be written (test above), a run pays the first call's 20-40 s every time: the tools' notes
+    say so and name the way out; --quiet keeps them silent; where a cache exists, nothing is said."""
+    import argparse
+    from fastvae.cli import Notes
+    assert Notes(argparse.Namespace(quiet=False)).held == []
+    monkeypatch.setattr(numba_cache, "_NOWHERE", [True])
+    (line,) = Notes(argparse.Namespace(quiet=False)).held
+    assert "compiled again in every run" in line and "NUMBA_CACHE_DIR" in line
+    assert Notes(argparse.Namespace(quiet=True)).held == []

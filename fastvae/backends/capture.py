@@ -23,11 +23,9 @@ Xeon, loading it from the cache 0.02-0.04 s) and an edited or upgraded fastvae n
 kernels. Numba's cache index also records the CPU it compiled for, so a cache copied to another CPU is recompiled
 there, not run.
 """
-import atexit
 import hashlib
 import importlib.util
 import os
-import shutil
 import sys
 import tempfile
 import threading
@@ -36,6 +34,8 @@ import weakref
 from pathlib import Path
 
 import numpy as np
+
+from .. import numba_cache
 
 _local = threading.local()
 _lock = threading.Lock()
@@ -207,26 +207,27 @@ def sources_hash():
     return _SOURCES_HASH[0]
 
 
-def cache_dir():
+def cache_dir() -> Path | None:
     """Where generated replays (and Numba's cache of them) are written: $FASTVAE_CACHE_DIR, else
-    $XDG_CACHE_HOME/fastvae, else ~/.cache/fastvae (a leading ~ expanded); a temporary folder, removed when the
-    process exits, where none of those can be written."""
+    $XDG_CACHE_HOME/fastvae, else ~/.cache/fastvae (a leading ~ expanded); where none of those can be written, the
+    user's private folder of numba_cache (the same one in every process, so a replay is compiled once, not in every
+    run: a temporary folder per process recompiled them each time and left 0.7 MB behind); None where there is none
+    either (replays are then compiled in memory)."""
     chosen = os.path.expanduser(os.environ.get("FASTVAE_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "fastvae"))
-    folder = Path(chosen) / "replays"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        if os.access(folder, os.W_OK):
-            return folder
-    except OSError:
-        pass
-    if not _FALLBACK:
-        _FALLBACK.append(Path(tempfile.mkdtemp(prefix="fastvae-replays-")))
-        atexit.register(shutil.rmtree, _FALLBACK[0], ignore_errors=True)
-    return _FALLBACK[0]
-
-
-_FALLBACK = []
+    for folder in (Path(chosen) / "replays", None):
+        if folder is None:
+            private = numba_cache.private_folder()
+            if private is None:
+                return None
+            folder = private / "replays"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            if os.access(folder, os.W_OK):
+                return folder
+        except OSError:
+            pass
+    return None
 
 
 def _compiled(source, signature):
@@ -259,7 +260,10 @@ def _write(source):
     """The file holding `source`, named after its hash: written once (atomically: another process may be writing
     the same one; readable by all, as the folder may be shared), then reused, which lets Numba's cache of it be
     reused too. A file of that name that holds anything else (damaged, or not text at all) is replaced."""
-    path = cache_dir() / f"replay_{hashlib.sha256(source.encode()).hexdigest()[:24]}.py"
+    folder = cache_dir()
+    if folder is None:
+        raise OSError("no folder to write the replay in")
+    path = folder / f"replay_{hashlib.sha256(source.encode()).hexdigest()[:24]}.py"
     try:
         current = path.read_bytes()
     except FileNotFoundError:
