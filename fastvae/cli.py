@@ -3,7 +3,8 @@ status and one line on stderr, the options they all take, and how a checkpoint i
 folder holding it).
 
 Exit statuses: 0 done, 2 a user's mistake (UserError), 3 training diverged (TrainingDiverged), 130 Ctrl-C
-(KeyboardInterrupt, TrainingInterrupted included), 143 a SIGTERM that stopped training (TrainingInterrupted).
+(KeyboardInterrupt, TrainingInterrupted included), 143 a SIGTERM that stopped training (TrainingInterrupted), 141 a
+closed reader of stdout, 74 done but stdout could not be written (streams.tool_streams).
 """
 from __future__ import annotations
 

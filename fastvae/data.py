@@ -400,9 +400,12 @@ def check_width(rows: np.ndarray, shape: tuple[int, int] | None, given: tuple, w
     = `shape`) fit a model's input `width` (None: any) and its `image_shape` (checked for images only)."""
     if width is not None and rows.shape[1] != width:
         fitted = f" ({image_shape[0]}x{image_shape[1]} images)" if image_shape else ""
+        one = ""                            # one image (h, w) without its batch axis: read as h rows of w values
+        if image_shape and tuple(given) == tuple(image_shape):
+            one = f" (for one image, {what}[None])" if what.isidentifier() else " (one image: add a batch axis)"
         raise UserError(f"{what} has rows of {rows.shape[1]} values (shape {given}) but the model takes "
                         f"{width}{fitted}; pass arrays of shape (n, {width})"
-                        + (f" or (n, {image_shape[0]}, {image_shape[1]})" if image_shape else ""))
+                        + (f" or (n, {image_shape[0]}, {image_shape[1]})" if image_shape else "") + one)
     if shape is not None and image_shape is not None and shape != tuple(image_shape):
         raise UserError(f"{what} has images of {shape[0]}x{shape[1]} but the model's are "
                         f"{image_shape[0]}x{image_shape[1]}; pass images of that size")

@@ -33,6 +33,8 @@ from .cli import (Notes, OptionMistake, Parser, add_shared_options, check_positi
 from .config import integer, seed_value
 from .errors import UserError
 from .rng import STREAM_IWAE
+from .streams import tool_streams
+from .training import on_terminal
 
 if TYPE_CHECKING:                   # the model module loads only when a checkpoint is read
     from .model import VAE
@@ -90,8 +92,8 @@ def iwae_bound(model: VAE, X: np.ndarray, k: int | Iterable[int] = DEFAULT_K, se
 
     Returns {"k": [k1 < k2 < ...], "bound": float64 (n, len(k)) = log mean_j w_j over the first k samples,
     "elbo": float64 (n, len(k)) = mean_j log w_j over the same samples (a k-sample ELBO; bound >= elbo always)}.
-    batch_size: decoder rows per chunk (default 2048); memory stays bounded at any k. Raises UserError (one
-    line) for bad images, k, seed or batch_size.
+    batch_size: decoder rows per chunk (default 2048); memory stays bounded at any k. progress: a bar on stderr
+    where it is a terminal (none into a log). Raises UserError (one line) for bad images, k, seed or batch_size.
     """
     ks = _ks(k)
     X = model._images(X, "X")
@@ -105,7 +107,8 @@ def iwae_bound(model: VAE, X: np.ndarray, k: int | Iterable[int] = DEFAULT_K, se
     group = max(1, rows // kmax)                          # images per group: group * kmax log-weights at most
     bound = np.empty((n, len(ks)))
     elbo = np.empty((n, len(ks)))
-    bar = _progress_bar(n, f"IWAE k={kmax}") if progress and sys.stderr is not None else None
+    # the bar on a terminal only (into a log or pipe it wrote its redraws: a fresh user's trial), as fit's
+    bar = _progress_bar(n, f"IWAE k={kmax}") if progress and on_terminal(sys.stderr) else None
     try:
         with np.errstate(over="ignore"):
             for g0 in range(0, n, group):
@@ -177,9 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "and measured on, as its metrics.json records; MNIST's for a bare checkpoint): the negative "
                     "ELBO (reconstruction + KL) and the importance-weighted (IWAE) estimate of -log p(x), in nats "
                     "per image.",
-        epilog="examples: python -m fastvae.evaluate runs/quick/checkpoint.npz --k 1 10 100 1000 --test-images "
-               "1000;  python -m fastvae.evaluate runs/quick --json eval.json.  Exit status: 0 done, 2 a mistake "
-               "in the input, 130 interrupted (Ctrl-C).")
+        epilog="examples: %(prog)s runs/quick/checkpoint.npz --k 1 10 100 1000 --test-images 1000;  %(prog)s "
+               "runs/quick --json eval.json.  Exit status: 0 done, 2 a mistake in the input, 130 interrupted "
+               "(Ctrl-C), 74 done but standard output could not be written (--json is written first).")
     p.add_argument("checkpoint", type=Path, help="checkpoint.npz of a training run (or the run folder holding it)")
     p.add_argument("--k", type=whole_number, nargs="+", default=[DEFAULT_K], metavar="K",
                    help=f"importance samples per image (default {DEFAULT_K}); several values cost as much as the "
@@ -195,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """The command line `python -m fastvae.evaluate CHECKPOINT [options]`; returns its exit status (0, 2 or 130)."""
-    return run_main(run, build_parser().parse_args(argv))
+    with tool_streams() as streams:
+        return streams.status(run_main(run, build_parser().parse_args(argv)))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -218,14 +222,14 @@ def run(args: argparse.Namespace) -> int:
                          progress=not args.quiet)
     report = {"checkpoint": str(path), "backend": model.backend.name, "config": model.config.to_dict(),
               "epochs_trained": model.epoch, "data": data.source, "machine": machine.describe(), **res}
-    print(format_table(report))
-    if json_path is not None:
+    if json_path is not None:       # before the table: a stdout that fails (a full disk) loses the table only
         try:
             jsonfile.write(json_path, report)
         except OSError as e:
             raise UserError(f"cannot write {json_path} ({e.strerror})") from None
-        if not args.quiet:
-            print(f"wrote {json_path}")
+    print(format_table(report))
+    if json_path is not None and not args.quiet:
+        print(f"wrote {json_path}")
     return 0
 
 

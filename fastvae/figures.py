@@ -21,7 +21,7 @@ def matplotlib_missing():
             import matplotlib  # noqa: F401
             from matplotlib.figure import Figure  # noqa: F401  (what the figures import: its compiled modules)
     except ImportError as e:
-        return f"figures need matplotlib ({e}); pip install matplotlib"
+        return f"figures need matplotlib ({e}); pip install 'fastvae[plots]' (or pip install matplotlib)"
     return None
 
 

@@ -240,6 +240,9 @@ class VAE:
             raise UserError("a training step of this model stopped part-way (a second Ctrl-C, or an error inside the "
                             "step), so some of its layers were updated and others not: it is not trained further; "
                             "load the last checkpoint to go on")
+        if np.ndim(epochs) > 0:              # fit(X, y), Keras's way: "epochs must be a whole number, got array(...)"
+            raise UserError("fit takes images only, no labels (a VAE learns without them): fit(X, epochs=...); the "
+                            f"second argument is the number of epochs, got an array of shape {np.shape(epochs)}")
         # 0 trains nothing (fit(X, epochs=target - model.epoch) once the target is reached: a fresh user's trial)
         epochs = cfg.epochs if epochs is None else integer(epochs, "epochs", low=0, what="a whole number >= 0")
         batch_size = cfg.batch_size if batch_size is None else integer(batch_size, "batch_size")
@@ -396,6 +399,16 @@ class VAE:
                 step.decode(be, self.config, self.state.weights, a)
                 logits[part] = be.to_host(a.logits)
         return logits
+
+    @_one_at_a_time
+    def weights(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Copies of the parameters: one (W, b) per dense layer, in the order the data flows: the encoder's hidden
+        layers, the heads (W (h, 2 * latent): its first `latent` columns give mu, the others logvar, or log sigma
+        with encoder="sigma"), the decoder's hidden layers, the output layer (logits). W is (fan_in, fan_out), b
+        (fan_out,), float32 (float64 on the reference backend); a layer computes x @ W + b, then the activation (not
+        the heads' and the output's). Copies: changing them changes the model in nothing."""
+        be = self.backend
+        return [(np.array(be.to_host(w)), np.array(be.to_host(b))) for w, b in self.state.weights]
 
     def sample(self, n: int, seed: int | None = None) -> np.ndarray:
         """n new images, pixel probabilities float32 (n, d), decoded from codings drawn from the prior N(0, I).

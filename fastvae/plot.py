@@ -23,6 +23,7 @@ from .cli import (Parser, add_shared_options, check_positive, checkpoint_path, r
 from .constants import SAMPLE_CODINGS
 from .errors import UserError
 from .sigint import CtrlCNoted
+from .streams import tool_streams
 
 if TYPE_CHECKING:                   # the model module loads only when a checkpoint is read
     from .model import VAE
@@ -159,8 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m fastvae.plot",
         description="Draw the figures of a trained fastvae checkpoint: samples, reconstructions, the latent space "
                     "coloured by label, the 2-D manifold (latent 2 only), interpolations and loss curves.",
-        epilog="example: python -m fastvae.plot runs/quick/checkpoint.npz --out runs/quick/figures.  "
-               "Exit status: 0 done, 2 a mistake in the input, 130 interrupted (Ctrl-C).")
+        epilog="example: %(prog)s runs/quick/checkpoint.npz --out runs/quick/figures.  "
+               "Exit status: 0 done, 2 a mistake in the input, 130 interrupted (Ctrl-C), 74 done but standard "
+               "output could not be written.")
     p.add_argument("checkpoint", type=Path, help="checkpoint.npz of a training run (or the run folder holding it)")
     p.add_argument("--out", type=Path, metavar="DIR",
                    help="folder for the PNG files (default: figures/ beside the checkpoint)")
@@ -171,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """The command line `python -m fastvae.plot CHECKPOINT [options]`; returns its exit status (0, 2 or 130)."""
-    return run_main(run, build_parser().parse_args(argv))
+    with tool_streams() as streams:
+        return streams.status(run_main(run, build_parser().parse_args(argv)))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -30,6 +30,7 @@ from .config import Config
 from .constants import ENCODERS, HIDDEN_ACTIVATIONS, RECONSTRUCTIONS, SAMPLE_CODINGS
 from .errors import StoppedBySignal, TrainingDiverged, TrainingInterrupted, UserError, file_error
 from .sigint import CtrlCNoted
+from .streams import tool_streams
 from .threads import check as check_threads
 
 DEFAULTS = Config()
@@ -41,10 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the VAE of Geron's Hands-On ML (ch. 15) on MNIST (or another data set: --data) with "
                     "fastvae's fused kernels. "
                     "Every default is the seed's.",
-        epilog="examples: python -m fastvae.train --epochs 3 --out runs/quick;  "
-               "python -m fastvae.train --resume runs/quick --epochs 10.  "
+        epilog="examples: %(prog)s --epochs 3 --out runs/quick;  %(prog)s --resume runs/quick --epochs 10.  "
                "Exit status: 0 done, 2 a mistake in the input, 3 training diverged, 130 interrupted (Ctrl-C), 143 "
-               "stopped by SIGTERM (kill) during training; both save a checkpoint to --resume from.")
+               "stopped by SIGTERM (kill) during training; both save a checkpoint to --resume from; 74 done but "
+               "standard output could not be written.")
     add_shared_options(p, quiet="no header, progress bar, per-epoch or done lines (errors still print)",
                        precision="; default fp32 (bf16 for --backend cpu-bf16); --resume keeps the run's unless "
                                  "given")
@@ -113,9 +114,10 @@ _RUN_OPTIONS = ("batch_size", "lr", "hidden", "latent", "encoder", "reconstructi
 
 def main(argv: list[str] | None = None) -> int:
     """The command line `python -m fastvae.train [options]`; returns its exit status (0, 2, 3 or 130)."""
-    args = build_parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)      # (what a stop before any checkpoint repeats)
-    return run_main(run, args, kept=lambda: _kept(getattr(args, "run_dir", None)))
+    with tool_streams() as streams:
+        args = build_parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)      # (what a stop before any checkpoint repeats)
+        return streams.status(run_main(run, args, kept=lambda: _kept(getattr(args, "run_dir", None))))
 
 
 def _kept(out):

@@ -344,6 +344,12 @@ def test_an_installed_command_names_itself_in_its_mistakes(tmp_path, tool):
     proc = subprocess.run([str(command), "--bogus"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith("fastvae: error: ") \
         and proc.stderr.endswith(f"(see fastvae-{tool} --help)\n"), proc.stderr
+    # so do the examples of its --help (they said `python -m fastvae.train` under fastvae-train: a trial)
+    proc = subprocess.run([str(command), "--help"], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "COLUMNS": "400"})
+    assert f"example: fastvae-{tool} runs/quick" in proc.stdout.replace("examples:", "example:") \
+        or f"examples: fastvae-{tool} --epochs 3" in proc.stdout, proc.stdout[-400:]
+    assert "python -m" not in proc.stdout
     proc = subprocess.run([sys.executable, "-m", f"fastvae.{tool}", "--bogus"], capture_output=True, text=True,
                           timeout=120)
     assert proc.stderr.startswith("fastvae: error:") and f"(see python -m fastvae.{tool} --help)" in proc.stderr, \

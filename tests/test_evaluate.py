@@ -232,6 +232,7 @@ def test_a_stopped_evaluation_closes_its_progress_bar_first(trained, monkeypatch
             raise KeyboardInterrupt
         return real(self, *args, **kw)
     monkeypatch.setattr(VAE, "decode_logits", interrupted)
+    monkeypatch.setattr(evaluate, "on_terminal", lambda stream: True)      # (the bar is drawn on a terminal only)
     assert evaluate.main([str(path), "--k", "1", "10", "--test-images", "200", "--batch-size", "20"]) == 130
     err = capsys.readouterr().err
     last = [line for line in err.replace("\r", "\n").split("\n") if line.strip()][-1]

@@ -72,6 +72,50 @@ def test_encode_decode_sample_reconstruct(mnist, trained):
     assert not np.array_equal(s1, s2)
 
 
+def test_the_weights_are_copies_that_compute_what_encode_and_decode_do(mnist, trained):
+    """weights() (the parameters were reachable only through model.state, undocumented: a book reader's trial): the
+    forward pass written by hand in float64 from them gives encode's mu and logvar and decode's logits."""
+    layers = trained.weights()
+    assert [w.shape for w, _ in layers] == [(784, 48), (48, 24), (24, 8), (4, 24), (24, 48), (48, 784)]
+    assert all(b.shape == (w.shape[1],) and w.dtype == b.dtype == np.float32 for w, b in layers)
+
+    def elu(z):
+        return np.where(z > 0, z, np.expm1(np.minimum(z, 0)))
+    x = mnist.test_x[:7].astype(np.float64) / 255
+    h = x
+    for w, b in layers[:2]:
+        h = elu(h @ w + b)
+    heads = h @ layers[2][0] + layers[2][1]
+    mu, logvar = trained.encode(mnist.test_x[:7])
+    scale = np.abs(heads).max()
+    np.testing.assert_allclose(mu, heads[:, :4], rtol=0, atol=TOL["float32_step"] * scale)
+    np.testing.assert_allclose(logvar, heads[:, 4:], rtol=0, atol=TOL["float32_step"] * scale)
+    h = mu.astype(np.float64)
+    for w, b in layers[3:5]:
+        h = elu(h @ w + b)
+    logits = h @ layers[5][0] + layers[5][1]
+    np.testing.assert_allclose(trained.decode_logits(mu), logits, rtol=0,
+                               atol=TOL["float32_step"] * np.abs(logits).max())
+    layers[0][0][...] = 0                               # a copy: the model is unchanged
+    np.testing.assert_array_equal(trained.encode(mnist.test_x[:7])[0], mu)
+
+
+def test_one_image_without_its_batch_axis_gets_the_way_to_add_it(mnist, trained):
+    """One (28, 28) image reads as 28 rows of 28 values: the line said to pass (n, 784) or (n, 28, 28), not how (a
+    book reader's trial)."""
+    with pytest.raises(UserError, match=r"has rows of 28 values .* \(for one image, X\[None\]\)$"):
+        trained.encode(mnist.test_x[0].reshape(28, 28))
+
+
+def test_fit_with_labels_says_it_takes_none(mnist):
+    """fit(X, y), as Keras takes it, put the labels into epochs ("epochs must be a whole number >= 0, got
+    array([...])": a book reader's trial): one line saying fit takes no labels; the model unchanged."""
+    model = VAE(**SMALL)
+    with pytest.raises(UserError, match="fit takes images only, no labels"):
+        model.fit(mnist.train_x[:100], mnist.train_y[:100])
+    assert model.epoch == 0 and model.steps == 0
+
+
 def test_the_reference_backend_gives_the_same_model(mnist):
     """The public class on the float64 reference and on the cpu kernels: one epoch lands at the same loss."""
     x = mnist.train_x[:300]
@@ -614,3 +658,25 @@ def test_a_checkpoint_gets_the_mode_the_umask_gives_new_files(tmp_path, umask):
     mode = stat.S_IMODE((tmp_path / "a.npz").stat().st_mode)
     assert mode == 0o666 & ~umask == stat.S_IMODE((tmp_path / "b.npz").stat().st_mode)
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
+
+
+def test_numba_turned_off_is_one_line_before_anything_is_written(tmp_path):
+    """NUMBA_DISABLE_JIT=1 (a debugging switch: jitted functions run as Python) cannot run the kernels, whose
+    intrinsics have no Python form: a traceback came after the run folder was made (a fresh user's trial). Now one
+    line naming the variable, status 2, no folder; the reference backend still trains."""
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "NUMBA_DISABLE_JIT": "1"}
+    quick = ["--epochs", "1", "--train-images", "100", "--test-images", "20", "--hidden", "8", "--latent", "2",
+             "--batch-size", "50", "--no-plots"]
+    for backend in ("cpu", "cpu-bf16", "auto"):
+        proc = subprocess.run([sys.executable, "-m", "fastvae.train", *quick, "--backend", backend, "--out",
+                               str(tmp_path / backend)], capture_output=True, text=True, timeout=300, env=env)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and "NUMBA_DISABLE_JIT is set" in lines[-1], proc.stderr
+        assert lines[-1].startswith("fastvae: error:") and "Traceback" not in proc.stderr
+        assert not (tmp_path / backend).exists()
+    proc = subprocess.run([sys.executable, "-m", "fastvae.train", *quick, "--backend", "reference", "--out",
+                           str(tmp_path / "reference")], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0 and (tmp_path / "reference" / "checkpoint.npz").is_file(), proc.stderr

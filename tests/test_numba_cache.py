@@ -60,8 +60,9 @@ def test_a_cache_folder_someone_else_could_write_is_never_loaded_from(tmp_path, 
     checked): it is left alone; the kernels are cached in a fresh private folder beside it. nowhere: no temporary
     folder can be written at all (`import fastvae` raised "No usable temporary directory"; with only the working
     directory writable, Python's tempfile left a cache there): the kernels compile in memory, nothing is written."""
-    code = ("import numpy as np, fastvae; from fastvae import numba_cache; from fastvae.backends import cpu_update as u; "
-            "d = np.ones((3, 5), np.float32); db = np.empty(5, np.float32); u.column_sums(db, d); "
+    code = ("import numpy as np, fastvae; from fastvae import numba_cache; "
+            "from fastvae.backends import cpu_update as u; d = np.ones((3, 5), np.float32); "
+            "db = np.empty(5, np.float32); u.column_sums(db, d); "
             "from numba.core import config; print(db.sum(), numba_cache.nowhere(), config.CACHE_DIR or None)")
     env = {**os.environ, **UNWRITABLE_HOME, "TMPDIR": str(tmp_path / "tmp")}
     env.pop("NUMBA_CACHE_DIR", None)

@@ -12,6 +12,7 @@ NAMES = ("auto", "cpu", "cpu-bf16", "gpu", "reference")
 MODULES = {"cpu-bf16": "cpu_bf16"}     # a backend's module where its name is no Python identifier
 PRECISIONS = ("fp32", "bf16")          # what `precision=` / --precision takes
 BF16_BACKENDS = ("cpu-bf16",)          # backends whose products take bf16 operands (fp32 master weights and sums)
+NUMBA_BACKENDS = ("cpu", "cpu-bf16")   # backends whose kernels Numba compiles
 _loaded = {}
 
 
@@ -35,7 +36,9 @@ def get_backend(name: str = "auto", notify=None) -> Backend:
         return gpu.load()
     if name not in _loaded:
         module = importlib.import_module(f"{__name__}.{MODULES.get(name, name)}")
-        reason = module.unavailable_reason() if hasattr(module, "unavailable_reason") else None
+        reason = _without_numba() if name in NUMBA_BACKENDS else None
+        if reason is None and hasattr(module, "unavailable_reason"):
+            reason = module.unavailable_reason()
         if reason is not None:
             raise UserError(f"the {name} backend cannot run here: {reason}")
         _loaded[name] = Backend(module)
@@ -107,6 +110,17 @@ def precision_of(be: Backend) -> str:
     if be.name in BF16_BACKENDS:
         return "bf16"
     return "fp64" if np.dtype(be.dtype) == np.float64 else "fp32"
+
+
+def _without_numba():
+    """Why Numba's kernels cannot run (one line), or None: NUMBA_DISABLE_JIT=1 runs jitted functions as Python,
+    where the kernels' intrinsics (pause, prefetch, the AMX tiles) do not exist (a fresh user's trial: a traceback
+    after the run folder was made, "<intrinsic pause> is not usable in pure-python")."""
+    from numba.core import config
+    if config.DISABLE_JIT:
+        return ("NUMBA_DISABLE_JIT is set, and its kernels need Numba's compiler (their intrinsics have no Python "
+                "form); unset it, or use the reference backend (float64, slow)")
+    return None
 
 
 def _check_name(name):

@@ -1,0 +1,104 @@
+"""The command-line tools' stdout and stderr: a character the stream cannot encode is escaped, and a write that fails
+(a full disk under `> train.log`, /dev/full, an I/O error) loses that output, not the run.
+
+A fresh user's trial: `PYTHONIOENCODING=ascii fastvae-evaluate ...` stopped with UnicodeEncodeError on the table's
+'±' (the --json file not written), a run whose --out held an 'é' on its first line; `fastvae-train ... > /dev/full`
+stopped with a traceback at its first line and wrote no run, `2> /dev/full` at the first notice. Now the run goes on
+and saves as it would; a tool whose stdout lost anything ends with status 74 (EX_IOERR) and one line on stderr, as
+its output is what the user asked for (evaluate's table, train's log). A lost stderr only loses its notes. A closed
+reader (`| head`) is still the runner's BrokenPipeError (status 141).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import Iterator
+
+LOST_OUTPUT = 74                        # sysexits.h EX_IOERR
+
+
+class Kept:
+    """A text stream that escapes what it cannot encode and, once a write or flush fails with an OSError other than
+    a broken pipe, points its file descriptor at /dev/null (so Python's own flush at exit does not fail again) and
+    drops every later write; `failed` holds the error."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.failed: OSError | None = None
+
+    def write(self, text: str) -> int:
+        if self.failed is None:
+            try:
+                try:
+                    self._stream.write(text)
+                except UnicodeEncodeError:
+                    encoding = getattr(self._stream, "encoding", None) or "ascii"
+                    self._stream.write(text.encode(encoding, "backslashreplace").decode(encoding))
+            except BrokenPipeError:
+                raise
+            except OSError as e:
+                self._lost(e)
+        return len(text)
+
+    def flush(self) -> None:
+        if self.failed is None:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                raise
+            except OSError as e:
+                self._lost(e)
+
+    def _lost(self, e: OSError) -> None:
+        self.failed = e
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+            self._stream.flush()            # (what its buffer still holds goes to /dev/null now)
+
+    def __getattr__(self, name):            # isatty, fileno, encoding, ...: the stream's own
+        return getattr(self._stream, name)
+
+
+class Outcome:
+    """What tool_streams yields: status(code) is the tool's exit status, LOST_OUTPUT (with one line on stderr) where
+    it succeeded but its stdout lost output."""
+
+    def __init__(self, stdout: Kept | None):
+        self.stdout = stdout
+
+    def lost(self) -> OSError | None:
+        return None if self.stdout is None else self.stdout.failed
+
+    def status(self, code: int | None) -> int:
+        if self.stdout is not None:
+            self.stdout.flush()             # (a failure may wait in its buffer)
+        error = self.lost()
+        if error is None or code not in (0, None):
+            return 0 if code is None else code
+        print(f"fastvae: error: standard output could not be written ({error.strerror or error}); what the tool "
+              "printed there is lost", file=sys.stderr)
+        return LOST_OUTPUT
+
+
+@contextlib.contextmanager
+def tool_streams() -> Iterator[Outcome]:
+    """sys.stdout and sys.stderr as Kept streams for the body (put back after it); argparse's exit (--help, --version)
+    takes its status from Outcome.status too."""
+    saved = sys.stdout, sys.stderr
+    out = None if sys.stdout is None else Kept(sys.stdout)
+    err = None if sys.stderr is None else Kept(sys.stderr)
+    sys.stdout, sys.stderr = out, err
+    outcome = Outcome(out)
+    try:
+        yield outcome
+    except SystemExit as e:
+        if isinstance(e.code, int | None):
+            raise SystemExit(outcome.status(e.code)) from None
+        raise
+    finally:
+        with contextlib.suppress(OSError, ValueError):
+            for stream in (out, err):
+                if stream is not None:
+                    stream.flush()
+        sys.stdout, sys.stderr = saved

@@ -1,0 +1,85 @@
+"""The tools' stdout and stderr (fastvae.streams): a stream that cannot encode a character, or whose writes fail (a
+full disk: /dev/full), costs that output, never the run. Real subprocesses of the tools (a fresh user's trial found
+each: a traceback and no run for `> /dev/full`, `2> /dev/full`, PYTHONIOENCODING=ascii)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from fastvae.streams import LOST_OUTPUT
+
+QUICK = ["--epochs", "1", "--train-images", "300", "--test-images", "100", "--hidden", "24", "--latent", "2",
+         "--batch-size", "50", "--seed", "3", "--backend", "cpu", "--no-plots"]
+FULL = "/dev/full"
+needs_dev_full = pytest.mark.skipif(not os.path.exists(FULL), reason="no /dev/full on this system")
+
+
+def tool(name, *args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=None, cwd=None):
+    return subprocess.run([sys.executable, "-m", f"fastvae.{name}", *map(str, args)], stdout=stdout, stderr=stderr,
+                          text=True, timeout=300, env={**os.environ, **(env or {})}, cwd=cwd)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("streams") / "run-é"            # (a name ASCII cannot write: the first line)
+    proc = tool("train", *QUICK, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+@needs_dev_full
+def test_a_full_stdout_loses_the_log_not_the_run(tmp_path):
+    out = tmp_path / "run"
+    with open(FULL, "w") as full:
+        proc = tool("train", *QUICK, "--out", out, stdout=full)
+    assert proc.returncode == LOST_OUTPUT, proc.stderr
+    assert (out / "checkpoint.npz").is_file() and json.loads((out / "metrics.json").read_text())["epochs"]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-1].startswith("fastvae: error: standard output could not be written (No space left on device)")
+    assert "Traceback" not in proc.stderr and "Exception ignored" not in proc.stderr, proc.stderr
+
+
+@needs_dev_full
+def test_a_full_stderr_loses_the_notes_only(tmp_path):
+    out = tmp_path / "run"
+    with open(FULL, "w") as full:               # --backend auto's note on the backend it chose goes to stderr
+        proc = tool("train", *QUICK, "--backend", "auto", "--out", out, stderr=full)
+    assert proc.returncode == 0 and "done: test loss" in proc.stdout
+    assert (out / "checkpoint.npz").is_file()
+
+
+@needs_dev_full
+def test_help_into_a_full_stdout_says_so(tmp_path):
+    with open(FULL, "w") as full:
+        proc = tool("train", "--help", stdout=full)
+    assert proc.returncode == LOST_OUTPUT and "standard output could not be written" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@needs_dev_full
+def test_evaluate_writes_its_json_before_a_table_a_full_stdout_loses(run, tmp_path):
+    with open(FULL, "w") as full:
+        proc = tool("evaluate", run, "--k", "1", "--test-images", "20", "--json", tmp_path / "e.json", stdout=full)
+    assert proc.returncode == LOST_OUTPUT and "Traceback" not in proc.stderr, proc.stderr
+    assert [row["k"] for row in json.loads((tmp_path / "e.json").read_text())["iwae"]] == [1]
+
+
+def test_an_ascii_only_stream_gets_escapes_not_a_traceback(run, tmp_path):
+    """The table's '±' and a run folder's 'é' are escaped on a stream that cannot encode them (evaluate stopped
+    with UnicodeEncodeError before writing its --json file; train before its run)."""
+    ascii_only = {"PYTHONIOENCODING": "ascii"}
+    proc = tool("evaluate", run, "--k", "1", "--test-images", "20", "--json", tmp_path / "e.json", env=ascii_only)
+    assert proc.returncode == 0, proc.stderr
+    assert "\\xb1" in proc.stdout and (tmp_path / "e.json").is_file()
+    out = tmp_path / "again-é"
+    proc = tool("train", *QUICK, "--out", out, env=ascii_only)
+    assert proc.returncode == 0 and "again-\\xe9" in proc.stdout.splitlines()[0], proc.stderr
+    assert (out / "checkpoint.npz").is_file()
+
+
+def test_evaluate_draws_no_bar_into_a_log(run):
+    """Into a pipe or a file the bar wrote its redraws (carriage returns): drawn on a terminal only, as fit's."""
+    proc = tool("evaluate", run, "--k", "1", "10", "--test-images", "20")
+    assert proc.returncode == 0 and "\r" not in proc.stderr and "IWAE k=" not in proc.stderr, proc.stderr
