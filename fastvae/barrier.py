@@ -19,10 +19,14 @@ finished first while a slower shard works on.
 import functools
 import time
 
-import numpy as np
-from numba import njit
+from . import numba_cache
 
-from .atomics import FUTEX, claim, futex_wait, futex_wake, load_acquire, pause
+numba_cache.setup()         # before this module's Numba functions are defined (a cache place; the package's keys)
+
+import numpy as np  # noqa: E402
+from numba import njit  # noqa: E402
+
+from .atomics import FUTEX, claim, futex_wait, futex_wake, load_acquire, pause  # noqa: E402
 
 AVAILABLE = FUTEX   # x86-64 Linux; elsewhere fastvae.workers puts a Python barrier between the phases instead
 ARRIVED, PARTS, ABORTED, SPINS, SLEPT, DEPARTED, BACK = range(7)

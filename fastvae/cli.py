@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Callable
 
 from . import __version__
-from .backends import NAMES, PRECISIONS
 from .config import integer
+from .constants import BACKENDS as NAMES, PRECISIONS
 from .errors import TrainingDiverged, UserError
 
 

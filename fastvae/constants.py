@@ -4,6 +4,11 @@ The CUDA C receives the ones it uses as generated `#define`s (fastvae.cuda.sourc
 reaches every backend, and the compiled module's cache key (its source text) changes with it.
 """
 
+# The backends a model or a tool may name ("auto": the gpu where it starts, else the cpu), and the precisions
+# (`precision=`, --precision): here, not in fastvae.backends, so that the tools' options need no kernel module.
+BACKENDS = ("auto", "cpu", "cpu-bf16", "gpu", "reference")
+PRECISIONS = ("fp32", "bf16")
+
 # The hidden layers' activation, chosen by Config.activation; "identity" is the linear layers' (the heads' and the
 # output's products). Every one has a derivative that follows from its output y, so no pre-activation is stored:
 #   elu: y' = 1 where y > 0, else y + 1;  relu: 1 where y > 0, else 0;  tanh: 1 - y^2;  identity: 1.

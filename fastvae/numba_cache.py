@@ -132,6 +132,20 @@ def _compile_without_a_cache() -> bool:
         return False
 
 
+_SET_UP: list[bool] = []
+
+
+def setup() -> None:
+    """ensure_a_place() and key_caches_by_package(), once a process: called at the top of every fastvae module that
+    defines Numba functions (backends/__init__.py, for all of backends/; atomics.py; barrier.py), before the first
+    one is defined, and not by `import fastvae`, which loads neither NumPy nor Numba (the tools' --help and
+    --version, and a Ctrl-C in their first moments, need neither)."""
+    if not _SET_UP:
+        ensure_a_place()            # a read-only install without a cache folder
+        key_caches_by_package()     # an edit of one kernel module recompiles the kernels that call it
+        _SET_UP.append(True)
+
+
 @lru_cache(maxsize=None)
 def package_stamp(root: str) -> str:
     """A digest of the path, size and modification time of every .py file under `root` that uses Numba or llvmlite

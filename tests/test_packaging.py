@@ -37,3 +37,39 @@ def test_an_unpacked_wheel_finds_its_data_and_kernels(tmp_path):
                           env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("ok")
+
+
+def test_import_fastvae_loads_neither_numpy_nor_numba_and_changes_no_handler():
+    """`import fastvae` (and a tool's --version and --help) load no NumPy, no Numba (0.4 s before: the package's
+    __init__ imported the model), and change no signal handler; the public names load their modules on first use."""
+    import subprocess
+    import sys
+    code = ("import signal, sys; before = signal.getsignal(signal.SIGINT); import fastvae; "
+            "print('numpy' in sys.modules, 'numba' in sys.modules, signal.getsignal(signal.SIGINT) is before); "
+            "from fastvae import train; train.build_parser(); print('numba' in sys.modules); "
+            "print(fastvae.VAE.__name__, 'VAE' in dir(fastvae), 'numba' in sys.modules); "
+            "from fastvae import Config, UserError; print(Config.__module__, issubclass(UserError, ValueError))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split("\n")[:4] == ["False False True", "False", "VAE True True", "fastvae.config True"]
+    proc = subprocess.run([sys.executable, "-c", "import fastvae; fastvae.nothing"], capture_output=True, text=True,
+                          timeout=120)
+    assert "AttributeError: module 'fastvae' has no attribute 'nothing'" in proc.stderr
+
+
+def test_every_module_with_cached_numba_functions_sets_the_cache_up_first():
+    """Numba picks a function's cache place when it is defined: numba_cache.setup() (a private place where Numba has
+    none; the package-wide keys) must run before, which `import fastvae` no longer does. backends/__init__.py runs
+    it for every module of backends/; any other module defining cached functions calls it before the first."""
+    import re
+    from pathlib import Path
+    import fastvae
+    root = Path(fastvae.__file__).parent
+    init = (root / "backends" / "__init__.py").read_text()
+    assert init.index("numba_cache.setup()") < init.index("\nfrom .contract")
+    for path in root.rglob("*.py"):
+        text = path.read_text()
+        if "backends" in path.relative_to(root).parts or path.name == "numba_cache.py" or "cache=True" not in text:
+            continue
+        first = re.search(r"^@\w+\(.*cache=True", text, re.M)
+        assert "numba_cache.setup()" in text[:first.start()], f"{path.name} defines cached functions before setup()"

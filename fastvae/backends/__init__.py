@@ -3,14 +3,17 @@ fastvae/backends/contract.py, checked when the backend loads. CuPy is imported o
 for. `resolve` turns a backend name and a precision into the backend to load: the precision rules live there only."""
 import importlib
 
-import numpy as np
+from .. import numba_cache
 
-from ..errors import UserError
-from .contract import Backend
+numba_cache.setup()         # before any of backends/' Numba functions is defined
 
-NAMES = ("auto", "cpu", "cpu-bf16", "gpu", "reference")
+import numpy as np  # noqa: E402
+
+from ..constants import BACKENDS as NAMES, PRECISIONS  # noqa: E402, F401  (PRECISIONS: what precision= takes)
+from ..errors import UserError  # noqa: E402
+from .contract import Backend  # noqa: E402
+
 MODULES = {"cpu-bf16": "cpu_bf16"}     # a backend's module where its name is no Python identifier
-PRECISIONS = ("fp32", "bf16")          # what `precision=` / --precision takes
 BF16_BACKENDS = ("cpu-bf16",)          # backends whose products take bf16 operands (fp32 master weights and sums)
 NUMBA_BACKENDS = ("cpu", "cpu-bf16")   # backends whose kernels Numba compiles
 _loaded = {}
