@@ -25,7 +25,8 @@ def epoch_table(benches):
         if b["extra_info"].get("framework") == "fastvae":
             device = b["extra_info"].get("device", "cpu")
             ours[device] = min(ours.get(device, float("inf")), b["stats"]["median"])
-    rows = ["| framework | s / epoch (median) | min | images / s | GFLOP/s | peak RSS (MB) | time ÷ fastvae's (same device) |",
+    rows = ["| framework | s / epoch (median) | min | images / s | GFLOP/s | peak RSS (MB) "
+            "| time ÷ fastvae's (same device) |",
             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for b in sorted(epochs, key=lambda b: (b["extra_info"].get("device", "cpu"), b["stats"]["median"])):
         s, info = b["stats"], b["extra_info"]

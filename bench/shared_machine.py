@@ -215,7 +215,8 @@ def main(argv=None):
     ap.add_argument("--serve", choices=VARIANTS, help=argparse.SUPPRESS)
     ap.add_argument("--images", type=int, default=60000, help="training images per epoch (default 60000)")
     ap.add_argument("--rounds", type=int, default=3, help="epochs of each variant, in turns (default 3)")
-    ap.add_argument("--situations", default=",".join(SITUATIONS), help="comma-separated, of " + ", ".join(SITUATIONS) + " (default: all)")
+    ap.add_argument("--situations", default=",".join(SITUATIONS),
+                    help="comma-separated, of " + ", ".join(SITUATIONS) + " (default: all)")
     ap.add_argument("--variants", default="as-it-was,fastvae,one-thread,torch",
                     help="comma-separated, of " + ", ".join(VARIANTS) + " (default: all)")
     ap.add_argument("--torch-python", help="a Python with torch installed, for the torch column (default: this one)")

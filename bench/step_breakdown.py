@@ -6,7 +6,8 @@ Four measurements of the same model in one process, alternated in rounds (the ma
 1. the step at the detected thread count (fastvae.threads), row shards on the backend's workers, one product + pass
    per layer in one Numba call, each shard's calls replayed as one (fastvae.backends.capture; beside it the same step
    with every kernel called from Python, "step from Python", and, on the cpu backend, the steps as a fit runs them:
-   chunks of 25 steps, one GIL-free call per thread, fastvae.step_chunks, "step in chunks"); the shards' phase (forward and the
+   chunks of 25 steps, one GIL-free call per thread, fastvae.step_chunks, "step in chunks"); the shards' phase (forward
+   and the
    backward of dz and dinp of every shard at once) and the update's (weight_update: the weight gradients over the
    whole batch fused with Adam, its chunks claimed by the threads) timed apart (both run in one job of the workers:
    the shards' phase ends when the last shard returns, the update's is the rest of the job);

@@ -1,7 +1,8 @@
 """A barrier that Numba kernels wait at outside the GIL: the step's row shards, then the weight update, in one job.
 
 A barrier is an int64 array [arrived, parts, aborted, spins, slept, departed, back]
-(depart(): the end of a job; back: the pool has handed out its next job). arrive_and_wait() (Numba, called inside a nogil
+(depart(): the end of a job; back: the pool has handed out its next job). arrive_and_wait() (Numba, called inside a
+nogil
 kernel) adds this thread to `arrived` and returns True once all `parts` have; False as soon as the job is aborted (a
 part raised: abort()). Why inside the kernel: the update's first kernel waits there, so the thread that finishes its
 shard first goes on the moment the last one arrives, without coming back to Python for the GIL: a thread that sleeps

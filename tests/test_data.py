@@ -300,7 +300,8 @@ def test_as_rows_keeps_the_image_shape_and_as_images_checks_the_models():
     assert rows.shape == (3, 1024) and shape == (32, 32)
     assert as_rows(np.zeros((3, 64)))[1] is None
     user_error(as_rows, np.zeros((2, 3, 4, 5)), phrase="flatten colour channels")
-    user_error(as_images, np.zeros((2, 16, 64)), "X", 1024, (32, 32), phrase="images of 16x64 but the model's are 32x32")
+    user_error(as_images, np.zeros((2, 16, 64)), "X", 1024, (32, 32),
+               phrase="images of 16x64 but the model's are 32x32")
     assert as_images(np.zeros((2, 1024)), "X", 1024, (32, 32)).shape == (2, 1024)
 
 

@@ -258,7 +258,8 @@ def test_a_driver_of_an_older_major_version_is_refused_by_the_device_count(fake_
     assert gpu.unavailable_reason() is None
     monkeypatch.setenv("FASTVAE_STAND_IN_DRIVER", "12040")
     assert "supports CUDA 12.4, older than the CUDA 13 this CuPy" in gpu.unavailable_reason()
-    with pytest.raises(UserError, match=r"the gpu backend is not available: .*; use the cpu backend \(backend=\"cpu\", --backend cpu\)"):
+    with pytest.raises(UserError, match=r"the gpu backend is not available: .*; use the cpu backend "
+                                         r"\(backend=\"cpu\", --backend cpu\)"):
         gpu.load()
 
 

@@ -107,6 +107,14 @@ def test_one_image_without_its_batch_axis_gets_the_way_to_add_it(mnist, trained)
         trained.encode(mnist.test_x[0].reshape(28, 28))
 
 
+def test_a_models_backend_equals_its_name():
+    """`model.backend == "cpu"` was False (a Backend, not its name): a comparison a program writes silently failed."""
+    model = VAE(**SMALL)
+    assert model.backend == "cpu" and "cpu" == model.backend and model.backend != "gpu"
+    assert model.backend in ("cpu", "cpu-bf16") and model.backend.name == "cpu" and model.backend == model.backend
+    assert {model.backend: 1}["cpu"] == 1 and model.backend != VAE(**{**SMALL, "backend": "reference"}).backend
+
+
 def test_fit_with_labels_says_it_takes_none(mnist):
     """fit(X, y), as Keras takes it, put the labels into epochs ("epochs must be a whole number >= 0, got
     array([...])": a book reader's trial): one line saying fit takes no labels; the model unchanged."""

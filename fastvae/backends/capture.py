@@ -12,7 +12,8 @@ and two shards on two threads meeting at the GIL there, are gone: measured on th
 A replay bakes in the arrays it was recorded with (it keeps them alive), but for a thread's scratch buffers
 (private()): those are replaced by copies of its own, since a replay may run on another thread than the one it was
 recorded on (two fits at once share the workers; a busy pool runs every shard on the calling thread) while the
-owner runs another replay with them. The caller replays it only while those are the arrays the step would use (fastvae.step.Stepper: the same state, workspace, data set and index buffer, and
+owner runs another replay with them. The caller replays it only while those are the arrays the step would use
+(fastvae.step.Stepper: the same state, workspace, data set and index buffer, and
 the same row shards). Values a kernel reads from an array (the counters, the batch's indices) are read when it
 runs; scalars are fixed. A wrapper whose work depends on more than its kernel (a NumPy call, a branch on data)
 calls refuse(), and the shard is then never captured.

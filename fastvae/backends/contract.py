@@ -173,3 +173,11 @@ class Backend:
 
     def __repr__(self):
         return f"<fastvae backend {self.name!r} ({self.dtype.__name__})>"
+
+    def __eq__(self, other):
+        """A backend equals its name (`model.backend == "cpu"` was False, silently: a fresh user's trial) and itself
+        (each is loaded once)."""
+        return self.name == other if isinstance(other, str) else self is other
+
+    def __hash__(self):
+        return hash(self.name)
