@@ -9,6 +9,7 @@ closed reader of stdout, 74 done but stdout could not be written (streams.tool_s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import shlex
@@ -38,8 +39,12 @@ def run_main(run: Callable[[argparse.Namespace], int], args: argparse.Namespace,
         return run(args)
     except BrokenPipeError:
         # the reader of stdout went away (`... | head`): no traceback, and none again when Python flushes stdout at
-        # exit (it is pointed at /dev/null); the status of a process a closed pipe stopped, 128 + SIGPIPE
+        # exit (it is pointed at /dev/null); the status of a process a closed pipe stopped, 128 + SIGPIPE. A tool
+        # that says what a stop leaves (train: the pipe ends its training) says why it stopped, on stderr
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if kept is not None:
+            with contextlib.suppress(OSError, ValueError):
+                _stop(f"stopped: standard output was closed (its reader went away, as `| head` does){note()}", 141)
         return 141
     except TrainingDiverged as e:           # a UserError too: caught first for its own status
         return _stop(f"error: {e}{note()}", 3)
@@ -303,6 +308,10 @@ class Notes:
         if numba_cache.nowhere():           # (every run pays the first call's compile: say why, and the way out)
             self("fastvae: no folder can be written for the compiled kernels (the package's, the user's cache, a "
                  "temporary one): they are compiled again in every run; set NUMBA_CACHE_DIR to a writable folder")
+        elif numba_cache.taken():
+            self(f"fastvae: {numba_cache.taken()} is not this user's alone (another user's, or open to others), so "
+                 "the compiled kernels are kept for this run only and compiled again in every run; remove it, or set "
+                 "NUMBA_CACHE_DIR to a folder of your own")
 
     def __call__(self, message: str) -> None:
         if not self.quiet:

@@ -13,9 +13,12 @@ import numpy as np
 
 
 def strict(obj):
-    """`obj` with every float that is NaN or infinite replaced by None, NumPy scalars and arrays made plain."""
+    """`obj` with every float that is NaN or infinite replaced by None, NumPy scalars and arrays made plain, and
+    file names that carry undecodable bytes (surrogate escapes) written as UTF-8 (text_of)."""
+    if isinstance(obj, str):
+        return text_of(obj)
     if isinstance(obj, dict):
-        return {k: strict(v) for k, v in obj.items()}
+        return {text_of(k) if isinstance(k, str) else k: strict(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, np.ndarray)):
         return [strict(v) for v in (obj.tolist() if isinstance(obj, np.ndarray) else obj)]
     if isinstance(obj, np.generic):
@@ -23,6 +26,22 @@ def strict(obj):
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
+
+
+def text_of(name: str) -> str:
+    """A path or argument as text JSON can hold: under the C locale Python decodes a file name's bytes as ASCII and
+    keeps the others as lone surrogates ('run\\udcc3\\udca9' for runé), which JSON writes as escapes no reader
+    can turn back into the name (a fresh user's trial: jq gave two U+FFFD). Its bytes are decoded as UTF-8 instead,
+    and bytes that are not UTF-8 written as \\xNN."""
+    try:
+        name.encode("utf-8")
+        return name
+    except UnicodeEncodeError:
+        pass
+    try:
+        return os.fsencode(name).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:              # (a surrogate no file name's byte gives: escaped as it stands)
+        return name.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def dumps(obj, **kwargs):

@@ -50,14 +50,40 @@ def _yours(folder: Path) -> bool:
     return stat.S_ISDIR(st.st_mode) and mine and not st.st_mode & 0o022 and os.access(folder, os.W_OK | os.X_OK)
 
 
+def _held_by_trusted_hands(base: Path) -> bool:
+    """Whether no other user can rename or replace a folder made in `base`: `base` and every folder above it belong
+    to this user or root and are writable by no one else, or carry the sticky bit (/tmp: only a file's owner may
+    rename it). A checked folder is used by its path: in a world-writable TMPDIR without the sticky bit, another user
+    renamed the checked one away and put a planted one at its name before Numba read it (a fresh user's trial ran
+    `id` so)."""
+    uid = os.getuid() if hasattr(os, "getuid") else None
+    try:
+        real = Path(os.path.realpath(base))
+        for folder in (real, *real.parents):
+            st = os.stat(folder)
+            if uid is not None and st.st_uid not in (0, uid):
+                return False
+            if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+                return False
+    except OSError:
+        return False
+    return True
+
+
+# where private_folder() found the shared name taken (someone else's, or open to others): said by the tools' notes
+_TAKEN: list[str] = []
+
+
 @lru_cache(maxsize=None)
 def private_folder() -> Path | None:
     """This user's folder for fastvae's caches where the usual places cannot be written: `fastvae-<uid>` in the
-    first temporary folder that takes it (made with mode 0700; used only while _yours), or, where that name is taken
-    by someone else's, a fresh private folder beside it for this process, removed at exit; None where no temporary
-    folder can be written. Once a process."""
+    first temporary folder that takes it and that only this user and root control (_held_by_trusted_hands; made with
+    mode 0700; used only while _yours), or, where that name is taken by someone else's, a fresh private folder beside
+    it for this process, removed at exit (taken() says so); None where no temporary folder serves. Once a process."""
     uid = os.getuid() if hasattr(os, "getuid") else "user"
     for base in _temporary_folders():
+        if not _held_by_trusted_hands(Path(base)):
+            continue
         folder = Path(base) / f"fastvae-{uid}"
         try:
             try:
@@ -69,9 +95,16 @@ def private_folder() -> Path | None:
             fresh = Path(tempfile.mkdtemp(prefix=f"fastvae-{uid}-", dir=base))     # (mode 0700)
         except OSError:
             continue                        # unwritable, gone, or not a folder: the next place
+        _TAKEN.append(str(folder))
         atexit.register(shutil.rmtree, fresh, ignore_errors=True)
         return fresh
     return None
+
+
+def taken() -> str | None:
+    """The shared folder name private_folder() found taken by someone else's (or a folder open to others), so that
+    this process keeps its compiled kernels for itself only (compiled again in every run), or None."""
+    return _TAKEN[0] if _TAKEN else None
 
 
 def needs_fallback(source: str | Path = __file__) -> bool:
@@ -108,7 +141,9 @@ _NOWHERE: list[bool] = []
 
 def nowhere() -> bool:
     """True where fastvae's compiled kernels are kept nowhere (ensure_a_place found no folder): every process
-    compiles them again (20-40 s before the first steps)."""
+    compiles them again (20-40 s before the first steps). Sets the cache up first (setup()), as the first kernel
+    module would: asked before any was imported, it answered False (the command line's note went missing so)."""
+    setup()
     return any(_NOWHERE)
 
 

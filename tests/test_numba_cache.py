@@ -60,10 +60,12 @@ def test_a_cache_folder_someone_else_could_write_is_never_loaded_from(tmp_path, 
     checked): it is left alone; the kernels are cached in a fresh private folder beside it. nowhere: no temporary
     folder can be written at all (`import fastvae` raised "No usable temporary directory"; with only the working
     directory writable, Python's tempfile left a cache there): the kernels compile in memory, nothing is written."""
-    code = ("import numpy as np, fastvae; from fastvae import numba_cache; "
+    code = ("import argparse; from fastvae.cli import Notes; notes = Notes(argparse.Namespace(quiet=False)).held; "
+            "import numpy as np, fastvae; from fastvae import numba_cache; "
             "from fastvae.backends import cpu_update as u; d = np.ones((3, 5), np.float32); "
             "db = np.empty(5, np.float32); u.column_sums(db, d); "
-            "from numba.core import config; print(db.sum(), numba_cache.nowhere(), config.CACHE_DIR or None)")
+            "from numba.core import config; print(db.sum(), numba_cache.nowhere(), config.CACHE_DIR or None); "
+            "print(*notes, sep=chr(10))")
     env = {**os.environ, **UNWRITABLE_HOME, "TMPDIR": str(tmp_path / "tmp")}
     env.pop("NUMBA_CACHE_DIR", None)
     env.pop("XDG_RUNTIME_DIR", None)
@@ -82,8 +84,11 @@ def test_a_cache_folder_someone_else_could_write_is_never_loaded_from(tmp_path, 
     proc = subprocess.run(["unshare", "-m", "sh", "-c", f"{mounts} && exec {sys.executable} -c '{code}'"], env=env,
                           capture_output=True, text=True, timeout=300, cwd=tmp_path / "cwd")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    total, nowhere, cached_in = proc.stdout.split()
+    first, *notes = proc.stdout.strip().split("\n")
+    total, nowhere, cached_in = first.split()
     assert (total, nowhere) == ("15.0", str(case == "nowhere")), proc.stdout
+    # the tools' notes say it, asked first thing in a process, as a tool asks (the note went missing so: a trial)
+    assert len(notes) == 1 and ("is not this user's alone" if case == "planted" else "NUMBA_CACHE_DIR") in notes[0]
     assert not list((tmp_path / "cwd").iterdir()), "a cache was left in the working directory"
     if case == "planted":
         assert [p.name for p in (planted / "numba").iterdir()] == ["bait.nbi"], "the planted folder was used"
@@ -99,6 +104,7 @@ def test_the_private_folder_is_made_for_this_user_only_and_refused_when_others_c
     is used again); a folder of that name open to others, a link, or (as root) another user's is not used: a fresh
     private one beside it serves instead; None where no temporary folder takes one."""
     monkeypatch.setattr(numba_cache, "_temporary_folders", lambda: [str(tmp_path)])
+    monkeypatch.setattr(numba_cache, "_TAKEN", [])         # (what this test finds taken is its own)
     name = tmp_path / f"fastvae-{os.getuid()}"
 
     def fresh():
@@ -115,6 +121,7 @@ def test_the_private_folder_is_made_for_this_user_only_and_refused_when_others_c
         spoil()
         other = fresh()
         assert other != name and other.parent == tmp_path and other.stat().st_mode & 0o777 == 0o700
+        assert numba_cache.taken() == str(name)
         shutil.rmtree(name)
         name.mkdir(mode=0o700)
     shutil.rmtree(name)
@@ -123,6 +130,35 @@ def test_the_private_folder_is_made_for_this_user_only_and_refused_when_others_c
     assert fresh() not in (name, tmp_path / "elsewhere")
     monkeypatch.setattr(numba_cache, "_temporary_folders", lambda: ["/proc/no-such-folder", "/proc/version"])
     assert fresh() is None
+
+
+def test_a_temporary_folder_another_user_could_rename_things_in_is_passed_over(tmp_path, monkeypatch):
+    """A folder checked as this user's is then used by its path: in a world-writable TMPDIR without the sticky bit,
+    another user renamed it away and planted one at its name (a fresh user's trial ran code so). Such a TMPDIR, or one
+    below such a folder, or (as root) one another user owns, is passed over for the next place; a sticky one serves."""
+    scratch, good = tmp_path / "scratch", tmp_path / "good"
+    for folder in (scratch, good):
+        folder.mkdir()
+    monkeypatch.setattr(numba_cache, "_temporary_folders", lambda: [str(scratch), str(good)])
+    monkeypatch.setattr(numba_cache, "_TAKEN", [])
+
+    def fresh():
+        numba_cache.private_folder.cache_clear()
+        try:
+            return numba_cache.private_folder()
+        finally:
+            numba_cache.private_folder.cache_clear()
+    scratch.chmod(0o777)
+    assert fresh() == good / f"fastvae-{os.getuid()}" and not list(scratch.iterdir())
+    (scratch / "below").mkdir(mode=0o700)
+    monkeypatch.setattr(numba_cache, "_temporary_folders", lambda: [str(scratch / "below"), str(good)])
+    assert fresh().parent == good
+    scratch.chmod(0o1777)                                   # sticky, as /tmp: only an entry's owner may rename it
+    assert fresh() == scratch / "below" / f"fastvae-{os.getuid()}"
+    if os.getuid() == 0:
+        os.chown(scratch, 4242, 4242)
+        assert fresh().parent == good
+    assert numba_cache.taken() is None                      # (passed over, not taken)
 
 
 def test_an_edit_of_a_called_module_recompiles_its_callers(tmp_path):
@@ -165,3 +201,7 @@ def test_the_tools_say_when_the_kernels_are_compiled_in_every_run(monkeypatch):
     (line,) = Notes(argparse.Namespace(quiet=False)).held
     assert "compiled again in every run" in line and "NUMBA_CACHE_DIR" in line
     assert Notes(argparse.Namespace(quiet=True)).held == []
+    monkeypatch.setattr(numba_cache, "_NOWHERE", [])
+    monkeypatch.setattr(numba_cache, "_TAKEN", ["/tmp/fastvae-5000"])
+    (line,) = Notes(argparse.Namespace(quiet=False)).held
+    assert line.startswith("fastvae: /tmp/fastvae-5000 is not this user's alone") and "NUMBA_CACHE_DIR" in line

@@ -476,3 +476,28 @@ def test_a_ctrl_c_python_drops_in_a_callback_during_the_figures_still_stops_the_
     captured = capsys.readouterr()
     assert dropped == [KeyboardInterrupt]                       # Python did drop it
     assert status == 130 and "after the last epoch (1 of 1)" in captured.err and "done:" not in captured.out
+
+
+def test_file_names_with_undecodable_bytes_are_written_to_json_as_their_utf8(tmp_path):
+    """Under the C locale a path's non-ASCII bytes reach Python as lone surrogates, which JSON wrote as escapes no
+    reader turns back into the name ('run\\udcc3\\udca9': jq printed two U+FFFD; a fresh user's trial): metrics.json
+    and evaluate's --json hold the name's UTF-8 text, and bytes that are not UTF-8 as \\xNN; a real subprocess under
+    the C locale with UTF-8 mode off."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from fastvae import jsonfile
+    assert jsonfile.strict({"p": "run\udcc3\udca9", "q": ["x\udcff"], "run\udcc3\udca9": 1}) == \
+        {"p": "runé", "q": ["x\\xff"], "runé": 1}
+    out = tmp_path / "runé"
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    proc = subprocess.run([sys.executable, "-m", "fastvae.train", "--epochs", "1", "--train-images", "100",
+                           "--test-images", "20", "--hidden", "8", "--latent", "2", "--batch-size", "50", "--no-plots",
+                           "--backend", "cpu", "--out", os.fsencode(out)], capture_output=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    proc = subprocess.run([sys.executable, "-m", "fastvae.evaluate", os.fsencode(out), "--k", "1", "--test-images",
+                           "20", "--json", os.fsencode(out / "e.json")], capture_output=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr.decode(errors="replace")
+    report = json.loads((out / "e.json").read_text(encoding="utf-8"))
+    assert report["checkpoint"] == str(out / "checkpoint.npz"), report["checkpoint"]

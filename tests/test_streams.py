@@ -83,3 +83,17 @@ def test_evaluate_draws_no_bar_into_a_log(run):
     """Into a pipe or a file the bar wrote its redraws (carriage returns): drawn on a terminal only, as fit's."""
     proc = tool("evaluate", run, "--k", "1", "10", "--test-images", "20")
     assert proc.returncode == 0 and "\r" not in proc.stderr and "IWAE k=" not in proc.stderr, proc.stderr
+
+
+def test_a_closed_stdout_stops_training_and_says_so(tmp_path):
+    """`fastvae-train ... | head -1`: the pipe's end stops the run (status 141, as a Unix tool), which said nothing
+    (a fresh user's trial found a run folder without a checkpoint and no word why): one line on stderr now.
+    evaluate and plot stay quiet there (tests/test_cli.py)."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "fastvae.train", *QUICK, "--out", str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()                                 # the reader is gone before the first line
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 141 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == ("fastvae: stopped: standard output was closed (its reader went away, as "
+                                            "`| head` does); no checkpoint was saved (no epoch ended)"), err
