@@ -99,6 +99,15 @@ def test_a_cache_folder_someone_else_could_write_is_never_loaded_from(tmp_path, 
         assert cached_in == "None" and not list((tmp_path / "tmp").iterdir())
 
 
+def fresh():
+    """private_folder() asked anew (it answers once a process), not kept for the tests after."""
+    numba_cache.private_folder.cache_clear()
+    try:
+        return numba_cache.private_folder()
+    finally:
+        numba_cache.private_folder.cache_clear()
+
+
 def test_the_private_folder_is_made_for_this_user_only_and_refused_when_others_could_write_it(tmp_path, monkeypatch):
     """private_folder(): made with mode 0700 and found again (the same place in every process, so a cache made there
     is used again); a folder of that name open to others, a link, or (as root) another user's is not used: a fresh
@@ -106,13 +115,6 @@ def test_the_private_folder_is_made_for_this_user_only_and_refused_when_others_c
     monkeypatch.setattr(numba_cache, "_temporary_folders", lambda: [str(tmp_path)])
     monkeypatch.setattr(numba_cache, "_TAKEN", [])         # (what this test finds taken is its own)
     name = tmp_path / f"fastvae-{os.getuid()}"
-
-    def fresh():
-        numba_cache.private_folder.cache_clear()
-        try:
-            return numba_cache.private_folder()
-        finally:
-            numba_cache.private_folder.cache_clear()
     assert fresh() == name and name.stat().st_mode & 0o777 == 0o700 and fresh() == name
     bad = [lambda: name.chmod(0o777), lambda: name.chmod(0o770)]
     if os.getuid() == 0:
@@ -141,13 +143,6 @@ def test_a_temporary_folder_another_user_could_rename_things_in_is_passed_over(t
         folder.mkdir()
     monkeypatch.setattr(numba_cache, "_temporary_folders", lambda: [str(scratch), str(good)])
     monkeypatch.setattr(numba_cache, "_TAKEN", [])
-
-    def fresh():
-        numba_cache.private_folder.cache_clear()
-        try:
-            return numba_cache.private_folder()
-        finally:
-            numba_cache.private_folder.cache_clear()
     scratch.chmod(0o777)
     assert fresh() == good / f"fastvae-{os.getuid()}" and not list(scratch.iterdir())
     (scratch / "below").mkdir(mode=0o700)
