@@ -420,6 +420,7 @@ class Stepper:
             self._shards_step()
             return
         if self.replay is None:
+            self.state.shard_gradients          # allocated before, not inside the capture (State.grads is lazy)
             self.replay = be.capture(lambda: train_step(be, self.cfg, self.state, self.ws, self.data, self.idx))
             self.captures += 1
         self.replay()

@@ -246,7 +246,8 @@ def _stand_in():
 
 # Every name the stand-in offers, as CuPy spells it (the stand-in's own bookkeeping starts with "_" or is
 # Stream.capturing / .waited, which CuPy does not have and fastvae never reads).
-OFFERED = ("empty", "zeros", "array", "asnumpy", "ascontiguousarray", "RawModule", "RawModule.get_function",
+OFFERED = ("empty", "zeros", "array", "asnumpy", "asarray", "ascontiguousarray", "ndarray", "RawModule",
+           "RawModule.get_function",
            "cuda.runtime.getDeviceCount", "cuda.runtime.driverGetVersion", "cuda.runtime.runtimeGetVersion",
            "cuda.runtime.CUDARuntimeError", "cuda.memory.OutOfMemoryError", "cuda.compiler.CompileException",
            "cuda.driver.CUDADriverError", "cuda.get_current_stream", "cuda.Stream", "cuda.Stream.synchronize",

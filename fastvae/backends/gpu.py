@@ -12,6 +12,7 @@ Per-step values (Adam's t, the noise step; the first row of the noise, 0 for a w
 from `counters` in device memory and the step is advanced by a kernel, so no launch argument changes from one step to
 the next: on a device `capture` records a whole step once as a CUDA graph and step.Stepper replays it every step.
 """
+import contextlib
 import ctypes
 import sys
 
@@ -94,6 +95,11 @@ class CudaKernels:
         return self._functions[kernel]
 
     def _launch(self, kernel, grid, block, args):
+        if not self._host:
+            for a in args:                  # CuPy passes a one-element host array by value, as a bogus pointer
+                if isinstance(a, np.ndarray) and not isinstance(a, self.xp.ndarray):
+                    raise ValueError(f"gpu backend: {kernel} was given a host (NumPy) array of shape {a.shape}; pass "
+                                     "arrays on the device (backend.asarray)")
         fn = self.function(kernel)
         self.launches += 1
         if self._captured is not None:
@@ -122,8 +128,13 @@ class CudaKernels:
             capturing.begin_capture()
             try:
                 fn()
-            finally:
-                graph = capturing.end_capture()
+            except BaseException:
+                # the capture is ended, and fn's own error raised: end_capture() would raise "capture invalidated"
+                # over it (a review: the first failing launch's message was lost so)
+                with contextlib.suppress(Exception):
+                    capturing.end_capture()
+                raise
+            graph = capturing.end_capture()
             arguments = self._captured
         finally:
             self._captured = None
@@ -159,9 +170,10 @@ class CudaKernels:
         """x = data[idx] as float32 in [0, 1]; uint8 data is scaled by 1/255 on the fly."""
         n, cols = x.shape
         _check(x, (n, cols), "x")
-        if idx.dtype != np.int64 or not idx.flags.c_contiguous:
-            self._not_while_capturing(f"idx of dtype {idx.dtype} (not a contiguous int64 array)")
-            idx = self.xp.ascontiguousarray(idx, dtype=np.int64)
+        if idx.dtype != np.int64 or not idx.flags.c_contiguous or not isinstance(idx, self.xp.ndarray):
+            self._not_while_capturing(f"idx of dtype {idx.dtype} (not a contiguous int64 array on the device)")
+            # (CuPy's ascontiguousarray takes device arrays only: a host idx is copied over first)
+            idx = self.xp.ascontiguousarray(self.xp.asarray(idx, dtype=np.int64))
         _check(idx, (n,), "idx", np.int64)
         if data.dtype not in (np.uint8, np.float32) or not data.flags.c_contiguous or data.ndim != 2:
             self._not_while_capturing(f"data of dtype {data.dtype} (not a contiguous uint8 or float32 matrix)")

@@ -40,8 +40,16 @@ def asnumpy(a, stream=None, order="C", out=None, *, blocking=True):
     return np.asarray(a, order=order)
 
 
+def asarray(a, dtype=None, order=None, copy=None, *, blocking=False):
+    return np.asarray(a, dtype=dtype, order=order, copy=copy)
+
+
 def ascontiguousarray(a, dtype=None):
+    # (CuPy's takes its own arrays only, a NumPy one is a TypeError; here host and device arrays are one type)
     return np.ascontiguousarray(a, dtype=dtype)
+
+
+ndarray = np.ndarray        # the stand-in's device arrays are numpy's
 
 
 _ERRORS = {2: "cudaErrorMemoryAllocation: out of memory",
