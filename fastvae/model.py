@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import threading
 from os import PathLike
@@ -340,6 +341,10 @@ class VAE:
             step.evaluate(be, self.config, self.state, self._ws_eval, step.data_for(be, X), idx, self.config.seed,
                           loss)
         rec, kl = (float(t) / len(X) for t in be.to_host(loss))
+        if not math.isfinite(rec + kl):     # (a NaN came back without a word: a numerics review's extreme checkpoint)
+            raise UserError(f"the loss on these images is not finite (reconstruction {rec:g}, KL {kl:g}): the model's "
+                            f"values overflow {np.dtype(be.dtype).name} on them (extreme weights?); the reference "
+                            "backend computes in float64")
         return {"reconstruction": rec, "kl": kl, "total": rec + kl}
 
     @_one_at_a_time
@@ -398,6 +403,10 @@ class VAE:
                 a.z[...] = be.asarray(z[part])
                 step.decode(be, self.config, self.state.weights, a)
                 logits[part] = be.to_host(a.logits)
+        if np.isnan(logits).any():          # (Inf - Inf inside: NaN "probabilities" came back without a word)
+            raise UserError(f"decoding these codings overflowed {np.dtype(be.dtype).name} (the largest |z| is "
+                            f"{np.abs(z).max():g}; the prior's draws lie within about ±6): pass codings of ordinary "
+                            "size")
         return logits
 
     @_one_at_a_time

@@ -115,6 +115,21 @@ def test_a_models_backend_equals_its_name():
     assert {model.backend: 1}["cpu"] == 1 and model.backend != VAE(**{**SMALL, "backend": "reference"}).backend
 
 
+def test_an_overflow_in_inference_is_an_error_not_nan(mnist):
+    """Codings of 3e38 (finite in float32, so accepted) decoded to NaN "probabilities", and a checkpoint whose logvar
+    is huge evaluated to a NaN loss, without a word (a numerics review; the float64 reference stays finite): one
+    line each, naming the overflow."""
+    model = VAE(seed=3, **SMALL).fit(mnist.train_x[:200], epochs=1)
+    z = np.zeros((2, 4))
+    z[0, 0] = 3e38
+    with pytest.raises(UserError, match=r"decoding these codings overflowed float32 \(the largest \|z\| is 3e\+38"):
+        model.decode(z)
+    assert np.isfinite(model.decode(np.ones((2, 4)) * 1e3)).all()      # large, not absurd: probabilities 0 and 1
+    model.state.weights[2][1][4:] = 176.0                              # the heads' logvar bias: exp(88) ~ 1.6e38
+    with pytest.raises(UserError, match="the loss on these images is not finite"):
+        model.evaluate(mnist.test_x[:20])
+
+
 def test_fit_with_labels_says_it_takes_none(mnist):
     """fit(X, y), as Keras takes it, put the labels into epochs ("epochs must be a whole number >= 0, got
     array([...])": a book reader's trial): one line saying fit takes no labels; the model unchanged."""
