@@ -124,7 +124,7 @@ def needs_fallback(source: str | Path = __file__) -> bool:
 def ensure_a_place() -> Path | None:
     """Points Numba's cache at private_folder()/numba where it has no place of its own for this package (the folder
     returned); where there is no private folder either, fastvae's functions are compiled without a cache (None, and
-    nowhere() is True); else changes nothing (None). Called by `import fastvae`, before any kernel is defined."""
+    nowhere() is True); else changes nothing (None). Called by setup(), before any kernel is defined."""
     if not needs_fallback():
         return None
     folder = private_folder()
@@ -172,9 +172,9 @@ _SET_UP: list[bool] = []
 
 def setup() -> None:
     """ensure_a_place() and key_caches_by_package(), once a process: called at the top of every fastvae module that
-    defines Numba functions (backends/__init__.py, for all of backends/; atomics.py; barrier.py), before the first
-    one is defined, and not by `import fastvae`, which loads neither NumPy nor Numba (the tools' --help and
-    --version, and a Ctrl-C in their first moments, need neither)."""
+    defines cached Numba functions (backends/__init__.py, for all of backends/; barrier.py; tests/test_packaging.py
+    holds every module to it), before the first one is defined, and not by `import fastvae`, which loads neither
+    NumPy nor Numba (the tools' --help and --version, and a Ctrl-C in their first moments, need neither)."""
     if not _SET_UP:
         ensure_a_place()            # a read-only install without a cache folder
         key_caches_by_package()     # an edit of one kernel module recompiles the kernels that call it
