@@ -7,6 +7,7 @@ once, and a Ctrl-C in a tool's first moments is the tool's to handle. CuPy, matp
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import TYPE_CHECKING
 
 __version__ = "0.1.0"
@@ -28,8 +29,12 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
         globals()[name] = value             # (once: later lookups find it without this function)
         return value
+    # a submodule by its attribute (fastvae.evaluate.iwae_bound, fastvae.data.load_mnist after `import fastvae`: the
+    # README's own example failed so, as Python binds a submodule only once something imports it)
+    if not name.startswith("_") and importlib.util.find_spec(f"{__name__}.{name}") is not None:
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(__all__)

@@ -48,9 +48,28 @@ def _digest(arrays):
     return h.hexdigest()
 
 
+def is_file_object(target) -> bool:
+    """Whether `target` is an open binary file (io.BytesIO, a file opened "wb"/"rb", a stream of a cloud SDK), not a
+    path: save() and load() take either."""
+    return not isinstance(target, (str, bytes, os.PathLike)) and (hasattr(target, "write") or hasattr(target, "read"))
+
+
 def save(path, ck):
-    """Write `ck` to `path` atomically; on any failure the previous file at `path` is untouched."""
+    """Write `ck` to `path` atomically; on any failure the previous file at `path` is untouched. `path` may instead be
+    an open binary file (is_file_object): the checkpoint is written into it at its position (atomic as the file is)."""
+    arrays = _arrays(ck)
+    if is_file_object(path):
+        try:
+            np.savez(path, **arrays)
+        except (OSError, ValueError, TypeError) as e:        # (closed, read-only, or a text file)
+            raise UserError(f"could not write the checkpoint into {type(path).__name__} ({one_line(e)}); pass a "
+                            "path or a file open for binary writing") from None
+        return
     path = Path(path)
+    _save_file(path, arrays)
+
+
+def _arrays(ck):
     arrays = {
         "config": np.array(json.dumps(ck.config.to_dict())),
         "params": np.asarray(ck.params, dtype=np.float32), "m": np.asarray(ck.m, dtype=np.float32),
@@ -60,6 +79,10 @@ def save(path, ck):
         "epoch_loss": np.asarray(ck.epoch_loss, dtype=np.float64).reshape(2),
     }
     arrays.update(format=np.array(FORMAT), version=np.array(VERSION, dtype=np.int64), sha256=np.array(_digest(arrays)))
+    return arrays
+
+
+def _save_file(path, arrays):
     folder = path.parent if str(path.parent) else Path(".")
     try:
         fd, tmp = _new_temporary(folder, path.name)
@@ -93,11 +116,16 @@ def _new_temporary(folder, name):
 
 
 def load(path):
-    path = Path(path)
-    if not path.is_file():
-        raise file_error(f"checkpoint {path} does not exist; pass the .npz file written by a training run",
-                         FileNotFoundError, path)
-    bad = f"{path} is not a readable fastvae checkpoint"
+    """The Checkpoint in `path` (a file, or an open binary file: is_file_object). Raises UserError (one line) for a
+    missing, unreadable, corrupt or foreign one."""
+    if is_file_object(path):
+        bad = f"the {type(path).__name__} given is not a readable fastvae checkpoint"
+    else:
+        path = Path(path)
+        if not path.is_file():
+            raise file_error(f"checkpoint {path} does not exist; pass the .npz file written by a training run",
+                             FileNotFoundError, path)
+        bad = f"{path} is not a readable fastvae checkpoint"
     try:
         with np.load(path, allow_pickle=False) as f:
             if "format" not in f.files or str(f["format"]) != FORMAT:

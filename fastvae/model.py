@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 import os
 import threading
 from os import PathLike
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, Callable, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -253,6 +254,17 @@ class VAE:
                             f"{cfg.batch_size}), another batch size can start at the next epoch")
         if callback is not None and not callable(callback):
             raise UserError(f"callback must be a function of (model, record), not {type(callback).__name__}")
+        if callback is not None:                # one that cannot take them failed after a whole epoch (a trial)
+            try:
+                signature = inspect.signature(callback)
+            except (TypeError, ValueError):     # (no signature to read, as some builtins: called as it is)
+                signature = None
+            if signature is not None:
+                try:
+                    signature.bind(self, {})
+                except TypeError:
+                    raise UserError(f"callback must take two arguments, (model, record); it takes "
+                                    f"{signature}") from None
         if stop is not None and not callable(getattr(stop, "is_set", None)):
             raise UserError(f"stop must be a threading.Event (anything with is_set()), not {type(stop).__name__}")
         if stop is not None and stop.is_set():  # at once, the model as it was (a new one took X's width: a trial)
@@ -451,11 +463,16 @@ class VAE:
     # ------------------------------------------------------------------ persistence
 
     @_one_at_a_time
-    def save(self, path: str | PathLike) -> None:
+    def save(self, path: str | PathLike | BinaryIO) -> None:
         """Write config, parameters, Adam state and the training position to `path` (npz, atomically, no pickle);
-        where `path` is a folder, to its checkpoint.npz (where load() reads one, and where a training run keeps it).
+        where `path` is a folder, to its checkpoint.npz (where load() reads one, and where a training run keeps it);
+        where it is an open binary file (io.BytesIO, a cloud store's stream), into it at its position.
         Raises UserError when the model diverged, a step of it was interrupted part-way, or the file cannot be written
         (any earlier file stays whole)."""
+        if checkpoint.is_file_object(path):    # an open binary file (io.BytesIO, ...): written into it
+            self._check_savable()
+            checkpoint.save(path, self._checkpoint())
+            return
         path = _checked_path(path)
         if Path(path).is_dir():                 # (it said "Is a directory ... free some space": a fresh user)
             path = Path(path) / "checkpoint.npz"
@@ -483,19 +500,21 @@ class VAE:
                             "checkpoint saved before stands")
 
     @classmethod
-    def load(cls, path: str | PathLike, backend: str = "auto", notify: Callable[[str], None] | None = None,
-             threads: int | str | None = None, precision: str | None = None) -> VAE:
+    def load(cls, path: str | PathLike | BinaryIO, backend: str = "auto",
+             notify: Callable[[str], None] | None = None, threads: int | str | None = None,
+             precision: str | None = None) -> VAE:
         """A model from a file written by save(); training resumes exactly where it stopped (bit for bit when
         `threads` is fixed to the count the saved run used; see VAE). A checkpoint written before a setting existed
         loads with that setting's default (e.g. activation "elu"); `path` may be a training run's folder (its
-        checkpoint.npz is read). `precision` as in VAE: a checkpoint holds fp32
+        checkpoint.npz is read), or an open binary file that save() wrote into (read from its position). `precision` as in VAE: a checkpoint holds fp32
         weights, so one trained in bf16 loads in fp32 and the other way round. Raises UserError for a missing,
         corrupt or foreign file, naming it, and for a precision the backend cannot take (see VAE)."""
         threads = check_threads(threads)
-        path = _checked_path(path)
         _check_notify(notify)
-        if Path(path).is_dir():                 # a run folder (python -m fastvae.train --out): its checkpoint
-            path = Path(path) / "checkpoint.npz"
+        if not checkpoint.is_file_object(path):     # (an open binary file is read as it is)
+            path = _checked_path(path)
+            if Path(path).is_dir():             # a run folder (python -m fastvae.train --out): its checkpoint
+                path = Path(path) / "checkpoint.npz"
         ck = checkpoint.load(path)
         return cls._from_checkpoint(ck, resolve(backend, precision, notify), threads, notify)
 

@@ -113,6 +113,7 @@ def test_a_models_backend_equals_its_name():
     assert model.backend == "cpu" and "cpu" == model.backend and model.backend != "gpu"
     assert model.backend in ("cpu", "cpu-bf16") and model.backend.name == "cpu" and model.backend == model.backend
     assert {model.backend: 1}["cpu"] == 1 and model.backend != VAE(**{**SMALL, "backend": "reference"}).backend
+    assert repr(model.backend) == "<fastvae backend 'cpu' (float32 arrays)>"
 
 
 def test_an_overflow_in_inference_is_an_error_not_nan(mnist):
@@ -128,6 +129,18 @@ def test_an_overflow_in_inference_is_an_error_not_nan(mnist):
     model.state.weights[2][1][4:] = 176.0                              # the heads' logvar bias: exp(88) ~ 1.6e38
     with pytest.raises(UserError, match="the loss on these images is not finite"):
         model.evaluate(mnist.test_x[:20])
+
+
+def test_a_callback_that_cannot_take_model_and_record_is_refused_before_training(mnist):
+    """callback=lambda r: ... trained a whole epoch, then raised Python's TypeError (a fresh user's trial)."""
+    model = VAE(**SMALL)
+    with pytest.raises(UserError, match=r"callback must take two arguments, \(model, record\); it takes \(r\)"):
+        model.fit(mnist.train_x[:100], epochs=1, callback=lambda r: None)
+    assert model.steps == 0
+    seen = []
+    model.fit(mnist.train_x[:100], epochs=1, callback=lambda *args: seen.append(len(args)))
+    model.fit(mnist.train_x[:100], epochs=1, callback=lambda m, r, extra=1: seen.append(2))
+    assert seen == [2, 2]
 
 
 def test_fit_with_labels_says_it_takes_none(mnist):
@@ -703,3 +716,31 @@ def test_numba_turned_off_is_one_line_before_anything_is_written(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "fastvae.train", *quick, "--backend", "reference", "--out",
                            str(tmp_path / "reference")], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0 and (tmp_path / "reference" / "checkpoint.npz").is_file(), proc.stderr
+
+
+def test_save_and_load_take_an_open_binary_file(mnist, tmp_path):
+    """save() took paths only (a library user storing models in memory or a cloud store's stream had to go through a
+    temporary file or pickle): an open binary file is written into and read from, the same bits as a file; a text
+    file, a closed one, or something else that is not a checkpoint is one line."""
+    import io
+    model = VAE(seed=3, **SMALL).fit(mnist.train_x[:200], epochs=1)
+    buffer = io.BytesIO()
+    model.save(buffer)
+    model.save(tmp_path / "m.npz")
+    assert buffer.getvalue() and buffer.tell() > 0
+    buffer.seek(0)
+    again = VAE.load(buffer, backend="cpu")
+    from_file = VAE.load(tmp_path / "m.npz", backend="cpu")
+    np.testing.assert_array_equal(again.state.params, from_file.state.params)
+    np.testing.assert_array_equal(again.state.m, model.state.m)
+    assert (again.steps, again.epoch, again.config) == (model.steps, model.epoch, model.config)
+    with open(tmp_path / "m.npz", "rb") as f:
+        assert VAE.load(f, backend="cpu").steps == model.steps
+    with pytest.raises(UserError, match="the BytesIO given is not a readable fastvae checkpoint"):
+        VAE.load(io.BytesIO(b"not a checkpoint"), backend="cpu")
+    closed = io.BytesIO()
+    closed.close()
+    with pytest.raises(UserError, match="could not write the checkpoint into BytesIO"):
+        model.save(closed)
+    with open(tmp_path / "t.txt", "w") as text, pytest.raises(UserError, match="could not write the checkpoint into"):
+        model.save(text)

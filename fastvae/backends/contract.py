@@ -20,6 +20,8 @@ dtype "float" is the backend's own (`Backend.dtype`).
 import inspect
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..constants import ACTIVATIONS, ENCODERS, RECONSTRUCTIONS
 
 
@@ -172,7 +174,8 @@ class Backend:
         self.impl = impl
 
     def __repr__(self):
-        return f"<fastvae backend {self.name!r} ({self.dtype.__name__})>"
+        # (the arrays' dtype: "(float32)" alone read as the precision of cpu-bf16, whose products are bf16)
+        return f"<fastvae backend {self.name!r} ({np.dtype(self.dtype).name} arrays)>"
 
     def __eq__(self, other):
         """A backend equals its name (`model.backend == "cpu"` was False, silently: a fresh user's trial) and itself
