@@ -37,4 +37,7 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted(__all__)
+    return sorted([*__all__, *_SUBMODULES])
+
+
+_SUBMODULES = ("data", "evaluate")          # the modules the README's library examples reach as attributes

@@ -8,6 +8,7 @@ the real name; a SHA-256 over every field catches corruption; read with allow_pi
 executes code.
 """
 import hashlib
+import io
 import json
 import os
 import secrets
@@ -56,17 +57,78 @@ def is_file_object(target) -> bool:
 
 def save(path, ck):
     """Write `ck` to `path` atomically; on any failure the previous file at `path` is untouched. `path` may instead be
-    an open binary file (is_file_object): the checkpoint is written into it at its position (atomic as the file is)."""
+    an open binary file (is_file_object): the checkpoint is written into it at its position, in one write() (so any
+    stream takes it: a pipe, a gzip.GzipFile, a cloud store's; zipfile's own writing seeks back, which those refuse),
+    and checkpoints written one after another into one file are read back one after another (load)."""
     arrays = _arrays(ck)
     if is_file_object(path):
-        try:
-            np.savez(path, **arrays)
-        except (OSError, ValueError, TypeError) as e:        # (closed, read-only, or a text file)
-            raise UserError(f"could not write the checkpoint into {type(path).__name__} ({one_line(e)}); pass a "
-                            "path or a file open for binary writing") from None
+        _save_stream(path, arrays)
         return
     path = Path(path)
     _save_file(path, arrays)
+
+
+def _save_stream(stream, arrays):
+    what = type(stream).__name__
+    if isinstance(stream, io.TextIOBase):
+        raise UserError(f"could not write the checkpoint into the {what} given (a text file); open it in binary mode "
+                        "('wb')")
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    try:
+        stream.write(buffer.getvalue())
+    except OSError as e:                    # the stream's own failure (a full disk, a closed pipe): its kind and errno
+        raise file_error(f"could not write the checkpoint into the {what} given ({e.strerror or one_line(e)}); "
+                         f"{write_advice(e)}", e) from e
+    except (ValueError, TypeError, AttributeError) as e:        # closed, read-only, or a text file
+        raise UserError(f"could not write the checkpoint into the {what} given ({one_line(e)}); pass a path or a "
+                        "file open for binary writing") from None
+
+
+def _one_archive(stream, bad):
+    """The first checkpoint in `stream` from its position, as a BytesIO, the stream left just after it (where it can
+    seek: the next checkpoint written after it is read next). np.load on the stream itself found the zip archive by
+    its end record, scanning from the end of the file: of checkpoints written one after another into one file it
+    loaded the last, whatever the position (a service embedding fastvae got the wrong model so, without a word)."""
+    if isinstance(stream, io.TextIOBase):
+        raise UserError(f"{bad} (a text file); open it in binary mode ('rb')")
+    try:
+        start = stream.tell() if stream.seekable() else None
+    except (OSError, AttributeError, ValueError):
+        start = None
+    try:
+        data = stream.read()
+    except (OSError, ValueError, AttributeError) as e:
+        raise UserError(f"{bad} (it cannot be read: {one_line(e)}); pass a file open for binary reading") from None
+    if not isinstance(data, bytes):
+        raise UserError(f"{bad} (it reads {type(data).__name__}, not bytes); open it in binary mode ('rb')")
+    end = _archive_end(data)
+    if end is None:
+        raise UserError(f"{bad} (no whole checkpoint from its position); it may be truncated or corrupt")
+    if end < len(data):
+        if start is None:                   # read past it, and cannot go back: what follows would be lost
+            raise UserError(f"{bad}: more follows the checkpoint in a stream that cannot seek; read it into a "
+                            "BytesIO first, or write each checkpoint to a stream of its own")
+        stream.seek(start + end)
+    return io.BytesIO(data[:end])
+
+
+_END_RECORD = b"PK\x05\x06"                  # a zip archive's end-of-central-directory record (22 bytes + comment)
+
+
+def _archive_end(data):
+    """Where the zip archive that starts at data[0] ends, or None: the first end record whose central directory
+    (size and offset read from it) lies just before it, starting with a central directory header."""
+    at = data.find(_END_RECORD)
+    while at >= 0:
+        if at + 22 <= len(data):
+            size, offset = int.from_bytes(data[at + 12:at + 16], "little"), int.from_bytes(data[at + 16:at + 20],
+                                                                                          "little")
+            comment = int.from_bytes(data[at + 20:at + 22], "little")
+            if offset + size == at and data[offset:offset + 4] == b"PK\x01\x02" and at + 22 + comment <= len(data):
+                return at + 22 + comment
+        at = data.find(_END_RECORD, at + 1)
+    return None
 
 
 def _arrays(ck):
@@ -120,6 +182,7 @@ def load(path):
     missing, unreadable, corrupt or foreign one."""
     if is_file_object(path):
         bad = f"the {type(path).__name__} given is not a readable fastvae checkpoint"
+        path = _one_archive(path, bad)
     else:
         path = Path(path)
         if not path.is_file():

@@ -1,5 +1,6 @@
 """The public VAE class: training, inference, persistence and its answers to bad input (real files, real runs)."""
 import gc
+import os
 import signal
 import subprocess
 import sys
@@ -740,7 +741,55 @@ def test_save_and_load_take_an_open_binary_file(mnist, tmp_path):
         VAE.load(io.BytesIO(b"not a checkpoint"), backend="cpu")
     closed = io.BytesIO()
     closed.close()
-    with pytest.raises(UserError, match="could not write the checkpoint into BytesIO"):
+    with pytest.raises(UserError, match="could not write the checkpoint into the BytesIO given"):
         model.save(closed)
-    with open(tmp_path / "t.txt", "w") as text, pytest.raises(UserError, match="could not write the checkpoint into"):
+    with open(tmp_path / "t.txt", "w") as text, pytest.raises(UserError, match=r"a text file\); open it in binary mode "
+                                                                            r"\('wb'\)"):
         model.save(text)
+    with open(tmp_path / "m.npz", "r") as text, pytest.raises(UserError, match=r"open it in binary mode \('rb'\)"):
+        VAE.load(text, backend="cpu")
+
+
+def test_checkpoints_written_one_after_another_into_one_file_are_read_back_in_order(mnist, tmp_path):
+    """np.load found a zip archive by its end record, scanning from the end of the file: of checkpoints appended to
+    one file it loaded the last, from any position, without a word (a service embedding fastvae). Now each load reads
+    the checkpoint at the position and leaves the file after it; any stream takes a save (a gzip.GzipFile's seek
+    refused zipfile's own writing); a write the stream fails is the OSError it was (a full disk: errno ENOSPC); a
+    stream that cannot seek holding more after its checkpoint is refused, not silently cut."""
+    import errno
+    import gzip
+    import io
+    model, epochs, offsets = VAE(seed=3, **SMALL), [], []
+    with open(tmp_path / "many", "wb") as f:
+        for _ in range(3):
+            model.fit(mnist.train_x[:100], epochs=1)
+            offsets.append(f.tell())
+            model.save(f)
+            epochs.append(model.epoch)
+    with open(tmp_path / "many", "rb") as f:
+        assert [VAE.load(f, backend="cpu").epoch for _ in epochs] == epochs == [1, 2, 3] and f.read() == b""
+        for offset, epoch in zip(offsets, epochs):
+            f.seek(offset)
+            assert VAE.load(f, backend="cpu").epoch == epoch
+    packed = io.BytesIO()
+    with gzip.GzipFile(fileobj=packed, mode="wb") as g:
+        model.save(g)
+    packed.seek(0)
+    with gzip.GzipFile(fileobj=packed, mode="rb") as g:
+        np.testing.assert_array_equal(VAE.load(g, backend="cpu").state.params, model.state.params)
+    if os.path.exists("/dev/full"):
+        with open("/dev/full", "wb", buffering=0) as full, pytest.raises(OSError) as info:
+            model.save(full)
+        assert isinstance(info.value, UserError) and info.value.errno == errno.ENOSPC
+    import threading
+    read, write = os.pipe()
+
+    def writer():                       # (a pipe holds 64 KB: written from a thread while this one reads)
+        with os.fdopen(write, "wb") as w:
+            model.save(w)
+            model.save(w)
+    thread = threading.Thread(target=writer)
+    thread.start()
+    with os.fdopen(read, "rb") as r, pytest.raises(UserError, match="more follows the checkpoint in a stream that"):
+        VAE.load(r, backend="cpu")
+    thread.join(timeout=60)
