@@ -38,10 +38,21 @@ def _one_at_a_time(method: Callable[_P, _R]) -> Callable[_P, _R]:
     """A method of the model that uses its workspaces or state: one such call at a time, a call from another thread
     waiting for the one in progress (they share the buffers: two evaluations at once gave wrong numbers). Separate
     models run at once. Typed (ParamSpec), so that a type checker still sees each method's signature."""
+    signature = inspect.signature(method)
+
     @functools.wraps(method)
     def locked(*args: _P.args, **kw: _P.kwargs) -> _R:
         with args[0]._lock:                         # (args[0]: the model)
-            return method(*args, **kw)
+            try:
+                return method(*args, **kw)
+            except TypeError:
+                # a call that does not fit the method (fit(X, y=...): an unknown keyword) is also a UserError, as
+                # VAE(foo=1) is (a program catching UserError missed it: a service's trial); checked only on failure
+                try:
+                    signature.bind(*args, **kw)
+                except TypeError as e:
+                    raise also(TypeError, f"VAE.{method.__name__}(): {e}") from None
+                raise
     return locked
 
 

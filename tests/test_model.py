@@ -144,6 +144,16 @@ def test_a_callback_that_cannot_take_model_and_record_is_refused_before_training
     assert seen == [2, 2]
 
 
+def test_a_call_that_does_not_fit_a_method_is_a_user_error_too(mnist):
+    """fit(X, y=...) was Python's plain TypeError, where VAE(foo=1) is also a UserError (a service's trial)."""
+    model = VAE(**SMALL)
+    with pytest.raises(UserError, match=r"VAE.fit\(\): got an unexpected keyword argument 'y'") as info:
+        model.fit(mnist.train_x[:100], y=[1])
+    assert isinstance(info.value, TypeError) and model.steps == 0
+    with pytest.raises(UserError, match=r"VAE.encode\(\): too many positional arguments"):
+        model.encode(mnist.train_x[:2], 5)
+
+
 def test_fit_with_labels_says_it_takes_none(mnist):
     """fit(X, y), as Keras takes it, put the labels into epochs ("epochs must be a whole number >= 0, got
     array([...])": a book reader's trial): one line saying fit takes no labels; the model unchanged."""
