@@ -7,9 +7,8 @@ Four measurements of the same model in one process, alternated in rounds (the ma
    per layer in one Numba call, each shard's calls replayed as one (fastvae.backends.capture; beside it the same step
    with every kernel called from Python, "step from Python", and, on the cpu backend, the steps as a fit runs them:
    chunks of 25 steps, one GIL-free call per thread, fastvae.step_chunks, "step in chunks"); the shards' phase (forward
-   and the
-   backward of dz and dinp of every shard at once) and the update's (weight_update: the weight gradients over the
-   whole batch fused with Adam, its chunks claimed by the threads) timed apart (both run in one job of the workers:
+   and the backward of dz and dinp of every shard at once) and the update's (weight_update: the weight gradients over
+   the whole batch fused with Adam, its chunks claimed by the threads) timed apart (both run in one job of the workers:
    the shards' phase ends when the last shard returns, the update's is the rest of the job);
 2. one shard (the batch's first rows, as many as a shard has) alone on one thread, on the cpu backend with the
    products called from Python (`cpu.FUSED = False`), every product and every fused pass timed: what a shard's work

@@ -22,6 +22,7 @@ from . import __version__
 from .config import integer
 from .constants import BACKENDS as NAMES, PRECISIONS
 from .errors import TrainingDiverged, UserError
+from .streams import to_devnull
 
 
 def run_main(run: Callable[[argparse.Namespace], int], args: argparse.Namespace,
@@ -41,7 +42,7 @@ def run_main(run: Callable[[argparse.Namespace], int], args: argparse.Namespace,
         # the reader of stdout went away (`... | head`): no traceback, and none again when Python flushes stdout at
         # exit (it is pointed at /dev/null); the status of a process a closed pipe stopped, 128 + SIGPIPE. A tool
         # that says what a stop leaves (train: the pipe ends its training) says why it stopped, on stderr
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        to_devnull(sys.stdout)
         if kept is not None:
             with contextlib.suppress(OSError, ValueError):
                 _stop(f"stopped: standard output was closed (its reader went away, as `| head` does){note()}", 141)

@@ -480,16 +480,13 @@ class VAE:
         where it is an open binary file (io.BytesIO, a cloud store's stream), into it at its position.
         Raises UserError when the model diverged, a step of it was interrupted part-way, or the file cannot be written
         (any earlier file stays whole)."""
-        if checkpoint.is_file_object(path):    # an open binary file (io.BytesIO, ...): written into it
-            self._check_savable()
-            checkpoint.save(path, self._checkpoint())
-            return
-        path = _checked_path(path)
-        if Path(path).is_dir():                 # (it said "Is a directory ... free some space": a fresh user)
-            path = Path(path) / "checkpoint.npz"
-        elif os.fspath(path).endswith(("/", os.sep)):       # a folder meant, not there: Path() drops the slash
-            raise UserError(f"cannot write a checkpoint into {os.fspath(path)}: there is no such folder; make it "
-                            f"first, or name a file (e.g. {os.fspath(path).rstrip('/' + os.sep)}.npz)")
+        if not checkpoint.is_file_object(path):     # (an open binary file is written into as it is)
+            path = _checked_path(path)
+            if Path(path).is_dir():             # (it said "Is a directory ... free some space": a fresh user)
+                path = Path(path) / "checkpoint.npz"
+            elif os.fspath(path).endswith(("/", os.sep)):   # a folder meant, not there: Path() drops the slash
+                raise UserError(f"cannot write a checkpoint into {os.fspath(path)}: there is no such folder; make "
+                                f"it first, or name a file (e.g. {os.fspath(path).rstrip('/' + os.sep)}.npz)")
         self._check_savable()
         checkpoint.save(path, self._checkpoint())
 
@@ -517,9 +514,10 @@ class VAE:
         """A model from a file written by save(); training resumes exactly where it stopped (bit for bit when
         `threads` is fixed to the count the saved run used; see VAE). A checkpoint written before a setting existed
         loads with that setting's default (e.g. activation "elu"); `path` may be a training run's folder (its
-        checkpoint.npz is read), or an open binary file that save() wrote into (read from its position). `precision` as in VAE: a checkpoint holds fp32
-        weights, so one trained in bf16 loads in fp32 and the other way round. Raises UserError for a missing,
-        corrupt or foreign file, naming it, and for a precision the backend cannot take (see VAE)."""
+        checkpoint.npz is read), or an open binary file that save() wrote into (read from its position). `precision`
+        as in VAE: a checkpoint holds fp32 weights, so one trained in bf16 loads in fp32 and the other way round.
+        Raises UserError for a missing, corrupt or foreign file, naming it, and for a precision the backend cannot
+        take (see VAE)."""
         threads = check_threads(threads)
         _check_notify(notify)
         if not checkpoint.is_file_object(path):     # (an open binary file is read as it is)

@@ -18,6 +18,16 @@ from typing import Iterator
 LOST_OUTPUT = 74                        # sysexits.h EX_IOERR
 
 
+def to_devnull(stream) -> None:
+    """Points `stream`'s file descriptor at /dev/null: what it still holds, and Python's own flush at exit, then
+    succeed instead of failing again (a full disk; a reader gone: cli.run_main's closed pipe)."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, stream.fileno())
+    finally:
+        os.close(null)
+
+
 class Kept:
     """A text stream that escapes what it cannot encode and, once a write or flush fails with an OSError other than
     a broken pipe, points its file descriptor at /dev/null (so Python's own flush at exit does not fail again) and
@@ -53,7 +63,7 @@ class Kept:
     def _lost(self, e: OSError) -> None:
         self.failed = e
         with contextlib.suppress(OSError, ValueError, AttributeError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+            to_devnull(self._stream)
             self._stream.flush()            # (what its buffer still holds goes to /dev/null now)
 
     def __getattr__(self, name):            # isatty, fileno, encoding, ...: the stream's own

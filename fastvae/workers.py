@@ -25,10 +25,9 @@ QUIET_JOBS = 16     # jobs whose barrier waiters do not spin after one where a w
 
 
 class Workers:
-    """run(fn, parts) calls fn(0), ..., fn(parts - 1) at once: part 0 on the calling thread, the others on the
-    pool's threads (started on first use and kept: as many as the largest job's parts - 1), and returns when all have
-    finished. An
-    exception in any part is raised in the caller after every part has finished (the first one, by part number).
+    """run(fn, parts) calls fn(0), ..., fn(parts - 1) at once: part 0 on the calling thread, the others on the pool's
+    threads (started on first use and kept: as many as the largest job's parts - 1), and returns when all have finished.
+    An exception in any part is raised in the caller after every part has finished (the first one, by part number).
 
     `count` is how many threads a job may use (1: everything runs on the caller; fastvae.threads sets it while
     training). One job at a time: a run() that finds the pool busy (another Python thread's model training at the

@@ -70,10 +70,10 @@ def scratch_sizes(rows, widths):
 def weight_items(params, grads, m, v, inputs, douts, forward_packs, transposed_packs, items, counter, from_back, lr_t,
                  beta1, beta2, eps, a_scratch, b_scratch, g_scratch, block, cfg, wait, leader, ready):
     """The items of cpu_update.plan this thread claims (cpu_update.next_item) (chunks of rows a multiple of BLOCK,
-    biases): each chunk's
-    gradient on the tiles a block of 32 rows at a time, into grads (or g_scratch when grads is None: not kept, and
-    not written out to memory), then Adam on the block, then the block's new weights into the layer's packs
-    (forward_packs[l] as B of inp @ w, transposed_packs[l] as B of dz @ w.T; amx.NO_PACK where a layer has none).
+    biases): each chunk's gradient on the tiles a block of 32 rows at a time, into grads (or g_scratch when grads is
+    None: not kept, and not written out to memory), then Adam on the block, then the block's new weights into the
+    layer's packs (forward_packs[l] as B of inp @ w, transposed_packs[l] as B of dz @ w.T; amx.NO_PACK where a layer has
+    none).
     dz is packed as B once per layer per call. Unless `wait` is None, first the barrier (fastvae.barrier: nothing is
     done when the job was aborted; per layer with `ready`: cpu_update.start_items), and last barrier.depart (`leader`:
     this is part 0)."""

@@ -13,10 +13,9 @@ A replay bakes in the arrays it was recorded with (it keeps them alive), but for
 (private()): those are replaced by copies of its own, since a replay may run on another thread than the one it was
 recorded on (two fits at once share the workers; a busy pool runs every shard on the calling thread) while the
 owner runs another replay with them. The caller replays it only while those are the arrays the step would use
-(fastvae.step.Stepper: the same state, workspace, data set and index buffer, and
-the same row shards). Values a kernel reads from an array (the counters, the batch's indices) are read when it
-runs; scalars are fixed. A wrapper whose work depends on more than its kernel (a NumPy call, a branch on data)
-calls refuse(), and the shard is then never captured.
+(fastvae.step.Stepper: the same state, workspace, data set and index buffer, and the same row shards). Values a kernel
+reads from an array (the counters, the batch's indices) are read when it runs; scalars are fixed. A wrapper whose work
+depends on more than its kernel (a NumPy call, a branch on data) calls refuse(), and the shard is then never captured.
 
 The generated module is written under cache_dir(), named after a hash of its source and of fastvae's own sources,
 so Numba caches its machine code there (compiling took 0.8 s for an fp32 shard and 1.4 s for a bf16 one on the
@@ -216,19 +215,19 @@ def cache_dir() -> Path | None:
     either (replays are then compiled in memory)."""
     chosen = os.path.expanduser(os.environ.get("FASTVAE_CACHE_DIR") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "fastvae"))
-    for folder in (Path(chosen) / "replays", None):
-        if folder is None:
-            private = numba_cache.private_folder()
-            if private is None:
-                return None
-            folder = private / "replays"
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            if os.access(folder, os.W_OK):
-                return folder
-        except OSError:
-            pass
-    return None
+    if _writable(Path(chosen) / "replays"):
+        return Path(chosen) / "replays"
+    private = numba_cache.private_folder()
+    return private / "replays" if private is not None and _writable(private / "replays") else None
+
+
+def _writable(folder):
+    """`folder`, made where it is missing, can be written to."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return os.access(folder, os.W_OK)
+    except OSError:
+        return False
 
 
 def _compiled(source, signature):

@@ -419,12 +419,12 @@ def _bias_loss_dlogits(dlogits, b, x, loss, mse):
 
     Float32 arithmetic, vectorised (measured on the project's Xeon: 75 x 784 in 0.088 ms, against 0.154 in float64,
     which made it the step's most expensive pass; the cross-entropy 16 columns at a time in explicit vector code,
-    vector16.cross_entropy_rows16, the same operations and bits: 0.085 -> 0.070 ms). No fastmath, and the sum in a
-    fixed order: element j of a row goes to partial sum j % 16, the partial sums are added in order and each row's
-    total to a float64 one, so the
-    loss is the same bits however LLVM compiles the loop. (With fastmath's reassociation a freshly compiled kernel
-    and its copy loaded from Numba's cache summed in different orders, 1e-8 apart, and a checkpoint's metrics did not
-    match the same model evaluated in another process; with fastmath and these lanes it took 0.072 ms.)"""
+    vector16.cross_entropy_rows16, the same operations and bits: 0.085 -> 0.070 ms). No fastmath, and the sum in a fixed
+    order: element j of a row goes to partial sum j % 16, the partial sums are added in order and each row's total to a
+    float64 one, so the loss is the same bits however LLVM compiles the loop. (With fastmath's reassociation a freshly
+    compiled kernel and its copy loaded from Numba's cache summed in different orders, 1e-8 apart, and a checkpoint's
+    metrics did not match the same model evaluated in another process; with fastmath and these lanes it took 0.072
+    ms.)"""
     total = 0.0
     n = b.size
     body = n - n % _LANES
