@@ -158,7 +158,7 @@ def run_test_set(args: argparse.Namespace, checkpoint: Path, model,
     # (what the line below for a gone file asks for), which must then be split as the run split it too
     own = record is not None and (args.data is None or gone or recorded is not None and same_file(args.data, recorded))
     fraction, count = args.test_fraction, args.test_images
-    if own:                                 # the run's split: the same test images the run measured
+    if own and record is not None:          # the run's split: the same test images the run measured
         fraction = record.get("test_fraction") if fraction is None else fraction
         count = record.get("test_images") if count is None else count
     path = args.data

@@ -349,49 +349,49 @@ def as_rows(X: ArrayLike, what: str = "X", empty: bool = False) -> tuple[np.ndar
         raise UserError(f"{what} is a masked array with masked entries; fill them first, e.g. {what}.filled(0)"
                         if what.isidentifier() else f"{what} is a masked array with masked entries; fill them first")
     try:
-        X = np.asarray(X)
+        a = np.asarray(X)
     except (ValueError, TypeError) as e:  # e.g. ragged nested lists
         raise UserError(f"{what} is not an array of numbers ({_one_line(e)}); pass an array of shape "
                         "(n, d) or (n, h, w)") from None
-    if X.dtype.kind not in "uifb":  # complex, strings, objects, dates are not pixels
-        raise UserError(f"{what} has dtype {X.dtype}; pass pixels as uint8 0..255 or as floats in [0, 1]")
-    if X.size == 0 and empty and X.ndim in (2, 3) and len(X) == 0 and all(X.shape[1:]):
+    if a.dtype.kind not in "uifb":  # complex, strings, objects, dates are not pixels
+        raise UserError(f"{what} has dtype {a.dtype}; pass pixels as uint8 0..255 or as floats in [0, 1]")
+    if a.size == 0 and empty and a.ndim in (2, 3) and len(a) == 0 and all(a.shape[1:]):
         # no rows, of a width that can be checked: batched code need not treat its last, empty batch apart
-        rows = np.zeros((0, int(np.prod(X.shape[1:]))), np.uint8 if X.dtype == np.uint8 else np.float32)
-        return rows, (tuple(int(k) for k in X.shape[1:]) if X.ndim == 3 else None)
-    if X.size == 0:
-        raise UserError(f"{what} is empty (shape {X.shape}); pass at least one image")
-    if X.ndim == 0:  # a number (np.float32(3), 0.5): no rows at all
+        rows = np.zeros((0, int(np.prod(a.shape[1:]))), np.uint8 if a.dtype == np.uint8 else np.float32)
+        return rows, ((int(a.shape[1]), int(a.shape[2])) if a.ndim == 3 else None)
+    if a.size == 0:
+        raise UserError(f"{what} is empty (shape {a.shape}); pass at least one image")
+    if a.ndim == 0:  # a number (np.float32(3), 0.5): no rows at all
         raise UserError(f"{what} is a single number, not images; pass a batch of shape (n, d) or (n, h, w)")
-    if X.ndim == 1:  # one image, not a batch: say so rather than "wrong width"
-        raise UserError(f"{what} has shape {X.shape}, not a batch; pass a batch of shape (n, d) or (n, h, w), "
+    if a.ndim == 1:  # one image, not a batch: say so rather than "wrong width"
+        raise UserError(f"{what} has shape {a.shape}, not a batch; pass a batch of shape (n, d) or (n, h, w), "
                         + (f"e.g. {what}.reshape(1, -1) for one row" if what.isidentifier() else "one row per image"))
-    if X.ndim > 3:
-        raise UserError(f"{what} has shape {X.shape}; pass images (n, h, w) or rows (n, d) (flatten colour "
+    if a.ndim > 3:
+        raise UserError(f"{what} has shape {a.shape}; pass images (n, h, w) or rows (n, d) (flatten colour "
                         + (f"channels: {what}.reshape(len({what}), -1))" if what.isidentifier() else
                            "channels into rows of h * w * c values)"))
-    shape = tuple(int(k) for k in X.shape[1:]) if X.ndim == 3 else None
-    X = _flat(X)
-    if X.dtype == np.bool_:             # binarized images: 0 and 1, as floats (bool was refused: a fresh user's trial)
-        X = X.astype(np.float32)
-    elif X.dtype.kind in "iu" and X.dtype != np.uint8 and X.size and X.min() >= 0 and 1 < X.max() <= 255:
-        X = X.astype(np.uint8)          # integer pixels 0..255 of another dtype (int64 from arithmetic): as uint8
-    if X.dtype == np.uint8:
-        if X.max() == 1:    # binarized images, read as 0..255: all but black, a model would learn next to nothing
+    shape = (int(a.shape[1]), int(a.shape[2])) if a.ndim == 3 else None
+    a = _flat(a)
+    if a.dtype == np.bool_:             # binarized images: 0 and 1, as floats (bool was refused: a fresh user's trial)
+        a = a.astype(np.float32)
+    elif a.dtype.kind in "iu" and a.dtype != np.uint8 and a.size and a.min() >= 0 and 1 < a.max() <= 255:
+        a = a.astype(np.uint8)          # integer pixels 0..255 of another dtype (int64 from arithmetic): as uint8
+    if a.dtype == np.uint8:
+        if a.max() == 1:    # binarized images, read as 0..255: all but black, a model would learn next to nothing
             raise UserError(f"{what} is uint8 with no value above 1, but uint8 pixels are read as 0..255; for images "
                             "of 0 and 1, multiply them by 255 or pass them as floats in [0, 1]")
-        return np.ascontiguousarray(X), shape
-    if not np.isfinite(X).all():
-        raise UserError(f"{what} has {np.isnan(X).sum()} NaN and {np.isinf(X).sum()} infinite values; "
+        return np.ascontiguousarray(a), shape
+    if not np.isfinite(a).all():
+        raise UserError(f"{what} has {np.isnan(a).sum()} NaN and {np.isinf(a).sum()} infinite values; "
                         "pass finite pixels in [0, 1]")
-    lo, hi = X.min(), X.max()
+    lo, hi = a.min(), a.max()
     if lo < 0 or hi > 1:
-        if X.dtype.kind in "iu":            # (integers are read as pixels 0..255: say that range, not [0, 1])
+        if a.dtype.kind in "iu":            # (integers are read as pixels 0..255: say that range, not [0, 1])
             raise UserError(f"{what} holds integers from {lo} to {hi}; integer pixels must be 0..255 (or pass "
                             "floats in [0, 1])")
         raise UserError(f"{what} has values outside [0, 1] (min {lo:g}, max {hi:g}); scale them to [0, 1] "
                         "or pass uint8")
-    return np.ascontiguousarray(X, dtype=np.float32), shape
+    return np.ascontiguousarray(a, dtype=np.float32), shape
 
 
 def check_width(rows: np.ndarray, shape: tuple[int, int] | None, given: tuple, what: str, width: int | None,

@@ -2,6 +2,7 @@
 import errno
 import os
 import signal
+from typing import cast
 
 
 class UserError(ValueError):
@@ -45,15 +46,17 @@ def file_error(message: str, cause: OSError | type = FileNotFoundError, filename
     """also(the OSError `cause` was or names, message), with its errno, strerror and filename: a program tells a
     missing checkpoint from a full disk by `except FileNotFoundError` or `e.errno`, not by reading the message.
     Raise it `from` the OSError where there is one."""
-    e = also(type(cause) if isinstance(cause, OSError) else cause, message)
+    made = also(type(cause) if isinstance(cause, OSError) else cause, message)
+    e = cast(OSError, made)                 # (also() of an OSError kind is one)
     if isinstance(cause, OSError):
         e.errno, e.strerror, e.filename = cause.errno, cause.strerror, cause.filename
     else:
-        e.errno = {FileNotFoundError: errno.ENOENT, IsADirectoryError: errno.EISDIR}.get(cause)
+        known: dict[type, int] = {FileNotFoundError: errno.ENOENT, IsADirectoryError: errno.EISDIR}
+        e.errno = known.get(cause)
         e.strerror = None if e.errno is None else os.strerror(e.errno)
     if filename is not None:
         e.filename = os.fspath(filename)
-    return e
+    return made
 
 
 def unreadable(path, e: OSError, what: str = "") -> UserError:

@@ -23,9 +23,10 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import jsonfile, rng
 from .cli import (Notes, OptionMistake, Parser, add_shared_options, check_positive, checkpoint_path, run_main,
@@ -86,8 +87,8 @@ def _ks(k):
     return sorted(set(ks))
 
 
-def iwae_bound(model: VAE, X: np.ndarray, k: int | Iterable[int] = DEFAULT_K, seed: int = 0,
-               batch_size: int | None = None, progress: bool = False) -> dict:
+def iwae_bound(model: VAE, X: ArrayLike, k: int | Iterable[int] = DEFAULT_K, seed: int = 0,
+               batch_size: int | None = None, progress: bool = False) -> dict[str, Any]:
     """Per-image importance-weighted bounds on log p(x) for each k (nats), from one pass with max(k) samples.
 
     Returns {"k": [k1 < k2 < ...], "bound": float64 (n, len(k)) = log mean_j w_j over the first k samples,
@@ -128,10 +129,10 @@ def iwae_bound(model: VAE, X: np.ndarray, k: int | Iterable[int] = DEFAULT_K, se
                     lw[r0:r1] = log_px + log_pz - log_qz
                     if bar is not None and kmax > rows:       # long k: show progress within an image too
                         bar.update((r1 - r0) / kmax)
-                lw = lw.reshape(len(imgs), kmax)
+                per_image = lw.reshape(len(imgs), kmax)
                 for c, kk in enumerate(ks):
-                    bound[imgs, c] = log_mean_exp(lw[:, :kk])
-                    elbo[imgs, c] = lw[:, :kk].mean(axis=1)
+                    bound[imgs, c] = log_mean_exp(per_image[:, :kk])
+                    elbo[imgs, c] = per_image[:, :kk].mean(axis=1)
                 if bar is not None and kmax <= rows:
                     bar.update(len(imgs))
         if bar is not None:
@@ -142,8 +143,8 @@ def iwae_bound(model: VAE, X: np.ndarray, k: int | Iterable[int] = DEFAULT_K, se
     return {"k": ks, "bound": bound, "elbo": elbo}
 
 
-def evaluate_model(model: VAE, X: np.ndarray, k: int | Iterable[int] = DEFAULT_K, seed: int = 0,
-                   batch_size: int | None = None, progress: bool = False) -> dict:
+def evaluate_model(model: VAE, X: ArrayLike, k: int | Iterable[int] = DEFAULT_K, seed: int = 0,
+                   batch_size: int | None = None, progress: bool = False) -> dict[str, Any]:
     """The test-set losses of `model` on images X, in nats per image.
 
     "elbo": the negative ELBO of model.evaluate (one sample per image, analytic KL; the trainer's test loss) with

@@ -13,9 +13,10 @@ import os
 import threading
 from os import PathLike
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, Callable, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, ParamSpec, TypeVar, cast
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import checkpoint, rng, step, training
 from .backends import get_backend, precision_of, resolve
@@ -42,7 +43,8 @@ def _one_at_a_time(method: Callable[_P, _R]) -> Callable[_P, _R]:
 
     @functools.wraps(method)
     def locked(*args: _P.args, **kw: _P.kwargs) -> _R:
-        with args[0]._lock:                         # (args[0]: the model)
+        model: Any = args[0]
+        with model._lock:
             try:
                 return method(*args, **kw)
             except TypeError:
@@ -91,11 +93,15 @@ class VAE:
 
     # What a model holds, for type checkers and readers (set in _set_up and by training through _set)
     config: Config
-    threads: int | None
+    if TYPE_CHECKING:       # a plain attribute, checked as it is set (__setattr__): None or "auto" is read as None
+        @property
+        def threads(self) -> int | None: ...
+        @threads.setter
+        def threads(self, value: int | str | None) -> None: ...
     backend: Backend
     layout: Layout
     state: step.State
-    history: list[dict]
+    history: list[dict[str, Any]]
     epoch: int
     epoch_step: int
     epoch_loss: np.ndarray
@@ -165,7 +171,7 @@ class VAE:
                  seed: int = 0, lr: float = 0.001, batch_size: int = 150, encoder: str = "gamma",
                  reconstruction: str = "xent", notify: Callable[[str], None] | None = None,
                  activation: str = "elu", threads: int | str | None = None, precision: str | None = None,
-                 **adam: float):
+                 **adam: Any):
         # activation, threads, precision last: positional calls still work
         self.threads = threads      # (checked as it is set) not part of the config: the machine's, not the model's
         _check_notify(notify)
@@ -212,8 +218,8 @@ class VAE:
         return precision_of(self.backend)
 
     @_one_at_a_time
-    def fit(self, X: np.ndarray, epochs: int | None = None, batch_size: int | None = None,
-            validation: np.ndarray | None = None, callback: Callable[[VAE, dict], None] | None = None,
+    def fit(self, X: ArrayLike, epochs: int | None = None, batch_size: int | None = None,
+            validation: ArrayLike | None = None, callback: Callable[[VAE, dict[str, Any]], None] | None = None,
             progress: bool = False, stop: threading.Event | None = None) -> VAE:
         """Train for `epochs` more epochs (default: the config's, the seed's 50) on images X: (n, h, w) or rows (n, d)
         of the model's width (a new model takes it from X), uint8 0..255 (an array whose largest value is 1 is
@@ -253,9 +259,10 @@ class VAE:
             raise UserError("a training step of this model stopped part-way (a second Ctrl-C, or an error inside the "
                             "step), so some of its layers were updated and others not: it is not trained further; "
                             "load the last checkpoint to go on")
-        if np.ndim(epochs) > 0:              # fit(X, y), Keras's way: "epochs must be a whole number, got array(...)"
+        given: Any = epochs
+        if np.ndim(given) > 0:               # fit(X, y), Keras's way: "epochs must be a whole number, got array(...)"
             raise UserError("fit takes images only, no labels (a VAE learns without them): fit(X, epochs=...); the "
-                            f"second argument is the number of epochs, got an array of shape {np.shape(epochs)}")
+                            f"second argument is the number of epochs, got an array of shape {np.shape(given)}")
         # 0 trains nothing (fit(X, epochs=target - model.epoch) once the target is reached: a fresh user's trial)
         epochs = cfg.epochs if epochs is None else integer(epochs, "epochs", low=0, what="a whole number >= 0")
         batch_size = cfg.batch_size if batch_size is None else integer(batch_size, "batch_size")
@@ -310,16 +317,16 @@ class VAE:
         """(h, w) of the model's images, or None for feature rows."""
         return self.config.image_shape
 
-    def _images(self, X, what, empty=False):
+    def _images(self, X: ArrayLike, what: str, empty: bool = False) -> np.ndarray:
         """X as rows of the model's width (and image shape), or a one-line UserError; `empty`: no rows taken."""
         return as_images(X, what, self.config.input_width, self.config.image_shape, empty)
 
-    def _adopt_width(self, X, image_shape=None):
+    def _adopt_width(self, X: ArrayLike, image_shape: tuple[int, int] | None = None) -> np.ndarray:
         """X as rows; a model that has not trained yet takes its width and image shape (X's (h, w), or
         `image_shape` for rows of images) from X (new He-initialised parameters for that width), a trained one
         refuses another width."""
-        rows, shape = as_rows(X, "X")
-        shape = shape if image_shape is None else tuple(image_shape)
+        rows, found = as_rows(X, "X")
+        shape = found if image_shape is None else cast(tuple[int, int], tuple(image_shape))     # (Config checks it)
         cfg = self.config
         untrained = self.steps == 0 and self.epoch == 0 and self.epoch_step == 0
         if untrained and rows.shape[1] != cfg.input_width:
@@ -348,7 +355,7 @@ class VAE:
     # ------------------------------------------------------------------ inference
 
     @_one_at_a_time
-    def evaluate(self, X: np.ndarray) -> dict[str, float]:
+    def evaluate(self, X: ArrayLike) -> dict[str, float]:
         """The mean loss per image on images X, in nats: {"reconstruction", "kl", "total"} (the negative ELBO,
         one sample per image; the noise of X[i] is a function of (seed, i) alone, whatever the batch size, so the
         same model always gets the same numbers).
@@ -371,7 +378,7 @@ class VAE:
         return {"reconstruction": rec, "kl": kl, "total": rec + kl}
 
     @_one_at_a_time
-    def encode(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def encode(self, X: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
         """(mu, logvar) of q(z | x) for images X (n, d) or (n, h, w) of the fitted width: float32 (n, latent) each, with
         logvar = log sigma^2 (the seed's gamma). A model with the sigma encoder reports
         logvar = log(1e-10 + sigma^2), the smoothed form its KL term uses. Raises UserError for bad images, and for a
@@ -399,13 +406,13 @@ class VAE:
                             f"the last checkpoint, or train a new model with a lower learning rate (now "
                             f"{self.config.lr:g})")
 
-    def decode(self, z: np.ndarray) -> np.ndarray:
+    def decode(self, z: ArrayLike) -> np.ndarray:
         """Pixel probabilities of p(x | z), float32 (n, d) in [0, 1], for codings z (n, latent).
         Raises UserError for codings of the wrong shape or with NaN or Inf."""
         return (0.5 * (1.0 + np.tanh(0.5 * self.decode_logits(z)))).astype(np.float32)  # sigmoid, no overflow
 
     @_one_at_a_time
-    def decode_logits(self, z: np.ndarray, rows: int | None = None) -> np.ndarray:
+    def decode_logits(self, z: ArrayLike, rows: int | None = None) -> np.ndarray:
         """The decoder's logits, float64 (n, d), for codings z (n, latent): log p(x | z) needs them, not the
         probabilities, to stay stable. rows: decoder rows per chunk (default: the training batch size).
         Raises UserError for codings of the wrong shape or with NaN or Inf, and for a model that diverged (decode,
@@ -452,7 +459,7 @@ class VAE:
         seed = self.config.seed if seed is None else seed_value(seed)
         return self.decode(rng.normals(seed, rng.STREAM_SAMPLE, 0, n, self.config.latent))
 
-    def reconstruct(self, X: np.ndarray) -> np.ndarray:
+    def reconstruct(self, X: ArrayLike) -> np.ndarray:
         """Pixel probabilities float32 (n, d) of each image decoded from its coding's mean mu (the deterministic
         reconstruction). Raises UserError for bad images."""
         mu, _ = self.encode(X)
@@ -480,15 +487,16 @@ class VAE:
         where it is an open binary file (io.BytesIO, a cloud store's stream), into it at its position.
         Raises UserError when the model diverged, a step of it was interrupted part-way, or the file cannot be written
         (any earlier file stays whole)."""
-        if not checkpoint.is_file_object(path):     # (an open binary file is written into as it is)
-            path = _checked_path(path)
-            if Path(path).is_dir():             # (it said "Is a directory ... free some space": a fresh user)
-                path = Path(path) / "checkpoint.npz"
-            elif os.fspath(path).endswith(("/", os.sep)):   # a folder meant, not there: Path() drops the slash
-                raise UserError(f"cannot write a checkpoint into {os.fspath(path)}: there is no such folder; make "
-                                f"it first, or name a file (e.g. {os.fspath(path).rstrip('/' + os.sep)}.npz)")
+        target: str | PathLike | BinaryIO = path    # (an open binary file is written into as it is)
+        if not checkpoint.is_file_object(path):
+            target = where = _checked_path(path)
+            if Path(where).is_dir():            # (it said "Is a directory ... free some space": a fresh user)
+                target = Path(where) / "checkpoint.npz"
+            elif where.endswith(("/", os.sep)):     # a folder meant, not there: Path() drops the slash
+                raise UserError(f"cannot write a checkpoint into {where}: there is no such folder; make "
+                                f"it first, or name a file (e.g. {where.rstrip('/' + os.sep)}.npz)")
         self._check_savable()
-        checkpoint.save(path, self._checkpoint())
+        checkpoint.save(target, self._checkpoint())
 
     def _checkpoint(self, copy=False):
         """What save() writes and pickling carries: a checkpoint.Checkpoint of the model as it stands, its arrays
@@ -520,11 +528,12 @@ class VAE:
         take (see VAE)."""
         threads = check_threads(threads)
         _check_notify(notify)
-        if not checkpoint.is_file_object(path):     # (an open binary file is read as it is)
-            path = _checked_path(path)
-            if Path(path).is_dir():             # a run folder (python -m fastvae.train --out): its checkpoint
-                path = Path(path) / "checkpoint.npz"
-        ck = checkpoint.load(path)
+        target: str | PathLike | BinaryIO = path    # (an open binary file is read as it is)
+        if not checkpoint.is_file_object(path):
+            target = where = _checked_path(path)
+            if Path(where).is_dir():            # a run folder (python -m fastvae.train --out): its checkpoint
+                target = Path(where) / "checkpoint.npz"
+        ck = checkpoint.load(target)
         return cls._from_checkpoint(ck, resolve(backend, precision, notify), threads, notify)
 
     @classmethod
@@ -564,12 +573,12 @@ def _unpickled(ck, backend, threads, history):
     return model
 
 
-def _checked_path(path):
+def _checked_path(path: object) -> str:
     """A file path (str or os.PathLike) with a leading ~ expanded, as a shell would have (save("~/m.npz") wrote into a
     folder named ~: a fresh user's trial), else a one-line UserError (pathlib's TypeError otherwise)."""
     if not isinstance(path, (str, PathLike)):
         raise UserError(f"a path (str or os.PathLike) is needed, not {type(path).__name__}")
-    return os.path.expanduser(path)
+    return os.path.expanduser(os.fspath(path))
 
 
 def _check_notify(notify):

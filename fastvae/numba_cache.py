@@ -113,7 +113,7 @@ def needs_fallback(source: str | Path = __file__) -> bool:
     decides, as it would without fastvae)."""
     try:
         from numba.core import caching, config
-        if config.CACHE_DIR:
+        if getattr(config, "CACHE_DIR"):        # (numba.core.config sets its names at run time)
             return False
         impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl")
         return all(locator.from_function(_probe, str(source)) is None for locator in impl._locator_classes)
@@ -132,7 +132,7 @@ def ensure_a_place() -> Path | None:
         _NOWHERE.append(_compile_without_a_cache())
         return None
     from numba.core import config
-    config.CACHE_DIR = str(folder / "numba")
+    setattr(config, "CACHE_DIR", str(folder / "numba"))
     return folder / "numba"
 
 
@@ -161,7 +161,7 @@ def _compile_without_a_cache() -> bool:
                     self._cache = caching.NullCache()
                 else:
                     _enable(self)
-            cls.enable_caching = enable_caching
+            setattr(cls, "enable_caching", enable_caching)
         return True
     except Exception:  # noqa: BLE001  (another Numba: its own behaviour)
         return False

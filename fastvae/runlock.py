@@ -16,7 +16,7 @@ from pathlib import Path
 try:
     import fcntl
 except ImportError:         # Windows
-    fcntl = None
+    fcntl = None  # type: ignore[assignment]  # (checked before each use)
 
 NAME = ".fastvae.lock"      # hidden: `ls` of a folder whose run was killed does not show it
 # flock's answers on a file system that cannot lock (NFS without lockd, some FUSE mounts): train unheld, as before
@@ -35,7 +35,8 @@ class Lock:
     """A held folder; release() gives it back (its file removed first, while still held)."""
 
     def __init__(self, path: Path, fd: int):
-        self.path, self.fd = path, fd
+        self.path = path
+        self.fd: int | None = fd        # None once released
 
     def release(self) -> None:
         if self.fd is None:

@@ -274,7 +274,7 @@ def _set_blas(lib, count):
     setter(count)
 
 
-_BLAS = []                      # the BLAS libraries' controllers, found once (threadpoolctl's scan: 0.3 ms a call)
+_BLAS: list = []                  # the BLAS libraries' controllers, found once (threadpoolctl's scan: 0.3 ms a call)
 
 
 def _blas_libraries():

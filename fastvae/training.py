@@ -23,7 +23,7 @@ PROGRESS_EVERY = LOSS_CHECK_INTERVAL_DEVICE
 # What the bar says until this process's first steps on a backend are done: they load its kernels from Numba's
 # cache, or compile them (9-21 s on the project's machines after an install); the bar sat at 0 without a word.
 FIRST_STEPS_NOTE = "loading the kernels (compiled once after an install: up to 30 s)"
-_first_steps_done = set()                  # the backends whose first steps this process has taken
+_first_steps_done: set[str] = set()               # the backends whose first steps this process has taken
 
 
 def run_epochs(model, X, ws, epochs, validation=None, callback=None, progress=False, stop_event=None):

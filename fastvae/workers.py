@@ -59,7 +59,10 @@ class Workers:
             if parts == 1:
                 fn(0)
             return
-        self._job(fn, parts, lambda: [fn(part) for part in range(parts)])
+        def alone():            # (another job holds the pool: every part on this thread)
+            for part in range(parts):
+                fn(part)
+        self._job(fn, parts, alone)
 
     def run_phases(self, first: Callable[[int], None], second: Callable[[int, np.ndarray], None], parts: int) -> None:
         """first(0), ..., first(parts - 1) at once, then second(k, barrier) on each part's thread: one job of the pool

@@ -16,7 +16,7 @@ from .contract import Backend  # noqa: E402
 MODULES = {"cpu-bf16": "cpu_bf16"}     # a backend's module where its name is no Python identifier
 BF16_BACKENDS = ("cpu-bf16",)          # backends whose products take bf16 operands (fp32 master weights and sums)
 NUMBA_BACKENDS = ("cpu", "cpu-bf16")   # backends whose kernels Numba compiles
-_loaded = {}
+_loaded: dict[str, Backend] = {}
 
 
 def get_backend(name: str = "auto", notify=None) -> Backend:

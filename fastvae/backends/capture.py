@@ -57,7 +57,7 @@ def refuse(reason):
         _local.refused = reason
 
 
-_private = {}           # id(array) -> weak reference: per-thread scratch that each replay gets a copy of
+_private: dict = {}         # id(array) -> weak reference: per-thread scratch that each replay gets a copy of
 
 
 def private(*arrays):
@@ -192,7 +192,7 @@ def _qualified(kernel):
     return module, name
 
 
-_SOURCES_HASH = []
+_SOURCES_HASH: list[str] = []
 
 
 def sources_hash():
@@ -288,7 +288,7 @@ def _write(source):
 # (0.6 MB each with Numba's cache) were never removed: 380 MB in a contributor's cache after two weeks (a fresh user's
 # trial). A replay in use is touched when it is reused (_write), at most once a day.
 KEEP_DAYS = 30
-_pruned = set()
+_pruned: set[Path] = set()
 
 
 def _touch(path):

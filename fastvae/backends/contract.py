@@ -18,7 +18,9 @@ M the rows of the data set, P the number of parameters, S the row shards whose p
 dtype "float" is the backend's own (`Backend.dtype`).
 """
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -154,6 +156,28 @@ class Backend:
     `impl` is a module or object with those names. Raises ContractError naming every missing name and every
     kernel whose parameters differ from the contract's (names and order).
     """
+
+    # The hooks (HOOKS) and optional parts (OPTIONAL), set from `impl` below, declared for type checkers (a test
+    # holds this list to HOOKS and OPTIONAL); the kernels' names are many and alike, so __getattr__ stands for them.
+    name: str
+    dtype: Any                  # np.float32 or np.float64: the backend's arrays and master weights
+    xp: Any                     # the array module: numpy, or cupy for gpu
+    empty: Callable[..., Any]
+    zeros: Callable[..., Any]
+    asarray: Callable[..., Any]
+    to_host: Callable[..., np.ndarray]
+    synchronize: Callable[[], None]
+    capture: Callable[..., Any] | None
+    record: Callable[..., Any] | None
+    loss_check_interval: int
+    workers: Any                # a fastvae.workers.Workers, or None
+    layer_done: Callable[..., Any] | None
+    host_data: bool
+    weight_update_steps: Callable[..., Any] | None
+    impl: Any
+
+    if TYPE_CHECKING:
+        def __getattr__(self, kernel: str) -> Callable[..., Any]: ...
 
     def __init__(self, impl):
         problems = [f"missing {n}" for n in (*KERNELS, *HOOKS) if not hasattr(impl, n)]

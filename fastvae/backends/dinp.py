@@ -218,7 +218,7 @@ def product_from_python(dinp, dout, w):
     return False
 
 
-_SCRATCH = {}
+_SCRATCH: dict = {}
 
 
 def scratch(dinp, dout, w):

@@ -266,7 +266,7 @@ class CudaKernels:
                                                           _f64(beta2), _f64(eps), _i64(size), _i32(shards)))
 
 
-_emulated = {}
+_emulated: dict[bool, Backend] = {}
 
 
 def emulated(race_check=False):
