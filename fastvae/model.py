@@ -358,7 +358,8 @@ class VAE:
     def evaluate(self, X: ArrayLike) -> dict[str, float]:
         """The mean loss per image on images X, in nats: {"reconstruction", "kl", "total"} (the negative ELBO,
         one sample per image; the noise of X[i] is a function of (seed, i) alone, whatever the batch size, so the
-        same model always gets the same numbers).
+        same model always gets the same numbers). With reconstruction "mse" the reconstruction is the training loss,
+        sum (p - x)^2: -log N(x; p, 1/2) less (d / 2) log(pi) (fastvae.evaluate.evaluate_model adds it).
         Raises UserError for bad images, and for a model that diverged."""
         self._refuse_if_diverged()
         X = self._images(X, "X")

@@ -108,6 +108,25 @@ def test_bound_is_above_the_elbo_and_rises_with_k(trained):
     assert res["images"] == N_TEST and all(np.isfinite(r["std_error"]) for r in res["iwae"])
 
 
+def test_the_squared_error_variant_reports_one_density_for_the_elbo_and_the_iwae_bound():
+    """reconstruction="mse": the IWAE rows are -log N(x; p, 1/2), so the negative ELBO beside them carries that
+    density's constant too (it was the bare squared error: the k = 1 NLL came out 450 nats above it)."""
+    mnist = load_mnist()
+    model = VAE(hidden=(32,), latent=4, backend="cpu", seed=3, batch_size=100, reconstruction="mse")
+    model.fit(mnist.train_x[:1000], epochs=1)
+    X = mnist.test_x[:N_TEST]
+    res = evaluate_model(model, X, k=[1, 10], seed=0)
+    constant = 0.5 * 784 * np.log(np.pi)
+    plain = model.evaluate(X)
+    assert res["elbo"]["constant"] == pytest.approx(constant, rel=1e-12)
+    assert res["elbo"]["reconstruction"] == pytest.approx(plain["reconstruction"] + constant, rel=1e-12)
+    assert res["elbo"]["total"] == pytest.approx(plain["total"] + constant, rel=1e-12)
+    one, ten = res["iwae"]
+    # one sample with an analytic KL and one with the sampled KL estimate the same ELBO; the bound sits below it
+    assert abs(one["nll"] - res["elbo"]["total"]) < 5 * one["std_error"] + 1.0, (one, res["elbo"])
+    assert ten["nll"] < res["elbo"]["total"]
+
+
 def test_the_noise_and_the_chunking_do_not_change_the_answer(trained):
     model, _, X = trained
     a = iwae_bound(model, X[:30], k=[3, 20], seed=4)
@@ -172,7 +191,7 @@ def test_cli_writes_the_table_and_json(trained, tmp_path):
     assert {"checkpoint", "backend", "config", "epochs_trained", "images", "seed", "elbo", "iwae", "seconds",
             "machine"} <= set(r)
     assert r["images"] == 50 and r["backend"] == "cpu" and r["epochs_trained"] == 2
-    assert set(r["elbo"]) == {"reconstruction", "kl", "total"}
+    assert set(r["elbo"]) == {"reconstruction", "kl", "total", "constant"} and r["elbo"]["constant"] == 0  # xent
     assert [e["k"] for e in r["iwae"]] == [1, 10]
     assert r["iwae"][1]["nll"] < r["iwae"][0]["nll"]
     assert f"{r['iwae'][1]['nll']:.3f}" in proc.stdout
