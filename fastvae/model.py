@@ -71,7 +71,8 @@ class VAE:
     fastvae.backends.resolve holds these rules.
     `encoder` is "gamma" (the heads output logvar = log sigma^2, the seed's final form) or "sigma";
     `reconstruction` "xent" (sigmoid cross-entropy) or "mse"; `activation` the hidden layers' "elu" (the seed's),
-    "relu" or "tanh". `notify(message)` hears which backend "auto" chose and why. `adam`: beta1, beta2, adam_eps.
+    "relu" or "tanh". `notify(message)` hears which backend "auto" chose and why (and, once, that the kernels found no
+    BLAS to call: fastvae.backends.cpu_blas). `adam`: beta1, beta2, adam_eps.
     `threads` (host backends): how many threads a training step runs on. The cpu backend splits each batch into
     that many row shards (at most one per 32 rows) on its own threads, OpenBLAS at one thread each (fastvae.workers).
     None/"auto" sizes the count to the CPUs this process may use (affinity mask, cgroup quota) and adapts it while

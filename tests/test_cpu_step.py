@@ -193,7 +193,10 @@ def test_the_wheels_openblas_is_called_from_the_kernels():
     paths = [lib["filepath"] for lib in threadpool_info() if lib["user_api"] == "blas" and "numpy" in lib["filepath"]]
     if not any("libscipy_openblas64_" in p for p in paths):
         pytest.skip(f"NumPy's BLAS here is not the wheels' OpenBLAS ({paths}): the np.matmul path runs")
-    assert cpu_blas.AVAILABLE and cpu.FUSED
+    if os.environ.get(cpu_blas.ENV):
+        pytest.skip(f"{cpu_blas.ENV} chooses the kernels' sgemm here ({cpu_blas.SOURCE})")
+    assert cpu_blas.AVAILABLE and cpu.FUSED and cpu_blas.KIND == "ilp64"
+    assert cpu_blas.SOURCE.startswith("scipy_cblas_sgemm64_ in ") and "libscipy_openblas64_" in cpu_blas.SOURCE
 
 
 @pytest.mark.parametrize("rows", [1, 7, 150, 257])

@@ -45,7 +45,20 @@ def get_backend(name: str = "auto", notify=None) -> Backend:
         if reason is not None:
             raise UserError(f"the {name} backend cannot run here: {reason}")
         _loaded[name] = Backend(module)
+    if name in NUMBA_BACKENDS and notify is not None:
+        _note_blas(notify)
     return _loaded[name]
+
+
+_noted: list = []
+
+
+def _note_blas(notify):
+    """Tells `notify`, once a process, where the kernels' products cannot call a BLAS (cpu_blas.NOTE: its loops)."""
+    from . import cpu_blas
+    if cpu_blas.NOTE is not None and not _noted:
+        _noted.append(True)
+        notify(cpu_blas.NOTE)
 
 
 def resolve(name: str | Backend = "auto", precision: str | None = None, notify=None) -> str | Backend:

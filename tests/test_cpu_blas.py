@@ -1,0 +1,84 @@
+"""Which sgemm the cpu kernels call (fastvae.backends.cpu_blas), for each kind a user's NumPy can bring: a BLAS with
+64-bit integers (NumPy's wheels: what the rest of the suite runs), one with 32-bit integers called through the shim
+(conda-forge's and Debian's NumPy; SciPy's wheel carries such an OpenBLAS, the real library these tests take), and
+none (fastvae's own loops). The symbol is registered once a process, at import, so each kind runs the cpu kernels'
+and training steps' tests against the reference in a fresh process (FASTVAE_BLAS chooses). Before 2026-12-07 a
+NumPy without `scipy_cblas_sgemm64_` (1.26) left the symbol unregistered, and the update called address 0: the
+interpreter died without a word (a packaging trial)."""
+import glob
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import fastvae
+from fastvae.backends import cpu_blas
+
+ROOT = Path(fastvae.__file__).resolve().parent.parent
+# every test of a kernel that calls gemm (dense layers both ways, the heads, the output layer, the update), on the
+# cpu backend, and the whole training steps, whole and split between threads, against the reference
+KERNEL_TESTS = ["tests/test_kernels.py", "tests/test_cpu_step.py", "-k",
+                "cpu and not bf16 and (dense or heads or output or weight_update or backward) "
+                "or training_steps_match or training_steps_split"]
+
+
+def _lp64_library():
+    """A real BLAS whose sgemm takes 32-bit integers: SciPy's wheel's OpenBLAS (scikit-learn, a test dependency,
+    brings SciPy)."""
+    scipy = pytest.importorskip("scipy", reason="SciPy's wheel carries the 32-bit-integer OpenBLAS these tests use")
+    found = glob.glob(os.path.join(os.path.dirname(scipy.__file__) + ".libs", "libscipy_openblas-*.so"))
+    if not found:
+        pytest.skip(f"SciPy here has no libscipy_openblas beside it ({scipy.__file__}): no 32-bit-integer BLAS")
+    return found[0]
+
+
+def _run(env_value, *args, timeout=900):
+    env = {**os.environ, cpu_blas.ENV: env_value}
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_find_tells_the_integer_width_of_each_library():
+    """NumPy's wheels' OpenBLAS: 64-bit integers; SciPy's: 32-bit; a path that does not load: nothing."""
+    numpy_blas = [p for p in cpu_blas.libraries() if "numpy" in p]
+    if not any("libscipy_openblas64_" in p for p in numpy_blas):
+        pytest.skip(f"NumPy's BLAS here is not the wheels' OpenBLAS ({numpy_blas})")
+    _, name, _, ilp64 = cpu_blas.find(numpy_blas)
+    assert (name, ilp64) == ("scipy_cblas_sgemm64_", True)
+    _, name, path, ilp64 = cpu_blas.find([_lp64_library()])
+    assert (name, ilp64) == ("scipy_cblas_sgemm", False) and "libscipy_openblas-" in path
+    assert cpu_blas.find(["/nonexistent/libblas.so"]) is None
+
+
+@pytest.mark.parametrize("kind", ["lp64", "loops"])
+def test_the_kernels_and_steps_through_each_kind_of_sgemm_match_the_reference(kind):
+    chosen = _lp64_library() if kind == "lp64" else "none"
+    probe = _run(chosen, "-c", "from fastvae.backends import cpu_blas; print(cpu_blas.KIND, cpu_blas.AVAILABLE)")
+    assert probe.stdout.split() == [kind, str(kind != "loops")], probe.stdout + probe.stderr
+    run = _run(chosen, "-m", "pytest", "-q", "-p", "no:cacheprovider", *KERNEL_TESTS)
+    passed = re.search(r"(\d+) passed", run.stdout)
+    assert run.returncode == 0 and passed and int(passed.group(1)) >= 200, run.stdout[-3000:] + run.stderr[-2000:]
+
+
+@pytest.mark.parametrize("chosen, says", [("none", "FASTVAE_BLAS=none"),
+                                          ("/nonexistent/libblas.so", "looked in /nonexistent/libblas.so")])
+def test_without_a_blas_a_model_says_so_once(chosen, says):
+    """The loops are several times slower: the user hears it in one line, once a process, with what to do."""
+    run = _run(chosen, "-c", "from fastvae import VAE\n"
+               "notes = []\n"
+               "for _ in range(2):\n"
+               "    VAE(hidden=(8,), latent=2, backend='cpu', notify=notes.append)\n"
+               "print(len(notes)); print(notes[0])", timeout=300)
+    lines = run.stdout.splitlines()
+    assert run.returncode == 0 and lines[0] == "1", run.stdout + run.stderr
+    assert says in lines[1] and "set FASTVAE_BLAS to a BLAS library's path" in lines[1], lines
+
+
+def test_with_the_wheels_blas_nothing_is_said():
+    if cpu_blas.NOTE is not None:
+        pytest.skip(f"this NumPy's BLAS cannot be called from the kernels here: {cpu_blas.SOURCE}")
+    notes = []
+    fastvae.VAE(hidden=(8,), latent=2, backend="cpu", notify=notes.append)
+    assert notes == []
