@@ -56,12 +56,16 @@ def layer_inputs(rand, rows, fan_in, fan_out):
     return inp, w, b
 
 
-def check_gather(be, rand, rows, width=784):
-    data = rand.integers(0, 256, (300, width)).astype(np.uint8)
+def check_gather(be, rand, rows, width=784, dtype=np.uint8):
+    """A batch gathered from uint8 pixels (read as /255) or float32 ones (copied), rows picked with repeats."""
+    if dtype == np.uint8:
+        data = rand.integers(0, 256, (300, width)).astype(np.uint8)
+    else:
+        data = rand.random((300, width)).astype(dtype)
     idx = rand.integers(0, 300, rows).astype(np.int64)
     buf = Buffers(be)
     x = buf.out((rows, width))
-    be.gather_batch(x, be.asarray(data, dtype=np.uint8), be.asarray(idx, dtype=np.int64))
+    be.gather_batch(x, be.asarray(data, dtype=dtype), be.asarray(idx, dtype=np.int64))
     expect = np.empty((rows, width))
     ref.gather_batch(expect, data, idx)
     assert_close(host(be, x), expect, TOL["float32"], scale=1.0, what="gather")
@@ -180,7 +184,7 @@ def check_heads(be, rand, rows, fan_in, latent, encoder):
         # mu's error plus logvar's, carried by sigma * eps (d sigma / d logvar = sigma / 2)
         z_scale = s_scale * (1 + float(np.max(np.abs(eps) * sigma)))
         kl_terms = np.exp(second) + mu * mu + 1 + np.abs(second)
-        kl_scale = 0.5 * float(kl_terms.sum()) * 10
+        kl_scale = 0.5 * float(kl_terms.sum())
     else:
         z_scale = s_scale * (1 + float(np.max(np.abs(eps))))
         # d/d sigma of log(1e-10 + sigma^2) is ~2 / sigma: a float32 error in sigma moves the KL by that much
@@ -391,7 +395,7 @@ def check_train_steps(be, cfg, rand, rows, n_steps=3, parts=1):
             assert_close(p_be[sl][resolved], p_ref[sl][resolved], tol, scale=cfg.lr, what=f"updated {L.name}.{part}")
             assert np.all(np.abs(p_be[sl] - params[sl]) <= cfg.lr * (1 + tol)), f"{L.name}.{part} moved > lr"
     for k in range(1, n_steps):
-        assert_close(l_be[k], l_ref[k], 10 * tol, what=f"loss of step {k + 1}")
+        assert_close(l_be[k], l_ref[k], tol, what=f"loss of step {k + 1}")
 
 
 def check_captured_steps(be, seed=11):

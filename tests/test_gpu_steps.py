@@ -133,21 +133,29 @@ def test_training_steps_match_the_cpu_backend(rand, name, hidden, latent, rows):
     for b in (get_backend("cpu"), load(name)):
         st, ws = step.State(b, layout, params, seed, keep_gradients=True), step.Workspace(b, cfg, rows)
         d = b.asarray(data, dtype=np.uint8)
-        losses, grads = [], []
+        losses, grads, firsts = [], [], []
         for k in range(4):
             idx = b.asarray((np.arange(rows) * 3 + k) % len(data), dtype=np.int64)
             ws.loss[...] = 0
             step.train_step(b, cfg, st, ws, d, idx)
             losses.append(np.array(b.to_host(ws.loss), dtype=np.float64))
             grads.append(np.array(b.to_host(st.grads)[0], dtype=np.float64))     # the step's gradient (S = 1 or more)
-        runs.append((losses, grads, np.array(b.to_host(st.params)), [int(c) for c in b.to_host(st.counters)]))
+            if k == 0:
+                firsts.append(np.array(b.to_host(st.params), dtype=np.float64))
+        runs.append((losses, grads, firsts[0], [int(c) for c in b.to_host(st.counters)]))
     (l_cpu, g_cpu, p_cpu, c_cpu), (l_gpu, g_gpu, p_gpu, c_gpu) = runs
     assert c_cpu == c_gpu == [seed, 4, 0]
     tol = TOL["float32_step"]
-    assert_close(g_gpu[0], g_cpu[0], tol, scale=float(np.abs(g_cpu[0]).max()), what="first gradients")
+    scale = float(np.abs(g_cpu[0]).max())
+    assert_close(g_gpu[0], g_cpu[0], tol, scale=scale, what="first gradients")
     for k in range(4):
-        assert_close(l_gpu[k], l_cpu[k], 10 * tol, what=f"loss of step {k + 1}")
-    assert np.all(np.abs(p_gpu - p_cpu) <= 2 * 4 * cfg.lr)      # Adam moves each parameter by <= lr per step
+        assert_close(l_gpu[k], l_cpu[k], tol, what=f"loss of step {k + 1}")
+    # the first Adam step moves each parameter by lr * g / (|g| + eps): where the gradient's sign is resolved (as
+    # kernel_cases.check_train_steps), both land within tol * lr (every move within 8 lr, the check this replaced,
+    # held for any two 4-step runs: a test audit's finding)
+    resolved = np.abs(g_cpu[0]) > 10 * tol * scale
+    assert resolved.sum() > resolved.size // 2
+    assert_close(p_gpu[resolved], p_cpu[resolved], tol, scale=cfg.lr, what="parameters after the first step")
 
 
 @pytest.mark.parametrize("name,encoder", cases([("sigma",), ("gamma",)]))

@@ -27,6 +27,11 @@ TOL = {
     # error to first order through the 1-Lipschitz activations, as in the step's bound above.
     "bfloat16_decoder": 4 * BF16_PRODUCT,
     "fd": 1e-6,             # float64 central differences, h = 1e-5: truncation ~h^2, rounding ~1e-16/h
+    # an image's log-likelihood (nats, absolute) from a backend's float32 logits, the rest in float64 (evaluate's
+    # IWAE): the logits carry relative errors ~1e-6 (a 64-term product plus ELU, ~2**-24 each); the log-likelihood's
+    # derivative in a logit is sigmoid(l) - x, at most 1 in size, so 784 pixels move it by at most ~784 * 1e-6 ~ 1e-3
+    # (measured: 2e-5 on values ~400)
+    "nats_from_float32_logits": 1e-3,
 }
 PRECISIONS = {"cpu-bf16": "bfloat16"}    # backends whose products round their operands; all others float32
 # The step bounds above carry each forward error into the backward through act'(z) computed from the output y, whose
