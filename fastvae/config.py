@@ -2,6 +2,7 @@
 import math
 import numbers
 from dataclasses import asdict, dataclass, field
+from typing import Sequence
 
 from .constants import ENCODERS, HIDDEN_ACTIVATIONS, RECONSTRUCTIONS
 from .errors import UserError
@@ -17,7 +18,7 @@ class Config:
     cross-entropy), input_width 784 with image_shape (28, 28), activation "elu". Each field's comment in the source
     says why; raises UserError for a value out of range."""
     # Encoder widths; the decoder mirrors them (784 -> 500 -> 500 -> latent -> 500 -> 500 -> 784).
-    hidden: tuple = field(default=(500, 500))
+    hidden: Sequence[int] = field(default=(500, 500))     # (any sequence given; a tuple of ints once made)
     # Size of the coding z; the encoder's heads output mu and gamma = log sigma^2, `latent` each.
     latent: int = 20
     # The seed trains on mini-batches of 150 for 50 epochs.

@@ -338,7 +338,7 @@ def load_mnist(directory: str | Path | None = None) -> Dataset:
 def as_rows(X: ArrayLike, what: str = "X", empty: bool = False) -> tuple[np.ndarray, tuple[int, int] | None]:
     """The user's images (n, h, w) or feature rows (n, d) as (C-contiguous rows (n, d), image shape (h, w) or None):
     uint8 stays uint8 (no copy when possible) and is read as 0..255 (so one whose largest value is 1, binarized
-    images, is refused), as are other integers whose values are 0..255 with one above 1; bool becomes 0.0 and 1.0;
+    images, is refused), as are integers of any other dtype whose values are 0..255; bool becomes 0.0 and 1.0;
     other numbers become float32 and must be finite and in [0, 1]. empty: n = 0 is taken (the
     answer is then empty too: encode, reconstruct), else refused. Raises UserError (one line, calling the array
     `what`) for anything else."""
@@ -374,12 +374,15 @@ def as_rows(X: ArrayLike, what: str = "X", empty: bool = False) -> tuple[np.ndar
     a = _flat(a)
     if a.dtype == np.bool_:             # binarized images: 0 and 1, as floats (bool was refused: a fresh user's trial)
         a = a.astype(np.float32)
-    elif a.dtype.kind in "iu" and a.dtype != np.uint8 and a.size and a.min() >= 0 and 1 < a.max() <= 255:
-        a = a.astype(np.uint8)          # integer pixels 0..255 of another dtype (int64 from arithmetic): as uint8
+    integers = a.dtype.kind in "iu" and a.dtype.name
+    if integers and a.dtype != np.uint8 and a.size and a.min() >= 0 and a.max() <= 255:
+        # integer pixels 0..255 of another dtype (int64 from arithmetic): as uint8, whatever the largest value (one of
+        # 1 was read as floats 0 and 1: a row's result then hung on the other rows of its call, an API review's trial)
+        a = a.astype(np.uint8)
     if a.dtype == np.uint8:
         if a.max() == 1:    # binarized images, read as 0..255: all but black, a model would learn next to nothing
-            raise UserError(f"{what} is uint8 with no value above 1, but uint8 pixels are read as 0..255; for images "
-                            "of 0 and 1, multiply them by 255 or pass them as floats in [0, 1]")
+            raise UserError(f"{what} is {integers} with no value above 1, but integer pixels are read as 0..255; for "
+                            "images of 0 and 1, multiply them by 255 or pass them as floats in [0, 1] (or bool)")
         return np.ascontiguousarray(a), shape
     if not np.isfinite(a).all():
         raise UserError(f"{what} has {np.isnan(a).sum()} NaN and {np.isinf(a).sum()} infinite values; "

@@ -93,54 +93,94 @@ def iwae_bound(model: VAE, X: ArrayLike, k: int | Iterable[int] = DEFAULT_K, see
 
     Returns {"k": [k1 < k2 < ...], "bound": float64 (n, len(k)) = log mean_j w_j over the first k samples,
     "elbo": float64 (n, len(k)) = mean_j log w_j over the same samples (a k-sample ELBO; bound >= elbo always)}.
-    batch_size: decoder rows per chunk (default 2048); memory stays bounded at any k. progress: a bar on stderr
-    where it is a terminal (none into a log). Raises UserError (one line) for bad images, k, seed or batch_size.
+    batch_size: samples decoded per call (default 2048): memory is bounded by it, not by k (at k above it an image's
+    samples are drawn, decoded and summed a batch at a time; they were all held at once, 3 GB at k = 4e6: an API
+    review's trial). progress: a bar on stderr where it is a terminal (none into a log). Raises UserError (one line)
+    for a model that is not a VAE, and for bad images, k, seed or batch_size.
     """
+    _check_model(model)
     ks = _ks(k)
     X = model._images(X, "X")
     rows = DEFAULT_ROWS if batch_size is None else integer(batch_size, "batch_size")
     seed = seed_value(seed)
-    n, kmax, latent = len(X), ks[-1], model.config.latent
+    n, kmax = len(X), ks[-1]
     mu, logvar = (np.asarray(a, dtype=np.float64) for a in model.encode(X))
     sigma = np.exp(0.5 * logvar)
-    chunk = min(rows, max(kmax, 1) * n)                   # decoder rows per call
     log_likelihood = gaussian_log_likelihood if model.config.reconstruction == "mse" else bernoulli_log_likelihood
-    group = max(1, rows // kmax)                          # images per group: group * kmax log-weights at most
+
+    def log_weights(imgs, s0, s1):
+        """log w (len(imgs), s1 - s0): samples s0..s1 of each image in imgs, decoded in one call."""
+        eps = np.concatenate([rng.normals(seed, STREAM_IWAE, i, s1 - s0, mu.shape[1], first_row=s0)
+                              for i in imgs]).astype(np.float64)
+        owner = np.repeat(imgs, s1 - s0)                  # image of each (image, sample) row
+        z = mu[owner] + sigma[owner] * eps
+        logits = model.decode_logits(z, rows=rows)
+        x = X[owner].astype(np.float64) / (255.0 if X.dtype == np.uint8 else 1.0)
+        log_pz = -0.5 * np.sum(z ** 2 + _LOG_2PI, axis=1)
+        log_qz = -0.5 * np.sum(eps ** 2 + logvar[owner] + _LOG_2PI, axis=1)
+        return (log_likelihood(logits, x) + log_pz - log_qz).reshape(len(imgs), s1 - s0)
+
     bound = np.empty((n, len(ks)))
     elbo = np.empty((n, len(ks)))
     # the bar on a terminal only (into a log or pipe it wrote its redraws: a fresh user's trial), as fit's
     bar = _progress_bar(n, f"IWAE k={kmax}") if progress and on_terminal(sys.stderr) else None
     try:
         with np.errstate(over="ignore"):
-            for g0 in range(0, n, group):
-                imgs = np.arange(g0, min(g0 + group, n))
-                eps = np.concatenate([rng.normals(seed, STREAM_IWAE, i, kmax, latent) for i in imgs]).astype(np.float64)
-                owner = np.repeat(imgs, kmax)                 # image of each (image, sample) row
-                z = mu[owner] + sigma[owner] * eps
-                lw = np.empty(len(owner))
-                for r0 in range(0, len(owner), chunk):
-                    r1 = min(r0 + chunk, len(owner))
-                    who = owner[r0:r1]
-                    logits = model.decode_logits(z[r0:r1], rows=chunk)
-                    x = X[who].astype(np.float64) / (255.0 if X.dtype == np.uint8 else 1.0)
-                    log_px = log_likelihood(logits, x)
-                    log_pz = -0.5 * np.sum(z[r0:r1] ** 2 + _LOG_2PI, axis=1)
-                    log_qz = -0.5 * np.sum(eps[r0:r1] ** 2 + logvar[who] + _LOG_2PI, axis=1)
-                    lw[r0:r1] = log_px + log_pz - log_qz
-                    if bar is not None and kmax > rows:       # long k: show progress within an image too
-                        bar.update((r1 - r0) / kmax)
-                per_image = lw.reshape(len(imgs), kmax)
-                for c, kk in enumerate(ks):
-                    bound[imgs, c] = log_mean_exp(per_image[:, :kk])
-                    elbo[imgs, c] = per_image[:, :kk].mean(axis=1)
-                if bar is not None and kmax <= rows:
-                    bar.update(len(imgs))
+            if kmax <= rows:            # whole images, as many as a call takes
+                group = max(1, rows // kmax)
+                for g0 in range(0, n, group):
+                    imgs = np.arange(g0, min(g0 + group, n))
+                    lw = log_weights(imgs, 0, kmax)
+                    for c, kk in enumerate(ks):
+                        bound[imgs, c] = log_mean_exp(lw[:, :kk])
+                        elbo[imgs, c] = lw[:, :kk].mean(axis=1)
+                    if bar is not None:
+                        bar.update(len(imgs))
+            else:                       # an image's samples a batch at a time, summed as they come
+                for i in range(n):
+                    total = _Sums()
+                    for s0 in range(0, kmax, rows):
+                        s1 = min(s0 + rows, kmax)
+                        lw = log_weights(np.array([i]), s0, s1)[0]
+                        for c, kk in enumerate(ks):
+                            if s0 < kk <= s1:
+                                bound[i, c], elbo[i, c] = total.with_(lw[:kk - s0]).means(kk)
+                        total = total.with_(lw)
+                        if bar is not None:       # long k: show progress within an image too
+                            bar.update((s1 - s0) / kmax)
         if bar is not None:
             bar.n = n
     finally:
         if bar is not None:         # (also when stopped: a stop line that follows is a line of its own)
             bar.close()
     return {"k": ks, "bound": bound, "elbo": elbo}
+
+
+def _check_model(model):
+    from .model import VAE
+    if not isinstance(model, VAE):      # (a checkpoint's path, as the command line takes: an AttributeError)
+        raise UserError(f"model must be a fastvae.VAE, not {type(model).__name__}; load a checkpoint with "
+                        "fastvae.VAE.load(path)")
+
+
+class _Sums:
+    """Log-weights summed as they come: their largest (m), sum of exp(lw - m) (s) and plain sum, so that log mean
+    exp stays stable across batches (log_mean_exp's shift, carried along)."""
+
+    def __init__(self, m=-math.inf, s=0.0, plain=0.0):
+        self.m, self.s, self.plain = m, s, plain
+
+    def with_(self, lw):
+        top = max(self.m, float(lw.max()))
+        if not math.isfinite(top):      # all -inf so far (log mean exp -inf), or an overflow (+inf)
+            return _Sums(top, 1.0 if top > 0 else 0.0, self.plain + float(lw.sum()))
+        return _Sums(top, self.s * math.exp(self.m - top) + float(np.exp(lw - top).sum()),
+                     self.plain + float(lw.sum()))
+
+    def means(self, count):
+        """(log mean exp, mean) of the `count` log-weights summed."""
+        with np.errstate(divide="ignore"):
+            return self.m + float(np.log(self.s)) - math.log(count), self.plain / count
 
 
 def evaluate_model(model: VAE, X: ArrayLike, k: int | Iterable[int] = DEFAULT_K, seed: int = 0,
@@ -156,6 +196,7 @@ def evaluate_model(model: VAE, X: ArrayLike, k: int | Iterable[int] = DEFAULT_K,
     "negative_elbo_same_samples" = -(mean log-weight of the same k samples), which nll never exceeds; and
     "std_error" of nll's mean over the images. Raises UserError as iwae_bound does.
     """
+    _check_model(model)
     X = model._images(X, "X")
     begin = time.perf_counter()
     elbo: dict[str, float] = model.evaluate(X)

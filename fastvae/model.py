@@ -13,7 +13,7 @@ import os
 import threading
 from os import PathLike
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Callable, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Callable, ParamSpec, Protocol, Sequence, TypeVar, cast
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -33,6 +33,20 @@ if TYPE_CHECKING:
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
+
+
+# What fit's `stop` and an open file given to save/load need, for type checkers (a threading.Event, a
+# gzip.GzipFile or a cloud store's stream: what the docstrings promise, which typing.BinaryIO did not take)
+class Stop(Protocol):
+    def is_set(self) -> bool: ...
+
+
+class Writable(Protocol):
+    def write(self, data: bytes, /) -> Any: ...
+
+
+class Readable(Protocol):
+    def read(self, size: int = ..., /) -> bytes: ...
 
 
 def _one_at_a_time(method: Callable[_P, _R]) -> Callable[_P, _R]:
@@ -168,7 +182,7 @@ class VAE:
                             f"change; {how}")
         return cfg
 
-    def __init__(self, hidden: tuple[int, ...] = (500, 500), latent: int = 20, backend: str = "auto",
+    def __init__(self, hidden: Sequence[int] = (500, 500), latent: int = 20, backend: str = "auto",
                  seed: int = 0, lr: float = 0.001, batch_size: int = 150, encoder: str = "gamma",
                  reconstruction: str = "xent", notify: Callable[[str], None] | None = None,
                  activation: str = "elu", threads: int | str | None = None, precision: str | None = None,
@@ -221,7 +235,7 @@ class VAE:
     @_one_at_a_time
     def fit(self, X: ArrayLike, epochs: int | None = None, batch_size: int | None = None,
             validation: ArrayLike | None = None, callback: Callable[[VAE, dict[str, Any]], None] | None = None,
-            progress: bool = False, stop: threading.Event | None = None) -> VAE:
+            progress: bool = False, stop: Stop | None = None) -> VAE:
         """Train for `epochs` more epochs (default: the config's, the seed's 50) on images X: (n, h, w) or rows (n, d)
         of the model's width (a new model takes it from X), uint8 0..255 (an array whose largest value is 1 is
         refused: binarized images read as 0..255) or floats in [0, 1]; reshuffled every epoch as a
@@ -483,13 +497,13 @@ class VAE:
     # ------------------------------------------------------------------ persistence
 
     @_one_at_a_time
-    def save(self, path: str | PathLike | BinaryIO) -> None:
+    def save(self, path: str | PathLike[str] | Writable) -> None:
         """Write config, parameters, Adam state and the training position to `path` (npz, atomically, no pickle);
         where `path` is a folder, to its checkpoint.npz (where load() reads one, and where a training run keeps it);
         where it is an open binary file (io.BytesIO, a cloud store's stream), into it at its position.
         Raises UserError when the model diverged, a step of it was interrupted part-way, or the file cannot be written
         (any earlier file stays whole)."""
-        target: str | PathLike | BinaryIO = path    # (an open binary file is written into as it is)
+        target: str | PathLike[str] | Writable = path   # (an open binary file is written into as it is)
         if not checkpoint.is_file_object(path):
             target = where = _checked_path(path)
             if Path(where).is_dir():            # (it said "Is a directory ... free some space": a fresh user)
@@ -518,7 +532,7 @@ class VAE:
                             "checkpoint saved before stands")
 
     @classmethod
-    def load(cls, path: str | PathLike | BinaryIO, backend: str = "auto",
+    def load(cls, path: str | PathLike[str] | Readable, backend: str = "auto",
              notify: Callable[[str], None] | None = None, threads: int | str | None = None,
              precision: str | None = None) -> VAE:
         """A model from a file written by save(); training resumes exactly where it stopped (bit for bit when
@@ -530,7 +544,7 @@ class VAE:
         take (see VAE)."""
         threads = check_threads(threads)
         _check_notify(notify)
-        target: str | PathLike | BinaryIO = path    # (an open binary file is read as it is)
+        target: str | PathLike[str] | Readable = path   # (an open binary file is read as it is)
         if not checkpoint.is_file_object(path):
             target = where = _checked_path(path)
             if Path(where).is_dir():            # a run folder (python -m fastvae.train --out): its checkpoint

@@ -10,7 +10,7 @@ import pytest
 import strict_json
 from tolerances import TOL
 
-from fastvae import VAE, checkpoint, rng
+from fastvae import VAE, UserError, checkpoint, rng
 from fastvae.data import load_mnist
 from fastvae.evaluate import STREAM_IWAE, evaluate_model, iwae_bound, log_mean_exp
 from fastvae.params import Layout
@@ -136,6 +136,21 @@ def test_the_noise_and_the_chunking_do_not_change_the_answer(trained):
     assert not np.allclose(d["bound"], c["bound"])      # another seed draws other samples
     again = iwae_bound(model, X[:30], k=[3, 20], seed=4)
     assert np.array_equal(again["bound"], a["bound"])   # a pure function of (seed, image, sample)
+    # k above the batch: each image's samples drawn, decoded and summed 7 at a time (k = 3 inside the first batch,
+    # 20 across three): the same log-weights (a row's logits do not depend on its call's other rows), summed in
+    # another order
+    streamed = iwae_bound(model, X[:30], k=[3, 20], seed=4, batch_size=7)
+    np.testing.assert_allclose(streamed["bound"], a["bound"], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(streamed["elbo"], a["elbo"], rtol=0, atol=1e-9)
+
+
+def test_a_model_that_is_not_one_is_told_how_to_load_it(trained):
+    _, path, X = trained
+    for wrong in (str(path), path, None):
+        with pytest.raises(UserError, match="model must be a fastvae.VAE, not .*VAE.load"):
+            iwae_bound(wrong, X[:2], k=2)
+        with pytest.raises(UserError, match="model must be a fastvae.VAE"):
+            evaluate_model(wrong, X[:2], k=2)
 
 
 def test_log_mean_exp_is_stable():

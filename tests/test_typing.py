@@ -42,6 +42,7 @@ def test_a_strictly_typed_program_gets_the_documented_types(tmp_path):
         from __future__ import annotations
 
         import dataclasses
+        import gzip
         import io
         import threading
         from pathlib import Path
@@ -65,6 +66,11 @@ def test_a_strictly_typed_program_gets_the_documented_types(tmp_path):
         rows = [[0.0] * 784] * 3
 
 
+        class Flag:
+            def is_set(self) -> bool:
+                return False
+
+
         def seen(m: VAE, record: dict[str, Any]) -> None:
             print(m.epoch, record["train"])
 
@@ -79,6 +85,12 @@ def test_a_strictly_typed_program_gets_the_documented_types(tmp_path):
         assert_type(model.evaluate(rows), dict[str, float])
         assert_type(model.weights(), list[tuple[np.ndarray, np.ndarray]])
         assert_type(model.history, list[dict[str, Any]])
+        VAE(hidden=[64, 64])
+        model.fit(X, stop=Flag())
+        with gzip.open("m.npz.gz", "wb") as out:
+            model.save(out)
+        with gzip.open("m.npz.gz", "rb") as saved:
+            assert_type(VAE.load(saved), VAE)
         buffer = io.BytesIO()
         model.save(buffer)
         model.save("m.npz")
