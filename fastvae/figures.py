@@ -21,7 +21,9 @@ def matplotlib_missing():
             import matplotlib  # noqa: F401
             from matplotlib.figure import Figure  # noqa: F401  (what the figures import: its compiled modules)
     except ImportError as e:
-        return f"figures need matplotlib ({e}); pip install 'fastvae[plots]' (or pip install matplotlib)"
+        # (matplotlib by name: `pip install 'fastvae[plots]'` would fetch the package index's fastvae, another
+        # project's under this name there, a packaging trial found)
+        return f"figures need matplotlib ({e}); pip install matplotlib"
     return None
 
 
