@@ -105,12 +105,15 @@ def load_data(args: argparse.Namespace, split_seed: int, data_path=None, asked=N
     it is one array; its notices (a checksum no published set has, EMNIST's transpose) go to stderr unless --quiet.
     `asked`: the --test-fraction given on this command line (None: not given), refused for a data set with its own
     test set. Raises UserError (one line) for a bad path, file or fraction."""
-    from .data import load_data as load
-    fraction = 1 / 7 if args.test_fraction is None else args.test_fraction
-    data = load(args.data if data_path is None else data_path, fraction, split_seed)
-    if asked is not None and data.test_fraction is None:   # it would change nothing: say so, not train as if it did
-        raise OptionMistake(f"--test-fraction {asked:g} splits a data set of one array, but {data.source} has its own "
-                        "test set; leave --test-fraction out")
+    from .data import OwnTestSet, load_data as load
+    try:
+        data = load(args.data if data_path is None else data_path, args.test_fraction, split_seed)
+    except OwnTestSet as e:     # it would change nothing: say so, not train as if it did
+        if asked is None:       # (a run's recorded fraction, for data that now has its own test set: the default)
+            data = load(args.data if data_path is None else data_path, None, split_seed)
+        else:
+            raise OptionMistake(f"--test-fraction {asked:g} splits a data set of one array, but {e.source} has its "
+                                "own test set; leave --test-fraction out") from None
     for notice in data.notices if not args.quiet else ():
         print(f"fastvae: {notice}", file=sys.stderr)
     return data

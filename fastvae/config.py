@@ -56,6 +56,8 @@ class Config:
             if isinstance(getattr(self, name), str):            # np.str_ too: checked against the choices below
                 object.__setattr__(self, name, str(getattr(self, name)))
         if self.image_shape is not None:
+            if isinstance(self.image_shape, (str, bytes)) or not hasattr(self.image_shape, "__iter__"):
+                raise UserError(f"image_shape must be (h, w) or None, got {self.image_shape!r}")
             object.__setattr__(self, "image_shape", tuple(integer(k, "image_shape") for k in self.image_shape))
             if len(self.image_shape) != 2 or self.image_shape[0] * self.image_shape[1] != self.input_width:
                 raise UserError(f"image_shape {self.image_shape} does not hold input_width {self.input_width} "
@@ -72,14 +74,19 @@ class Config:
         if self.activation not in HIDDEN_ACTIVATIONS:
             raise UserError(f"activation must be one of {', '.join(HIDDEN_ACTIVATIONS)}, got {self.activation!r}")
 
-    def to_dict(self):
+    def to_dict(self) -> dict:
+        """The settings as JSON values (tuples as lists): what a checkpoint and metrics.json record."""
         d = asdict(self)
         d["hidden"] = list(self.hidden)
         d["image_shape"] = None if self.image_shape is None else list(self.image_shape)
         return d
 
     @classmethod
-    def from_dict(cls, d):
+    def from_dict(cls, d: dict) -> "Config":
+        """The Config of to_dict's `d`; keys it does not know are left out (a newer version's), missing ones take
+        their defaults (an older one's). Raises UserError for a `d` that is no dict, or a value out of range."""
+        if not isinstance(d, dict):
+            raise UserError(f"a Config is made from a dict of its settings, not {type(d).__name__}")
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 

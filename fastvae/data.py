@@ -10,6 +10,8 @@ import functools
 import gzip
 import hashlib
 import math
+import numbers
+import os
 import zipfile
 import zlib
 from dataclasses import dataclass, replace
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import ArrayLike
 
-from .config import N_PIXELS
+from .config import N_PIXELS, integer, seed_value
 from .errors import UserError, file_error, one_line as _one_line, unreadable
 
 SIDE = 28  # MNIST images are SIDE x SIDE = N_PIXELS pixels: the embedded set, and the default image shape
@@ -59,7 +61,8 @@ _NPZ_KEYS = {"train_x": "x_train", "train_y": "y_train", "test_x": "x_test", "te
 
 @dataclass(frozen=True, eq=False)  # eq=False: arrays have no single truth value, so compare datasets by identity
 class Dataset:
-    """Training and test sets: rows (n, d) of uint8 pixels 0..255 (or float32 in [0, 1]), labels uint8 (n,) or None,
+    """Training and test sets: rows (n, d) of uint8 pixels 0..255 (or float32 in [0, 1]), labels (n,) of integers as
+    stored (uint8 in IDX files; an .npz's own integer dtype, which its two splits need not share) or None,
     the image shape (h, w) with h * w = d (None for feature rows), where they came from, the published set they
     were recognised as (or None), and one-line notices for the user (e.g. a checksum that matched no published set)."""
     train_x: np.ndarray
@@ -249,7 +252,10 @@ def split_indices(n, test_fraction, split_seed=0):
     """(train rows, test rows) of an array of n rows: the test set is round(n * test_fraction) rows (at least one,
     leaving at least one to train on) chosen by np.random.default_rng(split_seed).permutation(n), both kept in
     their original order. The same (n, fraction, seed) always gives the same split."""
-    if not 0 < test_fraction < 1:
+    n = integer(n, "the number of rows", low=0, what="a whole number >= 0")
+    split_seed = seed_value(split_seed, "split_seed")
+    if not (isinstance(test_fraction, numbers.Real) and not isinstance(test_fraction, bool)
+            and 0 < test_fraction < 1):
         raise UserError(f"the test fraction must be between 0 and 1 (exclusive), got {test_fraction!r}; "
                         "e.g. --test-fraction 0.142857 (1/7, MNIST's 10000 of 70000)")
     if n < 2:
@@ -295,14 +301,34 @@ def _load_embedded():
     return _load_idx(_idx_paths(embedded_dir()), f"the embedded copy in {embedded_dir()}")
 
 
-def load_data(path: str | Path | None = None, test_fraction: float = 1 / 7, split_seed: int = 0) -> Dataset:
+class OwnTestSet(UserError):
+    """A test fraction given for a data set that has its own test set (it would change nothing); .source names it."""
+
+    def __init__(self, message: str, source: str):
+        super().__init__(message)
+        self.source = source
+
+
+def load_data(path: str | Path | None = None, test_fraction: float | None = None, split_seed: int = 0) -> Dataset:
     """A data set: the embedded MNIST (None); a directory with four IDX files of any image size (MNIST, Fashion-MNIST,
     KMNIST, EMNIST: standard names, raw or .gz, or names containing them) or a Keras-style mnist.npz; a Keras-style
     .npz file (x_train, x_test, optional y_train, y_test); or a .npy/.npz file of one array of images (n, h, w) or
-    feature rows (n, d), uint8 or floats in [0, 1], whose test set is split off by split_indices(n, test_fraction,
-    split_seed). Raises UserError (one line, naming the file) for a missing, unreadable or misshapen file."""
+    feature rows (n, d), uint8 or floats in [0, 1], whose test set is split off by split_indices(n, test_fraction
+    (None: 1/7, MNIST's 10000 of 70000), split_seed). Raises UserError (one line, naming the file) for a missing,
+    unreadable or misshapen file, a path that is no str or os.PathLike, a bad fraction or seed, and (OwnTestSet) a
+    test_fraction given for a data set with its own test set (it was ignored without a word: an API review's trial)."""
+    data = _load_data(path, 1 / 7 if test_fraction is None else test_fraction, split_seed)
+    if test_fraction is not None and data.test_fraction is None:
+        raise OwnTestSet(f"test_fraction {test_fraction!r} splits a data set of one array, but {data.source} has its "
+                         "own test set; leave test_fraction out", data.source)
+    return data
+
+
+def _load_data(path, test_fraction, split_seed):
     if path is None:
         return _load_embedded()
+    if not isinstance(path, (str, os.PathLike)):
+        raise UserError(f"the data path must be a str or os.PathLike, not {type(path).__name__}")
     d = Path(path).expanduser()
     if d.is_file() and d.suffix == ".npz":
         return _load_npz(d, test_fraction, split_seed)

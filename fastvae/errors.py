@@ -107,7 +107,12 @@ class StoppedBySignal(KeyboardInterrupt):
 
 def signal_name(signum: int) -> str:
     """How a stop line names a signal: "Ctrl-C" for SIGINT, else its name ("SIGTERM")."""
-    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    if signum == signal.SIGINT:
+        return "Ctrl-C"
+    try:
+        return signal.Signals(signum).name
+    except ValueError:          # (a number no signal of this system has)
+        return f"signal {signum}"
 
 
 class TrainingInterrupted(StoppedBySignal):

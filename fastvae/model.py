@@ -23,7 +23,7 @@ from .backends import get_backend, precision_of, resolve
 from .config import Config, integer, seed_value
 from .constants import EVAL_ROWS, SIGMA_SMOOTHING
 from .data import as_images, as_rows, check_width
-from .errors import UserError, also
+from .errors import UserError, also, one_line
 from .params import Layout, he_init
 from .threads import check as check_threads, held_for_inference
 
@@ -67,8 +67,14 @@ def _one_at_a_time(method: Callable[_P, _R]) -> Callable[_P, _R]:
                 try:
                     signature.bind(*args, **kw)
                 except TypeError as e:
-                    raise also(TypeError, f"VAE.{method.__name__}(): {e}") from None
+                    takes = ", ".join(p.name if p.default is p.empty else f"{p.name}={p.default!r}"
+                                      for p in list(signature.parameters.values())[1:])
+                    raise also(TypeError, f"VAE.{method.__name__}(): {e}; it takes ({takes})") from None
                 raise
+            except MemoryError as e:    # (sample(10**12) was NumPy's raw MemoryError: an API review's trial)
+                why = one_line(e) or "an allocation failed"
+                raise also(MemoryError, f"VAE.{method.__name__}(): not enough memory ({why}); ask for fewer rows at "
+                           "a time") from None
     return locked
 
 
@@ -196,7 +202,11 @@ class VAE:
                        "beta1, beta2 and adam_eps (fastvae.Config lists them all)")
         self.config = Config(hidden=hidden, latent=latent, seed=seed, lr=lr, batch_size=batch_size,
                              encoder=encoder, reconstruction=reconstruction, activation=activation, **adam)
-        self._set_up(resolve(backend, precision, notify), he_init(Layout(self.config), self.config.seed), notify)
+        try:
+            self._set_up(resolve(backend, precision, notify), he_init(Layout(self.config), self.config.seed), notify)
+        except MemoryError:
+            raise also(MemoryError, f"VAE(): not enough memory for a model of {Layout(self.config).size:,} "
+                       f"parameters (hidden={self.config.hidden}); choose smaller layers") from None
 
     def _set_up(self, backend, params, notify, m=None, v=None, step_count=0, epoch=0, epoch_step=0,
                 epoch_loss=None):
@@ -298,6 +308,8 @@ class VAE:
                 except TypeError:
                     raise UserError(f"callback must take two arguments, (model, record); it takes "
                                     f"{signature}") from None
+        if not isinstance(progress, (bool, np.bool_)):     # ("no" turned the bar on: an API review's trial)
+            raise UserError(f"progress must be True or False, not {progress!r}")
         if stop is not None and not callable(getattr(stop, "is_set", None)):
             raise UserError(f"stop must be a threading.Event (anything with is_set()), not {type(stop).__name__}")
         if stop is not None and stop.is_set():  # at once, the model as it was (a new one took X's width: a trial)
@@ -409,7 +421,9 @@ class VAE:
                 be.gather_batch(a.x, data, be.asarray(np.arange(rows.start, rows.stop), dtype=np.int64))
                 step.encode(be, self.config, self.state.weights, a)
                 mu_logvar[rows] = be.to_host(a.mu_logvar)
-        mu, second = mu_logvar[:, :latent], mu_logvar[:, latent:]
+        # two arrays of their own, C-ordered (they were views into one buffer, strided: a consumer taking their raw
+        # memory, ctypes or a C extension, read mu and logvar interleaved: an API review's note)
+        mu, second = np.ascontiguousarray(mu_logvar[:, :latent]), np.ascontiguousarray(mu_logvar[:, latent:])
         if self.config.encoder == "sigma":
             second = np.log(SIGMA_SMOOTHING + second.astype(np.float64) ** 2).astype(np.float32)
         return mu, second
@@ -470,10 +484,16 @@ class VAE:
 
         The codings are a pure function of `seed` (default: the model's seed), so the same call gives the same
         digits, which is how the trainer shows one set of codings evolving epoch by epoch. Raises UserError unless
-        n is a whole number >= 0."""
-        n = integer(n, "n", low=0, what="a whole number >= 0")       # (0: no rows, as decode of none)
+        n is a whole number in [0, 2**48) (also a MemoryError where its images do not fit in memory)."""
+        # (0: no rows, as decode of none; 2**48: past it NumPy's size check, "array is too big", came first)
+        n = integer(n, "n", low=0, high=2**48, what="a whole number in [0, 2**48)")
         seed = self.config.seed if seed is None else seed_value(seed)
-        return self.decode(rng.normals(seed, rng.STREAM_SAMPLE, 0, n, self.config.latent))
+        try:
+            codings = rng.normals(seed, rng.STREAM_SAMPLE, 0, n, self.config.latent)
+        except MemoryError as e:
+            raise also(MemoryError, f"VAE.sample(): not enough memory for {n:,} images ({one_line(e)}); ask for "
+                       "fewer at a time") from None
+        return self.decode(codings)
 
     def reconstruct(self, X: ArrayLike) -> np.ndarray:
         """Pixel probabilities float32 (n, d) of each image decoded from its coding's mean mu (the deterministic

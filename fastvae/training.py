@@ -230,5 +230,5 @@ class StopOnCtrlC(CtrlCHandled):
 
     def check(self):
         if self.requested is not None:
-            raise TrainingInterrupted(f"training stopped cleanly after a step ({signal_name(self.requested)})",
-                                      self.requested)
+            raise TrainingInterrupted(f"training stopped cleanly after a step ({signal_name(self.requested)}); the "
+                                      "model can be saved, or fit again to go on", self.requested)

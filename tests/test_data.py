@@ -379,3 +379,22 @@ def test_training_and_test_images_of_other_sizes_are_named_by_their_sizes(tmp_pa
         msg = user_error(load_data, tmp_path / "mixed.npz",
                          phrase=f"holds images of {train[0]} x {train[1]} but")
         assert f"of {test[0]} x {test[1]}; use a training and a test set of the same image size" in msg
+
+
+def test_the_loaders_arguments_are_checked_in_one_line(tmp_path):
+    """load_data and split_indices on arguments of the wrong kind: one-line UserErrors (they were NumPy's and
+    pathlib's raw TypeError, ValueError and AxisError), and a test fraction for a data set with its own test set is
+    refused rather than ignored (an API review's trial)."""
+    rows = tmp_path / "rows.npy"
+    np.save(rows, np.random.default_rng(0).random((20, 5)).astype(np.float32))
+    np.savez(tmp_path / "keras.npz", x_train=np.zeros((4, 3, 3)), x_test=np.zeros((2, 3, 3)))
+    user_error(load_data, rows, 1 / 7, -1, phrase="split_seed must be an integer in [0, 2**63), got -1")
+    user_error(load_data, rows, 1 / 7, 1.5, phrase="split_seed must be")
+    user_error(load_data, rows, "0.5", phrase="the test fraction must be between 0 and 1")
+    user_error(load_data, 3, phrase="the data path must be a str or os.PathLike, not int")
+    user_error(split_indices, 10.5, 0.2, phrase="the number of rows must be a whole number")
+    user_error(load_data, tmp_path / "keras.npz", 0.5, phrase="has its own test set; leave test_fraction out")
+    user_error(load_data, None, 0.5, phrase="the embedded copy")
+    train, test = split_indices(10, 0.2, 2.0)            # integral floats, as everywhere else
+    assert len(test) == 2 and sorted([*train, *test]) == list(range(10))
+    assert load_data(tmp_path / "keras.npz").test_fraction is None and len(load_data(rows, 0.25).test_x) == 5

@@ -817,3 +817,30 @@ def test_integer_pixels_of_any_dtype_are_read_as_0_to_255(mnist):
     assert np.array_equal(model.reconstruct(X), model.reconstruct(X.astype(np.uint8)))
     with pytest.raises(UserError, match="int64 with no value above 1"):
         model.reconstruct(X[:1])
+
+
+def test_mistakes_in_the_smaller_arguments_are_one_line_user_errors(mnist):
+    """From an API review's trial: each of these was a raw traceback, or silently did something else."""
+    from fastvae.config import Config
+    from fastvae.errors import StoppedBySignal
+    model = VAE(**SMALL)
+    X = mnist.train_x[:20]
+    with pytest.raises(UserError, match="progress must be True or False, not 'no'"):
+        model.fit(X, epochs=1, batch_size=10, progress="no")           # it turned the bar on
+    with pytest.raises(MemoryError, match=r"VAE.sample\(\): not enough memory for 1,000,000,000,000 images"):
+        model.sample(10**12)
+    with pytest.raises(UserError, match=r"n must be a whole number in \[0, 2\*\*48\)"):
+        model.sample(2**63)                                             # NumPy's "array is too big"
+    with pytest.raises(MemoryError, match=r"VAE.decode_logits\(\): not enough memory"):
+        model.decode_logits(np.zeros((1, SMALL["latent"])), rows=10**12)
+    with pytest.raises(MemoryError, match=r"VAE\(\): not enough memory for a model of 2,001,632,000,824 param"):
+        VAE(hidden=(10**6, 10**6), backend="cpu")
+    with pytest.raises(UserError, match=r"too many positional arguments; it takes \(X, epochs=None, batch_size"):
+        model.fit(X, 1, 10, None, None, False, None, 3)
+    with pytest.raises(UserError, match="image_shape must be \\(h, w\\) or None, got 5"):
+        Config(image_shape=5)
+    with pytest.raises(UserError, match="made from a dict of its settings, not NoneType"):
+        Config.from_dict(None)
+    assert StoppedBySignal("x", signum=99).how == "signal 99"
+    mu, logvar = model.encode(X)                  # two arrays of their own, not interleaved views of one buffer
+    assert mu.flags.c_contiguous and logvar.flags.c_contiguous and not np.shares_memory(mu, logvar)
