@@ -319,4 +319,6 @@ def test_without_bf16_the_cli_trains_in_fp32_and_records_it(tmp_path, without_bf
     assert (m["backend"], m["precision"], m["run"]["precision"]) == ("cpu", "fp32", "bf16")
     proc = train(*CLI_TINY, "--epochs", "1", "--backend", "cpu", "--precision", "bf16", "--out", str(out),
                  "--overwrite", "--quiet", env=without_bf16)
-    assert proc.returncode == 0 and proc.stderr == "", "--quiet keeps the notice back"
+    # (the message shows what stderr held: this failed once in ~10 runs beside three other suites and was not
+    # reproduced, 2026-12-07)
+    assert proc.returncode == 0 and proc.stderr == "", f"--quiet keeps the notice back; stderr: {proc.stderr!r}"
