@@ -106,6 +106,15 @@ def seed_value(value, name="seed"):
     return integer(value, name, 0, 2**63, "an integer in [0, 2**63)")
 
 
+def flag(value, name):
+    """`value` as a plain bool, when it is one (Python's or NumPy's); else a UserError naming `name` (a string such as
+    "no" is true, and turned progress bars on: an API review's trial)."""
+    import numpy as np
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    raise UserError(f"{name} must be True or False, not {value!r}")
+
+
 def real(value, name):
     """`value` as a plain float, when it is a finite real number (Python's or NumPy's); else a UserError naming it."""
     if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):

@@ -257,7 +257,7 @@ def split_indices(n, test_fraction, split_seed=0):
     if not (isinstance(test_fraction, numbers.Real) and not isinstance(test_fraction, bool)
             and 0 < test_fraction < 1):
         raise UserError(f"the test fraction must be between 0 and 1 (exclusive), got {test_fraction!r}; "
-                        "e.g. --test-fraction 0.142857 (1/7, MNIST's 10000 of 70000)")
+                        "e.g. 0.142857 (1/7, MNIST's 10000 of 70000)")
     if n < 2:
         raise UserError(f"an array of {n} row(s) cannot be split into a training and a test set; pass at least 2")
     n_test = min(max(1, round(n * test_fraction)), n - 1)
@@ -329,6 +329,9 @@ def _load_data(path, test_fraction, split_seed):
         return _load_embedded()
     if not isinstance(path, (str, os.PathLike)):
         raise UserError(f"the data path must be a str or os.PathLike, not {type(path).__name__}")
+    if not os.fspath(path):             # ("" was read as the current folder: a new user's trial)
+        raise UserError("the data path is empty; name a data set's file or folder, or pass None for the embedded "
+                        "MNIST")
     d = Path(path).expanduser()
     if d.is_file() and d.suffix == ".npz":
         return _load_npz(d, test_fraction, split_seed)
@@ -352,7 +355,7 @@ def _load_data(path, test_fraction, split_seed):
         return _load_npz(d / "mnist.npz", test_fraction, split_seed)
     missing = [_IDX_FILES[field][0] for field, p in paths.items() if p is None]
     raise UserError(f"data directory {d} has neither mnist.npz nor all four IDX files (missing "
-                    f"{', '.join(missing)}; each may be raw or .gz); add them, or omit --data to use the embedded copy")
+                    f"{', '.join(missing)}; each may be raw or .gz); add them, or pass none (no --data) for the embedded copy")
 
 
 def load_mnist(directory: str | Path | None = None) -> Dataset:

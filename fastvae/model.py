@@ -20,7 +20,7 @@ from numpy.typing import ArrayLike
 
 from . import checkpoint, rng, step, training
 from .backends import get_backend, precision_of, resolve
-from .config import Config, integer, seed_value
+from .config import Config, flag, integer, seed_value
 from .constants import EVAL_ROWS, SIGMA_SMOOTHING
 from .data import as_images, as_rows, check_width
 from .errors import UserError, also, one_line
@@ -308,8 +308,7 @@ class VAE:
                 except TypeError:
                     raise UserError(f"callback must take two arguments, (model, record); it takes "
                                     f"{signature}") from None
-        if not isinstance(progress, (bool, np.bool_)):     # ("no" turned the bar on: an API review's trial)
-            raise UserError(f"progress must be True or False, not {progress!r}")
+        progress = flag(progress, "progress")
         if stop is not None and not callable(getattr(stop, "is_set", None)):
             raise UserError(f"stop must be a threading.Event (anything with is_set()), not {type(stop).__name__}")
         if stop is not None and stop.is_set():  # at once, the model as it was (a new one took X's width: a trial)

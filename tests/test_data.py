@@ -392,6 +392,7 @@ def test_the_loaders_arguments_are_checked_in_one_line(tmp_path):
     user_error(load_data, rows, 1 / 7, 1.5, phrase="split_seed must be")
     user_error(load_data, rows, "0.5", phrase="the test fraction must be between 0 and 1")
     user_error(load_data, 3, phrase="the data path must be a str or os.PathLike, not int")
+    user_error(load_data, "", phrase="the data path is empty")          # (it was the current folder)
     user_error(split_indices, 10.5, 0.2, phrase="the number of rows must be a whole number")
     user_error(load_data, tmp_path / "keras.npz", 0.5, phrase="has its own test set; leave test_fraction out")
     user_error(load_data, None, 0.5, phrase="the embedded copy")

@@ -188,6 +188,31 @@ def test_integral_numbers_of_any_type_are_taken_and_fractions_refused(trained):
             iwae_bound(model, X[:5], **{"k": 2, name: bad})
 
 
+def test_progress_and_a_huge_k_are_refused_in_one_line(trained):
+    """progress="no" turned the bar on (a string is true), and k = 1e12 ran without a word and without an end (a new
+    user's trial): both refused, in the library and on the command line."""
+    model, path, X = trained
+    for call in (iwae_bound, evaluate_model):
+        with pytest.raises(UserError, match="progress must be True or False, not 'no'"):
+            call(model, X[:2], k=2, progress="no")
+        with pytest.raises(UserError, match=r"k must be at most 100,000,000 \(each sample is a decoder pass"):
+            call(model, X[:2], k=[5, 10**12])
+    proc = _cli(path, "--k", "1e12", "--test-images", 2, "--backend", "cpu")
+    assert proc.returncode == 2 and "k must be at most 100,000,000" in proc.stderr, proc.stderr
+
+
+def test_json_to_standard_output(trained, tmp_path):
+    """--json - writes the JSON alone to stdout (for a pipe) and the table to stderr; it wrote a file named "-"."""
+    _, path, _ = trained
+    proc = subprocess.run([sys.executable, "-m", "fastvae.evaluate", str(path), "--k", "1", "--test-images", "20",
+                           "--backend", "cpu", "--json", "-"], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["images"] == 20 and [e["k"] for e in report["iwae"]] == [1]
+    assert "-IWAE bound" in proc.stderr and not (tmp_path / "-").exists()
+
+
 def _cli(*args):
     return subprocess.run([sys.executable, "-m", "fastvae.evaluate", *map(str, args)], capture_output=True,
                           text=True, timeout=120)

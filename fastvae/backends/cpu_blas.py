@@ -12,12 +12,13 @@ from one process to the next, whichever function the name stands for:
 - a BLAS with 32-bit integers (LP64: conda-forge's and Debian's NumPy, MKL's `cblas_sgemm`): a C-callable function
   compiled here that passes the sizes on as 32-bit integers (KIND "lp64"; every size of a step's products is far
   below 2**31);
-- none found: fastvae's own loops (KIND "loops": correct, several times slower than a BLAS). AVAILABLE is then False
-  and fastvae.backends.cpu calls np.matmul (NumPy's BLAS, whatever it is) for the layers' products, which leaves
-  only the update's weight gradients to the loops; NOTE says so in one line (the model's notify hears it).
+- none found: fastvae's own loops (KIND "loops": correct; the seed's step 1.8x slower on the EPYC). AVAILABLE is
+  then False and fastvae.backends.cpu calls np.matmul (NumPy's BLAS, whatever it is) for the layers' products, which
+  leaves only the update's weight gradients to the loops; NOTE says so in one line (the model's notify hears it).
 The libraries looked in: NumPy's BLAS first (threadpoolctl, a core dependency, lists what the process loaded; NumPy's
 wheels keep theirs under numpy.libs), then any other BLAS loaded. FASTVAE_BLAS, where set, names the one library to
-use instead (a path), or "none" for the loops: the tests run the kernels through each kind so.
+use instead (a path: one that does not load or has no sgemm is a UserError at import), or "none" for the loops: the
+tests run the kernels through each kind so.
 
 Before 2026-12-07 the name was registered only for `scipy_cblas_sgemm64_`; elsewhere (NumPy 1.26, which `pip install
 matplotlib==3.7.5` brings back) the update's weight gradients called address 0 and the interpreter died without a
@@ -29,6 +30,8 @@ import os
 import numpy as np
 from llvmlite import binding as llvm
 from numba import carray, cfunc, njit, types
+
+from ..errors import UserError
 
 SYMBOL = "fastvae_cblas_sgemm64"
 LP64_SYMBOL = "fastvae_cblas_sgemm32"            # the 32-bit-integer function the shim calls (KIND "lp64")
@@ -116,6 +119,15 @@ def _register():
     the line for the user where that is the loops, else None)."""
     looked = libraries()
     found = find(looked)
+    chosen = os.environ.get(ENV)
+    if chosen and chosen != "none" and found is None:     # the user's own choice: said wrong, not passed over
+        try:
+            ctypes.CDLL(chosen)
+            problem = f"has none of the functions {', '.join(name for name, _ in CANDIDATES)}"
+        except OSError as e:
+            problem = f"cannot be loaded ({' '.join(str(e).split())})"
+        raise UserError(f"{ENV}={chosen} {problem}; name a BLAS library's path (an OpenBLAS's libopenblas.so, say), "
+                        f"or {ENV}=none for fastvae's own loops, or unset it")
     if found is not None and found[3]:
         llvm.add_symbol(SYMBOL, found[0])
         return "ilp64", f"{found[1]} in {found[2]}", None
@@ -129,7 +141,7 @@ def _register():
     where = f"looked in {', '.join(looked)}" if looked else f"{ENV}=none" if os.environ.get(ENV) else "none loaded"
     return "loops", f"fastvae's own loops (no cblas_sgemm: {where})", (
         f"fastvae: no BLAS function that fastvae's kernels can call ({where}): the layers' products run in "
-        "np.matmul and the update's weight gradients in fastvae's own loops, several times slower; set "
+        "np.matmul and the update's weight gradients in fastvae's own loops, slower; set "
         f"{ENV} to a BLAS library's path (an OpenBLAS's libopenblas.so, say) to use it")
 
 
