@@ -248,16 +248,19 @@ def _load_npz(path, test_fraction, split_seed):
                     shapes={"train_x": train_shape, "test_x": test_shape})
 
 
+def _check_fraction(value):
+    if not (isinstance(value, numbers.Real) and not isinstance(value, bool) and 0 < value < 1):
+        raise UserError(f"the test fraction must be between 0 and 1 (exclusive), got {value!r}; "
+                        "e.g. 0.142857 (1/7, MNIST's 10000 of 70000)")
+
+
 def split_indices(n, test_fraction, split_seed=0):
     """(train rows, test rows) of an array of n rows: the test set is round(n * test_fraction) rows (at least one,
     leaving at least one to train on) chosen by np.random.default_rng(split_seed).permutation(n), both kept in
     their original order. The same (n, fraction, seed) always gives the same split."""
     n = integer(n, "the number of rows", low=0, what="a whole number >= 0")
     split_seed = seed_value(split_seed, "split_seed")
-    if not (isinstance(test_fraction, numbers.Real) and not isinstance(test_fraction, bool)
-            and 0 < test_fraction < 1):
-        raise UserError(f"the test fraction must be between 0 and 1 (exclusive), got {test_fraction!r}; "
-                        "e.g. 0.142857 (1/7, MNIST's 10000 of 70000)")
+    _check_fraction(test_fraction)
     if n < 2:
         raise UserError(f"an array of {n} row(s) cannot be split into a training and a test set; pass at least 2")
     n_test = min(max(1, round(n * test_fraction)), n - 1)
@@ -308,6 +311,9 @@ class OwnTestSet(UserError):
         super().__init__(message)
         self.source = source
 
+    def __reduce__(self):           # (pickled with both arguments: a Pool's worker raising it broke the pool)
+        return type(self), (str(self), self.source)
+
 
 def load_data(path: str | Path | None = None, test_fraction: float | None = None, split_seed: int = 0) -> Dataset:
     """A data set: the embedded MNIST (None); a directory with four IDX files of any image size (MNIST, Fashion-MNIST,
@@ -317,6 +323,9 @@ def load_data(path: str | Path | None = None, test_fraction: float | None = None
     (None: 1/7, MNIST's 10000 of 70000), split_seed). Raises UserError (one line, naming the file) for a missing,
     unreadable or misshapen file, a path that is no str or os.PathLike, a bad fraction or seed, and (OwnTestSet) a
     test_fraction given for a data set with its own test set (it was ignored without a word: an API review's trial)."""
+    split_seed = seed_value(split_seed, "split_seed")      # (checked for every data set, not where one is split)
+    if test_fraction is not None:
+        _check_fraction(test_fraction)
     data = _load_data(path, 1 / 7 if test_fraction is None else test_fraction, split_seed)
     if test_fraction is not None and data.test_fraction is None:
         raise OwnTestSet(f"test_fraction {test_fraction!r} splits a data set of one array, but {data.source} has its "
@@ -355,7 +364,8 @@ def _load_data(path, test_fraction, split_seed):
         return _load_npz(d / "mnist.npz", test_fraction, split_seed)
     missing = [_IDX_FILES[field][0] for field, p in paths.items() if p is None]
     raise UserError(f"data directory {d} has neither mnist.npz nor all four IDX files (missing "
-                    f"{', '.join(missing)}; each may be raw or .gz); add them, or pass none (no --data) for the embedded copy")
+                    f"{', '.join(missing)}; each may be raw or .gz); add them, or pass none (no --data) for the "
+                    "embedded copy")
 
 
 def load_mnist(directory: str | Path | None = None) -> Dataset:

@@ -180,11 +180,14 @@ class _Sums:
         self.m, self.s, self.plain = m, s, plain
 
     def with_(self, lw):
-        top = max(self.m, float(lw.max()))
+        plain = self.plain + float(lw.sum())
+        highest = float(lw.max())
+        if math.isnan(highest) or math.isnan(self.m):   # a NaN makes the mean NaN, as log_mean_exp's does (Python's
+            return _Sums(math.nan, math.nan, plain)     # max(-inf, nan) is -inf: the NaN was dropped, a review found)
+        top = max(self.m, highest)
         if not math.isfinite(top):      # all -inf so far (log mean exp -inf), or an overflow (+inf)
-            return _Sums(top, 1.0 if top > 0 else 0.0, self.plain + float(lw.sum()))
-        return _Sums(top, self.s * math.exp(self.m - top) + float(np.exp(lw - top).sum()),
-                     self.plain + float(lw.sum()))
+            return _Sums(top, 1.0 if top > 0 else 0.0, plain)
+        return _Sums(top, self.s * math.exp(self.m - top) + float(np.exp(lw - top).sum()), plain)
 
     def means(self, count):
         """(log mean exp, mean) of the `count` log-weights summed."""
@@ -207,6 +210,9 @@ def evaluate_model(model: VAE, X: ArrayLike, k: int | Iterable[int] = DEFAULT_K,
     """
     _check_model(model)
     flag(progress, "progress")
+    _ks(k), seed_value(seed)            # (before the ELBO's pass over X, not after it)
+    if batch_size is not None:
+        integer(batch_size, "batch_size")
     X = model._images(X, "X")
     begin = time.perf_counter()
     elbo: dict[str, float] = model.evaluate(X)

@@ -58,7 +58,9 @@ def _one_at_a_time(method: Callable[_P, _R]) -> Callable[_P, _R]:
     @functools.wraps(method)
     def locked(*args: _P.args, **kw: _P.kwargs) -> _R:
         model: Any = args[0]
+        depth = getattr(_calls, "depth", 0)
         with model._lock:
+            _calls.depth = depth + 1
             try:
                 return method(*args, **kw)
             except TypeError:
@@ -72,10 +74,17 @@ def _one_at_a_time(method: Callable[_P, _R]) -> Callable[_P, _R]:
                     raise also(TypeError, f"VAE.{method.__name__}(): {e}; it takes ({takes})") from None
                 raise
             except MemoryError as e:    # (sample(10**12) was NumPy's raw MemoryError: an API review's trial)
+                if depth or isinstance(e, UserError):   # named once, by the call the user made (fit, not evaluate)
+                    raise
                 why = one_line(e) or "an allocation failed"
                 raise also(MemoryError, f"VAE.{method.__name__}(): not enough memory ({why}); ask for fewer rows at "
                            "a time") from None
+            finally:
+                _calls.depth = depth
     return locked
+
+
+_calls = threading.local()      # how deep this thread is in the model's decorated calls
 
 
 class VAE:
@@ -435,6 +444,7 @@ class VAE:
                             f"the last checkpoint, or train a new model with a lower learning rate (now "
                             f"{self.config.lr:g})")
 
+    @_one_at_a_time
     def decode(self, z: ArrayLike) -> np.ndarray:
         """Pixel probabilities of p(x | z), float32 (n, d) in [0, 1], for codings z (n, latent).
         Raises UserError for codings of the wrong shape or with NaN or Inf."""
@@ -478,22 +488,21 @@ class VAE:
         be = self.backend
         return [(np.array(be.to_host(w)), np.array(be.to_host(b))) for w, b in self.state.weights]
 
+    @_one_at_a_time
     def sample(self, n: int, seed: int | None = None) -> np.ndarray:
         """n new images, pixel probabilities float32 (n, d), decoded from codings drawn from the prior N(0, I).
 
         The codings are a pure function of `seed` (default: the model's seed), so the same call gives the same
         digits, which is how the trainer shows one set of codings evolving epoch by epoch. Raises UserError unless
-        n is a whole number in [0, 2**48) (also a MemoryError where its images do not fit in memory)."""
-        # (0: no rows, as decode of none; 2**48: past it NumPy's size check, "array is too big", came first)
-        n = integer(n, "n", low=0, high=2**48, what="a whole number in [0, 2**48)")
+        n is a whole number in [0, 2**56 / latent) (also a MemoryError where its images do not fit in memory)."""
+        # (0: no rows, as decode of none; the bound keeps the n x latent codings below NumPy's own size check, whose
+        # "array is too big" ValueError came before the MemoryError)
+        high = 2**56 // self.config.latent
+        n = integer(n, "n", low=0, high=high, what=f"a whole number in [0, {high:,})")
         seed = self.config.seed if seed is None else seed_value(seed)
-        try:
-            codings = rng.normals(seed, rng.STREAM_SAMPLE, 0, n, self.config.latent)
-        except MemoryError as e:
-            raise also(MemoryError, f"VAE.sample(): not enough memory for {n:,} images ({one_line(e)}); ask for "
-                       "fewer at a time") from None
-        return self.decode(codings)
+        return self.decode(rng.normals(seed, rng.STREAM_SAMPLE, 0, n, self.config.latent))
 
+    @_one_at_a_time
     def reconstruct(self, X: ArrayLike) -> np.ndarray:
         """Pixel probabilities float32 (n, d) of each image decoded from its coding's mean mu (the deterministic
         reconstruction). Raises UserError for bad images."""

@@ -51,12 +51,44 @@ def test_find_tells_the_integer_width_of_each_library():
     _, name, path, ilp64 = cpu_blas.find([_lp64_library()])
     assert (name, ilp64) == ("scipy_cblas_sgemm", False) and "libscipy_openblas-" in path
     assert cpu_blas.find(["/nonexistent/libblas.so"]) is None
+    # an OpenBLAS under the plain names with 64-bit integers says so in its configuration string (Debian's
+    # libopenblas64.so.0); SciPy's 32-bit one does not
+    import ctypes
+    assert not cpu_blas._openblas_ilp64(ctypes.CDLL(_lp64_library()))
+
+
+# every transpose and padded leading dimensions (rows longer than the operand), against float64 (the kernels call
+# only some of them, and the loops only the weight gradients' (A transposed) where FUSED is off: a review's finding)
+PRODUCTS = """
+import numpy as np
+from numba import njit
+from fastvae.backends import cpu_blas
+from tolerances import TOL
+
+@njit
+def product(out, a, ta, b, tb):
+    cpu_blas.gemm(out, a, ta, b, tb)
+
+rand = np.random.default_rng(5)
+for m, n, k in ((1, 1, 1), (7, 13, 29), (150, 37, 500)):
+    for ta in (False, True):
+        for tb in (False, True):
+            a = rand.standard_normal((k, m + 3) if ta else (m, k + 3)).astype(np.float32)[:, :m if ta else k]
+            b = rand.standard_normal((n, k + 2) if tb else (k, n + 2)).astype(np.float32)[:, :k if tb else n]
+            out = np.full((m, n + 5), np.nan, np.float32)
+            product(out[:, :n], a, ta, b, tb)
+            exact = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b).astype(np.float64)
+            scale = (np.abs(a.T if ta else a).astype(np.float64) @ np.abs(b.T if tb else b)).max()
+            assert np.abs(out[:, :n] - exact).max() <= TOL["float32"] * scale, (m, n, k, ta, tb)
+            assert np.isnan(out[:, n:]).all()           # the padding past each row is not written
+print(cpu_blas.KIND, cpu_blas.AVAILABLE)
+"""
 
 
 @pytest.mark.parametrize("kind", ["lp64", "loops"])
 def test_the_kernels_and_steps_through_each_kind_of_sgemm_match_the_reference(kind):
     chosen = _lp64_library() if kind == "lp64" else "none"
-    probe = _run(chosen, "-c", "from fastvae.backends import cpu_blas; print(cpu_blas.KIND, cpu_blas.AVAILABLE)")
+    probe = _run(chosen, "-c", f"import sys; sys.path.insert(0, 'tests')\n{PRODUCTS}")
     assert probe.stdout.split() == [kind, str(kind != "loops")], probe.stdout + probe.stderr
     run = _run(chosen, "-m", "pytest", "-q", "-p", "no:cacheprovider", *KERNEL_TESTS)
     passed = re.search(r"(\d+) passed", run.stdout)

@@ -396,6 +396,14 @@ def test_the_loaders_arguments_are_checked_in_one_line(tmp_path):
     user_error(split_indices, 10.5, 0.2, phrase="the number of rows must be a whole number")
     user_error(load_data, tmp_path / "keras.npz", 0.5, phrase="has its own test set; leave test_fraction out")
     user_error(load_data, None, 0.5, phrase="the embedded copy")
+    user_error(load_data, None, 5, phrase="the test fraction must be between 0 and 1")     # (not "splits ...")
+    user_error(load_data, None, None, -1, phrase="split_seed must be")      # checked for every data set
+    import pickle                                   # (a Pool's worker raising it: the pool broke on unpickling)
+    try:
+        load_data(tmp_path / "keras.npz", 0.5)
+    except UserError as e:
+        again = pickle.loads(pickle.dumps(e))
+        assert type(again) is type(e) and str(again) == str(e) and again.source == e.source
     train, test = split_indices(10, 0.2, 2.0)            # integral floats, as everywhere else
     assert len(test) == 2 and sorted([*train, *test]) == list(range(10))
     assert load_data(tmp_path / "keras.npz").test_fraction is None and len(load_data(rows, 0.25).test_x) == 5

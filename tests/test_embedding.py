@@ -242,7 +242,7 @@ def test_none_asked_is_none_done(x):
     steps = model.steps
     assert model.fit(x[:300], epochs=0).steps == steps and model.sample(0).shape == (0, 784)
     for refused in (lambda: model.fit(x[:300], epochs=-1), lambda: model.sample(-1)):
-        with pytest.raises(UserError, match=r"must be a whole number (>= 0|in \[0, 2\*\*48\))"):
+        with pytest.raises(UserError, match=r"must be a whole number (>= 0|in \[0, [\d,]+\))"):
             refused()
 
 

@@ -71,8 +71,18 @@ def find(paths):
         for name, ilp64 in CANDIDATES:
             fn = getattr(handle, name, None)
             if fn is not None:
-                return ctypes.cast(fn, ctypes.c_void_p).value, name, path, ilp64
+                return ctypes.cast(fn, ctypes.c_void_p).value, name, path, ilp64 or _openblas_ilp64(handle)
     return None
+
+
+def _openblas_ilp64(handle):
+    """Whether the library is an OpenBLAS built with 64-bit integers under the plain names (Debian's
+    libopenblas64.so.0 keeps `cblas_sgemm`: a review's reading), as its own configuration string says."""
+    config = getattr(handle, "openblas_get_config", None)
+    if config is None:
+        return False
+    config.restype = ctypes.c_char_p
+    return b"USE64BITINT" in (config() or b"")
 
 
 # The shim and the loops, compiled only where they are used (the C signature: the kernels' call, pointers typed)
