@@ -112,8 +112,8 @@ def load_data(args: argparse.Namespace, split_seed: int, data_path=None, asked=N
         if asked is None:       # (a run's recorded fraction, for data that now has its own test set: the default)
             data = load(args.data if data_path is None else data_path, None, split_seed)
         else:
-            raise OptionMistake(f"--test-fraction {asked:g} splits a data set of one array, but {e.source} has its "
-                                "own test set; leave --test-fraction out") from None
+            raise OptionMistake(f"--test-fraction {asked:g} splits a data set of one array, but the one of "
+                                f"{e.source} has its own test set; leave --test-fraction out") from None
     for notice in data.notices if not args.quiet else ():
         print(f"fastvae: {notice}", file=sys.stderr)
     return data

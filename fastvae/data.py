@@ -328,8 +328,8 @@ def load_data(path: str | Path | None = None, test_fraction: float | None = None
         _check_fraction(test_fraction)
     data = _load_data(path, 1 / 7 if test_fraction is None else test_fraction, split_seed)
     if test_fraction is not None and data.test_fraction is None:
-        raise OwnTestSet(f"test_fraction {test_fraction!r} splits a data set of one array, but {data.source} has its "
-                         "own test set; leave test_fraction out", data.source)
+        raise OwnTestSet(f"test_fraction {test_fraction!r} splits a data set of one array, but the one of "
+                         f"{data.source} has its own test set; leave test_fraction out", data.source)
     return data
 
 

@@ -275,6 +275,9 @@ def run(args: argparse.Namespace) -> int:
     check_positive(args, "test_images", "batch_size")
     if any(k <= 0 for k in args.k):
         raise OptionMistake(f"--k must be positive integers, got {' '.join(map(str, args.k))}")
+    if max(args.k) > MAX_K:             # (the library's line, in the command line's words)
+        raise OptionMistake(f"--k must be at most {MAX_K:,} (each sample is a decoder pass: 10**8 take about half an "
+                            f"hour an image on a CPU; the usual k is {DEFAULT_K}), got {max(args.k):,}")
     seed_value(args.seed, "--seed")
     to_stdout = args.json == "-"    # (it wrote a file named "-": a new user's trial)
     json_path = None if args.json is None or to_stdout else Path(args.json)

@@ -356,21 +356,25 @@ class VAE:
         """X as rows of the model's width (and image shape), or a one-line UserError; `empty`: no rows taken."""
         return as_images(X, what, self.config.input_width, self.config.image_shape, empty)
 
-    def _adopt_width(self, X: ArrayLike, image_shape: tuple[int, int] | None = None) -> np.ndarray:
+    def _adopt_width(self, X: ArrayLike, image_shape: tuple[int, int] | None = None,
+                     rows: bool = False) -> np.ndarray:
         """X as rows; a model that has not trained yet takes its width and image shape (X's (h, w), or
-        `image_shape` for rows of images) from X (new He-initialised parameters for that width), a trained one
-        refuses another width."""
-        rows, found = as_rows(X, "X")
+        `image_shape` for rows of images, or none where `rows`: a data set of feature rows, whose width may be the
+        default's 784: such rows were drawn as 28 x 28 images, a researcher's trial) from X (new He-initialised
+        parameters for that width), a trained one refuses another width."""
+        flat, found = as_rows(X, "X")
         shape = found if image_shape is None else cast(tuple[int, int], tuple(image_shape))     # (Config checks it)
         cfg = self.config
         untrained = self.steps == 0 and self.epoch == 0 and self.epoch_step == 0
-        if untrained and rows.shape[1] != cfg.input_width:
-            self._set(config=dataclasses.replace(cfg, input_width=rows.shape[1], image_shape=shape))
+        if untrained and flat.shape[1] != cfg.input_width:
+            self._set(config=dataclasses.replace(cfg, input_width=flat.shape[1], image_shape=shape))
             self._set_up(self.backend, he_init(Layout(self.config), self.config.seed), None)
         elif untrained and shape is not None and shape != cfg.image_shape:
             self._set(config=dataclasses.replace(cfg, image_shape=shape))     # same width, other (h, w)
-        check_width(rows, shape, np.shape(X), "X", self.config.input_width, self.config.image_shape)
-        return rows
+        elif untrained and rows and shape is None and cfg.image_shape is not None:
+            self._set(config=dataclasses.replace(cfg, image_shape=None))      # feature rows of the default's width
+        check_width(flat, shape, np.shape(X), "X", self.config.input_width, self.config.image_shape)
+        return flat
 
     def _undo_width(self, before):
         """An untrained model that _adopt_width() moved to another width or image shape goes back to `before`'s:

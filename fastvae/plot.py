@@ -122,12 +122,14 @@ def _image_figures(model, test_x, test_y, out, seed, shape, done, notify):
 
 def write_figures(model: VAE, test_x: np.ndarray, test_y: np.ndarray, out: str | Path, history: list | None = None,
                   seed: int | None = None, notify: Callable[[str], None] = print,
-                  skipped: Callable[[str], None] | None = None) -> list[Path]:
+                  skipped: Callable[[str], None] | None = None,
+                  image_shape: tuple[int, int] | None = None) -> list[Path]:
     """Write every figure of `model` into folder `out`; returns the paths written. test_x: test images (n, d),
     uint8 or floats in [0, 1], of the model's width; test_y: their labels (n,) or None; history: metrics.json's
     "epochs" list (loss.png is skipped without it); seed: the sample codings' seed (default the model's); notify:
     told "wrote PATH" for each figure, and, unless `skipped` is given, the one line on each figure not drawn (what
-    it needs). Raises UserError without matplotlib."""
+    it needs). image_shape: (h, w) to draw the rows as, for a model that has none (trained on rows of images:
+    the data set's own shape); default the model's. Raises UserError without matplotlib."""
     from . import figures
     out = Path(out)
     written = []
@@ -137,7 +139,7 @@ def write_figures(model: VAE, test_x: np.ndarray, test_y: np.ndarray, out: str |
         written.append(out / name)
         notify(f"wrote {out / name}")
 
-    shape = model.image_shape
+    shape = model.image_shape or image_shape
     mu, _ = model.encode(test_x)
     dims, how = latent_dims(mu)
     figures.save_latent_scatter(out / "latent.png", mu, test_y, dims, how)
@@ -194,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
         except (OSError, ValueError, KeyError, TypeError) as e:
             print(f"fastvae: ignoring {metrics} ({type(e).__name__}); no loss.png", file=sys.stderr)
     note = None if args.quiet else (lambda line: print(line, file=sys.stderr))
-    _, test_x, test_y = run_test_set(args, path, model, note)   # --data, else the run's own data set and split
+    data, test_x, test_y = run_test_set(args, path, model, note)    # --data, else the run's own data set and split
     out = args.out if args.out is not None else path.parent / "figures"
     # made only now that every input has been checked, and removed again (the folders this call made, while they
     # are empty) if drawing stops before a figure is written: a failed plot leaves no empty figures/ behind
@@ -207,7 +209,9 @@ def run(args: argparse.Namespace) -> int:
     say = (lambda msg: None) if args.quiet else print
     try:
         with CtrlCNoted() as ctrl_c:        # (a Ctrl-C matplotlib's callbacks swallowed is raised after them)
-            write_figures(model, test_x, test_y, out, history=history, notify=say)
+            # a model trained on rows of images (the library's fit of load_data's train_x) is drawn in the data's
+            # shape: it said "the data are feature rows" of an IDX folder of images (a researcher's trial)
+            write_figures(model, test_x, test_y, out, history=history, notify=say, image_shape=data.image_shape)
         ctrl_c.check()
     except BaseException:                   # a mistake, an error or Ctrl-C: the exception goes on unchanged
         remove_empty(made)

@@ -233,3 +233,53 @@ def test_data_of_the_wrong_width_names_the_runs_data_and_a_failed_plot_leaves_no
         assert "has rows of 784 values" in proc.stderr and "takes 30 (6x5 images)" in proc.stderr, proc.stderr
         assert f"--data {data}" in proc.stderr and "pass arrays" not in proc.stderr, proc.stderr
     assert not (out / "figures").exists() and not (tmp_path / "a").exists()
+
+
+def test_feature_rows_784_wide_are_rows_not_images(tmp_path):
+    """Rows exactly as wide as MNIST's images were taken for 28 x 28 images (figures drawn, image_shape recorded),
+    rows of 785 were not (a researcher's trial): a data set of rows is rows at any width."""
+    data = tmp_path / "features.npy"
+    np.save(data, np.random.default_rng(0).random((120, 784)).astype(np.float32))
+    out = tmp_path / "run"
+    proc = tool("train", "--backend", "cpu", "--data", str(data), "--hidden", "8", "--latent", "2", "--batch-size",
+                "40", "--epochs", "1", "--threads", "1", "--no-plots", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert " test rows from " in proc.stdout.splitlines()[0], proc.stdout
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["image_shape"] is None and metrics["config"]["input_width"] == 784
+
+
+def test_resuming_on_another_data_set_in_the_moved_ones_place_is_refused(tmp_path):
+    """--data gives a moved data set its new place; another file took it without a word (a researcher's trial): the
+    run records its training set's fingerprint and a resume compares it."""
+    data, out = _one_array_run(tmp_path)
+    moved = data.with_name("moved.npy")
+    data.rename(moved)
+    other = data.with_name("other.npy")
+    np.save(other, np.random.default_rng(8).integers(0, 256, (160, 6, 5), dtype=np.uint8))
+    proc = tool("train", "--resume", str(out), "--epochs", "2", "--data", str(other), "--quiet")
+    lines = proc.stderr.splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "is not the one this run was trained on" in lines[0] and "--data PATH" in lines[0]
+    assert json.loads((out / "metrics.json").read_text())["epochs"][-1]["epoch"] == 1     # nothing trained
+    proc = tool("train", "--resume", str(out), "--epochs", "2", "--data", str(moved), "--quiet")
+    assert proc.returncode == 0, proc.stderr                 # its own data, moved: taken
+
+
+def test_a_model_fitted_on_rows_of_images_is_drawn_in_the_datas_shape(tmp_path):
+    """The library's fit of load_data's train_x (rows) gives a model without an image shape; plot with --data of
+    those images said "the data are feature rows" (a researcher's trial): it draws them in the data's (h, w)."""
+    pytest.importorskip("matplotlib")
+    from fastvae import VAE
+    from fastvae.data import load_data
+    images = tmp_path / "images.npy"
+    np.save(images, np.random.default_rng(1).integers(0, 256, (120, 6, 5), dtype=np.uint8))
+    d = load_data(images)
+    model = VAE(hidden=(8,), latent=2, backend="cpu", batch_size=40, threads=1)
+    model.fit(d.train_x, epochs=1)
+    assert model.image_shape is None and d.image_shape == (6, 5)
+    model.save(tmp_path / "model.npz")
+    proc = tool("plot", str(tmp_path / "model.npz"), "--data", str(images), "--out", str(tmp_path / "figures"))
+    assert proc.returncode == 0, proc.stderr
+    assert "feature rows" not in proc.stdout + proc.stderr
+    assert (tmp_path / "figures" / "samples.png").is_file() and (tmp_path / "figures" / "reconstructions.png").is_file()
