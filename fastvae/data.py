@@ -107,10 +107,18 @@ def identify(path, stored, contents):
         if known is not None:
             return known, None
     if len(contents) in _PUBLISHED_SIZES:
-        return None, (f"{path} has the size of a published MNIST-format file but matches none of the checksums "
-                      f"fastvae knows ({', '.join(sorted({n for n, _ in PUBLISHED_MD5.values()}))}); training on "
-                      "it as it is (re-download it if it should be one of those)")
+        return None, _unknown_checksums([str(path)])
     return None, None
+
+
+def _unknown_checksums(names):
+    """The one line on files of a published file's size whose checksum fastvae does not know."""
+    known = ", ".join(sorted({n for n, _ in PUBLISHED_MD5.values()}))
+    if len(names) == 1:
+        return (f"{names[0]} has the size of a published MNIST-format file but matches none of the checksums "
+                f"fastvae knows ({known}); training on it as it is (re-download it if it should be one of those)")
+    return (f"{', '.join(names)} have the sizes of published MNIST-format files but match none of the checksums "
+            f"fastvae knows ({known}); training on them as they are (re-download them if they should be those)")
 
 
 def _idx_array(path, expect_magic, data):
@@ -189,7 +197,8 @@ def _load_idx(paths, source):
     shapes = {read[f][1] for f in ("train_x", "test_x")}
     sets = {read[f][2][0] if read[f][2] else None for f in read}
     name = sets.pop() if len(sets) == 1 else None
-    notices = [r[3] for r in read.values() if r[3]]
+    unknown = [str(paths[f]) for f, r in read.items() if r[3]]     # (one line for all: it was one a file)
+    notices = [_unknown_checksums(unknown)] if unknown else []
     if any("emnist" in p.name.lower() for p in paths.values()):
         notices.append("EMNIST stores its images transposed (column by column): training is unaffected, but the "
                        "figures show each image mirrored along its diagonal")

@@ -262,8 +262,8 @@ class VAE:
         of the training position that save() keeps). Returns self.
 
         validation: optional test images, evaluated after each epoch. callback(model, record) runs after each
-        epoch with that epoch's record (also appended to self.history): {"epoch", "steps", "seconds",
-        "images_per_s", "backend", "precision", "train": losses, "test": losses (with validation), "threads" (host
+        epoch with that epoch's record (also appended to self.history): {"epoch", "steps" (the model's steps
+        in all, as model.steps, not the epoch's own), "seconds", "images_per_s", "backend", "precision", "train": losses, "test": losses (with validation), "threads" (host
         backends: the count and the pacer's changes), "replay_compile_seconds" (an epoch that compiled the captured
         step's replays, inside its seconds), "first_steps_seconds" (the epoch of this process's first steps on its
         backend: the seconds of their first call, which loads the kernels from Numba's cache or, after an install,
