@@ -252,8 +252,11 @@ def _load_npz(path, test_fraction, split_seed):
                                                     for f, k in (("train_x", "x_train"), ("test_x", "x_test")))
     labels = {f: _npz_labels(arrays[k], names[f]) if k in arrays else None
               for f, k in (("train_y", "y_train"), ("test_y", "y_test"))}
-    return _dataset({"train_x": train_x, "test_x": test_x, **labels}, names, str(path),
-                    train_shape if train_shape == test_shape else None,
+    # one split's images (h, w) beside the other's rows of h * w values are those images flattened: drawn as images
+    # (they were taken as rows without a word, a researcher's trial; _dataset refuses other widths)
+    shape = train_shape if test_shape is None else test_shape if train_shape is None or train_shape == test_shape \
+        else None
+    return _dataset({"train_x": train_x, "test_x": test_x, **labels}, names, str(path), shape,
                     shapes={"train_x": train_shape, "test_x": test_shape})
 
 

@@ -409,3 +409,15 @@ def test_the_loaders_arguments_are_checked_in_one_line(tmp_path):
     train, test = split_indices(10, 0.2, 2.0)            # integral floats, as everywhere else
     assert len(test) == 2 and sorted([*train, *test]) == list(range(10))
     assert load_data(tmp_path / "keras.npz").test_fraction is None and len(load_data(rows, 0.25).test_x) == 5
+
+
+def test_a_keras_npz_with_images_in_one_split_and_their_rows_in_the_other_is_images(tmp_path):
+    """x_train (n, 6, 5) beside x_test (m, 30): the rows are those images flattened (they were all taken as rows
+    without a word: a researcher's trial); either way round."""
+    x = np.random.default_rng(2).random((60, 6, 5)).astype(np.float32)
+    for train, test in ((x[:50], x[50:].reshape(10, 30)), (x[:50].reshape(50, 30), x[50:])):
+        np.savez(tmp_path / "mixed.npz", x_train=train, x_test=test)
+        data = load_data(tmp_path / "mixed.npz")
+        assert data.image_shape == (6, 5) and data.train_x.shape == (50, 30) and data.test_x.shape == (10, 30)
+    np.savez(tmp_path / "wide.npz", x_train=x[:50], x_test=x[50:].reshape(10, 30)[:, :29])
+    user_error(load_data, tmp_path / "wide.npz", phrase="29")             # another width: refused as before
