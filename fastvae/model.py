@@ -263,11 +263,12 @@ class VAE:
 
         validation: optional test images, evaluated after each epoch. callback(model, record) runs after each
         epoch with that epoch's record (also appended to self.history): {"epoch", "steps" (the model's steps
-        in all, as model.steps, not the epoch's own), "seconds", "images_per_s", "backend", "precision", "train": losses, "test": losses (with validation), "threads" (host
-        backends: the count and the pacer's changes), "replay_compile_seconds" (an epoch that compiled the captured
-        step's replays, inside its seconds), "first_steps_seconds" (the epoch of this process's first steps on its
-        backend: the seconds of their first call, which loads the kernels from Numba's cache or, after an install,
-        compiles them, 10-30 s; inside its seconds)}; an exception it raises comes out of fit as it is, after the
+        in all, as model.steps, not the epoch's own), "seconds", "images_per_s", "backend", "precision", "train":
+        losses, "test": losses (with validation), "threads" (host backends: the count and the pacer's changes),
+        "replay_compile_seconds" (an epoch that compiled the captured step's replays, inside its seconds),
+        "first_steps_seconds" (the epoch of this process's first steps on its backend: the seconds of their first
+        call, which loads the kernels from Numba's cache or, after an install, compiles them, 10-30 s; inside its
+        seconds)}; an exception it raises comes out of fit as it is, after the
         epoch has counted (the model stays consistent). progress: a tqdm progress bar on stderr where it is a
         terminal, else (a log file, a pipe) one line there per epoch.
         stop: a threading.Event (or anything with is_set()) that ends the fit early when set, from another thread, a
