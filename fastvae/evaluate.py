@@ -333,7 +333,8 @@ def format_table(r: dict) -> str:
     e = r["elbo"]
     epochs = r['epochs_trained']
     lines = [f"{r['checkpoint']}: {epochs} epoch{'s' * (epochs != 1)}, latent {r['config']['latent']}, "
-             f"{r['images']} test image{'s' * (r['images'] != 1)} of {r['data']}, {r['backend']} backend, "
+             f"{r['images']} test {'image' if r['config'].get('image_shape') else 'row'}{'s' * (r['images'] != 1)} "
+             f"of {r['data']}, {r['backend']} backend, "
              f"noise seed {r['seed']}, "
              f"{r['seconds']:.1f} s",
              "nats per image (lower is better)",

@@ -248,6 +248,8 @@ def test_feature_rows_784_wide_are_rows_not_images(tmp_path):
     assert " test rows from " in proc.stdout.splitlines()[0], proc.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"]["image_shape"] is None and metrics["config"]["input_width"] == 784
+    proc = tool("evaluate", str(out), "--backend", "cpu", "--k", "1")
+    assert proc.returncode == 0 and " test rows of " in proc.stdout.splitlines()[0], proc.stdout + proc.stderr
 
 
 def test_resuming_on_another_data_set_in_the_moved_ones_place_is_refused(tmp_path):
