@@ -47,7 +47,8 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 
 def log_mean_exp(a, axis=-1):
-    """log(mean(exp(a))) along `axis`, stable for any finite or -inf entries (all -inf gives -inf, not NaN)."""
+    """log(mean(exp(a))) along `axis` of any float array `a` (float64 out, that axis removed), stable for any finite
+    or -inf entries (all -inf gives -inf, not NaN; a NaN gives NaN; +inf gives +inf)."""
     a = np.asarray(a, dtype=np.float64)
     m = np.max(a, axis=axis, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)
@@ -56,12 +57,21 @@ def log_mean_exp(a, axis=-1):
     return np.squeeze(out, axis=axis)
 
 
-def bernoulli_log_likelihood(logits, x):
-    """Per row: -sum [max(l, 0) - l x + log1p(exp(-|l|))] in float64 (the stable sigmoid cross-entropy).
+def _pair(logits, x):
+    """logits and targets as float64 arrays of one shape (n, d), or a one-line UserError (einsum's own was raw)."""
+    logits, x = np.asarray(logits, dtype=np.float64), np.asarray(x, dtype=np.float64)
+    if logits.ndim != 2 or logits.shape != x.shape:
+        raise UserError(f"logits and x must be arrays of one shape (n, d), got {logits.shape} and {x.shape}")
+    return logits, x
 
-    Written as three row sums with one temporary, in place: twice as fast as the one-line form."""
-    logits = np.asarray(logits, dtype=np.float64)
-    x = np.asarray(x, dtype=np.float64)
+
+def bernoulli_log_likelihood(logits, x):
+    """log p(x | logits) of each row (n,) float64, nats: -sum [max(l, 0) - l x + log1p(exp(-|l|))] over the d values
+    (the stable sigmoid cross-entropy) of logits (n, d) and targets x (n, d) in [0, 1], any float dtype.
+
+    Written as three row sums with one temporary, in place: twice as fast as the one-line form. Raises UserError
+    for arrays of other shapes."""
+    logits, x = _pair(logits, x)
     soft = np.abs(logits)
     np.negative(soft, out=soft)
     np.exp(soft, out=soft)
@@ -70,9 +80,11 @@ def bernoulli_log_likelihood(logits, x):
 
 
 def gaussian_log_likelihood(logits, x):
-    """Per row: log N(x; sigmoid(l), 1/2) summed over pixels = -sum (p - x)^2 - (d / 2) log(pi) over the d values:
-    the density whose negative log is the squared-error variant's reconstruction loss up to that constant."""
-    p = 0.5 * (1.0 + np.tanh(0.5 * np.asarray(logits, dtype=np.float64)))
+    """log N(x; sigmoid(l), 1/2) of each row (n,) float64, nats: -sum (p - x)^2 - (d / 2) log(pi) over the d values
+    of logits (n, d) and targets x (n, d): the density whose negative log is the squared-error variant's
+    reconstruction loss up to that constant. Raises UserError for arrays of other shapes."""
+    logits, x = _pair(logits, x)
+    p = 0.5 * (1.0 + np.tanh(0.5 * logits))
     return -np.sum((p - x) ** 2, axis=1) - 0.5 * x.shape[1] * math.log(math.pi)
 
 

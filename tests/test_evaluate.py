@@ -323,3 +323,17 @@ def test_a_bare_checkpoint_says_it_is_measured_on_mnist(trained, tmp_path):
                      "on the embedded MNIST (--data PATH for another)"], proc.stderr
     proc = _cli(path, "--k", "1", "--test-images", 20, "--backend", "cpu", "--quiet")
     assert proc.returncode == 0 and "no metrics.json" not in proc.stderr, proc.stderr
+
+
+def test_the_log_likelihoods_take_rows_and_say_so_otherwise():
+    """From an API review: a 1-D input gave einsum's raw "too many subscripts", a list an AttributeError."""
+    from fastvae.evaluate import bernoulli_log_likelihood, gaussian_log_likelihood
+    rows = [[0.5, -1.0], [2.0, 0.0]]
+    for fn in (bernoulli_log_likelihood, gaussian_log_likelihood):
+        with pytest.raises(UserError, match=r"logits and x must be arrays of one shape \(n, d\), got \(2,\)"):
+            fn(np.zeros(2), np.zeros(2))
+        got = fn(rows, [[0.0, 1.0], [1.0, 0.5]])                            # lists of rows are arrays
+        assert got.shape == (2,) and got.dtype == np.float64
+    x = np.array([[0.0, 1.0], [1.0, 0.5]])
+    expect = (x * -np.logaddexp(0, -np.array(rows)) + (1 - x) * -np.logaddexp(0, np.array(rows))).sum(axis=1)
+    np.testing.assert_allclose(bernoulli_log_likelihood(rows, x), expect, rtol=1e-12)
