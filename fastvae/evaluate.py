@@ -85,7 +85,12 @@ def gaussian_log_likelihood(logits, x):
     reconstruction loss up to that constant. Raises UserError for arrays of other shapes."""
     logits, x = _pair(logits, x)
     p = 0.5 * (1.0 + np.tanh(0.5 * logits))
-    return -np.sum((p - x) ** 2, axis=1) - 0.5 * x.shape[1] * math.log(math.pi)
+    return -np.sum((p - x) ** 2, axis=1) - gaussian_constant(x.shape[1])
+
+
+def gaussian_constant(d):
+    """(d / 2) log(pi): what -log N(x; p, 1/2) of d values adds to their squared error sum (p - x)^2."""
+    return 0.5 * d * math.log(math.pi)
 
 
 # Each sample is a decoder pass of its own (the seed's model on the EPYC's cpu backend: 58,000 a second): a k of
@@ -102,9 +107,13 @@ def _ks(k):
     if not ks:
         raise UserError(f"k must be a positive integer or a list of them, got {k!r}")
     if max(ks) > MAX_K:
-        raise UserError(f"k must be at most {MAX_K:,} (each sample is a decoder pass: 10**8 take about half an hour "
-                        f"an image on a CPU; the usual k is {DEFAULT_K}), got {max(ks):,}")
+        raise UserError(_too_large("k", max(ks)))
     return sorted(set(ks))
+
+
+def _too_large(name, k):
+    return (f"{name} must be at most {MAX_K:,} (each sample is a decoder pass: 10**8 take about half an hour an image "
+            f"on a CPU; the usual k is {DEFAULT_K}), got {k:,}")
 
 
 def iwae_bound(model: VAE, X: ArrayLike, k: int | Iterable[int] = DEFAULT_K, seed: int = 0,
@@ -228,7 +237,7 @@ def evaluate_model(model: VAE, X: ArrayLike, k: int | Iterable[int] = DEFAULT_K,
     X = model._images(X, "X")
     begin = time.perf_counter()
     elbo: dict[str, float] = model.evaluate(X)
-    constant = 0.5 * X.shape[1] * math.log(math.pi) if model.config.reconstruction == "mse" else 0.0
+    constant = gaussian_constant(X.shape[1]) if model.config.reconstruction == "mse" else 0.0
     elbo = {"reconstruction": elbo["reconstruction"] + constant, "kl": elbo["kl"],
             "total": elbo["total"] + constant, "constant": constant}
     res = iwae_bound(model, X, k=k, seed=seed, batch_size=batch_size, progress=progress)
@@ -288,8 +297,7 @@ def run(args: argparse.Namespace) -> int:
     if any(k <= 0 for k in args.k):
         raise OptionMistake(f"--k must be positive integers, got {' '.join(map(str, args.k))}")
     if max(args.k) > MAX_K:             # (the library's line, in the command line's words)
-        raise OptionMistake(f"--k must be at most {MAX_K:,} (each sample is a decoder pass: 10**8 take about half an "
-                            f"hour an image on a CPU; the usual k is {DEFAULT_K}), got {max(args.k):,}")
+        raise OptionMistake(_too_large("--k", max(args.k)))
     seed_value(args.seed, "--seed")
     to_stdout = args.json == "-"    # (it wrote a file named "-": a new user's trial)
     json_path = None if args.json is None or to_stdout else Path(args.json)
