@@ -1,8 +1,11 @@
-"""Where Numba keeps fastvae's compiled kernels (`cache=True`): its own choice, or a private folder of this user's in
-the temporary directory where Numba has none, or nowhere (compiled in every process) where there is none either.
+"""Where Numba keeps fastvae's compiled kernels (`cache=True`): fastvae's cache folder (user_folder()/numba), else
+Numba's own choice, or a private folder of this user's in the temporary directory where Numba has none, or nowhere
+(compiled in every process) where there is none either.
 
 Numba caches a module's functions beside its source (__pycache__, when that folder is writable) or in the user's
-cache folder (~/.cache/numba, when writable), or where NUMBA_CACHE_DIR says. A read-only install in a container whose
+cache folder (~/.cache/numba, when writable), or where NUMBA_CACHE_DIR says. fastvae's functions go to its own
+folder first (after NUMBA_CACHE_DIR): files Numba wrote into an installed package outlived `pip uninstall`, and the
+folder they kept let `import fastvae` succeed afterwards as a namespace package. A read-only install in a container whose
 home is read-only too has none of them, and there every `@njit(cache=True)` raised RuntimeError ("no locator
 available") at `import fastvae` (a fresh user's trial). There the kernels are cached in private_folder() instead (per
 user; compiled once per boot, as after an install). Numba's cache index keys every entry by the CPU's name and
@@ -197,6 +200,21 @@ def package_stamp(root: str) -> str:
     return digest.hexdigest()
 
 
+def user_folder() -> Path:
+    """fastvae's own cache folder: $FASTVAE_CACHE_DIR, else $XDG_CACHE_HOME/fastvae, else ~/.cache/fastvae (a leading ~
+    expanded; read at each call). It holds the compiled kernels (numba/, one subfolder per installed location of the
+    package) and the captured step's replays (replays/, backends/capture.py)."""
+    return Path(os.path.expanduser(os.environ.get("FASTVAE_CACHE_DIR") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "fastvae")))
+
+
+def _user_folder_init(self, py_func, py_file):
+    """(a locator's __init__: Numba's user-wide locator, pointed at user_folder()/numba instead of ~/.cache/numba)"""
+    self._py_file = py_file
+    self._lineno = py_func.__code__.co_firstlineno
+    self._cache_path = os.path.join(user_folder(), "numba", self.get_suitable_cache_subpath(py_file))
+
+
 def _from_function(cls, py_func, py_file):
     if not os.path.abspath(py_file).startswith(cls.package_root + os.sep):
         return None                         # another package's function: the locators after this one place it
@@ -224,6 +242,15 @@ def key_caches_by_package(root: str | Path = Path(__file__).resolve().parent) ->
             "get_source_stamp": _get_source_stamp})
             for base in impl._locator_classes
             if hasattr(base, "get_source_stamp") and not hasattr(base, "package_root")]
+        # fastvae's own folder before the package's __pycache__: Numba's cache files there are no file of the
+        # installed package's, so `pip uninstall` left them, and the folder they kept made `import fastvae` succeed
+        # afterwards (a namespace package without VAE: an optional-dependency `try: import fastvae` broke so)
+        wide = [c for c in keyed if c.numba_locator.__name__.lstrip("_") == "UserWideCacheLocator"]
+        if wide:
+            own = type("PackageFolderCacheLocator", (wide[0],), {"__init__": _user_folder_init})
+            user_given = [i for i, c in enumerate(keyed)
+                          if c.numba_locator.__name__.lstrip("_") == "UserProvidedCacheLocator"]
+            keyed.insert(user_given[0] + 1 if user_given else 0, own)    # after NUMBA_CACHE_DIR, which still wins
         impl._locator_classes[:0] = keyed
         return True
     except Exception:  # noqa: BLE001  (another Numba: its own behaviour)

@@ -12,7 +12,10 @@ import fastvae
 from fastvae import numba_cache
 
 PACKAGE = Path(fastvae.__file__).resolve().parent
-UNWRITABLE_HOME = {"HOME": "/proc", "XDG_CACHE_HOME": "/proc/no-cache"}     # (unwritable for root too)
+# (unwritable for root too)
+UNWRITABLE_HOME = {"HOME": "/proc", "XDG_CACHE_HOME": "/proc/no-cache", "FASTVAE_CACHE_DIR": "/proc/no-cache/fastvae"}
+COMPILE_ONE = ("import numpy as np; from fastvae.backends import cpu_update as u; "
+               "d = np.ones((3, 5), np.float32); db = np.empty(5, np.float32); u.column_sums(db, d); print(db.sum())")
 
 
 def test_numba_has_a_place_here_and_none_for_a_file_in_an_unwritable_folder_without_a_home():
@@ -24,6 +27,25 @@ def test_numba_has_a_place_here_and_none_for_a_file_in_an_unwritable_folder_with
     env.pop("NUMBA_CACHE_DIR", None)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "True", out.stderr
+
+
+@pytest.mark.parametrize("where", ["FASTVAE_CACHE_DIR", "XDG_CACHE_HOME", "NUMBA_CACHE_DIR"])
+def test_the_kernels_are_cached_in_fastvaes_own_folder_unless_numba_cache_dir_says_otherwise(tmp_path, where):
+    """fastvae's folder (FASTVAE_CACHE_DIR, else XDG_CACHE_HOME/fastvae, else ~/.cache/fastvae), not the package's
+    __pycache__: Numba's files there outlived `pip uninstall` and made `import fastvae` succeed afterwards, as a
+    namespace package (test_packaging holds an installed package's folder to the wheel's files). NUMBA_CACHE_DIR, a
+    user's choice for all of Numba, still wins."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "FASTVAE_CACHE_DIR")}
+    env["XDG_CACHE_HOME"] = str(tmp_path / "xdg")
+    env[where] = str(tmp_path / "chosen")
+    code = COMPILE_ONE + "; print(u.column_sums._cache._cache_path)"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    total, path = proc.stdout.split()
+    base = {"FASTVAE_CACHE_DIR": tmp_path / "chosen" / "numba", "XDG_CACHE_HOME": tmp_path / "chosen" / "fastvae" /
+            "numba", "NUMBA_CACHE_DIR": tmp_path / "chosen"}[where]
+    assert total == "15.0" and Path(path).parent == base, path
+    assert list(Path(path).glob("cpu_update.column_sums-*.nbi")), "nothing cached there"
 
 
 def _read_only_mounts_work():
@@ -39,8 +61,7 @@ def _read_only_mounts_work():
 def test_a_read_only_install_without_a_writable_home_caches_its_kernels_in_the_temporary_folder(tmp_path):
     """The package folder mounted read-only (only for the subprocess: a private mount namespace), HOME unwritable,
     NUMBA_CACHE_DIR unset: importing fastvae and compiling a kernel works, and the kernel is cached under TMPDIR."""
-    code = ("import numpy as np; from fastvae.backends import cpu_update as u; "
-            "d = np.ones((3, 5), np.float32); db = np.empty(5, np.float32); u.column_sums(db, d); print(db.sum())")
+    code = COMPILE_ONE
     env = {**os.environ, **UNWRITABLE_HOME, "TMPDIR": str(tmp_path)}
     env.pop("NUMBA_CACHE_DIR", None)
     script = (f"mount --bind {PACKAGE} {PACKAGE} && mount -o remount,bind,ro {PACKAGE} && "

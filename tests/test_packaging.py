@@ -16,6 +16,11 @@ d = load_mnist()
 assert d.train_x.shape == (60000, 784) and d.test_x.shape == (10000, 784)
 assert kernel_dir().resolve().is_relative_to(here.resolve()), kernel_dir()
 assert "adam_update" in module_source()
+import numpy as np
+from fastvae.backends import cpu_update as u          # a kernel compiled, and cached (where: the test checks)
+db = np.empty(5, np.float32)
+u.column_sums(db, np.ones((3, 5), np.float32))
+assert db.sum() == 15.0
 print("ok", here)
 """
 
@@ -38,10 +43,17 @@ def test_an_unpacked_wheel_finds_its_data_and_kernels(tmp_path):
     metadata = next(z for z in names if z.endswith(".dist-info/METADATA"))
     assert "License-Expression: MIT AND CC-BY-SA-3.0" in (site / metadata).read_text()
     # run from an empty folder with only the unpacked wheel on the path: no checkout to fall back on
-    proc = subprocess.run([sys.executable, "-c", CHECK], cwd=tmp_path, capture_output=True, text=True,
-                          env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"}, timeout=300)
+    proc = subprocess.run([sys.executable, "-c", CHECK], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin", "HOME": str(tmp_path / "home")})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("ok")
+    # the installed package's folder holds the wheel's files and Python's own bytecode only, which `pip uninstall`
+    # removes: Numba's cache files there outlived it and made `import fastvae` succeed afterwards (a namespace
+    # package without VAE); they are under fastvae's cache folder in the home
+    strays = [str(p.relative_to(site)) for p in (site / "fastvae").rglob("*") if p.is_file()
+              and str(p.relative_to(site)) not in names and p.suffix != ".pyc"]
+    assert not strays, strays
+    assert list((tmp_path / "home" / ".cache" / "fastvae" / "numba").rglob("cpu_update.column_sums-*.nbi"))
 
 
 def test_import_fastvae_loads_neither_numpy_nor_numba_and_changes_no_handler():

@@ -213,10 +213,9 @@ def cache_dir() -> Path | None:
     user's private folder of numba_cache (the same one in every process, so a replay is compiled once, not in every
     run: a temporary folder per process recompiled them each time and left 0.7 MB behind); None where there is none
     either (replays are then compiled in memory)."""
-    chosen = os.path.expanduser(os.environ.get("FASTVAE_CACHE_DIR") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "fastvae"))
-    if _writable(Path(chosen) / "replays"):
-        return Path(chosen) / "replays"
+    chosen = numba_cache.user_folder()
+    if _writable(chosen / "replays"):
+        return chosen / "replays"
     private = numba_cache.private_folder()
     return private / "replays" if private is not None and _writable(private / "replays") else None
 
