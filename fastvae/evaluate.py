@@ -336,6 +336,11 @@ def _check_writable(path: Path, folder_meant: bool = False) -> None:
         raise UserError(f"cannot write {path}: it is a folder; give a file name, e.g. --json {path / 'eval.json'}")
     if not path.parent.is_dir():
         raise UserError(f"cannot write {path}: folder {path.parent} does not exist")
+    if (path.exists() or path.is_symlink()) and not _is_a_report(path):
+        # (it replaced the run's own checkpoint.npz, its metrics.json and its data file without a word: an
+        # adversarial user's trial lost a trained model so)
+        raise UserError(f"--json {path}: that file exists and is not an earlier fastvae-evaluate report (only those "
+                        "are replaced); choose a new file name")
     probe = jsonfile.temporary(path)
     try:
         with open(probe, "x"):
@@ -345,6 +350,22 @@ def _check_writable(path: Path, folder_meant: bool = False) -> None:
         pass                        # (a leftover of an earlier write: the write replaces it)
     except OSError as e:
         raise UserError(f"cannot write {path} ({e.strerror}); choose another --json path") from None
+
+
+REPORT_KEYS = frozenset({"checkpoint", "epochs_trained", "elbo", "iwae"})     # held by every report of run()
+
+
+def _is_a_report(path: Path) -> bool:
+    """Whether `path` is a regular file holding a JSON report this command wrote (an object with REPORT_KEYS; a
+    report is a few kB, so a file over 4 MB is not one)."""
+    import json
+    try:
+        if not path.is_file() or path.stat().st_size > 4 << 20:
+            return False
+        report = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and REPORT_KEYS <= report.keys()
 
 
 def format_table(r: dict) -> str:

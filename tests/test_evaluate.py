@@ -276,6 +276,31 @@ def test_a_json_path_that_cannot_be_written_is_refused_before_the_computing(trai
     assert line.startswith("fastvae: error: cannot write") and says in line, line
 
 
+def test_json_replaces_an_earlier_report_and_no_other_file(trained, tmp_path):
+    """--json onto the checkpoint being measured, a data file or any file that is not an earlier report is refused
+    before anything is computed, and the file is left as it was (the run's checkpoint.npz, its metrics.json and its
+    data were replaced by the JSON report: an adversarial user's trial lost a trained model so); an earlier report
+    is replaced."""
+    _, path, _ = trained
+    data = tmp_path / "rows.npy"
+    np.save(data, np.zeros((3, 4), np.float32))
+    notes = tmp_path / "notes.json"
+    notes.write_text('{"mine": 1}')
+    for target in (path, data, notes):
+        before = target.read_bytes()
+        proc = _cli(path, "--k", "1", "--test-images", 5, "--backend", "cpu", "--json", target)
+        assert proc.returncode == 2 and proc.stdout == "", proc.stdout + proc.stderr
+        line, = proc.stderr.strip().splitlines()
+        assert line == (f"fastvae: error: --json {target}: that file exists and is not an earlier fastvae-evaluate "
+                        "report (only those are replaced); choose a new file name"), line
+        assert target.read_bytes() == before
+    out = tmp_path / "eval.json"
+    for seed in (1, 2):
+        proc = _cli(path, "--k", "1", "--test-images", 5, "--backend", "cpu", "--json", out, "--seed", seed)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(out.read_text())["seed"] == seed
+
+
 @pytest.mark.parametrize("args, says", [
     (["missing.npz"], "does not exist"),
     (["{ck}", "--k", "0"], "--k"),
