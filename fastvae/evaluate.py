@@ -36,6 +36,7 @@ from .errors import UserError
 from .rng import STREAM_IWAE
 from .streams import tool_streams
 from .training import on_terminal
+from .turns import taking_turns
 
 if TYPE_CHECKING:                   # the model module loads only when a checkpoint is read
     from .model import VAE
@@ -116,6 +117,7 @@ def _too_large(name, k):
             f"on a CPU; the usual k is {DEFAULT_K}), got {k:,}")
 
 
+@taking_turns("pass a smaller batch_size")
 def iwae_bound(model: VAE, X: ArrayLike, k: int | Iterable[int] = DEFAULT_K, seed: int = 0,
                batch_size: int | None = None, progress: bool = False) -> dict[str, Any]:
     """Per-image importance-weighted bounds on log p(x) for each k (nats), from one pass with max(k) samples.
@@ -124,7 +126,8 @@ def iwae_bound(model: VAE, X: ArrayLike, k: int | Iterable[int] = DEFAULT_K, see
     "elbo": float64 (n, len(k)) = mean_j log w_j over the same samples (a k-sample ELBO; bound >= elbo always)}.
     batch_size: samples decoded per call (default 2048): memory is bounded by it, not by k (at k above it an image's
     samples are drawn, decoded and summed a batch at a time; they were all held at once, 3 GB at k = 4e6: an API
-    review's trial). progress: a bar on stderr where it is a terminal (none into a log). Raises UserError (one line)
+    review's trial). The model's other calls wait for it, and it for them (a fit on another thread took the model
+    between the encoding and the decodings: a bound of neither model). progress: a bar on stderr where it is a terminal (none into a log). Raises UserError (one line)
     for a model that is not a VAE, and for bad images, k, seed or batch_size.
     """
     _check_model(model)
@@ -134,6 +137,7 @@ def iwae_bound(model: VAE, X: ArrayLike, k: int | Iterable[int] = DEFAULT_K, see
     rows = DEFAULT_ROWS if batch_size is None else integer(batch_size, "batch_size")
     seed = seed_value(seed)
     n, kmax = len(X), ks[-1]
+    rows = max(1, min(rows, n * kmax))  # (no workspace larger than the samples: batch_size=10**12 asked for 62 TiB)
     mu, logvar = (np.asarray(a, dtype=np.float64) for a in model.encode(X))
     sigma = np.exp(0.5 * logvar)
     log_likelihood = gaussian_log_likelihood if model.config.reconstruction == "mse" else bernoulli_log_likelihood
@@ -216,6 +220,7 @@ class _Sums:
             return self.m + float(np.log(self.s)) - math.log(count), self.plain / count
 
 
+@taking_turns("pass a smaller batch_size")
 def evaluate_model(model: VAE, X: ArrayLike, k: int | Iterable[int] = DEFAULT_K, seed: int = 0,
                    batch_size: int | None = None, progress: bool = False) -> dict[str, Any]:
     """The test-set losses of `model` on images X, in nats per image.

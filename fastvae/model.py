@@ -6,14 +6,13 @@ backend's kernels, and the backend owns the arrays.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import inspect
 import math
 import os
 import threading
 from os import PathLike
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ParamSpec, Protocol, Sequence, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, cast
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -23,16 +22,13 @@ from .backends import get_backend, precision_of, resolve
 from .config import Config, flag, integer, seed_value
 from .constants import EVAL_ROWS, SIGMA_SMOOTHING
 from .data import as_images, as_rows, check_width
-from .errors import UserError, also, one_line
+from .errors import UserError, also
 from .params import Layout, he_init
 from .threads import check as check_threads, held_for_inference
+from .turns import taking_turns
 
 if TYPE_CHECKING:
     from .backends.contract import Backend
-
-
-_P = ParamSpec("_P")
-_R = TypeVar("_R")
 
 
 # What fit's `stop` and an open file given to save/load need, for type checkers (a threading.Event, a
@@ -49,42 +45,8 @@ class Readable(Protocol):
     def read(self, size: int = ..., /) -> bytes: ...
 
 
-def _one_at_a_time(method: Callable[_P, _R]) -> Callable[_P, _R]:
-    """A method of the model that uses its workspaces or state: one such call at a time, a call from another thread
-    waiting for the one in progress (they share the buffers: two evaluations at once gave wrong numbers). Separate
-    models run at once. Typed (ParamSpec), so that a type checker still sees each method's signature."""
-    signature = inspect.signature(method)
-
-    @functools.wraps(method)
-    def locked(*args: _P.args, **kw: _P.kwargs) -> _R:
-        model: Any = args[0]
-        depth = getattr(_calls, "depth", 0)
-        with model._lock:
-            _calls.depth = depth + 1
-            try:
-                return method(*args, **kw)
-            except TypeError:
-                # a call that does not fit the method (fit(X, y=...): an unknown keyword) is also a UserError, as
-                # VAE(foo=1) is (a program catching UserError missed it: a service's trial); checked only on failure
-                try:
-                    signature.bind(*args, **kw)
-                except TypeError as e:
-                    takes = ", ".join(p.name if p.default is p.empty else f"{p.name}={p.default!r}"
-                                      for p in list(signature.parameters.values())[1:])
-                    raise also(TypeError, f"VAE.{method.__name__}(): {e}; it takes ({takes})") from None
-                raise
-            except MemoryError as e:    # (sample(10**12) was NumPy's raw MemoryError: an API review's trial)
-                if depth or isinstance(e, UserError):   # named once, by the call the user made (fit, not evaluate)
-                    raise
-                why = one_line(e) or "an allocation failed"
-                raise also(MemoryError, f"VAE.{method.__name__}(): not enough memory ({why}); ask for fewer rows at "
-                           "a time") from None
-            finally:
-                _calls.depth = depth
-    return locked
-
-
-_calls = threading.local()      # how deep this thread is in the model's decorated calls
+# one call at a time per model (fastvae.turns): its buffers are shared
+_one_at_a_time = taking_turns("ask for fewer rows at a time")
 
 
 class VAE:
@@ -290,6 +252,11 @@ class VAE:
         if self.diverged:
             raise UserError(f"this model diverged (NaN or Inf at step {self.steps}): it is not trained further; load "
                             f"the last checkpoint, or start a new model with a lower learning rate (now {cfg.lr:g})")
+        if self.__dict__.get("_fitting"):     # (only this thread can be inside: the others wait for the lock)
+            # a fit from the callback of a fit of the same model: it trained in its own batch size and the outer one
+            # went on in its, a stopped epoch then finished in the inner one's (an embedder's trial)
+            raise UserError("fit cannot be called while this model's fit runs (from its callback): return from the "
+                            "callback, and fit again after it; a stop=event set in the callback ends the fit early")
         if self.step_broken:
             raise UserError("a training step of this model stopped part-way (a second Ctrl-C, or an error inside the "
                             "step), so some of its layers were updated and others not: it is not trained further; "

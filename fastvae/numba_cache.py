@@ -245,12 +245,13 @@ def key_caches_by_package(root: str | Path = Path(__file__).resolve().parent) ->
         # fastvae's own folder before the package's __pycache__: Numba's cache files there are no file of the
         # installed package's, so `pip uninstall` left them, and the folder they kept made `import fastvae` succeed
         # afterwards (a namespace package without VAE: an optional-dependency `try: import fastvae` broke so)
-        wide = [c for c in keyed if c.numba_locator.__name__.lstrip("_") == "UserWideCacheLocator"]
-        if wide:
-            own = type("PackageFolderCacheLocator", (wide[0],), {"__init__": _user_folder_init})
-            user_given = [i for i, c in enumerate(keyed)
-                          if c.numba_locator.__name__.lstrip("_") == "UserProvidedCacheLocator"]
-            keyed.insert(user_given[0] + 1 if user_given else 0, own)    # after NUMBA_CACHE_DIR, which still wins
+        names = [getattr(c, "numba_locator").__name__.lstrip("_") for c in keyed]     # Numba's, without its _
+        if "UserWideCacheLocator" in names:
+            own = type("PackageFolderCacheLocator", (keyed[names.index("UserWideCacheLocator")],),
+                       {"__init__": _user_folder_init})
+            # after NUMBA_CACHE_DIR's, which still wins
+            keyed.insert(names.index("UserProvidedCacheLocator") + 1 if "UserProvidedCacheLocator" in names else 0,
+                         own)
         impl._locator_classes[:0] = keyed
         return True
     except Exception:  # noqa: BLE001  (another Numba: its own behaviour)

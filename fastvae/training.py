@@ -54,7 +54,7 @@ def run_epochs(model, X, ws, epochs, validation=None, callback=None, progress=Fa
             if validation is not None:
                 record["test"] = model.evaluate(validation)
             if progress and sys.stderr is not None and not on_terminal(sys.stderr):     # (a log: see _epoch)
-                print(_epoch_line(record), file=sys.stderr, flush=True)
+                _tell(_epoch_line(record))
             model.history.append(record)
             if callback is not None:
                 callback(model, record)
@@ -170,6 +170,16 @@ def on_terminal(stream):
 def duration(seconds):
     """'2.49 s', or '4.2 ms' below a tenth of a second (a small data set's epochs said 'median 0.00 s')."""
     return f"{seconds:.2f} s" if seconds >= 0.1 else f"{1e3 * seconds:.1f} ms"
+
+
+def _tell(line):
+    """A progress line on stderr. A stderr that fails (closed, or a pipe whose reader went away: a service's log)
+    loses the line, not the fit: its BrokenPipeError ended the fit after the epoch, the epoch's record lost and the
+    callback not called (an embedder's trial)."""
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):       # (ValueError: a closed file)
+        pass
 
 
 def _epoch_line(record):

@@ -246,6 +246,51 @@ def test_none_asked_is_none_done(x):
             refused()
 
 
+@pytest.mark.parametrize("failing", ["closed", "broken pipe"])
+def test_a_stderr_that_fails_loses_progress_lines_not_the_fit(x, monkeypatch, tmp_path, failing):
+    """A service whose log reader went away (a pipe with no reader) or whose stderr was closed: fit(progress=True)
+    raised BrokenPipeError (or ValueError) after the first epoch, its record lost and the callback not called (an
+    embedder's trial). The lines are lost, the fit is not."""
+    import sys
+    if failing == "closed":
+        stream = open(tmp_path / "log", "w")
+        stream.close()
+    else:
+        read_end, write_end = os.pipe()
+        os.close(read_end)
+        stream = os.fdopen(write_end, "w")
+    monkeypatch.setattr(sys, "stderr", stream)
+    seen = []
+    model = VAE(seed=1, **SMALL).fit(x[:300], epochs=2, progress=True, callback=lambda m, r: seen.append(r))
+    assert model.epoch == 2 and len(model.history) == 2 and seen == model.history
+    monkeypatch.undo()
+    try:
+        stream.close()                  # (a pipe's buffer still holds what could not be written)
+    except BrokenPipeError:
+        pass
+
+
+def test_fit_from_its_own_callback_is_refused(x):
+    """A fit called from the callback of a fit of the same model trained in its own batch size while the outer fit
+    went on in its; a stop then finished the epoch in the inner one's, some rows trained twice (an embedder's
+    trial). Refused in one line; the outer fit goes on; another model may fit there."""
+    model = VAE(seed=1, **SMALL)
+    other = VAE(seed=2, **SMALL)
+    said = []
+
+    def callback(m, record):
+        try:
+            m.fit(x[:300], epochs=1, batch_size=100)
+        except UserError as e:
+            said.append(str(e))
+        other.fit(x[:300], epochs=1)
+
+    model.fit(x[:300], epochs=2, callback=callback)
+    assert said == ["fit cannot be called while this model's fit runs (from its callback): return from the "
+                    "callback, and fit again after it; a stop=event set in the callback ends the fit early"] * 2
+    assert model.epoch == 2 and model.config.batch_size == 50 and model.steps == 12 and other.epoch == 2
+
+
 def test_progress_into_a_log_is_a_line_per_epoch(x, capsys):
     """progress=True with stderr in a file or pipe wrote tqdm's redraws (carriage returns, cleared at each epoch's
     end: nothing stayed in a log; two fresh users' trials): there it is one line per epoch, the bar stays for a

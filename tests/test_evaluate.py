@@ -3,6 +3,7 @@ parameters, its properties (k = 1 is the ELBO, bound >= ELBO, rises with k), log
 import json
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -362,3 +363,35 @@ def test_the_log_likelihoods_take_rows_and_say_so_otherwise():
     x = np.array([[0.0, 1.0], [1.0, 0.5]])
     expect = (x * -np.logaddexp(0, -np.array(rows)) + (1 - x) * -np.logaddexp(0, np.array(rows))).sum(axis=1)
     np.testing.assert_allclose(bernoulli_log_likelihood(rows, x), expect, rtol=1e-12)
+
+
+def test_a_bound_is_of_one_model_while_a_fit_runs_on_it(trained):
+    """iwae_bound holds the model for its whole run: a fit started on another thread while it ran took the model
+    between its encoding and its decodings, and the bound was of neither model (an embedder's trial). Now the bound
+    is the model's before the fit (the fit waits), and bit for bit what it is alone."""
+    import copy
+    import threading
+    model = copy.deepcopy(trained[0])
+    X = trained[2][:20]
+    before = iwae_bound(copy.deepcopy(model), X, k=2000, seed=3, batch_size=500)["bound"]
+    result = {}
+    bound = threading.Thread(target=lambda: result.update(iwae_bound(model, X, k=2000, seed=3, batch_size=500)))
+    bound.start()
+    time.sleep(0.05)
+    fit = threading.Thread(target=lambda: model.fit(load_mnist().train_x[:1000], epochs=2))
+    fit.start()
+    bound.join()
+    fit.join()
+    assert model.epoch == trained[0].epoch + 2
+    np.testing.assert_array_equal(result["bound"], before)
+
+
+def test_a_batch_size_above_the_samples_needed_costs_no_memory(trained):
+    """batch_size = 10**12 asked NumPy for 62 TiB (a MemoryError naming VAE.decode_logits) to decode 30 samples: the
+    decoder's rows are at most the samples asked for, and the bound is the same."""
+    model, _, X = trained
+    want = iwae_bound(model, X[:3], k=[1, 10], seed=2)
+    for call in (iwae_bound, evaluate_model):
+        got = call(model, X[:3], k=[1, 10], seed=2, batch_size=10**12)
+        if call is iwae_bound:
+            np.testing.assert_array_equal(got["bound"], want["bound"])
