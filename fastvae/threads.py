@@ -213,13 +213,18 @@ class Libraries:
                 self._holding = True
                 _HELD.take(self._blas.lib_controllers)
             for lib in self._blas.lib_controllers:
-                _set_blas(lib, 1 if self.workers is not None else n)
+                _HELD.set(lib, 1 if self.workers is not None else n)
         if self.workers is not None:
             self.workers.count = n
         self.count = n
 
     def blas_counts(self):
         return [lib["num_threads"] for lib in self._blas.info()]
+
+    def keep(self):
+        """(before each of the fit's calls) The counts as set(), where another library changed them (_Held.keep)."""
+        if self._holding:
+            _HELD.keep()
 
     def release(self):
         """OpenBLAS's count and the workers' as before the first set() (as outside a fit) until the next set()."""
@@ -242,7 +247,8 @@ class _Held:
     def __init__(self):
         self.lock = threading.Lock()
         self.holders = 0
-        self.original = []
+        self.original = []          # [(library, its count before the first holder, or as another library set it)]
+        self.ours = {}              # id(library): the count a holder set last
 
     def take(self, libs):
         """One more holder (under self.lock); the first notes the counts before any holder changed them."""
@@ -250,12 +256,34 @@ class _Held:
             self.original = [(lib, lib.get_num_threads()) for lib in libs]
         self.holders += 1
 
+    def set(self, lib, count):
+        """A holder's count for `lib` (under self.lock)."""
+        _set_blas(lib, count)
+        if count is not None:
+            self.ours[id(lib)] = count
+
+    def keep(self):
+        """A count another library changed while a fit held them (threadpoolctl's threadpool_limits ending its block
+        in another thread, as scikit-learn's calls do) is that library's, to be put back at the end instead of the
+        one from before, and the holders' again now: it was put back under a running fit (OpenBLAS's full count
+        under fastvae's workers: 8-20x slower), and the count from before the fit overwrote it at the end, the
+        process's BLAS left at one thread for good (an embedder's trial)."""
+        with self.lock:
+            for i, (lib, _) in enumerate(self.original):
+                want, now = self.ours.get(id(lib)), lib.get_num_threads()
+                if want is not None and now != want:
+                    self.original[i] = (lib, now)
+                    _set_blas(lib, want)
+
     def give_back(self):
-        """One holder fewer (under self.lock); the last puts the counts back (not the first to end)."""
+        """One holder fewer (under self.lock); the last puts the counts back (not the first to end), each where it
+        is still a holder's (one that another library set since is left as it set it)."""
         self.holders -= 1
         if self.holders == 0:
             for lib, count in self.original:
-                _set_blas(lib, count)
+                if lib.get_num_threads() == self.ours.get(id(lib)):
+                    _set_blas(lib, count)
+            self.ours.clear()
 
 
 _HELD = _Held()
@@ -300,7 +328,7 @@ def held_for_inference(count):
         if took:
             _HELD.take(_blas_libraries())
             for lib, _ in _HELD.original:
-                _set_blas(lib, count)
+                _HELD.set(lib, count)
     try:
         yield
     finally:
@@ -451,6 +479,7 @@ class Pacer:
                 each step's time (the call's, shared equally) given to the pacer."""
                 if pacer._libs.count != pacer.count:      # after record(): back to the adapted count
                     pacer._libs.set(pacer.count)
+                pacer._libs.keep()      # (another library's change; 1.3 us a call with two BLAS loaded, EPYC)
                 captures = getattr(stepper, "captures", 0)
                 begin = pacer._clock()
                 result = fn(*args, **kw)

@@ -141,6 +141,9 @@ class FakeLibraries:
     def release(self):
         self.count = None
 
+    def keep(self):
+        pass
+
     def close(self):
         self.closed = True
 
@@ -443,6 +446,46 @@ def test_openblas_stays_at_one_thread_until_the_last_of_two_fits_at_once_ends():
         during = numpy_blas(blas_threads())
         b.close()
         assert during == 1 and numpy_blas(blas_threads()) == 2
+    finally:
+        for lib, count in before:
+            threads._set_blas(lib, count)
+
+
+def test_a_count_another_library_puts_back_during_a_fit_is_kept_after_it(mnist):
+    """Another library limits the BLAS count for a while in another thread (threadpoolctl's threadpool_limits, as
+    scikit-learn's calls do) and its block ends while a fit runs: the fit's end put back the count from before the
+    fit, the other's limit: the process's BLAS at one thread for good (an embedder's trial). Now the count the other
+    library put back is the one left (and the fit's next call sets its own again under it: threads._Held.keep)."""
+    import threading
+    import time
+    from threadpoolctl import ThreadpoolController, threadpool_limits
+    controllers = ThreadpoolController().select(user_api="blas").lib_controllers
+    before = [(lib, lib.get_num_threads()) for lib in controllers]
+    for lib in controllers:                         # a count above one to come back to, whatever this machine's is
+        threads._set_blas(lib, 2)
+    try:
+        limited, ended, stop = threading.Event(), threading.Event(), threading.Event()
+
+        def other_library():
+            with threadpool_limits(limits=1, user_api="blas"):
+                limited.set()
+                time.sleep(0.3)
+            ended.set()
+        model = VAE(hidden=(64, 32), latent=4, batch_size=50, backend="cpu", threads=2)
+        model.fit(mnist.train_x[:1000], epochs=1)        # (compiled)
+        other = threading.Thread(target=other_library)
+        other.start()
+        limited.wait()
+        after = []
+
+        def callback(m, record):                         # two epochs after the other's block ended, stop
+            after.append(ended.is_set())
+            if sum(after) == 2:
+                stop.set()
+        model.fit(mnist.train_x[:1000], epochs=10_000, stop=stop, callback=callback)
+        other.join()
+        assert after[0] is False and sum(after) == 2, after      # (the fit began under the other's limit)
+        assert numpy_blas(blas_threads()) == 2           # what the other library put back
     finally:
         for lib, count in before:
             threads._set_blas(lib, count)
