@@ -135,6 +135,29 @@ def run_record(checkpoint: Path) -> dict | None:
     return record if ok else None
 
 
+def check_run_config(model, checkpoint: Path, metrics: dict | None = None) -> None:
+    """Raises UserError (one line) where the model loaded from `checkpoint` is not the one the metrics.json beside it
+    describes (`metrics`: that file's contents where already read): a setting other than epochs differs. A checkpoint
+    of another run copied into a run folder was resumed under the run's name, its history mixed with the other
+    model's, and the tools blamed the data ("has changed since it was trained on": an adversarial user's trial). A
+    bare checkpoint, or a metrics.json without a readable config, is not checked."""
+    import json
+    if metrics is None:
+        try:
+            metrics = json.loads((checkpoint.parent / "metrics.json").read_text())
+        except (OSError, ValueError):
+            return
+    recorded = metrics.get("config") if isinstance(metrics, dict) else None
+    if not isinstance(recorded, dict):
+        return
+    have = json.loads(json.dumps(model.config.to_dict()))       # (tuples as the JSON's lists)
+    for key, value in have.items():
+        if key != "epochs" and key in recorded and recorded[key] != value:
+            raise UserError(f"{checkpoint} is not the checkpoint of the run in {checkpoint.parent}: its {key} is "
+                            f"{value!r}, the run's metrics.json records {recorded[key]!r} (a checkpoint of another "
+                            "run copied in?); use the run folder it came from, or a copy of the checkpoint alone")
+
+
 def same_file(a, b) -> bool:
     """Whether paths a and b name the same file (resolved: symlinks, relative paths)."""
     try:
@@ -154,6 +177,7 @@ def run_test_set(args: argparse.Namespace, checkpoint: Path, model,
     copied away from its metrics.json was measured on MNIST without a word: a fresh user's trial). Raises UserError
     (one line) when the recorded data path is gone and no --data is given, or when the data's width is not the
     model's (with advice for the command line: --data)."""
+    check_run_config(model, checkpoint)     # (before its data is blamed for a width that is not the run's)
     record = run_record(checkpoint)
     recorded = None if record is None else record.get("data_dir")
     gone = recorded is not None and not Path(recorded).exists()

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, jsonfile, machine, runlock, training
-from .cli import (Notes, OptionMistake, Parser, add_shared_options, at_most, check_positive, command_of,
-                  load_data, remove_empty, run_main, whole_number)
+from .cli import (Notes, OptionMistake, Parser, add_shared_options, at_most, check_positive, check_run_config,
+                  command_of, load_data, remove_empty, run_main, whole_number)
 from .config import Config
 from .constants import ENCODERS, HIDDEN_ACTIVATIONS, RECONSTRUCTIONS, SAMPLE_CODINGS
 from .errors import StoppedBySignal, TrainingDiverged, TrainingInterrupted, UserError, file_error
@@ -259,6 +259,7 @@ def _resumed_run(args, notify, hold):
     # the precision the run asked for (kept in its run info, as --threads is) unless --precision changes it
     model = VAE.load(out / "checkpoint.npz", backend=args.backend, notify=notify,
                      precision=_or(args.precision, run_info.get("precision")))
+    check_run_config(model, out / "checkpoint.npz", metrics)
     model._set(history=[r for r in history if r["epoch"] <= model.epoch])
     recorded = max((r["epoch"] for r in model.history), default=0)
     if recorded < model.epoch:              # a checkpoint trained on outside this run (VAE.load, fit, save)
@@ -414,18 +415,22 @@ def _train(args, stop, hold):
     # the training set's contents, recorded when the run begins and compared when it resumes: --data gives a moved
     # data set its new place, and another file took it without a word (2000 images became 700 in the middle of a
     # run, the history mixed: a researcher's trial); runs recorded before this have none, and are not checked
-    fingerprint = _fingerprint(train_x)
+    # (the test set's too: a file with the same training set and another test set mixed two test sets' losses in
+    # one history, an auditor's trial)
+    fingerprints = {"train_sha256": _fingerprint(train_x), "test_sha256": _fingerprint(test_x)}
     test_y = None if data.test_y is None else data.test_y[:len(test_x)]
     if args.resume is None:                # a new model takes the data's width and image shape (None: rows)
         train_x = model._adopt_width(train_x, data.image_shape, rows=data.image_shape is None)
         cfg = model.config
-        run_info["train_sha256"] = fingerprint
+        run_info.update(fingerprints)
     else:
         train_x = model._images(train_x, f"the training set of {data.source}")     # (its width first: said apart)
-        if run_info.get("train_sha256") not in (None, fingerprint):
-            raise UserError(f"the training set of {data.source} is not the one this run was trained on (its "
-                            f"{len(train_x)} rows differ from those recorded in {out / 'metrics.json'}); pass the "
-                            "run's own data set with --data PATH")
+        for key, rows, what in (("train_sha256", train_x, "training"), ("test_sha256", test_x, "test")):
+            if run_info.get(key) not in (None, fingerprints[key]):
+                raise UserError(f"the {what} set of {data.source} is not the one this run was trained on (its "
+                                f"{len(rows)} rows differ from those recorded in {out / 'metrics.json'}); pass the "
+                                "run's own data set with --data PATH")
+        run_info.update(fingerprints)      # (a run recorded before the test set's was: from now on)
     test_x = model._images(test_x, f"the test set of {data.source}")
     if cfg.batch_size > len(train_x):
         raise OptionMistake(f"--batch-size {cfg.batch_size} is larger than the {len(train_x)} training images")

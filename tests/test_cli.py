@@ -1,6 +1,7 @@
 """python -m fastvae.train as a real subprocess on a small slice of the embedded MNIST; the files it writes."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -614,3 +615,51 @@ def test_resuming_a_folder_that_is_not_there_says_so(tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip() == (
         f"fastvae: error: --resume {tmp_path / 'nothing'}: there is no such folder; pass the --out folder of an "
         "earlier run"), proc.stderr
+
+
+def test_a_checkpoint_copied_in_from_another_run_is_refused_by_resume_and_evaluate(tmp_path):
+    """Another run's checkpoint copied into a run folder was resumed under the run's name (its metrics.json then
+    said hidden [9], its history mixed two models), and evaluate blamed the data for the width (an adversarial
+    user's trial). Both refuse it in one line naming the setting; the run's files are left as they were."""
+    rng = np.random.default_rng(4)
+    data = tmp_path / "rows.npy"
+    np.save(data, rng.random((200, 7)).astype(np.float32))
+    tiny = ["--data", str(data), "--latent", "2", "--batch-size", "40", "--no-plots", "--quiet", "--backend", "cpu",
+            "--threads", "1", "--epochs", "1"]
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    assert train(*tiny, "--hidden", "8", "--out", str(ours)).returncode == 0
+    assert train(*tiny, "--hidden", "9", "--lr", "0.01", "--out", str(theirs)).returncode == 0
+    shutil.copy(theirs / "checkpoint.npz", ours / "checkpoint.npz")
+    metrics = (ours / "metrics.json").read_bytes()
+    want = (f"fastvae: error: {ours / 'checkpoint.npz'} is not the checkpoint of the run in {ours}: its hidden is [9], "
+            "the run's metrics.json records [8] (a checkpoint of another run copied in?); use the run folder it came "
+            "from, or a copy of the checkpoint alone")
+    proc = train("--resume", str(ours), "--epochs", "2")
+    assert proc.returncode == 2 and proc.stderr.strip() == want, proc.stderr
+    assert (ours / "metrics.json").read_bytes() == metrics
+    proc = subprocess.run([sys.executable, "-m", "fastvae.evaluate", str(ours), "--k", "1"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip() == want, proc.stderr
+
+
+def test_a_resume_on_a_data_set_whose_test_set_changed_is_refused(tmp_path):
+    """Only the training set was fingerprinted: a file with the same training set and another test set was taken
+    on --resume, the history's test losses then of two test sets (an auditor's trial). The run records its test
+    set's sha256 too, and a resume on another is refused; on the same file it goes on."""
+    rng = np.random.default_rng(5)
+    x_train, x_test = (rng.random((n, 7)).astype(np.float32) for n in (200, 60))
+    data = tmp_path / "set.npz"
+    np.savez(data, x_train=x_train, x_test=x_test)
+    run = tmp_path / "run"
+    tiny = ["--hidden", "8", "--latent", "2", "--batch-size", "40", "--no-plots", "--quiet", "--backend", "cpu",
+            "--threads", "1"]
+    assert train("--data", str(data), *tiny, "--epochs", "1", "--out", str(run)).returncode == 0
+    assert set(json.loads((run / "metrics.json").read_text())["run"]) >= {"train_sha256", "test_sha256"}
+    np.savez(data, x_train=x_train, x_test=np.flip(x_test, axis=1))
+    proc = train("--resume", str(run), "--epochs", "2")
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"fastvae: error: the test set of {data} is not the one this run was trained on (its 60 rows differ from "
+        f"those recorded in {run / 'metrics.json'}); pass the run's own data set with --data PATH"), proc.stderr
+    np.savez(data, x_train=x_train, x_test=x_test)
+    proc = train("--resume", str(run), "--epochs", "2")
+    assert proc.returncode == 0, proc.stderr
