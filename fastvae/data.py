@@ -199,7 +199,8 @@ def _load_idx(paths, source):
     name = sets.pop() if len(sets) == 1 else None
     unknown = [str(paths[f]) for f, r in read.items() if r[3]]     # (one line for all: it was one a file)
     notices = [_unknown_checksums(unknown)] if unknown else []
-    if any("emnist" in p.name.lower() for p in paths.values()):
+    # (by name, unless the checksums say which set it is: MNIST's files under EMNIST's names were said mirrored)
+    if name is None and any("emnist" in p.name.lower() for p in paths.values()):
         notices.append("EMNIST stores its images transposed (column by column): training is unaffected, but the "
                        "figures show each image mirrored along its diagonal")
     names = {field: str(p) for field, p in paths.items()}

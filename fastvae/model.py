@@ -453,8 +453,8 @@ class VAE:
     @_one_at_a_time
     def weights(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Copies of the parameters: one (W, b) per dense layer, in the order the data flows: the encoder's hidden
-        layers, the heads (W (h, 2 * latent): its first `latent` columns give mu, the others logvar, or log sigma
-        with encoder="sigma"), the decoder's hidden layers, the output layer (logits). W is (fan_in, fan_out), b
+        layers, the heads (W (h, 2 * latent): its first `latent` columns give mu, the others logvar, or sigma
+        itself with encoder="sigma"), the decoder's hidden layers, the output layer (logits). W is (fan_in, fan_out), b
         (fan_out,), float32 (float64 on the reference backend); a layer computes x @ W + b, then the activation (not
         the heads' and the output's). Copies: changing them changes the model in nothing."""
         be = self.backend
