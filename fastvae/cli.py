@@ -92,6 +92,17 @@ def add_shared_options(p: argparse.ArgumentParser, quiet: str, precision: str = 
     p.add_argument("--version", action="version", version=f"fastvae {__version__}")
 
 
+def thread_count(text):
+    """--threads: "auto" or a whole number (as every integer option), checked as VAE(threads=...) checks it."""
+    from .threads import check
+    try:
+        return "auto" if text == "auto" else check(whole_number(text))
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    except argparse.ArgumentTypeError:      # (whole_number's own line does not know auto)
+        raise argparse.ArgumentTypeError(f"must be a positive whole number or auto, got {text!r}") from None
+
+
 def at_most(count, x, option, what):
     """UserError (one line, naming the option) where a count of images asked for is more than x holds: it was cut
     to what there is without a word."""

@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any, Iterable
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import jsonfile, rng
+from . import __version__, jsonfile, rng
 from .cli import (Notes, OptionMistake, Parser, add_shared_options, check_positive, checkpoint_path, run_main,
-                  run_precision, run_test_set, whole_number)
+                  run_precision, run_record, run_test_set, thread_count, whole_number)
 from .config import flag, integer, seed_value
 from .errors import UserError
 from .rng import STREAM_IWAE
@@ -127,8 +127,9 @@ def iwae_bound(model: VAE, X: ArrayLike, k: int | Iterable[int] = DEFAULT_K, see
     batch_size: samples decoded per call (default 2048): memory is bounded by it, not by k (at k above it an image's
     samples are drawn, decoded and summed a batch at a time; they were all held at once, 3 GB at k = 4e6: an API
     review's trial). The model's other calls wait for it, and it for them (a fit on another thread took the model
-    between the encoding and the decodings: a bound of neither model). progress: a bar on stderr where it is a terminal (none into a log). Raises UserError (one line)
-    for a model that is not a VAE, and for bad images, k, seed or batch_size.
+    between the encoding and the decodings: a bound of neither model). progress: a bar on stderr where it is a
+    terminal (none into a log). Raises UserError (one line) for a model that is not a VAE, and for bad images, k,
+    seed or batch_size.
     """
     _check_model(model)
     ks = _ks(k)
@@ -281,7 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_shared_options(p, quiet="no progress bar", precision="; default: the run's (bf16 if its metrics.json says so)",
                        of_a_run=True)
     p.add_argument("--batch-size", type=whole_number, metavar="B", default=DEFAULT_ROWS,
-                   help=f"decoder rows per chunk (default {DEFAULT_ROWS}); bounds memory")
+                   help=f"decoder rows per chunk (default {DEFAULT_ROWS}); bounds memory (the bounds' last bits "
+                        "follow it: the products' rows)")
+    p.add_argument("--threads", type=thread_count, default=None, metavar="N|auto",
+                   help="OpenBLAS's thread count for the products (default: the run's --threads, as its metrics.json "
+                        "records, so that the negative ELBO is the run's test loss to the last bit; else, and with "
+                        "auto, OpenBLAS's own count): the products' last bits follow the count")
     p.add_argument("--seed", type=whole_number, default=0, help="decides the importance samples (default 0)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH (a file); - writes them to "
                    "standard output instead of the table, which then goes to standard error")
@@ -310,13 +316,20 @@ def run(args: argparse.Namespace) -> int:
         _check_writable(json_path, folder_meant=args.json.endswith(("/", os.sep)))
     path = checkpoint_path(args.checkpoint)
     notes = Notes(args)
-    model = VAE.load(path, backend=args.backend, notify=notes, precision=run_precision(path, args.precision))
+    # the run's thread count unless --threads: the products' last bits follow OpenBLAS's count, and the run's test
+    # loss was measured at it (at OpenBLAS's own count a --threads 1 run's came out different: an auditor's trial)
+    record = run_record(path) or {}
+    threads = record.get("threads") if args.threads is None else args.threads
+    model = VAE.load(path, backend=args.backend, notify=notes, precision=run_precision(path, args.precision),
+                     threads=None if threads == "auto" else threads)
     data, test_x, _ = run_test_set(args, path, model, notes)  # --data, else the run's own data set and split
     notes.flush()
     res = evaluate_model(model, test_x, k=args.k, seed=args.seed, batch_size=args.batch_size,
                          progress=not args.quiet)
-    report = {"checkpoint": str(path), "backend": model.backend.name, "config": model.config.to_dict(),
-              "epochs_trained": model.epoch, "data": data.source, "machine": machine.describe(), **res}
+    report = {"checkpoint": str(path), "fastvae": __version__, "backend": model.backend.name,
+              "precision": model.precision, "threads": model.threads, "batch_size": args.batch_size,
+              "config": model.config.to_dict(), "epochs_trained": model.epoch, "data": data.source,
+              "machine": machine.describe(), **res}
     if json_path is not None:       # before the table: a stdout that fails (a full disk) loses the table only
         try:
             jsonfile.write(json_path, report)
@@ -373,6 +386,10 @@ def _is_a_report(path: Path) -> bool:
     return isinstance(report, dict) and REPORT_KEYS <= report.keys()
 
 
+def _at_threads(count):
+    return "" if count is None else f" at {count} thread{'s' * (count != 1)}"
+
+
 def format_table(r: dict) -> str:
     """The report of run() as the table it prints: a first line naming the checkpoint, its test set and where that
     came from, then the negative ELBO and one row per k of the IWAE estimate."""
@@ -380,7 +397,8 @@ def format_table(r: dict) -> str:
     epochs = r['epochs_trained']
     lines = [f"{r['checkpoint']}: {epochs} epoch{'s' * (epochs != 1)}, latent {r['config']['latent']}, "
              f"{r['images']} test {'image' if r['config'].get('image_shape') else 'row'}{'s' * (r['images'] != 1)} "
-             f"of {r['data']}, {r['backend']} backend, "
+             f"of {r['data']}, {r['backend']} backend"
+             f"{_at_threads(r.get('threads'))}, "
              f"noise seed {r['seed']}, "
              f"{r['seconds']:.1f} s",
              "nats per image (lower is better)",

@@ -5,8 +5,9 @@ Numba's own choice, or a private folder of this user's in the temporary director
 Numba caches a module's functions beside its source (__pycache__, when that folder is writable) or in the user's
 cache folder (~/.cache/numba, when writable), or where NUMBA_CACHE_DIR says. fastvae's functions go to its own
 folder first (after NUMBA_CACHE_DIR): files Numba wrote into an installed package outlived `pip uninstall`, and the
-folder they kept let `import fastvae` succeed afterwards as a namespace package. A read-only install in a container whose
-home is read-only too has none of them, and there every `@njit(cache=True)` raised RuntimeError ("no locator
+folder they kept let `import fastvae` succeed afterwards as a namespace package.
+
+A read-only install in a container whose home is read-only too has none of them, and there every `@njit(cache=True)` raised RuntimeError ("no locator
 available") at `import fastvae` (a fresh user's trial). There the kernels are cached in private_folder() instead (per
 user; compiled once per boot, as after an install). Numba's cache index keys every entry by the CPU's name and
 features, so a folder shared by machines never hands one CPU's code to another.

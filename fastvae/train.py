@@ -26,13 +26,12 @@ import numpy as np
 
 from . import __version__, jsonfile, machine, runlock, training
 from .cli import (Notes, OptionMistake, Parser, add_shared_options, at_most, check_positive, check_run_config,
-                  command_of, load_data, remove_empty, run_main, whole_number)
+                  command_of, load_data, remove_empty, run_main, thread_count, whole_number)
 from .config import Config
 from .constants import ENCODERS, HIDDEN_ACTIVATIONS, RECONSTRUCTIONS, SAMPLE_CODINGS
 from .errors import StoppedBySignal, TrainingDiverged, TrainingInterrupted, UserError, file_error
 from .sigint import CtrlCNoted
 from .streams import tool_streams
-from .threads import check as check_threads
 
 DEFAULTS = Config()
 
@@ -78,22 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "figures are removed first (without it such a folder is refused)")
     p.add_argument("--no-plots", action="store_true", help="write no figures (no matplotlib needed); --resume keeps "
                                                            "it (draw them later with fastvae-plot)")
-    p.add_argument("--threads", type=_threads, default=None, metavar="N|auto",
+    p.add_argument("--threads", type=thread_count, default=None, metavar="N|auto",
                    help="CPU threads of the step: its row shards and update, OpenBLAS at one thread each "
                         "(default auto: the CPUs this process may "
                         "use, affinity and cgroup quota, adapted while training when other work takes cores; a "
                         "number fixes it, for bit-identical reruns); --resume keeps the run's unless given")
     return p
-
-
-def _threads(text):
-    """--threads: "auto" or a whole number (as every integer option), checked as VAE(threads=...) checks it."""
-    try:
-        return "auto" if text == "auto" else check_threads(whole_number(text))
-    except UserError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    except argparse.ArgumentTypeError:      # (whole_number's own line does not know auto)
-        raise argparse.ArgumentTypeError(f"must be a positive whole number or auto, got {text!r}") from None
 
 
 def _as_option(e):
