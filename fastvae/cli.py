@@ -76,7 +76,7 @@ def add_shared_options(p: argparse.ArgumentParser, quiet: str, precision: str = 
                         "Adam moments, on the cpu backend with AMX tiles or AVX512-BF16 (a CPU with neither computes "
                         "in fp32, after a notice; not on gpu or reference)"
                         + (precision or "; default fp32 (bf16 for --backend cpu-bf16)"))
-    p.add_argument("--data", type=Path, metavar="PATH",
+    p.add_argument("--data", type=path_argument, metavar="PATH",
                    help="a folder of four IDX files of any image size (MNIST, Fashion-MNIST, KMNIST, EMNIST; .gz or "
                         "raw) or a Keras mnist.npz; a Keras-style .npz (x_train, x_test, optional y_train, y_test); "
                         "or an .npy/.npz of one array of images (n, h, w) or rows (n, d), split by --test-fraction "
@@ -90,6 +90,15 @@ def add_shared_options(p: argparse.ArgumentParser, quiet: str, precision: str = 
                    help="use only the first N test images (default: " + run + "all)")
     p.add_argument("--quiet", action="store_true", help=quiet)
     p.add_argument("--version", action="version", version=f"fastvae {__version__}")
+
+
+def path_argument(text: str) -> Path:
+    """A path option's value; an empty one (`--out=`, an unset shell variable) is refused: Path("") is the working
+    folder, where `--out=` trained and `--resume=` resumed without a word (an adversarial user's trial)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(f"must name a file or folder, got an empty path ({text!r}); \".\" is the "
+                                         "working folder")
+    return Path(text)
 
 
 def thread_count(text):

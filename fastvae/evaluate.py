@@ -30,7 +30,7 @@ from numpy.typing import ArrayLike
 
 from . import __version__, jsonfile, rng
 from .cli import (Notes, OptionMistake, Parser, add_shared_options, check_positive, checkpoint_path, run_main,
-                  run_precision, run_record, run_test_set, thread_count, whole_number)
+                  path_argument, run_precision, run_record, run_test_set, thread_count, whole_number)
 from .config import flag, integer, seed_value
 from .errors import UserError
 from .rng import STREAM_IWAE
@@ -275,7 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples: %(prog)s runs/quick/checkpoint.npz --k 1 10 100 1000 --test-images 1000;  %(prog)s "
                "runs/quick --json eval.json.  Exit status: 0 done, 2 a mistake in the input, 130 interrupted "
                "(Ctrl-C), 74 done but standard output could not be written (--json is written first).")
-    p.add_argument("checkpoint", type=Path, help="checkpoint.npz of a training run (or the run folder holding it)")
+    p.add_argument("checkpoint", type=path_argument,
+                   help="checkpoint.npz of a training run (or the run folder holding it)")
     p.add_argument("--k", type=whole_number, nargs="+", default=[DEFAULT_K], metavar="K",
                    help=f"importance samples per image (default {DEFAULT_K}); several values cost as much as the "
                         "largest, because smaller k use a prefix of its samples")

@@ -594,7 +594,10 @@ def _checked_path(path: object) -> str:
     folder named ~: a fresh user's trial), else a one-line UserError (pathlib's TypeError otherwise)."""
     if not isinstance(path, (str, PathLike)):
         raise UserError(f"a path (str or os.PathLike) is needed, not {type(path).__name__}")
-    return os.path.expanduser(os.fspath(path))
+    text = os.fspath(path)
+    if isinstance(text, str) and not text.strip():     # (save("") wrote ./checkpoint.npz without a word: a trial)
+        raise UserError(f"the path is empty ({text!r}); name a file or folder (\".\" for the working folder)")
+    return os.path.expanduser(text)
 
 
 def _check_notify(notify):

@@ -7,10 +7,11 @@ cache folder (~/.cache/numba, when writable), or where NUMBA_CACHE_DIR says. fas
 folder first (after NUMBA_CACHE_DIR): files Numba wrote into an installed package outlived `pip uninstall`, and the
 folder they kept let `import fastvae` succeed afterwards as a namespace package.
 
-A read-only install in a container whose home is read-only too has none of them, and there every `@njit(cache=True)` raised RuntimeError ("no locator
-available") at `import fastvae` (a fresh user's trial). There the kernels are cached in private_folder() instead (per
-user; compiled once per boot, as after an install). Numba's cache index keys every entry by the CPU's name and
-features, so a folder shared by machines never hands one CPU's code to another.
+A read-only install in a container whose home is read-only too has none of them, and there every
+`@njit(cache=True)` raised RuntimeError ("no locator available") at `import fastvae` (a fresh user's trial). There the
+kernels are cached in private_folder() instead (per user; compiled once per boot, as after an install). Numba's cache
+index keys every entry by the CPU's name and features, so a folder shared by machines never hands one CPU's code to
+another.
 
 That folder is made by this user, mode 0700, and used only while it is this user's and open to no one else: Numba
 loads its index files with pickle, so a folder of a guessable name in a shared /tmp that another user made first let

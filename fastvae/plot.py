@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from .cli import (Parser, add_shared_options, check_positive, checkpoint_path, remove_empty, run_main,
-                  run_precision, run_test_set)
+from .cli import (Parser, add_shared_options, check_positive, checkpoint_path, path_argument, remove_empty,
+                  run_main, run_precision, run_test_set)
 from .constants import SAMPLE_CODINGS
 from .errors import UserError
 from .sigint import CtrlCNoted
@@ -165,8 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example: %(prog)s runs/quick/checkpoint.npz --out runs/quick/figures.  "
                "Exit status: 0 done, 2 a mistake in the input, 130 interrupted (Ctrl-C), 74 done but standard "
                "output could not be written.")
-    p.add_argument("checkpoint", type=Path, help="checkpoint.npz of a training run (or the run folder holding it)")
-    p.add_argument("--out", type=Path, metavar="DIR",
+    p.add_argument("checkpoint", type=path_argument,
+                   help="checkpoint.npz of a training run (or the run folder holding it)")
+    p.add_argument("--out", type=path_argument, metavar="DIR",
                    help="folder for the PNG files (default: figures/ beside the checkpoint)")
     add_shared_options(p, quiet="print nothing but errors",
                        precision="; default: the run's (bf16 if its metrics.json says so)", of_a_run=True)

@@ -26,7 +26,7 @@ import numpy as np
 
 from . import __version__, jsonfile, machine, runlock, training
 from .cli import (Notes, OptionMistake, Parser, add_shared_options, at_most, check_positive, check_run_config,
-                  command_of, load_data, remove_empty, run_main, thread_count, whole_number)
+                  command_of, load_data, path_argument, remove_empty, run_main, thread_count, whole_number)
 from .config import Config
 from .constants import ENCODERS, HIDDEN_ACTIVATIONS, RECONSTRUCTIONS, SAMPLE_CODINGS
 from .errors import StoppedBySignal, TrainingDiverged, TrainingInterrupted, UserError, file_error
@@ -68,9 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=whole_number,
                    help=f"decides the initial weights, the shuffles and every noise draw (default {DEFAULTS.seed})")
     p.add_argument("--train-images", type=whole_number, metavar="N", help="use only the first N training images")
-    p.add_argument("--out", type=Path, metavar="DIR",
+    p.add_argument("--out", type=path_argument, metavar="DIR",
                    help="run folder for checkpoint, metrics and figures (default: runs/<date>-<time>)")
-    p.add_argument("--resume", type=Path, metavar="RUN_DIR",
+    p.add_argument("--resume", type=path_argument, metavar="RUN_DIR",
                    help="continue the run in RUN_DIR from its checkpoint, exactly as if it had not stopped")
     p.add_argument("--overwrite", action="store_true",
                    help="start a new run in an --out folder that holds one: that run's checkpoint, metrics and "
@@ -119,11 +119,12 @@ def _kept(out):
     return "no checkpoint was saved (no epoch ended)"
 
 
-def _prepare_out(out, hold, new_run=False, overwrite=False):
+def _prepare_out(out, hold, new_run=False, overwrite=False, figures=False):
     """The run's folder (`out`, or a new runs/<date>-<time>), made where missing and held by this run (runlock) until
     `hold`, a contextlib.ExitStack, closes; then the folders made here are removed again where still empty, so that a
     run refused by a later check leaves nothing behind. Raises UserError (one line) where another run holds it, where
-    a new run would replace a run without --overwrite, or where it cannot be written."""
+    a new run would replace a run without --overwrite, or files of the names its `figures` take, or where it cannot
+    be written."""
     made = []                                   # the folders this run made, to remove if it writes nothing
     hold.callback(remove_empty, made)           # (registered first: it runs last, once the lock file is gone)
     for attempt in range(3):
@@ -160,6 +161,15 @@ def _prepare_out(out, hold, new_run=False, overwrite=False):
                             "--overwrite")
         raise UserError(f"{out} already holds a run ({held[0]}); continue it with --resume {shlex.quote(str(out))}, "
                         "or pass --overwrite to replace it")
+    if new_run and figures and not overwrite:
+        # a folder holding no run, but files of the figures' names: the user's own samples.png, loss.png and
+        # samples/epoch_001.png were replaced without a word (an adversarial user's trial)
+        from .plot import FIGURES
+        theirs = [p for p in (*(out / f for f in FIGURES), *sorted((out / "samples").glob("epoch_*.png")))
+                  if p.exists()]
+        if theirs:
+            raise UserError(f"{out} holds {theirs[0].relative_to(out)}, a name of the figures a run writes there; "
+                            "choose another --out, pass --no-plots, or --overwrite to replace them")
     try:                                        # (an old lock file of a killed run opens even in a read-only folder)
         probe = out / ".write-test"
         probe.write_bytes(b"")
@@ -203,7 +213,8 @@ def _new_run(args, notify, hold):
     run_info = {"data_dir": None if args.data is None else str(args.data.resolve()),
                 "test_fraction": args.test_fraction,
                 "train_images": args.train_images, "test_images": args.test_images}
-    return model, run_info, _prepare_out(args.out, hold, new_run=True, overwrite=args.overwrite)
+    return model, run_info, _prepare_out(args.out, hold, new_run=True, overwrite=args.overwrite,
+                                         figures=not args.no_plots)
 
 
 def _new_config(args, d):

@@ -663,3 +663,35 @@ def test_a_resume_on_a_data_set_whose_test_set_changed_is_refused(tmp_path):
     np.savez(data, x_train=x_train, x_test=x_test)
     proc = train("--resume", str(run), "--epochs", "2")
     assert proc.returncode == 0, proc.stderr
+
+
+def test_a_folder_holding_files_of_the_figures_names_is_refused_and_an_empty_path_too(tmp_path):
+    """A folder holding no run but the user's own samples.png, loss.png or samples/epoch_001.png: a new run wrote
+    its figures over them without a word; and `--out=` (an unset shell variable) trained into the working folder,
+    `--resume=` resumed it, `VAE.save("")` wrote ./checkpoint.npz (an adversarial user's trial). Refused in one line,
+    the files untouched; with --no-plots the run writes no figure there and goes on."""
+    rng = np.random.default_rng(7)
+    data = tmp_path / "rows.npy"
+    np.save(data, rng.random((120, 5)).astype(np.float32))
+    tiny = ["--data", str(data), "--hidden", "8", "--latent", "2", "--batch-size", "40", "--backend", "cpu",
+            "--threads", "1", "--epochs", "1", "--quiet"]
+    for name in ("loss.png", "samples/epoch_001.png"):
+        out = tmp_path / name.replace("/", "_")
+        (out / name).parent.mkdir(parents=True)
+        (out / name).write_text("mine")
+        proc = train(*tiny, "--out", str(out))
+        assert proc.returncode == 2 and proc.stderr.strip() == (
+            f"fastvae: error: {out} holds {name}, a name of the figures a run writes there; choose another --out, "
+            "pass --no-plots, or --overwrite to replace them"), proc.stderr
+        assert (out / name).read_text() == "mine" and not (out / "checkpoint.npz").exists()
+        assert train(*tiny, "--out", str(out), "--no-plots").returncode == 0
+        assert (out / name).read_text() == "mine"
+    for option in ("--out=", "--resume=", "--data="):
+        proc = train(*tiny[2:], option, cwd=tmp_path)
+        assert proc.returncode == 2 and "must name a file or folder, got an empty path ('')" in proc.stderr, \
+            proc.stderr
+        assert not (tmp_path / "checkpoint.npz").exists()
+    model = VAE(hidden=(8,), latent=2, backend="cpu")
+    for call in (model.save, VAE.load):
+        with pytest.raises(UserError, match=r"^the path is empty \(''\); name a file or folder"):
+            call("")
