@@ -444,8 +444,9 @@ def as_rows(X: ArrayLike, what: str = "X", empty: bool = False) -> tuple[np.ndar
         if a.dtype.kind in "iu":            # (integers are read as pixels 0..255: say that range, not [0, 1])
             raise UserError(f"{what} holds integers from {lo} to {hi}; integer pixels must be 0..255 (or pass "
                             "floats in [0, 1])")
-        raise UserError(f"{what} has values outside [0, 1] (min {lo:g}, max {hi:g}); scale them to [0, 1] "
-                        "or pass uint8")
+        # (each value as short as names it exactly: 1 + 1e-12 was "max 1", an adversarial user's trial)
+        raise UserError(f"{what} has values outside [0, 1] (min {lo!s}, max {hi!s}); scale them to "
+                        "[0, 1] or pass uint8")
     return np.ascontiguousarray(a, dtype=np.float32), shape
 
 

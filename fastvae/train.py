@@ -150,11 +150,16 @@ def _prepare_out(out, hold, new_run=False, overwrite=False, figures=False):
                     from None
         except OSError as e:
             why = "it is a file, not a folder" if out is not None and os.path.isfile(out) else e.strerror
-            raise UserError(f"cannot write to the output folder {out} ({why}); choose another with --out") from None
+            raise _unwritable(out, why, new_run) from None
     if lock is not None:
         hold.callback(lock.release)
     # the lock file is not among these: a folder left with only a killed run's lock file holds no run
     held = [name for name in _RUN_FILES if (out / name).exists()]
+    if new_run and held == ["metrics.json"] and not _is_run_metrics(out / "metrics.json"):
+        # another program's metrics.json was taken for a run that stopped early, and --overwrite (which the line
+        # advised) removed it (an adversarial user's trial)
+        raise UserError(f"{out} holds a metrics.json that is not a fastvae run's; choose another --out (--overwrite "
+                        "would not remove it)")
     if new_run and held and not overwrite:
         if "checkpoint.npz" not in held:        # (--resume would refuse it)
             raise UserError(f"{out} holds a run that stopped before its first checkpoint; start it again with "
@@ -175,8 +180,26 @@ def _prepare_out(out, hold, new_run=False, overwrite=False, figures=False):
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as e:
-        raise UserError(f"cannot write to the output folder {out} ({e.strerror}); choose another with --out") from None
+        raise _unwritable(out, e.strerror, new_run) from None
     return out
+
+
+def _unwritable(out, why, new_run):
+    """The line for a run folder that cannot be written: a new run's names --out; a resumed run's cannot (--out does
+    not go with --resume, which the line advised: an adversarial user's trial)."""
+    if new_run:
+        return UserError(f"cannot write to the output folder {out} ({why}); choose another with --out")
+    return UserError(f"cannot write to the run folder {out} ({why}); a resumed run writes its checkpoint there: make "
+                     "it writable, or copy the folder and resume the copy")
+
+
+def _is_run_metrics(path):
+    """Whether `path` reads as a fastvae run's metrics.json: a JSON object with its "run" and "epochs"."""
+    try:
+        metrics = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(metrics, dict) and {"run", "epochs"} <= metrics.keys()
 
 
 # where runs go without --out (relative to the working directory)

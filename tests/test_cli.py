@@ -695,3 +695,38 @@ def test_a_folder_holding_files_of_the_figures_names_is_refused_and_an_empty_pat
     for call in (model.save, VAE.load):
         with pytest.raises(UserError, match=r"^the path is empty \(''\); name a file or folder"):
             call("")
+
+
+def test_a_metrics_json_of_another_program_is_not_taken_for_a_run(tmp_path):
+    """An --out folder holding another program's metrics.json was said to hold "a run that stopped before its first
+    checkpoint; start it again with --overwrite", and --overwrite removed the file (an adversarial user's trial)."""
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "metrics.json").write_text('{"accuracy": 0.9}')
+    for extra in ([], ["--overwrite"]):
+        proc = train(*QUICK, "--no-plots", "--out", str(out), *extra)
+        assert proc.returncode == 2 and proc.stderr.strip() == (
+            f"fastvae: error: {out} holds a metrics.json that is not a fastvae run's; choose another --out "
+            "(--overwrite would not remove it)"), proc.stderr
+        assert (out / "metrics.json").read_text() == '{"accuracy": 0.9}'
+
+
+def _unshare_works():
+    import shutil as sh
+    return sh.which("unshare") is not None and subprocess.run(
+        ["unshare", "-m", "sh", "-c", "mount --bind /tmp /tmp && mount -o remount,bind,ro /tmp"],
+        capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="needs `unshare -m` and mount (root with CAP_SYS_ADMIN) to make "
+                    "a run folder read-only in a private mount namespace")
+def test_resuming_a_read_only_run_folder_says_what_to_do(tmp_path):
+    """It said "choose another with --out", which --resume refuses (an adversarial user's trial)."""
+    run = tmp_path / "run"
+    assert train(*QUICK, "--no-plots", "--quiet", "--out", str(run)).returncode == 0
+    script = (f"mount --bind {run} {run} && mount -o remount,bind,ro {run} && exec {sys.executable} -m "
+              f"fastvae.train --resume {run} --epochs 3")
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"fastvae: error: cannot write to the run folder {run} (Read-only file system); a resumed run writes its "
+        "checkpoint there: make it writable, or copy the folder and resume the copy"), proc.stderr

@@ -222,6 +222,9 @@ def test_as_images_flattens_float_images_to_float32():
     (np.full((2, 784), np.nan), "1568 NaN"),
     (np.full((2, 784), np.inf), "1568 infinite"),
     (np.array([[-0.2] * 783 + [1.3]]), "outside [0, 1] (min -0.2, max 1.3); scale them"),
+    # (each value exactly: it said "min 1, max 1", an adversarial user's trial)
+    (np.full((1, 784), 1 + 1e-12), "outside [0, 1] (min 1.000000000001, max 1.000000000001)"),
+    (np.full((1, 784), 1.0000001, np.float32), "outside [0, 1] (min 1.0000001, max 1.0000001)"),
     (np.full((2, 784), 256, np.int64), "holds integers from 256 to 256; integer pixels must be 0..255"),
     (np.zeros(784), "not a batch; pass a batch of shape (n, d) or (n, h, w)"),
     (np.zeros((28, 28)), "has rows of 28 values (shape (28, 28)) but the model takes 784"),
