@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import zipstream
 from .config import Config
 from .errors import UserError, file_error, one_line, unreadable, write_advice
 from .params import Layout
@@ -86,10 +87,13 @@ def _save_stream(stream, arrays):
 
 
 def _one_archive(stream, bad):
-    """The first checkpoint in `stream` from its position, as a BytesIO, the stream left just after it (where it can
-    seek: the next checkpoint written after it is read next). np.load on the stream itself found the zip archive by
-    its end record, scanning from the end of the file: of checkpoints written one after another into one file it
-    loaded the last, whatever the position (a service embedding fastvae got the wrong model so, without a word)."""
+    """The first checkpoint in `stream` from its position, as a BytesIO, the stream left just after it. np.load on the
+    stream itself found the zip archive by its end record, scanning from the end of the file: of checkpoints written
+    one after another into one file it loaded the last, whatever the position (a service embedding fastvae got the
+    wrong model so, without a word). It is read record by record (fastvae.zipstream), no byte past its end: reading
+    to the stream's end waited for a pipe's writer to close it (a socket's never returned), and a second checkpoint
+    written into a pipe was refused (an embedder's trial). An archive not laid out as np.savez writes one is read to
+    the stream's end and found by its end record, as before."""
     if isinstance(stream, io.TextIOBase):
         raise UserError(f"{bad} (a text file); open it in binary mode ('rb')")
     try:
@@ -97,11 +101,18 @@ def _one_archive(stream, bad):
     except (OSError, AttributeError, ValueError):
         start = None
     try:
-        data = stream.read()
-    except (OSError, ValueError, AttributeError) as e:
+        data, whole = zipstream.read_one(stream.read)
+        if whole is None:
+            rest = stream.read()
+            if not isinstance(rest, bytes):
+                raise zipstream.NotBytes(type(rest).__name__)
+            data += rest
+    except zipstream.NotBytes as e:
+        raise UserError(f"{bad} (it reads {e}, not bytes); open it in binary mode ('rb')") from None
+    except (OSError, ValueError, AttributeError, TypeError) as e:
         raise UserError(f"{bad} (it cannot be read: {one_line(e)}); pass a file open for binary reading") from None
-    if not isinstance(data, bytes):
-        raise UserError(f"{bad} (it reads {type(data).__name__}, not bytes); open it in binary mode ('rb')")
+    if whole is False:
+        raise UserError(f"{bad} (no whole checkpoint from its position); it may be truncated or corrupt")
     end = _archive_end(data)
     if end is None:
         raise UserError(f"{bad} (no whole checkpoint from its position); it may be truncated or corrupt")
