@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, cast
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import checkpoint, rng, step, training
+from . import checkpoint, rng, step, training, turns
 from .backends import get_backend, precision_of, resolve
 from .config import Config, flag, integer, seed_value
 from .constants import EVAL_ROWS, SIGMA_SMOOTHING
@@ -198,6 +198,7 @@ class VAE:
         self._ws_eval = None
         if not hasattr(self, "_lock"):
             self._lock = threading.RLock()      # (_one_at_a_time)
+            turns.register(self)                # (a fork while another thread holds it: fastvae.turns)
 
     # ------------------------------------------------------------------ training
 

@@ -1,11 +1,14 @@
 """One call at a time per model: the lock that fit, evaluate, encode, decode, ... and fastvae.evaluate's bounds take
-(they share the model's buffers and weights), and the one-line MemoryError of the call the user made."""
+(they share the model's buffers and weights), the one-line MemoryError of the call the user made, and a forked
+child's models that a thread of its parent held."""
 from __future__ import annotations
 
 import functools
 import inspect
+import os
 import threading
-from typing import Callable, ParamSpec, TypeVar
+import weakref
+from typing import Any, Callable, ParamSpec, TypeVar
 
 from .errors import UserError, also, one_line
 
@@ -32,6 +35,8 @@ def taking_turns(hint: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
             lock = getattr(args[0], "_lock", None) if args else None
             if lock is None:
                 return method(*args, **kw)
+            if getattr(args[0], "_forked_busy", False):
+                raise UserError(FORKED_BUSY)
             depth = getattr(_calls, "depth", 0)
             with lock:
                 _calls.depth = depth + 1
@@ -59,3 +64,37 @@ def taking_turns(hint: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
         return locked
     return decorator
 
+
+
+# ---------------------------------------------------------------- fork
+
+FORKED_BUSY = ("this model was in use by another thread of the parent process when this process was forked from it "
+               "(a fit or an evaluation in progress), so its buffers here may be half-written; load a checkpoint in "
+               "this process, fork before or after such calls, or start processes with 'spawn' or 'forkserver'")
+
+_MODELS: weakref.WeakSet = weakref.WeakSet()     # every model whose lock taking_turns takes (register)
+
+
+def register(model: Any) -> None:
+    """`model` (with its `_lock`) is told apart in a forked child where another thread held it at the fork."""
+    _MODELS.add(model)
+
+
+def _after_fork_in_child() -> None:
+    """A model whose lock a thread of the parent held at the fork (a fit or an evaluation running beside the thread
+    that forked): the child has no such thread, so every call on the model waited forever for it (an embedder's
+    trial: a Pool worker hung). Its buffers may be half-written, so its calls are refused in one line (FORKED_BUSY);
+    a model the forking thread itself held (a fork from a fit's callback) is the child's thread's, as it was."""
+    for model in list(_MODELS):
+        lock = model.__dict__.get("_lock")
+        if lock is None:
+            continue
+        if lock.acquire(blocking=False):
+            lock.release()
+        else:
+            object.__setattr__(model, "_lock", threading.RLock())
+            object.__setattr__(model, "_forked_busy", True)
+
+
+if hasattr(os, "register_at_fork"):         # (every POSIX Python; Windows has no fork)
+    os.register_at_fork(after_in_child=_after_fork_in_child)

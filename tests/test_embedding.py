@@ -302,3 +302,41 @@ def test_progress_into_a_log_is_a_line_per_epoch(x, capsys):
     for record, line in zip(model.history, lines):
         assert line.startswith(f"epoch {record['epoch']}: train loss {record['train']['total']:.3f} per image, "
                                f"test {record['test']['total']:.3f}, ") and line.endswith(" img/s"), line
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
+def test_a_child_forked_while_another_thread_fits_a_model_is_told_not_left_waiting(x):
+    """A process forked (multiprocessing's fork start method) while another thread of the parent fits a model: the
+    model's lock is held in the child by a thread it does not have, and every call on the model waited forever (an
+    embedder's trial). The child's calls on it are refused in one line; another model works there."""
+    model = VAE(seed=1, **SMALL).fit(x[:300], epochs=1)       # (compiled)
+    other = VAE(seed=2, **SMALL).fit(x[:300], epochs=1)
+    stop = threading.Event()
+    fitting = threading.Thread(target=lambda: model.fit(x, epochs=10_000, stop=stop))
+    fitting.start()
+    while model.steps < 20:                                    # the fit holds the model
+        time.sleep(0.01)
+    context = multiprocessing.get_context("fork")
+    answers = context.Queue()
+
+    def child():
+        try:
+            model.encode(x[:2])
+            answers.put("encoded")
+        except UserError as e:
+            answers.put(str(e))
+        answers.put(other.encode(x[:2])[0].shape)
+
+    process = context.Process(target=child)
+    process.start()
+    stop.set()
+    try:
+        said = answers.get(timeout=120)
+        assert said.startswith("this model was in use by another thread of the parent process when this process "
+                               "was forked from it"), said
+        assert answers.get(timeout=120) == (2, SMALL["latent"])
+    finally:
+        process.join(timeout=60)
+        if process.is_alive():
+            process.kill()
+        fitting.join()
