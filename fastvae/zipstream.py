@@ -59,9 +59,10 @@ def read_one(read: Callable[[int], bytes]) -> tuple[bytes, bool | None]:
             if flags & _DATA_DESCRIPTOR:
                 return bytes(buf), None
             if size == _UNKNOWN_SIZE:
-                size = _zip64_compressed_size(names[_u(header[22:24]):], _u(header[18:22]) == _UNKNOWN_SIZE)
-                if size is None:
+                size64 = _zip64_compressed_size(names[_u(header[22:24]):], _u(header[18:22]) == _UNKNOWN_SIZE)
+                if size64 is None:
                     return bytes(buf), None
+                size = size64
             if take(size) is None:
                 return bytes(buf), False
         elif signature == CENTRAL:
@@ -69,8 +70,8 @@ def read_one(read: Callable[[int], bytes]) -> tuple[bytes, bool | None]:
             if header is None or take(_u(header[24:26]) + _u(header[26:28]) + _u(header[28:30])) is None:
                 return bytes(buf), False
         elif signature == END64:
-            size = take(8)
-            if size is None or take(_u(size)) is None:
+            length = take(8)
+            if length is None or take(_u(length)) is None:
                 return bytes(buf), False
         elif signature == LOCATOR64:
             if take(16) is None:
