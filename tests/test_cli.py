@@ -54,6 +54,12 @@ def test_a_run_writes_its_checkpoint_metrics_and_figures(run_dir):
     assert m["config"]["hidden"] == [40, 24] and m["config"]["latent"] == 3 and m["config"]["seed"] == 11
     assert [e["epoch"] for e in m["epochs"]] == [1, 2] and m["epochs"][-1]["steps"] == 24
     assert m["machine"]["cpu"]
+    # what the bits may follow besides fastvae's settings (an auditor's trial found none of it recorded)
+    import numba
+    from fastvae.backends import cpu_blas
+    assert (m["machine"]["numpy"], m["machine"]["numba"]) == (np.__version__, numba.__version__)
+    assert m["machine"]["blas"]["fastvae_kernels"] == cpu_blas.KIND and m["machine"]["blas"]["version"]
+    assert isinstance(m["machine"]["cpu_features"], list)
     for e in m["epochs"]:
         assert np.isfinite(e["test"]["total"]) and e["test"]["kl"] > 0 and e["images_per_s"] > 0
     assert m["epochs"][1]["train"]["total"] < m["epochs"][0]["train"]["total"]
