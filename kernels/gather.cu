@@ -7,8 +7,8 @@ extern "C" __global__ void gather_u8(float* x, const unsigned char* data, const 
     const long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (e >= (long long)n * cols) return;
     const long long r = e / cols, c = e % cols;
-    // float(v) * float32(1/255), as the cpu backend rounds it
-    x[e] = (float)data[idx[r] * cols + c] * (1.0f / 255.0f);
+    // v / 255 correctly rounded (no fast-math: IEEE division), as the cpu backend and (data / 255).astype(float32)
+    x[e] = (float)data[idx[r] * cols + c] / 255.0f;
 }
 
 extern "C" __global__ void gather_f32(float* x, const float* data, const long long* idx, int n, int cols)

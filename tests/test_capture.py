@@ -150,7 +150,7 @@ def test_a_replay_reads_arrays_when_it_runs_and_passes_one_object_once(replays_d
     x, idx = np.zeros((3, 5), np.float32), np.array([7, 0, 3])
     rec = capture.record(lambda: (cpu.gather_batch(x, data, idx), cpu.gather_batch(x, data, idx)))
     assert rec.refused is None and [k for k, _ in rec.calls] == [cpu._gather_u8] * 2
-    scaled = lambda rows: data[rows].astype(np.float32) * np.float32(1 / 255)     # noqa: E731  (as the kernel)
+    scaled = lambda rows: (data[rows] / 255.0).astype(np.float32)         # noqa: E731  (as the kernel)
     np.testing.assert_array_equal(x, scaled(idx))
     replay = rec.compile()
     source = replay.path.read_text()
@@ -334,7 +334,7 @@ def test_a_damaged_numba_cache_of_a_replay_is_rebuilt(replays_dir, damage, rand)
     replay = rec.compile()
     x[...] = 0
     replay()
-    np.testing.assert_array_equal(x, data[[1]].astype(np.float32) * np.float32(1 / 255))
+    np.testing.assert_array_equal(x, (data[[1]] / 255.0).astype(np.float32))
     assert replay.path == path and all(f.read_bytes() != damage for f in path.parent.glob("__pycache__/*"))
 
 
@@ -374,7 +374,7 @@ def test_a_replay_file_that_cannot_be_read_is_replaced_or_compiled_in_memory(rep
     replay = rec.compile()
     x[...] = 0
     replay()
-    np.testing.assert_array_equal(x, data[[1]].astype(np.float32) * np.float32(1 / 255))
+    np.testing.assert_array_equal(x, (data[[1]] / 255.0).astype(np.float32))
     assert (replay.path == path) == (damage == "binary")     # a folder in the way: compiled in memory
     assert not list(path.parent.glob("*.tmp"))
 

@@ -390,7 +390,7 @@ def test_gather_takes_host_indices_outside_a_capture(be, rand):
     x = be.empty((4, 13))
     idx = np.array([3, 0, 19, 7], dtype=np.int32)               # on the host, and not int64
     be.gather_batch(x, data, idx)
-    np.testing.assert_array_equal(be.to_host(x), be.to_host(data)[idx].astype(np.float32) * np.float32(1 / 255))
+    np.testing.assert_array_equal(be.to_host(x), (be.to_host(data)[idx] / 255.0).astype(np.float32))
 
 
 def test_capture_leaves_the_callers_current_stream_current(stand_in, fake_cupy, rand):

@@ -56,7 +56,8 @@ _LOSS = Arg("loss", "acc", "(2,)", "float64")
 _COUNTERS = Arg("counters", "in", "(COUNTERS,)", "int64")
 
 KERNELS = {k.name: k for k in (
-    _k("gather_batch", "x = data[idx] as floats in [0, 1]; uint8 data is scaled by 1/255.",
+    _k("gather_batch", "x = data[idx] as floats in [0, 1]; uint8 data is divided by 255, correctly rounded (the "
+       "bits of float images (data / 255).astype(float32)).",
        Arg("x", "out", "(n, D)"), Arg("data", "in", "(M, D)", "uint8 or float"), Arg("idx", "in", "(n,)", "int64")),
     _k("dense_forward", "out = act(inp @ w + b), act one of constants.ACTIVATIONS (a compile-time choice).",
        Arg("out", "out", "(n, N)"), *_DENSE_IN, Arg("b", "in", "(N,)"), Arg("activation", "setting", dtype="str")),

@@ -58,10 +58,13 @@ def _prefetch_row(row, per_line):
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _gather_u8(x, data, idx):
-    """x = data[idx] / 255. The rows are random rows of the data set (47 MB for MNIST, mostly not in cache), so each
-    row's cache lines are prefetched _GATHER_AHEAD rows ahead, and their misses overlap: measured on the Xeon with the
-    caches flushed, 75 MNIST rows in 45-51 us against 66-71 row by row."""
-    scale = np.float32(1.0 / 255.0)
+    """x = data[idx] / 255, correctly rounded: the bits of the float images (data / 255).astype(float32), so that
+    uint8 images and the same images as floats train alike (a product with float32(1 / 255) differed in 126 of the
+    256 values: an auditor's trial). The rows are random rows of the data set (47 MB for MNIST, mostly not in cache),
+    so each row's cache lines are prefetched _GATHER_AHEAD rows ahead, and their misses overlap: measured on the Xeon
+    with the caches flushed, 75 MNIST rows in 45-51 us against 66-71 row by row. (The division costs nothing here:
+    75 random MNIST rows, warm, EPYC: 16.9-18.1 us against 16.8-24.7 with the product, five rounds each.)"""
+    divisor = np.float32(255.0)
     for r in range(min(_GATHER_AHEAD, idx.size)):
         _prefetch_row(data[idx[r]], 64)
     for r in range(idx.size):
@@ -70,7 +73,7 @@ def _gather_u8(x, data, idx):
         src = data[idx[r]]
         dst = x[r]
         for j in range(dst.size):
-            dst[j] = np.float32(src[j]) * scale
+            dst[j] = np.float32(src[j]) / divisor
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
@@ -86,7 +89,7 @@ def _gather_float(x, data, idx):
 
 
 def gather_batch(x, data, idx):
-    """x = data[idx] as float32 in [0, 1]; uint8 data is scaled by 1/255 on the fly."""
+    """x = data[idx] as float32 in [0, 1]; uint8 data is divided by 255 on the fly (correctly rounded)."""
     call(_gather_u8 if data.dtype == np.uint8 else _gather_float, x, data, idx)
 
 

@@ -167,7 +167,7 @@ class CudaKernels:
 
     # ---- kernels (contract order: outputs, inputs, settings)
     def gather_batch(self, x, data, idx):
-        """x = data[idx] as float32 in [0, 1]; uint8 data is scaled by 1/255 on the fly."""
+        """x = data[idx] as float32 in [0, 1]; uint8 data is divided by 255 on the fly (correctly rounded)."""
         n, cols = x.shape
         _check(x, (n, cols), "x")
         if idx.dtype != np.int64 or not idx.flags.c_contiguous or not isinstance(idx, self.xp.ndarray):
