@@ -78,6 +78,9 @@ def _save_stream(stream, arrays):
     np.savez(buffer, **arrays)
     try:
         stream.write(buffer.getvalue())
+    except io.UnsupportedOperation as e:    # (an OSError too: it said "choose another folder" for a file opened 'rb')
+        raise UserError(f"could not write the checkpoint into the {what} given ({one_line(e)}: it is not open for "
+                        "writing); open it with mode 'wb'") from None
     except OSError as e:                    # the stream's own failure (a full disk, a closed pipe): its kind and errno
         raise file_error(f"could not write the checkpoint into the {what} given ({e.strerror or one_line(e)}); "
                          f"{write_advice(e)}", e) from e

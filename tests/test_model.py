@@ -761,6 +761,10 @@ def test_save_and_load_take_an_open_binary_file(mnist, tmp_path):
         model.save(text)
     with open(tmp_path / "m.npz", "r") as text, pytest.raises(UserError, match=r"open it in binary mode \('rb'\)"):
         VAE.load(text, backend="cpu")
+    # (it said "choose another folder": an embedder's trial)
+    with open(tmp_path / "m.npz", "rb") as reading, pytest.raises(UserError, match=r"it is not open for writing\); "
+                                                                               r"open it with mode 'wb'$"):
+        model.save(reading)
 
 
 def test_checkpoints_written_one_after_another_into_one_file_are_read_back_in_order(mnist, tmp_path):
