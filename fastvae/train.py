@@ -414,6 +414,13 @@ def _train(args, stop, hold):
     args.run_dir = out                      # (what a stop leaves there is said by main: _kept)
     if args.threads is not None:                # kept in metrics.json's run info: --resume keeps the count
         run_info["threads"] = args.threads
+    elif args.resume is None:
+        # a count fixed by OMP_NUM_THREADS (or the others) is the run's too: --resume without the variable ran at
+        # auto, and the resumed run was not the uninterrupted one's bits (an auditor's trial)
+        from .threads import explicit_from_env
+        fixed = explicit_from_env()
+        if fixed is not None:
+            run_info["threads"] = fixed[0]
     if args.precision is not None:              # the same: asked for once, kept; the one in use is info's
         run_info["precision"] = args.precision
     elif args.resume is None and model.precision == "bf16":   # a bf16 backend named (cpu-bf16): resume in bf16 too

@@ -736,3 +736,19 @@ def test_resuming_a_read_only_run_folder_says_what_to_do(tmp_path):
     assert proc.returncode == 2 and proc.stderr.strip() == (
         f"fastvae: error: cannot write to the run folder {run} (Read-only file system); a resumed run writes its "
         "checkpoint there: make it writable, or copy the folder and resume the copy"), proc.stderr
+
+
+def test_a_count_fixed_by_omp_num_threads_is_the_runs_and_kept_by_resume(tmp_path):
+    """OMP_NUM_THREADS=1 fixed a run's count, but not in its record: --resume without the variable ran at auto, not
+    the uninterrupted run's bits (an auditor's trial). It is the run's count, as --threads 1 would be."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                                            "NUMBA_NUM_THREADS")}
+    run = tmp_path / "run"
+    proc = train(*QUICK[2:], "--epochs", "1", "--no-plots", "--quiet", "--out", str(run),
+                 env={**env, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((run / "metrics.json").read_text())["run"]["threads"] == 1
+    proc = train("--resume", str(run), "--epochs", "2", "--quiet", env=env)
+    assert proc.returncode == 0, proc.stderr
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["run"]["threads"] == 1 and m["epochs"][-1]["threads"]["count"] == 1, m["epochs"][-1]["threads"]
