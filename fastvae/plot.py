@@ -61,13 +61,16 @@ def interpolation_pairs(labels, n, pairs=INTERPOLATION_DIGITS, rows=len(INTERPOL
     With labels: the first images of the label pairs in `pairs` (MNIST's digits) where the data hold them all, else
     the first images of labels taken two by two in their order (a data set's own labels: EMNIST's 1..26 drew only
     pairs of 1..9, labels 100..111 none, with advice to use more images: a fresh user's trial); without labels, the
-    first images two by two, their labels None. Empty when fewer than two images (or labels) are there."""
+    first images two by two, their labels None; with one label only, the same pairs, labelled (a data set of one
+    class drew none: a researcher's trial). Empty when fewer than two images are there."""
     if labels is None:
         return [(2 * k, 2 * k + 1, None, None) for k in range(min(rows, n // 2))]
     labels = np.asarray(labels)
     first = {}
     for i, label in enumerate(labels.tolist()):
         first.setdefault(label, i)
+    if len(first) < 2:
+        return [(2 * k, 2 * k + 1, labels[2 * k].item(), labels[2 * k + 1].item()) for k in range(min(rows, n // 2))]
     if not all(a in first and b in first for a, b in pairs):
         classes = list(first)              # in order of first appearance: varied rows, not 0-1, 2-3 of a sort
         pairs = [(classes[k], classes[k + 1]) for k in range(0, len(classes) - 1, 2)][:rows]
@@ -77,7 +80,7 @@ def interpolation_pairs(labels, n, pairs=INTERPOLATION_DIGITS, rows=len(INTERPOL
 def interpolation_rows(model, images, labels, steps=INTERPOLATION_STEPS, pairs=INTERPOLATION_DIGITS):
     """(rows (r, steps, d), originals (r, 2, d) in [0, 1], [(label_a, label_b)] or None without labels): each row
     decodes (1 - t) mu_a + t mu_b, t = 0..1, for the test images interpolation_pairs chooses; None when it chooses
-    none (fewer than two test images or labels)."""
+    none (fewer than two test images)."""
     chosen = interpolation_pairs(labels, len(images), pairs)
     if not chosen:
         return None
@@ -114,10 +117,8 @@ def _image_figures(model, test_x, test_y, out, seed, shape, done, notify):
         figures.save_interpolations(out / "interpolation.png", *found, shape=shape)
         done("interpolation.png")
     else:
-        what = "two test images" if test_y is None else "test images of two labels"
-        notify(f"no interpolation.png: it needs {what}, and there {'is' if len(test_x) == 1 else 'are'} "
-               f"{len(test_x)} test image{'s' * (len(test_x) != 1)}" + ("" if test_y is None else
-                                                                      f" of {len(np.unique(test_y))} label(s)"))
+        notify(f"no interpolation.png: it needs two test images, and there {'is' if len(test_x) == 1 else 'are'} "
+               f"{len(test_x)}")
 
 
 def write_figures(model: VAE, test_x: np.ndarray, test_y: np.ndarray, out: str | Path, history: list | None = None,

@@ -177,8 +177,7 @@ def test_too_few_test_images_for_an_interpolation_is_a_message_not_an_error(runs
     _, folder = runs[4]
     proc = _plot(folder, "--out", tmp_path / "one", "--test-images", 1, "--backend", "cpu")
     assert proc.returncode == 0, proc.stderr
-    assert "no interpolation.png: it needs test images of two labels, and there is 1 test image of 1 label(s)" \
-        in proc.stdout and not (tmp_path / "one" / "interpolation.png").exists()
+    assert "no interpolation.png: it needs two test images, and there is 1" in proc.stdout and not (tmp_path / "one" / "interpolation.png").exists()
     assert (tmp_path / "one" / "latent.png").exists()
     proc = _plot(folder, "--out", tmp_path / "two", "--test-images", 2, "--backend", "cpu")   # digits 7 and 2
     assert proc.returncode == 0 and (tmp_path / "two" / "interpolation.png").exists(), proc.stdout
@@ -197,7 +196,9 @@ def test_interpolation_pairs_come_from_the_datas_own_labels():
     assert [(a, b) for _, _, a, b in interpolation_pairs(np.arange(100, 112), 12)] == [
         (100, 101), (102, 103), (104, 105), (106, 107), (108, 109)]
     assert interpolation_pairs(None, 7) == [(0, 1, None, None), (2, 3, None, None), (4, 5, None, None)]
-    assert interpolation_pairs(None, 1) == [] and interpolation_pairs(np.array([4, 4, 4]), 3) == []
+    assert interpolation_pairs(None, 1) == [] and interpolation_pairs(np.array([4]), 1) == []
+    # one label only (a data set of one class drew no interpolation: a researcher's trial): pairs in order, labelled
+    assert interpolation_pairs(np.array([4, 4, 4, 4, 4]), 5) == [(0, 1, 4, 4), (2, 3, 4, 4)]
 
 
 def test_without_labels_the_interpolation_pairs_test_images_in_order(runs, tmp_path):
