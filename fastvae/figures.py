@@ -1,5 +1,6 @@
 """Figures as PNG files. matplotlib is an extra (the plots extra: `pip install matplotlib`), imported only here, only
 when a figure is drawn; the object-oriented API (Figure, not pyplot) needs no display and keeps no global state."""
+import math
 import os
 import secrets
 
@@ -63,10 +64,34 @@ def digit_grid(images, rows, cols, pad=1, gap=0.0, shape=(SIDE, SIDE)):
     return grid
 
 
-def save_digits(path, images, rows=6, cols=10, title=None, shape=(SIDE, SIDE)):
-    """The seed's Figure 15-12: `rows` x `cols` generated digits, black on white."""
-    fig = _figure(cols * 0.8, rows * 0.8 + (0.4 if title else 0))
-    ax = fig.add_axes((0, 0, 1, 1 if not title else rows * 0.8 / (rows * 0.8 + 0.4)))
+def grid_layout(n, shape, pad=2, aspect=10 / 6):
+    """(rows, cols) for n images of `shape` (h, w): the grid's width over its height as near `aspect` as the
+    divisions allow, every row full where that is within a factor 2 of it (6 x 10 for 60 square images, the seed's
+    Figure 15-12; 30 x 2 for 4 x 200 pixels, 2 x 30 for 40 x 1: a fixed 6 x 10 drew those as a thin stripe, a
+    researcher's trial), else with a last row part full."""
+    h, w = shape
+    n = max(n, 1)
+
+    def score(cols):
+        rows = -(-n // cols)
+        return abs(math.log((cols * (w + pad) - pad) / (rows * (h + pad) - pad) / aspect))
+    full = [c for c in range(1, n + 1) if n % c == 0 and score(c) < math.log(2)]
+    cols = min(full or range(1, n + 1), key=score)
+    return -(-n // cols), cols
+
+
+def save_digits(path, images, rows=None, cols=None, title=None, shape=(SIDE, SIDE)):
+    """The seed's Figure 15-12: `rows` x `cols` generated digits, black on white (default: grid_layout's), 8 in wide
+    for a grid of its aspect (the seed's 6 x 10 of 28 x 28 digits), less for a taller one."""
+    if rows is None or cols is None:
+        rows, cols = grid_layout(len(images), shape)
+    h, w = shape
+    grid_w, grid_h = cols * (w + 2) - 2, rows * (h + 2) - 2
+    width = min(8.0, 4.8 * grid_w / grid_h)             # (4.8 in: the seed's 6 rows of 0.8 in)
+    height = width * grid_h / grid_w
+    # at least 5 in wide for a title (the grid centred): a tall grid's cut its title off
+    fig = _figure(max(width, 5.0) if title else width, height + (0.4 if title else 0))
+    ax = fig.add_axes((0, 0, 1, 1 if not title else height / (height + 0.4)))
     ax.imshow(1.0 - digit_grid(images, rows, cols, pad=2, gap=0.12, shape=shape), cmap="gray", vmin=0, vmax=1,
               interpolation="nearest")
     ax.set_axis_off()

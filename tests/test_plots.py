@@ -309,3 +309,22 @@ def test_a_ctrl_c_while_matplotlib_imports_waits_for_the_import(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(tmp_path)})
     assert proc.stdout.strip() == "interrupted after the import: True", proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("shape", [(28, 28), (4, 200), (40, 1), (3, 100)])
+def test_samples_of_any_image_shape_fill_a_readable_grid(tmp_path, shape):
+    """60 samples of 4 x 200 or 40 x 1 pixels in a fixed 6 x 10 grid were a thin stripe across the figure (a
+    researcher's trial): the grid's rows and columns follow the images' shape (the seed's 6 x 10 for square ones),
+    the figure its aspect, within a factor 3 either way, at least 200 pixels each way."""
+    import matplotlib.image as mpimg
+    from fastvae import figures
+    images = np.random.default_rng(0).random((60, shape[0] * shape[1]))
+    figures.save_digits(tmp_path / "s.png", images, shape=shape)
+    img = mpimg.imread(tmp_path / "s.png")
+    h, w = img.shape[:2]
+    assert 1 / 3 < w / h < 3 and min(h, w) >= 200, img.shape
+    dark = (img[..., :3].mean(axis=2) < 0.9)
+    rows, cols = np.flatnonzero(dark.any(axis=1)), np.flatnonzero(dark.any(axis=0))
+    assert (rows[-1] - rows[0]) > 0.5 * h and (cols[-1] - cols[0]) > 0.5 * w    # the grid fills it both ways
+    if shape == (28, 28):
+        assert figures.grid_layout(60, shape) == (6, 10)
