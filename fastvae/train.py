@@ -542,17 +542,27 @@ def _train(args, stop, hold):
     plural = "s" if model.epoch != 1 else ""
     # this process's first epoch apart: a fresh install's also compiles the kernels (19.9 s against 0.29 s an epoch
     # in a fresh user's 2-epoch run, whose median of the two said 10.08 s per epoch), and every process's loads them
-    seconds = [r["seconds"] for r in model.history[earlier:]] or [r["seconds"] for r in model.history]
-    first = f"the rest of epoch {part}, " if part and len(model.history) > earlier else ""
-    speed = (f"median {_duration(np.median(seconds[1:]))} per epoch after the first ({first}{_duration(seconds[0])}, "
-             f"which also loaded or compiled the kernels)" if len(seconds) > 1 else
-             f"{first}{_duration(seconds[0])}, loading or compiling the kernels included")
+    speed = _speed(model.history[earlier:] or model.history, part if part and len(model.history) > earlier else None)
     say(f"done: test loss {final['test']['total']:.3f} per image after {model.epoch} epoch{plural}; {speed}; "
         f"results in {out}")
     return 0
 
 
 _duration = training.duration                # (the epoch lines, the done line; training shares it)
+
+
+def _speed(records, part=None):
+    """The done line's speed: the median epoch after the first, without the replays a later epoch compiled (one
+    whose pacer changed the thread count compiles that count's: the median mixed a compile in, a researcher's
+    trial), and the first epoch, which also loaded or compiled the kernels (`part`: the epoch it finished)."""
+    seconds = [r["seconds"] for r in records]
+    first = f"the rest of epoch {part}, " if part else ""
+    if len(seconds) == 1:
+        return f"{first}{_duration(seconds[0])}, loading or compiling the kernels included"
+    later = [r["seconds"] - r.get("replay_compile_seconds", 0.0) for r in records[1:]]
+    compiled = " without compiles" if any("replay_compile_seconds" in r for r in records[1:]) else ""
+    return (f"median {_duration(float(np.median(later)))} per epoch after the first{compiled} ({first}"
+            f"{_duration(seconds[0])}, which also loaded or compiled the kernels)")
 
 
 def _bf16_engine():

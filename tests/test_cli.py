@@ -752,3 +752,16 @@ def test_a_count_fixed_by_omp_num_threads_is_the_runs_and_kept_by_resume(tmp_pat
     assert proc.returncode == 0, proc.stderr
     m = json.loads((run / "metrics.json").read_text())
     assert m["run"]["threads"] == 1 and m["epochs"][-1]["threads"]["count"] == 1, m["epochs"][-1]["threads"]
+
+
+def test_the_done_lines_median_leaves_out_the_replays_a_later_epoch_compiled():
+    """An epoch whose pacer changed the thread count compiles that count's replays (in its seconds): the median
+    epoch "after the first" mixed that compile in (a researcher's trial). It is left out, and the line says so."""
+    from fastvae.train import _speed
+    records = [{"seconds": 20.0}, {"seconds": 2.0}, {"seconds": 9.0, "replay_compile_seconds": 7.0},
+               {"seconds": 2.2}]
+    assert _speed(records) == ("median 2.00 s per epoch after the first without compiles (20.00 s, which also "
+                               "loaded or compiled the kernels)")
+    assert _speed(records[:2], part=3) == ("median 2.00 s per epoch after the first (the rest of epoch 3, 20.00 s, "
+                                           "which also loaded or compiled the kernels)")
+    assert _speed(records[:1]) == "20.00 s, loading or compiling the kernels included"
