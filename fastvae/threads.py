@@ -248,7 +248,8 @@ class _Held:
         self.lock = threading.Lock()
         self.holders = 0
         self.original = []          # [(library, its count before the first holder, or as another library set it)]
-        self.ours = {}              # id(library): the count a holder set last
+        self.ours = {}              # the library's file: the count a holder set last (every holder's controllers
+                                    # are its own objects, the library one)
 
     def take(self, libs):
         """One more holder (under self.lock); the first notes the counts before any holder changed them."""
@@ -260,18 +261,22 @@ class _Held:
         """A holder's count for `lib` (under self.lock)."""
         _set_blas(lib, count)
         if count is not None:
-            self.ours[id(lib)] = count
+            self.ours[lib.filepath] = count
 
     def keep(self):
-        """A count another library changed while a fit held them (threadpoolctl's threadpool_limits ending its block
-        in another thread, as scikit-learn's calls do) is that library's, to be put back at the end instead of the
-        one from before, and the holders' again now: it was put back under a running fit (OpenBLAS's full count
-        under fastvae's workers: 8-20x slower), and the count from before the fit overwrote it at the end, the
-        process's BLAS left at one thread for good (an embedder's trial)."""
+        """Where another library raised a count above the holders' while a fit held them, it is taken for that
+        library putting back its count (threadpoolctl's threadpool_limits ending, in another thread, a block that
+        began before the fit, as scikit-learn's calls do): that count is the one to put back at the end, and the
+        holders' is set again now. It was left under the running fit (OpenBLAS's full count under fastvae's workers:
+        8-20x slower), and the count from before the fit, the other's limit, overwrote it at the end: the process's
+        BLAS at one thread for good (an embedder's trial). A count lowered below the holders' is a limit another
+        library put in force, which it puts back itself: left alone (adopting it left the limit for good after its
+        block ended inside the fit: a review's catch). With workers the holders' count is 1, so limits (1) are no
+        change and every change is a raise."""
         with self.lock:
             for i, (lib, _) in enumerate(self.original):
-                want, now = self.ours.get(id(lib)), lib.get_num_threads()
-                if want is not None and now != want:
+                want, now = self.ours.get(lib.filepath), lib.get_num_threads()
+                if want is not None and now is not None and now > want:
                     self.original[i] = (lib, now)
                     _set_blas(lib, want)
 
@@ -281,7 +286,7 @@ class _Held:
         self.holders -= 1
         if self.holders == 0:
             for lib, count in self.original:
-                if lib.get_num_threads() == self.ours.get(id(lib)):
+                if lib.get_num_threads() == self.ours.get(lib.filepath):
                     _set_blas(lib, count)
             self.ours.clear()
 

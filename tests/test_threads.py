@@ -491,6 +491,42 @@ def test_a_count_another_library_puts_back_during_a_fit_is_kept_after_it(mnist):
             threads._set_blas(lib, count)
 
 
+@pytest.mark.parametrize("with_workers", [True, False])
+def test_a_limit_begun_and_ended_inside_a_fit_and_a_second_fit_leave_the_count_from_before(with_workers):
+    """(A review of the fix above.) A threadpool_limits(1) block that begins and ends while a fit holds the counts
+    puts back the fit's own count itself: taking its limit for the count to put back left the process at it for
+    good. And two fits at once (each Libraries with its own controllers of the one library) are not another
+    library to each other: keyed by the library's file, not the controller object, the second fit's count was
+    taken for a foreign one."""
+    from threadpoolctl import ThreadpoolController, threadpool_limits
+    from fastvae.backends import cpu
+    controllers = ThreadpoolController().select(user_api="blas").lib_controllers
+    before = [(lib, lib.get_num_threads()) for lib in controllers]
+    workers = cpu.workers if with_workers else None
+    for lib in controllers:                         # a count above two to come back to
+        threads._set_blas(lib, 4)
+    try:
+        fit = threads.Libraries(workers)
+        fit.set(2)
+        with threadpool_limits(limits=1, user_api="blas"):
+            fit.keep()
+        fit.keep()
+        fit.release()
+        assert numpy_blas(blas_threads()) == 4
+        a, b = threads.Libraries(workers), threads.Libraries(workers)
+        a.set(3)
+        b.set(2)
+        a.keep()
+        during = numpy_blas(blas_threads())
+        a.release()
+        b.keep()
+        b.release()
+        assert during == (1 if with_workers else 2) and numpy_blas(blas_threads()) == 4
+    finally:
+        for lib, count in before:
+            threads._set_blas(lib, count)
+
+
 def test_a_fit_never_starts_numbas_own_thread_pool():
     """No fastvae kernel is parallel=True (the step's threads are fastvae.workers'), but setting Numba's thread count
     started its threading layer: libgomp loaded and an OpenMP pool of idle threads in every process that fitted
