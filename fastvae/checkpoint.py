@@ -7,6 +7,7 @@ Written atomically (temporary file in the same folder, fsync, rename), so a cras
 the real name; a SHA-256 over every field catches corruption; read with allow_pickle=False, so loading never
 executes code.
 """
+import errno
 import hashlib
 import io
 import json
@@ -78,10 +79,12 @@ def _save_stream(stream, arrays):
     np.savez(buffer, **arrays)
     try:
         stream.write(buffer.getvalue())
-    except io.UnsupportedOperation as e:    # (an OSError too: it said "choose another folder" for a file opened 'rb')
-        raise UserError(f"could not write the checkpoint into the {what} given ({one_line(e)}: it is not open for "
-                        "writing); open it with mode 'wb'") from None
     except OSError as e:                    # the stream's own failure (a full disk, a closed pipe): its kind and errno
+        # a stream open for reading (a file: UnsupportedOperation; a gzip.GzipFile: EBADF) said "choose another
+        # folder" (an embedder's trial, and a review's)
+        if isinstance(e, io.UnsupportedOperation) or e.errno == errno.EBADF:
+            raise UserError(f"could not write the checkpoint into the {what} given ({one_line(e)}: it is not open "
+                            "for writing); open it with mode 'wb'") from None
         raise file_error(f"could not write the checkpoint into the {what} given ({e.strerror or one_line(e)}); "
                          f"{write_advice(e)}", e) from e
     except (ValueError, TypeError, AttributeError) as e:        # closed, read-only, or a text file
@@ -107,11 +110,16 @@ def _one_archive(stream, bad):
         data, whole = zipstream.read_one(stream.read)
         if whole is None:
             rest = stream.read()
-            if not isinstance(rest, bytes):
+            if not isinstance(rest, (bytes, bytearray)):
                 raise zipstream.NotBytes(type(rest).__name__)
-            data += rest
+            data += bytes(rest)
     except zipstream.NotBytes as e:
+        if str(e) == "NoneType":            # (a non-blocking stream with nothing to read yet)
+            raise UserError(f"{bad} (its read() returned None: a non-blocking stream with no data yet); pass a "
+                            "blocking stream") from None
         raise UserError(f"{bad} (it reads {e}, not bytes); open it in binary mode ('rb')") from None
+    except MemoryError:
+        raise UserError(f"{bad} (not enough memory for what it holds); it may be corrupt") from None
     except (OSError, ValueError, AttributeError, TypeError) as e:
         raise UserError(f"{bad} (it cannot be read: {one_line(e)}); pass a file open for binary reading") from None
     if whole is False:

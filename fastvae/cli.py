@@ -95,7 +95,7 @@ def add_shared_options(p: argparse.ArgumentParser, quiet: str, precision: str = 
 def path_argument(text: str) -> Path:
     """A path option's value; an empty one (`--out=`, an unset shell variable) is refused: Path("") is the working
     folder, where `--out=` trained and `--resume=` resumed without a word (an adversarial user's trial)."""
-    if not text.strip():
+    if text == "":                          # (" " is a name a file may have)
         raise argparse.ArgumentTypeError(f"must name a file or folder, got an empty path ({text!r}); \".\" is the "
                                          "working folder")
     return Path(text)
@@ -157,7 +157,9 @@ def run_record(checkpoint: Path) -> dict | None:
 
 def check_run_config(model, checkpoint: Path, metrics: dict | None = None) -> None:
     """Raises UserError (one line) where the model loaded from `checkpoint` is not the one the metrics.json beside it
-    describes (`metrics`: that file's contents where already read): a setting other than epochs differs. A checkpoint
+    describes (`metrics`: that file's contents where already read): its architecture or seed differs (the settings
+    a program may change between fits, Adam's, epochs and batch_size, are not compared: a checkpoint fitted on with
+    another batch size was refused, a review's catch). A checkpoint
     of another run copied into a run folder was resumed under the run's name, its history mixed with the other
     model's, and the tools blamed the data ("has changed since it was trained on": an adversarial user's trial). A
     bare checkpoint, or a metrics.json without a readable config, is not checked."""
@@ -171,11 +173,16 @@ def check_run_config(model, checkpoint: Path, metrics: dict | None = None) -> No
     if not isinstance(recorded, dict):
         return
     have = json.loads(json.dumps(model.config.to_dict()))       # (tuples as the JSON's lists)
-    for key, value in have.items():
-        if key != "epochs" and key in recorded and recorded[key] != value:
+    for key in _RUN_FIXED:
+        value = have.get(key)
+        if key in have and key in recorded and recorded[key] != value:
             raise UserError(f"{checkpoint} is not the checkpoint of the run in {checkpoint.parent}: its {key} is "
                             f"{value!r}, the run's metrics.json records {recorded[key]!r} (a checkpoint of another "
                             "run copied in?); use the run folder it came from, or a copy of the checkpoint alone")
+
+
+# what a model cannot change once made (VAE._FIXED, less the batch size, which fit(batch_size=...) may change)
+_RUN_FIXED = ("hidden", "latent", "input_width", "image_shape", "encoder", "reconstruction", "activation", "seed")
 
 
 def same_file(a, b) -> bool:

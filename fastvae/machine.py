@@ -43,8 +43,7 @@ def _version(package):
 
 
 def blas():
-    """NumPy's BLAS as threadpoolctl reads it (library, version, the kernels it chose for this CPU, its thread count
-    now), and the path fastvae's cpu kernels call it by (fastvae.backends.cpu_blas), where those are loaded; else
+    """NumPy's BLAS as threadpoolctl reads it (library, version, the kernels it chose for this CPU), and the path fastvae's cpu kernels call it by (fastvae.backends.cpu_blas), where those are loaded; else
     None. Loads neither NumPy nor fastvae's kernels."""
     if "numpy" not in sys.modules:
         return None
@@ -54,7 +53,8 @@ def blas():
     except Exception:  # noqa: BLE001  (a description only: never the reason a run fails)
         libs = []
     numpys = [lib for lib in libs if "numpy" in str(lib.get("filepath", ""))] or libs
-    out = {k: numpys[0].get(k) for k in ("internal_api", "version", "architecture", "num_threads")} if numpys else {}
+    # (not its thread count: read here, it is not the count a result was computed at, which the run records)
+    out = {k: numpys[0].get(k) for k in ("internal_api", "version", "architecture")} if numpys else {}
     kernels = sys.modules.get("fastvae.backends.cpu_blas")
     if kernels is not None:
         out["fastvae_kernels"] = getattr(kernels, "KIND", None)

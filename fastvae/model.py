@@ -596,7 +596,7 @@ def _checked_path(path: object) -> str:
     if not isinstance(path, (str, PathLike)):
         raise UserError(f"a path (str or os.PathLike) is needed, not {type(path).__name__}")
     text = os.fspath(path)
-    if isinstance(text, str) and not text.strip():     # (save("") wrote ./checkpoint.npz without a word: a trial)
+    if text == "":                          # (save("") wrote ./checkpoint.npz without a word: a trial)
         raise UserError(f"the path is empty ({text!r}); name a file or folder (\".\" for the working folder)")
     return os.path.expanduser(text)
 

@@ -120,6 +120,11 @@ def needs_fallback(source: str | Path = __file__) -> bool:
         from numba.core import caching, config
         if getattr(config, "CACHE_DIR"):        # (numba.core.config sets its names at run time)
             return False
+        # fastvae's own folder places them (its locator is installed after this is asked: a writable
+        # FASTVAE_CACHE_DIR was passed over for the private temporary folder, a review's catch)
+        if os.path.abspath(source).startswith(str(Path(__file__).resolve().parent) + os.sep) and \
+                own_folder("numba") is not None:
+            return False
         impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl")
         return all(locator.from_function(_probe, str(source)) is None for locator in impl._locator_classes)
     except Exception:  # noqa: BLE001  (another Numba: its own behaviour)
@@ -210,11 +215,41 @@ def user_folder() -> Path:
         os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "fastvae")))
 
 
+def own_folder(sub: str) -> Path | None:
+    """user_folder()/sub (numba/: the kernels; replays/: the captured step's modules), made with mode 0700 where
+    missing, where it may hold what fastvae loads from it: this user's, open to no one else, in folders only this
+    user and root control (_yours, _held_by_trusted_hands); else None (then Numba's own places or the private
+    folder serve). Numba unpickles its index files and fastvae imports the replays, so a FASTVAE_CACHE_DIR in a
+    folder others could write let them run code as this user (a security review planted an index that ran `id`)."""
+    return _own_folder(str(user_folder() / sub))
+
+
+@lru_cache(maxsize=None)
+def _own_folder(path: str) -> Path | None:
+    folder = Path(path)
+    try:
+        folder.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        folder.mkdir(mode=0o700, exist_ok=True)
+        if _yours(folder) and _held_by_trusted_hands(folder):
+            return folder
+    except OSError:
+        pass
+    return None
+
+
 def _user_folder_init(self, py_func, py_file):
     """(a locator's __init__: Numba's user-wide locator, pointed at user_folder()/numba instead of ~/.cache/numba)"""
     self._py_file = py_file
     self._lineno = py_func.__code__.co_firstlineno
-    self._cache_path = os.path.join(user_folder(), "numba", self.get_suitable_cache_subpath(py_file))
+    self._cache_path = os.path.join(own_folder("numba") or user_folder() / "numba",
+                                    self.get_suitable_cache_subpath(py_file))
+
+
+def _from_own_folder(cls, py_func, py_file):
+    """(the locator of fastvae's folder) None where own_folder refuses it: the next locator places the function."""
+    if own_folder("numba") is None:
+        return None
+    return _from_function(cls, py_func, py_file)
 
 
 def _from_function(cls, py_func, py_file):
@@ -250,7 +285,7 @@ def key_caches_by_package(root: str | Path = Path(__file__).resolve().parent) ->
         names = [getattr(c, "numba_locator").__name__.lstrip("_") for c in keyed]     # Numba's, without its _
         if "UserWideCacheLocator" in names:
             own = type("PackageFolderCacheLocator", (keyed[names.index("UserWideCacheLocator")],),
-                       {"__init__": _user_folder_init})
+                       {"__init__": _user_folder_init, "from_function": classmethod(_from_own_folder)})
             # after NUMBA_CACHE_DIR's, which still wins
             keyed.insert(names.index("UserProvidedCacheLocator") + 1 if "UserProvidedCacheLocator" in names else 0,
                          own)

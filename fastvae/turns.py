@@ -29,13 +29,16 @@ def taking_turns(hint: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
     def decorator(method: Callable[_P, _R]) -> Callable[_P, _R]:
         signature = inspect.signature(method)
         name = method.__qualname__
+        first = next(iter(signature.parameters))
 
         @functools.wraps(method)
         def locked(*args: _P.args, **kw: _P.kwargs) -> _R:
-            lock = getattr(args[0], "_lock", None) if args else None
+            # the model by position or by name (iwae_bound(model=m, ...) ran without it held: a review's catch)
+            model = args[0] if args else kw.get(first)
+            lock = getattr(model, "_lock", None)
             if lock is None:
                 return method(*args, **kw)
-            if getattr(args[0], "_forked_busy", False):
+            if getattr(model, "_forked_busy", False):
                 raise UserError(FORKED_BUSY)
             depth = getattr(_calls, "depth", 0)
             with lock:

@@ -12,6 +12,7 @@ from typing import Callable
 
 LOCAL, CENTRAL, END = b"PK\x03\x04", b"PK\x01\x02", b"PK\x05\x06"
 END64, LOCATOR64 = b"PK\x06\x06", b"PK\x06\x07"
+CHUNK = 1 << 20                     # the most bytes asked of the stream at once
 _UNKNOWN_SIZE = 0xFFFFFFFF          # a 32-bit size field that defers to the zip64 extra field
 _DATA_DESCRIPTOR = 0x08             # general purpose flag bit 3: the sizes follow the data
 
@@ -33,10 +34,12 @@ def read_one(read: Callable[[int], bytes]) -> tuple[bytes, bool | None]:
     buf = bytearray()
 
     def take(n: int) -> bytes | None:
-        """n more bytes (the stream's read() may answer fewer), or None where the stream ends first."""
+        """n more bytes (the stream's read() may answer fewer), or None where the stream ends first. Read at most
+        CHUNK bytes a call: a declared size is not trusted with an allocation (a crafted 2**62 made read() raise
+        MemoryError, 2**64 - 1 OverflowError: a review's catch); memory grows only as bytes arrive."""
         start = len(buf)
         while len(buf) - start < n:
-            chunk = read(n - (len(buf) - start))
+            chunk = read(min(CHUNK, n - (len(buf) - start)))
             if not isinstance(chunk, (bytes, bytearray)):
                 raise NotBytes(type(chunk).__name__)
             if not chunk:

@@ -1,4 +1,5 @@
 """python -m fastvae.train as a real subprocess on a small slice of the embedded MNIST; the files it writes."""
+import dataclasses
 import json
 import os
 import shutil
@@ -646,6 +647,15 @@ def test_a_checkpoint_copied_in_from_another_run_is_refused_by_resume_and_evalua
     proc = subprocess.run([sys.executable, "-m", "fastvae.evaluate", str(ours), "--k", "1"], capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 2 and proc.stderr.strip() == want, proc.stderr
+    # the run's own model fitted on by a program in another batch size (and learning rate) is the run's still (it
+    # was refused as another run's: a review's catch); --resume says which epochs have no record
+    from fastvae import VAE
+    model = VAE.load(theirs, backend="cpu")
+    model.config = dataclasses.replace(model.config, lr=0.002)
+    model.fit(np.load(data), epochs=1, batch_size=20)
+    model.save(theirs)
+    proc = train("--resume", str(theirs), "--epochs", "3")
+    assert proc.returncode == 0 and "trained outside this run have no record" in proc.stderr, proc.stderr
 
 
 def test_a_resume_on_a_data_set_whose_test_set_changed_is_refused(tmp_path):

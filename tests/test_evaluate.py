@@ -387,6 +387,27 @@ def test_a_bound_is_of_one_model_while_a_fit_runs_on_it(trained):
     np.testing.assert_array_equal(result["bound"], before)
 
 
+def test_the_model_is_held_when_passed_by_name(trained):
+    """iwae_bound(model=m, ...) ran without the model held (the lock was looked for in the first positional argument
+    only: a review's catch), and a wrong keyword was a plain TypeError: both calls take turns the same way."""
+    model, _, X = trained
+    held = []
+    original = type(model)._images
+
+    def spy(self, *args, **kw):
+        held.append(self._lock._is_owned())
+        return original(self, *args, **kw)
+    type(model)._images = spy
+    try:
+        iwae_bound(model=model, X=X[:2], k=2)
+        iwae_bound(model, X[:2], k=2)
+    finally:
+        type(model)._images = original
+    assert held and all(held), held
+    with pytest.raises(UserError, match=r"^evaluate_model\(\): got an unexpected keyword argument 'foo'"):
+        evaluate_model(model=model, X=X[:2], foo=1)
+
+
 def test_a_batch_size_above_the_samples_needed_costs_no_memory(trained):
     """batch_size = 10**12 asked NumPy for 62 TiB (a MemoryError naming VAE.decode_logits) to decode 30 samples: the
     decoder's rows are at most the samples asked for, and the bound is the same."""

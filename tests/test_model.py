@@ -761,10 +761,17 @@ def test_save_and_load_take_an_open_binary_file(mnist, tmp_path):
         model.save(text)
     with open(tmp_path / "m.npz", "r") as text, pytest.raises(UserError, match=r"open it in binary mode \('rb'\)"):
         VAE.load(text, backend="cpu")
-    # (it said "choose another folder": an embedder's trial)
+    # (it said "choose another folder": an embedder's trial; a gzip.GzipFile's is EBADF: a review's)
+    import gzip
     with open(tmp_path / "m.npz", "rb") as reading, pytest.raises(UserError, match=r"it is not open for writing\); "
                                                                                r"open it with mode 'wb'$"):
         model.save(reading)
+    packed = io.BytesIO()
+    with gzip.GzipFile(fileobj=packed, mode="wb") as g:
+        model.save(g)
+    packed.seek(0)
+    with gzip.GzipFile(fileobj=packed, mode="rb") as g, pytest.raises(UserError, match="not open for writing"):
+        model.save(g)
 
 
 def test_checkpoints_written_one_after_another_into_one_file_are_read_back_in_order(mnist, tmp_path):

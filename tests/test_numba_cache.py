@@ -221,3 +221,57 @@ def test_the_tools_say_when_the_kernels_are_compiled_in_every_run(monkeypatch):
     monkeypatch.setattr(numba_cache, "_TAKEN", ["/tmp/fastvae-5000"])
     (line,) = Notes(argparse.Namespace(quiet=False)).held
     assert line.startswith("fastvae: /tmp/fastvae-5000 is not this user's alone") and "NUMBA_CACHE_DIR" in line
+
+
+@pytest.mark.parametrize("how", ["open to all", "another user's", "under an open folder"])
+def test_a_cache_folder_others_could_write_is_not_used(tmp_path, monkeypatch, how):
+    """FASTVAE_CACHE_DIR in a folder others could write: Numba unpickles its index files there and fastvae imports
+    the replays it generates there, so another user could run code as this one (a security review planted an index
+    that ran `id`). Such a folder is passed over (the private folder serves the replays); a private one is used."""
+    from fastvae.backends import capture
+    chosen = tmp_path / "shared" / "cache"
+    chosen.mkdir(parents=True)
+    if how == "open to all":
+        (chosen / "replays").mkdir(mode=0o777)
+        os.chmod(chosen / "replays", 0o777)
+    elif how == "another user's":
+        if os.getuid() != 0:
+            pytest.skip("needs root to give a folder to another user")
+        (chosen / "numba").mkdir()
+        os.chown(chosen / "numba", 65534, 65534)
+    else:
+        os.chmod(tmp_path / "shared", 0o777)            # anyone may rename `cache` away and put theirs there
+    monkeypatch.setenv("FASTVAE_CACHE_DIR", str(chosen))
+    numba_cache._own_folder.cache_clear()
+    try:
+        sub = "numba" if how == "another user's" else "replays"
+        assert numba_cache.own_folder(sub) is None
+        if sub == "replays":
+            assert capture.cache_dir() != chosen / "replays"
+        os.chmod(tmp_path / "shared", 0o755)
+        private = tmp_path / "mine"
+        monkeypatch.setenv("FASTVAE_CACHE_DIR", str(private))
+        assert numba_cache.own_folder("replays") == private / "replays"
+        assert os.stat(private / "replays").st_mode & 0o777 == 0o700
+    finally:
+        numba_cache._own_folder.cache_clear()
+
+
+@pytest.mark.skipif(not _read_only_mounts_work(), reason="needs `unshare -m` and mount (root with CAP_SYS_ADMIN) "
+                    "to make the installed package read-only in a private mount namespace")
+def test_a_read_only_install_caches_its_kernels_in_a_writable_fastvae_cache_dir(tmp_path):
+    """A read-only install, HOME unwritable, FASTVAE_CACHE_DIR writable: the kernels went to the private temporary
+    folder (recompiled after every boot), not the folder the user named (a review's catch): Numba's own places were
+    asked before fastvae's folder was."""
+    code = COMPILE_ONE + "; print(u.column_sums._cache._cache_path)"
+    env = {**os.environ, **UNWRITABLE_HOME, "TMPDIR": str(tmp_path / "tmp"),
+           "FASTVAE_CACHE_DIR": str(tmp_path / "chosen")}
+    env.pop("NUMBA_CACHE_DIR", None)
+    (tmp_path / "tmp").mkdir()
+    script = (f"mount --bind {PACKAGE} {PACKAGE} && mount -o remount,bind,ro {PACKAGE} && "
+              f"exec {sys.executable} -c '{code}'")
+    proc = subprocess.run(["unshare", "-m", "sh", "-c", script], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    total, path = proc.stdout.split()
+    assert total == "15.0" and Path(path).parent == tmp_path / "chosen" / "numba", path

@@ -69,3 +69,16 @@ def test_sizes_after_the_data_and_foreign_bytes_are_left_to_the_caller():
 def test_a_stream_of_text_is_refused():
     with pytest.raises(zipstream.NotBytes, match="^str$"):
         zipstream.read_one(io.StringIO("PK").read)
+
+
+def test_a_crafted_size_is_not_trusted_with_an_allocation():
+    """An entry whose zip64 extra field claims 2**62 (or 2**64 - 1) bytes: read() was asked for that many at once,
+    a MemoryError or OverflowError (a review's catch). Read a chunk at a time, the stream ends first: truncated."""
+    archive = bytearray(_savez(a=np.arange(4.0)))
+    at = archive.find(b"\x01\x00", 30)                # the local header's zip64 extra field (id 1, after the name)
+    assert archive[:4] == zipstream.LOCAL and at > 0
+    for claimed in (2**62, 2**64 - 1):
+        crafted = bytes(archive[:at + 4]) + archive[at + 4:at + 12] + claimed.to_bytes(8, "little") + \
+            bytes(archive[at + 20:])
+        data, whole = zipstream.read_one(io.BytesIO(crafted).read)
+        assert whole is False and data == crafted

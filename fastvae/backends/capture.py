@@ -209,13 +209,14 @@ def sources_hash():
 
 def cache_dir() -> Path | None:
     """Where generated replays (and Numba's cache of them) are written: $FASTVAE_CACHE_DIR, else
-    $XDG_CACHE_HOME/fastvae, else ~/.cache/fastvae (a leading ~ expanded); where none of those can be written, the
+    $XDG_CACHE_HOME/fastvae, else ~/.cache/fastvae (a leading ~ expanded), its replays/ folder (numba_cache.own_folder:
+    made with mode 0700, and used only where no one else could write into it); where it cannot be, the
     user's private folder of numba_cache (the same one in every process, so a replay is compiled once, not in every
     run: a temporary folder per process recompiled them each time and left 0.7 MB behind); None where there is none
     either (replays are then compiled in memory)."""
-    chosen = numba_cache.user_folder()
-    if _writable(chosen / "replays"):
-        return chosen / "replays"
+    own = numba_cache.own_folder("replays")      # (only where no one else could plant a module in it)
+    if own is not None:
+        return own
     private = numba_cache.private_folder()
     return private / "replays" if private is not None and _writable(private / "replays") else None
 
