@@ -12,7 +12,6 @@ import hashlib
 import io
 import json
 import os
-import secrets
 import tokenize
 import zipfile
 from dataclasses import dataclass, field
@@ -23,6 +22,7 @@ import numpy as np
 from . import zipstream
 from .config import Config
 from .errors import UserError, file_error, one_line, unreadable, write_advice
+from .tempfiles import new_temporary
 from .params import Layout
 
 FORMAT = "fastvae-checkpoint"
@@ -169,7 +169,7 @@ def _arrays(ck):
 def _save_file(path, arrays):
     folder = path.parent if str(path.parent) else Path(".")
     try:
-        fd, tmp = _new_temporary(folder, path.name)
+        fd, tmp = new_temporary(folder, path.name)
     except OSError as e:
         raise file_error(f"cannot write a checkpoint in {folder} ({e.strerror}); {write_advice(e)}", e, path) from e
     try:
@@ -184,19 +184,6 @@ def _save_file(path, arrays):
             raise file_error(f"could not write checkpoint {path} ({e.strerror or e}); nothing was overwritten; "
                              f"{write_advice(e)}", e, path) from e
         raise
-
-
-def _new_temporary(folder, name):
-    """(descriptor, path) of a new file `.name.<random>.tmp` in `folder`, made with the mode the user's umask gives
-    new files (tempfile.mkstemp makes them 0600: every checkpoint was unreadable to the user's group and others,
-    whatever the umask, unlike the run's other files; a fresh user's trial)."""
-    for _ in range(100):
-        tmp = Path(folder) / f".{name}.{secrets.token_hex(4)}.tmp"
-        try:
-            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free temporary name for {name} in {folder}")
 
 
 def load(path):

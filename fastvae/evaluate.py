@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Iterable
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import __version__, jsonfile, rng
+from . import __version__, jsonfile, rng, tempfiles
 from .cli import (Notes, OptionMistake, Parser, add_shared_options, check_positive, checkpoint_path, run_main,
                   path_argument, run_precision, run_record, run_test_set, thread_count, whole_number)
 from .config import flag, integer, seed_value
@@ -360,13 +360,8 @@ def _check_writable(path: Path, folder_meant: bool = False) -> None:
         # adversarial user's trial lost a trained model so)
         raise UserError(f"--json {path}: that file exists and is not an earlier fastvae-evaluate report (only those "
                         "are replaced); choose a new file name")
-    probe = jsonfile.temporary(path)
     try:
-        with open(probe, "x"):
-            pass
-        probe.unlink()
-    except FileExistsError:
-        pass                        # (a leftover of an earlier write: the write replaces it)
+        tempfiles.probe(path.parent)
     except OSError as e:
         raise UserError(f"cannot write {path} ({e.strerror}); choose another --json path") from None
 

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .tempfiles import new_temporary
+
 
 def strict(obj):
     """`obj` with every float that is NaN or infinite replaced by None, NumPy scalars and arrays made plain, and
@@ -49,14 +51,20 @@ def dumps(obj, **kwargs):
     return json.dumps(strict(obj), allow_nan=False, **kwargs)
 
 
-def temporary(path):
-    """The temporary file write() writes first, beside `path` (a Path)."""
-    return path.with_name(path.name + ".tmp")
-
-
 def write(path, obj):
-    """Write `obj` to `path` as indented strict JSON, atomically (a temporary file renamed over it)."""
+    """Write `obj` to `path` as indented strict JSON, atomically and durably: a new temporary file of a random name
+    beside it (tempfiles.new_temporary: a fixed name, metrics.json.tmp, was written through a link planted under it,
+    a security review), flushed to disk (after a power loss metrics.json could be empty, and --resume refused a run
+    whose checkpoint was whole), then renamed over it."""
     path = Path(path)
-    tmp = temporary(path)
-    tmp.write_text(dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    text = dumps(obj, indent=2) + "\n"
+    fd, tmp = new_temporary(path.parent, path.name)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 
 try:
@@ -59,7 +60,19 @@ def acquire(folder: str | Path) -> Lock | None:
         return None
     path = Path(folder) / NAME
     while True:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)     # not inherited by child processes (PEP 446)
+        # never through a link, and only into a regular file of this user's: a link planted under the name in a
+        # folder others can write had the pid written over the file it pointed at, truncated first (a security
+        # review; a missing target was created)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)   # (not inherited)
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                raise OSError(e.errno, f"{NAME} in it is a symbolic link, not a lock file of fastvae's") from None
+            raise
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (hasattr(os, "getuid") and st.st_uid != os.getuid()):
+            os.close(fd)
+            raise OSError(errno.EPERM, f"{NAME} in it is not a file of this user's")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -75,7 +88,7 @@ def acquire(folder: str | Path) -> Lock | None:
         # the holder we waited on may have ended between our open and our flock, removing the name (Lock.release):
         # then we hold a file nobody else will open, and must try again with the name's current file
         try:
-            ours = os.path.samestat(os.fstat(fd), os.stat(path))
+            ours = os.path.samestat(os.fstat(fd), os.lstat(path))
         except FileNotFoundError:
             ours = False
         if ours:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import __version__, jsonfile, machine, runlock, training
+from . import __version__, jsonfile, machine, runlock, tempfiles, training
 from .cli import (Notes, OptionMistake, Parser, add_shared_options, at_most, check_positive, check_run_config,
                   command_of, load_data, path_argument, remove_empty, run_main, thread_count, whole_number)
 from .config import Config
@@ -176,9 +176,7 @@ def _prepare_out(out, hold, new_run=False, overwrite=False, figures=False):
             raise UserError(f"{out} holds {theirs[0].relative_to(out)}, a name of the figures a run writes there; "
                             "choose another --out, pass --no-plots, or --overwrite to replace them")
     try:                                        # (an old lock file of a killed run opens even in a read-only folder)
-        probe = out / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        tempfiles.probe(out)
     except OSError as e:
         raise _unwritable(out, e.strerror, new_run) from None
     return out
@@ -574,9 +572,14 @@ def _bf16_engine():
 def _remove_run(out):
     """Remove the files a run writes into `out` (and fastvae.plot's default figures/), none of the user's own."""
     from .plot import FIGURES
-    found = [out / name for name in _RUN_FILES] + [out / "metrics.json.tmp", *out.glob(".checkpoint.npz.*.tmp")]
-    found += [*(out / "samples").glob("epoch_*.png"), *(out / f for f in FIGURES),
-              *(out / "figures" / f for f in FIGURES)]
+    found = [out / name for name in _RUN_FILES] + [out / "metrics.json.tmp", *out.glob(".checkpoint.npz.*.tmp"),
+                                                   *out.glob(".metrics.json.*.tmp")]
+    found += [*(out / f for f in FIGURES)]
+    # never through a link: `samples` or `figures` planted as links to another folder had that folder's
+    # epoch_001.png and loss.png removed (a security review)
+    for sub, names in (("samples", None), ("figures", FIGURES)):
+        if (out / sub).is_dir() and not (out / sub).is_symlink():
+            found += [*(out / sub).glob("epoch_*.png")] if names is None else [out / sub / f for f in names]
     for path in found:
         path.unlink(missing_ok=True)
 

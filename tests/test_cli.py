@@ -775,3 +775,32 @@ def test_the_done_lines_median_leaves_out_the_replays_a_later_epoch_compiled():
     assert _speed(records[:2], part=3) == ("median 2.00 s per epoch after the first (the rest of epoch 3, 20.00 s, "
                                            "which also loaded or compiled the kernels)")
     assert _speed(records[:1]) == "20.00 s, loading or compiling the kernels included"
+
+
+def test_links_planted_in_a_run_folder_are_never_written_or_followed(tmp_path):
+    """In a folder others can write, links planted under the names a run writes through had their targets
+    truncated or replaced (.fastvae.lock: the pid written over it; .write-test: emptied; metrics.json.tmp: the
+    metrics written over it), and --overwrite removed epoch_001.png and loss.png from folders that `samples` and
+    `figures` linked to (a security review). The targets are left as they were."""
+    victims = tmp_path / "victims"
+    (victims / "dir").mkdir(parents=True)
+    for name in ("lock", "probe", "tmp"):
+        (victims / name).write_text("precious")
+    for name in ("epoch_001.png", "loss.png"):
+        (victims / "dir" / name).write_text("precious")
+    out = tmp_path / "team"
+    out.mkdir()
+    (out / ".write-test").symlink_to(victims / "probe")
+    (out / "metrics.json.tmp").symlink_to(victims / "tmp")
+    (out / ".fastvae.lock").symlink_to(victims / "lock")
+    proc = train(*QUICK[2:], "--epochs", "1", "--no-plots", "--quiet", "--out", str(out))
+    assert proc.returncode == 2 and ".fastvae.lock in it is a symbolic link" in proc.stderr, proc.stderr
+    (out / ".fastvae.lock").unlink()
+    proc = train(*QUICK[2:], "--epochs", "1", "--no-plots", "--quiet", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    (out / "samples").symlink_to(victims / "dir")
+    (out / "figures").symlink_to(victims / "dir")
+    proc = train(*QUICK[2:], "--epochs", "1", "--no-plots", "--quiet", "--out", str(out), "--overwrite")
+    assert proc.returncode == 0, proc.stderr
+    assert all((victims / n).read_text() == "precious" for n in ("lock", "probe", "tmp", "dir/epoch_001.png",
+                                                                   "dir/loss.png"))
