@@ -144,8 +144,8 @@ def run_record(checkpoint: Path) -> dict | None:
     or None where there is none: a bare checkpoint, or a metrics.json without one or that cannot be read (the data
     set is then unknown, and the tools fall back to the embedded MNIST as they did before runs recorded it)."""
     try:
-        import json
-        record = json.loads((checkpoint.parent / "metrics.json").read_text())["run"]
+        from . import jsonfile              # (NumPy: not loaded by a tool's --help)
+        record = jsonfile.read(checkpoint.parent / "metrics.json")["run"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
     # a hand-edited record of other types is as good as none (rather than a traceback where it is used)
@@ -159,14 +159,15 @@ def check_run_config(model, checkpoint: Path, metrics: dict | None = None) -> No
     """Raises UserError (one line) where the model loaded from `checkpoint` is not the one the metrics.json beside it
     describes (`metrics`: that file's contents where already read): its architecture or seed differs (the settings
     a program may change between fits, Adam's, epochs and batch_size, are not compared: a checkpoint fitted on with
-    another batch size was refused, a review's catch). A checkpoint
-    of another run copied into a run folder was resumed under the run's name, its history mixed with the other
-    model's, and the tools blamed the data ("has changed since it was trained on": an adversarial user's trial). A
-    bare checkpoint, or a metrics.json without a readable config, is not checked."""
+    another batch size was refused, a review's catch). A checkpoint of another run copied into a run folder was
+    resumed under the run's name, its history mixed with the other model's, and the tools blamed the data ("has
+    changed since it was trained on": an adversarial user's trial). A bare checkpoint, or a metrics.json without a
+    readable config, is not checked."""
     import json
     if metrics is None:
         try:
-            metrics = json.loads((checkpoint.parent / "metrics.json").read_text())
+            from . import jsonfile
+            metrics = jsonfile.read(checkpoint.parent / "metrics.json")
         except (OSError, ValueError):
             return
     recorded = metrics.get("config") if isinstance(metrics, dict) else None
@@ -391,8 +392,7 @@ def run_precision(checkpoint: Path, given: str | None) -> str | None:
     if given is not None:
         return given
     try:
-        import json
-        return "bf16" if json.loads((checkpoint.parent / "metrics.json").read_text()).get("precision") == "bf16" \
-            else None
+        from . import jsonfile
+        return "bf16" if jsonfile.read(checkpoint.parent / "metrics.json").get("precision") == "bf16" else None
     except (OSError, ValueError, AttributeError):
         return None

@@ -7,6 +7,7 @@ become the plain ones they hold.
 import json
 import math
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +50,24 @@ def text_of(name: str) -> str:
 def dumps(obj, **kwargs):
     """json.dumps of strict(obj); anything else that is not JSON (NaN included) raises instead of being written."""
     return json.dumps(strict(obj), allow_nan=False, **kwargs)
+
+
+READ_LIMIT = 64 << 20                   # bytes: a run's metrics.json is kilobytes (50 epochs: ~40 kB)
+
+
+def read(path, limit=READ_LIMIT):
+    """The JSON in the regular file `path`, at most `limit` bytes. Raises OSError for anything else at the name (a
+    FIFO hung the tools, a link to /dev/zero filled the memory: a security review) and ValueError for a larger file
+    or one that is not JSON."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))    # (a FIFO's open would wait for a writer)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(f"{path} is not a regular file")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{path} is larger than {limit} bytes")
+    return json.loads(data)
 
 
 def write(path, obj):

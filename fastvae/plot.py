@@ -10,7 +10,6 @@ A mistake is one line on stderr and exit status 2. The drawing itself is fastvae
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from statistics import NormalDist
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from . import jsonfile
 from .cli import (Parser, add_shared_options, check_positive, checkpoint_path, path_argument, remove_empty,
                   run_main, run_precision, run_test_set)
 from .constants import SAMPLE_CODINGS
@@ -194,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
     metrics = path.parent / "metrics.json"
     if metrics.is_file():
         try:
-            history = json.loads(metrics.read_text())["epochs"]
+            history = jsonfile.read(metrics)["epochs"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             print(f"fastvae: ignoring {metrics} ({type(e).__name__}); no loss.png", file=sys.stderr)
     note = None if args.quiet else (lambda line: print(line, file=sys.stderr))

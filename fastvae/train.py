@@ -14,7 +14,6 @@ import contextlib
 import dataclasses
 import hashlib
 import itertools
-import json
 import os
 import shlex
 import signal
@@ -194,7 +193,7 @@ def _unwritable(out, why, new_run):
 def _is_run_metrics(path):
     """Whether `path` reads as a fastvae run's metrics.json: a JSON object with its "run" and "epochs"."""
     try:
-        metrics = json.loads(path.read_text())
+        metrics = jsonfile.read(path)
     except (OSError, ValueError):
         return False
     return isinstance(metrics, dict) and {"run", "epochs"} <= metrics.keys()
@@ -265,7 +264,7 @@ def _resumed_run(args, notify, hold):
     if out.is_dir():
         _prepare_out(out, hold)
     try:
-        metrics = json.loads((out / "metrics.json").read_text())
+        metrics = jsonfile.read(out / "metrics.json")
         run_info, history = metrics["run"], metrics["epochs"]
     except (OSError, ValueError, KeyError, TypeError) as e:
         if not out.exists():                # (it said "(FileNotFoundError)")

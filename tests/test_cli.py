@@ -804,3 +804,20 @@ def test_links_planted_in_a_run_folder_are_never_written_or_followed(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert all((victims / n).read_text() == "precious" for n in ("lock", "probe", "tmp", "dir/epoch_001.png",
                                                                    "dir/loss.png"))
+
+
+@pytest.mark.parametrize("what", ["fifo", "zeros"])
+def test_a_metrics_json_that_is_no_regular_file_is_no_run_record(run_dir, tmp_path, what):
+    """A run folder whose metrics.json is a FIFO hung fastvae-evaluate, and a link to /dev/zero filled the memory (a
+    security review): only a regular file of at most 64 MB is read; evaluate then measures the bare checkpoint."""
+    out, _ = run_dir
+    folder = tmp_path / "run"
+    folder.mkdir()
+    shutil.copy(out / "checkpoint.npz", folder / "checkpoint.npz")
+    if what == "fifo":
+        os.mkfifo(folder / "metrics.json")
+    else:
+        (folder / "metrics.json").symlink_to("/dev/zero")
+    proc = subprocess.run([sys.executable, "-m", "fastvae.evaluate", str(folder), "--k", "1", "--test-images", "20",
+                           "--backend", "cpu"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "no metrics.json beside" in proc.stderr, proc.stderr

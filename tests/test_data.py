@@ -436,3 +436,16 @@ def test_a_keras_npz_with_images_in_one_split_and_their_rows_in_the_other_is_ima
         assert data.image_shape == (6, 5) and data.train_x.shape == (50, 30) and data.test_x.shape == (10, 30)
     np.savez(tmp_path / "wide.npz", x_train=x[:50], x_test=x[50:].reshape(10, 30)[:, :29])
     user_error(load_data, tmp_path / "wide.npz", phrase="29")             # another width: refused as before
+
+
+def test_a_gzipped_file_is_decompressed_no_further_than_its_header_declares(tmp_path):
+    """A small .gz whose header declares one 28 x 28 image and whose stream then holds 200 MB of zeros was
+    decompressed whole before the check that refused it (6 GB for a 2.9 MB file: a security review). It is refused
+    the same way, having read no more than the header declares and one byte."""
+    from fastvae.data import _read_bytes
+    write_set(tmp_path)
+    bomb = gzip.compress(idx_bytes(np.zeros((1, 28, 28))) + bytes(200 << 20), compresslevel=1)
+    (tmp_path / NAMES["train_x"]).write_bytes(bomb)
+    user_error(load_data, tmp_path, phrase="extra bytes")
+    stored, contents = _read_bytes(tmp_path / NAMES["train_x"])
+    assert stored == bomb and len(contents) == 16 + 784 + 1
