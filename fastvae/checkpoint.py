@@ -212,8 +212,9 @@ def load(path):
     except PermissionError as e:                # not corrupt: unreadable to this user
         raise unreadable(path, e, "checkpoint ") from e
     # a corrupt array header makes NumPy's header parser raise SyntaxError or tokenize.TokenError (the fuzz test)
+    # and a crafted header declaring a huge array, NumPy's MemoryError (a traceback: a security review)
     except (OSError, ValueError, KeyError, IndexError, TypeError, zipfile.BadZipFile, EOFError, SyntaxError,
-            tokenize.TokenError) as e:
+            tokenize.TokenError, MemoryError) as e:
         reason = one_line(e)[:200]
         raise UserError(f"{bad} ({reason}); it may be truncated or corrupt") from None
     try:

@@ -243,7 +243,7 @@ def _open_npz(path):
             return {key: z[key] for key in z.files}
     except PermissionError as e:
         raise unreadable(path, e) from e
-    except (OSError, EOFError, ValueError, zipfile.BadZipFile) as e:
+    except (OSError, EOFError, ValueError, zipfile.BadZipFile, MemoryError) as e:   # (a crafted shape: MemoryError)
         raise UserError(f"{path} is not a readable .npz file ({_one_line(e)}); write it with numpy.savez (or "
                         "download it again)") from None
 
@@ -374,7 +374,7 @@ def _load_data(path, test_fraction, split_seed):
             x = np.load(d, allow_pickle=False)
         except PermissionError as e:
             raise unreadable(d, e) from e
-        except (OSError, EOFError, ValueError) as e:
+        except (OSError, EOFError, ValueError, MemoryError) as e:
             raise UserError(f"{d} is not a readable .npy file ({_one_line(e)}); save it with numpy.save") from None
         return _split_array(x, str(d), test_fraction, split_seed)
     if not d.is_dir():

@@ -449,3 +449,27 @@ def test_a_gzipped_file_is_decompressed_no_further_than_its_header_declares(tmp_
     user_error(load_data, tmp_path, phrase="extra bytes")
     stored, contents = _read_bytes(tmp_path / NAMES["train_x"])
     assert stored == bomb and len(contents) == 16 + 784 + 1
+
+
+def test_a_crafted_array_header_declaring_terabytes_is_one_line(tmp_path):
+    """An .npy or .npz whose header declares shape (2**40,): NumPy's MemoryError was a traceback (a security
+    review); now the one line of a file that cannot be read, naming what it asked for."""
+    import io
+    import zipfile as zf
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": "<f8", "fortran_order": False, "shape": (2**40,)})
+    np_file = tmp_path / "big.npy"
+    np_file.write_bytes(buffer.getvalue() + bytes(24))
+    with zf.ZipFile(tmp_path / "big.npz", "w") as z:
+        z.writestr("x.npy", np_file.read_bytes())
+    for path in (np_file, tmp_path / "big.npz"):
+        user_error(load_data, path, phrase="is not a readable .np")
+    # a checkpoint whose params declare terabytes (NumPy's MemoryError was a traceback there too)
+    from fastvae import VAE
+    real = tmp_path / "real.npz"
+    VAE(hidden=(8,), latent=2, backend="cpu").save(real)
+    with zf.ZipFile(real) as src, zf.ZipFile(tmp_path / "crafted.npz", "w") as dst:
+        for name in src.namelist():
+            dst.writestr(name, np_file.read_bytes() if name == "params.npy" else src.read(name))
+    with pytest.raises(UserError, match="is not a readable fastvae checkpoint .*Unable to allocate"):
+        VAE.load(tmp_path / "crafted.npz", backend="cpu")
