@@ -148,11 +148,21 @@ def run_record(checkpoint: Path) -> dict | None:
         record = jsonfile.read(checkpoint.parent / "metrics.json")["run"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    # a hand-edited record of other types is as good as none (rather than a traceback where it is used)
-    ok = isinstance(record, dict) and isinstance(record.get("data_dir"), (str, type(None))) and \
-        isinstance(record.get("test_images"), (int, type(None))) and \
-        isinstance(record.get("test_fraction"), (int, float, type(None)))
-    return record if ok else None
+    return record if valid_run_record(record) else None
+
+
+def valid_run_record(record) -> bool:
+    """Whether a metrics.json's `run` record has the types and ranges a run writes: a hand-edited one of others is
+    as good as none (rather than a traceback where it is used; test_images -150 measured all but the last 150
+    images without a word: a security review)."""
+    def count(v):
+        return v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+    fraction = record.get("test_fraction") if isinstance(record, dict) else None
+    return isinstance(record, dict) and isinstance(record.get("data_dir"), (str, type(None))) and \
+        count(record.get("test_images")) and count(record.get("train_images")) and \
+        (fraction is None or (isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and
+                              0 < fraction < 1)) and \
+        (record.get("threads") in (None, "auto") or count(record.get("threads")))
 
 
 def check_run_config(model, checkpoint: Path, metrics: dict | None = None) -> None:

@@ -194,7 +194,10 @@ def run(args: argparse.Namespace) -> int:
     metrics = path.parent / "metrics.json"
     if metrics.is_file():
         try:
-            history = jsonfile.read(metrics)["epochs"]
+            epochs = jsonfile.read(metrics)["epochs"]
+            if not isinstance(epochs, list) or not all(isinstance(r, dict) for r in epochs):
+                raise ValueError("its epochs are not as a run writes them")     # (a traceback: a security review)
+            history = epochs
         except (OSError, ValueError, KeyError, TypeError) as e:
             print(f"fastvae: ignoring {metrics} ({type(e).__name__}); no loss.png", file=sys.stderr)
     note = None if args.quiet else (lambda line: print(line, file=sys.stderr))

@@ -25,7 +25,8 @@ import numpy as np
 
 from . import __version__, jsonfile, machine, runlock, tempfiles, training
 from .cli import (Notes, OptionMistake, Parser, add_shared_options, at_most, check_positive, check_run_config,
-                  command_of, load_data, path_argument, remove_empty, run_main, thread_count, whole_number)
+                  command_of, load_data, path_argument, remove_empty, run_main, thread_count, valid_run_record,
+                  whole_number)
 from .config import Config
 from .constants import ENCODERS, HIDDEN_ACTIVATIONS, RECONSTRUCTIONS, SAMPLE_CODINGS
 from .errors import StoppedBySignal, TrainingDiverged, TrainingInterrupted, UserError, file_error
@@ -266,6 +267,10 @@ def _resumed_run(args, notify, hold):
     try:
         metrics = jsonfile.read(out / "metrics.json")
         run_info, history = metrics["run"], metrics["epochs"]
+        # types and ranges as a run writes them (hand-edited ones were tracebacks: a security review)
+        if not valid_run_record(run_info) or not isinstance(history, list) or not all(
+                isinstance(r, dict) and isinstance(r.get("epoch"), int) for r in history):
+            raise ValueError("its run record or epochs are not as a run writes them")
     except (OSError, ValueError, KeyError, TypeError) as e:
         if not out.exists():                # (it said "(FileNotFoundError)")
             raise file_error(f"--resume {out}: there is no such folder; pass the --out folder of an earlier run",

@@ -821,3 +821,30 @@ def test_a_metrics_json_that_is_no_regular_file_is_no_run_record(run_dir, tmp_pa
     proc = subprocess.run([sys.executable, "-m", "fastvae.evaluate", str(folder), "--k", "1", "--test-images", "20",
                            "--backend", "cpu"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "no metrics.json beside" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("damage", [{"run": []}, {"epochs": [1, 2]}, {"run": {"test_images": -150}},
+                                    {"run": {"data_dir": 5}}, {"run": {"train_images": "abc"}}])
+def test_a_hand_edited_metrics_json_is_one_line_not_a_traceback(run_dir, tmp_path, damage):
+    """Values of other types in metrics.json were tracebacks in --resume and plot, and test_images -150 measured all
+    but the last 150 images without a word (a security review). --resume refuses the folder in one line, plot draws
+    without loss.png, evaluate and plot take no run record from it."""
+    from fastvae.cli import run_record
+    out, _ = run_dir
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key, value in damage.items():
+        if isinstance(value, dict):
+            metrics[key].update(value)
+        else:
+            metrics[key] = value
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    proc = train("--resume", str(run), "--epochs", "3")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "is not a fastvae run folder with a readable metrics.json" in proc.stderr, proc.stderr
+    if "run" in damage:
+        assert run_record(run / "checkpoint.npz") is None
+    proc = subprocess.run([sys.executable, "-m", "fastvae.plot", str(run), "--out", str(tmp_path / "figs"),
+                           "--backend", "cpu", "--test-images", "20"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
