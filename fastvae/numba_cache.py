@@ -221,11 +221,13 @@ def own_folder(sub: str) -> Path | None:
     user and root control (_yours, _held_by_trusted_hands); else None (then Numba's own places or the private
     folder serve). Numba unpickles its index files and fastvae imports the replays, so a FASTVAE_CACHE_DIR in a
     folder others could write let them run code as this user (a security review planted an index that ran `id`)."""
-    return _own_folder(str(user_folder() / sub))
+    return checked_folder(str(user_folder() / sub))
 
 
 @lru_cache(maxsize=None)
-def _own_folder(path: str) -> Path | None:
+def checked_folder(path: str) -> Path | None:
+    """The folder at `path`, made with mode 0700 (its parents too) where missing, where it is this user's alone in
+    folders only this user and root control; else None. Once a process per path."""
     folder = Path(path)
     try:
         folder.parent.mkdir(mode=0o700, parents=True, exist_ok=True)

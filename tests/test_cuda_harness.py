@@ -416,3 +416,23 @@ def test_template_instances_launch_by_their_name_expressions():
     assert m.get_function("scaled<2>").signature == ("p",)
     with pytest.raises(emu.EmulationError, match="no kernel named 'scaled<4>'"):
         m.get_function("scaled<4>")
+
+
+def test_the_emulators_library_cache_is_not_taken_from_a_folder_others_could_write(tmp_path, monkeypatch):
+    """The emulator loads the shared libraries it caches (dlopen): FASTVAE_CUDA_EMU_CACHE naming a folder others
+    could write let them plant one (a security review). Such a folder is passed over for a private one."""
+    import os
+    from fastvae import numba_cache
+    from fastvae.cuda import emu
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    os.chmod(shared, 0o777)
+    monkeypatch.setenv("FASTVAE_CUDA_EMU_CACHE", str(shared))
+    numba_cache.checked_folder.cache_clear()
+    try:
+        assert emu.cache_dir() != shared
+        mine = tmp_path / "mine"
+        monkeypatch.setenv("FASTVAE_CUDA_EMU_CACHE", str(mine))
+        assert emu.cache_dir() == mine and os.stat(mine).st_mode & 0o777 == 0o700
+    finally:
+        numba_cache.checked_folder.cache_clear()

@@ -242,7 +242,7 @@ def test_a_cache_folder_others_could_write_is_not_used(tmp_path, monkeypatch, ho
     else:
         os.chmod(tmp_path / "shared", 0o777)            # anyone may rename `cache` away and put theirs there
     monkeypatch.setenv("FASTVAE_CACHE_DIR", str(chosen))
-    numba_cache._own_folder.cache_clear()
+    numba_cache.checked_folder.cache_clear()
     try:
         sub = "numba" if how == "another user's" else "replays"
         assert numba_cache.own_folder(sub) is None
@@ -254,7 +254,7 @@ def test_a_cache_folder_others_could_write_is_not_used(tmp_path, monkeypatch, ho
         assert numba_cache.own_folder("replays") == private / "replays"
         assert os.stat(private / "replays").st_mode & 0o777 == 0o700
     finally:
-        numba_cache._own_folder.cache_clear()
+        numba_cache.checked_folder.cache_clear()
 
 
 @pytest.mark.skipif(not _read_only_mounts_work(), reason="needs `unshare -m` and mount (root with CAP_SYS_ADMIN) "

@@ -57,12 +57,20 @@ def unavailable_reason():
 
 
 def cache_dir():
-    """$FASTVAE_CUDA_EMU_CACHE, else <user cache>/fastvae/cuda-emu."""
+    """$FASTVAE_CUDA_EMU_CACHE, else fastvae's cache folder's cuda-emu/ (numba_cache.user_folder), where no one else
+    could write into it (it holds shared libraries this process loads: one planted there ran as this user, as a
+    security review showed for Numba's index files); else the user's private temporary folder's, else a fresh
+    folder for this process."""
+    from ... import numba_cache
     env = os.environ.get("FASTVAE_CUDA_EMU_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "fastvae" / "cuda-emu"
+    chosen = Path(env) if env else numba_cache.user_folder() / "cuda-emu"
+    own = numba_cache.checked_folder(str(chosen.resolve()))
+    if own is not None:
+        return own
+    private = numba_cache.private_folder()
+    if private is not None and numba_cache.checked_folder(str(private / "cuda-emu")) is not None:
+        return private / "cuda-emu"
+    return Path(tempfile.mkdtemp(prefix="fastvae-cuda-emu-"))
 
 
 def _entry_points(code, name_expressions=()):
