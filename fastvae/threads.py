@@ -294,6 +294,25 @@ class _Held:
 _HELD = _Held()
 
 
+def _after_fork_in_child():
+    """A child forked while another thread's fit held the counts: that fit is not in the child, so its hold is
+    dropped and the counts from before it put back (the child's evaluations and fits took the counts for held, and
+    a fork inside keep() left its lock taken for good: a review's catch)."""
+    _HELD.lock = threading.Lock()
+    if _HELD.holders:
+        _HELD.holders = 0
+        for lib, count in _HELD.original:
+            try:
+                _set_blas(lib, count)
+            except Exception:  # noqa: BLE001  (the child goes on at the count it has)
+                pass
+        _HELD.ours.clear()
+
+
+if hasattr(os, "register_at_fork"):         # (every POSIX Python; Windows has no fork)
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def _set_blas(lib, count):
     """A BLAS library's thread count (a threadpoolctl controller's) set to `count` from this thread. threadpoolctl
     lets one Python thread at a time control a pthreads OpenBLAS (the first that set it, while it lives) and ignores
