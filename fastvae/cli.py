@@ -165,6 +165,18 @@ def valid_run_record(record) -> bool:
         (record.get("threads") in (None, "auto") or count(record.get("threads")))
 
 
+def valid_epochs(epochs) -> bool:
+    """Whether a metrics.json's `epochs` are records as a run writes them: each a dict with a whole-number epoch and
+    a finite train total (and a finite test total where it has a test). Hand-edited ones were tracebacks in
+    fastvae-plot, or a nonsense loss figure, and --resume carried them on (a security review and its re-review)."""
+    def total(part):
+        value = part.get("total") if isinstance(part, dict) else None
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(epochs, list) and all(
+        isinstance(r, dict) and isinstance(r.get("epoch"), int) and not isinstance(r.get("epoch"), bool)
+        and total(r.get("train")) and ("test" not in r or total(r["test"])) for r in epochs)
+
+
 def check_run_config(model, checkpoint: Path, metrics: dict | None = None) -> None:
     """Raises UserError (one line) where the model loaded from `checkpoint` is not the one the metrics.json beside it
     describes (`metrics`: that file's contents where already read): its architecture or seed differs (the settings

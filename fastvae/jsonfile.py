@@ -59,6 +59,8 @@ def read(path, limit=READ_LIMIT):
     """The JSON in the regular file `path`, at most `limit` bytes. Raises OSError for anything else at the name (a
     FIFO hung the tools, a link to /dev/zero filled the memory: a security review) and ValueError for a larger file
     or one that is not JSON."""
+    if not stat.S_ISREG(os.stat(path).st_mode):        # (not even opened: opening some devices does something)
+        raise OSError(f"{path} is not a regular file")
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))    # (a FIFO's open would wait for a writer)
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())

@@ -43,8 +43,9 @@ def _version(package):
 
 
 def blas():
-    """NumPy's BLAS as threadpoolctl reads it (library, version, the kernels it chose for this CPU), and the path fastvae's cpu kernels call it by (fastvae.backends.cpu_blas), where those are loaded; else
-    None. Loads neither NumPy nor fastvae's kernels."""
+    """NumPy's BLAS as threadpoolctl reads it (library, version, the kernels it chose for this CPU), and the path
+    fastvae's cpu kernels call it by (fastvae.backends.cpu_blas), where those are loaded; else None. Loads neither
+    NumPy nor fastvae's kernels."""
     if "numpy" not in sys.modules:
         return None
     try:

@@ -87,6 +87,7 @@ def private_folder() -> Path | None:
     it for this process, removed at exit (taken() says so); None where no temporary folder serves. Once a process."""
     uid = os.getuid() if hasattr(os, "getuid") else "user"
     for base in _temporary_folders():
+        base = os.path.realpath(base)       # (used as resolved: a link on the way could be swapped after the check)
         if not _held_by_trusted_hands(Path(base)):
             continue
         folder = Path(base) / f"fastvae-{uid}"
@@ -232,8 +233,11 @@ def checked_folder(path: str) -> Path | None:
     try:
         folder.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         folder.mkdir(mode=0o700, exist_ok=True)
-        if _yours(folder) and _held_by_trusted_hands(folder):
-            return folder
+        # the folder as resolved, checked and used so: the path as typed may pass through a link in a folder others
+        # can write, which they could swap after the check (a re-review's catch)
+        real = Path(os.path.realpath(folder))
+        if _yours(real) and _held_by_trusted_hands(real):
+            return real
     except OSError:
         pass
     return None

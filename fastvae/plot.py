@@ -19,7 +19,7 @@ import numpy as np
 
 from . import jsonfile
 from .cli import (Parser, add_shared_options, check_positive, checkpoint_path, path_argument, remove_empty,
-                  run_main, run_precision, run_test_set)
+                  run_main, run_precision, run_test_set, valid_epochs)
 from .constants import SAMPLE_CODINGS
 from .errors import UserError
 from .sigint import CtrlCNoted
@@ -195,14 +195,16 @@ def run(args: argparse.Namespace) -> int:
     if metrics.is_file():
         try:
             epochs = jsonfile.read(metrics)["epochs"]
-            if not isinstance(epochs, list) or not all(isinstance(r, dict) for r in epochs):
-                raise ValueError("its epochs are not as a run writes them")     # (a traceback: a security review)
+            if not valid_epochs(epochs):        # (tracebacks, or a nonsense figure: two reviews)
+                raise ValueError("its epochs are not as a run writes them")
             history = epochs
         except (OSError, ValueError, KeyError, TypeError) as e:
             print(f"fastvae: ignoring {metrics} ({type(e).__name__}); no loss.png", file=sys.stderr)
     note = None if args.quiet else (lambda line: print(line, file=sys.stderr))
     data, test_x, test_y = run_test_set(args, path, model, note)    # --data, else the run's own data set and split
     out = args.out if args.out is not None else path.parent / "figures"
+    if args.out is None and out.is_symlink():   # (a link planted in a shared run folder: written through; a review)
+        raise UserError(f"{out} is a link, not the run's own figures folder; remove it, or choose a folder with --out")
     # made only now that every input has been checked, and removed again (the folders this call made, while they
     # are empty) if drawing stops before a figure is written: a failed plot leaves no empty figures/ behind
     made = [p for p in (out, *out.parents) if not p.exists()]

@@ -70,9 +70,10 @@ def acquire(folder: str | Path) -> Lock | None:
                 raise OSError(e.errno, f"{NAME} in it is a symbolic link, not a lock file of fastvae's") from None
             raise
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or (hasattr(os, "getuid") and st.st_uid != os.getuid()):
+        # (and no hard link to another of the user's files, which would be truncated: a re-review's catch)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or (hasattr(os, "getuid") and st.st_uid != os.getuid()):
             os.close(fd)
-            raise OSError(errno.EPERM, f"{NAME} in it is not a file of this user's")
+            raise OSError(errno.EPERM, f"{NAME} in it is not a lock file of fastvae's (another user's file, or a link)")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

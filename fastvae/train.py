@@ -25,8 +25,8 @@ import numpy as np
 
 from . import __version__, jsonfile, machine, runlock, tempfiles, training
 from .cli import (Notes, OptionMistake, Parser, add_shared_options, at_most, check_positive, check_run_config,
-                  command_of, load_data, path_argument, remove_empty, run_main, thread_count, valid_run_record,
-                  whole_number)
+                  command_of, load_data, path_argument, remove_empty, run_main, thread_count, valid_epochs,
+                  valid_run_record, whole_number)
 from .config import Config
 from .constants import ENCODERS, HIDDEN_ACTIVATIONS, RECONSTRUCTIONS, SAMPLE_CODINGS
 from .errors import StoppedBySignal, TrainingDiverged, TrainingInterrupted, UserError, file_error
@@ -166,6 +166,9 @@ def _prepare_out(out, hold, new_run=False, overwrite=False, figures=False):
                             "--overwrite")
         raise UserError(f"{out} already holds a run ({held[0]}); continue it with --resume {shlex.quote(str(out))}, "
                         "or pass --overwrite to replace it")
+    if (out / "samples").is_symlink():
+        # the epochs' samples were written through a `samples` link planted in a folder others can write (a review)
+        raise UserError(f"{out / 'samples'} is a link, not the run's own folder; remove it, or choose another --out")
     if new_run and figures and not overwrite:
         # a folder holding no run, but files of the figures' names: the user's own samples.png, loss.png and
         # samples/epoch_001.png were replaced without a word (an adversarial user's trial)
@@ -268,8 +271,7 @@ def _resumed_run(args, notify, hold):
         metrics = jsonfile.read(out / "metrics.json")
         run_info, history = metrics["run"], metrics["epochs"]
         # types and ranges as a run writes them (hand-edited ones were tracebacks: a security review)
-        if not valid_run_record(run_info) or not isinstance(history, list) or not all(
-                isinstance(r, dict) and isinstance(r.get("epoch"), int) for r in history):
+        if not valid_run_record(run_info) or not valid_epochs(history):
             raise ValueError("its run record or epochs are not as a run writes them")
     except (OSError, ValueError, KeyError, TypeError) as e:
         if not out.exists():                # (it said "(FileNotFoundError)")

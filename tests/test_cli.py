@@ -801,6 +801,9 @@ def test_links_planted_in_a_run_folder_are_never_written_or_followed(tmp_path):
     (out / "samples").symlink_to(victims / "dir")
     (out / "figures").symlink_to(victims / "dir")
     proc = train(*QUICK[2:], "--epochs", "1", "--no-plots", "--quiet", "--out", str(out), "--overwrite")
+    assert proc.returncode == 2 and "samples is a link" in proc.stderr, proc.stderr    # (written through, else)
+    (out / "samples").unlink()
+    proc = train(*QUICK[2:], "--epochs", "1", "--no-plots", "--quiet", "--out", str(out), "--overwrite")
     assert proc.returncode == 0, proc.stderr
     assert all((victims / n).read_text() == "precious" for n in ("lock", "probe", "tmp", "dir/epoch_001.png",
                                                                    "dir/loss.png"))
@@ -848,3 +851,41 @@ def test_a_hand_edited_metrics_json_is_one_line_not_a_traceback(run_dir, tmp_pat
     proc = subprocess.run([sys.executable, "-m", "fastvae.plot", str(run), "--out", str(tmp_path / "figs"),
                            "--backend", "cpu", "--test-images", "20"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_samples_link_and_hand_edited_epochs_are_refused_not_followed(run_dir, tmp_path):
+    """(A re-review of the fixes above.) A `samples` link planted in a run folder had the epochs' samples written
+    through it (--overwrite no longer removed its target's files, but wrote over them), fastvae-plot's default
+    figures/ the same; epochs records without a train total were tracebacks in plot; a hard link to another of the
+    user's files under the lock's name was truncated."""
+    out, _ = run_dir
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "epoch_001.png").write_text("mine")
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    (run / "samples").rename(tmp_path / "old-samples")
+    (run / "samples").symlink_to(victim)
+    proc = train(*QUICK, "--out", str(run), "--overwrite")
+    assert proc.returncode == 2 and "samples is a link, not the run's own folder" in proc.stderr, proc.stderr
+    assert (victim / "epoch_001.png").read_text() == "mine"
+    (run / "samples").unlink()
+    (run / "figures").symlink_to(victim)
+    proc = subprocess.run([sys.executable, "-m", "fastvae.plot", str(run), "--backend", "cpu"], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2 and "figures is a link" in proc.stderr and os.listdir(victim) == ["epoch_001.png"]
+    (run / "figures").unlink()
+    metrics = json.loads((run / "metrics.json").read_text())
+    metrics["epochs"] = [{"epoch": 1}]
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    proc = subprocess.run([sys.executable, "-m", "fastvae.plot", str(run), "--backend", "cpu", "--quiet"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "no loss.png" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    from fastvae import runlock
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    (tmp_path / "precious").write_text("precious")
+    os.link(tmp_path / "precious", folder / runlock.NAME)
+    with pytest.raises(OSError, match="is not a lock file of fastvae.s"):
+        runlock.acquire(folder)
+    assert (tmp_path / "precious").read_text() == "precious"

@@ -253,6 +253,10 @@ def test_a_cache_folder_others_could_write_is_not_used(tmp_path, monkeypatch, ho
         monkeypatch.setenv("FASTVAE_CACHE_DIR", str(private))
         assert numba_cache.own_folder("replays") == private / "replays"
         assert os.stat(private / "replays").st_mode & 0o777 == 0o700
+        # reached through a link: used as resolved (the typed path's link could be swapped after the check)
+        (tmp_path / "link").symlink_to(private)
+        monkeypatch.setenv("FASTVAE_CACHE_DIR", str(tmp_path / "link"))
+        assert numba_cache.own_folder("replays") == private / "replays"
     finally:
         numba_cache.checked_folder.cache_clear()
 

@@ -14,6 +14,7 @@ by the compiler's sanitizer: an index outside a fixed-size array, signed overflo
 Compiled modules are cached by a hash of the whole generated source (the #defines fastvae.cuda.sources puts in
 front, the kernels, the launchers), the flags and the compiler's version.
 """
+import atexit
 import ctypes
 import hashlib
 import json
@@ -70,7 +71,13 @@ def cache_dir():
     private = numba_cache.private_folder()
     if private is not None and numba_cache.checked_folder(str(private / "cuda-emu")) is not None:
         return private / "cuda-emu"
-    return Path(tempfile.mkdtemp(prefix="fastvae-cuda-emu-"))
+    if not _FRESH:                          # (one for the process, removed at its exit)
+        _FRESH.append(Path(tempfile.mkdtemp(prefix="fastvae-cuda-emu-")))
+        atexit.register(shutil.rmtree, _FRESH[0], ignore_errors=True)
+    return _FRESH[0]
+
+
+_FRESH: list = []
 
 
 def _entry_points(code, name_expressions=()):
