@@ -383,9 +383,12 @@ class Notes:
         from . import numba_cache
         self.quiet = args.quiet
         self.held: list[str] = []
+        if numba_cache.passed_over():
+            self(f"fastvae: FASTVAE_CACHE_DIR={numba_cache.passed_over()} cannot hold the compiled kernels (it cannot "
+                 "be written, or others could write into it or a folder above it); another place serves")
         if numba_cache.nowhere():           # (every run pays the first call's compile: say why, and the way out)
-            self("fastvae: no folder can be written for the compiled kernels (the package's, the user's cache, a "
-                 "temporary one): they are compiled again in every run; set NUMBA_CACHE_DIR to a writable folder")
+            self("fastvae: no folder can be written for the compiled kernels (the user's cache, a temporary one): "
+                 "they are compiled again in every run; set FASTVAE_CACHE_DIR to a writable folder of your own")
         elif numba_cache.taken():
             self(f"fastvae: {numba_cache.taken()} is not this user's alone (another user's, or open to others), so "
                  "the compiled kernels are kept for this run only and compiled again in every run; remove it, or set "

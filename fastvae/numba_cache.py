@@ -107,6 +107,13 @@ def private_folder() -> Path | None:
     return None
 
 
+def passed_over() -> str | None:
+    """FASTVAE_CACHE_DIR where it is set and its numba/ cannot be used (not writable, or others could write into it
+    or above it): the tools say so (it was passed over without a word: a new user's trial); else None."""
+    chosen = os.environ.get("FASTVAE_CACHE_DIR")
+    return chosen if chosen and own_folder("numba") is None else None
+
+
 def taken() -> str | None:
     """The shared folder name private_folder() found taken by someone else's (or a folder open to others), so that
     this process keeps its compiled kernels for itself only (compiled again in every run), or None."""
@@ -127,7 +134,8 @@ def needs_fallback(source: str | Path = __file__) -> bool:
                 own_folder("numba") is not None:
             return False
         impl = getattr(caching, "CacheImpl", None) or getattr(caching, "_CacheImpl")
-        return all(locator.from_function(_probe, str(source)) is None for locator in impl._locator_classes)
+        return all(locator.from_function(_probe, str(source)) is None for locator in impl._locator_classes
+                   if not _in_tree(locator))
     except Exception:  # noqa: BLE001  (another Numba: its own behaviour)
         return False
 
@@ -258,6 +266,15 @@ def _from_own_folder(cls, py_func, py_file):
     return _from_function(cls, py_func, py_file)
 
 
+def _in_tree(locator) -> bool:
+    """Numba's locator of a module's own __pycache__ (or a copy of it): never for fastvae's functions, whose files
+    there are none of the installed package's, so `pip uninstall` left them and the folder they kept let `import
+    fastvae` succeed afterwards (a namespace package without VAE); where fastvae's folder could not be used they
+    went there (a new user's trial)."""
+    base = getattr(locator, "numba_locator", locator)
+    return base.__name__.lstrip("_").startswith("InTreeCacheLocator")
+
+
 def _from_function(cls, py_func, py_file):
     if not os.path.abspath(py_file).startswith(cls.package_root + os.sep):
         return None                         # another package's function: the locators after this one place it
@@ -284,10 +301,10 @@ def key_caches_by_package(root: str | Path = Path(__file__).resolve().parent) ->
             "package_root": root, "numba_locator": base, "from_function": classmethod(_from_function),
             "get_source_stamp": _get_source_stamp})
             for base in impl._locator_classes
-            if hasattr(base, "get_source_stamp") and not hasattr(base, "package_root")]
-        # fastvae's own folder before the package's __pycache__: Numba's cache files there are no file of the
-        # installed package's, so `pip uninstall` left them, and the folder they kept made `import fastvae` succeed
-        # afterwards (a namespace package without VAE: an optional-dependency `try: import fastvae` broke so)
+            if hasattr(base, "get_source_stamp") and not hasattr(base, "package_root") and not _in_tree(base)]
+        # fastvae's own folder first (after NUMBA_CACHE_DIR), and the package's __pycache__ never (_in_tree): for
+        # fastvae's functions the copies place them, or the private folder does through NUMBA_CACHE_DIR
+        # (ensure_a_place), so Numba's own in-tree locator after them is never reached
         names = [getattr(c, "numba_locator").__name__.lstrip("_") for c in keyed]     # Numba's, without its _
         if "UserWideCacheLocator" in names:
             own = type("PackageFolderCacheLocator", (keyed[names.index("UserWideCacheLocator")],),

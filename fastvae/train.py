@@ -296,8 +296,11 @@ def _resumed_run(args, notify, hold):
     if args.epochs is not None:
         model.config = dataclasses.replace(model.config, epochs=args.epochs)
     if model.epoch >= model.config.epochs:
-        raise UserError(f"the run in {out} has already trained {model.epoch} of {model.config.epochs} epochs; "
-                        f"pass --epochs N with N > {model.epoch} to train more")
+        # (with a smaller --epochs it said "3 of 1 epochs": a new user's trial)
+        done = (f"{model.epoch} epochs, more than --epochs {model.config.epochs} asks for"
+                if model.epoch > model.config.epochs else f"{model.epoch} of {model.config.epochs} epochs")
+        raise UserError(f"the run in {out} has already trained {done}; pass --epochs N with N > {model.epoch} to "
+                        "train more")
     return model, run_info, out
 
 

@@ -762,6 +762,10 @@ def test_a_count_fixed_by_omp_num_threads_is_the_runs_and_kept_by_resume(tmp_pat
     assert proc.returncode == 0, proc.stderr
     m = json.loads((run / "metrics.json").read_text())
     assert m["run"]["threads"] == 1 and m["epochs"][-1]["threads"]["count"] == 1, m["epochs"][-1]["threads"]
+    # (a smaller --epochs said "has already trained 2 of 1 epochs": a new user's trial)
+    proc = train("--resume", str(run), "--epochs", "1", env=env)
+    assert proc.returncode == 2 and "has already trained 2 epochs, more than --epochs 1 asks for; pass --epochs N " \
+        "with N > 2" in proc.stderr, proc.stderr
 
 
 def test_the_done_lines_median_leaves_out_the_replays_a_later_epoch_compiled():

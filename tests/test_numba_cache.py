@@ -13,7 +13,7 @@ from fastvae import numba_cache
 
 PACKAGE = Path(fastvae.__file__).resolve().parent
 # (unwritable for root too)
-UNWRITABLE_HOME = {"HOME": "/proc", "XDG_CACHE_HOME": "/proc/no-cache", "FASTVAE_CACHE_DIR": "/proc/no-cache/fastvae"}
+UNWRITABLE_HOME = {"HOME": "/proc", "XDG_CACHE_HOME": "/proc/no-cache"}
 COMPILE_ONE = ("import numpy as np; from fastvae.backends import cpu_update as u; "
                "d = np.ones((3, 5), np.float32); db = np.empty(5, np.float32); u.column_sums(db, d); print(db.sum())")
 
@@ -25,6 +25,7 @@ def test_numba_has_a_place_here_and_none_for_a_file_in_an_unwritable_folder_with
     code = "from fastvae import numba_cache as n; print(n.needs_fallback('/proc/version'))"
     env = {**os.environ, **UNWRITABLE_HOME}
     env.pop("NUMBA_CACHE_DIR", None)
+    env.pop("FASTVAE_CACHE_DIR", None)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "True", out.stderr
 
@@ -64,6 +65,7 @@ def test_a_read_only_install_without_a_writable_home_caches_its_kernels_in_the_t
     code = COMPILE_ONE
     env = {**os.environ, **UNWRITABLE_HOME, "TMPDIR": str(tmp_path)}
     env.pop("NUMBA_CACHE_DIR", None)
+    env.pop("FASTVAE_CACHE_DIR", None)
     script = (f"mount --bind {PACKAGE} {PACKAGE} && mount -o remount,bind,ro {PACKAGE} && "
               f"exec {sys.executable} -c '{code}'")
     proc = subprocess.run(["unshare", "-m", "sh", "-c", script], env=env, capture_output=True, text=True,
@@ -89,6 +91,7 @@ def test_a_cache_folder_someone_else_could_write_is_never_loaded_from(tmp_path, 
             "print(*notes, sep=chr(10))")
     env = {**os.environ, **UNWRITABLE_HOME, "TMPDIR": str(tmp_path / "tmp")}
     env.pop("NUMBA_CACHE_DIR", None)
+    env.pop("FASTVAE_CACHE_DIR", None)
     env.pop("XDG_RUNTIME_DIR", None)
     (tmp_path / "tmp").mkdir()
     (tmp_path / "cwd").mkdir()
@@ -109,7 +112,7 @@ def test_a_cache_folder_someone_else_could_write_is_never_loaded_from(tmp_path, 
     total, nowhere, cached_in = first.split()
     assert (total, nowhere) == ("15.0", str(case == "nowhere")), proc.stdout
     # the tools' notes say it, asked first thing in a process, as a tool asks (the note went missing so: a trial)
-    assert len(notes) == 1 and ("is not this user's alone" if case == "planted" else "NUMBA_CACHE_DIR") in notes[0]
+    assert len(notes) == 1 and ("is not this user's alone" if case == "planted" else "FASTVAE_CACHE_DIR") in notes[0]
     assert not list((tmp_path / "cwd").iterdir()), "a cache was left in the working directory"
     if case == "planted":
         assert [p.name for p in (planted / "numba").iterdir()] == ["bait.nbi"], "the planted folder was used"
@@ -215,7 +218,7 @@ def test_the_tools_say_when_the_kernels_are_compiled_in_every_run(monkeypatch):
     assert Notes(argparse.Namespace(quiet=False)).held == []
     monkeypatch.setattr(numba_cache, "_NOWHERE", [True])
     (line,) = Notes(argparse.Namespace(quiet=False)).held
-    assert "compiled again in every run" in line and "NUMBA_CACHE_DIR" in line
+    assert "compiled again in every run" in line and "FASTVAE_CACHE_DIR" in line
     assert Notes(argparse.Namespace(quiet=True)).held == []
     monkeypatch.setattr(numba_cache, "_NOWHERE", [])
     monkeypatch.setattr(numba_cache, "_TAKEN", ["/tmp/fastvae-5000"])
@@ -279,3 +282,24 @@ def test_a_read_only_install_caches_its_kernels_in_a_writable_fastvae_cache_dir(
     assert proc.returncode == 0, proc.stderr[-2000:]
     total, path = proc.stdout.split()
     assert total == "15.0" and Path(path).parent == tmp_path / "chosen" / "numba", path
+
+
+def test_without_fastvaes_folder_the_kernels_never_go_into_the_package(tmp_path):
+    """FASTVAE_CACHE_DIR (or HOME) unusable: Numba's locator of the module's own __pycache__ placed fastvae's kernels
+    in the installed package, so `pip uninstall` left them and `import fastvae` succeeded afterwards as a namespace
+    package (a new user's trial). They go to Numba's user cache, else the private temporary folder; the tools say
+    that FASTVAE_CACHE_DIR was passed over."""
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "FASTVAE_CACHE_DIR")}
+    code = COMPILE_ONE + ("; from fastvae import numba_cache as n; print(u.column_sums._cache._cache_path); "
+                          "print(n.passed_over())")
+    for extra, where in (({"FASTVAE_CACHE_DIR": "/proc/nope", "HOME": str(tmp_path / "home"),
+                           "XDG_CACHE_HOME": str(tmp_path / "xdg")}, tmp_path / "xdg" / "numba"),
+                         ({**UNWRITABLE_HOME, "FASTVAE_CACHE_DIR": "/proc/no-cache/fastvae",
+                           "TMPDIR": str(tmp_path / "tmp")}, tmp_path / "tmp")):
+        (tmp_path / "tmp").mkdir(exist_ok=True)
+        proc = subprocess.run([sys.executable, "-c", code], env={**env, **extra}, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        total, path, said = proc.stdout.split()
+        assert total == "15.0" and Path(path).is_relative_to(where) and not Path(path).is_relative_to(PACKAGE), path
+        assert said == extra["FASTVAE_CACHE_DIR"]
