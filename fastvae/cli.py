@@ -139,15 +139,22 @@ def load_data(args: argparse.Namespace, split_seed: int, data_path=None, asked=N
     return data
 
 
+def run_metrics(checkpoint: Path) -> dict:
+    """The metrics.json beside `checkpoint` (jsonfile.read: a regular file of bounded size), or {} where there is
+    none, or none that reads as a JSON object."""
+    from . import jsonfile                  # (NumPy: not loaded by a tool's --help)
+    try:
+        metrics = jsonfile.read(checkpoint.parent / "metrics.json")
+    except (OSError, ValueError):
+        return {}
+    return metrics if isinstance(metrics, dict) else {}
+
+
 def run_record(checkpoint: Path) -> dict | None:
     """The `run` record (data_dir, test_fraction, train_images, test_images) of the metrics.json beside `checkpoint`,
     or None where there is none: a bare checkpoint, or a metrics.json without one or that cannot be read (the data
     set is then unknown, and the tools fall back to the embedded MNIST as they did before runs recorded it)."""
-    try:
-        from . import jsonfile              # (NumPy: not loaded by a tool's --help)
-        record = jsonfile.read(checkpoint.parent / "metrics.json")["run"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    record = run_metrics(checkpoint).get("run")
     return record if valid_run_record(record) else None
 
 
@@ -186,13 +193,7 @@ def check_run_config(model, checkpoint: Path, metrics: dict | None = None) -> No
     changed since it was trained on": an adversarial user's trial). A bare checkpoint, or a metrics.json without a
     readable config, is not checked."""
     import json
-    if metrics is None:
-        try:
-            from . import jsonfile
-            metrics = jsonfile.read(checkpoint.parent / "metrics.json")
-        except (OSError, ValueError):
-            return
-    recorded = metrics.get("config") if isinstance(metrics, dict) else None
+    recorded = (run_metrics(checkpoint) if metrics is None else metrics).get("config")
     if not isinstance(recorded, dict):
         return
     have = json.loads(json.dumps(model.config.to_dict()))       # (tuples as the JSON's lists)
@@ -416,8 +417,4 @@ def run_precision(checkpoint: Path, given: str | None) -> str | None:
     backend's own: fp32 on cpu)."""
     if given is not None:
         return given
-    try:
-        from . import jsonfile
-        return "bf16" if jsonfile.read(checkpoint.parent / "metrics.json").get("precision") == "bf16" else None
-    except (OSError, ValueError, AttributeError):
-        return None
+    return "bf16" if run_metrics(checkpoint).get("precision") == "bf16" else None

@@ -218,16 +218,7 @@ def cache_dir() -> Path | None:
     if own is not None:
         return own
     private = numba_cache.private_folder()
-    return private / "replays" if private is not None and _writable(private / "replays") else None
-
-
-def _writable(folder):
-    """`folder`, made where it is missing, can be written to."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        return os.access(folder, os.W_OK)
-    except OSError:
-        return False
+    return None if private is None else numba_cache.checked_folder(str(private / "replays"))
 
 
 def _compiled(source, signature):
