@@ -52,7 +52,35 @@ def _yours(folder: Path) -> bool:
     """A real folder (not a link) of this user's that no one else may write to, and this user may."""
     st = os.lstat(folder)
     mine = not hasattr(os, "getuid") or st.st_uid == os.getuid()
-    return stat.S_ISDIR(st.st_mode) and mine and not st.st_mode & 0o022 and os.access(folder, os.W_OK | os.X_OK)
+    return stat.S_ISDIR(st.st_mode) and mine and not _open_to_others(st) and os.access(folder, os.W_OK | os.X_OK)
+
+
+def _open_to_others(st: os.stat_result) -> bool:
+    """Whether someone other than a folder's owner (and root) may write in it: it is world-writable, or writable by a
+    group that is not its owner's own. Umask 002 with user private groups (the default of Debian's and Ubuntu's
+    logins) makes every new folder group-writable, ~/.cache included, for a group whose only member is the user;
+    refusing those sent such users' kernels to the temporary folder, compiled again after every boot. The rule is
+    Debian OpenSSH's for ~/.ssh (its user-group-modes patch)."""
+    if st.st_mode & 0o002:
+        return True
+    return bool(st.st_mode & 0o020) and not _private_group(st.st_uid, st.st_gid)
+
+
+@lru_cache(maxsize=None)
+def _private_group(uid: int, gid: int) -> bool:
+    """Whether group `gid` has exactly one member, user `uid`: every account whose primary group it is is that user,
+    and its member list is empty or that user alone (as Debian OpenSSH's secure_permissions; a group of no member
+    at all is refused, as there: setgid programs' groups). Read once a process; False where the system has no such
+    databases (then a group-writable folder is refused, as before)."""
+    try:
+        import grp
+        import pwd
+        group, owner = grp.getgrgid(gid), pwd.getpwuid(uid)
+        primary = [user.pw_uid for user in pwd.getpwall() if user.pw_gid == gid]
+    except (ImportError, KeyError, OSError):
+        return False
+    listed = list(group.gr_mem)
+    return (bool(primary) or bool(listed)) and set(primary) <= {uid} and listed in ([], [owner.pw_name])
 
 
 def _held_by_trusted_hands(base: Path) -> bool:
@@ -68,7 +96,7 @@ def _held_by_trusted_hands(base: Path) -> bool:
             st = os.stat(folder)
             if uid is not None and st.st_uid not in (0, uid):
                 return False
-            if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+            if _open_to_others(st) and not st.st_mode & stat.S_ISVTX:
                 return False
     except OSError:
         return False

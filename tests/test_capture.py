@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from numba import njit
 
-from fastvae import step, threads
+from fastvae import numba_cache, step, threads
 from fastvae.backends import capture, cpu, get_backend
 from fastvae.backends.cpu_bf16 import unavailable_reason as bf16_unavailable
 from fastvae.config import Config
@@ -265,6 +265,17 @@ def test_an_unwritable_cache_falls_back_to_the_users_private_folder(tmp_path, mo
         numba_cache.private_folder.cache_clear()
 
 
+def _fresh_replays(folder):
+    """`folder`, for FASTVAE_CACHE_DIR: its replays/ made anew, its numba/ this process's own kernel cache (a link,
+    used as resolved), so a subprocess compiles no kernel again (each such test compiled them all: 47 s of the
+    suite)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    kernels = numba_cache.own_folder("numba")
+    if kernels is not None:
+        (folder / "numba").symlink_to(kernels)
+    return folder
+
+
 def test_a_new_process_loads_the_compiled_replay_from_numbas_cache(tmp_path):
     """The generated module's machine code is cached next to it: a second process compiles nothing."""
     code = textwrap.dedent("""
@@ -275,7 +286,7 @@ def test_a_new_process_loads_the_compiled_replay_from_numbas_cache(tmp_path):
         replay = capture.record(lambda: cpu.gather_batch(x, data, np.array([1]))).compile()
         print(sum(replay._fn.stats.cache_hits.values()), sum(replay._fn.stats.cache_misses.values()))
     """)
-    env = {**os.environ, "FASTVAE_CACHE_DIR": str(tmp_path)}
+    env = {**os.environ, "FASTVAE_CACHE_DIR": str(_fresh_replays(tmp_path))}
     runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
             for _ in range(2)]
     assert all(r.returncode == 0 for r in runs), runs[0].stderr + runs[1].stderr
@@ -301,7 +312,7 @@ def test_fastvae_capture_0_turns_the_replays_off(tmp_path):
         print(step.RECORD_SHARDS, max(seen))
     """)
     for value, want in (("0", "False 0"), ("1", "True 1")):
-        env = {**os.environ, "FASTVAE_CAPTURE": value, "FASTVAE_CACHE_DIR": str(tmp_path / value)}
+        env = {**os.environ, "FASTVAE_CAPTURE": value, "FASTVAE_CACHE_DIR": str(_fresh_replays(tmp_path / value))}
         done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         assert done.stdout.split() == want.split()

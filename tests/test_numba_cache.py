@@ -1,6 +1,8 @@
 """Where the compiled kernels are cached when Numba has no place of its own (fastvae.numba_cache): a read-only
 install in a container whose home is read-only too (a fresh user's trial: `import fastvae` raised RuntimeError)."""
+import grp
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -140,7 +142,9 @@ def test_the_private_folder_is_made_for_this_user_only_and_refused_when_others_c
     monkeypatch.setattr(numba_cache, "_TAKEN", [])         # (what this test finds taken is its own)
     name = tmp_path / f"fastvae-{os.getuid()}"
     assert fresh() == name and name.stat().st_mode & 0o777 == 0o700 and fresh() == name
-    bad = [lambda: name.chmod(0o777), lambda: name.chmod(0o770)]
+    bad = [lambda: name.chmod(0o777), lambda: name.chmod(0o707)]
+    if _others_in_group(os.getgid()):                       # (a group-writable folder of a shared group)
+        bad.append(lambda: name.chmod(0o770))
     if os.getuid() == 0:
         bad.append(lambda: os.chown(name, 4242, 4242))
     for spoil in bad:
@@ -156,6 +160,57 @@ def test_the_private_folder_is_made_for_this_user_only_and_refused_when_others_c
     assert fresh() not in (name, tmp_path / "elsewhere")
     monkeypatch.setattr(numba_cache, "_temporary_folders", lambda: ["/proc/no-such-folder", "/proc/version"])
     assert fresh() is None
+
+
+def _others_in_group(gid: int) -> set[str] | None:
+    """The accounts other than this user's that may write through group `gid` (those whose primary group it is, and
+    its listed members), read from the system's databases; None where no group has that number."""
+    try:
+        listed = set(grp.getgrgid(gid).gr_mem)
+    except KeyError:
+        return None
+    me = pwd.getpwuid(os.getuid()).pw_name
+    return ({user.pw_name for user in pwd.getpwall() if user.pw_gid == gid} | listed) - {me}
+
+
+def test_a_folder_writable_by_the_users_own_group_alone_is_used(tmp_path, monkeypatch):
+    """Umask 002 with user private groups (Debian's and Ubuntu's logins) leaves every new folder group-writable,
+    ~/.cache included, for a group whose only member is the user: such folders were refused and the kernels went to
+    the temporary folder, compiled again after every boot. A folder writable by the user's own group alone is used,
+    in or below such folders too; one writable by a group with any other member, or by a group of no members or with
+    no entry, is not (as Debian OpenSSH's rule for ~/.ssh). The groups and accounts are this system's own."""
+    monkeypatch.setattr(numba_cache, "_temporary_folders", lambda: [str(tmp_path / "umask-002")])
+    monkeypatch.setattr(numba_cache, "_TAKEN", [])
+    (tmp_path / "umask-002").mkdir()
+    name = tmp_path / "umask-002" / f"fastvae-{os.getuid()}"
+    assert fresh() == name
+    alone = _others_in_group(os.getgid()) == set()
+    for folder in (name, tmp_path / "umask-002", tmp_path):
+        folder.chmod(0o775 if folder != name else 0o770)
+        assert (fresh() == name) is alone, folder
+    for folder in (tmp_path / "umask-002", tmp_path):
+        folder.chmod(0o755)
+    if not alone or os.getuid() != 0:
+        pytest.skip("the other groups need root to give a folder to them" if alone else
+                    f"this user's group {os.getgid()} has other members: {sorted(_others_in_group(os.getgid()))}")
+    shared = {user.pw_gid for user in pwd.getpwall() if user.pw_uid != 0 and _others_in_group(user.pw_gid)}
+    primary = {user.pw_gid for user in pwd.getpwall()}
+    empty = {group.gr_gid for group in grp.getgrall() if not group.gr_mem and group.gr_gid not in primary}
+    unknown = next(gid for gid in range(4242, 10**6) if _others_in_group(gid) is None)
+    assert shared, "no account's primary group here"
+    for gid in (min(shared), *sorted(empty)[:1], unknown):
+        os.chown(name, 0, gid)
+        name.chmod(0o770)
+        assert fresh() != name, gid
+        assert numba_cache.taken() == str(name)
+        shutil.rmtree(name)
+        for folder in (tmp_path / "umask-002", tmp_path):   # a folder above of that group: passed over, not taken
+            os.chown(folder, 0, gid)
+            folder.chmod(0o775)
+            assert fresh() is None, (gid, folder)
+            os.chown(folder, 0, os.getgid())
+            folder.chmod(0o755)
+        assert fresh() == name
 
 
 def test_a_temporary_folder_another_user_could_rename_things_in_is_passed_over(tmp_path, monkeypatch):
