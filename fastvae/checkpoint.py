@@ -186,6 +186,19 @@ def _save_file(path, arrays):
         raise
 
 
+def _refuse_a_single_array(path, bad):
+    """A NumPy .npy file (one array, np.save's) is said as such: np.load returned the array itself, and the message
+    was its TypeError ("does not support the context manager protocol") and "truncated or corrupt" (an API trial)."""
+    try:
+        with open(path, "rb") as f:
+            magic = f.read(6)
+    except OSError:
+        return                                  # (load's own handling says what is wrong)
+    if magic == b"\x93NUMPY":
+        raise UserError(f"{bad}: it holds one NumPy array (a .npy file, np.save's); pass the checkpoint.npz a "
+                        "training run or VAE.save wrote")
+
+
 def load(path):
     """The Checkpoint in `path` (a file, or an open binary file: is_file_object). Raises UserError (one line) for a
     missing, unreadable, corrupt or foreign one."""
@@ -198,6 +211,7 @@ def load(path):
             raise file_error(f"checkpoint {path} does not exist; pass the .npz file written by a training run",
                              FileNotFoundError, path)
         bad = f"{path} is not a readable fastvae checkpoint"
+        _refuse_a_single_array(path, bad)
     try:
         with np.load(path, allow_pickle=False) as f:
             if "format" not in f.files or str(f["format"]) != FORMAT:

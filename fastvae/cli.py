@@ -10,19 +10,43 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import math
 import os
 import shlex
 import shutil
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar, cast
 
 from . import __version__
 from .config import integer
 from .constants import BACKENDS as NAMES, PRECISIONS
-from .errors import TrainingDiverged, UserError
+from .errors import TrainingDiverged, UserError, also
 from .streams import to_devnull
+
+
+_Main = TypeVar("_Main", bound=Callable[..., int])
+
+
+def returns_status(main: _Main) -> _Main:
+    """A tool's main(argv) that returns its exit status whatever ends it, argparse's own ends too (--help, --version:
+    0; a mistake in the options: 2): an embedder calling main(argv) got a status for every end but those, which
+    raised SystemExit (an API trial). argv: a list of strings, as sys.argv[1:], or None for sys.argv[1:]; a str
+    (read letter by letter as options) raises UserError (a TypeError too)."""
+    @functools.wraps(main)
+    def checked(argv: list[str] | None = None) -> int:
+        if isinstance(argv, (str, bytes)) or (argv is not None and not all(isinstance(a, str) for a in argv)):
+            raise also(TypeError, f"{main.__module__}.main takes a list of strings (as sys.argv[1:]), not "
+                       f"{argv!r}; e.g. main({argv.split()!r})" if isinstance(argv, str) else
+                       f"{main.__module__}.main takes a list of strings (as sys.argv[1:]), not {argv!r}")
+        try:
+            return main(argv)
+        except SystemExit as e:
+            if e.code is None or isinstance(e.code, int):
+                return e.code or 0
+            raise
+    return cast(_Main, checked)
 
 
 def run_main(run: Callable[[argparse.Namespace], int], args: argparse.Namespace,

@@ -16,7 +16,15 @@ class Config:
     are the seed's: hidden (500, 500), latent 20, batch_size 150, epochs 50, Adam lr 0.001, beta1 0.9, beta2 0.999,
     adam_eps 1e-8, seed 0, encoder "gamma" (heads output logvar = log sigma^2), reconstruction "xent" (sigmoid
     cross-entropy), input_width 784 with image_shape (28, 28), activation "elu". Each field's comment in the source
-    says why; raises UserError for a value out of range."""
+    says why.
+
+    Ranges (else UserError, one line): hidden a non-empty sequence of positive integers (any iterable in order,
+    read once); latent, batch_size, epochs, input_width positive integers (NumPy's and integral floats too); seed an
+    integer in [0, 2**63); lr > 0, 0 <= beta1 < 1, 0 <= beta2 < 1, adam_eps > 0, finite reals; image_shape (h, w)
+    with h * w = input_width, or None for feature rows; encoder, reconstruction and activation one of the names
+    above. Adam is TensorFlow's form (Kingma & Ba 2015, Algorithm 1 with epsilon added to sqrt(v) before the bias
+    correction: lr_t = lr sqrt(1 - beta2^t) / (1 - beta1^t), p -= lr_t m / (sqrt(v) + adam_eps)), as the seed's
+    tf.train.AdamOptimizer."""
     # Encoder widths; the decoder mirrors them (784 -> 500 -> 500 -> latent -> 500 -> 500 -> 784).
     hidden: Sequence[int] = field(default=(500, 500))     # (any sequence given; a tuple of ints once made)
     # Size of the coding z; the encoder's heads output mu and gamma = log sigma^2, `latent` each.
@@ -60,7 +68,9 @@ class Config:
                 raise UserError(f"image_shape must be (h, w) or None, got {self.image_shape!r}")
             object.__setattr__(self, "image_shape", tuple(integer(k, "image_shape") for k in self.image_shape))
             if len(self.image_shape) != 2 or self.image_shape[0] * self.image_shape[1] != self.input_width:
-                raise UserError(f"image_shape {self.image_shape} does not hold input_width {self.input_width} "
+                # (28, 28) is also the default: say so, for an input_width given alone (an API trial)
+                mnist = " (MNIST's, the default)" if self.image_shape == (28, 28) else ""
+                raise UserError(f"image_shape {self.image_shape}{mnist} does not hold input_width {self.input_width} "
                                 "values; give (h, w) with h * w = input_width, or None for feature rows")
         if not (self.lr > 0 and self.lr < float("inf")):
             raise UserError(f"lr must be a positive number, got {self.lr!r}; the seed uses 0.001")
@@ -124,9 +134,15 @@ def real(value, name):
 
 def _widths(hidden):
     bad = UserError(f"hidden widths must be positive integers, got {hidden!r}; e.g. hidden=(500, 500)")
-    if isinstance(hidden, (str, bytes)) or not hasattr(hidden, "__iter__") or len(tuple(hidden)) == 0:
+    # (sets and mappings have no order of layers to give)
+    if isinstance(hidden, (str, bytes, set, frozenset, dict)) or not hasattr(hidden, "__iter__"):
         raise bad
     try:
-        return tuple(integer(h, "hidden") for h in hidden)
-    except UserError:
+        # read once: a generator was read by the check and then found empty (a model of no hidden layer was built
+        # without a word, and its checkpoint could not be loaded: an API trial)
+        widths = tuple(hidden)
+        if not widths:
+            raise bad
+        return tuple(integer(h, "hidden") for h in widths)
+    except (UserError, TypeError):
         raise bad from None

@@ -15,6 +15,7 @@ import numbers
 import os
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -412,6 +413,9 @@ def as_rows(X: ArrayLike, what: str = "X", empty: bool = False) -> tuple[np.ndar
     if isinstance(X, np.ma.MaskedArray) and np.ma.getmaskarray(X).any():    # asarray would drop the mask silently
         raise UserError(f"{what} is a masked array with masked entries; fill them first, e.g. {what}.filled(0)"
                         if what.isidentifier() else f"{what} is a masked array with masked entries; fill them first")
+    if isinstance(X, Iterator):          # (np.asarray made it an object array: "X has dtype object", an API trial)
+        raise UserError(f"{what} is an iterator ({type(X).__name__}), read only once; pass an array"
+                        + (f", e.g. np.stack(list({what}))" if what.isidentifier() else ""))
     try:
         a = np.asarray(X)
     except (ValueError, TypeError) as e:  # e.g. ragged nested lists
@@ -463,9 +467,10 @@ def as_rows(X: ArrayLike, what: str = "X", empty: bool = False) -> tuple[np.ndar
 
 
 def check_width(rows: np.ndarray, shape: tuple[int, int] | None, given: tuple, what: str, width: int | None,
-                image_shape: tuple[int, int] | None) -> None:
+                image_shape: tuple[int, int] | None, unfitted: bool = False) -> None:
     """UserError (one line) unless rows (n, d) of an array of shape `given` (as the user passed it, images (h, w)
-    = `shape`) fit a model's input `width` (None: any) and its `image_shape` (checked for images only)."""
+    = `shape`) fit a model's input `width` (None: any) and its `image_shape` (checked for images only); `unfitted`:
+    the model has not been fitted yet, and the message says where its width comes from."""
     if width is not None and rows.shape[1] != width:
         fitted = f" ({image_shape[0]}x{image_shape[1]} images)" if image_shape else ""
         one = ""                            # one image (h, w) without its batch axis: read as h rows of w values
@@ -473,17 +478,23 @@ def check_width(rows: np.ndarray, shape: tuple[int, int] | None, given: tuple, w
             one = f" (for one image, {what}[None])" if what.isidentifier() else " (one image: add a batch axis)"
         raise UserError(f"{what} has rows of {rows.shape[1]} values (shape {given}) but the model takes "
                         f"{width}{fitted}; pass arrays of shape (n, {width})"
-                        + (f" or (n, {image_shape[0]}, {image_shape[1]})" if image_shape else "") + one)
+                        + (f" or (n, {image_shape[0]}, {image_shape[1]})" if image_shape else "") + one
+                        + (_UNFITTED if unfitted else ""))
     if shape is not None and image_shape is not None and shape != tuple(image_shape):
         raise UserError(f"{what} has images of {shape[0]}x{shape[1]} but the model's are "
-                        f"{image_shape[0]}x{image_shape[1]}; pass images of that size")
+                        f"{image_shape[0]}x{image_shape[1]}; pass images of that size" + (_UNFITTED if unfitted else ""))
+
+
+# (an unfitted model's encode of 8 x 8 images was told to pass 784-wide rows, when fitting first is the fix: a trial)
+_UNFITTED = ("; this model has not been fitted: fit it on such data first (a new model takes its width and image "
+             "shape from its first fit), or make it with VAE(input_width=..., image_shape=...)")
 
 
 def as_images(X: ArrayLike, what: str = "X", width: int | None = N_PIXELS,
-              image_shape: tuple[int, int] | None = None, empty: bool = False) -> np.ndarray:
+              image_shape: tuple[int, int] | None = None, empty: bool = False, unfitted: bool = False) -> np.ndarray:
     """as_rows(X, what, empty)'s rows, checked against a model's input `width` (None: any) and, for images given as
-    (n, h, w), its `image_shape` when it has one (check_width). Raises UserError (one line) naming what does not
-    match."""
+    (n, h, w), its `image_shape` when it has one (check_width; `unfitted`: of a model not fitted yet). Raises
+    UserError (one line) naming what does not match."""
     rows, shape = as_rows(X, what, empty)
-    check_width(rows, shape, np.shape(X), what, width, image_shape)
+    check_width(rows, shape, np.shape(X), what, width, image_shape, unfitted)
     return rows

@@ -98,10 +98,12 @@ class StoppedBySignal(KeyboardInterrupt):
 
     @property
     def status(self) -> int:
+        """The exit status this stop gives: 128 + signum (130 for Ctrl-C, 143 for SIGTERM)."""
         return 128 + self.signum
 
     @property
     def how(self) -> str:
+        """The signal as the stop line names it: "Ctrl-C" for SIGINT, else its name ("SIGTERM")."""
         return signal_name(self.signum)
 
 

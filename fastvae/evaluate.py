@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import numbers
 import os
 import sys
 import time
@@ -29,10 +30,10 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import __version__, jsonfile, rng, tempfiles
-from .cli import (Notes, OptionMistake, Parser, add_shared_options, check_positive, checkpoint_path, run_main,
+from .cli import (Notes, OptionMistake, Parser, add_shared_options, check_positive, checkpoint_path, returns_status, run_main,
                   path_argument, run_precision, run_record, run_test_set, thread_count, whole_number)
 from .config import flag, integer, seed_value
-from .errors import UserError
+from .errors import UserError, one_line
 from .rng import STREAM_IWAE
 from .streams import tool_streams
 from .training import on_terminal
@@ -48,9 +49,21 @@ _LOG_2PI = math.log(2.0 * math.pi)
 
 
 def log_mean_exp(a, axis=-1):
-    """log(mean(exp(a))) along `axis` of any float array `a` (float64 out, that axis removed), stable for any finite
-    or -inf entries (all -inf gives -inf, not NaN; a NaN gives NaN; +inf gives +inf)."""
-    a = np.asarray(a, dtype=np.float64)
+    """log(mean(exp(a))) along `axis` of any real array `a` (float64 out, that axis removed), stable for any finite
+    or -inf entries (all -inf gives -inf, not NaN; a NaN gives NaN; +inf gives +inf). Raises UserError (one line) for
+    an array that is not real numbers, has no such axis, or no values along it (NumPy's own errors came through:
+    an API trial)."""
+    a = _reals(a, "a")
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral) or not -a.ndim <= axis < a.ndim:
+        raise UserError(f"axis must be an axis of `a` (shape {a.shape}: -{a.ndim}..{a.ndim - 1}), got {axis!r}"
+                        if a.ndim else "log_mean_exp takes an array to average along an axis, not a single number")
+    if a.shape[axis] == 0:
+        raise UserError(f"log_mean_exp has no values to average along axis {axis} of `a` (shape {a.shape})")
+    return _log_mean_exp(a, int(axis))
+
+
+def _log_mean_exp(a, axis):
+    """(log_mean_exp's arithmetic, for the bound's own float64 arrays)"""
     m = np.max(a, axis=axis, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)
     with np.errstate(divide="ignore"):   # log(0) = -inf where every entry is -inf
@@ -58,21 +71,58 @@ def log_mean_exp(a, axis=-1):
     return np.squeeze(out, axis=axis)
 
 
+def _reals(a, name, kind=None):
+    """`a` as a float64 array, or a one-line UserError for what is not real numbers (text raised NumPy's ValueError,
+    complex lost its imaginary part with a warning: an API trial); `kind`: a list that gets the dtype's kind."""
+    try:
+        given = np.asarray(a)
+    except (ValueError, TypeError) as e:                    # e.g. ragged nested lists
+        raise UserError(f"{name} must be an array of real numbers ({one_line(e)})") from None
+    if given.dtype.kind not in "uifb":
+        raise UserError(f"{name} must be an array of real numbers, got dtype {given.dtype}")
+    if kind is not None:
+        kind.append(given.dtype.kind)
+    return given.astype(np.float64, copy=False)
+
+
 def _pair(logits, x):
-    """logits and targets as float64 arrays of one shape (n, d), or a one-line UserError (einsum's own was raw)."""
-    logits, x = np.asarray(logits, dtype=np.float64), np.asarray(x, dtype=np.float64)
+    """logits and targets x as float64 arrays of one shape (n, d), the targets read as fastvae reads pixels (integers
+    0..255 divided by 255: uint8 images scored -1254 nats where their floats scored -47, an API trial; bool 0 and 1;
+    floats as they are, in [0, 1]), or a one-line UserError (einsum's own was raw)."""
+    kind: list[str] = []
+    logits, x = _reals(logits, "logits"), _reals(x, "x", kind)
+    integers = kind[0] in "iu"
     if logits.ndim != 2 or logits.shape != x.shape:
         raise UserError(f"logits and x must be arrays of one shape (n, d), got {logits.shape} and {x.shape}")
+    if integers and x.size:
+        if x.min() < 0 or x.max() > 255:
+            raise UserError(f"x holds integers from {x.min():g} to {x.max():g}; integer pixels are 0..255 (or pass "
+                            "floats in [0, 1])")
+        if x.max() == 1:                # (as fastvae's data checks: binarized images read as 0..255 are all black)
+            raise UserError("x holds integers with no value above 1, but integer pixels are read as 0..255; for "
+                            "targets of 0 and 1, pass them as floats or bool")
+        return logits, x / 255.0
+    if not np.isfinite(x).all():
+        raise UserError(f"x has {np.isnan(x).sum()} NaN and {np.isinf(x).sum()} infinite values; pass finite "
+                        "targets in [0, 1]")
+    if x.size and (x.min() < 0 or x.max() > 1):
+        raise UserError(f"x has values outside [0, 1] (min {x.min()!s}, max {x.max()!s}); pass floats in [0, 1] "
+                        "or integer pixels 0..255")
     return logits, x
 
 
 def bernoulli_log_likelihood(logits, x):
     """log p(x | logits) of each row (n,) float64, nats: -sum [max(l, 0) - l x + log1p(exp(-|l|))] over the d values
-    (the stable sigmoid cross-entropy) of logits (n, d) and targets x (n, d) in [0, 1], any float dtype.
+    (the stable sigmoid cross-entropy; the Bernoulli decoder of Kingma & Welling 2014, appendix C.1) of logits (n, d)
+    and targets x (n, d): floats in [0, 1] or integer pixels 0..255 (uint8: read as x / 255, as everywhere in
+    fastvae), any real dtype. Raises UserError (one line) for arrays of other shapes, non-real values, or targets
+    outside those ranges."""
+    return _bernoulli(*_pair(logits, x))
 
-    Written as three row sums with one temporary, in place: twice as fast as the one-line form. Raises UserError
-    for arrays of other shapes."""
-    logits, x = _pair(logits, x)
+
+def _bernoulli(logits, x):
+    """(bernoulli_log_likelihood's arithmetic, for float64 arrays already checked.) Written as three row sums with one
+    temporary, in place: twice as fast as the one-line form."""
     soft = np.abs(logits)
     np.negative(soft, out=soft)
     np.exp(soft, out=soft)
@@ -82,16 +132,23 @@ def bernoulli_log_likelihood(logits, x):
 
 def gaussian_log_likelihood(logits, x):
     """log N(x; sigmoid(l), 1/2) of each row (n,) float64, nats: -sum (p - x)^2 - (d / 2) log(pi) over the d values
-    of logits (n, d) and targets x (n, d): the density whose negative log is the squared-error variant's
-    reconstruction loss up to that constant. Raises UserError for arrays of other shapes."""
-    logits, x = _pair(logits, x)
+    of logits (n, d) and targets x (n, d) as fastvae reads pixels (floats in [0, 1], or integers 0..255 read as
+    x / 255): the density whose negative log is the squared-error variant's reconstruction loss up to that constant
+    (a Gaussian of variance 1/2: -log N = (x - p)^2 + (1/2) log(pi) per value). Raises UserError (one line) for
+    arrays of other shapes, non-real values, or targets outside those ranges."""
+    return _gaussian(*_pair(logits, x))
+
+
+def _gaussian(logits, x):
+    """(gaussian_log_likelihood's arithmetic, for float64 arrays already checked)"""
     p = 0.5 * (1.0 + np.tanh(0.5 * logits))
     return -np.sum((p - x) ** 2, axis=1) - gaussian_constant(x.shape[1])
 
 
 def gaussian_constant(d):
-    """(d / 2) log(pi): what -log N(x; p, 1/2) of d values adds to their squared error sum (p - x)^2."""
-    return 0.5 * d * math.log(math.pi)
+    """(d / 2) log(pi), nats: what -log N(x; p, 1/2) of d values adds to their squared error sum (p - x)^2. Raises
+    UserError for a d that is not a positive integer."""
+    return 0.5 * integer(d, "d") * math.log(math.pi)
 
 
 # Each sample is a decoder pass of its own (the seed's model on the EPYC's cpu backend: 58,000 a second): a k of
@@ -141,7 +198,7 @@ def iwae_bound(model: VAE, X: ArrayLike, k: int | Iterable[int] = DEFAULT_K, see
     rows = max(1, min(rows, n * kmax))  # (no workspace larger than the samples: batch_size=10**12 asked for 62 TiB)
     mu, logvar = (np.asarray(a, dtype=np.float64) for a in model.encode(X))
     sigma = np.exp(0.5 * logvar)
-    log_likelihood = gaussian_log_likelihood if model.config.reconstruction == "mse" else bernoulli_log_likelihood
+    log_likelihood = _gaussian if model.config.reconstruction == "mse" else _bernoulli
 
     def log_weights(imgs, s0, s1):
         """log w (len(imgs), s1 - s0): samples s0..s1 of each image in imgs, decoded in one call."""
@@ -167,7 +224,7 @@ def iwae_bound(model: VAE, X: ArrayLike, k: int | Iterable[int] = DEFAULT_K, see
                     imgs = np.arange(g0, min(g0 + group, n))
                     lw = log_weights(imgs, 0, kmax)
                     for c, kk in enumerate(ks):
-                        bound[imgs, c] = log_mean_exp(lw[:, :kk])
+                        bound[imgs, c] = _log_mean_exp(lw[:, :kk], 1)
                         elbo[imgs, c] = lw[:, :kk].mean(axis=1)
                     if bar is not None:
                         bar.update(len(imgs))
@@ -295,8 +352,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@returns_status
 def main(argv: list[str] | None = None) -> int:
-    """The command line `python -m fastvae.evaluate CHECKPOINT [options]`; returns its exit status (0, 2 or 130)."""
+    """The command line `python -m fastvae.evaluate CHECKPOINT [options]`; returns its exit status
+    (0, 2 or 130; fastvae.cli lists them all), argparse's own too."""
     with tool_streams() as streams:
         return streams.status(run_main(run, build_parser().parse_args(argv)))
 
@@ -382,21 +441,36 @@ def _is_a_report(path: Path) -> bool:
     return isinstance(report, dict) and REPORT_KEYS <= report.keys()
 
 
+# what evaluate_model() returns, and what the command's report adds for the table's first line
+_RESULT_KEYS = frozenset({"images", "seed", "elbo", "iwae", "seconds"})
+_RUN_KEYS = frozenset({"checkpoint", "epochs_trained", "config", "data", "backend"})
+
+
 def _at_threads(count):
     return "" if count is None else f" at {count} thread{'s' * (count != 1)}"
 
 
 def format_table(r: dict) -> str:
-    """The report of run() as the table it prints: a first line naming the checkpoint, its test set and where that
-    came from, then the negative ELBO and one row per k of the IWAE estimate."""
+    """The table `python -m fastvae.evaluate` prints, of its report (what `--json` writes; a first line naming the
+    checkpoint, its test set and where that came from) or of evaluate_model()'s result (the same numbers; its first
+    line names only the images, seed and time), then the negative ELBO and one row per k of the IWAE estimate.
+    Raises UserError for a dict that is neither (format_table({}) raised KeyError: an API trial)."""
+    if not isinstance(r, dict) or not _RESULT_KEYS <= set(r):
+        raise UserError("format_table takes evaluate_model()'s result or the evaluate command's JSON report, a dict "
+                        f"with {', '.join(sorted(_RESULT_KEYS))}; got "
+                        + (f"a dict without {', '.join(sorted(_RESULT_KEYS - set(r)))}" if isinstance(r, dict)
+                           else type(r).__name__))
     e = r["elbo"]
-    epochs = r['epochs_trained']
-    lines = [f"{r['checkpoint']}: {epochs} epoch{'s' * (epochs != 1)}, latent {r['config']['latent']}, "
-             f"{r['images']} test {'image' if r['config'].get('image_shape') else 'row'}{'s' * (r['images'] != 1)} "
-             f"of {r['data']}, {r['backend']} backend"
-             f"{_at_threads(r.get('threads'))}, "
-             f"noise seed {r['seed']}, "
-             f"{r['seconds']:.1f} s",
+    facts = f"noise seed {r['seed']}, {r['seconds']:.1f} s"
+    if _RUN_KEYS <= set(r):
+        epochs = r['epochs_trained']
+        first = (f"{r['checkpoint']}: {epochs} epoch{'s' * (epochs != 1)}, latent {r['config']['latent']}, "
+                 f"{r['images']} test {'image' if r['config'].get('image_shape') else 'row'}"
+                 f"{'s' * (r['images'] != 1)} of {r['data']}, {r['backend']} backend{_at_threads(r.get('threads'))}, "
+                 f"{facts}")
+    else:
+        first = f"{r['images']} image{'s' * (r['images'] != 1)}, {facts}"
+    lines = [first,
              "nats per image (lower is better)",
              f"  negative ELBO, 1 sample, analytic KL  {e['total']:9.3f}  = reconstruction {e['reconstruction']:.3f}"
              f" + KL {e['kl']:.3f}",

@@ -10,6 +10,7 @@ import inspect
 import math
 import os
 import threading
+from collections.abc import Iterator
 from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, cast
@@ -24,7 +25,7 @@ from .constants import EVAL_ROWS, SIGMA_SMOOTHING
 from .data import as_images, as_rows, check_width
 from .errors import UserError, also
 from .params import Layout, he_init
-from .threads import check as check_threads, held_for_inference
+from .threads import check as check_threads, detect as detect_threads, held_for_inference
 from .turns import taking_turns
 
 if TYPE_CHECKING:
@@ -63,14 +64,20 @@ class VAE:
     `encoder` is "gamma" (the heads output logvar = log sigma^2, the seed's final form) or "sigma";
     `reconstruction` "xent" (sigmoid cross-entropy) or "mse"; `activation` the hidden layers' "elu" (the seed's),
     "relu" or "tanh". `notify(message)` hears which backend "auto" chose and why (and, once, that the kernels found no
-    BLAS to call: fastvae.backends.cpu_blas). `adam`: beta1, beta2, adam_eps.
+    BLAS to call: fastvae.backends.cpu_blas). `**settings`: any other field of fastvae.Config by name, with its range
+    there: Adam's beta1, beta2, adam_eps, and epochs (fit's default), input_width and image_shape (else taken from
+    the first fit's data). The loss is the negative ELBO of Kingma & Welling (2014): the reconstruction's negative log
+    likelihood plus KL(N(mu, exp(logvar)) || N(0, I)) = 1/2 sum (exp(logvar) + mu^2 - 1 - logvar) (their appendix
+    B), in nats per image; weights are He-initialised (He et al. 2015: normal, variance 2 / fan_in; biases 0).
     `threads` (host backends): how many threads a training step runs on. The cpu backend splits each batch into
     that many row shards (at most one per 32 rows) on its own threads, OpenBLAS at one thread each (fastvae.workers).
     None/"auto" sizes the count to the CPUs this process may use (affinity mask, cgroup quota) and adapts it while
     training when other work takes cores (fastvae.threads); a whole number fixes it (needed for bit-identical
     reruns: the row shards follow the count, and the last bits of some sums (the loss's at least) follow the shards;
-    a count the pacer changed carries into a resumed or later fit); a whole number is also OpenBLAS's count in
-    evaluate, encode and decode (else OpenBLAS's own count there). `model.threads` can be changed between fits.
+    a count the pacer changed carries into a resumed or later fit); a whole number above the CPUs this process may
+    use runs as that many (more would only take turns on them: `notify` hears it, `history`'s "threads" records the
+    count that ran, and the bits are that count's); a whole number is also OpenBLAS's count in evaluate, encode and
+    decode (else OpenBLAS's own count there). `model.threads` (the count asked for) can be changed between fits.
     Arrays in and out are NumPy: images (n, h, w) or rows (n, d), uint8 or floats in [0, 1]. A new model takes its
     input width d (and image shape) from the data it is first fitted on (MNIST's 784 = 28 x 28 until then); every
     later call must match it, and decode/sample/reconstruct return rows (n, d): `.reshape(-1, *image_shape)`.
@@ -169,8 +176,8 @@ class VAE:
         _check_notify(notify)
         unknown = sorted(set(adam) - {f.name for f in dataclasses.fields(Config)})
         if unknown:
-            raise also(TypeError, f"VAE has no setting {unknown[0]!r}; its settings are its arguments and Adam's "
-                       "beta1, beta2 and adam_eps (fastvae.Config lists them all)")
+            raise also(TypeError, f"VAE has no setting {unknown[0]!r}; its settings are its arguments and the other "
+                       "fields of fastvae.Config (Adam's beta1, beta2 and adam_eps; epochs, input_width, image_shape)")
         self.config = Config(hidden=hidden, latent=latent, seed=seed, lr=lr, batch_size=batch_size,
                              encoder=encoder, reconstruction=reconstruction, activation=activation, **adam)
         try:
@@ -199,6 +206,7 @@ class VAE:
         if not hasattr(self, "_lock"):
             self._lock = threading.RLock()      # (_one_at_a_time)
             turns.register(self)                # (a fork while another thread holds it: fastvae.turns)
+        _say_if_fewer_threads_run(self.threads, be, notify)
 
     # ------------------------------------------------------------------ training
 
@@ -227,7 +235,8 @@ class VAE:
         validation: optional test images, evaluated after each epoch. callback(model, record) runs after each
         epoch with that epoch's record (also appended to self.history): {"epoch", "steps" (the model's steps
         in all, as model.steps, not the epoch's own), "seconds", "images_per_s", "backend", "precision", "train":
-        losses, "test": losses (with validation), "threads" (host backends: the count and the pacer's changes),
+        losses ({"reconstruction", "kl", "total"}: means per image in nats, the negative ELBO and its two terms),
+        "test": losses (with validation), "threads" (host backends: the count and the pacer's changes),
         "replay_compile_seconds" (an epoch that compiled the captured step's replays, inside its seconds),
         "first_steps_seconds" (the epoch of this process's first steps on its backend: the seconds of their first
         call, which loads the kernels from Numba's cache or, after an install, compiles them, 10-30 s; inside its
@@ -323,7 +332,8 @@ class VAE:
 
     def _images(self, X: ArrayLike, what: str, empty: bool = False) -> np.ndarray:
         """X as rows of the model's width (and image shape), or a one-line UserError; `empty`: no rows taken."""
-        return as_images(X, what, self.config.input_width, self.config.image_shape, empty)
+        unfitted = self.steps == 0 and self.epoch == 0 and self.epoch_step == 0
+        return as_images(X, what, self.config.input_width, self.config.image_shape, empty, unfitted)
 
     def _adopt_width(self, X: ArrayLike, image_shape: tuple[int, int] | None = None,
                      rows: bool = False) -> np.ndarray:
@@ -430,8 +440,11 @@ class VAE:
         Raises UserError for codings of the wrong shape or with NaN or Inf, and for a model that diverged (decode,
         sample and reconstruct too)."""
         self._refuse_if_diverged()
-        z = np.asarray(z)
         latent = self.config.latent
+        if isinstance(z, Iterator):     # (np.asarray made it an object array: "got object ()", an API trial)
+            raise UserError(f"z is an iterator ({type(z).__name__}), read only once; pass an array of shape (n, "
+                            f"{latent}), e.g. np.stack(list(z))")
+        z = np.asarray(z)
         be = self.backend
         if z.ndim != 2 or z.shape[1] != latent or not np.issubdtype(z.dtype, np.number) or np.iscomplexobj(z):
             raise UserError(f"z must be a real numeric array of shape (n, {latent}), got {z.dtype} {z.shape}")
@@ -487,7 +500,8 @@ class VAE:
         if rows is None:
             ws = self._workspace(self._ws.batch if self._ws is not None else self.config.batch_size)
         else:                           # an inference workspace of its own: the training one keeps its size
-            rows = integer(rows, "rows")
+            # (at most the items asked for: rows=10**9 for 3 codings asked for 238 GiB, an API trial)
+            rows = min(integer(rows, "rows"), max(n, 1))
             if self._ws_inference is None or self._ws_inference.batch != rows:
                 self._ws_inference = step.Workspace(self.backend, self.config, rows)
             ws = self._ws_inference
@@ -503,7 +517,9 @@ class VAE:
         where `path` is a folder, to its checkpoint.npz (where load() reads one, and where a training run keeps it);
         where it is an open binary file (io.BytesIO, a cloud store's stream), into it at its position.
         Raises UserError when the model diverged, a step of it was interrupted part-way, or the file cannot be written
-        (any earlier file stays whole)."""
+        (any earlier file stays whole); the last is also the OSError kind the system gave (PermissionError,
+        FileNotFoundError for a missing folder, OSError with errno ENOSPC for a full disk), with its errno and
+        filename (fastvae.errors.file_error)."""
         target: str | PathLike[str] | Writable = path   # (an open binary file is written into as it is)
         if not checkpoint.is_file_object(path):
             target = where = _checked_path(path)
@@ -541,8 +557,9 @@ class VAE:
         loads with that setting's default (e.g. activation "elu"); `path` may be a training run's folder (its
         checkpoint.npz is read), or an open binary file that save() wrote into (read from its position). `precision`
         as in VAE: a checkpoint holds fp32 weights, so one trained in bf16 loads in fp32 and the other way round.
-        Raises UserError for a missing, corrupt or foreign file, naming it, and for a precision the backend cannot
-        take (see VAE)."""
+        Raises UserError for a missing, corrupt or foreign file, naming it (a missing one is a FileNotFoundError
+        too, an unreadable one a PermissionError, with errno and filename), for a precision the backend cannot take,
+        and for a bad `backend`, `threads` or `notify` (see VAE)."""
         threads = check_threads(threads)
         _check_notify(notify)
         target: str | PathLike[str] | Readable = path   # (an open binary file is read as it is)
@@ -599,6 +616,16 @@ def _checked_path(path: object) -> str:
     if text == "":                          # (save("") wrote ./checkpoint.npz without a word: a trial)
         raise UserError(f"the path is empty ({text!r}); name a file or folder (\".\" for the working folder)")
     return os.path.expanduser(text)
+
+
+def _say_if_fewer_threads_run(threads, be, notify):
+    """notify hears it where a fixed count is above the CPUs this process may use: that many run (a model made with
+    threads=1000 read 1000 and ran 2 without a word, and a fixed count is asked for its bits: an API trial)."""
+    if notify is not None and isinstance(threads, int) and be.xp is np:
+        runs = detect_threads(threads).threads
+        if runs < threads:
+            notify(f"threads={threads}: {runs} run, one per CPU this process may use (its affinity mask); the "
+                   f"results' last bits are those of {runs} threads")
 
 
 def _check_notify(notify):

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import jsonfile
 from .cli import (Parser, add_shared_options, check_positive, checkpoint_path, path_argument, remove_empty,
-                  run_main, run_precision, run_test_set, valid_epochs)
+                  returns_status, run_main, run_precision, run_test_set, valid_epochs)
 from .constants import SAMPLE_CODINGS
 from .errors import UserError
 from .sigint import CtrlCNoted
@@ -175,8 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+@returns_status
 def main(argv: list[str] | None = None) -> int:
-    """The command line `python -m fastvae.plot CHECKPOINT [options]`; returns its exit status (0, 2 or 130)."""
+    """The command line `python -m fastvae.plot CHECKPOINT [options]`; returns its exit status
+    (0, 2 or 130; fastvae.cli lists them all), argparse's own too."""
     with tool_streams() as streams:
         return streams.status(run_main(run, build_parser().parse_args(argv)))
 

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import __version__, jsonfile, machine, runlock, tempfiles, training
 from .cli import (Notes, OptionMistake, Parser, add_shared_options, at_most, check_positive, check_run_config,
-                  command_of, load_data, path_argument, remove_empty, run_main, thread_count, valid_epochs,
+                  command_of, load_data, path_argument, remove_empty, returns_status, run_main, thread_count, valid_epochs,
                   valid_run_record, whole_number)
 from .config import Config
 from .constants import ENCODERS, HIDDEN_ACTIVATIONS, RECONSTRUCTIONS, SAMPLE_CODINGS
@@ -102,8 +102,10 @@ _RUN_OPTIONS = ("batch_size", "lr", "hidden", "latent", "encoder", "reconstructi
                 "test_fraction", "train_images", "test_images", "out")
 
 
+@returns_status
 def main(argv: list[str] | None = None) -> int:
-    """The command line `python -m fastvae.train [options]`; returns its exit status (0, 2, 3 or 130)."""
+    """The command line `python -m fastvae.train [options]`; returns its exit status
+    (0, 2, 3 or 130; fastvae.cli lists them all), argparse's own too."""
     with tool_streams() as streams:
         args = build_parser().parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)      # (what a stop before any checkpoint repeats)

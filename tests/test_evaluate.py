@@ -366,6 +366,85 @@ def test_the_log_likelihoods_take_rows_and_say_so_otherwise():
     np.testing.assert_allclose(bernoulli_log_likelihood(rows, x), expect, rtol=1e-12)
 
 
+def test_the_log_likelihoods_read_targets_as_fastvae_reads_pixels_and_refuse_the_rest():
+    """uint8 targets scored -1254 nats where the same images as floats scored -47, without a word (an API trial):
+    integer pixels are 0..255, read as x / 255 as everywhere in fastvae; integers with no value above 1, values
+    outside the ranges, NaN, text and complex numbers are one-line UserErrors, as are log_mean_exp's and
+    gaussian_constant's bad arguments (NumPy's own errors came through)."""
+    from fastvae.evaluate import bernoulli_log_likelihood, gaussian_constant, gaussian_log_likelihood
+    rand = np.random.default_rng(3)
+    logits = rand.standard_normal((5, 17)) * 4
+    pixels = rand.integers(0, 256, (5, 17)).astype(np.uint8)
+    pixels[0, :2] = 255, 0
+    x = pixels / 255.0
+    expect = (x * -np.logaddexp(0, -logits) + (1 - x) * -np.logaddexp(0, logits)).sum(axis=1)
+    p = 1 / (1 + np.exp(-logits))
+    for given in (pixels, pixels.astype(np.int64), pixels.astype(np.uint16)):
+        np.testing.assert_allclose(bernoulli_log_likelihood(logits, given), expect, rtol=1e-12)
+        np.testing.assert_allclose(gaussian_log_likelihood(logits, given),
+                                   -((p - x) ** 2).sum(axis=1) - 17 / 2 * np.log(np.pi), rtol=1e-12)
+    both = (bernoulli_log_likelihood, gaussian_log_likelihood)
+    bad = [(both, pixels * 1.0, r"x has values outside \[0, 1\] \(min 0.0, max 255.0\)"),
+           (both, x + 1e-9, r"x has values outside \[0, 1\]"),
+           (both, pixels.astype(np.int64) * 2, "x holds integers from 0 to 510; integer pixels are 0..255"),
+           (both, pixels.astype(np.int16) - 1, "x holds integers from -1 to"),
+           (both, (pixels > 128).astype(np.uint8), "x holds integers with no value above 1"),
+           (both, np.where(pixels > 9, x, np.nan), r"x has \d+ NaN and 0 infinite values"),
+           (both, np.full((5, 17), "a"), "x must be an array of real numbers, got dtype <U1"),
+           (both, x + 0j, "x must be an array of real numbers, got dtype complex128")]
+    for fns, targets, says in bad:
+        for fn in fns:
+            with pytest.raises(UserError, match=says):
+                fn(logits, targets)
+    with pytest.raises(UserError, match="logits must be an array of real numbers, got dtype complex128"):
+        bernoulli_log_likelihood(logits + 0j, x)
+    for args, says in [((np.zeros((2, 0)),), r"no values to average along axis -1 of `a` \(shape \(2, 0\)\)"),
+                       ((3.0,), "takes an array to average along an axis, not a single number"),
+                       ((logits, 2), r"axis must be an axis of `a` \(shape \(5, 17\): -2..1\), got 2"),
+                       ((logits, 0.5), "axis must be an axis"), ((["a"],), "a must be an array of real numbers")]:
+        with pytest.raises(UserError, match=says):
+            log_mean_exp(*args)
+    np.testing.assert_array_equal(log_mean_exp(logits, np.int64(0)), log_mean_exp(logits.T))
+    for d in ("784", -1, 0, 2.5):
+        with pytest.raises(UserError, match="d must be a positive integer"):
+            gaussian_constant(d)
+    assert gaussian_constant(np.int64(784)) == 392 * np.log(np.pi)
+
+
+def test_format_table_takes_evaluate_models_result_and_refuses_anything_else(trained):
+    """format_table's docstring named "the report of run()", which returns a status; evaluate_model's result raised
+    KeyError 'epochs_trained' and {} KeyError 'elbo' (an API trial). The result's table names its images, seed and
+    time; the command's report keeps its fuller first line (the CLI tests)."""
+    from fastvae.evaluate import format_table
+    model, _, X = trained
+    res = evaluate_model(model, X[:6], k=[1, 3])
+    lines = format_table(res).splitlines()
+    assert lines[0] == f"6 images, noise seed 0, {res['seconds']:.1f} s" and lines[1] == "nats per image (lower is better)"
+    assert f"{res['elbo']['total']:9.3f}" in lines[2] and len(lines) == 6
+    assert lines[4].split()[:2] == ["1", f"{res['iwae'][0]['nll']:.3f}"]
+    for bad, says in [({}, "a dict without elbo, images, iwae, seconds, seed"), (5, "; got int"),
+                      ({k: v for k, v in res.items() if k != "iwae"}, "a dict without iwae$")]:
+        with pytest.raises(UserError, match=says):
+            format_table(bad)
+
+
+def test_main_returns_argparses_statuses_too_and_refuses_a_string(capsys):
+    """main(argv) is documented to return its exit status: --help, --version and a mistake in the options raised
+    SystemExit, and main("ck.npz") read the string letter by letter (an API trial). Every tool's main."""
+    from fastvae import plot, train
+    from fastvae import evaluate
+    for tool in (evaluate, train, plot):
+        assert tool.main(["--help"]) == 0 and "usage:" in capsys.readouterr().out
+        assert tool.main(["--version"]) == 0
+        assert tool.main(["x", "--no-such-option"]) == 2 and "unrecognized arguments" in capsys.readouterr().err
+        with pytest.raises(TypeError, match=r"main takes a list of strings \(as sys.argv\[1:\]\), not 'ck.npz --k 1'; "
+                                            r"e.g. main\(\['ck.npz', '--k', '1'\]\)"):
+            tool.main("ck.npz --k 1")
+        with pytest.raises(UserError, match="main takes a list of strings"):
+            tool.main(["ck.npz", 5])
+    assert evaluate.main([]) == 2 and "required: checkpoint" in capsys.readouterr().err
+
+
 def test_a_bound_is_of_one_model_while_a_fit_runs_on_it(trained):
     """iwae_bound holds the model for its whole run: a fit started on another thread while it ran took the model
     between its encoding and its decodings, and the bound was of neither model (an embedder's trial). Now the bound

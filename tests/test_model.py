@@ -315,6 +315,84 @@ def test_bad_model_settings_get_one_line_errors(kwargs):
     assert "\n" not in str(err.value)
 
 
+def test_hidden_widths_from_any_iterable_are_read_once_and_unordered_ones_refused(tmp_path):
+    """A generator for `hidden` was read by the check and then found empty: a model of no hidden layer, built without
+    a word, whose checkpoint could not be loaded (an API trial). It is read once, in order; a set (no order of
+    layers) is refused in one line, as an empty iterator is."""
+    model = VAE(**{**SMALL, "hidden": (h for h in (48, 24))})
+    assert model.config.hidden == (48, 24) and [w.shape for w, _ in model.weights()][:2] == [(784, 48), (48, 24)]
+    model.save(tmp_path / "g.npz")
+    assert VAE.load(tmp_path / "g.npz").config.hidden == (48, 24)
+    for bad in ({48, 24}, frozenset({8}), {48: 1}, iter(()), (h for h in ()), (48, "24"), 48):
+        with pytest.raises(UserError, match="^hidden widths must be positive integers, got") as err:
+            VAE(**{**SMALL, "hidden": bad})
+        assert "\n" not in str(err.value)
+
+
+def test_an_input_width_alone_hears_that_the_image_shape_is_the_default(mnist):
+    """VAE(input_width=64) was refused naming image_shape (28, 28), which the user never passed (an API trial)."""
+    with pytest.raises(UserError, match=r"^image_shape \(28, 28\) \(MNIST's, the default\) does not hold input_width "
+                                        r"64 values; give \(h, w\) with h \* w = input_width, or None"):
+        VAE(input_width=64, **SMALL)
+    with pytest.raises(UserError, match=r"^image_shape \(4, 4\) does not hold"):
+        VAE(input_width=64, image_shape=(4, 4), **SMALL)
+    assert VAE(input_width=64, image_shape=(8, 8), **SMALL).input_width == 64
+
+
+def test_iterators_for_data_and_codings_and_an_unfitted_models_width_are_said_as_such(mnist):
+    """A generator for X was "X has dtype object", for z "got object ()"; an unfitted model's encode of 8 x 8 images
+    said to pass 784-wide rows, when fitting first is the fix (an API trial). decode_logits' rows are at most the
+    codings asked for (rows=10**9 for 3 codings asked for 238 GiB)."""
+    model = VAE(**SMALL)
+    rows = mnist.test_x[:6]
+    for call, says in [(lambda: model.fit(r for r in rows), r"^X is an iterator \(generator\), read only once; pass an "
+                                                              r"array, e.g. np.stack\(list\(X\)\)$"),
+                       (lambda: model.encode(iter(list(rows))), r"^X is an iterator \(list_iterator\)"),
+                       (lambda: model.decode(z for z in np.zeros((3, 4))),
+                        r"^z is an iterator \(generator\), read only once; pass an array of shape \(n, 4\), e.g. "
+                        r"np.stack\(list\(z\)\)$")]:
+        with pytest.raises(UserError, match=says):
+            call()
+    unfitted = "; this model has not been fitted: fit it on such data first"
+    with pytest.raises(UserError, match=r"^X has rows of 64 values .* pass arrays of shape \(n, 784\) or \(n, 28, 28\)"
+                                        + unfitted):
+        model.encode(np.zeros((5, 8, 8), np.uint8))
+    with pytest.raises(UserError, match=r"^X has images of 14x56 but the model's are 28x28; pass images of that size"
+                                        + unfitted):
+        model.encode(np.zeros((5, 14, 56), np.uint8))
+    model.fit(mnist.train_x[:100], epochs=1)
+    with pytest.raises(UserError, match=r"pass arrays of shape \(n, 784\) or \(n, 28, 28\)$"):
+        model.encode(np.zeros((5, 8, 8), np.uint8))
+    z = np.random.default_rng(0).standard_normal((3, 4))
+    np.testing.assert_array_equal(model.decode_logits(z, rows=10**9), model.decode_logits(z, rows=3))
+
+
+def test_a_single_array_file_is_said_to_be_one_not_a_corrupt_checkpoint(tmp_path):
+    """VAE.load of an np.save file said "TypeError: 'numpy.ndarray' object does not support the context manager
+    protocol ... it may be truncated or corrupt" (an API trial); the file is left as it was."""
+    path = tmp_path / "x.npy"
+    np.save(path, np.zeros(3))
+    before = path.read_bytes()
+    with pytest.raises(UserError, match=r"^\S+x.npy is not a readable fastvae checkpoint: it holds one NumPy array "
+                                        r"\(a .npy file, np.save's\); pass the checkpoint.npz a training run or "
+                                        r"VAE.save wrote$"):
+        VAE.load(path)
+    assert path.read_bytes() == before
+
+
+def test_a_fixed_thread_count_above_the_cpus_is_said_with_the_count_that_runs():
+    """threads=1000 read 1000 and ran as many threads as CPUs without a word, though a fixed count is asked for its
+    bits (an API trial): notify hears the count that runs; a count the CPUs hold is said nothing of."""
+    cpus = len(os.sched_getaffinity(0))
+    heard = []
+    VAE(**SMALL, threads=cpus, notify=heard.append)
+    assert not [line for line in heard if "threads=" in line], heard
+    VAE(**SMALL, threads=cpus + 7, notify=heard.append)
+    (line,) = [line for line in heard if "threads=" in line]
+    assert line == (f"threads={cpus + 7}: {cpus} run, one per CPU this process may use (its affinity mask); the "
+                    f"results' last bits are those of {cpus} threads")
+
+
 @pytest.mark.parametrize("name, value", [("beta1", 2.0), ("beta2", -0.5), ("adam_eps", 0.0)])
 def test_a_bad_adam_setting_is_named_with_its_value(name, value):
     with pytest.raises(UserError, match=f"{name}={value!r}") as err:
@@ -855,7 +933,9 @@ def test_mistakes_in_the_smaller_arguments_are_one_line_user_errors(mnist):
     with pytest.raises(UserError, match=r"n must be a whole number in \[0, 18,014,398,509,481,984\)"):
         model.sample(2**63)                                             # NumPy's "array is too big"
     with pytest.raises(MemoryError, match=r"^VAE.decode_logits\(\): not enough memory"):
-        model.decode_logits(np.zeros((1, SMALL["latent"])), rows=10**12)
+        model.decode_logits(np.broadcast_to(np.zeros(SMALL["latent"]), (2**46, SMALL["latent"])), rows=10**12)
+    # (rows at most the codings given: 10**12 rows for one coding asked for 3 PB, an API trial)
+    assert model.decode_logits(np.zeros((1, SMALL["latent"])), rows=10**12).shape == (1, 784)
     with pytest.raises(MemoryError, match=r"VAE\(\): not enough memory for a model of 200,016,320,000,824 param"):
         VAE(hidden=(10**7, 10**7), backend="cpu")
     # named once, by the call made: fit's validation pass (evaluate) fails inside it; decode's inside decode_logits
