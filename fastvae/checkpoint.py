@@ -241,7 +241,13 @@ def load(path):
     for name in ("params", "m", "v"):
         a = getattr(ck, name)
         if a.dtype != np.float32 or a.shape != (size,):
-            raise UserError(f"{bad}: {name} has shape {a.shape}, the architecture in it needs ({size},)")
+            # (the dtype named too: float64 params of the right shape read "has shape (4420,), needs (4420,)")
+            raise UserError(f"{bad}: {name} is {a.dtype} of shape {a.shape}, the architecture in it needs float32 of "
+                            f"shape ({size},)")
+        if not np.isfinite(a).all():
+            # save() refuses a diverged model, so only a file made otherwise holds these; its outputs were NaN
+            # without a word (an API trial)
+            raise UserError(f"{bad}: {name} holds NaN or Inf values (fastvae never saves those); use another copy")
     if min(ck.steps, ck.epoch, ck.epoch_step) < 0 or ck.epoch_loss.shape != (2,):
         raise UserError(f"{bad}: negative counters or a malformed epoch loss")
     return ck

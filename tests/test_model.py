@@ -380,6 +380,27 @@ def test_a_single_array_file_is_said_to_be_one_not_a_corrupt_checkpoint(tmp_path
     assert path.read_bytes() == before
 
 
+def test_a_checkpoint_made_by_hand_with_float64_or_nan_parameters_is_refused_naming_why(tmp_path):
+    """Files with a valid checksum made outside save(): float64 params read "params has shape (4420,), the
+    architecture in it needs (4420,)"; NaN params loaded, and encode returned NaN without a word (an API trial)."""
+    from fastvae import checkpoint
+    model = VAE(hidden=(8,), latent=2, backend="cpu")
+    arrays = checkpoint._arrays(model._checkpoint(copy=True))
+    size = arrays["params"].size
+    for name, change, says in [
+            ("params", lambda a: a.astype(np.float64),
+             rf"params is float64 of shape \({size},\), the architecture in it needs float32 of shape \({size},\)$"),
+            ("v", lambda a: np.where(np.arange(a.size) == 7, np.inf, a).astype(np.float32), "v holds NaN or Inf"),
+            ("params", lambda a: np.where(np.arange(a.size) == 3, np.nan, a).astype(np.float32),
+             r"params holds NaN or Inf values \(fastvae never saves those\); use another copy$")]:
+        made = {**arrays, name: change(arrays[name])}
+        made["sha256"] = np.array(checkpoint._digest(made))
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, **made)
+        with pytest.raises(UserError, match=rf"^{path} is not a readable fastvae checkpoint: " + says):
+            VAE.load(path)
+
+
 def test_a_fixed_thread_count_above_the_cpus_is_said_with_the_count_that_runs():
     """threads=1000 read 1000 and ran as many threads as CPUs without a word, though a fixed count is asked for its
     bits (an API trial): notify hears the count that runs; a count the CPUs hold is said nothing of."""
