@@ -1,4 +1,5 @@
 """The model and training settings. Defaults are the seed's (Géron, Hands-On ML 1st ed., ch. 15)."""
+import decimal
 import math
 import numbers
 from dataclasses import asdict, dataclass, field
@@ -126,7 +127,10 @@ def flag(value, name):
 
 
 def real(value, name):
-    """`value` as a plain float, when it is a finite real number (Python's or NumPy's); else a UserError naming it."""
+    """`value` as a plain float, when it is a finite real number (Python's or NumPy's, a Fraction, a Decimal: not a
+    numbers.Real, so lr=Decimal("0.001") was refused, an API trial); else a UserError naming it."""
+    if isinstance(value, decimal.Decimal) and value.is_finite():
+        return float(value)
     if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     raise UserError(f"{name} must be a finite number, got {value!r}")

@@ -1,4 +1,6 @@
 """The public VAE class: training, inference, persistence and its answers to bad input (real files, real runs)."""
+import decimal
+import fractions
 import gc
 import os
 import signal
@@ -500,8 +502,8 @@ INTEGER_SETTINGS = {"latent": 3, "batch_size": 30, "epochs": 2, "seed": 5}
 FLOAT_SETTINGS = {"lr": 0.002, "beta1": 0.5, "beta2": 0.75, "adam_eps": 0.25}
 INTEGER_KINDS = [int, np.int64, np.int32, np.uint16, float, np.float64, np.float32]
 NOT_WHOLE = [1.5, np.float32(2.5), "3", None, True, np.bool_(True), float("nan"), float("inf"), 3 + 0j]
-FLOAT_KINDS = [float, np.float64, np.float32, np.float16]
-NOT_REAL = ["0.5", None, True, float("nan"), 0.5j, [0.5]]
+FLOAT_KINDS = [float, np.float64, np.float32, np.float16, fractions.Fraction, decimal.Decimal]
+NOT_REAL = ["0.5", None, True, float("nan"), 0.5j, [0.5], decimal.Decimal("NaN"), decimal.Decimal("-Infinity")]
 
 
 @pytest.mark.parametrize("kind", INTEGER_KINDS, ids=lambda k: k.__name__)
