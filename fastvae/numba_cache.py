@@ -26,6 +26,9 @@ function (cpu_bf16's dense_forward calls cpu's bias-and-activation pass) kept ru
 module was edited (a contributor's trial: "max abs error nan" from a cache, not from the edit; the same after a
 `git pull` into an editable install). key_caches_by_package adds to every fastvae function's stamp a digest of the
 package's Numba sources, so an edit of any of them recompiles them all.
+
+Each installed location's kernels are a subfolder of numba/ that records its source folder (ORIGIN); the subfolders
+of installs removed and unused for UNUSED_DAYS are removed (prune_removed_installs).
 """
 import atexit
 import hashlib
@@ -33,6 +36,7 @@ import os
 import shutil
 import stat
 import tempfile
+import time
 from functools import lru_cache
 from pathlib import Path
 
@@ -283,8 +287,66 @@ def _user_folder_init(self, py_func, py_file):
     """(a locator's __init__: Numba's user-wide locator, pointed at user_folder()/numba instead of ~/.cache/numba)"""
     self._py_file = py_file
     self._lineno = py_func.__code__.co_firstlineno
-    self._cache_path = os.path.join(own_folder("numba") or user_folder() / "numba",
-                                    self.get_suitable_cache_subpath(py_file))
+    folder = own_folder("numba") or user_folder() / "numba"
+    self._cache_path = os.path.join(folder, self.get_suitable_cache_subpath(py_file))
+    _keep_track(Path(folder), Path(self._cache_path), os.path.dirname(os.path.abspath(py_file)))
+
+
+# Each subfolder of numba/ holds the kernels of one installed location of the package (Numba names it after a
+# digest of the source folder's path: 3-20 MB each). A file in it names that folder, touched by every process that
+# uses it, so the subfolders of installs since removed (pip uninstall, a deleted venv or clone) are removed too once
+# unused for a week: they were never used again, and a developer's ~/.cache/fastvae/numba had grown to 150 MB over 20
+# of them. (The week spares a cache shared with a container that sees another file system: what one of them cannot
+# see, the other may still use.)
+ORIGIN = "origin.txt"
+UNUSED_DAYS = 7
+_TRACKED: set[Path] = set()
+
+
+def _keep_track(numba: Path, sub: Path, source: str) -> None:
+    """Once a process per subfolder: `sub` (made where missing) names its source folder in ORIGIN, and, the first
+    time, the subfolders of `numba` whose source folder no longer exists are removed (prune_removed_installs)."""
+    if sub in _TRACKED:
+        return
+    if not _TRACKED:
+        prune_removed_installs(numba)
+    _TRACKED.add(sub)
+    try:
+        sub.mkdir(mode=0o700, exist_ok=True)
+        named = sub / ORIGIN
+        if named.is_file() and named.read_text() == source:
+            os.utime(named)                 # (used now: a week from now at the earliest it may go)
+        else:
+            fd, tmp = tempfile.mkstemp(dir=sub, prefix=".origin-")
+            with os.fdopen(fd, "w") as f:
+                f.write(source)
+            os.replace(tmp, named)
+    except OSError:
+        pass                                # (a read-only cache: nothing to keep track of, nothing lost)
+
+
+def prune_removed_installs(numba: Path) -> list[Path]:
+    """The subfolders of `numba` (fastvae's kernel cache) removed because the source folder their ORIGIN names no
+    longer exists and no process has used them for UNUSED_DAYS; those without one (made before fastvae kept track,
+    or by hand) and links are left alone."""
+    removed: list[Path] = []
+    now = time.time()
+    try:
+        entries = list(os.scandir(numba))
+    except OSError:
+        return removed
+    for entry in entries:
+        try:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            named = Path(entry.path) / ORIGIN
+            source, used = named.read_text(), named.stat().st_mtime
+            if os.path.isabs(source) and not os.path.isdir(source) and now - used > UNUSED_DAYS * 86400:
+                shutil.rmtree(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue
+    return removed
 
 
 def _from_own_folder(cls, py_func, py_file):

@@ -6,6 +6,7 @@ import pwd
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -233,6 +234,44 @@ def test_a_temporary_folder_another_user_could_rename_things_in_is_passed_over(t
         os.chown(scratch, 4242, 4242)
         assert fresh().parent == good
     assert numba_cache.taken() is None                      # (passed over, not taken)
+
+
+def test_the_kernels_of_installs_removed_a_week_ago_are_pruned(tmp_path):
+    """Each install location's kernels (3-20 MB) stayed in ~/.cache/fastvae/numba after the install was removed (a
+    developer's had 150 MB over 20 of them). A subfolder whose recorded source folder is gone and which no process
+    has used for a week is removed as the kernels are next placed; one still used (or used within the week: a
+    container sharing the cache may not see the other's folders), one of an existing install, one without a record
+    and a link are kept. Real folders; a real process places its kernels and records their source."""
+    numba = tmp_path / "cache" / "numba"
+    old = time.time() - (numba_cache.UNUSED_DAYS + 1) * 86400
+    made = {}
+    for name, source, when in [("gone", str(tmp_path / "deleted-venv" / "fastvae"), old),
+                               ("gone-recently", str(tmp_path / "deleted-venv" / "fastvae"), time.time() - 3600),
+                               ("installed", str(tmp_path), old), ("relative", "deleted/fastvae", old),
+                               ("unrecorded", None, old)]:
+        made[name] = numba / name
+        made[name].mkdir(parents=True)
+        (made[name] / "kernel.nbi").write_bytes(b"")
+        if source is not None:
+            (made[name] / numba_cache.ORIGIN).write_text(source)
+            os.utime(made[name] / numba_cache.ORIGIN, (when, when))
+    (tmp_path / "elsewhere").mkdir()
+    shutil.copytree(made["gone"], tmp_path / "elsewhere" / "linked")
+    (numba / "link").symlink_to(tmp_path / "elsewhere" / "linked")
+    os.chmod(tmp_path / "cache", 0o700)
+    os.chmod(numba, 0o700)
+    env = {**os.environ, "FASTVAE_CACHE_DIR": str(tmp_path / "cache")}
+    env.pop("NUMBA_CACHE_DIR", None)
+    done = subprocess.run([sys.executable, "-c", COMPILE_ONE], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.split() == ["15.0"], done.stderr[-2000:]
+    left = {p.name for p in numba.iterdir()}
+    assert "gone" not in left and {"gone-recently", "installed", "relative", "unrecorded", "link"} <= left, left
+    assert (tmp_path / "elsewhere" / "linked" / "kernel.nbi").exists()
+    sources = {(p / numba_cache.ORIGIN).read_text() for p in numba.iterdir() if p.name not in made and p.name != "link"}
+    assert str(PACKAGE / "backends") in sources, sources     # the package's own, recorded as it placed them
+    used = (numba / next(p.name for p in numba.iterdir() if p.name.startswith("backends_")) / numba_cache.ORIGIN)
+    assert time.time() - used.stat().st_mtime < 600
+    assert numba_cache.prune_removed_installs(numba) == [] and numba_cache.prune_removed_installs(tmp_path / "no") == []
 
 
 def test_an_edit_of_a_called_module_recompiles_its_callers(tmp_path):
