@@ -314,15 +314,23 @@ def _keep_track(numba: Path, sub: Path, source: str) -> None:
     try:
         sub.mkdir(mode=0o700, exist_ok=True)
         named = sub / ORIGIN
-        if named.is_file() and named.read_text() == source:
+        if named.is_file() and _read_origin(named) == source:
             os.utime(named)                 # (used now: a week from now at the earliest it may go)
         else:
             fd, tmp = tempfile.mkstemp(dir=sub, prefix=".origin-")
-            with os.fdopen(fd, "w") as f:
-                f.write(source)
-            os.replace(tmp, named)
-    except OSError:
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(os.fsencode(source))
+                os.replace(tmp, named)
+            finally:
+                Path(tmp).unlink(missing_ok=True)
+    except (OSError, ValueError):
         pass                                # (a read-only cache: nothing to keep track of, nothing lost)
+
+
+def _read_origin(named: Path) -> str:
+    """The source folder an ORIGIN file names (the path's bytes as the file system's, whatever they are)."""
+    return os.fsdecode(named.read_bytes())
 
 
 def prune_removed_installs(numba: Path) -> list[Path]:
@@ -340,11 +348,11 @@ def prune_removed_installs(numba: Path) -> list[Path]:
             if not entry.is_dir(follow_symlinks=False):
                 continue
             named = Path(entry.path) / ORIGIN
-            source, used = named.read_text(), named.stat().st_mtime
+            source, used = _read_origin(named), named.stat().st_mtime
             if os.path.isabs(source) and not os.path.isdir(source) and now - used > UNUSED_DAYS * 86400:
                 shutil.rmtree(entry.path)
                 removed.append(Path(entry.path))
-        except OSError:
+        except (OSError, ValueError):       # (a record of garbage: left alone, as one of none)
             continue
     return removed
 

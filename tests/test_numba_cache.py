@@ -255,6 +255,10 @@ def test_the_kernels_of_installs_removed_a_week_ago_are_pruned(tmp_path):
         if source is not None:
             (made[name] / numba_cache.ORIGIN).write_text(source)
             os.utime(made[name] / numba_cache.ORIGIN, (when, when))
+    made["garbage"] = numba / "garbage"                     # (a record that is no path: kept, and no error)
+    made["garbage"].mkdir()
+    (made["garbage"] / numba_cache.ORIGIN).write_bytes(b"/\xff\x00\x80")
+    os.utime(made["garbage"] / numba_cache.ORIGIN, (old, old))
     (tmp_path / "elsewhere").mkdir()
     shutil.copytree(made["gone"], tmp_path / "elsewhere" / "linked")
     (numba / "link").symlink_to(tmp_path / "elsewhere" / "linked")
@@ -265,7 +269,7 @@ def test_the_kernels_of_installs_removed_a_week_ago_are_pruned(tmp_path):
     done = subprocess.run([sys.executable, "-c", COMPILE_ONE], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.split() == ["15.0"], done.stderr[-2000:]
     left = {p.name for p in numba.iterdir()}
-    assert "gone" not in left and {"gone-recently", "installed", "relative", "unrecorded", "link"} <= left, left
+    assert "gone" not in left and {"gone-recently", "installed", "relative", "unrecorded", "garbage", "link"} <= left
     assert (tmp_path / "elsewhere" / "linked" / "kernel.nbi").exists()
     sources = {(p / numba_cache.ORIGIN).read_text() for p in numba.iterdir() if p.name not in made and p.name != "link"}
     assert str(PACKAGE / "backends") in sources, sources     # the package's own, recorded as it placed them
