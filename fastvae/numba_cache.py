@@ -349,7 +349,9 @@ def prune_removed_installs(numba: Path) -> list[Path]:
                 continue
             named = Path(entry.path) / ORIGIN
             source, used = _read_origin(named), named.stat().st_mtime
-            if os.path.isabs(source) and not os.path.isdir(source) and now - used > UNUSED_DAYS * 86400:
+            # (a record that is no path, with a NUL in it, is as none: isdir says False for it)
+            gone = os.path.isabs(source) and "\0" not in source and not os.path.isdir(source)
+            if gone and now - used > UNUSED_DAYS * 86400:
                 shutil.rmtree(entry.path)
                 removed.append(Path(entry.path))
         except (OSError, ValueError):       # (a record of garbage: left alone, as one of none)
