@@ -307,7 +307,8 @@ class VAE:
                 raise UserError(f"batch_size {batch_size} is larger than the {len(X)} training images; "
                                 f"use a batch size of at most {len(X)}")
             if validation is not None:
-                validation = self._images(validation, "validation")
+                # (checked against the width this fit's X gave: "fit it on such data first" does not apply)
+                validation = self._images(validation, "validation", unfitted=False)
         except UserError:
             self._undo_width(before)            # a refused fit leaves the model as it was (a fresh user's trial)
             raise
@@ -330,9 +331,11 @@ class VAE:
         """(h, w) of the model's images, or None for feature rows."""
         return self.config.image_shape
 
-    def _images(self, X: ArrayLike, what: str, empty: bool = False) -> np.ndarray:
-        """X as rows of the model's width (and image shape), or a one-line UserError; `empty`: no rows taken."""
-        unfitted = self.steps == 0 and self.epoch == 0 and self.epoch_step == 0
+    def _images(self, X: ArrayLike, what: str, empty: bool = False, unfitted: bool | None = None) -> np.ndarray:
+        """X as rows of the model's width (and image shape), or a one-line UserError; `empty`: no rows taken;
+        `unfitted` (default: whether the model has trained) says so in the message, and how its width is set."""
+        if unfitted is None:
+            unfitted = self.steps == 0 and self.epoch == 0 and self.epoch_step == 0
         return as_images(X, what, self.config.input_width, self.config.image_shape, empty, unfitted)
 
     def _adopt_width(self, X: ArrayLike, image_shape: tuple[int, int] | None = None,
