@@ -363,8 +363,8 @@ def test_iterators_for_data_and_codings_and_an_unfitted_models_width_are_said_as
                                         + unfitted):
         model.encode(np.zeros((5, 14, 56), np.uint8))
     # a first fit's validation set is checked against the width of that fit's X: fitting first is not the fix
-    with pytest.raises(UserError, match=r"^validation has rows of 784 values .* the model takes 64; pass arrays of "
-                                        r"shape \(n, 64\) or \(n, 8, 8\)$"):
+    with pytest.raises(UserError, match=r"^validation has rows of 784 values .* the model takes 64 \(8x8 images\); "
+                                        r"pass arrays of shape \(n, 64\) or \(n, 8, 8\)$"):
         model.fit(np.full((20, 8, 8), 3, np.uint8), epochs=1, batch_size=10, validation=rows)
     model.fit(mnist.train_x[:100], epochs=1)
     with pytest.raises(UserError, match=r"pass arrays of shape \(n, 784\) or \(n, 28, 28\)$"):
