@@ -132,8 +132,8 @@ class VAE:
                                      and getattr(type(self), name).fset is None):
             raise also(AttributeError, f"model.{name} is the model's own state: it can be read, not set (make or "
                        "load another model instead)")
-        elif not (name.startswith("_") or name == "config" or hasattr(type(self), name)
-                  or type(self) is not VAE):    # a subclass keeps what it sets
+        elif not (name.startswith("_") or name == "config" or hasattr(type(self), name) or _subclass(type(self))):
+            # (a subclass keeps what it sets)
             setting = name in {f.name for f in dataclasses.fields(Config)}
             raise also(AttributeError, f"VAE has no attribute {name!r} to set" + (
                 f": {name} is a setting in model.config (model.config = dataclasses.replace(model.config, "
@@ -619,6 +619,13 @@ def _checked_path(path: object) -> str:
     if text == "":                          # (save("") wrote ./checkpoint.npz without a word: a trial)
         raise UserError(f"the path is empty ({text!r}); name a file or folder (\".\" for the working folder)")
     return os.path.expanduser(text)
+
+
+def _subclass(cls: type) -> bool:
+    """Whether `cls` is a user's subclass of VAE, not fastvae's own class: by name, since a model made before
+    importlib.reload(fastvae.model) is of the old class object (it took `model.lr = 0.2` without a word then, where a
+    new one refuses it: a notebook user's trial)."""
+    return (cls.__module__, cls.__qualname__) != (__name__, "VAE")
 
 
 def _say_if_fewer_threads_run(threads, be, notify):
