@@ -306,6 +306,19 @@ def test_progress_into_a_log_is_a_line_per_epoch(x, capsys):
                                f"test {record['test']['total']:.3f}, ") and line.endswith((" img/s", "img/s, loading the kernels included")), line
 
 
+def test_a_models_codings_can_be_read_between_epochs_from_its_fits_callback(x):
+    """The README's way to look at a model while it trains (an encode from another thread waits for the whole fit):
+    the callback runs between epochs on the fit's thread, and its encode gives the codings of the model as it is
+    after that epoch, the same bits as a model fitted that far and encoded after."""
+    seen = []
+    VAE(seed=4, **SMALL).fit(x[:300], epochs=2, callback=lambda model, record: seen.append(model.encode(x[:7])))
+    for epochs, (mu, logvar) in enumerate(seen, start=1):
+        after = VAE(seed=4, **SMALL).fit(x[:300], epochs=epochs).encode(x[:7])
+        np.testing.assert_array_equal(mu, after[0])
+        np.testing.assert_array_equal(logvar, after[1])
+    assert not np.array_equal(seen[0][0], seen[1][0])
+
+
 def test_without_a_bar_the_first_steps_are_said_before_they_load_the_kernels(tmp_path):
     """progress=True in a log or a notebook (no terminal): the first epoch's line came only after the kernels'
     compile, which a notebook cell sat through blank for 20 s, its interrupt acting only at the first step's end (a
