@@ -482,7 +482,8 @@ def check_width(rows: np.ndarray, shape: tuple[int, int] | None, given: tuple, w
                         + (_UNFITTED if unfitted else ""))
     if shape is not None and image_shape is not None and shape != tuple(image_shape):
         raise UserError(f"{what} has images of {shape[0]}x{shape[1]} but the model's are "
-                        f"{image_shape[0]}x{image_shape[1]}; pass images of that size" + (_UNFITTED if unfitted else ""))
+                        f"{image_shape[0]}x{image_shape[1]}; pass images of that size"
+                        + (_UNFITTED if unfitted else ""))
 
 
 # (an unfitted model's encode of 8 x 8 images was told to pass 784-wide rows, when fitting first is the fix: a trial)

@@ -30,8 +30,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import __version__, jsonfile, rng, tempfiles
-from .cli import (Notes, OptionMistake, Parser, add_shared_options, check_positive, checkpoint_path, returns_status, run_main,
-                  path_argument, run_precision, run_record, run_test_set, thread_count, whole_number)
+from .cli import (Notes, OptionMistake, Parser, add_shared_options, check_positive, checkpoint_path, returns_status,
+                  run_main, path_argument, run_precision, run_record, run_test_set, thread_count, whole_number)
 from .config import flag, integer, seed_value
 from .errors import UserError, one_line
 from .rng import STREAM_IWAE

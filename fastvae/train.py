@@ -25,8 +25,8 @@ import numpy as np
 
 from . import __version__, jsonfile, machine, runlock, tempfiles, training
 from .cli import (Notes, OptionMistake, Parser, add_shared_options, at_most, check_positive, check_run_config,
-                  command_of, load_data, path_argument, remove_empty, returns_status, run_main, thread_count, valid_epochs,
-                  valid_run_record, whole_number)
+                  command_of, load_data, path_argument, remove_empty, returns_status, run_main, thread_count,
+                  valid_epochs, valid_run_record, whole_number)
 from .config import Config
 from .constants import ENCODERS, HIDDEN_ACTIVATIONS, RECONSTRUCTIONS, SAMPLE_CODINGS
 from .errors import StoppedBySignal, TrainingDiverged, TrainingInterrupted, UserError, file_error

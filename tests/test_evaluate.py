@@ -419,7 +419,8 @@ def test_format_table_takes_evaluate_models_result_and_refuses_anything_else(tra
     model, _, X = trained
     res = evaluate_model(model, X[:6], k=[1, 3])
     lines = format_table(res).splitlines()
-    assert lines[0] == f"6 images, noise seed 0, {res['seconds']:.1f} s" and lines[1] == "nats per image (lower is better)"
+    assert lines[0] == f"6 images, noise seed 0, {res['seconds']:.1f} s"
+    assert lines[1] == "nats per image (lower is better)"
     assert f"{res['elbo']['total']:9.3f}" in lines[2] and len(lines) == 6
     assert lines[4].split()[:2] == ["1", f"{res['iwae'][0]['nll']:.3f}"]
     for bad, says in [({}, "a dict without elbo, images, iwae, seconds, seed"), (5, "; got int"),
