@@ -22,7 +22,9 @@ PROGRESS_EVERY = LOSS_CHECK_INTERVAL_DEVICE
 
 # What the bar says until this process's first steps on a backend are done: they load its kernels from Numba's
 # cache, or compile them (9-21 s on the project's machines after an install); the bar sat at 0 without a word.
-FIRST_STEPS_NOTE = "loading the kernels (compiled once after an install: up to 30 s; Ctrl-C stops after them)"
+FIRST_STEPS_NOTE = "loading the kernels (compiled once after an install: up to 30 s)"
+# (said on a line of its own where there is no bar; a bar's postfix has no room for it on an 80-column terminal)
+FIRST_STEPS_STOP = "; Ctrl-C stops after them"
 _first_steps_done: set[str] = set()               # the backends whose first steps this process has taken
 
 
@@ -88,7 +90,7 @@ def _epoch(model, stepper, order, ws, progress, stop):
     elif progress and loading and sys.stderr is not None:
         # a log or a notebook (no bar): the first epoch's line came only after the compile, which a notebook's cell
         # sat through blank, its interrupt acting only at the first step's end (a notebook user's trial)
-        _tell(f"epoch {model.epoch + 1}: {FIRST_STEPS_NOTE}")
+        _tell(f"epoch {model.epoch + 1}: {FIRST_STEPS_NOTE}{FIRST_STEPS_STOP}")
     k = first
     while k < len(starts):
         start = starts[k]

@@ -336,7 +336,7 @@ def test_without_a_bar_the_first_steps_are_said_before_they_load_the_kernels(tmp
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stderr.splitlines()
-    assert lines[0] == f"epoch 1: {FIRST_STEPS_NOTE}" and len(lines) == 4, lines
+    assert lines[0] == f"epoch 1: {FIRST_STEPS_NOTE}; Ctrl-C stops after them" and len(lines) == 4, lines
     assert [line.split(":")[0] for line in lines[1:]] == ["epoch 1", "epoch 2", "epoch 1"], lines
     assert lines[1].endswith(", loading the kernels included") and FIRST_STEPS_NOTE not in "".join(lines[2:])
 
