@@ -129,8 +129,8 @@ def flag(value, name):
 def real(value, name):
     """`value` as a plain float, when it is a finite real number (Python's or NumPy's, a Fraction, a Decimal: not a
     numbers.Real, so lr=Decimal("0.001") was refused, an API trial); else a UserError naming it."""
-    if isinstance(value, decimal.Decimal) and value.is_finite():
-        return float(value)
+    if isinstance(value, decimal.Decimal) and value.is_finite() and math.isfinite(float(value)):
+        return float(value)                 # (Decimal("1e400") is finite, its float is not: a review)
     if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     raise UserError(f"{name} must be a finite number, got {value!r}")

@@ -502,14 +502,16 @@ class VAE:
         """(workspace rows, slice) over n items in chunks of `rows` (default: the current workspace's batch)."""
         if rows is None:
             ws = self._workspace(self._ws.batch if self._ws is not None else self.config.batch_size)
+            size = ws.batch
         else:                           # an inference workspace of its own: the training one keeps its size
-            # (at most the items asked for: rows=10**9 for 3 codings asked for 238 GiB, an API trial)
-            rows = min(integer(rows, "rows"), max(n, 1))
-            if self._ws_inference is None or self._ws_inference.batch != rows:
-                self._ws_inference = step.Workspace(self.backend, self.config, rows)
+            # at most the items asked for (rows=10**9 for 3 codings asked for 238 GiB, an API trial); one that holds
+            # that many already serves (iwae_bound's calls of 2048, 2048 and 904 rows built one each time: a review)
+            size = min(integer(rows, "rows"), max(n, 1))
+            if self._ws_inference is None or self._ws_inference.batch < size:
+                self._ws_inference = step.Workspace(self.backend, self.config, size)
             ws = self._ws_inference
-        for start in range(0, n, ws.batch):
-            part = slice(start, min(start + ws.batch, n))
+        for start in range(0, n, size):
+            part = slice(start, min(start + size, n))
             yield ws.rows(part.stop - start), part
 
     # ------------------------------------------------------------------ persistence

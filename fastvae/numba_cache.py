@@ -31,6 +31,7 @@ Each installed location's kernels are a subfolder of numba/ that records its sou
 of installs removed and unused for UNUSED_DAYS are removed (prune_removed_installs).
 """
 import atexit
+import errno
 import hashlib
 import os
 import shutil
@@ -53,38 +54,57 @@ def _temporary_folders() -> list[str]:
 
 
 def _yours(folder: Path) -> bool:
-    """A real folder (not a link) of this user's that no one else may write to, and this user may."""
+    """A real folder (not a link) of this user's that no one else may write to, and this user may. (Its group may
+    not write it either, whatever the group: fastvae makes its own folders with mode 0700, and only the folders above
+    them get the user-private-group rule of _held_by_trusted_hands.)"""
     st = os.lstat(folder)
     mine = not hasattr(os, "getuid") or st.st_uid == os.getuid()
-    return stat.S_ISDIR(st.st_mode) and mine and not _open_to_others(st) and os.access(folder, os.W_OK | os.X_OK)
+    return stat.S_ISDIR(st.st_mode) and mine and not st.st_mode & 0o022 and os.access(folder, os.W_OK | os.X_OK)
 
 
-def _open_to_others(st: os.stat_result) -> bool:
-    """Whether someone other than a folder's owner (and root) may write in it: it is world-writable, or writable by a
-    group that is not its owner's own. Umask 002 with user private groups (the default of Debian's and Ubuntu's
-    logins) makes every new folder group-writable, ~/.cache included, for a group whose only member is the user;
-    refusing those sent such users' kernels to the temporary folder, compiled again after every boot. The rule is
-    Debian OpenSSH's for ~/.ssh (its user-group-modes patch)."""
+def _open_to_others(st: os.stat_result, folder: Path) -> bool:
+    """Whether someone other than the owner of `folder` (stat `st`) and root may write in it: it is world-writable,
+    or writable by a group that is not its owner's private group, or group-writable with an ACL (whose mask the
+    group bits then are: a named user's or group's write showed as 0770, and a review planted an index so). Umask
+    002 with user private groups (the default of Debian's and Ubuntu's logins) makes folders group-writable,
+    ~/.cache included, for a group whose only member is the user; refusing those sent such users' kernels to the
+    temporary folder, compiled again after every boot. The rule is Debian OpenSSH's for ~/.ssh (its
+    user-group-modes patch), with the user-private-group naming convention required too."""
     if st.st_mode & 0o002:
         return True
-    return bool(st.st_mode & 0o020) and not _private_group(st.st_uid, st.st_gid)
+    return bool(st.st_mode & 0o020) and (not _private_group(st.st_uid, st.st_gid) or _may_have_acl(folder))
+
+
+def _may_have_acl(folder: Path) -> bool:
+    """Whether `folder` carries an access ACL (POSIX or NFSv4), or whether that cannot be told (no listxattr on this
+    system, or it failed for another reason than a file system without extended attributes)."""
+    if not hasattr(os, "listxattr"):
+        return True
+    try:
+        names = os.listxattr(folder)
+    except OSError as e:
+        return e.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP)
+    return any(name in ("system.posix_acl_access", "system.nfs4_acl") for name in names)
 
 
 @lru_cache(maxsize=None)
 def _private_group(uid: int, gid: int) -> bool:
-    """Whether group `gid` has exactly one member, user `uid`: every account whose primary group it is is that user,
-    and its member list is empty or that user alone (as Debian OpenSSH's secure_permissions; a group of no member
-    at all is refused, as there: setgid programs' groups). Read once a process; False where the system has no such
-    databases (then a group-writable folder is refused, as before)."""
+    """Whether group `gid` is user `uid`'s private group with no other member: the user's primary group, of the
+    user's name, no other account's primary group, and listing no member but the user in any entry of that number
+    (as Debian OpenSSH's secure_permissions, with the naming convention of user private groups required, since
+    account databases that are not enumerated (LDAP, SSSD) may hide members). Read once a process; False where the
+    system has no such databases (then a group-writable folder is refused, as before)."""
     try:
         import grp
         import pwd
-        group, owner = grp.getgrgid(gid), pwd.getpwuid(uid)
-        primary = [user.pw_uid for user in pwd.getpwall() if user.pw_gid == gid]
+        owner = pwd.getpwuid(uid)
+        entries = [group for group in grp.getgrall() if group.gr_gid == gid] or [grp.getgrgid(gid)]
+        primary = {user.pw_uid for user in pwd.getpwall() if user.pw_gid == gid}
     except (ImportError, KeyError, OSError):
         return False
-    listed = list(group.gr_mem)
-    return (bool(primary) or bool(listed)) and set(primary) <= {uid} and listed in ([], [owner.pw_name])
+    listed = {name for group in entries for name in group.gr_mem}
+    return (owner.pw_gid == gid and all(group.gr_name == owner.pw_name for group in entries)
+            and primary <= {uid} and listed <= {owner.pw_name})
 
 
 def _held_by_trusted_hands(base: Path) -> bool:
@@ -100,7 +120,7 @@ def _held_by_trusted_hands(base: Path) -> bool:
             st = os.stat(folder)
             if uid is not None and st.st_uid not in (0, uid):
                 return False
-            if _open_to_others(st) and not st.st_mode & stat.S_ISVTX:
+            if _open_to_others(st, folder) and not st.st_mode & stat.S_ISVTX:
                 return False
     except OSError:
         return False

@@ -434,6 +434,7 @@ def test_main_returns_argparses_statuses_too_and_refuses_a_string(capsys):
     SystemExit, and main("ck.npz") read the string letter by letter (an API trial). Every tool's main."""
     from fastvae import plot, train
     from fastvae import evaluate
+    assert evaluate.main(iter(["--version"])) == 0 and capsys.readouterr().out.startswith("fastvae ")
     for tool in (evaluate, train, plot):
         assert tool.main(["--help"]) == 0 and "usage:" in capsys.readouterr().out
         assert tool.main(["--version"]) == 0
