@@ -511,7 +511,7 @@ def _train(args, stop, hold):
         say(f"epoch {record['epoch']:3d}/{cfg.epochs}  train {record['train']['total']:8.3f}  "
             f"test {record['test']['total']:8.3f} (reconstruction {record['test']['reconstruction']:.3f} "
             f"+ KL {record['test']['kl']:.3f})  {_duration(record['seconds']):>7}  "
-            f"{record['images_per_s']:9,.0f} img/s")
+            f"{record['images_per_s']:9,.0f} img/s  (test pass {_duration(record['test_seconds'])})")
         # the record first: a stop between the two leaves one that --resume drops (it keeps those up to the
         # checkpoint's epoch) and writes again, where the other order lost it for good
         jsonfile.write(out / "metrics.json", {**info, "epochs": m.history})

@@ -54,7 +54,11 @@ def run_epochs(model, X, ws, epochs, validation=None, callback=None, progress=Fa
             if pacer:
                 record["threads"] = pacer.record()
             if validation is not None:
+                begin = time.perf_counter()
                 record["test"] = model.evaluate(validation)
+                # (not in the epoch's seconds: on a busy machine the pass at OpenBLAS's own threads took seconds
+                # after a "0.8 s" epoch without a word, a new user's trial)
+                record["test_seconds"] = time.perf_counter() - begin
             if progress and sys.stderr is not None and not on_terminal(sys.stderr):     # (a log: see _epoch)
                 _tell(_epoch_line(record))
             model.history.append(record)
@@ -193,7 +197,7 @@ def _epoch_line(record):
     train = record["train"]
     test = record.get("test")
     return (f"epoch {record['epoch']}: train loss {train['total']:.3f} per image"
-            + (f", test {test['total']:.3f}" if test else "")
+            + (f", test {test['total']:.3f} (its pass {duration(record['test_seconds'])})" if test else "")
             + f", {duration(record['seconds'])}, {record['images_per_s']:,.0f} img/s"
             + (", loading the kernels included" if "first_steps_seconds" in record else ""))
 

@@ -42,6 +42,9 @@ def test_a_run_writes_its_checkpoint_metrics_and_figures(run_dir):
     from fastvae.train import _duration      # (a small data set's epochs said "median 0.00 s": now in ms)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("epoch ")]
     assert [_duration(e["seconds"]) in line for e, line in zip(m["epochs"], lines)] == [True, True], lines
+    # the test pass after each epoch, not in its seconds, said with it (seconds after a "0.8 s" epoch: a new user)
+    assert [line.endswith(f"img/s  (test pass {_duration(e['test_seconds'])})")
+            for e, line in zip(m["epochs"], lines)] == [True, True], lines
     assert (_duration(0.00423), _duration(0.1), _duration(2.494)) == ("4.2 ms", "0.10 s", "2.49 s")
     assert (f"median {_duration(m['epochs'][1]['seconds'])} per epoch after the first "
             f"({_duration(m['epochs'][0]['seconds'])}, which also loaded or compiled the kernels)") in proc.stdout

@@ -16,7 +16,7 @@ import pytest
 from fastvae import VAE, TrainingDiverged, UserError
 from fastvae.data import load_data, load_mnist
 from fastvae.errors import StoppedBySignal
-from fastvae.training import FIRST_STEPS_NOTE
+from fastvae.training import FIRST_STEPS_NOTE, duration
 from signals import sigint_after
 
 SMALL = dict(hidden=(48, 24), latent=4, batch_size=50, backend="cpu", threads=1)
@@ -303,7 +303,8 @@ def test_progress_into_a_log_is_a_line_per_epoch(x, capsys):
     assert "\r" not in err and len(lines) == 2, err
     for record, line in zip(model.history, lines):
         assert line.startswith(f"epoch {record['epoch']}: train loss {record['train']['total']:.3f} per image, "
-                               f"test {record['test']['total']:.3f}, ")
+                               f"test {record['test']['total']:.3f} (its pass {duration(record['test_seconds'])}), ")
+        assert 0 < record["test_seconds"] < 60
         assert line.endswith((" img/s", "img/s, loading the kernels included")), line
 
 
