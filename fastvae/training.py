@@ -5,6 +5,7 @@ loop works on the model's own state (its backend, step.State, workspace and trai
 epoch_step, epoch_loss), so a model stopped by Ctrl-C can be saved and resumed exactly where it stood.
 """
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -170,11 +171,19 @@ def _diverged(model, what):
 
 
 def on_terminal(stream):
-    """Whether `stream` (sys.stderr) is a terminal: False for a file, a pipe, None, or a stand-in without isatty."""
+    """Whether `stream` (sys.stderr) is a terminal a bar can be drawn on: False for a file, a pipe, None, a stand-in
+    without isatty, or a terminal of no columns (a new pseudo-terminal is 0 x 0 until its size is set, as under
+    `script` from a shell without one: tqdm drew nothing there, the first steps' note included, a new user's trial;
+    such a terminal gets the lines a log gets)."""
     try:
-        return bool(stream.isatty())
+        if not stream.isatty():
+            return False
     except (AttributeError, ValueError, OSError):
         return False
+    try:
+        return os.get_terminal_size(stream.fileno()).columns > 0
+    except (AttributeError, ValueError, OSError):
+        return True                         # (a terminal whose size cannot be asked: tqdm's own default width)
 
 
 def duration(seconds):

@@ -802,6 +802,28 @@ def test_a_resumed_epochs_progress_bar_starts_at_its_step(mnist, monkeypatch):
     assert 0 < stopped_at < 20 and bars == [0, stopped_at]
 
 
+def test_a_terminal_of_no_columns_gets_a_logs_lines_not_an_invisible_bar(mnist, monkeypatch):
+    """A new pseudo-terminal is 0 x 0 until its size is set (`script` run from a shell without one): tqdm drew
+    nothing there, the first steps' note included, and the lines a log gets were not written either (a new user's
+    trial). There the lines are written; a terminal with columns still gets the bar (tests/terminal.py's tests)."""
+    from fastvae import training
+    from terminal import Terminal
+    for rows, columns, bar in ((0, 0, False), (24, 80, True)):
+        terminal = Terminal(rows=rows, columns=columns)
+        stream = terminal.open_slave()
+        assert stream.isatty() and training.on_terminal(stream) is bar
+        monkeypatch.setattr(sys, "stderr", stream)
+        told = []
+        monkeypatch.setattr(training, "_tell", told.append)
+        model = VAE(seed=1, **SMALL).fit(mnist.train_x[:200], epochs=1, progress=True)
+        lines = [line for line in told if "train loss" in line]       # (and, first in a process, the loading one)
+        assert len(told) == 0 if bar else len(lines) == 1 and lines[0].startswith("epoch 1: train loss"), told
+        assert model.epoch == 1
+        stream.close()
+        terminal.close_slave()
+        terminal.close()
+
+
 @pytest.mark.parametrize("umask", [0o022, 0o077])
 def test_a_checkpoint_gets_the_mode_the_umask_gives_new_files(tmp_path, umask):
     """tempfile.mkstemp made every checkpoint 0600, unreadable to the group and others whatever the umask (the run's
