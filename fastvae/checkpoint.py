@@ -208,7 +208,7 @@ def load(path):
     else:
         path = Path(path)
         if not path.is_file():
-            raise file_error(f"checkpoint {path} does not exist; pass the .npz file written by a training run",
+            raise file_error(f"checkpoint {path} does not exist; pass a training run's folder or its checkpoint.npz",
                              FileNotFoundError, path)
         bad = f"{path} is not a readable fastvae checkpoint"
         _refuse_a_single_array(path, bad)

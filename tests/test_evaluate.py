@@ -304,7 +304,7 @@ def test_json_replaces_an_earlier_report_and_no_other_file(trained, tmp_path):
 
 
 @pytest.mark.parametrize("args, says", [
-    (["missing.npz"], "does not exist"),
+    (["missing.npz"], "does not exist; pass a training run's folder or its checkpoint.npz"),
     (["{ck}", "--k", "0"], "--k"),
     (["{ck}", "--test-images", "0"], "--test-images"),
     (["{bad}"], "not a readable fastvae checkpoint"),
