@@ -28,7 +28,8 @@ module was edited (a contributor's trial: "max abs error nan" from a cache, not 
 package's Numba sources, so an edit of any of them recompiles them all.
 
 Each installed location's kernels are a subfolder of numba/ that records its source folder (ORIGIN); the subfolders
-of installs removed and unused for UNUSED_DAYS are removed (prune_removed_installs).
+of installs removed and unused for UNUSED_DAYS are removed, and those without a record unchanged for UNRECORDED_DAYS
+(prune_removed_installs).
 """
 import atexit
 import errno
@@ -320,6 +321,9 @@ def _user_folder_init(self, py_func, py_file):
 # see, the other may still use.)
 ORIGIN = "origin.txt"
 UNUSED_DAYS = 7
+# a subfolder without ORIGIN is one no process of this version has used (each use writes one): one whose files have
+# not changed for this long is of an install removed, or of an older fastvae unused as long (it compiles again)
+UNRECORDED_DAYS = 30
 _TRACKED: set[Path] = set()
 
 
@@ -355,8 +359,9 @@ def _read_origin(named: Path) -> str:
 
 def prune_removed_installs(numba: Path) -> list[Path]:
     """The subfolders of `numba` (fastvae's kernel cache) removed because the source folder their ORIGIN names no
-    longer exists and no process has used them for UNUSED_DAYS; those without one (made before fastvae kept track,
-    or by hand) and links are left alone."""
+    longer exists and no process has used them for UNUSED_DAYS, or because they have no ORIGIN (made before fastvae
+    kept track: every use now writes one) and nothing in them changed for UNRECORDED_DAYS; links, and a record that
+    is no path, are left alone."""
     removed: list[Path] = []
     now = time.time()
     try:
@@ -368,6 +373,11 @@ def prune_removed_installs(numba: Path) -> list[Path]:
             if not entry.is_dir(follow_symlinks=False):
                 continue
             named = Path(entry.path) / ORIGIN
+            if not os.path.lexists(named):
+                if now - _newest(entry.path) > UNRECORDED_DAYS * 86400:
+                    shutil.rmtree(entry.path)
+                    removed.append(Path(entry.path))
+                continue
             source, used = _read_origin(named), named.stat().st_mtime
             # (a record that is no path, with a NUL in it, is as none: isdir says False for it)
             gone = os.path.isabs(source) and "\0" not in source and not os.path.isdir(source)
@@ -377,6 +387,12 @@ def prune_removed_installs(numba: Path) -> list[Path]:
         except (OSError, ValueError):       # (a record of garbage: left alone, as one of none)
             continue
     return removed
+
+
+def _newest(folder: str) -> float:
+    """The latest modification time of `folder` and the files in it (Numba keeps a cache flat: index and code files)."""
+    with os.scandir(folder) as entries:
+        return max([os.stat(folder).st_mtime, *(e.stat(follow_symlinks=False).st_mtime for e in entries)])
 
 
 def _from_own_folder(cls, py_func, py_file):

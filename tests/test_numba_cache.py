@@ -262,22 +262,27 @@ def test_a_temporary_folder_another_user_could_rename_things_in_is_passed_over(t
 def test_the_kernels_of_installs_removed_a_week_ago_are_pruned(tmp_path):
     """Each install location's kernels (3-20 MB) stayed in ~/.cache/fastvae/numba after the install was removed (a
     developer's had 150 MB over 20 of them). A subfolder whose recorded source folder is gone and which no process
-    has used for a week is removed as the kernels are next placed; one still used (or used within the week: a
-    container sharing the cache may not see the other's folders), one of an existing install, one without a record
-    and a link are kept. Real folders; a real process places its kernels and records their source."""
+    has used for a week is removed as the kernels are next placed, and so is one without a record (made before
+    fastvae kept track) unchanged for a month; one still used (or used within the week: a container sharing the
+    cache may not see the other's folders), one of an existing install, a recent one without a record and a link are
+    kept. Real folders; a real process places its kernels and records their source."""
     numba = tmp_path / "cache" / "numba"
     old = time.time() - (numba_cache.UNUSED_DAYS + 1) * 86400
+    ancient = time.time() - (numba_cache.UNRECORDED_DAYS + 1) * 86400
     made = {}
     for name, source, when in [("gone", str(tmp_path / "deleted-venv" / "fastvae"), old),
                                ("gone-recently", str(tmp_path / "deleted-venv" / "fastvae"), time.time() - 3600),
                                ("installed", str(tmp_path), old), ("relative", "deleted/fastvae", old),
-                               ("unrecorded", None, old)]:
+                               ("unrecorded", None, old), ("unrecorded-old", None, ancient)]:
         made[name] = numba / name
         made[name].mkdir(parents=True)
         (made[name] / "kernel.nbi").write_bytes(b"")
         if source is not None:
             (made[name] / numba_cache.ORIGIN).write_text(source)
             os.utime(made[name] / numba_cache.ORIGIN, (when, when))
+        elif when == ancient:                               # (made before fastvae kept track, unchanged since)
+            for path in (made[name] / "kernel.nbi", made[name]):
+                os.utime(path, (when, when))
     made["garbage"] = numba / "garbage"                     # (a record that is no path: kept, and no error)
     made["garbage"].mkdir()
     (made["garbage"] / numba_cache.ORIGIN).write_bytes(b"/\xff\x00\x80")
@@ -292,7 +297,8 @@ def test_the_kernels_of_installs_removed_a_week_ago_are_pruned(tmp_path):
     done = subprocess.run([sys.executable, "-c", COMPILE_ONE], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.split() == ["15.0"], done.stderr[-2000:]
     left = {p.name for p in numba.iterdir()}
-    assert "gone" not in left and {"gone-recently", "installed", "relative", "unrecorded", "garbage", "link"} <= left
+    assert not {"gone", "unrecorded-old"} & left
+    assert {"gone-recently", "installed", "relative", "unrecorded", "garbage", "link"} <= left, left
     assert (tmp_path / "elsewhere" / "linked" / "kernel.nbi").exists()
     sources = {(p / numba_cache.ORIGIN).read_text() for p in numba.iterdir() if p.name not in made and p.name != "link"}
     assert str(PACKAGE / "backends") in sources, sources     # the package's own, recorded as it placed them
