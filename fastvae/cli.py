@@ -36,12 +36,17 @@ def returns_status(main: _Main) -> _Main:
     (read letter by letter as options) raises UserError (a TypeError too)."""
     @functools.wraps(main)
     def checked(argv: list[str] | None = None) -> int:
-        if argv is not None and not isinstance(argv, (str, bytes)):
+        def wrong(example=""):
+            return also(TypeError, f"{main.__module__}.main takes a list of strings (as sys.argv[1:]), not "
+                        f"{argv!r}{example}")
+        if isinstance(argv, str):
+            raise wrong(f"; e.g. main({argv.split()!r})")
+        if isinstance(argv, bytes):
+            raise wrong()
+        if argv is not None:
             argv = list(argv)               # (read once: an iterator checked here then parsed as nothing, a review)
-        if isinstance(argv, (str, bytes)) or (argv is not None and not all(isinstance(a, str) for a in argv)):
-            raise also(TypeError, f"{main.__module__}.main takes a list of strings (as sys.argv[1:]), not "
-                       f"{argv!r}; e.g. main({argv.split()!r})" if isinstance(argv, str) else
-                       f"{main.__module__}.main takes a list of strings (as sys.argv[1:]), not {argv!r}")
+            if not all(isinstance(a, str) for a in argv):
+                raise wrong()
         try:
             return main(argv)
         except SystemExit as e:

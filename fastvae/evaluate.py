@@ -53,7 +53,7 @@ def log_mean_exp(a, axis=-1):
     or -inf entries (all -inf gives -inf, not NaN; a NaN gives NaN; +inf gives +inf). Raises UserError (one line) for
     an array that is not real numbers, has no such axis, or no values along it (NumPy's own errors came through:
     an API trial)."""
-    a = _reals(a, "a")
+    a = _reals(a, "a").astype(np.float64, copy=False)
     if isinstance(axis, bool) or not isinstance(axis, numbers.Integral) or not -a.ndim <= axis < a.ndim:
         raise UserError(f"axis must be an axis of `a` (shape {a.shape}: -{a.ndim}..{a.ndim - 1}), got {axis!r}"
                         if a.ndim else "log_mean_exp takes an array to average along an axis, not a single number")
@@ -71,27 +71,25 @@ def _log_mean_exp(a, axis):
     return np.squeeze(out, axis=axis)
 
 
-def _reals(a, name, kind=None):
-    """`a` as a float64 array, or a one-line UserError for what is not real numbers (text raised NumPy's ValueError,
-    complex lost its imaginary part with a warning: an API trial); `kind`: a list that gets the dtype's kind."""
+def _reals(a, name):
+    """`a` as an array of real numbers (of its own dtype), or a one-line UserError for what is not (text raised
+    NumPy's ValueError, complex lost its imaginary part with a warning: an API trial)."""
     try:
         given = np.asarray(a)
     except (ValueError, TypeError) as e:                    # e.g. ragged nested lists
         raise UserError(f"{name} must be an array of real numbers ({one_line(e)})") from None
     if given.dtype.kind not in "uifb":
         raise UserError(f"{name} must be an array of real numbers, got dtype {given.dtype}")
-    if kind is not None:
-        kind.append(given.dtype.kind)
-    return given.astype(np.float64, copy=False)
+    return given
 
 
 def _pair(logits, x):
     """logits and targets x as float64 arrays of one shape (n, d), the targets read as fastvae reads pixels (integers
     0..255 divided by 255: uint8 images scored -1254 nats where their floats scored -47, an API trial; bool 0 and 1;
     floats as they are, in [0, 1]), or a one-line UserError (einsum's own was raw)."""
-    kind: list[str] = []
-    logits, x = _reals(logits, "logits"), _reals(x, "x", kind)
-    integers = kind[0] in "iu"
+    logits, given = _reals(logits, "logits").astype(np.float64, copy=False), _reals(x, "x")
+    integers = given.dtype.kind in "iu"
+    x = given.astype(np.float64, copy=False)
     if logits.ndim != 2 or logits.shape != x.shape:
         raise UserError(f"logits and x must be arrays of one shape (n, d), got {logits.shape} and {x.shape}")
     if integers and x.size:

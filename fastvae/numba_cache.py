@@ -42,6 +42,8 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
+from .tempfiles import new_temporary
+
 
 def _probe():
     """(a function for Numba's locators to place, as they would any of this package's)"""
@@ -341,7 +343,7 @@ def _keep_track(numba: Path, sub: Path, source: str) -> None:
         if named.is_file() and _read_origin(named) == source:
             os.utime(named)                 # (used now: a week from now at the earliest it may go)
         else:
-            fd, tmp = tempfile.mkstemp(dir=sub, prefix=".origin-")
+            fd, tmp = new_temporary(sub, ORIGIN)
             try:
                 with os.fdopen(fd, "wb") as f:
                     f.write(os.fsencode(source))

@@ -22,10 +22,10 @@ def taking_turns(hint: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
     """A decorator for a call whose first argument is a model (a method's self, or iwae_bound's model, by position
     or by name): the model's lock is held for the whole call, a call from another thread waiting for the one in
     progress (they share the buffers: two evaluations at once gave wrong numbers; a fit between iwae_bound's encode
-    and its decodes gave a bound of neither model). Separate models run at once. A first argument without the lock (not a model) is passed
-    through, for the call's own check to refuse. A MemoryError is named once, by the outermost call, with `hint`
-    (what to ask for instead); a call that does not fit the signature is a UserError too. Typed (ParamSpec), so
-    that a type checker still sees each call's signature."""
+    and its decodes gave a bound of neither model). Separate models run at once. A first argument without the lock
+    (not a model) is passed through, for the call's own check to refuse. A MemoryError is named once, by the
+    outermost call, with `hint` (what to ask for instead); a call that does not fit the signature is a UserError too.
+    Typed (ParamSpec), so that a type checker still sees each call's signature."""
     def decorator(method: Callable[_P, _R]) -> Callable[_P, _R]:
         signature = inspect.signature(method)
         name = method.__qualname__
