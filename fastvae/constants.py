@@ -43,5 +43,10 @@ LOSS_CHECK_INTERVAL_DEVICE = 25
 # the seed's batch, with which every test loss published for the seed's settings was measured.
 EVAL_ROWS = 150
 
+# encode and decode on the cpu backends work in chunks of at most this many rows, so that a call of many rows (the
+# IWAE bound decodes 2048 at a time) is shared between the workers (fastvae.inference); OpenBLAS's one-thread sgemm
+# runs the decoder's products at the same rate from 150 to 2048 rows (99-103 GFLOP/s, EPYC, 2026-12-07).
+CHUNK_ROWS_ON_WORKERS = 256
+
 # The seed decodes this many codings drawn from N(0, I) after training (Géron's figure of 60 digits).
 SAMPLE_CODINGS = 60

@@ -341,9 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"decoder rows per chunk (default {DEFAULT_ROWS}); bounds memory (the bounds' last bits "
                         "follow it: the products' rows)")
     p.add_argument("--threads", type=thread_count, default=None, metavar="N|auto",
-                   help="OpenBLAS's thread count for the products (default: the run's --threads, as its metrics.json "
-                        "records, so that the negative ELBO is the run's test loss to the last bit; else, and with "
-                        "auto, OpenBLAS's own count): the products' last bits follow the count")
+                   help="threads (default: the run's --threads, as its metrics.json records; else auto, the CPUs "
+                        "this process may use); the cpu backends' numbers are the same at every count, the reference "
+                        "backend's last bits follow it (its OpenBLAS count)")
     p.add_argument("--seed", type=whole_number, default=0, help="decides the importance samples (default 0)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH (a file); - writes them to "
                    "standard output instead of the table, which then goes to standard error")
@@ -374,8 +374,9 @@ def run(args: argparse.Namespace) -> int:
         _check_writable(json_path, folder_meant=args.json.endswith(("/", os.sep)))
     path = checkpoint_path(args.checkpoint)
     notes = Notes(args)
-    # the run's thread count unless --threads: the products' last bits follow OpenBLAS's count, and the run's test
-    # loss was measured at it (at OpenBLAS's own count a --threads 1 run's came out different: an auditor's trial)
+    # the run's thread count unless --threads: the reference backend's products' last bits follow OpenBLAS's count,
+    # and the run's test loss was measured at it (the cpu backends' are the same at every count: fastvae.inference;
+    # before it, at OpenBLAS's own count a --threads 1 run's came out different: an auditor's trial)
     record = run_record(path) or {}
     threads = record.get("threads") if args.threads is None else args.threads
     model = VAE.load(path, backend=args.backend, notify=notes, precision=run_precision(path, args.precision),

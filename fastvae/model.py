@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, cast
 import numpy as np
 from numpy.typing import ArrayLike
 
-from . import checkpoint, rng, step, training, turns
+from . import checkpoint, inference, rng, step, training, turns
 from .backends import get_backend, precision_of, resolve
 from .config import Config, flag, integer, seed_value
-from .constants import EVAL_ROWS, SIGMA_SMOOTHING
+from .constants import COUNTERS, EVAL_ROWS, SIGMA_SMOOTHING
 from .data import as_images, as_rows, check_width
 from .errors import UserError, also
 from .params import Layout, he_init
-from .threads import check as check_threads, detect as detect_threads, held_for_inference
+from .threads import check as check_threads, detect as detect_threads
 from .turns import taking_turns
 
 if TYPE_CHECKING:
@@ -76,8 +76,9 @@ class VAE:
     reruns: the row shards follow the count, and the last bits of some sums (the loss's at least) follow the shards;
     a count the pacer changed carries into a resumed or later fit); a whole number above the CPUs this process may
     use runs as that many (more would only take turns on them: `notify` hears it, `history`'s "threads" records the
-    count that ran, and the bits are that count's); a whole number is also OpenBLAS's count in evaluate, encode and
-    decode (else OpenBLAS's own count there). `model.threads` (the count asked for) can be changed between fits.
+    count that ran, and the bits are that count's). evaluate, encode and decode share their rows' chunks between as
+    many threads as a fit starts with (the cpu backends; their bits are the same at every count: fastvae.inference).
+    `model.threads` (the count asked for) can be changed between fits.
     Arrays in and out are NumPy: images (n, h, w) or rows (n, d), uint8 or floats in [0, 1]. A new model takes its
     input width d (and image shape) from the data it is first fitted on (MNIST's 784 = 28 x 28 until then); every
     later call must match it, and decode/sample/reconstruct return rows (n, d): `.reshape(-1, *image_shape)`.
@@ -202,7 +203,6 @@ class VAE:
             history=[])                         # one dict per epoch fitted in this process
         self._ws = None
         self._ws_inference = None
-        self._ws_eval = None
         if not hasattr(self, "_lock"):
             self._lock = threading.RLock()      # (_one_at_a_time)
             turns.register(self)                # (a fork while another thread holds it: fastvae.turns)
@@ -385,15 +385,19 @@ class VAE:
         Raises UserError for bad images, and for a model that diverged."""
         self._refuse_if_diverged()
         X = self._images(X, "X")
-        be = self.backend
-        if self._ws_eval is None:               # its own size, not the training batch's: see step.evaluate
-            self._ws_eval = step.Workspace(be, self.config, EVAL_ROWS)
-        loss = be.zeros(2, dtype=np.float64)
-        idx = be.asarray(np.arange(len(X)), dtype=np.int64)
-        with held_for_inference(self.threads):
-            step.evaluate(be, self.config, self.state, self._ws_eval, step.data_for(be, X), idx, self.config.seed,
-                          loss)
-        rec, kl = (float(t) / len(X) for t in be.to_host(loss))
+        be, cfg, weights = self.backend, self.config, self.state.weights
+        data, idx = step.data_for(be, X), be.asarray(np.arange(len(X)), dtype=np.int64)
+        chunks = -(-len(X) // EVAL_ROWS)    # EVAL_ROWS, not the training batch: see step.evaluate_chunk
+        losses = be.zeros((chunks, 2), dtype=np.float64)        # each chunk's (reconstruction, KL)
+        counters = be.zeros((chunks, COUNTERS), dtype=np.int64)
+
+        def chunk(a, rows, j):
+            step.evaluate_chunk(be, cfg, weights, a, data, idx[rows], cfg.seed, j, losses[j], counters[j])
+        self._in_chunks(len(X), EVAL_ROWS, chunk)
+        rec = kl = 0.0
+        for r, k in be.to_host(losses).tolist():   # in the chunks' order, as one thread adds them
+            rec, kl = rec + r, kl + k
+        rec, kl = rec / len(X), kl / len(X)
         if not math.isfinite(rec + kl):     # (a NaN came back without a word: a numerics review's extreme checkpoint)
             raise UserError(f"the loss on these images is not finite (reconstruction {rec:g}, KL {kl:g}): the model's "
                             f"values overflow {np.dtype(be.dtype).name} on them (extreme weights?); the reference "
@@ -411,11 +415,12 @@ class VAE:
         be, latent = self.backend, self.config.latent
         data = step.data_for(be, X)
         mu_logvar = np.empty((len(X), 2 * latent), dtype=np.float32)
-        with held_for_inference(self.threads):
-            for a, rows in self._chunks(len(X)):
-                be.gather_batch(a.x, data, be.asarray(np.arange(rows.start, rows.stop), dtype=np.int64))
-                step.encode(be, self.config, self.state.weights, a)
-                mu_logvar[rows] = be.to_host(a.mu_logvar)
+
+        def chunk(a, rows, _):
+            be.gather_batch(a.x, data, be.asarray(np.arange(rows.start, rows.stop), dtype=np.int64))
+            step.encode(be, self.config, self.state.weights, a)
+            mu_logvar[rows] = be.to_host(a.mu_logvar)
+        self._in_chunks(len(X), self._batch(), chunk)
         # two arrays of their own, C-ordered (they were views into one buffer, strided: a consumer taking their raw
         # memory, ctypes or a C extension, read mu and logvar interleaved: an API review's note)
         mu, second = np.ascontiguousarray(mu_logvar[:, :latent]), np.ascontiguousarray(mu_logvar[:, latent:])
@@ -457,11 +462,13 @@ class VAE:
         if not finite:
             raise UserError(f"z must be finite (no NaN or Inf, also as {np.dtype(be.dtype).name})")
         logits = np.empty((len(z), self.config.input_width), dtype=np.float64)
-        with held_for_inference(self.threads):
-            for a, part in self._chunks(len(z), rows):
-                a.z[...] = be.asarray(z[part])
-                step.decode(be, self.config, self.state.weights, a)
-                logits[part] = be.to_host(a.logits)
+
+        def chunk(a, part, _):
+            a.z[...] = be.asarray(z[part])
+            step.decode(be, self.config, self.state.weights, a)
+            logits[part] = be.to_host(a.logits)
+        # at most the codings asked for (rows=10**9 for 3 codings asked for 238 GiB, an API trial)
+        self._in_chunks(len(z), self._batch() if rows is None else min(integer(rows, "rows"), max(len(z), 1)), chunk)
         if np.isnan(logits).any():          # (Inf - Inf inside: NaN "probabilities" came back without a word)
             raise UserError(f"decoding these codings overflowed {np.dtype(be.dtype).name} (the largest |z| is "
                             f"{np.abs(z).max():g}; the prior's draws lie within about ±6): pass codings of ordinary "
@@ -499,21 +506,29 @@ class VAE:
         mu, _ = self.encode(X)
         return self.decode(mu)
 
-    def _chunks(self, n, rows=None):
-        """(workspace rows, slice) over n items in chunks of `rows` (default: the current workspace's batch)."""
-        if rows is None:
-            ws = self._workspace(self._ws.batch if self._ws is not None else self.config.batch_size)
-            size = ws.batch
-        else:                           # an inference workspace of its own: the training one keeps its size
-            # at most the items asked for (rows=10**9 for 3 codings asked for 238 GiB, an API trial); one that holds
-            # that many already serves (iwae_bound's calls of 2048, 2048 and 904 rows built one each time: a review)
-            size = min(integer(rows, "rows"), max(n, 1))
-            if self._ws_inference is None or self._ws_inference.batch < size:
-                self._ws_inference = step.Workspace(self.backend, self.config, size)
-            ws = self._ws_inference
-        for start in range(0, n, size):
-            part = slice(start, min(start + size, n))
-            yield ws.rows(part.stop - start), part
+    def _batch(self):
+        """encode's and decode's default chunk: the training batch size (the last fit's, else the config's)."""
+        return self._ws.batch if self._ws is not None else self.config.batch_size
+
+    def _in_chunks(self, n, size, fn):
+        """fn(a, rows, j) for chunk j of n items in chunks of `size` (at most fastvae.inference.chunk_rows: its
+        `rows`, a slice of 0..n; `a`, that many rows of the inference workspace, one region per thread), on the
+        backend's workers at the model's `threads` (fastvae.inference: the same bits at every count)."""
+        be = self.backend
+        size = inference.chunk_rows(be, size)
+        chunks = -(-n // size)
+        parts = inference.parts(be, self.threads, chunks)
+        # one that holds the rows already serves (iwae_bound's calls of 2048, 2048 and 904 rows built one each
+        # time: a review); the training workspace keeps its size
+        if self._ws_inference is None or self._ws_inference.batch < parts * size:
+            self._ws_inference = step.Workspace(be, self.config, parts * size)
+        ws = self._ws_inference
+
+        def one(k, j):
+            rows = slice(j * size, min((j + 1) * size, n))
+            fn(ws.rows(rows.stop - rows.start, lo=k * size), rows, j)
+        with inference.threads_held(be, self.threads):
+            inference.run(be, parts, chunks, one)
 
     # ------------------------------------------------------------------ persistence
 

@@ -468,19 +468,17 @@ class Stepper:
         self._last = shards
 
 
-def evaluate(be, cfg, state, ws, data, idx_all, seed, loss):
-    """Adds the loss (reconstruction, KL) of data[idx_all] to `loss`, one ELBO sample per image.
+def evaluate_chunk(be, cfg, weights, a, data, idx, seed, j, loss, counters):
+    """Adds the loss (reconstruction, KL) of images data[idx], chunk j of an evaluation, to `loss` (float64 (2,)), one
+    ELBO sample per image; `a` has len(idx) rows, `counters` is the chunk's own (COUNTERS,) int64 scratch.
 
-    ws has EVAL_ROWS rows: chunk j holds images j * EVAL_ROWS onwards and draws its noise at step j, so the noise
-    of image i is a function of (seed, i) alone and the same model always gets the same number.
+    Chunk j holds images j * EVAL_ROWS onwards (at most EVAL_ROWS) and draws its noise at step j, so the noise of image
+    i is a function of (seed, i) alone and the same model always gets the same number (fastvae.inference runs the
+    chunks on the workers).
     """
-    if ws.batch != EVAL_ROWS:
-        raise ValueError(f"evaluation runs in chunks of EVAL_ROWS = {EVAL_ROWS} rows, not {ws.batch}")
-    counters = be.zeros(COUNTERS, dtype=np.int64)
+    if len(idx) > EVAL_ROWS:
+        raise ValueError(f"evaluation runs in chunks of at most EVAL_ROWS = {EVAL_ROWS} rows, not {len(idx)}")
     counters[COUNTER_SEED] = seed
-    for j, start in enumerate(range(0, len(idx_all), ws.batch)):
-        idx = idx_all[start:start + ws.batch]
-        a = ws.rows(len(idx))
-        be.gather_batch(a.x, data, idx)
-        counters[COUNTER_STEP] = j
-        forward(be, cfg, state.weights, a, loss, counters, STREAM_EVAL)
+    counters[COUNTER_STEP] = j
+    be.gather_batch(a.x, data, idx)
+    forward(be, cfg, weights, a, loss, counters, STREAM_EVAL)

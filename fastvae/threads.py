@@ -338,12 +338,13 @@ def _blas_libraries():
 
 @contextlib.contextmanager
 def held_for_inference(count):
-    """OpenBLAS at `count` threads while the block runs (a model's evaluate, encode, decode where its `threads` is a
-    fixed number), the previous count back after it; None, or a fit holding the counts already (at one thread under
-    its workers), leaves them as they are. Why: outside a fit OpenBLAS ran at its own count whatever the model's
-    threads said, and its threads spin against each other where another process takes a core (a fresh user's trial:
-    evaluate 3.8 s against 0.13 s with threads=1; measured here, EPYC, with a test run beside it: 3000 images in
-    0.36-0.88 s at 2 threads, 0.17-0.19 s at 1)."""
+    """OpenBLAS at `count` threads while the block runs (a model's evaluate, encode, decode: 1 on the cpu backends,
+    whose workers take the chunks, fastvae.inference; the model's fixed `threads` on the reference backend), the
+    previous count back after it; None, or a fit holding the counts already (at one thread under its workers), leaves
+    them as they are. Why: outside a fit OpenBLAS ran at its own count whatever the model's threads said, and its
+    threads spin against each other where another process takes a core (a fresh user's trial: evaluate 3.8 s against
+    0.13 s with threads=1; measured here, EPYC, with a test run beside it: 3000 images in 0.36-0.88 s at 2 threads,
+    0.17-0.19 s at 1)."""
     if count is None:
         yield
         return

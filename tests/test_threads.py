@@ -547,10 +547,11 @@ def test_a_fit_never_starts_numbas_own_thread_pool():
     assert got["started"] is False and "openmp" not in got["apis"], got
 
 
-def test_a_fixed_count_is_openblas_count_in_evaluate_encode_and_decode(mnist, monkeypatch):
+def test_openblas_runs_at_one_thread_in_evaluate_encode_and_decode_at_every_count(mnist, monkeypatch):
     """Outside a fit OpenBLAS ran at its own count whatever model.threads said: with threads=1, evaluate on a
-    shared machine took 3.8 s against 0.13 (a fresh user's trial). The count inside each call is read from OpenBLAS
-    itself (a kernel's product callback), and the previous count is back after."""
+    shared machine took 3.8 s against 0.13 (a fresh user's trial). Now the workers take the chunks, at one OpenBLAS
+    thread each, whatever the count ("auto" too: it ran at OpenBLAS's own count until 2026-12-07). The count inside
+    each call is read from OpenBLAS itself, and the previous count is back after."""
     from threadpoolctl import threadpool_info
     from fastvae import step as step_module
     blas = [lib for lib in threadpool_info() if lib["user_api"] == "blas"]
@@ -558,7 +559,7 @@ def test_a_fixed_count_is_openblas_count_in_evaluate_encode_and_decode(mnist, mo
         pytest.skip("OpenBLAS runs at one thread here already: nothing to hold")
     before = blas[0]["num_threads"]
     seen = []
-    for name in ("evaluate", "encode", "decode"):
+    for name in ("evaluate_chunk", "encode", "decode"):
         real = getattr(step_module, name)
 
         def spy(*args, real=real, **kw):
@@ -568,7 +569,7 @@ def test_a_fixed_count_is_openblas_count_in_evaluate_encode_and_decode(mnist, mo
     model = VAE(hidden=(16,), latent=2, batch_size=50, backend="cpu", threads=1)
     x = mnist.test_x[:100]
     model.evaluate(x), model.encode(x), model.decode(np.zeros((3, 2)))
-    model.threads = None                            # auto: OpenBLAS's own count, as before
+    model.threads = None
     model.evaluate(x)
-    assert seen[:-1] == [1] * (len(seen) - 1) and len(seen) >= 3 and seen[-1] == before, seen
+    assert seen == [1] * len(seen) and len(seen) >= 5, seen
     assert [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"][0] == before

@@ -1,0 +1,114 @@
+"""evaluate, encode and decode of MNIST's 10,000 test images at the seed's layers: on fastvae's workers
+(fastvae.inference, since 2026-12-07) against the way they ran before (one chunk after another on the calling thread,
+the products at OpenBLAS's own thread count), idle and with one core kept busy by another process.
+
+    python -m pytest bench/test_inference.py --benchmark-enable -s [--benchmark-json FILE]
+
+In turns: each round times every call both ways back to back (the order alternating), so each ratio is taken
+between calls seconds apart on a machine whose speed drifts; the table gives the medians over the rounds and the
+median of the rounds' ratios. With benchmarks disabled (the test suite) one round of 300 images checks that both ways
+give the same numbers to float32's accuracy (their products' last bits differ: OpenBLAS's threads split them).
+"""
+import statistics
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from fastvae import VAE, step
+from fastvae.constants import COUNTERS, EVAL_ROWS
+
+GROUP = "inference (10000 images, seed's layers)"
+DECODE_ROWS = 2048              # fastvae.evaluate's IWAE bound decodes this many rows a call
+
+
+def _as_it_was(model, x, z):
+    """The calls as they ran until 2026-12-07: one workspace, one chunk after another, OpenBLAS's own count."""
+    be, cfg, weights = model.backend, model.config, model.state.weights
+    out = {}
+    ws = step.Workspace(be, cfg, EVAL_ROWS)
+    loss, counters = np.zeros(2), np.zeros(COUNTERS, dtype=np.int64)
+    begin = time.perf_counter()
+    for j, lo in enumerate(range(0, len(x), EVAL_ROWS)):
+        idx = np.arange(lo, min(lo + EVAL_ROWS, len(x)))
+        step.evaluate_chunk(be, cfg, weights, ws.rows(len(idx)), x, idx, cfg.seed, j, loss, counters)
+    out["evaluate"] = (time.perf_counter() - begin, loss / len(x))
+    ws = step.Workspace(be, cfg, cfg.batch_size)
+    mu_logvar = np.empty((len(x), 2 * cfg.latent), np.float32)
+    begin = time.perf_counter()
+    for lo in range(0, len(x), ws.batch):
+        a = ws.rows(min(ws.batch, len(x) - lo))
+        be.gather_batch(a.x, x, np.arange(lo, lo + len(a.x)))
+        step.encode(be, cfg, weights, a)
+        mu_logvar[lo:lo + len(a.x)] = a.mu_logvar
+    out["encode"] = (time.perf_counter() - begin, mu_logvar[:, :cfg.latent])
+    ws = step.Workspace(be, cfg, DECODE_ROWS)
+    logits = np.empty((len(z), cfg.input_width))
+    begin = time.perf_counter()
+    for lo in range(0, len(z), ws.batch):
+        a = ws.rows(min(ws.batch, len(z) - lo))
+        a.z[...] = z[lo:lo + len(a.z)]
+        step.decode(be, cfg, weights, a)
+        logits[lo:lo + len(a.z)] = a.logits
+    out["decode"] = (time.perf_counter() - begin, logits)
+    return out
+
+
+def _now(model, x, z):
+    out = {}
+    begin = time.perf_counter()
+    loss = model.evaluate(x)
+    out["evaluate"] = (time.perf_counter() - begin, np.array([loss["reconstruction"], loss["kl"]]))
+    begin = time.perf_counter()
+    mu, _ = model.encode(x)
+    out["encode"] = (time.perf_counter() - begin, mu)
+    begin = time.perf_counter()
+    logits = model.decode_logits(z, rows=DECODE_ROWS)
+    out["decode"] = (time.perf_counter() - begin, logits)
+    return out
+
+
+@pytest.mark.benchmark(group=GROUP)
+@pytest.mark.parametrize("situation", ["idle", "one core busy"])
+def test_inference_on_the_workers_against_openblas_threads(benchmark, mnist, situation):
+    smoke = benchmark.disabled
+    images, rounds = (300, 1) if smoke else (len(mnist.test_x), 7)
+    model = VAE(backend="cpu", seed=0)                      # the seed's layers, He-initialised
+    x = mnist.test_x[:images]
+    z = np.random.default_rng(0).standard_normal((images, model.config.latent)).astype(np.float32)
+    _now(model, x[:EVAL_ROWS], z[:EVAL_ROWS])               # kernels loaded, workspaces made, outside the timing
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if situation != "idle" else None
+    times = {way: {call: [] for call in ("evaluate", "encode", "decode")} for way in ("as it was", "workers")}
+    try:
+        def run():
+            for r in range(rounds):
+                ways = [("as it was", _as_it_was), ("workers", _now)]
+                for way, fn in (ways if r % 2 == 0 else ways[::-1]):
+                    got = fn(model, x, z)
+                    for call, (seconds, value) in got.items():
+                        times[way][call].append(seconds)
+                        if way == "workers":
+                            results[call] = value
+                        else:
+                            before[call] = value
+        results, before = {}, {}
+        benchmark.pedantic(run, rounds=1, iterations=1)
+    finally:
+        if busy is not None:
+            busy.kill()
+            busy.wait()
+    for call in ("evaluate", "encode", "decode"):   # the same numbers, to float32 products' accuracy
+        np.testing.assert_allclose(results[call], before[call], rtol=1e-4, atol=1e-4, err_msg=call)
+    table = {}
+    for call in ("evaluate", "encode", "decode"):
+        old, new = times["as it was"][call], times["workers"][call]
+        table[call] = {"as it was s": statistics.median(old), "workers s": statistics.median(new),
+                       "ratio": statistics.median(o / n for o, n in zip(old, new))}
+    benchmark.extra_info.update(situation=situation, images=images, rounds=rounds, results=table,
+                                decode_rows=DECODE_ROWS, threads=model.threads)
+    print(f"\n{situation}, {images} images, {rounds} rounds in turns (median s; ratio: as it was / workers)")
+    for call, row in table.items():
+        print(f"  {call:9s} as it was {row['as it was s']:.3f}  workers {row['workers s']:.3f}  "
+              f"{row['ratio']:.2f}x")

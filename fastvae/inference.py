@@ -1,0 +1,70 @@
+"""Inference on the host backends (evaluate, encode, decode): a call's rows in chunks, each chunk taken by whichever
+of the backend's workers is free next, its kernels on that one thread with OpenBLAS at one thread per call.
+
+Why: outside a fit, inference ran one chunk after another with the products at OpenBLAS's own thread count and the
+passes between them on one core, and OpenBLAS's threads spin while they wait: where another process took a core,
+`evaluate` of 10,000 images took 2.04 s at threads "auto" against 0.61 s at threads=1 (EPYC, a CI run beside it,
+2026-12-07). fastvae's workers wait without spinning, and a worker whose core is taken only takes fewer chunks.
+
+The numbers do not depend on the thread count: a chunk is computed the same way (its rows, one thread, OpenBLAS at
+one thread) whichever worker takes it, and evaluate's losses are kept per chunk and summed in the chunks' order, as
+one thread adds them. So threads=1, 2 or "auto", a pool busy with another model's fit, and a fit's validation pass
+all give the same bits (OpenBLAS at 2 threads reduces its products differently: fastvae.threads).
+"""
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Iterator
+
+from .constants import CHUNK_ROWS_ON_WORKERS
+from .threads import detect, held_for_inference
+
+
+def chunk_rows(be, rows: int) -> int:
+    """The rows of a chunk asked to hold `rows`: at most CHUNK_ROWS_ON_WORKERS on a backend with workers (a decode
+    of 2048 rows in one chunk ran on one thread), else `rows` (a GPU takes a large chunk in one launch)."""
+    return min(rows, CHUNK_ROWS_ON_WORKERS) if be.workers is not None else rows
+
+
+def parts(be, threads, chunks: int) -> int:
+    """How many workers take the `chunks` chunks of a call on backend `be` for a model's `threads` (None: "auto"):
+    the count a fit would start at (fastvae.threads.detect: the CPUs this process may use, or the count fixed by
+    `threads` or the environment, at most the CPUs), at most one per chunk; 1 without workers."""
+    if be.workers is None or chunks <= 1:
+        return 1
+    return max(1, min(detect(threads).threads, chunks))
+
+
+@contextlib.contextmanager
+def threads_held(be, threads) -> Iterator[None]:
+    """OpenBLAS at one thread per call while the block runs on a backend with workers (at the model's fixed
+    `threads` without them), the previous count back after it (fastvae.threads.held_for_inference)."""
+    with held_for_inference(1 if be.workers is not None else threads):
+        yield
+
+
+def run(be, parts: int, chunks: int, fn: Callable[[int, int], None]) -> None:
+    """fn(part, j) for every chunk j in 0..chunks - 1, on `parts` threads (part 0 on the caller's, the others on
+    be.workers), each taking the next chunk not yet taken once it is free. After an exception in one part (Ctrl-C
+    lands in part 0) the others take no further chunk; it is raised once every part has stopped (fastvae.workers)."""
+    lock = threading.Lock()
+    state = {"next": 0, "stop": False}
+
+    def part(k):
+        try:
+            while True:
+                with lock:
+                    j = state["next"]
+                    if state["stop"] or j >= chunks:
+                        return
+                    state["next"] = j + 1
+                fn(k, j)
+        except BaseException:
+            state["stop"] = True
+            raise
+    if parts <= 1:
+        for j in range(chunks):
+            fn(0, j)
+    else:
+        be.workers.run(part, parts)
