@@ -5,8 +5,10 @@ The IWAE bound (Burda, Grosse & Salakhutdinov 2015): for each image x and k codi
 with q(z | x) = N(mu, exp(logvar)), p(z) = N(0, I) and p(x | z) the Bernoulli (sigmoid cross-entropy) likelihood
 of the decoder's logits l: log p(x | z) = -sum over pixels of [max(l, 0) - l x + log1p(exp(-|l|))].
 k = 1 is a one-sample ELBO; the bound rises with k towards log p(x). The backend computes mu, logvar and the
-logits; the log-weights and their log-mean-exp are float64 NumPy on the host (z = mu + sigma eps is formed in
-float64; the decoder sees it rounded to the backend's precision, float32 on cpu and gpu).
+logits, and on the float32 backends log p(x | z) from them with the training loss's arithmetic (float32 terms, each
+image's total in float64); log p(z), log q(z | x), the log-weights and their log-mean-exp are float64 NumPy on the
+host (z = mu + sigma eps is formed in float64; the decoder sees it rounded to the backend's precision, float32 on
+cpu and gpu). The reference backend computes everything in float64.
 
 The noise is a pure function of (seed, image index, sample index): sample j of image i is row j of
 rng.normals(seed, STREAM_IWAE, i, k, latent). Rows are a prefix (k = 10 uses the first 10 of k = 100's samples),
@@ -44,7 +46,7 @@ if TYPE_CHECKING:                   # the model module loads only when a checkpo
 
 
 DEFAULT_K = 5000
-DEFAULT_ROWS = 2048          # decoder rows per chunk: bounds memory (~13 MB of float64 logits) at any k
+DEFAULT_ROWS = 2048          # decoder rows per call: bounds memory (the codings and their noise) at any k
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -196,7 +198,6 @@ def iwae_bound(model: VAE, X: ArrayLike, k: int | Iterable[int] = DEFAULT_K, see
     rows = max(1, min(rows, n * kmax))  # (no workspace larger than the samples: batch_size=10**12 asked for 62 TiB)
     mu, logvar = (np.asarray(a, dtype=np.float64) for a in model.encode(X))
     sigma = np.exp(0.5 * logvar)
-    log_likelihood = _gaussian if model.config.reconstruction == "mse" else _bernoulli
 
     def log_weights(imgs, s0, s1):
         """log w (len(imgs), s1 - s0): samples s0..s1 of each image in imgs, decoded in one call."""
@@ -204,11 +205,9 @@ def iwae_bound(model: VAE, X: ArrayLike, k: int | Iterable[int] = DEFAULT_K, see
                               for i in imgs]).astype(np.float64)
         owner = np.repeat(imgs, s1 - s0)                  # image of each (image, sample) row
         z = mu[owner] + sigma[owner] * eps
-        logits = model.decode_logits(z, rows=rows)
-        x = X[owner].astype(np.float64) / (255.0 if X.dtype == np.uint8 else 1.0)
         log_pz = -0.5 * np.sum(z ** 2 + _LOG_2PI, axis=1)
         log_qz = -0.5 * np.sum(eps ** 2 + logvar[owner] + _LOG_2PI, axis=1)
-        return (log_likelihood(logits, x) + log_pz - log_qz).reshape(len(imgs), s1 - s0)
+        return (_log_likelihoods(model, z, X, owner, rows) + log_pz - log_qz).reshape(len(imgs), s1 - s0)
 
     bound = np.empty((n, len(ks)))
     elbo = np.empty((n, len(ks)))
@@ -244,6 +243,36 @@ def iwae_bound(model: VAE, X: ArrayLike, k: int | Iterable[int] = DEFAULT_K, see
         if bar is not None:         # (also when stopped: a stop line that follows is a line of its own)
             bar.close()
     return {"k": ks, "bound": bound, "elbo": elbo}
+
+
+def _log_likelihoods(model, z, X, owner, rows):
+    """log p(X[owner[i]] | z[i]) of each row i, float64 (n,), nats, the codings z (n, latent) float64 decoded in chunks
+    of at most `rows`. On the float32 backends the decoder's chunk goes straight to the training loss's arithmetic,
+    row by row (fastvae.backends.cpu.row_losses: float32 terms, 16 float32 partial sums per row, the row's total in
+    float64), on the thread that decoded it: float64 logits and targets, and a NumPy pass over them on one thread
+    (5 of an IWAE sample's 14 us on the EPYC), are not made. The reference backend's float64 logits take
+    _bernoulli's float64 arithmetic. Raises UserError where the decoder overflowed (as decode_logits)."""
+    be, cfg = model.backend, model.config
+    mse = cfg.reconstruction == "mse"
+    if be.dtype != np.float32:
+        logits = model.decode_logits(z, rows=rows)
+        x = X[owner].astype(np.float64) / (255.0 if X.dtype == np.uint8 else 1.0)
+        return _gaussian(logits, x) if mse else _bernoulli(logits, x)
+    from . import step
+    from .backends.cpu import row_losses
+    losses = np.empty(len(z))
+    data = step.data_for(be, X)
+
+    def chunk(a, part, _):
+        a.z[...] = be.asarray(z[part])
+        step.decode(be, cfg, model.state.weights, a)
+        be.gather_batch(a.x, data, be.asarray(owner[part], dtype=np.int64))
+        row_losses(losses[part], be.to_host(a.logits), be.to_host(a.x), mse)
+    model._in_chunks(len(z), rows, chunk)
+    if np.isnan(losses).any():          # (decode_logits' refusal, which this path used to go through)
+        raise UserError(f"decoding these codings overflowed float32 (the largest |z| is {np.abs(z).max():g}; the "
+                        "prior's draws lie within about ±6): the model's encoder gives codings of extreme size")
+    return -losses - gaussian_constant(X.shape[1]) if mse else -losses
 
 
 def _check_model(model):

@@ -32,6 +32,13 @@ TOL = {
     # derivative in a logit is sigmoid(l) - x, at most 1 in size, so 784 pixels move it by at most ~784 * 1e-6 ~ 1e-3
     # (measured: 2e-5 on values ~400)
     "nats_from_float32_logits": 1e-3,
+    # a row's loss summed in float32 (the training loss's pass, and the IWAE bound's log-likelihoods on the float32
+    # backends: fastvae.backends.cpu.row_losses): d terms, each a few roundings of its own size (<= 4 u |term|),
+    # into 16 partial sums of ceil(d / 16) terms, then those 16 in order: recursive summation of m terms errs by at
+    # most (m - 1) u sum |terms| (u = 2**-24), so (ceil(d / 16) + 15 + 4) u of the sum of |terms| in all; plus each
+    # term's exp and log1p, ~1e-7 absolute (cpu_math: a few float32 ulps of values <= 1): float32_row_sum_tolerance.
+    "float32_unit": 2.0 ** -24,
+    "float32_exp_log1p": 2e-7,
 }
 PRECISIONS = {"cpu-bf16": "bfloat16"}    # backends whose products round their operands; all others float32
 # The step bounds above carry each forward error into the backward through act'(z) computed from the output y, whose
@@ -59,6 +66,11 @@ def tolerance_for(be, step=False, activation=None):
         return TOL[precision]
     factor = DERIVATIVE_LIPSCHITZ.get(activation, 1) if precision == "bfloat16" else 1
     return factor * TOL[f"{precision}_step"]
+
+
+def float32_row_sum_tolerance(d, abs_sum):
+    """The bound on a float32 row loss of d columns whose terms' magnitudes sum to abs_sum (the table's derivation)."""
+    return (-(-d // 16) + 19) * TOL["float32_unit"] * np.asarray(abs_sum) + d * TOL["float32_exp_log1p"]
 
 
 AWKWARD_ROWS = (1, 7, 150, 257)

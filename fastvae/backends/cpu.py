@@ -429,31 +429,49 @@ def _bias_loss_dlogits(dlogits, b, x, loss, mse):
     metrics did not match the same model evaluated in another process; with fastmath and these lanes it took 0.072
     ms.)"""
     total = 0.0
-    n = b.size
-    body = n - n % _LANES
-    vector_body = unit_stride_body(n, (dlogits, b, x))     # 0 unless the rows have unit stride
+    vector_body = unit_stride_body(b.size, (dlogits, b, x))     # 0 unless the rows have unit stride
     acc = np.empty(_LANES, np.float32)
     for r in range(dlogits.shape[0]):
-        d, xr = dlogits[r], x[r]
-        acc[:] = 0.0
-        if mse:
-            for j0 in range(0, body, _LANES):
-                for lane in range(_LANES):
-                    j = j0 + lane
-                    term, d[j] = _loss_and_dlogit(d[j] + b[j], xr[j], mse)
-                    acc[lane] += term
-            start = body
-        else:
-            cross_entropy_rows16(d, b, xr, acc, vector_body)
-            start = vector_body
-        for j in range(start, n):
-            term, d[j] = _loss_and_dlogit(d[j] + b[j], xr[j], mse)
-            acc[j % _LANES] += term
-        row = np.float32(0.0)
-        for lane in range(_LANES):
-            row += acc[lane]
-        total += np.float64(row)
+        total += np.float64(_row_loss(dlogits[r], b, x[r], acc, vector_body, mse))
     loss[LOSS_RECONSTRUCTION] += total
+
+
+@njit(inline="always", cache=True, error_model="numpy")
+def _row_loss(d, b, xr, acc, vector_body, mse):
+    """One row of _bias_loss_dlogits: d = dlogits of l = d + b against xr; returns the row's loss, float32 (its
+    16 partial sums in acc, added in order)."""
+    n = b.size
+    acc[:] = 0.0
+    if mse:
+        body = n - n % _LANES
+        for j0 in range(0, body, _LANES):
+            for lane in range(_LANES):
+                j = j0 + lane
+                term, d[j] = _loss_and_dlogit(d[j] + b[j], xr[j], mse)
+                acc[lane] += term
+        start = body
+    else:
+        cross_entropy_rows16(d, b, xr, acc, vector_body)
+        start = vector_body
+    for j in range(start, n):
+        term, d[j] = _loss_and_dlogit(d[j] + b[j], xr[j], mse)
+        acc[j % _LANES] += term
+    row = np.float32(0.0)
+    for lane in range(_LANES):
+        row += acc[lane]
+    return row
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def row_losses(losses, logits, x, mse):
+    """losses[r] = the reconstruction loss of row r, float64 (n,), from logits (n, d) float32 (the output layer's,
+    bias included; overwritten with sigmoid(l) - x) against x (n, d) float32: the training loss's arithmetic and
+    bits row by row (_bias_loss_dlogits), for the IWAE bound's log-likelihoods (fastvae.evaluate)."""
+    zero = np.zeros(logits.shape[1], np.float32)
+    vector_body = unit_stride_body(zero.size, (logits, zero, x))
+    acc = np.empty(_LANES, np.float32)
+    for r in range(logits.shape[0]):
+        losses[r] = np.float64(_row_loss(logits[r], zero, x[r], acc, vector_body, mse))
 
 
 @njit(cache=True, nogil=True, error_model="numpy")
