@@ -48,5 +48,10 @@ EVAL_ROWS = 150
 # runs the decoder's products at the same rate from 150 to 2048 rows (99-103 GFLOP/s, EPYC, 2026-12-07).
 CHUNK_ROWS_ON_WORKERS = 256
 
+# An inference workspace (one region of chunk rows per thread: 2.2 MB a thread at the seed's layers and 150 rows) is
+# kept for the model's next call up to this size, and freed after its call above it: on a machine of many CPUs one of
+# 64 threads x 256 rows took 238 MB (a review), for calls that each take at least 64 chunks' work.
+INFERENCE_WORKSPACE_KEPT = 32 * 2**20
+
 # The seed decodes this many codings drawn from N(0, I) after training (Géron's figure of 60 digits).
 SAMPLE_CODINGS = 60

@@ -367,12 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_shared_options(p, quiet="no progress bar", precision="; default: the run's (bf16 if its metrics.json says so)",
                        of_a_run=True)
     p.add_argument("--batch-size", type=whole_number, metavar="B", default=DEFAULT_ROWS,
-                   help=f"decoder rows per chunk (default {DEFAULT_ROWS}); bounds memory (the bounds' last bits "
-                        "follow it: the products' rows)")
+                   help=f"decoder rows per call (default {DEFAULT_ROWS}); bounds memory (the cpu backends' threads "
+                        "share each call in chunks of at most 256 rows)")
     p.add_argument("--threads", type=thread_count, default=None, metavar="N|auto",
-                   help="threads (default: the run's --threads, as its metrics.json records; else auto, the CPUs "
-                        "this process may use); the cpu backends' numbers are the same at every count, the reference "
-                        "backend's last bits follow it (its OpenBLAS count)")
+                   help="threads (default auto: the CPUs this process may use; the cpu backends' numbers are the "
+                        "same at every count). On the reference backend OpenBLAS's count, whose split of the products "
+                        "the last bits follow: default the run's --threads, as its metrics.json records")
     p.add_argument("--seed", type=whole_number, default=0, help="decides the importance samples (default 0)")
     p.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH (a file); - writes them to "
                    "standard output instead of the table, which then goes to standard error")
@@ -403,19 +403,20 @@ def run(args: argparse.Namespace) -> int:
         _check_writable(json_path, folder_meant=args.json.endswith(("/", os.sep)))
     path = checkpoint_path(args.checkpoint)
     notes = Notes(args)
-    # the run's thread count unless --threads: the reference backend's products' last bits follow OpenBLAS's count,
-    # and the run's test loss was measured at it (the cpu backends' are the same at every count: fastvae.inference;
-    # before it, at OpenBLAS's own count a --threads 1 run's came out different: an auditor's trial)
-    record = run_record(path) or {}
-    threads = record.get("threads") if args.threads is None else args.threads
     model = VAE.load(path, backend=args.backend, notify=notes, precision=run_precision(path, args.precision),
-                     threads=None if threads == "auto" else threads)
+                     threads=None if args.threads == "auto" else args.threads)
+    if args.threads is None and model.backend.name == "reference":
+        # the run's thread count: the reference backend's products' last bits follow OpenBLAS's count, and the run's
+        # test loss was measured at it (at OpenBLAS's own count a --threads 1 run's came out different: an auditor's
+        # trial). The cpu backends' numbers are the same at every count (fastvae.inference): they take every CPU.
+        recorded = (run_record(path) or {}).get("threads")
+        model.threads = None if recorded == "auto" else recorded
     data, test_x, _ = run_test_set(args, path, model, notes)  # --data, else the run's own data set and split
     notes.flush()
     res = evaluate_model(model, test_x, k=args.k, seed=args.seed, batch_size=args.batch_size,
                          progress=not args.quiet)
     report = {"checkpoint": str(path), "fastvae": __version__, "backend": model.backend.name,
-              "precision": model.precision, "threads": model.threads, "batch_size": args.batch_size,
+              "precision": model.precision, "threads": _threads_run(model), "batch_size": args.batch_size,
               "config": model.config.to_dict(), "epochs_trained": model.epoch, "data": data.source,
               "machine": machine.describe(), **res}
     if json_path is not None:       # before the table: a stdout that fails (a full disk) loses the table only
@@ -472,6 +473,15 @@ def _is_a_report(path: Path) -> bool:
 # what evaluate_model() returns, and what the command's report adds for the table's first line
 _RESULT_KEYS = frozenset({"images", "seed", "elbo", "iwae", "seconds"})
 _RUN_KEYS = frozenset({"checkpoint", "epochs_trained", "config", "data", "backend"})
+
+
+def _threads_run(model):
+    """The thread count the evaluation ran at (the report's "threads"): on the cpu backends the workers' (their
+    numbers the same at every count), on the reference backend OpenBLAS's fixed count (None: its own), else None."""
+    from .threads import detect
+    if model.backend.workers is not None:
+        return detect(model.threads).threads
+    return model.threads if model.backend.name == "reference" else None
 
 
 def _at_threads(count):

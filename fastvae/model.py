@@ -21,7 +21,7 @@ from numpy.typing import ArrayLike
 from . import checkpoint, inference, rng, step, training, turns
 from .backends import get_backend, precision_of, resolve
 from .config import Config, flag, integer, seed_value
-from .constants import COUNTERS, EVAL_ROWS, SIGMA_SMOOTHING
+from .constants import COUNTERS, EVAL_ROWS, INFERENCE_WORKSPACE_KEPT, SIGMA_SMOOTHING
 from .data import as_images, as_rows, check_width
 from .errors import UserError, also
 from .params import Layout, he_init
@@ -76,8 +76,9 @@ class VAE:
     reruns: the row shards follow the count, and the last bits of some sums (the loss's at least) follow the shards;
     a count the pacer changed carries into a resumed or later fit); a whole number above the CPUs this process may
     use runs as that many (more would only take turns on them: `notify` hears it, `history`'s "threads" records the
-    count that ran, and the bits are that count's). evaluate, encode and decode share their rows' chunks between as
-    many threads as a fit starts with (the cpu backends; their bits are the same at every count: fastvae.inference).
+    count that ran, and the bits are that count's). evaluate, encode and decode share their rows' chunks between
+    that many threads (for "auto": the CPUs this process may use, not adapted; the cpu backends, whose bits are then
+    the same at every count: fastvae.inference).
     `model.threads` (the count asked for) can be changed between fits.
     Arrays in and out are NumPy: images (n, h, w) or rows (n, d), uint8 or floats in [0, 1]. A new model takes its
     input width d (and image shape) from the data it is first fitted on (MNIST's 784 = 28 x 28 until then); every
@@ -445,7 +446,8 @@ class VAE:
     @_one_at_a_time
     def decode_logits(self, z: ArrayLike, rows: int | None = None) -> np.ndarray:
         """The decoder's logits, float64 (n, d), for codings z (n, latent): log p(x | z) needs them, not the
-        probabilities, to stay stable. rows: decoder rows per chunk (default: the training batch size).
+        probabilities, to stay stable. rows: decoder rows per chunk (default: the training batch size; at most
+        CHUNK_ROWS_ON_WORKERS = 256 on the cpu backends, whose threads share the chunks: fastvae.inference).
         Raises UserError for codings of the wrong shape or with NaN or Inf, and for a model that diverged (decode,
         sample and reconstruct too)."""
         self._refuse_if_diverged()
@@ -512,8 +514,9 @@ class VAE:
 
     def _in_chunks(self, n, size, fn):
         """fn(a, rows, j) for chunk j of n items in chunks of `size` (at most fastvae.inference.chunk_rows: its
-        `rows`, a slice of 0..n; `a`, that many rows of the inference workspace, one region per thread), on the
-        backend's workers at the model's `threads` (fastvae.inference: the same bits at every count)."""
+        `rows`, a slice of 0..n; `a`, that many rows of the inference workspace, one region per thread, its forward
+        buffers only), on the backend's workers at the model's `threads` (fastvae.inference: the same bits at every
+        count). The workspace is kept for the next call up to INFERENCE_WORKSPACE_KEPT bytes."""
         be = self.backend
         size = inference.chunk_rows(be, size)
         chunks = -(-n // size)
@@ -521,14 +524,18 @@ class VAE:
         # one that holds the rows already serves (iwae_bound's calls of 2048, 2048 and 904 rows built one each
         # time: a review); the training workspace keeps its size
         if self._ws_inference is None or self._ws_inference.batch < parts * size:
-            self._ws_inference = step.Workspace(be, self.config, parts * size)
+            self._ws_inference = step.Workspace(be, self.config, parts * size, training=False)
         ws = self._ws_inference
 
         def one(k, j):
             rows = slice(j * size, min((j + 1) * size, n))
             fn(ws.rows(rows.stop - rows.start, lo=k * size), rows, j)
-        with inference.threads_held(be, self.threads):
-            inference.run(be, parts, chunks, one)
+        try:
+            with inference.threads_held(be, self.threads):
+                inference.run(be, parts, chunks, one)
+        finally:
+            if ws.nbytes > INFERENCE_WORKSPACE_KEPT:
+                self._ws_inference = None
 
     # ------------------------------------------------------------------ persistence
 

@@ -25,24 +25,28 @@ class Rows:
 
 class Workspace:
     """Every buffer a step touches, allocated once for a maximum batch size (the field's names: mu_logvar holds
-    the heads' [mu | logvar], dmu_logvar its gradient; `d` marks a gradient)."""
+    the heads' [mu | logvar], dmu_logvar its gradient; `d` marks a gradient). training False: the forward's buffers
+    only (inference: evaluate, encode, decode; at the seed's layers 3,628 floats a row against 5,688)."""
 
-    def __init__(self, be, cfg, batch):
+    def __init__(self, be, cfg, batch, training=True):
         e = be.empty
         h = list(cfg.hidden)
         full = {
             "x": e((batch, cfg.input_width)),
             "enc": [e((batch, k)) for k in h],           # encoder activations (hidden layers' outputs)
-            "denc": [e((batch, k)) for k in h],          # their gradients (scratch of each layer's backward)
             "mu_logvar": e((batch, 2 * cfg.latent)),     # [mu | logvar] ([mu | sigma] in the sigma form)
-            "dmu_logvar": e((batch, 2 * cfg.latent)),
             "z": e((batch, cfg.latent)),
-            "dz": e((batch, cfg.latent)),
             "dec": [e((batch, k)) for k in reversed(h)],
-            "ddec": [e((batch, k)) for k in reversed(h)],
-            "dlogits": e((batch, cfg.input_width)),             # training: the reconstruction loss's gradient
-            "logits": e((batch, cfg.input_width)),              # inference (decode): the decoder's output
+            "dlogits": e((batch, cfg.input_width)),      # the reconstruction loss's gradient (evaluate's pass too)
         }
+        full["logits"] = full["dlogits"]                 # decode's output: no step needs both
+        if training:
+            full.update({
+                "denc": [e((batch, k)) for k in h],      # the encoder activations' gradients (each backward's scratch)
+                "dmu_logvar": e((batch, 2 * cfg.latent)),
+                "dz": e((batch, cfg.latent)),
+                "ddec": [e((batch, k)) for k in reversed(h)],
+            })
         self.be = be
         self.batch = batch
         self._full = full
@@ -50,6 +54,12 @@ class Workspace:
         self._shards = {}
         self._ready = None
         self.loss = be.zeros(2, dtype=np.float64)         # (reconstruction, KL), summed until read
+
+    @property
+    def nbytes(self) -> int:
+        """The bytes of its buffers (each once: logits is dlogits)."""
+        arrays = {id(a): a for v in self._full.values() for a in (v if isinstance(v, list) else [v])}
+        return sum(a.nbytes for a in arrays.values())
 
     def rows(self, n, lo=0):
         """The buffers of rows lo..lo + n."""

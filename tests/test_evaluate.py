@@ -507,9 +507,9 @@ def test_a_batch_size_above_the_samples_needed_costs_no_memory(trained):
 def test_the_command_line_measures_a_run_at_its_thread_count_and_gives_its_test_loss_to_the_last_bit(tmp_path):
     """A run trained with --threads 1 measured its test loss with OpenBLAS at one thread; fastvae-evaluate ran at
     OpenBLAS's own count and its negative ELBO differed in the last bits (an auditor's trial: 147.35042134 against
-    147.35042232). It takes the run's count (--threads overrides it) and records it with the fastvae version and the
-    batch size; at every count (fastvae.inference: the workers take the chunks, one OpenBLAS thread each, since
-    2026-12-07) it agrees with metrics.json to the last bit."""
+    147.35042232). Since 2026-12-07 the cpu backend's numbers are the same at every count (fastvae.inference: the
+    workers take the chunks, one OpenBLAS thread each): it takes every CPU unless --threads, records the count that
+    ran with the fastvae version and the batch size, and agrees with metrics.json to the last bit at each count."""
     from fastvae import threads
     if threads.detect(None).threads < 2:
         pytest.skip("one CPU: every count runs as one thread, so no other count to compare")
@@ -527,9 +527,11 @@ def test_the_command_line_measures_a_run_at_its_thread_count_and_gives_its_test_
         assert proc.returncode == 0, proc.stderr
         report[len(given)] = json.loads(out.read_text())
     assert report[0]["elbo"]["total"] == loss == report[2]["elbo"]["total"]
-    assert (report[0]["threads"], report[2]["threads"]) == (1, 2)
+    # the cpu backend takes every CPU (the same numbers): the report says the count that ran
+    cpus = threads.detect(None).threads
+    assert (report[0]["threads"], report[2]["threads"]) == (cpus, 2)
     assert report[0]["batch_size"] == 2048 and report[0]["fastvae"] == fastvae.__version__
-    assert " backend at 1 thread, " in _cli(run, "--k", "1", "--backend", "cpu", "--quiet").stdout
+    assert " backend at 1 thread, " in _cli(run, "--k", "1", "--backend", "cpu", "--quiet", "--threads", "1").stdout
 
 
 def test_a_decoder_that_overflows_is_refused_by_the_bound_in_one_line():
@@ -542,3 +544,21 @@ def test_a_decoder_that_overflows_is_refused_by_the_bound_in_one_line():
     X = load_mnist().test_x[:5]
     with pytest.raises(UserError, match=r"^decoding these codings overflowed float32 .*extreme size$"):
         iwae_bound(model, X, k=3)
+
+
+def test_on_the_reference_backend_the_command_line_takes_the_runs_thread_count(tmp_path):
+    """There OpenBLAS's count decides the products' last bits, so a run's own count is the default (--threads
+    overrides it). (Its test loss does not come back to the bit: a checkpoint holds float32 parameters, the reference
+    model trained in float64.)"""
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "fastvae.train", "--train-images", "300", "--test-images", "200",
+                           "--epochs", "1", "--no-plots", "--quiet", "--backend", "reference", "--hidden", "16",
+                           "--latent", "2", "--threads", "1", "--out", str(run)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for given, count in (([], 1), (["--threads", "2"], 2)):
+        out = tmp_path / f"eval{len(given)}.json"
+        proc = _cli(run, "--k", "1", "--backend", "reference", "--json", out, "--quiet", *given)
+        assert proc.returncode == 0, proc.stderr
+        report = json.loads(out.read_text())
+        assert report["threads"] == count and report["backend"] == "reference"
