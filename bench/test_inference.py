@@ -1,10 +1,11 @@
 """evaluate, encode and decode of MNIST's 10,000 test images at the seed's layers: on fastvae's workers
 (fastvae.inference, since 2026-12-07) against the way they ran before (one chunk after another on the calling thread,
-the products at OpenBLAS's own thread count), idle and with one core kept busy by another process.
+the products at OpenBLAS's own thread count, or at one thread: threads=1, the advice for a busy machine then), idle
+and with one core kept busy by another process.
 
     python -m pytest bench/test_inference.py --benchmark-enable -s [--benchmark-json FILE]
 
-In turns: each round times every call both ways back to back (the order alternating), so each ratio is taken
+In turns: each round times every call each way back to back (the order alternating), so each ratio is taken
 between calls seconds apart on a machine whose speed drifts; the table gives the medians over the rounds and the
 median of the rounds' ratios. With benchmarks disabled (the test suite) one round of 300 images checks that both ways
 give the same numbers to float32's accuracy (their products' last bits differ: OpenBLAS's threads split them).
@@ -16,11 +17,13 @@ import time
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from fastvae import VAE, step
 from fastvae.constants import COUNTERS, EVAL_ROWS
 
 GROUP = "inference (10000 images, seed's layers)"
+CALLS = [("evaluate", "evaluate"), ("encode", "encode"), ("decode", "decode_logits(rows=2048)")]
 DECODE_ROWS = 2048              # fastvae.evaluate's IWAE bound decodes this many rows a call
 
 
@@ -56,6 +59,12 @@ def _as_it_was(model, x, z):
     return out
 
 
+def _at_one_thread(model, x, z):
+    """The same at threads=1: OpenBLAS at one thread, so its threads neither spin nor help."""
+    with threadpool_limits(1, user_api="blas"):
+        return _as_it_was(model, x, z)
+
+
 def _now(model, x, z):
     out = {}
     begin = time.perf_counter()
@@ -80,35 +89,39 @@ def test_inference_on_the_workers_against_openblas_threads(benchmark, mnist, sit
     z = np.random.default_rng(0).standard_normal((images, model.config.latent)).astype(np.float32)
     _now(model, x[:EVAL_ROWS], z[:EVAL_ROWS])               # kernels loaded, workspaces made, outside the timing
     busy = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if situation != "idle" else None
-    times = {way: {call: [] for call in ("evaluate", "encode", "decode")} for way in ("as it was", "workers")}
+    ways = [("as it was", _as_it_was), ("as it was, threads=1", _at_one_thread), ("workers", _now)]
+    times = {way: {call: [] for call, _ in CALLS} for way, _ in ways}
     try:
         def run():
             for r in range(rounds):
-                ways = [("as it was", _as_it_was), ("workers", _now)]
                 for way, fn in (ways if r % 2 == 0 else ways[::-1]):
-                    got = fn(model, x, z)
-                    for call, (seconds, value) in got.items():
+                    for call, (seconds, value) in fn(model, x, z).items():
                         times[way][call].append(seconds)
-                        if way == "workers":
-                            results[call] = value
-                        else:
-                            before[call] = value
-        results, before = {}, {}
+                        results[way, call] = value
+        results = {}
         benchmark.pedantic(run, rounds=1, iterations=1)
     finally:
         if busy is not None:
             busy.kill()
             busy.wait()
-    for call in ("evaluate", "encode", "decode"):   # the same numbers, to float32 products' accuracy
-        np.testing.assert_allclose(results[call], before[call], rtol=1e-4, atol=1e-4, err_msg=call)
+    for call, _ in CALLS:       # the same numbers: bit for bit at one thread, to float32 products' accuracy at two
+        for way in ("as it was", "as it was, threads=1"):
+            np.testing.assert_allclose(results[way, call], results["workers", call], rtol=1e-4, atol=1e-4,
+                                       err_msg=f"{call}, {way}")
+        np.testing.assert_array_equal(results["as it was, threads=1", call], results["workers", call], err_msg=call)
     table = {}
-    for call in ("evaluate", "encode", "decode"):
-        old, new = times["as it was"][call], times["workers"][call]
-        table[call] = {"as it was s": statistics.median(old), "workers s": statistics.median(new),
-                       "ratio": statistics.median(o / n for o, n in zip(old, new))}
+    for call, label in CALLS:
+        new = times["workers"][call]
+        row = table[label] = {"workers s": statistics.median(new)}
+        for way in ("as it was", "as it was, threads=1"):
+            old = times[way][call]
+            row[f"{way} s"] = statistics.median(old)
+            row[f"{way} / workers"] = statistics.median(o / n for o, n in zip(old, new))
     benchmark.extra_info.update(situation=situation, images=images, rounds=rounds, results=table,
                                 decode_rows=DECODE_ROWS, threads=model.threads)
-    print(f"\n{situation}, {images} images, {rounds} rounds in turns (median s; ratio: as it was / workers)")
-    for call, row in table.items():
-        print(f"  {call:9s} as it was {row['as it was s']:.3f}  workers {row['workers s']:.3f}  "
-              f"{row['ratio']:.2f}x")
+    print(f"\n{situation}, {images} images, {rounds} rounds in turns (median s; x: the median of the rounds' ratio to "
+          "the workers' time)")
+    for label, row in table.items():
+        print(f"  {label:26s} as it was {row['as it was s']:.3f} ({row['as it was / workers']:.2f}x)  at threads=1 "
+              f"{row['as it was, threads=1 s']:.3f} ({row['as it was, threads=1 / workers']:.2f}x)  workers "
+              f"{row['workers s']:.3f}")
