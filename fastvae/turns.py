@@ -1,6 +1,6 @@
 """One call at a time per model: the lock that fit, evaluate, encode, decode, ... and fastvae.evaluate's bounds take
-(they share the model's buffers and weights), the one-line MemoryError of the call the user made, and a forked
-child's models that a thread of its parent held."""
+(they share the model's buffers and weights), the turns a fit hands to other threads' calls between its epochs, the
+one-line MemoryError of the call the user made, and a forked child's models that a thread of its parent held."""
 from __future__ import annotations
 
 import functools
@@ -18,14 +18,49 @@ _R = TypeVar("_R")
 _calls = threading.local()      # how deep this thread is in the model's calls that take turns
 
 
-def taking_turns(hint: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+class Turns:
+    """A model's lock (an RLock: its calls call each other), and the turns a fit hands over between epochs: calls of
+    other threads waiting for the lock (not fits) run at the end of the fit's epoch, the fit going on after them."""
+
+    def __init__(self):
+        self.lock = threading.RLock()
+        self.turn = threading.Condition(self.lock)
+        self.waiting = 0                # other threads' calls waiting for a fit's epoch end (under _count)
+        self.handing_over = False       # a fit waits for them now: a fit of another thread does not start meanwhile
+        self._count = threading.Lock()
+
+    def count(self, n):
+        with self._count:
+            self.waiting += n
+
+
+def hand_over(model: Any) -> None:
+    """At the end of a fit's epoch (the model consistent, its record made): the calls other threads made on the model
+    meanwhile (evaluate, encode, decode, sample, save, the IWAE bound: not a fit, which waits for the whole fit) run
+    now, one after another, and the fit goes on once none waits. An encode from another thread during a fit of many
+    epochs waited for the whole fit (a notebook user's trial); now for the epoch in progress."""
+    turns = model.__dict__.get("_turns")
+    if turns is None or not turns.waiting:
+        return
+    with turns.turn:                    # (the fit's thread holds the lock already: this is one level more)
+        turns.handing_over = True
+        try:
+            while turns.waiting:
+                turns.turn.wait()       # the lock released, whatever its depth, until a call that ran notifies
+        finally:
+            turns.handing_over = False
+            turns.turn.notify_all()     # a fit of another thread that took the lock meanwhile waits for this one
+
+
+def taking_turns(hint: str, between_epochs: bool = True) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
     """A decorator for a call whose first argument is a model (a method's self, or iwae_bound's model, by position
     or by name): the model's lock is held for the whole call, a call from another thread waiting for the one in
     progress (they share the buffers: two evaluations at once gave wrong numbers; a fit between iwae_bound's encode
-    and its decodes gave a bound of neither model). Separate models run at once. A first argument without the lock
-    (not a model) is passed through, for the call's own check to refuse. A MemoryError is named once, by the
-    outermost call, with `hint` (what to ask for instead); a call that does not fit the signature is a UserError too.
-    Typed (ParamSpec), so that a type checker still sees each call's signature."""
+    and its decodes gave a bound of neither model), or, during another thread's fit, for the end of its epoch where
+    `between_epochs` (hand_over: all but fit). Separate models run at once. A first argument without the lock (not a
+    model) is passed through, for the call's own check to refuse. A MemoryError is named once, by the outermost
+    call, with `hint` (what to ask for instead); a call that does not fit the signature is a UserError too. Typed
+    (ParamSpec), so that a type checker still sees each call's signature."""
     def decorator(method: Callable[_P, _R]) -> Callable[_P, _R]:
         signature = inspect.signature(method)
         name = method.__qualname__
@@ -35,13 +70,21 @@ def taking_turns(hint: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
         def locked(*args: _P.args, **kw: _P.kwargs) -> _R:
             # the model by position or by name (iwae_bound(model=m, ...) ran without it held: a review's catch)
             model = args[0] if args else kw.get(first)
-            lock = getattr(model, "_lock", None)
-            if lock is None:
+            turns = getattr(model, "_turns", None)
+            if not isinstance(turns, Turns):
                 return method(*args, **kw)
             if getattr(model, "_forked_busy", False):
                 raise UserError(FORKED_BUSY)
             depth = getattr(_calls, "depth", 0)
-            with lock:
+            # another thread holds the model (a fit: this call runs at its epoch's end; counted before waiting)
+            waits = between_epochs and not turns.lock.acquire(blocking=False)
+            if waits:
+                turns.count(1)
+            if waits or not between_epochs:
+                turns.lock.acquire()
+            try:
+                while not between_epochs and turns.handing_over:
+                    turns.turn.wait()   # (a fit that took the lock while another fit handed it over)
                 _calls.depth = depth + 1
                 try:
                     return method(*args, **kw)
@@ -64,6 +107,11 @@ def taking_turns(hint: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
                     raise also(MemoryError, f"{name}(): not enough memory ({why}); {hint}") from None
                 finally:
                     _calls.depth = depth
+            finally:
+                if waits:
+                    turns.count(-1)
+                    turns.turn.notify_all()     # (a fit handing over waits for the count to reach 0)
+                turns.lock.release()
         return locked
     return decorator
 
@@ -79,7 +127,7 @@ _MODELS: weakref.WeakSet = weakref.WeakSet()     # every model whose lock taking
 
 
 def register(model: Any) -> None:
-    """`model` (with its `_lock`) is told apart in a forked child where another thread held it at the fork."""
+    """`model` (with its `_turns`) is told apart in a forked child where another thread held it at the fork."""
     _MODELS.add(model)
 
 
@@ -89,13 +137,15 @@ def _after_fork_in_child() -> None:
     trial: a Pool worker hung). Its buffers may be half-written, so its calls are refused in one line (FORKED_BUSY);
     a model the forking thread itself held (a fork from a fit's callback) is the child's thread's, as it was."""
     for model in list(_MODELS):
-        lock = model.__dict__.get("_lock")
-        if lock is None:
+        turns = model.__dict__.get("_turns")
+        if turns is None:
             continue
-        if lock.acquire(blocking=False):
-            lock.release()
+        if turns.lock.acquire(blocking=False):
+            turns.lock.release()
+            turns._count = threading.Lock()     # (another thread may have held it at the fork)
+            turns.waiting = 0                   # (the waiting threads are not in the child)
         else:
-            object.__setattr__(model, "_lock", threading.RLock())
+            object.__setattr__(model, "_turns", Turns())
             object.__setattr__(model, "_forked_busy", True)
 
 

@@ -309,9 +309,9 @@ def test_progress_into_a_log_is_a_line_per_epoch(x, capsys):
 
 
 def test_a_models_codings_can_be_read_between_epochs_from_its_fits_callback(x):
-    """The README's way to look at a model while it trains (an encode from another thread waits for the whole fit):
-    the callback runs between epochs on the fit's thread, and its encode gives the codings of the model as it is
-    after that epoch, the same bits as a model fitted that far and encoded after."""
+    """The README's way to look at a model while it trains on the fit's own thread: the callback runs between
+    epochs, and its encode gives the codings of the model as it is after that epoch, the same bits as a model fitted
+    that far and encoded after."""
     seen = []
     VAE(seed=4, **SMALL).fit(x[:300], epochs=2, callback=lambda model, record: seen.append(model.encode(x[:7])))
     for epochs, (mu, logvar) in enumerate(seen, start=1):

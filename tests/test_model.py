@@ -603,6 +603,56 @@ def test_one_model_used_from_two_threads_at_once_gives_each_the_numbers_it_gives
         np.testing.assert_array_equal(mu, mu_alone)
 
 
+def test_a_call_from_another_thread_during_a_fit_runs_at_the_end_of_the_epoch_in_progress(mnist):
+    """An encode from another thread waited for the whole fit (a notebook user's trial: a fit of many epochs in a
+    background thread); the fit now hands the model over at each epoch's end. The codings are those of the model after
+    some whole epoch (bit for bit a model fitted that far), and the fit has not ended when they come back."""
+    import threading
+    x = mnist.train_x[:500]
+    model = VAE(seed=8, **SMALL)
+    first_epoch = threading.Event()
+
+    def slow_epochs(model, record):            # (a fit of 6 epochs that lasts at least 1.2 s)
+        first_epoch.set()
+        time.sleep(0.2)
+    fit = threading.Thread(target=model.fit, args=(x,), kwargs=dict(epochs=6, callback=slow_epochs))
+    fit.start()
+    assert first_epoch.wait(120)
+    mu, _ = model.encode(mnist.test_x[:9])
+    still_fitting = fit.is_alive()
+    fit.join()
+    assert still_fitting and model.epoch == 6
+    after = [VAE(seed=8, **SMALL).fit(x, epochs=k).encode(mnist.test_x[:9])[0] for k in range(1, 7)]
+    assert any(np.array_equal(mu, a) for a in after), "codings of no whole epoch"
+
+
+def test_a_fit_from_another_thread_waits_for_the_whole_fit_while_other_calls_take_its_epoch_ends(mnist):
+    """A second fit does not start in a hand-over (its epochs would interleave with the running fit's): it runs after
+    the whole fit, while an encode waiting beside it runs at an epoch's end. Each fit's records are consecutive."""
+    import threading
+    x = mnist.train_x[:500]
+    model = VAE(seed=9, **SMALL)
+    first_epoch, records = threading.Event(), []
+
+    def slow_epochs(model, record):
+        records.append(("first", record["epoch"]))
+        first_epoch.set()
+        time.sleep(0.2)
+    fit = threading.Thread(target=model.fit, args=(x,), kwargs=dict(epochs=5, callback=slow_epochs))
+    fit.start()
+    assert first_epoch.wait(120)
+    second = threading.Thread(target=model.fit, args=(x,), kwargs=dict(
+        epochs=1, callback=lambda model, record: records.append(("second", record["epoch"]))))
+    second.start()
+    time.sleep(0.05)
+    codings = model.encode(mnist.test_x[:3])[0]
+    encoded_while_fitting = fit.is_alive()
+    fit.join()
+    second.join()
+    assert encoded_while_fitting and np.all(np.isfinite(codings))
+    assert records == [("first", k) for k in range(1, 6)] + [("second", 6)], records
+
+
 @pytest.mark.parametrize("why", ["batch", "validation"])
 def test_a_refused_first_fit_leaves_the_model_as_it_was(mnist, why):
     """A new model takes its width from the data it is first fitted on, but only from a fit that runs: one refused
