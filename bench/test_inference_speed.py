@@ -3,7 +3,7 @@
 the products at OpenBLAS's own thread count, or at one thread: threads=1, the advice for a busy machine then), idle
 and with one core kept busy by another process.
 
-    python -m pytest bench/test_inference.py --benchmark-enable -s [--benchmark-json FILE]
+    python -m pytest bench/test_inference_speed.py --benchmark-enable -s [--benchmark-json FILE]
 
 In turns: each round times every call each way back to back (the order alternating), so each ratio is taken
 between calls seconds apart on a machine whose speed drifts; the table gives the medians over the rounds and the
