@@ -368,7 +368,8 @@ def build_parser() -> argparse.ArgumentParser:
                        of_a_run=True)
     p.add_argument("--batch-size", type=whole_number, metavar="B", default=DEFAULT_ROWS,
                    help=f"decoder rows per call (default {DEFAULT_ROWS}); bounds memory (the cpu backends' threads "
-                        "share each call in chunks of at most 256 rows)")
+                        "share each call in chunks of at most 256 rows; the bounds' last bits follow the chunks' "
+                        "sizes)")
     p.add_argument("--threads", type=thread_count, default=None, metavar="N|auto",
                    help="threads (default auto: the CPUs this process may use; the cpu backends' numbers are the "
                         "same at every count). On the reference backend OpenBLAS's count, whose split of the products "

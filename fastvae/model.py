@@ -662,7 +662,8 @@ def _say_if_fewer_threads_run(threads, be, notify):
         runs = detect_threads(threads).threads
         if runs < threads:
             notify(f"threads={threads}: {runs} run, one per CPU this process may use (its affinity mask); the "
-                   f"results' last bits are those of {runs} threads")
+                   f"training's last bits are those of {runs} threads (evaluate's, encode's and decode's are the "
+                   "same at every count)")
 
 
 def _check_notify(notify):

@@ -18,38 +18,94 @@ _R = TypeVar("_R")
 _calls = threading.local()      # how deep this thread is in the model's calls that take turns
 
 
+POLL_SECONDS = 0.05    # how often a waiter looks again without a notice (a call interrupted while it waited sends none)
+
+
 class Turns:
-    """A model's lock (an RLock: its calls call each other), and the turns a fit hands over between epochs: calls of
-    other threads waiting for the lock (not fits) run at the end of the fit's epoch, the fit going on after them."""
+    """A model's lock (an RLock: its calls call each other), and the turns a fit hands over between epochs: the calls
+    of other threads that were waiting when an epoch ended (not fits) run then, and the fit goes on once they are
+    done; a call that comes while they run waits for the next epoch's end (a thread calling the model in a loop held
+    the fit back for good: a new user's trial)."""
 
     def __init__(self):
         self.lock = threading.RLock()
         self.turn = threading.Condition(self.lock)
-        self.waiting = 0                # other threads' calls waiting for a fit's epoch end (under _count)
-        self.handing_over = False       # a fit waits for them now: a fit of another thread does not start meanwhile
+        self.handing_over = False       # a fit's epoch end: the calls with tickets below `limit` run now
+        self.limit = 0
+        self.pending: set[int] = set()  # the tickets of other threads' calls not yet done (under _count)
+        self._issued = 0
         self._count = threading.Lock()
 
-    def count(self, n):
+    def _ticket(self) -> int:
         with self._count:
-            self.waiting += n
+            ticket, self._issued = self._issued, self._issued + 1
+            self.pending.add(ticket)
+            return ticket
+
+    def _done(self, ticket: int | None) -> None:
+        if ticket is not None:
+            with self._count:
+                self.pending.discard(ticket)
+
+    def admitted(self) -> bool:
+        """Whether a call admitted to the hand-over in progress is not done yet."""
+        with self._count:
+            return any(t < self.limit for t in self.pending)
+
+    def enter(self, between_epochs: bool) -> int | None:
+        """Takes the lock for a call (its ticket back, or None): at once for a call inside a call of this thread;
+        else after the call in progress, or, during another thread's fit, at the end of its epoch where
+        `between_epochs` (counted before it waits: hand_over waits for it), after the whole fit otherwise."""
+        if self.lock._is_owned():  # type: ignore[attr-defined]  # (a call inside one of this thread's)
+            self.lock.acquire()
+            return None
+        ticket = None
+        if between_epochs and not self.lock.acquire(blocking=False):
+            ticket = self._ticket()
+            try:
+                self.lock.acquire()
+            except BaseException:       # (Ctrl-C while it waited: the fit must not wait for it)
+                self._done(ticket)
+                raise
+        elif not between_epochs:
+            self.lock.acquire()
+        elif self.handing_over:         # free only because a fit hands over to calls that came before this one
+            ticket = self._ticket()
+        try:
+            # during a hand-over only the calls it admitted run: a later call, and a fit, wait
+            while self.handing_over and (ticket is None or ticket >= self.limit):
+                self.turn.wait(POLL_SECONDS)
+        except BaseException:
+            self._done(ticket)
+            self.lock.release()
+            raise
+        return ticket
+
+    def leave(self, ticket: int | None) -> None:
+        self._done(ticket)
+        self.turn.notify_all()          # (a fit handing over waits for its admitted calls; a fit waits for a fit)
+        self.lock.release()
 
 
 def hand_over(model: Any) -> None:
-    """At the end of a fit's epoch (the model consistent, its record made): the calls other threads made on the model
-    meanwhile (evaluate, encode, decode, sample, save, the IWAE bound: not a fit, which waits for the whole fit) run
-    now, one after another, and the fit goes on once none waits. An encode from another thread during a fit of many
-    epochs waited for the whole fit (a notebook user's trial); now for the epoch in progress."""
+    """At the end of a fit's epoch (the model consistent, its record made, the callback done): the calls other threads
+    made on the model meanwhile (evaluate, encode, decode, sample, save, the IWAE bound: not a fit, which waits for the
+    whole fit) run now, one after another, and the fit goes on once they are done. An encode from another thread
+    during a fit of many epochs waited for the whole fit (a notebook user's trial); now for the epoch in progress."""
     turns = model.__dict__.get("_turns")
-    if turns is None or not turns.waiting:
+    if turns is None or not turns.pending:
         return
     with turns.turn:                    # (the fit's thread holds the lock already: this is one level more)
+        with turns._count:
+            turns.limit = turns._issued
         turns.handing_over = True
+        turns.turn.notify_all()         # (calls that came during the last hand-over: their turn now)
         try:
-            while turns.waiting:
-                turns.turn.wait()       # the lock released, whatever its depth, until a call that ran notifies
+            while turns.admitted():
+                turns.turn.wait(POLL_SECONDS)   # the lock released, whatever its depth
         finally:
             turns.handing_over = False
-            turns.turn.notify_all()     # a fit of another thread that took the lock meanwhile waits for this one
+            turns.turn.notify_all()
 
 
 def taking_turns(hint: str, between_epochs: bool = True) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
@@ -76,15 +132,8 @@ def taking_turns(hint: str, between_epochs: bool = True) -> Callable[[Callable[_
             if getattr(model, "_forked_busy", False):
                 raise UserError(FORKED_BUSY)
             depth = getattr(_calls, "depth", 0)
-            # another thread holds the model (a fit: this call runs at its epoch's end; counted before waiting)
-            waits = between_epochs and not turns.lock.acquire(blocking=False)
-            if waits:
-                turns.count(1)
-            if waits or not between_epochs:
-                turns.lock.acquire()
+            ticket = turns.enter(between_epochs)
             try:
-                while not between_epochs and turns.handing_over:
-                    turns.turn.wait()   # (a fit that took the lock while another fit handed it over)
                 _calls.depth = depth + 1
                 try:
                     return method(*args, **kw)
@@ -108,10 +157,7 @@ def taking_turns(hint: str, between_epochs: bool = True) -> Callable[[Callable[_
                 finally:
                     _calls.depth = depth
             finally:
-                if waits:
-                    turns.count(-1)
-                    turns.turn.notify_all()     # (a fit handing over waits for the count to reach 0)
-                turns.lock.release()
+                turns.leave(ticket)
         return locked
     return decorator
 
@@ -143,7 +189,7 @@ def _after_fork_in_child() -> None:
         if turns.lock.acquire(blocking=False):
             turns.lock.release()
             turns._count = threading.Lock()     # (another thread may have held it at the fork)
-            turns.waiting = 0                   # (the waiting threads are not in the child)
+            turns.pending = set()               # (the waiting threads are not in the child)
         else:
             object.__setattr__(model, "_turns", Turns())
             object.__setattr__(model, "_forked_busy", True)

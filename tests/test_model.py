@@ -423,7 +423,8 @@ def test_a_fixed_thread_count_above_the_cpus_is_said_with_the_count_that_runs():
     VAE(**SMALL, threads=cpus + 7, notify=heard.append)
     (line,) = [line for line in heard if "threads=" in line]
     assert line == (f"threads={cpus + 7}: {cpus} run, one per CPU this process may use (its affinity mask); the "
-                    f"results' last bits are those of {cpus} threads")
+                    f"training's last bits are those of {cpus} threads (evaluate's, encode's and decode's are the "
+                    "same at every count)")
 
 
 @pytest.mark.parametrize("name, value", [("beta1", 2.0), ("beta2", -0.5), ("adam_eps", 0.0)])
@@ -651,6 +652,51 @@ def test_a_fit_from_another_thread_waits_for_the_whole_fit_while_other_calls_tak
     second.join()
     assert encoded_while_fitting and np.all(np.isfinite(codings))
     assert records == [("first", k) for k in range(1, 6)] + [("second", 6)], records
+
+
+def test_a_ctrl_c_while_a_call_waits_for_a_fits_epoch_end_leaves_the_fit_going(mnist):
+    """A real SIGINT to a call waiting for the end of another thread's epoch: KeyboardInterrupt in the caller, and the
+    fit goes on to its end (it waited for the withdrawn call for good: a new user's trial, in a notebook's interrupt)."""
+    import threading
+    from signals import sigint_after
+    x = mnist.train_x[:500]
+    model = VAE(seed=8, **SMALL)
+    in_callback = threading.Event()
+
+    def slow_epochs(model, record):            # the model held: the encode below waits
+        in_callback.set()
+        time.sleep(1.0)
+    fit = threading.Thread(target=model.fit, args=(x,), kwargs=dict(epochs=3, callback=slow_epochs), daemon=True)
+    fit.start()
+    assert in_callback.wait(120)
+    with pytest.raises(KeyboardInterrupt), sigint_after(0.3):
+        model.encode(x[:5])
+    fit.join(120)
+    assert not fit.is_alive() and model.epoch == 3
+    assert model.encode(x[:5])[0].shape == (5, SMALL["latent"])
+
+
+def test_a_thread_calling_the_model_in_a_loop_gets_one_call_per_epoch_end_and_the_fit_goes_on(mnist):
+    """A hand-over runs the calls that were waiting when the epoch ended; one that comes meanwhile waits for the next
+    epoch's end (a thread sampling in a loop held the fit back for good: a new user's trial)."""
+    import threading
+    x = mnist.train_x[:500]
+    model = VAE(seed=8, **SMALL).fit(x[:100], epochs=1)
+    done, drawn, ends = threading.Event(), [], []
+
+    def poll():
+        while not done.is_set():
+            drawn.append(model.sample(8).shape)
+    fit = threading.Thread(target=model.fit, args=(x,), kwargs=dict(
+        epochs=4, callback=lambda model, record: ends.append(record["epoch"])), daemon=True)
+    fit.start()
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    fit.join(120)
+    done.set()
+    poller.join(120)
+    assert not fit.is_alive() and ends == [2, 3, 4, 5] and model.epoch == 5
+    assert drawn and not poller.is_alive()
 
 
 @pytest.mark.parametrize("why", ["batch", "validation"])
