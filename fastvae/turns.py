@@ -189,7 +189,9 @@ def _after_fork_in_child() -> None:
         if turns.lock.acquire(blocking=False):
             turns.lock.release()
             turns._count = threading.Lock()     # (another thread may have held it at the fork)
-            turns.pending = set()               # (the waiting threads are not in the child)
+            turns.pending = set()               # (the waiting threads are not in the child, nor a fit of
+            turns.handing_over = False          # another thread handing over: the forking thread ran in its turn)
+            turns.turn = threading.Condition(turns.lock)
         else:
             object.__setattr__(model, "_turns", Turns())
             object.__setattr__(model, "_forked_busy", True)
