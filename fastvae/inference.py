@@ -29,8 +29,8 @@ def chunk_rows(be, rows: int) -> int:
 
 def parts(be, threads, chunks: int) -> int:
     """How many workers take the `chunks` chunks of a call on backend `be` for a model's `threads` (None: "auto"):
-    the count a fit would start at (fastvae.threads.detect: the CPUs this process may use, or the count fixed by
-    `threads` or the environment, at most the CPUs), at most one per chunk; 1 without workers."""
+    fastvae.threads.detect's count (the CPUs this process may use, or the count fixed by `threads` or the
+    environment, at most the CPUs; not the pacer's adapted one), at most one per chunk; 1 without workers."""
     if be.workers is None or chunks <= 1:
         return 1
     return max(1, min(detect(threads).threads, chunks))
