@@ -9,6 +9,7 @@ import dataclasses
 import inspect
 import math
 import os
+import threading
 from collections.abc import Iterator
 from os import PathLike
 from pathlib import Path
@@ -47,7 +48,6 @@ class Readable(Protocol):
 
 # one call at a time per model (fastvae.turns): its buffers are shared
 _one_at_a_time = taking_turns("ask for fewer rows at a time")
-_fits_one_at_a_time = taking_turns("ask for fewer rows at a time", between_epochs=False)  # (hands over: fastvae.turns)
 
 
 class VAE:
@@ -204,8 +204,8 @@ class VAE:
             history=[])                         # one dict per epoch fitted in this process
         self._ws = None
         self._ws_inference = None
-        if not hasattr(self, "_turns"):
-            self._turns = turns.Turns()         # (_one_at_a_time: the model's lock)
+        if not hasattr(self, "_lock"):
+            self._lock = threading.RLock()      # (_one_at_a_time)
             turns.register(self)                # (a fork while another thread holds it: fastvae.turns)
         _say_if_fewer_threads_run(self.threads, be, notify)
 
@@ -223,7 +223,7 @@ class VAE:
         only the products' operands, so a checkpoint's weights are fp32 whatever trained them and load at either."""
         return precision_of(self.backend)
 
-    @_fits_one_at_a_time
+    @_one_at_a_time
     def fit(self, X: ArrayLike, epochs: int | None = None, batch_size: int | None = None,
             validation: ArrayLike | None = None, callback: Callable[[VAE, dict[str, Any]], None] | None = None,
             progress: bool = False, stop: Stop | None = None) -> VAE:
@@ -243,10 +243,8 @@ class VAE:
         "first_steps_seconds" (the epoch of this process's first steps on its backend: the seconds of their first
         call, which loads the kernels from Numba's cache or, after an install, compiles them, 10-30 s; inside its
         seconds)}; an exception it raises comes out of fit as it is, after the
-        epoch has counted (the model stays consistent). Calls on the model from other threads (encode, sample, save,
-        ...; not a fit) run at the end of the epoch in progress, the fit going on after them (fastvae.turns.hand_over).
-        progress: a tqdm progress bar on stderr where it is a terminal, else (a log file, a pipe) one line there per
-        epoch.
+        epoch has counted (the model stays consistent). progress: a tqdm progress bar on stderr where it is a
+        terminal, else (a log file, a pipe) one line there per epoch.
         stop: a threading.Event (or anything with is_set()) that ends the fit early when set, from another thread, a
         signal handler or the callback: fit returns after the step in progress (on the cpu backend, the chunk of at
         most 25 steps), the model consistent (model.epoch_step says where inside an epoch; a later fit goes on from

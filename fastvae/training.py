@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from . import rng, step, threads, turns
+from . import rng, step, threads
 from .constants import LOSS_CHECK_INTERVAL_DEVICE
 from .errors import TrainingDiverged, TrainingInterrupted, UserError, signal_name
 from .sigint import CtrlCHandled
@@ -66,7 +66,6 @@ def run_epochs(model, X, ws, epochs, validation=None, callback=None, progress=Fa
             if callback is not None:
                 callback(model, record)
             stop.check()
-            turns.hand_over(model)              # other threads' calls on the model waiting for this epoch's end
 
 
 def _epoch(model, stepper, order, ws, progress, stop):

@@ -480,7 +480,7 @@ def test_the_model_is_held_when_passed_by_name(trained):
     original = type(model)._images
 
     def spy(self, *args, **kw):
-        held.append(self._turns.lock._is_owned())
+        held.append(self._lock._is_owned())
         return original(self, *args, **kw)
     type(model)._images = spy
     try:
