@@ -5,7 +5,8 @@ and with one core kept busy by another process.
 
     python -m pytest bench/test_inference_speed.py --benchmark-enable -s [--benchmark-json FILE]
 
-In turns: each round times every call each way back to back (the order alternating), so each ratio is taken
+Also the IWAE bound's log-likelihoods computed in the decoder's chunks against the float64 NumPy pass they were
+(`-k iwae`). In turns: each round times every call each way back to back (the order alternating), so each ratio is taken
 between calls seconds apart on a machine whose speed drifts; the table gives the medians over the rounds and the
 median of the rounds' ratios. With benchmarks disabled (the test suite) one round of 300 images checks that both ways
 give the same numbers to float32's accuracy (their products' last bits differ: OpenBLAS's threads split them).
@@ -125,3 +126,42 @@ def test_inference_on_the_workers_against_openblas_threads(benchmark, mnist, sit
         print(f"  {label:26s} as it was {row['as it was s']:.3f} ({row['as it was / workers']:.2f}x)  at threads=1 "
               f"{row['as it was, threads=1 s']:.3f} ({row['as it was, threads=1 / workers']:.2f}x)  workers "
               f"{row['workers s']:.3f}")
+
+
+def _float64_log_likelihoods(model, z, X, owner, rows):
+    """The IWAE's log p(x | z) as before 2026-12-07: float64 logits and targets, one NumPy pass on the calling thread
+    (the decode itself on the workers, as now)."""
+    from fastvae import evaluate
+    x = X[owner].astype(np.float64) / (255.0 if X.dtype == np.uint8 else 1.0)
+    return evaluate._bernoulli(model.decode_logits(z, rows=rows), x)
+
+
+@pytest.mark.benchmark(group="IWAE bound (seed's layers)")
+def test_iwae_log_likelihoods_in_the_chunks_against_float64_numpy(benchmark, mnist, monkeypatch):
+    """iwae_bound of 100 images at k = 100 (10,000 decoded samples), its log-likelihoods computed in the decoder's
+    chunks (now) or as before, in turns; the bounds agree within the float32 row sums' error."""
+    from fastvae import evaluate
+    smoke = benchmark.disabled
+    images, rounds = (10, 1) if smoke else (100, 5)
+    model = VAE(backend="cpu", seed=0)
+    x = mnist.test_x[:images]
+    evaluate.iwae_bound(model, x[:2], k=10)                 # kernels loaded, outside the timing
+    ways = [("float64 NumPy", _float64_log_likelihoods), ("in the chunks", evaluate._log_likelihoods)]
+    times = {way: [] for way, _ in ways}
+    bounds = {}
+
+    def run():
+        for r in range(rounds):
+            for way, fn in (ways if r % 2 == 0 else ways[::-1]):
+                monkeypatch.setattr(evaluate, "_log_likelihoods", fn)
+                begin = time.perf_counter()
+                bounds[way] = evaluate.iwae_bound(model, x, k=100)["bound"]
+                times[way].append(time.perf_counter() - begin)
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    np.testing.assert_allclose(bounds["in the chunks"], bounds["float64 NumPy"], rtol=1e-6)
+    old, new = times["float64 NumPy"], times["in the chunks"]
+    ratio = statistics.median(o / n for o, n in zip(old, new))
+    benchmark.extra_info.update(images=images, k=100, rounds=rounds, float64_numpy_s=statistics.median(old),
+                                in_the_chunks_s=statistics.median(new), ratio=ratio)
+    print(f"\nIWAE, {images} images x k = 100, {rounds} rounds in turns: float64 NumPy {statistics.median(old):.3f} s, "
+          f"in the chunks {statistics.median(new):.3f} s ({ratio:.2f}x)")
