@@ -128,14 +128,6 @@ def test_inference_on_the_workers_against_openblas_threads(benchmark, mnist, sit
               f"{row['workers s']:.3f}")
 
 
-def _float64_log_likelihoods(model, z, X, owner, rows):
-    """The IWAE's log p(x | z) as before 2026-12-07: float64 logits and targets, one NumPy pass on the calling thread
-    (the decode itself on the workers, as now)."""
-    from fastvae import evaluate
-    x = X[owner].astype(np.float64) / (255.0 if X.dtype == np.uint8 else 1.0)
-    return evaluate._bernoulli(model.decode_logits(z, rows=rows), x)
-
-
 @pytest.mark.benchmark(group="IWAE bound (seed's layers)")
 def test_iwae_log_likelihoods_in_the_chunks_against_float64_numpy(benchmark, mnist, monkeypatch):
     """iwae_bound of 100 images at k = 100 (10,000 decoded samples), its log-likelihoods computed in the decoder's
@@ -146,7 +138,9 @@ def test_iwae_log_likelihoods_in_the_chunks_against_float64_numpy(benchmark, mni
     model = VAE(backend="cpu", seed=0)
     x = mnist.test_x[:images]
     evaluate.iwae_bound(model, x[:2], k=10)                 # kernels loaded, outside the timing
-    ways = [("float64 NumPy", _float64_log_likelihoods), ("in the chunks", evaluate._log_likelihoods)]
+    # as before 2026-12-07: float64 logits and targets, one NumPy pass on the calling thread (the decode itself on
+    # the workers both ways)
+    ways = [("float64 NumPy", evaluate._float64_log_likelihoods), ("in the chunks", evaluate._log_likelihoods)]
     times = {way: [] for way, _ in ways}
     bounds = {}
 

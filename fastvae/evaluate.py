@@ -255,9 +255,7 @@ def _log_likelihoods(model, z, X, owner, rows):
     be, cfg = model.backend, model.config
     mse = cfg.reconstruction == "mse"
     if be.dtype != np.float32:
-        logits = model.decode_logits(z, rows=rows)
-        x = X[owner].astype(np.float64) / (255.0 if X.dtype == np.uint8 else 1.0)
-        return _gaussian(logits, x) if mse else _bernoulli(logits, x)
+        return _float64_log_likelihoods(model, z, X, owner, rows)
     from . import step
     from .backends.cpu import row_losses
     losses = np.empty(len(z))
@@ -273,6 +271,14 @@ def _log_likelihoods(model, z, X, owner, rows):
         raise UserError(f"decoding these codings overflowed float32 (the largest |z| is {np.abs(z).max():g}; the "
                         "prior's draws lie within about ±6): the model's encoder gives codings of extreme size")
     return -losses - gaussian_constant(X.shape[1]) if mse else -losses
+
+
+def _float64_log_likelihoods(model, z, X, owner, rows):
+    """_log_likelihoods from the decoder's logits as float64 and the targets as float64, in one NumPy pass on this
+    thread (the reference backend's way; every backend's until 2026-12-07: bench/test_inference_speed.py times it)."""
+    logits = model.decode_logits(z, rows=rows)
+    x = X[owner].astype(np.float64) / (255.0 if X.dtype == np.uint8 else 1.0)
+    return _gaussian(logits, x) if model.config.reconstruction == "mse" else _bernoulli(logits, x)
 
 
 def _check_model(model):
