@@ -46,8 +46,10 @@ class Readable(Protocol):
     def read(self, size: int = ..., /) -> bytes: ...
 
 
-# one call at a time per model (fastvae.turns): its buffers are shared
+# one call at a time per model (fastvae.turns): its buffers are shared; a call from another thread during a fit is
+# run by that fit between its steps (fastvae.turns.serve); a fit from another thread waits for the one in progress
 _one_at_a_time = taking_turns("ask for fewer rows at a time")
+_one_fit_at_a_time = taking_turns("ask for fewer rows at a time", served=False)
 
 
 class VAE:
@@ -223,7 +225,7 @@ class VAE:
         only the products' operands, so a checkpoint's weights are fp32 whatever trained them and load at either."""
         return precision_of(self.backend)
 
-    @_one_at_a_time
+    @_one_fit_at_a_time
     def fit(self, X: ArrayLike, epochs: int | None = None, batch_size: int | None = None,
             validation: ArrayLike | None = None, callback: Callable[[VAE, dict[str, Any]], None] | None = None,
             progress: bool = False, stop: Stop | None = None) -> VAE:
@@ -242,7 +244,8 @@ class VAE:
         "replay_compile_seconds" (an epoch that compiled the captured step's replays, inside its seconds),
         "first_steps_seconds" (the epoch of this process's first steps on its backend: the seconds of their first
         call, which loads the kernels from Numba's cache or, after an install, compiles them, 10-30 s; inside its
-        seconds)}; an exception it raises comes out of fit as it is, after the
+        seconds), "served_seconds" (an epoch inside which the fit ran other threads' calls on the model, below; not
+        in its seconds)}; an exception it raises comes out of fit as it is, after the
         epoch has counted (the model stays consistent). progress: a tqdm progress bar on stderr where it is a
         terminal, else (a log file, a pipe) one line there per epoch.
         stop: a threading.Event (or anything with is_set()) that ends the fit early when set, from another thread, a
@@ -252,6 +255,10 @@ class VAE:
         a thread other than the main one, or where the program handles SIGINT itself (fit then leaves Ctrl-C to it).
         A model stopped in the middle of an epoch (Ctrl-C) finishes that epoch first, as one of `epochs`, in
         the batch size it started with (another one is refused until the next epoch).
+        Calls on this model from other threads meanwhile (encode, sample, evaluate, save, ...; another fit waits) are
+        run by the fit on its own thread between two chunks of steps (at most 25 steps apart on the cpu backend) and
+        after each epoch's callback, the model as it stands after a step, and answer there and then (fastvae.turns);
+        they change none of the fit's numbers.
         Raises UserError for bad arguments or images; TrainingInterrupted on Ctrl-C (a fit in the main thread,
         where SIGINT has Python's default handler: a handler of the program's own is left alone), after the step in
         progress (on the cpu backend, after the chunk of at most 25 steps in progress: fastvae.step_chunks),
@@ -318,7 +325,9 @@ class VAE:
         self._set(config=dataclasses.replace(self.config, batch_size=batch_size))
         self._set(_fitting=True)
         try:
-            training.run_epochs(self, X, self._workspace(batch_size), epochs, validation, callback, progress, stop)
+            with turns.serving(self):
+                training.run_epochs(self, X, self._workspace(batch_size), epochs, validation, callback, progress,
+                                    stop)
         finally:
             self._set(_fitting=False)
         return self

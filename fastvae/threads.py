@@ -525,6 +525,14 @@ class Pacer:
             self._libs.release()
         return {"count": self.count, "changes": changes}
 
+    def pause(self):
+        """Between two steps, for other work on the fit's thread (calls it serves for other threads: fastvae.turns):
+        the libraries at their counts from before the fit until the next step (as record() leaves them), and the
+        window started again after it (its wall time and CPU share would count the other work)."""
+        if self._libs is not None:
+            self._libs.release()
+        self.restart_window()
+
     def _note(self, n, reason, **extra):
         self._changes.append({"step": self._steps(), "threads": n, "reason": reason, **extra})
 

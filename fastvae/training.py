@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from . import rng, step, threads
+from . import rng, step, threads, turns
 from .constants import LOSS_CHECK_INTERVAL_DEVICE
 from .errors import TrainingDiverged, TrainingInterrupted, UserError, signal_name
 from .sigint import CtrlCHandled
@@ -49,7 +49,7 @@ def run_epochs(model, X, ws, epochs, validation=None, callback=None, progress=Fa
                 # Ctrl-C): the epoch is over, without a record
                 model._set(epoch=model.epoch + 1, epoch_step=0, epoch_loss=np.zeros(2))
             order = rng.epoch_permutation(cfg.seed, model.epoch, len(X))
-            record = _epoch(model, stepper, order, ws, progress, stop)
+            record = _epoch(model, stepper, order, ws, progress, stop, pacer)
             if record is None:                  # stopped inside the epoch by stop_event: no record, no callback
                 return
             if pacer:
@@ -65,12 +65,15 @@ def run_epochs(model, X, ws, epochs, validation=None, callback=None, progress=Fa
             model.history.append(record)
             if callback is not None:
                 callback(model, record)
+            if turns.waiting(model):
+                _serve(model, pacer)
             stop.check()
 
 
-def _epoch(model, stepper, order, ws, progress, stop):
+def _epoch(model, stepper, order, ws, progress, stop, pacer=None):
     """One epoch (or the rest of one stopped by Ctrl-C) over the shuffled `order`; returns its record, or None where
-    the fit's stop event ended it early (the model consistent, at its step: the next fit goes on from there)."""
+    the fit's stop event ended it early (the model consistent, at its step: the next fit goes on from there). Calls
+    that other threads made on the model meanwhile run between two chunks of steps (_serve)."""
     be, n = model.backend, len(order)
     starts = range(0, n, ws.batch)
     if model.epoch_step >= len(starts):
@@ -90,6 +93,7 @@ def _epoch(model, stepper, order, ws, progress, stop):
     full = n // ws.batch                    # the epoch's full batches (a short last one is stepped alone)
     loading = be.name not in _first_steps_done     # this process's first steps on the backend: kernels loaded
     first_steps = None
+    served = 0.0                            # seconds of other threads' calls run between the steps (not the epoch's)
     if bar is not None and loading:
         bar.set_postfix_str(FIRST_STEPS_NOTE)
     elif progress and loading and sys.stderr is not None:
@@ -135,6 +139,10 @@ def _epoch(model, stepper, order, ws, progress, stop):
                 bar.set_postfix_str(f"loss {float(loss.sum()) / seen:.2f}, {rate:,.0f} img/s"
                                     + (f", {count} thread{'s' * (count != 1)}" if count else ""))
                 bar.update(k - bar.n)
+        if turns.waiting(model) and not last:
+            took = _serve(model, pacer, ws.loss)
+            served += took
+            begin += took                   # (the epoch's seconds and the bar's rate: its steps' alone)
         if (stop.requested or stop.asked()) and not last:
             model._set(epoch_loss=np.array(be.to_host(ws.loss), dtype=np.float64))
             if bar is not None:
@@ -159,7 +167,23 @@ def _epoch(model, stepper, order, ws, progress, stop):
         record["replay_compile_seconds"] = compiled
     if first_steps is not None:             # the kernels' loading (or compiling, after an install), inside `seconds`
         record["first_steps_seconds"] = first_steps
+    if served:
+        record["served_seconds"] = served
     return record
+
+
+def _serve(model, pacer, loss=None):
+    """Run the calls other threads made on the model during the fit (fastvae.turns.serve), between two steps, the
+    model as it stands: inside an epoch the running loss `loss` is committed first (what save() writes, as after a
+    stop), the thread counts are as outside the fit (as for the validation pass: the same numbers as a call outside
+    it) and the pacer's window starts again (the calls' time would read as slow steps). Returns their seconds."""
+    begin = time.perf_counter()
+    if loss is not None:
+        model._set(epoch_loss=np.array(model.backend.to_host(loss), dtype=np.float64))
+    if pacer:
+        pacer.pause()
+    turns.serve(model)
+    return time.perf_counter() - begin
 
 
 def _diverged(model, what):

@@ -1,35 +1,83 @@
 """One call at a time per model: the lock that fit, evaluate, encode, decode, ... and fastvae.evaluate's bounds take
-(they share the model's buffers and weights), the one-line MemoryError of the call the user made, and a forked
-child's models that a thread of its parent held."""
+(they share the model's buffers and weights), the calls a fit serves for other threads between its steps, the
+one-line MemoryError of the call the user made, and a forked child's models that a thread of its parent held.
+
+Why a fit serves: it holds the model for all its epochs, so an `encode` from another thread (a notebook looking at
+a model trained in a background thread) waited for the whole fit. Handing the model's lock to the waiting threads at
+each epoch's end was tried (2026-12-07) and taken out: a lock managed by hand broke under Ctrl-C and signal handlers
+in seven ways a review found. Here no lock changes hands: a call from another thread during a fit is queued, and
+the fit's own thread, which holds the lock, runs it between two chunks of steps (serve()), as it runs its callback,
+and hands back the answer or the exception. The waiting thread holds nothing, so a Ctrl-C there only cancels its
+call; the fit never waits for a waiting thread; and every wait gives up on a fit that has ended, whatever stopped it.
+"""
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import os
 import threading
 import weakref
-from typing import Any, Callable, ParamSpec, TypeVar
+from typing import Any, Callable, Iterator, ParamSpec, TypeVar
 
 from .errors import UserError, also, one_line
+from .sigint import held_interrupts
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 _calls = threading.local()      # how deep this thread is in the model's calls that take turns
 
+# A waiting call looks again this often for a fit that started (it queues its call then) or a lock that came free;
+# it holds Ctrl-C back only inside each look (lock.acquire with a timeout, under held_interrupts)
+POLL_SECONDS = 0.05
+# ... and a queued call checks this often that the fit serving it still runs (a fit ends by answering every call it
+# did not run with "take your turn": this only guards against an interrupt landing inside that bookkeeping)
+STALE_SECONDS = 0.5
 
-def taking_turns(hint: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+INTERRUPTED = ("this call was interrupted before it ended: it ran on the thread fitting this model, between the "
+               "fit's steps, and a Ctrl-C there stopped that thread at once; call it again")
+
+
+def taking_turns(hint: str, served: bool = True) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
     """A decorator for a call whose first argument is a model (a method's self, or iwae_bound's model, by position
     or by name): the model's lock is held for the whole call, a call from another thread waiting for the one in
     progress (they share the buffers: two evaluations at once gave wrong numbers; a fit between iwae_bound's encode
-    and its decodes gave a bound of neither model). Separate models run at once. A first argument without the lock
-    (not a model) is passed through, for the call's own check to refuse. A MemoryError is named once, by the
-    outermost call, with `hint` (what to ask for instead); a call that does not fit the signature is a UserError too.
-    Typed (ParamSpec), so that a type checker still sees each call's signature."""
+    and its decodes gave a bound of neither model). Separate models run at once. A `served` call (all but fit)
+    made while another thread fits the model is run by that fit between two of its chunks of steps (serving(),
+    serve()), its answer or exception handed back here. A first argument without the lock (not a model) is passed
+    through, for the call's own check to refuse. A MemoryError is named once, by the outermost call, with `hint`
+    (what to ask for instead); a call that does not fit the signature is a UserError too. Typed (ParamSpec), so that
+    a type checker still sees each call's signature."""
     def decorator(method: Callable[_P, _R]) -> Callable[_P, _R]:
         signature = inspect.signature(method)
         name = method.__qualname__
         first = next(iter(signature.parameters))
+
+        def call(args, kw, depth):
+            """The method, the model's lock held by this thread."""
+            _calls.depth = depth + 1
+            try:
+                return method(*args, **kw)
+            except TypeError:
+                # a call that does not fit the method (fit(X, y=...): an unknown keyword) is also a UserError,
+                # as VAE(foo=1) is (a program catching UserError missed it: a service's trial); checked only on
+                # failure
+                try:
+                    signature.bind(*args, **kw)
+                except TypeError as e:
+                    params = list(signature.parameters.values())
+                    takes = ", ".join(p.name if p.default is p.empty else f"{p.name}={p.default!r}"
+                                      for p in (params[1:] if params[0].name == "self" else params))
+                    raise also(TypeError, f"{name}(): {e}; it takes ({takes})") from None
+                raise
+            except MemoryError as e:    # (sample(10**12) was NumPy's raw MemoryError: an API review's trial)
+                if depth or isinstance(e, UserError):   # named once, by the call the user made
+                    raise
+                why = one_line(e) or "an allocation failed"
+                raise also(MemoryError, f"{name}(): not enough memory ({why}); {hint}") from None
+            finally:
+                _calls.depth = depth
 
         @functools.wraps(method)
         def locked(*args: _P.args, **kw: _P.kwargs) -> _R:
@@ -41,32 +89,162 @@ def taking_turns(hint: str) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
             if getattr(model, "_forked_busy", False):
                 raise UserError(FORKED_BUSY)
             depth = getattr(_calls, "depth", 0)
-            with lock:
-                _calls.depth = depth + 1
-                try:
-                    return method(*args, **kw)
-                except TypeError:
-                    # a call that does not fit the method (fit(X, y=...): an unknown keyword) is also a UserError,
-                    # as VAE(foo=1) is (a program catching UserError missed it: a service's trial); checked only on
-                    # failure
-                    try:
-                        signature.bind(*args, **kw)
-                    except TypeError as e:
-                        params = list(signature.parameters.values())
-                        takes = ", ".join(p.name if p.default is p.empty else f"{p.name}={p.default!r}"
-                                          for p in (params[1:] if params[0].name == "self" else params))
-                        raise also(TypeError, f"{name}(): {e}; it takes ({takes})") from None
-                    raise
-                except MemoryError as e:    # (sample(10**12) was NumPy's raw MemoryError: an API review's trial)
-                    if depth or isinstance(e, UserError):   # named once, by the call the user made
-                        raise
-                    why = one_line(e) or "an allocation failed"
-                    raise also(MemoryError, f"{name}(): not enough memory ({why}); {hint}") from None
-                finally:
-                    _calls.depth = depth
+            if not served:
+                with lock:
+                    return call(args, kw, depth)
+            held = False
+            try:
+                while True:
+                    queued = _served_by_fit(model, lambda: locked(*args, **kw))
+                    if queued is not None:
+                        return queued.answer()
+                    # (a timeout, to see a fit that starts meanwhile; Ctrl-C held back inside, so that the lock is
+                    # never taken without `held` saying so: an interrupt after a bare acquire leaked it)
+                    with held_interrupts():
+                        held = lock.acquire(timeout=POLL_SECONDS)
+                    if held:
+                        return call(args, kw, depth)
+            finally:
+                if held:
+                    lock.release()
         return locked
     return decorator
 
+
+# ---------------------------------------------------------------- calls a fit serves for other threads
+
+_MONITOR = threading.Lock()     # guards every model's _fit and _waiting, and each queued call's state; held briefly
+
+PENDING, RUNNING, DONE, RETRY, CANCELLED = "pending", "running", "done", "retry", "cancelled"
+
+
+class _Queued:
+    """A call queued for a fit: `run()` on the fit's thread; `state` moves PENDING -> RUNNING -> DONE, or to RETRY
+    (the fit ended first: take the lock as usual) or CANCELLED (the caller gave up: a Ctrl-C)."""
+    __slots__ = ("run", "state", "value", "error", "finished")
+
+    def __init__(self, run: Callable[[], Any]):
+        self.run = run
+        self.state = PENDING
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.finished = threading.Event()
+
+    def answer(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.value
+
+
+def _served_by_fit(model: Any, run: Callable[[], Any]) -> _Queued | None:
+    """Where another thread is fitting `model`: `run` queued for that fit, waited for and returned, DONE. None where
+    no fit of another thread holds the model (or the fit ended before running it): take the lock as usual."""
+    fit = model.__dict__.get("_fit")
+    if fit is None or fit[0] is threading.current_thread():
+        return None
+    queued = _Queued(run)
+    try:
+        with held_interrupts():
+            with _MONITOR:
+                if model.__dict__.get("_fit") is not fit:
+                    return None
+                model._waiting.append(queued)
+        while not queued.finished.wait(STALE_SECONDS):
+            _give_up_if_stale(model, fit, queued)
+    except BaseException:
+        with held_interrupts():                 # a Ctrl-C while waiting: the call is not run, or its answer dropped
+            with _MONITOR:
+                if queued.state == PENDING:
+                    model._waiting.remove(queued)
+                queued.state = CANCELLED
+        raise
+    return queued if queued.state == DONE else None
+
+
+def _give_up_if_stale(model: Any, fit: tuple, queued: _Queued) -> None:
+    """A fit holds the model's lock while it runs: a lock that is free means the fit has ended without answering
+    (an interrupt inside its last bookkeeping), so the call takes its turn (RETRY), or fails if it had begun."""
+    lock = model._lock
+    with held_interrupts():
+        if not lock.acquire(blocking=False):
+            return
+        lock.release()
+    with held_interrupts():
+        with _MONITOR:
+            if queued.state in (PENDING, RUNNING):
+                if queued.state == RUNNING:
+                    queued.error = also(InterruptedError, INTERRUPTED)
+                    queued.state = DONE
+                else:
+                    queued.state = RETRY
+                    if queued in model._waiting:
+                        model._waiting.remove(queued)
+                if model.__dict__.get("_fit") is fit:
+                    object.__setattr__(model, "_fit", None)
+                queued.finished.set()
+
+
+@contextlib.contextmanager
+def serving(model: Any) -> Iterator[None]:
+    """Around a fit of `model` (on this thread, which holds its lock): other threads' served calls queue for serve()
+    instead of waiting for the lock; at the end every call not run is told to take its turn (RETRY) as usual."""
+    try:
+        with held_interrupts():
+            with _MONITOR:
+                object.__setattr__(model, "_waiting", [])
+                object.__setattr__(model, "_fit", (threading.current_thread(), object()))
+        yield
+    finally:
+        with held_interrupts():
+            with _MONITOR:
+                waiting = model.__dict__.get("_waiting") or []
+                object.__setattr__(model, "_fit", None)
+                object.__setattr__(model, "_waiting", [])
+                for queued in waiting:
+                    queued.state = RETRY
+                    queued.finished.set()
+
+
+def waiting(model: Any) -> bool:
+    """Whether calls of other threads wait to be served (a plain read: the fit asks between every chunk)."""
+    return bool(model.__dict__.get("_waiting"))
+
+
+def serve(model: Any) -> int:
+    """On the fit's thread, between two steps: run the calls queued so far, oldest first, each handing its answer or
+    exception back to its thread; those queued meanwhile wait for the next serve (a thread calling in a loop cannot
+    hold the fit up). A Ctrl-C that stops this thread inside a call (a second one: KeyboardInterrupt) fails that call
+    for its caller (InterruptedError) and goes on up the fit. Returns how many ran."""
+    ran = 0
+    for _ in range(len(model.__dict__.get("_waiting") or ())):
+        queued = None
+        outcome: tuple[Any, BaseException | None] = (None, also(InterruptedError, INTERRUPTED))
+        try:
+            with held_interrupts():
+                with _MONITOR:
+                    pending = model.__dict__.get("_waiting")
+                    if not pending:
+                        break
+                    queued = pending.pop(0)
+                    queued.state = RUNNING
+            depth = getattr(_calls, "depth", 0)
+            _calls.depth = 0                    # (the served call is its caller's outermost: see taking_turns)
+            try:
+                outcome = (queued.run(), None)
+            except Exception as e:  # noqa: BLE001 (handed to the caller: its mistake, not the fit's)
+                outcome = (None, e)
+            finally:
+                _calls.depth = depth
+            ran += 1
+        finally:
+            if queued is not None:
+                with held_interrupts():
+                    with _MONITOR:
+                        if queued.state == RUNNING:
+                            queued.value, queued.error = outcome
+                            queued.state = DONE
+                        queued.finished.set()
+    return ran
 
 
 # ---------------------------------------------------------------- fork
@@ -87,8 +265,17 @@ def _after_fork_in_child() -> None:
     """A model whose lock a thread of the parent held at the fork (a fit or an evaluation running beside the thread
     that forked): the child has no such thread, so every call on the model waited forever for it (an embedder's
     trial: a Pool worker hung). Its buffers may be half-written, so its calls are refused in one line (FORKED_BUSY);
-    a model the forking thread itself held (a fork from a fit's callback) is the child's thread's, as it was."""
+    a model the forking thread itself held (a fork from a fit's callback) is the child's thread's, as it was. The
+    calls queued for a fit are of threads the child does not have: dropped (and _MONITOR made anew: a thread of the
+    parent may have held it)."""
+    global _MONITOR
+    _MONITOR = threading.Lock()
     for model in list(_MODELS):
+        if model.__dict__.get("_waiting"):
+            object.__setattr__(model, "_waiting", [])
+        fit = model.__dict__.get("_fit")
+        if fit is not None and fit[0] is not threading.current_thread():
+            object.__setattr__(model, "_fit", None)
         lock = model.__dict__.get("_lock")
         if lock is None:
             continue

@@ -1,0 +1,315 @@
+"""Calls on a model from other threads while it fits (fastvae.turns: the fit runs them between its chunks of steps on
+its own thread): they answer during the fit, not after it; they change none of the fit's bits; a checkpoint saved
+by one resumes to the uninterrupted fit's bits; an error reaches its caller only; Ctrl-C on either side stops what
+it should and leaves nothing held; a thread calling in a loop cannot hold the fit up. Real threads, real signals."""
+import copy
+import io
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from fastvae import VAE, UserError, turns
+from fastvae.data import load_mnist
+from signals import sigint_after
+
+# two row shards of 32 (chunks of 25 steps run on two threads), 47 steps an epoch: a serve inside each epoch
+SMALL = dict(hidden=(48, 24), latent=4, batch_size=64, backend="cpu", threads=2)
+EPOCHS = 6
+
+
+@pytest.fixture(scope="module")
+def x():
+    return load_mnist().train_x[:3000]
+
+
+@pytest.fixture(scope="module")
+def straight(x):
+    """The same fit with no other thread calling: the bits every test below must end with."""
+    VAE(seed=7, **SMALL).fit(x[:300], epochs=1)                  # (compiled and replays recorded)
+    model = VAE(seed=7, **SMALL).fit(x, epochs=EPOCHS)
+    return model.backend.to_host(model.state.params).copy(), [r["train"] for r in model.history]
+
+
+def params(model):
+    return model.backend.to_host(model.state.params)
+
+
+def in_background(model, x, **kw):
+    errors = []
+
+    def fit():
+        try:
+            model.fit(x, **kw)
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+    thread = threading.Thread(target=fit, daemon=True)       # (a failing test must not hang the session)
+    thread.start()
+    while model.steps == 0 and thread.is_alive():               # the fit holds the model now
+        time.sleep(0.001)
+    return thread, errors
+
+
+def test_calls_during_a_fit_answer_before_it_ends_and_change_none_of_its_bits(x, straight):
+    """encode, sample, evaluate, weights, save and deepcopy from two other threads during a background fit: each
+    answered while the fit still ran (they waited for the whole fit before), the fit's parameters and losses are
+    the uninterrupted fit's to the bit, and every checkpoint saved during it (inside epochs too) resumes to them."""
+    model = VAE(seed=7, **SMALL)
+    fitting, errors = in_background(model, x, epochs=EPOCHS)
+    answered, saved = [], []
+
+    def look():
+        try:
+            while fitting.is_alive():
+                mu, logvar = model.encode(x[:70])
+                digits = model.sample(3)
+                losses = model.evaluate(x[:200])
+                layers = model.weights()
+                copied = copy.deepcopy(model)
+                f = io.BytesIO()
+                model.save(f)
+                saved.append(f)
+                answered.append((fitting.is_alive(), mu.shape, digits.shape, np.isfinite(losses["total"]),
+                                 len(layers), copied.steps))
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+    lookers = [threading.Thread(target=look, daemon=True) for _ in range(2)]
+    for t in lookers:
+        t.start()
+    fitting.join(timeout=120)
+    for t in lookers:
+        t.join(timeout=60)
+    assert not errors, errors
+    assert sum(alive for alive, *_ in answered) >= 4, answered      # answers came while the fit ran
+    assert all(a[1:5] == ((70, 4), (3, 784), True, 6) for a in answered)
+    want_params, want_losses = straight
+    assert np.array_equal(params(model), want_params)
+    assert [r["train"] for r in model.history] == want_losses
+    assert any("served_seconds" in r for r in model.history)
+    assert all(r["served_seconds"] > 0 for r in model.history if "served_seconds" in r)
+    positions = set()
+    for f in saved:
+        f.seek(0)
+        resumed = VAE.load(f, backend="cpu", threads=2)
+        positions.add((resumed.epoch, resumed.epoch_step))
+        if resumed.epoch < EPOCHS:
+            resumed.fit(x, epochs=EPOCHS - resumed.epoch)
+        assert np.array_equal(params(resumed), want_params), (resumed.epoch, resumed.epoch_step)
+    assert any(step for _, step in positions), positions       # one at least was saved inside an epoch
+
+
+def test_an_error_in_a_served_call_reaches_its_caller_and_the_fit_goes_on(x, straight):
+    model = VAE(seed=7, **SMALL)
+    fitting, errors = in_background(model, x, epochs=EPOCHS)
+    with pytest.raises(UserError, match="784"):
+        model.encode(np.zeros((2, 5)))
+    with pytest.raises(TypeError, match="unexpected keyword argument 'foo'"):
+        model.sample(3, foo=1)
+    # named by the call this thread made (on the fit's thread it ran inside fit: named by no one)
+    with pytest.raises(MemoryError, match=r"^VAE.sample\(\): not enough memory \(MemoryError: Unable to alloc"):
+        model.sample(2**45)
+    still = fitting.is_alive()
+    fitting.join(timeout=120)
+    assert still and not errors, errors
+    assert np.array_equal(params(model), straight[0])
+
+
+def test_threads_calling_in_a_loop_cannot_hold_the_fit_up(x, straight):
+    """Each serve runs the calls queued when it began: a thread whose next call was queued while the fit served
+    another's waits for the next chunk (two such threads kept the fit serving them, never stepping on)."""
+    model = VAE(seed=7, **SMALL)
+    fitting, errors = in_background(model, x, epochs=EPOCHS)
+    calls = [0]
+
+    def loop():
+        while fitting.is_alive():
+            model.sample(2)
+            calls[0] += 1
+    looping = [threading.Thread(target=loop, daemon=True) for _ in range(2)]
+    for t in looping:
+        t.start()
+    fitting.join(timeout=120)
+    for t in looping:
+        t.join(timeout=60)
+    assert not fitting.is_alive() and not errors
+    assert calls[0] >= EPOCHS
+    assert np.array_equal(params(model), straight[0])
+
+
+def test_a_ctrl_c_while_waiting_for_a_fit_cancels_that_call_and_nothing_else(x, straight):
+    """The main thread's call queued for a background fit (held in its callback): a real Ctrl-C raises
+    KeyboardInterrupt in the main thread at once, the fit going on; the call is not run; the model answers after."""
+    model = VAE(seed=7, **SMALL)
+    in_callback = threading.Event()
+
+    def callback(m, record):
+        if record["epoch"] == 1:
+            in_callback.set()
+            time.sleep(2.0)
+    fitting, errors = in_background(model, x, epochs=EPOCHS, callback=callback)
+    writes = []
+
+    class Recorder:
+        def write(self, data):
+            writes.append(len(data))
+    assert in_callback.wait(timeout=120)
+    with pytest.raises(KeyboardInterrupt):
+        with sigint_after(0.3):
+            model.save(Recorder())
+    assert fitting.is_alive()                       # interrupted while the fit still sat in its callback
+    fitting.join(timeout=120)
+    assert not errors and writes == []              # the call was cancelled, not run for no one
+    assert model.encode(x[:3])[0].shape == (3, 4)
+    assert np.array_equal(params(model), straight[0])
+    assert model.__dict__["_fit"] is None and model.__dict__["_waiting"] == []
+
+
+def test_a_second_ctrl_c_inside_a_served_call_stops_the_fit_and_fails_that_call_only(x):
+    """A fit in the main thread serves another thread's save; two Ctrl-Cs arrive while it writes: the first asks
+    the fit to stop, the second stops it at once (KeyboardInterrupt out of fit) and the save fails for its caller
+    (InterruptedError, a UserError too), not with the fit's KeyboardInterrupt. The model is consistent (no step was
+    cut), saves, and fits on."""
+    model = VAE(seed=7, **SMALL)
+    answers = []
+
+    class Interrupting:
+        def write(self, data):
+            signal.raise_signal(signal.SIGINT)
+            signal.raise_signal(signal.SIGINT)
+            time.sleep(0.1)                         # (the handlers run at the next instruction of the main thread)
+
+    def save():
+        try:
+            model.save(Interrupting())
+            answers.append("saved")
+        except BaseException as e:  # noqa: BLE001
+            answers.append(e)
+    saver = threading.Thread(target=save, daemon=True)
+
+    def callback(m, record):
+        if record["epoch"] == 1:
+            saver.start()
+            deadline = time.monotonic() + 30
+            while not turns.waiting(m) and time.monotonic() < deadline:
+                time.sleep(0.001)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            model.fit(x, epochs=EPOCHS, callback=callback)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    saver.join(timeout=60)
+    assert len(answers) == 1 and isinstance(answers[0], InterruptedError) and isinstance(answers[0], UserError)
+    assert "a Ctrl-C there stopped that thread" in str(answers[0])
+    assert model.epoch == 1 and not model.step_broken
+    model.save(io.BytesIO())
+    model.fit(x, epochs=1)
+    assert model.epoch == 2
+
+
+# ---------------------------------------------------------------- the queue itself (fastvae.turns)
+
+class Held:
+    """A stand-in model for the queue's own rules: its lock, one call that takes turns."""
+
+    def __init__(self):
+        self._lock = threading.RLock()
+
+    @turns.taking_turns("no hint")
+    def where(self):
+        return threading.current_thread().name
+
+    @turns.taking_turns("no hint")
+    def and_another(self, answers):
+        """Runs where() from a new thread and returns once that call is queued (inside a serve: for the next)."""
+        caller = threading.Thread(target=lambda: answers.append(self.where()), daemon=True)
+        caller.start()
+        deadline = time.monotonic() + 30
+        while not turns.waiting(self) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return caller
+
+
+def test_a_call_queued_for_a_fit_that_ends_without_serving_it_takes_its_turn_after():
+    model = Held()
+    queued, release = threading.Event(), threading.Event()
+
+    def fit():
+        with model._lock, turns.serving(model):
+            while not turns.waiting(model):
+                time.sleep(0.001)
+            queued.set()
+            release.wait()
+    fitting = threading.Thread(target=fit, name="fit", daemon=True)
+    fitting.start()
+    while model.__dict__.get("_fit") is None:
+        time.sleep(0.001)
+    answer = []
+    caller = threading.Thread(target=lambda: answer.append(model.where()), name="caller", daemon=True)
+    caller.start()
+    assert queued.wait(timeout=30)
+    release.set()
+    caller.join(timeout=30)
+    fitting.join(timeout=30)
+    assert answer == ["caller"]                     # run on its own thread, once the fit let go of the lock
+
+
+def test_a_served_call_runs_on_the_fits_thread():
+    model = Held()
+    answer = []
+
+    def fit():
+        with model._lock, turns.serving(model):
+            while not answer:
+                turns.serve(model)
+                time.sleep(0.001)
+    fitting = threading.Thread(target=fit, name="fit", daemon=True)
+    fitting.start()
+    while model.__dict__.get("_fit") is None:
+        time.sleep(0.001)
+    answer.append(model.where())
+    fitting.join(timeout=30)
+    assert answer == ["fit"]
+
+
+def test_a_serve_runs_only_the_calls_queued_when_it_began():
+    """A call queued while the fit serves waits for the next serve: one thread after another queuing as the last
+    was answered kept a fit serving them for good."""
+    model = Held()
+    answers, ran = [], []
+    go = threading.Event()
+
+    def fit():
+        with model._lock, turns.serving(model):
+            go.wait()
+            ran.append(turns.serve(model))          # and_another: its where() is queued meanwhile
+            ran.append(turns.serve(model))          # that where()
+    fitting = threading.Thread(target=fit, name="fit", daemon=True)
+    fitting.start()
+    while model.__dict__.get("_fit") is None:
+        time.sleep(0.001)
+    first = []
+    caller = threading.Thread(target=lambda: first.append(model.and_another(answers)), daemon=True)
+    caller.start()
+    while not turns.waiting(model):
+        time.sleep(0.001)
+    go.set()
+    caller.join(timeout=30)
+    first[0].join(timeout=30)
+    fitting.join(timeout=30)
+    assert ran == [1, 1] and answers == ["fit"]
+
+
+def test_a_fit_marker_left_by_an_interrupt_is_seen_through():
+    """A fit whose last bookkeeping an interrupt cut short could leave its marker with its lock free: a queued call
+    sees the lock free and takes its turn instead of waiting for good."""
+    model = Held()
+    object.__setattr__(model, "_waiting", [])
+    object.__setattr__(model, "_fit", (threading.Thread(), object()))      # no such fit holds the lock
+    answer = []
+    caller = threading.Thread(target=lambda: answer.append(model.where()), name="caller", daemon=True)
+    caller.start()
+    caller.join(timeout=30)
+    assert answer == ["caller"] and model.__dict__["_fit"] is None
