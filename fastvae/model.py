@@ -244,8 +244,8 @@ class VAE:
         "replay_compile_seconds" (an epoch that compiled the captured step's replays, inside its seconds),
         "first_steps_seconds" (the epoch of this process's first steps on its backend: the seconds of their first
         call, which loads the kernels from Numba's cache or, after an install, compiles them, 10-30 s; inside its
-        seconds), "served_seconds" (an epoch inside which the fit ran other threads' calls on the model, below; not
-        in its seconds)}; an exception it raises comes out of fit as it is, after the
+        seconds), "served_seconds" (an epoch during or at the end of which the fit ran other threads' calls on the
+        model, below: their seconds, not in its seconds)}; an exception it raises comes out of fit as it is, after the
         epoch has counted (the model stays consistent). progress: a tqdm progress bar on stderr where it is a
         terminal, else (a log file, a pipe) one line there per epoch.
         stop: a threading.Event (or anything with is_set()) that ends the fit early when set, from another thread, a
@@ -257,8 +257,8 @@ class VAE:
         the batch size it started with (another one is refused until the next epoch).
         Calls on this model from other threads meanwhile (encode, sample, evaluate, save, ...; another fit waits) are
         run by the fit on its own thread between two chunks of steps (at most 25 steps apart on the cpu backend) and
-        after each epoch's callback, the model as it stands after a step, and answer there and then (fastvae.turns);
-        they change none of the fit's numbers.
+        at each epoch's end, the model as it stands after a step, and answer there and then (fastvae.turns); they
+        change none of the fit's numbers, and the fit's steps (and its `stop`) wait while one runs.
         Raises UserError for bad arguments or images; TrainingInterrupted on Ctrl-C (a fit in the main thread,
         where SIGINT has Python's default handler: a handler of the program's own is left alone), after the step in
         progress (on the cpu backend, after the chunk of at most 25 steps in progress: fastvae.step_chunks),
@@ -325,10 +325,12 @@ class VAE:
         self._set(config=dataclasses.replace(self.config, batch_size=batch_size))
         self._set(_fitting=True)
         try:
-            with turns.serving(self):
-                training.run_epochs(self, X, self._workspace(batch_size), epochs, validation, callback, progress,
-                                    stop)
+            turns.begin_serving(self)           # other threads' calls meanwhile: run between the steps
+            training.run_epochs(self, X, self._workspace(batch_size), epochs, validation, callback, progress, stop)
         finally:
+            # the marker taken first, inside one call (a signal handler's exception comes between calls), so that
+            # calls stop queueing for this fit however it ends; then those it did not run take their turns
+            turns.end_serving(self.__dict__.pop("_fit", None))
             self._set(_fitting=False)
         return self
 

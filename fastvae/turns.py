@@ -12,13 +12,12 @@ call; the fit never waits for a waiting thread; and every wait gives up on a fit
 """
 from __future__ import annotations
 
-import contextlib
 import functools
 import inspect
 import os
 import threading
 import weakref
-from typing import Any, Callable, Iterator, ParamSpec, TypeVar
+from typing import Any, Callable, ParamSpec, TypeVar
 
 from .errors import UserError, also, one_line
 from .sigint import held_interrupts
@@ -44,8 +43,8 @@ def taking_turns(hint: str, served: bool = True) -> Callable[[Callable[_P, _R]],
     or by name): the model's lock is held for the whole call, a call from another thread waiting for the one in
     progress (they share the buffers: two evaluations at once gave wrong numbers; a fit between iwae_bound's encode
     and its decodes gave a bound of neither model). Separate models run at once. A `served` call (all but fit)
-    made while another thread fits the model is run by that fit between two of its chunks of steps (serving(),
-    serve()), its answer or exception handed back here. A first argument without the lock (not a model) is passed
+    made while another thread fits the model is run by that fit between two of its chunks of steps
+    (begin_serving, serve), its answer or exception handed back here. A first argument without the lock (not a model) is passed
     through, for the call's own check to refuse. A MemoryError is named once, by the outermost call, with `hint`
     (what to ask for instead); a call that does not fit the signature is a UserError too. Typed (ParamSpec), so that
     a type checker still sees each call's signature."""
@@ -89,43 +88,69 @@ def taking_turns(hint: str, served: bool = True) -> Callable[[Callable[_P, _R]],
             if getattr(model, "_forked_busy", False):
                 raise UserError(FORKED_BUSY)
             depth = getattr(_calls, "depth", 0)
-            if not served:
+            if not served or lock._is_owned():      # (a call inside this thread's own: the lock is its already)
                 with lock:
                     return call(args, kw, depth)
-            held = False
+            held = None
             try:
                 while True:
                     queued = _served_by_fit(model, lambda: locked(*args, **kw))
                     if queued is not None:
                         return queued.answer()
-                    # (a timeout, to see a fit that starts meanwhile; Ctrl-C held back inside, so that the lock is
-                    # never taken without `held` saying so: an interrupt after a bare acquire leaked it)
-                    with held_interrupts():
-                        held = lock.acquire(timeout=POLL_SECONDS)
-                    if held:
+                    # looked up again: a child forked meanwhile (a signal handler's fork) has a lock of its own
+                    lock = model.__dict__["_lock"]
+                    if model.__dict__.get("_forked_busy"):
+                        raise UserError(FORKED_BUSY)
+                    # a timeout, to see a fit that starts meanwhile (this call then queues for it); Ctrl-C held back
+                    # inside, and another signal's handler raising right after the acquire undone, so the lock is
+                    # never left taken without `held` saying so (an interrupt after a bare acquire leaked it)
+                    got = False
+                    try:
+                        with held_interrupts():
+                            got = lock.acquire(timeout=POLL_SECONDS)
+                            if got:
+                                held = lock
+                    except BaseException:
+                        if held is None and lock._is_owned():
+                            lock.release()
+                        raise
+                    if held is not None:
                         return call(args, kw, depth)
             finally:
-                if held:
-                    lock.release()
+                if held is not None:
+                    held.release()
         return locked
     return decorator
 
 
 # ---------------------------------------------------------------- calls a fit serves for other threads
+#
+# No lock guards the queue: a signal handler of the program's own (a SIGTERM's that saves the model, say) may call
+# the model at any instruction of any thread's bookkeeping, and one that took a lock held by its own thread waited
+# for itself (a review's catch, with the plain lock this had first). A list's append, pop and remove are atomic
+# under the GIL, so whoever takes a call out of its fit's list owns it: the fit to run it (serve) or to send it back
+# (end_serving), or its caller to withdraw it (a Ctrl-C, or a fit that ended without looking).
 
-_MONITOR = threading.Lock()     # guards every model's _fit and _waiting, and each queued call's state; held briefly
+DONE, RETRY = "done", "retry"
 
-PENDING, RUNNING, DONE, RETRY, CANCELLED = "pending", "running", "done", "retry", "cancelled"
+
+class _Fit:
+    """A fit in progress on `thread`: the calls other threads queued for it, oldest first."""
+    __slots__ = ("thread", "waiting")
+
+    def __init__(self, thread: threading.Thread):
+        self.thread = thread
+        self.waiting: list[_Queued] = []
 
 
 class _Queued:
-    """A call queued for a fit: `run()` on the fit's thread; `state` moves PENDING -> RUNNING -> DONE, or to RETRY
-    (the fit ended first: take the lock as usual) or CANCELLED (the caller gave up: a Ctrl-C)."""
+    """A call queued for a fit: `run()` on the fit's thread; `state` DONE (value or error set) or RETRY (the fit
+    ended first: take the lock as usual), then `finished` set, by whoever took it out of the list."""
     __slots__ = ("run", "state", "value", "error", "finished")
 
     def __init__(self, run: Callable[[], Any]):
         self.run = run
-        self.state = PENDING
+        self.state: str | None = None
         self.value: Any = None
         self.error: BaseException | None = None
         self.finished = threading.Event()
@@ -135,79 +160,66 @@ class _Queued:
             raise self.error
         return self.value
 
+    def finish(self, state: str, value: Any = None, error: BaseException | None = None) -> None:
+        self.value, self.error, self.state = value, error, state
+        self.finished.set()
+
+
+def _withdrawn(fit: _Fit, queued: _Queued) -> bool:
+    """Takes `queued` back out of the fit's list: True where no one had taken it (it will not run)."""
+    try:
+        fit.waiting.remove(queued)
+    except ValueError:
+        return False
+    return True
+
 
 def _served_by_fit(model: Any, run: Callable[[], Any]) -> _Queued | None:
     """Where another thread is fitting `model`: `run` queued for that fit, waited for and returned, DONE. None where
-    no fit of another thread holds the model (or the fit ended before running it): take the lock as usual."""
+    no fit of another thread holds the model, or the fit ended before running it: take the lock as usual."""
     fit = model.__dict__.get("_fit")
-    if fit is None or fit[0] is threading.current_thread():
+    if fit is None or fit.thread is threading.current_thread():
         return None
     queued = _Queued(run)
     try:
-        with held_interrupts():
-            with _MONITOR:
-                if model.__dict__.get("_fit") is not fit:
-                    return None
-                model._waiting.append(queued)
+        fit.waiting.append(queued)
+        ended = False
         while not queued.finished.wait(STALE_SECONDS):
-            _give_up_if_stale(model, fit, queued)
+            if model.__dict__.get("_fit") is fit:
+                continue
+            # the fit ended without sending it back (an interrupt cut its end short): withdrawn, it takes its turn;
+            # taken out already and still unanswered a look later, it had begun on a thread that no longer runs it
+            if _withdrawn(fit, queued):
+                return None
+            if ended:
+                queued.finish(DONE, error=also(InterruptedError, INTERRUPTED))
+            ended = True
     except BaseException:
-        with held_interrupts():                 # a Ctrl-C while waiting: the call is not run, or its answer dropped
-            with _MONITOR:
-                if queued.state == PENDING:
-                    model._waiting.remove(queued)
-                queued.state = CANCELLED
+        _withdrawn(fit, queued)             # a Ctrl-C while waiting: not run, or its answer dropped
         raise
     return queued if queued.state == DONE else None
 
 
-def _give_up_if_stale(model: Any, fit: tuple, queued: _Queued) -> None:
-    """A fit holds the model's lock while it runs: a lock that is free means the fit has ended without answering
-    (an interrupt inside its last bookkeeping), so the call takes its turn (RETRY), or fails if it had begun."""
-    lock = model._lock
-    with held_interrupts():
-        if not lock.acquire(blocking=False):
+def begin_serving(model: Any) -> None:
+    """At the start of a fit of `model` (on this thread, which holds its lock): other threads' served calls queue for
+    serve() instead of waiting for the lock. VAE.fit ends it with end_serving, the marker cleared first."""
+    model.__dict__["_fit"] = _Fit(threading.current_thread())
+
+
+def end_serving(fit: _Fit | None) -> None:
+    """After a fit whose marker was cleared: every call it did not run is told to take its turn (RETRY)."""
+    while fit is not None:
+        try:
+            queued = fit.waiting.pop(0)
+        except IndexError:
             return
-        lock.release()
-    with held_interrupts():
-        with _MONITOR:
-            if queued.state in (PENDING, RUNNING):
-                if queued.state == RUNNING:
-                    queued.error = also(InterruptedError, INTERRUPTED)
-                    queued.state = DONE
-                else:
-                    queued.state = RETRY
-                    if queued in model._waiting:
-                        model._waiting.remove(queued)
-                if model.__dict__.get("_fit") is fit:
-                    object.__setattr__(model, "_fit", None)
-                queued.finished.set()
-
-
-@contextlib.contextmanager
-def serving(model: Any) -> Iterator[None]:
-    """Around a fit of `model` (on this thread, which holds its lock): other threads' served calls queue for serve()
-    instead of waiting for the lock; at the end every call not run is told to take its turn (RETRY) as usual."""
-    try:
-        with held_interrupts():
-            with _MONITOR:
-                object.__setattr__(model, "_waiting", [])
-                object.__setattr__(model, "_fit", (threading.current_thread(), object()))
-        yield
-    finally:
-        with held_interrupts():
-            with _MONITOR:
-                waiting = model.__dict__.get("_waiting") or []
-                object.__setattr__(model, "_fit", None)
-                object.__setattr__(model, "_waiting", [])
-                for queued in waiting:
-                    queued.state = RETRY
-                    queued.finished.set()
+        queued.finish(RETRY)
 
 
 def waiting(model: Any) -> bool:
     """Whether calls of other threads wait to be served (a plain read: the fit asks between every chunk)."""
-    return bool(model.__dict__.get("_waiting"))
+    fit = model.__dict__.get("_fit")
+    return fit is not None and bool(fit.waiting)
 
 
 def serve(model: Any) -> int:
@@ -215,18 +227,15 @@ def serve(model: Any) -> int:
     exception back to its thread; those queued meanwhile wait for the next serve (a thread calling in a loop cannot
     hold the fit up). A Ctrl-C that stops this thread inside a call (a second one: KeyboardInterrupt) fails that call
     for its caller (InterruptedError) and goes on up the fit. Returns how many ran."""
+    fit = model.__dict__.get("_fit")
     ran = 0
-    for _ in range(len(model.__dict__.get("_waiting") or ())):
-        queued = None
+    for _ in range(len(fit.waiting) if fit is not None else 0):
+        try:
+            queued = fit.waiting.pop(0)
+        except IndexError:                  # (withdrawn meanwhile by their callers)
+            break
         outcome: tuple[Any, BaseException | None] = (None, also(InterruptedError, INTERRUPTED))
         try:
-            with held_interrupts():
-                with _MONITOR:
-                    pending = model.__dict__.get("_waiting")
-                    if not pending:
-                        break
-                    queued = pending.pop(0)
-                    queued.state = RUNNING
             depth = getattr(_calls, "depth", 0)
             _calls.depth = 0                    # (the served call is its caller's outermost: see taking_turns)
             try:
@@ -237,13 +246,7 @@ def serve(model: Any) -> int:
                 _calls.depth = depth
             ran += 1
         finally:
-            if queued is not None:
-                with held_interrupts():
-                    with _MONITOR:
-                        if queued.state == RUNNING:
-                            queued.value, queued.error = outcome
-                            queued.state = DONE
-                        queued.finished.set()
+            queued.finish(DONE, *outcome)
     return ran
 
 
@@ -266,16 +269,13 @@ def _after_fork_in_child() -> None:
     that forked): the child has no such thread, so every call on the model waited forever for it (an embedder's
     trial: a Pool worker hung). Its buffers may be half-written, so its calls are refused in one line (FORKED_BUSY);
     a model the forking thread itself held (a fork from a fit's callback) is the child's thread's, as it was. The
-    calls queued for a fit are of threads the child does not have: dropped (and _MONITOR made anew: a thread of the
-    parent may have held it)."""
-    global _MONITOR
-    _MONITOR = threading.Lock()
+    calls queued for a fit are of threads the child does not have: dropped."""
     for model in list(_MODELS):
-        if model.__dict__.get("_waiting"):
-            object.__setattr__(model, "_waiting", [])
         fit = model.__dict__.get("_fit")
-        if fit is not None and fit[0] is not threading.current_thread():
-            object.__setattr__(model, "_fit", None)
+        if fit is not None:
+            fit.waiting.clear()
+            if fit.thread is not threading.current_thread():
+                model.__dict__["_fit"] = None
         lock = model.__dict__.get("_lock")
         if lock is None:
             continue
