@@ -245,7 +245,9 @@ class _Held:
     whose products then ran at OpenBLAS's full count under their workers)."""
 
     def __init__(self):
-        self.lock = threading.Lock()
+        # reentrant: a signal handler of the program's own that calls a model (its encode holds the counts for
+        # inference) ran inside a fit's set() or release() on the same thread and waited for itself (a review's catch)
+        self.lock = threading.RLock()
         self.holders = 0
         self.original = []          # [(library, its count before the first holder, or as another library set it)]
         self.ours = {}              # the library's file: the count a holder set last (every holder's controllers
@@ -298,7 +300,7 @@ def _after_fork_in_child():
     """A child forked while another thread's fit held the counts: that fit is not in the child, so its hold is
     dropped and the counts from before it put back (the child's evaluations and fits took the counts for held, and
     a fork inside keep() left its lock taken for good: a review's catch)."""
-    _HELD.lock = threading.Lock()
+    _HELD.lock = threading.RLock()
     if _HELD.holders:
         _HELD.holders = 0
         for lib, count in _HELD.original:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import _thread
 import threading
 import weakref
 from typing import Any, Callable, ParamSpec, TypeVar
@@ -145,7 +146,11 @@ class _Fit:
 
 class _Queued:
     """A call queued for a fit: `run()` on the fit's thread; `state` DONE (value or error set) or RETRY (the fit
-    ended first: take the lock as usual), then `finished` set, by whoever took it out of the list."""
+    ended first: take the lock as usual), then `finished` released, by whoever took it out of the list. `finished`
+    is a bare lock, taken from the start, which the caller waits to take: a threading.Event's set() waits for the
+    Condition lock that its wait() holds around each look, and where a signal handler ran a second call inside that
+    look (a review's SIGALRM handler calling encode) the fit, answering the first, waited for the handler's thread,
+    which waited for the fit."""
     __slots__ = ("run", "state", "value", "error", "finished")
 
     def __init__(self, run: Callable[[], Any]):
@@ -153,7 +158,8 @@ class _Queued:
         self.state: str | None = None
         self.value: Any = None
         self.error: BaseException | None = None
-        self.finished = threading.Event()
+        self.finished = _thread.allocate_lock()
+        self.finished.acquire()
 
     def answer(self) -> Any:
         if self.error is not None:
@@ -161,8 +167,9 @@ class _Queued:
         return self.value
 
     def finish(self, state: str, value: Any = None, error: BaseException | None = None) -> None:
+        """(by the one that took it out of the list, once)"""
         self.value, self.error, self.state = value, error, state
-        self.finished.set()
+        self.finished.release()
 
 
 def _withdrawn(fit: _Fit, queued: _Queued) -> bool:
@@ -184,7 +191,7 @@ def _served_by_fit(model: Any, run: Callable[[], Any]) -> _Queued | None:
     try:
         fit.waiting.append(queued)
         ended = False
-        while not queued.finished.wait(STALE_SECONDS):
+        while not queued.finished.acquire(timeout=STALE_SECONDS):
             if model.__dict__.get("_fit") is fit:
                 continue
             # the fit ended without sending it back (an interrupt cut its end short): withdrawn, it takes its turn;
@@ -192,7 +199,7 @@ def _served_by_fit(model: Any, run: Callable[[], Any]) -> _Queued | None:
             if _withdrawn(fit, queued):
                 return None
             if ended:
-                queued.finish(DONE, error=also(InterruptedError, INTERRUPTED))
+                raise also(InterruptedError, INTERRUPTED)
             ended = True
     except BaseException:
         _withdrawn(fit, queued)             # a Ctrl-C while waiting: not run, or its answer dropped
@@ -273,8 +280,11 @@ def _after_fork_in_child() -> None:
     for model in list(_MODELS):
         fit = model.__dict__.get("_fit")
         if fit is not None:
-            fit.waiting.clear()
-            if fit.thread is not threading.current_thread():
+            if fit.thread is threading.current_thread():
+                fit.waiting.clear()             # (the fit goes on here: its callers are not)
+            else:
+                # no such fit here: a call of this thread waiting for it (a signal handler's fork) withdraws and is
+                # refused below in one line, as any call on the model is
                 model.__dict__["_fit"] = None
         lock = model.__dict__.get("_lock")
         if lock is None:

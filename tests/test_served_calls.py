@@ -5,6 +5,8 @@ it should and leaves nothing held; a thread calling in a loop cannot hold the fi
 import copy
 import io
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -230,6 +232,79 @@ def test_a_second_ctrl_c_inside_a_served_call_stops_the_fit_and_fails_that_call_
     model.save(io.BytesIO())
     model.fit(x, epochs=1)
     assert model.epoch == 2
+
+
+# A program's own signal handler that calls the model while its thread is inside fastvae's bookkeeping (a review's
+# storms: each hung within seconds before). A real process with real signals, since a hang would stop this one.
+HANDLER_STORM = """
+import os, random, signal, sys, threading, time
+import numpy as np
+from fastvae import VAE
+from fastvae.data import load_mnist
+x = load_mnist().train_x[:3000]
+S = dict(hidden=(48, 24), latent=4, batch_size=64, backend="cpu", threads=2, seed=7)
+VAE(**S).fit(x[:300], epochs=1)                 # (compiled)
+model = VAE(**S)
+inside = [False]
+
+def handler(signum, frame):
+    if not inside[0]:                           # (no handler inside its own call)
+        inside[0] = True
+        try:
+            model.encode(x[:2])
+        finally:
+            inside[0] = False
+running = [True]
+if sys.argv[1] == "alarm":                      # the main thread waits for calls served by a background fit
+    stop = threading.Event()
+    fitting = threading.Thread(target=lambda: model.fit(x, epochs=10**6, stop=stop), daemon=True)
+    fitting.start()
+    while model.steps < 10:
+        time.sleep(0.001)
+    signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, 0.0003, 0.0003)
+    begin = time.time()
+    while time.time() - begin < 5:
+        model.sample(1)
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    stop.set()
+    fitting.join()
+else:                                           # the fit in the main thread; its SIGINT handler the program's
+    signal.signal(signal.SIGINT, handler)
+
+    def storm():
+        rnd = random.Random(0)
+        while running[0]:
+            time.sleep(rnd.random() * 0.002)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def call():
+        while running[0]:
+            model.sample(2)
+    for target in (storm, call):
+        threading.Thread(target=target, daemon=True).start()
+    model.fit(x, epochs=15)
+    running[0] = False
+    time.sleep(0.1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    straight = VAE(**S).fit(x, epochs=15)
+    same = np.array_equal(model.backend.to_host(model.state.params), straight.backend.to_host(straight.state.params))
+    print("same bits:", same)
+print("done")
+"""
+
+
+@pytest.mark.parametrize("how", ["alarm", "sigint"])
+def test_a_signal_handler_calling_the_model_amid_served_calls_neither_hangs_nor_changes_the_fit(how):
+    """alarm: a SIGALRM handler's encode every 0.3 ms while the main thread's own calls wait for a background fit
+    (a threading.Event's lock, and before it the queue's plain lock, were held by the handler's thread: the fit,
+    answering, waited for it); sigint: the program's SIGINT handler's encode during a fit in the main thread, a
+    storm of SIGINTs (the BLAS counts' plain lock, held by the fit's own thread there)."""
+    done = subprocess.run([sys.executable, "-c", HANDLER_STORM, how], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[-1] == "done"
+    if how == "sigint":
+        assert "same bits: True" in done.stdout
 
 
 # ---------------------------------------------------------------- the queue itself (fastvae.turns)
