@@ -532,20 +532,28 @@ class VAE:
         size = inference.chunk_rows(be, size)
         chunks = -(-n // size)
         parts = inference.parts(be, self.threads, chunks)
+        # a call inside another's chunks on the same thread (a signal handler's: the model's lock is the thread's
+        # already) gets a workspace of its own: it wrote into the other's, whose answers came out wrong (a review)
+        inside = self.__dict__.get("_in_chunks_now", False)
         # one that holds the rows already serves (iwae_bound's calls of 2048, 2048 and 904 rows built one each
         # time: a review); the training workspace keeps its size
-        if self._ws_inference is None or self._ws_inference.batch < parts * size:
-            self._ws_inference = step.Workspace(be, self.config, parts * size, training=False)
-        ws = self._ws_inference
+        if inside:
+            ws = step.Workspace(be, self.config, parts * size, training=False)
+        else:
+            if self._ws_inference is None or self._ws_inference.batch < parts * size:
+                self._ws_inference = step.Workspace(be, self.config, parts * size, training=False)
+            ws = self._ws_inference
 
         def one(k, j):
             rows = slice(j * size, min((j + 1) * size, n))
             fn(ws.rows(rows.stop - rows.start, lo=k * size), rows, j)
         try:
+            self.__dict__["_in_chunks_now"] = True
             with inference.threads_held(be, self.threads):
                 inference.run(be, parts, chunks, one)
         finally:
-            if ws.nbytes > INFERENCE_WORKSPACE_KEPT:
+            self.__dict__["_in_chunks_now"] = inside
+            if not inside and ws.nbytes > INFERENCE_WORKSPACE_KEPT:
                 self._ws_inference = None
 
     # ------------------------------------------------------------------ persistence

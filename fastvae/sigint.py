@@ -92,3 +92,51 @@ class held_interrupts:
             elif previous == signal.SIG_DFL:
                 signal.raise_signal(signal.SIGINT)
         return False
+
+
+_OTHER_SIGNALS = tuple(int(s) for s in signal.valid_signals() if s != signal.SIGINT)
+
+
+class held_signals:
+    """Every signal but SIGINT whose handler is a Python function, held back inside the block and handled by the
+    handler in place when it ends (on the main thread, where Python runs them; elsewhere nothing is held). Around
+    another thread's call that a fit in the main thread runs for it (fastvae.turns.serve): a handler's exception
+    meant for the fit (a SIGALRM timeout's) came out of that call instead, went to the other thread as its error,
+    and the fit ran on (a review's catch). SIGINT is the fit's own (its first Ctrl-C asks, its second stops at once)."""
+
+    __slots__ = ("caught", "previous")
+
+    def __enter__(self):
+        self.previous = {}
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        caught = self.caught = []
+        try:
+            for signum in _OTHER_SIGNALS:
+                if callable(_signal.getsignal(signum)):
+                    self.previous[signum] = _signal.signal(signum, lambda n, frame: caught.append((n, frame)))
+        except BaseException:
+            self._put_back()            # (a handler raising while they were taken: none left taken)
+            raise
+        return self
+
+    def _put_back(self):
+        error = None
+        for signum, handler in self.previous.items():
+            try:
+                _signal.signal(signum, handler)
+            except BaseException as e:  # noqa: BLE001 (every one put back, then the first error raised)
+                error = error or e
+        self.previous = {}
+        if error is not None:
+            raise error
+
+    def __exit__(self, *exc):
+        if not self.previous:
+            return False
+        self._put_back()
+        for signum, frame in self.caught:
+            handler = _signal.getsignal(signum)
+            if callable(handler):
+                handler(signum, frame)
+        return False

@@ -21,7 +21,7 @@ import weakref
 from typing import Any, Callable, ParamSpec, TypeVar
 
 from .errors import UserError, also, one_line
-from .sigint import held_interrupts
+from .sigint import held_interrupts, held_signals
 
 _P = ParamSpec("_P")
 _R = TypeVar("_R")
@@ -246,9 +246,13 @@ def serve(model: Any) -> int:
             depth = getattr(_calls, "depth", 0)
             _calls.depth = 0                    # (the served call is its caller's outermost: see taking_turns)
             try:
-                outcome = (queued.run(), None)
-            except Exception as e:  # noqa: BLE001 (handed to the caller: its mistake, not the fit's)
-                outcome = (None, e)
+                # the fit's own signals (but Ctrl-C) held back until the call's answer is in: a handler's exception
+                # (a timeout's) is then the fit's, raised here after it, not the call's
+                with held_signals():
+                    try:
+                        outcome = (queued.run(), None)
+                    except Exception as e:  # noqa: BLE001 (handed to the caller: its mistake, not the fit's)
+                        outcome = (None, e)
             finally:
                 _calls.depth = depth
             ran += 1
