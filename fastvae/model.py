@@ -323,15 +323,16 @@ class VAE:
             raise
         # the batch size is part of the training position: saved with the model, the default of the next fit
         self._set(config=dataclasses.replace(self.config, batch_size=batch_size))
-        self._set(_fitting=True)
+        # (the flags set and cleared by plain stores, and the marker taken inside one call: a signal handler's
+        # exception comes only at a call, and one there left the model refusing fit for good: a review's storm)
         try:
+            self.__dict__["_fitting"] = True
             turns.begin_serving(self)           # other threads' calls meanwhile: run between the steps
             training.run_epochs(self, X, self._workspace(batch_size), epochs, validation, callback, progress, stop)
         finally:
-            # the marker taken first, inside one call (a signal handler's exception comes between calls), so that
-            # calls stop queueing for this fit however it ends; then those it did not run take their turns
+            self.__dict__["_fitting"] = False
+            # calls stop queueing for this fit however it ends; those it did not run take their turns
             turns.end_serving(self.__dict__.pop("_fit", None))
-            self._set(_fitting=False)
         return self
 
     @property

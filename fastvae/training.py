@@ -66,7 +66,8 @@ def run_epochs(model, X, ws, epochs, validation=None, callback=None, progress=Fa
                 _tell(_epoch_line(record))
             model.history.append(record)
             if callback is not None:
-                callback(model, record)
+                with turns.resting(lambda: turns.waiting(model) and _count_served(record, _serve(model, pacer))):
+                    callback(model, record)
             if turns.waiting(model):            # (queued during the validation or the callback)
                 _count_served(record, _serve(model, pacer))
             stop.check()

@@ -12,13 +12,15 @@ call; the fit never waits for a waiting thread; and every wait gives up on a fit
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import os
 import _thread
 import threading
+import time
 import weakref
-from typing import Any, Callable, ParamSpec, TypeVar
+from typing import Any, Callable, Iterator, ParamSpec, TypeVar
 
 from .errors import UserError, also, one_line
 from .sigint import held_interrupts, held_signals
@@ -34,6 +36,8 @@ POLL_SECONDS = 0.05
 # ... and a queued call checks this often that the fit serving it still runs (a fit ends by answering every call it
 # did not run with "take your turn": this only guards against an interrupt landing inside that bookkeeping)
 STALE_SECONDS = 0.5
+# ... or this often where its thread's own fit waits in its callback, serving its own queue meanwhile (resting)
+REST_POLL_SECONDS = 0.005
 
 INTERRUPTED = ("this call was interrupted before it ended: it ran on the thread fitting this model, between the "
                "fit's steps, and a Ctrl-C there stopped that thread at once; call it again")
@@ -188,23 +192,42 @@ def _served_by_fit(model: Any, run: Callable[[], Any]) -> _Queued | None:
     if fit is None or fit.thread is threading.current_thread():
         return None
     queued = _Queued(run)
+    # this thread's own fit, if it waits in that fit's callback: it serves its own queue meanwhile (two fits whose
+    # callbacks called each other's model waited for each other for good: a review's catch)
+    rest = getattr(_calls, "resting", None)
     try:
         fit.waiting.append(queued)
-        ended = False
-        while not queued.finished.acquire(timeout=STALE_SECONDS):
+        ended = None
+        while not queued.finished.acquire(timeout=STALE_SECONDS if rest is None else REST_POLL_SECONDS):
+            if rest is not None:
+                rest()
             if model.__dict__.get("_fit") is fit:
                 continue
             # the fit ended without sending it back (an interrupt cut its end short): withdrawn, it takes its turn;
-            # taken out already and still unanswered a look later, it had begun on a thread that no longer runs it
+            # taken out already and still unanswered a while later, it had begun on a thread that no longer runs it
             if _withdrawn(fit, queued):
                 return None
-            if ended:
+            if ended is None:
+                ended = time.monotonic()
+            elif time.monotonic() - ended > STALE_SECONDS:
                 raise also(InterruptedError, INTERRUPTED)
-            ended = True
     except BaseException:
         _withdrawn(fit, queued)             # a Ctrl-C while waiting: not run, or its answer dropped
         raise
     return queued if queued.state == DONE else None
+
+
+@contextlib.contextmanager
+def resting(serve_here: Callable[[], Any]) -> Iterator[None]:
+    """Around a fit's callback, on its thread: a call it makes on a model that another thread fits calls
+    `serve_here()` (the fit's own serve) while it waits, so that two fits' callbacks calling each other's model
+    answer each other."""
+    before = getattr(_calls, "resting", None)
+    _calls.resting = serve_here
+    try:
+        yield
+    finally:
+        _calls.resting = before
 
 
 def begin_serving(model: Any) -> None:

@@ -308,6 +308,27 @@ def test_a_signal_handler_calling_the_model_amid_served_calls_neither_hangs_nor_
         assert "same bits: True" in done.stdout
 
 
+def test_two_fits_whose_callbacks_call_each_others_model_answer_each_other(x):
+    """Fits of models a and b in two threads, a's callback calling b.encode and b's a.encode: each fit's thread sat
+    in its callback waiting for the other, which answered only after its own callback (a review: both hung within
+    two epochs; they did before today too). A fit waiting in its callback now serves its own queue meanwhile."""
+    a, b = VAE(seed=7, **SMALL), VAE(seed=8, **SMALL)
+    answers = {"a": 0, "b": 0}
+
+    def watch(name, other):
+        def callback(model, record):
+            time.sleep(0.02)                         # (the two callbacks overlap)
+            other.encode(x[:5])
+            answers[name] += 1
+        return callback
+    runs = [in_background(a, x, epochs=EPOCHS, callback=watch("a", b)),
+            in_background(b, x, epochs=EPOCHS, callback=watch("b", a))]
+    for thread, errors in runs:
+        thread.join(timeout=120)
+        assert not thread.is_alive() and not errors, errors
+    assert answers == {"a": EPOCHS, "b": EPOCHS} and a.epoch == b.epoch == EPOCHS
+
+
 @contextlib.contextmanager
 def alarm(handler):
     """SIGALRM handled by `handler` in the block (sent by the block's own setitimer), no alarm left after it and the
