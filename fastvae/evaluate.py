@@ -185,9 +185,9 @@ def iwae_bound(model: VAE, X: ArrayLike, k: int | Iterable[int] = DEFAULT_K, see
     samples are drawn, decoded and summed a batch at a time; they were all held at once, 3 GB at k = 4e6: an API
     review's trial). The model's other calls wait for it, and it for them (a fit on another thread took the model
     between the encoding and the decodings: a bound of neither model); made while another thread fits the model, it
-    runs whole on the fit's thread between two of its steps (fastvae.turns), the fit waiting for it. progress: a bar on stderr where it is a
-    terminal (none into a log). Raises UserError (one line) for a model that is not a VAE, and for bad images, k,
-    seed or batch_size.
+    runs whole on the fit's thread between two of its steps (fastvae.turns), the fit waiting for it. progress: a
+    bar on stderr where it is a terminal (none into a log). Raises UserError (one line) for a model that is not a
+    VAE, and for bad images, k, seed or batch_size.
     """
     _check_model(model)
     ks = _ks(k)

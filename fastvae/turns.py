@@ -29,6 +29,7 @@ _P = ParamSpec("_P")
 _R = TypeVar("_R")
 
 _calls = threading.local()      # how deep this thread is in the model's calls that take turns
+_RLOCK = type(threading.RLock())    # a model's lock (VAE._set_up)
 
 # A waiting call looks again this often for a fit that started (it queues its call then) or a lock that came free;
 # it holds Ctrl-C back only inside each look (lock.acquire with a timeout, under held_interrupts)
@@ -44,15 +45,15 @@ INTERRUPTED = ("this call was interrupted before it ended: it ran on the thread 
 
 
 def taking_turns(hint: str, served: bool = True) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
-    """A decorator for a call whose first argument is a model (a method's self, or iwae_bound's model, by position
-    or by name): the model's lock is held for the whole call, a call from another thread waiting for the one in
-    progress (they share the buffers: two evaluations at once gave wrong numbers; a fit between iwae_bound's encode
-    and its decodes gave a bound of neither model). Separate models run at once. A `served` call (all but fit)
-    made while another thread fits the model is run by that fit between two of its chunks of steps
-    (begin_serving, serve), its answer or exception handed back here. A first argument without the lock (not a model) is passed
-    through, for the call's own check to refuse. A MemoryError is named once, by the outermost call, with `hint`
-    (what to ask for instead); a call that does not fit the signature is a UserError too. Typed (ParamSpec), so that
-    a type checker still sees each call's signature."""
+    """A decorator for a call whose first argument is a model (a method's self, or iwae_bound's model, by position or by
+    name): the model's lock is held for the whole call, a call from another thread waiting for the one in progress
+    (they share the buffers: two evaluations at once gave wrong numbers; a fit between iwae_bound's encode and its
+    decodes gave a bound of neither model). Separate models run at once. A `served` call (all but fit) made while
+    another thread fits the model is run by that fit between two of its chunks of steps (begin_serving, serve), its
+    answer or exception handed back here. A first argument without the lock (not a model) is passed through, for the
+    call's own check to refuse. A MemoryError is named once, by the outermost call, with `hint` (what to ask for
+    instead); a call that does not fit the signature is a UserError too. Typed (ParamSpec), so that a type checker
+    still sees each call's signature."""
     def decorator(method: Callable[_P, _R]) -> Callable[_P, _R]:
         signature = inspect.signature(method)
         name = method.__qualname__
@@ -93,7 +94,8 @@ def taking_turns(hint: str, served: bool = True) -> Callable[[Callable[_P, _R]],
             if getattr(model, "_forked_busy", False):
                 raise UserError(FORKED_BUSY)
             depth = getattr(_calls, "depth", 0)
-            if not served or lock._is_owned():      # (a call inside this thread's own: the lock is its already)
+            # (a call inside this thread's own: the lock is its already; an object not made by VAE: as before)
+            if not served or not isinstance(lock, _RLOCK) or lock._is_owned():  # type: ignore[attr-defined]
                 with lock:
                     return call(args, kw, depth)
             held = None
@@ -103,7 +105,7 @@ def taking_turns(hint: str, served: bool = True) -> Callable[[Callable[_P, _R]],
                     if queued is not None:
                         return queued.answer()
                     # looked up again: a child forked meanwhile (a signal handler's fork) has a lock of its own
-                    lock = model.__dict__["_lock"]
+                    lock = getattr(model, "_lock")
                     if model.__dict__.get("_forked_busy"):
                         raise UserError(FORKED_BUSY)
                     # a timeout, to see a fit that starts meanwhile (this call then queues for it); Ctrl-C held back
@@ -121,6 +123,9 @@ def taking_turns(hint: str, served: bool = True) -> Callable[[Callable[_P, _R]],
                         raise
                     if held is not None:
                         return call(args, kw, depth)
+                    rest = getattr(_calls, "resting", None)
+                    if rest is not None:        # (a fit's callback waiting: see _served_by_fit)
+                        rest()
             finally:
                 if held is not None:
                     held.release()
