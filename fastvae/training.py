@@ -54,8 +54,7 @@ def run_epochs(model, X, ws, epochs, validation=None, callback=None, progress=Fa
                 return
             if pacer:
                 record["threads"] = pacer.record()
-            if turns.waiting(model):            # (queued during the epoch's last chunk: not after the validation)
-                _count_served(record, _serve(model, pacer))
+            _serve_at_end(model, pacer, record)     # (queued during the epoch's last chunk: before the validation)
             if validation is not None:
                 begin = time.perf_counter()
                 record["test"] = model.evaluate(validation)
@@ -66,10 +65,9 @@ def run_epochs(model, X, ws, epochs, validation=None, callback=None, progress=Fa
                 _tell(_epoch_line(record))
             model.history.append(record)
             if callback is not None:
-                with turns.resting(lambda: turns.waiting(model) and _count_served(record, _serve(model, pacer))):
+                with turns.resting(lambda: _serve_at_end(model, pacer, record)):
                     callback(model, record)
-            if turns.waiting(model):            # (queued during the validation or the callback)
-                _count_served(record, _serve(model, pacer))
+            _serve_at_end(model, pacer, record)     # (queued during the validation or the callback)
             stop.check()
 
 
@@ -175,10 +173,11 @@ def _epoch(model, stepper, order, ws, progress, stop, pacer=None):
     return record
 
 
-def _count_served(record, seconds):
-    """The epoch's record counts the calls served at its end too (the same dict is in history: a new user's trial
-    found 2 s of calls served there in no record)."""
-    record["served_seconds"] = record.get("served_seconds", 0.0) + seconds
+def _serve_at_end(model, pacer, record):
+    """At an epoch's end, the calls waiting (if any) served, and counted in the epoch's record (the same dict is in
+    history: a new user's trial found 2 s of calls served there in no record)."""
+    if turns.waiting(model):
+        record["served_seconds"] = record.get("served_seconds", 0.0) + _serve(model, pacer)
 
 
 def _serve(model, pacer, loss=None):

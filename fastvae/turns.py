@@ -111,11 +111,9 @@ def taking_turns(hint: str, served: bool = True) -> Callable[[Callable[_P, _R]],
                     # a timeout, to see a fit that starts meanwhile (this call then queues for it); Ctrl-C held back
                     # inside, and another signal's handler raising right after the acquire undone, so the lock is
                     # never left taken without `held` saying so (an interrupt after a bare acquire leaked it)
-                    got = False
                     try:
                         with held_interrupts():
-                            got = lock.acquire(timeout=POLL_SECONDS)
-                            if got:
+                            if lock.acquire(timeout=POLL_SECONDS):
                                 held = lock
                     except BaseException:
                         if held is None and lock._is_owned():
@@ -269,7 +267,7 @@ def serve(model: Any) -> int:
             queued = fit.waiting.pop(0)
         except IndexError:                  # (withdrawn meanwhile by their callers)
             break
-        outcome: tuple[Any, BaseException | None] = (None, also(InterruptedError, INTERRUPTED))
+        outcome: tuple[Any, BaseException | None] | None = None     # (None: cut short, below)
         try:
             depth = getattr(_calls, "depth", 0)
             _calls.depth = 0                    # (the served call is its caller's outermost: see taking_turns)
@@ -285,7 +283,7 @@ def serve(model: Any) -> int:
                 _calls.depth = depth
             ran += 1
         finally:
-            queued.finish(DONE, *outcome)
+            queued.finish(DONE, *(outcome or (None, also(InterruptedError, INTERRUPTED))))
     return ran
 
 
