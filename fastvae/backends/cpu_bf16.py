@@ -62,6 +62,13 @@ class WeightPacks:
         self._entries.pop(key, None)
         self._changed()
 
+    def _snapshot(self):
+        # A copy to iterate over: _forget runs wherever a weight is freed, the lock or not (a garbage collection
+        # inside an iteration, on this thread or another, changed the dict under it: "dictionary changed size during
+        # iteration" killed one of three cpu-bf16 fits at once). dict.copy runs no Python code and allocates no
+        # collected object before its items are copied, so no collection can fall inside it.
+        return self._entries.copy()
+
     def _changed(self):
         self._version += 1
         self._found.clear()                          # (and drop the packs its answers still hold)
@@ -86,8 +93,8 @@ class WeightPacks:
         chosen = [[amx.NO_PACK] * len(shapes) for _ in range(2)]
         copies = []
         with self._lock:
-            entries = list(self._entries.items())
-        for (_, transposed), (ref, packed) in entries:
+            entries = self._snapshot()
+        for (_, transposed), (ref, packed) in entries.items():
             w = ref()
             if w is None or w.ctypes.data not in at or at[w.ctypes.data][1] != w.shape:
                 continue
@@ -104,7 +111,7 @@ class WeightPacks:
         No step of this model runs now, so each pack is rewritten in place by one thread."""
         lo, hi = params.ctypes.data, params.ctypes.data + params.nbytes
         with self._lock:
-            mine = [(key, entry) for key, entry in self._entries.items()
+            mine = [(key, entry) for key, entry in self._snapshot().items()
                     if entry[0]() is not None and lo <= entry[0]().ctypes.data < hi]
             self.packs += len(mine)
         mine.sort(key=lambda item: -item[1][1].size)
