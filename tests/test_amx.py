@@ -1,5 +1,7 @@
-"""The AMX bf16 products (fastvae.backends.amx) and the cpu-bf16 backend's whole steps, where the CPU has AMX;
-and, everywhere, that a CPU without it gets one line and never AMX code (Numba's on-disk cache included).
+"""The bf16 products (fastvae.backends.amx: AMX tiles, else the AVX512-BF16 engine from the same packs) and the
+cpu-bf16 backend's whole steps and weight packs, wherever the CPU has either engine (until 2026-12-07 on AMX only: the
+packs' race below was there to be found on the EPYC); and, everywhere, that a CPU without AMX gets one line and never
+AMX code (Numba's on-disk cache included).
 
 The products are checked tightly: against float64 products of the bf16-rounded operands, so only the fp32
 accumulation may differ (K * 2**-24 of the terms' size), at every awkward size and in all three of a layer's
@@ -59,7 +61,7 @@ def _exact(a, b):
     return bf16_reference(a).astype(np.float64) @ bf16_reference(b).astype(np.float64)
 
 
-@needs_amx
+@needs_bf16
 @pytest.mark.parametrize("rows", AWKWARD_ROWS)
 @pytest.mark.parametrize("k,n", [(784, 500), (500, 40), (20, 500), (101, 3), (40, 1), (1, 101), (3, 20)])
 def test_products_in_all_three_forms(rand, rows, k, n):
@@ -76,7 +78,7 @@ def test_products_in_all_three_forms(rand, rows, k, n):
         buf.check_poison()
 
 
-@needs_amx
+@needs_bf16
 def test_products_into_a_strided_output_and_from_copied_operands(rand):
     """An output that is not C-contiguous goes through the block scratch; an operand that is neither C-ordered nor
     a transposed C array is copied first."""
@@ -88,7 +90,7 @@ def test_products_into_a_strided_output_and_from_copied_operands(rand):
     assert np.all(big[:, 1::2] == -7.0)
 
 
-@needs_amx
+@needs_bf16
 @pytest.mark.parametrize("hidden,latent,rows", [((13, 9), 3, 7), ((31,), 2, 1), ((500, 500), 20, 150),
                                                  ((37, 11, 5), 4, 257)])
 def test_bf16_training_steps_match_the_reference(rand, hidden, latent, rows):
@@ -96,11 +98,11 @@ def test_bf16_training_steps_match_the_reference(rand, hidden, latent, rows):
                          rows)
 
 
-@needs_amx
+@needs_bf16
 @pytest.mark.parametrize("hidden,latent,rows,parts", [((13, 9), 3, 7, 2), ((500, 500), 20, 150, 2),
                                                        ((37, 11, 5), 5, 257, 3)])
 def test_bf16_training_steps_split_between_threads_match_the_reference(rand, hidden, latent, rows, parts):
-    """Row shards on the cpu backend's workers, each thread with its own packing buffers and tile state."""
+    """Row shards on the cpu backend's workers, each thread with its own packing buffers (and, on AMX, tile state)."""
     from fastvae.backends import cpu
     before, cpu.workers.count = cpu.workers.count, parts
     try:
@@ -110,7 +112,7 @@ def test_bf16_training_steps_split_between_threads_match_the_reference(rand, hid
         cpu.workers.count = before
 
 
-@needs_amx
+@needs_bf16
 @pytest.mark.parametrize("encoder,reconstruction,activation", [("sigma", "xent", "elu"), ("gamma", "mse", "elu"),
                                                                ("gamma", "xent", "tanh")])
 def test_bf16_training_steps_of_the_variants_match_the_reference(rand, encoder, reconstruction, activation):
@@ -121,7 +123,7 @@ def test_bf16_training_steps_of_the_variants_match_the_reference(rand, encoder, 
 
 # ---------------------------------------------------------------- weights packed once per step
 
-@needs_amx
+@needs_bf16
 def test_weight_packs_follow_adam_and_new_arrays(rand):
     """A product with a weight's cached pack equals one that packs it afresh, bit for bit: after adam_update changed
     the weights (the pack is made again) and for a new array of the same shape (never another array's pack)."""
@@ -151,7 +153,7 @@ def test_weight_packs_follow_adam_and_new_arrays(rand):
         assert np.array_equal(*both(w))
 
 
-@needs_amx
+@needs_bf16
 @pytest.mark.parametrize("count", [1, 2])
 def test_weight_update_writes_the_packs_the_next_products_load(rand, count):
     """weight_update rewrites the packs of the weights it changes (as the weight and as its transpose) in its own pass:
@@ -196,7 +198,7 @@ def test_weight_update_writes_the_packs_the_next_products_load(rand, count):
     assert np.array_equal(cached, other_before)
 
 
-@needs_amx
+@needs_bf16
 def test_a_split_step_packs_each_weight_once_per_layout(rand):
     from fastvae import step
     from fastvae.backends import cpu, cpu_bf16
