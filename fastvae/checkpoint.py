@@ -22,6 +22,7 @@ import numpy as np
 from . import zipstream
 from .config import Config
 from .errors import UserError, file_error, one_line, unreadable, write_advice
+from .sigint import held_interrupts
 from .tempfiles import new_temporary
 from .params import Layout
 
@@ -167,23 +168,29 @@ def _arrays(ck):
 
 
 def _save_file(path, arrays):
-    folder = path.parent if str(path.parent) else Path(".")
-    try:
-        fd, tmp = new_temporary(folder, path.name)
-    except OSError as e:
-        raise file_error(f"cannot write a checkpoint in {folder} ({e.strerror}); {write_advice(e)}", e, path) from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise file_error(f"could not write checkpoint {path} ({e.strerror or e}); nothing was overwritten; "
-                             f"{write_advice(e)}", e, path) from e
-        raise
+    # Ctrl-C and a program's signal handlers (a timeout's) wait for the file to be written and in place: one raising
+    # inside np.savez came out as zipfile's ValueError ("Can't close the ZIP file while there is an open writing
+    # handle"), not as itself, and one between the temporary file's making and its try left it behind (a storm's
+    # catch, 2026-12-07: 2 files in 300 calls)
+    with held_interrupts():
+        folder = path.parent if str(path.parent) else Path(".")
+        try:
+            fd, tmp = new_temporary(folder, path.name)
+        except OSError as e:
+            raise file_error(f"cannot write a checkpoint in {folder} ({e.strerror}); {write_advice(e)}", e,
+                             path) from e
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException as e:
+            Path(tmp).unlink(missing_ok=True)
+            if isinstance(e, OSError):
+                raise file_error(f"could not write checkpoint {path} ({e.strerror or e}); nothing was overwritten; "
+                                 f"{write_advice(e)}", e, path) from e
+            raise
 
 
 def _refuse_a_single_array(path, bad):

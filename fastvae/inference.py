@@ -13,9 +13,8 @@ all give the same bits (OpenBLAS at 2 threads reduces its products differently: 
 """
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from .constants import CHUNK_ROWS_ON_WORKERS
 from .threads import detect, held_for_inference
@@ -36,12 +35,10 @@ def parts(be, threads, chunks: int) -> int:
     return max(1, min(detect(threads).threads, chunks))
 
 
-@contextlib.contextmanager
-def threads_held(be, threads) -> Iterator[None]:
+def threads_held(be, threads) -> held_for_inference:
     """OpenBLAS at one thread per call while the block runs on a backend with workers (at the model's fixed
     `threads` without them), the previous count back after it (fastvae.threads.held_for_inference)."""
-    with held_for_inference(1 if be.workers is not None else threads):
-        yield
+    return held_for_inference(1 if be.workers is not None else threads)
 
 
 def run(be, parts: int, chunks: int, fn: Callable[[int, int], None]) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .sigint import held_interrupts
 from .tempfiles import new_temporary
 
 
@@ -79,13 +80,14 @@ def write(path, obj):
     whose checkpoint was whole), then renamed over it."""
     path = Path(path)
     text = dumps(obj, indent=2) + "\n"
-    fd, tmp = new_temporary(path.parent, path.name)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with held_interrupts():                 # (a signal handler's exception waits for it: as checkpoint._save_file)
+        fd, tmp = new_temporary(path.parent, path.name)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise

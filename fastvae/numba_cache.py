@@ -42,6 +42,7 @@ import time
 from functools import lru_cache
 from pathlib import Path
 
+from . import numba_signals
 from .tempfiles import new_temporary
 
 
@@ -245,13 +246,14 @@ _SET_UP: list[bool] = []
 
 
 def setup() -> None:
-    """ensure_a_place() and key_caches_by_package(), once a process: called at the top of every fastvae module that
+    """ensure_a_place(), key_caches_by_package() and numba_signals.install(), once a process: called at the top of every fastvae module that
     defines cached Numba functions (backends/__init__.py, for all of backends/; barrier.py; tests/test_packaging.py
     holds every module to it), before the first one is defined, and not by `import fastvae`, which loads neither
     NumPy nor Numba (the tools' --help and --version, and a Ctrl-C in their first moments, need neither)."""
     if not _SET_UP:
         ensure_a_place()            # a read-only install without a cache folder
         key_caches_by_package()     # an edit of one kernel module recompiles the kernels that call it
+        numba_signals.install()     # a signal handler's exception waits for Numba's compiler lock to be free
         _SET_UP.append(True)
 
 

@@ -21,17 +21,32 @@ class CtrlCHandled:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for signum in self._signals:
-                default = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
-                if signal.getsignal(signum) is default:
-                    self._previous[signum] = signal.signal(signum, self._handle)
+            # the program's other handlers held meanwhile, and the swaps undone where one raised at the end: a
+            # timeout's handler raising between a swap and its note left fit's handler on Ctrl-C after the fit
+            try:
+                with held_signals(leave=self._signals):
+                    for signum in self._signals:
+                        default = signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
+                        if signal.getsignal(signum) is default:
+                            self._previous[signum] = default
+                            signal.signal(signum, self._handle)
+            except BaseException:
+                self.__exit__()
+                raise
         return self
 
     def __exit__(self, *exc):
-        previous, self._previous = self._previous, {}
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        with held_signals(leave=self._signals):
+            previous, self._previous = self._previous, {}
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         return False
+
+    def __del__(self):
+        # (where a handler's exception came as __exit__ began: the program's handlers back as this object goes,
+        # not fit's left on Ctrl-C for good; on the main thread, where it was entered and is let go)
+        if self._previous and threading.current_thread() is threading.main_thread():
+            self.__exit__()
 
 
 class CtrlCNoted(CtrlCHandled):
@@ -57,86 +72,93 @@ class CtrlCNoted(CtrlCHandled):
 
 
 _SIGINT = int(signal.SIGINT)
-
-
-class held_interrupts:
-    """Ctrl-C (SIGINT) held back inside the block and handled, by whatever handler was installed, when it ends (the
-    default one raises KeyboardInterrupt there). Python runs signal handlers on the main thread only, whichever
-    thread the OS delivered the signal to, so swapping the handler there is enough; elsewhere nothing is held.
-
-    Swapped through _signal, the C module behind `signal`, whose wrappers convert every number to an enum and back:
-    measured on the project's Xeon, one held block 9.8 us that way against about 1 us, twice per step."""
-
-    __slots__ = ("caught", "previous")
-
-    def __enter__(self):
-        self.previous = None
-        if threading.current_thread() is not threading.main_thread() or _signal.getsignal(_SIGINT) is None:
-            return self                 # (None: a handler installed by C code, which Python could not put back)
-        caught = self.caught = []
-        self.previous = _signal.signal(_SIGINT, lambda signum, frame: caught.append(frame))
-        return self
-
-    def __exit__(self, *exc):
-        previous = self.previous
-        if previous is None:
-            return False
-        _signal.signal(_SIGINT, previous)
-        if self.caught:
-            if callable(previous):
-                # each one held, to the handler in place as it comes: a second Ctrl-C during the same chunk was lost
-                # (fit's first-Ctrl-C handler heard one, and stopped cleanly instead of at once: a fresh user's trial)
-                for frame in self.caught:
-                    handler = _signal.getsignal(_SIGINT)
-                    (handler if callable(handler) else previous)(_SIGINT, frame)
-            elif previous == signal.SIG_DFL:
-                signal.raise_signal(signal.SIGINT)
-        return False
-
-
 _OTHER_SIGNALS = tuple(int(s) for s in signal.valid_signals() if s != signal.SIGINT)
 
 
-class held_signals:
-    """Every signal but SIGINT whose handler is a Python function, held back inside the block and handled by the
-    handler in place when it ends (on the main thread, where Python runs them; elsewhere nothing is held). Around
-    another thread's call that a fit in the main thread runs for it (fastvae.turns.serve): a handler's exception
-    meant for the fit (a SIGALRM timeout's) came out of that call instead, went to the other thread as its error,
-    and the fit ran on (a review's catch). SIGINT is the fit's own (its first Ctrl-C asks, its second stops at once)."""
+class _Held:
+    """Signals held back inside a block and handled when it ends, each by the handler in place then (on the main
+    thread, where Python runs handlers; elsewhere nothing is held): SIGINT where `sigint` (whatever its handler: the
+    default one raises KeyboardInterrupt at the block's end, SIG_DFL's action is taken there), and every other signal
+    whose handler is a Python function. A handler may raise anywhere (a SIGALRM timeout's): so each handler is read
+    and noted before it is swapped, and an exception while they are taken or given back leaves none taken.
 
-    __slots__ = ("caught", "previous")
+    Swapped through _signal, the C module behind `signal`, whose wrappers convert every number to an enum and back:
+    measured on the project's Xeon, one held SIGINT 9.8 us that way against about 1 us; a held block looking at
+    every signal, 4.3 us on the EPYC (2026-12-07), twice per job of the worker pool."""
+
+    __slots__ = ("caught", "previous", "leave")
+    sigint = True
+
+    def __init__(self, leave=()):
+        self.leave = leave              # signals not held: the block sets their handlers (the end would undo that)
 
     def __enter__(self):
         self.previous = {}
         if threading.current_thread() is not threading.main_thread():
             return self
         caught = self.caught = []
+
+        def hold(signum, frame):
+            caught.append((signum, frame))
         try:
+            if self.sigint and _SIGINT not in self.leave and _signal.getsignal(_SIGINT) is not None:
+                # (None: a handler installed by C code, which Python could not put back)
+                self._take(_SIGINT, hold)
             for signum in _OTHER_SIGNALS:
-                if callable(_signal.getsignal(signum)):
-                    self.previous[signum] = _signal.signal(signum, lambda n, frame: caught.append((n, frame)))
+                if signum not in self.leave and callable(_signal.getsignal(signum)):
+                    self._take(signum, hold)
         except BaseException:
             self._put_back()            # (a handler raising while they were taken: none left taken)
             raise
         return self
 
+    def _take(self, signum, hold):
+        # noted before the swap: a handler's exception between the two leaves nothing unknown swapped
+        self.previous[signum] = _signal.getsignal(signum)
+        _signal.signal(signum, hold)
+
     def _put_back(self):
         error = None
-        for signum, handler in self.previous.items():
+        previous, self.previous = self.previous, {}
+        for signum, handler in previous.items():
             try:
                 _signal.signal(signum, handler)
             except BaseException as e:  # noqa: BLE001 (every one put back, then the first error raised)
                 error = error or e
-        self.previous = {}
         if error is not None:
             raise error
+        return previous
 
     def __exit__(self, *exc):
         if not self.previous:
             return False
-        self._put_back()
+        previous = self._put_back()
+        # each one held, to the handler in place as it comes: a second Ctrl-C during the same chunk was lost (fit's
+        # first-Ctrl-C handler heard one, and stopped cleanly instead of at once: a fresh user's trial)
         for signum, frame in self.caught:
             handler = _signal.getsignal(signum)
             if callable(handler):
                 handler(signum, frame)
+            elif signum == _SIGINT and previous[signum] == signal.SIG_DFL:
+                signal.raise_signal(signal.SIGINT)
         return False
+
+
+class held_interrupts(_Held):
+    """Ctrl-C (SIGINT), and every signal with a Python handler, held back inside the block and handled when it ends:
+    around fastvae's bookkeeping (a worker pool's hand-off, a lock taken), where an exception would leave it half
+    done. A timeout's SIGALRM handler raising there left the pool taken for good (every later job on one thread),
+    or a part's permit behind, which ended a later job's wait while its part still ran (a storm's catch, 2026-12-07)."""
+
+    __slots__ = ()
+
+
+class held_signals(_Held):
+    """Every signal but SIGINT whose handler is a Python function, held back inside the block and handled when it
+    ends. Around a fit's steps (a timeout's exception inside one left the model half updated, and refused for good)
+    and around another thread's call that a fit in the main thread runs for it (fastvae.turns.serve: a handler's
+    exception meant for the fit came out of that call instead, went to the other thread as its error, and the fit
+    ran on: a review's catch). SIGINT is the fit's own (its first Ctrl-C asks, its second stops at once)."""
+
+    __slots__ = ()
+    sigint = False

@@ -22,7 +22,6 @@ count at every step; every change is recorded (Pacer.record: metrics.json). Fix 
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import statistics
@@ -30,6 +29,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from .sigint import held_interrupts
 
 
 ENV_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS")
@@ -208,15 +209,17 @@ class Libraries:
         self.count = None
 
     def set(self, n):
-        with _HELD.lock:
+        # (a program's handler raising in there, a timeout's, left the counts held for good: the process's BLAS at
+        # one thread, a storm's catch)
+        with held_interrupts(), _HELD.lock:
             if not self._holding:
                 self._holding = True
                 _HELD.take(self._blas.lib_controllers)
             for lib in self._blas.lib_controllers:
                 _HELD.set(lib, 1 if self.workers is not None else n)
-        if self.workers is not None:
-            self.workers.count = n
-        self.count = n
+            if self.workers is not None:
+                self.workers.count = n
+            self.count = n
 
     def blas_counts(self):
         return [lib["num_threads"] for lib in self._blas.info()]
@@ -228,15 +231,21 @@ class Libraries:
 
     def release(self):
         """OpenBLAS's count and the workers' as before the first set() (as outside a fit) until the next set()."""
-        with _HELD.lock:
+        with held_interrupts(), _HELD.lock:
             if self._holding:
                 self._holding = False
                 _HELD.give_back()
-        if self.workers is not None:
-            self.workers.count = self._workers_before
-        self.count = None
+            if self.workers is not None:
+                self.workers.count = self._workers_before
+            self.count = None
 
     close = release                              # (nothing else to put back: Numba's count is never changed)
+
+    def __del__(self):
+        # (a fit whose end a signal handler's exception cut short, as release() began: the counts given back as the
+        # fit's objects go, not held for the rest of the process)
+        if self._holding:
+            self.release()
 
 
 class _Held:
@@ -338,30 +347,53 @@ def _blas_libraries():
     return _BLAS[0]
 
 
-@contextlib.contextmanager
-def held_for_inference(count):
+class held_for_inference:
     """OpenBLAS at `count` threads while the block runs (a model's evaluate, encode, decode: 1 on the cpu backends,
     whose workers take the chunks, fastvae.inference; the model's fixed `threads` on the reference backend), the
     previous count back after it; None, or a fit holding the counts already (at one thread under its workers), leaves
     them as they are. Why: outside a fit OpenBLAS ran at its own count whatever the model's threads said, and its
     threads spin against each other where another process takes a core (a fresh user's trial: evaluate 3.8 s against
     0.13 s with threads=1; measured here, EPYC, with a test run beside it: 3000 images in 0.36-0.88 s at 2 threads,
-    0.17-0.19 s at 1)."""
-    if count is None:
-        yield
-        return
-    with _HELD.lock:
-        took = _HELD.holders == 0
-        if took:
-            _HELD.take(_blas_libraries())
-            for lib, _ in _HELD.original:
-                _HELD.set(lib, count)
-    try:
-        yield
-    finally:
-        if took:
-            with _HELD.lock:
-                _HELD.give_back()
+    0.17-0.19 s at 1).
+
+    A class, not a generator: a generator's context left suspended by an exception just after its take (a signal
+    handler's, a timeout's) gave the counts back only when the garbage collector found it (a storm's catch: the BLAS
+    counts held after a timeout, the process's products at one thread)."""
+
+    __slots__ = ("count", "took")
+
+    def __init__(self, count):
+        self.count, self.took = count, False
+
+    def __enter__(self):
+        if self.count is None:
+            return self
+        try:
+            with held_interrupts(), _HELD.lock:
+                self.took = _HELD.holders == 0
+                if self.took:
+                    _HELD.take(_blas_libraries())
+                    for lib, _ in _HELD.original:
+                        _HELD.set(lib, self.count)
+        except BaseException:
+            # (a handler's exception as the hold ended: no __exit__ follows an __enter__ that raised)
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        if self.took:
+            with held_interrupts(), _HELD.lock:
+                if self.took:
+                    self.took = False
+                    _HELD.give_back()
+        return False
+
+    def __del__(self):
+        # where a handler's exception came as __exit__ began (Python runs handlers as a function starts), the with
+        # statement gave up on it: the counts are given back as the object goes (the unwinding frees it)
+        if getattr(self, "took", False):
+            self.__exit__()
 
 
 # ---------------------------------------------------------------- adapting while training
@@ -470,17 +502,26 @@ class Pacer:
 
     # context: the counts are the plan's during the fit, the previous ones after it
     def __enter__(self):
-        self._libs = self._make_libraries()
-        self._libs.set(self.count)
-        how = " (fixed)" if not self.plan.adaptive else (
-            f"; kept {self.count} from the previous fit" if self._started_from else "")
-        self._note(self.count, f"start: {self.plan.reason}{how}")
+        try:
+            self._libs = self._make_libraries()
+            self._libs.set(self.count)
+            how = " (fixed)" if not self.plan.adaptive else (
+                f"; kept {self.count} from the previous fit" if self._started_from else "")
+            self._note(self.count, f"start: {self.plan.reason}{how}")
+        except BaseException:
+            # (a with statement calls no __exit__ for an __enter__ that raised: a signal handler's exception here
+            # left the counts held)
+            if self._libs is not None:
+                self._libs.close()
+            raise
         return self
 
     def __exit__(self, *exc):
-        self._libs.close()
-        if self._on_close is not None:
-            self._on_close(self.count)
+        try:
+            self._libs.close()
+        finally:
+            if self._on_close is not None:
+                self._on_close(self.count)
         return False
 
     def wrap(self, stepper):

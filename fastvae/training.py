@@ -15,7 +15,7 @@ import numpy as np
 from . import rng, step, threads, turns
 from .constants import LOSS_CHECK_INTERVAL_DEVICE
 from .errors import TrainingDiverged, TrainingInterrupted, UserError, signal_name
-from .sigint import CtrlCHandled
+from .sigint import CtrlCHandled, held_signals
 
 # Steps between updates of the progress bar: the device backends read the loss back at this rate, so the bar
 # costs them nothing more.
@@ -47,7 +47,8 @@ def run_epochs(model, X, ws, epochs, validation=None, callback=None, progress=Fa
             if model.epoch_step and model.epoch_step == -(-len(X) // ws.batch):
                 # every batch of the epoch ran, but its end (the checks, its record) was interrupted (a second
                 # Ctrl-C): the epoch is over, without a record
-                model._set(epoch=model.epoch + 1, epoch_step=0, epoch_loss=np.zeros(2))
+                with held_signals():
+                    model._set(epoch=model.epoch + 1, epoch_step=0, epoch_loss=np.zeros(2))
             order = rng.epoch_permutation(cfg.seed, model.epoch, len(X))
             record = _epoch(model, stepper, order, ws, progress, stop, pacer)
             if record is None:                  # stopped inside the epoch by stop_event: no record, no callback
@@ -102,54 +103,64 @@ def _epoch(model, stepper, order, ws, progress, stop, pacer=None):
         # sat through blank, its interrupt acting only at the first step's end (a notebook user's trial)
         _tell(f"epoch {model.epoch + 1}: {FIRST_STEPS_NOTE}{FIRST_STEPS_STOP}")
     k = first
-    while k < len(starts):
-        start = starts[k]
-        try:
-            if k < full:
-                # up to the next multiple of PROGRESS_EVERY, so the bar (and a device's loss reads) stay where they
-                # were; a cpu backend runs them as one chunk (step_chunks), the others one step
-                done = stepper.many(order, k, min(full, (k // PROGRESS_EVERY + 1) * PROGRESS_EVERY) - k)
-            else:
-                stepper(order[start:start + ws.batch])
-                done = 1
-        except BaseException:
-            # the update of a layer starts as soon as every row shard is done with it (fastvae.step), so a step that
-            # raised part-way may have updated some layers and not others
-            model._set(step_broken=True)
-            if bar is not None:
-                bar.close()                 # (what is said next starts a line of its own)
-            raise
-        k += done
-        model._set(epoch_step=k)
-        if loading and first_steps is None:
-            first_steps = time.perf_counter() - begin
-        _first_steps_done.add(be.name)
-        last = k == len(starts)
-        # counted from the step's number, as the bar's updates are, so that on a device the reads are the bar's
-        # (a chunk stops after the step whose loss is not finite: the host's check still names that step)
-        if k // check_every != (k - done) // check_every or last:
-            loss = be.to_host(ws.loss)
-            if not np.all(np.isfinite(loss)):
+    try:
+        while k < len(starts):
+            start = starts[k]
+            # a program's own signal handlers run after the steps, at their boundary, not inside them: a timeout's
+            # handler raising there left the model half updated and refused for good (SIGINT is fit's own: its
+            # first asks for a stop at the next boundary, its second stops at once)
+            with held_signals():
+                try:
+                    if k < full:
+                        # up to the next multiple of PROGRESS_EVERY, so the bar (and a device's loss reads) stay where
+                        # they were; a cpu backend runs them as one chunk (step_chunks), the others one step
+                        done = stepper.many(order, k, min(full, (k // PROGRESS_EVERY + 1) * PROGRESS_EVERY) - k)
+                    else:
+                        stepper(order[start:start + ws.batch])
+                        done = 1
+                except BaseException:
+                    # the update of a layer starts as soon as every row shard is done with it (fastvae.step), so a
+                    # step that raised part-way may have updated some layers and not others
+                    model._set(step_broken=True)
+                    raise
+                k += done
+                model._set(epoch_step=k)
+            if loading and first_steps is None:
+                first_steps = time.perf_counter() - begin
+            _first_steps_done.add(be.name)
+            last = k == len(starts)
+            # counted from the step's number, as the bar's updates are, so that on a device the reads are the bar's
+            # (a chunk stops after the step whose loss is not finite: the host's check still names that step)
+            if k // check_every != (k - done) // check_every or last:
+                loss = be.to_host(ws.loss)
+                if not np.all(np.isfinite(loss)):
+                    _diverged(model, f"the loss became {float(loss.sum())}")
+                if bar is not None and (k % PROGRESS_EVERY == 0 or last):
+                    seen = min(k * ws.batch, n)
+                    rate = (seen - starts[first]) / (time.perf_counter() - begin)
+                    count = getattr(stepper, "threads", None)
+                    bar.set_postfix_str(f"loss {float(loss.sum()) / seen:.2f}, {rate:,.0f} img/s"
+                                        + (f", {count} thread{'s' * (count != 1)}" if count else ""))
+                    bar.update(k - bar.n)
+            if turns.waiting(model) and not last:
+                took = _serve(model, pacer, ws.loss)
+                served += took
+                begin += took                   # (the epoch's seconds and the bar's rate: its steps' alone)
+            if (stop.requested or stop.asked()) and not last:
+                model._set(epoch_loss=np.array(be.to_host(ws.loss), dtype=np.float64))
                 if bar is not None:
-                    bar.close()             # (the error then starts a line of its own, as after a Ctrl-C)
-                _diverged(model, f"the loss became {float(loss.sum())}")
-            if bar is not None and (k % PROGRESS_EVERY == 0 or last):
-                seen = min(k * ws.batch, n)
-                rate = (seen - starts[first]) / (time.perf_counter() - begin)
-                count = getattr(stepper, "threads", None)
-                bar.set_postfix_str(f"loss {float(loss.sum()) / seen:.2f}, {rate:,.0f} img/s"
-                                    + (f", {count} thread{'s' * (count != 1)}" if count else ""))
-                bar.update(k - bar.n)
-        if turns.waiting(model) and not last:
-            took = _serve(model, pacer, ws.loss)
-            served += took
-            begin += took                   # (the epoch's seconds and the bar's rate: its steps' alone)
-        if (stop.requested or stop.asked()) and not last:
-            model._set(epoch_loss=np.array(be.to_host(ws.loss), dtype=np.float64))
-            if bar is not None:
-                bar.close()
-            stop.check()
-            return None
+                    bar.close()
+                stop.check()
+                return None
+    except BaseException:
+        # left between two steps (a handler's exception, a second Ctrl-C there): the epoch's loss so far is kept
+        # with its position, as a stop keeps it, so that the resumed epoch's record counts every step's loss
+        if not model.step_broken and not model.diverged:
+            with contextlib.suppress(Exception):
+                model._set(epoch_loss=np.array(be.to_host(ws.loss), dtype=np.float64))
+        if bar is not None:
+            bar.close()                         # (what is said next starts a line of its own)
+        raise
     be.synchronize()
     seconds = time.perf_counter() - begin
     if bar is not None:
@@ -157,7 +168,8 @@ def _epoch(model, stepper, order, ws, progress, stop, pacer=None):
     if not np.all(np.isfinite(be.to_host(model.state.params))):
         _diverged(model, "a parameter became NaN or Inf")
     rec, kl = (float(t) / n for t in be.to_host(ws.loss))
-    model._set(epoch=model.epoch + 1, epoch_step=0, epoch_loss=np.zeros(2))
+    with held_signals():                    # (the three together: a handler's exception lands before or after)
+        model._set(epoch=model.epoch + 1, epoch_step=0, epoch_loss=np.zeros(2))
     trained = n - starts[first]
     # the backend and precision with every epoch: a resumed run may change them (--backend, --precision)
     record = {"epoch": model.epoch, "steps": model.steps, "seconds": seconds, "images_per_s": trained / seconds,

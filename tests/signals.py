@@ -33,3 +33,15 @@ def a_dropped_interrupt(*args, **kw):
     held = Held()
     weakref.finalize(held, lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(0.5)))
     del held                                                    # the callback runs here; its interrupt is dropped
+
+
+@contextlib.contextmanager
+def alarm(handler):
+    """SIGALRM handled by `handler` in the block (sent by the block's own setitimer), no alarm left after it and the
+    previous handler back."""
+    previous = signal.signal(signal.SIGALRM, handler)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -2,7 +2,6 @@
 its own thread): they answer during the fit, not after it; they change none of the fit's bits; a checkpoint saved
 by one resumes to the uninterrupted fit's bits; an error reaches its caller only; Ctrl-C on either side stops what
 it should and leaves nothing held; a thread calling in a loop cannot hold the fit up. Real threads, real signals."""
-import contextlib
 import copy
 import io
 import signal
@@ -16,7 +15,7 @@ import pytest
 
 from fastvae import VAE, UserError, turns
 from fastvae.data import load_mnist
-from signals import sigint_after
+from signals import alarm, sigint_after
 
 # two row shards of 32 (chunks of 25 steps run on two threads), 47 steps an epoch: a serve inside each epoch
 SMALL = dict(hidden=(48, 24), latent=4, batch_size=64, backend="cpu", threads=2)
@@ -327,18 +326,6 @@ def test_two_fits_whose_callbacks_call_each_others_model_answer_each_other(x):
         thread.join(timeout=120)
         assert not thread.is_alive() and not errors, errors
     assert answers == {"a": EPOCHS, "b": EPOCHS} and a.epoch == b.epoch == EPOCHS
-
-
-@contextlib.contextmanager
-def alarm(handler):
-    """SIGALRM handled by `handler` in the block (sent by the block's own setitimer), no alarm left after it and the
-    previous handler back."""
-    previous = signal.signal(signal.SIGALRM, handler)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def test_a_signal_handlers_call_inside_a_call_on_the_same_thread_gets_a_workspace_of_its_own(x):

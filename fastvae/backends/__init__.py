@@ -3,7 +3,7 @@ fastvae/backends/contract.py, checked when the backend loads. CuPy is imported o
 for. `resolve` turns a backend name and a precision into the backend to load: the precision rules live there only."""
 import importlib
 
-from .. import numba_cache
+from .. import numba_cache, numba_signals
 
 numba_cache.setup()         # before any of backends/' Numba functions is defined
 
@@ -28,6 +28,11 @@ def get_backend(name: str = "auto", notify=None) -> Backend:
     given instead of a name is returned as it is."""
     if isinstance(name, Backend):
         return name
+    with numba_signals.within():            # (its first call compiles or loads kernels: see numba_signals)
+        return _get_backend(name, notify)
+
+
+def _get_backend(name, notify):
     _check_name(name)
     if name == "auto":
         gpu = _auto_gpu(notify)
