@@ -129,6 +129,41 @@ def breakdown_table(benches):
     return lines
 
 
+# Issue 14's done-when, for fastvae's fp32 epoch in the turns and its cpu step: each peer's median ratio at least this
+# (time ÷ fastvae's), and the step at most this many times the 17 products alone in OpenBLAS's threads.
+TARGETS = {"torch eager": 1.3, "jax jit": 1.2, "torch.compile": 1.2}
+STEP_TARGET = 1.25
+
+
+def targets_lines(benches):
+    """Issue 14's targets against this run, one line each: met or not, with the figure and its rounds' range. Only
+    what the run measured (a run without the turns or the cpu breakdown says so)."""
+    from step_breakdown import GROUP as BREAKDOWN
+    from test_side_by_side import GROUP
+    lines = []
+    turns = [b for b in benches if b["group"] == GROUP]
+    frameworks = turns[0]["extra_info"]["frameworks"] if turns else {}
+    for name, target in TARGETS.items():
+        f = frameworks.get(name)
+        if f is None:
+            lines.append(f"- fastvae ≥ {target}× faster than {name}: not measured in this run")
+            continue
+        median, low = f["median_ratio_to_fastvae"], min(f["ratio_to_fastvae"])
+        verdict = "met" if median >= target else "NOT met"
+        lines.append(f"- fastvae ≥ {target}× faster than {name}: {verdict}, {median:.2f}× (median of the rounds; "
+                     f"lowest round {low:.2f}×{', under the target' if low < target <= median else ''})")
+    cpu = [b["extra_info"]["breakdown"] for b in benches if b["group"] == BREAKDOWN
+           and b["extra_info"]["breakdown"].get("backend", "cpu") == "cpu"]
+    if cpu:
+        ms = cpu[0]["ms"]
+        ratio = ms.get("step in chunks", ms["step"]) / ms["products alone (17, full batch, OpenBLAS's threads)"]
+        lines.append(f"- the fp32 step ≤ {STEP_TARGET}× its 17 products alone in OpenBLAS's threads: "
+                     f"{'met' if ratio <= STEP_TARGET else 'NOT met'}, {ratio:.2f}×")
+    else:
+        lines.append(f"- the fp32 step ≤ {STEP_TARGET}× its products: not measured in this run (no cpu breakdown)")
+    return ["### Issue 14's targets (one run: its turns and its cpu step breakdown)", "", *lines, ""]
+
+
 def memory_table(benches, epochs_shown):
     """Peak memory per framework where the run has bench/test_memory.py's results but no epoch table to put them in
     (the epoch table has a peak RSS column of its own)."""
@@ -181,7 +216,9 @@ def main(path):
              f"BLAS/thread environment: {env}; run {doc['datetime'][:16]} UTC.", ""]
     benches = doc["benchmarks"]
     epochs = epoch_table(benches)
-    lines += turns_table(benches) + epochs + memory_table(benches, bool(epochs)) + products_table(benches)
+    turns = turns_table(benches)
+    lines += (targets_lines(benches) if turns else []) + turns + epochs + memory_table(benches, bool(epochs))
+    lines += products_table(benches)
     lines += breakdown_table(benches) + kernel_table(benches) + first_call_table(benches)
     print("\n".join(lines))
 

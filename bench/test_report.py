@@ -73,3 +73,31 @@ def test_the_step_breakdowns_own_json_is_printed_too(tmp_path):
     turns = subprocess.run([sys.executable, str(HERE / "bf16_turns.py"), "--help"], capture_output=True, text=True,
                            timeout=120, env=env)
     assert turns.returncode == 0 and "--rounds" in turns.stdout, turns.stderr
+
+
+def test_issue_14s_targets_are_judged_from_the_runs_own_figures():
+    """Each target of issue 14 says met or NOT met from the run's median ratio (its lowest round beside it), the step
+    from the cpu breakdown; a target the run did not measure says so. A run of the EPYC that met them all, and the
+    same run with eager's rounds and the step made slower."""
+    import copy
+    import json
+
+    from report import targets_lines
+    from step_breakdown import GROUP as BREAKDOWN
+    from test_side_by_side import GROUP as TURNS
+    doc = json.loads((HERE / "results" / "2026-12-07-epyc-eighteenth.json").read_text())
+    lines = targets_lines(doc["benchmarks"])
+    assert [line.split(":")[1].split(",")[0].strip() for line in lines[2:6]] == ["met"] * 4, lines
+    assert "1.84×" in lines[2] and "lowest round 1.63×" in lines[2] and "1.22×" in lines[5]
+    slower = copy.deepcopy(doc["benchmarks"])
+    for b in slower:
+        if b["group"] == TURNS:
+            eager = b["extra_info"]["frameworks"]["torch eager"]
+            eager["median_ratio_to_fastvae"], eager["ratio_to_fastvae"] = 1.25, [1.2, 1.25, 1.31]
+            del b["extra_info"]["frameworks"]["jax jit"]
+        if b["group"] == BREAKDOWN and b["extra_info"]["breakdown"].get("backend", "cpu") == "cpu":
+            b["extra_info"]["breakdown"]["ms"]["step in chunks"] = 9.0
+    lines = targets_lines(slower)
+    assert "torch eager: NOT met, 1.25×" in lines[2] and "lowest round 1.20×" in lines[2]
+    assert "jax jit: not measured in this run" in lines[3]
+    assert "NOT met, 1.44×" in lines[5]                          # (9.0 ms against 6.272)

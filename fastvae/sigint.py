@@ -45,7 +45,7 @@ class CtrlCHandled:
     def __del__(self):
         # (where a handler's exception came as __exit__ began: the program's handlers back as this object goes,
         # not fit's left on Ctrl-C for good; on the main thread, where it was entered and is let go)
-        if self._previous and threading.current_thread() is threading.main_thread():
+        if getattr(self, "_previous", None) and threading.current_thread() is threading.main_thread():
             self.__exit__()
 
 
