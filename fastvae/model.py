@@ -548,11 +548,13 @@ class VAE:
         def one(k, j):
             rows = slice(j * size, min((j + 1) * size, n))
             fn(ws.rows(rows.stop - rows.start, lo=k * size), rows, j)
+        held = inference.threads_held(be, self.threads)
         try:
             self.__dict__["_in_chunks_now"] = True
-            with inference.threads_held(be, self.threads):
+            with held:
                 inference.run(be, parts, chunks, one)
         finally:
+            held.__exit__()         # (again, idempotent: a second handler's exception cut the with's own short)
             self.__dict__["_in_chunks_now"] = inside
             if not inside and ws.nbytes > INFERENCE_WORKSPACE_KEPT:
                 self._ws_inference = None

@@ -36,17 +36,15 @@ class CtrlCHandled:
         return self
 
     def __exit__(self, *exc):
+        """The handlers back; idempotent, so a caller may call it again where a second handler's exception cut the with
+        statement's own call short (training.run_epochs does: fit's handler was left on Ctrl-C, a review's storm)."""
+        if not self._previous:
+            return False
         with held_signals(leave=self._signals):
             previous, self._previous = self._previous, {}
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         return False
-
-    def __del__(self):
-        # (where a handler's exception came as __exit__ began: the program's handlers back as this object goes,
-        # not fit's left on Ctrl-C for good; on the main thread, where it was entered and is let go)
-        if getattr(self, "_previous", None) and threading.current_thread() is threading.main_thread():
-            self.__exit__()
 
 
 class CtrlCNoted(CtrlCHandled):

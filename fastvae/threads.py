@@ -202,9 +202,9 @@ class Libraries:
 
     def __init__(self, workers=None):
         from threadpoolctl import ThreadpoolController
+        self._holding = False                    # counted in _HELD (set() until release())
         self._blas = ThreadpoolController().select(user_api="blas")
         self.workers = workers
-        self._holding = False                    # counted in _HELD (set() until release())
         self._workers_before = None if workers is None else workers.count
         self.count = None
 
@@ -240,12 +240,6 @@ class Libraries:
             self.count = None
 
     close = release                              # (nothing else to put back: Numba's count is never changed)
-
-    def __del__(self):
-        # (a fit whose end a signal handler's exception cut short, as release() began: the counts given back as the
-        # fit's objects go, not held for the rest of the process)
-        if self._holding:
-            self.release()
 
 
 class _Held:
@@ -390,8 +384,8 @@ class held_for_inference:
         return False
 
     def __del__(self):
-        # where a handler's exception came as __exit__ began (Python runs handlers as a function starts), the with
-        # statement gave up on it: the counts are given back as the object goes (the unwinding frees it)
+        # where handlers' exceptions came as __exit__ began, twice (Python runs handlers as a function starts: the
+        # with statement's exit, then the caller's retry, VAE._in_chunks): given back as the object goes
         if getattr(self, "took", False):
             self.__exit__()
 
@@ -517,11 +511,15 @@ class Pacer:
         return self
 
     def __exit__(self, *exc):
+        """The counts as before the fit; again (idempotent) where a second signal handler's exception cut the with
+        statement's own call short (training.run_epochs calls it once more)."""
         try:
-            self._libs.close()
+            if self._libs is not None:
+                self._libs.close()
         finally:
-            if self._on_close is not None:
-                self._on_close(self.count)
+            on_close, self._on_close = self._on_close, None
+            if on_close is not None:
+                on_close(self.count)
         return False
 
     def wrap(self, stepper):

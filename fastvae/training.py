@@ -37,18 +37,25 @@ def run_epochs(model, X, ws, epochs, validation=None, callback=None, progress=Fa
     stepper = step.Stepper(be, cfg, model.state, ws, step.data_for(be, X))
     # the host backends' thread count (the workers', OpenBLAS's), sized to the CPUs available and adapted (threads.py)
     pacer = threads.pacer_for(model, ws, model.threads)
+    stop = StopOnCtrlC(stop_event)
+    try:
+        _run_epochs(model, X, ws, epochs, validation, callback, progress, stepper, pacer, stop)
+    finally:
+        # again where a second signal handler's exception (a repeated timer's) cut the with statement's own exits
+        # short: fit's handler was left on Ctrl-C (which it then swallowed), the BLAS counts held (both idempotent)
+        stop.__exit__()
+        if pacer:
+            pacer.__exit__()
+
+
+def _run_epochs(model, X, ws, epochs, validation, callback, progress, stepper, pacer, stop):
+    cfg = model.config
     # NaN/Inf arising inside the kernels is reported once, by the divergence guard, not as NumPy warnings
-    with StopOnCtrlC(stop_event) as stop, np.errstate(invalid="ignore", over="ignore", divide="ignore"), \
-            (pacer or contextlib.nullcontext()):
+    with stop, np.errstate(invalid="ignore", over="ignore", divide="ignore"), (pacer or contextlib.nullcontext()):
         stepper = pacer.wrap(stepper) if pacer else stepper
         for _ in range(epochs):
             if stop.asked():                    # (set before the fit, or by the last epoch's callback)
                 return
-            if model.epoch_step and model.epoch_step == -(-len(X) // ws.batch):
-                # every batch of the epoch ran, but its end (the checks, its record) was interrupted (a second
-                # Ctrl-C): the epoch is over, without a record
-                with held_signals():
-                    model._set(epoch=model.epoch + 1, epoch_step=0, epoch_loss=np.zeros(2))
             order = rng.epoch_permutation(cfg.seed, model.epoch, len(X))
             record = _epoch(model, stepper, order, ws, progress, stop, pacer)
             if record is None:                  # stopped inside the epoch by stop_event: no record, no callback
@@ -78,7 +85,9 @@ def _epoch(model, stepper, order, ws, progress, stop, pacer=None):
     that other threads made on the model meanwhile run between two chunks of steps (_serve)."""
     be, n = model.backend, len(order)
     starts = range(0, n, ws.batch)
-    if model.epoch_step >= len(starts):
+    # (every batch done but the epoch's end, which a stop cut short: a second Ctrl-C, a timeout's handler as the last
+    # chunk ended: that end runs now, with the epoch's record; such an epoch went without one until 2026-12-07)
+    if model.epoch_step > len(starts):
         raise UserError(f"this model stopped after batch {model.epoch_step} of epoch {model.epoch + 1}, but "
                         f"{n} images in batches of {ws.batch} make {len(starts)}; resume with the same data "
                         "and batch size")
@@ -125,6 +134,8 @@ def _epoch(model, stepper, order, ws, progress, stop, pacer=None):
                     raise
                 k += done
                 model._set(epoch_step=k)
+                if be.loss_check_interval == 1:     # (a host's loss: read for free; a device's is read below)
+                    model._set(epoch_loss=np.array(be.to_host(ws.loss), dtype=np.float64))
             if loading and first_steps is None:
                 first_steps = time.perf_counter() - begin
             _first_steps_done.add(be.name)
@@ -154,8 +165,9 @@ def _epoch(model, stepper, order, ws, progress, stop, pacer=None):
                 return None
     except BaseException:
         # left between two steps (a handler's exception, a second Ctrl-C there): the epoch's loss so far is kept
-        # with its position, as a stop keeps it, so that the resumed epoch's record counts every step's loss
-        if not model.step_broken and not model.diverged:
+        # with its position, as a stop keeps it, so that the resumed epoch's record counts every step's loss (a
+        # host's is kept with each chunk's position already, above: a second handler's exception here lost it)
+        if not model.step_broken and not model.diverged and be.loss_check_interval != 1:
             with contextlib.suppress(Exception):
                 model._set(epoch_loss=np.array(be.to_host(ws.loss), dtype=np.float64))
         if bar is not None:
@@ -170,7 +182,7 @@ def _epoch(model, stepper, order, ws, progress, stop, pacer=None):
     rec, kl = (float(t) / n for t in be.to_host(ws.loss))
     with held_signals():                    # (the three together: a handler's exception lands before or after)
         model._set(epoch=model.epoch + 1, epoch_step=0, epoch_loss=np.zeros(2))
-    trained = n - starts[first]
+    trained = n - starts[first] if first < len(starts) else 0
     # the backend and precision with every epoch: a resumed run may change them (--backend, --precision)
     record = {"epoch": model.epoch, "steps": model.steps, "seconds": seconds, "images_per_s": trained / seconds,
               "backend": model.backend.name, "precision": model.precision,

@@ -176,27 +176,31 @@ class Workers:
                 raise
             errors[0] = e
         finally:
-            while taken and waited < started:   # every started part is waited for, even through Ctrl-C; a Ctrl-C
-                try:                            # that lands outside the held regions is kept and raised after
-                    with held_interrupts():
-                        if not finished and on_error is not None:
-                            on_error()
-                            on_error = None
-                        while waited < started:
-                            worker = self._threads[waited]
-                            if all_departed:        # done but for its Python: its `done` is taken next time
-                                worker.owe()
-                                error = None
-                            else:
-                                error = worker.wait()
-                            waited += 1
-                            if error is not None:
-                                errors[waited] = error
-                except BaseException as e:  # noqa: BLE001
-                    errors.setdefault(0, e)
-            if taken:
-                self._owner = None
-                self._busy.release()
+            try:
+                while taken and waited < started:   # every started part is waited for, even through Ctrl-C; a
+                    try:                            # Ctrl-C that lands outside the held regions is kept, raised after
+                        with held_interrupts():
+                            if not finished and on_error is not None:
+                                on_error()
+                                on_error = None
+                            while waited < started:
+                                worker = self._threads[waited]
+                                if all_departed:    # done but for its Python: its `done` is taken next time
+                                    worker.owe()
+                                    error = None
+                                else:
+                                    error = worker.wait()
+                                waited += 1
+                                if error is not None:
+                                    errors[waited] = error
+                    except BaseException as e:  # noqa: BLE001
+                        errors.setdefault(0, e)
+            finally:
+                # (in a finally of its own: a second signal handler's exception at the loop's end, a repeated
+                # timer's, left the pool taken for good, every later job on one thread: a review's storm)
+                if taken:
+                    self._owner = None
+                    self._busy.release()
         if errors:
             raise errors[min(errors)]
         return True

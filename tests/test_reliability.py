@@ -196,10 +196,14 @@ def test_a_step_stopped_part_way_keeps_the_last_good_checkpoint(tmp_path, monkey
 def test_an_interrupt_between_an_epochs_last_step_and_its_end_leaves_a_model_that_goes_on(tmp_path, monkeypatch):
     """A KeyboardInterrupt (a second Ctrl-C) after an epoch's last step but before its end (here in the device
     synchronisation that follows the loop) leaves every batch done and the epoch not counted: the model saves, loads
-    and trains on, the interrupted epoch counted as done (found by a fresh user's trial: every later fit refused it)."""
+    and trains on (found by a fresh user's trial: every later fit refused it). The next fit runs that epoch's end, with
+    the record of the uninterrupted epoch (since 2026-12-07: the epoch was counted as done without one), as one of its
+    epochs."""
     from fastvae.backends import get_backend
     x = load_mnist().train_x[:600]
-    model = VAE(hidden=(32, 16), latent=3, batch_size=150, backend="cpu", threads=1)
+    settings = dict(hidden=(32, 16), latent=3, batch_size=150, backend="cpu", threads=1)
+    straight = VAE(**settings).fit(x, epochs=2)
+    model = VAE(**settings)
     be = get_backend("cpu")
     real = be.synchronize
 
@@ -214,8 +218,11 @@ def test_an_interrupt_between_an_epochs_last_step_and_its_end_leaves_a_model_tha
     again = VAE.load(tmp_path / "ck.npz", backend="cpu", threads=1)
     for m in (model, again):
         m.fit(x, epochs=1)
+        assert (m.epoch, m.epoch_step, m.steps) == (1, 0, 4)
+        assert m.history[-1]["train"] == straight.history[0]["train"]
+        m.fit(x, epochs=1)
         assert (m.epoch, m.epoch_step, m.steps) == (2, 0, 8)
-    assert np.array_equal(model.state.params, again.state.params)
+        assert np.array_equal(m.state.params, straight.state.params)
 
 
 FULL_DISK = """
