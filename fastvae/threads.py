@@ -235,8 +235,10 @@ class Libraries:
             if self._holding:
                 self._holding = False
                 _HELD.give_back()
-            if self.workers is not None:
-                self.workers.count = self._workers_before
+                # (only where this one held them: a second call, training.run_epochs' retry, must not set the shared
+                # pool's count under a fit that began meanwhile)
+                if self.workers is not None:
+                    self.workers.count = self._workers_before
             self.count = None
 
     close = release                              # (nothing else to put back: Numba's count is never changed)

@@ -177,7 +177,7 @@ def test_a_storm_of_timeouts_leaves_the_process_as_it_was(backend):
     done = subprocess.run([sys.executable, "-c", STORM, backend, "150"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.splitlines()[-1] == "problems: []", done.stdout[-3000:]
-    assert int(done.stdout.split()[1]) >= 30                     # (the timers do land inside the calls)
+    assert int(done.stdout.split()[1]) >= 10, done.stdout        # (the timers do land inside the calls: 38-111 here)
 
 
 def test_a_timeout_during_a_compile_inside_a_fastvae_call_comes_after_it_with_numbas_locks_free():
