@@ -134,7 +134,7 @@ def _epoch(model, stepper, order, ws, progress, stop, pacer=None):
                     raise
                 k += done
                 model._set(epoch_step=k)
-                if be.loss_check_interval == 1:     # (a host's loss: read for free; a device's is read below)
+                if check_every == 1:                # (a host's loss: read for free; a device's is read below)
                     model._set(epoch_loss=np.array(be.to_host(ws.loss), dtype=np.float64))
             if loading and first_steps is None:
                 first_steps = time.perf_counter() - begin
@@ -167,7 +167,7 @@ def _epoch(model, stepper, order, ws, progress, stop, pacer=None):
         # left between two steps (a handler's exception, a second Ctrl-C there): the epoch's loss so far is kept
         # with its position, as a stop keeps it, so that the resumed epoch's record counts every step's loss (a
         # host's is kept with each chunk's position already, above: a second handler's exception here lost it)
-        if not model.step_broken and not model.diverged and be.loss_check_interval != 1:
+        if not model.step_broken and not model.diverged and check_every != 1:
             with contextlib.suppress(Exception):
                 model._set(epoch_loss=np.array(be.to_host(ws.loss), dtype=np.float64))
         if bar is not None:
