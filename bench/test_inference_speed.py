@@ -130,24 +130,25 @@ def test_inference_on_the_workers_against_openblas_threads(benchmark, mnist, sit
 
 @pytest.mark.benchmark(group="IWAE bound (seed's layers)")
 def test_iwae_log_likelihoods_in_the_chunks_against_float64_numpy(benchmark, mnist, monkeypatch):
-    """iwae_bound of 100 images at k = 100 (10,000 decoded samples), its log-likelihoods computed in the decoder's
-    chunks (now) or as before, in turns; the bounds agree within the float32 row sums' error."""
+    """iwae_bound of 100 images at k = 100 (10,000 decoded samples), its codings drawn and its log-likelihoods
+    computed in the decoder's chunks (now) or as the reference backend does, in NumPy on the calling thread (every
+    backend's way before 2026-12-07), in turns; the bounds agree within the float32 row sums' error."""
     from fastvae import evaluate
     smoke = benchmark.disabled
     images, rounds = (10, 1) if smoke else (100, 5)
     model = VAE(backend="cpu", seed=0)
     x = mnist.test_x[:images]
     evaluate.iwae_bound(model, x[:2], k=10)                 # kernels loaded, outside the timing
-    # as before 2026-12-07: float64 logits and targets, one NumPy pass on the calling thread (the decode itself on
-    # the workers both ways)
-    ways = [("float64 NumPy", evaluate._float64_log_likelihoods), ("in the chunks", evaluate._log_likelihoods)]
+    # as before 2026-12-07: the noise, float64 logits and targets in NumPy on the calling thread (the decode itself
+    # on the workers both ways)
+    ways = [("float64 NumPy", evaluate._float64_log_weights), ("in the chunks", evaluate._log_weights)]
     times = {way: [] for way, _ in ways}
     bounds = {}
 
     def run():
         for r in range(rounds):
             for way, fn in (ways if r % 2 == 0 else ways[::-1]):
-                monkeypatch.setattr(evaluate, "_log_likelihoods", fn)
+                monkeypatch.setattr(evaluate, "_log_weights", fn)
                 begin = time.perf_counter()
                 bounds[way] = evaluate.iwae_bound(model, x, k=100)["bound"]
                 times[way].append(time.perf_counter() - begin)

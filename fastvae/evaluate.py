@@ -5,10 +5,11 @@ The IWAE bound (Burda, Grosse & Salakhutdinov 2015): for each image x and k codi
 with q(z | x) = N(mu, exp(logvar)), p(z) = N(0, I) and p(x | z) the Bernoulli (sigmoid cross-entropy) likelihood
 of the decoder's logits l: log p(x | z) = -sum over pixels of [max(l, 0) - l x + log1p(exp(-|l|))].
 k = 1 is a one-sample ELBO; the bound rises with k towards log p(x). The backend computes mu, logvar and the
-logits, and on the float32 backends log p(x | z) from them with the training loss's arithmetic (float32 terms, each
-image's total in float64); log p(z), log q(z | x), the log-weights and their log-mean-exp are float64 NumPy on the
-host (z = mu + sigma eps is formed in float64; the decoder sees it rounded to the backend's precision, float32 on
-cpu and gpu). The reference backend computes everything in float64.
+logits. On the float32 backends each chunk of samples is drawn where it is decoded (fastvae.backends.iwae_codings:
+the noise, z = mu + sigma eps formed in float64, log p(z) - log q(z | x) in float64), and log p(x | z) comes from
+the logits with the training loss's arithmetic (float32 terms, each sample's total in float64); the decoder sees z
+rounded to float32. The log-weights' log-mean-exp is float64 NumPy on the host. The reference backend computes
+everything in float64 NumPy (_float64_log_weights: the specification of the chunks' codings).
 
 The noise is a pure function of (seed, image index, sample index): sample j of image i is row j of
 rng.normals(seed, STREAM_IWAE, i, k, latent). Rows are a prefix (k = 10 uses the first 10 of k = 100's samples),
@@ -202,13 +203,9 @@ def iwae_bound(model: VAE, X: ArrayLike, k: int | Iterable[int] = DEFAULT_K, see
 
     def log_weights(imgs, s0, s1):
         """log w (len(imgs), s1 - s0): samples s0..s1 of each image in imgs, decoded in one call."""
-        eps = np.concatenate([rng.normals(seed, STREAM_IWAE, i, s1 - s0, mu.shape[1], first_row=s0)
-                              for i in imgs]).astype(np.float64)
         owner = np.repeat(imgs, s1 - s0)                  # image of each (image, sample) row
-        z = mu[owner] + sigma[owner] * eps
-        log_pz = -0.5 * np.sum(z ** 2 + _LOG_2PI, axis=1)
-        log_qz = -0.5 * np.sum(eps ** 2 + logvar[owner] + _LOG_2PI, axis=1)
-        return (_log_likelihoods(model, z, X, owner, rows) + log_pz - log_qz).reshape(len(imgs), s1 - s0)
+        way = _log_weights if model.backend.dtype == np.float32 else _float64_log_weights
+        return way(model, X, owner, rows, mu, sigma, logvar, seed, s0, s1).reshape(len(imgs), s1 - s0)
 
     bound = np.empty((n, len(ks)))
     elbo = np.empty((n, len(ks)))
@@ -246,40 +243,58 @@ def iwae_bound(model: VAE, X: ArrayLike, k: int | Iterable[int] = DEFAULT_K, see
     return {"k": ks, "bound": bound, "elbo": elbo}
 
 
-def _log_likelihoods(model, z, X, owner, rows):
-    """log p(X[owner[i]] | z[i]) of each row i, float64 (n,), nats, the codings z (n, latent) float64 decoded in chunks
-    of at most `rows`. On the float32 backends the decoder's chunk goes straight to the training loss's arithmetic,
-    row by row (fastvae.backends.cpu.row_losses: float32 terms, 16 float32 partial sums per row, the row's total in
-    float64), on the thread that decoded it: float64 logits and targets, and a NumPy pass over them on one thread
-    (5 of an IWAE sample's 14 us on the EPYC), are not made. The reference backend's float64 logits take
-    _bernoulli's float64 arithmetic. Raises UserError where the decoder overflowed (as decode_logits)."""
+def _log_weights(model, X, owner, rows, mu, sigma, logvar, seed, s0, s1):
+    """log w of each (image, sample) row i, float64 (n,), nats, on the float32 backends: log p(X[owner[i]] | z_i) +
+    log p(z_i) - log q(z_i | x), for samples s0..s1 of each image (owner: the images' indices, each repeated s1 - s0
+    times), decoded in chunks of at most `rows` (a chunk holds whole images' rows or part of one image's). Each chunk's
+    codings are drawn on the thread that decodes it (fastvae.backends.iwae_codings: the noise, z = mu + sigma eps in
+    float64 and log p(z) - log q(z | x), _float64_log_weights' formulas; on the calling thread they were 7 % of a
+    bound while the workers waited), the decoder's chunk goes straight to the training loss's arithmetic, row by row
+    (fastvae.backends.cpu.row_losses: float32 terms, 16 float32 partial sums per row, the row's total in float64):
+    float64 logits and targets, and a NumPy pass over them on one thread (5 of an IWAE sample's 14 us on the EPYC),
+    are not made. mu, sigma, logvar: float64 (images, latent). Raises UserError where the decoder overflowed (as
+    decode_logits)."""
     be, cfg = model.backend, model.config
     mse = cfg.reconstruction == "mse"
-    if be.dtype != np.float32:
-        return _float64_log_likelihoods(model, z, X, owner, rows)
     from . import step
     from .backends.cpu import row_losses
-    losses = np.empty(len(z))
+    from .backends.iwae_codings import iwae_codings
+    losses, ratio = np.empty(len(owner)), np.empty(len(owner))
+    images = np.ascontiguousarray(owner[::s1 - s0], dtype=np.int64)
     data = step.data_for(be, X)
 
+    def codings(part):
+        z = np.empty((part.stop - part.start, cfg.latent), dtype=np.float32)
+        iwae_codings(z, ratio[part], mu, sigma, logvar, images, s0, s1, part.start, seed, STREAM_IWAE)
+        return z
+
     def chunk(a, part, _):
-        a.z[...] = be.asarray(z[part])
+        a.z[...] = be.asarray(codings(part))
         step.decode(be, cfg, model.state.weights, a)
         be.gather_batch(a.x, data, be.asarray(owner[part], dtype=np.int64))
         row_losses(losses[part], be.to_host(a.logits), be.to_host(a.x), mse)
-    model._in_chunks(len(z), rows, chunk)
+    model._in_chunks(len(owner), rows, chunk)
     if np.isnan(losses).any():          # (decode_logits' refusal, which this path used to go through)
-        raise UserError(f"decoding these codings overflowed float32 (the largest |z| is {np.abs(z).max():g}; the "
+        first = int(np.flatnonzero(np.isnan(losses))[0])
+        largest = np.abs(codings(slice(first, first + 1))).max()
+        raise UserError(f"decoding these codings overflowed float32 (|z| up to {largest:g} in a sample that did; the "
                         "prior's draws lie within about ±6): the model's encoder gives codings of extreme size")
-    return -losses - gaussian_constant(X.shape[1]) if mse else -losses
+    return (-losses - gaussian_constant(X.shape[1]) if mse else -losses) + ratio
 
 
-def _float64_log_likelihoods(model, z, X, owner, rows):
-    """_log_likelihoods from the decoder's logits as float64 and the targets as float64, in one NumPy pass on this
-    thread (the reference backend's way; every backend's until 2026-12-07: bench/test_inference_speed.py times it)."""
+def _float64_log_weights(model, X, owner, rows, mu, sigma, logvar, seed, s0, s1):
+    """log w of each (image, sample) row as _log_weights, from the decoder's logits as float64 and the targets as
+    float64, in NumPy on this thread: the reference backend's way (every backend's until 2026-12-07:
+    bench/test_inference_speed.py times it), and the specification of the float32 backends' codings."""
+    eps = np.concatenate([rng.normals(seed, STREAM_IWAE, i, s1 - s0, mu.shape[1], first_row=s0)
+                          for i in owner[::s1 - s0]]).astype(np.float64)
+    z = mu[owner] + sigma[owner] * eps
+    log_pz = -0.5 * np.sum(z ** 2 + _LOG_2PI, axis=1)
+    log_qz = -0.5 * np.sum(eps ** 2 + logvar[owner] + _LOG_2PI, axis=1)
     logits = model.decode_logits(z, rows=rows)
     x = X[owner].astype(np.float64) / (255.0 if X.dtype == np.uint8 else 1.0)
-    return _gaussian(logits, x) if model.config.reconstruction == "mse" else _bernoulli(logits, x)
+    log_px = _gaussian(logits, x) if model.config.reconstruction == "mse" else _bernoulli(logits, x)
+    return log_px + log_pz - log_qz
 
 
 def _check_model(model):

@@ -328,14 +328,14 @@ def test_a_stopped_evaluation_closes_its_progress_bar_first(trained, monkeypatch
     interrupted' was glued to the bar's line)."""
     from fastvae import evaluate
     path = trained[1]
-    calls, real = [], evaluate._log_likelihoods
+    calls, real = [], evaluate._log_weights
 
     def interrupted(*args, **kw):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt
         return real(*args, **kw)
-    monkeypatch.setattr(evaluate, "_log_likelihoods", interrupted)
+    monkeypatch.setattr(evaluate, "_log_weights", interrupted)
     monkeypatch.setattr(evaluate, "on_terminal", lambda stream: True)      # (the bar is drawn on a terminal only)
     assert evaluate.main([str(path), "--k", "1", "10", "--test-images", "200", "--batch-size", "20"]) == 130
     err = capsys.readouterr().err

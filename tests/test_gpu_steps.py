@@ -193,9 +193,11 @@ def test_a_step_split_into_row_shards_is_the_whole_batchs_step(rand, name, encod
 
 def test_the_vae_class_runs_on_the_gpu_backend(be, rand):
     """fit, evaluate (counters set per batch; two chunks of EVAL_ROWS, each with its own loss and counters), encode,
-    reconstruct and sample through the VAE class (given the backend object under test): the same numbers as the cpu
-    backend's, within what a few float32 Adam steps in another summation order allow."""
+    reconstruct, sample and the IWAE bound (its codings drawn on the host for each chunk the device decodes) through
+    the VAE class (given the backend object under test): the same numbers as the cpu backend's, within what a few
+    float32 Adam steps in another summation order allow."""
     from fastvae import model
+    from fastvae.evaluate import iwae_bound
     X = rand.integers(0, 256, (40, 784)).astype(np.uint8)
     results = {}
     for name in ("cpu", "gpu-under-test"):
@@ -203,11 +205,14 @@ def test_the_vae_class_runs_on_the_gpu_backend(be, rand):
                         batch_size=8)
         vae.fit(X[:32], epochs=1)
         mu, logvar = vae.encode(X[32:])
-        results[name] = (vae.evaluate(X[32:])["total"], vae.evaluate(np.tile(X, (4, 1))[:157])["total"], mu, logvar,
-                         vae.reconstruct(X[32:5 + 32]), vae.sample(5), vae.steps)
-    (e_cpu, e2_cpu, *rest_cpu, t_cpu), (e_gpu, e2_gpu, *rest_gpu, t_gpu) = results["cpu"], results["gpu-under-test"]
+        bound = iwae_bound(vae, X[32:36], k=7, batch_size=5)["bound"][:, 0]     # chunks that cut images apart
+        results[name] = (vae.evaluate(X[32:])["total"], vae.evaluate(np.tile(X, (4, 1))[:157])["total"], bound, mu,
+                         logvar, vae.reconstruct(X[32:5 + 32]), vae.sample(5), vae.steps)
+    (e_cpu, e2_cpu, b_cpu, *rest_cpu, t_cpu), (e_gpu, e2_gpu, b_gpu, *rest_gpu, t_gpu) = results["cpu"], results[
+        "gpu-under-test"]
     assert t_cpu == t_gpu == 4
     assert abs(e_gpu - e_cpu) <= 1e-3 * abs(e_cpu) and abs(e2_gpu - e2_cpu) <= 1e-3 * abs(e2_cpu)
+    assert np.all(np.abs(b_gpu - b_cpu) <= 1e-3 * np.abs(b_cpu)), (b_gpu, b_cpu)
     for a, b in zip(rest_gpu, rest_cpu):
         assert a.dtype == b.dtype == np.float32 and a.shape == b.shape
         assert np.max(np.abs(a - b)) <= 1e-2 * max(1.0, float(np.max(np.abs(b))))

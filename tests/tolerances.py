@@ -38,6 +38,10 @@ TOL = {
     # most (m - 1) u sum |terms| (u = 2**-24), so (ceil(d / 16) + 15 + 4) u of the sum of |terms| in all; plus each
     # term's exp and log1p, ~1e-7 absolute (cpu_math: a few float32 ulps of values <= 1): float32_row_sum_tolerance.
     "float32_unit": 2.0 ** -24,
+    # float64 sums of the same terms in another order (the IWAE codings' log p(z) - log q(z | x) in Numba, column by
+    # column, against NumPy's sum): each order errs by at most (m - 1) u sum |terms| (u = 2**-53), so two orders
+    # differ by at most twice that: float64_sum_order_tolerance.
+    "float64_unit": 2.0 ** -53,
     "float32_exp_log1p": 2e-7,
 }
 PRECISIONS = {"cpu-bf16": "bfloat16"}    # backends whose products round their operands; all others float32
@@ -71,6 +75,11 @@ def tolerance_for(be, step=False, activation=None):
 def float32_row_sum_tolerance(d, abs_sum):
     """The bound on a float32 row loss of d columns whose terms' magnitudes sum to abs_sum (the table's derivation)."""
     return (-(-d // 16) + 19) * TOL["float32_unit"] * np.asarray(abs_sum) + d * TOL["float32_exp_log1p"]
+
+
+def float64_sum_order_tolerance(m, abs_sum):
+    """The bound on two float64 sums of the same m terms, in two orders, whose terms' magnitudes sum to abs_sum."""
+    return 2 * (m - 1) * TOL["float64_unit"] * np.asarray(abs_sum)
 
 
 AWKWARD_ROWS = (1, 7, 150, 257)
