@@ -34,7 +34,8 @@ from numpy.typing import ArrayLike
 
 from . import __version__, jsonfile, rng, tempfiles
 from .cli import (Notes, OptionMistake, Parser, add_shared_options, check_positive, checkpoint_path, returns_status,
-                  run_main, path_argument, run_precision, run_record, run_test_set, thread_count, whole_number)
+                  run_main, path_argument, run_precision, run_record, run_test_set, script, thread_count,
+                  whole_number)
 from .config import flag, integer, seed_value
 from .errors import UserError, one_line
 from .rng import STREAM_IWAE
@@ -545,5 +546,8 @@ def format_table(r: dict) -> str:
     return "\n".join(lines)
 
 
+# the console script fastvae-evaluate (pyproject.toml) and python -m fastvae.evaluate
+console = script(main)
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

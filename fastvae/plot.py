@@ -19,7 +19,7 @@ import numpy as np
 
 from . import jsonfile
 from .cli import (Parser, add_shared_options, check_positive, checkpoint_path, path_argument, remove_empty,
-                  returns_status, run_main, run_precision, run_test_set, valid_epochs)
+                  returns_status, run_main, run_precision, run_test_set, script, valid_epochs)
 from .constants import SAMPLE_CODINGS
 from .errors import UserError
 from .sigint import CtrlCNoted
@@ -228,5 +228,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+# the console script fastvae-plot (pyproject.toml) and python -m fastvae.plot
+console = script(main)
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

@@ -25,7 +25,7 @@ import numpy as np
 
 from . import __version__, jsonfile, machine, runlock, tempfiles, training
 from .cli import (Notes, OptionMistake, Parser, add_shared_options, at_most, check_positive, check_run_config,
-                  command_of, load_data, path_argument, remove_empty, returns_status, run_main, thread_count,
+                  command_of, load_data, path_argument, remove_empty, returns_status, run_main, script, thread_count,
                   valid_epochs, valid_run_record, whole_number)
 from .config import Config
 from .constants import ENCODERS, HIDDEN_ACTIVATIONS, RECONSTRUCTIONS, SAMPLE_CODINGS
@@ -595,5 +595,8 @@ def _remove_run(out):
         path.unlink(missing_ok=True)
 
 
+# the console script fastvae-train (pyproject.toml) and python -m fastvae.train
+console = script(main)
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())
