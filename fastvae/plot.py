@@ -180,10 +180,17 @@ def main(argv: list[str] | None = None) -> int:
     """The command line `python -m fastvae.plot CHECKPOINT [options]`; returns its exit status
     (0, 2 or 130; fastvae.cli lists them all), argparse's own too."""
     with tool_streams() as streams:
-        return streams.status(run_main(run, build_parser().parse_args(argv)))
+        written: list[str] = []
+
+        def kept():
+            # what a stop leaves, said after its line: a closed reader of stdout (`| head`) stopped the figures with
+            # status 141 and no line, 2 of 6 figures drawn (a fresh user's trial), as a Ctrl-C can stop them
+            return f"written before it: {', '.join(written)}" if written else None
+        return streams.status(run_main(lambda args: run(args, written), build_parser().parse_args(argv), kept))
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, written: list[str] | None = None) -> int:
+    """The tool's work; each figure's path is added to `written` as it is written."""
     from .figures import matplotlib_missing
     from .model import VAE
 
@@ -215,7 +222,13 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:
         remove_empty(made)
         raise UserError(f"cannot create the output folder {out} ({e.strerror}); choose another with --out") from None
-    say = (lambda msg: None) if args.quiet else print
+    told = [] if written is None else written
+
+    def say(line):
+        if line.startswith("wrote "):       # (write_figures' line for each figure written: noted before it is shown)
+            told.append(line[len("wrote "):])
+        if not args.quiet:
+            print(line)
     try:
         with CtrlCNoted() as ctrl_c:        # (a Ctrl-C matplotlib's callbacks swallowed is raised after them)
             # a model trained on rows of images (the library's fit of load_data's train_x) is drawn in the data's

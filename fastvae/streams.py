@@ -5,12 +5,14 @@ A fresh user's trial: `PYTHONIOENCODING=ascii fastvae-evaluate ...` stopped with
 '±' (the --json file not written), a run whose --out held an 'é' on its first line; `fastvae-train ... > /dev/full`
 stopped with a traceback at its first line and wrote no run, `2> /dev/full` at the first notice. Now the run goes on
 and saves as it would; a tool whose stdout lost anything ends with status 74 (EX_IOERR) and one line on stderr, as
-its output is what the user asked for (evaluate's table, train's log). A lost stderr only loses its notes. A closed
-reader (`| head`) is still the runner's BrokenPipeError (status 141).
+its output is what the user asked for (evaluate's table, train's log); so does one started with stdout closed (`>&-`)
+that prints there. A lost stderr only loses its notes. A closed reader (`| head`) is still the runner's
+BrokenPipeError (status 141).
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 from typing import Iterator
@@ -70,19 +72,49 @@ class Kept:
         return getattr(self._stream, name)
 
 
+class _Closed:
+    """The stdout of a tool started with it closed (`>&-`: Python's sys.stdout is None, and print() dropped every line
+    without a word: evaluate's table was lost with status 0, a fresh user's trial): each write fails, so Kept notes
+    the loss and the tool ends with status 74."""
+
+    encoding = "utf-8"
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "it is closed")
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return False
+
+
+def _fill_closed_descriptors() -> None:
+    """A closed descriptor 1 or 2 pointed at /dev/null: the next file the tool opened took its number (the lowest free
+    one), and any C library's write to stdout or stderr would have landed in it (a checkpoint, say)."""
+    for fd in (1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            with contextlib.suppress(OSError):
+                null = os.open(os.devnull, os.O_WRONLY)
+                if null != fd:
+                    os.dup2(null, fd)
+                    os.close(null)
+
+
 class Outcome:
     """What tool_streams yields: status(code) is the tool's exit status, LOST_OUTPUT (with one line on stderr) where
     it succeeded but its stdout lost output."""
 
-    def __init__(self, stdout: Kept | None):
+    def __init__(self, stdout: Kept):
         self.stdout = stdout
 
     def lost(self) -> OSError | None:
-        return None if self.stdout is None else self.stdout.failed
+        return self.stdout.failed
 
     def status(self, code: int | None) -> int:
-        if self.stdout is not None:
-            self.stdout.flush()             # (a failure may wait in its buffer)
+        self.stdout.flush()                 # (a failure may wait in its buffer)
         error = self.lost()
         if error is None or code not in (0, None):
             return 0 if code is None else code
@@ -96,7 +128,9 @@ def tool_streams() -> Iterator[Outcome]:
     """sys.stdout and sys.stderr as Kept streams for the body (put back after it); argparse's exit (--help, --version)
     takes its status from Outcome.status too."""
     saved = sys.stdout, sys.stderr
-    out = None if sys.stdout is None else Kept(sys.stdout)
+    if sys.stdout is None or sys.stderr is None:
+        _fill_closed_descriptors()
+    out = Kept(_Closed() if sys.stdout is None else sys.stdout)
     err = None if sys.stderr is None else Kept(sys.stderr)
     sys.stdout, sys.stderr = out, err
     outcome = Outcome(out)

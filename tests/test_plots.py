@@ -51,6 +51,26 @@ def _check_image(path, min_w, min_h):
     return img
 
 
+def test_a_reader_gone_from_its_stdout_stops_the_figures_and_says_which_were_written(runs, tmp_path):
+    """`fastvae-plot RUN | head -1`: the pipe's end stops the figures with status 141, as a Unix tool; it said nothing,
+    2 of 6 figures drawn (a fresh user's trial). One line on stderr names the figures written before the stop. A real
+    subprocess whose reader goes away after the first line."""
+    _, folder = runs[2]
+    out = tmp_path / "figs"
+    proc = subprocess.Popen([sys.executable, "-m", "fastvae.plot", str(folder), "--out", str(out), "--test-images",
+                             "200", "--backend", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 141 and "Traceback" not in err, err
+    assert first == f"wrote {out / 'latent.png'}\n"
+    last = err.strip().splitlines()[-1]
+    head = "fastvae: stopped: standard output was closed (its reader went away, as `| head` does); written before it: "
+    assert last.startswith(head), err
+    named = last[len(head):].split(", ")
+    assert sorted(named) == sorted(str(p) for p in out.iterdir()) and len(named) < len(ALL), (named, ALL)
+
+
 def test_every_figure_of_a_2d_model(runs, tmp_path):
     _, folder = runs[2]
     out = tmp_path / "figs"

@@ -66,6 +66,30 @@ def test_evaluate_writes_its_json_before_a_table_a_full_stdout_loses(run, tmp_pa
     assert [row["k"] for row in json.loads((tmp_path / "e.json").read_text())["iwae"]] == [1]
 
 
+def test_a_closed_stdout_is_output_lost_and_its_number_is_not_given_to_a_file(run, tmp_path):
+    """Started with stdout closed (`>&-`), Python's sys.stdout is None and print() dropped evaluate's table without a
+    word, status 0 (a fresh user's trial): the loss is status 74 and one line, the --json file written all the same;
+    a tool that prints nothing there (train --quiet) ends 0. The closed descriptor 1 is pointed at /dev/null: the
+    next file opened took the lowest free number, 1, where any C library's write to stdout would land. Real
+    subprocesses, started with descriptor 1 closed."""
+    def closed_stdout(*args):
+        return subprocess.run([sys.executable, "-c", *args], stdout=None, stderr=subprocess.PIPE, text=True,
+                              timeout=300, preexec_fn=lambda: os.close(1))
+    proc = closed_stdout("import sys; from fastvae import evaluate; sys.exit(evaluate.main(sys.argv[1:]))", str(run),
+                         "--k", "1", "--test-images", "20", "--json", str(tmp_path / "e.json"))
+    assert proc.returncode == LOST_OUTPUT, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == ("fastvae: error: standard output could not be written (it is "
+                                                    "closed); what the tool printed there is lost"), proc.stderr
+    assert [row["k"] for row in json.loads((tmp_path / "e.json").read_text())["iwae"]] == [1]
+    proc = closed_stdout("import sys; from fastvae import train; sys.exit(train.main(sys.argv[1:]))", *QUICK,
+                         "--quiet", "--out", str(tmp_path / "quiet"))
+    assert proc.returncode == 0 and (tmp_path / "quiet" / "checkpoint.npz").is_file(), proc.stderr
+    proc = closed_stdout("import os, sys\nfrom fastvae import plot\nstatus = plot.main(['--version'])\n"
+                         "same = os.path.samestat(os.fstat(1), os.stat(os.devnull))\n"
+                         "sys.stderr.write(f'{status} {same}\\n')")
+    assert proc.stderr.strip().splitlines()[-1] == f"{LOST_OUTPUT} True", proc.stderr
+
+
 def test_an_ascii_only_stream_gets_escapes_not_a_traceback(run, tmp_path):
     """The table's '±' and a run folder's 'é' are escaped on a stream that cannot encode them (evaluate stopped
     with UnicodeEncodeError before writing its --json file; train before its run)."""
@@ -88,7 +112,8 @@ def test_evaluate_draws_no_bar_into_a_log(run):
 def test_a_closed_stdout_stops_training_and_says_so(tmp_path):
     """`fastvae-train ... | head -1`: the pipe's end stops the run (status 141, as a Unix tool), which said nothing
     (a fresh user's trial found a run folder without a checkpoint and no word why): one line on stderr now.
-    evaluate and plot stay quiet there (tests/test_cli.py)."""
+    evaluate stays quiet there, its table being what was lost (tests/test_cli.py); plot names the figures it wrote
+    (tests/test_plots.py)."""
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "fastvae.train", *QUICK, "--out", str(out)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
