@@ -320,8 +320,11 @@ def run_test_set(args: argparse.Namespace, checkpoint: Path, model,
         raise UserError(f"the test set of {data.source} has rows of {data.width} values but the model takes "
                         f"{width}{fitted}; {advice}")
     if record is None and args.data is None and notify is not None:
-        notify(f"fastvae: no metrics.json beside {checkpoint} says which data set it was trained on: measuring it "
-               "on the embedded MNIST (--data PATH for another)")
+        # (one that is there but damaged was called "no metrics.json": a fresh user's trial)
+        which = ("the metrics.json beside {} cannot be read as the record that says" if
+                 (checkpoint.parent / "metrics.json").exists() else "no metrics.json beside {} says").format(checkpoint)
+        notify(f"fastvae: {which} which data set it was trained on: measuring it on the embedded MNIST (--data PATH "
+               "for another)")
     if args.test_images is not None:
         at_most(args.test_images, data.test_x, "--test-images", f"test images of {data.source}")
     test_x = model._images(data.test_x[:count], f"the test set of {data.source}")     # [:None] is all

@@ -368,9 +368,9 @@ def _load_data(path, test_fraction, split_seed):
         raise UserError("the data path is empty; name a data set's file or folder, or pass None for the embedded "
                         "MNIST")
     d = Path(path).expanduser()
-    if d.is_file() and d.suffix == ".npz":
+    if d.is_file() and d.suffix.lower() == ".npz":       # (DIGITS.NPZ, copied from elsewhere, was refused)
         return _load_npz(d, test_fraction, split_seed)
-    if d.is_file() and d.suffix == ".npy":
+    if d.is_file() and d.suffix.lower() == ".npy":
         try:
             x = np.load(d, allow_pickle=False)
         except PermissionError as e:

@@ -279,6 +279,13 @@ def _resumed_run(args, notify, hold):
         if not out.exists():                # (it said "(FileNotFoundError)")
             raise file_error(f"--resume {out}: there is no such folder; pass the --out folder of an earlier run",
                              FileNotFoundError, out) from None
+        record, checkpoint = out / "metrics.json", out / "checkpoint.npz"
+        if record.is_file() and checkpoint.is_file():
+            # a run folder whose record is damaged: it said "not a fastvae run folder", "pass the --out folder of an
+            # earlier run" of the very folder, and no way on (a fresh user's trial)
+            raise UserError(f"{record} cannot be read as a run's record ({type(e).__name__}): --resume takes the run's "
+                            "settings and data set from it; put a good copy back (the checkpoint beside it is kept: "
+                            "fastvae.VAE.load reads it)") from None
         raise UserError(f"{out} is not a fastvae run folder with a readable metrics.json ({type(e).__name__}); "
                         "pass the --out folder of an earlier run") from None
     if not (out / "checkpoint.npz").exists():
@@ -421,8 +428,12 @@ def _train(args, stop, hold):
     notes = Notes(args)
     model, run_info, out = (_resumed_run if args.resume is not None else _new_run)(args, notes, hold)
     args.run_dir = out                      # (what a stop leaves there is said by main: _kept)
+    # where a fixed count came from, as the note below names it (it said "--threads 5" for OPENBLAS_NUM_THREADS=5,
+    # an option the user never gave: a fresh user's trial)
+    asked_by = "the run's threads (its metrics.json)"
     if args.threads is not None:                # kept in metrics.json's run info: --resume keeps the count
         run_info["threads"] = args.threads
+        asked_by = f"--threads {args.threads}"
     elif args.resume is None:
         # a count fixed by OMP_NUM_THREADS (or the others) is the run's too: --resume without the variable ran at
         # auto, and the resumed run was not the uninterrupted one's bits (an auditor's trial)
@@ -430,6 +441,7 @@ def _train(args, stop, hold):
         fixed = explicit_from_env()
         if fixed is not None:
             run_info["threads"] = fixed[0]
+            asked_by = f"{fixed[1]}={fixed[0]}"
     if args.precision is not None:              # the same: asked for once, kept; the one in use is info's
         run_info["precision"] = args.precision
     elif args.resume is None and model.precision == "bf16":   # a bf16 backend named (cpu-bf16): resume in bf16 too
@@ -439,8 +451,8 @@ def _train(args, stop, hold):
         from .threads import detect
         plan = detect(model.threads)
         if plan.threads < model.threads:        # (said once here; metrics.json records it with every epoch)
-            notes(f"fastvae: --threads {model.threads}: {plan.threads} run, one per CPU this process may use (its "
-                  "affinity mask)")
+            notes(f"fastvae: {asked_by} asks for {model.threads} threads: {plan.threads} run, one per CPU this "
+                  "process may use (its affinity mask)")
     cfg = model.config
     asked = args.test_fraction if args.resume is None else None
     args.test_fraction = run_info.get("test_fraction")     # the run's own: a resumed run splits as it did

@@ -280,6 +280,10 @@ def test_a_single_array_is_split_by_the_documented_seeded_rule(tmp_path, suffix)
     np.testing.assert_array_equal(data.train_x, rows[train])
     assert data.image_shape is None and data.train_y is None and "10 of 70 rows held out" in data.source
     assert not np.array_equal(split_indices(70, 1 / 7, 6)[1], test), "the seed decides the split"
+    # the suffix in capitals (a file copied from a system that writes them: "is not a directory, .npz or .npy file",
+    # a fresh user's trial) is the same file
+    upper = path.rename(tmp_path / f"ROWS{suffix.upper()}")
+    np.testing.assert_array_equal(load_data(upper, test_fraction=1 / 7, split_seed=5).test_x, rows[test])
 
 
 @pytest.mark.parametrize("fraction,n,phrase", [(0.0, 10, "between 0 and 1"), (1.0, 10, "between 0 and 1"),

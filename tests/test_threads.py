@@ -375,19 +375,30 @@ def test_the_cli_takes_threads_and_metrics_json_records_them(tmp_path):
         train.build_parser().parse_args(["--threads", "0"])
 
 
-def test_more_threads_than_cpus_says_how_many_run(tmp_path, capsys):
-    """--threads 64 on 2 CPUs ran 2 shards but was shown ("64 threads") and recorded as 64: a fresh user's trial."""
+def test_more_threads_than_cpus_says_how_many_run(tmp_path, capsys, monkeypatch):
+    """--threads 64 on 2 CPUs ran 2 shards but was shown ("64 threads") and recorded as 64: a fresh user's trial. The
+    line names what asked for the count: the option, or the environment variable (it said "--threads 5" for
+    OPENBLAS_NUM_THREADS=5, an option never given: another trial), or the run's own count on --resume."""
     from fastvae import train
     cpus = len(os.sched_getaffinity(0))
+    small = ["--backend", "cpu", "--train-images", "300", "--test-images", "100", "--hidden", "16", "--latent", "2",
+             "--no-plots"]
+    tail = f"asks for {cpus + 1} threads: {cpus} run, one per CPU this process may use (its affinity mask)"
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        monkeypatch.delenv(variable, raising=False)
     out = tmp_path / "run"
-    assert train.main(["--backend", "cpu", "--train-images", "300", "--test-images", "100", "--epochs", "1",
-                       "--hidden", "16", "--latent", "2", "--no-plots", "--threads", str(cpus + 1),
-                       "--out", str(out)]) == 0
-    said = [line for line in capsys.readouterr().err.splitlines() if "--threads" in line]
-    assert said == [f"fastvae: --threads {cpus + 1}: {cpus} run, one per CPU this process may use (its affinity "
-                    "mask)"], said
+    assert train.main([*small, "--epochs", "1", "--threads", str(cpus + 1), "--out", str(out)]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "asks for" in line]
+    assert said == [f"fastvae: --threads {cpus + 1} {tail}"], said
     epoch = json.loads((out / "metrics.json").read_text())["epochs"][0]
     assert epoch["threads"]["count"] == cpus, epoch["threads"]
+    assert train.main(["--resume", str(out), "--epochs", "2"]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "asks for" in line]
+    assert said == [f"fastvae: the run's threads (its metrics.json) {tail}"], said
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", str(cpus + 1))
+    assert train.main([*small, "--epochs", "1", "--out", str(tmp_path / "env")]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if "asks for" in line]
+    assert said == [f"fastvae: OPENBLAS_NUM_THREADS={cpus + 1} {tail}"], said
 
 
 def test_a_loaded_model_takes_a_thread_count(tmp_path, mnist):
