@@ -260,7 +260,12 @@ def check_adam(be, rand, size, t, shards=1):
     # the sum of `shards` float32 terms: shards - 1 roundings, each relative to the terms' magnitudes
     g_abs = np.abs(g).sum(axis=0)
     assert np.all(np.abs(host(be, dg)[0] - e[1][0]) <= (shards - 1) * 2.0 ** -24 * g_abs), "grads[0] is not the sum"
-    assert_close(host(be, dm), e[2], TOL["float32"], what="m")
+    # m = 0.9 m + 0.1 g can cancel, so its float32 rounding is judged against the terms' size, 0.9 |m| + 0.1 |g|, not
+    # the result's: a size-1 case whose m cancelled to 2.5e-7 from terms of 1e-2 failed at 7e-11 (a CI run,
+    # FASTVAE_TEST_SEED=1620881120); v's two terms are positive and cannot cancel
+    m_scale = 0.9 * np.abs(m).astype(np.float64) + 0.1 * g_abs
+    err_m = np.abs(host(be, dm) - e[2])
+    assert np.all(err_m <= TOL["float32"] * m_scale), f"m: error {err_m.max():.3g} beyond the terms' rounding"
     assert_close(host(be, dv), e[3], TOL["float32"], what="v")
     # each parameter's step lr_t m / (sqrt v + eps) is a few float32 operations, judged against the size of the
     # terms it is made of: m = 0.9 m + 0.1 g can cancel, and then its float32 rounding is relative to

@@ -120,9 +120,13 @@ def handler(signum, frame):
     raise Timeout
 model = VAE(seed=1, threads=2, backend=backend, hidden=(200,), latent=8)
 model.fit(x, epochs=1)                          # (compiled and replays recorded)
-begin = time.perf_counter()
-model.fit(x, epochs=1)
-epoch = time.perf_counter() - begin
+epoch = 1e9
+for _ in range(2):
+    # the shorter of two: on a cold cache cpu-bf16's second fit compiles a replay of its own (3.5 s, where a fit
+    # takes 0.02 s), and timers of 1.5 times that landed once in 150 (a CI run, 2026-12-07)
+    begin = time.perf_counter()
+    model.fit(x, epochs=1)
+    epoch = min(epoch, time.perf_counter() - begin)
 signal.signal(signal.SIGALRM, handler)
 calls = {
     "fit": lambda: model.fit(x, epochs=1),
