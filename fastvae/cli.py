@@ -321,7 +321,7 @@ def run_test_set(args: argparse.Namespace, checkpoint: Path, model,
                         f"{width}{fitted}; {advice}")
     if record is None and args.data is None and notify is not None:
         # (one that is there but damaged was called "no metrics.json": a fresh user's trial)
-        which = ("the metrics.json beside {} cannot be read as the record that says" if
+        which = ("the metrics.json beside {} holds no readable run record to say" if
                  (checkpoint.parent / "metrics.json").exists() else "no metrics.json beside {} says").format(checkpoint)
         notify(f"fastvae: {which} which data set it was trained on: measuring it on the embedded MNIST (--data PATH "
                "for another)")
@@ -424,6 +424,19 @@ def check_positive(args: argparse.Namespace, *names: str) -> None:
         value = getattr(args, name)
         if value is not None and value <= 0:
             raise OptionMistake(f"--{name.replace('_', '-')} must be a positive integer, got {value}")
+
+
+def note_fewer_threads(notes: Callable[[str], None], asked_by: str, model) -> None:
+    """Where `model`'s fixed thread count is above the CPUs this process may use, one note saying how many run,
+    naming what asked for the count (`asked_by`: "--threads 5", "OPENBLAS_NUM_THREADS=5", ...), as train and
+    evaluate say it (evaluate printed the library's own line: "threads=5", the training's bits)."""
+    import numpy as np
+    if isinstance(model.threads, int) and model.backend.xp is np:
+        from .threads import detect
+        runs = detect(model.threads).threads
+        if runs < model.threads:
+            notes(f"fastvae: {asked_by} asks for {model.threads} threads: {runs} run, one per CPU this process may "
+                  "use (its affinity mask)")
 
 
 class Notes:

@@ -33,8 +33,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import __version__, jsonfile, rng, tempfiles
-from .cli import (Notes, OptionMistake, Parser, add_shared_options, check_positive, checkpoint_path, returns_status,
-                  run_main, path_argument, run_precision, run_record, run_test_set, script, thread_count,
+from .cli import (Notes, OptionMistake, Parser, add_shared_options, check_positive, checkpoint_path, note_fewer_threads,
+                  returns_status, run_main, path_argument, run_precision, run_record, run_test_set, script, thread_count,
                   whole_number)
 from .config import flag, integer, seed_value
 from .errors import UserError, one_line
@@ -276,8 +276,11 @@ def _log_weights(model, X, owner, rows, mu, sigma, logvar, seed, s0, s1):
         row_losses(losses[part], be.to_host(a.logits), be.to_host(a.x), mse)
     model._in_chunks(len(owner), rows, chunk)
     if np.isnan(losses).any():          # (decode_logits' refusal, which this path used to go through)
-        first = int(np.flatnonzero(np.isnan(losses))[0])
-        largest = np.abs(codings(slice(first, first + 1))).max()
+        # the first sample that overflowed, its coding in float64 (as float32 it may be inf: it said "up to inf")
+        q = int(np.flatnonzero(np.isnan(losses))[0])
+        i, s = int(owner[q]), s0 + q % (s1 - s0)
+        eps = rng.normals(seed, STREAM_IWAE, i, 1, cfg.latent, first_row=s)[0].astype(np.float64)
+        largest = float(np.abs(mu[i] + sigma[i] * eps).max())
         raise UserError(f"decoding these codings overflowed float32 (|z| up to {largest:g} in a sample that did; the "
                         "prior's draws lie within about ±6): the model's encoder gives codings of extreme size")
     return (-losses - gaussian_constant(X.shape[1]) if mse else -losses) + ratio
@@ -427,8 +430,9 @@ def run(args: argparse.Namespace) -> int:
         _check_writable(json_path, folder_meant=args.json.endswith(("/", os.sep)))
     path = checkpoint_path(args.checkpoint)
     notes = Notes(args)
-    model = VAE.load(path, backend=args.backend, notify=notes, precision=run_precision(path, args.precision),
-                     threads=None if args.threads == "auto" else args.threads)
+    model = VAE.load(path, backend=args.backend, notify=notes, precision=run_precision(path, args.precision))
+    model.threads = None if args.threads == "auto" else args.threads
+    note_fewer_threads(notes, f"--threads {args.threads}", model)     # (the command line's words, not the library's)
     if args.threads is None and model.backend.name == "reference":
         # the run's thread count: the reference backend's products' last bits follow OpenBLAS's count, and the run's
         # test loss was measured at it (at OpenBLAS's own count a --threads 1 run's came out different: an auditor's

@@ -73,14 +73,20 @@ class Kept:
 
 
 class _Closed:
-    """The stdout of a tool started with it closed (`>&-`: Python's sys.stdout is None, and print() dropped every line
-    without a word: evaluate's table was lost with status 0, a fresh user's trial): each write fails, so Kept notes
-    the loss and the tool ends with status 74."""
+    """A stream the tool was started with closed (`>&-`: Python's sys.stdout or sys.stderr is None). Stdout's writes
+    fail (`lost`), so Kept notes the loss and the tool ends with status 74: print() dropped every line without a word,
+    evaluate's table lost with status 0 (a fresh user's trial). Stderr's are dropped, its notes being all it loses:
+    print(..., file=None) wrote them to stdout, into --json -'s JSON (a review)."""
 
     encoding = "utf-8"
 
+    def __init__(self, lost: bool):
+        self.lost = lost
+
     def write(self, text: str) -> int:
-        raise OSError(errno.EBADF, "it is closed")
+        if self.lost:
+            raise OSError(errno.EBADF, "it is closed")
+        return len(text)
 
     def flush(self) -> None:
         pass
@@ -130,8 +136,8 @@ def tool_streams() -> Iterator[Outcome]:
     saved = sys.stdout, sys.stderr
     if sys.stdout is None or sys.stderr is None:
         _fill_closed_descriptors()
-    out = Kept(_Closed() if sys.stdout is None else sys.stdout)
-    err = None if sys.stderr is None else Kept(sys.stderr)
+    out = Kept(_Closed(lost=True) if sys.stdout is None else sys.stdout)
+    err = Kept(_Closed(lost=False) if sys.stderr is None else sys.stderr)
     sys.stdout, sys.stderr = out, err
     outcome = Outcome(out)
     try:
@@ -143,6 +149,5 @@ def tool_streams() -> Iterator[Outcome]:
     finally:
         with contextlib.suppress(OSError, ValueError):
             for stream in (out, err):
-                if stream is not None:
-                    stream.flush()
+                stream.flush()
         sys.stdout, sys.stderr = saved

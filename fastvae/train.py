@@ -25,8 +25,8 @@ import numpy as np
 
 from . import __version__, jsonfile, machine, runlock, tempfiles, training
 from .cli import (Notes, OptionMistake, Parser, add_shared_options, at_most, check_positive, check_run_config,
-                  command_of, load_data, path_argument, remove_empty, returns_status, run_main, script, thread_count,
-                  valid_epochs, valid_run_record, whole_number)
+                  command_of, load_data, note_fewer_threads, path_argument, remove_empty, returns_status, run_main,
+                  script, thread_count, valid_epochs, valid_run_record, whole_number)
 from .config import Config
 from .constants import ENCODERS, HIDDEN_ACTIVATIONS, RECONSTRUCTIONS, SAMPLE_CODINGS
 from .errors import StoppedBySignal, TrainingDiverged, TrainingInterrupted, UserError, file_error
@@ -269,8 +269,10 @@ def _resumed_run(args, notify, hold):
     # here (it is refused below as no run folder)
     if out.is_dir():
         _prepare_out(out, hold)
+    read = False                            # (metrics.json read as JSON: what was wrong is then its content)
     try:
         metrics = jsonfile.read(out / "metrics.json")
+        read = True
         run_info, history = metrics["run"], metrics["epochs"]
         # types and ranges as a run writes them (hand-edited ones were tracebacks: a security review)
         if not valid_run_record(run_info) or not valid_epochs(history):
@@ -281,11 +283,14 @@ def _resumed_run(args, notify, hold):
                              FileNotFoundError, out) from None
         record, checkpoint = out / "metrics.json", out / "checkpoint.npz"
         if record.is_file() and checkpoint.is_file():
-            # a run folder whose record is damaged: it said "not a fastvae run folder", "pass the --out folder of an
-            # earlier run" of the very folder, and no way on (a fresh user's trial)
-            raise UserError(f"{record} cannot be read as a run's record ({type(e).__name__}): --resume takes the run's "
-                            "settings and data set from it; put a good copy back (the checkpoint beside it is kept: "
-                            "fastvae.VAE.load reads it)") from None
+            # a run folder whose record is damaged or of another form: it said "not a fastvae run folder", "pass
+            # the --out folder of an earlier run" of the very folder, and no way on (a fresh user's trial)
+            what = ("holds no run record as a run writes them (an older fastvae's, or edited)" if read else
+                    f"cannot be read ({type(e).__name__})")
+            way = "continue training the checkpoint beside it, which is kept, in the library (fastvae.VAE.load, fit)" \
+                if read else "put a good copy back (the checkpoint beside it is kept: fastvae.VAE.load reads it)"
+            raise UserError(f"{record} {what}: --resume takes the run's settings and data set from it; {way}") \
+                from None
         raise UserError(f"{out} is not a fastvae run folder with a readable metrics.json ({type(e).__name__}); "
                         "pass the --out folder of an earlier run") from None
     if not (out / "checkpoint.npz").exists():
@@ -447,12 +452,7 @@ def _train(args, stop, hold):
     elif args.resume is None and model.precision == "bf16":   # a bf16 backend named (cpu-bf16): resume in bf16 too
         run_info["precision"] = "bf16"
     model.threads = run_info.get("threads")     # (checked as it is set)
-    if isinstance(model.threads, int) and model.backend.xp is np:
-        from .threads import detect
-        plan = detect(model.threads)
-        if plan.threads < model.threads:        # (said once here; metrics.json records it with every epoch)
-            notes(f"fastvae: {asked_by} asks for {model.threads} threads: {plan.threads} run, one per CPU this "
-                  "process may use (its affinity mask)")
+    note_fewer_threads(notes, asked_by, model)  # (said once here; metrics.json records it with every epoch)
     cfg = model.config
     asked = args.test_fraction if args.resume is None else None
     args.test_fraction = run_info.get("test_fraction")     # the run's own: a resumed run splits as it did

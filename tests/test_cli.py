@@ -865,8 +865,8 @@ def test_a_metrics_json_that_is_no_regular_file_is_no_run_record(run_dir, tmp_pa
     proc = subprocess.run([sys.executable, "-m", "fastvae.evaluate", str(folder), "--k", "1", "--test-images", "20",
                            "--backend", "cpu"], capture_output=True, text=True, timeout=120)
     # (one that is there but cannot be read was called "no metrics.json": a fresh user's trial)
-    assert proc.returncode == 0 and f"the metrics.json beside {folder / 'checkpoint.npz'} cannot be read as the " \
-        "record that says which data set it was trained on: measuring it on the embedded MNIST" in proc.stderr, \
+    assert proc.returncode == 0 and f"the metrics.json beside {folder / 'checkpoint.npz'} holds no readable run " \
+        "record to say which data set it was trained on: measuring it on the embedded MNIST" in proc.stderr, \
         proc.stderr
 
 
@@ -889,8 +889,17 @@ def test_a_hand_edited_metrics_json_is_one_line_not_a_traceback(run_dir, tmp_pat
     (run / "metrics.json").write_text(json.dumps(metrics))
     proc = train("--resume", str(run), "--epochs", "3")
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-    assert f"fastvae: error: {run / 'metrics.json'} cannot be read as a run's record (" in proc.stderr, proc.stderr
-    assert "put a good copy back (the checkpoint beside it is kept" in proc.stderr, proc.stderr
+    # (the file reads as JSON: its record is what is wrong, and the checkpoint goes on in the library)
+    assert f"fastvae: error: {run / 'metrics.json'} holds no run record as a run writes them (an older fastvae's, or " \
+        "edited): --resume takes the run's settings and data set from it; continue training the checkpoint beside " \
+        "it, which is kept, in the library (fastvae.VAE.load, fit)" in proc.stderr, proc.stderr
+    (run / "metrics.json").write_text(json.dumps(metrics)[:-9])                 # cut short: no JSON at all
+    proc = train("--resume", str(run), "--epochs", "3")
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"fastvae: error: {run / 'metrics.json'} cannot be read (JSONDecodeError): --resume takes the run's " \
+        "settings and data set from it; put a good copy back (the checkpoint beside it is kept" in proc.stderr, \
+        proc.stderr
+    (run / "metrics.json").write_text(json.dumps(metrics))                      # the edited one again, for plot's
     if "run" in damage:
         assert run_record(run / "checkpoint.npz") is None
     proc = subprocess.run([sys.executable, "-m", "fastvae.plot", str(run), "--out", str(tmp_path / "figs"),

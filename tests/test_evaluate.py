@@ -546,6 +546,19 @@ def test_a_decoder_that_overflows_is_refused_by_the_bound_in_one_line():
         iwae_bound(model, X, k=3)
 
 
+def test_codings_too_large_for_float32_are_named_by_their_size():
+    """An encoder whose logvar is 200 (sigma e^100) gives codings of ~1e43, inf in float32: the refusal names their
+    size, as the float64 coding it is (it said "|z| up to inf", the coding rounded to float32 first: a review)."""
+    model = VAE(hidden=(16,), latent=3, backend="cpu", seed=1)
+    heads_bias = model.state.weights[1][1]
+    heads_bias[3:] = 200.0                                  # logvar of every coding
+    X = load_mnist().test_x[:5]
+    with pytest.raises(UserError, match=r"^decoding these codings overflowed float32 \(\|z\| up to ") as info:
+        iwae_bound(model, X, k=3)
+    size = float(str(info.value).split("up to ")[1].split()[0])
+    assert float(np.finfo(np.float32).max) < size < np.inf, str(info.value)
+
+
 def test_on_the_reference_backend_the_command_line_takes_the_runs_thread_count(tmp_path):
     """There OpenBLAS's count decides the products' last bits, so a run's own count is the default (--threads
     overrides it). (Its test loss does not come back to the bit: a checkpoint holds float32 parameters, the reference

@@ -90,6 +90,19 @@ def test_a_closed_stdout_is_output_lost_and_its_number_is_not_given_to_a_file(ru
     assert proc.stderr.strip().splitlines()[-1] == f"{LOST_OUTPUT} True", proc.stderr
 
 
+def test_a_closed_stderr_loses_the_notes_and_keeps_them_out_of_stdout(run):
+    """Started with stderr closed (`2>&-`), Python's sys.stderr is None and print(..., file=None) writes to stdout:
+    the notes, an error line and --json -'s table went into the output (its JSON no longer parsed: a review). They
+    are lost now, as a failing stderr's are; the status stays the tool's. Real subprocesses, descriptor 2 closed."""
+    def closed_stderr(*args):
+        return subprocess.run([sys.executable, "-m", "fastvae.evaluate", *map(str, args)], stdout=subprocess.PIPE,
+                              stderr=None, text=True, timeout=300, preexec_fn=lambda: os.close(2))
+    proc = closed_stderr(run, "--k", "1", "--test-images", "20", "--backend", "auto", "--json", "-")
+    assert proc.returncode == 0 and [row["k"] for row in json.loads(proc.stdout)["iwae"]] == [1], proc.stdout
+    proc = closed_stderr(run / "no-such-checkpoint.npz")
+    assert proc.returncode == 2 and proc.stdout == "", proc.stdout
+
+
 def test_an_ascii_only_stream_gets_escapes_not_a_traceback(run, tmp_path):
     """The table's '±' and a run folder's 'é' are escaped on a stream that cannot encode them (evaluate stopped
     with UnicodeEncodeError before writing its --json file; train before its run)."""

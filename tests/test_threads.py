@@ -395,6 +395,12 @@ def test_more_threads_than_cpus_says_how_many_run(tmp_path, capsys, monkeypatch)
     assert train.main(["--resume", str(out), "--epochs", "2"]) == 0
     said = [line for line in capsys.readouterr().err.splitlines() if "asks for" in line]
     assert said == [f"fastvae: the run's threads (its metrics.json) {tail}"], said
+    # evaluate says it in the same words (it printed the library's line: "threads=N", the training's last bits)
+    from fastvae import evaluate
+    assert evaluate.main([str(out), "--k", "1", "--test-images", "20", "--threads", str(cpus + 1)]) == 0
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if "asks for" in line] == [f"fastvae: --threads {cpus + 1} {tail}"]
+    assert "training" not in err, err
     monkeypatch.setenv("OPENBLAS_NUM_THREADS", str(cpus + 1))
     assert train.main([*small, "--epochs", "1", "--out", str(tmp_path / "env")]) == 0
     said = [line for line in capsys.readouterr().err.splitlines() if "asks for" in line]

@@ -58,7 +58,11 @@ def test_timeouts_during_fits_stop_them_between_steps_and_the_fits_resume_bit_fo
                 stops += 1
                 assert not model.step_broken
             finally:
-                signal.setitimer(signal.ITIMER_REAL, 0)
+                try:                        # (a timer due as the fit returned: its handler runs here, outside it)
+                    signal.setitimer(signal.ITIMER_REAL, 0)
+                    signal.getitimer(signal.ITIMER_REAL)
+                except Timeout:
+                    pass
     assert stops >= 3                                           # (the timers do land inside the fits)
     assert np.array_equal(model.state.params, straight.state.params)
     # every epoch's record, also of one whose last chunk a timeout ended (its end runs in the next fit)
@@ -147,7 +151,13 @@ for trial in range(trials):
     except Exception as e:
         problems.append(f"{name}: {type(e).__name__}: {e}")
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
+        try:
+            # a timer due as the call returned runs its handler here, outside the call (a CI run's Timeout out of
+            # this line): not a stop inside the call, and not the script's end
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.getitimer(signal.ITIMER_REAL)
+        except Timeout:
+            pass
     if be.workers._busy.acquire(blocking=False):
         be.workers._busy.release()
     else:
