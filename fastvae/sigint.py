@@ -93,6 +93,61 @@ class CtrlCNoted(CtrlCHandled):
             raise StoppedBySignal("", self.seen)
 
 
+class KeptHandlerErrors:
+    """While active on the main thread, an exception that a signal handler raised where Python cannot pass it on is
+    kept, and raise_kept() raises it. Python runs a handler at the next point it checks, which may be inside a
+    weakref callback or a __del__ that the garbage collector ran; an exception there is dropped after 'Exception ignored
+    in ...' is printed: a timeout's TimeoutError raised inside a WeakSet's callback let the fit run on to its end (a
+    CI run, tests/test_served_calls.py). Kept: an exception whose traceback runs through a Python handler in place
+    for a signal (a program's, fit's own), and a KeyboardInterrupt (Python's default Ctrl-C handler's). Others go to
+    the hook in place. Exits are idempotent (run_epochs calls them again)."""
+
+    def __init__(self):
+        self.error = None
+        self._hook = self._quiet = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread() and self._hook is None:
+            previous = self._hook = sys.unraisablehook
+
+            def hook(unraisable):
+                if self.error is None and _from_a_handler(unraisable.exc_value, unraisable.exc_traceback):
+                    self.error = unraisable.exc_value
+                else:
+                    previous(unraisable)
+            self._quiet = sys.unraisablehook = hook
+        return self
+
+    def raise_kept(self):
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
+
+    def __exit__(self, *exc):
+        if self._hook is not None:
+            if sys.unraisablehook is self._quiet:     # (one a program set meanwhile stays)
+                sys.unraisablehook = self._hook
+            self._hook = self._quiet = None
+        return False
+
+
+def _from_a_handler(error, tb):
+    """Whether `error`, dropped with traceback `tb`, was raised by a signal handler (see KeptHandlerErrors)."""
+    if isinstance(error, KeyboardInterrupt):
+        return True
+    codes = set()
+    for signum in signal.valid_signals():
+        handler = _signal.getsignal(int(signum))
+        code = getattr(getattr(handler, "__func__", handler), "__code__", None)
+        if code is not None:
+            codes.add(code)
+    while tb is not None:
+        if tb.tb_frame.f_code in codes:
+            return True
+        tb = tb.tb_next
+    return False
+
+
 _SIGINT = int(signal.SIGINT)
 _OTHER_SIGNALS = tuple(int(s) for s in signal.valid_signals() if s != signal.SIGINT)
 

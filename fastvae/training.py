@@ -15,7 +15,7 @@ import numpy as np
 from . import rng, step, threads, turns
 from .constants import LOSS_CHECK_INTERVAL_DEVICE
 from .errors import TrainingDiverged, TrainingInterrupted, UserError, signal_name
-from .sigint import CtrlCHandled, held_signals
+from .sigint import CtrlCHandled, KeptHandlerErrors, held_signals
 
 # Steps between updates of the progress bar: the device backends read the loss back at this rate, so the bar
 # costs them nothing more.
@@ -76,6 +76,7 @@ def _run_epochs(model, X, ws, epochs, validation, callback, progress, stepper, p
                 with turns.resting(lambda: _serve_at_end(model, pacer, record)):
                     callback(model, record)
             _serve_at_end(model, pacer, record)     # (queued during the validation or the callback)
+            stop.kept.raise_kept()
             stop.check()
 
 
@@ -136,6 +137,7 @@ def _epoch(model, stepper, order, ws, progress, stop, pacer=None):
                 model._set(epoch_step=k)
                 if check_every == 1:                # (a host's loss: read for free; a device's is read below)
                     model._set(epoch_loss=np.array(be.to_host(ws.loss), dtype=np.float64))
+            stop.kept.raise_kept()                  # (a handler's exception Python dropped meanwhile: here, between chunks)
             if loading and first_steps is None:
                 first_steps = time.perf_counter() - begin
             _first_steps_done.add(be.name)
@@ -299,6 +301,21 @@ class StopOnCtrlC(CtrlCHandled):
         super().__init__(also=_also_stopping_on)
         self.requested = None                  # the signal that asked, once one has
         self._event = event                    # VAE.fit's `stop`: ends the fit, which returns (no exception)
+        self.kept = KeptHandlerErrors()        # a handler's exception Python dropped: raised between two chunks
+
+    def __enter__(self):
+        self.kept.__enter__()
+        try:
+            return super().__enter__()
+        except BaseException:
+            self.kept.__exit__()
+            raise
+
+    def __exit__(self, *exc):
+        try:
+            return super().__exit__(*exc)
+        finally:
+            self.kept.__exit__()
 
     def asked(self):
         return self._event is not None and bool(self._event.is_set())
