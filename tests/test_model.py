@@ -73,6 +73,11 @@ def test_encode_decode_sample_reconstruct(mnist, trained):
     assert s1.shape == (60, 784)
     np.testing.assert_array_equal(s1, trained.sample(60, seed=1))
     assert not np.array_equal(s1, s2)
+    # the codings are fastvae.rng's draw (the specification; Numba's fill_normals draws them since 2026-12-08)
+    from fastvae import rng
+    for n, seed in ((1, 0), (7, 2**63 - 1), (61, 12345678901)):
+        expected = trained.decode(rng.normals(seed, rng.STREAM_SAMPLE, 0, n, trained.config.latent))
+        np.testing.assert_array_equal(trained.sample(n, seed=seed), expected)
 
 
 def test_the_weights_are_copies_that_compute_what_encode_and_decode_do(mnist, trained):
