@@ -311,9 +311,10 @@ def train_step(be, cfg, state, ws, data, idx, parts=1, shards=None):
 
 class ShardReplays:
     """The row shards of a step in `parts` shards on a backend that records (cpu, cpu-bf16: `record`): each shard's
-    kernel calls recorded by the first step that runs them (run() runs them then as well), compile()d after it, and
-    replayed by every later step as one call (fastvae.backends.capture). `refused`: why they cannot be replayed (a
-    wrapper did more than call a kernel), else None; `seconds`: what compiling took."""
+    kernel calls recorded by the second step that runs them (run() runs them then as well; the first runs them
+    plainly, so that the recorded arguments are the scratch buffers at their grown size: see StepChunks.run),
+    compile()d after it, and replayed by every later step as one call (fastvae.backends.capture). `refused`: why they
+    cannot be replayed (a wrapper did more than call a kernel), else None; `seconds`: what compiling took."""
 
     def __init__(self, be, parts):
         self.be, self.parts = be, parts
@@ -321,6 +322,7 @@ class ShardReplays:
         self.recorded = {}
         self.refused = None
         self.seconds = 0.0
+        self.warmed = False                     # a step has run the kernels plainly
 
     @property
     def kernels(self):
@@ -329,11 +331,16 @@ class ShardReplays:
     def run(self, s, kernels):
         if self.replays is not None:
             self.replays[s]()
+        elif not self.warmed:
+            kernels(s)
         else:
             self.recorded[s] = self.be.record(lambda: kernels(s))
 
     def compile(self):
         """After a step that recorded every shard: their replays (once; False when there is nothing to compile)."""
+        if not self.warmed:
+            self.warmed = True                  # (the step that ran them plainly: the next one records)
+            return False
         if self.replays is not None or self.refused is not None or len(self.recorded) < self.parts:
             return False
         refused = [r.refused for r in self.recorded.values() if r.refused is not None]

@@ -71,15 +71,20 @@ class StepChunks:
 
     def run(self, order, first, count):
         """Up to `count` (>= 1) full batches of the epoch's `order` (an int64 array), from batch number `first`: the
-        number of steps done, or None (nothing done) where the pool is busy. The first call records one step and
-        compiles the replays (Stepper counts it as a capture)."""
+        number of steps done, or None (nothing done) where the pool is busy. The first call runs one step, records a
+        second (one where count is 1) and compiles the replays (Stepper counts it as a capture)."""
         ws = self.ws
         if self.replays is not None and self.owner != threading.get_ident():
             # recorded on another thread, whose scratch buffers (cpu_update.scratch) part 0's replay uses: record
             # again on this one (from Numba's cache: milliseconds)
             self.replays = None
         self.compiled_now = recording = self.replays is None
-        n = 1 if recording else min(count, CHUNK_STEPS)
+        # a recording call first runs a step plainly where it may (count >= 2): its kernels grow this thread's scratch
+        # buffers (amx.scratch) to their size, so the recorded step's arguments, the generated source and Numba's
+        # cache entry are those of every later recording (cpu-bf16's second fit in a process compiled a replay of its
+        # own, 3.5 s on a cold cache: the buffers had grown inside the first one's recording)
+        warm = recording and count >= 2
+        n = (2 if warm else 1) if recording else min(count, CHUNK_STEPS)
         batch = ws.batch
         self.orders[:n * batch] = order[first * batch:(first + n) * batch]
         self.cursors[:, 0] = 0
@@ -96,6 +101,8 @@ class StepChunks:
         def part(k):
             try:
                 if recording:
+                    if warm:
+                        self._step(k)
                     recorded[k] = self.be.record(lambda: self._step(k))
                 else:
                     self.replays[k].steps(n, self.stop)

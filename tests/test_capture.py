@@ -134,13 +134,48 @@ def test_a_fit_replays_its_shards(replays_dir):
     finally:
         step.Stepper.many, step.Stepper.__call__ = real, real_call
     # each thread's step (step_chunks): its shard's 19 kernels (see the test above), step_begin, its update, the
-    # step's end; the first chunk recorded one step, then the rest of each epoch's 10 batches ran as one chunk
-    assert seen[0] == (1, 2 * 22, 1) and seen[1:] == [(1, 2 * 22, 9), (1, 2 * 22, 10)] and not single
+    # step's end; the first chunk ran a step plainly and recorded the next, then the rest of each epoch's 10 batches
+    # ran as one chunk
+    assert seen[0] == (1, 2 * 22, 2) and seen[1:] == [(1, 2 * 22, 8), (1, 2 * 22, 10)] and not single
     # the first epoch says what compiling the replays took (inside its seconds); the second compiled nothing
     first, second = model.history
     assert 0 < first["replay_compile_seconds"] < first["seconds"] and "replay_compile_seconds" not in second
     # every part's step is the same calls on other arrays: one generated module serves both, compiled once
     assert len(list(replays_dir.glob("replay_*.py"))) == 1
+
+
+SECOND_FIT = """
+import sys
+from fastvae import VAE
+from fastvae.backends import capture
+from fastvae.data import load_mnist
+sources, real = [], capture.Replay.__init__
+
+def spy(self, calls):
+    real(self, calls)
+    sources.append(capture._source(calls)[0])
+capture.Replay.__init__ = spy
+x = load_mnist().train_x[:640]
+for fit in range(2):
+    VAE(seed=1, backend=sys.argv[1], threads=int(sys.argv[2]), hidden=(64,), latent=4, batch_size=64).fit(x, epochs=1)
+    print(len(sources), len(set(sources)))
+"""
+
+
+@pytest.mark.parametrize("name", ["cpu", pytest.param("cpu-bf16", marks=pytest.mark.skipif(
+    bf16_unavailable() is not None, reason=f"cpu-bf16: {bf16_unavailable()}"))])
+@pytest.mark.parametrize("count", [1, 2])
+def test_a_second_fit_in_a_process_records_the_first_fits_replay(name, count):
+    """cpu-bf16's scratch buffers (amx.scratch, per thread) grew inside the first fit's recorded step, so the first
+    replay's arguments aliased otherwise than every later one's: each process's second fit generated a module of its
+    own (3.5 s of compiling on a cold cache, at 2 threads; 2.1 s at 1). A recording now follows a step run plainly:
+    every fit records the same source. In a fresh process (fresh threads, so fresh scratch buffers)."""
+    done = subprocess.run([sys.executable, "-c", SECOND_FIT, name, str(count)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.split("\n")
+    recorded_first, recorded_both = lines[0].split(), lines[1].split()
+    assert int(recorded_first[0]) >= 1 and recorded_first[1] == recorded_both[1], done.stdout
 
 
 # ---------------------------------------------------------------- the recording and the generated module

@@ -80,11 +80,13 @@ def test_chunks_give_the_bits_of_steps_one_by_one(name, batch, width, keep):
     cfg = Config(hidden=(96, 40), latent=6, batch_size=batch, input_width=width, image_shape=None)
     data = _data(40 * batch, width)
     order = np.random.default_rng(2).permutation(len(data)).astype(np.int64)
-    steps = CHUNK_STEPS + 7                          # the recorded step, a whole chunk, and a short one
+    # a plain step and the recorded one (the first grows the scratch buffers to their size: StepChunks.run), a whole
+    # chunk, and a short one
+    steps = CHUNK_STEPS + 7
     one = _run(cfg, data, order, steps, chunked=False, keep_gradients=keep, name=name)
     many = _run(cfg, data, order, steps, chunked=True, keep_gradients=keep, name=name)
     _assert_same(many, one)
-    assert many[-1] == [1, CHUNK_STEPS, steps - 1 - CHUNK_STEPS] and many[6].captures == 1
+    assert many[-1] == [2, CHUNK_STEPS, steps - 2 - CHUNK_STEPS] and many[6].captures == 1
 
 
 def test_a_busy_pool_steps_one_by_one_with_the_same_bits():
@@ -122,9 +124,9 @@ def test_a_part_that_raises_stops_the_other_and_the_error_is_raised(broken):
                 raise RuntimeError(f"part {broken} failed")
 
         def fit():                                  # (on a thread of its own: a hang is seen, not suffered)
-            assert stepper.many(order, 0, 5) == 1   # records one step and compiles
+            assert stepper.many(order, 0, 5) == 2   # a plain step, a recorded one, and compiles
             stepper.chunks[2].replays[broken] = Broken()
-            return stepper.many(order, 1, 5)
+            return stepper.many(order, 2, 5)
         outcome = []
         worker = threading.Thread(target=lambda: outcome.append(_raises(fit)))
         worker.start()
@@ -140,16 +142,17 @@ def test_chunks_recorded_on_one_thread_and_run_from_another_are_recorded_again()
     another thread, the chunk records again there; the bits are those of steps one by one."""
     st, ws, stepper, order, libs = _stepper(1280)
     try:
-        counts = [stepper.many(order, 0, 10), stepper.many(order, 1, 5)]
-        other = threading.Thread(target=lambda: counts.append(stepper.many(order, 6, 10)))
+        counts = [stepper.many(order, 0, 10), stepper.many(order, 2, 5)]
+        other = threading.Thread(target=lambda: counts.append(stepper.many(order, 7, 10)))
         other.start()
         other.join(timeout=120)
-        counts.append(stepper.many(order, 7, 10))
+        counts.append(stepper.many(order, 9, 10))
     finally:
         libs.close()
-    assert counts == [1, 5, 1, 1] and stepper.captures == 3      # recorded on main, on the other thread, on main
+    # recorded on main, on the other thread, on main (each recording call: a plain step, then the recorded one)
+    assert counts == [2, 5, 2, 2] and stepper.captures == 3
     _assert_same((st.params, st.m, st.v, None, ws.loss, st.counters),
-                 _run(stepper.cfg, stepper.data, order, 8, chunked=False))
+                 _run(stepper.cfg, stepper.data, order, 11, chunked=False))
 
 
 def _stepper(n):
@@ -183,6 +186,7 @@ def test_chunk_replays_that_do_not_compile_step_one_by_one_with_one_warning(monk
     # one warning for the chunks', one for the shards' replays the steps one by one then tried: once each
     said = [str(w.message) for w in caught]
     assert sorted("chunks' replays" in m for m in said) == [False, True], said
-    assert got[-1] == [1] * 6 and "no compiler" in got[6].chunks[2].refused
+    # (the recording call: a plain step and the recorded one; then one by one)
+    assert got[-1] == [2] + [1] * 4 and "no compiler" in got[6].chunks[2].refused
     monkeypatch.undo()
     _assert_same(got, _run(cfg, data, order, 6, chunked=False))
