@@ -421,6 +421,9 @@ def as_rows(X: ArrayLike, what: str = "X", empty: bool = False) -> tuple[np.ndar
     except (ValueError, TypeError) as e:  # e.g. ragged nested lists
         raise UserError(f"{what} is not an array of numbers ({_one_line(e)}); pass an array of shape "
                         "(n, d) or (n, h, w)") from None
+    if a.dtype == object and a.ndim == 0:   # None, a dict, a model...: "has dtype object" said nothing of that (a review)
+        raise UserError(f"{what} is {'None' if X is None else 'a ' + type(X).__name__}, not images; pass an array of "
+                        "shape (n, d) or (n, h, w)")
     if a.dtype.kind not in "uifb":  # complex, strings, objects, dates are not pixels
         raise UserError(f"{what} has dtype {a.dtype}; pass pixels as uint8 0..255 or as floats in [0, 1]")
     if a.size == 0 and empty and a.ndim in (2, 3) and len(a) == 0 and all(a.shape[1:]):

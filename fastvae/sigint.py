@@ -1,6 +1,7 @@
 """SIGINT (and SIGTERM where asked) handled by an object while a block runs (training.StopOnCtrlC, CtrlCNoted for
 the tools' figures): one place for taking the handlers and giving the previous ones back."""
 import _signal
+import functools
 import signal
 import sys
 import threading
@@ -98,21 +99,30 @@ class KeptHandlerErrors:
     kept, and raise_kept() raises it. Python runs a handler at the next point it checks, which may be inside a
     weakref callback or a __del__ that the garbage collector ran; an exception there is dropped after 'Exception ignored
     in ...' is printed: a timeout's TimeoutError raised inside a WeakSet's callback let the fit run on to its end (a
-    CI run, tests/test_served_calls.py). Kept: an exception whose traceback runs through a Python handler in place
-    for a signal (a program's, fit's own), and a KeyboardInterrupt (Python's default Ctrl-C handler's). Others go to
-    the hook in place. Exits are idempotent (run_epochs calls them again)."""
+    CI run, tests/test_served_calls.py). Kept: an exception whose traceback runs through the code of a Python handler
+    (a function, method, functools.partial or callable object) in place for a signal as the block began or as it is
+    dropped (a one-shot handler puts the previous one back before it raises), and a KeyboardInterrupt (Python's
+    default Ctrl-C handler's). Others go to the hook in place, as does everything once the block has ended (a program
+    that set its own hook during the block and put "back" this one after it: a review). The same function serving as
+    a handler and as a weakref callback that raises is taken for a handler's. Exits are idempotent (run_epochs calls
+    them again)."""
 
     def __init__(self):
         self.error = None
         self._hook = self._quiet = None
+        self._codes = frozenset()
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread() and self._hook is None:
             previous = self._hook = sys.unraisablehook
+            self._codes = _handler_codes()
+            active = self
 
             def hook(unraisable):
-                if self.error is None and _from_a_handler(unraisable.exc_value, unraisable.exc_traceback):
-                    self.error = unraisable.exc_value
+                kept = active._hook is not None and active.error is None and _from_a_handler(
+                    unraisable.exc_value, unraisable.exc_traceback, active._codes)
+                if kept:
+                    active.error = unraisable.exc_value
                 else:
                     previous(unraisable)
             self._quiet = sys.unraisablehook = hook
@@ -131,16 +141,33 @@ class KeptHandlerErrors:
         return False
 
 
-def _from_a_handler(error, tb):
-    """Whether `error`, dropped with traceback `tb`, was raised by a signal handler (see KeptHandlerErrors)."""
-    if isinstance(error, KeyboardInterrupt):
-        return True
+def _handler_codes():
+    """The code objects of the Python signal handlers in place (through functools.partial, bound methods and
+    callable objects)."""
     codes = set()
     for signum in signal.valid_signals():
         handler = _signal.getsignal(int(signum))
-        code = getattr(getattr(handler, "__func__", handler), "__code__", None)
+        for _ in range(8):                              # (a partial of a partial ...)
+            if isinstance(handler, functools.partial):
+                handler = handler.func
+            else:
+                break
+        handler = getattr(handler, "__func__", handler)
+        code = getattr(handler, "__code__", None)
+        if code is None and callable(handler):          # a callable object: its class's __call__
+            call = getattr(type(handler), "__call__", None)
+            code = getattr(getattr(call, "__func__", call), "__code__", None)
         if code is not None:
             codes.add(code)
+    return frozenset(codes)
+
+
+def _from_a_handler(error, tb, codes):
+    """Whether `error`, dropped with traceback `tb`, was raised by a signal handler (see KeptHandlerErrors): `codes`
+    those in place as the block began, with those in place now."""
+    if isinstance(error, KeyboardInterrupt):
+        return True
+    codes = codes | _handler_codes()
     while tb is not None:
         if tb.tb_frame.f_code in codes:
             return True

@@ -233,6 +233,9 @@ def test_as_images_flattens_float_images_to_float32():
     (np.full((2, 784), "a"), "has dtype <U1"),
     (np.zeros((2, 784), complex), "has dtype complex128"),
     ([[0.0] * 784, [0.0]], "is not an array of numbers"),
+    # (each was "has dtype object", which said nothing of what was passed: a review)
+    (None, "is None, not images; pass an array of shape (n, d) or (n, h, w)"),
+    ({"x": 1}, "is a dict, not images"),
 ])
 def test_as_images_rejects_with_one_line(X, phrase):
     msg = user_error(as_images, X, "images", phrase=phrase)
