@@ -70,8 +70,9 @@ class CtrlCNoted(CtrlCHandled):
             previous = self._hook = sys.unraisablehook
 
             def hook(unraisable):
+                # (quiet while the block runs only: a hook a program "put back" after it passes everything on)
                 ours = isinstance(unraisable.exc_value, (KeyboardInterrupt, StoppedBySignal))
-                if not (ours and self.seen is not None):
+                if not (ours and self.seen is not None and self._hook is not None):
                     previous(unraisable)
             self._quiet = sys.unraisablehook = hook
         return self
