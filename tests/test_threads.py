@@ -89,6 +89,25 @@ def test_cgroup_without_mountinfo_looks_in_the_usual_places_and_no_cgroup_means_
         3, True, "3 CPUs in the affinity mask")
 
 
+def test_the_real_cgroup_quota_is_read_at_most_once_a_second(tmp_path, monkeypatch):
+    """detect() read this process's cgroup files in every inference call of several chunks (150 us on the EPYC: an
+    encode of 300 images took ~2 ms in all): the real root's quota is read again after QUOTA_SECONDS, a test's folder
+    every time."""
+    reads, clock = [], [1000.0]
+    monkeypatch.setattr(threads, "cgroup_quota", lambda root: reads.append(str(root)) or (1.0, "/q"))
+    monkeypatch.setattr(threads.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(threads, "_quota_read", None)
+    plans = [threads.detect(environ={}, affinity=4) for _ in range(3)]
+    clock[0] += threads.QUOTA_SECONDS * 0.9
+    plans.append(threads.detect(environ={}, affinity=4))
+    assert reads == ["/"] and all(p.threads == 1 for p in plans)
+    clock[0] += threads.QUOTA_SECONDS * 0.2                 # past the second since the read
+    threads.detect(environ={}, affinity=4)
+    threads.detect(environ={}, root=tmp_path, affinity=4)
+    threads.detect(environ={}, root=tmp_path, affinity=4)
+    assert reads == ["/", "/", str(tmp_path), str(tmp_path)]
+
+
 def test_affinity_of_one_cpu_detected_in_a_real_process():
     if not hasattr(os, "sched_setaffinity"):
         pytest.skip("no sched_setaffinity on this platform")
