@@ -49,6 +49,35 @@ class CtrlCHandled:
         return False
 
 
+class _Unraisable:
+    """sys.unraisablehook filtered while a block runs on the main thread: what Python drops (inside a weakref callback
+    or a __del__: 'Exception ignored in ...') goes to swallow(unraisable), and on to the hook found unless that
+    returns True. Only while the block runs: a hook a program "put back" after it (pytest's monkeypatch does) passes
+    everything on. The hook found is put back on exit where it is still this one (one a program set meanwhile
+    stays); exit is idempotent."""
+
+    def __init__(self, swallow):
+        self._swallow = swallow
+        self._hook = self._ours = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread() and self._hook is None:
+            previous = self._hook = sys.unraisablehook
+
+            def hook(unraisable):
+                if not (self._hook is not None and self._swallow(unraisable)):
+                    previous(unraisable)
+            self._ours = sys.unraisablehook = hook
+        return self
+
+    def __exit__(self, *exc):
+        if self._hook is not None:
+            if sys.unraisablehook is self._ours:
+                sys.unraisablehook = self._hook
+            self._hook = self._ours = None
+        return False
+
+
 class CtrlCNoted(CtrlCHandled):
     """Ctrl-C (and SIGTERM: it killed a run there without a word, figures half drawn) raises KeyboardInterrupt
     (StoppedBySignal for SIGTERM) while active, and is noted: Python drops one raised inside a callback it cannot
@@ -59,29 +88,20 @@ class CtrlCNoted(CtrlCHandled):
     def __init__(self):
         super().__init__(also=(signal.SIGTERM,))
         self.seen = None
-        self._hook = None
+        # Python prints what it drops: a noted Ctrl-C it dropped printed 9 lines of traceback ("Exception ignored in:
+        # <function WeakKeyDictionary...>") above the tool's own line (a fresh user's trial: 4 of 14 Ctrl-Cs during
+        # train's final figures); check() raises it, so that one is quiet
+        self._quiet = _Unraisable(lambda u: self.seen is not None and isinstance(
+            u.exc_value, (KeyboardInterrupt, StoppedBySignal)))
 
     def __enter__(self):
         super().__enter__()
-        if self._previous and self._hook is None:
-            # Python prints what it drops through sys.unraisablehook: a noted Ctrl-C it dropped printed 9 lines of
-            # traceback ("Exception ignored in: <function WeakKeyDictionary...>") above the tool's own line (a fresh
-            # user's trial: 4 of 14 Ctrl-Cs during train's final figures); check() raises it, so that one is quiet
-            previous = self._hook = sys.unraisablehook
-
-            def hook(unraisable):
-                # (quiet while the block runs only: a hook a program "put back" after it passes everything on)
-                ours = isinstance(unraisable.exc_value, (KeyboardInterrupt, StoppedBySignal))
-                if not (ours and self.seen is not None and self._hook is not None):
-                    previous(unraisable)
-            self._quiet = sys.unraisablehook = hook
+        if self._previous:                  # (the signals taken: the interrupts are this block's)
+            self._quiet.__enter__()
         return self
 
     def __exit__(self, *exc):
-        if self._hook is not None:
-            if sys.unraisablehook is self._quiet:     # (one a program set meanwhile stays)
-                sys.unraisablehook = self._hook
-            self._hook = None
+        self._quiet.__exit__()
         return super().__exit__(*exc)
 
     def _handle(self, signum, frame):
@@ -110,23 +130,19 @@ class KeptHandlerErrors:
 
     def __init__(self):
         self.error = None
-        self._hook = self._quiet = None
         self._codes = frozenset()
+        self._filter = _Unraisable(self._keep)
+
+    def _keep(self, unraisable):
+        if self.error is None and _from_a_handler(unraisable.exc_value, unraisable.exc_traceback, self._codes):
+            self.error = unraisable.exc_value
+            return True
+        return False
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread() and self._hook is None:
-            previous = self._hook = sys.unraisablehook
+        if threading.current_thread() is threading.main_thread():
             self._codes = _handler_codes()
-            active = self
-
-            def hook(unraisable):
-                kept = active._hook is not None and active.error is None and _from_a_handler(
-                    unraisable.exc_value, unraisable.exc_traceback, active._codes)
-                if kept:
-                    active.error = unraisable.exc_value
-                else:
-                    previous(unraisable)
-            self._quiet = sys.unraisablehook = hook
+        self._filter.__enter__()
         return self
 
     def raise_kept(self):
@@ -135,11 +151,7 @@ class KeptHandlerErrors:
             raise error
 
     def __exit__(self, *exc):
-        if self._hook is not None:
-            if sys.unraisablehook is self._quiet:     # (one a program set meanwhile stays)
-                sys.unraisablehook = self._hook
-            self._hook = self._quiet = None
-        return False
+        return self._filter.__exit__()
 
 
 def _handler_codes():
