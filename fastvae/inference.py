@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 
 from .constants import CHUNK_ROWS_ON_WORKERS
+from .sigint import KeptHandlerErrors
 from .threads import detect, held_for_inference
 
 
@@ -44,24 +45,39 @@ def threads_held(be, threads) -> held_for_inference:
 def run(be, parts: int, chunks: int, fn: Callable[[int, int], None]) -> None:
     """fn(part, j) for every chunk j in 0..chunks - 1, on `parts` threads (part 0 on the caller's, the others on
     be.workers), each taking the next chunk not yet taken once it is free. After an exception in one part (Ctrl-C
-    lands in part 0) the others take no further chunk; it is raised once every part has stopped (fastvae.workers)."""
-    lock = threading.Lock()
-    state = {"next": 0, "stop": False}
-
-    def part(k):
-        try:
-            while True:
-                with lock:
-                    j = state["next"]
-                    if state["stop"] or j >= chunks:
-                        return
-                    state["next"] = j + 1
-                fn(k, j)
-        except BaseException:
-            state["stop"] = True
-            raise
-    if parts <= 1:
+    lands in part 0) the others take no further chunk; it is raised once every part has stopped (fastvae.workers).
+    A signal handler's exception that Python dropped meanwhile (run inside a garbage collector's weakref callback:
+    fastvae.sigint.KeptHandlerErrors) is raised after the caller's next chunk, as a fit's is between its chunks: an
+    evaluation's timeout was lost so, and the call ran to its end. Not for one chunk: the scan of the handlers costs
+    a few microseconds, a tenth of a one-image call, and one chunk has no boundary to stop at."""
+    if chunks <= 1:
         for j in range(chunks):
             fn(0, j)
-    else:
-        be.workers.run(part, parts)
+        return
+    lock = threading.Lock()
+    state = {"next": 0, "stop": False}
+    kept = KeptHandlerErrors()
+    try:
+        kept.__enter__()                # (inside the try: a handler's exception as it ends leaves no hook behind)
+
+        def part(k):
+            try:
+                while True:
+                    with lock:
+                        j = state["next"]
+                        if state["stop"] or j >= chunks:
+                            return
+                        state["next"] = j + 1
+                    fn(k, j)
+                    if k == 0:              # (the caller's thread: where Python runs handlers)
+                        kept.raise_kept()
+            except BaseException:
+                state["stop"] = True
+                raise
+        if parts <= 1:
+            part(0)
+        else:
+            be.workers.run(part, parts)
+        kept.raise_kept()
+    finally:
+        kept.__exit__()

@@ -154,12 +154,20 @@ class KeptHandlerErrors:
         return self._filter.__exit__()
 
 
+# the signal numbers as ints, found once: signal.valid_signals() builds an enum of each, 66 us a call on the EPYC
+_SIGNALS = tuple(int(s) for s in signal.valid_signals())
+_SIGINT = int(signal.SIGINT)
+_OTHER_SIGNALS = tuple(s for s in _SIGNALS if s != _SIGINT)
+
+
 def _handler_codes():
     """The code objects of the Python signal handlers in place (through functools.partial, bound methods and
     callable objects)."""
     codes = set()
-    for signum in signal.valid_signals():
-        handler = _signal.getsignal(int(signum))
+    for signum in _SIGNALS:
+        handler = _signal.getsignal(signum)
+        if handler is None or handler.__class__ is int:        # (SIG_DFL, SIG_IGN, or C's own: no code)
+            continue
         for _ in range(8):                              # (a partial of a partial ...)
             if isinstance(handler, functools.partial):
                 handler = handler.func
@@ -188,8 +196,6 @@ def _from_a_handler(error, tb, codes):
     return False
 
 
-_SIGINT = int(signal.SIGINT)
-_OTHER_SIGNALS = tuple(int(s) for s in signal.valid_signals() if s != signal.SIGINT)
 
 
 class _Held:

@@ -8,12 +8,14 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
 import pytest
 
 from fastvae import VAE
+from fastvae.constants import EVAL_ROWS
 from fastvae.backends.cpu_bf16 import unavailable_reason as bf16_unavailable
 from fastvae.data import load_mnist
 from signals import alarm
@@ -98,6 +100,37 @@ def test_a_timeout_python_dropped_in_a_weakref_callback_still_stops_the_fit(x, m
     assert "Exception ignored" not in err and "Traceback" not in err, err
     model.fit(x[:640], epochs=1)
     assert model.epoch == 2
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_timeout_python_dropped_in_a_weakref_callback_stops_an_evaluation_after_the_chunk(x, monkeypatch, capsys,
+                                                                                          threads):
+    """The same in an evaluation: a timeout whose exception Python dropped inside a weakref callback let evaluate run
+    all its chunks and return (the 22nd session's note left it). Now it comes after the chunk in the caller's thread
+    (the pool's other part takes no further chunk), nothing printed; the model's next evaluation gives the same bits
+    as one never stopped."""
+    from fastvae import step
+    monkeypatch.setattr(sys, "unraisablehook", sys.__unraisablehook__)
+    model = VAE(seed=7, **dict(SMALL, threads=threads))
+    images = x[:20 * EVAL_ROWS]                         # 20 chunks, shared by the workers
+    whole = model.evaluate(images)
+    real, chunks, sent = step.evaluate_chunk, [], []
+
+    def chunk(*args):
+        chunks.append(args[7])
+        real(*args)
+        if not sent and threading.current_thread() is threading.main_thread():     # (the caller's part)
+            sent.append(args[7])
+            _dropped_in_a_weakref_callback(signal.SIGALRM)
+    monkeypatch.setattr(step, "evaluate_chunk", chunk)
+    with alarm(raise_timeout), pytest.raises(Timeout):
+        model.evaluate(images)
+    assert sent and len(chunks) < 20, chunks
+    assert sys.unraisablehook is sys.__unraisablehook__
+    err = capsys.readouterr().err
+    assert "Exception ignored" not in err and "Traceback" not in err, err
+    monkeypatch.setattr(step, "evaluate_chunk", real)
+    assert model.evaluate(images) == whole
 
 
 class _CallableTimeout:
