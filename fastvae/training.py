@@ -141,6 +141,7 @@ def _epoch(model, stepper, order, ws, progress, stop, pacer=None):
                     model._set(epoch_loss=np.array(be.to_host(ws.loss), dtype=np.float64))
             stop.kept.raise_kept()                  # (a handler's exception Python dropped meanwhile: here, between chunks)
             if loading and first_steps is None:
+                be.synchronize()                    # (a device's steps end after their launches: counted whole)
                 first_steps = time.perf_counter() - begin
             _first_steps_done.add(be.name)
             last = k == len(starts)

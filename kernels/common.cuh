@@ -7,6 +7,11 @@
 #ifndef THREADS
 #error "compile the kernels through fastvae.cuda.sources (module_source or file_source): it prepends their #defines"
 #endif
+// block_sum_add halves THREADS partial sums down to one, over a product kernel's TILE_T x TILE_T block: a THREADS of
+// another size would drop sums without a word (a review)
+static_assert((THREADS & (THREADS - 1)) == 0 && THREADS == TILE_T * TILE_T,
+              "THREADS must be a power of two, the TILE_T x TILE_T threads of a product kernel's block");
+static_assert(TILE_MN == TILE_T * TILE_R, "a product block's tile is TILE_T threads of TILE_R outputs a side");
 
 typedef unsigned int u32;
 typedef unsigned long long u64;

@@ -171,6 +171,18 @@ def test_a_file_without_the_definitions_says_how_to_compile_it():
         nvrtc.compile_cubin(sources.expand("adam.cu"), "sm_80", name="adam.cu", werror=False)
 
 
+@pytest.mark.parametrize("name, value, text", [("THREADS", 128, "THREADS must be a power of two"),
+                                               ("TILE_T", 12, "THREADS must be a power of two"),
+                                               ("TILE_MN", 48, "a product block's tile is TILE_T threads")])
+def test_a_launch_geometry_the_kernels_cannot_take_does_not_compile(monkeypatch, name, value, text):
+    """block_sum_add reduces THREADS partial sums over a product block of TILE_T x TILE_T threads: a THREADS that is
+    not that, or not a power of two, dropped sums without a word (a review of the gpu path); it fails to compile."""
+    from fastvae.cuda import launch
+    monkeypatch.setattr(launch, name, value)
+    with pytest.raises(nvrtc.CompileError, match=text):
+        nvrtc.compile_cubin(sources.module_source(), "sm_80", name="module.cu", werror=False)
+
+
 def test_a_template_kernel_is_instantiated_for_every_value_of_its_setting():
     source = "template <int ENCODER> __global__ void k(float* x) {}\n"
     assert sources.name_expressions(source) == [f"k<ENCODER_{e.upper()}>" for e in constants.ENCODERS]

@@ -163,7 +163,10 @@ FAILURES = {
     "no NVRTC": (lambda: RuntimeError("CuPy failed to load libnvrtc.so.13: OSError: libnvrtc.so.13: cannot open "
                                       "shared object file: No such file or directory"),
                  'cannot load NVRTC, the CUDA compiler (CuPy failed to load libnvrtc.so.13'),
-    "compile error": (_compile_exception, "fastvae's CUDA kernels do not compile for this GPU"),
+    "compile error": (_compile_exception, "fastvae's CUDA kernels do not compile for this GPU (nvrtc: error: invalid "
+                      "value for --gpu-architecture (-arch)); with CUDA 13 they need compute capability 7.5 or newer: "
+                      'for a GPU of 6.0-7.2 (P100, V100) install the CuPy for CUDA 12, which a CUDA 13 driver runs too: '
+                      'pip install "cupy-cuda12x>=14,<15"'),
     "GPU newer than NVRTC": (lambda: _driver_error("CUDA_ERROR_NO_BINARY_FOR_GPU: no kernel image is available"),
                              "cannot load the kernels NVRTC compiled (CUDA_ERROR_NO_BINARY_FOR_GPU"),
     "PTX too new": (lambda: _driver_error("CUDA_ERROR_UNSUPPORTED_PTX_VERSION: the provided PTX was compiled with "
@@ -245,7 +248,7 @@ def _stand_in():
 
 
 # Every name the stand-in offers, as CuPy spells it (the stand-in's own bookkeeping starts with "_" or is
-# Stream.capturing / .waited, which CuPy does not have and fastvae never reads).
+# a stream's .capturing / .waited, which CuPy does not have and fastvae never reads).
 OFFERED = ("empty", "zeros", "array", "asnumpy", "asarray", "ascontiguousarray", "ndarray", "RawModule",
            "RawModule.get_function",
            "cuda.runtime.getDeviceCount", "cuda.runtime.driverGetVersion", "cuda.runtime.runtimeGetVersion",

@@ -11,6 +11,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+import threading
 import types
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import kernel_cases as kc
 from tolerances import TOL, assert_close
 from fastvae import step
 from fastvae.backends import contract
+from fastvae.backends import reference as ref
 from fastvae.config import Config
 from fastvae.constants import COUNTERS, LOSS_CHECK_INTERVAL_DEVICE
 from fastvae.backends import gpu
@@ -328,7 +330,8 @@ def test_replaying_the_captured_step_trains_like_launching_every_step(capturing)
 def test_a_replay_that_loses_a_launch_fails_the_check(stand_in, fake_cupy, monkeypatch):
     """The check above can fail: a graph that drops its last launch (adam_update) trains differently."""
     def end_capture(self):
-        launches, fake_cupy.Stream.capturing = fake_cupy.Stream.capturing[:-1], None
+        launches, self.capturing = self.capturing[:-1], None
+        fake_cupy.Stream._open.discard(self)
         return types.SimpleNamespace(launch=lambda stream: [kernel(*args) for kernel, args in launches])
     monkeypatch.setattr(fake_cupy.Stream, "end_capture", end_capture)
     with pytest.raises(AssertionError):
@@ -372,7 +375,7 @@ def test_an_error_inside_a_capture_is_the_one_raised(stand_in, fake_cupy, monkey
         raise RuntimeError("the launch's own error")
     with pytest.raises(RuntimeError, match="the launch's own error"):
         stand_in.capture(failing)
-    assert fake_cupy.cuda.get_current_stream() is mine and fake_cupy.cuda.Stream.capturing is None
+    assert fake_cupy.cuda.get_current_stream() is mine and not fake_cupy.cuda.Stream._open
 
 
 def test_a_host_array_is_refused_before_a_launch_on_a_device():
@@ -420,6 +423,76 @@ def test_work_that_allocates_is_refused_inside_a_capture(stand_in, rand, data_dt
     step.train_step(stand_in, cfg, st, ws, data, idx)
 
 
+def test_a_capture_records_its_own_threads_launches_only(stand_in, rand):
+    """capture() kept every launch of the backend while it recorded: a model stepped in another thread meanwhile had
+    its launches kept with the graph's and counted as its kernels, and its conversion of host indices refused as
+    "captured" (a review of the gpu path). Per thread now: the other thread's step (host indices, int32) runs as it
+    is launched, and the graph holds this thread's step alone."""
+    cfg = Config(hidden=(13, 9), latent=3, batch_size=7)
+    (st, ws, data), (other, other_ws, other_data) = _small_run(stand_in, rand, cfg), _small_run(stand_in, rand, cfg)
+    idx = stand_in.asarray(np.arange(7), dtype=np.int64)
+    alone = stand_in.capture(lambda: step.train_step(stand_in, cfg, st, ws, data, idx)).kernels
+    errors = []
+
+    def other_step():
+        try:
+            step.train_step(stand_in, cfg, other, other_ws, other_data, np.arange(7, dtype=np.int32))
+        except BaseException as e:  # noqa: BLE001 (the test's thread reports it)
+            errors.append(e)
+
+    def during():
+        step.train_step(stand_in, cfg, st, ws, data, idx)
+        thread = threading.Thread(target=other_step)
+        thread.start()
+        thread.join()
+    replay = stand_in.capture(during)
+    assert not errors, errors
+    assert replay.kernels == alone and len(replay.keep[0]) == alone
+    assert int(stand_in.to_host(other.counters)[1]) == 1 and int(stand_in.to_host(st.counters)[1]) == 0
+
+
+class Deferred:
+    """A RawModule-like wrapper that queues every launch, to be run in an order the test picks: the order two
+    threads' launches may take on a device."""
+
+    def __init__(self, module):
+        self.module, self.queue = module, []
+
+    def get_function(self, name):
+        kernel = self.module.get_function(name)
+
+        def launch(grid, block, args, shared_mem=0):
+            self.queue.append((name, lambda: kernel(grid, block, args, shared_mem)))
+        return launch
+
+
+def test_two_models_adam_steps_interleaved_take_each_their_own_step_size(rand):
+    """Adam's bias-corrected step size was one buffer of the backend's, written by adam_begin and read by adam_update:
+    where two models stepped in two threads, one's update launched after the other's adam_begin took the other's lr
+    and t (a review of the gpu path: a step 20x too far). Each block of the pass forms it from the model's own
+    counters now: two models' launches run interleaved (begin, begin, update, update), each as the reference."""
+    deferred = Deferred(_emulated().impl.module)
+    b = contract.Backend(gpu.CudaKernels(np, deferred))
+    size, expected, got = 1000, [], []
+    for lr, t in ((1e-3, 0), (1e-2, 500)):
+        p, g = rand.normal(0, 1, size).astype(np.float32), rand.normal(0, 1e-2, (1, size)).astype(np.float32)
+        m = rand.normal(0, 1e-2, size).astype(np.float32)
+        v = (rand.normal(0, 1e-2, size) ** 2).astype(np.float32)
+        counters = np.array([3, t, 0], dtype=np.int64)
+        e = [a.astype(np.float64) for a in (p, g, m, v)] + [counters.copy()]
+        ref.adam_update(*e, lr, 0.9, 0.999, 1e-8)
+        expected.append((e[0], p.astype(np.float64), t + 1))
+        got.append((p, counters))
+        b.adam_update(p, g, m, v, counters, lr, 0.9, 0.999, 1e-8)
+    assert [name for name, _ in deferred.queue] == ["adam_begin", "adam_update"] * 2
+    for k in (0, 2, 1, 3):
+        deferred.queue[k][1]()
+    for (p, counters), (want, before, t) in zip(got, expected):
+        assert int(counters[1]) == t
+        moved = np.abs(want - before)           # the reference's step; float32's arithmetic errs far below 1e-3 of it
+        assert np.all(np.abs(p - want) <= 1e-3 * moved + 2.0 ** -23 * np.abs(before))
+
+
 def test_a_captured_stepper_is_freed_without_the_cyclic_gc(stand_in, rand):
     """The graph keeps what its launches use, and nothing refers back to the Stepper: dropping the Stepper frees
     the graph and the device data set at once."""
@@ -440,7 +513,8 @@ def test_a_captured_stepper_is_freed_without_the_cyclic_gc(stand_in, rand):
 
 
 def test_adams_bias_corrections_are_formed_once_per_step(rand):
-    """Adam's two double-precision pow run in one thread per step (adam_begin), not in every thread of the pass."""
+    """Adam's two double-precision pow run in one thread of each block of the pass, not in every thread of it; the
+    step is counted once (adam_begin, one thread)."""
     recorder = Recorder(_emulated().impl.module)
     b = contract.Backend(gpu.CudaKernels(np, recorder))
     cfg = Config(hidden=(13, 9), latent=3, batch_size=7)
@@ -450,7 +524,8 @@ def test_adams_bias_corrections_are_formed_once_per_step(rand):
     assert adam[0] == ("adam_begin", (1,), (1,)) and [a[0] for a in adam] == ["adam_begin", "adam_update"]
     from fastvae.cuda import sources
     body = sources.expand("adam.cu").split("void adam_update(")[1]
-    assert "pow(" not in body
+    first = body.split("if (threadIdx.x == 0) {")[1].split("}")[0]
+    assert first.count("pow(") == body.count("pow(") == 2
 
 
 class GridCheck:

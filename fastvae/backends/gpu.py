@@ -15,6 +15,7 @@ the next: on a device `capture` records a whole step once as a CUDA graph and st
 import contextlib
 import ctypes
 import sys
+import threading
 
 import numpy as np
 
@@ -79,10 +80,10 @@ class CudaKernels:
         self._host = xp is np
         self._functions = {}
         self.launches = 0
-        self._captured = None               # while capture() records: every launch's arguments, kept for the graph
-        # Adam's bias-corrected step size, written by adam_begin and read by adam_update: one buffer for the
-        # backend's lifetime, allocated here and never inside a capture (launches on one stream are ordered).
-        self._adam_lr_t = xp.zeros(1, dtype=np.float64)
+        # while capture() records on a thread: that thread's launches' arguments, kept for the graph. Per thread: a
+        # model fitted in another thread meanwhile launches on its own stream, and its launches were counted and kept
+        # in this graph's, and refused as "captured" (a review)
+        self._local = threading.local()
         # Each read of the loss waits for the step to finish on a device: the trainer checks it less often there.
         self.loss_check_interval = 1 if self._host else LOSS_CHECK_INTERVAL_DEVICE
         if self._host:
@@ -102,13 +103,14 @@ class CudaKernels:
                                      "arrays on the device (backend.asarray)")
         fn = self.function(kernel)
         self.launches += 1
-        if self._captured is not None:
-            self._captured.append(args)
+        captured = getattr(self._local, "captured", None)
+        if captured is not None:
+            captured.append(args)
         fn(grid, block, args)
 
     def _not_while_capturing(self, what):
         """Work that allocates or copies cannot sit in a graph: its buffer would dangle on every replay."""
-        if self._captured is not None:
+        if getattr(self._local, "captured", None) is not None:
             raise ValueError(f"gpu backend: {what} cannot be captured in a CUDA graph (it allocates); pass it "
                              "converted before the step")
 
@@ -117,13 +119,13 @@ class CudaKernels:
         replays it: captured in relaxed mode on a stream of its own, launched on the current stream so it stays
         ordered with the work around it. The graph bakes in every launch argument; fn keeps the arrays alive."""
         cuda = self.xp.cuda
-        before, caller = self.launches, cuda.get_current_stream()
+        caller = cuda.get_current_stream()
         capturing = cuda.Stream(non_blocking=True)
         capturing.wait_event(caller.record())           # buffers written before are ready
         # .use() and back rather than `with capturing:`, whose exit makes the default stream current, not the
         # caller's (CuPy issue #8377)
         capturing.use()
-        self._captured = []
+        self._local.captured = []
         try:
             capturing.begin_capture()
             try:
@@ -135,9 +137,9 @@ class CudaKernels:
                     capturing.end_capture()
                 raise
             graph = capturing.end_capture()
-            arguments = self._captured
+            arguments = self._local.captured
         finally:
-            self._captured = None
+            self._local.captured = None
             caller.use()
 
         def replay():
@@ -145,7 +147,7 @@ class CudaKernels:
         # Every array a captured launch reads or writes stays referenced, and nothing refers back to fn or its
         # owner: no reference cycle keeps the graph and the device data set alive until the cyclic GC runs.
         replay.keep = (arguments, capturing)
-        replay.kernels = self.launches - before         # the graph's kernel nodes
+        replay.kernels = len(arguments)                 # the graph's kernel nodes
         return replay
 
     # ---- hooks
@@ -260,9 +262,10 @@ class CudaKernels:
             _check(a, (size,), what)
         _check(counters, (COUNTERS,), "counters", np.int64)
         grid = max(1, min(ADAM_BLOCKS, _blocks(size)))
-        # t = ++counters[COUNTER_STEP] and lr_t from it, once per step in device memory; then the one pass
-        self._launch("adam_begin", (1,), (1,), (self._adam_lr_t, counters, _f64(lr), _f64(beta1), _f64(beta2)))
-        self._launch("adam_update", (grid,), (THREADS,), (params, grads, m, v, self._adam_lr_t, _f64(beta1),
+        # t = ++counters[COUNTER_STEP] in device memory (a captured graph replays it); each block of the pass forms
+        # lr_t from the model's own t
+        self._launch("adam_begin", (1,), (1,), (counters,))
+        self._launch("adam_update", (grid,), (THREADS,), (params, grads, m, v, counters, _f64(lr), _f64(beta1),
                                                           _f64(beta2), _f64(eps), _i64(size), _i32(shards)))
 
 
@@ -370,6 +373,10 @@ def describe_failure(exc, cp):
     if isinstance(exc, cuda.memory.OutOfMemoryError) or "cudaErrorMemoryAllocation" in text:
         return f"the GPU is out of memory ({text}): free it (nvidia-smi lists the processes that hold it)"
     if isinstance(exc, cuda.compiler.CompileException):
+        if major >= 13:     # (NVRTC 13 compiles for 7.5 or newer: it told a V100's user "6.0 or newer", a review)
+            return (f"fastvae's CUDA kernels do not compile for this GPU ({text}); with CUDA {major} they need compute "
+                    "capability 7.5 or newer: for a GPU of 6.0-7.2 (P100, V100) install the CuPy for CUDA 12, which "
+                    f"a CUDA {major} driver runs too: {pip_install(12)}; else report it with the output of nvidia-smi")
         return (f"fastvae's CUDA kernels do not compile for this GPU ({text}); they need compute capability 6.0 or "
                 "newer: report it with the output of nvidia-smi")
     if isinstance(exc, cuda.runtime.CUDARuntimeError):

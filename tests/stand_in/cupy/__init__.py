@@ -13,6 +13,7 @@ FASTVAE_STAND_IN_DRIVER / _RUNTIME set the reported CUDA versions; as with the r
 major version than the runtime's makes getDeviceCount raise cudaErrorInsufficientDriver.
 """
 import os
+import threading
 import types
 
 import numpy as np
@@ -109,18 +110,28 @@ class CUDADriverError(RuntimeError):
 
 
 class Stream:
-    """A stream as CuPy keeps them: `use()` makes it current; `with stream:` pushes it and, on exit, makes current
-    what is below it on the stack (the default stream if only `use()` was called: CuPy issue #8377). A launch made
-    while a stream captures is recorded, not run; end_capture gives a graph whose launch(stream) replays it."""
-    capturing = None
-    _current = None
-    _stack = []
+    """A stream as CuPy keeps them: `use()` makes it current, for the calling thread (CuPy's current stream and its
+    `with` stack are per thread); `with stream:` pushes it and, on exit, makes current what is below it on the stack
+    (the default stream if only `use()` was called: CuPy issue #8377). A launch made while the calling thread's
+    current stream captures is recorded, not run (another thread's launches on its own stream run: relaxed mode);
+    end_capture gives a graph whose launch(stream) replays it."""
+    _local = None       # the calling thread's current stream and `with` stack
+    _open = set()       # the streams capturing now
 
     def __init__(self, null=False, non_blocking=False, ptds=False, priority=None):
         self.waited = []
+        self.capturing = None           # the launches recorded while this stream captures
+
+    @staticmethod
+    def _state():
+        local = Stream._local
+        if not hasattr(local, "stack"):
+            local.stack = [_DEFAULT]
+            local.current = _DEFAULT
+        return local
 
     def synchronize(self):
-        assert Stream.capturing is None, "synchronize inside a capture"
+        assert self.capturing is None, "synchronize inside a capture"
 
     def record(self, event=None):
         return object()
@@ -129,32 +140,35 @@ class Stream:
         self.waited.append(event)
 
     def use(self):
-        Stream._current = self
+        Stream._state().current = self
         return self
 
     def __enter__(self):
-        Stream._stack.append(self)
+        Stream._state().stack.append(self)
         return self.use()
 
     def __exit__(self, *exc):
-        Stream._stack.pop()
-        Stream._current = Stream._stack[-1]
+        state = Stream._state()
+        state.stack.pop()
+        state.current = state.stack[-1]
 
     def begin_capture(self, mode=None):
-        assert Stream.capturing is None, "nested capture"
-        Stream.capturing = []
+        assert self.capturing is None, "nested capture"
+        self.capturing = []
+        Stream._open.add(self)
 
     def end_capture(self):
-        launches, Stream.capturing = Stream.capturing, None
+        launches, self.capturing = self.capturing, None
+        Stream._open.discard(self)
         return types.SimpleNamespace(launch=lambda stream=None: [kernel(*args) for kernel, args in launches])
 
 
-Stream._stack = [Stream()]
-Stream._current = Stream._stack[0]
+Stream._local = threading.local()
+_DEFAULT = Stream()
 
 
 def get_current_stream(device_id=-1):
-    return Stream._current
+    return Stream._state().current
 
 
 cuda = types.SimpleNamespace(runtime=runtime, Stream=Stream, get_current_stream=get_current_stream,
@@ -174,8 +188,9 @@ class RawModule:
         kernel = self.module.get_function(name)
 
         def launch(*args):
-            if Stream.capturing is not None:
-                Stream.capturing.append((kernel, args))
+            recording = get_current_stream().capturing
+            if recording is not None:
+                recording.append((kernel, args))
             else:
                 kernel(*args)
         return launch
