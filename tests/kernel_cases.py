@@ -80,10 +80,13 @@ def check_gather(be, rand, rows, width=784, dtype=np.uint8):
 
 def check_dense(be, rand, rows, fan_in, fan_out, activation, zeros=0.0):
     """dense_forward then dense_backward (from the backend's own forward output, as a real step does); a share
-    `zeros` of the input's entries exactly 0 (MNIST's pixels: 81 %)."""
+    `zeros` of the input's entries exactly 0 (MNIST's pixels: 81 %), and then its last row all zeros too (a blank
+    image: the cpu's sparse product skips every entry of it, and must still write its row of the poisoned output)."""
     tol = tolerance_for(be)
     inp, w, b = layer_inputs(rand, rows, fan_in, fan_out)
     inp[rand.random(inp.shape) < zeros] = 0.0
+    if zeros:
+        inp[-1] = 0.0
     dout = rand.normal(0, 1, (rows, fan_out)).astype(np.float32)
     f64 = [a.astype(np.float64) for a in (inp, w, b, dout)]
     buf = Buffers(be)
@@ -245,7 +248,8 @@ def check_output(be, rand, rows, fan_in, width, reconstruction):
 
 
 def check_adam(be, rand, size, t, shards=1):
-    """adam_update against the reference, with the partial gradients of `shards` row shards (summed into grads[0])."""
+    """adam_update against the reference, with the partial gradients of `shards` row shards (summed into grads[0]);
+    returns the backend's params, m, v and grads[0] (host arrays)."""
     p, g = rand.normal(0, 1, size).astype(np.float32), rand.normal(0, 1e-2, (shards, size)).astype(np.float32)
     m = rand.normal(0, 1e-2, size).astype(np.float32)
     v = (rand.normal(0, 1e-2, size) ** 2).astype(np.float32)
@@ -274,6 +278,7 @@ def check_adam(be, rand, size, t, shards=1):
     step_scale = lr_t * (0.9 * np.abs(m) + 0.1 * g_abs) / (np.sqrt(e[3]) + 1e-8)
     assert np.all(np.abs(host(be, dp) - e[0]) <= TOL["float32"] * step_scale + np.abs(e[0]) * 2.0 ** -24)
     buf.check_poison()
+    return host(be, dp), host(be, dm), host(be, dv), host(be, dg)[0]
 
 
 def check_weight_update(be, rand, rows, shapes, t, zero_columns=False):

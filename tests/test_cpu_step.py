@@ -10,7 +10,7 @@ import pytest
 import kernel_cases as kc
 from signals import sigint_after
 from fastvae import step
-from fastvae.backends import cpu, get_backend
+from fastvae.backends import cpu, cpu_update, get_backend
 from fastvae.params import Layout, he_init
 from fastvae.config import Config
 from fastvae.constants import HIDDEN_ACTIVATIONS
@@ -46,6 +46,20 @@ def workers():
     before = cpu.workers.count
     yield cpu.workers
     cpu.workers.count = before
+
+
+@pytest.mark.parametrize("size", [2 * cpu_update.MIN_PART + 37, 1316824])
+def test_adam_split_between_two_workers_gives_one_workers_bits(rand, workers, size):
+    """adam_update cuts the buffer between the workers (at multiples of 16 elements): each element's arithmetic is its
+    own, so two parts give one part's bits, and the reference's values (the kernel tests run it on one worker: parts
+    that overlapped or left a gap passed them, a mutant no test caught)."""
+    results, seed = [], int(rand.integers(1 << 30))
+    for count in (1, 2):
+        workers.count = count
+        results.append(kc.check_adam(get_backend("cpu"), np.random.default_rng(seed), size, 7, shards=2))
+    assert cpu_update.parts_for(workers, size) == 2
+    for one, two in zip(*results):
+        assert np.array_equal(one, two)
 
 
 @pytest.mark.parametrize("hidden,latent,rows,parts", [((13, 9), 3, 7, 2), ((31,), 2, 1, 2), ((500, 500), 20, 150, 2),

@@ -79,6 +79,12 @@ def test_strided_operands_are_not_taken(rand):
     wide = np.empty((76, 400), np.float32)[:, :200]                       # rows not contiguous with each other
     assert not dinp.usable(wide, dout, w, *dinp.scratch(wide, dout, w))
     assert not dinp.usable(out, dout, np.asfortranarray(w), a_t, out_t)
+    padded = np.empty((76, 512), np.float32)[:, :500]                    # dout's rows padded in memory
+    padded[...] = dout
+    assert not dinp.usable(out, padded, w, a_t, out_t)
+    out[...] = np.nan
+    cpu.dense_backward(out, None, None, padded, None, w, None, "identity")   # (in sgemm, which takes the stride)
+    _check(out, dout, w)
 
 
 @pytest.mark.parametrize("layout", ["padded rows", "float64"])

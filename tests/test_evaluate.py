@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 
 import strict_json
-from tolerances import TOL, float32_row_sum_tolerance
+from tolerances import TOL, float32_row_sum_tolerance, float64_sum_order_tolerance
 
 import fastvae
 from fastvae import VAE, UserError, checkpoint, rng
+from fastvae.constants import EVAL_ROWS
 from fastvae.data import load_mnist
 from fastvae.evaluate import STREAM_IWAE, evaluate_model, iwae_bound, log_mean_exp
 from fastvae.params import Layout
@@ -39,42 +40,76 @@ def trained(tmp_path_factory):
     return model, path, mnist.test_x[:N_TEST]
 
 
-def _oracle_log_weights(path, X, k, seed):
-    """(log w, log p(x | z)) [i, j] for image i, sample j, in float64 NumPy from the saved parameters alone (no
-    fastvae kernels): the noise is row j of rng.normals(seed, STREAM_IWAE, i, k, latent), as documented in
-    fastvae.evaluate."""
+def _elu(a):
+    return np.where(a > 0, a, np.expm1(np.minimum(a, 0.0)))
+
+
+def _oracle_model(path, X):
+    """(decoder, latent, x, mu, gamma) in float64 NumPy from the saved parameters alone (no fastvae kernels): the
+    decoder's layers (those after the heads) as (w, b) pairs, x the images in [0, 1], (mu, gamma) their codings'."""
     ck = checkpoint.load(path)
     layers = Layout(ck.config).views(ck.params.astype(np.float64))
     n_hidden, latent = len(ck.config.hidden), ck.config.latent
-
-    def elu(a):
-        return np.where(a > 0, a, np.expm1(np.minimum(a, 0.0)))
-
     x = X.astype(np.float64) / 255.0
     h = x
     for w, b in layers[:n_hidden]:
-        h = elu(h @ w + b)
+        h = _elu(h @ w + b)
     stats = h @ layers[n_hidden][0] + layers[n_hidden][1]
-    mu, gamma = stats[:, :latent], stats[:, latent:]
-    out, px = np.empty((len(X), k)), np.empty((len(X), k))
+    return layers[n_hidden + 1:], latent, x, stats[:, :latent], stats[:, latent:]
+
+
+def _oracle_log_px(layers, x, z):
+    """log p(x | z) of the decoder `layers` (the layers after the heads), float64, for rows z."""
+    h = z
+    for w, b in layers[:-1]:
+        h = _elu(h @ w + b)
+    logits = h @ layers[-1][0] + layers[-1][1]
+    # log Bernoulli(x | sigmoid(l)) = x log s + (1 - x) log(1 - s), written with logaddexp for stability
+    return -(x * np.logaddexp(0, -logits) + (1 - x) * np.logaddexp(0, logits)).sum(axis=1)
+
+
+def _oracle_log_weights(path, X, k, seed, float32_codings=False):
+    """(log w, log p(x | z), the sum of its terms' sizes) [i, j] for image i, sample j, in float64 NumPy from the saved
+    parameters alone (no fastvae kernels): the noise is row j of rng.normals(seed, STREAM_IWAE, i, k, latent), as
+    documented in fastvae.evaluate; float32_codings: (mu, gamma) rounded to float32, as VAE.encode gives them."""
+    decoder, latent, x, mu, gamma = _oracle_model(path, X)
+    if float32_codings:
+        mu, gamma = (a.astype(np.float32).astype(np.float64) for a in (mu, gamma))
+    out, px, sizes = np.empty((len(X), k)), np.empty((len(X), k)), np.empty((len(X), k))
     for i in range(len(X)):
         eps = rng.normals(seed, STREAM_IWAE, i, k, latent).astype(np.float64)
         z = mu[i] + np.exp(gamma[i] / 2) * eps
-        h = z
-        for w, b in layers[n_hidden + 1:-1]:
-            h = elu(h @ w + b)
-        logits = h @ layers[-1][0] + layers[-1][1]
-        # log Bernoulli(x | sigmoid(l)) = x log s + (1 - x) log(1 - s), written with logaddexp for stability
-        log_px = -(x[i] * np.logaddexp(0, -logits) + (1 - x[i]) * np.logaddexp(0, logits)).sum(axis=1)
+        log_px = _oracle_log_px(decoder, x[i], z)
         log_pz = -0.5 * (z ** 2 + np.log(2 * np.pi)).sum(axis=1)
         log_qz = -0.5 * (((z - mu[i]) ** 2) / np.exp(gamma[i]) + gamma[i] + np.log(2 * np.pi)).sum(axis=1)
         out[i], px[i] = log_px + log_pz - log_qz, log_px
-    return out, px
+        # log p(x | z)'s terms are all of one sign; log p(z)'s too; log q's: these bound the sizes of its terms
+        sizes[i] = np.abs(log_px) + np.abs(log_pz) + 0.5 * (eps ** 2 + np.abs(gamma[i]) + np.log(2 * np.pi)).sum(1)
+    return out, px, sizes
+
+
+def test_evaluate_draws_each_images_noise_at_its_chunks_step(trained):
+    """VAE.evaluate's noise is a function of (seed, i): image i, in chunk j = i // EVAL_ROWS, takes row
+    i % EVAL_ROWS of rng.normals(seed, STREAM_EVAL, j, rows, latent). Against an independent float64 computation of
+    the one-sample negative ELBO with that noise (a mutant that drew chunk j's noise at step j + 1 passed every test:
+    the backends share the rule, so they agreed with each other)."""
+    model, path, _ = trained
+    X = load_mnist().test_x[:2 * EVAL_ROWS + 7]                # three chunks, the last of 7 images
+    decoder, latent, x, mu, gamma = _oracle_model(path, X)
+    eps = np.concatenate([rng.normals(model.config.seed, rng.STREAM_EVAL, j, len(X[lo:lo + EVAL_ROWS]), latent)
+                          for j, lo in enumerate(range(0, len(X), EVAL_ROWS))]).astype(np.float64)
+    log_px = _oracle_log_px(decoder, x, mu + np.exp(gamma / 2) * eps)
+    kl = 0.5 * (np.exp(gamma) + mu ** 2 - 1 - gamma).sum(axis=1)
+    got = model.evaluate(X)
+    # the float32 forward's error on each image's sum, within ATOL_NATS (the other tests' bound); one chunk's noise
+    # drawn at another step moved the mean by 0.59 nats here
+    assert abs(got["reconstruction"] + log_px.mean()) <= ATOL_NATS, (got, -log_px.mean())
+    assert abs(got["kl"] - kl.mean()) <= ATOL_NATS, (got, kl.mean())
 
 
 def test_k1_is_the_one_sample_elbo_of_an_independent_float64_computation(trained):
     model, path, X = trained
-    lw, px = _oracle_log_weights(path, X[:40], 1, seed=7)
+    lw, px, _ = _oracle_log_weights(path, X[:40], 1, seed=7)
     res = iwae_bound(model, X[:40], k=1, seed=7)
     assert res["k"] == [1]
     assert_nats(res["bound"][:, 0], lw[:, 0], "IWAE k=1 vs float64 ELBO", px)
@@ -84,13 +119,31 @@ def test_k1_is_the_one_sample_elbo_of_an_independent_float64_computation(trained
 
 def test_k5_matches_the_oracle_log_mean_exp(trained):
     model, path, X = trained
-    lw, px = _oracle_log_weights(path, X[:15], 5, seed=2)
+    lw, px, _ = _oracle_log_weights(path, X[:15], 5, seed=2)
     expected = np.logaddexp.reduce(lw, axis=1) - np.log(5)
     res = iwae_bound(model, X[:15], k=[1, 5], seed=2, batch_size=7)   # chunks that cut images' samples apart
     assert_nats(res["bound"][:, 1], expected, "IWAE k=5", px)
     assert_nats(res["bound"][:, 0], lw[:, 0], "IWAE k=1 as a prefix of k=5", px)
     # the oracle's ELBO of 5 samples is the mean log-weight
     assert_nats(res["elbo"][:, 1], lw.mean(axis=1), "5-sample ELBO", px)
+
+
+def test_the_reference_backends_bound_is_the_oracles(trained):
+    """The reference backend's log-weights (evaluate._float64_log_weights, every term in float64 but the codings,
+    which VAE.encode gives as float32) against the oracle's: the float32 backends' codings are held against that path
+    in test_iwae_codings, so it is held here to an independent computation (a mutant that left log 2 pi out of
+    log p(z) passed every other test)."""
+    _, path, X = trained
+    lw, _, sizes = _oracle_log_weights(path, X[:6], 4, seed=9, float32_codings=True)
+    res = iwae_bound(VAE.load(path, backend="reference"), X[:6], k=[1, 4], seed=9)
+    # float64 throughout from the same float32 codings: the same terms summed in other orders (784 pixels' and the
+    # codings' terms; the logits' products, whose float64 error is float32's bound scaled by the units' ratio)
+    tol = (float64_sum_order_tolerance(784 + 2 * 4, sizes)
+           + ATOL_NATS * TOL["float64_unit"] / TOL["float32_unit"])
+    for got, expected, t in ((res["bound"][:, 1], np.logaddexp.reduce(lw, axis=1) - np.log(4), tol.max(axis=1)),
+                             (res["elbo"][:, 1], lw.mean(axis=1), tol.max(axis=1)),
+                             (res["bound"][:, 0], lw[:, 0], tol[:, 0])):
+        assert np.all(np.abs(got - expected) <= t), (got - expected, t)
 
 
 def test_bound_is_above_the_elbo_and_rises_with_k(trained):
@@ -110,6 +163,11 @@ def test_bound_is_above_the_elbo_and_rises_with_k(trained):
     # one sample with an analytic KL and one with the sampled KL estimate the same ELBO
     assert abs(rows[1]["nll"] - res["elbo"]["total"]) < 5 * rows[1]["std_error"] + 1.0
     assert res["images"] == N_TEST and all(np.isfinite(r["std_error"]) for r in res["iwae"])
+    # the report's figures are these bounds' mean and its standard error (the sample standard deviation, n - 1)
+    for c, k in enumerate((1, 10, 100)):
+        b = raw["bound"][:, c]
+        assert rows[k]["nll"] == pytest.approx(-b.mean(), rel=1e-12)
+        assert rows[k]["std_error"] == pytest.approx(np.std(b, ddof=1) / np.sqrt(N_TEST), rel=1e-12)
 
 
 def test_the_squared_error_variant_reports_one_density_for_the_elbo_and_the_iwae_bound():
@@ -148,6 +206,10 @@ def test_the_noise_and_the_chunking_do_not_change_the_answer(trained):
     streamed = iwae_bound(model, X[:30], k=[3, 20], seed=4, batch_size=7)
     np.testing.assert_allclose(streamed["bound"], a["bound"], rtol=0, atol=1e-9)
     np.testing.assert_allclose(streamed["elbo"], a["elbo"], rtol=0, atol=1e-9)
+    # a k that ends exactly where a batch ends (7 and 14 in batches of 7) is complete with that batch
+    edge, whole = (iwae_bound(model, X[:30], k=[7, 14], seed=4, batch_size=b) for b in (7, None))
+    np.testing.assert_allclose(edge["bound"], whole["bound"], rtol=0, atol=1e-9)
+    np.testing.assert_allclose(edge["elbo"], whole["elbo"], rtol=0, atol=1e-9)
 
 
 def test_a_nan_log_weight_makes_the_bound_nan_however_the_samples_are_batched():

@@ -8,7 +8,7 @@ import pytest
 
 import backends
 import kernel_cases as kc
-from tolerances import AWKWARD_ROWS
+from tolerances import AWKWARD_ROWS, TOL, tolerance_for
 from fastvae import rng
 from fastvae.backends import contract
 from fastvae.constants import ACTIVATIONS, ENCODERS, RECONSTRUCTIONS
@@ -67,6 +67,49 @@ def test_backward_without_weight_gradient(rand, name, rows, fan_in, fan_out, act
                          backends.cases(backends.HEADS_SHAPES, ENCODERS, work=lambda a, b: 2 * a * b))
 def test_heads(rand, name, rows, fan_in, latent, encoder):
     kc.check_heads(backends.load(name), rand, rows, fan_in, latent, encoder)
+
+
+@pytest.mark.parametrize("name,rows,fan_in,fan_out,activation", backends.cases([(37, 53)], ACTIVATIONS, rows=(7,)))
+def test_a_nan_in_a_layers_input_comes_out_as_nan(rand, name, rows, fan_in, fan_out, activation):
+    """A diverging step's NaN must reach the loss, where the divergence guard sees it: a NaN in one row's input makes
+    that row's outputs NaN whatever the activation (relu's z < 0 ? 0 : z lets it through, as np.maximum does; one
+    written z > 0 ? z : 0 made it 0 and hid it: a mutant no test caught), the other rows' as the reference's."""
+    be = backends.load(name)
+    inp, w, b = kc.layer_inputs(rand, rows, fan_in, fan_out)
+    inp[2, 5] = np.nan
+    buf = kc.Buffers(be)
+    out = buf.out((rows, fan_out))
+    be.dense_forward(out, buf.inp(inp), buf.inp(w), buf.inp(b), activation)
+    got = kc.host(be, out)
+    assert np.isnan(got[2]).all(), got[2]
+    expect = np.empty((rows, fan_out))
+    kc.ref.dense_forward(expect, *(a.astype(np.float64) for a in (inp, w, b)), activation)
+    assert np.isnan(expect[2]).all() and not np.isnan(np.delete(got, 2, axis=0)).any()
+
+
+@pytest.mark.parametrize("name,rows,fan_in,latent,_", backends.cases([(13, 3)], rows=(7,), work=lambda a, b: 2 * a * b))
+def test_the_sigma_forms_kl_is_finite_where_sigma_is_zero(rand, name, rows, fan_in, latent, _):
+    """The sigma form's KL takes log(1e-10 + sigma^2), finite at sigma = 0 (a head whose weights and bias are zero):
+    the reference's value, where log(sigma^2) would give inf (a mutant no test caught: the tests keep sigma away
+    from 0 for their gradients' sake)."""
+    be = backends.load(name)
+    inp, w, b = kc.layer_inputs(rand, rows, fan_in, 2 * latent)
+    w[:, latent:], b[latent:] = 0.0, 0.0
+    counters = np.array([5, 9, 0], dtype=np.int64)
+    buf = kc.Buffers(be)
+    z, mu_logvar = buf.out((rows, latent)), buf.out((rows, 2 * latent))
+    loss = buf.out(2, np.float64, fill=[0.0, 0.0])
+    be.heads_forward(z, mu_logvar, loss, buf.inp(inp), buf.inp(w), buf.inp(b), buf.inp(counters, np.int64), 0,
+                     "sigma")
+    e_z, e_ml, e_loss = np.empty((rows, latent)), np.empty((rows, 2 * latent)), np.zeros(2)
+    kc.ref.heads_forward(e_z, e_ml, e_loss, *(a.astype(np.float64) for a in (inp, w, b)), counters, 0, "sigma")
+    kl = float(kc.host(be, loss)[1])
+    # 0.5 sum(mu^2 - 1 - log 1e-10) per coding: mu's error is all there is, at most the product's tolerance of its
+    # terms' sizes (err); the KL moves by mu err + err^2 / 2 per coding
+    mu = e_ml[:, :latent]
+    err = tolerance_for(be) * (np.abs(inp) @ np.abs(w[:, :latent]) + np.abs(b[:latent])).astype(np.float64)
+    bound = float(np.sum((np.abs(mu) + err / 2) * err)) + TOL["float32"] * abs(e_loss[1])
+    assert np.isfinite(kl) and abs(kl - e_loss[1]) <= bound, (kl, e_loss[1], bound)
 
 
 @pytest.mark.parametrize("name,rows,fan_in,width,reconstruction",
