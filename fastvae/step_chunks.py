@@ -71,20 +71,23 @@ class StepChunks:
 
     def run(self, order, first, count):
         """Up to `count` (>= 1) full batches of the epoch's `order` (an int64 array), from batch number `first`: the
-        number of steps done, or None (nothing done) where the pool is busy. The first call runs one step, records a
-        second (one where count is 1) and compiles the replays (Stepper counts it as a capture)."""
+        number of steps done, or None (nothing done) where the pool is busy. The first call of count >= 2 runs one
+        step, records a second and compiles the replays (Stepper counts it as a capture); one of count 1 before it
+        runs its step plainly."""
         ws = self.ws
         if self.replays is not None and self.owner != threading.get_ident():
             # recorded on another thread, whose scratch buffers (cpu_update.scratch) part 0's replay uses: record
             # again on this one (from Numba's cache: milliseconds)
             self.replays = None
-        self.compiled_now = recording = self.replays is None
-        # a recording call first runs a step plainly where it may (count >= 2): its kernels grow this thread's scratch
-        # buffers (amx.scratch) to their size, so the recorded step's arguments, the generated source and Numba's
-        # cache entry are those of every later recording (cpu-bf16's second fit in a process compiled a replay of its
-        # own, 3.5 s on a cold cache: the buffers had grown inside the first one's recording)
-        warm = recording and count >= 2
-        n = (2 if warm else 1) if recording else min(count, CHUNK_STEPS)
+        # a recording call first runs a step plainly: its kernels grow this thread's scratch buffers (amx.scratch) to
+        # their size, so the recorded step's arguments, the generated source and Numba's cache entry are those of
+        # every later recording (cpu-bf16's second fit in a process compiled a replay of its own, 3.5 s on a cold
+        # cache: the buffers had grown inside the first one's recording). A call for one step alone records nothing,
+        # so the first recording always follows a plain step (a fit of one batch, as a benchmark's warm-up, recorded
+        # with the buffers growing, and the next fit compiled a second replay: 3.1 s of its first epoch, Xeon, bf16).
+        self.compiled_now = recording = self.replays is None and count >= 2
+        plain = self.replays is None and not recording
+        n = 2 if recording else 1 if plain else min(count, CHUNK_STEPS)
         batch = ws.batch
         self.orders[:n * batch] = order[first * batch:(first + n) * batch]
         self.cursors[:, 0] = 0
@@ -100,10 +103,10 @@ class StepChunks:
 
         def part(k):
             try:
-                if recording:
-                    if warm:
-                        self._step(k)
-                    recorded[k] = self.be.record(lambda: self._step(k))
+                if recording or plain:
+                    self._step(k)
+                    if recording:
+                        recorded[k] = self.be.record(lambda: self._step(k))
                 else:
                     self.replays[k].steps(n, self.stop)
             except BaseException:
