@@ -224,7 +224,7 @@ class Libraries:
         self._holding = False                    # counted in _HELD (set() until release())
         self._blas = ThreadpoolController().select(user_api="blas")
         self.workers = workers
-        self._workers_before = None if workers is None else workers.count
+        self._workers_before = None     # the workers' count on this thread before set() (it is per thread)
         self.count = None
 
     def set(self, n):
@@ -234,6 +234,8 @@ class Libraries:
             if not self._holding:
                 self._holding = True
                 _HELD.take(self._blas.lib_controllers)
+                if self.workers is not None:
+                    self._workers_before = self.workers.count
             for lib in self._blas.lib_controllers:
                 _HELD.set(lib, 1 if self.workers is not None else n)
             if self.workers is not None:

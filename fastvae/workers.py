@@ -30,18 +30,31 @@ class Workers:
     An exception in any part is raised in the caller after every part has finished (the first one, by part number).
 
     `count` is how many threads a job may use (1: everything runs on the caller; fastvae.threads sets it while
-    training). One job at a time: a run() that finds the pool busy (another Python thread's model training at the
+    training), per Python thread (see count). One job at a time: a run() that finds the pool busy (another Python thread's model training at the
     same moment, or a part calling run() again) does its parts one after another on its own thread instead, with
     the same results (a split gives the same numbers however its parts are scheduled)."""
 
     def __init__(self, count: int = 1):
-        self.count = count
+        self._default = count
+        self._counts = threading.local()
         self._threads: list[_Worker] = []
         self._busy = threading.Lock()
         self._quiet_jobs = 0            # < 0: run_phases' waiters sleep at once (no spin) until it is 0 again
         self._held = None               # the last run_phases' barrier: its departed parts spin until the next job
         self._owner = None              # the thread whose job holds the pool (close() refuses it)
         _POOLS.add(self)
+
+    @property
+    def count(self) -> int:
+        """How many threads a job started on this Python thread may use: the count set on this thread (a fit's own,
+        fastvae.threads), else the pool's first; a part on the pool's threads sees its job's. One count per process,
+        set by each fit and put back by each as it ended, ran a threads=1 model's steps at a threads=2 model's count
+        training beside it, and the other way round (a concurrency audit)."""
+        return getattr(self._counts, "n", self._default)
+
+    @count.setter
+    def count(self, n: int) -> None:
+        self._counts.n = n
 
     def _forget_threads(self) -> None:
         """In a child made by fork(): only the thread that forked lives on, so the pool's threads are gone (a job
@@ -154,6 +167,11 @@ class Workers:
         bookkeeping (a part left running or waiting at a barrier would hang the next job; a permit left behind
         would end the next job's wait early)."""
         taken, started, waited, finished, all_departed, errors = False, 0, 0, False, False, {}
+        count, counts = self.count, self._counts
+
+        def part(k):                # on a pool thread: the job's count (a kernel's own split reads it)
+            counts.n = count
+            fn(k)
         try:
             with held_interrupts():
                 taken = self._busy.acquire(blocking=False)
@@ -163,7 +181,7 @@ class Workers:
                     while len(self._threads) < parts - 1:
                         self._threads.append(_Worker())
                     for k, worker in enumerate(self._threads[:parts - 1], start=1):
-                        worker.start(fn, k)
+                        worker.start(part, k)
                         started = k
             if not taken:
                 busy()

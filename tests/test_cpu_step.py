@@ -3,6 +3,7 @@
 import os
 import signal
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ import kernel_cases as kc
 from signals import sigint_after
 from fastvae import step
 from fastvae.backends import cpu, cpu_update, get_backend
+from fastvae.backends.cpu_bf16 import unavailable_reason as bf16_unavailable
 from fastvae.params import Layout, he_init
 from fastvae.config import Config
 from fastvae.constants import HIDDEN_ACTIVATIONS
@@ -247,6 +249,53 @@ def test_two_models_training_at_once_in_two_threads(workers):
     end put the counts back under the other.)"""
     for alone, together in zip(*kc.fits_alone_and_at_once("cpu", threads=2, epochs=1)):
         assert np.array_equal(together, alone)
+
+
+@pytest.mark.parametrize("backend", ["cpu", pytest.param("cpu-bf16", marks=pytest.mark.skipif(
+    bf16_unavailable() is not None, reason=f"cpu-bf16: {bf16_unavailable()}"))])
+def test_two_models_at_once_run_each_at_its_own_thread_count(monkeypatch, workers, backend):
+    """The count of row shards is the fit's own: a threads=1 fit kept fitting while a threads=2 fit ran whole beside
+    it. The count was one per process, set by each fit and put back by each as it ended, so each model ran steps at
+    the other's count (a concurrency audit: 16-62 of 120 steps of a threads=1 fit at two shards, a train loss's last
+    bits changed) and the count was left at 2 after both. Per thread now, a job's pool threads taking their job's."""
+    from fastvae import VAE
+    real, seen = step.Stepper.parts, {1: [], 2: []}
+
+    def parts(self, n):                 # (observed, not changed: the real count of shards is returned and used)
+        got = real(self, n)
+        seen[self.cfg.seed].append(got)
+        return got
+    monkeypatch.setattr(step.Stepper, "parts", parts)
+    x = (np.random.default_rng(0).random((640, 784)) * 255).astype(np.uint8)
+    kw = dict(hidden=(64,), latent=4, batch_size=64, backend=backend)
+    before, other_done, errors = workers.count, threading.Event(), []
+
+    def keep_fitting():                 # fits until the other fit has ended, then once more
+        try:
+            model = VAE(**kw, seed=1, threads=1)
+            while not other_done.is_set():
+                model.fit(x, epochs=1)
+            model.fit(x, epochs=1)
+        except BaseException as e:      # noqa: BLE001  (raised in the test's thread below)
+            errors.append(e)
+
+    def other():
+        try:
+            while not seen[1]:          # the first fit's steps have begun
+                time.sleep(0.001)
+            VAE(**kw, seed=2, threads=2).fit(x, epochs=3)
+        except BaseException as e:      # noqa: BLE001
+            errors.append(e)
+        finally:
+            other_done.set()
+    threads = [threading.Thread(target=keep_fitting), threading.Thread(target=other)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not errors, errors
+    assert set(seen[1]) == {1} and set(seen[2]) == {2}, {k: sorted(set(v)) for k, v in seen.items()}
+    assert workers.count == before      # this thread's count, as before the fits
 
 
 def _fit_params(seed, out=None):

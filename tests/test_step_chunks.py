@@ -127,6 +127,7 @@ def test_a_part_that_raises_stops_the_other_and_the_error_is_raised(broken):
                 raise RuntimeError(f"part {broken} failed")
 
         def fit():                                  # (on a thread of its own: a hang is seen, not suffered)
+            stepper.be.workers.count = 2            # (the count is per thread: _stepper set this one's)
             assert stepper.many(order, 0, 5) == 2   # a plain step, a recorded one, and compiles
             stepper.chunks[2].replays[broken] = Broken()
             return stepper.many(order, 2, 5)
@@ -146,7 +147,10 @@ def test_chunks_recorded_on_one_thread_and_run_from_another_are_recorded_again()
     st, ws, stepper, order, libs = _stepper(1280)
     try:
         counts = [stepper.many(order, 0, 10), stepper.many(order, 2, 5)]
-        other = threading.Thread(target=lambda: counts.append(stepper.many(order, 7, 10)))
+        def elsewhere():
+            stepper.be.workers.count = 2            # (the count is per thread: _stepper set this one's)
+            counts.append(stepper.many(order, 7, 10))
+        other = threading.Thread(target=elsewhere)
         other.start()
         other.join(timeout=120)
         counts.append(stepper.many(order, 9, 10))
