@@ -239,7 +239,8 @@ class VAE:
         epoch with that epoch's record (also appended to self.history): {"epoch", "steps" (the model's steps
         in all, as model.steps, not the epoch's own), "seconds", "images_per_s", "backend", "precision", "train":
         losses ({"reconstruction", "kl", "total"}: means per image in nats, the negative ELBO and its two terms),
-        "test": losses (with validation), "test_seconds" (that pass's, not in "seconds"), "threads" (host backends:
+        "test": losses (with validation; absent where a stop or an exception cut that pass short: the epoch and its
+        record count already), "test_seconds" (that pass's, not in "seconds"), "threads" (host backends:
         the count and the pacer's changes),
         "replay_compile_seconds" (an epoch that compiled the captured step's replays, inside its seconds),
         "first_steps_seconds" (the epoch of this process's first steps on its backend: the seconds of their first

@@ -71,7 +71,6 @@ def _run_epochs(model, X, ws, epochs, validation, callback, progress, stepper, p
                 record["test_seconds"] = time.perf_counter() - begin
             if progress and sys.stderr is not None and not on_terminal(sys.stderr):     # (a log: see _epoch)
                 _tell(_epoch_line(record))
-            model.history.append(record)
             if callback is not None:
                 with turns.resting(lambda: _serve_at_end(model, pacer, record)):
                     callback(model, record)
@@ -185,13 +184,17 @@ def _epoch(model, stepper, order, ws, progress, stop, pacer=None):
     if not np.all(np.isfinite(be.to_host(model.state.params))):
         _diverged(model, "a parameter became NaN or Inf")
     rec, kl = (float(t) / n for t in be.to_host(ws.loss))
-    with held_signals():                    # (the three together: a handler's exception lands before or after)
-        model._set(epoch=model.epoch + 1, epoch_step=0, epoch_loss=np.zeros(2))
     trained = n - starts[first] if first < len(starts) else 0
     # the backend and precision with every epoch: a resumed run may change them (--backend, --precision)
-    record = {"epoch": model.epoch, "steps": model.steps, "seconds": seconds, "images_per_s": trained / seconds,
+    record = {"epoch": model.epoch + 1, "steps": model.steps, "seconds": seconds, "images_per_s": trained / seconds,
               "backend": model.backend.name, "precision": model.precision,
               "train": {"reconstruction": rec, "kl": kl, "total": rec + kl}}
+    # the epoch counted and its record in the history together (a handler's exception lands before or after both):
+    # appended later, a timeout between the two left the epoch counted and without a record for good (a CI run);
+    # what follows (threads, the validation's test loss, served seconds) goes into this same dict
+    with held_signals():
+        model._set(epoch=model.epoch + 1, epoch_step=0, epoch_loss=np.zeros(2))
+        model.history.append(record)
     compiled = getattr(stepper, "compile_seconds", 0.0) - compiled_before
     if compiled > 0:                        # the first-call cost of the captured step, inside `seconds`
         record["replay_compile_seconds"] = compiled

@@ -72,6 +72,33 @@ def test_timeouts_during_fits_stop_them_between_steps_and_the_fits_resume_bit_fo
     assert [r["train"] for r in model.history] == [r["train"] for r in straight.history]
 
 
+def test_a_timeout_just_after_an_epoch_ends_keeps_its_record(x, monkeypatch):
+    """A timeout whose handler ran after an epoch's counter had moved on and before its record was in the history
+    (here at the first look for served calls after it) left that epoch counted and without a record, for good (a CI
+    run of the test above, 1 in many: its last epoch's record was missing). The counter and the record go together
+    now: the record is there, and the fit goes on from the next epoch to the never-stopped fit's records."""
+    import os
+
+    from fastvae import training, turns
+    x = x[:10 * 64]
+    straight = VAE(seed=7, **SMALL).fit(x, epochs=3)
+    model, real = VAE(seed=7, **SMALL), turns.waiting
+    fired = []
+
+    def waiting(m):
+        if m is model and m.epoch == 1 and m.epoch_step == 0 and not fired:
+            fired.append(True)
+            os.kill(os.getpid(), signal.SIGALRM)        # the handler runs here, in the main thread
+        return real(m)
+    monkeypatch.setattr(training.turns, "waiting", waiting)
+    with alarm(raise_timeout), pytest.raises(Timeout):
+        model.fit(x, epochs=3)
+    assert fired and model.epoch == len(model.history) == 1 and not model.step_broken
+    model.fit(x, epochs=2)
+    assert np.array_equal(model.state.params, straight.state.params)
+    assert [r["train"] for r in model.history] == [r["train"] for r in straight.history]
+
+
 def _dropped_in_a_weakref_callback(signum):
     """`signum` sent from inside a real weakref.finalize callback, run at once: the handler runs there, and Python
     drops what it raises ('Exception ignored in ...'), as a garbage collection's callbacks made it do in a CI run."""
