@@ -421,7 +421,8 @@ def as_rows(X: ArrayLike, what: str = "X", empty: bool = False) -> tuple[np.ndar
     except (ValueError, TypeError) as e:  # e.g. ragged nested lists
         raise UserError(f"{what} is not an array of numbers ({_one_line(e)}); pass an array of shape "
                         "(n, d) or (n, h, w)") from None
-    if a.dtype == object and a.ndim == 0:   # None, a dict, a model...: "has dtype object" said nothing of that (a review)
+    # None, a dict, a model...: "has dtype object" said nothing of that (a review)
+    if a.dtype == object and a.ndim == 0:
         raise UserError(f"{what} is {'None' if X is None else 'a ' + type(X).__name__}, not images; pass an array of "
                         "shape (n, d) or (n, h, w)")
     if a.dtype.kind not in "uifb":  # complex, strings, objects, dates are not pixels

@@ -196,8 +196,6 @@ def _from_a_handler(error, tb, codes):
     return False
 
 
-
-
 class _Held:
     """Signals held back inside a block and handled when it ends, each by the handler in place then (on the main
     thread, where Python runs handlers; elsewhere nothing is held): SIGINT where `sigint` (whatever its handler: the

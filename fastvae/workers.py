@@ -30,9 +30,9 @@ class Workers:
     An exception in any part is raised in the caller after every part has finished (the first one, by part number).
 
     `count` is how many threads a job may use (1: everything runs on the caller; fastvae.threads sets it while
-    training), per Python thread (see count). One job at a time: a run() that finds the pool busy (another Python thread's model training at the
-    same moment, or a part calling run() again) does its parts one after another on its own thread instead, with
-    the same results (a split gives the same numbers however its parts are scheduled)."""
+    training), per Python thread (see count). One job at a time: a run() that finds the pool busy (another Python
+    thread's model training at the same moment, or a part calling run() again) does its parts one after another on
+    its own thread instead, with the same results (a split gives the same numbers however its parts are scheduled)."""
 
     def __init__(self, count: int = 1):
         self._default = count

@@ -165,8 +165,8 @@ FAILURES = {
                  'cannot load NVRTC, the CUDA compiler (CuPy failed to load libnvrtc.so.13'),
     "compile error": (_compile_exception, "fastvae's CUDA kernels do not compile for this GPU (nvrtc: error: invalid "
                       "value for --gpu-architecture (-arch)); with CUDA 13 they need compute capability 7.5 or newer: "
-                      'for a GPU of 6.0-7.2 (P100, V100) install the CuPy for CUDA 12, which a CUDA 13 driver runs too: '
-                      'pip install "cupy-cuda12x>=14,<15"'),
+                      'for a GPU of 6.0-7.2 (P100, V100) install the CuPy for CUDA 12, '
+                      'which a CUDA 13 driver runs too: pip install "cupy-cuda12x>=14,<15"'),
     "GPU newer than NVRTC": (lambda: _driver_error("CUDA_ERROR_NO_BINARY_FOR_GPU: no kernel image is available"),
                              "cannot load the kernels NVRTC compiled (CUDA_ERROR_NO_BINARY_FOR_GPU"),
     "PTX too new": (lambda: _driver_error("CUDA_ERROR_UNSUPPORTED_PTX_VERSION: the provided PTX was compiled with "

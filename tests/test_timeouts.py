@@ -79,7 +79,7 @@ def test_a_timeout_just_after_an_epoch_ends_keeps_its_record(x, monkeypatch):
     now: the record is there, and the fit goes on from the next epoch to the never-stopped fit's records."""
     import os
 
-    from fastvae import training, turns
+    from fastvae import turns
     x = x[:10 * 64]
     straight = VAE(seed=7, **SMALL).fit(x, epochs=3)
     model, real = VAE(seed=7, **SMALL), turns.waiting
@@ -90,7 +90,7 @@ def test_a_timeout_just_after_an_epoch_ends_keeps_its_record(x, monkeypatch):
             fired.append(True)
             os.kill(os.getpid(), signal.SIGALRM)        # the handler runs here, in the main thread
         return real(m)
-    monkeypatch.setattr(training.turns, "waiting", waiting)
+    monkeypatch.setattr(turns, "waiting", waiting)      # (the module training looks it up in)
     with alarm(raise_timeout), pytest.raises(Timeout):
         model.fit(x, epochs=3)
     assert fired and model.epoch == len(model.history) == 1 and not model.step_broken
